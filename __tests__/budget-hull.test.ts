@@ -1,0 +1,121 @@
+import { lowerHull } from "../ts/budget";
+
+// Fresh random data each run; rerun a failure with LUKV_SEED=<seed>.
+const SEED = Number(process.env.LUKV_SEED ?? Date.now() % 0x100000000) >>> 0;
+console.log(`budget-hull: LUKV_SEED=${SEED}`);
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The lower convex envelope by its definition: the lowest chord over every point. */
+function referenceEnvelope(y: number[]): number[] {
+  const T = y.length - 1;
+  const out = y.slice();
+  for (let i = 0; i <= T; i++) {
+    for (let j = i + 2; j <= T; j++) {
+      for (let n = i + 1; n < j; n++) {
+        const chord = y[i] + ((y[j] - y[i]) * (n - i)) / (j - i);
+        if (chord < out[n]) out[n] = chord;
+      }
+    }
+  }
+  return out;
+}
+
+function cumulate(start: number, marginals: Float64Array): number[] {
+  const out = [start];
+  for (const m of marginals) out.push(out[out.length - 1] + m);
+  return out;
+}
+
+describe("lowerHull edge cases", () => {
+  test("T = 0 has no marginals", () => {
+    expect(lowerHull([5])).toEqual(new Float64Array(0));
+  });
+
+  test("T = 1 is the single increment", () => {
+    expect(Array.from(lowerHull([2, 5]))).toEqual([3]);
+  });
+
+  test("an already convex curve is its own hull", () => {
+    expect(Array.from(lowerHull([0, 1, 3, 6, 10]))).toEqual([1, 2, 3, 4]);
+  });
+
+  test("a concave curve becomes the straight chord from 0 to T", () => {
+    expect(Array.from(lowerHull([0, 4, 7, 9, 10]))).toEqual([2.5, 2.5, 2.5, 2.5]);
+  });
+
+  test("a flat curve has zero marginals", () => {
+    expect(Array.from(lowerHull([2, 2, 2, 2]))).toEqual([0, 0, 0]);
+  });
+
+  test("a bump is bridged and the rest kept", () => {
+    // 0, 1, 5, 3, 4 lies on or above the chord from (0, 0) to (4, 4).
+    expect(Array.from(lowerHull([0, 1, 5, 3, 4]))).toEqual([1, 1, 1, 1]);
+    expect(Array.from(lowerHull([0, 0, 6, 2, 10]))).toEqual([0, 1, 1, 8]);
+  });
+
+  test("typed arrays are accepted", () => {
+    expect(Array.from(lowerHull(new Float32Array([0, 4, 7, 9, 10])))).toEqual([2.5, 2.5, 2.5, 2.5]);
+  });
+
+  test("bad input is named", () => {
+    expect(() => lowerHull([])).toThrow("Expected an array of at least 1 finite number for cumulativeLoss but received Array(0)");
+    expect(() => lowerHull([0, NaN, 1])).toThrow("Expected a finite number for cumulativeLoss[1] but received NaN of type number");
+    expect(() => lowerHull([0, 1, Infinity])).toThrow("Expected a finite number for cumulativeLoss[2] but received Infinity of type number");
+    expect(() => lowerHull("abc" as unknown as number[])).toThrow("for cumulativeLoss but received \"abc\" of type string");
+  });
+});
+
+describe(`lowerHull on random curves (seed ${SEED})`, () => {
+  const rand = mulberry32(SEED);
+
+  test("matches the envelope's definition, never decreases, touches the curve at 0 and T", () => {
+    for (let trial = 0; trial < 300; trial++) {
+      const T = 1 + Math.floor(rand() * 40);
+      const y = [rand() * 4 - 2];
+      // Mix of smooth and jumpy increments, sometimes negative, sometimes repeated.
+      for (let n = 1; n <= T; n++) {
+        const step = rand() < 0.2 ? 0 : rand() < 0.5 ? rand() * rand() * 10 : rand() - 0.3;
+        y.push(y[n - 1] + step);
+      }
+      const m = lowerHull(y);
+      expect(m.length).toBe(T);
+      const hull = cumulate(y[0], m);
+      const ref = referenceEnvelope(y);
+      // Worst violations over the trial, so a few assertions cover every point.
+      let decreases = 0;
+      let offEnvelope = 0;
+      let aboveCurve = 0;
+      for (let i = 1; i < T; i++) decreases = Math.max(decreases, m[i - 1] - m[i]);
+      for (let n = 0; n <= T; n++) {
+        const tol = 1e-9 * (1 + Math.abs(y[n]));
+        offEnvelope = Math.max(offEnvelope, Math.abs(hull[n] - ref[n]) - tol);
+        aboveCurve = Math.max(aboveCurve, hull[n] - y[n] - tol);
+      }
+      const endGap = Math.abs(hull[T] - y[T]) - 1e-9 * (1 + Math.abs(y[T]));
+      expect(decreases).toBe(0);
+      expect(offEnvelope).toBeLessThanOrEqual(0);
+      expect(aboveCurve).toBeLessThanOrEqual(0);
+      expect(endGap).toBeLessThanOrEqual(0);
+    }
+  });
+
+  test("convex input gives back its own increments", () => {
+    for (let trial = 0; trial < 100; trial++) {
+      const T = 1 + Math.floor(rand() * 50);
+      // Distinct sorted increments: exactly representable sums keep this exact.
+      const inc = Array.from({ length: T }, () => Math.floor(rand() * 1000)).sort((a, b) => a - b);
+      const y = cumulate(0, Float64Array.from(inc));
+      expect(Array.from(lowerHull(y))).toEqual(inc);
+    }
+  });
+});
