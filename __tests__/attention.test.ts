@@ -1,0 +1,235 @@
+// attend() against a float64 reference on fresh random data, across GQA ratios, head sizes,
+// page sizes, storage types, SIMD levels, decode and prefill chunks.
+import { KVCache, backends, DType, roundTo } from "../ts";
+import { rng, testSeed, randn } from "./helpers/random";
+import { referenceAttention, relativeError, RefHead } from "./helpers/reference";
+import { appendRandom, headsOf, lastPositions } from "./helpers/cache";
+
+const seed = testSeed("attention");
+const tolerance: Record<DType, number> = { f32: 1e-5, f16: 2e-3, bf16: 2e-3 };
+
+/** Independent record of what was appended (dtype-rounded), to check the cache's own read-back too. */
+class Shadow {
+  heads: { keys: number[]; values: number[]; positions: number[] }[];
+  constructor(kvHeads: number, readonly headDim: number) {
+    this.heads = Array.from({ length: kvHeads }, () => ({ keys: [], values: [], positions: [] }));
+  }
+  add(keys: Float32Array, values: Float32Array, pos0: number): void {
+    const H = this.heads.length;
+    const D = this.headDim;
+    const tokens = keys.length / (H * D);
+    for (let t = 0; t < tokens; t++)
+      for (let h = 0; h < H; h++) {
+        const off = (t * H + h) * D;
+        this.heads[h].keys.push(...keys.subarray(off, off + D));
+        this.heads[h].values.push(...values.subarray(off, off + D));
+        this.heads[h].positions.push(pos0 + t);
+      }
+  }
+  refHeads(): RefHead[] {
+    return this.heads.map((h) => ({
+      keys: Float32Array.from(h.keys),
+      values: Float32Array.from(h.values),
+      positions: h.positions,
+    }));
+  }
+}
+
+describe("attend matches the float64 reference", () => {
+  const cases: { group: number; kvHeads: number; headDim: number; pageSize: number; dtype: DType }[] = [];
+  for (const group of [1, 4, 8])
+    for (const headDim of [64, 128])
+      for (const pageSize of [1, 16, 64])
+        for (const dtype of ["f32", "f16", "bf16"] as DType[])
+          cases.push({ group, kvHeads: group === 8 ? 1 : 2, headDim, pageSize, dtype });
+
+  test.each(cases)("GQA $group, headDim $headDim, pageSize $pageSize, $dtype: prefill chunks then decode", (c) => {
+    const r = rng(seed ^ (c.group * 7919 + c.headDim * 31 + c.pageSize * 17 + c.dtype.length));
+    const queryHeads = c.kvHeads * c.group;
+    const cache = new KVCache({
+      layers: 2,
+      kvHeads: c.kvHeads,
+      queryHeads,
+      headDim: c.headDim,
+      pageSize: c.pageSize,
+      dtype: c.dtype,
+      maxTokens: 2 * c.kvHeads * 1024,
+    });
+    try {
+      const seq = cache.createSequence();
+      const shadow = new Shadow(c.kvHeads, c.headDim);
+      const layer = 1;
+      // Prefill in uneven chunks: 1..97 tokens each, a query for every position of the chunk.
+      for (let chunk = 0; chunk < 3; chunk++) {
+        const tokens = 1 + Math.floor(r() * 97);
+        const pos0 = seq.appended(layer);
+        const { keys, values } = appendRandom(seq, layer, tokens, r);
+        shadow.add(keys, values, pos0);
+        const q = randn(r, tokens * queryHeads * c.headDim);
+        const out = seq.attend(layer, q);
+        const ref = referenceAttention(shadow.refHeads(), q, lastPositions(seq, layer, tokens), queryHeads, c.headDim);
+        expect(relativeError(out, ref)).toBeLessThan(tolerance[c.dtype]);
+      }
+      // The cache's read-back equals what was appended.
+      const back = headsOf(seq, layer);
+      const want = shadow.refHeads();
+      for (let h = 0; h < c.kvHeads; h++) {
+        expect(back[h].keys).toEqual(want[h].keys);
+        expect(back[h].values).toEqual(want[h].values);
+        expect(Array.from(back[h].positions)).toEqual(want[h].positions);
+      }
+      // Decode steps.
+      for (let step = 0; step < 4; step++) {
+        const pos0 = seq.appended(layer);
+        const { keys, values } = appendRandom(seq, layer, 1, r);
+        shadow.add(keys, values, pos0);
+        const q = randn(r, queryHeads * c.headDim);
+        const out = seq.attend(layer, q);
+        const ref = referenceAttention(shadow.refHeads(), q, [pos0], queryHeads, c.headDim);
+        expect(relativeError(out, ref)).toBeLessThan(tolerance[c.dtype]);
+      }
+      // The other layer was never touched.
+      expect(Array.from(seq.lengths()).slice(0, c.kvHeads)).toEqual(new Array(c.kvHeads).fill(0));
+    } finally {
+      cache.dispose();
+    }
+  });
+});
+
+describe("long sequences and every SIMD level", () => {
+  const levels = backends().cpu.simdSupported;
+  // Every storage type on the best level; f16 on the others (they share the code, not the instructions).
+  const longCases = levels.flatMap((simd, i) => (i === 0 ? (["f32", "f16", "bf16"] as DType[]) : (["f16"] as DType[])).map((dtype) => ({ simd, dtype })));
+  test.each(longCases)(
+    "8,192 tokens, decode, GQA 4, headDim 128, $simd, $dtype",
+    ({ simd, dtype }) => {
+      const r = rng(seed + simd.length * 101 + dtype.length);
+      const kvHeads = 2, queryHeads = 8, headDim = 128, n = 8192;
+      const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype, simd: simd as "generic", maxTokens: kvHeads * n + 64 });
+      try {
+        const seq = cache.createSequence();
+        // Larger keys make the softmax peaky, which stresses the running max.
+        const keys = randn(r, n * kvHeads * headDim, 2);
+        const values = randn(r, n * kvHeads * headDim);
+        seq.append(0, keys, values);
+        const q = randn(r, queryHeads * headDim);
+        const out = seq.attend(0, q);
+        const heads: RefHead[] = [];
+        const kr = roundTo(keys, dtype);
+        const vr = roundTo(values, dtype);
+        for (let h = 0; h < kvHeads; h++) {
+          const hk = new Float32Array(n * headDim), hv = new Float32Array(n * headDim);
+          for (let t = 0; t < n; t++) {
+            hk.set(kr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
+            hv.set(vr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
+          }
+          heads.push({ keys: hk, values: hv, positions: Array.from({ length: n }, (_, i) => i) });
+        }
+        const ref = referenceAttention(heads, q, [n - 1], queryHeads, headDim);
+        expect(relativeError(out, ref)).toBeLessThan(tolerance[dtype]);
+      } finally {
+        cache.dispose();
+      }
+    },
+  );
+
+  test("SIMD levels and thread counts agree with each other on a prefill chunk", () => {
+    const r = rng(seed + 5);
+    const kvHeads = 2, queryHeads = 8, headDim = 80, n = 300, chunk = 40;
+    const keys = randn(r, n * kvHeads * headDim);
+    const values = randn(r, n * kvHeads * headDim);
+    const q = randn(r, chunk * queryHeads * headDim);
+    const outs: Float32Array[] = [];
+    for (const simd of levels)
+      for (const threads of [1, 3]) {
+        const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f32", simd: simd as "generic", threads, pageSize: 7, maxTokens: 4096 });
+        const seq = cache.createSequence();
+        seq.append(0, keys, values);
+        outs.push(seq.attend(0, q));
+        cache.dispose();
+      }
+    for (const o of outs.slice(1)) expect(relativeError(o, outs[0])).toBeLessThan(1e-6);
+  });
+});
+
+describe("inputs and options", () => {
+  test("Uint16Array raw f16/bf16 inputs equal the Float32Array path", () => {
+    const r = rng(seed + 11);
+    for (const dtype of ["f16", "bf16"] as const) {
+      const kvHeads = 2, queryHeads = 4, headDim = 64, n = 50;
+      const keys = randn(r, n * kvHeads * headDim), values = randn(r, n * kvHeads * headDim);
+      const q = randn(r, queryHeads * headDim);
+      const { toBits } = require("../ts");
+      const a = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype, maxTokens: 1024 });
+      const sa = a.createSequence();
+      sa.append(0, keys, values);
+      const sb = a.createSequence();
+      sb.append(0, toBits(keys, dtype), toBits(values, dtype));
+      expect(sb.keys(0, 1)).toEqual(sa.keys(0, 1));
+      const qRounded = roundTo(q, dtype);
+      expect(sb.attend(0, toBits(q, dtype))).toEqual(sa.attend(0, qRounded));
+      a.dispose();
+    }
+  });
+
+  test("scale option changes the softmax temperature", () => {
+    const r = rng(seed + 12);
+    const kvHeads = 1, queryHeads = 2, headDim = 64, n = 30;
+    const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f32", maxTokens: 256 });
+    const seq = cache.createSequence();
+    const { keys, values } = appendRandom(seq, 0, n, r);
+    const q = randn(r, queryHeads * headDim);
+    const heads = [{ keys, values, positions: Array.from({ length: n }, (_, i) => i) }];
+    const out = seq.attend(0, q, { scale: 0.5 });
+    expect(relativeError(out, referenceAttention(heads, q, [n - 1], queryHeads, headDim, 0.5))).toBeLessThan(1e-5);
+    cache.dispose();
+  });
+
+  test("several sequences share one pool and stay independent", () => {
+    const r = rng(seed + 13);
+    const kvHeads = 2, queryHeads = 8, headDim = 64;
+    const cache = new KVCache({ layers: 2, kvHeads, queryHeads, headDim, dtype: "f16", pageSize: 16, maxTokens: 8192 });
+    const seqs = [0, 1, 2, 3].map(() => cache.createSequence());
+    const shadows = seqs.map(() => new Shadow(kvHeads, headDim));
+    // Interleave appends so the sequences' pages are mixed in the pool.
+    for (let round = 0; round < 5; round++)
+      seqs.forEach((s, i) => {
+        const tokens = 1 + Math.floor(r() * 60);
+        const pos0 = s.appended(0);
+        const { keys, values } = appendRandom(s, 0, tokens, r);
+        shadows[i].add(keys, values, pos0);
+      });
+    seqs.forEach((s, i) => {
+      const q = randn(r, 3 * queryHeads * headDim);
+      const ref = referenceAttention(shadows[i].refHeads(), q, lastPositions(s, 0, 3), queryHeads, headDim);
+      expect(relativeError(s.attend(0, q), ref)).toBeLessThan(2e-3);
+    });
+    expect(cache.usage().sequences).toBe(4);
+    const used = cache.usage().pagesUsed;
+    const expectedPages = seqs.reduce((acc, s) => acc + Array.from(s.lengths()).reduce((a, l) => a + Math.ceil(l / 16), 0), 0);
+    expect(used).toBe(expectedPages);
+    const pagesOf1 = Array.from(seqs[1].lengths()).reduce((a, l) => a + Math.ceil(l / 16), 0);
+    seqs[1].dispose();
+    expect(cache.usage().sequences).toBe(3);
+    expect(cache.usage().pagesUsed).toBe(expectedPages - pagesOf1);
+    cache.dispose();
+  });
+
+  test("attendAsync equals attend and keeps the event loop turning", async () => {
+    const r = rng(seed + 14);
+    const kvHeads = 2, queryHeads = 8, headDim = 128, n = 2048;
+    const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, maxTokens: kvHeads * n });
+    const seq = cache.createSequence();
+    appendRandom(seq, 0, n, r);
+    const q = randn(r, 16 * queryHeads * headDim);
+    const sync = seq.attend(0, q);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    const pending = Array.from({ length: 8 }, () => seq.attendAsync(0, q));
+    const results = await Promise.all(pending);
+    clearInterval(timer);
+    for (const a of results) expect(a).toEqual(sync);
+    expect(ticks).toBeGreaterThan(0);
+    cache.dispose();
+  });
+});

@@ -1,0 +1,218 @@
+// Every invalid argument names the parameter, what was expected and what was received; failed calls
+// change nothing; use after dispose throws.
+import { KVCache, Sequence } from "../ts";
+import { rng, testSeed, randn } from "./helpers/random";
+import { appendRandom } from "./helpers/cache";
+
+const seed = testSeed("errors");
+const base = { layers: 2, kvHeads: 2, queryHeads: 4, headDim: 8, pageSize: 4, dtype: "f32" as const, maxTokens: 64 };
+
+function expectError(fn: () => unknown, name: string, message: string | RegExp): void {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  expect(caught).toBeDefined();
+  const err = caught as Error;
+  expect(err.name).toBe(name);
+  if (typeof message === "string") expect(err.message).toBe(message);
+  else expect(err.message).toMatch(message);
+}
+
+describe("KVCache options", () => {
+  test.each([
+    [{ ...base, layers: 0 }, "Expected positive integer at most 65536 for layers but received 0 of type number"],
+    [{ ...base, layers: 1.5 }, "Expected positive integer at most 65536 for layers but received 1.5 of type number"],
+    [{ ...base, kvHeads: NaN }, "Expected positive integer at most 65536 for kvHeads but received NaN of type number"],
+    [{ ...base, queryHeads: 3 }, "Expected a multiple of kvHeads (2) for queryHeads but received 3 of type number"],
+    [{ ...base, headDim: Infinity }, "Expected positive integer at most 4096 for headDim but received Infinity of type number"],
+    [{ ...base, pageSize: -1 }, "Expected positive integer at most 65536 for pageSize but received -1 of type number"],
+    [{ ...base, maxTokens: "64" }, 'Expected positive integer at most 1099511627776 for maxTokens but received "64" of type string'],
+    [{ ...base, dtype: "f64" }, 'Expected one of "f32", "f16", "bf16" for dtype but received "f64" of type string'],
+    [{ ...base, device: "gpu" }, 'Expected one of "auto", "cpu", "cuda" for device but received "gpu" of type string'],
+    [{ ...base, threads: 0 }, "Expected positive integer at most 1024 for threads but received 0 of type number"],
+    [{ ...base, simd: "sse" }, 'Expected one of "auto", "avx512", "avx2", "generic" for simd but received "sse" of type string'],
+  ])("%j", (opts, message) => {
+    expectError(() => new KVCache(opts as never), "InvalidArgumentError", message);
+  });
+
+  test("missing options object", () => {
+    expectError(() => new KVCache(undefined as never), "InvalidArgumentError", "Expected an options object for options but received undefined");
+  });
+
+  test("device cuda on a machine without a usable GPU throws BackendUnavailableError with the reason", () => {
+    expectError(() => new KVCache({ ...base, device: "cuda" }), "BackendUnavailableError", /^device "cuda" was requested but cannot be used: .+\. Use device "cpu" or "auto"\.$/);
+  });
+
+  test("errors carry stable codes and are lukv error classes", () => {
+    const { InvalidArgumentError, LukvError } = require("../ts");
+    try {
+      new KVCache({ ...base, layers: 0 });
+    } catch (e) {
+      expect(e).toBeInstanceOf(InvalidArgumentError);
+      expect(e).toBeInstanceOf(LukvError);
+      expect((e as { code: string }).code).toBe("ERR_LUKV_INVALID_ARGUMENT");
+    }
+  });
+});
+
+describe("append and attend arguments", () => {
+  let cache: KVCache;
+  let seq: Sequence;
+  beforeEach(() => {
+    cache = new KVCache(base);
+    seq = cache.createSequence();
+  });
+  afterEach(() => cache.dispose());
+
+  const row = base.kvHeads * base.headDim;
+  test("layer out of range", () => {
+    expectError(() => seq.append(2, new Float32Array(row), new Float32Array(row)), "InvalidArgumentError", "Expected integer between 0 and 1 for layer but received 2 of type number");
+    expectError(() => seq.attend(-1, new Float32Array(32)), "InvalidArgumentError", "Expected integer between 0 and 1 for layer but received -1 of type number");
+    expectError(() => seq.positions(0, 2), "InvalidArgumentError", "Expected integer between 0 and 1 for head but received 2 of type number");
+  });
+  test("wrong length for the shape", () => {
+    expectError(() => seq.append(0, new Float32Array(row + 1), new Float32Array(row + 1)), "InvalidArgumentError", "Expected a non-empty length that is a multiple of 16 ([tokens, kvHeads, headDim]) for keys but received Float32Array(17)");
+    expectError(() => seq.append(0, new Float32Array(0), new Float32Array(0)), "InvalidArgumentError", "Expected a non-empty length that is a multiple of 16 ([tokens, kvHeads, headDim]) for keys but received Float32Array(0)");
+    expectError(() => seq.append(0, new Float32Array(row), new Float32Array(2 * row)), "InvalidArgumentError", "Expected 1 tokens like keys (length 16) for values but received Float32Array(32)");
+  });
+  test("wrong array type", () => {
+    expectError(() => seq.append(0, new Float64Array(row) as never, new Float32Array(row)), "InvalidArgumentError", "Expected Float32Array for keys but received Float64Array(16)");
+    expectError(() => seq.append(0, [1, 2] as never, new Float32Array(row)), "InvalidArgumentError", "Expected Float32Array for keys but received Array(2)");
+    expectError(() => seq.append(0, new Uint16Array(row), new Uint16Array(row)), "InvalidArgumentError", "Expected Float32Array (the cache dtype is f32) for keys but received Uint16Array(16)");
+    const c16 = new KVCache({ ...base, dtype: "f16" });
+    const s16 = c16.createSequence();
+    expectError(() => s16.append(0, new Float32Array(row), new Uint16Array(row)), "InvalidArgumentError", "Expected the same array type as keys (Float32Array(16)) for values but received Uint16Array(16)");
+    expectError(() => s16.append(0, new Int16Array(row) as never, new Int16Array(row) as never), "InvalidArgumentError", "Expected Float32Array or Uint16Array (raw f16 bits) for keys but received Int16Array(16)");
+    c16.dispose();
+  });
+  test("queries for more positions than appended", () => {
+    const r = rng(seed);
+    appendRandom(seq, 0, 3, r);
+    const qrow = base.queryHeads * base.headDim;
+    expectError(() => seq.attend(0, new Float32Array(4 * qrow)), "InvalidArgumentError", "Expected at most 3 tokens (the positions appended to layer 0) for queries but received 4 tokens");
+    expectError(() => seq.attend(1, new Float32Array(qrow)), "InvalidArgumentError", "Expected at most 0 tokens (the positions appended to layer 1) for queries but received 1 tokens");
+    expectError(() => seq.attend(0, new Float32Array(qrow + 3)), "InvalidArgumentError", "Expected a non-empty length that is a multiple of 32 ([tokens, queryHeads, headDim]) for queries but received Float32Array(35)");
+    expectError(() => seq.attend(0, new Float32Array(qrow), { scale: NaN }), "InvalidArgumentError", "Expected finite number for scale but received NaN of type number");
+  });
+  test("attendAsync rejects with the same typed error", async () => {
+    await expect(seq.attendAsync(0, new Float32Array(32))).rejects.toMatchObject({
+      name: "InvalidArgumentError",
+      message: "Expected at most 0 tokens (the positions appended to layer 0) for queries but received 1 tokens",
+    });
+  });
+});
+
+describe("out of pages", () => {
+  test("a failed append throws OutOfPagesError and changes nothing", () => {
+    const r = rng(seed + 1);
+    // 64 tokens per pool / pageSize 4 = 16 pages; 2 heads per layer.
+    const cache = new KVCache(base);
+    const a = cache.createSequence();
+    const b = cache.createSequence();
+    appendRandom(a, 0, 13, r); // 4 pages per head = 8 pages
+    appendRandom(b, 1, 10, r); // 3 pages per head = 6 pages
+    const before = {
+      usage: cache.usage(),
+      lengths: [a.lengths(), b.lengths()],
+      keys: [a.keys(0, 0), a.keys(0, 1), a.values(0, 1), b.keys(1, 0)],
+      positions: [a.positions(0, 1), b.positions(1, 1)],
+    };
+    const q = randn(r, base.queryHeads * base.headDim);
+    const outBefore = a.attend(0, q);
+    // 4 more tokens need 1 page per head in layer 0 (13 -> 17 tokens): 2 pages, 2 free: fits.
+    // 8 more need 2 per head: 4 pages, only 2 free.
+    const k = randn(r, 8 * base.kvHeads * base.headDim);
+    expectError(() => a.append(0, k, k), "OutOfPagesError", "append needs 4 free pages but the pool has 2 of 16 (maxTokens 64, pageSize 4); nothing was appended");
+    expect(cache.usage()).toEqual(before.usage);
+    expect(a.lengths()).toEqual(before.lengths[0]);
+    expect(b.lengths()).toEqual(before.lengths[1]);
+    expect([a.keys(0, 0), a.keys(0, 1), a.values(0, 1), b.keys(1, 0)]).toEqual(before.keys);
+    expect([a.positions(0, 1), b.positions(1, 1)]).toEqual(before.positions);
+    expect(a.appended(0)).toBe(13);
+    expect(a.attend(0, q)).toEqual(outBefore);
+    // The pool is still usable after the failure.
+    appendRandom(a, 0, 3, r);
+    expect(Array.from(a.lengths())).toEqual([16, 16, 0, 0]);
+    cache.dispose();
+  });
+});
+
+describe("dispose", () => {
+  test("any use after dispose throws; dispose is idempotent", () => {
+    const r = rng(seed + 2);
+    const cache = new KVCache(base);
+    const seq = cache.createSequence();
+    appendRandom(seq, 0, 2, r);
+    seq.dispose();
+    seq.dispose();
+    expect(seq.disposed).toBe(true);
+    expectError(() => seq.lengths(), "DisposedError", "Sequence was used after dispose()");
+    expectError(() => seq.append(0, new Float32Array(16), new Float32Array(16)), "DisposedError", "Sequence was used after dispose()");
+    expect(cache.usage().pagesUsed).toBe(0);
+    const other = cache.createSequence();
+    cache.dispose();
+    cache.dispose();
+    expect(cache.disposed).toBe(true);
+    expect(other.disposed).toBe(true);
+    expectError(() => cache.usage(), "DisposedError", "KVCache was used after dispose()");
+    expectError(() => cache.createSequence(), "DisposedError", "KVCache was used after dispose()");
+    expectError(() => other.attend(0, new Float32Array(32)), "DisposedError", "Sequence was used after dispose()");
+    other.dispose();
+  });
+
+  test("Symbol.dispose releases pages", () => {
+    const r = rng(seed + 3);
+    const cache = new KVCache(base);
+    {
+      const seq = cache.createSequence();
+      appendRandom(seq, 0, 5, r);
+      expect(cache.usage().pagesUsed).toBe(4);
+      seq[Symbol.dispose]();
+    }
+    expect(cache.usage().pagesUsed).toBe(0);
+    cache[Symbol.dispose]();
+    expect(cache.disposed).toBe(true);
+  });
+
+  test("attendAsync in flight when the cache is disposed settles without crashing", async () => {
+    const r = rng(seed + 4);
+    const cache = new KVCache({ ...base, headDim: 64, maxTokens: 8192 });
+    const seq = cache.createSequence();
+    appendRandom(seq, 0, 1000, r);
+    const p = seq.attendAsync(0, randn(r, 4 * 64));
+    cache.dispose();
+    const result = await p.then(
+      (v) => ({ ok: true as const, v }),
+      (e) => ({ ok: false as const, e }),
+    );
+    if (result.ok) expect(result.v.length).toBe(256);
+    else expect((result.e as Error).name).toBe("DisposedError");
+  });
+});
+
+describe("fork", () => {
+  test("a fork shares pages and diverges on write", () => {
+    const r = rng(seed + 5);
+    const cache = new KVCache({ ...base, maxTokens: 256 });
+    const a = cache.createSequence();
+    appendRandom(a, 0, 6, r); // 2 pages per head, the second half full
+    const used = cache.usage().pagesUsed;
+    const b = a.fork();
+    expect(cache.usage().pagesUsed).toBe(used);
+    const aKeys = a.keys(0, 1);
+    appendRandom(b, 0, 1, r); // copies the shared last page of each head
+    expect(cache.usage().pagesUsed).toBe(used + 2);
+    expect(a.keys(0, 1)).toEqual(aKeys);
+    expect(b.keys(0, 1).subarray(0, aKeys.length)).toEqual(aKeys);
+    expect(Array.from(a.lengths())).toEqual([6, 6, 0, 0]);
+    expect(Array.from(b.lengths())).toEqual([7, 7, 0, 0]);
+    a.dispose();
+    expect(b.keys(0, 1).subarray(0, aKeys.length)).toEqual(aKeys);
+    b.dispose();
+    expect(cache.usage().pagesUsed).toBe(0);
+    cache.dispose();
+  });
+});

@@ -1,0 +1,42 @@
+// Builds random sequences in a cache together with what a reference needs to check them.
+import { KVCache, Sequence, roundTo, DType } from "../../ts";
+import { randn } from "./random";
+import { RefHead } from "./reference";
+
+export { RefHead };
+
+/** Appends `tokens` random rows to every KV head of `layer`; returns the rows as the cache stores them. */
+export function appendRandom(
+  seq: Sequence,
+  layer: number,
+  tokens: number,
+  r: () => number,
+): { keys: Float32Array; values: Float32Array } {
+  const { kvHeads, headDim, dtype } = seq.cache.config;
+  const keys = randn(r, tokens * kvHeads * headDim);
+  const values = randn(r, tokens * kvHeads * headDim);
+  seq.append(layer, keys, values);
+  return { keys: roundTo(keys, dtype as DType), values: roundTo(values, dtype as DType) };
+}
+
+/** The kept rows of every KV head of `layer`, read back through the public API. */
+export function headsOf(seq: Sequence, layer: number): RefHead[] {
+  const heads: RefHead[] = [];
+  for (let h = 0; h < seq.cache.config.kvHeads; h++)
+    heads.push({ keys: seq.keys(layer, h), values: seq.values(layer, h), positions: seq.positions(layer, h) });
+  return heads;
+}
+
+export function lastPositions(seq: Sequence, layer: number, tokens: number): number[] {
+  const end = seq.appended(layer);
+  return Array.from({ length: tokens }, (_, i) => end - tokens + i);
+}
+
+export function withCache<T>(opts: ConstructorParameters<typeof KVCache>[0], fn: (c: KVCache) => T): T {
+  const cache = new KVCache(opts);
+  try {
+    return fn(cache);
+  } finally {
+    cache.dispose();
+  }
+}

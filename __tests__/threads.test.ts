@@ -1,0 +1,51 @@
+// The addon is context-aware: it loads and works in worker_threads next to the main thread.
+import * as path from "path";
+import * as fs from "fs";
+import { Worker } from "worker_threads";
+import { KVCache } from "../ts";
+import { rng, testSeed, randn } from "./helpers/random";
+
+const seed = testSeed("threads");
+const entry = path.resolve(__dirname, "..", "dist", "ts", "index.js");
+
+const workerSource = `
+const { parentPort, workerData } = require("worker_threads");
+const { KVCache } = require(workerData.entry);
+const { keys, values, queries, opts } = workerData;
+const cache = new KVCache(opts);
+const seq = cache.createSequence();
+seq.append(0, keys, values);
+const out = seq.attend(0, queries);
+parentPort.postMessage({ out, usage: cache.usage() });
+cache.dispose();
+`;
+
+test("attention in several worker_threads equals the main thread's", async () => {
+  expect(fs.existsSync(entry)).toBe(true); // built by `npm ci` (prepare) or `npm run build:ts`
+  const r = rng(seed);
+  const opts = { layers: 1, kvHeads: 2, queryHeads: 8, headDim: 64, dtype: "f16" as const, maxTokens: 4096 };
+  const n = 500;
+  const keys = randn(r, n * 2 * 64), values = randn(r, n * 2 * 64), queries = randn(r, 2 * 8 * 64);
+  const cache = new KVCache(opts);
+  const seq = cache.createSequence();
+  seq.append(0, keys, values);
+  const expected = seq.attend(0, queries);
+  const results = await Promise.all(
+    [0, 1, 2].map(
+      () =>
+        new Promise<{ out: Float32Array; usage: { pagesUsed: number } }>((resolve, reject) => {
+          const w = new Worker(workerSource, { eval: true, workerData: { entry, keys, values, queries, opts } });
+          w.once("message", (m) => {
+            resolve(m);
+            void w.terminate();
+          });
+          w.once("error", reject);
+        }),
+    ),
+  );
+  for (const res of results) {
+    expect(Array.from(res.out)).toEqual(Array.from(expected));
+    expect(res.usage.pagesUsed).toBe(cache.usage().pagesUsed);
+  }
+  cache.dispose();
+});

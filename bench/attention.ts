@@ -1,0 +1,46 @@
+// Decode attention on the CPU against the machine's read bandwidth, measured in the same run.
+// Usage: node dist/bench/attention.js [--tokens 1024,8192,32768,131072] [--repeats 15]
+import { KVCache, backends } from "../ts";
+import { native } from "../ts/native";
+import { median, timeRuns, printTable, machine, writeResults } from "./common";
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+
+const sizes = arg("tokens", "1024,8192,32768,131072").split(",").map(Number);
+const repeats = Number(arg("repeats", "15"));
+const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16;
+const b = backends();
+const threads = b.cpu.threads;
+
+console.log(`decode attention, ${kvHeads} KV heads x ${queryHeads} query heads, headDim ${headDim}, f16, pageSize ${pageSize}`);
+console.log(`CPU: ${machine().cpuModel}, ${threads} threads, kernels ${b.cpu.simd}; median of ${repeats} runs\n`);
+
+const rows: (string | number)[][] = [];
+const results: unknown[] = [];
+for (const tokens of sizes) {
+  const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: kvHeads * tokens });
+  const seq = cache.createSequence();
+  const chunk = 4096;
+  const rows16 = new Uint16Array(chunk * kvHeads * headDim);
+  for (let i = 0; i < rows16.length; i++) rows16[i] = 0x3000 + ((i * 2654435761) >>> 22); // small f16 values
+  for (let done = 0; done < tokens; done += chunk) {
+    const n = Math.min(chunk, tokens - done);
+    const part = rows16.subarray(0, n * kvHeads * headDim);
+    seq.append(0, part, part);
+  }
+  const q = new Float32Array(queryHeads * headDim).map((_, i) => Math.sin(i) * 0.1);
+  const bytes = tokens * kvHeads * headDim * 2 * 2; // K and V, f16
+  const attendMs = median(timeRuns(() => seq.attend(0, q), repeats, 2));
+  cache.dispose();
+  const readMs = median(native().memoryReadBenchmark(bytes, threads, repeats + 2).slice(2)) * 1000;
+  const gbps = bytes / (attendMs / 1000) / 1e9;
+  const limit = bytes / (readMs / 1000) / 1e9;
+  rows.push([tokens, (bytes / 2 ** 20).toFixed(1), attendMs.toFixed(3), gbps.toFixed(2), limit.toFixed(2), (gbps / limit).toFixed(2)]);
+  results.push({ tokens, bytes, attendMs, attendGBps: gbps, plainReadMs: readMs, plainReadGBps: limit, ratio: gbps / limit });
+}
+printTable(["tokens", "K+V MiB", "ms/layer-step", "GB/s", "plain read GB/s", "ratio"], rows);
+const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, repeats, machine: machine(), results });
+console.log(`\nwritten ${file}`);

@@ -1,0 +1,44 @@
+// Shared helpers for benchmarks: timing, medians, table printing, JSON output.
+import * as fs from "fs";
+import * as path from "path";
+import * as os from "os";
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Runs fn `warmup` times, then `repeats` times; returns milliseconds of each timed run. */
+export function timeRuns(fn: () => void, repeats: number, warmup = 1): number[] {
+  for (let i = 0; i < warmup; i++) fn();
+  const out: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t = performance.now();
+    fn();
+    out.push(performance.now() - t);
+  }
+  return out;
+}
+
+export function printTable(headers: string[], rows: (string | number)[][]): void {
+  const cells = [headers, ...rows.map((r) => r.map(String))];
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((c, i) => c.padStart(widths[i])).join("  ");
+  console.log(line(headers));
+  console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  for (const r of cells.slice(1)) console.log(line(r));
+}
+
+export function machine(): Record<string, unknown> {
+  return { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version };
+}
+
+/** Writes bench/results/<name>.json next to the sources (or under LUKV_BENCH_OUT). */
+export function writeResults(name: string, data: unknown): string {
+  const dir = process.env.LUKV_BENCH_OUT ?? path.resolve(__dirname, "..", "..", "bench", "results");
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${name}.json`);
+  fs.writeFileSync(file, JSON.stringify(data, null, 2) + "\n");
+  return file;
+}

@@ -1,0 +1,369 @@
+// Node-API bindings. Validation with user-facing messages happens in TypeScript first; checks here
+// guard the native code against anything that slips through.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "../core/cache.h"
+#include "../cpu/kernels.h"
+#include "../cpu/membench.h"
+#ifdef LUKV_WITH_CUDA
+#include "../cuda/probe.h"
+#endif
+
+namespace lukv {
+namespace {
+
+Napi::Error toJs(Napi::Env env, const char* code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+Napi::Error toJs(Napi::Env env, const Error& err) { return toJs(env, err.codeName(), err.what()); }
+
+// Runs fn, turning lukv and standard exceptions into JS errors with a code.
+template <class F>
+auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    throw toJs(env, e);
+  } catch (const std::bad_alloc&) {
+    throw toJs(env, "ERR_LUKV_OUT_OF_PAGES", "out of host memory");
+  } catch (const std::exception& e) {
+    throw toJs(env, "ERR_LUKV_INTERNAL", e.what());
+  }
+}
+
+int intArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsNumber())
+    throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a number for ") + name);
+  return info[i].As<Napi::Number>().Int32Value();
+}
+
+struct TypedView {
+  const void* data;
+  size_t length;
+  napi_typedarray_type type;
+};
+
+TypedView typedArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsTypedArray())
+    throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a typed array for ") + name);
+  auto ta = info[i].As<Napi::TypedArray>();
+  const uint8_t* base = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  return {base, ta.ElementLength(), ta.TypedArrayType()};
+}
+
+class NativeCache : public Napi::ObjectWrap<NativeCache> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeCache",
+                       {
+                           InstanceMethod("createSequence", &NativeCache::CreateSequence),
+                           InstanceMethod("fork", &NativeCache::Fork),
+                           InstanceMethod("disposeSequence", &NativeCache::DisposeSequence),
+                           InstanceMethod("append", &NativeCache::Append),
+                           InstanceMethod("attend", &NativeCache::Attend),
+                           InstanceMethod("attendAsync", &NativeCache::AttendAsync),
+                           InstanceMethod("lengths", &NativeCache::Lengths),
+                           InstanceMethod("positions", &NativeCache::Positions),
+                           InstanceMethod("appended", &NativeCache::Appended),
+                           InstanceMethod("readRows", &NativeCache::ReadRows),
+                           InstanceMethod("usage", &NativeCache::Usage),
+                           InstanceMethod("info", &NativeCache::Info),
+                           InstanceMethod("dispose", &NativeCache::Dispose),
+                       });
+  }
+
+  NativeCache(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeCache>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject())
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto num = [&](const char* k) -> double {
+      Napi::Value v = o.Get(k);
+      if (!v.IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a number for ") + k);
+      return v.As<Napi::Number>().DoubleValue();
+    };
+    CacheConfig c;
+    c.layers = (int)num("layers");
+    c.kvHeads = (int)num("kvHeads");
+    c.queryHeads = (int)num("queryHeads");
+    c.headDim = (int)num("headDim");
+    c.pageSize = (int)num("pageSize");
+    c.maxTokens = (int64_t)num("maxTokens");
+    c.dtype = (DType)(int)num("dtype");
+    c.threads = (int)num("threads");
+    c.observationWindow = (int)num("observationWindow");
+    Napi::Value simd = o.Get("simd");
+    c.simd = simd.IsString() ? simd.As<Napi::String>().Utf8Value() : "auto";
+    if (c.layers < 1 || c.kvHeads < 1 || c.queryHeads < c.kvHeads || c.queryHeads % c.kvHeads != 0 ||
+        c.headDim < 1 || c.pageSize < 1 || c.maxTokens < 1 || c.threads < 1 || c.observationWindow < 0)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "invalid cache configuration");
+    cache_ = guarded(env, [&] { return std::make_shared<Cache>(c); });
+  }
+
+ private:
+  Cache& cache(Napi::Env env) {
+    if (!cache_ || cache_->disposed()) throw toJs(env, "ERR_LUKV_DISPOSED", "KVCache was used after dispose()");
+    return *cache_;
+  }
+
+  Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    std::lock_guard<std::mutex> lock(c.mutex());
+    return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.createSequence(); }));
+  }
+  Napi::Value Fork(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.fork(id); }));
+  }
+  Napi::Value DisposeSequence(const Napi::CallbackInfo& info) {
+    if (!cache_ || cache_->disposed()) return info.Env().Undefined();
+    int id = intArg(info, 0, "sequence");
+    std::lock_guard<std::mutex> lock(cache_->mutex());
+    cache_->disposeSequence(id);
+    return info.Env().Undefined();
+  }
+  Napi::Value Append(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
+    TypedView k = typedArg(info, 2, "keys"), v = typedArg(info, 3, "values");
+    const CacheConfig& cfg = c.config();
+    const size_t row = (size_t)cfg.kvHeads * cfg.headDim;
+    if (layer < 0 || layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    if (k.type != v.type || k.length != v.length || k.length % row != 0)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys and values must have the same type and a whole number of rows");
+    InputKind kind;
+    if (k.type == napi_float32_array) kind = InputKind::F32;
+    else if (k.type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
+    else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be a Float32Array or a Uint16Array of the cache dtype");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
+    return env.Undefined();
+  }
+
+  struct AttendCall {
+    int id, layer, tokens;
+    float scale;
+  };
+
+  AttendCall attendArgs(const Napi::CallbackInfo& info, Cache& c, TypedView& q) {
+    Napi::Env env = info.Env();
+    AttendCall a;
+    a.id = intArg(info, 0, "sequence");
+    a.layer = intArg(info, 1, "layer");
+    q = typedArg(info, 2, "queries");
+    if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
+    a.scale = info[3].As<Napi::Number>().FloatValue();
+    const CacheConfig& cfg = c.config();
+    const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
+    if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    if (q.type != napi_float32_array || q.length % row != 0 || q.length == 0)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be a non-empty Float32Array of whole rows");
+    a.tokens = (int)(q.length / row);
+    return a;
+  }
+
+  Napi::Value Attend(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    TypedView q;
+    AttendCall a = attendArgs(info, c, q);
+    Napi::Float32Array out = Napi::Float32Array::New(env, q.length);
+    std::lock_guard<std::mutex> lock(c.mutex());
+    guarded(env, [&] { c.attend(a.id, a.layer, a.tokens, static_cast<const float*>(q.data), out.Data(), a.scale); });
+    return out;
+  }
+
+  class AttendWorker : public Napi::AsyncWorker {
+   public:
+    AttendWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendCall call, std::vector<float> queries)
+        : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), cache_(std::move(cache)),
+          call_(call), queries_(std::move(queries)), out_(queries_.size()) {}
+    Napi::Promise Promise() { return deferred_.Promise(); }
+
+   protected:
+    // Runs on a libuv thread: no Node-API here, only the core, under the cache lock.
+    void Execute() override {
+      std::lock_guard<std::mutex> lock(cache_->mutex());
+      try {
+        if (cache_->disposed()) throw Error(ErrorCode::Disposed, "KVCache was used after dispose()");
+        cache_->attend(call_.id, call_.layer, call_.tokens, queries_.data(), out_.data(), call_.scale);
+      } catch (const Error& e) {
+        code_ = e.codeName();
+        message_ = e.what();
+      } catch (const std::exception& e) {
+        code_ = "ERR_LUKV_INTERNAL";
+        message_ = e.what();
+      }
+    }
+    void OnOK() override {
+      Napi::Env env = Env();
+      if (!code_.empty()) {
+        deferred_.Reject(toJs(env, code_.c_str(), message_).Value());
+        return;
+      }
+      Napi::Float32Array out = Napi::Float32Array::New(env, out_.size());
+      std::copy(out_.begin(), out_.end(), out.Data());
+      deferred_.Resolve(out);
+    }
+    void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+   private:
+    Napi::Promise::Deferred deferred_;
+    std::shared_ptr<Cache> cache_;
+    AttendCall call_;
+    std::vector<float> queries_, out_;
+    std::string code_, message_;
+  };
+
+  Napi::Value AttendAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    TypedView q;
+    AttendCall a = attendArgs(info, c, q);
+    // Copied so the caller may reuse or transfer its array while the work runs.
+    const float* qd = static_cast<const float*>(q.data);
+    auto* w = new AttendWorker(env, cache_, a, std::vector<float>(qd, qd + q.length));
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Lengths(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    auto v = guarded(info.Env(), [&] { return c.lengths(id); });
+    auto out = Napi::Int32Array::New(info.Env(), v.size());
+    std::copy(v.begin(), v.end(), out.Data());
+    return out;
+  }
+  Napi::Value Positions(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer"), head = intArg(info, 2, "head");
+    if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
+      throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    auto v = guarded(info.Env(), [&] { return c.positions(id, layer, head); });
+    auto out = Napi::Int32Array::New(info.Env(), v.size());
+    std::copy(v.begin(), v.end(), out.Data());
+    return out;
+  }
+  Napi::Value Appended(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
+    if (layer < 0 || layer >= c.config().layers) throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.appended(id, layer); }));
+  }
+  Napi::Value ReadRows(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer"), head = intArg(info, 2, "head");
+    bool values = info.Length() > 3 && info[3].ToBoolean().Value();
+    if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
+      throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    auto v = guarded(info.Env(), [&] { return c.readRows(id, layer, head, values); });
+    auto out = Napi::Float32Array::New(info.Env(), v.size());
+    std::copy(v.begin(), v.end(), out.Data());
+    return out;
+  }
+  Napi::Value Usage(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    std::lock_guard<std::mutex> lock(c.mutex());
+    auto u = guarded(info.Env(), [&] { return c.usage(); });
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("pagesTotal", (double)u.pagesTotal);
+    o.Set("pagesUsed", (double)u.pagesUsed);
+    o.Set("bytesTotal", (double)u.bytesTotal);
+    o.Set("bytesUsed", (double)u.bytesUsed);
+    o.Set("sequences", (double)u.sequences);
+    return o;
+  }
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("simd", c.simdName());
+    o.Set("threads", c.threads());
+    o.Set("device", "cpu");
+    return o;
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    if (cache_) {
+      std::lock_guard<std::mutex> lock(cache_->mutex());
+      cache_->dispose();
+    }
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<Cache> cache_;
+};
+
+Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("simd", cpu::bestKernelName());
+  Napi::Array supported = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (const char* name : {"avx512", "avx2", "generic"})
+    if (cpu::cpuSupports(name)) supported.Set(n++, name);
+  o.Set("simdSupported", supported);
+  o.Set("hardwareThreads", (double)std::thread::hardware_concurrency());
+  return o;
+}
+
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+#ifdef LUKV_WITH_CUDA
+  cuda::ProbeResult r = cuda::probe();
+  o.Set("compiled", true);
+  o.Set("usable", r.usable);
+  o.Set("devices", r.devices);
+  o.Set("runtimeVersion", r.runtimeVersion);
+  o.Set("driverVersion", r.driverVersion);
+  o.Set("names", r.names);
+  if (!r.error.empty()) o.Set("error", r.error);
+#else
+  o.Set("compiled", false);
+  o.Set("usable", false);
+  o.Set("devices", 0);
+  o.Set("error", "this build of lukv was compiled without CUDA (nvcc was not found or LUKV_CUDA=OFF)");
+#endif
+  return o;
+}
+
+// memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat (benchmarks only).
+Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
+  size_t bytes = (size_t)info[0].As<Napi::Number>().DoubleValue();
+  int threads = info[1].As<Napi::Number>().Int32Value();
+  int repeats = info[2].As<Napi::Number>().Int32Value();
+  std::vector<double> s = cpu::readBandwidth(bytes, threads < 1 ? 1 : threads, repeats < 1 ? 1 : repeats);
+  Napi::Array out = Napi::Array::New(info.Env(), s.size());
+  for (size_t i = 0; i < s.size(); ++i) out.Set((uint32_t)i, s[i]);
+  return out;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("memoryReadBenchmark", Napi::Function::New(env, MemoryReadBenchmark));
+  exports.Set("NativeCache", NativeCache::Init(env));
+  exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  return exports;
+}
+
+}  // namespace
+}  // namespace lukv
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return lukv::Init(env, exports); }
+
+NODE_API_MODULE(lukv, InitModule)

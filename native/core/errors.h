@@ -1,0 +1,30 @@
+// Errors raised by the core; the addon turns them into the typed TypeScript errors.
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace lukv {
+
+enum class ErrorCode { InvalidArgument, OutOfPages, Disposed, BackendUnavailable, Internal };
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  ErrorCode code() const { return code_; }
+  const char* codeName() const {
+    switch (code_) {
+      case ErrorCode::InvalidArgument: return "ERR_LUKV_INVALID_ARGUMENT";
+      case ErrorCode::OutOfPages: return "ERR_LUKV_OUT_OF_PAGES";
+      case ErrorCode::Disposed: return "ERR_LUKV_DISPOSED";
+      case ErrorCode::BackendUnavailable: return "ERR_LUKV_BACKEND_UNAVAILABLE";
+      default: return "ERR_LUKV_INTERNAL";
+    }
+  }
+
+ private:
+  ErrorCode code_;
+};
+
+[[noreturn]] inline void throwInvalid(const std::string& m) { throw Error(ErrorCode::InvalidArgument, m); }
+
+}  // namespace lukv

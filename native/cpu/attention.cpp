@@ -1,0 +1,154 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace lukv {
+namespace cpu {
+
+namespace {
+
+constexpr int kBlockTokens = 64;  // tokens scored together before one softmax update
+constexpr int kRowBlock = 8;      // query rows (tokens) per work item in prefill
+
+struct Item {
+  int head, row0, row1;  // query rows [row0, row1)
+  int32_t t0, t1;        // token range of the head
+  int64_t partial;       // offset of this item's partial results (rows * G * (headDim + 2) floats)
+};
+
+}  // namespace
+
+void attend(const AttendArgs& a) {
+  const int G = a.queryHeads / a.kvHeads;
+  const int D = a.headDim;
+  const int P = a.pool->pageSize();
+  const int dt = (int)a.pool->dtype();
+  const size_t rowBytes = a.pool->rowBytes();
+
+  // Pre-scale the queries once so the kernels compute scaled scores directly.
+  std::vector<float> q((size_t)a.tokens * a.queryHeads * D);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = a.queries[i] * a.scale;
+
+  // Visible tokens of each (head, row): positions ascend, so it is a prefix.
+  std::vector<int32_t> visible((size_t)a.kvHeads * a.tokens);
+  int64_t totalTokens = 0;
+  for (int h = 0; h < a.kvHeads; ++h) {
+    const auto& pos = a.heads[h].positions;
+    for (int r = 0; r < a.tokens; ++r)
+      visible[(size_t)h * a.tokens + r] =
+          (int32_t)(std::upper_bound(pos.begin(), pos.end(), a.queryPositions[r]) - pos.begin());
+    totalTokens += visible[(size_t)h * a.tokens + a.tokens - 1];
+  }
+
+  // Split long heads into token ranges so that even one head keeps every thread busy (split-K).
+  const int rowBlock = a.tokens == 1 ? 1 : kRowBlock;
+  const int rowBlocks = (a.tokens + rowBlock - 1) / rowBlock;
+  const int64_t target = (int64_t)a.threads->threads() * 4;
+  int64_t chunk = std::max<int64_t>(kBlockTokens * 4, (totalTokens + target - 1) / std::max<int64_t>(target, 1));
+  if (rowBlocks * a.kvHeads >= target) chunk = std::numeric_limits<int32_t>::max();
+  chunk = (chunk + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+
+  std::vector<Item> items;
+  std::vector<int64_t> groupStart;  // items of (head, row block) g are [groupStart[g], groupStart[g+1])
+  const int64_t partialStride = (int64_t)G * (D + 2);
+  int64_t partialSize = 0;
+  for (int h = 0; h < a.kvHeads; ++h) {
+    for (int rb = 0; rb < rowBlocks; ++rb) {
+      int row0 = rb * rowBlock, row1 = std::min(a.tokens, row0 + rowBlock);
+      int32_t n = visible[(size_t)h * a.tokens + row1 - 1];
+      groupStart.push_back((int64_t)items.size());
+      int32_t t0 = 0;
+      do {
+        int32_t t1 = (int32_t)std::min<int64_t>(n, t0 + chunk);
+        items.push_back({h, row0, row1, t0, t1, partialSize});
+        partialSize += (int64_t)(row1 - row0) * partialStride;
+        t0 = t1;
+      } while (t0 < n);
+    }
+  }
+  groupStart.push_back((int64_t)items.size());
+  std::vector<float> partials((size_t)partialSize);
+
+  a.threads->parallelFor((int64_t)items.size(), [&](int64_t idx) {
+    const Item& it = items[idx];
+    const HeadState& head = a.heads[it.head];
+    std::vector<float> s((size_t)G * kBlockTokens);
+    for (int r = it.row0; r < it.row1; ++r) {
+      float* part = partials.data() + it.partial + (int64_t)(r - it.row0) * partialStride;
+      float* m = part;
+      float* l = part + G;
+      float* acc = part + 2 * G;
+      for (int g = 0; g < G; ++g) {
+        m[g] = -std::numeric_limits<float>::infinity();
+        l[g] = 0.f;
+      }
+      std::fill(acc, acc + (size_t)G * D, 0.f);
+      const float* qr = q.data() + ((size_t)r * a.queryHeads + (size_t)it.head * G) * D;
+      const int32_t end = std::min(it.t1, visible[(size_t)it.head * a.tokens + r]);
+      for (int32_t b = it.t0; b < end; b += kBlockTokens) {
+        const int nb = (int)std::min<int32_t>(kBlockTokens, end - b);
+        // Scores for the block, one page segment at a time.
+        for (int j = 0; j < nb;) {
+          int32_t t = b + j;
+          int32_t page = head.pages[t / P];
+          int off = t % P;
+          int seg = std::min(nb - j, P - off);
+          a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + j, kBlockTokens);
+          j += seg;
+        }
+        for (int g = 0; g < G; ++g) {
+          float* sg = s.data() + (size_t)g * kBlockTokens;
+          float mb = sg[0];
+          for (int j = 1; j < nb; ++j) mb = std::max(mb, sg[j]);
+          float mNew = std::max(m[g], mb);
+          float corr = std::isinf(m[g]) ? 0.f : std::exp(m[g] - mNew);
+          l[g] = l[g] * corr + a.kernels->expSum(sg, nb, mNew);
+          if (corr != 1.f) a.kernels->scale(acc + (size_t)g * D, D, corr);
+          m[g] = mNew;
+        }
+        for (int j = 0; j < nb;) {
+          int32_t t = b + j;
+          int32_t page = head.pages[t / P];
+          int off = t % P;
+          int seg = std::min(nb - j, P - off);
+          a.kernels->pv(dt, a.pool->values(page) + (size_t)off * rowBytes, seg, D, s.data() + j, kBlockTokens, G, acc);
+          j += seg;
+        }
+      }
+    }
+  });
+
+  // Reduce the token ranges of each (head, row) and normalise.
+  a.threads->parallelFor((int64_t)a.kvHeads * a.tokens, [&](int64_t idx) {
+    const int h = (int)(idx / a.tokens), r = (int)(idx % a.tokens);
+    const int64_t group = (int64_t)h * rowBlocks + r / rowBlock;
+    const Item* first = items.data() + groupStart[group];
+    const Item* last = items.data() + groupStart[group + 1];
+    for (int g = 0; g < G; ++g) {
+      float* o = a.out + ((size_t)r * a.queryHeads + (size_t)h * G + g) * D;
+      float mMax = -std::numeric_limits<float>::infinity();
+      for (const Item* it = first; it != last; ++it) {
+        const float* part = partials.data() + it->partial + (int64_t)(r - it->row0) * partialStride;
+        mMax = std::max(mMax, part[g]);
+      }
+      std::fill(o, o + D, 0.f);
+      if (std::isinf(mMax)) continue;  // nothing visible: the output is zero
+      float lSum = 0.f;
+      for (const Item* it = first; it != last; ++it) {
+        const float* part = partials.data() + it->partial + (int64_t)(r - it->row0) * partialStride;
+        if (std::isinf(part[g])) continue;
+        float w = std::exp(part[g] - mMax);
+        lSum += part[G + g] * w;
+        const float* acc = part + 2 * G + (size_t)g * D;
+        for (int d = 0; d < D; ++d) o[d] += acc[d] * w;
+      }
+      const float inv = 1.f / lSum;
+      for (int d = 0; d < D; ++d) o[d] *= inv;
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace lukv

@@ -1,0 +1,96 @@
+// Portable kernels for any x86-64 (and other) processor: plain loops over 4-float groups that the
+// compiler maps to the baseline vector unit.
+#include <cmath>
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace lukv {
+namespace cpu {
+namespace {
+
+struct Vec {
+  static constexpr int W = 4;
+  float v[4];
+  static Vec zero() { return {{0, 0, 0, 0}}; }
+  static Vec set1(float a) { return {{a, a, a, a}}; }
+  static Vec loadF32(const float* p) { return {{p[0], p[1], p[2], p[3]}}; }
+  static Vec loadF16(const uint16_t* p);
+  static Vec loadBF16(const uint16_t* p);
+  static Vec fma(Vec a, Vec b, Vec c) {
+    Vec r;
+    for (int i = 0; i < 4; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
+    return r;
+  }
+  static Vec add(Vec a, Vec b) {
+    Vec r;
+    for (int i = 0; i < 4; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+  }
+  static Vec sub(Vec a, Vec b) {
+    Vec r;
+    for (int i = 0; i < 4; ++i) r.v[i] = a.v[i] - b.v[i];
+    return r;
+  }
+  static Vec mul(Vec a, Vec b) {
+    Vec r;
+    for (int i = 0; i < 4; ++i) r.v[i] = a.v[i] * b.v[i];
+    return r;
+  }
+  void store(float* p) const {
+    for (int i = 0; i < 4; ++i) p[i] = v[i];
+  }
+  float sum() const { return (v[0] + v[1]) + (v[2] + v[3]); }
+  float first() const { return v[0]; }
+  static Vec exp(Vec x) {
+    Vec r;
+    for (int i = 0; i < 4; ++i) r.v[i] = x.v[i] < -87.0f ? 0.0f : std::exp(x.v[i]);
+    return r;
+  }
+};
+
+#define KERNEL_NAME "generic"
+#include "kernels_impl.h"
+
+Vec Vec::loadF16(const uint16_t* p) {
+  return {{scalarLoad(1, p, 0), scalarLoad(1, p, 1), scalarLoad(1, p, 2), scalarLoad(1, p, 3)}};
+}
+Vec Vec::loadBF16(const uint16_t* p) {
+  return {{scalarLoad(2, p, 0), scalarLoad(2, p, 1), scalarLoad(2, p, 2), scalarLoad(2, p, 3)}};
+}
+
+}  // namespace
+
+const Kernels& kernelsGeneric() { return kTable; }
+
+static bool supports(const char* name) {
+  if (__builtin_strcmp(name, "generic") == 0) return true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_strcmp(name, "avx2") == 0)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (__builtin_strcmp(name, "avx512") == 0)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#endif
+  return false;
+}
+
+bool cpuSupports(const char* name) { return supports(name); }
+
+const char* bestKernelName() {
+  if (supports("avx512")) return "avx512";
+  if (supports("avx2")) return "avx2";
+  return "generic";
+}
+
+const Kernels* selectKernels(const char* name) {
+  if (name == nullptr || __builtin_strcmp(name, "auto") == 0) name = bestKernelName();
+  if (!supports(name)) return nullptr;
+  if (__builtin_strcmp(name, "avx512") == 0) return &kernelsAvx512();
+  if (__builtin_strcmp(name, "avx2") == 0) return &kernelsAvx2();
+  return &kernelsGeneric();
+}
+
+}  // namespace cpu
+}  // namespace lukv

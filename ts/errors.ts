@@ -1,0 +1,64 @@
+/** Base class of every error lukv throws; `code` is stable and machine-readable. */
+export class LukvError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** An argument has the wrong type, shape or value. The message names the parameter, what was expected and what was received. */
+export class InvalidArgumentError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_INVALID_ARGUMENT", message);
+  }
+}
+
+/** The page pool has too few free pages for the call; the call changed nothing. */
+export class OutOfPagesError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_OUT_OF_PAGES", message);
+  }
+}
+
+/** The cache or sequence was used after `dispose()`. */
+export class DisposedError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_DISPOSED", message);
+  }
+}
+
+/** The requested backend (for example CUDA) cannot be used here; the message lists why. */
+export class BackendUnavailableError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_BACKEND_UNAVAILABLE", message);
+  }
+}
+
+/** A profile file or object is malformed; the message names the problem. */
+export class BadProfileError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_BAD_PROFILE", message);
+  }
+}
+
+/** Describes a received value for error messages: `1.5 of type number`, `Float64Array(12)`. */
+export function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (value === undefined) return "undefined";
+  if (ArrayBuffer.isView(value)) {
+    const name = Object.prototype.toString.call(value).slice(8, -1);
+    const len = (value as unknown as { length?: number }).length;
+    return len === undefined ? name : `${name}(${len})`;
+  }
+  if (Array.isArray(value)) return `Array(${value.length})`;
+  if (typeof value === "string") return `${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)} of type string`;
+  if (typeof value === "object") return `object`;
+  return `${String(value)} of type ${typeof value}`;
+}
+
+/** Builds the error for a bad argument: "Expected <expected> for <name> but received <value>". */
+export function invalid(name: string, expected: string, received: unknown): InvalidArgumentError {
+  return new InvalidArgumentError(`Expected ${expected} for ${name} but received ${describe(received)}`);
+}

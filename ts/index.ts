@@ -1,0 +1,14 @@
+export { KVCache, Sequence } from "./cache";
+export type { KVCacheOptions, AttendOptions, Usage, CacheConfig, Device, SimdLevel } from "./cache";
+export { backends } from "./backends";
+export type { Backends } from "./backends";
+export {
+  LukvError,
+  InvalidArgumentError,
+  OutOfPagesError,
+  DisposedError,
+  BackendUnavailableError,
+  BadProfileError,
+} from "./errors";
+export { f32ToF16Bits, f16BitsToF32, f32ToBf16Bits, bf16BitsToF32, toBits, fromBits, roundTo } from "./dtype";
+export type { DType } from "./dtype";
