@@ -11,6 +11,7 @@ namespace {
 
 struct Vec {
   static constexpr int W = 8;
+  static constexpr int kTile = 2;
   __m256 v;
   static Vec zero() { return {_mm256_setzero_ps()}; }
   static Vec set1(float a) { return {_mm256_set1_ps(a)}; }
@@ -30,6 +31,12 @@ struct Vec {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+  }
+  static void sum4(Vec a, Vec b, Vec c, Vec d, float* out) {
+    __m256 ab = _mm256_hadd_ps(a.v, b.v);
+    __m256 cd = _mm256_hadd_ps(c.v, d.v);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
   }
   float first() const { return _mm256_cvtss_f32(v); }
   static Vec exp(Vec x) {

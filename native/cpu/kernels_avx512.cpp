@@ -11,6 +11,7 @@ namespace {
 
 struct Vec {
   static constexpr int W = 16;
+  static constexpr int kTile = 4;  // vectors per query head held in registers by pv
   __m512 v;
   static Vec zero() { return {_mm512_setzero_ps()}; }
   static Vec set1(float a) { return {_mm512_set1_ps(a)}; }
@@ -26,6 +27,17 @@ struct Vec {
   static Vec mul(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   float sum() const { return _mm512_reduce_add_ps(v); }
+  // Four horizontal sums at once: fold 512 -> 256 bits, then two rounds of pairwise adds.
+  static void sum4(Vec a, Vec b, Vec c, Vec d, float* out) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a.v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b.v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b.v), 1)));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c.v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(c.v), 1)));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d.v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d.v), 1)));
+    __m256 ab = _mm256_hadd_ps(a8, b8);
+    __m256 cd = _mm256_hadd_ps(c8, d8);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+  }
   float first() const { return _mm512_cvtss_f32(v); }
   // 2^n * P(r) with r = x - n*ln2, |r| <= ln2/2, P the degree-7 Taylor polynomial (rel. error ~2e-7).
   static Vec exp(Vec x) {

@@ -11,6 +11,7 @@ namespace {
 
 struct Vec {
   static constexpr int W = 4;
+  static constexpr int kTile = 1;
   float v[4];
   static Vec zero() { return {{0, 0, 0, 0}}; }
   static Vec set1(float a) { return {{a, a, a, a}}; }
@@ -41,6 +42,12 @@ struct Vec {
     for (int i = 0; i < 4; ++i) p[i] = v[i];
   }
   float sum() const { return (v[0] + v[1]) + (v[2] + v[3]); }
+  static void sum4(Vec a, Vec b, Vec c, Vec d, float* out) {
+    out[0] = a.sum();
+    out[1] = b.sum();
+    out[2] = c.sum();
+    out[3] = d.sum();
+  }
   float first() const { return v[0]; }
   static Vec exp(Vec x) {
     Vec r;

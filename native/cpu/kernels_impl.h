@@ -43,7 +43,9 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
         a2 = Vec::fma(Vec::loadF32(q0 + 2 * D + d), k, a2);
         a3 = Vec::fma(Vec::loadF32(q0 + 3 * D + d), k, a3);
       }
-      float r0 = a0.sum(), r1 = a1.sum(), r2 = a2.sum(), r3 = a3.sum();
+      float r[4];
+      Vec::sum4(a0, a1, a2, a3, r);
+      float r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
       for (int d = Dv; d < D; ++d) {
         float k = scalarLoad(DT, K, row + d);
         r0 += q0[d] * k;
@@ -69,38 +71,54 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
 
 template <int DT>
 static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, float* acc) {
+  constexpr int T = Vec::kTile;
+  const int Dt = D - D % (Vec::W * T);
   const int Dv = D - D % Vec::W;
-  for (int d = 0; d < Dv; d += Vec::W) {
-    int g = 0;
-    for (; g + 4 <= G; g += 4) {
-      float* o = acc + (int64_t)g * D + d;
-      const float* pg = p + (int64_t)g * ld;
-      Vec a0 = Vec::loadF32(o), a1 = Vec::loadF32(o + D), a2 = Vec::loadF32(o + 2 * D), a3 = Vec::loadF32(o + 3 * D);
+  int g = 0;
+  // Groups of four query heads: each V row is converted once per tile and feeds 4*T accumulators
+  // held in registers across the whole block of tokens.
+  for (; g + 4 <= G; g += 4) {
+    const float* pg = p + (int64_t)g * ld;
+    for (int d = 0; d < Dt; d += Vec::W * T) {
+      Vec a[4][T];
+      for (int k = 0; k < 4; ++k)
+        for (int t = 0; t < T; ++t) a[k][t] = Vec::loadF32(acc + (int64_t)(g + k) * D + d + t * Vec::W);
       for (int j = 0; j < n; ++j) {
-        Vec v = loadRow(DT, V, (int64_t)j * D + d);
-        a0 = Vec::fma(Vec::set1(pg[j]), v, a0);
-        a1 = Vec::fma(Vec::set1(pg[ld + j]), v, a1);
-        a2 = Vec::fma(Vec::set1(pg[2 * ld + j]), v, a2);
-        a3 = Vec::fma(Vec::set1(pg[3 * ld + j]), v, a3);
+        const Vec p0 = Vec::set1(pg[j]), p1 = Vec::set1(pg[ld + j]), p2 = Vec::set1(pg[2 * ld + j]), p3 = Vec::set1(pg[3 * ld + j]);
+        for (int t = 0; t < T; ++t) {
+          Vec v = loadRow(DT, V, (int64_t)j * D + d + t * Vec::W);
+          a[0][t] = Vec::fma(p0, v, a[0][t]);
+          a[1][t] = Vec::fma(p1, v, a[1][t]);
+          a[2][t] = Vec::fma(p2, v, a[2][t]);
+          a[3][t] = Vec::fma(p3, v, a[3][t]);
+        }
       }
-      a0.store(o);
-      a1.store(o + D);
-      a2.store(o + 2 * D);
-      a3.store(o + 3 * D);
+      for (int k = 0; k < 4; ++k)
+        for (int t = 0; t < T; ++t) a[k][t].store(acc + (int64_t)(g + k) * D + d + t * Vec::W);
     }
-    for (; g < G; ++g) {
+    for (int d = Dt; d < Dv; d += Vec::W) {
+      for (int k = 0; k < 4; ++k) {
+        float* o = acc + (int64_t)(g + k) * D + d;
+        Vec a = Vec::loadF32(o);
+        for (int j = 0; j < n; ++j) a = Vec::fma(Vec::set1(pg[k * ld + j]), loadRow(DT, V, (int64_t)j * D + d), a);
+        a.store(o);
+      }
+    }
+  }
+  for (; g < G; ++g) {
+    const float* pg = p + (int64_t)g * ld;
+    for (int d = 0; d < Dv; d += Vec::W) {
       float* o = acc + (int64_t)g * D + d;
-      const float* pg = p + (int64_t)g * ld;
       Vec a = Vec::loadF32(o);
       for (int j = 0; j < n; ++j) a = Vec::fma(Vec::set1(pg[j]), loadRow(DT, V, (int64_t)j * D + d), a);
       a.store(o);
     }
   }
   for (int d = Dv; d < D; ++d) {
-    for (int g = 0; g < G; ++g) {
-      float a = acc[(int64_t)g * D + d];
-      for (int j = 0; j < n; ++j) a += p[(int64_t)g * ld + j] * scalarLoad(DT, V, (int64_t)j * D + d);
-      acc[(int64_t)g * D + d] = a;
+    for (int gg = 0; gg < G; ++gg) {
+      float a = acc[(int64_t)gg * D + d];
+      for (int j = 0; j < n; ++j) a += p[(int64_t)gg * ld + j] * scalarLoad(DT, V, (int64_t)j * D + d);
+      acc[(int64_t)gg * D + d] = a;
     }
   }
 }
