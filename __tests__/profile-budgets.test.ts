@@ -62,7 +62,11 @@ function referenceShares(prune: number[], lengths: number[], lo: number[], K: nu
   return at((a + b) / 2);
 }
 
-const sum = (a: ArrayLike<number>) => Array.prototype.reduce.call(a, (s: number, v: number) => s + v, 0) as number;
+function sum(a: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i];
+  return s;
+}
 
 describe(`pruneRatiosAt (seed ${SEED})`, () => {
   test("interpolates between rows and towards 0 and 1 beyond them", () => {
