@@ -1,0 +1,205 @@
+// `lukv profile …`: look inside LU-KV profiles and convert them between .npy and JSON.
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { BadProfileError, InvalidArgumentError } from "../errors";
+import { decodeNpy, decodeProfile, loadProfile, pruneRatiosAt, saveProfile, type Profile } from "../profile";
+import { formatOfPath } from "../profile/io";
+
+/** Where a command writes; each call is one or more whole lines. */
+export interface CommandIO {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+
+const USAGE = `usage: lukv profile <subcommand> ...
+
+subcommands:
+  inspect FILE [--ratio R]       shape, metadata, and a heat map of each KV head's keep
+                                 ratio at compression ratio R (default 0.8); FILE is a
+                                 .npy (LU-KV / kvpress) or lukv JSON profile
+  convert IN OUT [--dtype f4|f8] convert between .npy and lukv JSON, by extension
+                                 (.npy holds only the table; --dtype default f8)`;
+
+/** Shades from least to most kept; each head is drawn two cells wide. */
+const SHADES = [" ", "░", "▒", "▓", "█"];
+
+/** Bad command-line usage: reported with the usage text and exit code 2. */
+export class UsageError extends Error {}
+
+/** A file-system error (ENOENT, EACCES, ...); checked by shape since it may come from another realm. */
+export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
+  return typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "string" && typeof (e as { syscall?: unknown }).syscall === "string";
+}
+
+/** Parsed command line: string options, boolean flags and positionals. */
+export interface ParsedArgs {
+  strings: Record<string, string | undefined>;
+  flags: Record<string, boolean>;
+  positionals: string[];
+}
+
+/** Strict parsing (unknown options are usage errors) with Node's parseArgs. */
+export function parseCommandArgs(argv: string[], strings: string[], flags: string[] = []): ParsedArgs {
+  const options: Record<string, { type: "string" | "boolean" }> = {};
+  for (const n of strings) options[n] = { type: "string" };
+  for (const n of flags) options[n] = { type: "boolean" };
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    const out: ParsedArgs = { strings: {}, flags: {}, positionals };
+    for (const n of strings) out.strings[n] = values[n] as string | undefined;
+    for (const n of flags) out.flags[n] = values[n] === true;
+    return out;
+  } catch (e) {
+    throw new UsageError((e as Error).message.split("\n")[0]);
+  }
+}
+
+function fmt(x: number, digits = 3): string {
+  return x.toFixed(digits);
+}
+
+function describeMeta(profile: Profile, format: string): string[] {
+  const m = profile.meta;
+  const lines = [
+    `  format       ${format}`,
+    `  shape        grid ${profile.grid} × layers ${profile.layers} × kvHeads ${profile.kvHeads}` +
+      ` (rows: compression ratio ${+(1 / (profile.grid + 1)).toFixed(4)} … ${+(profile.grid / (profile.grid + 1)).toFixed(4)})`,
+  ];
+  const dash = (v: unknown) => (v === undefined ? "-" : String(v));
+  lines.push(`  model        ${dash(m.model)}`);
+  lines.push(`  scorer       ${dash(m.scorer)}${m.scorerOptions ? " " + JSON.stringify(m.scorerOptions) : ""}`);
+  lines.push(`  sink/window  ${dash(m.sink)} / ${dash(m.window)}`);
+  const c = m.calibration;
+  if (c) {
+    const parts: string[] = [];
+    if (c.samples !== undefined) parts.push(`${c.samples} samples`);
+    if (c.queriesPerSample !== undefined) parts.push(`${c.queriesPerSample} queries each`);
+    if (c.contextLengths && c.contextLengths.length > 0) {
+      const lo = Math.min(...c.contextLengths);
+      const hi = Math.max(...c.contextLengths);
+      parts.push(lo === hi ? `${lo}-token contexts` : `contexts of ${lo}–${hi} tokens`);
+    }
+    if (c.decodeSteps !== undefined) parts.push(`${c.decodeSteps} decode steps`);
+    if (c.dataset !== undefined) parts.push(`data: ${c.dataset}`);
+    lines.push(`  calibration  ${parts.join(", ") || "-"}`);
+  } else {
+    lines.push(`  calibration  -`);
+  }
+  if (m.createdAt !== undefined) lines.push(`  created      ${m.createdAt}`);
+  return lines;
+}
+
+/** One row per layer: a shaded cell per KV head, then the layer's mean keep ratio. */
+export function keepHeatMap(profile: Profile, ratio: number): string[] {
+  const { layers, kvHeads } = profile;
+  const keep = pruneRatiosAt(profile, ratio).map((p) => 1 - p);
+  let max = 0;
+  let total = 0;
+  for (const k of keep) {
+    max = Math.max(max, k);
+    total += k;
+  }
+  // Shade relative to the most-kept head, so the map has contrast at any ratio.
+  const shade = (k: number) => SHADES[max > 0 ? Math.min(SHADES.length - 1, Math.floor((k / max) * SHADES.length)) : 0];
+  const step = max / SHADES.length;
+  const legend = SHADES.map((s, i) => `'${s}' ${i === 0 ? "<" : "≥"} ${fmt(i === 0 ? step : step * i)}`).join("  ");
+  const width = Math.max(5, 2 * kvHeads);
+  const lines = [
+    `keep ratio per KV head at compression ratio ${ratio} (mean ${fmt(total / keep.length)}, max ${fmt(max)})`,
+    `  shades: ${legend}`,
+    `  layer  ${"heads".padEnd(width)}  mean keep`,
+  ];
+  for (let l = 0; l < layers; l++) {
+    let cells = "";
+    let sum = 0;
+    for (let h = 0; h < kvHeads; h++) {
+      const k = keep[l * kvHeads + h];
+      cells += shade(k).repeat(2);
+      sum += k;
+    }
+    lines.push(`  ${String(l).padStart(5)}  ${cells.padEnd(width)}  ${fmt(sum / kvHeads)}`);
+  }
+  return lines;
+}
+
+async function inspect(argv: string[], io: CommandIO): Promise<number> {
+  const { strings: values, positionals } = parseCommandArgs(argv, ["ratio"]);
+  if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? "inspect needs a FILE" : `inspect takes one FILE, got ${positionals.length}`);
+  const ratio = values.ratio === undefined ? 0.8 : Number(values.ratio);
+  if (!(ratio >= 0 && ratio <= 1) || values.ratio?.trim() === "") {
+    throw new UsageError(`--ratio must be a number between 0 and 1, got ${JSON.stringify(values.ratio)}`);
+  }
+  const file = positionals[0];
+  const bytes = readFileSync(file);
+  let profile: Profile;
+  let format: string;
+  try {
+    profile = decodeProfile(bytes);
+    const npy = bytes[0] === 0x93 ? decodeNpy(bytes) : undefined;
+    format = npy ? `.npy (${npy.descr}, format ${npy.version}, ${npy.fortranOrder ? "Fortran" : "C"} order; no metadata)` : "lukv JSON";
+  } catch (e) {
+    throw e instanceof BadProfileError ? new BadProfileError(`${file}: ${e.message}`) : e;
+  }
+  io.out([file, ...describeMeta(profile, format), "", ...keepHeatMap(profile, ratio)].join("\n"));
+  return 0;
+}
+
+async function convert(argv: string[], io: CommandIO): Promise<number> {
+  const { strings: values, positionals } = parseCommandArgs(argv, ["dtype"]);
+  if (positionals.length !== 2) throw new UsageError(`convert needs IN and OUT, got ${positionals.length} path${positionals.length === 1 ? "" : "s"}`);
+  const [input, output] = positionals;
+  const format = formatOfPath(output);
+  if (!format) throw new UsageError(`OUT must end in .npy or .json, got ${JSON.stringify(output)}`);
+  if (values.dtype !== undefined && values.dtype !== "f4" && values.dtype !== "f8") {
+    throw new UsageError(`--dtype must be f4 or f8, got ${JSON.stringify(values.dtype)}`);
+  }
+  const profile = loadProfile(input);
+  saveProfile(profile, output, { format, dtype: values.dtype === "f4" ? "<f4" : "<f8" });
+  io.out(`wrote ${output} (${format === "npy" ? ".npy" : "lukv JSON"}, grid ${profile.grid} × layers ${profile.layers} × kvHeads ${profile.kvHeads})`);
+  if (format === "npy" && Object.keys(profile.meta).length > 0) {
+    io.err(`note: a .npy file holds only the table; the metadata (${Object.keys(profile.meta).join(", ")}) was not written`);
+  }
+  return 0;
+}
+
+/** Subcommands of `lukv profile`; `build` (the offline profiler) plugs in here. */
+const SUBCOMMANDS: Record<string, (argv: string[], io: CommandIO) => Promise<number>> = { inspect, convert };
+
+/**
+ * `lukv profile <subcommand> …`.
+ * @param argv the arguments after `profile`, e.g. ["inspect", "llama.npy", "--ratio", "0.5"].
+ * @returns the exit code: 0 done, 1 the file could not be read or is malformed, 2 bad usage.
+ */
+export async function profileCommand(argv: string[], io: CommandIO): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === undefined || sub === "help" || sub === "--help" || sub === "-h") {
+    (sub === undefined ? io.err : io.out)(USAGE);
+    return sub === undefined ? 2 : 0;
+  }
+  const run = SUBCOMMANDS[sub];
+  if (!Object.hasOwn(SUBCOMMANDS, sub)) {
+    io.err(`lukv profile: unknown subcommand ${JSON.stringify(sub)}\n\n${USAGE}`);
+    return 2;
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    io.out(USAGE);
+    return 0;
+  }
+  try {
+    return await run(rest, io);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.err(`lukv profile ${sub}: ${e.message}\n\n${USAGE}`);
+      return 2;
+    }
+    if (e instanceof InvalidArgumentError) {
+      io.err(`lukv profile ${sub}: ${e.message}`);
+      return 2;
+    }
+    if (e instanceof BadProfileError || isSystemError(e)) {
+      io.err(`lukv profile ${sub}: ${(e as Error).message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
