@@ -3,6 +3,7 @@ import * as os from "os";
 import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe } from "./errors";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache } from "./native";
+import { CompressOptions, CompressReport, ScoreOptions, nativeCompressOptions, nativeScoreOptions } from "./compress";
 import {
   integerInRange,
   isFloat32Array,
@@ -347,6 +348,61 @@ export class Sequence {
     const scale = this.#scale(opts);
     try {
       return await this.#cache.handle.attendAsync(id, l, q, scale);
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /**
+   * Evicts tokens for real: scores every kept token of every head, splits the kept total over the
+   * heads (`allocation`, or explicit `budgets`), keeps the best tokens of each head plus its sink and
+   * recent window, compacts them in order and returns the emptied pages to the pool. Invalid
+   * options throw before anything changes.
+   */
+  compress(options: CompressOptions = {}): CompressReport {
+    const id = this.id;
+    const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
+    try {
+      return this.#cache.handle.compress(id, n);
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /** Like compress(), off the main thread. Options are read at the call. */
+  async compressAsync(options: CompressOptions = {}): Promise<CompressReport> {
+    const id = this.id;
+    const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
+    try {
+      return await this.#cache.handle.compressAsync(id, n);
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /**
+   * The scores compress() would rank the tokens of `layer` by, without evicting: one Float32Array per
+   * KV head (length = the head's kept tokens, in position order; higher = keep).
+   */
+  scores(layer: number, scorer: ScoreOptions["scorer"] = "snapkv", options: Omit<ScoreOptions, "scorer"> = {}): Float32Array[] {
+    const id = this.id;
+    const l = this.#layer(layer);
+    const n = nativeScoreOptions({ ...options, scorer }, this.#cache.config);
+    try {
+      return this.#cache.handle.scores(id, l, n);
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /**
+   * Starts (or stops) accumulating, in every attend() call, each kept token's attention weight
+   * averaged over its GQA group: the "h2o" scorer's heavy-hitter mass. Off by default.
+   */
+  accumulateAttention(on = true): void {
+    const id = this.id;
+    try {
+      this.#cache.handle.accumulate(id, on);
     } catch (e) {
       rethrow(e);
     }

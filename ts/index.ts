@@ -12,3 +12,6 @@ export {
 } from "./errors";
 export { f32ToF16Bits, f16BitsToF32, f32ToBf16Bits, bf16BitsToF32, toBits, fromBits, roundTo } from "./dtype";
 export type { DType } from "./dtype";
+export type { CompressOptions, CompressReport, ScoreOptions, ScorerName, AllocationName, PoolingName } from "./compress";
+export * from "./budget";
+export * from "./profile";

@@ -3,6 +3,7 @@
 import * as fs from "fs";
 import * as path from "path";
 import load = require("node-gyp-build");
+import type { NativeCompressOptions } from "./compress";
 
 export interface NativeUsage {
   pagesTotal: number;
@@ -10,6 +11,15 @@ export interface NativeUsage {
   bytesTotal: number;
   bytesUsed: number;
   sequences: number;
+}
+
+export interface NativeReport {
+  kept: Int32Array;
+  before: number;
+  target: number;
+  total: number;
+  pagesFreed: number;
+  ms: number;
 }
 
 export interface NativeCacheOptions {
@@ -33,6 +43,10 @@ export interface NativeCache {
   attend(seq: number, layer: number, queries: Float32Array, scale: number): Float32Array;
   attendAsync(seq: number, layer: number, queries: Float32Array, scale: number): Promise<Float32Array>;
   lengths(seq: number): Int32Array;
+  compress(seq: number, options: NativeCompressOptions): NativeReport;
+  compressAsync(seq: number, options: NativeCompressOptions): Promise<NativeReport>;
+  scores(seq: number, layer: number, options: NativeCompressOptions): Float32Array[];
+  accumulate(seq: number, on: boolean): void;
   positions(seq: number, layer: number, head: number): Int32Array;
   appended(seq: number, layer: number): number;
   readRows(seq: number, layer: number, head: number, values: boolean): Float32Array;

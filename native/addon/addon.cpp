@@ -2,6 +2,7 @@
 // guard the native code against anything that slips through.
 #include <napi.h>
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <thread>
@@ -70,6 +71,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("attend", &NativeCache::Attend),
                            InstanceMethod("attendAsync", &NativeCache::AttendAsync),
                            InstanceMethod("lengths", &NativeCache::Lengths),
+                           InstanceMethod("compress", &NativeCache::Compress),
+                           InstanceMethod("compressAsync", &NativeCache::CompressAsync),
+                           InstanceMethod("scores", &NativeCache::Scores),
+                           InstanceMethod("accumulate", &NativeCache::Accumulate),
                            InstanceMethod("positions", &NativeCache::Positions),
                            InstanceMethod("appended", &NativeCache::Appended),
                            InstanceMethod("readRows", &NativeCache::ReadRows),
@@ -236,6 +241,145 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
+  }
+
+  // Options arrive validated from TypeScript: plain numbers and typed arrays.
+  static CompressOptions parseCompress(Napi::Env env, Napi::Object o, const CacheConfig& cfg) {
+    auto num = [&](const char* k, double def) -> double {
+      Napi::Value v = o.Get(k);
+      return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : def;
+    };
+    CompressOptions c;
+    ScoreOptions& s = c.score;
+    s.scorer = (Scorer)(int)num("scorer", 0);
+    s.window = (int)num("window", 32);
+    s.pooling = (Pooling)(int)num("pooling", 0);
+    s.kernel = (int)num("kernel", 7);
+    s.groupMax = num("groupMax", 0) != 0;
+    s.seed = (uint32_t)num("seed", 0);
+    s.scale = (float)num("scale", 1.0 / std::sqrt((double)cfg.headDim));
+    Napi::Value obs = o.Get("observation");
+    if (obs.IsArray()) {
+      Napi::Array arr = obs.As<Napi::Array>();
+      s.observation.resize(cfg.layers);
+      for (uint32_t l = 0; l < arr.Length() && l < (uint32_t)cfg.layers; ++l) {
+        Napi::Value v = arr.Get(l);
+        if (!v.IsTypedArray()) continue;
+        auto f = v.As<Napi::Float32Array>();
+        s.observation[l].assign(f.Data(), f.Data() + f.ElementLength());
+      }
+    }
+    c.allocation = (Allocation)(int)num("allocation", 0);
+    c.ratio = num("ratio", 0);
+    c.sink = (int)num("sink", 4);
+    c.alpha = num("alpha", 0.2);
+    c.beta = num("beta", 20);
+    Napi::Value b = o.Get("budgets");
+    if (b.IsTypedArray()) {
+      auto ia = b.As<Napi::Int32Array>();
+      c.budgets.assign(ia.Data(), ia.Data() + ia.ElementLength());
+    }
+    (void)env;
+    return c;
+  }
+
+  static Napi::Object reportToJs(Napi::Env env, const CompressReport& r) {
+    Napi::Object o = Napi::Object::New(env);
+    auto kept = Napi::Int32Array::New(env, r.kept.size());
+    std::copy(r.kept.begin(), r.kept.end(), kept.Data());
+    o.Set("kept", kept);
+    o.Set("before", (double)r.before);
+    o.Set("target", (double)r.target);
+    o.Set("total", (double)r.total);
+    o.Set("pagesFreed", (double)r.pagesFreed);
+    o.Set("ms", r.ms);
+    return o;
+  }
+
+  Napi::Value Compress(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence");
+    if (info.Length() < 2 || !info[1].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
+    CompressOptions opt = parseCompress(env, info[1].As<Napi::Object>(), c.config());
+    std::lock_guard<std::mutex> lock(c.mutex());
+    CompressReport r = guarded(env, [&] { return c.compress(id, opt); });
+    return reportToJs(env, r);
+  }
+
+  class CompressWorker : public Napi::AsyncWorker {
+   public:
+    CompressWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, CompressOptions opt)
+        : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), cache_(std::move(cache)), id_(id),
+          opt_(std::move(opt)) {}
+    Napi::Promise Promise() { return deferred_.Promise(); }
+
+   protected:
+    void Execute() override {
+      std::lock_guard<std::mutex> lock(cache_->mutex());
+      try {
+        if (cache_->disposed()) throw Error(ErrorCode::Disposed, "KVCache was used after dispose()");
+        report_ = cache_->compress(id_, opt_);
+      } catch (const Error& e) {
+        code_ = e.codeName();
+        message_ = e.what();
+      } catch (const std::exception& e) {
+        code_ = "ERR_LUKV_INTERNAL";
+        message_ = e.what();
+      }
+    }
+    void OnOK() override {
+      if (!code_.empty()) deferred_.Reject(toJs(Env(), code_.c_str(), message_).Value());
+      else deferred_.Resolve(reportToJs(Env(), report_));
+    }
+    void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+   private:
+    Napi::Promise::Deferred deferred_;
+    std::shared_ptr<Cache> cache_;
+    int id_;
+    CompressOptions opt_;
+    CompressReport report_;
+    std::string code_, message_;
+  };
+
+  Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence");
+    if (info.Length() < 2 || !info[1].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
+    // Options (and any observation queries) are copied here, on the JS thread.
+    auto* w = new CompressWorker(env, cache_, id, parseCompress(env, info[1].As<Napi::Object>(), c.config()));
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Scores(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
+    if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    if (info.Length() < 3 || !info[2].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
+    CompressOptions opt = parseCompress(env, info[2].As<Napi::Object>(), c.config());
+    std::lock_guard<std::mutex> lock(c.mutex());
+    auto v = guarded(env, [&] { return c.scores(id, layer, opt.score); });
+    Napi::Array out = Napi::Array::New(env, v.size());
+    for (size_t h = 0; h < v.size(); ++h) {
+      auto f = Napi::Float32Array::New(env, v[h].size());
+      std::copy(v[h].begin(), v[h].end(), f.Data());
+      out.Set((uint32_t)h, f);
+    }
+    return out;
+  }
+
+  Napi::Value Accumulate(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence");
+    bool on = info.Length() > 1 && info[1].ToBoolean().Value();
+    std::lock_guard<std::mutex> lock(c.mutex());
+    guarded(info.Env(), [&] { c.setAccumulate(id, on); });
+    return info.Env().Undefined();
   }
 
   Napi::Value Lengths(const Napi::CallbackInfo& info) {

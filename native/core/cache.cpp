@@ -134,6 +134,7 @@ void Cache::append(int32_t seqId, int layer, int tokens, const void* keys, const
       }
       hs.positions.push_back(pos0 + t);
     }
+    if (seq.accumulate) seq.mass[(size_t)layer * H + h].resize(hs.positions.size(), 0.f);
   }
   seq.appended[layer] = pos0 + tokens;
 }
@@ -160,6 +161,11 @@ void Cache::attend(int32_t seqId, int layer, int tokens, const float* queries, f
   a.queries = queries;
   a.out = out;
   a.scale = scale;
+  std::vector<float*> mass;
+  if (seq.accumulate) {
+    for (int h = 0; h < H; ++h) mass.push_back(seq.mass[(size_t)layer * H + h].data());
+    a.mass = mass.data();
+  }
   cpu::attend(a);
 
   // Remember the last observationWindow query rows of the layer (SnapKV scores with them).

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../cpu/kernels.h"
+#include "compress.h"
 #include "dtype.h"
 #include "errors.h"
 #include "pool.h"
@@ -40,6 +41,9 @@ struct Sequence {
   std::vector<int32_t> appended;         // per layer: tokens ever appended = next position
   std::vector<std::vector<float>> obsQueries;   // per layer: last rows of queries, [rows][queryHeads*headDim]
   std::vector<std::vector<int32_t>> obsPositions;
+  // Attention mass per kept token and head (H2O), accumulated by attend when `accumulate` is on.
+  bool accumulate = false;
+  std::vector<std::vector<float>> mass;  // [layers * kvHeads][length]
 };
 
 struct Usage {
@@ -69,6 +73,12 @@ class Cache {
   // out: [tokens, queryHeads, headDim]; queries are the last `tokens` positions appended to `layer`.
   void attend(int32_t seq, int layer, int tokens, const float* queries, float* out, float scale);
 
+  // Scores of every kept token of every KV head of `layer` (what compress ranks by).
+  std::vector<std::vector<float>> scores(int32_t seq, int layer, const ScoreOptions& options);
+  // Scores, allocates, selects and compacts every layer; returns what was kept and freed.
+  CompressReport compress(int32_t seq, const CompressOptions& options);
+  void setAccumulate(int32_t seq, bool on);
+
   std::vector<int32_t> lengths(int32_t seq) const;
   std::vector<int32_t> positions(int32_t seq, int layer, int head) const;
   // Copies a head's kept K or V rows out as f32, [length, headDim] (for tests and tools).
@@ -81,6 +91,11 @@ class Cache {
   const Sequence& get(int32_t seq) const;
   void checkLive() const;
   const uint8_t* rowPtr(const HeadState& h, int32_t t, bool values) const;
+  // Observation rows of `layer` for attention-based scorers (copied), with their positions.
+  void observationRows(const Sequence& seq, int layer, const ScoreOptions& o, std::vector<float>& rows,
+                       std::vector<int32_t>& positions) const;
+  void scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers, const ScoreOptions& o,
+                       std::vector<std::vector<float>>& out);
 
   CacheConfig cfg_;
   std::unique_ptr<PagePool> pool_;

@@ -16,6 +16,7 @@ struct Item {
   int head, row0, row1;  // query rows [row0, row1)
   int32_t t0, t1;        // token range of the head
   int64_t partial;       // offset of this item's partial results (rows * G * (headDim + 2) floats)
+  int64_t stored;        // offset of this item's raw scores when attention mass is accumulated
 };
 
 }  // namespace
@@ -53,7 +54,7 @@ void attend(const AttendArgs& a) {
   std::vector<Item> items;
   std::vector<int64_t> groupStart;  // items of (head, row block) g are [groupStart[g], groupStart[g+1])
   const int64_t partialStride = (int64_t)G * (D + 2);
-  int64_t partialSize = 0;
+  int64_t partialSize = 0, storedSize = 0;
   for (int h = 0; h < a.kvHeads; ++h) {
     for (int rb = 0; rb < rowBlocks; ++rb) {
       int row0 = rb * rowBlock, row1 = std::min(a.tokens, row0 + rowBlock);
@@ -62,14 +63,22 @@ void attend(const AttendArgs& a) {
       int32_t t0 = 0;
       do {
         int32_t t1 = (int32_t)std::min<int64_t>(n, t0 + chunk);
-        items.push_back({h, row0, row1, t0, t1, partialSize});
+        items.push_back({h, row0, row1, t0, t1, partialSize, storedSize});
         partialSize += (int64_t)(row1 - row0) * partialStride;
+        if (a.mass) storedSize += (int64_t)(row1 - row0) * G * (t1 - t0);
         t0 = t1;
       } while (t0 < n);
     }
   }
   groupStart.push_back((int64_t)items.size());
   std::vector<float> partials((size_t)partialSize);
+  // Raw scores kept for the mass pass: the final softmax max and sum are known only after the reduce.
+  std::vector<float> stored((size_t)storedSize);
+  std::vector<float> finalM, finalL;
+  if (a.mass) {
+    finalM.assign((size_t)a.kvHeads * a.tokens * G, 0.f);
+    finalL.assign((size_t)a.kvHeads * a.tokens * G, 0.f);
+  }
 
   a.threads->parallelFor((int64_t)items.size(), [&](int64_t idx) {
     const Item& it = items[idx];
@@ -97,6 +106,12 @@ void attend(const AttendArgs& a) {
           int seg = std::min(nb - j, P - off);
           a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + j, kBlockTokens);
           j += seg;
+        }
+        if (a.mass) {
+          const int64_t span = it.t1 - it.t0;
+          for (int g = 0; g < G; ++g)
+            std::copy(s.data() + (size_t)g * kBlockTokens, s.data() + (size_t)g * kBlockTokens + nb,
+                      stored.data() + it.stored + ((int64_t)(r - it.row0) * G + g) * span + (b - it.t0));
         }
         for (int g = 0; g < G; ++g) {
           float* sg = s.data() + (size_t)g * kBlockTokens;
@@ -146,6 +161,31 @@ void attend(const AttendArgs& a) {
       }
       const float inv = 1.f / lSum;
       for (int d = 0; d < D; ++d) o[d] *= inv;
+      if (a.mass) {
+        finalM[((size_t)h * a.tokens + r) * G + g] = mMax;
+        finalL[((size_t)h * a.tokens + r) * G + g] = lSum;
+      }
+    }
+  });
+
+  if (!a.mass) return;
+  a.threads->parallelFor(a.kvHeads, [&](int64_t h) {
+    float* mass = a.mass[h];
+    const float invG = 1.f / (float)G;
+    for (int64_t gr = h * rowBlocks; gr < (h + 1) * rowBlocks; ++gr) {
+      for (int64_t ii = groupStart[gr]; ii < groupStart[gr + 1]; ++ii) {
+        const Item& it = items[ii];
+        const int64_t span = it.t1 - it.t0;
+        for (int r = it.row0; r < it.row1; ++r) {
+          const int32_t end = std::min(it.t1, visible[(size_t)h * a.tokens + r]);
+          for (int g = 0; g < G; ++g) {
+            const float m = finalM[((size_t)h * a.tokens + r) * G + g];
+            const float w = invG / finalL[((size_t)h * a.tokens + r) * G + g];
+            const float* sv = stored.data() + it.stored + ((int64_t)(r - it.row0) * G + g) * span;
+            for (int32_t j = it.t0; j < end; ++j) mass[j] += std::exp(sv[j - it.t0] - m) * w;
+          }
+        }
+      }
     }
   });
 }

@@ -1,0 +1,156 @@
+#include "scores.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../core/cache.h"
+
+namespace lukv {
+namespace cpu {
+
+namespace {
+
+// Calls fn(page, offsetInPage, count, firstToken) for the head's tokens [t0, t1) page by page.
+template <class F>
+void forSegments(const HeadState& h, int P, int32_t t0, int32_t t1, F&& fn) {
+  for (int32_t t = t0; t < t1;) {
+    int off = t % P;
+    int n = std::min<int32_t>(P - off, t1 - t);
+    fn(h.pages[t / P], off, n, t);
+    t += n;
+  }
+}
+
+// Mean over query rows of the softmax attention of each query head of the group:
+// out[g * L + j] = (1/rows) * sum_i softmax_i(j), causal by position.
+void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
+  const HeadState& h = *a.head;
+  const int L = h.length(), G = a.group, D = a.headDim, P = a.pool->pageSize();
+  const int dt = (int)a.pool->dtype();
+  const size_t rowBytes = a.pool->rowBytes();
+  perHead.assign((size_t)G * L, 0.f);
+  std::vector<float> s((size_t)G * L);
+  std::vector<float> q((size_t)G * D);
+  const float scale = a.options->scale;
+  for (int i = 0; i < a.rows; ++i) {
+    const float* qi = a.queries + ((size_t)i * a.queryHeads + (size_t)a.headIndex * G) * D;
+    for (size_t x = 0; x < q.size(); ++x) q[x] = qi[x] * scale;
+    const int32_t n = (int32_t)(std::upper_bound(h.positions.begin(), h.positions.end(), a.queryPositions[i]) - h.positions.begin());
+    if (n == 0) continue;
+    forSegments(h, P, 0, n, [&](int32_t page, int off, int cnt, int32_t t) {
+      a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, q.data(), G, s.data() + t, L);
+    });
+    for (int g = 0; g < G; ++g) {
+      float* sg = s.data() + (size_t)g * L;
+      float m = *std::max_element(sg, sg + n);
+      float sum = a.kernels->expSum(sg, n, m);
+      float w = 1.f / (sum * (float)a.rows);
+      float* o = perHead.data() + (size_t)g * L;
+      for (int32_t j = 0; j < n; ++j) o[j] += sg[j] * w;
+    }
+  }
+}
+
+void pool1d(const float* in, float* out, int L, Pooling kind, int kernel) {
+  const int r = kernel / 2;
+  for (int j = 0; j < L; ++j) {
+    int lo = std::max(0, j - r), hi = std::min(L - 1, j + r);
+    if (kind == Pooling::Max) {
+      float m = in[lo];
+      for (int x = lo + 1; x <= hi; ++x) m = std::max(m, in[x]);
+      out[j] = m;
+    } else {
+      // Average over the positions inside the sequence (padding is not counted).
+      double s = 0;
+      for (int x = lo; x <= hi; ++x) s += in[x];
+      out[j] = (float)(s / (hi - lo + 1));
+    }
+  }
+}
+
+}  // namespace
+
+void scoreHead(const HeadScoreArgs& a, float* out) {
+  const HeadState& h = *a.head;
+  const int L = h.length(), D = a.headDim, P = a.pool->pageSize();
+  const int dt = (int)a.pool->dtype();
+  const size_t rowBytes = a.pool->rowBytes();
+  const ScoreOptions& o = *a.options;
+  if (L == 0) return;
+  switch (o.scorer) {
+    case Scorer::SnapKV:
+    case Scorer::TOVA: {
+      std::vector<float> perHead;
+      attentionScores(a, perHead);
+      const int G = a.group;
+      if (o.pooling != Pooling::None && o.kernel > 1) {
+        std::vector<float> tmp(L);
+        for (int g = 0; g < G; ++g) {
+          pool1d(perHead.data() + (size_t)g * L, tmp.data(), L, o.pooling, o.kernel);
+          std::copy(tmp.begin(), tmp.end(), perHead.begin() + (size_t)g * L);
+        }
+      }
+      for (int j = 0; j < L; ++j) {
+        float v = perHead[j];
+        for (int g = 1; g < G; ++g) v = o.groupMax ? std::max(v, perHead[(size_t)g * L + j]) : v + perHead[(size_t)g * L + j];
+        out[j] = o.groupMax ? v : v / (float)G;
+      }
+      break;
+    }
+    case Scorer::KeyDiff: {
+      // -cos(k_j / |k_j|, mean of k / |k|)
+      std::vector<float> norms(L), keys((size_t)L * D), anchor(D, 0.f);
+      forSegments(h, P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
+        a.kernels->rowNorms(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, norms.data() + t);
+      });
+      for (int32_t t = 0; t < L; ++t) {
+        const uint8_t* row = a.pool->keys(h.pages[t / P]) + (size_t)(t % P) * rowBytes;
+        float inv = norms[t] > 0 ? 1.f / norms[t] : 0.f;
+        for (int d = 0; d < D; ++d) {
+          float v;
+          if (dt == 0) v = reinterpret_cast<const float*>(row)[d];
+          else {
+            uint16_t b = reinterpret_cast<const uint16_t*>(row)[d];
+            v = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
+          }
+          keys[(size_t)t * D + d] = v * inv;
+        }
+      }
+      double an = 0;
+      std::vector<double> mean(D, 0.0);
+      for (int32_t t = 0; t < L; ++t)
+        for (int d = 0; d < D; ++d) mean[d] += keys[(size_t)t * D + d];
+      for (int d = 0; d < D; ++d) {
+        anchor[d] = (float)(mean[d] / L);
+        an += (double)anchor[d] * anchor[d];
+      }
+      const float invAnchor = an > 0 ? (float)(1.0 / std::sqrt(an)) : 0.f;
+      for (int32_t t = 0; t < L; ++t) {
+        float dot = 0;
+        for (int d = 0; d < D; ++d) dot += keys[(size_t)t * D + d] * anchor[d];
+        out[t] = -dot * invAnchor;
+      }
+      break;
+    }
+    case Scorer::KNorm: {
+      forSegments(h, P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
+        a.kernels->rowNorms(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, out + t);
+      });
+      for (int32_t t = 0; t < L; ++t) out[t] = -out[t];
+      break;
+    }
+    case Scorer::H2O:
+      std::copy(a.accumulated, a.accumulated + L, out);
+      break;
+    case Scorer::Streaming:
+      for (int32_t t = 0; t < L; ++t) out[t] = (float)h.positions[t];
+      break;
+    case Scorer::Random:
+      for (int32_t t = 0; t < L; ++t) out[t] = randomScore(o.seed, (uint32_t)a.layer, (uint32_t)a.headIndex, (uint32_t)h.positions[t]);
+      break;
+  }
+}
+
+}  // namespace cpu
+}  // namespace lukv

@@ -1,0 +1,191 @@
+// Options of compress() and scores(), their defaults and validation, and what the addon receives.
+import { invalid, InvalidArgumentError } from "./errors";
+import { isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
+import { budgetsFromProfile } from "./profile/budgets";
+import type { Profile } from "./profile/profile";
+
+/** How tokens are ranked inside a head (higher score = keep). */
+export type ScorerName = "snapkv" | "keydiff" | "knorm" | "tova" | "h2o" | "streaming" | "random";
+/** How many tokens each (layer, KV head) keeps. */
+export type AllocationName = "uniform" | "pyramidkv" | "adakv" | "lukv";
+export type PoolingName = "max" | "avg" | "none";
+
+export const SCORERS: readonly ScorerName[] = ["snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random"];
+export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "adakv", "lukv"];
+const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
+
+/** Options of the scorers, shared by compress() and scores(). */
+export interface ScoreOptions {
+  /** Token scorer. Default: "snapkv". */
+  scorer?: ScorerName;
+  /**
+   * Recent tokens always kept, and the number of last queries SnapKV observes. Default: 32.
+   * Must not exceed the positions appended to any layer that holds tokens.
+   */
+  window?: number;
+  /** Pooling of attention scores along the sequence. Default: "max" for snapkv, "none" otherwise. */
+  pooling?: PoolingName;
+  /** Pooling kernel size (odd). Default: 7. */
+  kernel?: number;
+  /** Combination of the per-query-head scores of a GQA group. Default: "mean". */
+  groupReduce?: "mean" | "max";
+  /** Seed of the "random" scorer. Default: 0. */
+  seed?: number;
+  /** Softmax scale of the attention-based scorers. Default: 1 / sqrt(headDim). */
+  scale?: number;
+  /**
+   * Observation queries per layer ([rows, queryHeads, headDim] each, the last `rows` positions),
+   * instead of the ones the sequence remembers. Default: the remembered ones.
+   */
+  observationQueries?: (Float32Array | undefined)[];
+}
+
+/** Options of compress(). */
+export interface CompressOptions extends ScoreOptions {
+  /** Fraction of the sequence's current tokens (over all heads) to remove, in [0, 1). Default: 0. */
+  ratio?: number;
+  /** How the kept total is split over heads. Default: "uniform" ("lukv" needs `profile`). */
+  allocation?: AllocationName;
+  /** The LU-KV profile for allocation "lukv". */
+  profile?: Profile;
+  /** Explicit keep counts per (layer, KV head), Int32Array [layers * kvHeads]; overrides ratio/allocation. */
+  budgets?: Int32Array;
+  /** First tokens of every head always kept (attention sinks). Default: 4. */
+  sink?: number;
+  /** Ada-KV: floor of each head, as a fraction of its proportional share of the layer budget. Default: 0.2. */
+  alpha?: number;
+  /** PyramidKV: the top layer keeps 1/beta of the average budget, the bottom one 2 - 1/beta of it. Default: 20. */
+  beta?: number;
+}
+
+/** What compress() did. */
+export interface CompressReport {
+  /** Tokens kept per (layer, KV head), Int32Array [layers * kvHeads]. */
+  kept: Int32Array;
+  /** Tokens in the sequence before. */
+  before: number;
+  /** round((1 - ratio) * before): the requested total. */
+  target: number;
+  /** Tokens kept in all. Equals target unless the always-kept tokens (sink, window, 1 per head) exceed it. */
+  total: number;
+  /** Pages returned to the pool. */
+  pagesFreed: number;
+  /** Wall time of the native pass, milliseconds. */
+  ms: number;
+}
+
+/** What the addon receives (numbers and typed arrays only). */
+export interface NativeCompressOptions {
+  scorer: number;
+  window: number;
+  pooling: number;
+  kernel: number;
+  groupMax: number;
+  seed: number;
+  scale: number;
+  observation?: (Float32Array | undefined)[];
+  allocation: number;
+  ratio: number;
+  budgets?: Int32Array;
+  sink: number;
+  alpha: number;
+  beta: number;
+}
+
+const EXPLICIT = 3;
+
+interface Shape {
+  layers: number;
+  kvHeads: number;
+  queryHeads: number;
+  headDim: number;
+}
+
+export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompressOptions {
+  if (o === null || typeof o !== "object") throw invalid("options", "an options object", o);
+  const scorer = oneOf("scorer", o.scorer ?? "snapkv", SCORERS);
+  const window = nonNegativeInteger("window", o.window ?? 32, 2 ** 31 - 1);
+  const pooling = oneOf("pooling", o.pooling ?? (scorer === "snapkv" ? "max" : "none"), POOLINGS);
+  const kernel = o.kernel ?? 7;
+  if (typeof kernel !== "number" || !Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 1025)
+    throw invalid("kernel", "odd integer between 1 and 1025", kernel);
+  const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max"] as const);
+  const seed = o.seed ?? 0;
+  if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
+    throw invalid("seed", "integer between 0 and 4294967295", seed);
+  const scale = o.scale ?? 1 / Math.sqrt(shape.headDim);
+  if (typeof scale !== "number" || !Number.isFinite(scale)) throw invalid("scale", "finite number", scale);
+  let observation: (Float32Array | undefined)[] | undefined;
+  if (o.observationQueries !== undefined) {
+    if (!Array.isArray(o.observationQueries) || o.observationQueries.length !== shape.layers)
+      throw invalid("observationQueries", `an array of ${shape.layers} Float32Array (one per layer, or undefined)`, o.observationQueries);
+    const row = shape.queryHeads * shape.headDim;
+    o.observationQueries.forEach((q, l) => {
+      if (q === undefined) return;
+      if (!isFloat32Array(q) || q.length === 0 || q.length % row !== 0)
+        throw invalid(`observationQueries[${l}]`, `a non-empty Float32Array whose length is a multiple of ${row} ([rows, queryHeads, headDim])`, q);
+    });
+    observation = o.observationQueries;
+  }
+  return {
+    scorer: SCORERS.indexOf(scorer),
+    window,
+    pooling: POOLINGS.indexOf(pooling),
+    kernel,
+    groupMax: groupReduce === "max" ? 1 : 0,
+    seed,
+    scale,
+    observation,
+    allocation: 0,
+    ratio: 0,
+    sink: 4,
+    alpha: 0.2,
+    beta: 20,
+  };
+}
+
+/** Validates compress() options; `lengths` (current per-head lengths) feed the lukv allocation. */
+export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths: () => Int32Array): NativeCompressOptions {
+  const n = nativeScoreOptions(o, shape);
+  n.sink = nonNegativeInteger("sink", o.sink ?? 4, 2 ** 31 - 1);
+  const alpha = o.alpha ?? 0.2;
+  if (typeof alpha !== "number" || !(alpha >= 0 && alpha <= 1)) throw invalid("alpha", "a number between 0 and 1", alpha);
+  n.alpha = alpha;
+  const beta = o.beta ?? 20;
+  if (typeof beta !== "number" || !Number.isFinite(beta) || beta < 1) throw invalid("beta", "a finite number of at least 1", beta);
+  n.beta = beta;
+  const heads = shape.layers * shape.kvHeads;
+  if (o.budgets !== undefined) {
+    if (!isInt32Array(o.budgets) || o.budgets.length !== heads)
+      throw invalid("budgets", `Int32Array of length ${heads} (layers * kvHeads)`, o.budgets);
+    const len = lengths();
+    for (let i = 0; i < heads; i++)
+      if (o.budgets[i] < 0 || o.budgets[i] > len[i])
+        throw new InvalidArgumentError(
+          `Expected budgets[${i}] (layer ${Math.floor(i / shape.kvHeads)}, head ${i % shape.kvHeads}) between 0 and the head's length ${len[i]} but received ${o.budgets[i]}`,
+        );
+    n.allocation = EXPLICIT;
+    n.budgets = o.budgets;
+    return n;
+  }
+  const ratio = o.ratio ?? 0;
+  if (typeof ratio !== "number" || !(ratio >= 0 && ratio < 1)) throw invalid("ratio", "a number in [0, 1)", ratio);
+  n.ratio = ratio;
+  const allocation = oneOf("allocation", o.allocation ?? "uniform", ALLOCATIONS);
+  if (allocation === "lukv") {
+    if (o.profile === undefined) throw invalid("profile", 'a Profile (allocation "lukv" needs one; see loadProfile)', o.profile);
+    const p = o.profile;
+    if (p.layers !== shape.layers || p.kvHeads !== shape.kvHeads)
+      throw new InvalidArgumentError(
+        `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${p.layers} x ${p.kvHeads}`,
+      );
+    const len = lengths();
+    const minKeep = new Int32Array(heads);
+    for (let i = 0; i < heads; i++) minKeep[i] = len[i] === 0 ? 0 : Math.min(len[i], Math.max(1, n.sink + n.window));
+    n.allocation = EXPLICIT;
+    n.budgets = budgetsFromProfile(p, { ratio, lengths: len, minKeep });
+    return n;
+  }
+  n.allocation = ALLOCATIONS.indexOf(allocation);
+  return n;
+}
