@@ -2,11 +2,16 @@
 // The `lukv` command.
 import { CliIO, processIO } from "./cli/io";
 import { demoCommand } from "./cli/demo";
+import { profileCommand } from "./cli/profile";
+import { solveCommand } from "./cli/solve";
 
 const USAGE = `usage: lukv <command> [options]
 
 commands:
   demo                         run the demo (prefill, decode, memory and timing)
+  profile inspect FILE         shape, metadata and a heat map of an LU-KV profile (.npy or JSON)
+  profile convert IN OUT       convert a profile between .npy and JSON
+  solve CURVES.json --keep N   LU-KV head budgets for per-head loss curves
 `;
 
 export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
@@ -14,6 +19,10 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
   switch (command) {
     case "demo":
       return demoCommand(rest, io);
+    case "profile":
+      return profileCommand(rest, io);
+    case "solve":
+      return solveCommand(rest, io);
     case undefined:
     case "help":
     case "--help":
@@ -28,10 +37,13 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
 
 if (require.main === module) {
   main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
+    (code) => {
+      // exitCode rather than exit(): output still queued on a pipe must not be cut off.
+      process.exitCode = code;
+    },
     (e) => {
       process.stderr.write(`lukv: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(1);
+      process.exitCode = 1;
     },
   );
 }
