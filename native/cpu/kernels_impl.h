@@ -27,15 +27,50 @@ static inline Vec loadRow(int dt, const void* base, int64_t i) {
   return Vec::loadBF16(static_cast<const uint16_t*>(base) + i);
 }
 
+static inline float dotTail(int dt, const void* K, int64_t row, const float* q, int from, int D) {
+  float r = 0;
+  for (int d = from; d < D; ++d) r += q[d] * scalarLoad(dt, K, row + d);
+  return r;
+}
+
+// Scores of a block of rows. Dot products are long dependency chains, so each loop keeps eight
+// independent accumulators in flight (two rows x four query heads, or four rows x one head) and
+// reduces four of them at once.
 template <int DT>
 static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld) {
   const int Dv = D - D % Vec::W;
-  for (int j = 0; j < n; ++j) {
-    const int64_t row = (int64_t)j * D;
-    int g = 0;
-    for (; g + 4 <= G; g += 4) {
+  int g = 0;
+  for (; g + 4 <= G; g += 4) {
+    const float* q0 = q + (int64_t)g * D;
+    float* s0 = s + (int64_t)g * ld;
+    int j = 0;
+    for (; j + 2 <= n; j += 2) {
+      const int64_t ra = (int64_t)j * D, rb = ra + D;
       Vec a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
-      const float* q0 = q + (int64_t)g * D;
+      Vec b0 = Vec::zero(), b1 = Vec::zero(), b2 = Vec::zero(), b3 = Vec::zero();
+      for (int d = 0; d < Dv; d += Vec::W) {
+        Vec ka = loadRow(DT, K, ra + d), kb = loadRow(DT, K, rb + d);
+        Vec x0 = Vec::loadF32(q0 + d), x1 = Vec::loadF32(q0 + D + d), x2 = Vec::loadF32(q0 + 2 * D + d), x3 = Vec::loadF32(q0 + 3 * D + d);
+        a0 = Vec::fma(x0, ka, a0);
+        a1 = Vec::fma(x1, ka, a1);
+        a2 = Vec::fma(x2, ka, a2);
+        a3 = Vec::fma(x3, ka, a3);
+        b0 = Vec::fma(x0, kb, b0);
+        b1 = Vec::fma(x1, kb, b1);
+        b2 = Vec::fma(x2, kb, b2);
+        b3 = Vec::fma(x3, kb, b3);
+      }
+      float ra4[4], rb4[4];
+      Vec::sum4(a0, a1, a2, a3, ra4);
+      Vec::sum4(b0, b1, b2, b3, rb4);
+      for (int k = 0; k < 4; ++k) {
+        s0[(int64_t)k * ld + j] = ra4[k] + dotTail(DT, K, ra, q0 + (int64_t)k * D, Dv, D);
+        s0[(int64_t)k * ld + j + 1] = rb4[k] + dotTail(DT, K, rb, q0 + (int64_t)k * D, Dv, D);
+      }
+    }
+    for (; j < n; ++j) {
+      const int64_t row = (int64_t)j * D;
+      Vec a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
       for (int d = 0; d < Dv; d += Vec::W) {
         Vec k = loadRow(DT, K, row + d);
         a0 = Vec::fma(Vec::loadF32(q0 + d), k, a0);
@@ -43,28 +78,34 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
         a2 = Vec::fma(Vec::loadF32(q0 + 2 * D + d), k, a2);
         a3 = Vec::fma(Vec::loadF32(q0 + 3 * D + d), k, a3);
       }
-      float r[4];
-      Vec::sum4(a0, a1, a2, a3, r);
-      float r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
-      for (int d = Dv; d < D; ++d) {
-        float k = scalarLoad(DT, K, row + d);
-        r0 += q0[d] * k;
-        r1 += q0[D + d] * k;
-        r2 += q0[2 * D + d] * k;
-        r3 += q0[3 * D + d] * k;
-      }
-      s[(int64_t)g * ld + j] = r0;
-      s[(int64_t)(g + 1) * ld + j] = r1;
-      s[(int64_t)(g + 2) * ld + j] = r2;
-      s[(int64_t)(g + 3) * ld + j] = r3;
+      float r4[4];
+      Vec::sum4(a0, a1, a2, a3, r4);
+      for (int k = 0; k < 4; ++k) s0[(int64_t)k * ld + j] = r4[k] + dotTail(DT, K, row, q0 + (int64_t)k * D, Dv, D);
     }
-    for (; g < G; ++g) {
+  }
+  for (; g < G; ++g) {
+    const float* qg = q + (int64_t)g * D;
+    float* sg = s + (int64_t)g * ld;
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+      const int64_t r0 = (int64_t)j * D;
+      Vec a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
+      for (int d = 0; d < Dv; d += Vec::W) {
+        Vec x = Vec::loadF32(qg + d);
+        a0 = Vec::fma(x, loadRow(DT, K, r0 + d), a0);
+        a1 = Vec::fma(x, loadRow(DT, K, r0 + D + d), a1);
+        a2 = Vec::fma(x, loadRow(DT, K, r0 + 2 * D + d), a2);
+        a3 = Vec::fma(x, loadRow(DT, K, r0 + 3 * D + d), a3);
+      }
+      float r4[4];
+      Vec::sum4(a0, a1, a2, a3, r4);
+      for (int k = 0; k < 4; ++k) sg[j + k] = r4[k] + dotTail(DT, K, r0 + (int64_t)k * D, qg, Dv, D);
+    }
+    for (; j < n; ++j) {
+      const int64_t row = (int64_t)j * D;
       Vec a = Vec::zero();
-      const float* qg = q + (int64_t)g * D;
       for (int d = 0; d < Dv; d += Vec::W) a = Vec::fma(Vec::loadF32(qg + d), loadRow(DT, K, row + d), a);
-      float r = a.sum();
-      for (int d = Dv; d < D; ++d) r += qg[d] * scalarLoad(DT, K, row + d);
-      s[(int64_t)g * ld + j] = r;
+      sg[j] = a.sum() + dotTail(DT, K, row, qg, Dv, D);
     }
   }
 }
