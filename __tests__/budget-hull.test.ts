@@ -67,6 +67,15 @@ describe("lowerHull edge cases", () => {
     expect(Array.from(lowerHull(new Float32Array([0, 4, 7, 9, 10])))).toEqual([2.5, 2.5, 2.5, 2.5]);
   });
 
+  test("writes into a caller's buffer when given one", () => {
+    const out = new Float64Array(4).fill(-1);
+    expect(lowerHull([0, 4, 7, 9, 10], out)).toBe(out);
+    expect(Array.from(out)).toEqual([2.5, 2.5, 2.5, 2.5]);
+    expect(() => lowerHull([0, 1, 2], new Float64Array(3))).toThrow(
+      "Expected a Float64Array of length 2 (one less than cumulativeLoss) for out but received Float64Array(3)",
+    );
+  });
+
   test("bad input is named", () => {
     expect(() => lowerHull([])).toThrow("Expected an array of at least 1 finite number for cumulativeLoss but received Array(0)");
     expect(() => lowerHull([0, NaN, 1])).toThrow("Expected a finite number for cumulativeLoss[1] but received NaN of type number");
@@ -106,6 +115,55 @@ describe(`lowerHull on random curves (seed ${SEED})`, () => {
       expect(offEnvelope).toBeLessThanOrEqual(0);
       expect(aboveCurve).toBeLessThanOrEqual(0);
       expect(endGap).toBeLessThanOrEqual(0);
+    }
+  });
+
+  test("long curves of many shapes: equals a plain monotone chain", () => {
+    // The plain chain: keep a stack, pop while the new point is on or below the last segment's line.
+    const plainChain = (y: number[]): number[] => {
+      const st: number[] = [];
+      for (let n = 0; n < y.length; n++) {
+        while (st.length >= 2) {
+          const a = st[st.length - 2];
+          const b = st[st.length - 1];
+          if ((y[b] - y[a]) * (n - b) >= (y[n] - y[b]) * (b - a)) st.pop();
+          else break;
+        }
+        st.push(n);
+      }
+      const hull = new Array<number>(y.length);
+      for (let j = 0; j + 1 < st.length; j++) {
+        for (let n = st[j]; n <= st[j + 1]; n++) hull[n] = y[st[j]] + ((y[st[j + 1]] - y[st[j]]) * (n - st[j])) / (st[j + 1] - st[j]);
+      }
+      if (st.length === 1) hull[0] = y[0];
+      return hull;
+    };
+    const shapes: [string, (n: number, T: number) => number][] = [
+      ["noisy convex", (n, T) => (n / T) ** 2 * (0.2 + 1.6 * rand())],
+      ["noise", () => rand()],
+      ["rare spikes", () => (rand() < 0.01 ? 50 * rand() : 0.01 * rand())],
+      ["concave", (n, T) => 1 - n / T],
+      ["convex", (n) => n],
+      ["sawtooth", (n) => (n % 7) - 3],
+      ["steps", (n) => Math.floor(n / 50) + (n % 50 === 0 ? 20 : 0)],
+      ["drop at the end", (n, T) => (n === T ? -1e6 : n)],
+      ["integers", () => Math.floor(rand() * 4)],
+    ];
+    for (const [, marginal] of shapes) {
+      for (let trial = 0; trial < 4; trial++) {
+        const T = 1 + Math.floor(rand() * 5000);
+        const y = [rand()];
+        for (let n = 1; n <= T; n++) y.push(y[n - 1] + marginal(n, T));
+        const m = lowerHull(Float64Array.from(y));
+        const hull = cumulate(y[0], m);
+        const ref = plainChain(y);
+        let worst = 0;
+        let decreases = 0;
+        for (let n = 0; n <= T; n++) worst = Math.max(worst, Math.abs(hull[n] - ref[n]) / (1 + Math.abs(ref[n])));
+        for (let i = 1; i < T; i++) decreases = Math.max(decreases, m[i - 1] - m[i]);
+        expect(decreases).toBe(0);
+        expect(worst).toBeLessThan(1e-9);
+      }
     }
   });
 

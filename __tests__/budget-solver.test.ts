@@ -209,6 +209,9 @@ describe(`solver properties (seed ${SEED})`, () => {
     const a = solveBudgets(curves, total);
     const b = solveBudgets(curves.map((c) => Float64Array.from(c)), total);
     expect(Array.from(b)).toEqual(Array.from(a));
+    // Float32 curves are the same problem as their values in doubles.
+    const f32 = curves.map((c) => Float32Array.from(c));
+    expect(Array.from(solveBudgets(f32, total))).toEqual(Array.from(solveBudgets(f32.map((c) => Array.from(c)), total)));
     // Identical linear heads: every unit is a tie, so head 0 fills first, then head 1.
     const line = [0, 1, 2, 3, 4];
     expect(Array.from(solveBudgets([line, line, line], 6))).toEqual([4, 2, 0]);
@@ -277,6 +280,13 @@ describe("solver edge cases", () => {
       "Expected a non-negative integer for options.minKeep but received Infinity of type number",
     );
     expect(() => solveBudgets([[0, 1], [0, NaN, 2]], 1)).toThrow("Expected a finite number for curves[1][1] but received NaN of type number");
+    expect(() => solveBudgets([[0, 1], [0, 1, 2, 3, 4, 5, 6, -Infinity]], 1)).toThrow(
+      "Expected a finite number for curves[1][7] but received -Infinity of type number",
+    );
+    expect(() => solveBudgets([[0, 1], new Float32Array([0, 1, 2, 3, 4, NaN])], 1)).toThrow(
+      "Expected a finite number for curves[1][5] but received NaN of type number",
+    );
+    expect(() => solveBudgets([[0, "1" as unknown as number]], 1)).toThrow('Expected a finite number for curves[0][1] but received "1" of type string');
     expect(() => solveBudgets([[0, 1], []], 1)).toThrow(
       "Expected an array of at least 1 number (loss after evicting 0..T tokens) for curves[1] but received Array(0)",
     );

@@ -106,12 +106,8 @@ class Greedy {
 }
 
 function hullsOf(curves: readonly LossCurve[], problem: BudgetProblem): Hull[] {
-  let maxT = 0;
-  for (let h = 0; h < problem.heads; h++) maxT = Math.max(maxT, problem.lengths[h]);
-  const scratchV = new Int32Array(maxT + 1);
-  const scratchS = new Float64Array(maxT + 1);
   const hulls = new Array<Hull>(problem.heads);
-  for (let h = 0; h < problem.heads; h++) hulls[h] = buildHull(curves[h], `curves[${h}]`, scratchV, scratchS);
+  for (let h = 0; h < problem.heads; h++) hulls[h] = buildHull(curves[h], `curves[${h}]`);
   return hulls;
 }
 
