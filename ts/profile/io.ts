@@ -37,7 +37,7 @@ export function profileFromNpy(bytes: Uint8Array, meta?: ProfileMeta): Profile {
   return createProfile({ table: arr.data, grid, layers, kvHeads, meta });
 }
 
-/** Encodes a profile's table as .npy bytes, shape [grid, layers, kvHeads]; metadata is not stored. */
+/** Encodes a profile's table as .npy bytes, shape [grid, layers, kvHeads] (dtype default "<f8"); metadata is not stored. */
 export function profileToNpy(profile: Profile, options: { dtype?: NpyFloatDtype } = {}): Uint8Array {
   checkProfile(profile);
   checkTable(profile.table, profile.grid, profile.layers, profile.kvHeads);
@@ -59,7 +59,7 @@ export function decodeProfile(bytes: Uint8Array): Profile {
   );
 }
 
-/** Encodes a profile as .npy or JSON bytes. */
+/** Encodes a profile as .npy (dtype default "<f8") or lukv JSON bytes. */
 export function encodeProfile(profile: Profile, format: ProfileFormat, options: { dtype?: NpyFloatDtype } = {}): Uint8Array {
   if (format === "npy") return profileToNpy(profile, options);
   if (format === "json") return new TextEncoder().encode(profileToJson(profile));
