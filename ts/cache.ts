@@ -2,7 +2,7 @@
 import * as os from "os";
 import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe } from "./errors";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
-import { native, NativeCache } from "./native";
+import { native, NativeCache, resolveDevice } from "./native";
 import { CompressOptions, CompressReport, ScoreOptions, nativeCompressOptions, nativeScoreOptions } from "./compress";
 import {
   integerInRange,
@@ -41,6 +41,14 @@ export interface KVCacheOptions {
   simd?: SimdLevel;
   /** Query rows remembered per layer for SnapKV-style scoring. Default: 32. */
   observationWindow?: number;
+}
+
+/** Options of `recordOracle`. */
+export interface OracleOptions {
+  /** W_O per layer, row-major [queryHeads*headDim, hidden] (PyTorch's o_proj.weight transposed). Default: none, ||v|| is used. */
+  outputProjection?: Float32Array[];
+  /** Divide ||v W_O|| by its sum over the layer's heads and context tokens (the LU-KV authors' profiling). Default: false. */
+  normalize?: boolean;
 }
 
 /** Options of `attend`. */
@@ -136,15 +144,8 @@ export class KVCache {
     const observationWindow = nonNegativeInteger("observationWindow", options.observationWindow ?? 32, 65536);
 
     const addon = native();
-    if (device === "cuda") {
-      const cuda = addon.cudaInfo();
-      const reasons = cuda.usable
-        ? ["this version of lukv has no CUDA cache yet (only the device probe is built)"]
-        : [cuda.error ?? "CUDA is not usable"];
-      throw new BackendUnavailableError(
-        `device "cuda" was requested but cannot be used: ${reasons.join("; ")}. Use device "cpu" or "auto".`,
-      );
-    }
+    // "auto" is the CPU until lukv has a CUDA cache; "cuda" throws BackendUnavailableError with every reason.
+    resolveDevice(device);
     if (simd !== "auto" && !addon.cpuInfo().simdSupported.includes(simd))
       throw invalid("simd", `one of the levels this processor supports (${addon.cpuInfo().simdSupported.join(", ")})`, simd);
     try {
@@ -403,6 +404,57 @@ export class Sequence {
     const id = this.id;
     try {
       this.#cache.handle.accumulate(id, on);
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /**
+   * Starts recording the LU-KV oracle for profiling. The context is what the sequence holds now;
+   * from now on every attend() records, per (layer, KV head, context token), the largest value over
+   * query rows and the query heads of the group of (softmax weight) x ||v_j W_O(q)|| (||v_j|| when no
+   * output projection is given). The observation window is frozen too, so scores() ranks the
+   * context as compress() would have at this moment. compress() is refused while recording.
+   */
+  recordOracle(options: OracleOptions = {}): void {
+    const id = this.id;
+    const { layers, queryHeads, headDim } = this.#cache.config;
+    if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+    const wo = options.outputProjection;
+    if (wo !== undefined) {
+      if (!Array.isArray(wo) || wo.length !== layers)
+        throw invalid("outputProjection", `an array of ${layers} Float32Array (one W_O per layer)`, wo);
+      const row = queryHeads * headDim;
+      wo.forEach((w, l) => {
+        if (!isFloat32Array(w) || w.length === 0 || w.length % row !== 0)
+          throw invalid(`outputProjection[${l}]`, `a Float32Array of [queryHeads*headDim = ${row}, hidden] (length a multiple of ${row})`, w);
+      });
+    }
+    const normalize = options.normalize ?? false;
+    if (typeof normalize !== "boolean") throw invalid("normalize", "boolean", normalize);
+    try {
+      this.#cache.handle.recordOracle(id, wo, normalize);
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /** Stops recording (the recorded oracle stays readable) and unfreezes the observation window. */
+  stopOracle(): void {
+    const id = this.id;
+    try {
+      this.#cache.handle.stopOracle(id);
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /** The recorded oracle of `layer`: one Float32Array per KV head over its context tokens (position order). */
+  oracle(layer: number): Float32Array[] {
+    const id = this.id;
+    const l = this.#layer(layer);
+    try {
+      return this.#cache.handle.oracle(id, l);
     } catch (e) {
       rethrow(e);
     }

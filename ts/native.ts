@@ -1,8 +1,15 @@
 // The one place that loads the compiled addon, and the hand-written type of its surface.
 // Users never see these objects: KVCache and Sequence hold them privately.
+//
+// A process loads ONE binary and uses it for every cache, so classes are never registered twice:
+//   build/Release/lukv.node                       a source build (npm run build:native), when present
+//   prebuilds/<platform>-<arch>-cuda/lukv.node    CPU + CUDA (static CUDA runtime): loads without a
+//                                                 driver; tried when an NVIDIA driver is installed
+//   prebuilds/<platform>-<arch>/lukv.node         CPU only
+// The CUDA binary contains the same CPU backend, so a process that loaded it needs no other binary.
 import * as fs from "fs";
 import * as path from "path";
-import load = require("node-gyp-build");
+import { BackendUnavailableError, invalid } from "./errors";
 import type { NativeCompressOptions } from "./compress";
 
 export interface NativeUsage {
@@ -47,6 +54,9 @@ export interface NativeCache {
   compressAsync(seq: number, options: NativeCompressOptions): Promise<NativeReport>;
   scores(seq: number, layer: number, options: NativeCompressOptions): Float32Array[];
   accumulate(seq: number, on: boolean): void;
+  recordOracle(seq: number, outputProjection: Float32Array[] | undefined, normalize: boolean): void;
+  stopOracle(seq: number): void;
+  oracle(seq: number, layer: number): Float32Array[];
   positions(seq: number, layer: number, head: number): Int32Array;
   appended(seq: number, layer: number): number;
   readRows(seq: number, layer: number, head: number, values: boolean): Float32Array;
@@ -97,22 +107,239 @@ export function packageRoot(): string {
   }
 }
 
-let addon: NativeAddon | undefined;
+/** Which binary a process uses: a local source build, the CPU-only prebuild, or the CUDA prebuild. */
+export type BinaryKind = "build" | "cpu" | "cuda";
 
-/** Loads the addon once (a local build in build/Release first, else a prebuilt binary). */
-export function native(): NativeAddon {
-  if (!addon) {
-    const root = packageRoot();
-    try {
-      addon = load(root) as NativeAddon;
-    } catch (e) {
-      const msg = e instanceof Error ? e.message : String(e);
-      throw new Error(
-        `lukv: could not load the native addon from ${root}: ${msg}\n` +
-          `Build it from source with \`npm run build:native\` (needs cmake and a C++17 compiler), ` +
-          `or reinstall lukv so that a prebuilt binary for ${process.platform}-${process.arch} is used.`,
-      );
+/** The binary this process loaded, and why. */
+export interface LoadedBinary {
+  kind: BinaryKind;
+  /** Absolute path of the .node file. */
+  file: string;
+  /** Why this binary was chosen. */
+  reason: string;
+}
+
+/** What the loader reads from the machine; tests pass a made-up one. */
+export interface LoaderHost {
+  /** The package root: build/ and prebuilds/ are under it. */
+  root: string;
+  platform: string;
+  arch: string;
+  env: Record<string, string | undefined>;
+  exists(file: string): boolean;
+  /** Where the NVIDIA driver library was found; null when it was not; undefined where it is not looked for. */
+  findCudaDriver(): string | null | undefined;
+  load(file: string): NativeAddon;
+}
+
+/** A loaded binary, plus what the loader found against CUDA before the binary's own probe runs. */
+export interface Loaded {
+  addon: NativeAddon;
+  binary: LoadedBinary;
+  cudaNotes: string[];
+}
+
+const BINARY_KINDS: readonly BinaryKind[] = ["build", "cpu", "cuda"];
+
+/** Where each binary lives, relative to the package root. */
+export function binaryPaths(platform: string, arch: string): Record<BinaryKind, string> {
+  return {
+    build: "build/Release/lukv.node",
+    cpu: `prebuilds/${platform}-${arch}/lukv.node`,
+    // Not a subfolder of <platform>-<arch>: node-gyp-build and prebuildify tools must never pick it.
+    cuda: `prebuilds/${platform}-${arch}-cuda/lukv.node`,
+  };
+}
+
+export const NO_DRIVER = "no NVIDIA driver was found (libcuda.so.1 is not installed)";
+export const NO_CUDA_CACHE = "this version of lukv has no CUDA cache yet (only the device probe is built)";
+const BUILD_FROM_SOURCE = "LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv";
+
+function envFlag(value: string | undefined): boolean {
+  return value !== undefined && !/^(|0|false|no|off)$/i.test(value.trim());
+}
+
+// dlopen messages may span lines; reasons are joined into one line.
+function oneLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).replace(/\s*\n\s*/g, " ").trim();
+}
+
+/**
+ * Picks and loads one binary for this process. Exported for tests; everyone else calls native().
+ *
+ * LUKV_BINARY=build|cpu|cuda loads exactly that binary. Otherwise: the local build when present
+ * (unless LUKV_PREBUILDS_ONLY=1); then the CUDA prebuild when an NVIDIA driver is installed; then
+ * the CPU prebuild; then the CUDA prebuild anyway, as its CPU backend works without a driver.
+ */
+export function loadBinary(host: LoaderHost): Loaded {
+  const rel = binaryPaths(host.platform, host.arch);
+  const file = (kind: BinaryKind) => path.join(host.root, rel[kind]);
+  const tuple = `${host.platform}-${host.arch}`;
+  const failures = new Map<BinaryKind, string>();
+  const tryLoad = (kind: BinaryKind): NativeAddon | undefined => {
+    if (!host.exists(file(kind))) {
+      failures.set(kind, `${rel[kind]} does not exist`);
+      return undefined;
     }
+    try {
+      return host.load(file(kind));
+    } catch (e) {
+      failures.set(kind, `${rel[kind]} failed to load: ${oneLine(e)}`);
+      return undefined;
+    }
+  };
+  const result = (kind: BinaryKind, addon: NativeAddon, reason: string, cudaNotes: string[] = []): Loaded => ({
+    addon,
+    binary: { kind, file: file(kind), reason },
+    cudaNotes,
+  });
+
+  const requested = host.env.LUKV_BINARY?.trim().toLowerCase() ?? "";
+  if (requested !== "" && requested !== "auto") {
+    if (!(BINARY_KINDS as readonly string[]).includes(requested))
+      throw invalid("LUKV_BINARY", 'one of "auto", "build", "cpu", "cuda"', host.env.LUKV_BINARY);
+    const kind = requested as BinaryKind;
+    const addon = tryLoad(kind);
+    if (!addon) throw noBinaryError(tuple, host, [...failures.values()], `unset LUKV_BINARY to let lukv choose`);
+    const notes = kind === "cpu" ? ["LUKV_BINARY=cpu selects the CPU-only binary: unset it"] : [];
+    return result(kind, addon, `LUKV_BINARY=${kind}`, notes);
   }
-  return addon;
+
+  let buildFailure = "";
+  if (!envFlag(host.env.LUKV_PREBUILDS_ONLY) && host.exists(file("build"))) {
+    const addon = tryLoad("build");
+    if (addon) return result("build", addon, "a local build (build/Release) is present; LUKV_PREBUILDS_ONLY=1 selects the prebuilt binaries");
+    buildFailure = `; the local build ${failures.get("build")}`;
+  }
+
+  // Problems with CUDA found before loading anything (the CUDA binary's own probe says more once
+  // loaded), each with what to do about it.
+  const problems: { problem: string; fix?: string }[] = [];
+  const hasCuda = host.exists(file("cuda"));
+  const driver = host.findCudaDriver();
+  if (!hasCuda) problems.push({ problem: `lukv has no CUDA binary for ${tuple}`, fix: `build it from source with nvcc on the PATH (${BUILD_FROM_SOURCE})` });
+  if (driver === null) problems.push({ problem: NO_DRIVER, fix: "install the NVIDIA driver" });
+  if (hasCuda && driver !== null) {
+    const addon = tryLoad("cuda");
+    const found = driver === undefined ? `the driver is not looked for on ${host.platform}` : `an NVIDIA driver was found (${driver})`;
+    if (addon) return result("cuda", addon, found + buildFailure);
+    problems.push({ problem: `the CUDA binary ${failures.get("cuda")}` });
+  }
+  const notes = problems.map((p) => (p.fix ? `${p.problem}: ${p.fix}` : p.problem));
+
+  const cpu = tryLoad("cpu");
+  if (cpu) return result("cpu", cpu, `the CUDA binary is not used: ${problems.map((p) => p.problem).join("; ")}${buildFailure}`, notes);
+
+  if (!failures.has("cuda")) {
+    const addon = tryLoad("cuda");
+    // Once loaded, the CUDA binary's probe reports the driver itself: no notes.
+    if (addon) return result("cuda", addon, `the CPU-only binary cannot be used (${failures.get("cpu")}); the CUDA binary also has the CPU backend${buildFailure}`);
+  }
+  throw noBinaryError(tuple, host, [...failures.values()], "");
+}
+
+function noBinaryError(tuple: string, host: LoaderHost, failures: string[], first: string): BackendUnavailableError {
+  const fixes = [
+    first,
+    `build it from source: \`${BUILD_FROM_SOURCE}\` (needs CMake >= 3.18 and a C++17 compiler), or \`npm run build:native\` in a checkout`,
+    "lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34)",
+  ].filter(Boolean);
+  return new BackendUnavailableError(
+    `lukv: no native binary could be loaded for ${tuple} from ${host.root}:\n` +
+      failures.map((f) => `  - ${f}\n`).join("") +
+      `To fix: ${fixes.join("; ")}.`,
+  );
+}
+
+/** Where the dynamic linker would find libcuda.so.1, the NVIDIA driver's library; null if nowhere. Linux only. */
+export function findCudaDriver(platform: string = process.platform, env: Record<string, string | undefined> = process.env): string | null | undefined {
+  if (platform !== "linux") return undefined;
+  const dirs = [...(env.LD_LIBRARY_PATH ?? "").split(":").filter(Boolean), ...DRIVER_DIRS];
+  for (const dir of dirs) {
+    const lib = path.join(dir, "libcuda.so.1");
+    if (fs.existsSync(lib)) return lib;
+  }
+  // ldconfig's cache names the libraries of every folder the linker searches, wherever the driver put them.
+  try {
+    if (fs.readFileSync("/etc/ld.so.cache").includes("libcuda.so.1")) return "libcuda.so.1 in /etc/ld.so.cache";
+  } catch {
+    // no cache: the folders above are all there is
+  }
+  return null;
+}
+
+// Distribution library folders, the NVIDIA container toolkit's and WSL's.
+const DRIVER_DIRS = [
+  "/usr/lib/x86_64-linux-gnu",
+  "/usr/lib/aarch64-linux-gnu",
+  "/usr/lib64",
+  "/usr/lib",
+  "/lib64",
+  "/usr/local/nvidia/lib64",
+  "/usr/lib/wsl/lib",
+];
+
+function nodeHost(root: string): LoaderHost {
+  return {
+    root,
+    platform: process.platform,
+    arch: process.arch,
+    env: process.env,
+    exists: (file) => fs.existsSync(file),
+    findCudaDriver: () => findCudaDriver(),
+    load: (file) => require(file) as NativeAddon,
+  };
+}
+
+let state: Loaded | undefined;
+
+function loaded(): Loaded {
+  state ??= loadBinary(nodeHost(packageRoot()));
+  return state;
+}
+
+/** The addon, loaded once per process (see loadBinary for which binary). */
+export function native(): NativeAddon {
+  return loaded().addon;
+}
+
+/** The binary this process uses, and why. */
+export function loadedBinary(): LoadedBinary {
+  return { ...loaded().binary };
+}
+
+/** The CUDA probe of the loaded binary, and every reason the CUDA backend cannot be used (empty when it can). */
+export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; reasons: string[] } {
+  const info = from.addon.cudaInfo();
+  const reasons = [...from.cudaNotes];
+  if (info.compiled) {
+    if (!info.usable) reasons.push(info.error ?? "the CUDA probe found no usable device");
+  } else if (from.binary.kind !== "cpu") {
+    reasons.push(
+      `the ${from.binary.kind === "build" ? "local build (build/Release)" : "CUDA binary"} was compiled without CUDA: ` +
+        "rebuild it with nvcc on the PATH (npm run build:native), or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries",
+    );
+  }
+  reasons.push(NO_CUDA_CACHE);
+  return { info, reasons };
+}
+
+/** What `device: "auto"` resolves to, given the reasons from cudaStatus(). */
+export function autoDevice(reasons: string[]): { device: "cpu"; reason: string } {
+  // Until lukv has a CUDA cache, reasons always holds NO_CUDA_CACHE and "auto" is the CPU.
+  return { device: "cpu", reason: `CUDA cannot be used: ${reasons.join("; ")}` };
+}
+
+/** The message of the error `device: "cuda"` throws. */
+export function cudaUnavailableMessage(reasons: string[]): string {
+  return `device "cuda" was requested but cannot be used: ${reasons.join("; ")}. Use device "cpu" or "auto".`;
+}
+
+/**
+ * The backend a cache gets for its `device` option: "cpu" for "cpu" and "auto" (without probing
+ * the GPU, as there is no CUDA cache yet); "cuda" throws BackendUnavailableError listing the reasons.
+ */
+export function resolveDevice(device: "auto" | "cpu" | "cuda"): "cpu" {
+  if (device === "cuda") throw new BackendUnavailableError(cudaUnavailableMessage(cudaStatus().reasons));
+  return "cpu";
 }

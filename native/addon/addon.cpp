@@ -75,6 +75,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("compressAsync", &NativeCache::CompressAsync),
                            InstanceMethod("scores", &NativeCache::Scores),
                            InstanceMethod("accumulate", &NativeCache::Accumulate),
+                           InstanceMethod("recordOracle", &NativeCache::RecordOracle),
+                           InstanceMethod("stopOracle", &NativeCache::StopOracle),
+                           InstanceMethod("oracle", &NativeCache::Oracle),
                            InstanceMethod("positions", &NativeCache::Positions),
                            InstanceMethod("appended", &NativeCache::Appended),
                            InstanceMethod("readRows", &NativeCache::ReadRows),
@@ -380,6 +383,49 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     std::lock_guard<std::mutex> lock(c.mutex());
     guarded(info.Env(), [&] { c.setAccumulate(id, on); });
     return info.Env().Undefined();
+  }
+
+  Napi::Value RecordOracle(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence");
+    std::vector<std::vector<float>> wo;
+    if (info.Length() > 1 && info[1].IsArray()) {
+      Napi::Array arr = info[1].As<Napi::Array>();
+      wo.resize(c.config().layers);
+      for (uint32_t l = 0; l < arr.Length() && l < (uint32_t)c.config().layers; ++l) {
+        Napi::Value v = arr.Get(l);
+        if (!v.IsTypedArray()) continue;
+        auto f = v.As<Napi::Float32Array>();
+        wo[l].assign(f.Data(), f.Data() + f.ElementLength());
+      }
+    }
+    bool normalize = info.Length() > 2 && info[2].ToBoolean().Value();
+    std::lock_guard<std::mutex> lock(c.mutex());
+    guarded(env, [&] { c.recordOracle(id, wo, normalize); });
+    return env.Undefined();
+  }
+  Napi::Value StopOracle(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    guarded(info.Env(), [&] { c.stopOracle(id); });
+    return info.Env().Undefined();
+  }
+  Napi::Value Oracle(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
+    if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    std::lock_guard<std::mutex> lock(c.mutex());
+    auto v = guarded(env, [&] { return c.oracle(id, layer); });
+    Napi::Array out = Napi::Array::New(env, v.size());
+    for (size_t h = 0; h < v.size(); ++h) {
+      auto f = Napi::Float32Array::New(env, v[h].size());
+      std::copy(v[h].begin(), v[h].end(), f.Data());
+      out.Set((uint32_t)h, f);
+    }
+    return out;
   }
 
   Napi::Value Lengths(const Napi::CallbackInfo& info) {

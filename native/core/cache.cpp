@@ -161,10 +161,18 @@ void Cache::attend(int32_t seqId, int layer, int tokens, const float* queries, f
   a.queries = queries;
   a.out = out;
   a.scale = scale;
-  std::vector<float*> mass;
+  std::vector<float*> mass, oracle;
+  std::vector<const float*> oracleWeight;
   if (seq.accumulate) {
     for (int h = 0; h < H; ++h) mass.push_back(seq.mass[(size_t)layer * H + h].data());
     a.mass = mass.data();
+  }
+  if (seq.recording) {
+    for (int h = 0; h < H; ++h) oracle.push_back(seq.oracle[(size_t)layer * H + h].data());
+    for (int q = 0; q < cfg_.queryHeads; ++q) oracleWeight.push_back(seq.oracleWeight[(size_t)layer * cfg_.queryHeads + q].data());
+    a.oracle = oracle.data();
+    a.oracleWeight = oracleWeight.data();
+    a.oracleTokens = seq.oracleTokens.data() + (size_t)layer * H;
   }
   cpu::attend(a);
 

@@ -44,6 +44,15 @@ struct Sequence {
   // Attention mass per kept token and head (H2O), accumulated by attend when `accumulate` is on.
   bool accumulate = false;
   std::vector<std::vector<float>> mass;  // [layers * kvHeads][length]
+  // Profiling oracle (recordOracle): the context is the tokens kept when recording began.
+  bool recording = false;
+  std::vector<int32_t> oracleTokens;                 // [layers * kvHeads] context tokens per head
+  std::vector<std::vector<float>> oracle;            // [layers * kvHeads][oracleTokens]
+  std::vector<std::vector<float>> oracleWeight;      // [layers * queryHeads][oracleTokens of its KV head]
+  // The observation window frozen when recording began (scores rank the context as compress would then).
+  bool frozen = false;
+  std::vector<std::vector<float>> frozenQueries;
+  std::vector<std::vector<int32_t>> frozenPositions;
 };
 
 struct Usage {
@@ -78,6 +87,11 @@ class Cache {
   // Scores, allocates, selects and compacts every layer; returns what was kept and freed.
   CompressReport compress(int32_t seq, const CompressOptions& options);
   void setAccumulate(int32_t seq, bool on);
+  // Starts recording the oracle. outputProjection: per layer [queryHeads*headDim, hidden] (empty =
+  // use ||v||); normalize divides the weights by their sum over the layer's heads and tokens.
+  void recordOracle(int32_t seq, const std::vector<std::vector<float>>& outputProjection, bool normalize);
+  void stopOracle(int32_t seq);
+  std::vector<std::vector<float>> oracle(int32_t seq, int layer) const;
 
   std::vector<int32_t> lengths(int32_t seq) const;
   std::vector<int32_t> positions(int32_t seq, int layer, int head) const;

@@ -107,7 +107,9 @@ void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& 
                             std::vector<int32_t>& positions) const {
   const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
   const bool explicitRows = (size_t)layer < o.observation.size() && !o.observation[layer].empty();
-  const std::vector<float>& src = explicitRows ? o.observation[layer] : seq.obsQueries[layer];
+  const std::vector<float>& remembered = seq.frozen ? seq.frozenQueries[layer] : seq.obsQueries[layer];
+  const std::vector<int32_t>& rememberedPos = seq.frozen ? seq.frozenPositions[layer] : seq.obsPositions[layer];
+  const std::vector<float>& src = explicitRows ? o.observation[layer] : remembered;
   const int have = (int)(src.size() / rowFloats);
   const int need = o.scorer == Scorer::TOVA ? 1 : o.window;
   if (have < need)
@@ -120,7 +122,7 @@ void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& 
   rows.assign(src.begin() + (size_t)first * rowFloats, src.begin() + (size_t)have * rowFloats);
   positions.resize(need);
   for (int i = 0; i < need; ++i)
-    positions[i] = explicitRows ? seq.appended[layer] - have + first + i : seq.obsPositions[layer][first + i];
+    positions[i] = explicitRows ? seq.appended[layer] - have + first + i : rememberedPos[first + i];
 }
 
 void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers, const ScoreOptions& o,
@@ -172,6 +174,8 @@ std::vector<std::vector<float>> Cache::scores(int32_t seqId, int layer, const Sc
 CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   Sequence& seq = get(seqId);
+  if (seq.recording)
+    throwInvalid("compress is not allowed while the oracle is being recorded (it would move the context tokens); call seq.stopOracle() first");
   const int H = cfg_.kvHeads, Lyr = cfg_.layers, P = cfg_.pageSize;
   const size_t NH = (size_t)Lyr * H;
   const ScoreOptions& so = opt.score;

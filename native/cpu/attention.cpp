@@ -55,6 +55,7 @@ void attend(const AttendArgs& a) {
   std::vector<int64_t> groupStart;  // items of (head, row block) g are [groupStart[g], groupStart[g+1])
   const int64_t partialStride = (int64_t)G * (D + 2);
   int64_t partialSize = 0, storedSize = 0;
+  const bool keepScores = a.mass != nullptr || a.oracle != nullptr;
   for (int h = 0; h < a.kvHeads; ++h) {
     for (int rb = 0; rb < rowBlocks; ++rb) {
       int row0 = rb * rowBlock, row1 = std::min(a.tokens, row0 + rowBlock);
@@ -65,7 +66,7 @@ void attend(const AttendArgs& a) {
         int32_t t1 = (int32_t)std::min<int64_t>(n, t0 + chunk);
         items.push_back({h, row0, row1, t0, t1, partialSize, storedSize});
         partialSize += (int64_t)(row1 - row0) * partialStride;
-        if (a.mass) storedSize += (int64_t)(row1 - row0) * G * (t1 - t0);
+        if (keepScores) storedSize += (int64_t)(row1 - row0) * G * (t1 - t0);
         t0 = t1;
       } while (t0 < n);
     }
@@ -75,7 +76,7 @@ void attend(const AttendArgs& a) {
   // Raw scores kept for the mass pass: the final softmax max and sum are known only after the reduce.
   std::vector<float> stored((size_t)storedSize);
   std::vector<float> finalM, finalL;
-  if (a.mass) {
+  if (keepScores) {
     finalM.assign((size_t)a.kvHeads * a.tokens * G, 0.f);
     finalL.assign((size_t)a.kvHeads * a.tokens * G, 0.f);
   }
@@ -107,7 +108,7 @@ void attend(const AttendArgs& a) {
           a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + j, kBlockTokens);
           j += seg;
         }
-        if (a.mass) {
+        if (keepScores) {
           const int64_t span = it.t1 - it.t0;
           for (int g = 0; g < G; ++g)
             std::copy(s.data() + (size_t)g * kBlockTokens, s.data() + (size_t)g * kBlockTokens + nb,
@@ -161,16 +162,20 @@ void attend(const AttendArgs& a) {
       }
       const float inv = 1.f / lSum;
       for (int d = 0; d < D; ++d) o[d] *= inv;
-      if (a.mass) {
+      if (keepScores) {
         finalM[((size_t)h * a.tokens + r) * G + g] = mMax;
         finalL[((size_t)h * a.tokens + r) * G + g] = lSum;
       }
     }
   });
 
-  if (!a.mass) return;
+  if (!keepScores) return;
+  // Second, light pass over the kept scores (not over K/V): softmax weights into the H2O mass and
+  // the oracle. Parallel over heads, so each head's arrays have one writer.
   a.threads->parallelFor(a.kvHeads, [&](int64_t h) {
-    float* mass = a.mass[h];
+    float* mass = a.mass ? a.mass[h] : nullptr;
+    float* oracle = a.oracle ? a.oracle[h] : nullptr;
+    const int32_t oracleEnd = a.oracle ? a.oracleTokens[h] : 0;
     const float invG = 1.f / (float)G;
     for (int64_t gr = h * rowBlocks; gr < (h + 1) * rowBlocks; ++gr) {
       for (int64_t ii = groupStart[gr]; ii < groupStart[gr + 1]; ++ii) {
@@ -180,9 +185,15 @@ void attend(const AttendArgs& a) {
           const int32_t end = std::min(it.t1, visible[(size_t)h * a.tokens + r]);
           for (int g = 0; g < G; ++g) {
             const float m = finalM[((size_t)h * a.tokens + r) * G + g];
-            const float w = invG / finalL[((size_t)h * a.tokens + r) * G + g];
+            const float invL = 1.f / finalL[((size_t)h * a.tokens + r) * G + g];
             const float* sv = stored.data() + it.stored + ((int64_t)(r - it.row0) * G + g) * span;
-            for (int32_t j = it.t0; j < end; ++j) mass[j] += std::exp(sv[j - it.t0] - m) * w;
+            if (mass)
+              for (int32_t j = it.t0; j < end; ++j) mass[j] += std::exp(sv[j - it.t0] - m) * invL * invG;
+            if (oracle) {
+              const float* w = a.oracleWeight[(size_t)h * G + g];
+              const int32_t oend = std::min(end, oracleEnd);
+              for (int32_t j = it.t0; j < oend; ++j) oracle[j] = std::max(oracle[j], std::exp(sv[j - it.t0] - m) * invL * w[j]);
+            }
           }
         }
       }

@@ -23,6 +23,11 @@ struct AttendArgs {
   // Optional, per KV head: attention mass per kept token, to which this call adds each token's
   // softmax weight averaged over the query heads of the group (H2O).
   float* const* mass = nullptr;
+  // Optional, per KV head: the profiling oracle, max over query rows and the group's query heads of
+  // softmax weight x oracleWeight[query head][token], for the first oracleTokens[head] tokens.
+  float* const* oracle = nullptr;
+  const float* const* oracleWeight = nullptr;
+  const int32_t* oracleTokens = nullptr;
 };
 
 void attend(const AttendArgs& a);

@@ -1,0 +1,96 @@
+// The profiling oracle of LU-KV: for every context token, the largest attention weight any later
+// query of the group gives it, times the norm of what the token writes to the residual stream
+// (||v_j W_O(q)||). Recording fixes the context and the observation window at its start.
+#include <algorithm>
+#include <cmath>
+
+#include "cache.h"
+
+namespace lukv {
+
+void Cache::recordOracle(int32_t seqId, const std::vector<std::vector<float>>& wo, bool normalize) {
+  Sequence& seq = get(seqId);
+  const int H = cfg_.kvHeads, Q = cfg_.queryHeads, D = cfg_.headDim, G = Q / H, P = cfg_.pageSize;
+  const size_t NH = (size_t)cfg_.layers * H;
+  std::vector<int32_t> tokens(NH);
+  for (size_t i = 0; i < NH; ++i) tokens[i] = seq.heads[i].length();
+  std::vector<std::vector<float>> weight((size_t)cfg_.layers * Q);
+  const size_t rowBytes = pool_->rowBytes();
+  const int dt = (int)cfg_.dtype;
+  pool_threads_->parallelFor((int64_t)cfg_.layers * Q, [&](int64_t idx) {
+    const int l = (int)(idx / Q), q = (int)(idx % Q), h = q / G;
+    const HeadState& hs = seq.heads[(size_t)l * H + h];
+    const int32_t n = tokens[(size_t)l * H + h];
+    std::vector<float>& w = weight[idx];
+    w.resize(n);
+    if (wo.empty() || wo[l].empty()) {
+      for (int32_t t = 0; t < n; t += P) {
+        int cnt = std::min<int32_t>(P, n - t);
+        kernels_->rowNorms(dt, pool_->values(hs.pages[t / P]), cnt, D, w.data() + t);
+      }
+      return;
+    }
+    // ||v W_q||^2 = v^T (W_q W_q^T) v with W_q the query head's D rows of W_O.
+    const int hidden = (int)(wo[l].size() / ((size_t)Q * D));
+    const float* Wq = wo[l].data() + (size_t)q * D * hidden;
+    std::vector<double> M((size_t)D * D);
+    for (int a = 0; a < D; ++a)
+      for (int b = a; b < D; ++b) {
+        double s = 0;
+        for (int c = 0; c < hidden; ++c) s += (double)Wq[(size_t)a * hidden + c] * Wq[(size_t)b * hidden + c];
+        M[(size_t)a * D + b] = M[(size_t)b * D + a] = s;
+      }
+    std::vector<float> v(D);
+    for (int32_t t = 0; t < n; ++t) {
+      const uint8_t* row = pool_->values(hs.pages[t / P]) + (size_t)(t % P) * rowBytes;
+      for (int d = 0; d < D; ++d) {
+        if (dt == 0) v[d] = reinterpret_cast<const float*>(row)[d];
+        else {
+          uint16_t b = reinterpret_cast<const uint16_t*>(row)[d];
+          v[d] = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
+        }
+      }
+      double s = 0;
+      for (int a = 0; a < D; ++a) {
+        double r = 0;
+        for (int b = 0; b < D; ++b) r += M[(size_t)a * D + b] * v[b];
+        s += r * v[a];
+      }
+      w[t] = (float)std::sqrt(std::max(0.0, s));
+    }
+  });
+  if (normalize) {
+    for (int l = 0; l < cfg_.layers; ++l) {
+      double sum = 0;
+      for (int q = 0; q < Q; ++q)
+        for (float x : weight[(size_t)l * Q + q]) sum += x;
+      if (sum > 0)
+        for (int q = 0; q < Q; ++q)
+          for (float& x : weight[(size_t)l * Q + q]) x = (float)(x / sum);
+    }
+  }
+  seq.oracleTokens = std::move(tokens);
+  seq.oracleWeight = std::move(weight);
+  seq.oracle.assign(NH, {});
+  for (size_t i = 0; i < NH; ++i) seq.oracle[i].assign(seq.oracleTokens[i], 0.f);
+  seq.frozenQueries = seq.obsQueries;
+  seq.frozenPositions = seq.obsPositions;
+  seq.frozen = true;
+  seq.recording = true;
+}
+
+void Cache::stopOracle(int32_t seqId) {
+  Sequence& seq = get(seqId);
+  seq.recording = false;
+  seq.frozen = false;
+  seq.oracleWeight.clear();
+}
+
+std::vector<std::vector<float>> Cache::oracle(int32_t seqId, int layer) const {
+  const Sequence& seq = get(seqId);
+  if (seq.oracle.empty()) throwInvalid("the sequence has no oracle: call seq.recordOracle() before decoding");
+  const int H = cfg_.kvHeads;
+  return std::vector<std::vector<float>>(seq.oracle.begin() + (size_t)layer * H, seq.oracle.begin() + (size_t)(layer + 1) * H);
+}
+
+}  // namespace lukv
