@@ -2,7 +2,8 @@
 // Usage: node dist/bench/solver.js [--layers 32] [--kv-heads 8] [--tokens 32768] [--repeats 15] [--seed N]
 import { lowerHull, solveBudgets, solveBudgetsDetailed, solveBudgetsForTotals } from "../ts/budget";
 import { budgetsFromProfile, createProfile } from "../ts/profile";
-import { machine, median, printTable, timeRuns, writeResults } from "./common";
+import * as os from "node:os";
+import { machine, median, printTable, writeResults } from "./common";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -51,11 +52,27 @@ const totals = Array.from({ length: grid }, (_, i) => Math.round((1 - (i + 1) / 
 console.log(`LU-KV budget solver: ${layers} layers x ${kvHeads} KV heads, ${T} tokens per head (${(H * T / 1e6).toFixed(1)}M), seed ${seed}`);
 console.log(`CPU: ${machine().cpuModel}; node ${process.version}; median of ${repeats} runs\n`);
 
+/** Median wall and CPU milliseconds per run: on a busy machine wall time includes waiting for a core, CPU time does not. */
+function measure(fn: () => void, runs: number, warmup: number): { wallMs: number; cpuMs: number } {
+  for (let i = 0; i < warmup; i++) fn();
+  const wall: number[] = [];
+  const cpu: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    fn();
+    wall.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    cpu.push((c.user + c.system) / 1000);
+  }
+  return { wallMs: median(wall), cpuMs: median(cpu) };
+}
+
 const marginals = new Float64Array(T);
-const hullMs = median(timeRuns(() => curves.forEach((c) => lowerHull(c, marginals)), repeats, 1));
-const solveMs = median(timeRuns(() => solveBudgets(curves, total), repeats, 2));
+const hull = measure(() => curves.forEach((c) => lowerHull(c, marginals)), repeats, 1);
+const solve = measure(() => solveBudgets(curves, total), repeats, 2);
 const detail = solveBudgetsDetailed(curves, total);
-const gridMs = median(timeRuns(() => solveBudgetsForTotals(curves, totals), Math.max(3, repeats >> 2), 1));
+const gridSolve = measure(() => solveBudgetsForTotals(curves, totals), Math.max(3, repeats >> 2), 1);
 
 // A profile made the LU-KV way from these curves (one "query"), then the online lookup.
 const solutions = solveBudgetsForTotals(curves, totals);
@@ -65,21 +82,26 @@ const profile = createProfile({ table, layers, kvHeads, meta: { model: "syntheti
 const equal = new Int32Array(H).fill(T);
 const unequal = Int32Array.from({ length: H }, () => Math.floor(T * (0.25 + 0.75 * rand())));
 const CALLS = 1000;
-const lookupUs = (lengths: Int32Array, ratio: number) =>
-  (median(timeRuns(() => {
+// Per call, from batches of CALLS calls (one call is too short to time alone).
+const lookup = (lengths: Int32Array, ratio: number) => {
+  const m = measure(() => {
     for (let i = 0; i < CALLS; i++) budgetsFromProfile(profile, { ratio, lengths, minKeep: 36 });
-  }, repeats, 2)) * 1000) / CALLS;
-const lookupEqualUs = lookupUs(equal, 0.8);
-const lookupUnequalUs = lookupUs(unequal, 0.537);
+  }, repeats, 2);
+  return { wallUs: (m.wallMs * 1000) / CALLS, cpuUs: (m.cpuMs * 1000) / CALLS };
+};
+const lookupEqual = lookup(equal, 0.8);
+const lookupUnequal = lookup(unequal, 0.537);
 
 const rows: (string | number)[][] = [
-  [`lowerHull, all ${H} heads (into one buffer)`, hullMs.toFixed(2), "ms", "-"],
-  [`solveBudgets (hulls + greedy), keep 20%`, solveMs.toFixed(2), "ms", "< 50 ms"],
-  [`solveBudgetsForTotals, ${grid} ratios`, gridMs.toFixed(2), "ms", "-"],
-  [`budgetsFromProfile, equal lengths, ratio 0.8`, lookupEqualUs.toFixed(2), "µs", "< 100 µs"],
-  [`budgetsFromProfile, unequal lengths, ratio 0.537`, lookupUnequalUs.toFixed(2), "µs", "< 100 µs"],
+  [`lowerHull, all ${H} heads (into one buffer)`, hull.wallMs.toFixed(2), hull.cpuMs.toFixed(2), "ms", "-"],
+  [`solveBudgets (hulls + greedy), keep 20%`, solve.wallMs.toFixed(2), solve.cpuMs.toFixed(2), "ms", "< 50 ms"],
+  [`solveBudgetsForTotals, ${grid} ratios`, gridSolve.wallMs.toFixed(2), gridSolve.cpuMs.toFixed(2), "ms", "-"],
+  [`budgetsFromProfile, equal lengths, ratio 0.8`, lookupEqual.wallUs.toFixed(2), lookupEqual.cpuUs.toFixed(2), "µs", "< 100 µs"],
+  [`budgetsFromProfile, unequal lengths, ratio 0.537`, lookupUnequal.wallUs.toFixed(2), lookupUnequal.cpuUs.toFixed(2), "µs", "< 100 µs"],
 ];
-printTable(["operation", "median", "unit", "target"], rows);
+printTable(["operation", "median wall", "median CPU", "unit", "target"], rows);
+const load = os.loadavg()[0];
+if (load > os.cpus().length * 0.75) console.log(`\nnote: load average ${load.toFixed(1)} on ${os.cpus().length} CPUs; wall times include waiting for a core`);
 console.log(
   `\nat keep 20%: true loss ${detail.trueLoss.toPrecision(6)}, hull loss ${detail.relaxedLoss.toPrecision(6)}, ` +
     `hull-gap bound ${detail.gapBound.toPrecision(3)} (${((detail.gapBound / detail.trueLoss) * 100).toPrecision(2)}% of the loss)`,
@@ -92,12 +114,13 @@ const file = writeResults("solver", {
   seed,
   repeats,
   machine: machine(),
+  loadAverage: os.loadavg()[0],
   results: {
-    lowerHullAllHeadsMs: hullMs,
-    solveBudgetsMs: solveMs,
-    solveBudgetsForTotals99Ms: gridMs,
-    budgetsFromProfileEqualUs: lookupEqualUs,
-    budgetsFromProfileUnequalUs: lookupUnequalUs,
+    lowerHullAllHeads: hull,
+    solveBudgets: solve,
+    solveBudgetsForTotals99: gridSolve,
+    budgetsFromProfileEqualLengths: lookupEqual,
+    budgetsFromProfileUnequalLengths: lookupUnequal,
     keep20: { trueLoss: detail.trueLoss, relaxedLoss: detail.relaxedLoss, gapBound: detail.gapBound },
   },
 });
