@@ -8,4 +8,6 @@ module.exports = {
   },
   testPathIgnorePatterns: ["/node_modules/", "/dist/"],
   testTimeout: 120000,
+  // Two worker processes even on a 2-core machine: the addon must load in several workers at once.
+  maxWorkers: 2,
 };
