@@ -1,8 +1,19 @@
 import * as os from "os";
-import { native } from "./native";
+import { autoDevice, BinaryKind, cudaStatus, loadedBinary, native } from "./native";
 
-/** What each backend can do on this machine. */
+/** What each backend can do on this machine, and which native binary this process uses. */
 export interface Backends {
+  /** The one native binary this process loaded, and why (see "Installing" in the README). */
+  binary: {
+    /** "build": build/Release from a source build; "cpu": the CPU-only prebuild; "cuda": the CUDA prebuild (which also has the CPU backend). */
+    kind: BinaryKind;
+    /** Absolute path of the .node file. */
+    file: string;
+    /** Why this binary was chosen. */
+    reason: string;
+  };
+  /** What `device: "auto"` means here, and why. */
+  auto: { device: "cpu" | "cuda"; reason: string };
   cpu: {
     /** Threads a cache uses by default. */
     threads: number;
@@ -12,28 +23,43 @@ export interface Backends {
     simdSupported: string[];
   };
   cuda: {
-    /** Whether this binary contains the CUDA backend. */
+    /** Whether the loaded binary contains the CUDA backend. */
     compiled: boolean;
-    /** Usable CUDA devices. */
+    /** CUDA devices the probe found (0 when the binary has no CUDA). */
     devices: number;
     /** Whether `device: "cuda"` can be used. */
     usable: boolean;
-    /** Why CUDA cannot be used, when it cannot. */
+    /** Every reason CUDA cannot be used, each with what to do; empty when it can. */
+    reasons: string[];
+    /** The reasons in one line; absent when CUDA can be used. */
     error?: string;
+    /** CUDA runtime version the binary was built with, e.g. 13000 for 13.0 (CUDA binaries only). */
+    runtimeVersion?: number;
+    /** CUDA version the installed driver supports, 0 without a driver (CUDA binaries only). */
+    driverVersion?: number;
+    /** Names of the devices found, comma separated (CUDA binaries only). */
+    names?: string;
   };
 }
 
-/** Reports the CPU kernels and the CUDA state of this machine. */
+/** Reports the CPU kernels, the CUDA state of this machine and the binary in use. Probes the GPU. */
 export function backends(): Backends {
   const addon = native();
   const cpu = addon.cpuInfo();
-  const cuda = addon.cudaInfo();
+  const { info, reasons } = cudaStatus();
   const envThreads = Number(process.env.LUKV_THREADS);
   const threads = Number.isInteger(envThreads) && envThreads > 0 ? envThreads : os.availableParallelism();
-  const usable = false; // the CUDA cache is not implemented yet; the probe below says what the machine has
-  const error = cuda.error ?? (cuda.usable ? "this version of lukv has no CUDA cache yet" : undefined);
+  const cuda: Backends["cuda"] = { compiled: info.compiled, devices: info.devices, usable: reasons.length === 0, reasons };
+  if (reasons.length) cuda.error = reasons.join("; ");
+  if (info.compiled) {
+    cuda.runtimeVersion = info.runtimeVersion;
+    cuda.driverVersion = info.driverVersion;
+    cuda.names = info.names;
+  }
   return {
+    binary: loadedBinary(),
+    auto: autoDevice(reasons),
     cpu: { threads, simd: cpu.simd, simdSupported: cpu.simdSupported },
-    cuda: { compiled: cuda.compiled, devices: cuda.devices, usable, ...(error ? { error } : {}) },
+    cuda,
   };
 }

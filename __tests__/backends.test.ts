@@ -1,0 +1,279 @@
+// The loader's choice of binary and its CUDA reasons, on made-up machines (every combination of
+// local build, prebuilds, driver and load failure), then on this checkout for real.
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import {
+  cudaStatus,
+  cudaUnavailableMessage,
+  findCudaDriver,
+  loadBinary,
+  Loaded,
+  LoaderHost,
+  NativeAddon,
+  NativeCudaInfo,
+  NO_CUDA_CACHE,
+} from "../ts/native";
+import { backends, KVCache } from "../ts";
+
+const ROOT = "/pkg";
+const BUILD = "/pkg/build/Release/lukv.node";
+const CPU = "/pkg/prebuilds/linux-x64/lukv.node";
+const CUDA = "/pkg/prebuilds/linux-x64-cuda/lukv.node";
+const DRIVER = "/usr/lib/x86_64-linux-gnu/libcuda.so.1";
+
+const NO_CUDA_BUILD: NativeCudaInfo = {
+  compiled: false,
+  usable: false,
+  devices: 0,
+  error: "this build of lukv was compiled without CUDA (nvcc was not found or LUKV_CUDA=OFF)",
+};
+const CUDA_NO_DRIVER: NativeCudaInfo = {
+  compiled: true,
+  usable: false,
+  devices: 0,
+  runtimeVersion: 13000,
+  driverVersion: 0,
+  names: "",
+  error: "no NVIDIA driver is installed (libcuda.so.1 was not found)",
+};
+
+// A stand-in addon that only answers cudaInfo(); `name` tells which file it came from.
+function fakeAddon(name: string, cuda: NativeCudaInfo): NativeAddon {
+  return { name, cudaInfo: () => cuda } as unknown as NativeAddon;
+}
+
+interface Machine {
+  files?: string[]; // binaries present
+  broken?: Record<string, string>; // file -> load error
+  driver?: string | null; // findCudaDriver() result
+  env?: Record<string, string>;
+  platform?: string;
+  arch?: string;
+}
+
+function host(m: Machine): LoaderHost & { loads: string[] } {
+  const files = new Set(m.files ?? []);
+  const loads: string[] = [];
+  return {
+    loads,
+    root: ROOT,
+    platform: m.platform ?? "linux",
+    arch: m.arch ?? "x64",
+    env: m.env ?? {},
+    exists: (f) => files.has(f),
+    findCudaDriver: () => (m.driver === undefined ? null : m.driver),
+    load: (f) => {
+      loads.push(f);
+      if (m.broken?.[f]) throw new Error(m.broken[f]);
+      return fakeAddon(f, f === CPU ? NO_CUDA_BUILD : f === CUDA ? CUDA_NO_DRIVER : NO_CUDA_BUILD);
+    },
+  };
+}
+
+function summary(l: Loaded) {
+  return { kind: l.binary.kind, file: l.binary.file, reason: l.binary.reason, cudaNotes: l.cudaNotes };
+}
+
+describe("loadBinary picks one binary", () => {
+  test("a local build wins when present", () => {
+    const h = host({ files: [BUILD, CPU, CUDA], driver: DRIVER });
+    expect(summary(loadBinary(h))).toEqual({
+      kind: "build",
+      file: BUILD,
+      reason: "a local build (build/Release) is present; LUKV_PREBUILDS_ONLY=1 selects the prebuilt binaries",
+      cudaNotes: [],
+    });
+    expect(h.loads).toEqual([BUILD]);
+  });
+
+  test("without a driver the CPU binary is used and the CUDA binary is never loaded", () => {
+    const h = host({ files: [BUILD, CPU, CUDA], env: { LUKV_PREBUILDS_ONLY: "1" } });
+    const l = loadBinary(h);
+    expect(summary(l)).toEqual({
+      kind: "cpu",
+      file: CPU,
+      reason: "the CUDA binary is not used: no NVIDIA driver was found (libcuda.so.1 is not installed)",
+      cudaNotes: ["no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver"],
+    });
+    expect(h.loads).toEqual([CPU]);
+    expect(cudaUnavailableMessage(cudaStatus(l).reasons)).toBe(
+      'device "cuda" was requested but cannot be used: no NVIDIA driver was found (libcuda.so.1 is not installed): ' +
+        "install the NVIDIA driver; this version of lukv has no CUDA cache yet (only the device probe is built). " +
+        'Use device "cpu" or "auto".',
+    );
+  });
+
+  test("LUKV_PREBUILDS_ONLY=0 still uses the local build", () => {
+    expect(loadBinary(host({ files: [BUILD, CPU], env: { LUKV_PREBUILDS_ONLY: "0" } })).binary.kind).toBe("build");
+  });
+
+  test("with a driver the CUDA binary is used, and its probe supplies the reasons", () => {
+    const h = host({ files: [CPU, CUDA], driver: DRIVER });
+    const l = loadBinary(h);
+    expect(summary(l)).toEqual({ kind: "cuda", file: CUDA, reason: `an NVIDIA driver was found (${DRIVER})`, cudaNotes: [] });
+    expect(h.loads).toEqual([CUDA]);
+    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)", NO_CUDA_CACHE]);
+  });
+
+  test("a CUDA binary that fails to load falls back to the CPU binary and says why", () => {
+    const h = host({ files: [CPU, CUDA], driver: DRIVER, broken: { [CUDA]: "libfoo.so: cannot open shared object file\n(line two)" } });
+    const l = loadBinary(h);
+    const failure = "the CUDA binary prebuilds/linux-x64-cuda/lukv.node failed to load: libfoo.so: cannot open shared object file (line two)";
+    expect(summary(l)).toEqual({ kind: "cpu", file: CPU, reason: `the CUDA binary is not used: ${failure}`, cudaNotes: [failure] });
+    expect(h.loads).toEqual([CUDA, CPU]);
+  });
+
+  test("a platform without a CUDA binary lists that and the missing driver", () => {
+    const arm = "/pkg/prebuilds/linux-arm64/lukv.node";
+    const l = loadBinary(host({ files: [arm], arch: "arm64" }));
+    expect(summary(l)).toEqual({
+      kind: "cpu",
+      file: arm,
+      reason:
+        "the CUDA binary is not used: lukv has no CUDA binary for linux-arm64; no NVIDIA driver was found (libcuda.so.1 is not installed)",
+      cudaNotes: [
+        "lukv has no CUDA binary for linux-arm64: build it from source with nvcc on the PATH (LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv)",
+        "no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver",
+      ],
+    });
+  });
+
+  test("where the driver is not looked for, the CUDA binary is tried first", () => {
+    const cudaWin = "/pkg/prebuilds/win32-x64-cuda/lukv.node";
+    const h = host({ files: [cudaWin], platform: "win32" });
+    h.findCudaDriver = () => undefined;
+    expect(loadBinary(h).binary).toEqual({ kind: "cuda", file: cudaWin, reason: "the driver is not looked for on win32" });
+  });
+
+  test("without a CPU binary the CUDA binary serves the CPU even without a driver", () => {
+    const h = host({ files: [CUDA] });
+    const l = loadBinary(h);
+    expect(summary(l)).toEqual({
+      kind: "cuda",
+      file: CUDA,
+      reason:
+        "the CPU-only binary cannot be used (prebuilds/linux-x64/lukv.node does not exist); the CUDA binary also has the CPU backend",
+      cudaNotes: [],
+    });
+    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)", NO_CUDA_CACHE]);
+  });
+
+  test("a local build that fails to load is skipped and named in the reason", () => {
+    const l = loadBinary(host({ files: [BUILD, CPU], broken: { [BUILD]: "bad ELF" } }));
+    expect(l.binary.kind).toBe("cpu");
+    expect(l.binary.reason).toBe(
+      "the CUDA binary is not used: lukv has no CUDA binary for linux-x64; no NVIDIA driver was found (libcuda.so.1 is not installed); " +
+        "the local build build/Release/lukv.node failed to load: bad ELF",
+    );
+  });
+
+  test("a local build without CUDA says how to get CUDA", () => {
+    const l = loadBinary(host({ files: [BUILD] }));
+    expect(cudaStatus(l).reasons).toEqual([
+      "the local build (build/Release) was compiled without CUDA: rebuild it with nvcc on the PATH (npm run build:native), " +
+        "or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries",
+      NO_CUDA_CACHE,
+    ]);
+  });
+
+  test("LUKV_BINARY forces one binary, even the CUDA one without a driver", () => {
+    const h = host({ files: [BUILD, CPU, CUDA], env: { LUKV_BINARY: "cuda" } });
+    expect(summary(loadBinary(h))).toEqual({ kind: "cuda", file: CUDA, reason: "LUKV_BINARY=cuda", cudaNotes: [] });
+    expect(h.loads).toEqual([CUDA]);
+    const cpu = loadBinary(host({ files: [BUILD, CPU, CUDA], driver: DRIVER, env: { LUKV_BINARY: "CPU" } }));
+    expect(summary(cpu)).toEqual({
+      kind: "cpu",
+      file: CPU,
+      reason: "LUKV_BINARY=cpu",
+      cudaNotes: ["LUKV_BINARY=cpu selects the CPU-only binary: unset it"],
+    });
+    expect(loadBinary(host({ files: [BUILD, CPU], env: { LUKV_BINARY: "auto" } })).binary.kind).toBe("build");
+  });
+
+  test("LUKV_BINARY with a missing binary does not fall back", () => {
+    expect(() => loadBinary(host({ files: [CPU], env: { LUKV_BINARY: "cuda" } }))).toThrow(
+      "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
+        "  - prebuilds/linux-x64-cuda/lukv.node does not exist\n" +
+        "To fix: unset LUKV_BINARY to let lukv choose; build it from source: `LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv` " +
+        "(needs CMake >= 3.18 and a C++17 compiler), or `npm run build:native` in a checkout; " +
+        "lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34).",
+    );
+  });
+
+  test("an unknown LUKV_BINARY is an InvalidArgumentError", () => {
+    expect(() => loadBinary(host({ files: [CPU], env: { LUKV_BINARY: "gpu" } }))).toThrow(
+      'Expected one of "auto", "build", "cpu", "cuda" for LUKV_BINARY but received "gpu" of type string',
+    );
+  });
+
+  test("nothing loadable: one BackendUnavailableError listing every file tried", () => {
+    let err: unknown;
+    try {
+      loadBinary(host({ files: [CPU], broken: { [CPU]: "GLIBC_2.34 not found" }, arch: "x64" }));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ name: "BackendUnavailableError", code: "ERR_LUKV_BACKEND_UNAVAILABLE" });
+    expect((err as Error).message).toBe(
+      "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
+        "  - prebuilds/linux-x64/lukv.node failed to load: GLIBC_2.34 not found\n" +
+        "  - prebuilds/linux-x64-cuda/lukv.node does not exist\n" +
+        "To fix: build it from source: `LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv` (needs CMake >= 3.18 and a C++17 compiler), " +
+        "or `npm run build:native` in a checkout; lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34).",
+    );
+  });
+});
+
+describe("findCudaDriver", () => {
+  test("finds libcuda.so.1 in LD_LIBRARY_PATH", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-driver-"));
+    try {
+      fs.writeFileSync(path.join(dir, "libcuda.so.1"), "");
+      expect(findCudaDriver("linux", { LD_LIBRARY_PATH: `/nonexistent:${dir}` })).toBe(path.join(dir, "libcuda.so.1"));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("does not look outside Linux", () => {
+    expect(findCudaDriver("darwin", {})).toBeUndefined();
+  });
+});
+
+describe("backends() in this checkout", () => {
+  // The tests run against the local build unless LUKV_PREBUILDS_ONLY or LUKV_BINARY say otherwise.
+  const forced = Boolean(process.env.LUKV_PREBUILDS_ONLY || process.env.LUKV_BINARY);
+
+  (forced ? test.skip : test)("uses build/Release and reports why CUDA is unavailable", () => {
+    const b = backends();
+    expect(b.binary.kind).toBe("build");
+    expect(b.binary.file).toBe(path.resolve(__dirname, "..", "build", "Release", "lukv.node"));
+    expect(b.binary.reason).toBe("a local build (build/Release) is present; LUKV_PREBUILDS_ONLY=1 selects the prebuilt binaries");
+    expect(b.cuda.usable).toBe(false);
+    expect(b.cuda.reasons[b.cuda.reasons.length - 1]).toBe(NO_CUDA_CACHE);
+    expect(b.cuda.error).toBe(b.cuda.reasons.join("; "));
+    expect(b.auto).toEqual({ device: "cpu", reason: `CUDA cannot be used: ${b.cuda.error}` });
+    if (b.cuda.compiled && findCudaDriver() === null) {
+      // The machines this runs on in CI: nvcc, no driver.
+      expect(b.cuda.reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)", NO_CUDA_CACHE]);
+      expect(b.cuda.driverVersion).toBe(0);
+    }
+    if (!b.cuda.compiled) expect(b.cuda.reasons[0]).toMatch(/^the local build \(build\/Release\) was compiled without CUDA: /);
+  });
+
+  test('device "cuda" throws the loader\'s message; "auto" is the CPU', () => {
+    const options = { layers: 1, kvHeads: 1, headDim: 8 };
+    let err: unknown;
+    try {
+      new KVCache({ ...options, device: "cuda" });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ name: "BackendUnavailableError", code: "ERR_LUKV_BACKEND_UNAVAILABLE" });
+    expect((err as Error).message).toBe(cudaUnavailableMessage(backends().cuda.reasons));
+    const cache = new KVCache({ ...options, device: "auto" });
+    expect(cache.config.device).toBe("cpu");
+    cache.dispose();
+  });
+});

@@ -1,0 +1,251 @@
+// Packs lukv as a release would (prebuilds made by `npm run prebuilds`, TypeScript compiled fresh),
+// installs the tarball into an empty folder with no compiler on the PATH and no network (npm
+// --offline, from the cache `npm ci` filled), and runs attention there on the CPU backend.
+// When nvcc is found the CUDA prebuild is built and packed too, and must load on this machine,
+// which has no NVIDIA driver; LUKV_TEST_CUDA_PREBUILD=0 skips it (it adds about a minute).
+// LUKV_KEEP_PACKAGING=1 keeps the temporary folder (staged package, tarball, app) for a look.
+import { spawnSync, SpawnSyncOptions } from "child_process";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { randn, rng, testSeed } from "./helpers/random";
+import { referenceAttention, relativeError } from "./helpers/reference";
+import { findCudaDriver, NO_CUDA_CACHE, NO_DRIVER } from "../ts/native";
+
+const ROOT = path.resolve(__dirname, "..");
+const TUPLE = `${process.platform}-${process.arch}`;
+const CPU_PREBUILD = `prebuilds/${TUPLE}/lukv.node`;
+const CUDA_PREBUILD = `prebuilds/${TUPLE}-cuda/lukv.node`;
+
+function which(name: string, searchPath = process.env.PATH ?? ""): string | undefined {
+  for (const dir of searchPath.split(path.delimiter)) {
+    const file = dir && path.join(dir, name);
+    if (file && fs.existsSync(file)) return file;
+  }
+  return undefined;
+}
+
+const nvccFound = Boolean(process.env.CUDACXX || which("nvcc") || fs.existsSync("/usr/local/cuda/bin/nvcc"));
+const withCuda = nvccFound && process.env.LUKV_TEST_CUDA_PREBUILD !== "0";
+// Exact CUDA messages hold where no NVIDIA driver is installed: the CI machines and this one.
+const noDriver = findCudaDriver() === null;
+
+// Runs a command to completion; returns its stdout and stderr, or throws with both.
+function run(command: string, args: string[], options: SpawnSyncOptions = {}): { stdout: string; stderr: string } {
+  const r = spawnSync(command, args, { encoding: "utf8", maxBuffer: 64 << 20, ...options });
+  const stdout = String(r.stdout ?? "");
+  const stderr = String(r.stderr ?? "");
+  if (r.status !== 0)
+    throw new Error(`${command} ${args.join(" ")} exited with ${r.status ?? r.signal}${r.error ? ` (${r.error.message})` : ""}\n${stdout}\n${stderr}`);
+  return { stdout, stderr };
+}
+
+interface PackResult {
+  filename: string;
+  size: number;
+  unpackedSize: number;
+  files: { path: string; size: number }[];
+}
+
+let work: string;
+let pack: PackResult;
+let installed: string; // node_modules/lukv in the app
+let installLog: string;
+let bareEnv: NodeJS.ProcessEnv; // no compiler, no network
+
+beforeAll(() => {
+  const started = Date.now();
+  work = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-packaging-"));
+  const stage = path.join(work, "package");
+
+  // The shipped files as `npm pack` lists them, without dist/ and prebuilds/, which are made fresh.
+  const listed = JSON.parse(run("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], { cwd: ROOT }).stdout)[0] as PackResult;
+  for (const { path: file } of listed.files) {
+    if (/^(dist|prebuilds)\//.test(file)) continue;
+    fs.mkdirSync(path.dirname(path.join(stage, file)), { recursive: true });
+    fs.copyFileSync(path.join(ROOT, file), path.join(stage, file));
+  }
+  run(process.execPath, [path.join(ROOT, "scripts", "prebuilds.js"), "--out", stage, withCuda ? "--cuda" : "--no-cuda"], { cwd: ROOT });
+  run(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "tsconfig.build.json", "--outDir", path.join(stage, "dist")], { cwd: ROOT });
+  pack = JSON.parse(run("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work], { cwd: stage }).stdout)[0];
+
+  // A PATH with node, npm and basic tools only: no cc, c++, gcc, g++, nvcc, cmake, make or ninja.
+  const bin = path.join(work, "bin");
+  fs.mkdirSync(bin);
+  fs.symlinkSync(process.execPath, path.join(bin, "node"));
+  fs.symlinkSync(fs.realpathSync(which("npm")!), path.join(bin, "npm"));
+  for (const tool of ["sh", "bash", "env", "cat", "ls", "mkdir", "rm", "cp", "mv", "chmod", "uname", "tar", "gzip"]) {
+    const found = which(tool);
+    if (found) fs.symlinkSync(found, path.join(bin, tool));
+  }
+  const cache = run("npm", ["config", "get", "cache"], { cwd: ROOT }).stdout.trim();
+  bareEnv = { PATH: bin, HOME: os.homedir(), TMPDIR: os.tmpdir(), npm_config_cache: cache, npm_config_update_notifier: "false" };
+
+  const app = path.join(work, "app");
+  fs.mkdirSync(app);
+  fs.writeFileSync(path.join(app, "package.json"), JSON.stringify({ name: "app", version: "1.0.0", private: true }));
+  fs.writeFileSync(path.join(app, "check.js"), CHECK_SCRIPT);
+  const install = run(
+    "npm",
+    ["install", path.join(work, pack.filename), "--offline", "--no-audit", "--no-fund", "--foreground-scripts", "--loglevel=warn"],
+    { cwd: app, env: bareEnv },
+  );
+  installLog = install.stdout + install.stderr;
+  installed = path.join(app, "node_modules", "lukv");
+  // eslint-disable-next-line no-console
+  console.log(
+    `packaging: ${pack.filename} ${(pack.size / 1e6).toFixed(2)} MB packed, ${(pack.unpackedSize / 1e6).toFixed(2)} MB unpacked, ` +
+      `${pack.files.length} files${withCuda ? ", with the CUDA prebuild" : ""}; built, packed and installed in ${((Date.now() - started) / 1000).toFixed(0)} s`,
+  );
+}, 20 * 60_000);
+
+afterAll(() => {
+  // eslint-disable-next-line no-console
+  if (process.env.LUKV_KEEP_PACKAGING === "1") console.log(`packaging: kept ${work}`);
+  else if (work) fs.rmSync(work, { recursive: true, force: true });
+});
+
+// Runs in the app folder: loads lukv from node_modules, reports backends() and attends over the input.
+const CHECK_SCRIPT = `
+const fs = require("fs");
+const lukv = require("lukv");
+const input = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const { layers, kvHeads, queryHeads, headDim } = input.shape;
+const out = { resolved: require.resolve("lukv"), backends: lukv.backends() };
+const cache = new lukv.KVCache({ layers, kvHeads, queryHeads, headDim, dtype: "f32", device: "auto" });
+out.device = cache.config.device;
+const seq = cache.createSequence();
+seq.append(0, Float32Array.from(input.keys), Float32Array.from(input.values));
+out.attention = Array.from(seq.attend(0, Float32Array.from(input.queries)));
+try {
+  new lukv.KVCache({ layers, kvHeads, headDim, device: "cuda" });
+} catch (e) {
+  out.cudaError = { name: e.name, code: e.code, message: e.message };
+}
+seq.dispose();
+cache.dispose();
+process.stdout.write(JSON.stringify(out));
+`;
+
+interface CheckOutput {
+  resolved: string;
+  backends: {
+    binary: { kind: string; file: string; reason: string };
+    auto: { device: string; reason: string };
+    cuda: { compiled: boolean; usable: boolean; reasons: string[]; error?: string };
+  };
+  device: string;
+  attention: number[];
+  cudaError?: { name: string; code: string; message: string };
+}
+
+const SHAPE = { layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16 };
+
+// Runs check.js with the bare environment plus `env`, and checks its attention against the reference.
+function checkInstalled(label: string, env: NodeJS.ProcessEnv = {}): CheckOutput {
+  const { kvHeads, queryHeads, headDim } = SHAPE;
+  const tokens = 7;
+  const r = rng(testSeed(label));
+  const keys = randn(r, tokens * kvHeads * headDim);
+  const values = randn(r, tokens * kvHeads * headDim);
+  const queries = randn(r, queryHeads * headDim);
+  const inputFile = path.join(work, `${label}.json`);
+  fs.writeFileSync(inputFile, JSON.stringify({ shape: SHAPE, keys: [...keys], values: [...values], queries: [...queries] }));
+  const out = JSON.parse(run("node", ["check.js", inputFile], { cwd: path.dirname(path.dirname(installed)), env: { ...bareEnv, ...env } }).stdout) as CheckOutput;
+
+  expect(out.resolved).toBe(path.join(fs.realpathSync(installed), "dist", "ts", "index.js"));
+  const heads = Array.from({ length: kvHeads }, (_, h) => {
+    const pick = (src: Float32Array) => {
+      const rows = new Float32Array(tokens * headDim);
+      for (let t = 0; t < tokens; t++) rows.set(src.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
+      return rows;
+    };
+    return { keys: pick(keys), values: pick(values), positions: Array.from({ length: tokens }, (_, t) => t) };
+  });
+  const expected = referenceAttention(heads, queries, [tokens - 1], queryHeads, headDim);
+  expect(out.attention).toHaveLength(expected.length);
+  expect(relativeError(out.attention, expected)).toBeLessThan(1e-5);
+  expect(out.device).toBe("cpu");
+  expect(out.cudaError?.name).toBe("BackendUnavailableError");
+  expect(out.cudaError?.code).toBe("ERR_LUKV_BACKEND_UNAVAILABLE");
+  expect(out.cudaError?.message).toBe(`device "cuda" was requested but cannot be used: ${out.backends.cuda.reasons.join("; ")}. Use device "cpu" or "auto".`);
+  expect(out.backends.auto).toEqual({ device: "cpu", reason: `CUDA cannot be used: ${out.backends.cuda.reasons.join("; ")}` });
+  expect(out.backends.cuda.usable).toBe(false);
+  return out;
+}
+
+test("the tarball holds what runs and builds lukv, and nothing else", () => {
+  const files = pack.files.map((f) => f.path);
+  for (const f of ["package.json", "README.md", "CMakeLists.txt", "scripts/install.js", "dist/ts/index.js", "dist/ts/index.d.ts", "dist/ts/native.js", "dist/ts/cli.js", "native/addon/addon.cpp", CPU_PREBUILD])
+    expect(files).toContain(f);
+  expect(files.includes(CUDA_PREBUILD)).toBe(withCuda);
+  if (fs.existsSync(path.join(ROOT, "models"))) expect(files.some((f) => f.startsWith("models/"))).toBe(true);
+  const unexpected = files.filter(
+    (f) => /^(__tests__|tools|ts|bench|examples|build|node_modules|\.ci)\//.test(f) || /\.map$/.test(f) || (f.startsWith("scripts/") && f !== "scripts/install.js"),
+  );
+  expect(unexpected).toEqual([]);
+  // Everything but the demo model is code and two small binaries.
+  const withoutModels = pack.files.filter((f) => !f.path.startsWith("models/")).reduce((n, f) => n + f.size, 0);
+  expect(withoutModels).toBeLessThan(4e6);
+  expect(pack.size).toBeLessThan(16e6);
+});
+
+test("the install found no compiler, reached no network and used the prebuilt binary", () => {
+  const compiler = spawnSync("sh", ["-c", "command -v cc c++ gcc g++ clang nvcc cmake make ninja"], { env: bareEnv, encoding: "utf8" });
+  expect(compiler.stdout).toBe("");
+  expect(compiler.status).not.toBe(0);
+  const reason = withCuda ? `the CUDA binary is not used: ${NO_DRIVER}` : `the CUDA binary is not used: lukv has no CUDA binary for ${TUPLE}; ${NO_DRIVER}`;
+  if (noDriver) expect(installLog).toContain(`lukv: using ${CPU_PREBUILD} (${reason})`);
+  else expect(installLog).toMatch(/lukv: using prebuilds\//);
+  // No source build happened.
+  expect(fs.existsSync(path.join(installed, "build"))).toBe(false);
+});
+
+test("attention runs on the CPU binary of the installed package", () => {
+  const out = checkInstalled("packaging-cpu");
+  if (!noDriver) return;
+  expect(out.backends.binary).toEqual({
+    kind: "cpu",
+    file: path.join(fs.realpathSync(installed), CPU_PREBUILD),
+    reason: withCuda ? `the CUDA binary is not used: ${NO_DRIVER}` : `the CUDA binary is not used: lukv has no CUDA binary for ${TUPLE}; ${NO_DRIVER}`,
+  });
+  expect(out.backends.cuda.compiled).toBe(false);
+  expect(out.backends.cuda.reasons).toEqual([
+    ...(withCuda ? [] : [`lukv has no CUDA binary for ${TUPLE}: build it from source with nvcc on the PATH (LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv)`]),
+    `${NO_DRIVER}: install the NVIDIA driver`,
+    NO_CUDA_CACHE,
+  ]);
+});
+
+(withCuda ? describe : describe.skip)("the CUDA prebuild", () => {
+  test("links the CUDA runtime statically and not the driver", () => {
+    const readelf = which("readelf");
+    if (!readelf) return;
+    const needed = [...run(readelf, ["-d", path.join(installed, CUDA_PREBUILD)]).stdout.matchAll(/\(NEEDED\).*\[(.+)\]/g)].map((m) => m[1]);
+    expect(needed).toContain("libc.so.6");
+    expect(needed.filter((lib) => /cuda|nvidia/i.test(lib))).toEqual([]);
+  });
+
+  test("loads without a driver, reports why CUDA is unavailable and runs the CPU backend", () => {
+    const out = checkInstalled("packaging-cuda", { LUKV_BINARY: "cuda" });
+    expect(out.backends.binary).toEqual({ kind: "cuda", file: path.join(fs.realpathSync(installed), CUDA_PREBUILD), reason: "LUKV_BINARY=cuda" });
+    expect(out.backends.cuda.compiled).toBe(true);
+    if (noDriver) expect(out.backends.cuda.reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)", NO_CUDA_CACHE]);
+  });
+
+  test('"auto" loads it when a driver library is found, and survives one that does not work', () => {
+    // An empty libcuda.so.1: the loader's lookup finds it, the CUDA runtime fails to open it.
+    const fakeDriver = path.join(work, "fake-driver");
+    fs.mkdirSync(fakeDriver, { recursive: true });
+    fs.writeFileSync(path.join(fakeDriver, "libcuda.so.1"), "");
+    const out = checkInstalled("packaging-fake-driver", { LD_LIBRARY_PATH: fakeDriver });
+    expect(out.backends.binary).toEqual({
+      kind: "cuda",
+      file: path.join(fs.realpathSync(installed), CUDA_PREBUILD),
+      reason: `an NVIDIA driver was found (${path.join(fakeDriver, "libcuda.so.1")})`,
+    });
+    expect(out.backends.cuda.compiled).toBe(true);
+    expect(out.backends.cuda.reasons).toHaveLength(2);
+    expect(out.backends.cuda.reasons[1]).toBe(NO_CUDA_CACHE);
+  });
+});

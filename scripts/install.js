@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+// npm's install step for lukv: nothing to do when a prebuilt binary loads here; otherwise build
+// the addon from source with cmake-js, saying why. The runtime loader (dist/ts/native.js) makes the
+// same choice, so an install that skipped this script still works wherever a prebuild fits.
+//
+//   LUKV_BUILD_FROM_SOURCE=1 (or npm's --build-from-source)  always build from source
+"use strict";
+const { spawnSync } = require("child_process");
+const fs = require("fs");
+const path = require("path");
+
+const root = path.resolve(__dirname, "..");
+const tuple = `${process.platform}-${process.arch}`;
+const REQUIREMENTS = "CMake >= 3.18 and a C++17 compiler (and nvcc for the CUDA backend)";
+
+function say(message) {
+  console.log(`lukv: ${message}`);
+}
+
+function flag(value) {
+  return value !== undefined && !/^(|0|false|no|off)$/i.test(value.trim());
+}
+
+// The binary the runtime loader would use, or why there is none. Without dist/ this is a checkout
+// of the repository, where the TypeScript is compiled after this step and nothing is prebuilt.
+function usableBinary() {
+  const loader = path.join(root, "dist", "ts", "native.js");
+  if (!fs.existsSync(loader)) return { why: "this is a checkout of the repository (no dist/)" };
+  try {
+    const native = require(loader);
+    native.native();
+    return { binary: native.loadedBinary() };
+  } catch (e) {
+    return { why: String(e && e.message ? e.message : e).replace(/^lukv: /, "").trim() };
+  }
+}
+
+function buildFromSource(why) {
+  say(`building the native addon from source with cmake-js: ${why}`);
+  let cmakeJs;
+  try {
+    cmakeJs = require.resolve("cmake-js/bin/cmake-js");
+    require.resolve("node-addon-api/package.json");
+  } catch {
+    fail(
+      "cmake-js and node-addon-api are needed to build from source but are not installed " +
+        "(they are optional dependencies of lukv: install without --omit=optional, or add them to your project)",
+    );
+  }
+  // compile = incremental build, with a full rebuild when that fails.
+  const run = spawnSync(process.execPath, [cmakeJs, "compile"], { cwd: root, stdio: "inherit" });
+  if (run.error) fail(`could not run cmake-js: ${run.error.message}`);
+  if (run.status !== 0) fail(`the source build failed (cmake-js exited with ${run.status}); it needs ${REQUIREMENTS}`);
+  say("built build/Release/lukv.node");
+}
+
+function fail(message) {
+  console.error(
+    `lukv: ${message}.\n` +
+      `lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34); on ${tuple} it is built from source, which needs ${REQUIREMENTS}.\n` +
+      "After installing those, run: LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv",
+  );
+  process.exit(1);
+}
+
+if (flag(process.env.LUKV_BUILD_FROM_SOURCE) || flag(process.env.npm_config_build_from_source)) {
+  buildFromSource("requested by LUKV_BUILD_FROM_SOURCE or --build-from-source");
+} else if (fs.existsSync(path.join(root, "build", "CMakeCache.txt"))) {
+  // An earlier source build (a checkout, or a user's rebuild): keep build/Release, which the loader
+  // prefers, in step with the sources. Incremental, so cheap when nothing changed.
+  buildFromSource("updating the earlier source build in build/");
+} else {
+  const found = usableBinary();
+  if (found.binary) say(`using ${path.relative(root, found.binary.file)} (${found.binary.reason})`);
+  else buildFromSource(found.why);
+}
