@@ -1,8 +1,7 @@
 // Options of compress() and scores(), their defaults and validation, and what the addon receives.
 import { invalid, InvalidArgumentError } from "./errors";
 import { isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
-import { budgetsFromProfile } from "./profile/budgets";
-import type { Profile } from "./profile/profile";
+import { budgetsFromProfile, type Profile } from "./profile";
 
 /** How tokens are ranked inside a head (higher score = keep). */
 export type ScorerName = "snapkv" | "keydiff" | "knorm" | "tova" | "h2o" | "streaming" | "random";

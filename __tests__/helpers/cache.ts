@@ -3,7 +3,7 @@ import { KVCache, Sequence, roundTo, DType } from "../../ts";
 import { randn } from "./random";
 import { RefHead } from "./reference";
 
-export { RefHead };
+export type { RefHead };
 
 /** Appends `tokens` random rows to every KV head of `layer`; returns the rows as the cache stores them. */
 export function appendRandom(
