@@ -1,0 +1,262 @@
+// The tiny GQA decoder (tools/tiny-lm/model.py) in TypeScript, with lukv doing all attention and
+// KV storage: every layer appends its keys/values to a Sequence and attends through it, so a
+// compressed sequence changes what the model sees and nothing else.
+import { KVCache, KVCacheOptions, Sequence } from "../cache";
+import { addInPlace, applyRope, matmul, rmsNorm, ropeTables, swiglu } from "./kernels";
+import { Sampler, SamplingOptions } from "./sampling";
+import type { Tensor } from "./safetensors";
+import type { Tokenizer } from "./tokenizer";
+
+/** Hyperparameters (config.json of models/tiny-lm, in camelCase). */
+export interface TinyLMConfig {
+  vocabSize: number;
+  hidden: number;
+  layers: number;
+  /** Query heads per layer. */
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** Width of the SwiGLU MLP. */
+  intermediate: number;
+  ropeTheta: number;
+  rmsNormEps: number;
+  /** Longest context the model was trained on (longer still runs; RoPE extrapolates). */
+  maxPosition: number;
+  bosTokenId?: number;
+  eosTokenId?: number;
+}
+
+/** One block's weights, in PyTorch layout ([out, in] for projections). */
+export interface LayerWeights {
+  inputNorm: Float32Array;
+  wq: Float32Array;
+  wk: Float32Array;
+  wv: Float32Array;
+  wo: Float32Array;
+  postNorm: Float32Array;
+  gate: Float32Array;
+  up: Float32Array;
+  down: Float32Array;
+}
+
+export interface TinyLMWeights {
+  /** [vocab, hidden]; also the output matrix (tied). */
+  embed: Float32Array;
+  layers: LayerWeights[];
+  /** Final RMSNorm gain. */
+  norm: Float32Array;
+}
+
+/** Options of forward(). */
+export interface ForwardOptions {
+  /** Which positions' logits to return: "last", "all" or "none". Default: "last". */
+  logits?: "last" | "all" | "none";
+  /** Tokens per prefill chunk (each layer appends and attends a chunk at a time). Default: 64. */
+  chunk?: number;
+  /** Called after each chunk with the tokens done so far. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Options of generate(). */
+export interface GenerateOptions extends SamplingOptions {
+  /** Stop after this token (it is included). Default: the model's EOS token. */
+  stopToken?: number;
+  /** Called with each new token as it is chosen. */
+  onToken?: (token: number, step: number) => void;
+}
+
+/** What generate() produced. */
+export interface Generation {
+  tokens: number[];
+  /** Wall time of each decode step (the forward pass of one token, attention included), ms. */
+  stepMs: number[];
+}
+
+/** PyTorch parameter names of the exported model (Hugging Face Llama style). */
+export function tensorName(layer: number | undefined, name: string): string {
+  return layer === undefined ? `model.${name}` : `model.layers.${layer}.${name}`;
+}
+
+/** A decoder-only transformer whose KV cache is a lukv Sequence. */
+export class TinyLM {
+  readonly config: TinyLMConfig;
+  readonly weights: TinyLMWeights;
+  /** The model's tokenizer, when it was loaded with one. */
+  readonly tokenizer: Tokenizer | undefined;
+
+  constructor(config: TinyLMConfig, weights: TinyLMWeights, tokenizer?: Tokenizer) {
+    const { vocabSize: V, hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m } = config;
+    if (H % KV !== 0) throw new RangeError(`heads (${H}) must be a multiple of kvHeads (${KV})`);
+    if (hd % 2 !== 0) throw new RangeError(`headDim (${hd}) must be even for rotate-half RoPE`);
+    const expect = (what: string, a: Float32Array, n: number) => {
+      if (a.length !== n) throw new RangeError(`${what}: expected ${n} values but the weights have ${a.length}`);
+    };
+    expect("embed", weights.embed, V * d);
+    expect("norm", weights.norm, d);
+    if (weights.layers.length !== config.layers) throw new RangeError(`expected ${config.layers} layers of weights but got ${weights.layers.length}`);
+    weights.layers.forEach((w, l) => {
+      expect(`layer ${l} inputNorm`, w.inputNorm, d);
+      expect(`layer ${l} wq`, w.wq, H * hd * d);
+      expect(`layer ${l} wk`, w.wk, KV * hd * d);
+      expect(`layer ${l} wv`, w.wv, KV * hd * d);
+      expect(`layer ${l} wo`, w.wo, d * H * hd);
+      expect(`layer ${l} postNorm`, w.postNorm, d);
+      expect(`layer ${l} gate`, w.gate, m * d);
+      expect(`layer ${l} up`, w.up, m * d);
+      expect(`layer ${l} down`, w.down, d * m);
+    });
+    this.config = Object.freeze({ ...config });
+    this.weights = weights;
+    this.tokenizer = tokenizer;
+  }
+
+  /** Builds the model from tensors named as in model.safetensors ("model.layers.0.self_attn.q_proj.weight", ...). */
+  static fromTensors(config: TinyLMConfig, tensors: Map<string, Tensor | Float32Array>, tokenizer?: Tokenizer): TinyLM {
+    const get = (name: string): Float32Array => {
+      const t = tensors.get(name);
+      if (t === undefined) throw new RangeError(`the weights have no tensor ${name}`);
+      return t instanceof Float32Array ? t : t.data;
+    };
+    const embed = get(tensorName(undefined, "embed_tokens.weight"));
+    const layers: LayerWeights[] = [];
+    for (let l = 0; l < config.layers; l++) {
+      const w = (n: string) => get(tensorName(l, n));
+      layers.push({
+        inputNorm: w("input_layernorm.weight"),
+        wq: w("self_attn.q_proj.weight"),
+        wk: w("self_attn.k_proj.weight"),
+        wv: w("self_attn.v_proj.weight"),
+        wo: w("self_attn.o_proj.weight"),
+        postNorm: w("post_attention_layernorm.weight"),
+        gate: w("mlp.gate_proj.weight"),
+        up: w("mlp.up_proj.weight"),
+        down: w("mlp.down_proj.weight"),
+      });
+    }
+    return new TinyLM(config, { embed, layers, norm: get(tensorName(undefined, "norm.weight")) }, tokenizer);
+  }
+
+  /**
+   * A KV cache shaped for this model. Defaults: dtype "f32"; maxTokens for `contextTokens`
+   * (default 4096) tokens in every head of every layer; threads 1, because with 2 KV heads a
+   * decode step's attention is too small to pay for waking other threads. Other options as KVCache's.
+   */
+  createCache(options: Partial<KVCacheOptions> & { contextTokens?: number } = {}): KVCache {
+    const { layers, kvHeads, heads, headDim } = this.config;
+    const { contextTokens = 4096, ...rest } = options;
+    return new KVCache({
+      dtype: "f32",
+      threads: 1,
+      maxTokens: layers * kvHeads * contextTokens,
+      ...rest,
+      layers,
+      kvHeads,
+      queryHeads: heads,
+      headDim,
+    });
+  }
+
+  /** W_O of every layer as recordOracle() takes it: [heads*headDim, hidden] (o_proj.weight transposed). */
+  outputProjections(): Float32Array[] {
+    const { hidden: d, heads, headDim } = this.config;
+    const n = heads * headDim;
+    return this.weights.layers.map(({ wo }) => {
+      const t = new Float32Array(n * d);
+      for (let o = 0; o < d; o++) for (let i = 0; i < n; i++) t[i * d + o] = wo[o * n + i];
+      return t;
+    });
+  }
+
+  /**
+   * Runs `tokens` through the model after what `seq` already holds (their positions continue from
+   * seq.appended(0)), appending their keys/values to `seq` layer by layer, a chunk at a time.
+   * Returns logits: [1, vocab] for "last", [tokens, vocab] for "all", empty for "none".
+   * If the pool runs out of pages (OutOfPagesError) some layers may hold a chunk that others do
+   * not: dispose that sequence.
+   */
+  forward(seq: Sequence, tokens: ArrayLike<number>, options: ForwardOptions = {}): Float32Array {
+    const V = this.config.vocabSize;
+    const want = options.logits ?? "last";
+    const chunk = options.chunk ?? 64;
+    if (!Number.isInteger(chunk) || chunk < 1) throw new RangeError(`Expected a positive integer for chunk but received ${chunk}`);
+    const n = tokens.length;
+    for (let i = 0; i < n; i++)
+      if (!Number.isInteger(tokens[i]) || tokens[i] < 0 || tokens[i] >= V)
+        throw new RangeError(`Expected token ids in [0, ${V}) but tokens[${i}] is ${tokens[i]}`);
+    const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
+    for (let done = 0; done < n; done += chunk) {
+      const T = Math.min(chunk, n - done);
+      const x = this.#blocks(seq, tokens, done, T);
+      // Only the rows whose logits are wanted go through the (largest) output matmul.
+      if (want === "all") this.#logits(x, 0, T, logits.subarray(done * V, (done + T) * V));
+      else if (want === "last" && done + T === n) this.#logits(x, T - 1, 1, logits);
+      options.onProgress?.(done + T, n);
+    }
+    return logits;
+  }
+
+  /** The residual stream after the last block for tokens[from .. from+T), [T, hidden]. */
+  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number): Float32Array {
+    const { hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m, rmsNormEps: eps, ropeTheta } = this.config;
+    const { embed } = this.weights;
+    const x = new Float32Array(T * d);
+    for (let t = 0; t < T; t++) x.set(embed.subarray(tokens[from + t] * d, (tokens[from + t] + 1) * d), t * d);
+    const { cos, sin } = ropeTables(hd, seq.appended(0), T, ropeTheta);
+    const h = new Float32Array(T * d);
+    const q = new Float32Array(T * H * hd), k = new Float32Array(T * KV * hd), v = new Float32Array(T * KV * hd);
+    const y = new Float32Array(T * d);
+    const gate = new Float32Array(T * m), up = new Float32Array(T * m);
+    this.weights.layers.forEach((w, l) => {
+      // Attention: the new keys/values go into the cache, and the queries attend over whatever it
+      // kept (causal by original position, GQA groups resolved by lukv).
+      rmsNorm(x, T, w.inputNorm, eps, h);
+      matmul(h, T, d, w.wq, H * hd, q);
+      matmul(h, T, d, w.wk, KV * hd, k);
+      matmul(h, T, d, w.wv, KV * hd, v);
+      applyRope(q, T, H, hd, cos, sin);
+      applyRope(k, T, KV, hd, cos, sin);
+      seq.append(l, k, v);
+      const att = seq.attend(l, q);
+      matmul(att, T, H * hd, w.wo, d, y);
+      addInPlace(x, y, T * d);
+      // MLP (SwiGLU).
+      rmsNorm(x, T, w.postNorm, eps, h);
+      matmul(h, T, d, w.gate, m, gate);
+      matmul(h, T, d, w.up, m, up);
+      swiglu(gate, up, T * m);
+      matmul(gate, T, m, w.down, d, y);
+      addInPlace(x, y, T * d);
+    });
+    return x;
+  }
+
+  /** logits of rows [row, row+count) of x: RMSNorm, then the tied embedding as output matrix. */
+  #logits(x: Float32Array, row: number, count: number, out: Float32Array): void {
+    const { hidden: d, vocabSize: V, rmsNormEps: eps } = this.config;
+    const h = rmsNorm(x.subarray(row * d, (row + count) * d), count, this.weights.norm, eps, new Float32Array(count * d));
+    matmul(h, count, d, this.weights.embed, V, out);
+  }
+
+  /**
+   * Decodes up to `steps` tokens one at a time. `logits` are those of the sequence's last position
+   * (what forward() returned for the prompt); each chosen token but the last is fed back through
+   * forward(), so afterwards the sequence holds the prompt and tokens[0 .. length-2].
+   */
+  generate(seq: Sequence, logits: Float32Array, steps: number, options: GenerateOptions = {}): Generation {
+    const sampler = new Sampler(options);
+    const stop = options.stopToken ?? this.config.eosTokenId;
+    const tokens: number[] = [];
+    const stepMs: number[] = [];
+    let next = sampler.next(logits, logits.length - this.config.vocabSize, this.config.vocabSize);
+    for (let s = 0; s < steps; s++) {
+      tokens.push(next);
+      options.onToken?.(next, s);
+      if (next === stop || s + 1 === steps) break;
+      const t0 = performance.now();
+      const row = this.forward(seq, [next]);
+      stepMs.push(performance.now() - t0);
+      next = sampler.next(row);
+    }
+    return { tokens, stepMs };
+  }
+}

@@ -1,0 +1,156 @@
+// The tiny LM's byte-level BPE (format "lukv-bpe-1"), encoding exactly as tools/tiny-lm/bpe.py:
+// pre-split the UTF-8 bytes by byte class, then merge each pre-token by lowest rank.
+import * as fs from "fs";
+
+const L = 0, D = 1, W = 2, P = 3;
+const CLASS = new Uint8Array(256);
+for (let b = 0; b < 256; b++) {
+  if ((b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b >= 128) CLASS[b] = L;
+  else if (b >= 48 && b <= 57) CLASS[b] = D;
+  else if (b === 9 || b === 10 || b === 11 || b === 12 || b === 13 || b === 32) CLASS[b] = W;
+  else CLASS[b] = P;
+}
+
+const isWordOrPunct = (b: number) => CLASS[b] === L || CLASS[b] === P;
+
+/** Splits UTF-8 bytes into pre-tokens, as [start, end) offsets (the rules of bpe.py's pre_split). */
+export function preSplit(bytes: Uint8Array): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  const n = bytes.length;
+  let i = 0;
+  while (i < n) {
+    const b = bytes[i];
+    const c = CLASS[b];
+    let j: number;
+    if (b === 32 && i + 1 < n && isWordOrPunct(bytes[i + 1])) {
+      // A space joins the word or punctuation run after it.
+      const c2 = CLASS[bytes[i + 1]];
+      j = i + 2;
+      while (j < n && CLASS[bytes[j]] === c2) j++;
+    } else if (c === D) {
+      j = i + 1;
+    } else if (c === L || c === P) {
+      j = i + 1;
+      while (j < n && CLASS[bytes[j]] === c) j++;
+    } else {
+      j = i + 1;
+      while (j < n && CLASS[bytes[j]] === W) j++;
+      // Leave a final space to start the next word.
+      if (j < n && j - i >= 2 && bytes[j - 1] === 32 && isWordOrPunct(bytes[j])) j--;
+    }
+    out.push([i, j]);
+    i = j;
+  }
+  return out;
+}
+
+/** What tokenizer.json holds. */
+export interface TokenizerJson {
+  format: string;
+  vocab_size: number;
+  special_tokens: Record<string, number>;
+  merges: Array<[number, number]>;
+  vocab?: string[];
+}
+
+/** Byte-level BPE: ids 0..255 are bytes, id 256 + r is merges[r] joined; special tokens after. */
+export class Tokenizer {
+  /** Total ids, special tokens included. */
+  readonly vocabSize: number;
+  /** Special token ids by name, e.g. "<|bos|>". */
+  readonly specialTokens: Readonly<Record<string, number>>;
+  readonly bos: number | undefined;
+  readonly eos: number | undefined;
+  /** Bytes of every non-special id. */
+  readonly #pieces: Uint8Array[];
+  /** rank of the merge (a, b), keyed a * 65536 + b */
+  readonly #ranks = new Map<number, number>();
+  readonly #merges: Array<[number, number]>;
+  readonly #cache = new Map<string, number[]>();
+
+  constructor(json: TokenizerJson) {
+    if (json.format !== "lukv-bpe-1") throw new Error(`tokenizer: format "${json.format}" is not "lukv-bpe-1"`);
+    this.#pieces = [];
+    this.#merges = json.merges.map(([a, b]) => [a, b]);
+    for (let b = 0; b < 256; b++) this.#pieces.push(Uint8Array.of(b));
+    json.merges.forEach(([a, b], r) => {
+      this.#ranks.set(a * 65536 + b, r);
+      const pa = this.#pieces[a], pb = this.#pieces[b];
+      const joined = new Uint8Array(pa.length + pb.length);
+      joined.set(pa);
+      joined.set(pb, pa.length);
+      this.#pieces.push(joined);
+    });
+    if (json.vocab !== undefined) {
+      // The file lists every piece in hex; a mismatch means merges and vocab disagree.
+      json.vocab.forEach((hex, i) => {
+        if (Buffer.from(hex, "hex").compare(this.#pieces[i]) !== 0) throw new Error(`tokenizer: vocab[${i}] does not match its merge`);
+      });
+    }
+    this.specialTokens = Object.freeze({ ...json.special_tokens });
+    this.vocabSize = this.#pieces.length + Object.keys(json.special_tokens).length;
+    this.bos = json.special_tokens["<|bos|>"];
+    this.eos = json.special_tokens["<|eos|>"];
+  }
+
+  /** Loads tokenizer.json. */
+  static load(file: string): Tokenizer {
+    return new Tokenizer(JSON.parse(fs.readFileSync(file, "utf8")));
+  }
+
+  #encodePiece(bytes: Uint8Array): number[] {
+    const key = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("latin1");
+    const hit = this.#cache.get(key);
+    if (hit) return hit;
+    let ids = Array.from(bytes);
+    while (ids.length >= 2) {
+      let best = -1;
+      for (let k = 0; k + 1 < ids.length; k++) {
+        const r = this.#ranks.get(ids[k] * 65536 + ids[k + 1]);
+        if (r !== undefined && (best < 0 || r < best)) best = r;
+      }
+      if (best < 0) break;
+      // Replace every occurrence of the best pair, left to right, without overlap.
+      const next: number[] = [];
+      const [pa, pb] = this.#merges[best];
+      for (let k = 0; k < ids.length; k++) {
+        if (k + 1 < ids.length && ids[k] === pa && ids[k + 1] === pb) {
+          next.push(256 + best);
+          k++;
+        } else next.push(ids[k]);
+      }
+      ids = next;
+    }
+    if (this.#cache.size < 200000) this.#cache.set(key, ids);
+    return ids;
+  }
+
+  /** Token ids of `text` (no BOS; special tokens are never produced from text). */
+  encode(text: string): number[] {
+    const bytes = new TextEncoder().encode(text);
+    const out: number[] = [];
+    for (const [s, e] of preSplit(bytes)) for (const id of this.#encodePiece(bytes.subarray(s, e))) out.push(id);
+    return out;
+  }
+
+  /** The UTF-8 bytes of `ids` (special tokens contribute nothing). */
+  decodeBytes(ids: ArrayLike<number>): Uint8Array {
+    let n = 0;
+    for (let i = 0; i < ids.length; i++) n += this.#pieces[ids[i]]?.length ?? 0;
+    const out = new Uint8Array(n);
+    let at = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const p = this.#pieces[ids[i]];
+      if (p) {
+        out.set(p, at);
+        at += p.length;
+      }
+    }
+    return out;
+  }
+
+  /** The text of `ids`; invalid UTF-8 becomes U+FFFD. */
+  decode(ids: ArrayLike<number>): string {
+    return new TextDecoder("utf-8").decode(this.decodeBytes(ids));
+  }
+}
