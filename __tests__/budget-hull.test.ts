@@ -1,19 +1,8 @@
 import { lowerHull } from "../ts/budget";
+import { rng, testSeed } from "./helpers/random";
 
 // Fresh random data each run; rerun a failure with LUKV_SEED=<seed>.
-const SEED = Number(process.env.LUKV_SEED ?? Date.now() % 0x100000000) >>> 0;
-console.log(`budget-hull: LUKV_SEED=${SEED}`);
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const SEED = testSeed("budget-hull");
 
 /** The lower convex envelope by its definition: the lowest chord over every point. */
 function referenceEnvelope(y: number[]): number[] {
@@ -85,7 +74,7 @@ describe("lowerHull edge cases", () => {
 });
 
 describe(`lowerHull on random curves (seed ${SEED})`, () => {
-  const rand = mulberry32(SEED);
+  const rand = rng(SEED);
 
   test("matches the envelope's definition, never decreases, touches the curve at 0 and T", () => {
     for (let trial = 0; trial < 300; trial++) {

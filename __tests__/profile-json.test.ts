@@ -12,22 +12,12 @@ import {
   type Profile,
   type ProfileMeta,
 } from "../ts/profile";
+import { rng, testSeed } from "./helpers/random";
 
 // Fresh random data each run; rerun a failure with LUKV_SEED=<seed>.
-const SEED = Number(process.env.LUKV_SEED ?? Date.now() % 0x100000000) >>> 0;
-console.log(`profile-json: LUKV_SEED=${SEED}`);
+const SEED = testSeed("profile-json");
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const rand = mulberry32(SEED);
+const rand = rng(SEED);
 
 const META: ProfileMeta = {
   model: "tiny-llama-test",

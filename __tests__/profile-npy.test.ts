@@ -2,21 +2,10 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { decodeNpy, decodeProfile, encodeNpy, loadProfile, profileFromNpy, profileToNpy, type NpyFloatDtype } from "../ts/profile";
 import { parsePyLiteral } from "../ts/profile/pyliteral";
+import { rng, testSeed } from "./helpers/random";
 
 // Fresh random data each run; rerun a failure with LUKV_SEED=<seed>.
-const SEED = Number(process.env.LUKV_SEED ?? Date.now() % 0x100000000) >>> 0;
-console.log(`profile-npy: LUKV_SEED=${SEED}`);
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const SEED = testSeed("profile-npy");
 
 const DIR = join(__dirname, "fixtures", "npy");
 interface Manifest {
@@ -89,7 +78,7 @@ describe(".npy files written by NumPy", () => {
 });
 
 describe(`encodeNpy / decodeNpy round trips (seed ${SEED})`, () => {
-  const rand = mulberry32(SEED);
+  const rand = rng(SEED);
   const dtypes: NpyFloatDtype[] = ["<f8", ">f8", "<f4", ">f4"];
 
   test("random shapes of 0 to 4 dimensions, every dtype, order and version", () => {

@@ -4,21 +4,11 @@ import { lowerHull, solveBudgets, solveBudgetsDetailed, solveBudgetsForTotals } 
 import { budgetsFromProfile, createProfile } from "../ts/profile";
 import * as os from "node:os";
 import { machine, median, printTable, writeResults } from "./common";
+import { rng } from "../ts/random";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const layers = Number(arg("layers", "32"));
@@ -27,7 +17,7 @@ const T = Number(arg("tokens", "32768"));
 const repeats = Number(arg("repeats", "15"));
 const seed = Number(arg("seed", String(Date.now() % 0x100000000))) >>> 0;
 const H = layers * kvHeads;
-const rand = mulberry32(seed);
+const rand = rng(seed);
 
 // Head-like curves: marginal eviction cost grows along the scorer's order (convex on
 // average) with a per-head scale and shape, and multiplicative noise plus rare spikes

@@ -1,17 +1,8 @@
 // Seeded random data for tests: the seed comes from LUKV_SEED or the clock and is printed, so a
 // failure can be replayed with LUKV_SEED=<seed>.
+import { rng } from "../../ts/random";
 
-/** mulberry32: small, fast, good enough for test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 export function testSeed(label: string): number {
   const env = process.env.LUKV_SEED;
