@@ -15,3 +15,4 @@ export type { DType } from "./dtype";
 export type { CompressOptions, CompressReport, ScoreOptions, ScorerName, AllocationName, PoolingName } from "./compress";
 export * from "./budget";
 export * from "./profile";
+export * from "./profiler";
