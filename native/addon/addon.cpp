@@ -59,6 +59,17 @@ TypedView typedArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return {base, ta.ElementLength(), ta.TypedArrayType()};
 }
 
+// One Float32Array per KV head.
+Napi::Array perHeadArrays(Napi::Env env, const std::vector<std::vector<float>>& v) {
+  Napi::Array out = Napi::Array::New(env, v.size());
+  for (size_t h = 0; h < v.size(); ++h) {
+    auto f = Napi::Float32Array::New(env, v[h].size());
+    std::copy(v[h].begin(), v[h].end(), f.Data());
+    out.Set((uint32_t)h, f);
+  }
+  return out;
+}
+
 class NativeCache : public Napi::ObjectWrap<NativeCache> {
  public:
   static Napi::Function Init(Napi::Env env) {
@@ -366,14 +377,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (info.Length() < 3 || !info[2].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[2].As<Napi::Object>(), c.config());
     std::lock_guard<std::mutex> lock(c.mutex());
-    auto v = guarded(env, [&] { return c.scores(id, layer, opt.score); });
-    Napi::Array out = Napi::Array::New(env, v.size());
-    for (size_t h = 0; h < v.size(); ++h) {
-      auto f = Napi::Float32Array::New(env, v[h].size());
-      std::copy(v[h].begin(), v[h].end(), f.Data());
-      out.Set((uint32_t)h, f);
-    }
-    return out;
+    return perHeadArrays(env, guarded(env, [&] { return c.scores(id, layer, opt.score); }));
   }
 
   Napi::Value Accumulate(const Napi::CallbackInfo& info) {
@@ -418,14 +422,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
     if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     std::lock_guard<std::mutex> lock(c.mutex());
-    auto v = guarded(env, [&] { return c.oracle(id, layer); });
-    Napi::Array out = Napi::Array::New(env, v.size());
-    for (size_t h = 0; h < v.size(); ++h) {
-      auto f = Napi::Float32Array::New(env, v[h].size());
-      std::copy(v[h].begin(), v[h].end(), f.Data());
-      out.Set((uint32_t)h, f);
-    }
-    return out;
+    return perHeadArrays(env, guarded(env, [&] { return c.oracle(id, layer); }));
   }
 
   Napi::Value Lengths(const Napi::CallbackInfo& info) {
