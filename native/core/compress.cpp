@@ -314,10 +314,12 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   // Selection and the pages it needs: a compacted head writes into its first ceil(keep/P) pages,
   // so shared pages among them get a private copy first.
   std::vector<std::vector<int32_t>> kept(NH);
+  pool_threads_->parallelFor((int64_t)NH, [&](int64_t i) {
+    if (keep[i] < len[i]) kept[i] = selectKeep(scores[i].data(), len[i], opt.sink, so.window, keep[i]);
+  });
   int64_t copies = 0;
   for (size_t i = 0; i < NH; ++i) {
     if (keep[i] >= len[i]) continue;
-    kept[i] = selectKeep(scores[i].data(), len[i], opt.sink, so.window, keep[i]);
     const int64_t dest = (keep[i] + P - 1) / P;
     for (int64_t p = 0; p < dest; ++p)
       if (pool_->refcount(seq.heads[i].pages[p]) > 1) copies++;
