@@ -201,6 +201,26 @@ test("the install found no compiler, reached no network and used the prebuilt bi
   expect(fs.existsSync(path.join(installed, "build"))).toBe(false);
 });
 
+test("where no prebuilt binary fits, the install script says why and builds from source, which fails clearly here", () => {
+  // The installed package without its prebuilds, next to it so cmake-js resolves as in a real install.
+  const bare = path.join(path.dirname(installed), "lukv-without-prebuilds");
+  fs.cpSync(installed, bare, { recursive: true, filter: (src) => !src.startsWith(path.join(installed, "prebuilds")) });
+  const r = spawnSync("node", ["scripts/install.js"], { cwd: bare, env: bareEnv, encoding: "utf8" });
+  expect(r.status).toBe(1);
+  expect(r.stdout).toContain(
+    `lukv: building the native addon from source with cmake-js: no native binary could be loaded for ${TUPLE} from ${bare}:\n` +
+      `  - ${CPU_PREBUILD} does not exist\n` +
+      `  - ${CUDA_PREBUILD} does not exist\n`,
+  );
+  // cmake-js and node-addon-api are optional dependencies: there unless the npm cache lacked them.
+  const sourceBuildRan = fs.existsSync(path.join(path.dirname(installed), "cmake-js"));
+  expect(r.stderr).toContain(
+    sourceBuildRan ? "lukv: the source build failed (cmake-js exited with 1).\n" : "lukv: cmake-js and node-addon-api are needed to build from source but are not installed",
+  );
+  expect(r.stderr).toMatch(/After installing those, run: LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv\n$/);
+  expect(fs.existsSync(path.join(bare, "build", "Release", "lukv.node"))).toBe(false);
+});
+
 test("attention runs on the CPU binary of the installed package", () => {
   const out = checkInstalled("packaging-cpu");
   if (!noDriver) return;

@@ -31,7 +31,8 @@ function usableBinary() {
     native.native();
     return { binary: native.loadedBinary() };
   } catch (e) {
-    return { why: String(e && e.message ? e.message : e).replace(/^lukv: /, "").trim() };
+    // The loader's list of files tried, without its advice (which is what happens next).
+    return { why: String(e && e.message ? e.message : e).replace(/^lukv: /, "").replace(/\nTo fix:[^]*$/, "").trim() };
   }
 }
 
@@ -50,15 +51,15 @@ function buildFromSource(why) {
   // compile = incremental build, with a full rebuild when that fails.
   const run = spawnSync(process.execPath, [cmakeJs, "compile"], { cwd: root, stdio: "inherit" });
   if (run.error) fail(`could not run cmake-js: ${run.error.message}`);
-  if (run.status !== 0) fail(`the source build failed (cmake-js exited with ${run.status}); it needs ${REQUIREMENTS}`);
+  if (run.status !== 0) fail(`the source build failed (cmake-js exited with ${run.status})`);
   say("built build/Release/lukv.node");
 }
 
 function fail(message) {
   console.error(
     `lukv: ${message}.\n` +
-      `lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34); on ${tuple} it is built from source, which needs ${REQUIREMENTS}.\n` +
-      "After installing those, run: LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv",
+      `lukv's prebuilt binaries cover linux-x64 with glibc >= 2.34; anywhere else (or when they do not load) it is built\n` +
+      `from source, which needs ${REQUIREMENTS}. After installing those, run: LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv`,
   );
   process.exit(1);
 }

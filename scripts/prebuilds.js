@@ -7,6 +7,9 @@
 //
 // Options: --out DIR (write DIR/prebuilds; default: this package), --cuda (fail without nvcc),
 // --no-cuda (CPU only). By default the CUDA binary is built when nvcc is found and LUKV_CUDA is not OFF.
+// --check builds nothing: it fails unless both binaries (only the CPU one with LUKV_CUDA=OFF) are in
+// prebuilds/ and pass the checks below; `npm publish` runs it, as a package without them would
+// make every install compile.
 // Each binary is built in its own temporary folder, so build/ (the local build) is never touched.
 "use strict";
 const { spawnSync } = require("child_process");
@@ -20,13 +23,14 @@ const tuple = `${process.platform}-${process.arch}`;
 const CUDA_ARCHITECTURES = "80-real;90";
 
 function parseArgs(argv) {
-  const opts = { out: root, cuda: "auto" };
+  const opts = { out: root, cuda: "auto", check: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--out") opts.out = path.resolve(argv[++i] ?? fail("--out needs a folder"));
     else if (a === "--cuda") opts.cuda = "on";
     else if (a === "--no-cuda") opts.cuda = "off";
-    else fail(`unknown option ${a} (expected --out DIR, --cuda, --no-cuda)`);
+    else if (a === "--check") opts.check = true;
+    else fail(`unknown option ${a} (expected --out DIR, --cuda, --no-cuda, --check)`);
   }
   if (opts.cuda === "auto" && /^(off|0|false|no)$/i.test(process.env.LUKV_CUDA ?? "")) opts.cuda = "off";
   return opts;
@@ -44,6 +48,10 @@ function onPath(name) {
 // The same places CMakeLists.txt looks: CUDACXX, the PATH, /usr/local/cuda.
 function nvccFound() {
   return Boolean(process.env.CUDACXX) || onPath("nvcc") || fs.existsSync("/usr/local/cuda/bin/nvcc");
+}
+
+function destination(out, variant) {
+  return path.join(out, "prebuilds", variant === "cuda" ? `${tuple}-cuda` : tuple, "lukv.node");
 }
 
 function build(variant, out) {
@@ -66,11 +74,11 @@ function build(variant, out) {
     if (run.status !== 0) fail(`prebuildify failed for the ${variant} binary (exit ${run.status})`);
 
     const built = path.join(work, "prebuilds", tuple, "lukv.node");
-    const dest = path.join(out, "prebuilds", variant === "cuda" ? `${tuple}-cuda` : tuple, "lukv.node");
+    const dest = destination(out, variant);
     fs.mkdirSync(path.dirname(dest), { recursive: true });
     fs.copyFileSync(built, dest);
     verify(variant, dest);
-    console.log(`lukv prebuilds: wrote ${path.relative(process.cwd(), dest) || dest} (${(fs.statSync(dest).size / 1e6).toFixed(1)} MB)`);
+    console.log(`lukv prebuilds: wrote ${dest} (${(fs.statSync(dest).size / 1e6).toFixed(1)} MB)`);
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
@@ -92,6 +100,15 @@ function verify(variant, file) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
+if (opts.check) {
+  for (const variant of opts.cuda === "off" ? ["cpu"] : ["cpu", "cuda"]) {
+    const file = destination(opts.out, variant);
+    if (!fs.existsSync(file)) fail(`${file} is missing: run \`npm run prebuilds\` first`);
+    verify(variant, file);
+    console.log(`lukv prebuilds: ${file} is fine`);
+  }
+  process.exit(0);
+}
 build("cpu", opts.out);
 if (opts.cuda === "on" && !nvccFound()) fail("--cuda was given but nvcc was not found (set CUDACXX or put nvcc on the PATH)");
 if (opts.cuda === "on" || (opts.cuda === "auto" && nvccFound())) build("cuda", opts.out);
