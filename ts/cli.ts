@@ -2,13 +2,15 @@
 // The `lukv` command.
 import { CliIO, processIO } from "./cli/io";
 import { demoCommand } from "./cli/demo";
+import { evalCommand } from "./cli/eval";
 import { profileCommand } from "./cli/profile";
 import { solveCommand } from "./cli/solve";
 
 const USAGE = `usage: lukv <command> [options]
 
 commands:
-  demo                         run the demo (prefill, decode, memory and timing)
+  demo                         the embedded model on lukv: prefill, compress, generate, compare with the full cache
+  eval                         quality table: scorers x allocations x ratios on the embedded model
   profile inspect FILE         shape, metadata and a heat map of an LU-KV profile (.npy or JSON)
   profile convert IN OUT       convert a profile between .npy and JSON
   solve CURVES.json --keep N   LU-KV head budgets for per-head loss curves
@@ -19,6 +21,8 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
   switch (command) {
     case "demo":
       return demoCommand(rest, io);
+    case "eval":
+      return evalCommand(rest, io);
     case "profile":
       return profileCommand(rest, io);
     case "solve":

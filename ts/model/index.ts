@@ -7,8 +7,10 @@ export type { TinyLMConfig, TinyLMWeights, LayerWeights, ForwardOptions, Generat
 export { loadTinyLM, defaultModelDir, configFromJson, MODEL_FILES } from "./load";
 export { Tokenizer, preSplit } from "./tokenizer";
 export type { TokenizerJson } from "./tokenizer";
-export { readSafetensors, parseSafetensors } from "./safetensors";
+export { readSafetensors, parseSafetensors, encodeSafetensors } from "./safetensors";
 export type { Safetensors, Tensor } from "./safetensors";
 export { Sampler, argmax, seededRandom } from "./sampling";
 export type { SamplingOptions } from "./sampling";
 export { matmul, matvec, rmsNorm, ropeTables, applyRope, swiglu } from "./kernels";
+export { modelProfile, modelTexts, passkeyPrompts } from "./files";
+export type { NamedText, PasskeyPrompt } from "./files";

@@ -1,6 +1,7 @@
 // A reader for .safetensors files: 8-byte little-endian header length, a JSON header, then the
 // raw tensor data. Every tensor comes back as Float32Array (f16/bf16/f32 are converted).
 import * as fs from "fs";
+import { f32ToF16Bits } from "../dtype";
 
 /** One tensor of a safetensors file, converted to f32. */
 export interface Tensor {
@@ -82,4 +83,40 @@ export function parseSafetensors(bytes: Uint8Array, source = "safetensors data")
 /** Reads a .safetensors file. */
 export function readSafetensors(file: string): Safetensors {
   return parseSafetensors(fs.readFileSync(file), file);
+}
+
+/**
+ * Encodes tensors as a .safetensors file (the inverse of parseSafetensors), in the given order,
+ * as "F16" (rounded to nearest even) or "F32".
+ */
+export function encodeSafetensors(
+  tensors: Iterable<[string, { shape: number[]; data: ArrayLike<number> }]>,
+  dtype: "F16" | "F32" = "F16",
+  metadata: Record<string, string> = {},
+): Uint8Array {
+  const size = dtype === "F16" ? 2 : 4;
+  const list = [...tensors];
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const [name, t] of list) {
+    header[name] = { dtype, shape: t.shape, data_offsets: [offset, offset + t.data.length * size] };
+    offset += t.data.length * size;
+  }
+  let jsonBytes = new TextEncoder().encode(JSON.stringify(header));
+  // Readers may map the data aligned; the header is padded with spaces to a multiple of 8 bytes.
+  const padded = new Uint8Array(jsonBytes.length + ((8 - (jsonBytes.length % 8)) % 8)).fill(32);
+  padded.set(jsonBytes);
+  jsonBytes = padded;
+  const out = new Uint8Array(8 + jsonBytes.length + offset);
+  const view = new DataView(out.buffer);
+  view.setBigUint64(0, BigInt(jsonBytes.length), true);
+  out.set(jsonBytes, 8);
+  let at = 8 + jsonBytes.length;
+  for (const [, t] of list) {
+    for (let i = 0; i < t.data.length; i++, at += size) {
+      if (dtype === "F16") view.setUint16(at, f32ToF16Bits(t.data[i]), true);
+      else view.setFloat32(at, t.data[i], true);
+    }
+  }
+  return out;
 }

@@ -1,0 +1,319 @@
+// `lukv eval`: the quality table of KV-cache compression on the embedded model. For every scorer x
+// allocation x ratio: passkey retrieval accuracy, perplexity of held-out continuations with the
+// compressed cache, and greedy next-token agreement with the full cache.
+import * as fs from "fs";
+import * as path from "path";
+import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
+import type { DType } from "../dtype";
+import { argmax, defaultModelDir, loadTinyLM, modelProfile, modelTexts, passkeyPrompts, TinyLM } from "../model";
+import type { Profile } from "../profile";
+import type { Sequence } from "../cache";
+import { CliIO, parseArgs, progressBar } from "./io";
+
+const USAGE = `usage: lukv eval [options]
+
+The quality table on the embedded model (models/tiny-lm): for each scorer x allocation x ratio,
+passkey retrieval accuracy (heldout/passkey.json), perplexity of held-out continuations after the
+context was compressed, and greedy next-token agreement with the full cache.
+
+options (defaults in brackets):
+  --scorers LIST       comma-separated [snapkv,keydiff]
+  --allocations LIST   comma-separated [uniform,pyramidkv,adakv,lukv] (lukv needs models/tiny-lm/profile.*)
+  --ratios LIST        fractions of the context's KV evicted [0.5,0.8,0.9]
+  --texts N            held-out texts for perplexity and agreement [all]
+  --windows N          windows per text [2]
+  --context N          context tokens per window, BOS included [768]
+  --tokens N           teacher-forced continuation tokens per window [128]
+  --passkeys N         passkey prompts [all]
+  --dtype D            cache dtype f32 | f16 | bf16 [f32]
+  --out FILE           JSON results [bench/results/eval.json]
+  --model DIR          model directory [the package's models/tiny-lm]`;
+
+/** What one evaluation covers. */
+export interface EvalSettings {
+  scorers: ScorerName[];
+  allocations: AllocationName[];
+  ratios: number[];
+  texts: number;
+  windows: number;
+  context: number;
+  tokens: number;
+  passkeys: number;
+  dtype: DType;
+}
+
+/** The scores of one setting (or of the full cache). */
+export interface EvalScores {
+  /** Passkey prompts answered exactly (greedy). */
+  passkeyCorrect: number;
+  passkeyPrompts: number;
+  passkeyAccuracy: number;
+  /** exp(mean negative log-likelihood) of the scored continuation tokens. */
+  perplexity: number;
+  /** Scored continuation tokens whose greedy prediction equals the full cache's. */
+  agreement: number;
+  scoredTokens: number;
+}
+
+export interface EvalRow extends EvalScores {
+  scorer: ScorerName;
+  allocation: AllocationName;
+  ratio: number;
+}
+
+export interface EvalResult {
+  model: string;
+  settings: EvalSettings;
+  /** Windows evaluated and their source texts. */
+  samples: { text: string; start: number }[];
+  full: EvalScores;
+  rows: EvalRow[];
+  notes: string[];
+  seconds: number;
+}
+
+class UsageError extends Error {}
+
+function list<T extends string>(v: string | true | undefined, fallback: readonly T[], allowed: readonly T[], name: string): T[] {
+  if (v === undefined) return [...fallback];
+  const items = String(v).split(",").filter(Boolean) as T[];
+  const bad = items.filter((x) => !allowed.includes(x));
+  if (v === true || items.length === 0 || bad.length > 0) throw new UsageError(`--${name} expects a comma-separated list of ${allowed.join(", ")}`);
+  return items;
+}
+
+function count(options: Map<string, string | true>, name: string, fallback: number, min: number): number {
+  const v = options.get(name);
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (v === true || !Number.isInteger(n) || n < min) throw new UsageError(`--${name} expects an integer >= ${min}, got ${String(v)}`);
+  return n;
+}
+
+function logSumExp(row: Float32Array, offset: number, n: number): number {
+  let m = -Infinity;
+  for (let i = 0; i < n; i++) m = Math.max(m, row[offset + i]);
+  let s = 0;
+  for (let i = 0; i < n; i++) s += Math.exp(row[offset + i] - m);
+  return m + Math.log(s);
+}
+
+interface Accumulator {
+  correct: number;
+  prompts: number;
+  nll: number;
+  agree: number;
+  scored: number;
+}
+
+const empty = (): Accumulator => ({ correct: 0, prompts: 0, nll: 0, agree: 0, scored: 0 });
+
+function scores(a: Accumulator): EvalScores {
+  return {
+    passkeyCorrect: a.correct,
+    passkeyPrompts: a.prompts,
+    passkeyAccuracy: a.prompts ? a.correct / a.prompts : NaN,
+    perplexity: a.scored ? Math.exp(a.nll / a.scored) : NaN,
+    agreement: a.scored ? a.agree / a.scored : NaN,
+    scoredTokens: a.scored,
+  };
+}
+
+/** Runs the evaluation; `progress` is called after each (sample, setting) pair with the pairs done and in all. */
+export function runEval(
+  model: TinyLM,
+  dir: string,
+  s: EvalSettings,
+  profile: Profile | undefined,
+  progress: (done: number, total: number) => void = () => {},
+): Omit<EvalResult, "seconds" | "model" | "notes"> {
+  const tok = model.tokenizer!;
+  const V = model.config.vocabSize;
+  const settings = s.scorers.flatMap((scorer) => s.ratios.flatMap((ratio) => s.allocations.map((allocation) => ({ scorer, allocation, ratio }))));
+  const acc = settings.map(empty);
+  const full = empty();
+
+  // Windows of held-out text: [BOS] + context - 1 text tokens, then the continuation.
+  const samples: { text: string; start: number; ids: number[] }[] = [];
+  for (const t of modelTexts(dir, "heldout").slice(0, s.texts)) {
+    const ids = tok.encode(t.text);
+    const span = s.context - 1 + s.tokens;
+    for (let w = 0; w < s.windows && (w + 1) * span <= ids.length; w++)
+      samples.push({ text: t.name, start: w * span, ids: [tok.bos!, ...ids.slice(w * span, (w + 1) * span)] });
+  }
+  const prompts = s.passkeys > 0 ? passkeyPrompts(dir).slice(0, s.passkeys) : [];
+  const total = (samples.length + prompts.length) * (settings.length + 1);
+  let done = 0;
+  const tick = () => progress(++done, total);
+  const longest = Math.max(s.context + s.tokens, ...prompts.map((p) => (p.prompt_tokens ?? 4 * p.prompt.length) + 16));
+  // Room for the full sequence and one compressed fork with its continuation.
+  using cache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + 64 });
+
+  const compressed = (seq: Sequence, i: number): Sequence => {
+    const fork = seq.fork();
+    const { scorer, allocation, ratio } = settings[i];
+    fork.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profile : undefined });
+    return fork;
+  };
+
+  for (const sample of samples) {
+    const context = sample.ids.slice(0, s.context);
+    // Continuation tokens 0..K-2 are fed; the rows they produce predict tokens 1..K-1.
+    const fed = sample.ids.slice(s.context, s.context + s.tokens - 1);
+    const targets = sample.ids.slice(s.context + 1, s.context + s.tokens);
+    using seq = cache.createSequence();
+    model.forward(seq, context, { logits: "none" });
+    const score = (fork: Sequence, a: Accumulator, reference?: Int32Array): Int32Array => {
+      const rows = model.forward(fork, fed, { logits: "all" });
+      const greedy = new Int32Array(targets.length);
+      targets.forEach((target, t) => {
+        a.nll += logSumExp(rows, t * V, V) - rows[t * V + target];
+        greedy[t] = argmax(rows, t * V, V);
+        if (reference === undefined || greedy[t] === reference[t]) a.agree++;
+      });
+      a.scored += targets.length;
+      return greedy;
+    };
+    let reference: Int32Array;
+    {
+      using f = seq.fork();
+      reference = score(f, full);
+    }
+    tick();
+    settings.forEach((_, i) => {
+      using f = compressed(seq, i);
+      score(f, acc[i], reference);
+      tick();
+    });
+  }
+
+  for (const p of prompts) {
+    const ids = [tok.bos!, ...tok.encode(p.prompt)];
+    const n = tok.encode(p.answer).length;
+    using seq = cache.createSequence();
+    const last = model.forward(seq, ids);
+    const answer = (fork: Sequence, a: Accumulator) => {
+      const { tokens } = model.generate(fork, last, n, { stopToken: -1 });
+      a.prompts++;
+      if (tok.decode(tokens) === p.answer) a.correct++;
+    };
+    {
+      using f = seq.fork();
+      answer(f, full);
+    }
+    tick();
+    settings.forEach((_, i) => {
+      using f = compressed(seq, i);
+      answer(f, acc[i]);
+      tick();
+    });
+  }
+
+  return {
+    settings: s,
+    samples: samples.map(({ text, start }) => ({ text, start })),
+    full: scores(full),
+    rows: settings.map((x, i) => ({ ...x, ...scores(acc[i]) })),
+  };
+}
+
+function pct(x: number): string {
+  return Number.isNaN(x) ? "-" : `${(100 * x).toFixed(1)}%`;
+}
+
+/** The table, one row per setting, grouped by scorer and ratio. */
+export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
+  const head = ["scorer", "ratio", "allocation", "passkey", "perplexity", "Δppl", "next-token agreement"];
+  const lines: string[][] = [["full cache", "-", "-", pct(r.full.passkeyAccuracy), r.full.perplexity.toFixed(3), "-", "100%"]];
+  for (const x of r.rows)
+    lines.push([
+      x.scorer,
+      x.ratio.toFixed(2),
+      x.allocation,
+      pct(x.passkeyAccuracy),
+      x.perplexity.toFixed(3),
+      `${x.perplexity >= r.full.perplexity ? "+" : ""}${(100 * (x.perplexity / r.full.perplexity - 1)).toFixed(1)}%`,
+      pct(x.agreement),
+    ]);
+  const widths = head.map((h, c) => Math.max(h.length, ...lines.map((l) => l[c].length)));
+  const fmt = (l: string[]) => "| " + l.map((v, c) => (c < 3 ? v.padEnd(widths[c]) : v.padStart(widths[c]))).join(" | ") + " |";
+  return [fmt(head), "|" + widths.map((w, c) => (c < 3 ? "-".repeat(w + 2) : "-".repeat(w + 1) + ":")).join("|") + "|", ...lines.map(fmt)].join("\n");
+}
+
+export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
+  const { options, positional } = parseArgs(argv);
+  if (options.has("help") || options.has("h")) {
+    io.out(USAGE);
+    return 0;
+  }
+  let settings: EvalSettings, dir: string, out: string;
+  try {
+    if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
+    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "dtype", "out", "model"];
+    for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
+    const ratiosArg = options.get("ratios");
+    const ratios = ratiosArg === undefined ? [0.5, 0.8, 0.9] : String(ratiosArg).split(",").map(Number);
+    if (ratiosArg === true || ratios.some((x) => !(x >= 0 && x < 1))) throw new UsageError("--ratios expects comma-separated numbers in [0, 1)");
+    const dtype = (options.get("dtype") ?? "f32") as DType;
+    if (!["f32", "f16", "bf16"].includes(dtype)) throw new UsageError(`--dtype expects f32, f16 or bf16, got ${String(dtype)}`);
+    settings = {
+      scorers: list(options.get("scorers"), ["snapkv", "keydiff"], SCORERS, "scorers"),
+      allocations: list(options.get("allocations"), ALLOCATIONS, ALLOCATIONS, "allocations"),
+      ratios,
+      texts: count(options, "texts", Number.MAX_SAFE_INTEGER, 0),
+      windows: count(options, "windows", 2, 1),
+      context: count(options, "context", 768, 2),
+      tokens: count(options, "tokens", 128, 2),
+      passkeys: count(options, "passkeys", Number.MAX_SAFE_INTEGER, 0),
+      dtype,
+    };
+    dir = typeof options.get("model") === "string" ? (options.get("model") as string) : defaultModelDir();
+    out = typeof options.get("out") === "string" ? (options.get("out") as string) : path.join("bench", "results", "eval.json");
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.err(`lukv eval: ${e.message}\n\n${USAGE}`);
+      return 2;
+    }
+    throw e;
+  }
+
+  const t0 = performance.now();
+  const model = loadTinyLM(dir);
+  const notes: string[] = [];
+  let profile: Profile | undefined;
+  if (settings.allocations.includes("lukv")) {
+    const found = modelProfile(dir);
+    if (found) {
+      profile = found.profile;
+      const calibrated = found.profile.meta.scorer;
+      notes.push(`lukv uses ${found.file}${calibrated ? ` (calibrated with the ${calibrated} scorer)` : ""}`);
+    } else {
+      settings.allocations = settings.allocations.filter((a) => a !== "lukv");
+      notes.push(`no LU-KV profile in ${dir} (profile.json / profile.npy): the lukv allocation is left out`);
+    }
+  }
+  const configs = settings.scorers.length * settings.allocations.length * settings.ratios.length;
+  const texts = Math.min(settings.texts, modelTexts(dir, "heldout").length);
+  const prompts = settings.passkeys > 0 ? Math.min(settings.passkeys, passkeyPrompts(dir).length) : 0;
+  io.out(
+    `lukv eval: ${configs} settings (${settings.scorers.join(", ")} x ${settings.allocations.join(", ")} x ratios ${settings.ratios.join(", ")}), ` +
+      `${texts} held-out texts x up to ${settings.windows} windows of ${settings.context} + ${settings.tokens} tokens, ${prompts} passkey prompts, cache ${settings.dtype}`,
+  );
+  for (const n of notes) io.out(`note: ${n}`);
+  let bar: ReturnType<typeof progressBar> | undefined;
+  const result = runEval(model, dir, settings, profile, (_done, total) => (bar ??= progressBar("eval", total)).tick());
+  bar?.done();
+  const seconds = (performance.now() - t0) / 1000;
+  const full: EvalResult = { model: dir, ...result, notes, seconds };
+  io.out("");
+  io.out(formatTable(full));
+  io.out("");
+  io.out(
+    `${result.samples.length} windows, ${result.full.scoredTokens} scored continuation tokens; ${result.full.passkeyPrompts} passkey prompts; ` +
+      `${seconds.toFixed(0)} s`,
+  );
+  fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
+  fs.writeFileSync(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...full }, null, 1) + "\n");
+  io.out(`results written to ${out}`);
+  return 0;
+}
