@@ -77,9 +77,11 @@ export type ProfilerLoadOverrides = Pick<ProfilerOptions, "grid" | "scope" | "mo
  * C_oracle(n) = mass of the n smallest oracle values among the same evictable tokens.
  */
 export interface ProfileReport {
+  /** Samples the means are over. */
   samples: number;
   layers: number;
   kvHeads: number;
+  /** Rows of `loss` and `uniformLoss`; row i is compression ratio (i + 1) / (grid + 1). */
   grid: number;
   scope: ProfilerScope;
   /**
@@ -123,16 +125,27 @@ function plainObject(x: unknown): x is Record<string, unknown> {
  * each head's evicted / T, averaged over samples.
  */
 export class Profiler {
+  /** The resolved options, defaults filled in (see {@link ProfilerOptions}). */
   readonly layers: number;
+  /** KV heads per layer. */
   readonly kvHeads: number;
+  /** The in-head scorer π. */
   readonly scorer: ScorerName;
+  /** The scorer's options as given. */
   readonly scorerOptions: Readonly<ProfilerScorerOptions>;
+  /** Sink tokens never evicted. */
   readonly sink: number;
+  /** Window tokens never evicted, and SnapKV's observation queries. */
   readonly window: number;
+  /** Rows of the profile. */
   readonly grid: number;
+  /** One budget over every head ("global") or one per layer. */
   readonly scope: ProfilerScope;
+  /** Model name for the metadata, if given. */
   readonly model: string | undefined;
+  /** Calibration data set for the metadata, if given. */
   readonly dataset: string | undefined;
+  /** Whether samples are kept for save(). */
   readonly keepSamples: boolean;
 
   readonly #config: SampleConfig;
@@ -238,6 +251,11 @@ export class Profiler {
       const o = seq.oracle(l);
       const s = captured ? captured.scores[l] : seq.scores(l, this.scorer, { ...this.scorerOptions, window: this.window });
       for (let h = 0; h < this.kvHeads; h++) {
+        if (captured && s[h].length !== o[h].length) {
+          throw new InvalidArgumentError(
+            `Expected the oracle of layer ${l}, head ${h} to cover the ${s[h].length} tokens held at profiler.recordOracle() but it covers ${o[h].length}: recording was restarted since`,
+          );
+        }
         if (s[h].length < o[h].length) {
           throw new InvalidArgumentError(
             `Expected layer ${l}, head ${h} to still hold its ${o[h].length} context tokens but it holds ${s[h].length}: add the sequence before compressing it`,
