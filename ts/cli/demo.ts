@@ -109,7 +109,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const prompt = [tok.bos!, ...tok.encode(text)].slice(0, promptTokens);
 
   // LU-KV needs the model's profile; without one, Ada-KV is the closest head-wise allocation.
-  const found = modelProfile(dir);
+  const found = modelProfile(dir, scorer);
   let allocation: AllocationName = requested ?? (found ? "lukv" : "adakv");
   let profile: Profile | undefined;
   let note = "";
@@ -119,7 +119,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
       note = `profile ${path.join(path.basename(dir), path.basename(found.file))}`;
     } else {
       allocation = "adakv";
-      note = `no LU-KV profile in ${dir} (profile.json / profile.npy), so Ada-KV allocation instead`;
+      note = `no LU-KV profile for ${scorer} in ${dir} (profile.json / profile.npy), so Ada-KV allocation instead`;
     }
   }
   const allocationLabel = { uniform: "uniform", pyramidkv: "PyramidKV", adakv: "Ada-KV", lukv: "LU-KV" }[allocation];

@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
-import { argmax, defaultModelDir, loadTinyLM, modelProfile, modelTexts, passkeyPrompts, TinyLM } from "../model";
+import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, passkeyPrompts, TinyLM } from "../model";
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { CliIO, parseArgs, progressBar } from "./io";
@@ -26,6 +26,8 @@ options (defaults in brackets):
   --tokens N           teacher-forced continuation tokens per window [128]
   --passkeys N         passkey prompts [all]
   --dtype D            cache dtype f32 | f16 | bf16 [f32]
+  --calibrate          calibrate every scorer's LU-KV profile now from models/tiny-lm/calibration
+                       [only scorers without a profile file (profile.json, profile-<scorer>.json)]
   --out FILE           JSON results [bench/results/eval.json]
   --model DIR          model directory [the package's models/tiny-lm]`;
 
@@ -124,12 +126,14 @@ export function runEval(
   model: TinyLM,
   dir: string,
   s: EvalSettings,
-  profile: Profile | undefined,
+  profiles: Map<ScorerName, Profile>,
   progress: (done: number, total: number) => void = () => {},
 ): Omit<EvalResult, "seconds" | "model" | "notes"> {
   const tok = model.tokenizer!;
   const V = model.config.vocabSize;
-  const settings = s.scorers.flatMap((scorer) => s.ratios.flatMap((ratio) => s.allocations.map((allocation) => ({ scorer, allocation, ratio }))));
+  const settings = s.scorers.flatMap((scorer) =>
+    s.ratios.flatMap((ratio) => s.allocations.filter((a) => a !== "lukv" || profiles.has(scorer)).map((allocation) => ({ scorer, allocation, ratio }))),
+  );
   const acc = settings.map(empty);
   const full = empty();
 
@@ -152,7 +156,7 @@ export function runEval(
   const compressed = (seq: Sequence, i: number): Sequence => {
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
-    fork.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profile : undefined });
+    fork.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
     return fork;
   };
 
@@ -246,10 +250,10 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     io.out(USAGE);
     return 0;
   }
-  let settings: EvalSettings, dir: string, out: string;
+  let settings: EvalSettings, dir: string, out: string, calibrate: boolean;
   try {
     if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
-    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "dtype", "out", "model"];
+    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "dtype", "out", "model", "calibrate"];
     for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
     const ratiosArg = options.get("ratios");
     const ratios = ratiosArg === undefined ? [0.5, 0.8, 0.9] : String(ratiosArg).split(",").map(Number);
@@ -267,6 +271,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       passkeys: count(options, "passkeys", Number.MAX_SAFE_INTEGER, 0),
       dtype,
     };
+    calibrate = options.get("calibrate") === true;
     dir = typeof options.get("model") === "string" ? (options.get("model") as string) : defaultModelDir();
     out = typeof options.get("out") === "string" ? (options.get("out") as string) : path.join("bench", "results", "eval.json");
   } catch (e) {
@@ -279,29 +284,43 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
 
   const t0 = performance.now();
   const model = loadTinyLM(dir);
-  const notes: string[] = [];
-  let profile: Profile | undefined;
-  if (settings.allocations.includes("lukv")) {
-    const found = modelProfile(dir);
-    if (found) {
-      profile = found.profile;
-      const calibrated = found.profile.meta.scorer;
-      notes.push(`lukv uses ${found.file}${calibrated ? ` (calibrated with the ${calibrated} scorer)` : ""}`);
-    } else {
-      settings.allocations = settings.allocations.filter((a) => a !== "lukv");
-      notes.push(`no LU-KV profile in ${dir} (profile.json / profile.npy): the lukv allocation is left out`);
-    }
-  }
-  const configs = settings.scorers.length * settings.allocations.length * settings.ratios.length;
   const texts = Math.min(settings.texts, modelTexts(dir, "heldout").length);
   const prompts = settings.passkeys > 0 ? Math.min(settings.passkeys, passkeyPrompts(dir).length) : 0;
   io.out(
-    `lukv eval: ${configs} settings (${settings.scorers.join(", ")} x ${settings.allocations.join(", ")} x ratios ${settings.ratios.join(", ")}), ` +
-      `${texts} held-out texts x up to ${settings.windows} windows of ${settings.context} + ${settings.tokens} tokens, ${prompts} passkey prompts, cache ${settings.dtype}`,
+    `lukv eval: ${settings.scorers.join(", ")} x ${settings.allocations.join(", ")} x ratios ${settings.ratios.join(", ")}; ` +
+      `${texts} held-out texts x up to ${settings.windows} windows of ${settings.context} + ${settings.tokens} tokens; ${prompts} passkey prompts; cache ${settings.dtype}`,
   );
-  for (const n of notes) io.out(`note: ${n}`);
+  const notes: string[] = [];
+  const note = (n: string) => {
+    notes.push(n);
+    io.out(`note: ${n}`);
+  };
+  // LU-KV's table is calibrated for one scorer: each scorer gets its own profile.
+  const profiles = new Map<ScorerName, Profile>();
+  if (settings.allocations.includes("lukv")) {
+    const missing: ScorerName[] = [];
+    for (const scorer of settings.scorers) {
+      const found = calibrate ? undefined : modelProfile(dir, scorer);
+      if (found) {
+        profiles.set(scorer, found.profile);
+        note(`lukv with ${scorer} uses ${found.file}`);
+      } else missing.push(scorer);
+    }
+    const calibration = modelTexts(dir, "calibration");
+    if (missing.length > 0 && calibration.length > 0) {
+      const tc = performance.now();
+      let bar: ReturnType<typeof progressBar> | undefined;
+      const made = calibrateTinyLM(model, calibration, { scorers: missing, onProgress: (_d, total) => (bar ??= progressBar("calibrate", total)).tick() });
+      bar?.done();
+      for (const [scorer, p] of made.profiles) profiles.set(scorer, p);
+      note(
+        `lukv with ${missing.join(", ")} uses a profile calibrated now on ${calibration.length} calibration texts ` +
+          `(${made.contexts.length} contexts, ${((performance.now() - tc) / 1000).toFixed(0)} s)`,
+      );
+    } else if (missing.length > 0) note(`no LU-KV profile for ${missing.join(", ")} and no calibration texts: lukv is left out for it`);
+  }
   let bar: ReturnType<typeof progressBar> | undefined;
-  const result = runEval(model, dir, settings, profile, (_done, total) => (bar ??= progressBar("eval", total)).tick());
+  const result = runEval(model, dir, settings, profiles, (_done, total) => (bar ??= progressBar("eval", total)).tick());
   bar?.done();
   const seconds = (performance.now() - t0) / 1000;
   const full: EvalResult = { model: dir, ...result, notes, seconds };

@@ -5,11 +5,17 @@ import * as path from "path";
 import { loadProfile } from "../profile";
 import type { Profile } from "../profile";
 
-/** The model's LU-KV profile (profile.json, else profile.npy) and its file, or undefined when there is none. */
-export function modelProfile(dir: string): { profile: Profile; file: string } | undefined {
-  for (const name of ["profile.json", "profile.npy"]) {
+/**
+ * The model's LU-KV profile for `scorer` and its file, or undefined when there is none: first
+ * profile-<scorer>.json / .npy, then profile.json / profile.npy if it was calibrated with that
+ * scorer (a .npy carries no metadata and is taken as snapkv's, the LU-KV authors' default).
+ */
+export function modelProfile(dir: string, scorer: string = "snapkv"): { profile: Profile; file: string } | undefined {
+  for (const name of [`profile-${scorer}.json`, `profile-${scorer}.npy`, "profile.json", "profile.npy"]) {
     const file = path.join(dir, name);
-    if (fs.existsSync(file)) return { profile: loadProfile(file), file };
+    if (!fs.existsSync(file)) continue;
+    const profile = loadProfile(file);
+    if (name.startsWith("profile-") || (profile.meta.scorer ?? "snapkv") === scorer) return { profile, file };
   }
   return undefined;
 }

@@ -14,3 +14,5 @@ export type { SamplingOptions } from "./sampling";
 export { matmul, matvec, rmsNorm, ropeTables, applyRope, swiglu } from "./kernels";
 export { modelProfile, modelTexts, passkeyPrompts } from "./files";
 export type { NamedText, PasskeyPrompt } from "./files";
+export { calibrateTinyLM } from "./calibrate";
+export type { CalibrationOptions, Calibration } from "./calibrate";

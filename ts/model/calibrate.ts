@@ -1,0 +1,98 @@
+// LU-KV calibration of the tiny model: run it on calibration texts with the full cache, record the
+// oracle over a few dozen decode steps after each context, and build one profile per scorer.
+import type { ScorerName } from "../compress";
+import type { Profile } from "../profile";
+import { Profiler, type ProfileReport } from "../profiler";
+import type { NamedText } from "./files";
+import type { TinyLM } from "./tiny-lm";
+
+/** Options of {@link calibrateTinyLM}. */
+export interface CalibrationOptions {
+  /** Scorers to build a profile for; one decode pass serves them all. Default: ["snapkv"]. */
+  scorers?: ScorerName[];
+  /** Context lengths (tokens, BOS included) cut one after another from each text. Default: [384, 640, 896]. */
+  contexts?: number[];
+  /** Decode steps per context whose attention makes the oracle (the text's own next tokens, one at a time). Default: 32. */
+  decodeSteps?: number;
+  /** Sink and window never evicted; must match what compress() will use. Defaults: 4 and 32. */
+  sink?: number;
+  window?: number;
+  /** Divide ||v W_O|| by its sum over the layer's heads and context tokens, as the LU-KV authors did. Default: true. */
+  normalize?: boolean;
+  /** Model name for the profile's metadata. Default: "lukv-tiny-lm". */
+  model?: string;
+  /** Data set name for the metadata. Default: "models/tiny-lm/calibration". */
+  dataset?: string;
+  /** Called after each context with the contexts done and in all. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Profiles by scorer, the profiler's report for each, and the contexts used. */
+export interface Calibration {
+  profiles: Map<ScorerName, Profile>;
+  reports: Map<ScorerName, ProfileReport>;
+  contexts: { text: string; start: number; tokens: number }[];
+}
+
+/**
+ * Calibrates LU-KV profiles for the model on `texts`. Each text gives windows of [BOS] + context
+ * tokens followed by `decodeSteps` tokens of the same text; a window is prefilled with the full
+ * cache, the oracle is recorded while the continuation is decoded one token at a time, and every
+ * scorer's profiler gets the (scores, oracle) sample.
+ */
+export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: CalibrationOptions = {}): Calibration {
+  const tok = model.tokenizer;
+  if (!tok || tok.bos === undefined) throw new Error("calibrateTinyLM needs a model loaded with its tokenizer");
+  const scorers = options.scorers ?? ["snapkv"];
+  const contexts = options.contexts ?? [384, 640, 896];
+  const steps = options.decodeSteps ?? 32;
+  const sink = options.sink ?? 4, window = options.window ?? 32;
+  const { layers, kvHeads } = model.config;
+  const profilers = scorers.map(
+    (scorer) =>
+      new Profiler({
+        layers,
+        kvHeads,
+        scorer,
+        sink,
+        window,
+        model: options.model ?? "lukv-tiny-lm",
+        dataset: options.dataset ?? "models/tiny-lm/calibration",
+        keepSamples: false,
+      }),
+  );
+  const outputProjection = model.outputProjections();
+
+  const windows: { text: string; start: number; ids: number[] }[] = [];
+  for (const t of texts) {
+    const ids = tok.encode(t.text);
+    let start = 0;
+    for (const length of contexts) {
+      const span = length - 1 + steps;
+      if (start + span > ids.length) break;
+      windows.push({ text: t.name, start, ids: [tok.bos, ...ids.slice(start, start + span)] });
+      start += span;
+    }
+  }
+  if (windows.length === 0) throw new Error(`no calibration text is long enough for a context of ${contexts[0]} + ${steps} tokens`);
+
+  const longest = Math.max(...windows.map((w) => w.ids.length));
+  using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
+  windows.forEach((w, i) => {
+    using seq = cache.createSequence();
+    const context = w.ids.length - steps;
+    model.forward(seq, w.ids.slice(0, context), { logits: "none" });
+    // Each profiler keeps its scorer's ranking of the context as of now (KeyDiff's moves once
+    // decoding appends keys); recording restarts harmlessly for each.
+    for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: options.normalize ?? true });
+    for (let s = context; s < w.ids.length; s++) model.forward(seq, [w.ids[s]], { logits: "none" });
+    for (const p of profilers) p.addSequence(seq);
+    options.onProgress?.(i + 1, windows.length);
+  });
+
+  return {
+    profiles: new Map(scorers.map((s, i) => [s, profilers[i].build()])),
+    reports: new Map(scorers.map((s, i) => [s, profilers[i].report()])),
+    contexts: windows.map((w) => ({ text: w.text, start: w.start, tokens: w.ids.length - steps })),
+  };
+}
