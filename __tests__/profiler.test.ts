@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BadProfileError, InvalidArgumentError } from "../ts/errors";
-import { lowerHull, solveBudgetsExact, solveBudgetsForTotals } from "../ts/budget";
+import { lowerHull, solveBudgets, solveBudgetsExact, solveBudgetsForTotals } from "../ts/budget";
 import { budgetsFromProfile, decodeNpy, loadProfile, profileToJson, profileToNpy, saveProfile } from "../ts/profile";
 import { Profiler, type ProfilerOptions, type ProfilerSample } from "../ts/profiler";
 import { analyzeSample, budgetGroups, evictionOrder, groupTargets, minKeepOf, sampleCurves, type FlatSample, type SampleConfig } from "../ts/profiler/sample";
@@ -158,6 +158,7 @@ describe("per-sample analysis", () => {
         const gc = Array.from(group, (h) => curves[h]);
         // The greedy on the same curves, ties included: keep = E − evicted.
         const greedy = solveBudgetsForTotals(gc, Array.from(targets, (t) => sumE - t));
+        expect(solveBudgets(gc, sumE - targets[49])).toEqual(greedy[49].keep);
         const hulls = gc.map(hullCurve);
         for (let i = 0; i < cfg.grid; i++) {
           const evicted = Array.from(group, (h) => res.evicted[i * H + h]);
