@@ -68,9 +68,9 @@ describe("lukv profile inspect", () => {
     expect([none.code, none.err]).toEqual([2, expect.stringContaining("usage: lukv profile <subcommand>")]);
     const help = await run(profileCommand, ["--help"]);
     expect([help.code, help.out]).toEqual([0, expect.stringContaining("inspect FILE [--ratio R]")]);
-    const build = await run(profileCommand, ["build", "x"]);
-    expect(build.code).toBe(2);
-    expect(build.err).toContain('lukv profile: unknown subcommand "build"');
+    const unknownSub = await run(profileCommand, ["merge", "x"]);
+    expect(unknownSub.code).toBe(2);
+    expect(unknownSub.err).toContain('lukv profile: unknown subcommand "merge"');
     const noFile = await run(profileCommand, ["inspect"]);
     expect([noFile.code, noFile.err]).toEqual([2, expect.stringContaining("lukv profile inspect: inspect needs a FILE")]);
     const ratio = await run(profileCommand, ["inspect", join(FIXTURES, "plain.npy"), "--ratio", "1.5"]);

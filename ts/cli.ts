@@ -13,6 +13,7 @@ commands:
   eval                         quality table: scorers x allocations x ratios on the embedded model
   profile inspect FILE         shape, metadata and a heat map of an LU-KV profile (.npy or JSON)
   profile convert IN OUT       convert a profile between .npy and JSON
+  profile build DIR            build a profile from samples saved by profiler.save(DIR)
   solve CURVES.json --keep N   LU-KV head budgets for per-head loss curves
 `;
 

@@ -1,8 +1,13 @@
+import { parseArgs as parseNodeArgs } from "node:util";
+
 /** Where a command writes; tests pass their own. */
 export interface CliIO {
   out: (s: string) => void;
   err: (s: string) => void;
 }
+
+/** The same, by the name the subcommands use. */
+export type CommandIO = CliIO;
 
 export const processIO: CliIO = {
   out: (s) => process.stdout.write(s.endsWith("\n") ? s : s + "\n"),
@@ -44,4 +49,35 @@ export function progressBar(label: string, total: number): { tick: (n?: number) 
       if (tty) process.stderr.write("\n");
     },
   };
+}
+
+/** Bad command-line usage: reported with the usage text and exit code 2. */
+export class UsageError extends Error {}
+
+/** A file-system error (ENOENT, EACCES, ...); checked by shape since it may come from another realm. */
+export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
+  return typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "string" && typeof (e as { syscall?: unknown }).syscall === "string";
+}
+
+/** Parsed command line: string options, boolean flags and positionals. */
+export interface ParsedArgs {
+  strings: Record<string, string | undefined>;
+  flags: Record<string, boolean>;
+  positionals: string[];
+}
+
+/** Strict parsing (unknown options are usage errors) with Node's parseArgs. */
+export function parseCommandArgs(argv: string[], strings: string[], flags: string[] = []): ParsedArgs {
+  const options: Record<string, { type: "string" | "boolean" }> = {};
+  for (const n of strings) options[n] = { type: "string" };
+  for (const n of flags) options[n] = { type: "boolean" };
+  try {
+    const { values, positionals } = parseNodeArgs({ args: argv, options, allowPositionals: true, strict: true });
+    const out: ParsedArgs = { strings: {}, flags: {}, positionals };
+    for (const n of strings) out.strings[n] = values[n] as string | undefined;
+    for (const n of flags) out.flags[n] = values[n] === true;
+    return out;
+  } catch (e) {
+    throw new UsageError((e as Error).message.split("\n")[0]);
+  }
 }

@@ -4,7 +4,7 @@ import { BadProfileError, InvalidArgumentError } from "../errors";
 import { saveProfile } from "../profile";
 import { formatOfPath } from "../profile/io";
 import { Profiler, type ProfileReport } from "../profiler";
-import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./profile";
+import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
 
 export const PROFILE_BUILD_USAGE = `usage: lukv profile build DIR [--out FILE] [--scope global|per-layer] [--grid N]
 

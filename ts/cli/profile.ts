@@ -1,15 +1,11 @@
 // `lukv profile …`: look inside LU-KV profiles and convert them between .npy and JSON.
 import { readFileSync } from "node:fs";
-import { parseArgs } from "node:util";
 import { BadProfileError, InvalidArgumentError } from "../errors";
 import { decodeNpy, decodeProfile, loadProfile, pruneRatiosAt, saveProfile, type Profile } from "../profile";
 import { formatOfPath } from "../profile/io";
+import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
+import { profileBuildCommand } from "./profile-build";
 
-/** Where a command writes; each call is one or more whole lines. */
-export interface CommandIO {
-  out: (s: string) => void;
-  err: (s: string) => void;
-}
 
 const USAGE = `usage: lukv profile <subcommand> ...
 
@@ -18,41 +14,12 @@ subcommands:
                                  ratio at compression ratio R (default 0.8); FILE is a
                                  .npy (LU-KV / kvpress) or lukv JSON profile
   convert IN OUT [--dtype f4|f8] convert between .npy and lukv JSON, by extension
-                                 (.npy holds only the table; --dtype default f8)`;
+                                 (.npy holds only the table; --dtype default f8)
+  build DIR [--out FILE]         build a profile from samples saved by profiler.save(DIR)
+        [--scope global|per-layer] [--grid N]`;
 
 /** Shades from least to most kept; each head is drawn two cells wide. */
 const SHADES = [" ", "░", "▒", "▓", "█"];
-
-/** Bad command-line usage: reported with the usage text and exit code 2. */
-export class UsageError extends Error {}
-
-/** A file-system error (ENOENT, EACCES, ...); checked by shape since it may come from another realm. */
-export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
-  return typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "string" && typeof (e as { syscall?: unknown }).syscall === "string";
-}
-
-/** Parsed command line: string options, boolean flags and positionals. */
-export interface ParsedArgs {
-  strings: Record<string, string | undefined>;
-  flags: Record<string, boolean>;
-  positionals: string[];
-}
-
-/** Strict parsing (unknown options are usage errors) with Node's parseArgs. */
-export function parseCommandArgs(argv: string[], strings: string[], flags: string[] = []): ParsedArgs {
-  const options: Record<string, { type: "string" | "boolean" }> = {};
-  for (const n of strings) options[n] = { type: "string" };
-  for (const n of flags) options[n] = { type: "boolean" };
-  try {
-    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
-    const out: ParsedArgs = { strings: {}, flags: {}, positionals };
-    for (const n of strings) out.strings[n] = values[n] as string | undefined;
-    for (const n of flags) out.flags[n] = values[n] === true;
-    return out;
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0]);
-  }
-}
 
 function fmt(x: number, digits = 3): string {
   return x.toFixed(digits);
@@ -163,7 +130,7 @@ async function convert(argv: string[], io: CommandIO): Promise<number> {
 }
 
 /** Subcommands of `lukv profile`; `build` (the offline profiler) plugs in here. */
-const SUBCOMMANDS: Record<string, (argv: string[], io: CommandIO) => Promise<number>> = { inspect, convert };
+const SUBCOMMANDS: Record<string, (argv: string[], io: CommandIO) => Promise<number>> = { inspect, convert, build: profileBuildCommand };
 
 /**
  * `lukv profile <subcommand> …`.

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { solveBudgetsDetailed, solveBudgetsExact, budgetLoss, type BudgetOptions } from "../budget";
 import { InvalidArgumentError } from "../errors";
-import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./profile";
+import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
 
 const USAGE = `usage: lukv solve CURVES.json --keep N [--exact] [--min-keep N] [--max-keep N] [--json]
 
