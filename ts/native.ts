@@ -146,7 +146,7 @@ export function binaryPaths(platform: string, arch: string): Record<BinaryKind, 
   return {
     build: "build/Release/lukv.node",
     cpu: `prebuilds/${platform}-${arch}/lukv.node`,
-    // Not a subfolder of <platform>-<arch>: node-gyp-build and prebuildify tools must never pick it.
+    // Beside <platform>-<arch>, not in it: tools that follow node-gyp-build read that folder and must not pick this.
     cuda: `prebuilds/${platform}-${arch}-cuda/lukv.node`,
   };
 }
