@@ -9,6 +9,7 @@ import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
 import { defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../model";
 import type { Profile } from "../profile";
+import { lukvRatio } from "./eval";
 import { CliIO, parseArgs, progressBar } from "./io";
 
 const USAGE = `usage: lukv demo [options]
@@ -28,7 +29,7 @@ options (defaults in brackets):
   --random             the synthetic-data demo instead (prefill and decode on random tensors)`;
 
 function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(2)} MiB`;
+  return bytes < 2 ** 20 ? `${(bytes / 1024).toFixed(1)} KiB` : `${(bytes / 2 ** 20).toFixed(2)} MiB`;
 }
 
 function median(xs: number[]): number {
@@ -103,20 +104,20 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
     const texts = modelTexts(dir, "heldout");
     if (texts.length === 0) throw new Error(`${path.join(dir, "heldout")} has no .txt files; pass --text FILE`);
     const pick = texts.find((t) => t.name === "heldout/handbook-1.txt") ?? texts[0];
-    textName = path.join(path.basename(dir), pick.name);
+    textName = path.resolve(dir) === path.resolve(defaultModelDir()) ? path.join("models", "tiny-lm", pick.name) : path.join(dir, pick.name);
     text = pick.text;
   }
   const prompt = [tok.bos!, ...tok.encode(text)].slice(0, promptTokens);
 
   // LU-KV needs the model's profile; without one, Ada-KV is the closest head-wise allocation.
   const found = modelProfile(dir, scorer);
-  let allocation: AllocationName = requested ?? (found ? "lukv" : "adakv");
+  let allocation: AllocationName = requested ?? "lukv";
   let profile: Profile | undefined;
   let note = "";
   if (allocation === "lukv") {
     if (found) {
       profile = found.profile;
-      note = `profile ${path.join(path.basename(dir), path.basename(found.file))}`;
+      note = `profile ${path.resolve(dir) === path.resolve(defaultModelDir()) ? path.join("models", "tiny-lm", path.basename(found.file)) : found.file}`;
     } else {
       allocation = "adakv";
       note = `no LU-KV profile for ${scorer} in ${dir} (profile.json / profile.npy), so Ada-KV allocation instead`;
@@ -157,7 +158,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const fullRun = model.generate(full, logits, steps, { stopToken: -1, onToken: () => decodeBar.tick() });
   full.dispose();
 
-  const report = seq.compress({ ratio, allocation, profile, scorer });
+  const report = seq.compress({ ratio: allocation === "lukv" ? lukvRatio(seq.lengths(), ratio) : ratio, allocation, profile, scorer });
   const compressedBytes = cache.usage().bytesUsed;
   const run = model.generate(seq, logits, steps, { stopToken: -1, onToken: () => decodeBar.tick() });
   decodeBar.done();
@@ -204,7 +205,7 @@ function randomDemo(options: Map<string, string | true>, io: CliIO): number {
   const b = backends();
   io.out(`lukv demo --random: ${layers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${headDim}, f16, random data`);
   io.out(`CPU kernels: ${b.cpu.simd}, ${b.cpu.threads} threads; CUDA: ${b.cuda.usable ? "usable" : b.cuda.error}`);
-  using cache = new KVCache({ layers, kvHeads, queryHeads, headDim, dtype: "f16", maxTokens: layers * kvHeads * (tokens + steps) });
+  using cache = new KVCache({ layers, kvHeads, queryHeads, headDim, dtype: "f16", maxTokens: layers * kvHeads * Math.ceil((tokens + steps) / 16) * 16 });
   using seq = cache.createSequence();
   const chunk = 512;
   const bar = progressBar("prefill", tokens);

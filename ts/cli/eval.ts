@@ -92,6 +92,20 @@ function count(options: Map<string, string | true>, name: string, fallback: numb
   return n;
 }
 
+/**
+ * The ratio to ask of allocation "lukv": `ratio`, or less where it would keep fewer tokens than the
+ * sink and window of every head (compress() refuses that for "lukv", while the other allocations
+ * keep those tokens anyway), so that every allocation keeps the same total.
+ */
+export function lukvRatio(lengths: Int32Array, ratio: number, sink = 4, window = 32): number {
+  let total = 0, forced = 0;
+  for (const n of lengths) {
+    total += n;
+    forced += n === 0 ? 0 : Math.min(n, Math.max(1, sink + window));
+  }
+  return total === 0 ? ratio : Math.min(ratio, (total - forced) / total);
+}
+
 function logSumExp(row: Float32Array, offset: number, n: number): number {
   let m = -Infinity;
   for (let i = 0; i < n; i++) m = Math.max(m, row[offset + i]);
@@ -156,7 +170,8 @@ export function runEval(
   const compressed = (seq: Sequence, i: number): Sequence => {
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
-    fork.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
+    if (allocation === "lukv") fork.compress({ ratio: lukvRatio(fork.lengths(), ratio), scorer, allocation, profile: profiles.get(scorer) });
+    else fork.compress({ ratio, scorer, allocation });
     return fork;
   };
 

@@ -1,0 +1,97 @@
+// `lukv eval` on a random-weight model directory: the table and JSON cover every setting, ratio 0
+// reproduces the full cache exactly, and the full-cache perplexity equals one computed directly.
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { main } from "../ts/cli";
+import { loadTinyLM, modelTexts } from "../ts/model";
+import type { EvalResult } from "../ts/cli/eval";
+import { rng, testSeed } from "./helpers/random";
+import { makeModelDir } from "./tiny-lm-fixture";
+
+const seed = testSeed("tiny-lm-eval");
+
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = "", err = "";
+  const code = await main(argv, { out: (s) => (out += s.endsWith("\n") ? s : s + "\n"), err: (s) => (err += s + "\n") });
+  return { code, out, err };
+}
+
+let dir: string;
+let outDir: string;
+beforeAll(() => {
+  dir = makeModelDir(rng(seed));
+  outDir = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-eval-"));
+});
+afterAll(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.rmSync(outDir, { recursive: true, force: true });
+});
+
+const small = ["--texts", "1", "--windows", "2", "--context", "96", "--tokens", "16"];
+
+test("every scorer x allocation x ratio gets a row; lukv is calibrated on the spot without a profile file", async () => {
+  const out = path.join(outDir, "eval.json");
+  const r = await run(["eval", "--model", dir, ...small, "--ratios", "0.5,0.9", "--out", out]);
+  expect(r.code).toBe(0);
+  expect(r.out).toMatch(/note: lukv with snapkv, keydiff uses a profile calibrated now on 1 calibration texts/);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as EvalResult & { command: string };
+  expect(j.command).toBe(["lukv", "eval", "--model", dir, ...small, "--ratios", "0.5,0.9", "--out", out].join(" "));
+  expect(j.rows.map((x) => `${x.scorer} ${x.ratio} ${x.allocation}`)).toEqual(
+    ["snapkv", "keydiff"].flatMap((s) => [0.5, 0.9].flatMap((q) => ["uniform", "pyramidkv", "adakv", "lukv"].map((a) => `${s} ${q} ${a}`))),
+  );
+  expect(j.samples.length).toBe(2);
+  expect(j.full.scoredTokens).toBe(2 * 15);
+  expect(j.full.agreement).toBe(1);
+  expect(j.full.passkeyPrompts).toBe(2);
+  for (const x of j.rows) {
+    expect(x.scoredTokens).toBe(30);
+    expect(x.perplexity).toBeGreaterThan(1);
+    expect(x.agreement).toBeGreaterThanOrEqual(0);
+    expect(x.agreement).toBeLessThanOrEqual(1);
+    expect(x.passkeyPrompts).toBe(2);
+  }
+  // The table: a header, a rule, the full cache and one line per row.
+  const table = r.out.split("\n").filter((l) => l.startsWith("|"));
+  expect(table.length).toBe(3 + j.rows.length);
+  expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +- \| +100% \|$/);
+});
+
+test("at ratio 0 every setting reproduces the full cache, whose perplexity matches a direct computation", async () => {
+  const out = path.join(outDir, "zero.json");
+  const r = await run(["eval", "--model", dir, ...small, "--ratios", "0", "--allocations", "uniform,adakv", "--passkeys", "1", "--out", out]);
+  expect(r.code).toBe(0);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as EvalResult;
+  for (const x of j.rows) {
+    expect(x.agreement).toBe(1);
+    expect(x.perplexity).toBeCloseTo(j.full.perplexity, 10);
+    expect(x.passkeyCorrect).toBe(j.full.passkeyCorrect);
+  }
+  // Directly: each window in one forward pass, the continuation's tokens 1..15 scored.
+  const model = loadTinyLM(dir);
+  const tok = model.tokenizer!;
+  const ids = tok.encode(modelTexts(dir, "heldout")[0].text);
+  const V = model.config.vocabSize;
+  let nll = 0, n = 0;
+  for (const w of [0, 1]) {
+    const window = [tok.bos!, ...ids.slice(w * 111, (w + 1) * 111)];
+    using cache = model.createCache({ contextTokens: 128 });
+    using seq = cache.createSequence();
+    const logits = model.forward(seq, window, { logits: "all" });
+    for (let t = 96; t < 111; t++) {
+      const row = logits.subarray(t * V, (t + 1) * V);
+      const m = Math.max(...row);
+      nll += m + Math.log(row.reduce((s, v) => s + Math.exp(v - m), 0)) - row[window[t + 1]];
+      n++;
+    }
+  }
+  expect(j.full.perplexity).toBeCloseTo(Math.exp(nll / n), 3);
+});
+
+test("bad options: exit code 2 and the usage", async () => {
+  for (const argv of [["--ratios", "1"], ["--scorers", "snapkv,nope"], ["--texts", "-1"], ["--bogus"], ["extra"]]) {
+    const { code, err } = await run(["eval", "--model", dir, ...argv]);
+    expect(code).toBe(2);
+    expect(err).toMatch(/usage: lukv eval/);
+  }
+});
