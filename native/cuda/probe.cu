@@ -19,7 +19,7 @@ ProbeResult probe() {
     r.error = "the NVIDIA driver supports CUDA " + std::to_string(r.driverVersion / 1000) + "." +
               std::to_string(r.driverVersion % 1000 / 10) + " but lukv was built with CUDA " +
               std::to_string(r.runtimeVersion / 1000) + "." + std::to_string(r.runtimeVersion % 1000 / 10) +
-              "; update the driver";
+              " (update the driver)";
   }
   int count = 0;
   e = cudaGetDeviceCount(&count);
