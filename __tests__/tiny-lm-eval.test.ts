@@ -4,8 +4,8 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { main } from "../ts/cli";
-import { loadTinyLM, modelTexts } from "../ts/model";
-import type { EvalResult } from "../ts/cli/eval";
+import { loadTinyLM, modelTexts, passkeyPrompts } from "../ts/model";
+import { QUESTION, questionStart, type EvalResult } from "../ts/cli/eval";
 import { rng, testSeed } from "./helpers/random";
 import { makeModelDir } from "./tiny-lm-fixture";
 
@@ -34,6 +34,7 @@ test("every scorer x allocation x ratio gets a row; lukv is calibrated on the sp
   const out = path.join(outDir, "eval.json");
   const r = await run(["eval", "--model", dir, ...small, "--ratios", "0.5,0.9", "--out", out]);
   expect(r.code).toBe(0);
+  expect(r.out).toMatch(/2 passkey prompts \(question after compression\)/);
   expect(r.out).toMatch(/note: lukv with snapkv, keydiff uses a profile calibrated now on 1 calibration texts/);
   const j = JSON.parse(fs.readFileSync(out, "utf8")) as EvalResult & { command: string };
   expect(j.command).toBe(["lukv", "eval", "--model", dir, ...small, "--ratios", "0.5,0.9", "--out", out].join(" "));
@@ -57,9 +58,9 @@ test("every scorer x allocation x ratio gets a row; lukv is calibrated on the sp
   expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +- \| +100% \|$/);
 });
 
-test("at ratio 0 every setting reproduces the full cache, whose perplexity matches a direct computation", async () => {
+test.each(["after", "with"])("at ratio 0 every setting reproduces the full cache (question %s), whose perplexity matches a direct computation", async (question) => {
   const out = path.join(outDir, "zero.json");
-  const r = await run(["eval", "--model", dir, ...small, "--ratios", "0", "--allocations", "uniform,adakv", "--passkeys", "1", "--out", out]);
+  const r = await run(["eval", "--model", dir, ...small, "--ratios", "0", "--allocations", "uniform,adakv", "--passkeys", "2", "--question", question, "--out", out]);
   expect(r.code).toBe(0);
   const j = JSON.parse(fs.readFileSync(out, "utf8")) as EvalResult;
   for (const x of j.rows) {
@@ -89,9 +90,21 @@ test("at ratio 0 every setting reproduces the full cache, whose perplexity match
 });
 
 test("bad options: exit code 2 and the usage", async () => {
-  for (const argv of [["--ratios", "1"], ["--scorers", "snapkv,nope"], ["--texts", "-1"], ["--bogus"], ["extra"]]) {
+  for (const argv of [["--ratios", "1"], ["--scorers", "snapkv,nope"], ["--texts", "-1"], ["--question", "before"], ["--bogus"], ["extra"]]) {
     const { code, err } = await run(["eval", "--model", dir, ...argv]);
     expect(code).toBe(2);
     expect(err).toMatch(/usage: lukv eval/);
   }
+});
+
+test("every passkey prompt ends with the question, so it can be fed after compressing the text", () => {
+  const tok = loadTinyLM(dir).tokenizer!;
+  const question = tok.encode(QUESTION);
+  for (const p of passkeyPrompts(dir)) {
+    const ids = [tok.bos!, ...tok.encode(p.prompt)];
+    const at = questionStart(ids, question);
+    expect(at).toBe(ids.length - question.length);
+    expect(tok.decode(ids.slice(0, at)) + QUESTION).toBe(p.prompt);
+  }
+  expect(questionStart([1, 2, 3], question)).toBe(3);
 });

@@ -25,6 +25,8 @@ options (defaults in brackets):
   --context N          context tokens per window, BOS included [768]
   --tokens N           teacher-forced continuation tokens per window [128]
   --passkeys N         passkey prompts [all]
+  --question Q         passkey question compressed "with" the text (the scorer sees it) or
+                       fed "after" the text was compressed (kvpress protocol) [after]
   --dtype D            cache dtype f32 | f16 | bf16 [f32]
   --calibrate          calibrate every scorer's LU-KV profile now from models/tiny-lm/calibration
                        [only scorers without a profile file (profile.json, profile-<scorer>.json)]
@@ -41,6 +43,8 @@ export interface EvalSettings {
   context: number;
   tokens: number;
   passkeys: number;
+  /** Passkey prompts: the question is compressed "with" the text, or appended "after" compressing it. */
+  question: "with" | "after";
   dtype: DType;
 }
 
@@ -84,6 +88,12 @@ function list<T extends string>(v: string | true | undefined, fallback: readonly
   return items;
 }
 
+function oneOfOption<T extends string>(v: string | true | undefined, allowed: readonly T[], name: string): T {
+  if (v === undefined) return allowed[0];
+  if (!allowed.includes(v as T)) throw new UsageError(`--${name} expects one of ${allowed.join(", ")}, got ${String(v)}`);
+  return v as T;
+}
+
 function count(options: Map<string, string | true>, name: string, fallback: number, min: number): number {
   const v = options.get(name);
   if (v === undefined) return fallback;
@@ -104,6 +114,15 @@ export function lukvRatio(lengths: Int32Array, ratio: number, sink = 4, window =
     forced += n === 0 ? 0 : Math.min(n, Math.max(1, sink + window));
   }
   return total === 0 ? ratio : Math.min(ratio, (total - forced) / total);
+}
+
+/** The question that ends every passkey prompt (tools/tiny-lm/tasks.py). */
+export const QUESTION = "\n\nWhat is the pass key? The pass key is ";
+
+/** Index in `ids` where the trailing `question` tokens start, or ids.length when the prompt does not end with them. */
+export function questionStart(ids: number[], question: number[]): number {
+  const at = ids.length - question.length;
+  return at > 0 && question.every((t, i) => ids[at + i] === t) ? at : ids.length;
 }
 
 function logSumExp(row: Float32Array, offset: number, n: number): number {
@@ -208,10 +227,13 @@ export function runEval(
 
   for (const p of prompts) {
     const ids = [tok.bos!, ...tok.encode(p.prompt)];
+    // Where the question starts: compress sees only the text before it ("after"), or all of it ("with").
+    const split = s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length;
     const n = tok.encode(p.answer).length;
     using seq = cache.createSequence();
-    const last = model.forward(seq, ids);
+    const contextLogits = model.forward(seq, ids.slice(0, split));
     const answer = (fork: Sequence, a: Accumulator) => {
+      const last = split < ids.length ? model.forward(fork, ids.slice(split)) : contextLogits;
       const { tokens } = model.generate(fork, last, n, { stopToken: -1 });
       a.prompts++;
       if (tok.decode(tokens) === p.answer) a.correct++;
@@ -268,7 +290,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
   let settings: EvalSettings, dir: string, out: string, calibrate: boolean;
   try {
     if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
-    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "dtype", "out", "model", "calibrate"];
+    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "question", "dtype", "out", "model", "calibrate"];
     for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
     const ratiosArg = options.get("ratios");
     const ratios = ratiosArg === undefined ? [0.5, 0.8, 0.9] : String(ratiosArg).split(",").map(Number);
@@ -284,6 +306,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       context: count(options, "context", 768, 2),
       tokens: count(options, "tokens", 128, 2),
       passkeys: count(options, "passkeys", Number.MAX_SAFE_INTEGER, 0),
+      question: oneOfOption(options.get("question"), ["after", "with"] as const, "question"),
       dtype,
     };
     calibrate = options.get("calibrate") === true;
@@ -303,7 +326,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
   const prompts = settings.passkeys > 0 ? Math.min(settings.passkeys, passkeyPrompts(dir).length) : 0;
   io.out(
     `lukv eval: ${settings.scorers.join(", ")} x ${settings.allocations.join(", ")} x ratios ${settings.ratios.join(", ")}; ` +
-      `${texts} held-out texts x up to ${settings.windows} windows of ${settings.context} + ${settings.tokens} tokens; ${prompts} passkey prompts; cache ${settings.dtype}`,
+      `${texts} held-out texts x up to ${settings.windows} windows of ${settings.context} + ${settings.tokens} tokens; ${prompts} passkey prompts (question ${settings.question} compression); cache ${settings.dtype}`,
   );
   const notes: string[] = [];
   const note = (n: string) => {
