@@ -182,7 +182,8 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   io.out("");
   io.out(
     `agreement with the full cache: ${same}/${steps} greedy tokens identical (${((100 * same) / steps).toFixed(0)}%)` +
-      (prefix < 0 ? ", all of them" : `, the first ${prefix} in a row`),
+      (prefix < 0 ? ", all of them" : `, the first ${prefix} in a row`) +
+      ` (${((performance.now() - t0) / 1000).toFixed(1)} s in all)`,
   );
   return 0;
 }
