@@ -10,7 +10,8 @@ namespace cpu {
 namespace {
 
 constexpr int kBlockTokens = 64;  // tokens scored together before one softmax update
-constexpr int kRowBlock = 8;      // query rows (tokens) per work item in prefill
+constexpr int kRowBlock = 8;
+constexpr int kPrefetchBlocks = 1;  // blocks of K/V rows requested ahead of the one computed      // query rows (tokens) per work item in prefill
 
 struct Item {
   int head, row0, row1;  // query rows [row0, row1)
@@ -18,6 +19,23 @@ struct Item {
   int64_t partial;       // offset of this item's partial results (rows * G * (headDim + 2) floats)
   int64_t stored;        // offset of this item's raw scores when attention mass is accumulated
 };
+
+void prefetchRows(const PagePool* pool, const HeadState& head, int32_t t0, int32_t t1) {
+  const int P = pool->pageSize();
+  const size_t rowBytes = pool->rowBytes();
+  for (int32_t t = t0; t < t1;) {
+    const int32_t page = head.pages[t / P];
+    const int off = t % P;
+    const int n = std::min<int32_t>(P - off, t1 - t);
+    const char* k = reinterpret_cast<const char*>(pool->keys(page)) + (size_t)off * rowBytes;
+    const char* v = reinterpret_cast<const char*>(pool->values(page)) + (size_t)off * rowBytes;
+    for (size_t x = 0; x < (size_t)n * rowBytes; x += 64) {
+      __builtin_prefetch(k + x);
+      __builtin_prefetch(v + x);
+    }
+    t += n;
+  }
+}
 
 }  // namespace
 
@@ -99,6 +117,10 @@ void attend(const AttendArgs& a) {
       const int32_t end = std::min(it.t1, visible[(size_t)it.head * a.tokens + r]);
       for (int32_t b = it.t0; b < end; b += kBlockTokens) {
         const int nb = (int)std::min<int32_t>(kBlockTokens, end - b);
+        // Pages are short runs of memory, too short for the hardware prefetchers to lock on:
+        // ask for the next block's K and V rows while this one is computed.
+        if (r == it.row0) prefetchRows(a.pool, head, std::min<int32_t>(end, b + kPrefetchBlocks * kBlockTokens),
+                                       std::min<int32_t>(end, b + (kPrefetchBlocks + 1) * kBlockTokens));
         // Scores for the block, one page segment at a time.
         for (int j = 0; j < nb;) {
           int32_t t = b + j;
