@@ -1,0 +1,32 @@
+// Device compaction: each head's kept rows (ascending token indices) gathered in order into
+// FRESH pages. In-place parallel compaction would race (a row read and overwritten in the same
+// launch); gathering into new pages lets the host release the old ones afterwards. Mirrors the
+// compaction step of Cache::compress in native/core/compress.cpp; the scores come from scores.h
+// and budgets/selection stay on the host.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "../core/cache.h"
+#include "layout.h"
+#include "plan.h"
+#include "pool.h"
+#include "runtime.h"
+#include "workspace.h"
+
+namespace lukv {
+namespace cuda {
+
+void compactHeads(const PoolView& pool, const std::vector<CompactHeadInput>& heads, Workspace& workspace,
+                  cudaStream_t stream);
+
+// For a device pool: allocates fresh pages for every head (all or nothing: OutOfPages before
+// anything changes), gathers the kept rows, then updates pages and positions and releases the
+// old pages. kept[i] empty = head i unchanged. Optional mass arrays move with the rows
+// (massIn[i] -> massOut[i], both device, distinct).
+void compactSequenceHeads(DevicePool& pool, const std::vector<HeadState*>& heads,
+                          const std::vector<std::vector<int32_t>>& kept, const std::vector<const float*>& massIn,
+                          const std::vector<float*>& massOut, Workspace& workspace, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace lukv

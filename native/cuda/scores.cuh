@@ -1,0 +1,460 @@
+// Scoring kernels and their host orchestration (generic over the runtime).
+//
+// snapkv / tova in three launches: raw scores of every (observation row, group head) against
+// every token (a 64 x 64 tile per block through shared memory), each vector's softmax max and
+// sum, then per token the mean probability over rows with pooling and the GQA combination.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "device.h"
+#include "scores.h"
+
+namespace lukv {
+namespace cuda {
+
+constexpr int kObsTokens = 64, kObsVectors = 64, kObsDims = 32;
+constexpr int kPoolTile = 256;
+
+template <class S>
+__global__ void __launch_bounds__(256) obsScoresKernel(const ScoreParams p) {
+  constexpr int VEC = S::kPerVec, VPR = kObsDims / VEC;
+  // One word of padding per row keeps the column reads on distinct banks.
+  __shared__ float sq[kObsVectors][kObsDims + 1];
+  __shared__ float sk[kObsTokens][kObsDims + 1];
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int G = p.groupSize, D = p.pool.headDim;
+  const int32_t t0 = (int32_t)blockIdx.x * kObsTokens;
+  const int nvec = h.rows * G;
+  const int v0 = (int)blockIdx.z * kObsVectors;
+  if (t0 >= h.length || v0 >= nvec) return;  // the whole block leaves, before any barrier
+  const int tx = (int)threadIdx.x % 16, ty = (int)threadIdx.x / 16;
+  const int32_t* pages = p.pageIndices + h.pageBegin;
+  float acc[4][4];
+  LUKV_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    LUKV_UNROLL
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+  }
+  for (int d0 = 0; d0 < D; d0 += kObsDims) {
+    for (int i = (int)threadIdx.x; i < kObsTokens * VPR; i += 256) {
+      const int tt = i / VPR, vi = i - tt * VPR;
+      const int32_t t = t0 + tt;
+      const int d = d0 + vi * VEC;
+      float f[VEC];
+      if (t < h.length && d < D) {
+        S::unpack(load16(keyRow(p.pool, pages, p.pageShift, t) + d * S::kBytes), f);
+      } else {
+        LUKV_UNROLL
+        for (int e = 0; e < VEC; ++e) f[e] = 0.f;
+      }
+      LUKV_UNROLL
+      for (int e = 0; e < VEC; ++e) sk[tt][vi * VEC + e] = f[e];
+    }
+    for (int i = (int)threadIdx.x; i < kObsVectors * kObsDims; i += 256) {
+      const int vv = i / kObsDims, dd = i - vv * kObsDims;
+      const int v = v0 + vv, d = d0 + dd;
+      float x = 0.f;
+      if (v < nvec && d < D) {
+        const int r = v / G, g = v - r * G;
+        x = p.queries[((int64_t)(h.row0 + r) * p.queryHeads + h.kvHead * G + g) * D + d] * p.scaleLog2;
+      }
+      sq[vv][dd] = x;
+    }
+    __syncthreads();
+    for (int dd = 0; dd < kObsDims; ++dd) {
+      float a[4], b[4];
+      LUKV_UNROLL
+      for (int i = 0; i < 4; ++i) a[i] = sq[ty + 16 * i][dd];
+      LUKV_UNROLL
+      for (int j = 0; j < 4; ++j) b[j] = sk[tx + 16 * j][dd];
+      LUKV_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        LUKV_UNROLL
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+  LUKV_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int v = v0 + ty + 16 * i;
+    if (v >= nvec) continue;
+    const int32_t vis = p.visible[h.visibleBegin + v / G];
+    LUKV_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int32_t t = t0 + tx + 16 * j;
+      if (t < h.length) p.raw[h.rawBase + (int64_t)v * h.length + t] = t < vis ? acc[i][j] : -INFINITY;
+    }
+  }
+}
+
+LUKV_DEVICE void combineSoftmax(float& m, float& l, float m2, float l2) {
+  const float M = fmaxf(m, m2);
+  if (M == -INFINITY) {
+    l = 0.f;
+  } else {
+    l = (m == -INFINITY ? 0.f : l * exp2f(m - M)) + (m2 == -INFINITY ? 0.f : l2 * exp2f(m2 - M));
+  }
+  m = M;
+}
+
+// Max and sum of exp2 over each vector's raw scores: grid (vector, head).
+__global__ void __launch_bounds__(256) obsStatsKernel(const ScoreParams p) {
+  __shared__ float sm[8], sl[8];
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int v = (int)blockIdx.x;
+  if (v >= h.rows * p.groupSize) return;
+  const float* raw = p.raw + h.rawBase + (int64_t)v * h.length;
+  float m = -INFINITY, l = 0.f;
+  for (int32_t t = (int32_t)threadIdx.x; t < h.length; t += 256) {
+    const float s = raw[t];
+    if (s == -INFINITY) continue;
+    if (s > m) {
+      l *= exp2f(m - s);
+      m = s;
+    }
+    l += exp2f(s - m);
+  }
+  LUKV_UNROLL
+  for (int o = 16; o >= 1; o >>= 1) {
+    const float m2 = __shfl_xor_sync(kFullMask, m, o), l2 = __shfl_xor_sync(kFullMask, l, o);
+    combineSoftmax(m, l, m2, l2);
+  }
+  const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+  if (lane == 0) sm[warp] = m, sl[warp] = l;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float M = sm[0], L = sl[0];
+    for (int w = 1; w < 8; ++w) combineSoftmax(M, L, sm[w], sl[w]);
+    p.stats[h.statBase + 2 * v] = M;
+    p.stats[h.statBase + 2 * v + 1] = L;
+  }
+}
+
+// Mean probability over the observation rows per group head, pooled along the tokens, then
+// the group's mean or max: grid (token tile, head).
+__global__ void __launch_bounds__(256) obsPoolKernel(const ScoreParams p) {
+  __shared__ float ph[kPoolTile + 2 * kMaxPoolHalo];
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int32_t j0 = (int32_t)blockIdx.x * kPoolTile;
+  const int32_t L = h.length;
+  if (j0 >= L) return;
+  const int G = p.groupSize;
+  const int halo = (p.pooling != 0 && p.kernel > 1) ? p.kernel / 2 : 0;
+  const int32_t base = j0 - halo;
+  const int32_t lo = base > 0 ? base : 0;
+  const int32_t hi = j0 + kPoolTile + halo < L ? j0 + kPoolTile + halo : L;
+  const int32_t j = j0 + (int32_t)threadIdx.x;
+  const float invRows = h.rows > 0 ? 1.f / (float)h.rows : 0.f;
+  float agg = p.groupMax ? -INFINITY : 0.f;
+  for (int g = 0; g < G; ++g) {
+    for (int32_t x = lo + (int32_t)threadIdx.x; x < hi; x += 256) {
+      float s = 0.f;
+      for (int r = 0; r < h.rows; ++r) {
+        const int v = r * G + g;
+        const float m = p.stats[h.statBase + 2 * v], l = p.stats[h.statBase + 2 * v + 1];
+        if (l > 0.f) s += exp2f(p.raw[h.rawBase + (int64_t)v * L + x] - m) / l;
+      }
+      ph[x - base] = s * invRows;
+    }
+    __syncthreads();
+    if (j < L) {
+      float val;
+      if (halo == 0) {
+        val = ph[j - base];
+      } else {
+        const int32_t a = j - halo > 0 ? j - halo : 0, b = j + halo < L - 1 ? j + halo : L - 1;
+        if (p.pooling == 1) {
+          val = ph[a - base];
+          for (int32_t x = a + 1; x <= b; ++x) val = fmaxf(val, ph[x - base]);
+        } else {
+          float s = 0.f;
+          for (int32_t x = a; x <= b; ++x) s += ph[x - base];
+          val = s / (float)(b - a + 1);
+        }
+      }
+      agg = p.groupMax ? fmaxf(agg, val) : agg + val;
+    }
+    __syncthreads();
+  }
+  if (j < L) p.out[h.outBase + j] = p.groupMax ? agg : agg / (float)G;
+}
+
+// One warp per K row: -||k||. grid (row blocks, head).
+template <class S>
+__global__ void __launch_bounds__(256) knormKernel(const ScoreParams p) {
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+  const int vecs = p.pool.headDim / S::kPerVec;
+  const int32_t* pages = p.pageIndices + h.pageBegin;
+  for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
+    const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t);
+    float s = 0.f;
+    for (int vi = lane; vi < vecs; vi += 32) {
+      float f[S::kPerVec];
+      S::unpack(load16(row + vi * 16), f);
+      LUKV_UNROLL
+      for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[e], f[e], s);
+    }
+    s = laneSum<1, 32>(s);
+    if (lane == 0) p.out[h.outBase + t] = -sqrtf(s);
+  }
+}
+
+// keydiff, step 1: per tile of kKeyTile tokens, the sum of unit keys. grid (tile, head).
+template <class S>
+__global__ void __launch_bounds__(256) keyTileKernel(const ScoreParams p) {
+  constexpr int VEC = S::kPerVec;
+  __shared__ float sSum[8][kMaxHeadDim];
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int32_t t0 = (int32_t)blockIdx.x * kKeyTile;
+  if (t0 >= h.length) return;
+  const int D = p.pool.headDim, vecs = D / VEC;
+  const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+  const int32_t t1 = t0 + kKeyTile < h.length ? t0 + kKeyTile : h.length;
+  const int32_t* pages = p.pageIndices + h.pageBegin;
+  float acc[2][VEC];
+  LUKV_UNROLL
+  for (int k = 0; k < 2; ++k) {
+    LUKV_UNROLL
+    for (int e = 0; e < VEC; ++e) acc[k][e] = 0.f;
+  }
+  for (int32_t t = t0 + warp; t < t1; t += 8) {
+    const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t);
+    float f[2][VEC];
+    float s = 0.f;
+    LUKV_UNROLL
+    for (int k = 0; k < 2; ++k) {
+      const int vi = lane + 32 * k;
+      if (vi < vecs) {
+        S::unpack(load16(row + vi * 16), f[k]);
+      } else {
+        LUKV_UNROLL
+        for (int e = 0; e < VEC; ++e) f[k][e] = 0.f;
+      }
+      LUKV_UNROLL
+      for (int e = 0; e < VEC; ++e) s = fmaf(f[k][e], f[k][e], s);
+    }
+    s = laneSum<1, 32>(s);
+    const float norm = sqrtf(s);
+    const float inv = norm > 0.f ? 1.f / norm : 0.f;
+    LUKV_UNROLL
+    for (int k = 0; k < 2; ++k) {
+      LUKV_UNROLL
+      for (int e = 0; e < VEC; ++e) acc[k][e] += f[k][e] * inv;
+    }
+  }
+  LUKV_UNROLL
+  for (int k = 0; k < 2; ++k) {
+    const int vi = lane + 32 * k;
+    if (vi < vecs) {
+      LUKV_UNROLL
+      for (int e = 0; e < VEC; ++e) sSum[warp][vi * VEC + e] = acc[k][e];
+    }
+  }
+  __syncthreads();
+  for (int d = (int)threadIdx.x; d < D; d += 256) {
+    float s = 0.f;
+    for (int w = 0; w < 8; ++w) s += sSum[w][d];
+    p.tiles[(h.tileBase + blockIdx.x) * D + d] = s;
+  }
+}
+
+// keydiff, step 2: the mean unit key (summed in double, as on the CPU) and 1/its norm. grid (head).
+__global__ void __launch_bounds__(256) keyAnchorKernel(const ScoreParams p) {
+  __shared__ double sRed[256];
+  const ScoreHeadDesc h = p.heads[blockIdx.x];
+  if (h.length == 0) return;
+  const int D = p.pool.headDim;
+  const int64_t tiles = (h.length + kKeyTile - 1) / kKeyTile;
+  float* anchor = p.anchor + (int64_t)blockIdx.x * (D + 1);
+  double an = 0;
+  for (int d = (int)threadIdx.x; d < D; d += 256) {
+    double s = 0;
+    for (int64_t k = 0; k < tiles; ++k) s += (double)p.tiles[(h.tileBase + k) * D + d];
+    const float a = (float)(s / h.length);
+    anchor[d] = a;
+    an += (double)a * a;
+  }
+  sRed[threadIdx.x] = an;
+  __syncthreads();
+  for (int o = 128; o >= 1; o >>= 1) {
+    if ((int)threadIdx.x < o) sRed[threadIdx.x] += sRed[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) anchor[D] = sRed[0] > 0 ? (float)(1.0 / sqrt(sRed[0])) : 0.f;
+}
+
+// keydiff, step 3: -cos(k_j, anchor), one warp per row. grid (row blocks, head).
+template <class S>
+__global__ void __launch_bounds__(256) keyDiffKernel(const ScoreParams p) {
+  constexpr int VEC = S::kPerVec;
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int D = p.pool.headDim, vecs = D / VEC;
+  const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+  const int32_t* pages = p.pageIndices + h.pageBegin;
+  const float* anchor = p.anchor + (int64_t)blockIdx.y * (D + 1);
+  for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
+    const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t);
+    float f[2][VEC];
+    float s = 0.f;
+    LUKV_UNROLL
+    for (int k = 0; k < 2; ++k) {
+      const int vi = lane + 32 * k;
+      if (vi < vecs) {
+        S::unpack(load16(row + vi * 16), f[k]);
+      } else {
+        LUKV_UNROLL
+        for (int e = 0; e < VEC; ++e) f[k][e] = 0.f;
+      }
+      LUKV_UNROLL
+      for (int e = 0; e < VEC; ++e) s = fmaf(f[k][e], f[k][e], s);
+    }
+    s = laneSum<1, 32>(s);
+    const float norm = sqrtf(s);
+    const float inv = norm > 0.f ? 1.f / norm : 0.f;
+    float dot = 0.f;
+    LUKV_UNROLL
+    for (int k = 0; k < 2; ++k) {
+      const int vi = lane + 32 * k;
+      if (vi < vecs) {
+        LUKV_UNROLL
+        for (int e = 0; e < VEC; ++e) dot = fmaf(f[k][e] * inv, anchor[vi * VEC + e], dot);
+      }
+    }
+    dot = laneSum<1, 32>(dot);
+    if (lane == 0) p.out[h.outBase + t] = -dot * anchor[D];
+  }
+}
+
+// ---- host side -------------------------------------------------------------------------------
+
+inline std::vector<ScoreHeadInput> scoreInputs(const ScoreBatch& b) {
+  std::vector<ScoreHeadInput> in;
+  for (const ScoreHeadRef& r : b.heads) {
+    ScoreHeadInput x;
+    x.pages = r.head->pages.data();
+    x.pageCount = (int64_t)r.head->pages.size();
+    x.positions = r.head->positions.data();
+    x.length = r.head->length();
+    x.kvHead = r.kvHead;
+    x.row0 = r.row0;
+    x.rows = r.rows;
+    x.queryPositions = r.queryPositions;
+    in.push_back(x);
+  }
+  return in;
+}
+
+template <class RT, class S>
+void runScoresTyped(RT& rt, const ScoreBatch& b, const ScorePlan& plan, ScoreParams& p) {
+  const unsigned heads = (unsigned)plan.heads.size();
+  const unsigned rowBlocks = (unsigned)std::max<int64_t>(1, std::min<int64_t>(4096, (plan.maxLength + 7) / 8));
+  switch (b.scorer) {
+    case Scorer::SnapKV:
+    case Scorer::TOVA: {
+      int maxVectors = 0;
+      for (const auto& h : plan.heads) maxVectors = std::max(maxVectors, h.rows * p.groupSize);
+      if (maxVectors == 0) break;
+      const dim3 g1((unsigned)((plan.maxLength + kObsTokens - 1) / kObsTokens), heads,
+                    (unsigned)((maxVectors + kObsVectors - 1) / kObsVectors));
+      rt.launch(obsScoresKernel<S>, g1, dim3(256), p, "obsScores");
+      rt.launch(obsStatsKernel, dim3((unsigned)maxVectors, heads), dim3(256), p, "obsStats");
+      rt.launch(obsPoolKernel, dim3((unsigned)((plan.maxLength + kPoolTile - 1) / kPoolTile), heads), dim3(256), p,
+                "obsPool");
+      break;
+    }
+    case Scorer::KNorm:
+      rt.launch(knormKernel<S>, dim3(rowBlocks, heads), dim3(256), p, "knorm");
+      break;
+    case Scorer::KeyDiff:
+      rt.launch(keyTileKernel<S>, dim3((unsigned)((plan.maxLength + kKeyTile - 1) / kKeyTile), heads), dim3(256), p,
+                "keyTiles");
+      rt.launch(keyAnchorKernel, dim3(heads), dim3(256), p, "keyAnchor");
+      rt.launch(keyDiffKernel<S>, dim3(rowBlocks, heads), dim3(256), p, "keyDiff");
+      break;
+    default:
+      break;
+  }
+}
+
+template <class RT>
+void runScores(RT& rt, const ScoreBatch& b) {
+  checkPool(b.pool);
+  if (b.heads.empty()) return;
+  if (b.out == nullptr) throwInvalid("scoring needs a device output");
+  if (b.heads.size() > 65535) throwInvalid("at most 65535 heads can be scored in one call");
+  const bool attention = b.scorer == Scorer::SnapKV || b.scorer == Scorer::TOVA;
+  if (attention) {
+    if (b.queries == nullptr) throwInvalid("snapkv and tova need device observation queries");
+    if (b.pooling != Pooling::None && (b.kernel < 1 || b.kernel > 2 * kMaxPoolHalo + 1))
+      throwInvalid("Expected a pooling kernel between 1 and " + std::to_string(2 * kMaxPoolHalo + 1) +
+                   " but received " + std::to_string(b.kernel));
+    if (!std::isfinite(b.scale) || b.scale == 0) throwInvalid("snapkv and tova need a finite, non-zero scale");
+  }
+  const ScorePlan plan = planScores(scoreInputs(b), b.queryHeads, b.kvHeads, b.queryRows, b.pool, attention);
+  if (plan.outFloats == 0) return;
+
+  if (b.scorer == Scorer::H2O) {
+    for (size_t i = 0; i < b.heads.size(); ++i) {
+      if (plan.heads[i].length == 0) continue;
+      if (b.heads[i].mass == nullptr) throwInvalid("scorer \"h2o\" needs the attention mass of every head");
+      rt.deviceCopy(b.out + plan.heads[i].outBase, b.heads[i].mass, (size_t)plan.heads[i].length * sizeof(float));
+    }
+    return;
+  }
+  if (b.scorer == Scorer::Streaming || b.scorer == Scorer::Random) {
+    std::vector<float> host((size_t)plan.outFloats);
+    for (size_t i = 0; i < b.heads.size(); ++i) {
+      const HeadState& hs = *b.heads[i].head;
+      float* o = host.data() + plan.heads[i].outBase;
+      for (int32_t t = 0; t < hs.length(); ++t)
+        o[t] = b.scorer == Scorer::Streaming ? (float)hs.positions[t]
+                                             : randomScore(b.seed, (uint32_t)b.heads[i].layer,
+                                                           (uint32_t)b.heads[i].kvHead, (uint32_t)hs.positions[t]);
+    }
+    rt.toDevice(b.out, host.data(), host.size() * sizeof(float));
+    return;
+  }
+
+  Arena arena;
+  const size_t oPages = arena.add(plan.pageIndices), oHeads = arena.add(plan.heads), oVisible = arena.add(plan.visible);
+  const uint8_t* meta = rt.upload(arena.bytes());
+  const int D = b.pool.headDim;
+  ScratchLayout sl;
+  const size_t sRaw = attention ? sl.add((size_t)plan.rawFloats * sizeof(float)) : 0;
+  const size_t sStats = attention ? sl.add((size_t)plan.statFloats * sizeof(float)) : 0;
+  const bool keyDiff = b.scorer == Scorer::KeyDiff;
+  const size_t sTiles = keyDiff ? sl.add((size_t)plan.tiles * D * sizeof(float)) : 0;
+  const size_t sAnchor = keyDiff ? sl.add(plan.heads.size() * (D + 1) * sizeof(float)) : 0;
+  uint8_t* scratch = sl.size() ? rt.scratch(sl.size()) : nullptr;
+
+  ScoreParams p{};
+  p.pool = b.pool;
+  p.pageShift = pageShiftOf(b.pool.pageSize);
+  p.queryHeads = b.queryHeads;
+  p.groupSize = b.queryHeads / b.kvHeads;
+  p.pageIndices = reinterpret_cast<const int32_t*>(meta + oPages);
+  p.heads = reinterpret_cast<const ScoreHeadDesc*>(meta + oHeads);
+  p.numHeads = (int32_t)plan.heads.size();
+  p.maxLength = plan.maxLength;
+  p.visible = reinterpret_cast<const int32_t*>(meta + oVisible);
+  p.queries = b.queries;
+  p.scaleLog2 = b.scale * 1.4426950408889634f;
+  p.raw = attention ? reinterpret_cast<float*>(scratch + sRaw) : nullptr;
+  p.stats = attention ? reinterpret_cast<float*>(scratch + sStats) : nullptr;
+  p.out = b.out;
+  p.pooling = (int32_t)b.pooling;
+  p.kernel = b.kernel;
+  p.groupMax = b.groupMax ? 1 : 0;
+  p.tiles = keyDiff ? reinterpret_cast<float*>(scratch + sTiles) : nullptr;
+  p.anchor = keyDiff ? reinterpret_cast<float*>(scratch + sAnchor) : nullptr;
+  if (b.pool.dtype == 0) runScoresTyped<RT, StoreF32>(rt, b, plan, p);
+  else if (b.pool.dtype == 1) runScoresTyped<RT, StoreF16>(rt, b, plan, p);
+  else runScoresTyped<RT, StoreBF16>(rt, b, plan, p);
+}
+
+}  // namespace cuda
+}  // namespace lukv

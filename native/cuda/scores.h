@@ -1,0 +1,55 @@
+// Scoring on the device: one score per kept token of each (sequence, KV head), higher = keep.
+// Mirrors native/cpu/scores.cpp: snapkv / tova (softmax attention of observation queries, mean
+// over query rows, optional max/avg pooling, GQA mean or max), knorm (-||k||), keydiff
+// (-cos(k_j, mean unit key)); h2o copies the device mass; streaming and random are filled from
+// the host. Per-head top-b selection runs on the host over the scores copied back.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "../core/cache.h"
+#include "../core/compress.h"
+#include "layout.h"
+#include "plan.h"
+#include "runtime.h"
+#include "workspace.h"
+
+namespace lukv {
+namespace cuda {
+
+struct ScoreHeadRef {
+  const HeadState* head = nullptr;
+  int layer = 0;                           // for the random scorer's hash
+  int kvHead = 0;
+  int32_t row0 = 0;                        // observation rows (snapkv / tova), global in queries
+  int rows = 0;
+  const int32_t* queryPositions = nullptr; // [rows] (host)
+  const float* mass = nullptr;             // h2o: device [length]
+};
+
+struct ScoreBatch {
+  PoolView pool;
+  int kvHeads = 0, queryHeads = 0;
+  std::vector<ScoreHeadRef> heads;
+  const float* queries = nullptr;          // device [rows, queryHeads, headDim] observation rows
+  int32_t queryRows = 0;
+  Scorer scorer = Scorer::SnapKV;
+  Pooling pooling = Pooling::None;
+  int kernel = 7;
+  bool groupMax = false;
+  uint32_t seed = 0;
+  float scale = 0;
+  float* out = nullptr;                    // device: the heads' scores one after another
+  cudaStream_t stream = nullptr;
+};
+
+// Pooling half-widths up to this many tokens (kernel <= 2 * kMaxPoolHalo + 1).
+constexpr int kMaxPoolHalo = 64;
+
+void scoreHeads(const ScoreBatch& batch, Workspace& workspace);
+
+// Where head i's scores start in batch.out.
+std::vector<int64_t> scoreOffsets(const ScoreBatch& batch);
+
+}  // namespace cuda
+}  // namespace lukv

@@ -1,0 +1,50 @@
+#include "check.h"
+#include "runtime.cuh"
+#include "workspace.h"
+
+#include <atomic>
+
+namespace lukv {
+namespace cuda {
+
+Workspace::~Workspace() { release(); }
+
+void Workspace::release() {
+  // Errors cannot be reported from a destructor; a failed free leaks at worst.
+  if (meta_.ptr) cudaFree(meta_.ptr);
+  if (scratch_.ptr) cudaFree(scratch_.ptr);
+  meta_ = Buffer{};
+  scratch_ = Buffer{};
+}
+
+uint8_t* Workspace::grow(Buffer& b, size_t bytes) {
+  if (bytes <= b.size && b.ptr) return b.ptr;
+  // Grow by half again so a slowly growing sequence does not reallocate every step.
+  size_t want = bytes + bytes / 2;
+  want = (want + 4095) / 4096 * 4096;
+  if (b.ptr) {
+    // Work queued on any stream may still read the old buffer.
+    LUKV_CUDA_CHECK(cudaDeviceSynchronize());
+    LUKV_CUDA_CHECK(cudaFree(b.ptr));
+    b = Buffer{};
+  }
+  void* p = nullptr;
+  LUKV_CUDA_CHECK(cudaMalloc(&p, want));
+  b.ptr = static_cast<uint8_t*>(p);
+  b.size = want;
+  return b.ptr;
+}
+
+int deviceSmCount() {
+  static std::atomic<int> cached[64];
+  int dev = 0;
+  LUKV_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 64 && cached[dev].load() > 0) return cached[dev].load();
+  int n = 0;
+  LUKV_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  if (dev >= 0 && dev < 64) cached[dev].store(n);
+  return n;
+}
+
+}  // namespace cuda
+}  // namespace lukv

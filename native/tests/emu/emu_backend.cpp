@@ -1,0 +1,107 @@
+// The harness backend that runs the CUDA kernels in the CPU emulator: the same planners,
+// packing and kernel sources as the GPU build, compiled with g++ (LUKV_CUDA_EMULATE).
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+
+#include "../../cuda/attention.cuh"
+#include "../../cuda/cache.cuh"
+#include "../../cuda/compress.cuh"
+#include "../../cuda/scores.cuh"
+#include "../harness.h"
+#include "emu_runtime.h"
+
+namespace lukv {
+namespace test {
+
+namespace {
+
+// An exact-size host buffer with PagePool's allocator: the emulated kernels address it like
+// device memory, and AddressSanitizer sees any access past its end.
+class HostPool {
+ public:
+  HostPool(int64_t numPages, int pageSize, int headDim, DType dtype) {
+    cuda::checkHeadDim(headDim);
+    view_ = cuda::poolView(nullptr, numPages, pageSize, headDim, dtype);
+    bytes_.assign((size_t)numPages * view_.pageBytes, 0xFF);
+    view_.data = bytes_.data();
+    for (int64_t p = numPages - 1; p >= 0; --p) free_.push_back((int32_t)p);
+    refs_.assign(numPages, 0);
+  }
+  int64_t numPages() const { return view_.numPages; }
+  int64_t freePages() const { return (int64_t)free_.size(); }
+  bool allocate(int64_t n, std::vector<int32_t>& out) {
+    if (n > (int64_t)free_.size()) return false;
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t p = free_.back();
+      free_.pop_back();
+      refs_[p] = 1;
+      out.push_back(p);
+    }
+    return true;
+  }
+  void retain(int32_t p) { refs_[p]++; }
+  void release(int32_t p) {
+    if (--refs_[p] == 0) free_.push_back(p);
+  }
+  int refcount(int32_t p) const { return refs_[p]; }
+  const cuda::PoolView& view() const { return view_; }
+
+ private:
+  cuda::PoolView view_;
+  std::vector<uint8_t> bytes_;
+  std::vector<int32_t> free_, refs_;
+};
+
+class EmuBackend : public Backend {
+ public:
+  std::string name() const override { return "CPU emulator"; }
+  void* alloc(size_t bytes) override {
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0xFF, bytes);
+    return p;
+  }
+  void release(void* p) override { std::free(p); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void sync() override {}
+
+  void newPool(int64_t numPages, int pageSize, int headDim, DType dtype) override {
+    std::unique_ptr<HostPool> p(new HostPool(numPages, pageSize, headDim, dtype));
+    pool_ = std::move(p);
+  }
+  cuda::PoolView pool() override { return pool_->view(); }
+  void retain(int32_t page) override { pool_->retain(page); }
+  int64_t freePages() override { return pool_->freePages(); }
+
+  void appendTokens(HeadState* heads, int kvHeads, int tokens, int32_t pos0, const void* keys, const void* values,
+                    InputKind kind) override {
+    EmuRuntime rt;
+    cuda::runAppendTokens(rt, *pool_, pool_->view(), heads, kvHeads, tokens, pos0, keys, values, kind);
+  }
+  void compact(const std::vector<HeadState*>& heads, const std::vector<std::vector<int32_t>>& kept,
+               const std::vector<const float*>& massIn, const std::vector<float*>& massOut) override {
+    EmuRuntime rt;
+    cuda::runCompactSequenceHeads(rt, *pool_, pool_->view(), heads, kept, massIn, massOut);
+  }
+  void attend(const cuda::AttendBatch& batch, int32_t minChunk) override {
+    EmuRuntime rt;
+    cuda::runAttend(rt, batch, minChunk);
+  }
+  void scores(const cuda::ScoreBatch& batch) override {
+    EmuRuntime rt;
+    cuda::runScores(rt, batch);
+  }
+
+ private:
+  std::unique_ptr<HostPool> pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> makeEmuBackend() { return std::unique_ptr<Backend>(new EmuBackend()); }
+
+}  // namespace test
+}  // namespace lukv
