@@ -60,9 +60,17 @@ void runCompactSequenceHeads(RT& rt, Pool& pool, const PoolView& view, const std
                              const std::vector<float*>& massOut) {
   const int P = view.pageSize;
   if (kept.size() != heads.size()) throwInvalid("one kept list per head is needed");
+  // A head that keeps every token is left alone (as on the CPU): no copy, pages stay shared.
+  std::vector<char> moves(heads.size(), 0);
   int64_t needed = 0;
-  for (size_t i = 0; i < heads.size(); ++i)
-    if (!kept[i].empty()) needed += ((int64_t)kept[i].size() + P - 1) / P;
+  for (size_t i = 0; i < heads.size(); ++i) {
+    if (kept[i].empty()) continue;
+    bool identity = (int64_t)kept[i].size() == heads[i]->length();
+    for (size_t j = 0; identity && j < kept[i].size(); ++j) identity = kept[i][j] == (int32_t)j;
+    if (identity) continue;
+    moves[i] = 1;
+    needed += ((int64_t)kept[i].size() + P - 1) / P;
+  }
   if (needed > pool.freePages())
     throw Error(ErrorCode::OutOfPages, "compaction needs " + std::to_string(needed) +
                                            " fresh pages but the device pool has " + std::to_string(pool.freePages()) +
@@ -70,7 +78,7 @@ void runCompactSequenceHeads(RT& rt, Pool& pool, const PoolView& view, const std
   std::vector<CompactHeadInput> in;
   std::vector<std::vector<int32_t>> fresh(heads.size());
   for (size_t i = 0; i < heads.size(); ++i) {
-    if (kept[i].empty()) continue;
+    if (!moves[i]) continue;
     const int64_t n = ((int64_t)kept[i].size() + P - 1) / P;
     fresh[i].reserve(n);
     CompactHeadInput x;
@@ -86,7 +94,7 @@ void runCompactSequenceHeads(RT& rt, Pool& pool, const PoolView& view, const std
   // Take the pages only once every head is known to be valid, so a rejected call changes nothing.
   size_t k = 0;
   for (size_t i = 0; i < heads.size(); ++i) {
-    if (kept[i].empty()) continue;
+    if (!moves[i]) continue;
     pool.allocate(((int64_t)kept[i].size() + P - 1) / P, fresh[i]);
     in[k].newPages = fresh[i].data();
     in[k].newPageCount = (int64_t)fresh[i].size();
@@ -101,7 +109,7 @@ void runCompactSequenceHeads(RT& rt, Pool& pool, const PoolView& view, const std
   }
   // Same stream: anything later written into the released pages runs after the gather.
   for (size_t i = 0; i < heads.size(); ++i) {
-    if (kept[i].empty()) continue;
+    if (!moves[i]) continue;
     HeadState& hs = *heads[i];
     std::vector<int32_t> pos(kept[i].size());
     for (size_t j = 0; j < pos.size(); ++j) pos[j] = hs.positions[kept[i][j]];

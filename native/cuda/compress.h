@@ -22,8 +22,8 @@ void compactHeads(const PoolView& pool, const std::vector<CompactHeadInput>& hea
 
 // For a device pool: allocates fresh pages for every head (all or nothing: OutOfPages before
 // anything changes), gathers the kept rows, then updates pages and positions and releases the
-// old pages. kept[i] empty = head i unchanged. Optional mass arrays move with the rows
-// (massIn[i] -> massOut[i], both device, distinct).
+// old pages. A head whose kept list is empty or keeps every token is left unchanged (its mass
+// too). Optional mass arrays move with the rows (massIn[i] -> massOut[i], device, distinct).
 void compactSequenceHeads(DevicePool& pool, const std::vector<HeadState*>& heads,
                           const std::vector<std::vector<int32_t>>& kept, const std::vector<const float*>& massIn,
                           const std::vector<float*>& massOut, Workspace& workspace, cudaStream_t stream);

@@ -153,14 +153,25 @@ AttendPlan planAttend(const std::vector<AttendHeadInput>& in, int queryHeads, in
     plan.heads.push_back(d);
   }
 
-  // Split-K: equal token ranges across all groups, so blocks carry similar work whatever the
+  // Split-K: the smallest chunk (a multiple of 64 tokens, at least minChunk) whose blocks still
+  // fit in one wave of targetUnits, so a long head spreads over every SM without a second,
+  // partly empty wave. Equal chunks for all groups keep blocks of similar cost whatever the
   // heads' lengths are after eviction.
-  int64_t total = 0;
-  for (const auto& g : plan.groups) total += std::max<int32_t>(g.span, 1);
+  auto unitsFor = [&](int64_t chunk) {
+    int64_t n = 0;
+    for (const auto& g : plan.groups) n += g.span == 0 ? 1 : ceilDiv(g.span, chunk);
+    return n;
+  };
   int64_t chunk = std::numeric_limits<int32_t>::max();
-  if ((int64_t)plan.groups.size() < targetUnits && targetUnits > 0) {
-    chunk = std::max<int64_t>(std::max<int32_t>(minChunk, 1), ceilDiv(total, targetUnits));
-    chunk = ceilDiv(chunk, 64) * 64;
+  const int64_t align = 64;
+  int64_t lo = ceilDiv(std::max<int32_t>(minChunk, 1), align), hi = ceilDiv(std::max<int32_t>(plan.maxSpan, 1), align);
+  if ((int64_t)plan.groups.size() < targetUnits && lo < hi && unitsFor(hi * align) <= targetUnits) {
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (unitsFor(mid * align) <= targetUnits) hi = mid;
+      else lo = mid + 1;
+    }
+    chunk = lo * align;
   }
   for (size_t gi = 0; gi < plan.groups.size(); ++gi) {
     AttnGroup& g = plan.groups[gi];

@@ -14,6 +14,8 @@ namespace cuda {
 
 // Multiprocessors of the current device (asked once per device).
 int deviceSmCount();
+// Blocks of `kernel` resident per multiprocessor at `threads` threads (asked once per device).
+int cachedResidentBlocks(const void* kernel, int threads);
 
 class CudaRuntime {
  public:
@@ -25,9 +27,7 @@ class CudaRuntime {
 
   template <class P>
   int residentBlocks(void (*kernel)(P), int threads) const {
-    int n = 0;
-    LUKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0));
-    return n > 0 ? n : 1;
+    return cachedResidentBlocks(reinterpret_cast<const void*>(kernel), threads);
   }
 
   // Pageable source: the copy is staged before this returns, so `bytes` may be freed after.

@@ -3,6 +3,9 @@
 #include "workspace.h"
 
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 namespace lukv {
 namespace cuda {
@@ -43,6 +46,25 @@ int deviceSmCount() {
   int n = 0;
   LUKV_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
   if (dev >= 0 && dev < 64) cached[dev].store(n);
+  return n;
+}
+
+int cachedResidentBlocks(const void* kernel, int threads) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, int>, int> known;
+  int dev = 0;
+  LUKV_CUDA_CHECK(cudaGetDevice(&dev));
+  const auto key = std::make_tuple(dev, kernel, threads);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = known.find(key);
+    if (it != known.end()) return it->second;
+  }
+  int n = 0;
+  LUKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0));
+  n = n > 0 ? n : 1;
+  std::lock_guard<std::mutex> lock(mu);
+  known[key] = n;
   return n;
 }
 

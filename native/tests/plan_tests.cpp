@@ -106,6 +106,15 @@ int runPlanTests(uint64_t seed) {
     }
     const int64_t target = 1 + below(600);
     const cuda::AttendPlan plan = cuda::planAttend(in, kvHeads * G, kvHeads, row, pool, target, 64);
+    // Splitting went as far as one wave allows: a chunk 64 tokens shorter would not fit.
+    if ((int64_t)plan.groups.size() < target && plan.units.size() > plan.groups.size()) {
+      int32_t chunk = 0;
+      for (const auto& u : plan.units) chunk = std::max(chunk, u.t1 - u.t0);
+      int64_t n = 0;
+      const int32_t smaller = chunk - 64;
+      for (const auto& g : plan.groups) n += g.span == 0 ? 1 : (smaller <= 0 ? g.span : (g.span + smaller - 1) / smaller);
+      c.check(smaller < 64 || n > target, "split-K chunk is the smallest that fits one wave (trial " + std::to_string(trial) + ")");
+    }
     bool ok = plan.vectorsPerBlock >= 1 && plan.vectorsPerBlock <= 8;
     // Every (row, query head) in exactly one group; units tile each group's span in order.
     std::vector<int> seen((size_t)row * kvHeads * G, 0);
@@ -140,8 +149,8 @@ int runPlanTests(uint64_t seed) {
     for (int x : seen) ok = ok && x == 1;
     for (size_t i = 0; i < in.size() && ok; ++i)
       for (int32_t p = 0; p < (int32_t)pages[i].size(); ++p) ok = ok && plan.pageIndices[plan.heads[i].pageBegin + p] == pages[i][p];
-    // Enough blocks to fill the device, and not many more.
-    ok = ok && ((int64_t)plan.groups.size() >= target || (int64_t)plan.units.size() <= target + (int64_t)plan.groups.size());
+    // One wave at most when the groups fit in one, and no split when they do not.
+    ok = ok && (int64_t)plan.units.size() <= std::max<int64_t>(target, (int64_t)plan.groups.size());
     c.check(ok, "attention plan covers every query vector and token once (trial " + std::to_string(trial) + ")");
     if (!ok) break;
   }

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The CUDA backend's whole check on a GPU machine, in one run: build the standalone test project
+# (native/tests) for this GPU's architecture only, compare every CUDA kernel with its CPU twin
+# (ctest), run compute-sanitizer memcheck and racecheck on small problems, run the benchmark, and
+# print its table last. Needs cmake, g++ and nvcc; no Node.js, no network.
+#
+# Expected on one H200 machine (16 cores): configure ~10 s, build ~1.5 min, tests ~1 min,
+# compute-sanitizer ~2 min, benchmark ~1 min: about 5-6 minutes; every step has a time limit,
+# so the script ends within ~9 minutes whatever happens.
+#
+# Usage: scripts/gpu-check.sh [--build-only] [--no-sanitizer]
+#   LUKV_TEST_SEED=N   reuse the inputs of an earlier run (the seed is printed)
+# Logs, the benchmark JSON and the kernels' SASS go to $OUT when it is set, else to
+# build/gpu-check/results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${LUKV_GPU_BUILD:-$ROOT/build/gpu-check}
+RESULTS=${OUT:-$BUILD/results}
+mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/gpu-check.log") 2>&1
+
+BUILD_ONLY=0
+SANITIZER=1
+for a in "$@"; do
+  case "$a" in
+    --build-only) BUILD_ONLY=1 ;;
+    --no-sanitizer) SANITIZER=0 ;;
+    *) echo "usage: $0 [--build-only] [--no-sanitizer]"; exit 2 ;;
+  esac
+done
+
+START=$(date +%s)
+step() { echo; echo "==== [$(( $(date +%s) - START )) s] $*"; }
+
+export PATH="$PATH:/usr/local/cuda/bin"
+SEED=${LUKV_TEST_SEED:-$(( $(date +%s) % 1000000007 ))}
+export LUKV_TEST_SEED=$SEED
+# Kernel failures are reported by the kernel that failed, not by the next call.
+export LUKV_CUDA_SYNC=1
+
+step "machine"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
+fi
+nvcc --version | tail -2 || { echo "nvcc not found"; exit 2; }
+cmake --version | head -1
+echo "cores: $(nproc); seed: $SEED"
+
+ARCH=${LUKV_CUDA_ARCH:-}
+if [ -z "$ARCH" ] && command -v nvidia-smi >/dev/null; then
+  ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+fi
+HAVE_GPU=1
+if [ -z "$ARCH" ]; then
+  HAVE_GPU=0
+  ARCH=90
+  echo "no GPU found: building for sm_$ARCH only"
+fi
+
+step "configure (sm_$ARCH, -O2)"
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+cmake -S native/tests -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+  -DLUKV_PTXAS_VERBOSE=ON -DLUKV_EMU_SANITIZE=OFF >"$RESULTS/build.log" 2>&1 || {
+  tail -30 "$RESULTS/build.log"; echo "configure FAILED"; exit 1; }
+
+step "build lukv_gpu_tests and lukv_gpu_bench (expected 1-2 min)"
+if ! timeout 420 cmake --build "$BUILD" -j"$(nproc)" --target lukv_gpu_tests lukv_gpu_bench >>"$RESULTS/build.log" 2>&1; then
+  grep -E "error|Error" "$RESULTS/build.log" | head -30
+  echo "build FAILED (see build.log)"
+  exit 1
+fi
+# Registers, shared memory and spills of the attention kernels (from ptxas -v).
+awk '/Compiling entry function/ { name = $0; sub(/.*function ./, "", name); sub(/. for .*/, "", name) }
+     /spill stores/ { spill = $0; sub(/^ +/, "", spill) }
+     /Used [0-9]+ registers/ {
+       if (name ~ /attendKernel/) {
+         regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
+         n = name; gsub(/_ZN4lukv4cuda12attendKernelINS0_|EEEvNS0_10AttnParamsE/, "", n)
+         print "  " n ": " regs " registers, " spill
+       }
+       name = "" }' "$RESULTS/build.log" | sort -u | head -40 || true
+if command -v cuobjdump >/dev/null; then
+  obj=$(find "$BUILD" -name 'attention.cu.o' | head -1)
+  [ -n "$obj" ] && cuobjdump -sass "$obj" 2>/dev/null | gzip >"$RESULTS/attention.sass.gz" && echo "SASS of the attention kernels: attention.sass.gz"
+fi
+if [ "$BUILD_ONLY" = 1 ]; then echo "built (--build-only)"; exit 0; fi
+if [ "$HAVE_GPU" = 0 ]; then echo "no GPU on this machine: the build is all that can be checked here"; exit 2; fi
+
+step "tests: every CUDA kernel against its CPU twin (ctest, expected < 1 min)"
+TESTS=FAILED
+if (cd "$BUILD" && timeout 300 ctest -R gpu_vs_cpu --output-on-failure >"$RESULTS/tests.log" 2>&1); then TESTS=passed; fi
+grep -E "^(lukv|device|plan|errors|append|decode|prefill|scores) |checks:|FAIL|no CUDA|Test #|tests passed" "$RESULTS/tests.log" | head -60
+
+MEMCHECK="not run"
+RACECHECK="not run"
+if [ "$SANITIZER" = 1 ]; then
+  CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  if [ -x "$CS" ]; then
+    sanitize() {  # tool, time limit, test arguments...
+      local tool=$1 limit=$2
+      shift 2
+      timeout "$limit" "$CS" --tool "$tool" --error-exitcode 9 "$BUILD/lukv_gpu_tests" --small --seed "$SEED" "$@" \
+        >>"$RESULTS/sanitizer.log" 2>&1
+      local rc=$?
+      if grep -qE "Device not supported|Unable to initialize|Target application terminated before first instrumented" "$RESULTS/sanitizer.log"; then echo "unavailable here"
+      elif [ $rc = 0 ]; then echo "clean"
+      elif [ $rc = 124 ]; then echo "timed out"
+      else echo "FAILED (rc $rc)"; fi
+    }
+    step "compute-sanitizer memcheck, small problems (expected ~1 min)"
+    MEMCHECK=$(sanitize memcheck 200)
+    echo "memcheck: $MEMCHECK"
+    step "compute-sanitizer racecheck (shared memory), small decode and scores (expected ~1 min)"
+    RACECHECK=$(sanitize racecheck 150 --only decode)
+    [ "$RACECHECK" = clean ] && RACECHECK=$(sanitize racecheck 100 --only scores)
+    echo "racecheck: $RACECHECK"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race reported" "$RESULTS/sanitizer.log" | sort | uniq -c | head -20
+  else
+    MEMCHECK="compute-sanitizer not found"
+    RACECHECK="$MEMCHECK"
+  fi
+fi
+
+step "benchmark (expected < 1 min)"
+BENCH=FAILED
+if timeout 240 "$BUILD/lukv_gpu_bench" --json "$RESULTS/gpu-bench.json" >"$RESULTS/bench.log" 2>&1; then BENCH=done; fi
+
+step "summary (total $(( $(date +%s) - START )) s)"
+echo "tests (seed $SEED): $TESTS"
+grep -E "checks:" "$RESULTS/tests.log" | tail -1
+grep -E "^  FAILED" "$RESULTS/tests.log" | head -15
+echo "compute-sanitizer memcheck: $MEMCHECK; racecheck: $RACECHECK"
+echo "benchmark: $BENCH; files in $RESULTS"
+if [ "$BENCH" = done ]; then
+  sed -n '/^lukv CUDA benchmark/,$p' "$RESULTS/bench.log"
+else
+  tail -20 "$RESULTS/bench.log"
+fi
+[ "$TESTS" = passed ] && [ "$BENCH" = done ] && case "$MEMCHECK$RACECHECK" in *FAILED*) exit 1 ;; *) exit 0 ;; esac
+exit 1
