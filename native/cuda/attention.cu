@@ -4,14 +4,14 @@
 namespace lukv {
 namespace cuda {
 
-void attend(const AttendBatch& batch, Workspace& workspace, int32_t minChunk) {
+void attend(const AttendBatch& batch, Workspace& workspace, const AttendOptions& options) {
   CudaRuntime rt(workspace, batch.stream);
-  runAttend(rt, batch, minChunk);
+  runAttend(rt, batch, options);
 }
 
-PreparedAttend prepareAttend(const AttendBatch& batch, Workspace& workspace, int32_t minChunk) {
+PreparedAttend prepareAttend(const AttendBatch& batch, Workspace& workspace, const AttendOptions& options) {
   CudaRuntime rt(workspace, batch.stream);
-  return prepareAttend(rt, batch, minChunk);
+  return prepareAttend(rt, batch, options);
 }
 
 void launchAttend(const PreparedAttend& prepared, cudaStream_t stream) {

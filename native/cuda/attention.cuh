@@ -28,6 +28,37 @@ struct AttendShape {
   static constexpr int kTile = kSteps * kRowsPerStep;                      // tokens per warp tile
 };
 
+// Merges the partials of a split group into its output (FlashDecoding's reduce). Reads through
+// L2 (__ldcg): in the fused path the partials were written by other blocks of the same launch,
+// and L1 is not coherent across SMs.
+LUKV_DEVICE void mergeGroup(const AttnParams& p, const AttnGroup& grp, int thread, int threads) {
+  const int D = p.pool.headDim;
+  const int nvec = grp.rows * grp.heads;
+  for (int idx = thread; idx < nvec * D; idx += threads) {
+    const int v = idx / D, d = idx - v * D;
+    float M = -INFINITY;
+    for (int32_t k = 0; k < grp.unitCount; ++k)
+      M = fmaxf(M, __ldcg(p.partialML + ((int64_t)(grp.unitBegin + k) * p.partialStride + v) * 2));
+    float a = 0.f, L = 0.f;
+    if (M != -INFINITY) {
+      for (int32_t k = 0; k < grp.unitCount; ++k) {
+        const int64_t slot = (int64_t)(grp.unitBegin + k) * p.partialStride + v;
+        const float mk = __ldcg(p.partialML + slot * 2);
+        if (mk == -INFINITY) continue;
+        const float f = exp2f(mk - M);
+        a += __ldcg(p.partialAcc + slot * D + d) * f;
+        L += __ldcg(p.partialML + slot * 2 + 1) * f;
+      }
+    }
+    const int r = v / grp.heads, g = v - r * grp.heads;
+    p.out[((int64_t)(grp.row0 + r) * p.queryHeads + grp.qhead0 + g) * D + d] = M == -INFINITY ? 0.f : a / L;
+    if (d == 0 && p.finalML != nullptr) {
+      p.finalML[(grp.vectorBase + v) * 2] = M;
+      p.finalML[(grp.vectorBase + v) * 2 + 1] = L;
+    }
+  }
+}
+
 template <class S, int DPAD, int NQ>
 __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams p) {
   using Sh = AttendShape<S, DPAD, NQ>;
@@ -224,37 +255,28 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
       }
     }
   }
+
+  // Fused reduce: the last unit of a split group to finish merges it, saving a launch. Each
+  // thread fences its partials before the block counts itself, so the last block sees them all.
+  if (!direct && p.counters != nullptr) {
+    __shared__ int sLast;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) sLast = atomicAdd(p.counters + u.group, 1) == grp.unitCount - 1 ? 1 : 0;
+    __syncthreads();
+    if (sLast) {
+      __threadfence();
+      mergeGroup(p, grp, (int)threadIdx.x, kAttendThreads);
+      if (threadIdx.x == 0) p.counters[u.group] = 0;  // ready for the next launch
+    }
+  }
 }
 
-// Merges the units of each group that has more than one (FlashDecoding's reduce).
+// The separate reduce launch (used when no counters are given).
 __global__ void __launch_bounds__(128) attendReduceKernel(const AttnParams p) {
   const AttnGroup grp = p.groups[blockIdx.x];
   if (grp.unitCount <= 1) return;
-  const int D = p.pool.headDim;
-  const int nvec = grp.rows * grp.heads;
-  for (int idx = (int)threadIdx.x; idx < nvec * D; idx += (int)blockDim.x) {
-    const int v = idx / D, d = idx - v * D;
-    float M = -INFINITY;
-    for (int32_t k = 0; k < grp.unitCount; ++k)
-      M = fmaxf(M, p.partialML[((int64_t)(grp.unitBegin + k) * p.partialStride + v) * 2]);
-    float a = 0.f, L = 0.f;
-    if (M != -INFINITY) {
-      for (int32_t k = 0; k < grp.unitCount; ++k) {
-        const int64_t slot = (int64_t)(grp.unitBegin + k) * p.partialStride + v;
-        const float mk = p.partialML[slot * 2];
-        if (mk == -INFINITY) continue;
-        const float f = exp2f(mk - M);
-        a += p.partialAcc[slot * D + d] * f;
-        L += p.partialML[slot * 2 + 1] * f;
-      }
-    }
-    const int r = v / grp.heads, g = v - r * grp.heads;
-    p.out[((int64_t)(grp.row0 + r) * p.queryHeads + grp.qhead0 + g) * D + d] = M == -INFINITY ? 0.f : a / L;
-    if (d == 0 && p.finalML != nullptr) {
-      p.finalML[(grp.vectorBase + v) * 2] = M;
-      p.finalML[(grp.vectorBase + v) * 2 + 1] = L;
-    }
-  }
+  mergeGroup(p, grp, (int)threadIdx.x, (int)blockDim.x);
 }
 
 // Second, light pass over the saved scores (not over K/V), as on the CPU: softmax weights into
@@ -314,7 +336,8 @@ inline AttendKernelFn attendKernelFor(int dtype, int headDim, int nq) {
 
 // Plans the batch, uploads its metadata and carves the scratch; launchPrepared then runs it.
 template <class RT>
-PreparedAttend prepareAttend(RT& rt, const AttendBatch& b, int32_t minChunk) {
+PreparedAttend prepareAttend(RT& rt, const AttendBatch& b, const AttendOptions& opt) {
+  const int32_t minChunk = opt.minChunk;
   checkPool(b.pool);
   if (b.kvHeads < 1 || b.queryHeads < b.kvHeads || b.queryHeads % b.kvHeads != 0)
     throwInvalid("Expected queryHeads a multiple of kvHeads but received " + std::to_string(b.queryHeads) + " and " +
@@ -363,6 +386,7 @@ PreparedAttend prepareAttend(RT& rt, const AttendBatch& b, int32_t minChunk) {
   p.partialML = plan.needReduce ? reinterpret_cast<float*>(scratch + sML) : nullptr;
   p.finalML = plan.keepScores ? reinterpret_cast<float*>(scratch + sFinal) : nullptr;
   p.scores = plan.keepScores ? reinterpret_cast<float*>(scratch + sScores) : nullptr;
+  p.counters = plan.needReduce && opt.fusedReduce ? rt.counters(plan.groups.size()) : nullptr;
   p.numHeads = (int32_t)plan.heads.size();
   p.numGroups = (int32_t)plan.groups.size();
   p.numUnits = (int32_t)units;
@@ -379,7 +403,8 @@ void launchPrepared(RT& rt, const PreparedAttend& a) {
   if (a.kernel == nullptr) return;
   const AttnParams& p = a.params;
   rt.launch(a.kernel, dim3((unsigned)p.numUnits), dim3(kAttendThreads), p, "attend");
-  if (a.needReduce) rt.launch(attendReduceKernel, dim3((unsigned)p.numGroups), dim3(128), p, "attendReduce");
+  if (a.needReduce && p.counters == nullptr)
+    rt.launch(attendReduceKernel, dim3((unsigned)p.numGroups), dim3(128), p, "attendReduce");
   if (a.keepScores) {
     const unsigned ys = (unsigned)std::min<int64_t>(65535, std::max<int64_t>(1, ((int64_t)p.maxSpan + 255) / 256));
     rt.launch(attendMassKernel, dim3((unsigned)p.numHeads, ys), dim3(256), p, "attendMass");
@@ -387,8 +412,8 @@ void launchPrepared(RT& rt, const PreparedAttend& a) {
 }
 
 template <class RT>
-void runAttend(RT& rt, const AttendBatch& b, int32_t minChunk = 256) {
-  const PreparedAttend a = prepareAttend(rt, b, minChunk);
+void runAttend(RT& rt, const AttendBatch& b, const AttendOptions& opt = AttendOptions()) {
+  const PreparedAttend a = prepareAttend(rt, b, opt);
   launchPrepared(rt, a);
 }
 

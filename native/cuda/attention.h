@@ -38,9 +38,13 @@ struct AttendBatch {
   cudaStream_t stream = nullptr;
 };
 
+struct AttendOptions {
+  int32_t minChunk = 256;   // the fewest tokens a block of a split head takes
+  bool fusedReduce = true;  // the last block of a split head merges it (else a second launch)
+};
+
 // Asynchronous on batch.stream; throws lukv::Error on invalid input or a CUDA failure.
-// minChunk: the fewest tokens a block of a split head takes.
-void attend(const AttendBatch& batch, Workspace& workspace, int32_t minChunk = 256);
+void attend(const AttendBatch& batch, Workspace& workspace, const AttendOptions& options = AttendOptions());
 
 using AttendKernelFn = void (*)(AttnParams);
 
@@ -54,7 +58,8 @@ struct PreparedAttend {
   int vectorsPerBlock = 0;
 };
 
-PreparedAttend prepareAttend(const AttendBatch& batch, Workspace& workspace, int32_t minChunk = 256);
+PreparedAttend prepareAttend(const AttendBatch& batch, Workspace& workspace,
+                             const AttendOptions& options = AttendOptions());
 void launchAttend(const PreparedAttend& prepared, cudaStream_t stream);
 
 // The batch as planner input (one entry per (sequence, KV head)); shared with the emulator.

@@ -75,6 +75,9 @@ struct AttnParams {
   float* partialML;                // [units * partialStride, 2]: running max and sum
   float* finalML;                  // [vectors, 2] final max and sum, when scores are kept
   float* scores;                   // raw scores for the mass/oracle pass, or null
+  // Per group, zero between launches: the last unit of a split group to finish merges the
+  // partials and puts the counter back to zero. Null: attendReduceKernel merges instead.
+  int32_t* counters;
   int32_t numHeads, numGroups, numUnits;
   int32_t maxSpan;
 };

@@ -39,6 +39,7 @@ class CudaRuntime {
   }
 
   uint8_t* scratch(size_t bytes) { return workspace().scratch(bytes); }
+  int32_t* counters(size_t count) { return workspace().counters(count); }
 
   void toDevice(void* dst, const void* src, size_t bytes) {
     if (bytes) LUKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));

@@ -6,6 +6,7 @@
 //   template <class P> int residentBlocks(void (*kernel)(P), int threads);  // per SM
 //   const uint8_t* upload(const std::vector<uint8_t>& bytes);   // metadata, valid until the next call
 //   uint8_t* scratch(size_t bytes);                             // device scratch, likewise
+//   int32_t* counters(size_t count);                            // zero, and left zero by kernels
 //   void toDevice(void* dst, const void* src, size_t bytes);    // host -> device, stream-ordered
 //   void deviceCopy(void* dst, const void* src, size_t bytes);  // device -> device, stream-ordered
 //   template <class P> void launch(void (*kernel)(P), dim3 grid, dim3 block, const P& params, const char* name);

@@ -16,8 +16,10 @@ void Workspace::release() {
   // Errors cannot be reported from a destructor; a failed free leaks at worst.
   if (meta_.ptr) cudaFree(meta_.ptr);
   if (scratch_.ptr) cudaFree(scratch_.ptr);
+  if (counters_.ptr) cudaFree(counters_.ptr);
   meta_ = Buffer{};
   scratch_ = Buffer{};
+  counters_ = Buffer{};
 }
 
 uint8_t* Workspace::grow(Buffer& b, size_t bytes) {
@@ -36,6 +38,17 @@ uint8_t* Workspace::grow(Buffer& b, size_t bytes) {
   b.ptr = static_cast<uint8_t*>(p);
   b.size = want;
   return b.ptr;
+}
+
+int32_t* Workspace::counters(size_t count) {
+  const size_t bytes = count * sizeof(int32_t);
+  if (bytes <= counters_.size && counters_.ptr) return reinterpret_cast<int32_t*>(counters_.ptr);
+  uint8_t* p = grow(counters_, bytes);
+  // cudaMemset is asynchronous and on the legacy stream: wait, so that work on any stream
+  // (non-blocking ones too) sees the zeros.
+  LUKV_CUDA_CHECK(cudaMemset(p, 0, counters_.size));
+  LUKV_CUDA_CHECK(cudaDeviceSynchronize());
+  return reinterpret_cast<int32_t*>(p);
 }
 
 int deviceSmCount() {

@@ -16,7 +16,9 @@ class Workspace {
 
   uint8_t* meta(size_t bytes) { return grow(meta_, bytes); }
   uint8_t* scratch(size_t bytes) { return grow(scratch_, bytes); }
-  size_t bytes() const { return meta_.size + scratch_.size; }
+  // Zeroed when (re)allocated; kernels that use them leave them zero.
+  int32_t* counters(size_t count);
+  size_t bytes() const { return meta_.size + scratch_.size + counters_.size; }
   void release();
 
  private:
@@ -25,7 +27,7 @@ class Workspace {
     size_t size = 0;
   };
   uint8_t* grow(Buffer& b, size_t bytes);
-  Buffer meta_, scratch_;
+  Buffer meta_, scratch_, counters_;
 };
 
 }  // namespace cuda

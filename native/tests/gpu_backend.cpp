@@ -60,10 +60,10 @@ class GpuBackend : public Backend {
                const std::vector<const float*>& massIn, const std::vector<float*>& massOut) override {
     cuda::compactSequenceHeads(*pool_, heads, kept, massIn, massOut, ws_, stream_);
   }
-  void attend(const cuda::AttendBatch& batch, int32_t minChunk) override {
+  void attend(const cuda::AttendBatch& batch, const cuda::AttendOptions& options) override {
     cuda::AttendBatch b = batch;
     b.stream = stream_;
-    cuda::attend(b, ws_, minChunk);
+    cuda::attend(b, ws_, options);
   }
   void scores(const cuda::ScoreBatch& batch) override {
     cuda::ScoreBatch b = batch;

@@ -224,6 +224,7 @@ struct AttnSpec {
   std::vector<int> rows;
   bool mass = false, oracle = false;
   int32_t minChunk = 256;
+  bool fused = true;  // split heads merged by their last block (else by the reduce kernel)
 };
 
 std::string attnLabel(const AttnSpec& s) {
@@ -233,9 +234,9 @@ std::string attnLabel(const AttnSpec& s) {
     for (int32_t x : v) maxLen = std::max(maxLen, x);
   for (int r : s.rows) maxRows = std::max(maxRows, r);
   char buf[200];
-  std::snprintf(buf, sizeof buf, "%s %s D=%d G=%d P=%d batch=%zu rows=%d maxLen=%d%s%s", maxRows > 1 ? "prefill" : "decode",
+  std::snprintf(buf, sizeof buf, "%s %s D=%d G=%d P=%d batch=%zu rows=%d maxLen=%d%s%s%s", maxRows > 1 ? "prefill" : "decode",
                 dtName(s.dt), s.D, s.G, s.P, s.lengths.size(), maxRows, maxLen, s.mass ? " +mass" : "",
-                s.oracle ? " +oracle" : "");
+                s.oracle ? " +oracle" : "", s.fused ? "" : " reduce-kernel");
   return buf;
 }
 
@@ -353,7 +354,10 @@ void attendCase(Backend& be, Report& rep, Rng& rng, const AttnSpec& spec) {
   b.out = dout.p;
   b.scale = scale;
   try {
-    be.attend(b, spec.minChunk);
+    cuda::AttendOptions ao;
+    ao.minChunk = spec.minChunk;
+    ao.fusedReduce = spec.fused;
+    be.attend(b, ao);
     be.sync();
   } catch (const std::exception& e) {
     record(rep, label, false, std::string("threw: ") + e.what());
@@ -729,7 +733,7 @@ void errorCases(Backend& be, Report& rep) {
   bool ok = false;
   std::string detail = "no error";
   try {
-    be.attend(b, 256);
+    be.attend(b, cuda::AttendOptions());
   } catch (const Error& e) {
     ok = e.code() == ErrorCode::InvalidArgument;
     detail = e.what();
@@ -739,7 +743,7 @@ void errorCases(Backend& be, Report& rep) {
   ok = false;
   detail = "no error";
   try {
-    be.attend(b, 256);
+    be.attend(b, cuda::AttendOptions());
   } catch (const Error& e) {
     ok = e.code() == ErrorCode::InvalidArgument;
     detail = e.what();
@@ -829,6 +833,7 @@ int runKernelTests(Backend& be, const Options& o) {
           s.mass = (i % 3) == 0;
           s.oracle = (i % 4) == 1;
           s.minChunk = full ? 256 : 64;
+          s.fused = (i % 2) == 0;
           guarded(rep, "attend " + attnLabel(s), [&] { attendCase(be, rep, rng, s); });
           // Batch 16 (4 in the emulator): lengths from 1 up, one sequence of 32K.
           AttnSpec m = s;
@@ -839,6 +844,7 @@ int runKernelTests(Backend& be, const Options& o) {
           m.rows.assign(B, 1);
           m.mass = (i % 3) == 1;
           m.oracle = false;
+          m.fused = true;
           guarded(rep, "attend " + attnLabel(m), [&] { attendCase(be, rep, rng, m); });
           ++i;
         }
@@ -862,6 +868,7 @@ int runKernelTests(Backend& be, const Options& o) {
       s.mass = true;
       s.oracle = true;
       s.minChunk = 64;
+      s.fused = (i % 2) == 1;
       guarded(rep, "attend " + attnLabel(s), [&] { attendCase(be, rep, rng, s); });
     }
   });
@@ -884,6 +891,7 @@ int runKernelTests(Backend& be, const Options& o) {
           s.mass = (i % 2) == 0;
           s.oracle = (i % 3) == 2;
           s.minChunk = 64;
+          s.fused = (i % 3) != 1;
           guarded(rep, "attend " + attnLabel(s), [&] { attendCase(be, rep, rng, s); });
           ++i;
         }
@@ -899,6 +907,7 @@ int runKernelTests(Backend& be, const Options& o) {
       s.mass = true;
       s.oracle = true;
       s.minChunk = 64;
+      s.fused = (i % 2) == 1;
       guarded(rep, "attend " + attnLabel(s), [&] { attendCase(be, rep, rng, s); });
     }
   });

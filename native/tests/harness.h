@@ -36,7 +36,7 @@ class Backend {
                             const void* values, InputKind kind) = 0;
   virtual void compact(const std::vector<HeadState*>& heads, const std::vector<std::vector<int32_t>>& kept,
                        const std::vector<const float*>& massIn, const std::vector<float*>& massOut) = 0;
-  virtual void attend(const cuda::AttendBatch& batch, int32_t minChunk) = 0;
+  virtual void attend(const cuda::AttendBatch& batch, const cuda::AttendOptions& options) = 0;
   virtual void scores(const cuda::ScoreBatch& batch) = 0;
 };
 

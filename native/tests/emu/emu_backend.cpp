@@ -86,9 +86,10 @@ class EmuBackend : public Backend {
     EmuRuntime rt;
     cuda::runCompactSequenceHeads(rt, *pool_, pool_->view(), heads, kept, massIn, massOut);
   }
-  void attend(const cuda::AttendBatch& batch, int32_t minChunk) override {
+  void attend(const cuda::AttendBatch& batch, const cuda::AttendOptions& options) override {
     EmuRuntime rt;
-    cuda::runAttend(rt, batch, minChunk);
+    cuda::runAttend(rt, batch, options);
+    if (!rt.countersClear()) throw std::runtime_error("attention left its split counters non-zero");
   }
   void scores(const cuda::ScoreBatch& batch) override {
     EmuRuntime rt;

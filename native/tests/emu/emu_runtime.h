@@ -29,6 +29,18 @@ class EmuRuntime {
     keep_.emplace_back(bytes, (uint8_t)0xFF);
     return keep_.back().data();
   }
+  int32_t* counters(size_t count) {
+    keep_.emplace_back(count * sizeof(int32_t), (uint8_t)0);
+    counters_ = reinterpret_cast<int32_t*>(keep_.back().data());
+    count_ = count;
+    return counters_;
+  }
+  // Kernels must leave the counters at zero.
+  bool countersClear() const {
+    for (size_t i = 0; i < count_; ++i)
+      if (counters_[i] != 0) return false;
+    return true;
+  }
   void toDevice(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
   void deviceCopy(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
   template <class P>
@@ -39,6 +51,8 @@ class EmuRuntime {
 
  private:
   int sm_, resident_;
+  int32_t* counters_ = nullptr;
+  size_t count_ = 0;
   std::deque<std::vector<uint8_t>> keep_;  // a deque keeps element addresses stable
 };
 
