@@ -47,14 +47,15 @@ nvcc --version | tail -2 || { echo "nvcc not found"; exit 2; }
 cmake --version | head -1
 echo "cores: $(nproc); seed: $SEED"
 
+HAVE_GPU=0
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then HAVE_GPU=1; fi
 ARCH=${LUKV_CUDA_ARCH:-}
-if [ -z "$ARCH" ] && command -v nvidia-smi >/dev/null; then
+if [ -z "$ARCH" ] && [ "$HAVE_GPU" = 1 ]; then
   ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+  [ -z "$ARCH" ] && ARCH=native  # CMake asks the GPU itself
 fi
-HAVE_GPU=1
-if [ -z "$ARCH" ]; then
-  HAVE_GPU=0
-  ARCH=90
+if [ "$HAVE_GPU" = 0 ]; then
+  ARCH=${ARCH:-90}
   echo "no GPU found: building for sm_$ARCH only"
 fi
 

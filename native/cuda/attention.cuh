@@ -5,7 +5,7 @@
 // over tiles of tokens; inside a warp, R lanes hold one K/V row as 16-byte vectors, so a warp
 // step covers 32/R rows. Scores are kept in base-2 units (q is pre-scaled by scale * log2 e).
 // A group with one unit writes its output directly; otherwise each unit writes (max, sum, acc)
-// partials and attendReduceKernel merges them.
+// partials and the group's last unit to finish merges them (or attendReduceKernel does).
 #pragma once
 #include <algorithm>
 #include <cmath>

@@ -825,16 +825,19 @@ int runKernelTests(Backend& be, const Options& o) {
           s.D = D;
           s.G = G;
           s.kvHeads = G == 8 ? 2 : 4;
+          // Batch 1: one long head (32K on the GPU) among shorter ones; every page size on the GPU.
+          for (int k = 0; k < (full ? 3 : 1); ++k) {
+            s.P = pageSizes[(i + k) % 3];
+            s.lengths = lengthsFor(rng, 1, s.kvHeads, 1, full ? 4096 : 300);
+            s.lengths[0][(i + k) % s.kvHeads] = full ? ((i + k) % 2 ? 32768 : 16384 + 7) : 700;
+            s.rows = {1};
+            s.mass = (i + k) % 3 == 0;
+            s.oracle = (i + k) % 4 == 1;
+            s.minChunk = full ? 256 : 64;
+            s.fused = (i + k) % 2 == 0;
+            guarded(rep, "attend " + attnLabel(s), [&] { attendCase(be, rep, rng, s); });
+          }
           s.P = pageSizes[i % 3];
-          // Batch 1: one long head (32K on the GPU) among shorter ones.
-          s.lengths = lengthsFor(rng, 1, s.kvHeads, 1, full ? 4096 : 300);
-          s.lengths[0][i % s.kvHeads] = full ? (i % 2 ? 32768 : 16384 + 7) : 700;
-          s.rows = {1};
-          s.mass = (i % 3) == 0;
-          s.oracle = (i % 4) == 1;
-          s.minChunk = full ? 256 : 64;
-          s.fused = (i % 2) == 0;
-          guarded(rep, "attend " + attnLabel(s), [&] { attendCase(be, rep, rng, s); });
           // Batch 16 (4 in the emulator): lengths from 1 up, one sequence of 32K.
           AttnSpec m = s;
           const int B = full ? 16 : 4;
