@@ -57,3 +57,22 @@ def passkey_accuracy(model, tok, stream, lengths, per_length, seed, T_max=None):
         alln += per_length
     model.train()
     return res, allc / alln
+
+
+@torch.no_grad()
+def copy_stats(model, tok, stream, T, n, seed, m=100):
+    """Mean NLL on the first and on the second copy of a repeated m-token passage, and
+    the greedy accuracy on the second copy (1.0 = perfect copying)."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    n1, n2, acc = [], [], []
+    for _ in range(n):
+        ids, (s1, s2, mm) = tasks.repeat_sequence(tok, stream, rng, T, m=m)
+        x = torch.from_numpy(ids[None])
+        lo = model(x)[0]
+        nll = F.cross_entropy(lo[:-1], x[0, 1:], reduction="none").numpy()
+        n1.append(nll[s1:s1 + mm - 1].mean())
+        n2.append(nll[s2:s2 + mm - 1].mean())
+        acc.append((lo[s2:s2 + mm - 1].argmax(-1).numpy() == ids[s2 + 1:s2 + mm]).mean())
+    model.train()
+    return float(np.mean(n1)), float(np.mean(n2)), float(np.mean(acc))

@@ -92,11 +92,33 @@ def repeat_sequence(tok, stream, rng, T, m=None):
     return np.array(ids[:T], dtype=np.int64), (s1, s2, m)
 
 
+def shuffled_repeat_sequence(tok, stream, rng, T, m=None):
+    """Like repeat_sequence, but the passage is made of tokens drawn independently from
+    random positions of the stream (natural token frequencies, no n-gram structure),
+    so its second copy can only be predicted by copying."""
+    if m is None:
+        m = int(rng.integers(16, min(257, (T - 1) // 2 - 8)))
+    budget = T - 1 - 2 * m
+    a = int(rng.integers(0, budget // 2 + 1))
+    g = int(rng.integers(0, budget - a + 1))
+    p = stream[rng.integers(0, len(stream), size=m)].astype(np.int64).tolist()
+    ids = [tok.bos]
+    ids += text_window(stream, rng, a).tolist() if a else []
+    s1 = len(ids)
+    ids += p
+    ids += text_window(stream, rng, g).tolist() if g else []
+    s2 = len(ids)
+    ids += p
+    if len(ids) < T:
+        ids += text_window(stream, rng, T - len(ids)).tolist()
+    return np.array(ids[:T], dtype=np.int64), (s1, s2, m)
+
+
 def text_sequence(tok, stream, rng, T):
     return np.concatenate([[tok.bos], text_window(stream, rng, T - 1)])
 
 
-def make_batch(tok, stream, rng, B, T, p_passkey, p_repeat):
+def make_batch(tok, stream, rng, B, T, p_passkey, p_repeat, p_shuffled=0.0):
     rows = []
     kinds = []
     for _ in range(B):
@@ -107,6 +129,9 @@ def make_batch(tok, stream, rng, B, T, p_passkey, p_repeat):
         elif u < p_passkey + p_repeat:
             rows.append(repeat_sequence(tok, stream, rng, T)[0])
             kinds.append("repeat")
+        elif u < p_passkey + p_repeat + p_shuffled:
+            rows.append(shuffled_repeat_sequence(tok, stream, rng, T)[0])
+            kinds.append("shuffled")
         else:
             rows.append(text_sequence(tok, stream, rng, T))
             kinds.append("text")

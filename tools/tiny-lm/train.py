@@ -1,13 +1,22 @@
 #!/usr/bin/python3
 """Trains lukv's tiny LM on CPU. See README.md for the exact command and settings.
 
-Schedule (fixed, seeded; a batch is a function of (SEED, step) only, so a resumed
-run sees the same data):
-  steps [0, PHASE2_START):   8 sequences x 512 tokens
-  steps [PHASE2_START, STEPS): 4 sequences x 1024 tokens  (context extension)
-  each sequence: real text (70%), passkey retrieval (15%), repeated passage (15%)
-  AdamW(b1=0.9, b2=0.95, wd=0.1 on matrices), lr: linear warmup WARMUP steps to
-  LR, cosine to LR_MIN at the last step, gradient clipping at 1.0.
+Schedule: warmup-stable-decay, seeded; a batch is a function of (SEED, step) only,
+so a resumed run sees the same data.
+  stable phase, steps [0, decay_start):  8 sequences x 512 tokens,
+      lr: linear warmup over WARMUP steps to LR, then constant
+  decay phase, steps [decay_start, decay_start + decay_steps): 4 sequences x 1024
+      tokens (context extension), lr linear from LR down to LR_MIN
+  each sequence: real text, passkey retrieval, repeated passage, repeated shuffled
+  tokens, with the mixture of mix_at(step): 70/15/15/0 % before step CURRICULUM_STEP,
+  50/15/20/15 % from it on (no copying had emerged by step 600 with the first mix)
+  AdamW(b1=0.9, b2=0.95, wd=0.1 on matrices), gradient clipping at 1.0.
+
+The machine is shared, so the length of the run is set by wall-clock time unless
+given: when --budget-minutes * DECAY_AT has elapsed, the decay phase starts and gets
+as many steps as the measured step time leaves until the budget ends. Both numbers
+are printed and stored; `--decay-start S --decay-steps D` replays a run exactly
+(same data, same schedule).
 """
 import argparse
 import json
@@ -34,27 +43,35 @@ import evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 1234
-STEPS = 1000
-PHASE2_START = 880
+BUDGET_MINUTES = 55
+DECAY_AT = 0.78
+PHASE2_SLOWDOWN = 1.3  # step time at 4x1024 relative to 8x512 (attention is quadratic)
 B1, T1 = 8, 512
 B2, T2 = 4, 1024
 LR = 2e-3
 LR_MIN = 1e-4
 WARMUP = 60
 WD = 0.1
-P_PASSKEY = 0.15
-P_REPEAT = 0.15
+CURRICULUM_STEP = 700
+
+
+def mix_at(step):
+    """(p_passkey, p_repeat, p_shuffled); the rest is real text."""
+    return (0.15, 0.15, 0.0) if step < CURRICULUM_STEP else (0.15, 0.20, 0.15)
+
 LOG_EVERY = 10
 MODEL = dict(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2,
              head_dim=32, intermediate_size=512, rope_theta=10000.0, rms_norm_eps=1e-5,
              max_position=T2)
 
 
-def lr_at(step):
+def lr_at(step, decay_start, decay_steps):
+    if decay_start is not None and step >= decay_start:
+        t = (step - decay_start + 1) / decay_steps
+        return LR + (LR_MIN - LR) * min(1.0, t)
     if step < WARMUP:
         return LR * (step + 1) / WARMUP
-    t = (step - WARMUP) / max(1, STEPS - 1 - WARMUP)
-    return LR_MIN + 0.5 * (LR - LR_MIN) * (1 + math.cos(math.pi * t))
+    return LR
 
 
 def main():
@@ -63,7 +80,9 @@ def main():
     ap.add_argument("--ckpt", default=os.path.join(HERE, "checkpoints"))
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "..", "..", "models", "tiny-lm", "tokenizer.json"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=STEPS, help="stop early (schedule unchanged)")
+    ap.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES)
+    ap.add_argument("--decay-start", type=int, default=None)
+    ap.add_argument("--decay-steps", type=int, default=None)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -86,26 +105,40 @@ def main():
                             lr=LR, betas=(0.9, 0.95), eps=1e-8)
 
     step0, elapsed0 = 0, 0.0
+    decay_start, decay_steps = args.decay_start, args.decay_steps
+    assert (decay_start is None) == (decay_steps is None), "give both --decay-start and --decay-steps"
     last = os.path.join(args.ckpt, "last.pt")
     if os.path.exists(last):
         ck = torch.load(last)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step0, elapsed0 = ck["step"], ck["elapsed"]
+        if ck.get("decay_start") is not None:
+            decay_start, decay_steps = ck["decay_start"], ck["decay_steps"]
         print(f"resumed at step {step0} ({elapsed0:.0f}s)", flush=True)
 
     t_start = time.time() - elapsed0
     t_log = time.time()
     toks_log = 0
-    loss_acc = {"text": [], "passkey": [], "repeat": []}
+    loss_acc = {"text": [], "passkey": [], "repeat": [], "shuffled": []}
     model.train()
-    for step in range(step0, min(args.steps, STEPS)):
-        B, T = (B1, T1) if step < PHASE2_START else (B2, T2)
+    step = step0
+    step_times = []
+    while decay_start is None or step < decay_start + decay_steps:
+        if decay_start is None and step_times and time.time() - t_start >= DECAY_AT * args.budget_minutes * 60:
+            per_step = float(np.median(step_times[-30:])) * PHASE2_SLOWDOWN
+            left = args.budget_minutes * 60 - (time.time() - t_start)
+            decay_start, decay_steps = step, max(40, int(left / per_step))
+            print(f"decay phase: decay_start={decay_start} decay_steps={decay_steps} "
+                  f"(median step {per_step/PHASE2_SLOWDOWN:.2f}s at T={T1})", flush=True)
+        phase2 = decay_start is not None and step >= decay_start
+        B, T = (B2, T2) if phase2 else (B1, T1)
+        t_step = time.time()
         rng = np.random.default_rng([SEED, step])
-        batch, kinds = tasks.make_batch(tok, train, rng, B, T + 1, P_PASSKEY, P_REPEAT)
+        batch, kinds = tasks.make_batch(tok, train, rng, B, T + 1, *mix_at(step))
         x = torch.from_numpy(batch)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr_at(step, decay_start, decay_steps)
         logits = model(x[:, :-1])
         nll = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), x[:, 1:].reshape(-1), reduction="none").view(B, T)
         loss = nll.mean()
@@ -118,25 +151,34 @@ def main():
             for k, l in zip(kinds, per.tolist()):
                 loss_acc[k].append(l)
         toks_log += B * T
+        if not phase2:
+            step_times.append(time.time() - t_step)
         if (step + 1) % LOG_EVERY == 0:
             now = time.time()
             msg = " ".join(f"{k}={np.mean(v):.3f}" for k, v in loss_acc.items() if v)
-            print(f"step {step+1} T={T} lr={lr_at(step):.2e} loss={loss.item():.3f} [{msg}] gnorm={float(gn):.2f} "
+            print(f"step {step+1} T={T} lr={lr_at(step, decay_start, decay_steps):.2e} loss={loss.item():.3f} [{msg}] gnorm={float(gn):.2f} "
                   f"tok/s={toks_log/(now-t_log):.0f} elapsed={now-t_start:.0f}s", flush=True)
             t_log, toks_log = now, 0
             loss_acc = {k: [] for k in loss_acc}
-        if (step + 1) % 100 == 0 or step + 1 == STEPS:
+        last_step = decay_start is not None and step + 1 == decay_start + decay_steps
+        if (step + 1) % 100 == 0 or last_step:
             ppl, n = evaluate.perplexity(model, val, T1, tok.eos, tok.bos, max_windows=24)
             acc, tot = evaluate.passkey_accuracy(model, tok, val, [T], 8, seed=99)
-            print(f"eval step {step+1}: val ppl (T={T1}, {n} tokens) {ppl:.2f}; passkey@{T} {tot:.2f}", flush=True)
+            c1, c2, cacc = evaluate.copy_stats(model, tok, val, T1, 4, seed=98)
+            print(f"eval step {step+1}: val ppl (T={T1}, {n} tokens) {ppl:.2f}; passkey@{T} {tot:.2f}; "
+                  f"repeat nll 1st/2nd copy {c1:.2f}/{c2:.2f}, copy acc {cacc:.2f}", flush=True)
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                        "elapsed": time.time() - t_start, "config": cfg.to_dict()}, last + ".tmp")
+                        "elapsed": time.time() - t_start, "config": cfg.to_dict(),
+                        "decay_start": decay_start, "decay_steps": decay_steps}, last + ".tmp")
             os.replace(last + ".tmp", last)
-    if step0 < STEPS and args.steps >= STEPS:
-        elapsed = time.time() - t_start
-        torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": STEPS,
-                    "train_seconds": elapsed}, os.path.join(args.ckpt, "final.pt"))
-        print(f"training done: {STEPS} steps in {elapsed:.0f}s ({elapsed/60:.1f} min)", flush=True)
+        step += 1
+    elapsed = time.time() - t_start
+    tokens = decay_start * B1 * T1 + decay_steps * B2 * T2
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step,
+                "decay_start": decay_start, "decay_steps": decay_steps, "tokens": tokens,
+                "train_seconds": elapsed}, os.path.join(args.ckpt, "final.pt"))
+    print(f"training done: {step} steps ({tokens} tokens) in {elapsed:.0f}s ({elapsed/60:.1f} min); "
+          f"replay with --decay-start {decay_start} --decay-steps {decay_steps}", flush=True)
 
 
 if __name__ == "__main__":
