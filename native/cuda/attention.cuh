@@ -306,8 +306,6 @@ __global__ void __launch_bounds__(256) attendMassKernel(const AttnParams p) {
   }
 }
 
-// ---- host side -------------------------------------------------------------------------------
-
 inline int paddedHeadDim(int headDim) { return headDim <= 64 ? 64 : headDim <= 128 ? 128 : 256; }
 
 template <class S, int DPAD>

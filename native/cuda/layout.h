@@ -24,8 +24,6 @@ struct PoolView {
   int64_t rowBytes = 0, pageBytes = 0;
 };
 
-// ---- attention -----------------------------------------------------------------------------
-
 // One (sequence, KV head) of the layer.
 struct AttnHead {
   int32_t pageBegin;               // its page ids are pageIndices[pageBegin ...]
@@ -82,8 +80,6 @@ struct AttnParams {
   int32_t maxSpan;
 };
 
-// ---- append, page copies, compaction ---------------------------------------------------------
-
 struct AppendParams {
   PoolView pool;
   int32_t kvHeads;
@@ -117,8 +113,6 @@ struct CompactParams {
   const CompactHeadDesc* heads;
   int32_t numHeads;
 };
-
-// ---- scoring -------------------------------------------------------------------------------
 
 // One (sequence, KV head) scored with observation query rows.
 struct ScoreHeadDesc {

@@ -22,8 +22,6 @@ PoolView poolView(uint8_t* data, int64_t numPages, int pageSize, int headDim, DT
 // log2(pageSize) when it is a power of two, else -1.
 int32_t pageShiftOf(int32_t pageSize);
 
-// ---- attention -----------------------------------------------------------------------------
-
 // One (sequence, KV head) of the layer, as the host holds it.
 struct AttendHeadInput {
   const int32_t* pages = nullptr;
@@ -63,8 +61,6 @@ int attendVectorsPerBlock(int groupSize, int maxRows);
 AttendPlan planAttend(const std::vector<AttendHeadInput>& heads, int queryHeads, int kvHeads, int32_t totalRows,
                       const PoolView& pool, int64_t targetUnits, int32_t minChunk = 256);
 
-// ---- compaction ----------------------------------------------------------------------------
-
 struct CompactHeadInput {
   const int32_t* oldPages = nullptr;
   int64_t oldPageCount = 0;
@@ -87,8 +83,6 @@ struct CompactPlan {
 // Rejects destination pages that are also a source of the same call: the gather must not
 // overwrite rows it has yet to read.
 CompactPlan planCompact(const std::vector<CompactHeadInput>& heads, const PoolView& pool);
-
-// ---- scoring -------------------------------------------------------------------------------
 
 struct ScoreHeadInput {
   const int32_t* pages = nullptr;

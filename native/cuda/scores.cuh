@@ -329,8 +329,6 @@ __global__ void __launch_bounds__(256) keyDiffKernel(const ScoreParams p) {
   }
 }
 
-// ---- host side -------------------------------------------------------------------------------
-
 inline std::vector<ScoreHeadInput> scoreInputs(const ScoreBatch& b) {
   std::vector<ScoreHeadInput> in;
   for (const ScoreHeadRef& r : b.heads) {

@@ -215,8 +215,6 @@ void uploadPool(Backend& be, const Layout& lay) {
   be.upload(be.pool().data, lay.pool->keys(0), lay.poolBytes());
 }
 
-// ---- attention -------------------------------------------------------------------------------
-
 struct AttnSpec {
   DType dt;
   int D, G, kvHeads, P;
@@ -388,8 +386,6 @@ void attendCase(Backend& be, Report& rep, Rng& rng, const AttnSpec& spec) {
   }
 }
 
-// ---- scoring ---------------------------------------------------------------------------------
-
 struct ScoreSpec {
   DType dt;
   int D, G, kvHeads, P;
@@ -512,8 +508,6 @@ void scoreCase(Backend& be, Report& rep, Rng& rng, const ScoreSpec& spec) {
   }
   checkRel(rep, label, dout.get(), ref, tolerance(spec.dt));
 }
-
-// ---- append, fork (copy-on-write), compaction ------------------------------------------------
 
 struct CacheSpec {
   DType dt;
@@ -696,8 +690,6 @@ void cacheCase(Backend& be, Report& rep, Rng& rng, const CacheSpec& spec) {
   }
 }
 
-// ---- errors ----------------------------------------------------------------------------------
-
 void errorCases(Backend& be, Report& rep) {
   for (int D : {100, 4, 264}) {
     bool ok = false;
@@ -760,8 +752,6 @@ void guarded(Report& rep, const std::string& label, F&& fn) {
     record(rep, label, false, std::string("threw: ") + e.what());
   }
 }
-
-// ---- the matrix ------------------------------------------------------------------------------
 
 std::vector<std::vector<int32_t>> lengthsFor(Rng& rng, int S, int H, int lo, int hi) {
   std::vector<std::vector<int32_t>> l(S, std::vector<int32_t>(H));
