@@ -84,7 +84,9 @@ awk '/Compiling entry function/ { name = $0; sub(/.*function ./, "", name); sub(
        name = "" }' "$RESULTS/build.log" | sort -u | head -40 || true
 if command -v cuobjdump >/dev/null; then
   obj=$(find "$BUILD" -name 'attention.cu.o' | head -1)
-  [ -n "$obj" ] && cuobjdump -sass "$obj" 2>/dev/null | gzip >"$RESULTS/attention.sass.gz" && echo "SASS of the attention kernels: attention.sass.gz"
+  if [ -n "$obj" ] && cuobjdump -sass "$obj" 2>/dev/null | gzip >"$RESULTS/attention.sass.gz"; then
+    echo "SASS of the attention kernels: attention.sass.gz; 16-byte global loads: $(zcat "$RESULTS/attention.sass.gz" | grep -c 'LDG.E.128'), other global loads: $(zcat "$RESULTS/attention.sass.gz" | grep 'LDG' | grep -vc 'LDG.E.128')"
+  fi
 fi
 if [ "$BUILD_ONLY" = 1 ]; then echo "built (--build-only)"; exit 0; fi
 if [ "$HAVE_GPU" = 0 ]; then echo "no GPU on this machine: the build is all that can be checked here"; exit 2; fi
@@ -102,7 +104,7 @@ if [ "$SANITIZER" = 1 ]; then
     sanitize() {  # tool, time limit, test arguments...
       local tool=$1 limit=$2
       shift 2
-      timeout "$limit" "$CS" --tool "$tool" --error-exitcode 9 "$BUILD/lukv_gpu_tests" --small --seed "$SEED" "$@" \
+      timeout "$limit" "$CS" --tool "$tool" --print-limit 20 --error-exitcode 9 "$BUILD/lukv_gpu_tests" --small --seed "$SEED" "$@" \
         >>"$RESULTS/sanitizer.log" 2>&1
       local rc=$?
       if grep -qE "Device not supported|Unable to initialize|Target application terminated before first instrumented" "$RESULTS/sanitizer.log"; then echo "unavailable here"
