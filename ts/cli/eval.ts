@@ -21,7 +21,7 @@ options (defaults in brackets):
   --allocations LIST   comma-separated [uniform,pyramidkv,adakv,lukv] (lukv needs models/tiny-lm/profile.*)
   --ratios LIST        fractions of the context's KV evicted [0.5,0.8,0.9]
   --texts N            held-out texts for perplexity and agreement [all]
-  --windows N          windows per text [2]
+  --windows N          windows per text, as many as fit up to N [3]
   --context N          context tokens per window, BOS included [768]
   --tokens N           teacher-forced continuation tokens per window [128]
   --passkeys N         passkey prompts [all]
@@ -302,7 +302,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       allocations: list(options.get("allocations"), ALLOCATIONS, ALLOCATIONS, "allocations"),
       ratios,
       texts: count(options, "texts", Number.MAX_SAFE_INTEGER, 0),
-      windows: count(options, "windows", 2, 1),
+      windows: count(options, "windows", 3, 1),
       context: count(options, "context", 768, 2),
       tokens: count(options, "tokens", 128, 2),
       passkeys: count(options, "passkeys", Number.MAX_SAFE_INTEGER, 0),
