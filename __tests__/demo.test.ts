@@ -45,6 +45,7 @@ describe("lukv demo on a random-weight model", () => {
     expect(compressed).toBe(4 * 3 * 16 * 8 * 2 * 4);
     expect(out).toMatch(/KV tokens kept \(all heads\) +800 +160 \(20%\)/);
     expect(out).toMatch(/decode ms\/token \(median\) +[\d.]+ +[\d.]+/);
+    expect(out).toMatch(/ {2}of which lukv attention +[\d.]+ +[\d.]+/);
     const agree = out.match(/agreement with the full cache: (\d+)\/12 greedy tokens identical/);
     expect(agree).not.toBeNull();
     expect(out).toMatch(/^full cache: +\S/m);

@@ -169,6 +169,8 @@ describe("forward pass on lukv (random weights)", () => {
     const gen = model.generate(seq, logits, 10);
     expect(gen.tokens.length).toBe(10);
     expect(gen.stepMs.length).toBe(9);
+    expect(gen.attentionMs.length).toBe(9);
+    gen.attentionMs.forEach((a, i) => expect(a).toBeLessThanOrEqual(gen.stepMs[i]));
     expect(seq.appended(0)).toBe(prompt.length + 9);
     const forced = model.forward(twin, gen.tokens, { logits: "all" });
     for (let s = 0; s + 1 < gen.tokens.length; s++) expect(argmax(forced, s * config.vocabSize, config.vocabSize)).toBe(gen.tokens[s + 1]);

@@ -173,6 +173,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   row("prompt KV memory", mib(fullBytes), mib(compressedBytes));
   row("KV tokens kept (all heads)", String(report.before), `${report.total} (${((100 * report.total) / report.before).toFixed(0)}%)`);
   row("decode ms/token (median)", median(fullRun.stepMs).toFixed(2), median(run.stepMs).toFixed(2));
+  row("  of which lukv attention", median(fullRun.attentionMs).toFixed(3), median(run.attentionMs).toFixed(3));
   io.out(`prefill ${(prefillMs / 1000).toFixed(1)} s (${(prefillMs / prompt.length).toFixed(2)} ms/token); compress ${report.ms.toFixed(1)} ms, ${report.pagesFreed} pages freed`);
   io.out(`tokens kept per layer (KV head 0/1/...): ${perLayer.join(", ")}`);
   io.out("");

@@ -55,6 +55,8 @@ export interface ForwardOptions {
   chunk?: number;
   /** Called after each chunk with the tokens done so far. */
   onProgress?: (done: number, total: number) => void;
+  /** When given, the wall time of lukv's append + attend calls is added to `timing.attentionMs`. */
+  timing?: { attentionMs: number };
 }
 
 /** Options of generate(). */
@@ -70,6 +72,8 @@ export interface Generation {
   tokens: number[];
   /** Wall time of each decode step (the forward pass of one token, attention included), ms. */
   stepMs: number[];
+  /** The part of each step spent in lukv (append + attend over every layer), ms. */
+  attentionMs: number[];
 }
 
 /** PyTorch parameter names of the exported model (Hugging Face Llama style). */
@@ -186,7 +190,7 @@ export class TinyLM {
     const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
     for (let done = 0; done < n; done += chunk) {
       const T = Math.min(chunk, n - done);
-      const x = this.#blocks(seq, tokens, done, T);
+      const x = this.#blocks(seq, tokens, done, T, options.timing);
       // Only the rows whose logits are wanted go through the (largest) output matmul.
       if (want === "all") this.#logits(x, 0, T, logits.subarray(done * V, (done + T) * V));
       else if (want === "last" && done + T === n) this.#logits(x, T - 1, 1, logits);
@@ -196,7 +200,7 @@ export class TinyLM {
   }
 
   /** The residual stream after the last block for tokens[from .. from+T), [T, hidden]. */
-  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number): Float32Array {
+  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number, timing?: { attentionMs: number }): Float32Array {
     const { hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m, rmsNormEps: eps, ropeTheta } = this.config;
     const { embed } = this.weights;
     const x = new Float32Array(T * d);
@@ -215,8 +219,10 @@ export class TinyLM {
       matmul(h, T, d, w.wv, KV * hd, v);
       applyRope(q, T, H, hd, cos, sin);
       applyRope(k, T, KV, hd, cos, sin);
+      const t0 = timing ? performance.now() : 0;
       seq.append(l, k, v);
       const att = seq.attend(l, q);
+      if (timing) timing.attentionMs += performance.now() - t0;
       matmul(att, T, H * hd, w.wo, d, y);
       addInPlace(x, y, T * d);
       // MLP (SwiGLU).
@@ -247,16 +253,19 @@ export class TinyLM {
     const stop = options.stopToken ?? this.config.eosTokenId;
     const tokens: number[] = [];
     const stepMs: number[] = [];
+    const attentionMs: number[] = [];
     let next = sampler.next(logits, logits.length - this.config.vocabSize, this.config.vocabSize);
     for (let s = 0; s < steps; s++) {
       tokens.push(next);
       options.onToken?.(next, s);
       if (next === stop || s + 1 === steps) break;
+      const timing = { attentionMs: 0 };
       const t0 = performance.now();
-      const row = this.forward(seq, [next]);
+      const row = this.forward(seq, [next], { timing });
       stepMs.push(performance.now() - t0);
+      attentionMs.push(timing.attentionMs);
       next = sampler.next(row);
     }
-    return { tokens, stepMs };
+    return { tokens, stepMs, attentionMs };
   }
 }
