@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { main } from "../ts/cli";
 import { saveProfile } from "../ts";
-import { calibrateTinyLM, loadTinyLM, modelTexts } from "../ts/model";
+import { calibrateTinyLM, defaultModelDir, loadTinyLM, modelTexts } from "../ts/model";
 import { rng, testSeed } from "./helpers/random";
 import { makeModelDir } from "./tiny-lm-fixture";
 
@@ -80,7 +80,16 @@ test("lukv demo --random still runs the synthetic demo", async () => {
   expect(out).toMatch(/decode: [\d.]+ ms\/token/);
 });
 
-test("lukv demo with no arguments runs the embedded model", async () => {
+const weights = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"));
+
+(weights ? test.skip : test)("without the trained weights, lukv demo says so and runs the synthetic demo", async () => {
+  const { code, out } = await run(["demo"]);
+  expect(code).toBe(0);
+  expect(out).toMatch(/The embedded model is not in this copy of lukv \(.+model\.safetensors is missing\); running the synthetic-data demo instead\./);
+  expect(out).toMatch(/decode: [\d.]+ ms\/token/);
+});
+
+(weights ? test : test.skip)("lukv demo with no arguments runs the embedded model", async () => {
   const t0 = performance.now();
   const { code, out } = await run(["demo"]);
   // eslint-disable-next-line no-console

@@ -63,6 +63,11 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
   try {
     if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
     if (options.has("random")) return randomDemo(options, io);
+    if (!options.has("model") && !fs.existsSync(path.join(defaultModelDir(), "model.safetensors"))) {
+      // A checkout or package without the trained weights still has a demo to run.
+      io.out(`The embedded model is not in this copy of lukv (${path.join(defaultModelDir(), "model.safetensors")} is missing); running the synthetic-data demo instead.`);
+      return randomDemo(new Map(), io);
+    }
     return modelDemo(options, io);
   } catch (e) {
     if (e instanceof UsageError) {
