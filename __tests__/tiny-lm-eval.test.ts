@@ -55,7 +55,8 @@ test("every scorer x allocation x ratio gets a row; lukv is calibrated on the sp
   // The table: a header, a rule, the full cache and one line per row.
   const table = r.out.split("\n").filter((l) => l.startsWith("|"));
   expect(table.length).toBe(3 + j.rows.length);
-  expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +- \| +100% \|$/);
+  expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +[\d.]+ \| +- \| +100% \|$/);
+  expect(j.full.passkeyAnswerNll).toBeGreaterThan(0);
 });
 
 test.each(["after", "with"])("at ratio 0 every setting reproduces the full cache (question %s), whose perplexity matches a direct computation", async (question) => {
@@ -67,6 +68,7 @@ test.each(["after", "with"])("at ratio 0 every setting reproduces the full cache
     expect(x.agreement).toBe(1);
     expect(x.perplexity).toBeCloseTo(j.full.perplexity, 10);
     expect(x.passkeyCorrect).toBe(j.full.passkeyCorrect);
+    expect(x.passkeyAnswerNll).toBeCloseTo(j.full.passkeyAnswerNll, 10);
   }
   // Directly: each window in one forward pass, the continuation's tokens 1..15 scored.
   const model = loadTinyLM(dir);

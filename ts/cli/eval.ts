@@ -54,6 +54,8 @@ export interface EvalScores {
   passkeyCorrect: number;
   passkeyPrompts: number;
   passkeyAccuracy: number;
+  /** Mean negative log-likelihood of the answer's tokens, teacher-forced (ln 10 = 2.30 is a guess per digit). */
+  passkeyAnswerNll: number;
   /** exp(mean negative log-likelihood) of the scored continuation tokens. */
   perplexity: number;
   /** Scored continuation tokens whose greedy prediction equals the full cache's. */
@@ -136,18 +138,21 @@ function logSumExp(row: Float32Array, offset: number, n: number): number {
 interface Accumulator {
   correct: number;
   prompts: number;
+  answerNll: number;
+  answerTokens: number;
   nll: number;
   agree: number;
   scored: number;
 }
 
-const empty = (): Accumulator => ({ correct: 0, prompts: 0, nll: 0, agree: 0, scored: 0 });
+const empty = (): Accumulator => ({ correct: 0, prompts: 0, answerNll: 0, answerTokens: 0, nll: 0, agree: 0, scored: 0 });
 
 function scores(a: Accumulator): EvalScores {
   return {
     passkeyCorrect: a.correct,
     passkeyPrompts: a.prompts,
     passkeyAccuracy: a.prompts ? a.correct / a.prompts : NaN,
+    passkeyAnswerNll: a.answerTokens ? a.answerNll / a.answerTokens : NaN,
     perplexity: a.scored ? Math.exp(a.nll / a.scored) : NaN,
     agreement: a.scored ? a.agree / a.scored : NaN,
     scoredTokens: a.scored,
@@ -229,12 +234,22 @@ export function runEval(
     const ids = [tok.bos!, ...tok.encode(p.prompt)];
     // Where the question starts: compress sees only the text before it ("after"), or all of it ("with").
     const split = s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length;
-    const n = tok.encode(p.answer).length;
+    const expected = tok.encode(p.answer);
     using seq = cache.createSequence();
     const contextLogits = model.forward(seq, ids.slice(0, split));
     const answer = (fork: Sequence, a: Accumulator) => {
       const last = split < ids.length ? model.forward(fork, ids.slice(split)) : contextLogits;
-      const { tokens } = model.generate(fork, last, n, { stopToken: -1 });
+      // The answer teacher-forced (its likelihood), then greedily (exact match), on a second fork.
+      {
+        using forced = fork.fork();
+        const rows = model.forward(forced, expected.slice(0, -1), { logits: "all" });
+        expected.forEach((t, i) => {
+          const row = i === 0 ? last : rows.subarray((i - 1) * V, i * V);
+          a.answerNll += logSumExp(row, 0, V) - row[t];
+        });
+        a.answerTokens += expected.length;
+      }
+      const { tokens } = model.generate(fork, last, expected.length, { stopToken: -1 });
       a.prompts++;
       if (tok.decode(tokens) === p.answer) a.correct++;
     };
@@ -264,14 +279,16 @@ function pct(x: number): string {
 
 /** The table, one row per setting, grouped by scorer and ratio. */
 export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
-  const head = ["scorer", "ratio", "allocation", "passkey", "perplexity", "Δppl", "next-token agreement"];
-  const lines: string[][] = [["full cache", "-", "-", pct(r.full.passkeyAccuracy), r.full.perplexity.toFixed(3), "-", "100%"]];
+  const head = ["scorer", "ratio", "allocation", "passkey", "passkey NLL", "perplexity", "Δppl", "next-token agreement"];
+  const nll = (x: number) => (Number.isNaN(x) ? "-" : x.toFixed(3));
+  const lines: string[][] = [["full cache", "-", "-", pct(r.full.passkeyAccuracy), nll(r.full.passkeyAnswerNll), r.full.perplexity.toFixed(3), "-", "100%"]];
   for (const x of r.rows)
     lines.push([
       x.scorer,
       x.ratio.toFixed(2),
       x.allocation,
       pct(x.passkeyAccuracy),
+      nll(x.passkeyAnswerNll),
       x.perplexity.toFixed(3),
       `${x.perplexity >= r.full.perplexity ? "+" : ""}${(100 * (x.perplexity / r.full.perplexity - 1)).toFixed(1)}%`,
       pct(x.agreement),
