@@ -57,6 +57,9 @@ test("every scorer x allocation x ratio gets a row; lukv is calibrated on the sp
   expect(table.length).toBe(3 + j.rows.length);
   expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +[\d.]+ \| +- \| +100% \|$/);
   expect(j.full.passkeyAnswerNll).toBeGreaterThan(0);
+  expect(j.full.windowNll.length).toBe(2);
+  expect(j.rows[0].windowAgreement.length).toBe(2);
+  expect(r.out).toMatch(/LU-KV against the best other allocation \(by perplexity\):\n {2}snapkv 0\.50: perplexity [\d.]+ vs [\d.]+ \(\w+\), agreement [\d.]+% vs [\d.]+%; lower NLL in [0-2] of 2 windows/);
 });
 
 test.each(["after", "with"])("at ratio 0 every setting reproduces the full cache (question %s), whose perplexity matches a direct computation", async (question) => {

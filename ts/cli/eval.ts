@@ -61,6 +61,9 @@ export interface EvalScores {
   /** Scored continuation tokens whose greedy prediction equals the full cache's. */
   agreement: number;
   scoredTokens: number;
+  /** Per held-out window (in `samples` order): mean NLL of its scored tokens, and their agreement. */
+  windowNll: number[];
+  windowAgreement: number[];
 }
 
 export interface EvalRow extends EvalScores {
@@ -143,9 +146,12 @@ interface Accumulator {
   nll: number;
   agree: number;
   scored: number;
+  /** Per window: mean NLL and agreement of its scored tokens. */
+  windowNll: number[];
+  windowAgreement: number[];
 }
 
-const empty = (): Accumulator => ({ correct: 0, prompts: 0, answerNll: 0, answerTokens: 0, nll: 0, agree: 0, scored: 0 });
+const empty = (): Accumulator => ({ correct: 0, prompts: 0, answerNll: 0, answerTokens: 0, nll: 0, agree: 0, scored: 0, windowNll: [], windowAgreement: [] });
 
 function scores(a: Accumulator): EvalScores {
   return {
@@ -156,6 +162,8 @@ function scores(a: Accumulator): EvalScores {
     perplexity: a.scored ? Math.exp(a.nll / a.scored) : NaN,
     agreement: a.scored ? a.agree / a.scored : NaN,
     scoredTokens: a.scored,
+    windowNll: a.windowNll,
+    windowAgreement: a.windowAgreement,
   };
 }
 
@@ -209,12 +217,17 @@ export function runEval(
     const score = (fork: Sequence, a: Accumulator, reference?: Int32Array): Int32Array => {
       const rows = model.forward(fork, fed, { logits: "all" });
       const greedy = new Int32Array(targets.length);
+      let nll = 0, agree = 0;
       targets.forEach((target, t) => {
-        a.nll += logSumExp(rows, t * V, V) - rows[t * V + target];
+        nll += logSumExp(rows, t * V, V) - rows[t * V + target];
         greedy[t] = argmax(rows, t * V, V);
-        if (reference === undefined || greedy[t] === reference[t]) a.agree++;
+        if (reference === undefined || greedy[t] === reference[t]) agree++;
       });
+      a.nll += nll;
+      a.agree += agree;
       a.scored += targets.length;
+      a.windowNll.push(nll / targets.length);
+      a.windowAgreement.push(agree / targets.length);
       return greedy;
     };
     let reference: Int32Array;
@@ -296,6 +309,25 @@ export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
   const widths = head.map((h, c) => Math.max(h.length, ...lines.map((l) => l[c].length)));
   const fmt = (l: string[]) => "| " + l.map((v, c) => (c < 3 ? v.padEnd(widths[c]) : v.padStart(widths[c]))).join(" | ") + " |";
   return [fmt(head), "|" + widths.map((w, c) => (c < 3 ? "-".repeat(w + 2) : "-".repeat(w + 1) + ":")).join("|") + "|", ...lines.map(fmt)].join("\n");
+}
+
+/**
+ * Per scorer and ratio, LU-KV against the best other allocation (lowest perplexity): perplexity,
+ * agreement, and the windows in which LU-KV's NLL is the lower. Empty when there is no lukv row.
+ */
+export function formatComparison(r: Pick<EvalResult, "rows">): string {
+  const lines: string[] = [];
+  for (const x of r.rows.filter((row) => row.allocation === "lukv")) {
+    const others = r.rows.filter((o) => o.scorer === x.scorer && o.ratio === x.ratio && o.allocation !== "lukv");
+    if (others.length === 0) continue;
+    const best = others.reduce((a, b) => (b.perplexity < a.perplexity ? b : a));
+    const wins = x.windowNll.filter((v, i) => v < best.windowNll[i]).length;
+    lines.push(
+      `  ${x.scorer} ${x.ratio.toFixed(2)}: perplexity ${x.perplexity.toFixed(3)} vs ${best.perplexity.toFixed(3)} (${best.allocation}), ` +
+        `agreement ${pct(x.agreement)} vs ${pct(best.agreement)}; lower NLL in ${wins} of ${x.windowNll.length} windows`,
+    );
+  }
+  return lines.length ? ["LU-KV against the best other allocation (by perplexity):", ...lines].join("\n") : "";
 }
 
 export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
@@ -382,6 +414,8 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
   io.out("");
   io.out(formatTable(full));
   io.out("");
+  const comparison = formatComparison(full);
+  if (comparison) io.out(comparison + "\n");
   io.out(
     `${result.samples.length} windows, ${result.full.scoredTokens} scored continuation tokens; ${result.full.passkeyPrompts} passkey prompts; ` +
       `${seconds.toFixed(0)} s`,
