@@ -29,6 +29,8 @@ Labels (first rule that matches):
   retrieval/copying   induction >= 0.25 or passkey >= 0.25
   previous-token      prev_token >= 0.4
   sink                first_token >= 0.6
+  uniform             mean_distance_excl_first >= 0.9 x that of uniform attention over
+                      tokens 1..i (~383 here): an averaging head with no preferred position
   local               mean_distance_excl_first < 48
   broad               otherwise
 """
@@ -55,7 +57,9 @@ T = 1024
 Q0 = 512
 N_TEXT, N_PASSKEY, N_REPEAT = 8, 24, 24
 PASSAGE = 128
-TH_COPY, TH_PREV, TH_SINK, TH_LOCAL = 0.25, 0.4, 0.6, 48.0
+TH_COPY, TH_PREV, TH_SINK, TH_LOCAL, TH_UNIFORM = 0.25, 0.4, 0.6, 48.0, 0.9
+# mean distance (first token excluded) of uniform attention over tokens 1..i, queries Q0..T-1
+UNIFORM_DISTANCE = float(np.mean([(i - 1) / 2 for i in range(Q0, T)]))
 
 
 def label(m):
@@ -65,6 +69,8 @@ def label(m):
         return "previous-token"
     if m["first_token"] >= TH_SINK:
         return "sink"
+    if m["mean_distance_excl_first"] >= TH_UNIFORM * UNIFORM_DISTANCE:
+        return "uniform"
     if m["mean_distance_excl_first"] < TH_LOCAL:
         return "local"
     return "broad"
@@ -152,7 +158,8 @@ def main():
         "context": T,
         "seed": ANALYSIS_SEED,
         "samples": {"text": N_TEXT, "passkey": N_PASSKEY, "repeat": N_REPEAT, "passage_tokens": PASSAGE},
-        "thresholds": {"copy": TH_COPY, "prev_token": TH_PREV, "sink": TH_SINK, "local_distance": TH_LOCAL},
+        "thresholds": {"copy": TH_COPY, "prev_token": TH_PREV, "sink": TH_SINK, "local_distance": TH_LOCAL,
+                       "uniform_fraction": TH_UNIFORM, "uniform_distance": UNIFORM_DISTANCE},
         "model_behaviour": {"passkey_accuracy": pk_correct / N_PASSKEY,
                             "repeat_copy_accuracy": round(copy_hits / copy_total, 4)},
         "query_heads": qheads,

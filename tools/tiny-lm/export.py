@@ -219,14 +219,17 @@ def passkey_prompts(tok, heldout_texts, rng):
         needle = tasks.NEEDLE.format(k=key)
         q = tasks.QUESTION
         start = int(rng.integers(0, len(paras)))
-        fill, i = [], start
+        fill = []
         base = 1 + len(tok.encode(needle)) + len(tok.encode(q))
-        while True:  # add whole paragraphs while the prompt stays within L tokens
+        used = base
+        for i in range(start, start + 400):  # whole paragraphs, in order, skipping any that do not fit
             p = paras[i % len(paras)]
-            if base + len(tok.encode("\n\n".join(fill + [p]))) > L:
+            n = len(tok.encode(p)) + 1
+            if used + n <= L:
+                fill.append(p)
+                used += n
+            if used > L - 24:
                 break
-            fill.append(p)
-            i += 1
         cut = int(round(depth * len(fill)))
         before, after = "\n\n".join(fill[:cut]), "\n\n".join(fill[cut:])
         text = before + needle + after + q
@@ -273,7 +276,7 @@ def main():
     write_safetensors(os.path.join(args.out, "model.safetensors"), tensors,
                       {"format": "pt", "model": "lukv-tiny-lm", "dtype": "float16"})
 
-    train_facts = {k: ck[k] for k in ("steps", "train_seconds") if k in ck}
+    train_facts = {k: ck[k] for k in ("steps", "tokens", "train_seconds", "decay_start", "decay_steps") if k in ck}
     cfgj = {
         "model_type": "lukv-tiny-lm",
         "architecture": "decoder-only transformer, pre-norm, RMSNorm, RoPE (rotate-half), GQA, SwiGLU MLP, tied embeddings, no biases",
@@ -309,7 +312,7 @@ def main():
             "Attn: q = x Wq^T, k = x Wk^T, v = x Wv^T; RoPE on q, k; per query head q: softmax(q k^T * attention_scale, causal) v of KV head floor(q/group); out = concat(heads) Wo^T",
             "logits = RMSNorm(x; model.norm) E^T",
         ],
-        "training": dict(train_facts, **{"context": "512 tokens for steps 0..879, 1024 for steps 880..999",
+        "training": dict(train_facts, **{"context": "8 x 512 tokens per step before decay_start, 4 x 1024 from it on",
                                          "details": "tools/tiny-lm/README.md, tools/tiny-lm/train.log"}),
     }
     with open(os.path.join(args.out, "config.json"), "w") as f:

@@ -8,8 +8,13 @@ so a resumed run sees the same data.
   decay phase, steps [decay_start, decay_start + decay_steps): 4 sequences x 1024
       tokens (context extension), lr linear from LR down to LR_MIN
   each sequence: real text, passkey retrieval, repeated passage, repeated shuffled
-  tokens, with the mixture of mix_at(step): 70/15/15/0 % before step CURRICULUM_STEP,
-  50/15/20/15 % from it on (no copying had emerged by step 600 with the first mix)
+  tokens, with the mixture of mix_at(step): 70/15/15/0 % before step 700,
+  50/15/20/15 % for steps 700..1199, 40/20/20/20 % from step 1200 on (copying had
+  not emerged by step 600 with the first mix, and only barely by step 1200)
+  optional copy phase (--copy-steps N, default 0 = not used for the shipped model):
+      N more steps after the decay: 4 x 1024, mix 30% text, 25% passkey, 20% repeat,
+      25% shuffled repeat; lr warmup over COPY_WARMUP steps to COPY_LR, then linear
+      down to LR_MIN. Tried with N = 200: see README "Notes".
   AdamW(b1=0.9, b2=0.95, wd=0.1 on matrices), gradient clipping at 1.0.
 
 The machine is shared, so the length of the run is set by wall-clock time unless
@@ -52,12 +57,23 @@ LR = 2e-3
 LR_MIN = 1e-4
 WARMUP = 60
 WD = 0.1
-CURRICULUM_STEP = 700
+CURRICULUM_STEPS = (700, 1200)
 
 
-def mix_at(step):
+COPY_STEPS = 0
+COPY_WARMUP = 20
+COPY_LR = 1e-3
+
+
+def mix_at(step, copy_phase=False):
     """(p_passkey, p_repeat, p_shuffled); the rest is real text."""
-    return (0.15, 0.15, 0.0) if step < CURRICULUM_STEP else (0.15, 0.20, 0.15)
+    if copy_phase:
+        return (0.25, 0.20, 0.25)
+    if step < CURRICULUM_STEPS[0]:
+        return (0.15, 0.15, 0.0)
+    if step < CURRICULUM_STEPS[1]:
+        return (0.15, 0.20, 0.15)
+    return (0.20, 0.20, 0.20)
 
 LOG_EVERY = 10
 MODEL = dict(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2,
@@ -66,6 +82,11 @@ MODEL = dict(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=8, num_kv
 
 
 def lr_at(step, decay_start, decay_steps):
+    if decay_start is not None and step >= decay_start + decay_steps:
+        k = step - decay_start - decay_steps
+        if k < COPY_WARMUP:
+            return COPY_LR * (k + 1) / COPY_WARMUP
+        return COPY_LR + (LR_MIN - COPY_LR) * (k - COPY_WARMUP + 1) / (COPY_STEPS - COPY_WARMUP)
     if decay_start is not None and step >= decay_start:
         t = (step - decay_start + 1) / decay_steps
         return LR + (LR_MIN - LR) * min(1.0, t)
@@ -83,7 +104,10 @@ def main():
     ap.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES)
     ap.add_argument("--decay-start", type=int, default=None)
     ap.add_argument("--decay-steps", type=int, default=None)
+    ap.add_argument("--copy-steps", type=int, default=0)
     args = ap.parse_args()
+    global COPY_STEPS
+    COPY_STEPS = args.copy_steps
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
@@ -124,7 +148,7 @@ def main():
     model.train()
     step = step0
     step_times = []
-    while decay_start is None or step < decay_start + decay_steps:
+    while decay_start is None or step < decay_start + decay_steps + COPY_STEPS:
         if decay_start is None and step_times and time.time() - t_start >= DECAY_AT * args.budget_minutes * 60:
             per_step = float(np.median(step_times[-30:])) * PHASE2_SLOWDOWN
             left = args.budget_minutes * 60 - (time.time() - t_start)
@@ -132,10 +156,11 @@ def main():
             print(f"decay phase: decay_start={decay_start} decay_steps={decay_steps} "
                   f"(median step {per_step/PHASE2_SLOWDOWN:.2f}s at T={T1})", flush=True)
         phase2 = decay_start is not None and step >= decay_start
+        copy_phase = decay_start is not None and step >= decay_start + decay_steps
         B, T = (B2, T2) if phase2 else (B1, T1)
         t_step = time.time()
         rng = np.random.default_rng([SEED, step])
-        batch, kinds = tasks.make_batch(tok, train, rng, B, T + 1, *mix_at(step))
+        batch, kinds = tasks.make_batch(tok, train, rng, B, T + 1, *mix_at(step, copy_phase))
         x = torch.from_numpy(batch)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
@@ -160,7 +185,8 @@ def main():
                   f"tok/s={toks_log/(now-t_log):.0f} elapsed={now-t_start:.0f}s", flush=True)
             t_log, toks_log = now, 0
             loss_acc = {k: [] for k in loss_acc}
-        last_step = decay_start is not None and step + 1 == decay_start + decay_steps
+        last_step = decay_start is not None and step + 1 in (decay_start + decay_steps,
+                                                             decay_start + decay_steps + COPY_STEPS)
         if (step + 1) % 100 == 0 or last_step:
             ppl, n = evaluate.perplexity(model, val, T1, tok.eos, tok.bos, max_windows=24)
             acc, tot = evaluate.passkey_accuracy(model, tok, val, [T], 8, seed=99)
@@ -173,7 +199,7 @@ def main():
             os.replace(last + ".tmp", last)
         step += 1
     elapsed = time.time() - t_start
-    tokens = decay_start * B1 * T1 + decay_steps * B2 * T2
+    tokens = decay_start * B1 * T1 + (decay_steps + COPY_STEPS) * B2 * T2
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step,
                 "decay_start": decay_start, "decay_steps": decay_steps, "tokens": tokens,
                 "train_seconds": elapsed}, os.path.join(args.ckpt, "final.pt"))
