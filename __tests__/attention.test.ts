@@ -133,6 +133,39 @@ describe("long sequences and every SIMD level", () => {
     },
   );
 
+  // The online softmax keeps a reference maximum that moves only when a block's scores pass it by
+  // a margin; these score profiles force that path (and its absence) many times over.
+  const profiles: { name: string; gain: (t: number, n: number) => number }[] = [
+    { name: "rising scores (the reference moves at many blocks)", gain: (t, n) => 0.2 + (30 * t) / n },
+    { name: "one dominant early token, the rest far below", gain: (t) => (t === 3 ? 8 : 0.05) },
+    { name: "falling scores", gain: (t, n) => 6 - (5.5 * t) / n },
+  ];
+  const profileCases = levels.flatMap((simd) => profiles.map((p) => ({ simd, ...p })));
+  test.each(profileCases)("$simd: $name", ({ simd, gain }) => {
+    const r = rng(seed + simd.length * 13 + gain(0, 1) * 1000);
+    const kvHeads = 1, queryHeads = 4, headDim = 64, n = 1000;
+    const q = randn(r, queryHeads * headDim);
+    // Keys along the mean query direction, scaled per token, so every head's score follows gain(t).
+    const dir = new Float32Array(headDim);
+    for (let g = 0; g < queryHeads; g++) for (let d = 0; d < headDim; d++) dir[d] += q[g * headDim + d] / queryHeads;
+    const keys = new Float32Array(n * headDim);
+    for (let t = 0; t < n; t++) {
+      const noise = randn(r, headDim, 0.1);
+      for (let d = 0; d < headDim; d++) keys[t * headDim + d] = gain(t, n) * dir[d] + noise[d];
+    }
+    const values = randn(r, n * headDim);
+    const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f32", simd: simd as "generic", pageSize: 16, maxTokens: n, threads: 1 }); // one token range: every raise happens inside it
+    try {
+      const seq = cache.createSequence();
+      seq.append(0, keys, values);
+      const out = seq.attend(0, q);
+      const ref = referenceAttention([{ keys, values, positions: Array.from({ length: n }, (_, i) => i) }], q, [n - 1], queryHeads, headDim);
+      expect(relativeError(out, ref)).toBeLessThan(1e-5);
+    } finally {
+      cache.dispose();
+    }
+  });
+
   test("SIMD levels and thread counts agree with each other on a prefill chunk", () => {
     const r = rng(seed + 5);
     const kvHeads = 2, queryHeads = 8, headDim = 80, n = 300, chunk = 40;

@@ -2,6 +2,9 @@
 
 #include <cstdlib>
 #include <new>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "errors.h"
 
@@ -14,8 +17,17 @@ PagePool::PagePool(int64_t numPages, int pageSize, int headDim, DType dtype)
   // Round up to a whole number of 64-byte lines so page starts stay aligned for vector loads.
   size_t total = ((size_t)numPages * pageBytes_ + 63) / 64 * 64;
   // Large anonymous allocations are mapped lazily, so untouched pages cost no resident memory.
-  data_ = static_cast<uint8_t*>(std::aligned_alloc(64, total > 0 ? total : 64));
+  // Pools of 2 MiB or more are aligned to 2 MiB and offered to the kernel as transparent huge
+  // pages: attention streams the pool, and with 4 KiB pages every page of K or V is also a TLB
+  // miss and a restart for the hardware prefetchers.
+  constexpr size_t kHuge = size_t(2) << 20;
+  const bool huge = total >= kHuge;
+  if (huge) total = (total + kHuge - 1) / kHuge * kHuge;
+  data_ = static_cast<uint8_t*>(std::aligned_alloc(huge ? kHuge : 64, total > 0 ? total : 64));
   if (!data_) throw Error(ErrorCode::OutOfPages, "could not allocate the page pool (" + std::to_string(total) + " bytes)");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (huge) madvise(data_, total, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
   free_.reserve(numPages);
   for (int64_t p = numPages - 1; p >= 0; --p) free_.push_back((int32_t)p);
   refs_.assign(numPages, 0);

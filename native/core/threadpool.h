@@ -1,23 +1,35 @@
 // A small fork-join pool: parallelFor(n, fn) runs fn(i) for i in [0, n) on the workers and the caller.
+//
+// Waking a sleeping thread can take a millisecond or more on a virtual machine (the host must
+// schedule the idle virtual CPU again), which is longer than a whole decode step. So workers spin
+// for a short while (kSpinMicros) after each job before they sleep on the condition variable, and
+// the caller spins until the workers are done: back-to-back calls (one per layer in a decode loop)
+// never pay a wake-up; and the caller never waits for a worker that is still asleep.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace lukv {
 
 class ThreadPool {
  public:
+  static constexpr int kSpinMicros = 2000;
+
   explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
     for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { workerLoop(); });
   }
   ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -25,6 +37,8 @@ class ThreadPool {
   int threads() const { return threads_; }
 
   // Not re-entrant: one parallelFor at a time per pool (the cache lock guarantees it).
+  // The caller waits for the items, not for the workers: a worker that is still asleep when all
+  // items are done simply finds no job when it wakes.
   void parallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
     if (n <= 0) return;
     if (threads_ == 1 || n == 1) {
@@ -36,55 +50,87 @@ class ThreadPool {
       fn_ = &fn;
       n_ = n;
       next_.store(0);
-      active_ = (int)workers_.size();
-      generation_++;
+      finished_.store(0);
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     runItems(fn, n);
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return active_ == 0; });
-    fn_ = nullptr;
+    // Items still running elsewhere: at most one per worker.
+    spinUntil([&] { return finished_.load(std::memory_order_acquire) == n; });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fn_ = nullptr;  // workers that wake from now on find no job
+    }
+    // Workers that joined this job may still be about to look for an item; next_ is reset by the
+    // next call, so wait until they have left.
+    spinUntil([&] { return busy_.load(std::memory_order_acquire) == 0; });
   }
 
  private:
+  static void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+  template <class Pred>
+  static void spinUntil(Pred done) {
+    for (int spins = 0; !done(); ++spins) {
+      if (spins < 4096) relax();
+      else std::this_thread::yield();
+    }
+  }
   void runItems(const std::function<void(int64_t)>& fn, int64_t n) {
     for (;;) {
       int64_t i = next_.fetch_add(1);
       if (i >= n) break;
       fn(i);
+      finished_.fetch_add(1, std::memory_order_release);
     }
+  }
+  // Waits for a generation other than `seen` (or stop): spins first, then sleeps.
+  void awaitJob(uint64_t seen) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+    for (int spins = 0;; ++spins) {
+      if (generation_.load(std::memory_order_acquire) != seen || stop_.load()) return;
+      if ((spins & 255) == 255 && std::chrono::steady_clock::now() > until) break;
+      relax();
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
   }
   void workerLoop() {
     uint64_t seen = 0;
     for (;;) {
+      awaitJob(seen);
+      if (stop_.load()) return;
       const std::function<void(int64_t)>* fn;
       int64_t n;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
+        std::lock_guard<std::mutex> lock(mu_);
+        seen = generation_.load();
+        if (!fn_) continue;  // that job is already done
         fn = fn_;
         n = n_;
+        busy_.fetch_add(1);
       }
       runItems(*fn, n);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (--active_ == 0) done_.notify_one();
-      }
+      busy_.fetch_sub(1, std::memory_order_release);
     }
   }
 
   int threads_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable cv_, done_;
+  std::condition_variable cv_;
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> next_{0};
-  int active_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<int64_t> finished_{0};
+  std::atomic<int> busy_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace lukv

@@ -9,9 +9,7 @@ namespace cpu {
 
 namespace {
 
-constexpr int kBlockTokens = 64;  // tokens scored together before one softmax update
-constexpr int kRowBlock = 8;
-constexpr int kPrefetchBlocks = 1;  // blocks of K/V rows requested ahead of the one computed      // query rows (tokens) per work item in prefill
+constexpr int kRowBlock = 8;  // query rows (tokens) per work item in prefill
 
 struct Item {
   int head, row0, row1;  // query rows [row0, row1)
@@ -20,29 +18,17 @@ struct Item {
   int64_t stored;        // offset of this item's raw scores when attention mass is accumulated
 };
 
-void prefetchRows(const PagePool* pool, const HeadState& head, int32_t t0, int32_t t1) {
-  const int P = pool->pageSize();
-  const size_t rowBytes = pool->rowBytes();
-  for (int32_t t = t0; t < t1;) {
-    const int32_t page = head.pages[t / P];
-    const int off = t % P;
-    const int n = std::min<int32_t>(P - off, t1 - t);
-    const char* k = reinterpret_cast<const char*>(pool->keys(page)) + (size_t)off * rowBytes;
-    const char* v = reinterpret_cast<const char*>(pool->values(page)) + (size_t)off * rowBytes;
-    for (size_t x = 0; x < (size_t)n * rowBytes; x += 64) {
-      __builtin_prefetch(k + x);
-      __builtin_prefetch(v + x);
-    }
-    t += n;
-  }
-}
-
 }  // namespace
 
 void attend(const AttendArgs& a) {
   const int G = a.queryHeads / a.kvHeads;
   const int D = a.headDim;
   const int P = a.pool->pageSize();
+  // Tokens scored together before one softmax update: one page, so that K and then V of a page are
+  // read as one run of memory (the order in which the pool lays them out); small pages are grouped.
+  const int kBlockTokens = P >= 16 ? std::min(P, 512) : (16 + P - 1) / P * P;
+  // How far ahead the kernels request rows: the next page, or the first page at least 16 tokens on.
+  const int aheadPages = std::max(1, (16 + P - 1) / P);
   const int dt = (int)a.pool->dtype();
   const size_t rowBytes = a.pool->rowBytes();
 
@@ -117,17 +103,16 @@ void attend(const AttendArgs& a) {
       const int32_t end = std::min(it.t1, visible[(size_t)it.head * a.tokens + r]);
       for (int32_t b = it.t0; b < end; b += kBlockTokens) {
         const int nb = (int)std::min<int32_t>(kBlockTokens, end - b);
-        // Pages are short runs of memory, too short for the hardware prefetchers to lock on:
-        // ask for the next block's K and V rows while this one is computed.
-        if (r == it.row0) prefetchRows(a.pool, head, std::min<int32_t>(end, b + kPrefetchBlocks * kBlockTokens),
-                                       std::min<int32_t>(end, b + (kPrefetchBlocks + 1) * kBlockTokens));
-        // Scores for the block, one page segment at a time.
+        // Scores for the block, one page segment at a time. The first query row streams K and V
+        // from memory: each kernel call also requests the same rows `aheadPages` pages further on.
+        const bool stream = r == it.row0;
         for (int j = 0; j < nb;) {
-          int32_t t = b + j;
-          int32_t page = head.pages[t / P];
-          int off = t % P;
-          int seg = std::min(nb - j, P - off);
-          a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + j, kBlockTokens);
+          const int32_t t = b + j, pi = t / P, off = t % P;
+          const int seg = std::min(nb - j, P - off);
+          const uint8_t* ahead = stream && pi + aheadPages < (int32_t)head.pages.size()
+                                     ? a.pool->keys(head.pages[pi + aheadPages]) + (size_t)off * rowBytes : nullptr;
+          a.kernels->qk(dt, a.pool->keys(head.pages[pi]) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + j,
+                        kBlockTokens, ahead);
           j += seg;
         }
         if (keepScores) {
@@ -136,22 +121,14 @@ void attend(const AttendArgs& a) {
             std::copy(s.data() + (size_t)g * kBlockTokens, s.data() + (size_t)g * kBlockTokens + nb,
                       stored.data() + it.stored + ((int64_t)(r - it.row0) * G + g) * span + (b - it.t0));
         }
-        for (int g = 0; g < G; ++g) {
-          float* sg = s.data() + (size_t)g * kBlockTokens;
-          float mb = sg[0];
-          for (int j = 1; j < nb; ++j) mb = std::max(mb, sg[j]);
-          float mNew = std::max(m[g], mb);
-          float corr = std::isinf(m[g]) ? 0.f : std::exp(m[g] - mNew);
-          l[g] = l[g] * corr + a.kernels->expSum(sg, nb, mNew);
-          if (corr != 1.f) a.kernels->scale(acc + (size_t)g * D, D, corr);
-          m[g] = mNew;
-        }
+        a.kernels->softmaxStep(s.data(), kBlockTokens, nb, G, m, l, acc, D);
         for (int j = 0; j < nb;) {
-          int32_t t = b + j;
-          int32_t page = head.pages[t / P];
-          int off = t % P;
-          int seg = std::min(nb - j, P - off);
-          a.kernels->pv(dt, a.pool->values(page) + (size_t)off * rowBytes, seg, D, s.data() + j, kBlockTokens, G, acc);
+          const int32_t t = b + j, pi = t / P, off = t % P;
+          const int seg = std::min(nb - j, P - off);
+          const uint8_t* ahead = stream && pi + aheadPages < (int32_t)head.pages.size()
+                                     ? a.pool->values(head.pages[pi + aheadPages]) + (size_t)off * rowBytes : nullptr;
+          a.kernels->pv(dt, a.pool->values(head.pages[pi]) + (size_t)off * rowBytes, seg, D, s.data() + j,
+                        kBlockTokens, G, acc, ahead);
           j += seg;
         }
       }

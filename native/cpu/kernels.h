@@ -9,13 +9,23 @@ namespace cpu {
 struct Kernels {
   const char* name;
   // s[g*ld + j] = dot(q + g*D, row j of K) for j < n, g < G. K rows are contiguous, D elements each.
-  void (*qk)(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld);
-  // acc[g*D + d] += sum_j p[g*ld + j] * V[j][d] for j < n, g < G.
-  void (*pv)(int dt, const void* V, int n, int D, const float* p, int ld, int G, float* acc);
+  // `ahead` (may be null): n rows of the same size whose cache lines are requested while these are
+  // computed, one row per row, so that memory traffic for the next rows overlaps the arithmetic.
+  void (*qk)(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld, const void* ahead);
+  // acc[g*D + d] += sum_j p[g*ld + j] * V[j][d] for j < n, g < G; `ahead` as for qk.
+  void (*pv)(int dt, const void* V, int n, int D, const float* p, int ld, int G, float* acc, const void* ahead);
   // x[i] = exp(x[i] - shift) for i < n; returns the sum of the results.
   float (*expSum)(float* x, int n, float shift);
+  // max of x[i] for i < n (-inf when n = 0; NaN inputs are not expected).
+  float (*maxOf)(const float* x, int n);
   // acc[i] *= a for i < n.
   void (*scale)(float* acc, int n, float a);
+  // One online-softmax step over a block of scores s[g*ld + j] (j < n, g < G): with reference
+  // maxima m[g] (-inf before the first block), sums l[g] and accumulators acc[g*D .. g*D + D), it
+  // may raise m[g] (rescaling l[g] and acc by exp(old - new)), then replaces s by exp(s - m[g]) and
+  // adds their sum to l[g]. m[g] is a reference, not always the exact maximum: weights stay below
+  // e^8, and acc / l is the softmax-weighted sum whatever the reference.
+  void (*softmaxStep)(float* s, int ld, int n, int G, float* m, float* l, float* acc, int D);
   // out[j] = ||row j|| (L2 norm of K or V rows) for j < n.
   void (*rowNorms)(int dt, const void* rows, int n, int D, float* out);
 };

@@ -39,6 +39,25 @@ struct Vec {
     _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
   }
   float first() const { return _mm256_cvtss_f32(v); }
+  static bool anyGreater(Vec a, Vec b) { return _mm256_movemask_ps(_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ)) != 0; }
+  static Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.v, b.v)}; }
+  float hmax() const {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  // Lane i of the result = sum of the lanes of v[i], for W vectors (transpose-and-add tree).
+  static Vec sumEach(const Vec* x) {
+    __m256 t[4], u[2];
+    for (int i = 0; i < 4; ++i)
+      t[i] = _mm256_add_ps(_mm256_unpacklo_ps(x[2 * i].v, x[2 * i + 1].v), _mm256_unpackhi_ps(x[2 * i].v, x[2 * i + 1].v));
+    for (int i = 0; i < 2; ++i) {
+      __m256d a = _mm256_castps_pd(t[2 * i]), b = _mm256_castps_pd(t[2 * i + 1]);
+      u[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+    }
+    return {_mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31))};
+  }
   static Vec exp(Vec x) {
     __m256 xc = _mm256_min_ps(x.v, _mm256_set1_ps(88.0f));
     __m256 tiny = _mm256_cmp_ps(xc, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);

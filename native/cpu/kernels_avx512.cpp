@@ -39,6 +39,23 @@ struct Vec {
     _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
   }
   float first() const { return _mm512_cvtss_f32(v); }
+  static bool anyGreater(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ) != 0; }
+  static Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
+  float hmax() const { return _mm512_reduce_max_ps(v); }
+  // Lane i of the result = sum of the lanes of v[i], for W vectors: a transpose-and-add tree
+  // (pairs of floats, then pairs of doubles, then 128-bit lanes twice), 45 instructions.
+  static Vec sumEach(const Vec* x) {
+    __m512 t[8], u[4], w[2];
+    for (int i = 0; i < 8; ++i)
+      t[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i].v, x[2 * i + 1].v), _mm512_unpackhi_ps(x[2 * i].v, x[2 * i + 1].v));
+    for (int i = 0; i < 4; ++i) {
+      __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+      u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    for (int i = 0; i < 2; ++i)
+      w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+    return {_mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD))};
+  }
   // 2^n * P(r) with r = x - n*ln2, |r| <= ln2/2, P the degree-7 Taylor polynomial (rel. error ~2e-7).
   static Vec exp(Vec x) {
     __m512 xc = _mm512_min_ps(x.v, _mm512_set1_ps(88.0f));

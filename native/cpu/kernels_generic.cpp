@@ -49,6 +49,19 @@ struct Vec {
     out[3] = d.sum();
   }
   float first() const { return v[0]; }
+  static bool anyGreater(Vec a, Vec b) { return a.v[0] > b.v[0] || a.v[1] > b.v[1] || a.v[2] > b.v[2] || a.v[3] > b.v[3]; }
+  static Vec max(Vec a, Vec b) {
+    Vec r;
+    for (int i = 0; i < 4; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+    return r;
+  }
+  float hmax() const {
+    float m = v[0];
+    for (int i = 1; i < 4; ++i) m = v[i] > m ? v[i] : m;
+    return m;
+  }
+  // Lane i of the result = sum of the lanes of x[i].
+  static Vec sumEach(const Vec* x) { return {{x[0].sum(), x[1].sum(), x[2].sum(), x[3].sum()}}; }
   static Vec exp(Vec x) {
     Vec r;
     for (int i = 0; i < 4; ++i) r.v[i] = x.v[i] < -87.0f ? 0.0f : std::exp(x.v[i]);

@@ -36,40 +36,59 @@ static inline float dotTail(int dt, const void* K, int64_t row, const float* q, 
 // Scores of a block of rows. Dot products are long dependency chains, so each loop keeps eight
 // independent accumulators in flight (two rows x four query heads, or four rows x one head) and
 // reduces four of them at once.
+// Requests the cache lines of one row ahead of use (rowBytes bytes from p); p may be null.
+static inline void prefetchRow(const uint8_t* p, int64_t rowBytes) {
+  if (!p) return;
+  // Non-temporal hint: the rows are used once, soon; on the processors measured this kept the
+  // most requests in flight (see bench/README.md). Written as volatile asm because GCC deletes a
+  // loop of __builtin_prefetch with a run-time trip count as a loop without side effects.
+  for (int64_t x = 0; x < rowBytes; x += 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ volatile("prefetchnta %0" : : "m"(*(const volatile uint8_t*)(p + x)));
+#else
+    __builtin_prefetch(p + x, 0, 0);
+#endif
+  }
+}
+
 template <int DT>
-static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld) {
+static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld, const uint8_t* ahead) {
+  const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
   const int Dv = D - D % Vec::W;
   int g = 0;
   for (; g + 4 <= G; g += 4) {
     const float* q0 = q + (int64_t)g * D;
     float* s0 = s + (int64_t)g * ld;
     int j = 0;
-    for (; j + 2 <= n; j += 2) {
-      const int64_t ra = (int64_t)j * D, rb = ra + D;
-      Vec a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
-      Vec b0 = Vec::zero(), b1 = Vec::zero(), b2 = Vec::zero(), b3 = Vec::zero();
-      for (int d = 0; d < Dv; d += Vec::W) {
-        Vec ka = loadRow(DT, K, ra + d), kb = loadRow(DT, K, rb + d);
-        Vec x0 = Vec::loadF32(q0 + d), x1 = Vec::loadF32(q0 + D + d), x2 = Vec::loadF32(q0 + 2 * D + d), x3 = Vec::loadF32(q0 + 3 * D + d);
-        a0 = Vec::fma(x0, ka, a0);
-        a1 = Vec::fma(x1, ka, a1);
-        a2 = Vec::fma(x2, ka, a2);
-        a3 = Vec::fma(x3, ka, a3);
-        b0 = Vec::fma(x0, kb, b0);
-        b1 = Vec::fma(x1, kb, b1);
-        b2 = Vec::fma(x2, kb, b2);
-        b3 = Vec::fma(x3, kb, b3);
-      }
-      float ra4[4], rb4[4];
-      Vec::sum4(a0, a1, a2, a3, ra4);
-      Vec::sum4(b0, b1, b2, b3, rb4);
-      for (int k = 0; k < 4; ++k) {
-        s0[(int64_t)k * ld + j] = ra4[k] + dotTail(DT, K, ra, q0 + (int64_t)k * D, Dv, D);
-        s0[(int64_t)k * ld + j + 1] = rb4[k] + dotTail(DT, K, rb, q0 + (int64_t)k * D, Dv, D);
+    // R rows x 4 query heads = W accumulators, reduced together by one transpose-and-add tree.
+    constexpr int R = Vec::W / 4;
+    if (Dv == D) {
+      for (; j + R <= n; j += R) {
+        Vec a[Vec::W];
+        for (int i = 0; i < Vec::W; ++i) a[i] = Vec::zero();
+        for (int d = 0; d < D; d += Vec::W) {
+          const Vec x0 = Vec::loadF32(q0 + d), x1 = Vec::loadF32(q0 + D + d), x2 = Vec::loadF32(q0 + 2 * D + d),
+                    x3 = Vec::loadF32(q0 + 3 * D + d);
+          if (d == 0)
+            for (int r = 0; r < R; ++r) prefetchRow(ahead ? ahead + (j + r) * rowBytes : nullptr, rowBytes);
+          for (int r = 0; r < R; ++r) {
+            const Vec k = loadRow(DT, K, (int64_t)(j + r) * D + d);
+            a[r] = Vec::fma(x0, k, a[r]);
+            a[R + r] = Vec::fma(x1, k, a[R + r]);
+            a[2 * R + r] = Vec::fma(x2, k, a[2 * R + r]);
+            a[3 * R + r] = Vec::fma(x3, k, a[3 * R + r]);
+          }
+        }
+        // Lane k*R + r holds the score of row j + r for query head g + k: R contiguous scores per head.
+        float t[Vec::W];
+        Vec::sumEach(a).store(t);
+        for (int k = 0; k < 4; ++k)
+          for (int r = 0; r < R; ++r) s0[(int64_t)k * ld + j + r] = t[k * R + r];
       }
     }
     for (; j < n; ++j) {
       const int64_t row = (int64_t)j * D;
+      prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes);
       Vec a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
       for (int d = 0; d < Dv; d += Vec::W) {
         Vec k = loadRow(DT, K, row + d);
@@ -83,6 +102,8 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
       for (int k = 0; k < 4; ++k) s0[(int64_t)k * ld + j] = r4[k] + dotTail(DT, K, row, q0 + (int64_t)k * D, Dv, D);
     }
   }
+  if (G < 4 && ahead)  // the grouped loop above did not request them
+    for (int j = 0; j < n; ++j) prefetchRow(ahead + j * rowBytes, rowBytes);
   for (; g < G; ++g) {
     const float* qg = q + (int64_t)g * D;
     float* sg = s + (int64_t)g * ld;
@@ -111,7 +132,8 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
 }
 
 template <int DT>
-static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, float* acc) {
+static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, float* acc, const uint8_t* ahead) {
+  const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
   constexpr int T = Vec::kTile;
   const int Dt = D - D % (Vec::W * T);
   const int Dv = D - D % Vec::W;
@@ -125,6 +147,7 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
       for (int k = 0; k < 4; ++k)
         for (int t = 0; t < T; ++t) a[k][t] = Vec::loadF32(acc + (int64_t)(g + k) * D + d + t * Vec::W);
       for (int j = 0; j < n; ++j) {
+        if (d == 0) prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes);
         const Vec p0 = Vec::set1(pg[j]), p1 = Vec::set1(pg[ld + j]), p2 = Vec::set1(pg[2 * ld + j]), p3 = Vec::set1(pg[3 * ld + j]);
         for (int t = 0; t < T; ++t) {
           Vec v = loadRow(DT, V, (int64_t)j * D + d + t * Vec::W);
@@ -146,6 +169,8 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
       }
     }
   }
+  if ((G < 4 || Dt == 0) && ahead)  // the tiled loop above did not request them
+    for (int j = 0; j < n; ++j) prefetchRow(ahead + j * rowBytes, rowBytes);
   for (; g < G; ++g) {
     const float* pg = p + (int64_t)g * ld;
     for (int d = 0; d < Dv; d += Vec::W) {
@@ -164,16 +189,18 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
   }
 }
 
-static void qk(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld) {
-  if (dt == 0) qkImpl<0>(K, n, D, q, G, s, ld);
-  else if (dt == 1) qkImpl<1>(K, n, D, q, G, s, ld);
-  else qkImpl<2>(K, n, D, q, G, s, ld);
+static void qk(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld, const void* ahead) {
+  const uint8_t* pf = static_cast<const uint8_t*>(ahead);
+  if (dt == 0) qkImpl<0>(K, n, D, q, G, s, ld, pf);
+  else if (dt == 1) qkImpl<1>(K, n, D, q, G, s, ld, pf);
+  else qkImpl<2>(K, n, D, q, G, s, ld, pf);
 }
 
-static void pv(int dt, const void* V, int n, int D, const float* p, int ld, int G, float* acc) {
-  if (dt == 0) pvImpl<0>(V, n, D, p, ld, G, acc);
-  else if (dt == 1) pvImpl<1>(V, n, D, p, ld, G, acc);
-  else pvImpl<2>(V, n, D, p, ld, G, acc);
+static void pv(int dt, const void* V, int n, int D, const float* p, int ld, int G, float* acc, const void* ahead) {
+  const uint8_t* pf = static_cast<const uint8_t*>(ahead);
+  if (dt == 0) pvImpl<0>(V, n, D, p, ld, G, acc, pf);
+  else if (dt == 1) pvImpl<1>(V, n, D, p, ld, G, acc, pf);
+  else pvImpl<2>(V, n, D, p, ld, G, acc, pf);
 }
 
 static float expSum(float* x, int n, float shift) {
@@ -194,11 +221,52 @@ static float expSum(float* x, int n, float shift) {
   return sum;
 }
 
+static float maxOf(const float* x, int n) {
+  const int nv = n - n % Vec::W;
+  float m = -__builtin_inff();
+  if (nv > 0) {
+    Vec a = Vec::loadF32(x);
+    for (int i = Vec::W; i < nv; i += Vec::W) a = Vec::max(a, Vec::loadF32(x + i));
+    m = a.hmax();
+  }
+  for (int i = nv; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 static void scale(float* acc, int n, float a) {
   const int nv = n - n % Vec::W;
   const Vec av = Vec::set1(a);
   for (int i = 0; i < nv; i += Vec::W) Vec::mul(Vec::loadF32(acc + i), av).store(acc + i);
   for (int i = nv; i < n; ++i) acc[i] *= a;
+}
+
+// The reference m[g] moves only when a block's maximum exceeds it by more than kSlack, so most
+// blocks skip the rescale of l and acc; weights stay at most e^kSlack, far from f32 overflow.
+static constexpr float kSlack = 8.0f;
+
+static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, float* acc, int D) {
+  const int nv = n - n % Vec::W;
+  for (int g = 0; g < G; ++g) {
+    float* sg = s + (int64_t)g * ld;
+    // Usually no score passes the reference plus the slack: one compare per vector, no reduction.
+    bool raise = m[g] == -__builtin_inff();
+    if (!raise) {
+      const float limit = m[g] + kSlack;
+      const Vec lim = Vec::set1(limit);
+      for (int i = 0; i < nv && !raise; i += Vec::W) raise = Vec::anyGreater(Vec::loadF32(sg + i), lim);
+      for (int i = nv; i < n && !raise; ++i) raise = sg[i] > limit;
+    }
+    if (raise) {
+      const float bm = maxOf(sg, n);
+      if (m[g] != -__builtin_inff()) {
+        const float corr = Vec::exp(Vec::set1(m[g] - bm)).first();
+        l[g] *= corr;
+        scale(acc + (int64_t)g * D, D, corr);
+      }
+      m[g] = bm;
+    }
+    l[g] += expSum(sg, n, m[g]);
+  }
 }
 
 template <int DT>
@@ -225,4 +293,4 @@ static void rowNorms(int dt, const void* rows, int n, int D, float* out) {
   else rowNormsImpl<2>(rows, n, D, out);
 }
 
-static const Kernels kTable = {KERNEL_NAME, qk, pv, expSum, scale, rowNorms};
+static const Kernels kTable = {KERNEL_NAME, qk, pv, expSum, maxOf, scale, softmaxStep, rowNorms};
