@@ -216,6 +216,31 @@ describe("allocations select exactly the reference sets", () => {
     b.cache.dispose();
   });
 
+  test("lukv: a ratio below the sink and window keeps exactly those, like the other allocations", () => {
+    const r = rng(seed ^ 0x79);
+    const grid = 99, heads = shape.layers * shape.kvHeads;
+    const table = new Float64Array(grid * heads);
+    for (let g = 0; g < grid; g++) for (let i = 0; i < heads; i++) table[g * heads + i] = Math.min(1, ((g + 1) / (grid + 1)) * (0.5 + i / heads));
+    const profile = createProfile({ table, layers: shape.layers, kvHeads: shape.kvHeads });
+    const tokens = [100, 120, 40];
+    const a = build(r, { tokens });
+    const u = build(r, { tokens });
+    // 1% of 520 tokens is less than the 36 forced tokens of each of the 6 heads.
+    const repL = a.seq.compress({ ratio: 0.99, allocation: "lukv", profile });
+    const repU = u.seq.compress({ ratio: 0.99, allocation: "uniform" });
+    expect(Array.from(repL.kept)).toEqual([36, 36, 36, 36, 36, 36]);
+    expect(Array.from(repL.kept)).toEqual(Array.from(repU.kept));
+    for (let i = 0; i < heads; i++) {
+      const pos = Array.from(a.seq.positions(Math.floor(i / 2), i % 2));
+      const len = tokens[Math.floor(i / 2)];
+      // The sink (first 4) and the window (last 32) are what survives.
+      const expected = [0, 1, 2, 3, ...Array.from({ length: 32 }, (_, j) => len - 32 + j)];
+      expect(pos).toEqual(expected);
+    }
+    a.cache.dispose();
+    u.cache.dispose();
+  });
+
   test("explicit budgets; below the forced tokens they are raised to them", () => {
     const r = rng(seed ^ 0x78);
     const b = build(r, { tokens: [100, 120, 90] });

@@ -41,7 +41,11 @@ export interface ScoreOptions {
 
 /** Options of compress(). */
 export interface CompressOptions extends ScoreOptions {
-  /** Fraction of the sequence's current tokens (over all heads) to remove, in [0, 1). Default: 0. */
+  /**
+   * Fraction of the sequence's current tokens (over all heads) to remove, in [0, 1). Default: 0.
+   * Every head keeps its sink and window whatever the allocation, so a ratio that would keep fewer
+   * tokens than those keeps exactly those.
+   */
   ratio?: number;
   /** How the kept total is split over heads. Default: "uniform" ("lukv" needs `profile`). */
   allocation?: AllocationName;
@@ -180,9 +184,17 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
       );
     const len = lengths();
     const minKeep = new Int32Array(heads);
-    for (let i = 0; i < heads; i++) minKeep[i] = len[i] === 0 ? 0 : Math.min(len[i], Math.max(1, n.sink + n.window));
+    let total = 0, forced = 0;
+    for (let i = 0; i < heads; i++) {
+      minKeep[i] = len[i] === 0 ? 0 : Math.min(len[i], Math.max(1, n.sink + n.window));
+      total += len[i];
+      forced += minKeep[i];
+    }
+    // Every head keeps its sink and window whatever the ratio, as with the other allocations: a
+    // ratio that would keep fewer tokens than that keeps exactly those.
+    const effective = total > 0 && Math.round((1 - ratio) * total) < forced ? (total - forced) / total : ratio;
     n.allocation = EXPLICIT;
-    n.budgets = budgetsFromProfile(p, { ratio, lengths: len, minKeep });
+    n.budgets = budgetsFromProfile(p, { ratio: effective, lengths: len, minKeep });
     return n;
   }
   n.allocation = ALLOCATIONS.indexOf(allocation);

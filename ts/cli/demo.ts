@@ -9,7 +9,6 @@ import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
 import { defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../model";
 import type { Profile } from "../profile";
-import { lukvRatio } from "./eval";
 import { CliIO, parseArgs, progressBar } from "./io";
 
 const USAGE = `usage: lukv demo [options]
@@ -163,7 +162,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const fullRun = model.generate(full, logits, steps, { stopToken: -1, onToken: () => decodeBar.tick() });
   full.dispose();
 
-  const report = seq.compress({ ratio: allocation === "lukv" ? lukvRatio(seq.lengths(), ratio) : ratio, allocation, profile, scorer });
+  const report = seq.compress({ ratio, allocation, profile, scorer });
   const compressedBytes = cache.usage().bytesUsed;
   const run = model.generate(seq, logits, steps, { stopToken: -1, onToken: () => decodeBar.tick() });
   decodeBar.done();

@@ -107,20 +107,6 @@ function count(options: Map<string, string | true>, name: string, fallback: numb
   return n;
 }
 
-/**
- * The ratio to ask of allocation "lukv": `ratio`, or less where it would keep fewer tokens than the
- * sink and window of every head (compress() refuses that for "lukv", while the other allocations
- * keep those tokens anyway), so that every allocation keeps the same total.
- */
-export function lukvRatio(lengths: Int32Array, ratio: number, sink = 4, window = 32): number {
-  let total = 0, forced = 0;
-  for (const n of lengths) {
-    total += n;
-    forced += n === 0 ? 0 : Math.min(n, Math.max(1, sink + window));
-  }
-  return total === 0 ? ratio : Math.min(ratio, (total - forced) / total);
-}
-
 /** The question that ends every passkey prompt (tools/tiny-lm/tasks.py). */
 export const QUESTION = "\n\nWhat is the pass key? The pass key is ";
 
@@ -202,8 +188,7 @@ export function runEval(
   const compressed = (seq: Sequence, i: number): Sequence => {
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
-    if (allocation === "lukv") fork.compress({ ratio: lukvRatio(fork.lengths(), ratio), scorer, allocation, profile: profiles.get(scorer) });
-    else fork.compress({ ratio, scorer, allocation });
+    fork.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
     return fork;
   };
 
