@@ -111,6 +111,35 @@ describe("scores match the references", () => {
     b.cache.dispose();
   });
 
+  test("the remembered observation queries are the last observationWindow rows after many decode steps", () => {
+    const r = rng(seed ^ 0x54);
+    const W = 8;
+    const cache = new KVCache({ ...shape, layers: 1, pageSize: 16, dtype: "f32", maxTokens: 4096, observationWindow: W });
+    try {
+      const seq = cache.createSequence();
+      const rows: Float32Array[] = [];
+      const feed = (t: number): void => {
+        seq.append(0, randn(r, t * shape.kvHeads * shape.headDim), randn(r, t * shape.kvHeads * shape.headDim));
+        const q = randn(r, t * shape.queryHeads * shape.headDim);
+        seq.attend(0, q);
+        for (let i = 0; i < t; i++) rows.push(q.subarray(i * shape.queryHeads * shape.headDim, (i + 1) * shape.queryHeads * shape.headDim));
+      };
+      feed(40); // a prefill chunk longer than the window
+      // Then 37 decode steps: the held rows pass 2W several times and are trimmed.
+      for (let step = 0; step < 37; step++) {
+        feed(1);
+        const last = new Float32Array(W * shape.queryHeads * shape.headDim);
+        rows.slice(-W).forEach((q, i) => last.set(q, i * shape.queryHeads * shape.headDim));
+        const got = seq.scores(0, "snapkv", { window: W });
+        const want = seq.scores(0, "snapkv", { window: W, observationQueries: [last] });
+        for (let h = 0; h < shape.kvHeads; h++) expect(Array.from(got[h])).toEqual(Array.from(want[h]));
+      }
+      expect(() => seq.scores(0, "snapkv", { window: W + 1 })).toThrow(`the sequence remembers ${W} (`);
+    } finally {
+      cache.dispose();
+    }
+  });
+
   test("h2o mass is accumulated by attend: sum over every attended query of its softmax weights, mean over the group", () => {
     const r = rng(seed ^ 0x53);
     const cache = new KVCache({ ...shape, pageSize: 8, dtype: "f32", maxTokens: 8192 });

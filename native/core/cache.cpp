@@ -180,13 +180,21 @@ void Cache::attend(int32_t seqId, int layer, int tokens, const float* queries, f
   const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
   auto& oq = seq.obsQueries[layer];
   auto& op = seq.obsPositions[layer];
-  const int W = cfg_.observationWindow;
-  int keepOld = std::max(0, std::min((int)op.size(), W - tokens));
-  int first = std::max(0, tokens - W);
-  oq.erase(oq.begin(), oq.begin() + (op.size() - keepOld) * rowFloats);
-  op.erase(op.begin(), op.begin() + (op.size() - keepOld));
-  oq.insert(oq.end(), queries + (size_t)first * rowFloats, queries + (size_t)tokens * rowFloats);
+  // Up to 2W rows are held and the oldest are dropped W at a time, so a decode step appends one row
+  // instead of moving the whole window; readers take the last W (observationRows).
+  const size_t W = (size_t)cfg_.observationWindow;
+  const size_t first = (size_t)tokens > W ? (size_t)tokens - W : 0;
+  if (first > 0 || W == 0) {
+    oq.clear();
+    op.clear();
+  }
+  oq.insert(oq.end(), queries + first * rowFloats, queries + (size_t)tokens * rowFloats);
   op.insert(op.end(), qpos.begin() + first, qpos.end());
+  if (op.size() > 2 * W) {
+    const size_t drop = op.size() - W;
+    oq.erase(oq.begin(), oq.begin() + drop * rowFloats);
+    op.erase(op.begin(), op.begin() + drop);
+  }
 }
 
 std::vector<int32_t> Cache::lengths(int32_t seqId) const {

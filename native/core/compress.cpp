@@ -110,7 +110,9 @@ void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& 
   const std::vector<float>& remembered = seq.frozen ? seq.frozenQueries[layer] : seq.obsQueries[layer];
   const std::vector<int32_t>& rememberedPos = seq.frozen ? seq.frozenPositions[layer] : seq.obsPositions[layer];
   const std::vector<float>& src = explicitRows ? o.observation[layer] : remembered;
-  const int have = (int)(src.size() / rowFloats);
+  const int total = (int)(src.size() / rowFloats);
+  // The sequence holds up to twice its observation window (see Cache::attend); it remembers the last W.
+  const int have = explicitRows ? total : std::min(total, cfg_.observationWindow);
   const int need = o.scorer == Scorer::TOVA ? 1 : o.window;
   if (have < need)
     throwInvalid(std::string(o.scorer == Scorer::TOVA ? "tova" : "snapkv") + " needs " + str(need) +
@@ -118,11 +120,11 @@ void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& 
                  (explicitRows ? "observationQueries has " : "the sequence remembers ") + str(have) +
                  (explicitRows ? "" : " (attend with at least that many queries, raise the cache's observationWindow (" +
                                           str(cfg_.observationWindow) + "), or pass observationQueries)"));
-  const int first = have - need;
-  rows.assign(src.begin() + (size_t)first * rowFloats, src.begin() + (size_t)have * rowFloats);
+  const int first = total - need;
+  rows.assign(src.begin() + (size_t)first * rowFloats, src.begin() + (size_t)total * rowFloats);
   positions.resize(need);
   for (int i = 0; i < need; ++i)
-    positions[i] = explicitRows ? seq.appended[layer] - have + first + i : rememberedPos[first + i];
+    positions[i] = explicitRows ? seq.appended[layer] - total + first + i : rememberedPos[first + i];
 }
 
 void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers, const ScoreOptions& o,
