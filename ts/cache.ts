@@ -35,7 +35,12 @@ export interface KVCacheOptions {
   dtype?: DType;
   /** "cpu", "cuda", or "auto" (CUDA when usable, else CPU). Default: "auto". */
   device?: Device;
-  /** CPU threads for the kernels. Default: the LUKV_THREADS environment variable, else os.availableParallelism(). */
+  /**
+   * CPU threads for the kernels (the calling thread is one of them). Default: the LUKV_THREADS
+   * environment variable, else os.availableParallelism(). After each call the other threads spin
+   * for up to 2 ms before they sleep, so that the next call (the next layer) starts at once; use
+   * fewer threads when the cores are needed for other work between calls.
+   */
   threads?: number;
   /** CPU kernel table. Default: "auto" (the best this processor runs). */
   simd?: SimdLevel;
