@@ -11,7 +11,7 @@
 namespace lukv {
 
 PagePool::PagePool(int64_t numPages, int pageSize, int headDim, DType dtype)
-    : numPages_(numPages), pageSize_(pageSize), headDim_(headDim), dtype_(dtype) {
+    : PageAllocator(numPages), pageSize_(pageSize), headDim_(headDim), dtype_(dtype) {
   rowBytes_ = (size_t)headDim * dtypeBytes(dtype);
   pageBytes_ = 2 * (size_t)pageSize * rowBytes_;
   // Round up to a whole number of 64-byte lines so page starts stay aligned for vector loads.
@@ -28,26 +28,8 @@ PagePool::PagePool(int64_t numPages, int pageSize, int headDim, DType dtype)
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (huge) madvise(data_, total, MADV_HUGEPAGE);  // advice only: failure changes nothing
 #endif
-  free_.reserve(numPages);
-  for (int64_t p = numPages - 1; p >= 0; --p) free_.push_back((int32_t)p);
-  refs_.assign(numPages, 0);
 }
 
 PagePool::~PagePool() { std::free(data_); }
-
-bool PagePool::allocate(int64_t n, std::vector<int32_t>& out) {
-  if (n > (int64_t)free_.size()) return false;
-  for (int64_t i = 0; i < n; ++i) {
-    int32_t p = free_.back();
-    free_.pop_back();
-    refs_[p] = 1;
-    out.push_back(p);
-  }
-  return true;
-}
-
-void PagePool::release(int32_t page) {
-  if (--refs_[page] == 0) free_.push_back(page);
-}
 
 }  // namespace lukv

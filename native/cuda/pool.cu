@@ -5,12 +5,19 @@
 namespace lukv {
 namespace cuda {
 
-DevicePool::DevicePool(int64_t numPages, int pageSize, int headDim, DType dtype)
-    : numPages_(numPages), pageSize_(pageSize), headDim_(headDim), dtype_(dtype) {
+namespace {
+// The arguments are checked before the page bookkeeping is sized from them.
+int64_t checkedPages(int64_t numPages, int pageSize, int headDim) {
   checkHeadDim(headDim);
   if (pageSize < 1) throwInvalid("Expected pageSize >= 1 but received " + std::to_string(pageSize));
   if (numPages < 0 || numPages > INT32_MAX)
     throwInvalid("Expected between 0 and 2^31-1 pages but received " + std::to_string(numPages));
+  return numPages;
+}
+}  // namespace
+
+DevicePool::DevicePool(int64_t numPages, int pageSize, int headDim, DType dtype)
+    : PageAllocator(checkedPages(numPages, pageSize, headDim)), pageSize_(pageSize), headDim_(headDim), dtype_(dtype) {
   rowBytes_ = (size_t)headDim * dtypeBytes(dtype);
   pageBytes_ = 2 * (size_t)pageSize * rowBytes_;
   bytes_ = (size_t)numPages * pageBytes_;
@@ -29,31 +36,13 @@ DevicePool::DevicePool(int64_t numPages, int pageSize, int headDim, DType dtype)
     if (e != cudaSuccess) throwCudaError(e, "cudaMalloc(page pool)", __FILE__, __LINE__);
     data_ = static_cast<uint8_t*>(p);
   }
-  free_.reserve(numPages);
-  for (int64_t p = numPages - 1; p >= 0; --p) free_.push_back((int32_t)p);
-  refs_.assign(numPages, 0);
 }
 
 DevicePool::~DevicePool() {
   if (data_) cudaFree(data_);  // a destructor cannot report; nothing else to do on failure
 }
 
-bool DevicePool::allocate(int64_t n, std::vector<int32_t>& out) {
-  if (n > (int64_t)free_.size()) return false;
-  for (int64_t i = 0; i < n; ++i) {
-    int32_t p = free_.back();
-    free_.pop_back();
-    refs_[p] = 1;
-    out.push_back(p);
-  }
-  return true;
-}
-
-void DevicePool::release(int32_t page) {
-  if (--refs_[page] == 0) free_.push_back(page);
-}
-
-PoolView DevicePool::view() const { return poolView(data_, numPages_, pageSize_, headDim_, dtype_); }
+PoolView DevicePool::view() const { return poolView(data_, numPages(), pageSize_, headDim_, dtype_); }
 
 }  // namespace cuda
 }  // namespace lukv

@@ -7,13 +7,14 @@
 #include <vector>
 
 #include "../core/dtype.h"
+#include "../core/page_allocator.h"
 #include "layout.h"
 #include "plan.h"
 
 namespace lukv {
 namespace cuda {
 
-class DevicePool {
+class DevicePool : public PageAllocator {
  public:
   // Throws lukv::Error: invalid argument for a head dim the kernels cannot take, out of pages
   // when the device has too little memory, backend unavailable without a usable device.
@@ -22,21 +23,12 @@ class DevicePool {
   DevicePool(const DevicePool&) = delete;
   DevicePool& operator=(const DevicePool&) = delete;
 
-  int64_t numPages() const { return numPages_; }
-  int64_t freePages() const { return (int64_t)free_.size(); }
-  int64_t usedPages() const { return numPages_ - freePages(); }
   int pageSize() const { return pageSize_; }
   int headDim() const { return headDim_; }
   DType dtype() const { return dtype_; }
   size_t pageBytes() const { return pageBytes_; }
   size_t rowBytes() const { return rowBytes_; }
   size_t bytes() const { return bytes_; }
-
-  // Same contract as PagePool: n pages with refcount 1, or false and nothing taken.
-  bool allocate(int64_t n, std::vector<int32_t>& out);
-  void retain(int32_t page) { refs_[page]++; }
-  void release(int32_t page);
-  int refcount(int32_t page) const { return refs_[page]; }
 
   // Device addresses.
   uint8_t* data() const { return data_; }
@@ -45,13 +37,10 @@ class DevicePool {
   PoolView view() const;
 
  private:
-  int64_t numPages_;
   int pageSize_, headDim_;
   DType dtype_;
   size_t rowBytes_, pageBytes_, bytes_;
   uint8_t* data_ = nullptr;
-  std::vector<int32_t> free_;
-  std::vector<int32_t> refs_;
 };
 
 }  // namespace cuda
