@@ -33,6 +33,17 @@ struct HeadState {
   std::vector<int32_t> pages;
   std::vector<int32_t> positions;  // original position of every kept token, ascending
   int32_t length() const { return (int32_t)positions.size(); }
+  // Calls fn(page, offsetInPage, count, firstToken) for the tokens [t0, t1) page by page, with
+  // P tokens per page.
+  template <class F>
+  void forSegments(int P, int32_t t0, int32_t t1, F&& fn) const {
+    for (int32_t t = t0; t < t1;) {
+      const int off = t % P;
+      const int n = (int)(P - off < t1 - t ? P - off : t1 - t);
+      fn(pages[t / P], off, n, t);
+      t += n;
+    }
+  }
 };
 
 struct Sequence {

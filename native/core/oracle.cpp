@@ -24,10 +24,9 @@ void Cache::recordOracle(int32_t seqId, const std::vector<std::vector<float>>& w
     std::vector<float>& w = weight[idx];
     w.resize(n);
     if (wo.empty() || wo[l].empty()) {
-      for (int32_t t = 0; t < n; t += P) {
-        int cnt = std::min<int32_t>(P, n - t);
-        kernels_->rowNorms(dt, pool_->values(hs.pages[t / P]), cnt, D, w.data() + t);
-      }
+      hs.forSegments(P, 0, n, [&](int32_t page, int off, int cnt, int32_t t) {
+        kernels_->rowNorms(dt, pool_->values(page) + (size_t)off * rowBytes, cnt, D, w.data() + t);
+      });
       return;
     }
     // ||v W_q||^2 = v^T (W_q W_q^T) v with W_q the query head's D rows of W_O.

@@ -106,15 +106,16 @@ void attend(const AttendArgs& a) {
         // Scores for the block, one page segment at a time. The first query row streams K and V
         // from memory: each kernel call also requests the same rows `aheadPages` pages further on.
         const bool stream = r == it.row0;
-        for (int j = 0; j < nb;) {
-          const int32_t t = b + j, pi = t / P, off = t % P;
-          const int seg = std::min(nb - j, P - off);
-          const uint8_t* ahead = stream && pi + aheadPages < (int32_t)head.pages.size()
-                                     ? a.pool->keys(head.pages[pi + aheadPages]) + (size_t)off * rowBytes : nullptr;
-          a.kernels->qk(dt, a.pool->keys(head.pages[pi]) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + j,
-                        kBlockTokens, ahead);
-          j += seg;
-        }
+        // The page `aheadPages` after token t's, or -1 (past the end, or not the streaming row).
+        auto aheadOf = [&](int32_t t) -> int32_t {
+          const size_t i = (size_t)(t / P + aheadPages);
+          return stream && i < head.pages.size() ? head.pages[i] : -1;
+        };
+        head.forSegments(P, b, b + nb, [&](int32_t page, int off, int seg, int32_t t) {
+          const int32_t next = aheadOf(t);
+          a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + (t - b), kBlockTokens,
+                        next < 0 ? nullptr : a.pool->keys(next) + (size_t)off * rowBytes);
+        });
         if (keepScores) {
           const int64_t span = it.t1 - it.t0;
           for (int g = 0; g < G; ++g)
@@ -122,15 +123,11 @@ void attend(const AttendArgs& a) {
                       stored.data() + it.stored + ((int64_t)(r - it.row0) * G + g) * span + (b - it.t0));
         }
         a.kernels->softmaxStep(s.data(), kBlockTokens, nb, G, m, l, acc, D);
-        for (int j = 0; j < nb;) {
-          const int32_t t = b + j, pi = t / P, off = t % P;
-          const int seg = std::min(nb - j, P - off);
-          const uint8_t* ahead = stream && pi + aheadPages < (int32_t)head.pages.size()
-                                     ? a.pool->values(head.pages[pi + aheadPages]) + (size_t)off * rowBytes : nullptr;
-          a.kernels->pv(dt, a.pool->values(head.pages[pi]) + (size_t)off * rowBytes, seg, D, s.data() + j,
-                        kBlockTokens, G, acc, ahead);
-          j += seg;
-        }
+        head.forSegments(P, b, b + nb, [&](int32_t page, int off, int seg, int32_t t) {
+          const int32_t next = aheadOf(t);
+          a.kernels->pv(dt, a.pool->values(page) + (size_t)off * rowBytes, seg, D, s.data() + (t - b), kBlockTokens, G,
+                        acc, next < 0 ? nullptr : a.pool->values(next) + (size_t)off * rowBytes);
+        });
       }
     }
   });

@@ -18,8 +18,6 @@ struct Kernels {
   float (*expSum)(float* x, int n, float shift);
   // max of x[i] for i < n (-inf when n = 0; NaN inputs are not expected).
   float (*maxOf)(const float* x, int n);
-  // acc[i] *= a for i < n.
-  void (*scale)(float* acc, int n, float a);
   // One online-softmax step over a block of scores s[g*ld + j] (j < n, g < G): with reference
   // maxima m[g] (-inf before the first block), sums l[g] and accumulators acc[g*D .. g*D + D), it
   // may raise m[g] (rescaling l[g] and acc by exp(old - new)), then replaces s by exp(s - m[g]) and

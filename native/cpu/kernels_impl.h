@@ -293,4 +293,4 @@ static void rowNorms(int dt, const void* rows, int n, int D, float* out) {
   else rowNormsImpl<2>(rows, n, D, out);
 }
 
-static const Kernels kTable = {KERNEL_NAME, qk, pv, expSum, maxOf, scale, softmaxStep, rowNorms};
+static const Kernels kTable = {KERNEL_NAME, qk, pv, expSum, maxOf, softmaxStep, rowNorms};

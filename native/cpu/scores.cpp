@@ -11,17 +11,6 @@ namespace cpu {
 
 namespace {
 
-// Calls fn(page, offsetInPage, count, firstToken) for the head's tokens [t0, t1) page by page.
-template <class F>
-void forSegments(const HeadState& h, int P, int32_t t0, int32_t t1, F&& fn) {
-  for (int32_t t = t0; t < t1;) {
-    int off = t % P;
-    int n = std::min<int32_t>(P - off, t1 - t);
-    fn(h.pages[t / P], off, n, t);
-    t += n;
-  }
-}
-
 // Mean over query rows of the softmax attention of each query head of the group:
 // out[g * L + j] = (1/rows) * sum_i softmax_i(j), causal by position.
 void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
@@ -38,12 +27,12 @@ void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
     for (size_t x = 0; x < q.size(); ++x) q[x] = qi[x] * scale;
     const int32_t n = (int32_t)(std::upper_bound(h.positions.begin(), h.positions.end(), a.queryPositions[i]) - h.positions.begin());
     if (n == 0) continue;
-    forSegments(h, P, 0, n, [&](int32_t page, int off, int cnt, int32_t t) {
+    h.forSegments(P, 0, n, [&](int32_t page, int off, int cnt, int32_t t) {
       a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, q.data(), G, s.data() + t, L, nullptr);
     });
     for (int g = 0; g < G; ++g) {
       float* sg = s.data() + (size_t)g * L;
-      float m = *std::max_element(sg, sg + n);
+      float m = a.kernels->maxOf(sg, n);
       float sum = a.kernels->expSum(sg, n, m);
       float w = 1.f / (sum * (float)a.rows);
       float* o = perHead.data() + (size_t)g * L;
@@ -101,7 +90,7 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
     case Scorer::KeyDiff: {
       // -cos(k_j / |k_j|, mean of k / |k|)
       std::vector<float> norms(L), keys((size_t)L * D), anchor(D, 0.f);
-      forSegments(h, P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
+      h.forSegments(P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
         a.kernels->rowNorms(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, norms.data() + t);
       });
       for (int32_t t = 0; t < L; ++t) {
@@ -134,7 +123,7 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       break;
     }
     case Scorer::KNorm: {
-      forSegments(h, P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
+      h.forSegments(P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
         a.kernels->rowNorms(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, out + t);
       });
       for (int32_t t = 0; t < L; ++t) out[t] = -out[t];
