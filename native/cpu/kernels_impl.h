@@ -33,9 +33,6 @@ static inline float dotTail(int dt, const void* K, int64_t row, const float* q, 
   return r;
 }
 
-// Scores of a block of rows. Dot products are long dependency chains, so each loop keeps eight
-// independent accumulators in flight (two rows x four query heads, or four rows x one head) and
-// reduces four of them at once.
 // Requests the cache lines of one row ahead of use (rowBytes bytes from p); p may be null.
 static inline void prefetchRow(const uint8_t* p, int64_t rowBytes) {
   if (!p) return;
@@ -51,6 +48,9 @@ static inline void prefetchRow(const uint8_t* p, int64_t rowBytes) {
   }
 }
 
+// Scores of a block of rows. Dot products are long dependency chains, so each loop keeps several
+// independent accumulators in flight: W/4 rows x four query heads (W, reduced together by one
+// sumEach), or one row x four heads, or four rows x one head (reduced four at a time by sum4).
 template <int DT>
 static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld, const uint8_t* ahead) {
   const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
