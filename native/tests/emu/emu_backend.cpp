@@ -9,6 +9,7 @@
 #include "../../cuda/cache.cuh"
 #include "../../cuda/compress.cuh"
 #include "../../cuda/scores.cuh"
+#include "../../core/page_allocator.h"
 #include "../harness.h"
 #include "emu_runtime.h"
 
@@ -19,39 +20,19 @@ namespace {
 
 // An exact-size host buffer with PagePool's allocator: the emulated kernels address it like
 // device memory, and AddressSanitizer sees any access past its end.
-class HostPool {
+class HostPool : public PageAllocator {
  public:
-  HostPool(int64_t numPages, int pageSize, int headDim, DType dtype) {
+  HostPool(int64_t numPages, int pageSize, int headDim, DType dtype) : PageAllocator(numPages) {
     cuda::checkHeadDim(headDim);
     view_ = cuda::poolView(nullptr, numPages, pageSize, headDim, dtype);
     bytes_.assign((size_t)numPages * view_.pageBytes, 0xFF);
     view_.data = bytes_.data();
-    for (int64_t p = numPages - 1; p >= 0; --p) free_.push_back((int32_t)p);
-    refs_.assign(numPages, 0);
   }
-  int64_t numPages() const { return view_.numPages; }
-  int64_t freePages() const { return (int64_t)free_.size(); }
-  bool allocate(int64_t n, std::vector<int32_t>& out) {
-    if (n > (int64_t)free_.size()) return false;
-    for (int64_t i = 0; i < n; ++i) {
-      int32_t p = free_.back();
-      free_.pop_back();
-      refs_[p] = 1;
-      out.push_back(p);
-    }
-    return true;
-  }
-  void retain(int32_t p) { refs_[p]++; }
-  void release(int32_t p) {
-    if (--refs_[p] == 0) free_.push_back(p);
-  }
-  int refcount(int32_t p) const { return refs_[p]; }
   const cuda::PoolView& view() const { return view_; }
 
  private:
   cuda::PoolView view_;
   std::vector<uint8_t> bytes_;
-  std::vector<int32_t> free_, refs_;
 };
 
 class EmuBackend : public Backend {
