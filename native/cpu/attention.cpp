@@ -89,8 +89,12 @@ void attend(const AttendArgs& a) {
     const Item& it = items[idx];
     const HeadState& head = a.heads[it.head];
     std::vector<float> s((size_t)G * kBlockTokens);
+    // The running state of a row lives in this thread's own memory and is copied out at the end:
+    // written into `partials` directly, it shared cache lines with the neighbouring item of the
+    // other thread, and every page step paid for the line moving between cores.
+    std::vector<float> work((size_t)partialStride + 16);
+    float* part = work.data() + (16 - (reinterpret_cast<uintptr_t>(work.data()) / sizeof(float)) % 16) % 16;
     for (int r = it.row0; r < it.row1; ++r) {
-      float* part = partials.data() + it.partial + (int64_t)(r - it.row0) * partialStride;
       float* m = part;
       float* l = part + G;
       float* acc = part + 2 * G;
@@ -129,6 +133,7 @@ void attend(const AttendArgs& a) {
                         acc, next < 0 ? nullptr : a.pool->values(next) + (size_t)off * rowBytes);
         });
       }
+      std::copy(part, part + partialStride, partials.data() + it.partial + (int64_t)(r - it.row0) * partialStride);
     }
   });
 

@@ -244,29 +244,64 @@ static void scale(float* acc, int n, float a) {
 // blocks skip the rescale of l and acc; weights stay at most e^kSlack, far from f32 overflow.
 static constexpr float kSlack = 8.0f;
 
-static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, float* acc, int D) {
+// Raises the reference m of one head's block when a score passes it by more than kSlack
+// (rescaling l and acc); usually one compare per vector and no reduction.
+static void raiseReference(const float* sg, int n, float& m, float& l, float* acc, int D) {
   const int nv = n - n % Vec::W;
-  for (int g = 0; g < G; ++g) {
-    float* sg = s + (int64_t)g * ld;
-    // Usually no score passes the reference plus the slack: one compare per vector, no reduction.
-    bool raise = m[g] == -__builtin_inff();
-    if (!raise) {
-      const float limit = m[g] + kSlack;
-      const Vec lim = Vec::set1(limit);
-      for (int i = 0; i < nv && !raise; i += Vec::W) raise = Vec::anyGreater(Vec::loadF32(sg + i), lim);
-      for (int i = nv; i < n && !raise; ++i) raise = sg[i] > limit;
-    }
-    if (raise) {
-      const float bm = maxOf(sg, n);
-      if (m[g] != -__builtin_inff()) {
-        const float corr = Vec::exp(Vec::set1(m[g] - bm)).first();
-        l[g] *= corr;
-        scale(acc + (int64_t)g * D, D, corr);
-      }
-      m[g] = bm;
-    }
-    l[g] += expSum(sg, n, m[g]);
+  bool raise = m == -__builtin_inff();
+  if (!raise) {
+    const float limit = m + kSlack;
+    const Vec lim = Vec::set1(limit);
+    for (int i = 0; i < nv && !raise; i += Vec::W) raise = Vec::anyGreater(Vec::loadF32(sg + i), lim);
+    for (int i = nv; i < n && !raise; ++i) raise = sg[i] > limit;
   }
+  if (!raise) return;
+  const float bm = maxOf(sg, n);
+  if (m != -__builtin_inff()) {
+    const float corr = Vec::exp(Vec::set1(m - bm)).first();
+    l *= corr;
+    scale(acc, D, corr);
+  }
+  m = bm;
+}
+
+static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, float* acc, int D) {
+  for (int g = 0; g < G; ++g) raiseReference(s + (int64_t)g * ld, n, m[g], l[g], acc + (int64_t)g * D, D);
+  const int nv = n - n % Vec::W;
+  int g = 0;
+  // Four heads at a time: four independent exp chains keep the vector units busy (one head alone
+  // is a chain of dependent operations ending in a horizontal sum), and one sum4 ends them.
+  for (; g + 4 <= G; g += 4) {
+    float* s0 = s + (int64_t)g * ld;
+    const Vec m0 = Vec::set1(m[g]), m1 = Vec::set1(m[g + 1]), m2 = Vec::set1(m[g + 2]), m3 = Vec::set1(m[g + 3]);
+    Vec t0 = Vec::zero(), t1 = Vec::zero(), t2 = Vec::zero(), t3 = Vec::zero();
+    for (int i = 0; i < nv; i += Vec::W) {
+      const Vec e0 = Vec::exp(Vec::sub(Vec::loadF32(s0 + i), m0));
+      const Vec e1 = Vec::exp(Vec::sub(Vec::loadF32(s0 + ld + i), m1));
+      const Vec e2 = Vec::exp(Vec::sub(Vec::loadF32(s0 + 2 * ld + i), m2));
+      const Vec e3 = Vec::exp(Vec::sub(Vec::loadF32(s0 + 3 * ld + i), m3));
+      e0.store(s0 + i);
+      e1.store(s0 + ld + i);
+      e2.store(s0 + 2 * ld + i);
+      e3.store(s0 + 3 * ld + i);
+      t0 = Vec::add(t0, e0);
+      t1 = Vec::add(t1, e1);
+      t2 = Vec::add(t2, e2);
+      t3 = Vec::add(t3, e3);
+    }
+    float r4[4];
+    Vec::sum4(t0, t1, t2, t3, r4);
+    for (int k = 0; k < 4; ++k) {
+      float* sg = s0 + (int64_t)k * ld;
+      float tail = 0;
+      for (int i = nv; i < n; ++i) {
+        sg[i] = Vec::exp(Vec::set1(sg[i] - m[g + k])).first();
+        tail += sg[i];
+      }
+      l[g + k] += r4[k] + tail;
+    }
+  }
+  for (; g < G; ++g) l[g] += expSum(s + (int64_t)g * ld, n, m[g]);
 }
 
 template <int DT>
