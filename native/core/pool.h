@@ -10,6 +10,11 @@
 
 namespace lukv {
 
+// Memory for buffers that are streamed (the page pool, the plain-read baseline): 64-byte aligned,
+// and from 2 MiB on 2 MiB-aligned and advised as transparent huge pages. Free with std::free;
+// nullptr when the allocation fails.
+void* allocateStreamed(size_t bytes);
+
 class PagePool : public PageAllocator {
  public:
   PagePool(int64_t numPages, int pageSize, int headDim, DType dtype);

@@ -105,34 +105,25 @@ void attend(const AttendArgs& a) {
       std::fill(acc, acc + (size_t)G * D, 0.f);
       const float* qr = q.data() + ((size_t)r * a.queryHeads + (size_t)it.head * G) * D;
       const int32_t end = std::min(it.t1, visible[(size_t)it.head * a.tokens + r]);
-      for (int32_t b = it.t0; b < end; b += kBlockTokens) {
-        const int nb = (int)std::min<int32_t>(kBlockTokens, end - b);
-        // Scores for the block, one page segment at a time. The first query row streams K and V
-        // from memory: each kernel call also requests the same rows `aheadPages` pages further on.
-        const bool stream = r == it.row0;
-        // The page `aheadPages` after token t's, or -1 (past the end, or not the streaming row).
-        auto aheadOf = [&](int32_t t) -> int32_t {
-          const size_t i = (size_t)(t / P + aheadPages);
-          return stream && i < head.pages.size() ? head.pages[i] : -1;
-        };
-        head.forSegments(P, b, b + nb, [&](int32_t page, int off, int seg, int32_t t) {
-          const int32_t next = aheadOf(t);
-          a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, seg, D, qr, G, s.data() + (t - b), kBlockTokens,
-                        next < 0 ? nullptr : a.pool->keys(next) + (size_t)off * rowBytes);
-        });
-        if (keepScores) {
-          const int64_t span = it.t1 - it.t0;
-          for (int g = 0; g < G; ++g)
-            std::copy(s.data() + (size_t)g * kBlockTokens, s.data() + (size_t)g * kBlockTokens + nb,
-                      stored.data() + it.stored + ((int64_t)(r - it.row0) * G + g) * span + (b - it.t0));
-        }
-        a.kernels->softmaxStep(s.data(), kBlockTokens, nb, G, m, l, acc, D);
-        head.forSegments(P, b, b + nb, [&](int32_t page, int off, int seg, int32_t t) {
-          const int32_t next = aheadOf(t);
-          a.kernels->pv(dt, a.pool->values(page) + (size_t)off * rowBytes, seg, D, s.data() + (t - b), kBlockTokens, G,
-                        acc, next < 0 ? nullptr : a.pool->values(next) + (size_t)off * rowBytes);
-        });
+      Span span{};
+      span.base = a.pool->keys(0);
+      span.pageBytes = a.pool->pageBytes();
+      span.rowBytes = rowBytes;
+      span.pages = head.pages.data();
+      span.numPages = (int64_t)head.pages.size();
+      span.P = P;
+      span.t0 = it.t0;
+      span.t1 = std::max(it.t0, end);
+      span.block = kBlockTokens;
+      // The first query row streams K and V from memory and requests rows ahead of use; later rows
+      // of a prefill chunk find them in cache.
+      span.aheadPages = r == it.row0 ? aheadPages : 0;
+      span.scratch = s.data();
+      if (keepScores) {
+        span.rawStride = it.t1 - it.t0;
+        span.raw = stored.data() + it.stored + (int64_t)(r - it.row0) * G * span.rawStride;
       }
+      a.kernels->attendSpan(dt, span, D, qr, G, m, l, acc);
       std::copy(part, part + partialStride, partials.data() + it.partial + (int64_t)(r - it.row0) * partialStride);
     }
   });

@@ -5,6 +5,23 @@
 namespace lukv {
 namespace cpu {
 
+// Where attendSpan finds one head's rows: token t sits in page pages[t / P] at row t % P, K rows
+// at base + page * pageBytes, V rows P rows after them (rowBytes each).
+struct Span {
+  const uint8_t* base;
+  size_t pageBytes, rowBytes;
+  const int32_t* pages;
+  int64_t numPages;
+  int P;
+  int32_t t0, t1;
+  int block;       // tokens per softmax block: a multiple of P, or at most P
+  int aheadPages;  // 0, or how many pages ahead the kernels request rows (while streaming memory)
+  float* scratch;  // G * block floats
+  // Optional: raw (scaled, pre-softmax) scores, raw[g * rawStride + t - t0].
+  float* raw;
+  int64_t rawStride;
+};
+
 // dt: 0 = f32, 1 = f16, 2 = bf16 (the cache's storage type).
 struct Kernels {
   const char* name;
@@ -24,6 +41,10 @@ struct Kernels {
   // adds their sum to l[g]. m[g] is a reference, not always the exact maximum: weights stay below
   // e^8, and acc / l is the softmax-weighted sum whatever the reference.
   void (*softmaxStep)(float* s, int ld, int n, int G, float* m, float* l, float* acc, int D);
+  // Attention of one query row over the tokens [t0, t1) of one KV head, for G query heads:
+  // continues the online-softmax state m, l, acc (as softmaxStep keeps it) block by block, each
+  // block scored by qk, then softmaxStep, then summed by pv; see Span for where the rows are.
+  void (*attendSpan)(int dt, const struct Span& span, int D, const float* q, int G, float* m, float* l, float* acc);
   // out[j] = ||row j|| (L2 norm of K or V rows) for j < n.
   void (*rowNorms)(int dt, const void* rows, int n, int D, float* out);
 };

@@ -48,9 +48,33 @@ static inline void prefetchRow(const uint8_t* p, int64_t rowBytes) {
   }
 }
 
+// Scores of R = W/4 rows from row j for four query heads (q0, q0 + D, q0 + 2D, q0 + 3D): W
+// accumulators reduced together by one transpose-and-add tree. Lane k*R + r of the result is the
+// score of row j + r for head k. Requires D % W == 0; requests the same rows of `ahead` (may be null).
+template <int DT>
+static inline Vec qkRows(const void* K, int j, int D, const float* q0, const uint8_t* ahead, int64_t rowBytes) {
+  constexpr int R = Vec::W / 4;
+  Vec a[Vec::W];
+  for (int i = 0; i < Vec::W; ++i) a[i] = Vec::zero();
+  for (int d = 0; d < D; d += Vec::W) {
+    const Vec x0 = Vec::loadF32(q0 + d), x1 = Vec::loadF32(q0 + D + d), x2 = Vec::loadF32(q0 + 2 * D + d),
+              x3 = Vec::loadF32(q0 + 3 * D + d);
+    if (d == 0)
+      for (int r = 0; r < R; ++r) prefetchRow(ahead ? ahead + (j + r) * rowBytes : nullptr, rowBytes);
+    for (int r = 0; r < R; ++r) {
+      const Vec k = loadRow(DT, K, (int64_t)(j + r) * D + d);
+      a[r] = Vec::fma(x0, k, a[r]);
+      a[R + r] = Vec::fma(x1, k, a[R + r]);
+      a[2 * R + r] = Vec::fma(x2, k, a[2 * R + r]);
+      a[3 * R + r] = Vec::fma(x3, k, a[3 * R + r]);
+    }
+  }
+  return Vec::sumEach(a);
+}
+
 // Scores of a block of rows. Dot products are long dependency chains, so each loop keeps several
-// independent accumulators in flight: W/4 rows x four query heads (W, reduced together by one
-// sumEach), or one row x four heads, or four rows x one head (reduced four at a time by sum4).
+// independent accumulators in flight: W/4 rows x four query heads (qkRows), or one row x four
+// heads, or four rows x one head (reduced four at a time by sum4).
 template <int DT>
 static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld, const uint8_t* ahead) {
   const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
@@ -60,28 +84,11 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
     const float* q0 = q + (int64_t)g * D;
     float* s0 = s + (int64_t)g * ld;
     int j = 0;
-    // R rows x 4 query heads = W accumulators, reduced together by one transpose-and-add tree.
     constexpr int R = Vec::W / 4;
     if (Dv == D) {
       for (; j + R <= n; j += R) {
-        Vec a[Vec::W];
-        for (int i = 0; i < Vec::W; ++i) a[i] = Vec::zero();
-        for (int d = 0; d < D; d += Vec::W) {
-          const Vec x0 = Vec::loadF32(q0 + d), x1 = Vec::loadF32(q0 + D + d), x2 = Vec::loadF32(q0 + 2 * D + d),
-                    x3 = Vec::loadF32(q0 + 3 * D + d);
-          if (d == 0)
-            for (int r = 0; r < R; ++r) prefetchRow(ahead ? ahead + (j + r) * rowBytes : nullptr, rowBytes);
-          for (int r = 0; r < R; ++r) {
-            const Vec k = loadRow(DT, K, (int64_t)(j + r) * D + d);
-            a[r] = Vec::fma(x0, k, a[r]);
-            a[R + r] = Vec::fma(x1, k, a[R + r]);
-            a[2 * R + r] = Vec::fma(x2, k, a[2 * R + r]);
-            a[3 * R + r] = Vec::fma(x3, k, a[3 * R + r]);
-          }
-        }
-        // Lane k*R + r holds the score of row j + r for query head g + k: R contiguous scores per head.
         float t[Vec::W];
-        Vec::sumEach(a).store(t);
+        qkRows<DT>(K, j, D, q0, ahead, rowBytes).store(t);
         for (int k = 0; k < 4; ++k)
           for (int r = 0; r < R; ++r) s0[(int64_t)k * ld + j + r] = t[k * R + r];
       }
@@ -131,6 +138,36 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
   }
 }
 
+// acc[k*D + d] += sum_j w_k(j) * V[j][d] for four query heads k and d < Dt (whole tiles of
+// W*kTile): each V row is converted once per tile and feeds 4*kTile accumulators held in registers
+// across the whole block. The weights: w_k(j) = p[j + k*ld], or in the interleaved layout of
+// qkRows (IL) w_k(j) = p[(j / R) * W + k*R + j % R]. Requests the same rows of `ahead` (may be null).
+template <int DT, bool IL>
+static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p, int ld, float* acc, const uint8_t* ahead,
+                            int64_t rowBytes) {
+  constexpr int T = Vec::kTile, R = Vec::W / 4;
+  const int stride = IL ? R : ld;
+  for (int d = 0; d < Dt; d += Vec::W * T) {
+    Vec a[4][T];
+    for (int k = 0; k < 4; ++k)
+      for (int t = 0; t < T; ++t) a[k][t] = Vec::loadF32(acc + (int64_t)k * D + d + t * Vec::W);
+    for (int j = 0; j < n; ++j) {
+      if (d == 0) prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes);
+      const float* pj = IL ? p + (j / R) * Vec::W + j % R : p + j;
+      const Vec p0 = Vec::set1(pj[0]), p1 = Vec::set1(pj[stride]), p2 = Vec::set1(pj[2 * stride]), p3 = Vec::set1(pj[3 * stride]);
+      for (int t = 0; t < T; ++t) {
+        Vec v = loadRow(DT, V, (int64_t)j * D + d + t * Vec::W);
+        a[0][t] = Vec::fma(p0, v, a[0][t]);
+        a[1][t] = Vec::fma(p1, v, a[1][t]);
+        a[2][t] = Vec::fma(p2, v, a[2][t]);
+        a[3][t] = Vec::fma(p3, v, a[3][t]);
+      }
+    }
+    for (int k = 0; k < 4; ++k)
+      for (int t = 0; t < T; ++t) a[k][t].store(acc + (int64_t)k * D + d + t * Vec::W);
+  }
+}
+
 template <int DT>
 static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, float* acc, const uint8_t* ahead) {
   const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
@@ -138,28 +175,10 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
   const int Dt = D - D % (Vec::W * T);
   const int Dv = D - D % Vec::W;
   int g = 0;
-  // Groups of four query heads: each V row is converted once per tile and feeds 4*T accumulators
-  // held in registers across the whole block of tokens.
+  // Groups of four query heads in register tiles (pvHeads4), then the columns left over.
   for (; g + 4 <= G; g += 4) {
     const float* pg = p + (int64_t)g * ld;
-    for (int d = 0; d < Dt; d += Vec::W * T) {
-      Vec a[4][T];
-      for (int k = 0; k < 4; ++k)
-        for (int t = 0; t < T; ++t) a[k][t] = Vec::loadF32(acc + (int64_t)(g + k) * D + d + t * Vec::W);
-      for (int j = 0; j < n; ++j) {
-        if (d == 0) prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes);
-        const Vec p0 = Vec::set1(pg[j]), p1 = Vec::set1(pg[ld + j]), p2 = Vec::set1(pg[2 * ld + j]), p3 = Vec::set1(pg[3 * ld + j]);
-        for (int t = 0; t < T; ++t) {
-          Vec v = loadRow(DT, V, (int64_t)j * D + d + t * Vec::W);
-          a[0][t] = Vec::fma(p0, v, a[0][t]);
-          a[1][t] = Vec::fma(p1, v, a[1][t]);
-          a[2][t] = Vec::fma(p2, v, a[2][t]);
-          a[3][t] = Vec::fma(p3, v, a[3][t]);
-        }
-      }
-      for (int k = 0; k < 4; ++k)
-        for (int t = 0; t < T; ++t) a[k][t].store(acc + (int64_t)(g + k) * D + d + t * Vec::W);
-    }
+    pvHeads4<DT, false>(V, n, D, Dt, pg, ld, acc + (int64_t)g * D, ahead, rowBytes);
     for (int d = Dt; d < Dv; d += Vec::W) {
       for (int k = 0; k < 4; ++k) {
         float* o = acc + (int64_t)(g + k) * D + d;
@@ -305,6 +324,125 @@ static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, floa
 }
 
 template <int DT>
+static void attendSpanImpl(const Span& sp, int D, const float* q, int G, float* m, float* l, float* acc) {
+  constexpr int R = Vec::W / 4;
+  const int P = sp.P, B = sp.block;
+  const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
+  float* s = sp.scratch;
+  // Calls fn(K or V rows of the segment, rows `aheadPages` pages further on or null, count, first
+  // token) for the tokens [b, e) page by page.
+  auto segments = [&](int32_t b, int32_t e, bool values, auto&& fn) {
+    const size_t v = values ? (size_t)P * sp.rowBytes : 0;
+    for (int32_t t = b; t < e;) {
+      const int off = t % P;
+      const int n = P - off < e - t ? P - off : e - t;
+      const int64_t i = t / P, ahead = i + sp.aheadPages;
+      const uint8_t* rows = sp.base + (size_t)sp.pages[i] * sp.pageBytes + v + (size_t)off * sp.rowBytes;
+      const uint8_t* next = sp.aheadPages > 0 && ahead < sp.numPages
+                                ? sp.base + (size_t)sp.pages[ahead] * sp.pageBytes + v + (size_t)off * sp.rowBytes
+                                : nullptr;
+      fn(rows, next, n, t);
+      t += n;
+    }
+  };
+
+  // The common shapes (query heads in groups of four, whole register tiles, R-row steps) take the
+  // interleaved path: each group's scores stay in the lane order qkRows produces them (lane k*R + r
+  // = head k, token r of each R-token step), the softmax works on whole vectors with per-lane
+  // references, and the sums l stay in vectors until the end of the span.
+  constexpr int kMaxGroups = 16;
+  const bool interleaved = sp.raw == nullptr && G % 4 == 0 && G / 4 <= kMaxGroups && D % (Vec::W * Vec::kTile) == 0 && P % R == 0;
+  alignas(64) float mLane[kMaxGroups][Vec::W], lLane[kMaxGroups][Vec::W];
+  auto loadLanes = [&]() {  // lanes of m from m[], lane sums of l cleared
+    for (int h = 0; h < G / 4; ++h)
+      for (int i = 0; i < Vec::W; ++i) {
+        mLane[h][i] = m[4 * h + i / R];
+        lLane[h][i] = 0.f;
+      }
+  };
+  auto flushLanes = [&]() {  // lane sums of l into l[]
+    for (int h = 0; h < G / 4; ++h)
+      for (int i = 0; i < Vec::W; ++i) l[4 * h + i / R] += lLane[h][i];
+  };
+  if (interleaved) loadLanes();
+
+  for (int32_t b = sp.t0; b < sp.t1; b += B) {
+    const int nb = sp.t1 - b < B ? sp.t1 - b : B;
+    if (interleaved && nb % R == 0 && b % R == 0) {
+      const int C = nb / R;  // score vectors per group of four heads
+      segments(b, b + nb, false, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
+        for (int g = 0; g < G; g += 4) {
+          float* sc = s + (int64_t)g * B + (t - b) / R * Vec::W;
+          const uint8_t* ahead = g == 0 ? next : nullptr;
+          for (int j = 0; j < n; j += R) qkRows<DT>(K, j, D, q + (int64_t)g * D, ahead, rowBytes).store(sc + j / R * Vec::W);
+        }
+      });
+      for (int g = 0; g < G; g += 4) {
+        float* sc = s + (int64_t)g * B;
+        float* mL = mLane[g / 4];
+        float* lL = lLane[g / 4];
+        Vec top = Vec::loadF32(sc);
+        for (int c = 1; c < C; ++c) top = Vec::max(top, Vec::loadF32(sc + c * Vec::W));
+        // Raise a head's reference only when one of its scores passes it by more than kSlack (always
+        // on a head's first block: its lanes hold -inf).
+        if (Vec::anyGreater(top, Vec::add(Vec::loadF32(mL), Vec::set1(kSlack)))) {
+          alignas(64) float t[Vec::W];
+          top.store(t);
+          for (int k = 0; k < 4; ++k) {
+            float bm = t[k * R];
+            for (int r = 1; r < R; ++r) bm = t[k * R + r] > bm ? t[k * R + r] : bm;
+            float& mk = m[g + k];
+            if (mk != -__builtin_inff() && bm <= mk + kSlack) continue;
+            if (mk != -__builtin_inff()) {
+              const float corr = Vec::exp(Vec::set1(mk - bm)).first();
+              l[g + k] *= corr;
+              scale(acc + (int64_t)(g + k) * D, D, corr);
+              for (int r = 0; r < R; ++r) lL[k * R + r] *= corr;
+            }
+            mk = bm;
+            for (int r = 0; r < R; ++r) mL[k * R + r] = bm;
+          }
+        }
+        const Vec shift = Vec::loadF32(mL);
+        Vec sum = Vec::loadF32(lL);
+        for (int c = 0; c < C; ++c) {
+          const Vec e = Vec::exp(Vec::sub(Vec::loadF32(sc + c * Vec::W), shift));
+          e.store(sc + c * Vec::W);
+          sum = Vec::add(sum, e);
+        }
+        sum.store(lL);
+      }
+      segments(b, b + nb, true, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
+        for (int g = 0; g < G; g += 4)
+          pvHeads4<DT, true>(V, n, D, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
+                             g == 0 ? next : nullptr, rowBytes);
+      });
+      continue;
+    }
+    // Any other block: scores laid out per head (s[g * B + j]), softmaxStep, pv.
+    if (interleaved) flushLanes();
+    segments(b, b + nb, false, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
+      qkImpl<DT>(K, n, D, q, G, s + (t - b), B, next);
+    });
+    if (sp.raw)
+      for (int g = 0; g < G; ++g)
+        for (int j = 0; j < nb; ++j) sp.raw[(int64_t)g * sp.rawStride + (b - sp.t0) + j] = s[(int64_t)g * B + j];
+    softmaxStep(s, B, nb, G, m, l, acc, D);
+    segments(b, b + nb, true, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
+      pvImpl<DT>(V, n, D, s + (t - b), B, G, acc, next);
+    });
+    if (interleaved) loadLanes();
+  }
+  if (interleaved) flushLanes();
+}
+
+static void attendSpan(int dt, const Span& span, int D, const float* q, int G, float* m, float* l, float* acc) {
+  if (dt == 0) attendSpanImpl<0>(span, D, q, G, m, l, acc);
+  else if (dt == 1) attendSpanImpl<1>(span, D, q, G, m, l, acc);
+  else attendSpanImpl<2>(span, D, q, G, m, l, acc);
+}
+
+template <int DT>
 static void rowNormsImpl(const void* rows, int n, int D, float* out) {
   const int Dv = D - D % Vec::W;
   for (int j = 0; j < n; ++j) {
@@ -328,4 +466,4 @@ static void rowNorms(int dt, const void* rows, int n, int D, float* out) {
   else rowNormsImpl<2>(rows, n, D, out);
 }
 
-static const Kernels kTable = {KERNEL_NAME, qk, pv, expSum, maxOf, softmaxStep, rowNorms};
+static const Kernels kTable = {KERNEL_NAME, qk, pv, expSum, maxOf, softmaxStep, attendSpan, rowNorms};
