@@ -220,6 +220,33 @@ describe("inputs and options", () => {
     cache.dispose();
   });
 
+  test("out: the result is written into the caller's array, same values as a new array", async () => {
+    const r = rng(seed + 15);
+    const kvHeads = 2, queryHeads = 8, headDim = 64, n = 333;
+    const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f16", maxTokens: kvHeads * n });
+    try {
+      const seq = cache.createSequence();
+      appendRandom(seq, 0, n, r);
+      const q = randn(r, 3 * queryHeads * headDim);
+      const fresh = seq.attend(0, q);
+      const out = new Float32Array(q.length).fill(Number.NaN);
+      expect(seq.attend(0, q, { out })).toBe(out);
+      expect(out).toEqual(fresh);
+      // A view into a larger buffer works too, and nothing outside it is written.
+      const big = new Float32Array(q.length + 32).fill(7);
+      const view = big.subarray(16, 16 + q.length);
+      expect(seq.attend(0, q, { out: view })).toBe(view);
+      expect(view).toEqual(fresh);
+      expect(Array.from(big.subarray(0, 16))).toEqual(new Array(16).fill(7));
+      expect(Array.from(big.subarray(16 + q.length))).toEqual(new Array(16).fill(7));
+      const outAsync = new Float32Array(q.length);
+      expect(await seq.attendAsync(0, q, { out: outAsync })).toBe(outAsync);
+      expect(outAsync).toEqual(fresh);
+    } finally {
+      cache.dispose();
+    }
+  });
+
   test("several sequences share one pool and stay independent", () => {
     const r = rng(seed + 13);
     const kvHeads = 2, queryHeads = 8, headDim = 64;

@@ -97,6 +97,46 @@ describe("append and attend arguments", () => {
     expectError(() => seq.attend(0, new Float32Array(qrow + 3)), "InvalidArgumentError", "Expected a non-empty length that is a multiple of 32 ([tokens, queryHeads, headDim]) for queries but received Float32Array(35)");
     expectError(() => seq.attend(0, new Float32Array(qrow), { scale: NaN }), "InvalidArgumentError", "Expected finite number for scale but received NaN of type number");
   });
+  test("out of the wrong type, length, or overlapping the queries", () => {
+    const r = rng(seed + 2);
+    const c = new KVCache({ ...base, observationWindow: 2 });
+    try {
+      const s = c.createSequence();
+      appendRandom(s, 0, 4, r);
+      const qrow = base.queryHeads * base.headDim;
+      const q = randn(r, 2 * qrow);
+      const before = s.attend(0, q);
+      // SnapKV scores read the window of recent queries: a failed call must not add its queries.
+      const scoresBefore = s.scores(0, "snapkv", { window: 2 });
+      const other = randn(r, 2 * qrow);
+      expectError(() => s.attend(0, other, { out: new Float64Array(2 * qrow) as never }), "InvalidArgumentError", "Expected Float32Array for out but received Float64Array(64)");
+      expectError(() => s.attend(0, other, { out: new Float32Array(qrow) }), "InvalidArgumentError", "Expected a Float32Array of length 64 (the queries' length) for out but received Float32Array(32)");
+      expectError(() => s.attend(0, other, { out: other }), "InvalidArgumentError", "Expected an array that does not overlap the queries for out but received Float32Array(64)");
+      const shared = new Float32Array(3 * qrow);
+      shared.set(other);
+      expectError(
+        () => s.attend(0, shared.subarray(0, 2 * qrow), { out: shared.subarray(qrow) }),
+        "InvalidArgumentError",
+        "Expected an array that does not overlap the queries for out but received Float32Array(64)",
+      );
+      expect(s.scores(0, "snapkv", { window: 2 })).toEqual(scoresBefore);
+      // Adjacent views of one buffer do not overlap.
+      const both = new Float32Array(4 * qrow);
+      both.set(q);
+      expect(s.attend(0, both.subarray(0, 2 * qrow), { out: both.subarray(2 * qrow) })).toEqual(before);
+    } finally {
+      c.dispose();
+    }
+  });
+  test("attendAsync with out: a caller's array detached before the result is written rejects", async () => {
+    const r = rng(seed + 3);
+    appendRandom(seq, 0, 2, r);
+    const qrow = base.queryHeads * base.headDim;
+    const out = new Float32Array(qrow);
+    const p = seq.attendAsync(0, new Float32Array(qrow), { out });
+    structuredClone(out.buffer, { transfer: [out.buffer] });
+    await expect(p).rejects.toMatchObject({ name: "InvalidArgumentError", message: "out was detached or resized before attendAsync finished" });
+  });
   test("attendAsync rejects with the same typed error", async () => {
     await expect(seq.attendAsync(0, new Float32Array(32))).rejects.toMatchObject({
       name: "InvalidArgumentError",

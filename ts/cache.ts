@@ -60,6 +60,13 @@ export interface OracleOptions {
 export interface AttendOptions {
   /** Softmax scale. Default: 1 / sqrt(headDim). */
   scale?: number;
+  /**
+   * Where to write the result: a Float32Array of the queries' length ([tokens, queryHeads,
+   * headDim]) that does not overlap the queries, returned in place of a new array. A decode loop
+   * that passes the same array every step allocates nothing per call. With attendAsync the array
+   * is written when the promise resolves. Default: a new array.
+   */
+  out?: Float32Array;
 }
 
 /** Pool occupancy. */
@@ -325,6 +332,18 @@ export class Sequence {
     return { l, q, tokens };
   }
 
+  #out(opts: AttendOptions | undefined, queries: Float32Array | Uint16Array): Float32Array | undefined {
+    const out = opts?.out;
+    if (out === undefined) return undefined;
+    if (!isFloat32Array(out)) throw invalid("out", "Float32Array", out);
+    if (out.length !== queries.length) throw invalid("out", `a Float32Array of length ${queries.length} (the queries' length)`, out);
+    if (out.buffer === queries.buffer) {
+      const a0 = out.byteOffset, a1 = a0 + out.byteLength, b0 = queries.byteOffset, b1 = b0 + queries.byteLength;
+      if (a0 < b1 && b0 < a1) throw invalid("out", "an array that does not overlap the queries", out);
+    }
+    return out;
+  }
+
   #scale(opts: AttendOptions | undefined): number {
     if (opts?.scale === undefined) return 1 / Math.sqrt(this.#cache.config.headDim);
     if (typeof opts.scale !== "number" || !Number.isFinite(opts.scale)) throw invalid("scale", "finite number", opts.scale);
@@ -340,8 +359,9 @@ export class Sequence {
     const id = this.id;
     const { l, q } = this.#queries(layer, queries);
     const scale = this.#scale(opts);
+    const out = this.#out(opts, queries);
     try {
-      return this.#cache.handle.attend(id, l, q, scale);
+      return this.#cache.handle.attend(id, l, q, scale, out);
     } catch (e) {
       rethrow(e);
     }
@@ -352,8 +372,9 @@ export class Sequence {
     const id = this.id;
     const { l, q } = this.#queries(layer, queries);
     const scale = this.#scale(opts);
+    const out = this.#out(opts, queries);
     try {
-      return await this.#cache.handle.attendAsync(id, l, q, scale);
+      return await this.#cache.handle.attendAsync(id, l, q, scale, out);
     } catch (e) {
       rethrow(e);
     }

@@ -47,8 +47,8 @@ export interface NativeCache {
   fork(seq: number): number;
   disposeSequence(seq: number): void;
   append(seq: number, layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void;
-  attend(seq: number, layer: number, queries: Float32Array, scale: number): Float32Array;
-  attendAsync(seq: number, layer: number, queries: Float32Array, scale: number): Promise<Float32Array>;
+  attend(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Float32Array;
+  attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array>;
   lengths(seq: number): Int32Array;
   compress(seq: number, options: NativeCompressOptions): NativeReport;
   compressAsync(seq: number, options: NativeCompressOptions): Promise<NativeReport>;

@@ -191,12 +191,23 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return a;
   }
 
+  // Optional fifth argument of attend/attendAsync: the caller's output array (checked in TypeScript
+  // too: a Float32Array of the queries' length that does not overlap them). Empty when absent.
+  static Napi::Float32Array outArg(const Napi::CallbackInfo& info, size_t length) {
+    if (info.Length() <= 4 || info[4].IsUndefined()) return Napi::Float32Array();
+    if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+        info[4].As<Napi::Float32Array>().ElementLength() != length)
+      throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
+    return info[4].As<Napi::Float32Array>();
+  }
+
   Napi::Value Attend(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
     TypedView q;
     AttendCall a = attendArgs(info, c, q);
-    Napi::Float32Array out = Napi::Float32Array::New(env, q.length);
+    Napi::Float32Array out = outArg(info, q.length);
+    if (out.IsEmpty()) out = Napi::Float32Array::New(env, q.length);
     std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.attend(a.id, a.layer, a.tokens, static_cast<const float*>(q.data), out.Data(), a.scale); });
     return out;
@@ -204,9 +215,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
   class AttendWorker : public Napi::AsyncWorker {
    public:
-    AttendWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendCall call, std::vector<float> queries)
+    AttendWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendCall call, std::vector<float> queries,
+                 Napi::Float32Array target)
         : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), cache_(std::move(cache)),
-          call_(call), queries_(std::move(queries)), out_(queries_.size()) {}
+          call_(call), queries_(std::move(queries)), out_(queries_.size()) {
+      if (!target.IsEmpty()) target_ = Napi::Persistent(target);
+    }
     Napi::Promise Promise() { return deferred_.Promise(); }
 
    protected:
@@ -230,7 +244,18 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
         deferred_.Reject(toJs(env, code_.c_str(), message_).Value());
         return;
       }
-      Napi::Float32Array out = Napi::Float32Array::New(env, out_.size());
+      // The caller's array is written here, on the main thread, so it is never touched while
+      // JavaScript may be using it; an array detached in the meantime (transferred) is an error.
+      Napi::Float32Array out;
+      if (!target_.IsEmpty()) {
+        out = target_.Value();
+        if (out.ElementLength() != out_.size()) {
+          deferred_.Reject(toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendAsync finished").Value());
+          return;
+        }
+      } else {
+        out = Napi::Float32Array::New(env, out_.size());
+      }
       std::copy(out_.begin(), out_.end(), out.Data());
       deferred_.Resolve(out);
     }
@@ -241,6 +266,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     std::shared_ptr<Cache> cache_;
     AttendCall call_;
     std::vector<float> queries_, out_;
+    Napi::Reference<Napi::Float32Array> target_;
     std::string code_, message_;
   };
 
@@ -251,7 +277,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     AttendCall a = attendArgs(info, c, q);
     // Copied so the caller may reuse or transfer its array while the work runs.
     const float* qd = static_cast<const float*>(q.data);
-    auto* w = new AttendWorker(env, cache_, a, std::vector<float>(qd, qd + q.length));
+    Napi::Float32Array target = outArg(info, q.length);
+    auto* w = new AttendWorker(env, cache_, a, std::vector<float>(qd, qd + q.length), target);
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;

@@ -18,6 +18,31 @@ struct Item {
   int64_t stored;        // offset of this item's raw scores when attention mass is accumulated
 };
 
+// Working memory kept by each thread from one call to the next. Fresh buffers on every decode
+// step meant fresh pages, and on the virtual machines measured each page fault cost tens of
+// microseconds per call. Buffers past kKeepBytes are released after the call, so a long prefill
+// does not pin its scratch.
+constexpr size_t kKeepBytes = size_t(4) << 20;
+
+struct CallScratch {
+  std::vector<float> q, partials;
+  std::vector<int32_t> visible;
+  std::vector<Item> items;
+  std::vector<int64_t> groupStart;
+};
+thread_local CallScratch tCall;
+thread_local std::vector<float> tItem;  // per work item: scores of a block, and a row's softmax state
+
+template <class T>
+void sizeTo(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+template <class T>
+void releaseLarge(std::vector<T>& v) {
+  if (v.capacity() * sizeof(T) > kKeepBytes) std::vector<T>().swap(v);
+}
+
 }  // namespace
 
 void attend(const AttendArgs& a) {
@@ -33,11 +58,25 @@ void attend(const AttendArgs& a) {
   const size_t rowBytes = a.pool->rowBytes();
 
   // Pre-scale the queries once so the kernels compute scaled scores directly.
-  std::vector<float> q((size_t)a.tokens * a.queryHeads * D);
-  for (size_t i = 0; i < q.size(); ++i) q[i] = a.queries[i] * a.scale;
+  CallScratch& sc = tCall;
+  struct Release {
+    CallScratch& s;
+    ~Release() {
+      releaseLarge(s.q);
+      releaseLarge(s.partials);
+      releaseLarge(s.visible);
+      releaseLarge(s.items);
+      releaseLarge(s.groupStart);
+    }
+  } release{sc};
+  std::vector<float>& q = sc.q;
+  const size_t qSize = (size_t)a.tokens * a.queryHeads * D;
+  sizeTo(q, qSize);
+  for (size_t i = 0; i < qSize; ++i) q[i] = a.queries[i] * a.scale;
 
   // Visible tokens of each (head, row): positions ascend, so it is a prefix.
-  std::vector<int32_t> visible((size_t)a.kvHeads * a.tokens);
+  std::vector<int32_t>& visible = sc.visible;
+  sizeTo(visible, (size_t)a.kvHeads * a.tokens);
   int64_t totalTokens = 0;
   for (int h = 0; h < a.kvHeads; ++h) {
     const auto& pos = a.heads[h].positions;
@@ -55,8 +94,10 @@ void attend(const AttendArgs& a) {
   if (rowBlocks * a.kvHeads >= target) chunk = std::numeric_limits<int32_t>::max();
   chunk = (chunk + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
 
-  std::vector<Item> items;
-  std::vector<int64_t> groupStart;  // items of (head, row block) g are [groupStart[g], groupStart[g+1])
+  std::vector<Item>& items = sc.items;
+  std::vector<int64_t>& groupStart = sc.groupStart;  // items of (head, row block) g are [groupStart[g], groupStart[g+1])
+  items.clear();
+  groupStart.clear();
   const int64_t partialStride = (int64_t)G * (D + 2);
   int64_t partialSize = 0, storedSize = 0;
   const bool keepScores = a.mass != nullptr || a.oracle != nullptr;
@@ -76,7 +117,8 @@ void attend(const AttendArgs& a) {
     }
   }
   groupStart.push_back((int64_t)items.size());
-  std::vector<float> partials((size_t)partialSize);
+  std::vector<float>& partials = sc.partials;
+  sizeTo(partials, (size_t)partialSize);
   // Raw scores kept for the mass pass: the final softmax max and sum are known only after the reduce.
   std::vector<float> stored((size_t)storedSize);
   std::vector<float> finalM, finalL;
@@ -88,12 +130,13 @@ void attend(const AttendArgs& a) {
   a.threads->parallelFor((int64_t)items.size(), [&](int64_t idx) {
     const Item& it = items[idx];
     const HeadState& head = a.heads[it.head];
-    std::vector<float> s((size_t)G * kBlockTokens);
     // The running state of a row lives in this thread's own memory and is copied out at the end:
     // written into `partials` directly, it shared cache lines with the neighbouring item of the
     // other thread, and every page step paid for the line moving between cores.
-    std::vector<float> work((size_t)partialStride + 16);
+    std::vector<float>& work = tItem;
+    sizeTo(work, (size_t)partialStride + 16 + (size_t)G * kBlockTokens);
     float* part = work.data() + (16 - (reinterpret_cast<uintptr_t>(work.data()) / sizeof(float)) % 16) % 16;
+    float* s = part + partialStride;  // G * kBlockTokens scores
     for (int r = it.row0; r < it.row1; ++r) {
       float* m = part;
       float* l = part + G;
@@ -118,7 +161,7 @@ void attend(const AttendArgs& a) {
       // The first query row streams K and V from memory and requests rows ahead of use; later rows
       // of a prefill chunk find them in cache.
       span.aheadPages = r == it.row0 ? aheadPages : 0;
-      span.scratch = s.data();
+      span.scratch = s;
       if (keepScores) {
         span.rawStride = it.t1 - it.t0;
         span.raw = stored.data() + it.stored + (int64_t)(r - it.row0) * G * span.rawStride;

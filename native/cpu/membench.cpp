@@ -15,14 +15,13 @@ namespace cpu {
 
 namespace {
 
-// The buffer and threads of the last call, kept for the next call of the same size: benchmarks
-// alternate plain-read rounds with the code they measure, and mapping (and faulting in) a fresh
-// buffer every round disturbed the rounds that followed on the virtual machines measured.
+// The buffer of the last call, kept for the next call of the same size: benchmarks alternate
+// plain-read rounds with the code they measure, and faulting in a fresh buffer every round took
+// longer than the reads themselves (30-50 ms for 128 MiB on the virtual machine measured). The
+// threads are not kept: idle pool workers spin for a while and would compete with the measured code.
 struct Baseline {
   size_t words = 0;
-  int threads = 0;
   uint64_t* buf = nullptr;
-  std::unique_ptr<ThreadPool> pool;
   ~Baseline() { std::free(buf); }
 };
 std::mutex gMu;
@@ -33,7 +32,7 @@ std::unique_ptr<Baseline> gLast;
 std::vector<double> readBandwidth(size_t bytes, int threads, int repeats) {
   std::lock_guard<std::mutex> lock(gMu);
   const size_t words = bytes / 8;
-  if (!gLast || gLast->words != words || gLast->threads != threads) {
+  if (!gLast || gLast->words != words) {
     gLast.reset();
     auto b = std::make_unique<Baseline>();
     // Allocated like the page pool (huge pages where the kernel grants them), so the baseline
@@ -42,12 +41,10 @@ std::vector<double> readBandwidth(size_t bytes, int threads, int repeats) {
     if (!b->buf) return {};
     for (size_t i = 0; i < words; ++i) b->buf[i] = i * 0x9e3779b97f4a7c15ull;
     b->words = words;
-    b->threads = threads;
-    b->pool = std::make_unique<ThreadPool>(threads);
     gLast = std::move(b);
   }
   uint64_t* buf = gLast->buf;
-  ThreadPool& pool = *gLast->pool;
+  ThreadPool pool(threads);
   const int64_t parts = (int64_t)threads * 4;
   std::vector<uint64_t> sums(parts);
   std::vector<double> seconds;
