@@ -1,5 +1,5 @@
-// Portable kernels for any x86-64 (and other) processor: plain loops over 4-float groups that the
-// compiler maps to the baseline vector unit.
+// Portable kernels for any processor (x86-64 without AVX2, arm64, ...): plain loops over 4-float
+// groups that the compiler maps to the baseline vector unit.
 #include <cmath>
 #include <cstdint>
 
@@ -107,8 +107,10 @@ const char* bestKernelName() {
 const Kernels* selectKernels(const char* name) {
   if (name == nullptr || __builtin_strcmp(name, "auto") == 0) name = bestKernelName();
   if (!supports(name)) return nullptr;
+#if defined(__x86_64__) || defined(__i386__)  // the AVX tables are built for x86 only
   if (__builtin_strcmp(name, "avx512") == 0) return &kernelsAvx512();
   if (__builtin_strcmp(name, "avx2") == 0) return &kernelsAvx2();
+#endif
   return &kernelsGeneric();
 }
 

@@ -42,6 +42,8 @@ static inline void prefetchRow(const uint8_t* p, int64_t rowBytes) {
   for (int64_t x = 0; x < rowBytes; x += 64) {
 #if defined(__x86_64__) || defined(__i386__)
     __asm__ volatile("prefetchnta %0" : : "m"(*(const volatile uint8_t*)(p + x)));
+#elif defined(__aarch64__)
+    __asm__ volatile("prfm pldl1strm, [%0]" : : "r"(p + x));  // streaming (used once) load hint
 #else
     __builtin_prefetch(p + x, 0, 0);
 #endif

@@ -1,0 +1,113 @@
+// lukv_cpu_tests: the CPU backend (every kernel table this processor runs) against a plain
+// double-precision attention, without Node.js. The addon's jest suite covers the same ground on
+// the machines that run it; this program is for building and checking the core on a processor or
+// toolchain where Node is not at hand (for example an arm64 cross build run under an emulator).
+//   lukv_cpu_tests [--seed N]          (or LUKV_TEST_SEED=N)
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../core/cache.h"
+
+namespace {
+
+struct Case {
+  lukv::DType dtype;
+  int queryHeads, headDim, pageSize, length, rows;
+};
+
+// out[r][h][d] for query rows at the last `rows` positions, over the stored (dtype-rounded) rows.
+std::vector<double> reference(lukv::Cache& c, int32_t seq, const Case& k, const std::vector<float>& q, float scale) {
+  const int H = c.config().kvHeads, G = k.queryHeads / H, D = k.headDim;
+  std::vector<double> out((size_t)k.rows * k.queryHeads * D, 0.0);
+  for (int h = 0; h < H; ++h) {
+    const std::vector<float> K = c.readRows(seq, 0, h, false), V = c.readRows(seq, 0, h, true);
+    for (int r = 0; r < k.rows; ++r) {
+      const int visible = k.length - k.rows + r + 1;  // causal: tokens up to the row's own position
+      for (int g = 0; g < G; ++g) {
+        const float* qv = q.data() + ((size_t)r * k.queryHeads + (size_t)h * G + g) * D;
+        std::vector<double> s(visible);
+        double top = -INFINITY;
+        for (int t = 0; t < visible; ++t) {
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += (double)qv[d] * K[(size_t)t * D + d];
+          s[t] = dot * scale;
+          top = std::max(top, s[t]);
+        }
+        double sum = 0;
+        for (double& x : s) sum += (x = std::exp(x - top));
+        double* o = out.data() + ((size_t)r * k.queryHeads + (size_t)h * G + g) * D;
+        for (int t = 0; t < visible; ++t)
+          for (int d = 0; d < D; ++d) o[d] += s[t] / sum * V[(size_t)t * D + d];
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t seed = (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count() % 1000000007ull;
+  if (const char* s = std::getenv("LUKV_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], "--seed") == 0 && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
+  std::printf("lukv_cpu_tests: seed %llu (LUKV_TEST_SEED=%llu reruns it)\n", (unsigned long long)seed,
+              (unsigned long long)seed);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+
+  const Case cases[] = {
+      {lukv::DType::F32, 2, 64, 16, 300, 1},   {lukv::DType::F16, 8, 128, 16, 1000, 1},
+      {lukv::DType::BF16, 16, 128, 64, 777, 1}, {lukv::DType::F16, 8, 64, 1, 129, 5},
+      {lukv::DType::F32, 8, 80, 7, 200, 9},     {lukv::DType::F16, 8, 128, 16, 3000, 1},
+  };
+  const char* levels[] = {"avx512", "avx2", "generic"};
+  int failed = 0, run = 0;
+  for (const char* level : levels) {
+    if (!lukv::cpu::cpuSupports(level)) continue;
+    for (const Case& k : cases) {
+      lukv::CacheConfig cfg;
+      cfg.layers = 1;
+      cfg.kvHeads = 2;
+      cfg.queryHeads = k.queryHeads;
+      cfg.headDim = k.headDim;
+      cfg.pageSize = k.pageSize;
+      cfg.maxTokens = (int64_t)cfg.kvHeads * (k.length + k.pageSize);
+      cfg.dtype = k.dtype;
+      cfg.threads = 2;
+      cfg.simd = level;
+      lukv::Cache cache(cfg);
+      const int32_t seq = cache.createSequence();
+      std::vector<float> keys((size_t)k.length * cfg.kvHeads * k.headDim), values(keys.size());
+      for (float& x : keys) x = 2.f * normal(rng);  // peaky softmax: exercises the running maximum
+      for (float& x : values) x = normal(rng);
+      cache.append(seq, 0, k.length, keys.data(), values.data(), lukv::InputKind::F32);
+      std::vector<float> q((size_t)k.rows * k.queryHeads * k.headDim);
+      for (float& x : q) x = normal(rng);
+      const float scale = 1.f / std::sqrt((float)k.headDim);
+      std::vector<float> out(q.size());
+      cache.attend(seq, 0, k.rows, q.data(), out.data(), scale);
+      const std::vector<double> ref = reference(cache, seq, k, q, scale);
+      double num = 0, den = 0;
+      for (size_t i = 0; i < out.size(); ++i) {
+        num += (out[i] - ref[i]) * (out[i] - ref[i]);
+        den += ref[i] * ref[i];
+      }
+      const double rel = std::sqrt(num / den);
+      const bool ok = std::isfinite(rel) && rel < 1e-5;  // same rounded inputs: only f32 accumulation differs
+      ++run;
+      failed += ok ? 0 : 1;
+      std::printf("%-4s %-7s dtype %d, G %d, headDim %d, pageSize %d, %d tokens, %d rows: rel. error %.2e\n",
+                  ok ? "ok" : "FAIL", level, (int)k.dtype, k.queryHeads / cfg.kvHeads, k.headDim, k.pageSize, k.length,
+                  k.rows, rel);
+    }
+  }
+  std::printf("%d of %d passed\n", run - failed, run);
+  return failed == 0 && run > 0 ? 0 : 1;
+}
