@@ -29,21 +29,15 @@ struct Kernels {
   // `ahead` (may be null): n rows of the same size whose cache lines are requested while these are
   // computed, one row per row, so that memory traffic for the next rows overlaps the arithmetic.
   void (*qk)(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld, const void* ahead);
-  // acc[g*D + d] += sum_j p[g*ld + j] * V[j][d] for j < n, g < G; `ahead` as for qk.
-  void (*pv)(int dt, const void* V, int n, int D, const float* p, int ld, int G, float* acc, const void* ahead);
   // x[i] = exp(x[i] - shift) for i < n; returns the sum of the results.
   float (*expSum)(float* x, int n, float shift);
   // max of x[i] for i < n (-inf when n = 0; NaN inputs are not expected).
   float (*maxOf)(const float* x, int n);
-  // One online-softmax step over a block of scores s[g*ld + j] (j < n, g < G): with reference
-  // maxima m[g] (-inf before the first block), sums l[g] and accumulators acc[g*D .. g*D + D), it
-  // may raise m[g] (rescaling l[g] and acc by exp(old - new)), then replaces s by exp(s - m[g]) and
-  // adds their sum to l[g]. m[g] is a reference, not always the exact maximum: weights stay below
-  // e^8, and acc / l is the softmax-weighted sum whatever the reference.
-  void (*softmaxStep)(float* s, int ld, int n, int G, float* m, float* l, float* acc, int D);
   // Attention of one query row over the tokens [t0, t1) of one KV head, for G query heads:
-  // continues the online-softmax state m, l, acc (as softmaxStep keeps it) block by block, each
-  // block scored by qk, then softmaxStep, then summed by pv; see Span for where the rows are.
+  // continues the online-softmax state: reference maxima m[g] (-inf before the first block), sums
+  // l[g] and accumulators acc[g*D .. g*D + D). m[g] is a reference, not always the exact maximum:
+  // it moves only when a block's scores pass it by a margin, weights stay below e^8, and acc / l is
+  // the softmax-weighted sum of V whatever the reference. See Span for where the rows are.
   void (*attendSpan)(int dt, const struct Span& span, int D, const float* q, int G, float* m, float* l, float* acc);
   // out[j] = ||row j|| (L2 norm of K or V rows) for j < n.
   void (*rowNorms)(int dt, const void* rows, int n, int D, float* out);

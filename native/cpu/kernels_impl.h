@@ -229,13 +229,6 @@ static void qk(int dt, const void* K, int n, int D, const float* q, int G, float
   else qkImpl<2>(K, n, D, q, G, s, ld, pf);
 }
 
-static void pv(int dt, const void* V, int n, int D, const float* p, int ld, int G, float* acc, const void* ahead) {
-  const uint8_t* pf = static_cast<const uint8_t*>(ahead);
-  if (dt == 0) pvImpl<0>(V, n, D, p, ld, G, acc, pf);
-  else if (dt == 1) pvImpl<1>(V, n, D, p, ld, G, acc, pf);
-  else pvImpl<2>(V, n, D, p, ld, G, acc, pf);
-}
-
 static float expSum(float* x, int n, float shift) {
   const int nv = n - n % Vec::W;
   Vec total = Vec::zero();
@@ -298,6 +291,10 @@ static void raiseReference(const float* sg, int n, float& m, float& l, float* ac
   m = bm;
 }
 
+// One online-softmax step over a block of scores s[g*ld + j] (j < n, g < G), in the per-head
+// layout: with reference maxima m[g], sums l[g] and accumulators acc[g*D .. g*D + D) (see
+// attendSpan), it may raise m[g] (rescaling l[g] and acc by exp(old - new)), then replaces s by
+// exp(s - m[g]) and adds their sum to l[g].
 static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, float* acc, int D) {
   for (int g = 0; g < G; ++g) raiseReference(s + (int64_t)g * ld, n, m[g], l[g], acc + (int64_t)g * D, D);
   const int nv = n - n % Vec::W;
@@ -480,4 +477,4 @@ static void rowNorms(int dt, const void* rows, int n, int D, float* out) {
   else rowNormsImpl<2>(rows, n, D, out);
 }
 
-static const Kernels kTable = {KERNEL_NAME, qk, pv, expSum, maxOf, softmaxStep, attendSpan, rowNorms};
+static const Kernels kTable = {KERNEL_NAME, qk, expSum, maxOf, attendSpan, rowNorms};
