@@ -78,6 +78,9 @@ void Cache::append(int32_t seqId, int layer, int tokens, const void* keys, const
   const int H = cfg_.kvHeads, D = cfg_.headDim, P = cfg_.pageSize;
   if (tokens <= 0) return;
   if ((int64_t)seq.appended[layer] + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
+  // Raw 16-bit words are already in the cache's storage type: there is none for an f32 cache.
+  if (kind == InputKind::Raw16 && cfg_.dtype == DType::F32)
+    throwInvalid("Expected Float32Array keys and values for an f32 cache but received raw 16-bit words");
 
   // Plan first: count the pages every head needs (new pages, plus a private copy of a shared,
   // partly filled last page) so that a shortage fails before anything changes.

@@ -108,6 +108,29 @@ int main(int argc, char** argv) {
                   k.rows, rel);
     }
   }
+  // Raw 16-bit input has no meaning for an f32 cache: refused, and nothing appended.
+  {
+    lukv::CacheConfig cfg;
+    cfg.layers = 1;
+    cfg.kvHeads = 1;
+    cfg.queryHeads = 1;
+    cfg.headDim = 8;
+    cfg.maxTokens = 64;
+    cfg.dtype = lukv::DType::F32;
+    lukv::Cache cache(cfg);
+    const int32_t seq = cache.createSequence();
+    std::vector<uint16_t> raw(8, 0x3c00);
+    bool refused = false;
+    try {
+      cache.append(seq, 0, 1, raw.data(), raw.data(), lukv::InputKind::Raw16);
+    } catch (const lukv::Error& e) {
+      refused = e.code() == lukv::ErrorCode::InvalidArgument;
+    }
+    const bool ok = refused && cache.lengths(seq)[0] == 0 && cache.usage().pagesUsed == 0;
+    ++run;
+    failed += ok ? 0 : 1;
+    std::printf("%-4s raw 16-bit input into an f32 cache is refused and appends nothing\n", ok ? "ok" : "FAIL");
+  }
   std::printf("%d of %d passed\n", run - failed, run);
   return failed == 0 && run > 0 ? 0 : 1;
 }
