@@ -160,9 +160,16 @@ describe("long sequences and every SIMD level", () => {
     try {
       const seq = cache.createSequence();
       seq.append(0, keys, values);
+      const heads = [{ keys, values, positions: Array.from({ length: n }, (_, i) => i) }];
       const out = seq.attend(0, q);
-      const ref = referenceAttention([{ keys, values, positions: Array.from({ length: n }, (_, i) => i) }], q, [n - 1], queryHeads, headDim);
-      expect(relativeError(out, ref)).toBeLessThan(1e-5);
+      expect(relativeError(out, referenceAttention(heads, q, [n - 1], queryHeads, headDim))).toBeLessThan(1e-5);
+      // A prefill chunk of 9 rows: one work item serves 8 rows block by block (each with its own
+      // reference maxima and sums, and its own last block), the ninth is another item.
+      const rows = 9;
+      const q9 = new Float32Array(rows * queryHeads * headDim);
+      for (let i = 0; i < rows; i++) q9.set(q, i * queryHeads * headDim);
+      const positions = Array.from({ length: rows }, (_, i) => n - rows + i);
+      expect(relativeError(seq.attend(0, q9), referenceAttention(heads, q9, positions, queryHeads, headDim))).toBeLessThan(1e-5);
     } finally {
       cache.dispose();
     }

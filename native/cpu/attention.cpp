@@ -9,7 +9,7 @@ namespace cpu {
 
 namespace {
 
-constexpr int kRowBlock = 8;  // query rows (tokens) per work item in prefill
+constexpr int kRowBlock = kSpanRows;  // query rows (tokens) per work item in prefill
 
 struct Item {
   int head, row0, row1;  // query rows [row0, row1)
@@ -130,45 +130,47 @@ void attend(const AttendArgs& a) {
   a.threads->parallelFor((int64_t)items.size(), [&](int64_t idx) {
     const Item& it = items[idx];
     const HeadState& head = a.heads[it.head];
-    // The running state of a row lives in this thread's own memory and is copied out at the end:
-    // written into `partials` directly, it shared cache lines with the neighbouring item of the
-    // other thread, and every page step paid for the line moving between cores.
+    // The running state of the rows lives in this thread's own memory and is copied out at the
+    // end: written into `partials` directly, it shared cache lines with the neighbouring item of
+    // the other thread, and every page step paid for the line moving between cores.
+    const int rows = it.row1 - it.row0;
+    const int64_t stateStride = (partialStride + 15) / 16 * 16;
     std::vector<float>& work = tItem;
-    sizeTo(work, (size_t)partialStride + 16 + (size_t)G * kBlockTokens);
-    float* part = work.data() + (16 - (reinterpret_cast<uintptr_t>(work.data()) / sizeof(float)) % 16) % 16;
-    float* s = part + partialStride;  // G * kBlockTokens scores
-    for (int r = it.row0; r < it.row1; ++r) {
-      float* m = part;
-      float* l = part + G;
-      float* acc = part + 2 * G;
-      for (int g = 0; g < G; ++g) {
-        m[g] = -std::numeric_limits<float>::infinity();
-        l[g] = 0.f;
-      }
-      std::fill(acc, acc + (size_t)G * D, 0.f);
-      const float* qr = q.data() + ((size_t)r * a.queryHeads + (size_t)it.head * G) * D;
-      const int32_t end = std::min(it.t1, visible[(size_t)it.head * a.tokens + r]);
-      Span span{};
-      span.base = a.pool->keys(0);
-      span.pageBytes = a.pool->pageBytes();
-      span.rowBytes = rowBytes;
-      span.pages = head.pages.data();
-      span.numPages = (int64_t)head.pages.size();
-      span.P = P;
-      span.t0 = it.t0;
-      span.t1 = std::max(it.t0, end);
-      span.block = kBlockTokens;
-      // The first query row streams K and V from memory and requests rows ahead of use; later rows
-      // of a prefill chunk find them in cache.
-      span.aheadPages = r == it.row0 ? aheadPages : 0;
-      span.scratch = s;
-      if (keepScores) {
-        span.rawStride = it.t1 - it.t0;
-        span.raw = stored.data() + it.stored + (int64_t)(r - it.row0) * G * span.rawStride;
-      }
-      a.kernels->attendSpan(dt, span, D, qr, G, m, l, acc);
-      std::copy(part, part + partialStride, partials.data() + it.partial + (int64_t)(r - it.row0) * partialStride);
+    sizeTo(work, (size_t)(rows * stateStride) + 16 + (size_t)G * kBlockTokens);
+    float* state = work.data() + (16 - (reinterpret_cast<uintptr_t>(work.data()) / sizeof(float)) % 16) % 16;
+    int32_t ends[kSpanRows];
+    for (int i = 0; i < rows; ++i) {
+      float* m = state + i * stateStride;
+      std::fill(m, m + G, -std::numeric_limits<float>::infinity());
+      std::fill(m + G, m + partialStride, 0.f);  // l and acc
+      ends[i] = std::max(it.t0, std::min(it.t1, visible[(size_t)it.head * a.tokens + it.row0 + i]));
     }
+    Span span{};
+    span.base = a.pool->keys(0);
+    span.pageBytes = a.pool->pageBytes();
+    span.rowBytes = rowBytes;
+    span.pages = head.pages.data();
+    span.numPages = (int64_t)head.pages.size();
+    span.P = P;
+    span.t0 = it.t0;
+    span.block = kBlockTokens;
+    span.aheadPages = aheadPages;
+    span.rows = rows;
+    span.q = q.data() + ((size_t)it.row0 * a.queryHeads + (size_t)it.head * G) * D;
+    span.qStride = (int64_t)a.queryHeads * D;
+    span.ends = ends;
+    span.state = state;
+    span.stateStride = stateStride;
+    span.scratch = state + rows * stateStride;
+    if (keepScores) {
+      span.rawStride = it.t1 - it.t0;
+      span.rawRowStride = (int64_t)G * span.rawStride;
+      span.raw = stored.data() + it.stored;
+    }
+    a.kernels->attendSpan(dt, span, D, G);
+    for (int i = 0; i < rows; ++i)
+      std::copy(state + i * stateStride, state + i * stateStride + partialStride,
+                partials.data() + it.partial + (int64_t)i * partialStride);
   });
 
   // Reduce the token ranges of each (head, row) and normalise.

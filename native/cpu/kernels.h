@@ -5,22 +5,34 @@
 namespace lukv {
 namespace cpu {
 
-// Where attendSpan finds one head's rows: token t sits in page pages[t / P] at row t % P, K rows
-// at base + page * pageBytes, V rows P rows after them (rowBytes each).
+// What attendSpan reads and continues. Token t of the head sits in page pages[t / P] at row t % P:
+// K rows at base + page * pageBytes, V rows P rows after them (rowBytes each). Query row i (i <
+// rows) has its G query heads' queries at q + i * qStride and sees the tokens [t0, ends[i]); its
+// online-softmax state is at state + i * stateStride: reference maxima m[G] (-inf before the first
+// block), sums l[G], then accumulators acc[G * D]. m[g] is a reference, not always the exact
+// maximum: it moves only when a block's scores pass it by a margin, weights stay below e^8, and
+// acc / l is the softmax-weighted sum of V whatever the reference.
 struct Span {
   const uint8_t* base;
   size_t pageBytes, rowBytes;
   const int32_t* pages;
   int64_t numPages;
   int P;
-  int32_t t0, t1;
+  int32_t t0;
   int block;       // tokens per softmax block: a multiple of P, or at most P
   int aheadPages;  // 0, or how many pages ahead the kernels request rows (while streaming memory)
+  int rows;        // query rows, at most kSpanRows
+  const float* q;
+  int64_t qStride;
+  const int32_t* ends;
+  float* state;
+  int64_t stateStride;
   float* scratch;  // G * block floats
-  // Optional: raw (scaled, pre-softmax) scores, raw[g * rawStride + t - t0].
+  // Optional: raw (scaled, pre-softmax) scores of row i, raw[i * rawRowStride + g * rawStride + t - t0].
   float* raw;
-  int64_t rawStride;
+  int64_t rawRowStride, rawStride;
 };
+constexpr int kSpanRows = 8;
 
 // dt: 0 = f32, 1 = f16, 2 = bf16 (the cache's storage type).
 struct Kernels {
@@ -33,12 +45,10 @@ struct Kernels {
   float (*expSum)(float* x, int n, float shift);
   // max of x[i] for i < n (-inf when n = 0; NaN inputs are not expected).
   float (*maxOf)(const float* x, int n);
-  // Attention of one query row over the tokens [t0, t1) of one KV head, for G query heads:
-  // continues the online-softmax state: reference maxima m[g] (-inf before the first block), sums
-  // l[g] and accumulators acc[g*D .. g*D + D). m[g] is a reference, not always the exact maximum:
-  // it moves only when a block's scores pass it by a margin, weights stay below e^8, and acc / l is
-  // the softmax-weighted sum of V whatever the reference. See Span for where the rows are.
-  void (*attendSpan)(int dt, const struct Span& span, int D, const float* q, int G, float* m, float* l, float* acc);
+  // Attention of up to kSpanRows query rows over a token range of one KV head, for G query heads
+  // each (see Span). Block by block, every row that sees the block is served while its K and V
+  // rows are in cache.
+  void (*attendSpan)(int dt, const Span& span, int D, int G);
   // out[j] = ||row j|| (L2 norm of K or V rows) for j < n.
   void (*rowNorms)(int dt, const void* rows, int n, int D, float* out);
 };

@@ -334,123 +334,151 @@ static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, floa
   for (; g < G; ++g) l[g] += expSum(s + (int64_t)g * ld, n, m[g]);
 }
 
-template <int DT>
-static void attendSpanImpl(const Span& sp, int D, const float* q, int G, float* m, float* l, float* acc) {
+// ONE: a single query row (decode), compiled separately so the row loops fold away.
+template <int DT, bool ONE>
+static void attendSpanImpl(const Span& sp, int D, int G) {
   constexpr int R = Vec::W / 4;
+  const int rows = ONE ? 1 : sp.rows;
   const int P = sp.P, B = sp.block;
   const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
   float* s = sp.scratch;
-  // Calls fn(K or V rows of the segment, rows `aheadPages` pages further on or null, count, first
-  // token) for the tokens [b, e) page by page.
-  auto segments = [&](int32_t b, int32_t e, bool values, auto&& fn) {
+  // Calls fn(K or V rows of the segment, rows `ahead` pages further on or null, count, first token)
+  // for the tokens [b, e) page by page.
+  auto segments = [&](int32_t b, int32_t e, bool values, int ahead, auto&& fn) {
     const size_t v = values ? (size_t)P * sp.rowBytes : 0;
     for (int32_t t = b; t < e;) {
       const int off = t % P;
       const int n = P - off < e - t ? P - off : e - t;
-      const int64_t i = t / P, ahead = i + sp.aheadPages;
+      const int64_t i = t / P, a = i + ahead;
       const uint8_t* rows = sp.base + (size_t)sp.pages[i] * sp.pageBytes + v + (size_t)off * sp.rowBytes;
-      const uint8_t* next = sp.aheadPages > 0 && ahead < sp.numPages
-                                ? sp.base + (size_t)sp.pages[ahead] * sp.pageBytes + v + (size_t)off * sp.rowBytes
-                                : nullptr;
+      const uint8_t* next =
+          ahead > 0 && a < sp.numPages ? sp.base + (size_t)sp.pages[a] * sp.pageBytes + v + (size_t)off * sp.rowBytes : nullptr;
       fn(rows, next, n, t);
       t += n;
     }
   };
 
-  // The common shapes (query heads in groups of four, whole register tiles, R-row steps) take the
+  // The common shapes (query heads in groups of four, whole register tiles, R-token steps) take the
   // interleaved path: each group's scores stay in the lane order qkRows produces them (lane k*R + r
   // = head k, token r of each R-token step), the softmax works on whole vectors with per-lane
   // references, and the sums l stay in vectors until the end of the span.
   constexpr int kMaxGroups = 16;
   const bool interleaved = sp.raw == nullptr && G % 4 == 0 && G / 4 <= kMaxGroups && D % (Vec::W * Vec::kTile) == 0 && P % R == 0;
-  alignas(64) float mLane[kMaxGroups][Vec::W], lLane[kMaxGroups][Vec::W];
-  auto loadLanes = [&]() {  // lanes of m from m[], lane sums of l cleared
+  alignas(64) float mLane[kSpanRows][kMaxGroups][Vec::W], lLane[kSpanRows][kMaxGroups][Vec::W];
+  auto loadLanes = [&](int i) {  // lanes of row i's m from m[], its lane sums of l cleared
+    const float* m = sp.state + i * sp.stateStride;
     for (int h = 0; h < G / 4; ++h)
-      for (int i = 0; i < Vec::W; ++i) {
-        mLane[h][i] = m[4 * h + i / R];
-        lLane[h][i] = 0.f;
+      for (int x = 0; x < Vec::W; ++x) {
+        mLane[i][h][x] = m[4 * h + x / R];
+        lLane[i][h][x] = 0.f;
       }
   };
-  auto flushLanes = [&]() {  // lane sums of l into l[]
+  auto flushLanes = [&](int i) {  // row i's lane sums of l into l[]
+    float* l = sp.state + i * sp.stateStride + G;
     for (int h = 0; h < G / 4; ++h)
-      for (int i = 0; i < Vec::W; ++i) l[4 * h + i / R] += lLane[h][i];
+      for (int x = 0; x < Vec::W; ++x) l[4 * h + x / R] += lLane[i][h][x];
   };
-  if (interleaved) loadLanes();
-
-  for (int32_t b = sp.t0; b < sp.t1; b += B) {
-    const int nb = sp.t1 - b < B ? sp.t1 - b : B;
-    if (interleaved && nb % R == 0 && b % R == 0) {
-      const int C = nb / R;  // score vectors per group of four heads
-      segments(b, b + nb, false, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
-        for (int g = 0; g < G; g += 4) {
-          float* sc = s + (int64_t)g * B + (t - b) / R * Vec::W;
-          const uint8_t* ahead = g == 0 ? next : nullptr;
-          for (int j = 0; j < n; j += R) qkRows<DT>(K, j, D, q + (int64_t)g * D, ahead, rowBytes).store(sc + j / R * Vec::W);
-        }
-      });
-      for (int g = 0; g < G; g += 4) {
-        float* sc = s + (int64_t)g * B;
-        float* mL = mLane[g / 4];
-        float* lL = lLane[g / 4];
-        Vec top = Vec::loadF32(sc);
-        for (int c = 1; c < C; ++c) top = Vec::max(top, Vec::loadF32(sc + c * Vec::W));
-        // Raise a head's reference only when one of its scores passes it by more than kSlack (always
-        // on a head's first block: its lanes hold -inf).
-        if (Vec::anyGreater(top, Vec::add(Vec::loadF32(mL), Vec::set1(kSlack)))) {
-          alignas(64) float t[Vec::W];
-          top.store(t);
-          for (int k = 0; k < 4; ++k) {
-            float bm = t[k * R];
-            for (int r = 1; r < R; ++r) bm = t[k * R + r] > bm ? t[k * R + r] : bm;
-            float& mk = m[g + k];
-            if (mk != -__builtin_inff() && bm <= mk + kSlack) continue;
-            if (mk != -__builtin_inff()) {
-              const float corr = Vec::exp(Vec::set1(mk - bm)).first();
-              l[g + k] *= corr;
-              scale(acc + (int64_t)(g + k) * D, D, corr);
-              for (int r = 0; r < R; ++r) lL[k * R + r] *= corr;
-            }
-            mk = bm;
-            for (int r = 0; r < R; ++r) mL[k * R + r] = bm;
-          }
-        }
-        const Vec shift = Vec::loadF32(mL);
-        Vec sum = Vec::loadF32(lL);
-        for (int c = 0; c < C; ++c) {
-          const Vec e = Vec::exp(Vec::sub(Vec::loadF32(sc + c * Vec::W), shift));
-          e.store(sc + c * Vec::W);
-          sum = Vec::add(sum, e);
-        }
-        sum.store(lL);
-      }
-      segments(b, b + nb, true, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
-        for (int g = 0; g < G; g += 4)
-          pvHeads4<DT, true>(V, n, D, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
-                             g == 0 ? next : nullptr, rowBytes);
-      });
-      continue;
-    }
-    // Any other block: scores laid out per head (s[g * B + j]), softmaxStep, pv.
-    if (interleaved) flushLanes();
-    segments(b, b + nb, false, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
-      qkImpl<DT>(K, n, D, q, G, s + (t - b), B, next);
-    });
-    if (sp.raw)
-      for (int g = 0; g < G; ++g)
-        for (int j = 0; j < nb; ++j) sp.raw[(int64_t)g * sp.rawStride + (b - sp.t0) + j] = s[(int64_t)g * B + j];
-    softmaxStep(s, B, nb, G, m, l, acc, D);
-    segments(b, b + nb, true, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
-      pvImpl<DT>(V, n, D, s + (t - b), B, G, acc, next);
-    });
-    if (interleaved) loadLanes();
+  int32_t last = sp.t0, ends[kSpanRows];
+  for (int i = 0; i < rows; ++i) {
+    ends[i] = sp.ends[i];
+    last = ends[i] > last ? ends[i] : last;
+    if (interleaved) loadLanes(i);
   }
-  if (interleaved) flushLanes();
+
+  for (int32_t b = sp.t0; b < last; b += B) {
+    // Every row that sees this block, while its K and V rows are in cache; the first of them
+    // requests the rows `aheadPages` pages on.
+    int ahead = sp.aheadPages;
+    for (int i = 0; i < rows; ++i) {
+      if (ends[i] <= b) continue;
+      const int nb = ends[i] - b < B ? ends[i] - b : B;
+      const float* q = sp.q + i * sp.qStride;
+      float* m = sp.state + i * sp.stateStride;
+      float* l = m + G;
+      float* acc = m + 2 * G;
+      if (interleaved && nb % R == 0 && b % R == 0) {
+        const int C = nb / R;  // score vectors per group of four heads
+        segments(b, b + nb, false, ahead, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
+          for (int g = 0; g < G; g += 4) {
+            float* sc = s + (int64_t)g * B + (t - b) / R * Vec::W;
+            const uint8_t* pf = g == 0 ? next : nullptr;
+            for (int j = 0; j < n; j += R) qkRows<DT>(K, j, D, q + (int64_t)g * D, pf, rowBytes).store(sc + j / R * Vec::W);
+          }
+        });
+        for (int g = 0; g < G; g += 4) {
+          float* sc = s + (int64_t)g * B;
+          float* mL = mLane[i][g / 4];
+          float* lL = lLane[i][g / 4];
+          Vec top = Vec::loadF32(sc);
+          for (int c = 1; c < C; ++c) top = Vec::max(top, Vec::loadF32(sc + c * Vec::W));
+          // Raise a head's reference only when one of its scores passes it by more than kSlack (always
+          // on a head's first block: its lanes hold -inf).
+          if (Vec::anyGreater(top, Vec::add(Vec::loadF32(mL), Vec::set1(kSlack)))) {
+            alignas(64) float t[Vec::W];
+            top.store(t);
+            for (int k = 0; k < 4; ++k) {
+              float bm = t[k * R];
+              for (int r = 1; r < R; ++r) bm = t[k * R + r] > bm ? t[k * R + r] : bm;
+              float& mk = m[g + k];
+              if (mk != -__builtin_inff() && bm <= mk + kSlack) continue;
+              if (mk != -__builtin_inff()) {
+                const float corr = Vec::exp(Vec::set1(mk - bm)).first();
+                l[g + k] *= corr;
+                scale(acc + (int64_t)(g + k) * D, D, corr);
+                for (int r = 0; r < R; ++r) lL[k * R + r] *= corr;
+              }
+              mk = bm;
+              for (int r = 0; r < R; ++r) mL[k * R + r] = bm;
+            }
+          }
+          const Vec shift = Vec::loadF32(mL);
+          Vec sum = Vec::loadF32(lL);
+          for (int c = 0; c < C; ++c) {
+            const Vec e = Vec::exp(Vec::sub(Vec::loadF32(sc + c * Vec::W), shift));
+            e.store(sc + c * Vec::W);
+            sum = Vec::add(sum, e);
+          }
+          sum.store(lL);
+        }
+        segments(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
+          for (int g = 0; g < G; g += 4)
+            pvHeads4<DT, true>(V, n, D, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
+                               g == 0 ? next : nullptr, rowBytes);
+        });
+      } else {
+        // Any other block: scores laid out per head (s[g * B + j]), softmaxStep, pv.
+        if (interleaved) flushLanes(i);
+        segments(b, b + nb, false, ahead, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
+          qkImpl<DT>(K, n, D, q, G, s + (t - b), B, next);
+        });
+        if (sp.raw) {
+          float* raw = sp.raw + i * sp.rawRowStride + (b - sp.t0);
+          for (int g = 0; g < G; ++g)
+            for (int j = 0; j < nb; ++j) raw[(int64_t)g * sp.rawStride + j] = s[(int64_t)g * B + j];
+        }
+        softmaxStep(s, B, nb, G, m, l, acc, D);
+        segments(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
+          pvImpl<DT>(V, n, D, s + (t - b), B, G, acc, next);
+        });
+        if (interleaved) loadLanes(i);
+      }
+      ahead = 0;
+    }
+  }
+  if (interleaved)
+    for (int i = 0; i < rows; ++i) flushLanes(i);
 }
 
-static void attendSpan(int dt, const Span& span, int D, const float* q, int G, float* m, float* l, float* acc) {
-  if (dt == 0) attendSpanImpl<0>(span, D, q, G, m, l, acc);
-  else if (dt == 1) attendSpanImpl<1>(span, D, q, G, m, l, acc);
-  else attendSpanImpl<2>(span, D, q, G, m, l, acc);
+template <bool ONE>
+static void attendSpanRows(int dt, const Span& span, int D, int G) {
+  if (dt == 0) attendSpanImpl<0, ONE>(span, D, G);
+  else if (dt == 1) attendSpanImpl<1, ONE>(span, D, G);
+  else attendSpanImpl<2, ONE>(span, D, G);
+}
+
+static void attendSpan(int dt, const Span& span, int D, int G) {
+  if (span.rows == 1) attendSpanRows<true>(dt, span, D, G);
+  else attendSpanRows<false>(dt, span, D, G);
 }
 
 template <int DT>
