@@ -213,23 +213,29 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return out;
   }
 
-  class AttendWorker : public Napi::AsyncWorker {
+  // An async call on the cache: Run() executes on a libuv thread (no Node-API there, only the
+  // core) under the cache lock; its errors become the promise's rejection with their typed code.
+  class CacheWorker : public Napi::AsyncWorker {
    public:
-    AttendWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendCall call, std::vector<float> queries,
-                 Napi::Float32Array target)
-        : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), cache_(std::move(cache)),
-          call_(call), queries_(std::move(queries)), out_(queries_.size()) {
-      if (!target.IsEmpty()) target_ = Napi::Persistent(target);
-    }
+    CacheWorker(Napi::Env env, std::shared_ptr<Cache> cache)
+        : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), cache_(std::move(cache)) {}
     Napi::Promise Promise() { return deferred_.Promise(); }
 
    protected:
-    // Runs on a libuv thread: no Node-API here, only the core, under the cache lock.
+    virtual void Run(Cache& cache) = 0;
+    // Called on the main thread when Run succeeded.
+    virtual void Resolve(Napi::Env env) = 0;
+    void Reject(Napi::Env env, const char* code, const std::string& message) {
+      deferred_.Reject(toJs(env, code, message).Value());
+    }
+    Napi::Promise::Deferred deferred_;
+
+   private:
     void Execute() override {
       std::lock_guard<std::mutex> lock(cache_->mutex());
       try {
         if (cache_->disposed()) throw Error(ErrorCode::Disposed, "KVCache was used after dispose()");
-        cache_->attend(call_.id, call_.layer, call_.tokens, queries_.data(), out_.data(), call_.scale);
+        Run(*cache_);
       } catch (const Error& e) {
         code_ = e.codeName();
         message_ = e.what();
@@ -239,18 +245,35 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       }
     }
     void OnOK() override {
-      Napi::Env env = Env();
-      if (!code_.empty()) {
-        deferred_.Reject(toJs(env, code_.c_str(), message_).Value());
-        return;
-      }
+      if (!code_.empty()) Reject(Env(), code_.c_str(), message_);
+      else Resolve(Env());
+    }
+    void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+    std::shared_ptr<Cache> cache_;
+    std::string code_, message_;
+  };
+
+  class AttendWorker : public CacheWorker {
+   public:
+    AttendWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendCall call, std::vector<float> queries,
+                 Napi::Float32Array target)
+        : CacheWorker(env, std::move(cache)), call_(call), queries_(std::move(queries)), out_(queries_.size()) {
+      if (!target.IsEmpty()) target_ = Napi::Persistent(target);
+    }
+
+   protected:
+    void Run(Cache& cache) override {
+      cache.attend(call_.id, call_.layer, call_.tokens, queries_.data(), out_.data(), call_.scale);
+    }
+    void Resolve(Napi::Env env) override {
       // The caller's array is written here, on the main thread, so it is never touched while
       // JavaScript may be using it; an array detached in the meantime (transferred) is an error.
       Napi::Float32Array out;
       if (!target_.IsEmpty()) {
         out = target_.Value();
         if (out.ElementLength() != out_.size()) {
-          deferred_.Reject(toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendAsync finished").Value());
+          Reject(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendAsync finished");
           return;
         }
       } else {
@@ -259,15 +282,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       std::copy(out_.begin(), out_.end(), out.Data());
       deferred_.Resolve(out);
     }
-    void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
    private:
-    Napi::Promise::Deferred deferred_;
-    std::shared_ptr<Cache> cache_;
     AttendCall call_;
     std::vector<float> queries_, out_;
     Napi::Reference<Napi::Float32Array> target_;
-    std::string code_, message_;
   };
 
   Napi::Value AttendAsync(const Napi::CallbackInfo& info) {
@@ -348,40 +367,19 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return reportToJs(env, r);
   }
 
-  class CompressWorker : public Napi::AsyncWorker {
+  class CompressWorker : public CacheWorker {
    public:
     CompressWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, CompressOptions opt)
-        : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), cache_(std::move(cache)), id_(id),
-          opt_(std::move(opt)) {}
-    Napi::Promise Promise() { return deferred_.Promise(); }
+        : CacheWorker(env, std::move(cache)), id_(id), opt_(std::move(opt)) {}
 
    protected:
-    void Execute() override {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
-      try {
-        if (cache_->disposed()) throw Error(ErrorCode::Disposed, "KVCache was used after dispose()");
-        report_ = cache_->compress(id_, opt_);
-      } catch (const Error& e) {
-        code_ = e.codeName();
-        message_ = e.what();
-      } catch (const std::exception& e) {
-        code_ = "ERR_LUKV_INTERNAL";
-        message_ = e.what();
-      }
-    }
-    void OnOK() override {
-      if (!code_.empty()) deferred_.Reject(toJs(Env(), code_.c_str(), message_).Value());
-      else deferred_.Resolve(reportToJs(Env(), report_));
-    }
-    void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+    void Run(Cache& cache) override { report_ = cache.compress(id_, opt_); }
+    void Resolve(Napi::Env env) override { deferred_.Resolve(reportToJs(env, report_)); }
 
    private:
-    Napi::Promise::Deferred deferred_;
-    std::shared_ptr<Cache> cache_;
     int id_;
     CompressOptions opt_;
     CompressReport report_;
-    std::string code_, message_;
   };
 
   Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
