@@ -65,8 +65,24 @@ struct StoreF32 {
   }
 };
 
-struct StoreF16 {
-  static constexpr int kDType = 1, kBytes = 2, kPerVec = 8;
+// The 16-bit storage types: eight elements per 16-byte vector, unpacked and packed two at a time
+// by the type's unpack2 and pack2 (Pair).
+template <class Pair>
+struct Store16 : Pair {
+  static constexpr int kBytes = 2, kPerVec = 8;
+  static LUKV_DEVICE void unpack(const uint4& r, float* o) {
+    Pair::unpack2(r.x, o);
+    Pair::unpack2(r.y, o + 2);
+    Pair::unpack2(r.z, o + 4);
+    Pair::unpack2(r.w, o + 6);
+  }
+  static LUKV_DEVICE uint4 pack(const float* i) {
+    return make_uint4(Pair::pack2(i[0], i[1]), Pair::pack2(i[2], i[3]), Pair::pack2(i[4], i[5]), Pair::pack2(i[6], i[7]));
+  }
+};
+
+struct F16Pair {
+  static constexpr int kDType = 1;
   static LUKV_DEVICE void unpack2(uint32_t w, float* o) {
 #ifdef LUKV_CUDA_EMULATE
     o[0] = f16ToFloat(w & 0xffffu);
@@ -79,35 +95,19 @@ struct StoreF16 {
     o[1] = f.y;
 #endif
   }
-  static LUKV_DEVICE void unpack(const uint4& r, float* o) {
-    unpack2(r.x, o);
-    unpack2(r.y, o + 2);
-    unpack2(r.z, o + 4);
-    unpack2(r.w, o + 6);
-  }
   static LUKV_DEVICE uint32_t pack2(float a, float b) { return floatToF16(a) | (floatToF16(b) << 16); }
-  static LUKV_DEVICE uint4 pack(const float* i) {
-    return make_uint4(pack2(i[0], i[1]), pack2(i[2], i[3]), pack2(i[4], i[5]), pack2(i[6], i[7]));
-  }
 };
+using StoreF16 = Store16<F16Pair>;
 
-struct StoreBF16 {
-  static constexpr int kDType = 2, kBytes = 2, kPerVec = 8;
+struct BF16Pair {
+  static constexpr int kDType = 2;
   static LUKV_DEVICE void unpack2(uint32_t w, float* o) {
     o[0] = __uint_as_float(w << 16);
     o[1] = __uint_as_float(w & 0xffff0000u);
   }
-  static LUKV_DEVICE void unpack(const uint4& r, float* o) {
-    unpack2(r.x, o);
-    unpack2(r.y, o + 2);
-    unpack2(r.z, o + 4);
-    unpack2(r.w, o + 6);
-  }
   static LUKV_DEVICE uint32_t pack2(float a, float b) { return floatToBf16(a) | (floatToBf16(b) << 16); }
-  static LUKV_DEVICE uint4 pack(const float* i) {
-    return make_uint4(pack2(i[0], i[1]), pack2(i[2], i[3]), pack2(i[4], i[5]), pack2(i[6], i[7]));
-  }
 };
+using StoreBF16 = Store16<BF16Pair>;
 
 // Read-only 16-byte load: pages are not written while a kernel reads them.
 LUKV_DEVICE uint4 load16(const uint8_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }

@@ -203,6 +203,28 @@ __global__ void __launch_bounds__(256) knormKernel(const ScoreParams p) {
   }
 }
 
+// One warp reads a key row: lane l holds vectors l and l + 32 of it in f (zeros past the row's
+// `vecs` vectors); returns 1 / ||row|| (0 for a zero row), the same in every lane.
+template <class S>
+LUKV_DEVICE float loadKeyInverseNorm(const uint8_t* row, int vecs, int lane, float (&f)[2][S::kPerVec]) {
+  float s = 0.f;
+  LUKV_UNROLL
+  for (int k = 0; k < 2; ++k) {
+    const int vi = lane + 32 * k;
+    if (vi < vecs) {
+      S::unpack(load16(row + vi * 16), f[k]);
+    } else {
+      LUKV_UNROLL
+      for (int e = 0; e < S::kPerVec; ++e) f[k][e] = 0.f;
+    }
+    LUKV_UNROLL
+    for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[k][e], f[k][e], s);
+  }
+  s = laneSum<1, 32>(s);
+  const float norm = sqrtf(s);
+  return norm > 0.f ? 1.f / norm : 0.f;
+}
+
 // keydiff, step 1: per tile of kKeyTile tokens, the sum of unit keys. grid (tile, head).
 template <class S>
 __global__ void __launch_bounds__(256) keyTileKernel(const ScoreParams p) {
@@ -224,22 +246,7 @@ __global__ void __launch_bounds__(256) keyTileKernel(const ScoreParams p) {
   for (int32_t t = t0 + warp; t < t1; t += 8) {
     const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t);
     float f[2][VEC];
-    float s = 0.f;
-    LUKV_UNROLL
-    for (int k = 0; k < 2; ++k) {
-      const int vi = lane + 32 * k;
-      if (vi < vecs) {
-        S::unpack(load16(row + vi * 16), f[k]);
-      } else {
-        LUKV_UNROLL
-        for (int e = 0; e < VEC; ++e) f[k][e] = 0.f;
-      }
-      LUKV_UNROLL
-      for (int e = 0; e < VEC; ++e) s = fmaf(f[k][e], f[k][e], s);
-    }
-    s = laneSum<1, 32>(s);
-    const float norm = sqrtf(s);
-    const float inv = norm > 0.f ? 1.f / norm : 0.f;
+    const float inv = loadKeyInverseNorm<S>(row, vecs, lane, f);
     LUKV_UNROLL
     for (int k = 0; k < 2; ++k) {
       LUKV_UNROLL
@@ -299,22 +306,7 @@ __global__ void __launch_bounds__(256) keyDiffKernel(const ScoreParams p) {
   for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
     const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t);
     float f[2][VEC];
-    float s = 0.f;
-    LUKV_UNROLL
-    for (int k = 0; k < 2; ++k) {
-      const int vi = lane + 32 * k;
-      if (vi < vecs) {
-        S::unpack(load16(row + vi * 16), f[k]);
-      } else {
-        LUKV_UNROLL
-        for (int e = 0; e < VEC; ++e) f[k][e] = 0.f;
-      }
-      LUKV_UNROLL
-      for (int e = 0; e < VEC; ++e) s = fmaf(f[k][e], f[k][e], s);
-    }
-    s = laneSum<1, 32>(s);
-    const float norm = sqrtf(s);
-    const float inv = norm > 0.f ? 1.f / norm : 0.f;
+    const float inv = loadKeyInverseNorm<S>(row, vecs, lane, f);
     float dot = 0.f;
     LUKV_UNROLL
     for (int k = 0; k < 2; ++k) {
