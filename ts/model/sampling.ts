@@ -1,4 +1,5 @@
 // Choosing the next token from logits: greedy, or temperature / top-k sampling with a seeded RNG.
+import { rng } from "../random";
 
 /** How the next token is chosen. */
 export interface SamplingOptions {
@@ -24,17 +25,8 @@ export function argmax(logits: ArrayLike<number>, offset = 0, n = logits.length 
   return best;
 }
 
-/** mulberry32: a small seeded generator of uniform numbers in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded generator of uniform numbers in [0, 1) (the library's one, see ../random). */
+export const seededRandom: (seed: number) => () => number = rng;
 
 /** Picks tokens from logits rows; the same seed and logits give the same tokens. */
 export class Sampler {
