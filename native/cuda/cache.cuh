@@ -9,6 +9,12 @@
 namespace lukv {
 namespace cuda {
 
+// Where vector vi of append entry e goes: its K address (the V address is pageSize rows on).
+LUKV_DEVICE uint8_t* appendDest(const AppendParams& p, int64_t e, int vi) {
+  const int32_t page = p.dest[2 * e], slot = p.dest[2 * e + 1];
+  return p.pool.data + (int64_t)page * p.pool.pageBytes + (int64_t)slot * p.pool.rowBytes + vi * 16;
+}
+
 // One thread per 16-byte vector of a destination row; f32 input converted to the cache dtype.
 template <class S>
 __global__ void __launch_bounds__(256) appendConvertKernel(const AppendParams p) {
@@ -19,8 +25,7 @@ __global__ void __launch_bounds__(256) appendConvertKernel(const AppendParams p)
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t e = i / vecs;
     const int vi = (int)(i - e * vecs);
-    const int32_t page = p.dest[2 * e], slot = p.dest[2 * e + 1];
-    uint8_t* k = p.pool.data + (int64_t)page * p.pool.pageBytes + (int64_t)slot * p.pool.rowBytes + vi * 16;
+    uint8_t* k = appendDest(p, e, vi);
     uint8_t* v = k + (int64_t)p.pool.pageSize * p.pool.rowBytes;
     const int64_t src = e * D + (int64_t)vi * VEC;
     float kf[VEC], vf[VEC];
@@ -43,8 +48,7 @@ __global__ void __launch_bounds__(256) appendCopyKernel(const AppendParams p) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t e = i / vecs;
     const int vi = (int)(i - e * vecs);
-    const int32_t page = p.dest[2 * e], slot = p.dest[2 * e + 1];
-    uint8_t* k = p.pool.data + (int64_t)page * p.pool.pageBytes + (int64_t)slot * p.pool.rowBytes + vi * 16;
+    uint8_t* k = appendDest(p, e, vi);
     uint8_t* v = k + (int64_t)p.pool.pageSize * p.pool.rowBytes;
     const int64_t src = e * p.pool.rowBytes + vi * 16;
     *reinterpret_cast<uint4*>(k) = *reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(p.keys) + src);
