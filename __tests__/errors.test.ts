@@ -33,9 +33,22 @@ describe("KVCache options", () => {
     [{ ...base, dtype: "f64" }, 'Expected one of "f32", "f16", "bf16" for dtype but received "f64" of type string'],
     [{ ...base, device: "gpu" }, 'Expected one of "auto", "cpu", "cuda" for device but received "gpu" of type string'],
     [{ ...base, threads: 0 }, "Expected positive integer at most 1024 for threads but received 0 of type number"],
-    [{ ...base, simd: "sse" }, 'Expected one of "auto", "avx512", "avx2", "generic" for simd but received "sse" of type string'],
+    [{ ...base, simd: "sse" }, 'Expected one of "auto", "avx512", "avx2", "neon", "generic" for simd but received "sse" of type string'],
   ])("%j", (opts, message) => {
     expectError(() => new KVCache(opts as never), "InvalidArgumentError", message);
+  });
+
+  test("a kernel table this processor cannot run", () => {
+    const { backends } = require("../ts");
+    const supported: string[] = backends().cpu.simdSupported;
+    const missing = ["avx512", "avx2", "neon"].filter((l) => !supported.includes(l));
+    expect(missing.length).toBeGreaterThan(0); // no processor runs both the x86 and the arm64 tables
+    for (const level of missing)
+      expectError(
+        () => new KVCache({ ...base, simd: level as never }),
+        "InvalidArgumentError",
+        `Expected one of the levels this processor supports (${supported.join(", ")}) for simd but received "${level}" of type string`,
+      );
   });
 
   test("missing options object", () => {

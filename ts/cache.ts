@@ -16,7 +16,7 @@ import {
 /** Where the cache lives. */
 export type Device = "auto" | "cpu" | "cuda";
 /** Which CPU kernel table to use. */
-export type SimdLevel = "auto" | "avx512" | "avx2" | "generic";
+export type SimdLevel = "auto" | "avx512" | "avx2" | "neon" | "generic";
 
 export interface KVCacheOptions {
   /** Number of transformer layers. Required. */
@@ -42,7 +42,10 @@ export interface KVCacheOptions {
    * fewer threads when the cores are needed for other work between calls.
    */
   threads?: number;
-  /** CPU kernel table. Default: "auto" (the best this processor runs). */
+  /**
+   * CPU kernel table: "avx512", "avx2" (x86), "neon" (arm64) or "generic" (portable loops, any
+   * processor). Default: "auto" (the best this processor runs; `backends().cpu.simdSupported`).
+   */
   simd?: SimdLevel;
   /** Query rows remembered per layer for SnapKV-style scoring. Default: 32. */
   observationWindow?: number;
@@ -80,7 +83,7 @@ export interface Usage {
 
 const DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 const DEVICES: readonly Device[] = ["auto", "cpu", "cuda"];
-const SIMD: readonly SimdLevel[] = ["auto", "avx512", "avx2", "generic"];
+const SIMD: readonly SimdLevel[] = ["auto", "avx512", "avx2", "neon", "generic"];
 const MAX_INT32 = 2 ** 31 - 1;
 
 /** Turns an error from the addon (another realm, code property) into the typed lukv error. */

@@ -526,7 +526,7 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   o.Set("simd", cpu::bestKernelName());
   Napi::Array supported = Napi::Array::New(env);
   uint32_t n = 0;
-  for (const char* name : {"avx512", "avx2", "generic"})
+  for (const char* name : {"avx512", "avx2", "neon", "generic"})
     if (cpu::cpuSupports(name)) supported.Set(n++, name);
   o.Set("simdSupported", supported);
   o.Set("hardwareThreads", (double)std::thread::hardware_concurrency());

@@ -1,5 +1,6 @@
 // The CPU inner kernels, one table per instruction set, chosen at run time.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace lukv {
@@ -56,8 +57,9 @@ struct Kernels {
 const Kernels& kernelsGeneric();
 const Kernels& kernelsAvx2();
 const Kernels& kernelsAvx512();
+const Kernels& kernelsNeon();  // arm64 builds only
 
-// Best table for this processor, or the one named ("avx512", "avx2", "generic"); nullptr when the
+// Best table for this processor, or the one named ("avx512", "avx2", "neon", "generic"); nullptr when the
 // named one cannot run here.
 const Kernels* selectKernels(const char* name);
 // Names of the tables this processor can run, best first.

@@ -92,6 +92,8 @@ static bool supports(const char* name) {
   if (__builtin_strcmp(name, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
            __builtin_cpu_supports("f16c");
+#elif defined(__aarch64__)
+  if (__builtin_strcmp(name, "neon") == 0) return true;  // part of every arm64 processor
 #endif
   return false;
 }
@@ -101,6 +103,7 @@ bool cpuSupports(const char* name) { return supports(name); }
 const char* bestKernelName() {
   if (supports("avx512")) return "avx512";
   if (supports("avx2")) return "avx2";
+  if (supports("neon")) return "neon";
   return "generic";
 }
 
@@ -110,6 +113,8 @@ const Kernels* selectKernels(const char* name) {
 #if defined(__x86_64__) || defined(__i386__)  // the AVX tables are built for x86 only
   if (__builtin_strcmp(name, "avx512") == 0) return &kernelsAvx512();
   if (__builtin_strcmp(name, "avx2") == 0) return &kernelsAvx2();
+#elif defined(__aarch64__)  // the NEON table is built for arm64 only
+  if (__builtin_strcmp(name, "neon") == 0) return &kernelsNeon();
 #endif
   return &kernelsGeneric();
 }

@@ -19,6 +19,7 @@ namespace {
 struct Case {
   lukv::DType dtype;
   int queryHeads, headDim, pageSize, length, rows;
+  bool rising = false;  // keys grow along the sequence: the softmax reference moves again and again
 };
 
 // out[r][h][d] for query rows at the last `rows` positions, over the stored (dtype-rounded) rows.
@@ -66,8 +67,9 @@ int main(int argc, char** argv) {
       {lukv::DType::F32, 2, 64, 16, 300, 1},   {lukv::DType::F16, 8, 128, 16, 1000, 1},
       {lukv::DType::BF16, 16, 128, 64, 777, 1}, {lukv::DType::F16, 8, 64, 1, 129, 5},
       {lukv::DType::F32, 8, 80, 7, 200, 9},     {lukv::DType::F16, 8, 128, 16, 3000, 1},
+      {lukv::DType::F32, 8, 64, 16, 1001, 1, true}, {lukv::DType::F32, 8, 64, 16, 1001, 9, true},
   };
-  const char* levels[] = {"avx512", "avx2", "generic"};
+  const char* levels[] = {"avx512", "avx2", "neon", "generic"};
   int failed = 0, run = 0;
   for (const char* level : levels) {
     if (!lukv::cpu::cpuSupports(level)) continue;
@@ -86,6 +88,8 @@ int main(int argc, char** argv) {
       const int32_t seq = cache.createSequence();
       std::vector<float> keys((size_t)k.length * cfg.kvHeads * k.headDim), values(keys.size());
       for (float& x : keys) x = 2.f * normal(rng);  // peaky softmax: exercises the running maximum
+      if (k.rising)
+        for (size_t i = 0; i < keys.size(); ++i) keys[i] *= 0.2f + 4.f * (float)(i / ((size_t)cfg.kvHeads * k.headDim)) / k.length;
       for (float& x : values) x = normal(rng);
       cache.append(seq, 0, k.length, keys.data(), values.data(), lukv::InputKind::F32);
       std::vector<float> q((size_t)k.rows * k.queryHeads * k.headDim);
@@ -103,11 +107,60 @@ int main(int argc, char** argv) {
       const bool ok = std::isfinite(rel) && rel < 1e-5;  // same rounded inputs: only f32 accumulation differs
       ++run;
       failed += ok ? 0 : 1;
-      std::printf("%-4s %-7s dtype %d, G %d, headDim %d, pageSize %d, %d tokens, %d rows: rel. error %.2e\n",
+      std::printf("%-4s %-7s dtype %d, G %d, headDim %d, pageSize %d, %d tokens%s, %d rows: rel. error %.2e\n",
                   ok ? "ok" : "FAIL", level, (int)k.dtype, k.queryHeads / cfg.kvHeads, k.headDim, k.pageSize, k.length,
-                  k.rows, rel);
+                  k.rising ? " (rising keys)" : "", k.rows, rel);
     }
   }
+  // Token scores (what compress ranks by: scores, softmax, row norms) of every kernel table against
+  // the portable one, on the same cache contents and observation queries.
+  {
+    const lukv::Scorer scorers[] = {lukv::Scorer::SnapKV, lukv::Scorer::KeyDiff, lukv::Scorer::KNorm, lukv::Scorer::TOVA};
+    const int H = 2, Q = 8, D = 128, n = 700, rows = 32;
+    std::vector<float> keys((size_t)n * H * D), values(keys.size()), q((size_t)rows * Q * D);
+    for (float& x : keys) x = 2.f * normal(rng);
+    for (float& x : values) x = normal(rng);
+    for (float& x : q) x = normal(rng);
+    auto scoresWith = [&](const char* level, lukv::Scorer scorer) {
+      lukv::CacheConfig cfg;
+      cfg.layers = 1;
+      cfg.kvHeads = H;
+      cfg.queryHeads = Q;
+      cfg.headDim = D;
+      cfg.maxTokens = 2 * n;
+      cfg.dtype = lukv::DType::F16;
+      cfg.simd = level;
+      lukv::Cache cache(cfg);
+      const int32_t seq = cache.createSequence();
+      cache.append(seq, 0, n, keys.data(), values.data(), lukv::InputKind::F32);
+      std::vector<float> out(q.size());
+      cache.attend(seq, 0, rows, q.data(), out.data(), 1.f / std::sqrt((float)D));  // remembered as observation
+      lukv::ScoreOptions o;
+      o.scorer = scorer;
+      o.scale = 1.f / std::sqrt((float)D);
+      return cache.scores(seq, 0, o);
+    };
+    for (const char* level : levels) {
+      if (!lukv::cpu::cpuSupports(level) || std::strcmp(level, "generic") == 0) continue;
+      for (lukv::Scorer scorer : scorers) {
+        const auto ref = scoresWith("generic", scorer), got = scoresWith(level, scorer);
+        double num = 0, den = 0;
+        for (size_t h = 0; h < ref.size(); ++h)
+          for (size_t t = 0; t < ref[h].size() && t < got[h].size(); ++t) {
+            num += ((double)got[h][t] - ref[h][t]) * ((double)got[h][t] - ref[h][t]);
+            den += (double)ref[h][t] * ref[h][t];
+          }
+        const bool sizes = ref.size() == got.size() && ref[0].size() == got[0].size() && !ref[0].empty();
+        const double rel = std::sqrt(num / den);
+        const bool ok = sizes && std::isfinite(rel) && rel < 1e-5;
+        ++run;
+        failed += ok ? 0 : 1;
+        std::printf("%-4s %-7s scores, scorer %d, against the portable table: rel. difference %.2e\n", ok ? "ok" : "FAIL",
+                    level, (int)scorer, rel);
+      }
+    }
+  }
+
   // Raw 16-bit input has no meaning for an f32 cache: refused, and nothing appended.
   {
     lukv::CacheConfig cfg;
