@@ -350,10 +350,10 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
       const int off = t % P;
       const int n = P - off < e - t ? P - off : e - t;
       const int64_t i = t / P, a = i + ahead;
-      const uint8_t* rows = sp.base + (size_t)sp.pages[i] * sp.pageBytes + v + (size_t)off * sp.rowBytes;
+      const uint8_t* here = sp.base + (size_t)sp.pages[i] * sp.pageBytes + v + (size_t)off * sp.rowBytes;
       const uint8_t* next =
           ahead > 0 && a < sp.numPages ? sp.base + (size_t)sp.pages[a] * sp.pageBytes + v + (size_t)off * sp.rowBytes : nullptr;
-      fn(rows, next, n, t);
+      fn(here, next, n, t);
       t += n;
     }
   };
