@@ -210,6 +210,9 @@ describe("inputs and options", () => {
       expect(sb.keys(0, 1)).toEqual(sa.keys(0, 1));
       const qRounded = roundTo(q, dtype);
       expect(sb.attend(0, toBits(q, dtype))).toEqual(sa.attend(0, qRounded));
+      const out = new Float32Array(q.length); // raw 16-bit queries with a caller's output array
+      expect(sb.attend(0, toBits(q, dtype), { out })).toBe(out);
+      expect(out).toEqual(sa.attend(0, qRounded));
       a.dispose();
     }
   });
