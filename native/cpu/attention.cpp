@@ -1,8 +1,8 @@
 #include "attention.h"
 
 #include <algorithm>
-#include <functional>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 namespace lukv {
@@ -23,10 +23,10 @@ struct Item {
   int64_t stored;        // offset of this item's raw scores when attention mass is accumulated
 };
 
-// Working memory kept by each thread from one call to the next. Fresh buffers on every decode
-// step meant fresh pages, and on the virtual machines measured each page fault cost tens of
-// microseconds per call. Buffers past kKeepBytes are released after the call, so a long prefill
-// does not pin its scratch.
+// Working memory kept by each thread from one call to the next: fresh buffers on every decode step
+// meant fresh pages, and their page faults showed in the profile of short decode calls (a fault
+// costs microseconds on the virtual machines measured). Buffers past kKeepBytes are released after
+// the call, so a long prefill does not pin its scratch.
 constexpr size_t kKeepBytes = size_t(4) << 20;
 
 struct CallScratch {
@@ -36,7 +36,7 @@ struct CallScratch {
   std::vector<int64_t> groupStart;
 };
 thread_local CallScratch tCall;
-thread_local std::vector<float> tItem;  // per work item: scores of a block, and a row's softmax state
+thread_local std::vector<float> tItem;  // per work item: its rows' softmax state, and a block's scores
 
 template <class T>
 void sizeTo(std::vector<T>& v, size_t n) {
