@@ -270,6 +270,19 @@ static void scale(float* acc, int n, float a) {
 // blocks skip the rescale of l and acc; weights stay at most e^kSlack, far from f32 overflow.
 static constexpr float kSlack = 8.0f;
 
+// Moves a head's reference maximum m to bm, rescaling its sum l and accumulator acc[D] by
+// exp(old - new) (nothing to rescale before the first block, m = -inf); returns that factor.
+static float moveReference(float bm, float& m, float& l, float* acc, int D) {
+  float corr = 0.f;
+  if (m != -__builtin_inff()) {
+    corr = Vec::exp(Vec::set1(m - bm)).first();
+    l *= corr;
+    scale(acc, D, corr);
+  }
+  m = bm;
+  return corr;
+}
+
 // Raises the reference m of one head's block when a score passes it by more than kSlack
 // (rescaling l and acc); usually one compare per vector and no reduction.
 static void raiseReference(const float* sg, int n, float& m, float& l, float* acc, int D) {
@@ -281,14 +294,7 @@ static void raiseReference(const float* sg, int n, float& m, float& l, float* ac
     for (int i = 0; i < nv && !raise; i += Vec::W) raise = Vec::anyGreater(Vec::loadF32(sg + i), lim);
     for (int i = nv; i < n && !raise; ++i) raise = sg[i] > limit;
   }
-  if (!raise) return;
-  const float bm = maxOf(sg, n);
-  if (m != -__builtin_inff()) {
-    const float corr = Vec::exp(Vec::set1(m - bm)).first();
-    l *= corr;
-    scale(acc, D, corr);
-  }
-  m = bm;
+  if (raise) moveReference(maxOf(sg, n), m, l, acc, D);
 }
 
 // One online-softmax step over a block of scores s[g*ld + j] (j < n, g < G), in the per-head
@@ -419,16 +425,12 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
             for (int k = 0; k < 4; ++k) {
               float bm = t[k * R];
               for (int r = 1; r < R; ++r) bm = t[k * R + r] > bm ? t[k * R + r] : bm;
-              float& mk = m[g + k];
-              if (mk != -__builtin_inff() && bm <= mk + kSlack) continue;
-              if (mk != -__builtin_inff()) {
-                const float corr = Vec::exp(Vec::set1(mk - bm)).first();
-                l[g + k] *= corr;
-                scale(acc + (int64_t)(g + k) * D, D, corr);
-                for (int r = 0; r < R; ++r) lL[k * R + r] *= corr;
+              if (m[g + k] != -__builtin_inff() && bm <= m[g + k] + kSlack) continue;
+              const float corr = moveReference(bm, m[g + k], l[g + k], acc + (int64_t)(g + k) * D, D);
+              for (int r = 0; r < R; ++r) {
+                lL[k * R + r] *= corr;  // 0 before the first block, where the lane sums are still 0
+                mL[k * R + r] = bm;
               }
-              mk = bm;
-              for (int r = 0; r < R; ++r) mL[k * R + r] = bm;
             }
           }
           const Vec shift = Vec::loadF32(mL);
