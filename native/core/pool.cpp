@@ -14,8 +14,7 @@ PagePool::PagePool(int64_t numPages, int pageSize, int headDim, DType dtype)
     : PageAllocator(numPages), pageSize_(pageSize), headDim_(headDim), dtype_(dtype) {
   rowBytes_ = (size_t)headDim * dtypeBytes(dtype);
   pageBytes_ = 2 * (size_t)pageSize * rowBytes_;
-  // Round up to a whole number of 64-byte lines so page starts stay aligned for vector loads.
-  size_t total = ((size_t)numPages * pageBytes_ + 63) / 64 * 64;
+  const size_t total = (size_t)numPages * pageBytes_;  // allocateStreamed rounds it up to whole lines
   data_ = static_cast<uint8_t*>(allocateStreamed(total));
   if (!data_) throw Error(ErrorCode::OutOfPages, "could not allocate the page pool (" + std::to_string(total) + " bytes)");
 }
