@@ -133,6 +133,42 @@ describe("long sequences and every SIMD level", () => {
     },
   );
 
+  // Prefetch hints only change how rows are requested, never what is computed: every hint gives
+  // the same bits, and those match the reference.
+  test("every prefetch hint, 3,000 tokens over pages of 16, decode and a prefill chunk", () => {
+    const r = rng(seed + 77);
+    const kvHeads = 2, queryHeads = 8, headDim = 128, n = 3000, rows = 5;
+    const keys = randn(r, n * kvHeads * headDim), values = randn(r, n * kvHeads * headDim);
+    const q = randn(r, rows * queryHeads * headDim);
+    const outs: Float32Array[] = [];
+    for (const prefetch of ["auto", "t0", "t2", "nta", "none"] as const) {
+      const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f16", prefetch, maxTokens: kvHeads * n + 64 });
+      try {
+        expect(cache.config.prefetch).toBe(prefetch === "auto" ? backends().cpu.prefetch : prefetch);
+        const seq = cache.createSequence();
+        seq.append(0, keys, values);
+        outs.push(seq.attend(0, q.subarray(0, queryHeads * headDim)));
+        outs.push(seq.attend(0, q));
+      } finally {
+        cache.dispose();
+      }
+    }
+    for (let i = 2; i < outs.length; i++) expect(outs[i]).toEqual(outs[i % 2]);
+    const kr = roundTo(keys, "f16"), vr = roundTo(values, "f16");
+    const heads: RefHead[] = [];
+    for (let h = 0; h < kvHeads; h++) {
+      const hk = new Float32Array(n * headDim), hv = new Float32Array(n * headDim);
+      for (let t = 0; t < n; t++) {
+        hk.set(kr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
+        hv.set(vr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
+      }
+      heads.push({ keys: hk, values: hv, positions: Array.from({ length: n }, (_, i) => i) });
+    }
+    expect(relativeError(outs[0], referenceAttention(heads, q.subarray(0, queryHeads * headDim), [n - 1], queryHeads, headDim))).toBeLessThan(tolerance.f16);
+    const positions = Array.from({ length: rows }, (_, i) => n - rows + i);
+    expect(relativeError(outs[1], referenceAttention(heads, q, positions, queryHeads, headDim))).toBeLessThan(tolerance.f16);
+  });
+
   // The online softmax keeps a reference maximum that moves only when a block's scores pass it by
   // a margin; these score profiles force that path (and its absence) many times over.
   const profiles: { name: string; gain: (t: number, n: number) => number }[] = [

@@ -34,6 +34,7 @@ describe("KVCache options", () => {
     [{ ...base, device: "gpu" }, 'Expected one of "auto", "cpu", "cuda" for device but received "gpu" of type string'],
     [{ ...base, threads: 0 }, "Expected positive integer at most 1024 for threads but received 0 of type number"],
     [{ ...base, simd: "sse" }, 'Expected one of "auto", "avx512", "avx2", "neon", "generic" for simd but received "sse" of type string'],
+    [{ ...base, prefetch: "t1" }, 'Expected one of "auto", "t0", "t2", "nta", "none" for prefetch but received "t1" of type string'],
   ])("%j", (opts, message) => {
     expectError(() => new KVCache(opts as never), "InvalidArgumentError", message);
   });

@@ -1,8 +1,10 @@
 // Decode attention on the CPU against the machine's read bandwidth, measured in the same run.
-// Usage: node dist/bench/attention.js [--tokens 1024,8192,32768,131072] [--repeats 15]
-import { KVCache, backends } from "../ts";
+// Usage: node dist/bench/attention.js [--tokens 1024,8192,32768,131072] [--repeats 15] [--prefetch auto,nta]
+// With several prefetch hints, one cache per hint holds the same rows and the hints take turns
+// with the plain read, so every column comes from the same stretch of time.
+import { KVCache, backends, PrefetchHint } from "../ts";
 import { native } from "../ts/native";
-import { median, timeRuns, printTable, machine, writeResults } from "./common";
+import { median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -11,47 +13,57 @@ function arg(name: string, fallback: string): string {
 
 const sizes = arg("tokens", "1024,8192,32768,131072").split(",").map(Number);
 const repeats = Number(arg("repeats", "15"));
+const hints = arg("prefetch", "auto").split(",") as PrefetchHint[];
 const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16;
 const b = backends();
 const threads = b.cpu.threads;
 
 console.log(`decode attention, ${kvHeads} KV heads x ${queryHeads} query heads, headDim ${headDim}, f16, pageSize ${pageSize}`);
-console.log(`CPU: ${machine().cpuModel}, ${threads} threads, kernels ${b.cpu.simd}; median of ${repeats} runs\n`);
+console.log(`CPU: ${cpuLine()}; ${threads} threads, kernels ${b.cpu.simd}, prefetch ${hints.join(", ")} (auto = ${b.cpu.prefetch}); median of ${repeats} runs\n`);
 
 const rows: (string | number)[][] = [];
 const results: unknown[] = [];
 for (const tokens of sizes) {
-  const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: kvHeads * tokens });
-  const seq = cache.createSequence();
   const chunk = 4096;
   const rows16 = new Uint16Array(chunk * kvHeads * headDim);
   for (let i = 0; i < rows16.length; i++) rows16[i] = 0x3000 + ((i * 2654435761) >>> 22); // small f16 values
-  for (let done = 0; done < tokens; done += chunk) {
-    const n = Math.min(chunk, tokens - done);
-    const part = rows16.subarray(0, n * kvHeads * headDim);
-    seq.append(0, part, part);
-  }
+  const caches = hints.map((prefetch) => {
+    const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: kvHeads * tokens, prefetch });
+    const seq = cache.createSequence();
+    for (let done = 0; done < tokens; done += chunk) {
+      const n = Math.min(chunk, tokens - done);
+      const part = rows16.subarray(0, n * kvHeads * headDim);
+      seq.append(0, part, part);
+    }
+    return { cache, seq, runs: [] as number[] };
+  });
   const q = new Float32Array(queryHeads * headDim).map((_, i) => Math.sin(i) * 0.1);
   const out = new Float32Array(q.length); // reused, as a decode loop would: no allocation per call
   const bytes = tokens * kvHeads * headDim * 2 * 2; // K and V, f16
   // The machine's state drifts (other tenants of the host): attention and the plain read are
-  // measured in alternating rounds, so both medians come from the same stretch of time.
+  // measured in alternating rounds, so all medians come from the same stretch of time.
   const rounds = 5;
   const perRound = Math.max(1, Math.ceil(repeats / rounds));
-  const attendRuns: number[] = [];
   const readRuns: number[] = [];
   for (let round = 0; round < rounds; round++) {
-    attendRuns.push(...timeRuns(() => seq.attend(0, q, { out }), perRound, round === 0 ? 2 : 1));
+    for (const c of caches) c.runs.push(...timeRuns(() => c.seq.attend(0, q, { out }), perRound, round === 0 ? 2 : 1));
     readRuns.push(...native().memoryReadBenchmark(bytes, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
   }
-  cache.dispose();
-  const attendMs = median(attendRuns);
   const readMs = median(readRuns);
-  const gbps = bytes / (attendMs / 1000) / 1e9;
   const limit = bytes / (readMs / 1000) / 1e9;
-  rows.push([tokens, (bytes / 2 ** 20).toFixed(1), attendMs.toFixed(3), gbps.toFixed(2), limit.toFixed(2), (gbps / limit).toFixed(2)]);
-  results.push({ tokens, bytes, attendMs, attendGBps: gbps, plainReadMs: readMs, plainReadGBps: limit, ratio: gbps / limit });
+  const row: (string | number)[] = [tokens, (bytes / 2 ** 20).toFixed(1)];
+  const perHint = caches.map((c) => {
+    const attendMs = median(c.runs);
+    const gbps = bytes / (attendMs / 1000) / 1e9;
+    row.push(attendMs.toFixed(3), gbps.toFixed(2), (gbps / limit).toFixed(2));
+    return { prefetch: c.cache.config.prefetch, attendMs, attendGBps: gbps, ratio: gbps / limit };
+  });
+  for (const c of caches) c.cache.dispose();
+  row.push(limit.toFixed(2));
+  rows.push(row);
+  results.push({ tokens, bytes, plainReadMs: readMs, plainReadGBps: limit, hints: perHint });
 }
-printTable(["tokens", "K+V MiB", "ms/layer-step", "GB/s", "plain read GB/s", "ratio"], rows);
-const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, repeats, machine: machine(), results });
+const used = hints.map((h) => (h === "auto" ? `auto=${b.cpu.prefetch}` : h));
+printTable(["tokens", "K+V MiB", ...used.flatMap((h) => [`ms (${h})`, "GB/s", "ratio"]), "plain read GB/s"], rows);
+const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: used, repeats, machine: machine(), results });
 console.log(`\nwritten ${file}`);

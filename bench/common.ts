@@ -30,8 +30,27 @@ export function printTable(headers: string[], rows: (string | number)[][]): void
   for (const r of cells.slice(1)) console.log(line(r));
 }
 
+/** The processor as Linux names it: vendor, family and model tell apart parts that share a model name. */
+function cpuId(): { vendor?: string; family?: number; model?: number } {
+  try {
+    const text = fs.readFileSync("/proc/cpuinfo", "utf8");
+    const field = (name: string) => new RegExp(`^${name}\\s*:\\s*(.*)$`, "m").exec(text)?.[1]?.trim();
+    const family = field("cpu family"), model = field("model");
+    return { vendor: field("vendor_id"), family: family ? Number(family) : undefined, model: model ? Number(model) : undefined };
+  } catch {
+    return {};
+  }
+}
+
 export function machine(): Record<string, unknown> {
-  return { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version };
+  return { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, ...cpuId(), memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version };
+}
+
+/** One line naming the processor, for benchmark headers. */
+export function cpuLine(): string {
+  const m = machine();
+  const id = m.family !== undefined ? ` (${m.vendor}, family ${m.family} model ${m.model})` : "";
+  return `${m.cpuModel}${id}, ${m.cpus} CPUs`;
 }
 
 /** Writes bench/results/<name>.json next to the sources (or under LUKV_BENCH_OUT). */

@@ -21,6 +21,8 @@ export interface Backends {
     simd: string;
     /** Every kernel table this processor can run, best first. */
     simdSupported: string[];
+    /** The prefetch hint a cache uses by default on this processor (`prefetch: "auto"`). */
+    prefetch: string;
   };
   cuda: {
     /** Whether the loaded binary contains the CUDA backend. */
@@ -59,7 +61,7 @@ export function backends(): Backends {
   return {
     binary: loadedBinary(),
     auto: autoDevice(reasons),
-    cpu: { threads, simd: cpu.simd, simdSupported: cpu.simdSupported },
+    cpu: { threads, simd: cpu.simd, simdSupported: cpu.simdSupported, prefetch: cpu.prefetch },
     cuda,
   };
 }

@@ -17,6 +17,8 @@ import {
 export type Device = "auto" | "cpu" | "cuda";
 /** Which CPU kernel table to use. */
 export type SimdLevel = "auto" | "avx512" | "avx2" | "neon" | "generic";
+/** How the CPU kernels request K/V rows ahead of use while streaming memory. */
+export type PrefetchHint = "auto" | "t0" | "t2" | "nta" | "none";
 
 export interface KVCacheOptions {
   /** Number of transformer layers. Required. */
@@ -47,6 +49,15 @@ export interface KVCacheOptions {
    * processor). Default: "auto" (the best this processor runs; `backends().cpu.simdSupported`).
    */
   simd?: SimdLevel;
+  /**
+   * How the CPU kernels request the next page's K/V rows while they compute on the current one:
+   * "t0" (into every cache level), "t2" (into the outer levels), "nta" (non-temporal: past the
+   * outer levels where the processor allows), "none" (the hardware prefetchers alone). On arm64
+   * every hint but "none" is the one streaming hint. Default: "auto", the hint measured fastest
+   * for this processor's vendor (`backends().cpu.prefetch`: "nta" on AMD, "t0" elsewhere); the
+   * results are the same whatever the hint.
+   */
+  prefetch?: PrefetchHint;
   /** Query rows remembered per layer for SnapKV-style scoring. Default: 32. */
   observationWindow?: number;
 }
@@ -84,6 +95,7 @@ export interface Usage {
 const DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 const DEVICES: readonly Device[] = ["auto", "cpu", "cuda"];
 const SIMD: readonly SimdLevel[] = ["auto", "avx512", "avx2", "neon", "generic"];
+const PREFETCH: readonly PrefetchHint[] = ["auto", "t0", "t2", "nta", "none"];
 const MAX_INT32 = 2 ** 31 - 1;
 
 /** Turns an error from the addon (another realm, code property) into the typed lukv error. */
@@ -127,6 +139,8 @@ export interface CacheConfig {
   readonly device: "cpu" | "cuda";
   readonly threads: number;
   readonly simd: string;
+  /** The prefetch hint in use ("t0", "t2", "nta" or "none"). */
+  readonly prefetch: string;
   readonly observationWindow: number;
 }
 
@@ -156,6 +170,7 @@ export class KVCache {
     const device = oneOf("device", options.device ?? "auto", DEVICES);
     const threads = options.threads === undefined ? defaultThreads() : positiveInteger("threads", options.threads, 1024);
     const simd = oneOf("simd", options.simd ?? "auto", SIMD);
+    const prefetch = oneOf("prefetch", options.prefetch ?? "auto", PREFETCH);
     const observationWindow = nonNegativeInteger("observationWindow", options.observationWindow ?? 32, 65536);
 
     const addon = native();
@@ -174,6 +189,7 @@ export class KVCache {
         dtype: DTYPES.indexOf(dtype),
         threads,
         simd,
+        prefetch,
         observationWindow,
       });
     } catch (e) {
@@ -185,6 +201,7 @@ export class KVCache {
       device: "cpu" as const,
       threads: info.threads,
       simd: info.simd,
+      prefetch: info.prefetch,
       observationWindow,
     });
   }

@@ -39,6 +39,7 @@ export interface NativeCacheOptions {
   dtype: number; // 0 f32, 1 f16, 2 bf16
   threads: number;
   simd: string;
+  prefetch: string;
   observationWindow: number;
 }
 
@@ -61,13 +62,15 @@ export interface NativeCache {
   appended(seq: number, layer: number): number;
   readRows(seq: number, layer: number, head: number, values: boolean): Float32Array;
   usage(): NativeUsage;
-  info(): { simd: string; threads: number; device: string };
+  info(): { simd: string; prefetch: string; threads: number; device: string };
   dispose(): void;
 }
 
 export interface NativeCpuInfo {
   simd: string;
   simdSupported: string[];
+  /** The prefetch hint "auto" resolves to on this processor. */
+  prefetch: string;
   hardwareThreads: number;
 }
 

@@ -120,6 +120,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     c.observationWindow = (int)num("observationWindow");
     Napi::Value simd = o.Get("simd");
     c.simd = simd.IsString() ? simd.As<Napi::String>().Utf8Value() : "auto";
+    Napi::Value prefetch = o.Get("prefetch");
+    c.prefetch = prefetch.IsString() ? prefetch.As<Napi::String>().Utf8Value() : "auto";
     if (c.layers < 1 || c.kvHeads < 1 || c.queryHeads < c.kvHeads || c.queryHeads % c.kvHeads != 0 ||
         c.headDim < 1 || c.pageSize < 1 || c.maxTokens < 1 || c.threads < 1 || c.observationWindow < 0)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "invalid cache configuration");
@@ -505,6 +507,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(info.Env());
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("simd", c.simdName());
+    o.Set("prefetch", c.prefetchName());
     o.Set("threads", c.threads());
     o.Set("device", "cpu");
     return o;
@@ -529,6 +532,7 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   for (const char* name : {"avx512", "avx2", "neon", "generic"})
     if (cpu::cpuSupports(name)) supported.Set(n++, name);
   o.Set("simdSupported", supported);
+  o.Set("prefetch", cpu::prefetchName(cpu::bestPrefetch()));
   o.Set("hardwareThreads", (double)std::thread::hardware_concurrency());
   return o;
 }

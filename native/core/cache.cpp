@@ -14,6 +14,8 @@ std::string str(int64_t v) { return std::to_string(v); }
 Cache::Cache(const CacheConfig& cfg) : cfg_(cfg) {
   kernels_ = cpu::selectKernels(cfg.simd.c_str());
   if (!kernels_) throwInvalid("Expected a SIMD level this processor supports for simd but received \"" + cfg.simd + "\"");
+  if (!cpu::parsePrefetch(cfg.prefetch.c_str(), &prefetch_))
+    throwInvalid("Expected one of auto, t0, t2, nta, none for prefetch but received \"" + cfg.prefetch + "\"");
   const int64_t pages = (cfg.maxTokens + cfg.pageSize - 1) / cfg.pageSize;
   pool_.reset(new PagePool(pages, cfg.pageSize, cfg.headDim, cfg.dtype));
   pool_threads_.reset(new ThreadPool(cfg.threads));
@@ -164,6 +166,7 @@ void Cache::attend(int32_t seqId, int layer, int tokens, const float* queries, f
   a.queries = queries;
   a.out = out;
   a.scale = scale;
+  a.prefetch = prefetch_;
   std::vector<float*> mass, oracle;
   std::vector<const float*> oracleWeight;
   if (seq.accumulate) {

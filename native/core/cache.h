@@ -23,6 +23,7 @@ struct CacheConfig {
   DType dtype = DType::F16;
   int threads = 1;
   std::string simd = "auto";
+  std::string prefetch = "auto";  // cpu::parsePrefetch names
   int observationWindow = 32;  // query rows remembered per layer (SnapKV's observation window)
 };
 
@@ -75,6 +76,7 @@ class Cache {
   explicit Cache(const CacheConfig& cfg);
   const CacheConfig& config() const { return cfg_; }
   const char* simdName() const { return kernels_->name; }
+  const char* prefetchName() const { return cpu::prefetchName(prefetch_); }
   int threads() const { return pool_threads_->threads(); }
 
   // Every public method takes the cache lock: calls from the JS thread and from async workers
@@ -126,6 +128,7 @@ class Cache {
   std::unique_ptr<PagePool> pool_;
   std::unique_ptr<ThreadPool> pool_threads_;
   const cpu::Kernels* kernels_;
+  cpu::Prefetch prefetch_ = cpu::Prefetch::T0;
   std::map<int32_t, std::unique_ptr<Sequence>> seqs_;
   int32_t nextSeqId_ = 1;
   bool disposed_ = false;

@@ -169,6 +169,7 @@ void attend(const AttendArgs& a) {
     span.t0 = it.t0;
     span.block = kBlockTokens;
     span.aheadPages = aheadPages;
+    span.prefetch = a.prefetch;
     span.rows = rows;
     span.q = q.data() + ((size_t)it.row0 * a.queryHeads + (size_t)it.head * G) * D;
     span.qStride = (int64_t)a.queryHeads * D;

@@ -20,6 +20,7 @@ struct AttendArgs {
   const float* queries;     // [tokens, queryHeads, headDim]
   float* out;               // [tokens, queryHeads, headDim]
   float scale;
+  Prefetch prefetch = Prefetch::T0;  // how the kernels request rows ahead while streaming
   // Optional, per KV head: attention mass per kept token, to which this call adds each token's
   // softmax weight averaged over the query heads of the group (H2O).
   float* const* mass = nullptr;

@@ -13,6 +13,14 @@ namespace cpu {
 // block), sums l[G], then accumulators acc[G * D]. m[g] is a reference, not always the exact
 // maximum: it moves only when a block's scores pass it by a margin, weights stay below e^8, and
 // acc / l is the softmax-weighted sum of V whatever the reference.
+// How the kernels request rows ahead of use while streaming memory. The best hint differs by
+// processor (see bench/README.md): bestPrefetch() picks it from the processor's vendor.
+enum class Prefetch : int { None = 0, T0 = 1, T2 = 2, Nta = 3 };
+const char* prefetchName(Prefetch p);
+// "auto" (bestPrefetch()), "t0", "t2", "nta" or "none"; false for any other name.
+bool parsePrefetch(const char* name, Prefetch* out);
+Prefetch bestPrefetch();
+
 struct Span {
   const uint8_t* base;
   size_t pageBytes, rowBytes;
@@ -22,6 +30,7 @@ struct Span {
   int32_t t0;
   int block;       // tokens per softmax block: a multiple of P, or at most P
   int aheadPages;  // 0, or how many pages ahead the kernels request rows (while streaming memory)
+  Prefetch prefetch;  // the hint those requests use
   int rows;        // query rows, at most kSpanRows
   const float* q;
   int64_t qStride;
@@ -39,9 +48,7 @@ constexpr int kSpanRows = 8;
 struct Kernels {
   const char* name;
   // s[g*ld + j] = dot(q + g*D, row j of K) for j < n, g < G. K rows are contiguous, D elements each.
-  // `ahead` (may be null): n rows of the same size whose cache lines are requested while these are
-  // computed, one row per row, so that memory traffic for the next rows overlaps the arithmetic.
-  void (*qk)(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld, const void* ahead);
+  void (*qk)(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld);
   // x[i] = exp(x[i] - shift) for i < n; returns the sum of the results.
   float (*expSum)(float* x, int n, float shift);
   // max of x[i] for i < n (-inf when n = 0; NaN inputs are not expected).

@@ -119,5 +119,43 @@ const Kernels* selectKernels(const char* name) {
   return &kernelsGeneric();
 }
 
+const char* prefetchName(Prefetch p) {
+  switch (p) {
+    case Prefetch::None: return "none";
+    case Prefetch::T0: return "t0";
+    case Prefetch::T2: return "t2";
+    case Prefetch::Nta: return "nta";
+  }
+  return "none";
+}
+
+bool parsePrefetch(const char* name, Prefetch* out) {
+  if (__builtin_strcmp(name, "auto") == 0) {
+    *out = bestPrefetch();
+    return true;
+  }
+  for (int i = 0; i < 4; ++i) {
+    const Prefetch p = (Prefetch)i;
+    if (__builtin_strcmp(name, prefetchName(p)) == 0) {
+      *out = p;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Measured with bench/attention.js (bench/README.md): on Intel Xeons the non-temporal hint halved
+// decode speed (its lines skip L2 and the hardware streamer), while on the AMD EPYC (Zen 5) it was
+// the fastest; other processors get the ordinary hint.
+Prefetch bestPrefetch() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("amd")) return Prefetch::Nta;
+  return Prefetch::T0;
+#else
+  return Prefetch::Nta;  // arm64: one streaming hint (pldl1strm) serves every setting but "none"
+#endif
+}
+
 }  // namespace cpu
 }  // namespace lukv

@@ -45,28 +45,48 @@ static inline float dotTail(int dt, const void* K, int64_t row, const float* q, 
   return r;
 }
 
-// Requests the cache lines of one row ahead of use (rowBytes bytes from p); p may be null.
-static inline void prefetchRow(const uint8_t* p, int64_t rowBytes) {
-  if (!p) return;
-  // Non-temporal hint: the rows are used once, soon; on the processors measured this kept the
-  // most requests in flight (see bench/README.md). Written as volatile asm because GCC deletes a
-  // loop of __builtin_prefetch with a run-time trip count as a loop without side effects.
-  for (int64_t x = 0; x < rowBytes; x += 64) {
+// Requests the cache lines of one row ahead of use (rowBytes bytes from p; p may be null) with
+// hint H. Written as volatile asm because GCC deletes a loop of __builtin_prefetch with a run-time
+// trip count as a loop without side effects; four lines per step, since the loop's own
+// instructions showed in the time of rows already in cache.
+template <int H>
+static inline void prefetchLine(const uint8_t* p) {
 #if defined(__x86_64__) || defined(__i386__)
-    __asm__ volatile("prefetchnta %0" : : "m"(*(const volatile uint8_t*)(p + x)));
+  if (H == (int)Prefetch::Nta) __asm__ volatile("prefetchnta %0" : : "m"(*(const volatile uint8_t*)p));
+  else if (H == (int)Prefetch::T2) __asm__ volatile("prefetcht2 %0" : : "m"(*(const volatile uint8_t*)p));
+  else __asm__ volatile("prefetcht0 %0" : : "m"(*(const volatile uint8_t*)p));
 #elif defined(__aarch64__)
-    __asm__ volatile("prfm pldl1strm, [%0]" : : "r"(p + x));  // streaming (used once) load hint
+  __asm__ volatile("prfm pldl1strm, [%0]" : : "r"(p));  // streaming (used once) load hint
 #else
-    __builtin_prefetch(p + x, 0, 0);
+  __builtin_prefetch(p, 0, 0);
 #endif
+}
+
+template <int H>
+static inline void prefetchRowAs(const uint8_t* p, int64_t rowBytes) {
+  int64_t x = 0;
+  for (; x + 256 <= rowBytes; x += 256) {
+    prefetchLine<H>(p + x);
+    prefetchLine<H>(p + x + 64);
+    prefetchLine<H>(p + x + 128);
+    prefetchLine<H>(p + x + 192);
   }
+  for (; x < rowBytes; x += 64) prefetchLine<H>(p + x);
+}
+
+static inline void prefetchRow(const uint8_t* p, int64_t rowBytes, Prefetch hint) {
+  if (!p) return;
+  if (hint == Prefetch::T0) prefetchRowAs<(int)Prefetch::T0>(p, rowBytes);
+  else if (hint == Prefetch::T2) prefetchRowAs<(int)Prefetch::T2>(p, rowBytes);
+  else if (hint == Prefetch::Nta) prefetchRowAs<(int)Prefetch::Nta>(p, rowBytes);
 }
 
 // Scores of R = W/4 rows from row j for four query heads (q0, q0 + D, q0 + 2D, q0 + 3D): W
 // accumulators reduced together by one transpose-and-add tree. Lane k*R + r of the result is the
 // score of row j + r for head k. Requires D % W == 0; requests the same rows of `ahead` (may be null).
 template <int DT>
-static inline Vec qkRows(const void* K, int j, int D, const float* q0, const uint8_t* ahead, int64_t rowBytes) {
+static inline Vec qkRows(const void* K, int j, int D, const float* q0, const uint8_t* ahead, int64_t rowBytes,
+                         Prefetch hint) {
   constexpr int R = Vec::W / 4;
   Vec a[Vec::W];
   for (int i = 0; i < Vec::W; ++i) a[i] = Vec::zero();
@@ -74,7 +94,7 @@ static inline Vec qkRows(const void* K, int j, int D, const float* q0, const uin
     const Vec x0 = Vec::loadF32(q0 + d), x1 = Vec::loadF32(q0 + D + d), x2 = Vec::loadF32(q0 + 2 * D + d),
               x3 = Vec::loadF32(q0 + 3 * D + d);
     if (d == 0)
-      for (int r = 0; r < R; ++r) prefetchRow(ahead ? ahead + (j + r) * rowBytes : nullptr, rowBytes);
+      for (int r = 0; r < R; ++r) prefetchRow(ahead ? ahead + (j + r) * rowBytes : nullptr, rowBytes, hint);
     for (int r = 0; r < R; ++r) {
       const Vec k = loadRow(DT, K, (int64_t)(j + r) * D + d);
       a[r] = Vec::fma(x0, k, a[r]);
@@ -90,7 +110,8 @@ static inline Vec qkRows(const void* K, int j, int D, const float* q0, const uin
 // independent accumulators in flight: W/4 rows x four query heads (qkRows), or one row x four
 // heads, or four rows x one head (reduced four at a time by sum4).
 template <int DT>
-static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld, const uint8_t* ahead) {
+static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld, const uint8_t* ahead,
+                   Prefetch hint) {
   const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
   const int Dv = D - D % Vec::W;
   int g = 0;
@@ -102,14 +123,14 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
     if (Dv == D) {
       for (; j + R <= n; j += R) {
         float t[Vec::W];
-        qkRows<DT>(K, j, D, q0, ahead, rowBytes).store(t);
+        qkRows<DT>(K, j, D, q0, ahead, rowBytes, hint).store(t);
         for (int k = 0; k < 4; ++k)
           for (int r = 0; r < R; ++r) s0[(int64_t)k * ld + j + r] = t[k * R + r];
       }
     }
     for (; j < n; ++j) {
       const int64_t row = (int64_t)j * D;
-      prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes);
+      prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes, hint);
       Vec a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
       for (int d = 0; d < Dv; d += Vec::W) {
         Vec k = loadRow(DT, K, row + d);
@@ -124,7 +145,7 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
     }
   }
   if (G < 4 && ahead)  // the grouped loop above did not request them
-    for (int j = 0; j < n; ++j) prefetchRow(ahead + j * rowBytes, rowBytes);
+    for (int j = 0; j < n; ++j) prefetchRow(ahead + j * rowBytes, rowBytes, hint);
   for (; g < G; ++g) {
     const float* qg = q + (int64_t)g * D;
     float* sg = s + (int64_t)g * ld;
@@ -158,7 +179,7 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
 // qkRows (IL) w_k(j) = p[(j / R) * W + k*R + j % R]. Requests the same rows of `ahead` (may be null).
 template <int DT, bool IL>
 static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p, int ld, float* acc, const uint8_t* ahead,
-                            int64_t rowBytes) {
+                            int64_t rowBytes, Prefetch hint) {
   constexpr int T = Vec::kTile, R = Vec::W / 4;
   const int stride = IL ? R : ld;
   for (int d = 0; d < Dt; d += Vec::W * T) {
@@ -166,7 +187,7 @@ static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p,
     for (int k = 0; k < 4; ++k)
       for (int t = 0; t < T; ++t) a[k][t] = Vec::loadF32(acc + (int64_t)k * D + d + t * Vec::W);
     for (int j = 0; j < n; ++j) {
-      if (d == 0) prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes);
+      if (d == 0) prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes, hint);
       const float* pj = IL ? p + (j / R) * Vec::W + j % R : p + j;
       const Vec p0 = Vec::set1(pj[0]), p1 = Vec::set1(pj[stride]), p2 = Vec::set1(pj[2 * stride]), p3 = Vec::set1(pj[3 * stride]);
       for (int t = 0; t < T; ++t) {
@@ -183,7 +204,8 @@ static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p,
 }
 
 template <int DT>
-static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, float* acc, const uint8_t* ahead) {
+static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, float* acc, const uint8_t* ahead,
+                   Prefetch hint) {
   const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
   constexpr int T = Vec::kTile;
   const int Dt = D - D % (Vec::W * T);
@@ -192,7 +214,7 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
   // Groups of four query heads in register tiles (pvHeads4), then the columns left over.
   for (; g + 4 <= G; g += 4) {
     const float* pg = p + (int64_t)g * ld;
-    pvHeads4<DT, false>(V, n, D, Dt, pg, ld, acc + (int64_t)g * D, ahead, rowBytes);
+    pvHeads4<DT, false>(V, n, D, Dt, pg, ld, acc + (int64_t)g * D, ahead, rowBytes, hint);
     for (int d = Dt; d < Dv; d += Vec::W) {
       for (int k = 0; k < 4; ++k) {
         float* o = acc + (int64_t)(g + k) * D + d;
@@ -203,7 +225,7 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
     }
   }
   if ((G < 4 || Dt == 0) && ahead)  // the tiled loop above did not request them
-    for (int j = 0; j < n; ++j) prefetchRow(ahead + j * rowBytes, rowBytes);
+    for (int j = 0; j < n; ++j) prefetchRow(ahead + j * rowBytes, rowBytes, hint);
   for (; g < G; ++g) {
     const float* pg = p + (int64_t)g * ld;
     for (int d = 0; d < Dv; d += Vec::W) {
@@ -222,11 +244,10 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
   }
 }
 
-static void qk(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld, const void* ahead) {
-  const uint8_t* pf = static_cast<const uint8_t*>(ahead);
-  if (dt == 0) qkImpl<0>(K, n, D, q, G, s, ld, pf);
-  else if (dt == 1) qkImpl<1>(K, n, D, q, G, s, ld, pf);
-  else qkImpl<2>(K, n, D, q, G, s, ld, pf);
+static void qk(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld) {
+  if (dt == 0) qkImpl<0>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
+  else if (dt == 1) qkImpl<1>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
+  else qkImpl<2>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
 }
 
 static float expSum(float* x, int n, float shift) {
@@ -408,7 +429,8 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
           for (int g = 0; g < G; g += 4) {
             float* sc = s + (int64_t)g * B + (t - b) / R * Vec::W;
             const uint8_t* pf = g == 0 ? next : nullptr;
-            for (int j = 0; j < n; j += R) qkRows<DT>(K, j, D, q + (int64_t)g * D, pf, rowBytes).store(sc + j / R * Vec::W);
+            for (int j = 0; j < n; j += R)
+              qkRows<DT>(K, j, D, q + (int64_t)g * D, pf, rowBytes, sp.prefetch).store(sc + j / R * Vec::W);
           }
         });
         for (int g = 0; g < G; g += 4) {
@@ -445,13 +467,13 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
         segments(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
           for (int g = 0; g < G; g += 4)
             pvHeads4<DT, true>(V, n, D, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
-                               g == 0 ? next : nullptr, rowBytes);
+                               g == 0 ? next : nullptr, rowBytes, sp.prefetch);
         });
       } else {
         // Any other block: scores laid out per head (s[g * B + j]), softmaxStep, pv.
         if (interleaved) flushLanes(i);
         segments(b, b + nb, false, ahead, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
-          qkImpl<DT>(K, n, D, q, G, s + (t - b), B, next);
+          qkImpl<DT>(K, n, D, q, G, s + (t - b), B, next, sp.prefetch);
         });
         if (sp.raw) {
           float* raw = sp.raw + i * sp.rawRowStride + (b - sp.t0);
@@ -460,7 +482,7 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
         }
         softmaxStep(s, B, nb, G, m, l, acc, D);
         segments(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
-          pvImpl<DT>(V, n, D, s + (t - b), B, G, acc, next);
+          pvImpl<DT>(V, n, D, s + (t - b), B, G, acc, next, sp.prefetch);
         });
         if (interleaved) loadLanes(i);
       }

@@ -28,7 +28,7 @@ void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
     const int32_t n = (int32_t)(std::upper_bound(h.positions.begin(), h.positions.end(), a.queryPositions[i]) - h.positions.begin());
     if (n == 0) continue;
     h.forSegments(P, 0, n, [&](int32_t page, int off, int cnt, int32_t t) {
-      a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, q.data(), G, s.data() + t, L, nullptr);
+      a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, q.data(), G, s.data() + t, L);
     });
     for (int g = 0; g < G; ++g) {
       float* sg = s.data() + (size_t)g * L;
