@@ -2,7 +2,7 @@
 // the same layer, and decode-step time after ratio 0.8 against the full cache, measured in one run.
 // Usage: node dist/bench/compress.js [--tokens 8192,32768] [--layers 32] [--repeats 5]
 import { KVCache, backends } from "../ts";
-import { median, timeRuns, printTable, machine, writeResults } from "./common";
+import { median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -15,7 +15,7 @@ const repeats = Number(arg("repeats", "5"));
 const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16, chunk = 512, ratio = 0.8;
 const b = backends();
 console.log(`compress: ${layers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${headDim}, f16, pageSize ${pageSize}`);
-console.log(`CPU: ${machine().cpuModel}, ${b.cpu.threads} threads, kernels ${b.cpu.simd}; scorer snapkv (window 32, max-pool 7), allocation adakv, ratio ${ratio}\n`);
+console.log(`CPU: ${cpuLine()}; ${b.cpu.threads} threads, kernels ${b.cpu.simd}, prefetch ${b.cpu.prefetch}; scorer snapkv (window 32, max-pool 7), allocation adakv, ratio ${ratio}\n`);
 
 function pseudoRandomF16(n: number, salt: number): Uint16Array {
   const out = new Uint16Array(n);
@@ -89,5 +89,5 @@ for (const tokens of sizes) {
 printTable(["tokens", "compress ms/layer", "prefill ms/layer*", "compress/prefill", "decode ms (full)", "decode ms (0.8)", "ratio", "KV MiB"], rows);
 console.log(`\n* prefill attention of one layer in ${chunk}-token chunks, estimated as (tokens/${chunk})/2 times the measured last chunk`);
 console.log(`decode ms = one decode step over all ${layers} layers (attention only), median of ${repeats}`);
-const file = writeResults("compress", { benchmark: "compress", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, ratio, scorer: "snapkv", allocation: "adakv", threads: b.cpu.threads, simd: b.cpu.simd, repeats, machine: machine(), results });
+const file = writeResults("compress", { benchmark: "compress", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, ratio, scorer: "snapkv", allocation: "adakv", threads: b.cpu.threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, machine: machine(), results });
 console.log(`written ${file}`);

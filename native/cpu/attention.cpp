@@ -150,7 +150,8 @@ void attend(const AttendArgs& a) {
     const int rows = it.row1 - it.row0;
     const int64_t stateStride = (partialStride + 15) / 16 * 16;
     std::vector<float>& work = tItem;
-    sizeTo(work, (size_t)(rows * stateStride) + 16 + (size_t)G * kBlockTokens);
+    const size_t convertedFloats = rows > 1 && dt != 0 ? (size_t)2 * kBlockTokens * D : 0;
+    sizeTo(work, (size_t)(rows * stateStride) + 16 + (size_t)G * kBlockTokens + convertedFloats + 16);
     float* state = work.data() + (16 - (reinterpret_cast<uintptr_t>(work.data()) / sizeof(float)) % 16) % 16;
     int32_t ends[kSpanRows];
     for (int i = 0; i < rows; ++i) {
@@ -177,6 +178,10 @@ void attend(const AttendArgs& a) {
     span.state = state;
     span.stateStride = stateStride;
     span.scratch = state + rows * stateStride;
+    if (convertedFloats) {
+      float* after = span.scratch + (size_t)G * kBlockTokens;
+      span.converted = after + (16 - (reinterpret_cast<uintptr_t>(after) / sizeof(float)) % 16) % 16;
+    }
     if (keepScores) {
       span.rawStride = it.t1 - it.t0;
       span.rawRowStride = (int64_t)G * span.rawStride;

@@ -38,6 +38,9 @@ struct Span {
   float* state;
   int64_t stateStride;
   float* scratch;  // G * block floats
+  // Optional, for several rows over 16-bit storage: 2 * block * D floats (64-byte aligned) in which
+  // a block's K and V rows are converted once for all rows.
+  float* converted;
   // Optional: raw (scaled, pre-softmax) scores of row i, raw[i * rawRowStride + g * rawStride + t - t0].
   float* raw;
   int64_t rawRowStride, rawStride;

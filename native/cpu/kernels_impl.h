@@ -361,13 +361,26 @@ static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, floa
   for (; g < G; ++g) l[g] += expSum(s + (int64_t)g * ld, n, m[g]);
 }
 
+// The storage type rows are read as, as a type (for generic lambdas).
+template <int N>
+struct LoadAs {
+  static constexpr int value = N;
+};
+
+// dst[d] = row element d as f32, for d < D.
+template <int DT>
+static inline void toF32(const void* src, int D, float* dst) {
+  const int Dv = D - D % Vec::W;
+  for (int d = 0; d < Dv; d += Vec::W) loadRow(DT, src, d).store(dst + d);
+  for (int d = Dv; d < D; ++d) dst[d] = scalarLoad(DT, src, d);
+}
+
 // ONE: a single query row (decode), compiled separately so the row loops fold away.
 template <int DT, bool ONE>
 static void attendSpanImpl(const Span& sp, int D, int G) {
   constexpr int R = Vec::W / 4;
   const int rows = ONE ? 1 : sp.rows;
   const int P = sp.P, B = sp.block;
-  const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
   float* s = sp.scratch;
   // Calls fn(K or V rows of the segment, rows `ahead` pages further on or null, count, first token)
   // for the tokens [b, e) page by page.
@@ -412,81 +425,114 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
     if (interleaved) loadLanes(i);
   }
 
-  for (int32_t b = sp.t0; b < last; b += B) {
-    // Every row that sees this block, while its K and V rows are in cache; the first of them
-    // requests the rows `aheadPages` pages on.
-    int ahead = sp.aheadPages;
-    for (int i = 0; i < rows; ++i) {
-      if (ends[i] <= b) continue;
-      const int nb = ends[i] - b < B ? ends[i] - b : B;
-      const float* q = sp.q + i * sp.qStride;
-      float* m = sp.state + i * sp.stateStride;
-      float* l = m + G;
-      float* acc = m + 2 * G;
-      if (interleaved && nb % R == 0 && b % R == 0) {
-        const int C = nb / R;  // score vectors per group of four heads
-        segments(b, b + nb, false, ahead, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
-          for (int g = 0; g < G; g += 4) {
-            float* sc = s + (int64_t)g * B + (t - b) / R * Vec::W;
-            const uint8_t* pf = g == 0 ? next : nullptr;
-            for (int j = 0; j < n; j += R)
-              qkRows<DT>(K, j, D, q + (int64_t)g * D, pf, rowBytes, sp.prefetch).store(sc + j / R * Vec::W);
-          }
-        });
+  // Serves query row i over the block [b, b + its end): LT is the type its K and V rows are read as,
+  // and rowsOf(from, to, values, ahead, fn) hands them out (the pages, or the block's f32 copy).
+  auto serveRow = [&](auto loadAs, int32_t b, int i, int ahead, auto&& rowsOf) {
+    constexpr int LT = decltype(loadAs)::value;
+    const int64_t rowBytes = (int64_t)D * (LT == 0 ? 4 : 2);
+    const int nb = ends[i] - b < B ? ends[i] - b : B;
+    const float* q = sp.q + i * sp.qStride;
+    float* m = sp.state + i * sp.stateStride;
+    float* l = m + G;
+    float* acc = m + 2 * G;
+    if (interleaved && nb % R == 0 && b % R == 0) {
+      const int C = nb / R;  // score vectors per group of four heads
+      rowsOf(b, b + nb, false, ahead, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
         for (int g = 0; g < G; g += 4) {
-          float* sc = s + (int64_t)g * B;
-          float* mL = mLane[i][g / 4];
-          float* lL = lLane[i][g / 4];
-          Vec top = Vec::loadF32(sc);
-          for (int c = 1; c < C; ++c) top = Vec::max(top, Vec::loadF32(sc + c * Vec::W));
-          // Raise a head's reference only when one of its scores passes it by more than kSlack (always
-          // on a head's first block: its lanes hold -inf).
-          if (Vec::anyGreater(top, Vec::add(Vec::loadF32(mL), Vec::set1(kSlack)))) {
-            alignas(64) float t[Vec::W];
-            top.store(t);
-            for (int k = 0; k < 4; ++k) {
-              float bm = t[k * R];
-              for (int r = 1; r < R; ++r) bm = t[k * R + r] > bm ? t[k * R + r] : bm;
-              if (m[g + k] != -__builtin_inff() && bm <= m[g + k] + kSlack) continue;
-              const float corr = moveReference(bm, m[g + k], l[g + k], acc + (int64_t)(g + k) * D, D);
-              for (int r = 0; r < R; ++r) {
-                lL[k * R + r] *= corr;  // 0 before the first block, where the lane sums are still 0
-                mL[k * R + r] = bm;
-              }
+          float* sc = s + (int64_t)g * B + (t - b) / R * Vec::W;
+          const uint8_t* pf = g == 0 ? next : nullptr;
+          for (int j = 0; j < n; j += R)
+            qkRows<LT>(K, j, D, q + (int64_t)g * D, pf, rowBytes, sp.prefetch).store(sc + j / R * Vec::W);
+        }
+      });
+      for (int g = 0; g < G; g += 4) {
+        float* sc = s + (int64_t)g * B;
+        float* mL = mLane[i][g / 4];
+        float* lL = lLane[i][g / 4];
+        Vec top = Vec::loadF32(sc);
+        for (int c = 1; c < C; ++c) top = Vec::max(top, Vec::loadF32(sc + c * Vec::W));
+        // Raise a head's reference only when one of its scores passes it by more than kSlack (always
+        // on a head's first block: its lanes hold -inf).
+        if (Vec::anyGreater(top, Vec::add(Vec::loadF32(mL), Vec::set1(kSlack)))) {
+          alignas(64) float t[Vec::W];
+          top.store(t);
+          for (int k = 0; k < 4; ++k) {
+            float bm = t[k * R];
+            for (int r = 1; r < R; ++r) bm = t[k * R + r] > bm ? t[k * R + r] : bm;
+            if (m[g + k] != -__builtin_inff() && bm <= m[g + k] + kSlack) continue;
+            const float corr = moveReference(bm, m[g + k], l[g + k], acc + (int64_t)(g + k) * D, D);
+            for (int r = 0; r < R; ++r) {
+              lL[k * R + r] *= corr;  // 0 before the first block, where the lane sums are still 0
+              mL[k * R + r] = bm;
             }
           }
-          const Vec shift = Vec::loadF32(mL);
-          Vec sum = Vec::loadF32(lL);
-          for (int c = 0; c < C; ++c) {
-            const Vec e = Vec::exp(Vec::sub(Vec::loadF32(sc + c * Vec::W), shift));
-            e.store(sc + c * Vec::W);
-            sum = Vec::add(sum, e);
-          }
-          sum.store(lL);
         }
-        segments(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
-          for (int g = 0; g < G; g += 4)
-            pvHeads4<DT, true>(V, n, D, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
-                               g == 0 ? next : nullptr, rowBytes, sp.prefetch);
-        });
-      } else {
-        // Any other block: scores laid out per head (s[g * B + j]), softmaxStep, pv.
-        if (interleaved) flushLanes(i);
-        segments(b, b + nb, false, ahead, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
-          qkImpl<DT>(K, n, D, q, G, s + (t - b), B, next, sp.prefetch);
-        });
-        if (sp.raw) {
-          float* raw = sp.raw + i * sp.rawRowStride + (b - sp.t0);
-          for (int g = 0; g < G; ++g)
-            for (int j = 0; j < nb; ++j) raw[(int64_t)g * sp.rawStride + j] = s[(int64_t)g * B + j];
+        const Vec shift = Vec::loadF32(mL);
+        Vec sum = Vec::loadF32(lL);
+        for (int c = 0; c < C; ++c) {
+          const Vec e = Vec::exp(Vec::sub(Vec::loadF32(sc + c * Vec::W), shift));
+          e.store(sc + c * Vec::W);
+          sum = Vec::add(sum, e);
         }
-        softmaxStep(s, B, nb, G, m, l, acc, D);
-        segments(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
-          pvImpl<DT>(V, n, D, s + (t - b), B, G, acc, next, sp.prefetch);
-        });
-        if (interleaved) loadLanes(i);
+        sum.store(lL);
       }
-      ahead = 0;
+      rowsOf(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
+        for (int g = 0; g < G; g += 4)
+          pvHeads4<LT, true>(V, n, D, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
+                             g == 0 ? next : nullptr, rowBytes, sp.prefetch);
+      });
+    } else {
+      // Any other block: scores laid out per head (s[g * B + j]), softmaxStep, pv.
+      if (interleaved) flushLanes(i);
+      rowsOf(b, b + nb, false, ahead, [&](const uint8_t* K, const uint8_t* next, int n, int32_t t) {
+        qkImpl<LT>(K, n, D, q, G, s + (t - b), B, next, sp.prefetch);
+      });
+      if (sp.raw) {
+        float* raw = sp.raw + i * sp.rawRowStride + (b - sp.t0);
+        for (int g = 0; g < G; ++g)
+          for (int j = 0; j < nb; ++j) raw[(int64_t)g * sp.rawStride + j] = s[(int64_t)g * B + j];
+      }
+      softmaxStep(s, B, nb, G, m, l, acc, D);
+      rowsOf(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
+        pvImpl<LT>(V, n, D, s + (t - b), B, G, acc, next, sp.prefetch);
+      });
+      if (interleaved) loadLanes(i);
+    }
+  };
+
+  // Prefill with 16-bit storage: each block's K and V rows are converted to f32 once, into
+  // sp.converted, and every row reads that copy (converted per row, they cost a quarter of a row's
+  // arithmetic on the Intel Xeon measured).
+  const bool shared = !ONE && DT != 0 && rows > 1 && sp.converted != nullptr;
+  float* const kf = sp.converted;
+  float* const vf = shared ? sp.converted + (int64_t)B * D : nullptr;
+  for (int32_t b = sp.t0; b < last; b += B) {
+    // Every row that sees this block, while its K and V rows are in cache; the first pass over the
+    // block requests the rows `aheadPages` pages on.
+    if (shared) {
+      const int32_t e = last - b < B ? last : b + B;
+      auto convert = [&](float* to) {
+        return [&, to](const uint8_t* from, const uint8_t* next, int n, int32_t t) {
+          for (int j = 0; j < n; ++j) {
+            prefetchRow(next ? next + j * sp.rowBytes : nullptr, (int64_t)sp.rowBytes, sp.prefetch);
+            toF32<DT>(from + j * sp.rowBytes, D, to + (int64_t)(t - b + j) * D);
+          }
+        };
+      };
+      segments(b, e, false, sp.aheadPages, convert(kf));
+      segments(b, e, true, sp.aheadPages, convert(vf));
+      auto copyRows = [&](int32_t from, int32_t to, bool values, int, auto&& fn) {
+        fn(reinterpret_cast<const uint8_t*>((values ? vf : kf) + (int64_t)(from - b) * D), nullptr, to - from, from);
+      };
+      for (int i = 0; i < rows; ++i)
+        if (ends[i] > b) serveRow(LoadAs<0>{}, b, i, 0, copyRows);
+    } else {
+      int ahead = sp.aheadPages;
+      for (int i = 0; i < rows; ++i) {
+        if (ends[i] <= b) continue;
+        serveRow(LoadAs<DT>{}, b, i, ahead, segments);
+        ahead = 0;
+      }
     }
   }
   if (interleaved)
