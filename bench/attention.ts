@@ -4,7 +4,7 @@
 // with the plain read, so every column comes from the same stretch of time.
 import { KVCache, backends, PrefetchHint } from "../ts";
 import { native } from "../ts/native";
-import { median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
+import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -45,8 +45,13 @@ for (const tokens of sizes) {
   const rounds = 5;
   const perRound = Math.max(1, Math.ceil(repeats / rounds));
   const readRuns: number[] = [];
+  // Each group of runs starts after a pause, so that no other cache's threads still spin beside it.
   for (let round = 0; round < rounds; round++) {
-    for (const c of caches) c.runs.push(...timeRuns(() => c.seq.attend(0, q, { out }), perRound, round === 0 ? 2 : 1));
+    for (const c of caches) {
+      pause(10);
+      c.runs.push(...timeRuns(() => c.seq.attend(0, q, { out }), perRound, round === 0 ? 2 : 1));
+    }
+    pause(10);
     readRuns.push(...native().memoryReadBenchmark(bytes, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
   }
   const readMs = median(readRuns);

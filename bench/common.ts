@@ -21,6 +21,14 @@ export function timeRuns(fn: () => void, repeats: number, warmup = 1): number[] 
   return out;
 }
 
+/**
+ * Blocks for `ms` milliseconds. Kernel threads spin for up to 2 ms after each call before they
+ * sleep: a pause lets them sleep before something else is timed beside them.
+ */
+export function pause(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 export function printTable(headers: string[], rows: (string | number)[][]): void {
   const cells = [headers, ...rows.map((r) => r.map(String))];
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => r[i].length)));

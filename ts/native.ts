@@ -88,7 +88,7 @@ export interface NativeAddon {
   NativeCache: new (options: NativeCacheOptions) => NativeCache;
   cpuInfo(): NativeCpuInfo;
   cudaInfo(): NativeCudaInfo;
-  /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes. */
+  /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes (the faster of a read with and one without software prefetch). */
   memoryReadBenchmark(bytes: number, threads: number, repeats: number): number[];
 }
 

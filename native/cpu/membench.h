@@ -7,7 +7,8 @@
 namespace lukv {
 namespace cpu {
 
-// Reads `bytes` bytes `repeats` times with `threads` threads; returns seconds per repeat.
+// Reads `bytes` bytes `repeats` times with `threads` threads; returns seconds per repeat (the
+// faster of a read with and one without software prefetch).
 std::vector<double> readBandwidth(size_t bytes, int threads, int repeats);
 
 }  // namespace cpu
