@@ -144,13 +144,14 @@ bool parsePrefetch(const char* name, Prefetch* out) {
   return false;
 }
 
-// Measured with bench/attention.js (bench/README.md): on Intel Xeons the non-temporal hint halved
-// decode speed (its lines skip L2 and the hardware streamer), while on the AMD EPYC (Zen 5) it was
-// the fastest; other processors get the ordinary hint.
+// Measured with bench/attention.js (bench/README.md): on the Intel Xeon the non-temporal hint
+// halved decode speed and requests into L2 (t2) were the fastest, while on the AMD EPYC (Zen 5)
+// the non-temporal hint was; other processors get the ordinary hint.
 Prefetch bestPrefetch() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_is("amd")) return Prefetch::Nta;
+  if (__builtin_cpu_is("intel")) return Prefetch::T2;
   return Prefetch::T0;
 #else
   return Prefetch::Nta;  // arm64: one streaming hint (pldl1strm) serves every setting but "none"

@@ -81,6 +81,26 @@ static inline void prefetchRow(const uint8_t* p, int64_t rowBytes, Prefetch hint
   else if (hint == Prefetch::Nta) prefetchRowAs<(int)Prefetch::Nta>(p, rowBytes);
 }
 
+// Requests part `step` of the rows from p, in parts of N elements: loops that take a row (or R
+// contiguous rows) N elements at a time request the next rows' lines a part per step. Spread over
+// the arithmetic, the requests do not queue in a burst for free miss buffers while the arithmetic
+// waits behind them: on the Intel Xeon measured, decode at 32K ran 20-30% faster than with a
+// burst of a row's lines per row.
+template <int DT, int N>
+static inline void prefetchPart(const uint8_t* p, int step, Prefetch hint) {
+  constexpr int64_t kPartBytes = (int64_t)N * (DT == 0 ? 4 : 2);
+  static_assert(kPartBytes % 64 == 0 || 64 % kPartBytes == 0, "parts must tile cache lines");
+  const int64_t at = (int64_t)step * kPartBytes;
+  if (kPartBytes < 64 && at % 64 != 0) return;  // one request per line
+  const uint8_t* q = p + at;
+  if (hint == Prefetch::T0)
+    for (int64_t x = 0; x < kPartBytes; x += 64) prefetchLine<(int)Prefetch::T0>(q + x);
+  else if (hint == Prefetch::T2)
+    for (int64_t x = 0; x < kPartBytes; x += 64) prefetchLine<(int)Prefetch::T2>(q + x);
+  else if (hint == Prefetch::Nta)
+    for (int64_t x = 0; x < kPartBytes; x += 64) prefetchLine<(int)Prefetch::Nta>(q + x);
+}
+
 // Scores of R = W/4 rows from row j for four query heads (q0, q0 + D, q0 + 2D, q0 + 3D): W
 // accumulators reduced together by one transpose-and-add tree. Lane k*R + r of the result is the
 // score of row j + r for head k. Requires D % W == 0; requests the same rows of `ahead` (may be null).
@@ -93,8 +113,7 @@ static inline Vec qkRows(const void* K, int j, int D, const float* q0, const uin
   for (int d = 0; d < D; d += Vec::W) {
     const Vec x0 = Vec::loadF32(q0 + d), x1 = Vec::loadF32(q0 + D + d), x2 = Vec::loadF32(q0 + 2 * D + d),
               x3 = Vec::loadF32(q0 + 3 * D + d);
-    if (d == 0)
-      for (int r = 0; r < R; ++r) prefetchRow(ahead ? ahead + (j + r) * rowBytes : nullptr, rowBytes, hint);
+    if (ahead) prefetchPart<DT, R * Vec::W>(ahead + (int64_t)j * rowBytes, d / Vec::W, hint);
     for (int r = 0; r < R; ++r) {
       const Vec k = loadRow(DT, K, (int64_t)(j + r) * D + d);
       a[r] = Vec::fma(x0, k, a[r]);
@@ -187,7 +206,10 @@ static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p,
     for (int k = 0; k < 4; ++k)
       for (int t = 0; t < T; ++t) a[k][t] = Vec::loadF32(acc + (int64_t)k * D + d + t * Vec::W);
     for (int j = 0; j < n; ++j) {
-      if (d == 0) prefetchRow(ahead ? ahead + j * rowBytes : nullptr, rowBytes, hint);
+      if (ahead) {
+        if (Dt == D) prefetchPart<DT, Vec::W * T>(ahead + (int64_t)j * rowBytes, d / (Vec::W * T), hint);
+        else if (d == 0) prefetchRow(ahead + j * rowBytes, rowBytes, hint);
+      }
       const float* pj = IL ? p + (j / R) * Vec::W + j % R : p + j;
       const Vec p0 = Vec::set1(pj[0]), p1 = Vec::set1(pj[stride]), p2 = Vec::set1(pj[2 * stride]), p3 = Vec::set1(pj[3 * stride]);
       for (int t = 0; t < T; ++t) {
