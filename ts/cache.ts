@@ -3,7 +3,16 @@ import * as os from "os";
 import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe } from "./errors";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
-import { CompressOptions, CompressReport, ScoreOptions, nativeCompressOptions, nativeScoreOptions } from "./compress";
+import {
+  CompressOptions,
+  CompressReport,
+  NativeCompressOptions,
+  SCORERS,
+  ScoreOptions,
+  nativeCompressOptions,
+  nativeScoreOptions,
+} from "./compress";
+import { checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } from "./finite";
 import {
   integerInRange,
   isFloat32Array,
@@ -49,6 +58,16 @@ export interface KVCacheOptions {
   simd?: SimdLevel;
   /** Query rows remembered per layer for SnapKV-style scoring. Default: 32. */
   observationWindow?: number;
+  /**
+   * Check every input before the kernels run. Default: true: append, attend and compress throw
+   * InvalidArgumentError naming the tensor and the first bad index for NaN or infinity in keys,
+   * values or queries, and for a Float32Array value an f16/bf16 cache would store as infinity
+   * (|x| >= 65520 for f16; nothing is clamped); attend and the attention and key-norm scorers also
+   * refuse magnitudes whose float32 scores could overflow (headDim × max|q| × max|k| × max(1, |scale|)
+   * above 2^120, or tokens × max|v| above 2^112). false skips these scans (one pass over each input)
+   * when the caller guarantees finite, moderate inputs; bad inputs then give unspecified results.
+   */
+  checkFinite?: boolean;
 }
 
 /** Options of `recordOracle`. */
@@ -128,6 +147,7 @@ export interface CacheConfig {
   readonly threads: number;
   readonly simd: string;
   readonly observationWindow: number;
+  readonly checkFinite: boolean;
 }
 
 /**
@@ -157,6 +177,8 @@ export class KVCache {
     const threads = options.threads === undefined ? defaultThreads() : positiveInteger("threads", options.threads, 1024);
     const simd = oneOf("simd", options.simd ?? "auto", SIMD);
     const observationWindow = nonNegativeInteger("observationWindow", options.observationWindow ?? 32, 65536);
+    const checkFinite = options.checkFinite ?? true;
+    if (typeof checkFinite !== "boolean") throw invalid("checkFinite", "boolean", checkFinite);
 
     const addon = native();
     // "auto" is the CPU until lukv has a CUDA cache; "cuda" throws BackendUnavailableError with every reason.
@@ -186,6 +208,7 @@ export class KVCache {
       threads: info.threads,
       simd: info.simd,
       observationWindow,
+      checkFinite,
     });
   }
 
@@ -257,11 +280,20 @@ export class KVCache {
 export class Sequence {
   readonly #cache: KVCache;
   #id: number | undefined;
+  // Largest |key|, |value| ever appended and |query| ever attended per layer (with checkFinite): they
+  // bound every score and weighted sum the kernels compute. Eviction can only lower the truth.
+  readonly #keyMax: Float64Array;
+  readonly #valueMax: Float64Array;
+  readonly #queryMax: Float64Array;
 
   /** @internal use KVCache.createSequence() */
   constructor(cache: KVCache, id: number) {
     this.#cache = cache;
     this.#id = id;
+    const { layers } = cache.config;
+    this.#keyMax = new Float64Array(layers);
+    this.#valueMax = new Float64Array(layers);
+    this.#queryMax = new Float64Array(layers);
   }
 
   /** The cache this sequence belongs to. */
@@ -311,14 +343,21 @@ export class Sequence {
       throw invalid("values", `the same array type as keys (${describe(keys)})`, values);
     if (values.length !== keys.length)
       throw invalid("values", `${keys.length / row} tokens like keys (length ${keys.length})`, values);
+    let keyMax = 0, valueMax = 0;
+    if (this.#cache.config.checkFinite) {
+      keyMax = scanTensor("keys", keys, kvHeads, headDim, dtype);
+      valueMax = scanTensor("values", values, kvHeads, headDim, dtype);
+    }
     try {
       this.#cache.handle.append(id, l, keys, values);
     } catch (e) {
       rethrow(e);
     }
+    this.#keyMax[l] = Math.max(this.#keyMax[l], keyMax);
+    this.#valueMax[l] = Math.max(this.#valueMax[l], valueMax);
   }
 
-  #queries(layer: number, queries: Float32Array | Uint16Array): { l: number; q: Float32Array; tokens: number } {
+  #queries(layer: number, queries: Float32Array | Uint16Array, scale: number): { l: number; q: Float32Array; tokens: number; queryMax: number } {
     const { queryHeads, headDim, dtype } = this.#cache.config;
     const l = this.#layer(layer);
     const row = queryHeads * headDim;
@@ -332,7 +371,13 @@ export class Sequence {
     const q = isUint16Array(queries)
       ? Float32Array.from(queries, dtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)
       : queries;
-    return { l, q, tokens };
+    let queryMax = 0;
+    if (this.#cache.config.checkFinite) {
+      queryMax = scanTensor("queries", queries, queryHeads, headDim, "f32", dtype);
+      checkScores("queries", l, headDim, queryMax, this.#keyMax[l], scale);
+      checkValueSum(l, appended, this.#valueMax[l]);
+    }
+    return { l, q, tokens, queryMax };
   }
 
   #out(opts: AttendOptions | undefined, queries: Float32Array | Uint16Array): Float32Array | undefined {
@@ -349,8 +394,7 @@ export class Sequence {
 
   #scale(opts: AttendOptions | undefined): number {
     if (opts?.scale === undefined) return 1 / Math.sqrt(this.#cache.config.headDim);
-    if (typeof opts.scale !== "number" || !Number.isFinite(opts.scale)) throw invalid("scale", "finite number", opts.scale);
-    return opts.scale;
+    return checkScale(opts.scale);
   }
 
   /**
@@ -360,22 +404,27 @@ export class Sequence {
    */
   attend(layer: number, queries: Float32Array | Uint16Array, opts?: AttendOptions): Float32Array {
     const id = this.id;
-    const { l, q } = this.#queries(layer, queries);
     const scale = this.#scale(opts);
+    const { l, q, queryMax } = this.#queries(layer, queries, scale);
     const out = this.#out(opts, queries);
+    let result: Float32Array;
     try {
-      return this.#cache.handle.attend(id, l, q, scale, out);
+      result = this.#cache.handle.attend(id, l, q, scale, out);
     } catch (e) {
       rethrow(e);
     }
+    this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
+    return result;
   }
 
   /** Like attend(), computed off the main thread; the queries are copied at the call. */
   async attendAsync(layer: number, queries: Float32Array | Uint16Array, opts?: AttendOptions): Promise<Float32Array> {
     const id = this.id;
-    const { l, q } = this.#queries(layer, queries);
     const scale = this.#scale(opts);
+    const { l, q, queryMax } = this.#queries(layer, queries, scale);
     const out = this.#out(opts, queries);
+    // The queries join the observation window when the work runs; their bound joins now.
+    this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
     try {
       return await this.#cache.handle.attendAsync(id, l, q, scale, out);
     } catch (e) {
@@ -392,6 +441,7 @@ export class Sequence {
   compress(options: CompressOptions = {}): CompressReport {
     const id = this.id;
     const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
+    this.#checkScoring(n);
     try {
       return this.#cache.handle.compress(id, n);
     } catch (e) {
@@ -403,6 +453,7 @@ export class Sequence {
   async compressAsync(options: CompressOptions = {}): Promise<CompressReport> {
     const id = this.id;
     const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
+    this.#checkScoring(n);
     try {
       return await this.#cache.handle.compressAsync(id, n);
     } catch (e) {
@@ -418,10 +469,28 @@ export class Sequence {
     const id = this.id;
     const l = this.#layer(layer);
     const n = nativeScoreOptions({ ...options, scorer }, this.#cache.config);
+    this.#checkScoring(n, [l]);
     try {
       return this.#cache.handle.scores(id, l, n);
     } catch (e) {
       rethrow(e);
+    }
+  }
+
+  // With checkFinite: the scorers' float32 arithmetic over the given layers must not overflow.
+  #checkScoring(n: NativeCompressOptions, layers?: number[]): void {
+    const { checkFinite, queryHeads, headDim } = this.#cache.config;
+    if (!checkFinite) return;
+    const scorer = SCORERS[n.scorer];
+    for (const l of layers ?? this.#keyMax.keys()) {
+      if (scorer === "snapkv" || scorer === "tova") {
+        const given = n.observation?.[l];
+        const name = given ? `observationQueries[${l}]` : "queries";
+        const queryMax = given ? scanTensor(name, given, queryHeads, headDim, "f32") : this.#queryMax[l];
+        checkScores(name, l, headDim, queryMax, this.#keyMax[l], n.scale);
+      } else if (scorer === "keydiff" || scorer === "knorm") {
+        checkKeyNorms(l, headDim, this.#keyMax[l]);
+      }
     }
   }
 
@@ -533,11 +602,16 @@ export class Sequence {
   /** A new sequence sharing this one's pages (copy-on-write). */
   fork(): Sequence {
     const id = this.id;
+    let child: Sequence;
     try {
-      return this.#cache.adopt(this.#cache.handle.fork(id));
+      child = this.#cache.adopt(this.#cache.handle.fork(id));
     } catch (e) {
       rethrow(e);
     }
+    child.#keyMax.set(this.#keyMax);
+    child.#valueMax.set(this.#valueMax);
+    child.#queryMax.set(this.#queryMax);
+    return child;
   }
 
   /** Returns the sequence's pages to the pool. Idempotent. */

@@ -2,6 +2,7 @@
 import { invalid, InvalidArgumentError } from "./errors";
 import { isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
 import { budgetsFromProfile, type Profile } from "./profile";
+import { checkScale } from "./finite";
 
 /** How tokens are ranked inside a head (higher score = keep). */
 export type ScorerName = "snapkv" | "keydiff" | "knorm" | "tova" | "h2o" | "streaming" | "random";
@@ -116,8 +117,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
   const seed = o.seed ?? 0;
   if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
     throw invalid("seed", "integer between 0 and 4294967295", seed);
-  const scale = o.scale ?? 1 / Math.sqrt(shape.headDim);
-  if (typeof scale !== "number" || !Number.isFinite(scale)) throw invalid("scale", "finite number", scale);
+  const scale = o.scale === undefined ? 1 / Math.sqrt(shape.headDim) : checkScale(o.scale);
   let observation: (Float32Array | undefined)[] | undefined;
   if (o.observationQueries !== undefined) {
     if (!Array.isArray(o.observationQueries) || o.observationQueries.length !== shape.layers)

@@ -10,6 +10,7 @@
 #include "../core/cache.h"
 #include "../cpu/kernels.h"
 #include "../cpu/membench.h"
+#include "scan.h"
 #ifdef LUKV_WITH_CUDA
 #include "../cuda/probe.h"
 #endif
@@ -182,6 +183,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     q = typedArg(info, 2, "queries");
     if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
     a.scale = info[3].As<Napi::Number>().FloatValue();
+    if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
     const CacheConfig& cfg = c.config();
     const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
     if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
@@ -318,6 +320,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     s.groupMax = num("groupMax", 0) != 0;
     s.seed = (uint32_t)num("seed", 0);
     s.scale = (float)num("scale", 1.0 / std::sqrt((double)cfg.headDim));
+    if (!std::isfinite(s.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
     Napi::Value obs = o.Get("observation");
     if (obs.IsArray()) {
       Napi::Array arr = obs.As<Napi::Array>();
@@ -339,7 +342,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       auto ia = b.As<Napi::Int32Array>();
       c.budgets.assign(ia.Data(), ia.Data() + ia.ElementLength());
     }
-    (void)env;
     return c;
   }
 
@@ -554,6 +556,32 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// scanValues(array, kind, limit) -> [first index with !(|x| < limit) or -1, largest |x| before it].
+// kind 0: Float32Array; 1, 2: Uint16Array of raw f16, bf16 words (limit unused: bad = not finite).
+Napi::Value ScanValues(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber())
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (typed array, kind, limit)");
+  napi_typedarray_type type;
+  size_t length;
+  void* data;
+  // Read through napi_get_typedarray_info: it also serves arrays over a SharedArrayBuffer.
+  if (napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a typed array");
+  const int kind = info[1].As<Napi::Number>().Int32Value();
+  ScanResult r;
+  if (kind == 0 && type == napi_float32_array)
+    r = scanF32(static_cast<const float*>(data), length, info[2].As<Napi::Number>().FloatValue());
+  else if ((kind == 1 || kind == 2) && type == napi_uint16_array)
+    r = scanRaw16(static_cast<const uint16_t*>(data), length, kind == 2);
+  else
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float32Array (kind 0) or a Uint16Array (kind 1, 2)");
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, (double)r.firstBad);
+  out.Set(1u, r.maxAbs);
+  return out;
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
   size_t bytes = (size_t)info[0].As<Napi::Number>().DoubleValue();
@@ -569,6 +597,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memoryReadBenchmark", Napi::Function::New(env, MemoryReadBenchmark));
   exports.Set("NativeCache", NativeCache::Init(env));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
+  exports.Set("scanValues", Napi::Function::New(env, ScanValues));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   return exports;
 }
