@@ -55,9 +55,14 @@ struct TypedView {
 TypedView typedArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsTypedArray())
     throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a typed array for ") + name);
-  auto ta = info[i].As<Napi::TypedArray>();
-  const uint8_t* base = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  return {base, ta.ElementLength(), ta.TypedArrayType()};
+  // napi_get_typedarray_info gives the data of arrays over a SharedArrayBuffer too, where
+  // napi_get_arraybuffer_info (TypedArray::ArrayBuffer().Data()) fails.
+  TypedView v;
+  void* data = nullptr;
+  if (napi_get_typedarray_info(info.Env(), info[i], &v.type, &v.length, &data, nullptr, nullptr) != napi_ok)
+    throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a readable typed array for ") + name);
+  v.data = data;
+  return v;
 }
 
 // One Float32Array per KV head.
