@@ -4,9 +4,11 @@ import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
 import {
+  COMPRESS_OPTION_NAMES,
   CompressOptions,
   CompressReport,
   NativeCompressOptions,
+  SCORE_OPTION_NAMES,
   SCORERS,
   ScoreOptions,
   nativeCompressOptions,
@@ -17,6 +19,7 @@ import {
   integerInRange,
   isFloat32Array,
   isUint16Array,
+  knownOptions,
   nonNegativeInteger,
   oneOf,
   positiveInteger,
@@ -100,6 +103,11 @@ export interface Usage {
   sequences: number;
 }
 
+const CACHE_OPTION_NAMES = [
+  "layers", "kvHeads", "queryHeads", "headDim", "pageSize", "maxTokens", "dtype", "device", "threads", "simd", "observationWindow", "checkFinite",
+] as const;
+const ATTEND_OPTION_NAMES = ["scale", "out"] as const;
+const ORACLE_OPTION_NAMES = ["outputProjection", "normalize"] as const;
 const DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 const DEVICES: readonly Device[] = ["auto", "cpu", "cuda"];
 const SIMD: readonly SimdLevel[] = ["auto", "avx512", "avx2", "neon", "generic"];
@@ -163,6 +171,7 @@ export class KVCache {
 
   constructor(options: KVCacheOptions) {
     if (typeof options !== "object" || options === null) throw invalid("options", "an options object", options);
+    knownOptions("options", options, CACHE_OPTION_NAMES);
     const layers = positiveInteger("layers", options.layers, 65536);
     const kvHeads = positiveInteger("kvHeads", options.kvHeads, 65536);
     const queryHeads = positiveInteger("queryHeads", options.queryHeads ?? kvHeads, 65536);
@@ -393,6 +402,10 @@ export class Sequence {
   }
 
   #scale(opts: AttendOptions | undefined): number {
+    if (opts !== undefined) {
+      if (opts === null || typeof opts !== "object") throw invalid("options", "an options object", opts);
+      knownOptions("options", opts, ATTEND_OPTION_NAMES);
+    }
     if (opts?.scale === undefined) return 1 / Math.sqrt(this.#cache.config.headDim);
     return checkScale(opts.scale);
   }
@@ -440,6 +453,7 @@ export class Sequence {
    */
   compress(options: CompressOptions = {}): CompressReport {
     const id = this.id;
+    if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
     const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
     this.#checkScoring(n);
     try {
@@ -452,6 +466,7 @@ export class Sequence {
   /** Like compress(), off the main thread. Options are read at the call. */
   async compressAsync(options: CompressOptions = {}): Promise<CompressReport> {
     const id = this.id;
+    if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
     const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
     this.#checkScoring(n);
     try {
@@ -468,6 +483,8 @@ export class Sequence {
   scores(layer: number, scorer: ScoreOptions["scorer"] = "snapkv", options: Omit<ScoreOptions, "scorer"> = {}): Float32Array[] {
     const id = this.id;
     const l = this.#layer(layer);
+    if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+    knownOptions("options", options, SCORE_OPTION_NAMES.filter((k) => k !== "scorer"));
     const n = nativeScoreOptions({ ...options, scorer }, this.#cache.config);
     this.#checkScoring(n, [l]);
     try {
@@ -518,6 +535,7 @@ export class Sequence {
     const id = this.id;
     const { layers, queryHeads, headDim } = this.#cache.config;
     if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+    knownOptions("options", options, ORACLE_OPTION_NAMES);
     const wo = options.outputProjection;
     if (wo !== undefined) {
       if (!Array.isArray(wo) || wo.length !== layers)

@@ -14,6 +14,11 @@ export const SCORERS: readonly ScorerName[] = ["snapkv", "keydiff", "knorm", "to
 export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "adakv", "lukv"];
 const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
 
+/** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
+export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries"] as const;
+/** The option names compress() accepts. */
+export const COMPRESS_OPTION_NAMES = [...SCORE_OPTION_NAMES, "ratio", "allocation", "profile", "budgets", "sink", "alpha", "beta"] as const;
+
 /** Options of the scorers, shared by compress() and scores(). */
 export interface ScoreOptions {
   /** Token scorer. Default: "snapkv". */
