@@ -130,6 +130,13 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
         c.headDim < 1 || c.pageSize < 1 || c.maxTokens < 1 || c.threads < 1 || c.observationWindow < 0)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "invalid cache configuration");
     cache_ = guarded(env, [&] { return std::make_shared<Cache>(c); });
+    reportMemory(env);
+  }
+
+  // A cache dropped without dispose() is freed when this object is collected.
+  void Finalize(Napi::Env env) override {
+    if (reported_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+    reported_ = 0;
   }
 
  private:
@@ -170,8 +177,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (k.type == napi_float32_array) kind = InputKind::F32;
     else if (k.type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
     else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be a Float32Array or a Uint16Array of the cache dtype");
-    std::lock_guard<std::mutex> lock(c.mutex());
-    guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
+    {
+      std::lock_guard<std::mutex> lock(c.mutex());
+      guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
+    }
+    reportMemory(env);
     return env.Undefined();
   }
 
@@ -521,10 +531,25 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       std::lock_guard<std::mutex> lock(cache_->mutex());
       cache_->dispose();
     }
+    reportMemory(info.Env());
     return info.Env().Undefined();
   }
 
+  // Tells V8 how much host memory the cache holds (pool pages written, page bookkeeping), so that
+  // caches dropped without dispose() are collected as their memory grows, not at some later GC.
+  // Only append grows it (the pool never shrinks until the cache is freed).
+  void reportMemory(Napi::Env env) {
+    int64_t now = 0;
+    if (cache_ && !cache_->disposed()) {
+      std::lock_guard<std::mutex> lock(cache_->mutex());
+      now = (int64_t)cache_->residentBytes();
+    }
+    if (now != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, now - reported_);
+    reported_ = now;
+  }
+
   std::shared_ptr<Cache> cache_;
+  int64_t reported_ = 0;  // bytes last reported to V8 with AdjustExternalMemory
 };
 
 Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
