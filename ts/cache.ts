@@ -3,11 +3,23 @@ import * as os from "os";
 import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe } from "./errors";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
-import { CompressOptions, CompressReport, ScoreOptions, nativeCompressOptions, nativeScoreOptions } from "./compress";
+import {
+  COMPRESS_OPTION_NAMES,
+  CompressOptions,
+  CompressReport,
+  NativeCompressOptions,
+  SCORE_OPTION_NAMES,
+  SCORERS,
+  ScoreOptions,
+  nativeCompressOptions,
+  nativeScoreOptions,
+} from "./compress";
+import { checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } from "./finite";
 import {
   integerInRange,
   isFloat32Array,
   isUint16Array,
+  knownOptions,
   nonNegativeInteger,
   oneOf,
   positiveInteger,
@@ -60,6 +72,16 @@ export interface KVCacheOptions {
   prefetch?: PrefetchHint;
   /** Query rows remembered per layer for SnapKV-style scoring. Default: 32. */
   observationWindow?: number;
+  /**
+   * Check every input before the kernels run. Default: true: append, attend and compress throw
+   * InvalidArgumentError naming the tensor and the first bad index for NaN or infinity in keys,
+   * values or queries, and for a Float32Array value an f16/bf16 cache would store as infinity
+   * (|x| >= 65520 for f16; nothing is clamped); attend and the attention and key-norm scorers also
+   * refuse magnitudes whose float32 scores could overflow (headDim × max|q| × max|k| × max(1, |scale|)
+   * above 2^120, or tokens × max|v| above 2^112). false skips these scans (one pass over each input)
+   * when the caller guarantees finite, moderate inputs; bad inputs then give unspecified results.
+   */
+  checkFinite?: boolean;
 }
 
 /** Options of `recordOracle`. */
@@ -92,6 +114,11 @@ export interface Usage {
   sequences: number;
 }
 
+const CACHE_OPTION_NAMES = [
+  "layers", "kvHeads", "queryHeads", "headDim", "pageSize", "maxTokens", "dtype", "device", "threads", "simd", "prefetch", "observationWindow", "checkFinite",
+] as const;
+const ATTEND_OPTION_NAMES = ["scale", "out"] as const;
+const ORACLE_OPTION_NAMES = ["outputProjection", "normalize"] as const;
 const DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 const DEVICES: readonly Device[] = ["auto", "cpu", "cuda"];
 const SIMD: readonly SimdLevel[] = ["auto", "avx512", "avx2", "neon", "generic"];
@@ -142,6 +169,7 @@ export interface CacheConfig {
   /** The prefetch hint in use ("t0", "t2", "nta" or "none"). */
   readonly prefetch: string;
   readonly observationWindow: number;
+  readonly checkFinite: boolean;
 }
 
 /**
@@ -157,6 +185,7 @@ export class KVCache {
 
   constructor(options: KVCacheOptions) {
     if (typeof options !== "object" || options === null) throw invalid("options", "an options object", options);
+    knownOptions("options", options, CACHE_OPTION_NAMES);
     const layers = positiveInteger("layers", options.layers, 65536);
     const kvHeads = positiveInteger("kvHeads", options.kvHeads, 65536);
     const queryHeads = positiveInteger("queryHeads", options.queryHeads ?? kvHeads, 65536);
@@ -172,6 +201,8 @@ export class KVCache {
     const simd = oneOf("simd", options.simd ?? "auto", SIMD);
     const prefetch = oneOf("prefetch", options.prefetch ?? "auto", PREFETCH);
     const observationWindow = nonNegativeInteger("observationWindow", options.observationWindow ?? 32, 65536);
+    const checkFinite = options.checkFinite ?? true;
+    if (typeof checkFinite !== "boolean") throw invalid("checkFinite", "boolean", checkFinite);
 
     const addon = native();
     // "auto" is the CPU until lukv has a CUDA cache; "cuda" throws BackendUnavailableError with every reason.
@@ -203,6 +234,7 @@ export class KVCache {
       simd: info.simd,
       prefetch: info.prefetch,
       observationWindow,
+      checkFinite,
     });
   }
 
@@ -274,11 +306,20 @@ export class KVCache {
 export class Sequence {
   readonly #cache: KVCache;
   #id: number | undefined;
+  // Largest |key|, |value| ever appended and |query| ever attended per layer (with checkFinite): they
+  // bound every score and weighted sum the kernels compute. Eviction can only lower the truth.
+  readonly #keyMax: Float64Array;
+  readonly #valueMax: Float64Array;
+  readonly #queryMax: Float64Array;
 
   /** @internal use KVCache.createSequence() */
   constructor(cache: KVCache, id: number) {
     this.#cache = cache;
     this.#id = id;
+    const { layers } = cache.config;
+    this.#keyMax = new Float64Array(layers);
+    this.#valueMax = new Float64Array(layers);
+    this.#queryMax = new Float64Array(layers);
   }
 
   /** The cache this sequence belongs to. */
@@ -328,14 +369,21 @@ export class Sequence {
       throw invalid("values", `the same array type as keys (${describe(keys)})`, values);
     if (values.length !== keys.length)
       throw invalid("values", `${keys.length / row} tokens like keys (length ${keys.length})`, values);
+    let keyMax = 0, valueMax = 0;
+    if (this.#cache.config.checkFinite) {
+      keyMax = scanTensor("keys", keys, kvHeads, headDim, dtype);
+      valueMax = scanTensor("values", values, kvHeads, headDim, dtype);
+    }
     try {
       this.#cache.handle.append(id, l, keys, values);
     } catch (e) {
       rethrow(e);
     }
+    this.#keyMax[l] = Math.max(this.#keyMax[l], keyMax);
+    this.#valueMax[l] = Math.max(this.#valueMax[l], valueMax);
   }
 
-  #queries(layer: number, queries: Float32Array | Uint16Array): { l: number; q: Float32Array; tokens: number } {
+  #queries(layer: number, queries: Float32Array | Uint16Array, scale: number): { l: number; q: Float32Array; tokens: number; queryMax: number } {
     const { queryHeads, headDim, dtype } = this.#cache.config;
     const l = this.#layer(layer);
     const row = queryHeads * headDim;
@@ -349,7 +397,13 @@ export class Sequence {
     const q = isUint16Array(queries)
       ? Float32Array.from(queries, dtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)
       : queries;
-    return { l, q, tokens };
+    let queryMax = 0;
+    if (this.#cache.config.checkFinite) {
+      queryMax = scanTensor("queries", queries, queryHeads, headDim, "f32", dtype);
+      checkScores("queries", l, headDim, queryMax, this.#keyMax[l], scale);
+      checkValueSum(l, appended, this.#valueMax[l]);
+    }
+    return { l, q, tokens, queryMax };
   }
 
   #out(opts: AttendOptions | undefined, queries: Float32Array | Uint16Array): Float32Array | undefined {
@@ -365,9 +419,12 @@ export class Sequence {
   }
 
   #scale(opts: AttendOptions | undefined): number {
+    if (opts !== undefined) {
+      if (opts === null || typeof opts !== "object") throw invalid("options", "an options object", opts);
+      knownOptions("options", opts, ATTEND_OPTION_NAMES);
+    }
     if (opts?.scale === undefined) return 1 / Math.sqrt(this.#cache.config.headDim);
-    if (typeof opts.scale !== "number" || !Number.isFinite(opts.scale)) throw invalid("scale", "finite number", opts.scale);
-    return opts.scale;
+    return checkScale(opts.scale);
   }
 
   /**
@@ -377,22 +434,27 @@ export class Sequence {
    */
   attend(layer: number, queries: Float32Array | Uint16Array, opts?: AttendOptions): Float32Array {
     const id = this.id;
-    const { l, q } = this.#queries(layer, queries);
     const scale = this.#scale(opts);
+    const { l, q, queryMax } = this.#queries(layer, queries, scale);
     const out = this.#out(opts, queries);
+    let result: Float32Array;
     try {
-      return this.#cache.handle.attend(id, l, q, scale, out);
+      result = this.#cache.handle.attend(id, l, q, scale, out);
     } catch (e) {
       rethrow(e);
     }
+    this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
+    return result;
   }
 
   /** Like attend(), computed off the main thread; the queries are copied at the call. */
   async attendAsync(layer: number, queries: Float32Array | Uint16Array, opts?: AttendOptions): Promise<Float32Array> {
     const id = this.id;
-    const { l, q } = this.#queries(layer, queries);
     const scale = this.#scale(opts);
+    const { l, q, queryMax } = this.#queries(layer, queries, scale);
     const out = this.#out(opts, queries);
+    // The queries join the observation window when the work runs; their bound joins now.
+    this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
     try {
       return await this.#cache.handle.attendAsync(id, l, q, scale, out);
     } catch (e) {
@@ -408,7 +470,9 @@ export class Sequence {
    */
   compress(options: CompressOptions = {}): CompressReport {
     const id = this.id;
+    if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
     const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
+    this.#checkScoring(n);
     try {
       return this.#cache.handle.compress(id, n);
     } catch (e) {
@@ -419,7 +483,9 @@ export class Sequence {
   /** Like compress(), off the main thread. Options are read at the call. */
   async compressAsync(options: CompressOptions = {}): Promise<CompressReport> {
     const id = this.id;
+    if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
     const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
+    this.#checkScoring(n);
     try {
       return await this.#cache.handle.compressAsync(id, n);
     } catch (e) {
@@ -434,11 +500,31 @@ export class Sequence {
   scores(layer: number, scorer: ScoreOptions["scorer"] = "snapkv", options: Omit<ScoreOptions, "scorer"> = {}): Float32Array[] {
     const id = this.id;
     const l = this.#layer(layer);
+    if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+    knownOptions("options", options, SCORE_OPTION_NAMES.filter((k) => k !== "scorer"));
     const n = nativeScoreOptions({ ...options, scorer }, this.#cache.config);
+    this.#checkScoring(n, [l]);
     try {
       return this.#cache.handle.scores(id, l, n);
     } catch (e) {
       rethrow(e);
+    }
+  }
+
+  // With checkFinite: the scorers' float32 arithmetic over the given layers must not overflow.
+  #checkScoring(n: NativeCompressOptions, layers?: number[]): void {
+    const { checkFinite, queryHeads, headDim } = this.#cache.config;
+    if (!checkFinite) return;
+    const scorer = SCORERS[n.scorer];
+    for (const l of layers ?? this.#keyMax.keys()) {
+      if (scorer === "snapkv" || scorer === "tova") {
+        const given = n.observation?.[l];
+        const name = given ? `observationQueries[${l}]` : "queries";
+        const queryMax = given ? scanTensor(name, given, queryHeads, headDim, "f32") : this.#queryMax[l];
+        checkScores(name, l, headDim, queryMax, this.#keyMax[l], n.scale);
+      } else if (scorer === "keydiff" || scorer === "knorm") {
+        checkKeyNorms(l, headDim, this.#keyMax[l]);
+      }
     }
   }
 
@@ -466,6 +552,7 @@ export class Sequence {
     const id = this.id;
     const { layers, queryHeads, headDim } = this.#cache.config;
     if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+    knownOptions("options", options, ORACLE_OPTION_NAMES);
     const wo = options.outputProjection;
     if (wo !== undefined) {
       if (!Array.isArray(wo) || wo.length !== layers)
@@ -550,11 +637,16 @@ export class Sequence {
   /** A new sequence sharing this one's pages (copy-on-write). */
   fork(): Sequence {
     const id = this.id;
+    let child: Sequence;
     try {
-      return this.#cache.adopt(this.#cache.handle.fork(id));
+      child = this.#cache.adopt(this.#cache.handle.fork(id));
     } catch (e) {
       rethrow(e);
     }
+    child.#keyMax.set(this.#keyMax);
+    child.#valueMax.set(this.#valueMax);
+    child.#queryMax.set(this.#queryMax);
+    return child;
   }
 
   /** Returns the sequence's pages to the pool. Idempotent. */

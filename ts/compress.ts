@@ -2,6 +2,7 @@
 import { invalid, InvalidArgumentError } from "./errors";
 import { isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
 import { budgetsFromProfile, type Profile } from "./profile";
+import { checkScale } from "./finite";
 
 /** How tokens are ranked inside a head (higher score = keep). */
 export type ScorerName = "snapkv" | "keydiff" | "knorm" | "tova" | "h2o" | "streaming" | "random";
@@ -12,6 +13,11 @@ export type PoolingName = "max" | "avg" | "none";
 export const SCORERS: readonly ScorerName[] = ["snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random"];
 export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "adakv", "lukv"];
 const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
+
+/** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
+export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries"] as const;
+/** The option names compress() accepts. */
+export const COMPRESS_OPTION_NAMES = [...SCORE_OPTION_NAMES, "ratio", "allocation", "profile", "budgets", "sink", "alpha", "beta"] as const;
 
 /** Options of the scorers, shared by compress() and scores(). */
 export interface ScoreOptions {
@@ -116,8 +122,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
   const seed = o.seed ?? 0;
   if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
     throw invalid("seed", "integer between 0 and 4294967295", seed);
-  const scale = o.scale ?? 1 / Math.sqrt(shape.headDim);
-  if (typeof scale !== "number" || !Number.isFinite(scale)) throw invalid("scale", "finite number", scale);
+  const scale = o.scale === undefined ? 1 / Math.sqrt(shape.headDim) : checkScale(o.scale);
   let observation: (Float32Array | undefined)[] | undefined;
   if (o.observationQueries !== undefined) {
     if (!Array.isArray(o.observationQueries) || o.observationQueries.length !== shape.layers)

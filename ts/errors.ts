@@ -43,6 +43,47 @@ export class BadProfileError extends LukvError {
   }
 }
 
+/** A model file (safetensors weights, tokenizer.json, config.json) is malformed; the message names the file and the problem. */
+export class BadModelError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_BAD_MODEL", message);
+  }
+}
+
+/**
+ * JSON text of a value for error messages, cut to `max` characters. Never recurses deeper than a
+ * few levels (a parsed file may nest a million arrays, which JSON.stringify cannot print).
+ */
+export function jsonPreview(value: unknown, max = 40): string {
+  let out = "";
+  const put = (s: string): boolean => {
+    out += s;
+    return out.length <= max;
+  };
+  const walk = (v: unknown, depth: number): boolean => {
+    if (v === null || typeof v === "boolean") return put(String(v));
+    if (typeof v === "number") return put(Number.isFinite(v) ? JSON.stringify(v) : "null");
+    if (typeof v === "string") return put(JSON.stringify(v.length > max ? v.slice(0, max) : v));
+    if (typeof v !== "object") return put(String(v));
+    if (depth >= 8) return put("…");
+    if (Array.isArray(v)) {
+      if (!put("[")) return false;
+      for (let i = 0; i < v.length; i++) if ((i > 0 && !put(",")) || !walk(v[i], depth + 1)) return false;
+      return put("]");
+    }
+    if (!put("{")) return false;
+    let first = true;
+    for (const key of Object.keys(v)) {
+      if ((!first && !put(",")) || !put(JSON.stringify(key) + ":") || !walk((v as Record<string, unknown>)[key], depth + 1)) return false;
+      first = false;
+    }
+    return put("}");
+  };
+  if (value === undefined) return "undefined";
+  walk(value, 0);
+  return out.length > max ? out.slice(0, max) + "…" : out;
+}
+
 /** Describes a received value for error messages: `1.5 of type number`, `Float64Array(12)`. */
 export function describe(value: unknown): string {
   if (value === null) return "null";

@@ -88,6 +88,11 @@ export interface NativeAddon {
   NativeCache: new (options: NativeCacheOptions) => NativeCache;
   cpuInfo(): NativeCpuInfo;
   cudaInfo(): NativeCudaInfo;
+  /**
+   * [first index with !(|x| < limit) or -1, largest |x| before it] of a Float32Array (kind 0), or of
+   * raw f16 (1) or bf16 (2) words in a Uint16Array, where bad means not finite.
+   */
+  scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, limit: number): [number, number];
   /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes (the faster of a read with and one without software prefetch). */
   memoryReadBenchmark(bytes: number, threads: number, repeats: number): number[];
 }

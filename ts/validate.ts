@@ -1,6 +1,6 @@
 // Argument checks shared by the public API; each throws InvalidArgumentError naming the parameter.
 import { types } from "util";
-import { invalid } from "./errors";
+import { InvalidArgumentError, invalid } from "./errors";
 
 export function isPositiveInteger(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v > 0;
@@ -46,4 +46,33 @@ export function isUint16Array(v: unknown): v is Uint16Array {
 
 export function isInt32Array(v: unknown): v is Int32Array {
   return types.isInt32Array(v);
+}
+
+/** Edit distance of two short strings, a swap of neighbours counting one (for "did you mean"). */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[a.length][b.length];
+}
+
+/**
+ * Throws InvalidArgumentError for the first property of `options` that is not in `allowed` (a typo
+ * such as `ratoi` must not silently fall back to a default), listing the accepted names and the
+ * nearest one.
+ */
+export function knownOptions(name: string, options: object, allowed: readonly string[]): void {
+  for (const key of Object.keys(options)) {
+    if (allowed.includes(key)) continue;
+    let best = "", bestD = Infinity;
+    for (const a of allowed) {
+      const d = distance(key.toLowerCase(), a.toLowerCase());
+      if (d < bestD) [best, bestD] = [a, d];
+    }
+    const hint = bestD <= Math.max(1, Math.floor(best.length / 3)) ? ` (did you mean ${best}?)` : "";
+    throw new InvalidArgumentError(`Expected only ${allowed.join(", ")} in ${name} but received ${JSON.stringify(key)}${hint}`);
+  }
 }

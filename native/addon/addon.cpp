@@ -10,6 +10,7 @@
 #include "../core/cache.h"
 #include "../cpu/kernels.h"
 #include "../cpu/membench.h"
+#include "scan.h"
 #ifdef LUKV_WITH_CUDA
 #include "../cuda/probe.h"
 #endif
@@ -54,9 +55,14 @@ struct TypedView {
 TypedView typedArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsTypedArray())
     throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a typed array for ") + name);
-  auto ta = info[i].As<Napi::TypedArray>();
-  const uint8_t* base = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  return {base, ta.ElementLength(), ta.TypedArrayType()};
+  // napi_get_typedarray_info gives the data of arrays over a SharedArrayBuffer too, where
+  // napi_get_arraybuffer_info (TypedArray::ArrayBuffer().Data()) fails.
+  TypedView v;
+  void* data = nullptr;
+  if (napi_get_typedarray_info(info.Env(), info[i], &v.type, &v.length, &data, nullptr, nullptr) != napi_ok)
+    throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a readable typed array for ") + name);
+  v.data = data;
+  return v;
 }
 
 // One Float32Array per KV head.
@@ -126,6 +132,13 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
         c.headDim < 1 || c.pageSize < 1 || c.maxTokens < 1 || c.threads < 1 || c.observationWindow < 0)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "invalid cache configuration");
     cache_ = guarded(env, [&] { return std::make_shared<Cache>(c); });
+    reportMemory(env);
+  }
+
+  // A cache dropped without dispose() is freed when this object is collected.
+  void Finalize(Napi::Env env) override {
+    if (reported_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+    reported_ = 0;
   }
 
  private:
@@ -166,8 +179,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (k.type == napi_float32_array) kind = InputKind::F32;
     else if (k.type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
     else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be a Float32Array or a Uint16Array of the cache dtype");
-    std::lock_guard<std::mutex> lock(c.mutex());
-    guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
+    {
+      std::lock_guard<std::mutex> lock(c.mutex());
+      guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
+    }
+    reportMemory(env);
     return env.Undefined();
   }
 
@@ -184,6 +200,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     q = typedArg(info, 2, "queries");
     if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
     a.scale = info[3].As<Napi::Number>().FloatValue();
+    if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
     const CacheConfig& cfg = c.config();
     const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
     if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
@@ -320,6 +337,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     s.groupMax = num("groupMax", 0) != 0;
     s.seed = (uint32_t)num("seed", 0);
     s.scale = (float)num("scale", 1.0 / std::sqrt((double)cfg.headDim));
+    if (!std::isfinite(s.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
     Napi::Value obs = o.Get("observation");
     if (obs.IsArray()) {
       Napi::Array arr = obs.As<Napi::Array>();
@@ -341,7 +359,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       auto ia = b.As<Napi::Int32Array>();
       c.budgets.assign(ia.Data(), ia.Data() + ia.ElementLength());
     }
-    (void)env;
     return c;
   }
 
@@ -517,10 +534,25 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       std::lock_guard<std::mutex> lock(cache_->mutex());
       cache_->dispose();
     }
+    reportMemory(info.Env());
     return info.Env().Undefined();
   }
 
+  // Tells V8 how much host memory the cache holds (pool pages written, page bookkeeping), so that
+  // caches dropped without dispose() are collected as their memory grows, not at some later GC.
+  // Only append grows it (the pool never shrinks until the cache is freed).
+  void reportMemory(Napi::Env env) {
+    int64_t now = 0;
+    if (cache_ && !cache_->disposed()) {
+      std::lock_guard<std::mutex> lock(cache_->mutex());
+      now = (int64_t)cache_->residentBytes();
+    }
+    if (now != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, now - reported_);
+    reported_ = now;
+  }
+
   std::shared_ptr<Cache> cache_;
+  int64_t reported_ = 0;  // bytes last reported to V8 with AdjustExternalMemory
 };
 
 Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
@@ -558,6 +590,32 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// scanValues(array, kind, limit) -> [first index with !(|x| < limit) or -1, largest |x| before it].
+// kind 0: Float32Array; 1, 2: Uint16Array of raw f16, bf16 words (limit unused: bad = not finite).
+Napi::Value ScanValues(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber())
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (typed array, kind, limit)");
+  napi_typedarray_type type;
+  size_t length;
+  void* data;
+  // Read through napi_get_typedarray_info: it also serves arrays over a SharedArrayBuffer.
+  if (napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a typed array");
+  const int kind = info[1].As<Napi::Number>().Int32Value();
+  ScanResult r;
+  if (kind == 0 && type == napi_float32_array)
+    r = scanF32(static_cast<const float*>(data), length, info[2].As<Napi::Number>().FloatValue());
+  else if ((kind == 1 || kind == 2) && type == napi_uint16_array)
+    r = scanRaw16(static_cast<const uint16_t*>(data), length, kind == 2);
+  else
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float32Array (kind 0) or a Uint16Array (kind 1, 2)");
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, (double)r.firstBad);
+  out.Set(1u, r.maxAbs);
+  return out;
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat, the faster of a read with and
 // one without software prefetch (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
@@ -574,6 +632,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memoryReadBenchmark", Napi::Function::New(env, MemoryReadBenchmark));
   exports.Set("NativeCache", NativeCache::Init(env));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
+  exports.Set("scanValues", Napi::Function::New(env, ScanValues));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   return exports;
 }

@@ -112,6 +112,10 @@ class Cache {
   std::vector<float> readRows(int32_t seq, int layer, int head, bool values) const;
   int32_t appended(int32_t seq, int layer) const;
   Usage usage() const;
+  // Host memory the cache holds resident: the pool pages written so far and their bookkeeping.
+  size_t residentBytes() const {
+    return pool_ ? (size_t)pool_->touchedPages() * pool_->pageBytes() + pool_->bookkeepingBytes() : 0;
+  }
 
  private:
   Sequence& get(int32_t seq);

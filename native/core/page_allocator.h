@@ -8,21 +8,32 @@ namespace lukv {
 
 class PageAllocator {
  public:
-  explicit PageAllocator(int64_t numPages) : numPages_(numPages), refs_(numPages, 0) {
-    free_.reserve(numPages);
-    for (int64_t p = numPages - 1; p >= 0; --p) free_.push_back((int32_t)p);  // lowest ids first
-  }
+  // Nothing is written per page up front: ids never handed out are implicit (the range
+  // [fresh_, numPages)), and the reference counts grow with the highest id handed out, so a pool
+  // of 2^27 one-token pages costs nothing until it is used.
+  explicit PageAllocator(int64_t numPages) : numPages_(numPages) {}
 
   int64_t numPages() const { return numPages_; }
-  int64_t freePages() const { return (int64_t)free_.size(); }
+  int64_t freePages() const { return (int64_t)free_.size() + (numPages_ - fresh_); }
   int64_t usedPages() const { return numPages_ - freePages(); }
+  // Pages ever handed out (ids [0, touchedPages)): the part of the pool that has been written.
+  int64_t touchedPages() const { return fresh_; }
+  // Bytes of this bookkeeping (free stack and reference counts).
+  size_t bookkeepingBytes() const { return (free_.capacity() + refs_.capacity()) * sizeof(int32_t); }
 
-  // Takes n pages with refcount 1, or returns false and takes nothing.
+  // Takes n pages with refcount 1, or returns false and takes nothing. Returned pages are reused
+  // first (last freed first), then fresh ones in increasing id order.
   bool allocate(int64_t n, std::vector<int32_t>& out) {
-    if (n > (int64_t)free_.size()) return false;
+    if (n > freePages()) return false;
     for (int64_t i = 0; i < n; ++i) {
-      const int32_t p = free_.back();
-      free_.pop_back();
+      int32_t p;
+      if (!free_.empty()) {
+        p = free_.back();
+        free_.pop_back();
+      } else {
+        p = (int32_t)fresh_++;
+        refs_.push_back(0);
+      }
       refs_[p] = 1;
       out.push_back(p);
     }
@@ -36,8 +47,9 @@ class PageAllocator {
 
  private:
   int64_t numPages_;
-  std::vector<int32_t> free_;
-  std::vector<int32_t> refs_;
+  int64_t fresh_ = 0;           // next id never handed out
+  std::vector<int32_t> free_;   // ids handed out and returned
+  std::vector<int32_t> refs_;   // [fresh_]
 };
 
 }  // namespace lukv

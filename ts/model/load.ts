@@ -2,6 +2,7 @@
 // model.safetensors (f16), tokenizer.json.
 import * as fs from "fs";
 import * as path from "path";
+import { BadModelError, jsonPreview } from "../errors";
 import { packageRoot } from "../native";
 import { readSafetensors } from "./safetensors";
 import { TinyLM, TinyLMConfig } from "./tiny-lm";
@@ -12,11 +13,12 @@ export function defaultModelDir(): string {
   return path.join(packageRoot(), "models", "tiny-lm");
 }
 
-/** The camelCase config of a config.json written by tools/tiny-lm/export.py. */
+/** The camelCase config of a config.json written by tools/tiny-lm/export.py. @throws BadModelError when a field is missing or not a number. */
 export function configFromJson(j: Record<string, unknown>): TinyLMConfig {
+  if (j === null || typeof j !== "object" || Array.isArray(j)) throw new BadModelError(`config.json: expected a JSON object but found ${jsonPreview(j)}`);
   const num = (key: string): number => {
     const v = j[key];
-    if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`config.json: "${key}" should be a number but is ${JSON.stringify(v)}`);
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new BadModelError(`config.json: "${key}" should be a number but is ${jsonPreview(v)}`);
     return v;
   };
   const opt = (key: string) => (typeof j[key] === "number" ? (j[key] as number) : undefined);
@@ -43,7 +45,13 @@ export const MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json"
 export function loadTinyLM(dir: string = defaultModelDir()): TinyLM {
   const missing = MODEL_FILES.filter((f) => !fs.existsSync(path.join(dir, f)));
   if (missing.length > 0) throw new Error(`the model directory ${dir} lacks ${missing.join(", ")}`);
-  const config = configFromJson(JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")));
+  let configJson: Record<string, unknown>;
+  try {
+    configJson = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
+  } catch (e) {
+    throw new BadModelError(`config.json: not JSON (${(e as Error).message})`);
+  }
+  const config = configFromJson(configJson);
   const { tensors } = readSafetensors(path.join(dir, "model.safetensors"));
   return TinyLM.fromTensors(config, tensors, Tokenizer.load(path.join(dir, "tokenizer.json")));
 }

@@ -2,6 +2,7 @@
 // raw tensor data. Every tensor comes back as Float32Array (f16/bf16/f32 are converted).
 import * as fs from "fs";
 import { f32ToF16Bits } from "../dtype";
+import { BadModelError, jsonPreview } from "../errors";
 
 /** One tensor of a safetensors file, converted to f32. */
 export interface Tensor {
@@ -36,34 +37,47 @@ function f16ToF32Table(): Float32Array {
 
 const BYTES: Record<string, number> = { F16: 2, BF16: 2, F32: 4 };
 
-/** Parses safetensors bytes (a file read whole). Throws an Error naming the problem on a malformed file. */
+function isPlainObject(x: unknown): x is Record<string, unknown> {
+  return x !== null && typeof x === "object" && !Array.isArray(x);
+}
+
+/** Parses safetensors bytes (a file read whole). Throws BadModelError naming the problem on a malformed file. */
 export function parseSafetensors(bytes: Uint8Array, source = "safetensors data"): Safetensors {
-  if (bytes.length < 8) throw new Error(`${source}: shorter than the 8-byte header length`);
+  const bad = (problem: string) => new BadModelError(`${source}: ${problem}`);
+  if (bytes.length < 8) throw bad("shorter than the 8-byte header length");
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = Number(view.getBigUint64(0, true));
-  if (8 + headerLength > bytes.length) throw new Error(`${source}: header length ${headerLength} runs past the end of the file`);
-  let header: Record<string, unknown>;
+  if (8 + headerLength > bytes.length) throw bad(`header length ${headerLength} runs past the end of the file`);
+  let header: unknown;
   try {
     header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLength)));
   } catch (e) {
-    throw new Error(`${source}: the header is not JSON (${(e as Error).message})`);
+    throw bad(`the header is not JSON (${(e as Error).message})`);
   }
+  if (!isPlainObject(header)) throw bad(`the header must be a JSON object but is ${jsonPreview(header)}`);
   const dataStart = 8 + headerLength;
   const dataLength = bytes.length - dataStart;
   const tensors = new Map<string, Tensor>();
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
     if (name === "__metadata__") {
+      if (!isPlainObject(entry) || !Object.values(entry).every((v) => typeof v === "string"))
+        throw bad(`__metadata__ must map names to strings but is ${jsonPreview(entry)}`);
       metadata = entry as Record<string, string>;
       continue;
     }
-    const { dtype, shape, data_offsets: offsets } = entry as { dtype: string; shape: number[]; data_offsets: [number, number] };
-    const size = BYTES[dtype];
-    if (size === undefined) throw new Error(`${source}: tensor ${name} has dtype ${dtype}; only F16, BF16 and F32 are read`);
-    const count = shape.reduce((a, b) => a * b, 1);
-    const [begin, end] = offsets;
+    if (!isPlainObject(entry)) throw bad(`tensor ${name} must be an object but is ${jsonPreview(entry)}`);
+    const { dtype, shape, data_offsets: offsets } = entry;
+    const size = typeof dtype === "string" && Object.prototype.hasOwnProperty.call(BYTES, dtype) ? BYTES[dtype] : undefined;
+    if (size === undefined) throw bad(`tensor ${name} has dtype ${typeof dtype === "string" ? dtype.slice(0, 40) : jsonPreview(dtype)}; only F16, BF16 and F32 are read`);
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+      throw bad(`tensor ${name} has shape ${jsonPreview(shape)}; expected an array of non-negative integers`);
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o)))
+      throw bad(`tensor ${name} has data_offsets ${jsonPreview(offsets)}; expected two integers [begin, end]`);
+    const count = (shape as number[]).reduce((a, b) => a * b, 1);
+    const [begin, end] = offsets as [number, number];
     if (!(begin >= 0 && end <= dataLength && end - begin === count * size))
-      throw new Error(`${source}: tensor ${name} (${dtype} ${JSON.stringify(shape)}) has data offsets [${begin}, ${end}] that do not fit`);
+      throw bad(`tensor ${name} (${dtype} ${jsonPreview(shape)}) has data offsets [${begin}, ${end}] that do not fit`);
     const data = new Float32Array(count);
     const at = dataStart + begin;
     if (dtype === "F16") {
@@ -75,7 +89,7 @@ export function parseSafetensors(bytes: Uint8Array, source = "safetensors data")
     } else {
       for (let i = 0; i < count; i++) data[i] = view.getFloat32(at + 4 * i, true);
     }
-    tensors.set(name, { shape, dtype, data });
+    tensors.set(name, { shape: shape as number[], dtype: dtype as string, data });
   }
   return { tensors, metadata };
 }

@@ -1,6 +1,7 @@
 // The tiny LM's byte-level BPE (format "lukv-bpe-1"), encoding exactly as tools/tiny-lm/bpe.py:
 // pre-split the UTF-8 bytes by byte class, then merge each pre-token by lowest rank.
 import * as fs from "fs";
+import { BadModelError, jsonPreview } from "../errors";
 
 const L = 0, D = 1, W = 2, P = 3;
 const CLASS = new Uint8Array(256);
@@ -53,6 +54,11 @@ export interface TokenizerJson {
   vocab?: string[];
 }
 
+/** Longest piece a merge may build, in bytes: real merges join a few bytes, a crafted file could double a piece per merge. */
+export const MAX_PIECE_BYTES = 4096;
+/** Most merges a tokenizer may have: ids and merge keys stay below 2^20. */
+export const MAX_MERGES = (1 << 20) - 256;
+
 /** Byte-level BPE: ids 0..255 are bytes, id 256 + r is merges[r] joined; special tokens after. */
 export class Tokenizer {
   /** Total ids, special tokens included. */
@@ -63,39 +69,67 @@ export class Tokenizer {
   readonly eos: number | undefined;
   /** Bytes of every non-special id. */
   readonly #pieces: Uint8Array[];
-  /** rank of the merge (a, b), keyed a * 65536 + b */
+  /** rank of the merge (a, b), keyed a * 2^20 + b */
   readonly #ranks = new Map<number, number>();
   readonly #merges: Array<[number, number]>;
   readonly #cache = new Map<string, number[]>();
 
-  constructor(json: TokenizerJson) {
-    if (json.format !== "lukv-bpe-1") throw new Error(`tokenizer: format "${json.format}" is not "lukv-bpe-1"`);
+  /** @throws BadModelError naming the problem when `json` is not a valid "lukv-bpe-1" tokenizer. */
+  constructor(json: TokenizerJson, source = "tokenizer") {
+    const bad = (problem: string) => new BadModelError(`${source}: ${problem}`);
+    if (json === null || typeof json !== "object" || Array.isArray(json)) throw bad(`expected a JSON object but found ${jsonPreview(json)}`);
+    if (json.format !== "lukv-bpe-1") throw bad(`format ${jsonPreview(json.format)} is not "lukv-bpe-1"`);
+    const merges: unknown = json.merges;
+    if (!Array.isArray(merges) || merges.length > MAX_MERGES)
+      throw bad(`merges must be an array of at most ${MAX_MERGES} pairs but is ${Array.isArray(merges) ? `${merges.length} long` : jsonPreview(merges)}`);
+    const special: unknown = json.special_tokens;
+    if (special === null || typeof special !== "object" || Array.isArray(special))
+      throw bad(`special_tokens must be an object of ids but is ${jsonPreview(special)}`);
+    const specialIds = Object.entries(special as Record<string, unknown>);
+    for (const [name, id] of specialIds)
+      if (!Number.isSafeInteger(id) || (id as number) < 0) throw bad(`special token ${jsonPreview(name)} has id ${jsonPreview(id)}; expected a non-negative integer`);
     this.#pieces = [];
-    this.#merges = json.merges.map(([a, b]) => [a, b]);
+    this.#merges = [];
     for (let b = 0; b < 256; b++) this.#pieces.push(Uint8Array.of(b));
-    json.merges.forEach(([a, b], r) => {
-      this.#ranks.set(a * 65536 + b, r);
+    merges.forEach((m: unknown, r: number) => {
+      const ids = this.#pieces.length;
+      if (!Array.isArray(m) || m.length !== 2 || !m.every((x) => Number.isInteger(x) && x >= 0 && x < ids))
+        throw bad(`merges[${r}] is ${jsonPreview(m)}; expected two ids of earlier pieces (below ${ids})`);
+      const [a, b] = m as [number, number];
       const pa = this.#pieces[a], pb = this.#pieces[b];
+      if (pa.length + pb.length > MAX_PIECE_BYTES) throw bad(`merges[${r}] builds a piece of ${pa.length + pb.length} bytes, more than ${MAX_PIECE_BYTES}`);
+      this.#merges.push([a, b]);
+      this.#ranks.set(a * 0x100000 + b, r);
       const joined = new Uint8Array(pa.length + pb.length);
       joined.set(pa);
       joined.set(pb, pa.length);
       this.#pieces.push(joined);
     });
-    if (json.vocab !== undefined) {
+    const vocab: unknown = json.vocab;
+    if (vocab !== undefined) {
+      if (!Array.isArray(vocab)) throw bad(`vocab must be an array of hex strings but is ${jsonPreview(vocab)}`);
       // The file lists every piece in hex; a mismatch means merges and vocab disagree.
-      json.vocab.forEach((hex, i) => {
-        if (Buffer.from(hex, "hex").compare(this.#pieces[i]) !== 0) throw new Error(`tokenizer: vocab[${i}] does not match its merge`);
+      vocab.forEach((hex: unknown, i: number) => {
+        if (typeof hex !== "string" || i >= this.#pieces.length || Buffer.from(hex, "hex").compare(this.#pieces[i]) !== 0)
+          throw bad(`vocab[${i}] does not match its merge`);
       });
     }
-    this.specialTokens = Object.freeze({ ...json.special_tokens });
-    this.vocabSize = this.#pieces.length + Object.keys(json.special_tokens).length;
-    this.bos = json.special_tokens["<|bos|>"];
-    this.eos = json.special_tokens["<|eos|>"];
+    this.specialTokens = Object.freeze(Object.fromEntries(specialIds) as Record<string, number>);
+    this.vocabSize = this.#pieces.length + specialIds.length;
+    this.bos = this.specialTokens["<|bos|>"];
+    this.eos = this.specialTokens["<|eos|>"];
   }
 
-  /** Loads tokenizer.json. */
+  /** Loads tokenizer.json. @throws BadModelError when the file is not JSON or not a valid tokenizer. */
   static load(file: string): Tokenizer {
-    return new Tokenizer(JSON.parse(fs.readFileSync(file, "utf8")));
+    const text = fs.readFileSync(file, "utf8");
+    let json: TokenizerJson;
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new BadModelError(`${file}: not JSON (${(e as Error).message})`);
+    }
+    return new Tokenizer(json, file);
   }
 
   #encodePiece(bytes: Uint8Array): number[] {
@@ -106,7 +140,7 @@ export class Tokenizer {
     while (ids.length >= 2) {
       let best = -1;
       for (let k = 0; k + 1 < ids.length; k++) {
-        const r = this.#ranks.get(ids[k] * 65536 + ids[k + 1]);
+        const r = this.#ranks.get(ids[k] * 0x100000 + ids[k + 1]);
         if (r !== undefined && (best < 0 || r < best)) best = r;
       }
       if (best < 0) break;

@@ -1,4 +1,5 @@
 import { invalid } from "../errors";
+import { knownOptions } from "../validate";
 import { checkProfile, type Profile } from "./profile";
 
 /** Options of {@link budgetsFromProfile}. */
@@ -79,6 +80,7 @@ export function pruneRatiosAt(profile: Profile, ratio: number, out?: Float64Arra
  */
 export function budgetsFromProfile(profile: Profile, options: BudgetsFromProfileOptions): Int32Array {
   if (options === null || typeof options !== "object") throw invalid("options", "an object with ratio and lengths", options);
+  knownOptions("options", options, ["ratio", "lengths", "minKeep"]);
   const ratio = checkRatio(options.ratio);
   checkProfile(profile);
   const H = profile.layers * profile.kvHeads;

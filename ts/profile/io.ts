@@ -1,6 +1,7 @@
 import { readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
 import { types } from "node:util";
 import { BadProfileError, invalid } from "../errors";
+import { knownOptions } from "../validate";
 import { profileFromJson, profileToJson } from "./json";
 import { decodeNpy, encodeNpy, type NpyFloatDtype } from "./npy";
 import { checkProfile, checkTable, createProfile, type Profile, type ProfileMeta } from "./profile";
@@ -102,6 +103,8 @@ export function loadProfile(pathOrBytes: string | Uint8Array): Profile {
  */
 export function saveProfile(profile: Profile, path: string, options: SaveProfileOptions = {}): void {
   if (typeof path !== "string" || path.length === 0) throw invalid("path", "a file path", path);
+  if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+  knownOptions("options", options, ["format", "dtype"]);
   const format = options.format ?? formatOfPath(path);
   if (format !== "npy" && format !== "json") {
     throw invalid(

@@ -1,4 +1,4 @@
-import { BadProfileError } from "../errors";
+import { BadProfileError, jsonPreview } from "../errors";
 import { checkMeta, checkProfile, checkTable, createProfile, PROFILE_FORMAT, PROFILE_FORMAT_VERSION, type Profile } from "./profile";
 
 /**
@@ -46,8 +46,7 @@ export function profileToJson(profile: Profile): string {
 }
 
 function describeJson(x: unknown): string {
-  const s = JSON.stringify(x);
-  return s === undefined ? String(x) : s.length > 40 ? s.slice(0, 40) + "…" : s;
+  return jsonPreview(x);
 }
 
 /**
@@ -88,7 +87,8 @@ export function profileFromJson(json: string | object): Profile {
   const grid = d.grid as number;
   const layers = d.layers as number;
   const kvHeads = d.kvHeads as number;
-  const flat = new Float64Array(grid * layers * kvHeads);
+  // The declared sizes are only trusted once the table has them: values are gathered first.
+  const flat: number[] = [];
   const rows = d.table;
   const sized = (x: unknown, n: number, where: string, what: string): unknown[] => {
     if (!Array.isArray(x) || x.length !== n) {
@@ -98,7 +98,6 @@ export function profileFromJson(json: string | object): Profile {
     return x;
   };
   sized(rows, grid, "table", "rows (grid)");
-  let k = 0;
   for (let i = 0; i < grid; i++) {
     const row = sized((rows as unknown[])[i], layers, `table[${i}]`, "layers");
     for (let l = 0; l < layers; l++) {
@@ -108,7 +107,7 @@ export function profileFromJson(json: string | object): Profile {
         if (typeof p !== "number") {
           throw new BadProfileError(`JSON profile table[${i}][${l}][${h}] must be a number in [0, 1] but is ${describeJson(p)}`);
         }
-        flat[k++] = p;
+        flat.push(p);
       }
     }
   }

@@ -83,14 +83,28 @@ function halfToNumber(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+/** Python text of a header value for messages, cut after 80 characters (a crafted header may hold a million items). */
 function pyRepr(v: PyValue): string {
-  if (v === null) return "None";
-  if (typeof v === "boolean") return v ? "True" : "False";
-  if (typeof v === "string") return `'${v}'`;
-  if (typeof v === "number") return String(v);
-  if (v.kind === "dict") return "{…}";
-  const inner = v.items.map(pyRepr).join(", ");
-  return v.kind === "list" ? `[${inner}]` : `(${inner}${v.items.length === 1 ? "," : ""})`;
+  const max = 80;
+  let out = "";
+  const walk = (x: PyValue): void => {
+    if (out.length > max) return;
+    if (x === null) out += "None";
+    else if (typeof x === "boolean") out += x ? "True" : "False";
+    else if (typeof x === "string") out += `'${x.length > max ? x.slice(0, max) : x}'`;
+    else if (typeof x === "number") out += String(x);
+    else if (x.kind === "dict") out += "{…}";
+    else {
+      out += x.kind === "list" ? "[" : "(";
+      for (let k = 0; k < x.items.length && out.length <= max; k++) {
+        if (k > 0) out += ", ";
+        walk(x.items[k]);
+      }
+      out += x.kind === "list" ? "]" : x.items.length === 1 ? ",)" : ")";
+    }
+  };
+  walk(v);
+  return out.length > max ? out.slice(0, max) + "…" : out;
 }
 
 /** Row-major strides of a shape. */

@@ -1,5 +1,5 @@
 import { types } from "node:util";
-import { BadProfileError, describe } from "../errors";
+import { BadProfileError, describe, jsonPreview } from "../errors";
 
 /** The `format` tag of lukv's JSON profiles. */
 export const PROFILE_FORMAT = "lukv-profile";
@@ -86,8 +86,7 @@ function isPlainObject(x: unknown): x is Record<string, unknown> {
 
 function show(x: unknown): string {
   if (typeof x === "number" && !Number.isFinite(x)) return String(x);
-  const s = JSON.stringify(x);
-  return s === undefined ? String(x) : s.length > 40 ? s.slice(0, 40) + "…" : s;
+  return jsonPreview(x);
 }
 
 /** Checks the known metadata fields' types; unknown fields pass through. */

@@ -9,14 +9,19 @@ export type PyValue =
   | { kind: "tuple" | "list"; items: PyValue[] }
   | { kind: "dict"; entries: Map<string, PyValue> };
 
+/** Deepest nesting of brackets accepted: NumPy writes 2 levels; a crafted header must not exhaust the stack. */
+export const MAX_PY_LITERAL_DEPTH = 64;
+
 /**
  * Parses the subset of Python literal syntax that NumPy writes in .npy headers
  * (dicts, tuples, lists, quoted strings, integers with an optional Python 2 `L`,
  * floats, True/False/None), tolerating any whitespace and trailing commas.
- * Nothing is evaluated. Dict keys must be strings.
+ * Nothing is evaluated. Dict keys must be strings. Nesting deeper than
+ * {@link MAX_PY_LITERAL_DEPTH} brackets is rejected.
  */
 export function parsePyLiteral(text: string): PyValue {
   let i = 0;
+  let depth = 0;
   const fail = (why: string): never => {
     const near = JSON.stringify(text.slice(Math.max(0, i - 10), i + 20));
     throw new BadProfileError(`npy header is not a valid Python literal: ${why} at character ${i} (near ${near})`);
@@ -28,8 +33,12 @@ export function parsePyLiteral(text: string): PyValue {
     skip();
     const c = text[i];
     if (c === undefined) return fail("unexpected end");
-    if (c === "{") return dict();
-    if (c === "(" || c === "[") return sequence(c === "(" ? ")" : "]", c === "(" ? "tuple" : "list");
+    if (c === "{" || c === "(" || c === "[") {
+      if (++depth > MAX_PY_LITERAL_DEPTH) fail(`nesting deeper than ${MAX_PY_LITERAL_DEPTH} brackets`);
+      const v = c === "{" ? dict() : sequence(c === "(" ? ")" : "]", c === "(" ? "tuple" : "list");
+      depth--;
+      return v;
+    }
     if (c === "'" || c === '"') return str();
     if ((c === "u" || c === "U") && (text[i + 1] === "'" || text[i + 1] === '"')) {
       i++;

@@ -4,7 +4,7 @@ import { Sequence, type OracleOptions } from "../cache";
 import { nativeScoreOptions, SCORERS, type ScoreOptions, type ScorerName } from "../compress";
 import { BadProfileError, InvalidArgumentError, invalid } from "../errors";
 import { createProfile, type Profile, type ProfileMeta } from "../profile/profile";
-import { nonNegativeInteger, oneOf, positiveInteger } from "../validate";
+import { knownOptions, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
 import { analyzeSample, type ProfilerScope, type SampleConfig } from "./sample";
 import { openSamples, writeSamples, type StoredOptions, type StoredSample } from "./store";
 
@@ -162,6 +162,7 @@ export class Profiler {
 
   constructor(options: ProfilerOptions) {
     if (!plainObject(options)) throw invalid("options", "an options object", options);
+    knownOptions("options", options, ["layers", "kvHeads", "scorer", "scorerOptions", "sink", "window", "grid", "scope", "model", "dataset", "keepSamples"]);
     this.layers = positiveInteger("layers", options.layers, 65536);
     this.kvHeads = positiveInteger("kvHeads", options.kvHeads, 65536);
     this.scorer = oneOf("scorer", options.scorer ?? "snapkv", SCORERS);

@@ -1,0 +1,205 @@
+// Attention never returns a silently wrong number: NaN and infinity in keys, values and queries are
+// refused naming the tensor and the first bad index, f16/bf16 overflow on append is refused, scores
+// that float32 could not hold are refused, and every SIMD level gives the same answer.
+import { KVCache, backends } from "../ts";
+import { headsOf, lastPositions } from "./helpers/cache";
+import { randn, rng, testSeed } from "./helpers/random";
+import { referenceAttention, relativeError } from "./helpers/reference";
+
+const seed = testSeed("numbers");
+const levels: string[] = backends().cpu.simdSupported;
+const shape = { layers: 2, kvHeads: 2, queryHeads: 4, headDim: 4, pageSize: 4, maxTokens: 256, threads: 1 };
+const row = shape.kvHeads * shape.headDim;
+const qrow = shape.queryHeads * shape.headDim;
+
+function caught(fn: () => unknown): Error & { code?: string } {
+  try {
+    fn();
+  } catch (e) {
+    return e as Error;
+  }
+  throw new Error("expected a throw");
+}
+
+function expectInvalid(fn: () => unknown, message: string | RegExp): void {
+  const e = caught(fn);
+  expect(e.name).toBe("InvalidArgumentError");
+  expect(e.code).toBe("ERR_LUKV_INVALID_ARGUMENT");
+  if (typeof message === "string") expect(e.message).toBe(message);
+  else expect(e.message).toMatch(message);
+}
+
+describe.each(levels)("simd %s", (simd) => {
+  test("NaN and infinity in keys, values and queries are refused with the first bad index; nothing changes", () => {
+    const r = rng(seed);
+    const cache = new KVCache({ ...shape, dtype: "f32", simd: simd as never });
+    try {
+      const seq = cache.createSequence();
+      seq.append(0, randn(r, 3 * row), randn(r, 3 * row));
+      const k = randn(r, 2 * row);
+      const v = randn(r, 2 * row);
+      k[13] = NaN;
+      expectInvalid(() => seq.append(0, k, v), "Expected finite numbers for keys but received NaN at index 13 (token 1, head 1, element 1)");
+      k[13] = 0;
+      v[2] = -Infinity;
+      expectInvalid(() => seq.append(0, k, v), "Expected finite numbers for values but received -Infinity at index 2 (token 0, head 0, element 2)");
+      expect(Array.from(seq.lengths())).toEqual([3, 3, 0, 0]);
+      const q = randn(r, qrow);
+      const before = seq.attend(0, q);
+      const bad = q.slice();
+      bad[7] = NaN;
+      expectInvalid(() => seq.attend(0, bad), "Expected finite numbers for queries but received NaN at index 7 (token 0, head 1, element 3)");
+      bad[7] = Infinity;
+      expectInvalid(() => seq.attend(0, bad), "Expected finite numbers for queries but received Infinity at index 7 (token 0, head 1, element 3)");
+      expect(seq.attend(0, q)).toEqual(before);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("a key of 1e19 and a query of 1e19 with scale 1: the score would overflow float32, so attend refuses", async () => {
+    const cache = new KVCache({ ...shape, dtype: "f32", simd: simd as never });
+    try {
+      const seq = cache.createSequence();
+      seq.append(0, new Float32Array(row).fill(1e19), new Float32Array(row).fill(1));
+      const q = new Float32Array(qrow).fill(1e19);
+      const message = /^Expected queries whose scores stay within float32 \(headDim × max\|q\| × max\|k\| × max\(1, \|scale\|\) at most 2\^120\) for queries but received max\|q\| 1e\+19 against keys of layer 0 up to 1e\+19 \(headDim 4, scale 1\)$/;
+      expectInvalid(() => seq.attend(0, q, { scale: 1 }), message);
+      await expect(seq.attendAsync(0, q, { scale: 1 })).rejects.toMatchObject({ name: "InvalidArgumentError", message: expect.stringMatching(message) });
+      expectInvalid(() => seq.compress({ ratio: 0.5, scorer: "knorm" }), /^Expected keys whose squared norms stay within float32/);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("large finite inputs within the bounds give the reference's answer on every level", () => {
+    const r = rng(seed + 1);
+    const cache = new KVCache({ ...shape, dtype: "f32", simd: simd as never });
+    try {
+      const seq = cache.createSequence();
+      // Scores up to about 4 × 1e16 × 1e16 = 4e32: the softmax is one-hot on the largest score.
+      const k = randn(r, 9 * row, 1e16);
+      const v = randn(r, 9 * row, 1e30);
+      seq.append(0, k, v);
+      const q = randn(r, 2 * qrow, 1e16);
+      const out = seq.attend(0, q, { scale: 1 });
+      expect(out.every(Number.isFinite)).toBe(true);
+      const ref = referenceAttention(headsOf(seq, 0), q, lastPositions(seq, 0, 2), shape.queryHeads, shape.headDim, 1);
+      expect(relativeError(out, ref)).toBeLessThan(1e-5);
+    } finally {
+      cache.dispose();
+    }
+  });
+});
+
+test("every SIMD level gives the same output for the same random inputs", () => {
+  const r = rng(seed + 2);
+  const k = randn(r, 37 * row, 3);
+  const v = randn(r, 37 * row);
+  const q = randn(r, 5 * qrow, 3);
+  const outs = levels.map((simd) => {
+    const cache = new KVCache({ ...shape, dtype: "f32", simd: simd as never });
+    try {
+      const seq = cache.createSequence();
+      seq.append(1, k, v);
+      return seq.attend(1, q);
+    } finally {
+      cache.dispose();
+    }
+  });
+  for (const out of outs.slice(1)) expect(relativeError(out, outs[0])).toBeLessThan(1e-5);
+});
+
+test("f16 and bf16 caches refuse Float32 values they would store as infinity; the largest that fit are kept", () => {
+  const f16 = new KVCache({ ...shape, dtype: "f16" });
+  const bf16 = new KVCache({ ...shape, dtype: "bf16" });
+  try {
+    const s = f16.createSequence();
+    const k = new Float32Array(row);
+    k[5] = 1e6;
+    expectInvalid(
+      () => s.append(0, k, new Float32Array(row)),
+      "Expected numbers that f16 can hold (magnitude below 65520) for keys but received 1000000 at index 5 (token 0, head 1, element 1); scale the inputs down or use a wider dtype",
+    );
+    k[5] = -65520;
+    expectInvalid(() => s.append(0, new Float32Array(row), k), /^Expected numbers that f16 can hold \(magnitude below 65520\) for values but received -65520 at index 5/);
+    k[5] = 65519; // rounds to 65504, the largest f16
+    s.append(0, k, k);
+    expect(s.keys(0, 1)[1]).toBe(65504);
+    // Raw f16 bits: exponent 31 is infinity or NaN.
+    const raw = new Uint16Array(row);
+    raw[3] = 0x7c00;
+    expectInvalid(() => s.append(0, raw, new Uint16Array(row)), "Expected finite numbers for keys but received Infinity at index 3 (token 0, head 0, element 3)");
+    raw[3] = 0xfe01;
+    expectInvalid(() => s.append(0, new Uint16Array(row), raw), "Expected finite numbers for values but received NaN at index 3 (token 0, head 0, element 3)");
+    expect(Array.from(s.lengths())).toEqual([1, 1, 0, 0]);
+
+    const b = bf16.createSequence();
+    const big = new Float32Array(row);
+    big[0] = 3.4e38;
+    expectInvalid(() => b.append(0, big, new Float32Array(row)), /^Expected numbers that bf16 can hold \(magnitude below 3\.396\d+e\+38\) for keys but received 3\.4e\+38 at index 0 /);
+    big[0] = 3.39e38;
+    b.append(0, new Float32Array(row), big);
+    expect(Number.isFinite(b.values(0, 0)[0])).toBe(true);
+  } finally {
+    f16.dispose();
+    bf16.dispose();
+  }
+});
+
+test("scale must be a float32: 3.5e38 is refused by attend, scores and compress", () => {
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  try {
+    const seq = cache.createSequence();
+    seq.append(0, new Float32Array(row).fill(1), new Float32Array(row).fill(1));
+    const message = "Expected finite number within the float32 range (magnitude at most 3.4028234663852886e+38) for scale but received 3.5e+38 of type number";
+    expectInvalid(() => seq.attend(0, new Float32Array(qrow), { scale: 3.5e38 }), message);
+    expectInvalid(() => seq.scores(0, "snapkv", { scale: -3.5e38 }), message.replace("received 3.5e+38", "received -3.5e+38"));
+    expectInvalid(() => seq.compress({ ratio: 0.5, scale: 3.5e38 }), message);
+  } finally {
+    cache.dispose();
+  }
+});
+
+test("values whose weighted sums could overflow float32 are refused at attend", () => {
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  try {
+    const seq = cache.createSequence();
+    seq.append(0, new Float32Array(4 * row), new Float32Array(4 * row).fill(1e36));
+    expectInvalid(
+      () => seq.attend(0, new Float32Array(qrow)),
+      /^Expected values whose sums over the layer stay within float32 \(tokens × max\|v\| at most 2\^112\) for values but received values of layer 0 up to 1e\+36 over 4 tokens$/,
+    );
+  } finally {
+    cache.dispose();
+  }
+});
+
+test("snapkv scores with observation queries that would overflow are refused", () => {
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  try {
+    const seq = cache.createSequence();
+    seq.append(0, new Float32Array(4 * row).fill(1e19), new Float32Array(4 * row));
+    const obs = [new Float32Array(qrow).fill(1e19), undefined];
+    expectInvalid(() => seq.scores(0, "snapkv", { window: 1, scale: 1, observationQueries: obs }), /^Expected observationQueries\[0\] whose scores stay within float32/);
+    obs[0]![5] = NaN;
+    expectInvalid(() => seq.scores(0, "snapkv", { window: 1, observationQueries: obs }), "Expected finite numbers for observationQueries[0] but received NaN at index 5 (token 0, head 1, element 1)");
+  } finally {
+    cache.dispose();
+  }
+});
+
+test("checkFinite: false skips the scans (documented opt-out): a NaN key is stored as given", () => {
+  const cache = new KVCache({ ...shape, dtype: "f32", checkFinite: false });
+  try {
+    expect(cache.config.checkFinite).toBe(false);
+    const seq = cache.createSequence();
+    const k = new Float32Array(row);
+    k[0] = NaN;
+    seq.append(0, k, new Float32Array(row));
+    expect(Number.isNaN(seq.keys(0, 0)[0])).toBe(true);
+  } finally {
+    cache.dispose();
+  }
+  expectInvalid(() => new KVCache({ ...shape, checkFinite: 1 as never }), "Expected boolean for checkFinite but received 1 of type number");
+});

@@ -1,0 +1,73 @@
+// Input scans the addon runs before the kernels: the first value that is not finite (or too large
+// for the cache's storage type) and the largest magnitude, which bounds the scores attend computes.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace lukv {
+
+struct ScanResult {
+  int64_t firstBad = -1;  // index of the first value with !(|x| < limit), -1 when none
+  double maxAbs = 0;      // largest |x| before firstBad
+};
+
+// Blocks of 256 keep the common pass branch-free (it vectorises); only a block holding a bad value
+// is scanned again for its first index.
+inline ScanResult scanF32(const float* x, size_t n, float limit) {
+  constexpr size_t kBlock = 256;
+  ScanResult r;
+  float maxAbs = 0;
+  for (size_t b = 0; b < n; b += kBlock) {
+    const size_t e = b + kBlock < n ? b + kBlock : n;
+    float m = 0;
+    int bad = 0;
+    for (size_t i = b; i < e; ++i) {
+      const float a = std::fabs(x[i]);
+      m = a > m ? a : m;
+      bad |= !(a < limit);
+    }
+    if (bad) {
+      for (size_t i = b; i < e; ++i) {
+        const float a = std::fabs(x[i]);
+        if (!(a < limit)) {
+          r.firstBad = (int64_t)i;
+          break;
+        }
+        maxAbs = a > maxAbs ? a : maxAbs;
+      }
+      break;
+    }
+    maxAbs = m > maxAbs ? m : maxAbs;
+  }
+  r.maxAbs = maxAbs;
+  return r;
+}
+
+// Raw 16-bit words of f16 (bf16 = false) or bf16: a value is bad when its exponent is all ones.
+inline ScanResult scanRaw16(const uint16_t* x, size_t n, bool bf16) {
+  const uint16_t expMask = bf16 ? 0x7f80 : 0x7c00;
+  ScanResult r;
+  uint16_t maxBits = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t a = x[i] & 0x7fff;
+    if ((a & expMask) == expMask) {
+      r.firstBad = (int64_t)i;
+      break;
+    }
+    maxBits = a > maxBits ? a : maxBits;  // magnitudes of one format order like their bit patterns
+  }
+  if (bf16) {
+    uint32_t u = (uint32_t)maxBits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    r.maxAbs = f;
+  } else {
+    const int exp = (maxBits >> 10) & 0x1f, man = maxBits & 0x3ff;
+    r.maxAbs = exp == 0 ? std::ldexp((double)man, -24) : std::ldexp(1.0 + man / 1024.0, exp - 15);
+  }
+  return r;
+}
+
+}  // namespace lukv

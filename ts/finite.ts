@@ -1,0 +1,92 @@
+// Number checks run before the kernels: no NaN or infinity in keys, values and queries, no value an
+// f16/bf16 cache would store as infinity, and no attention whose float32 arithmetic could overflow.
+import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
+import { InvalidArgumentError, invalid } from "./errors";
+import { native } from "./native";
+import { isUint16Array } from "./validate";
+
+/** Largest float32. */
+export const FLOAT32_MAX = 3.4028234663852886e38;
+/** Bound on |q·k·scale| (and |k|² for the key-norm scorers): the kernels' exp and sums keep a wide margin below FLOAT32_MAX. */
+export const SCORE_LIMIT = 2 ** 120;
+/** Bound on tokens × max|v|: the softmax-weighted sums of values stay far below FLOAT32_MAX. */
+export const VALUE_SUM_LIMIT = 2 ** 112;
+/** Magnitudes from which an f32 value rounds to infinity in the storage type (round to nearest even). */
+const STORAGE_LIMIT: Record<DType, number> = { f32: Infinity, f16: 65520, bf16: (2 - 2 ** -8) * 2 ** 127 };
+
+/**
+ * Scans a [tokens, heads, headDim] tensor for the first value that is not finite, or (with
+ * `storage` f16/bf16 and Float32Array input) too large for it, and throws InvalidArgumentError
+ * naming the tensor and that index. Returns the largest magnitude. Uint16Array input holds raw
+ * `rawDtype` bits.
+ */
+export function scanTensor(
+  name: string,
+  values: Float32Array | Uint16Array,
+  heads: number,
+  headDim: number,
+  storage: DType,
+  rawDtype: DType = storage,
+): number {
+  const raw = isUint16Array(values);
+  const limit = raw ? Infinity : STORAGE_LIMIT[storage];
+  const [bad, maxAbs] = native().scanValues(values, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, limit);
+  if (bad < 0) return maxAbs;
+  const value = raw ? (rawDtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)(values[bad]) : values[bad];
+  const row = heads * headDim;
+  const where = `at index ${bad} (token ${Math.floor(bad / row)}, head ${Math.floor((bad % row) / headDim)}, element ${bad % headDim})`;
+  if (!Number.isFinite(value)) throw new InvalidArgumentError(`Expected finite numbers for ${name} but received ${value} ${where}`);
+  throw new InvalidArgumentError(
+    `Expected numbers that ${storage} can hold (magnitude below ${f32Text(limit)}) for ${name} but received ${f32Text(value)} ${where}; scale the inputs down or use a wider dtype`,
+  );
+}
+
+/** The shortest decimal that reads back as the same float32 (3.4e+38, not 3.3999999521443642e+38). */
+function f32Text(x: number): string {
+  if (!Number.isFinite(x)) return String(x);
+  for (let digits = 1; digits < 9; digits++) {
+    const s = String(Number(x.toPrecision(digits)));
+    if (Math.fround(Number(s)) === x) return s;
+  }
+  return String(Number(x.toPrecision(9)));
+}
+
+/** A magnitude for messages: 6 significant digits, exponent form from 1e6 on (1e+19, not 9999999980506448000). */
+function fmt(x: number): string {
+  return x >= 1e6 ? x.toExponential(5).replace(/\.?0+e/, "e") : String(+x.toPrecision(6));
+}
+
+/** Throws when headDim × max|q| × max|k| × max(1, |scale|) could reach float32 overflow in the scores of `layer`. */
+export function checkScores(name: string, layer: number, headDim: number, queryMax: number, keyMax: number, scale: number): void {
+  const bound = headDim * queryMax * keyMax * Math.max(1, Math.abs(scale));
+  if (bound > SCORE_LIMIT)
+    throw new InvalidArgumentError(
+      `Expected ${name} whose scores stay within float32 (headDim × max|q| × max|k| × max(1, |scale|) at most 2^120) ` +
+        `for ${name} but received max|q| ${fmt(queryMax)} against keys of layer ${layer} up to ${fmt(keyMax)} (headDim ${headDim}, scale ${scale})`,
+    );
+}
+
+/** Throws when the weighted sum of `tokens` values of magnitude up to `valueMax` could overflow float32. */
+export function checkValueSum(layer: number, tokens: number, valueMax: number): void {
+  if (tokens * valueMax > VALUE_SUM_LIMIT)
+    throw new InvalidArgumentError(
+      `Expected values whose sums over the layer stay within float32 (tokens × max|v| at most 2^112) for values ` +
+        `but received values of layer ${layer} up to ${fmt(valueMax)} over ${tokens} tokens`,
+    );
+}
+
+/** Throws when the squared norms of keys up to `keyMax` could overflow float32 (the keydiff and knorm scorers). */
+export function checkKeyNorms(layer: number, headDim: number, keyMax: number): void {
+  if (headDim * keyMax * keyMax > SCORE_LIMIT)
+    throw new InvalidArgumentError(
+      `Expected keys whose squared norms stay within float32 (headDim × max|k|² at most 2^120) for keys ` +
+        `but received keys of layer ${layer} up to ${fmt(keyMax)} (headDim ${headDim})`,
+    );
+}
+
+/** Validates an attention scale: finite and representable as float32. */
+export function checkScale(v: unknown): number {
+  if (typeof v !== "number" || !Number.isFinite(v)) throw invalid("scale", "finite number", v);
+  if (Math.abs(v) > FLOAT32_MAX) throw invalid("scale", `finite number within the float32 range (magnitude at most ${FLOAT32_MAX})`, v);
+  return v;
+}
