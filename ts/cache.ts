@@ -1,6 +1,6 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
 import * as os from "os";
-import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe } from "./errors";
+import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
 import {
@@ -18,6 +18,7 @@ import { checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } fro
 import {
   integerInRange,
   isFloat32Array,
+  isInt32Array,
   isUint16Array,
   knownOptions,
   nonNegativeInteger,
@@ -311,6 +312,10 @@ export class Sequence {
   readonly #keyMax: Float64Array;
   readonly #valueMax: Float64Array;
   readonly #queryMax: Float64Array;
+  // Async calls run one after another in call order: each waits for the one before (#tail). While
+  // any is waiting or running (#pending > 0), synchronous calls throw SequenceBusyError.
+  #tail: Promise<unknown> = Promise.resolve();
+  #pending = 0;
 
   /** @internal use KVCache.createSequence() */
   constructor(cache: KVCache, id: number) {
@@ -332,11 +337,37 @@ export class Sequence {
     return this.#id === undefined;
   }
 
-  /** @internal */
+  /** @internal the native id, for synchronous use: throws SequenceBusyError while async calls are pending. */
   get id(): number {
+    const id = this.#liveId();
+    if (this.#pending > 0)
+      throw new SequenceBusyError(
+        `Sequence has ${this.#pending} async call${this.#pending === 1 ? "" : "s"} (attendAsync, compressAsync) pending; await ${this.#pending === 1 ? "it" : "them"} before a synchronous call (calls on a sequence take effect in call order)`,
+      );
+    return id;
+  }
+
+  /** Number of async calls waiting or running on this sequence. */
+  get pending(): number {
+    return this.#pending;
+  }
+
+  #liveId(): number {
     if (this.#id === undefined) throw new DisposedError("Sequence was used after dispose()");
     if (this.#cache.disposed) throw new DisposedError("KVCache was used after dispose()");
     return this.#id;
+  }
+
+  // Runs `task` after every async call made before it on this sequence has settled; with none
+  // pending it starts now (in this tick), so an idle sequence pays no extra turn of the event loop.
+  #enqueue<T>(task: () => Promise<T>): Promise<T> {
+    const start = this.#pending === 0 ? task() : this.#tail.then(task);
+    this.#pending++;
+    const done = start.finally(() => {
+      this.#pending--;
+    });
+    this.#tail = done.catch(() => undefined);
+    return done;
   }
 
   /** @internal */
@@ -389,7 +420,7 @@ export class Sequence {
     const row = queryHeads * headDim;
     checkTensor("queries", queries, row, "[tokens, queryHeads, headDim]", dtype);
     const tokens = queries.length / row;
-    const appended = this.#cache.handle.appended(this.id, l);
+    const appended = this.#cache.handle.appended(this.#liveId(), l);
     if (tokens > appended)
       throw new InvalidArgumentError(
         `Expected at most ${appended} tokens (the positions appended to layer ${l}) for queries but received ${tokens} tokens`,
@@ -447,19 +478,27 @@ export class Sequence {
     return result;
   }
 
-  /** Like attend(), computed off the main thread; the queries are copied at the call. */
+  /**
+   * Like attend(), computed off the main thread. The queries are copied at the call, and the call
+   * sees the sequence as every call made before it left it: async calls on one sequence run in call
+   * order, and synchronous calls throw SequenceBusyError until they have settled.
+   */
   async attendAsync(layer: number, queries: Float32Array | Uint16Array, opts?: AttendOptions): Promise<Float32Array> {
-    const id = this.id;
+    this.#liveId();
     const scale = this.#scale(opts);
     const { l, q, queryMax } = this.#queries(layer, queries, scale);
     const out = this.#out(opts, queries);
     // The queries join the observation window when the work runs; their bound joins now.
     this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
-    try {
-      return await this.#cache.handle.attendAsync(id, l, q, scale, out);
-    } catch (e) {
-      rethrow(e);
-    }
+    // A call that waits its turn keeps its own copy (the addon copies them when the work starts).
+    const rows = this.#pending === 0 || q !== queries ? q : q.slice();
+    return this.#enqueue(async () => {
+      try {
+        return await this.#cache.handle.attendAsync(this.#liveId(), l, rows, scale, out);
+      } catch (e) {
+        rethrow(e);
+      }
+    });
   }
 
   /**
@@ -480,17 +519,27 @@ export class Sequence {
     }
   }
 
-  /** Like compress(), off the main thread. Options are read at the call. */
+  /**
+   * Like compress(), off the main thread, in call order with the sequence's other async calls (see
+   * attendAsync). Options are read at the call; what depends on the sequence (the head lengths the
+   * LU-KV budgets are fitted to) is read when the call's turn comes, after the calls before it.
+   */
   async compressAsync(options: CompressOptions = {}): Promise<CompressReport> {
-    const id = this.id;
+    this.#liveId();
     if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
-    const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
-    this.#checkScoring(n);
-    try {
-      return await this.#cache.handle.compressAsync(id, n);
-    } catch (e) {
-      rethrow(e);
-    }
+    const lengthsNow = () => this.#cache.handle.lengths(this.#liveId());
+    nativeCompressOptions(options, this.#cache.config, lengthsNow); // invalid options reject now
+    const o: CompressOptions = { ...options };
+    if (isInt32Array(o.budgets)) o.budgets = o.budgets.slice();
+    return this.#enqueue(async () => {
+      const n = nativeCompressOptions(o, this.#cache.config, lengthsNow);
+      this.#checkScoring(n);
+      try {
+        return await this.#cache.handle.compressAsync(this.#liveId(), n);
+      } catch (e) {
+        rethrow(e);
+      }
+    });
   }
 
   /**

@@ -29,6 +29,17 @@ export class DisposedError extends LukvError {
   }
 }
 
+/**
+ * A synchronous call was made on a sequence that still has async calls (attendAsync, compressAsync)
+ * waiting or running: calls on a sequence take effect in call order, and a synchronous call cannot
+ * wait for them without blocking the event loop. Await the pending calls first.
+ */
+export class SequenceBusyError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_SEQUENCE_BUSY", message);
+  }
+}
+
 /** The requested backend (for example CUDA) cannot be used here; the message lists why. */
 export class BackendUnavailableError extends LukvError {
   constructor(message: string) {

@@ -10,6 +10,7 @@ export {
   BackendUnavailableError,
   BadProfileError,
   BadModelError,
+  SequenceBusyError,
 } from "./errors";
 export { f32ToF16Bits, f16BitsToF32, f32ToBf16Bits, bf16BitsToF32, toBits, fromBits, roundTo } from "./dtype";
 export type { DType } from "./dtype";

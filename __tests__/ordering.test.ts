@@ -1,0 +1,126 @@
+// Calls on one sequence take effect in call order: async calls wait for the ones before them, and a
+// synchronous call on a sequence with async calls pending throws SequenceBusyError.
+import { KVCache, createProfile } from "../ts";
+import { rng, testSeed, randn } from "./helpers/random";
+
+const seed = testSeed("ordering");
+const shape = { layers: 2, kvHeads: 2, queryHeads: 8, headDim: 32 };
+
+function filled(tokens: number, salt: number) {
+  const r = rng(seed ^ salt);
+  const cache = new KVCache({ ...shape, dtype: "f32", maxTokens: 4096, threads: 2 });
+  const seq = cache.createSequence();
+  const row = shape.kvHeads * shape.headDim;
+  for (let l = 0; l < shape.layers; l++) seq.append(l, randn(r, tokens * row), randn(r, tokens * row));
+  const q = randn(r, shape.queryHeads * shape.headDim);
+  return { r, cache, seq, q, row };
+}
+
+function expectBusy(fn: () => unknown): void {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  expect(caught).toMatchObject({ name: "SequenceBusyError", code: "ERR_LUKV_SEQUENCE_BUSY" });
+  expect(String((caught as Error).message)).toMatch(/^Sequence has \d+ async calls? \(attendAsync, compressAsync\) pending; await (it|them) before a synchronous call/);
+}
+
+describe("call order on one sequence", () => {
+  test("a synchronous append in the same tick as attendAsync is refused, and the attention sees the cache as it was at the call", async () => {
+    for (let trial = 0; trial < 8; trial++) {
+      const { r, cache, seq, q, row } = filled(200, trial);
+      const before = seq.attend(0, q);
+      const pending = seq.attendAsync(0, q);
+      expectBusy(() => seq.append(0, randn(r, row), randn(r, row)));
+      expect(await pending).toEqual(before);
+      seq.append(0, randn(r, row), randn(r, row)); // allowed once settled
+      expect(seq.appended(0)).toBe(201);
+      cache.dispose();
+    }
+  });
+
+  test("every synchronous method refuses while async work is pending; dispose does not", async () => {
+    const { cache, seq, q } = filled(64, 1);
+    const pending = seq.compressAsync({ ratio: 0.5, scorer: "knorm", sink: 0, window: 0 });
+    expect(seq.pending).toBe(1);
+    expectBusy(() => seq.lengths());
+    expectBusy(() => seq.positions(0, 0));
+    expectBusy(() => seq.appended(0));
+    expectBusy(() => seq.attend(0, q));
+    expectBusy(() => seq.compress({ ratio: 0.5, scorer: "knorm" }));
+    expectBusy(() => seq.scores(0));
+    expectBusy(() => seq.keys(0, 0));
+    expectBusy(() => seq.fork());
+    expectBusy(() => seq.accumulateAttention(true));
+    expectBusy(() => seq.recordOracle());
+    await pending;
+    expect(seq.pending).toBe(0);
+    expect(Array.from(seq.lengths())).toEqual(new Array(4).fill(32));
+    // Another sequence of the same cache is not held up.
+    const other = cache.createSequence();
+    const p2 = seq.attendAsync(0, q);
+    expect(other.lengths().length).toBe(4);
+    await p2;
+    // Disposing with calls queued: the queued ones reject with DisposedError.
+    const a = seq.attendAsync(0, q);
+    const b = seq.attendAsync(0, q);
+    seq.dispose();
+    const results = await Promise.allSettled([a, b]);
+    expect(results[1]).toMatchObject({ status: "rejected", reason: { name: "DisposedError" } });
+    cache.dispose();
+  });
+
+  test("attendAsync then compressAsync: the attention always sees the full cache, the compression follows", async () => {
+    for (let trial = 0; trial < 10; trial++) {
+      const { cache, seq, q } = filled(300, 100 + trial);
+      const full = seq.attend(0, q);
+      const a = seq.attendAsync(0, q);
+      const c = seq.compressAsync({ ratio: 0.8, scorer: "knorm" });
+      const after = seq.attendAsync(0, q);
+      const [ra, rc, rafter] = await Promise.all([a, c, after]);
+      expect(ra).toEqual(full);
+      expect(rc.total).toBe(Math.round(0.2 * 300 * 4));
+      expect(Array.from(seq.lengths())).toEqual(Array.from(rc.kept));
+      expect(rafter).toEqual(seq.attend(0, q));
+      expect(rafter).not.toEqual(full);
+      cache.dispose();
+    }
+  });
+
+  test("two queued compressAsync with LU-KV budgets: the second is fitted to what the first kept", async () => {
+    const heads = shape.layers * shape.kvHeads, grid = 99;
+    const table = new Float64Array(grid * heads);
+    for (let g = 0; g < grid; g++) for (let i = 0; i < heads; i++) table[g * heads + i] = (g + 1) / 100;
+    const profile = createProfile({ table, layers: shape.layers, kvHeads: shape.kvHeads });
+    const run = async (queued: boolean): Promise<number[]> => {
+      const { cache, seq } = filled(128, 7);
+      const opts = { ratio: 0.5, allocation: "lukv" as const, profile, sink: 0, window: 0 };
+      let totals: number[];
+      if (queued) {
+        const [x, y] = await Promise.all([seq.compressAsync(opts), seq.compressAsync(opts)]);
+        totals = [x.before, x.total, y.before, y.total];
+      } else {
+        const x = seq.compress(opts);
+        const y = seq.compress(opts);
+        totals = [x.before, x.total, y.before, y.total];
+      }
+      cache.dispose();
+      return totals;
+    };
+    const sync = await run(false);
+    expect(sync).toEqual([512, 256, 256, 128]);
+    expect(await run(true)).toEqual(sync);
+  });
+
+  test("a failed async call does not stop the ones queued after it", async () => {
+    const { cache, seq, q } = filled(40, 3);
+    const bad = seq.compressAsync({ budgets: new Int32Array(4).fill(1000) });
+    const good = seq.attendAsync(0, q);
+    await expect(bad).rejects.toMatchObject({ name: "InvalidArgumentError" });
+    expect((await good).length).toBe(q.length);
+    expect(seq.pending).toBe(0);
+    cache.dispose();
+  });
+});
