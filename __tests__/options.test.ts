@@ -17,7 +17,7 @@ function expectInvalid(fn: () => unknown, message: string): void {
   expect(caught?.message).toBe(message);
 }
 
-const COMPRESS = "scorer, window, pooling, kernel, groupReduce, seed, scale, observationQueries, ratio, allocation, profile, budgets, sink, alpha, beta";
+const COMPRESS = "scorer, window, pooling, kernel, groupReduce, seed, scale, observationQueries, ratio, budget, allocation, profile, budgets, sink, alpha, beta";
 
 test("cache, attend, compress, scores and recordOracle options", async () => {
   expectInvalid(

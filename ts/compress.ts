@@ -1,6 +1,6 @@
 // Options of compress() and scores(), their defaults and validation, and what the addon receives.
 import { invalid, InvalidArgumentError } from "./errors";
-import { isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
+import { integerInRange, isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
 import { budgetsFromProfile, type Profile } from "./profile";
 import { checkScale } from "./finite";
 
@@ -17,7 +17,7 @@ const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
 /** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
 export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries"] as const;
 /** The option names compress() accepts. */
-export const COMPRESS_OPTION_NAMES = [...SCORE_OPTION_NAMES, "ratio", "allocation", "profile", "budgets", "sink", "alpha", "beta"] as const;
+export const COMPRESS_OPTION_NAMES = [...SCORE_OPTION_NAMES, "ratio", "budget", "allocation", "profile", "budgets", "sink", "alpha", "beta"] as const;
 
 /** Options of the scorers, shared by compress() and scores(). */
 export interface ScoreOptions {
@@ -53,11 +53,18 @@ export interface CompressOptions extends ScoreOptions {
    * tokens than those keeps exactly those.
    */
   ratio?: number;
+  /**
+   * Instead of `ratio`: tokens to keep per (layer, KV head) on average, a positive integer, i.e.
+   * budget x layers x kvHeads in all, split by the allocation; no head keeps more than it has (what
+   * a short head cannot use goes to the others), and every head keeps its sink and window. A budget
+   * at or above the current average keeps everything. Default: none.
+   */
+  budget?: number;
   /** How the kept total is split over heads. Default: "uniform" ("lukv" needs `profile`). */
   allocation?: AllocationName;
   /** The LU-KV profile for allocation "lukv". */
   profile?: Profile;
-  /** Explicit keep counts per (layer, KV head), Int32Array [layers * kvHeads]; overrides ratio/allocation. */
+  /** Explicit keep counts per (layer, KV head), Int32Array [layers * kvHeads]; overrides ratio, budget and allocation. */
   budgets?: Int32Array;
   /** First tokens of every head always kept (attention sinks). Default: 4. */
   sink?: number;
@@ -176,8 +183,15 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
     n.budgets = o.budgets;
     return n;
   }
-  const ratio = o.ratio ?? 0;
+  let ratio = o.ratio ?? 0;
   if (typeof ratio !== "number" || !(ratio >= 0 && ratio < 1)) throw invalid("ratio", "a number in [0, 1)", ratio);
+  if (o.budget !== undefined) {
+    if (o.ratio !== undefined) throw invalid("budget", "no ratio beside it (give ratio or budget)", o.budget);
+    const budget = integerInRange("budget", o.budget, 1, 2 ** 31 - 1);
+    const total = lengths().reduce((a, b) => a + b, 0);
+    const keep = Math.min(total, budget * heads);
+    ratio = total > 0 ? 1 - keep / total : 0;
+  }
   n.ratio = ratio;
   const allocation = oneOf("allocation", o.allocation ?? "uniform", ALLOCATIONS);
   if (allocation === "lukv") {
