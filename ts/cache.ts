@@ -85,6 +85,19 @@ export interface KVCacheOptions {
   checkFinite?: boolean;
 }
 
+/**
+ * Options of `seq.autoCompress`: compress() options (scorer, allocation, profile, sink, window, ...)
+ * without ratio, budget or budgets, plus when to compress and down to what.
+ */
+export interface AutoCompressOptions extends Omit<CompressOptions, "ratio" | "budget" | "budgets"> {
+  /** Tokens to keep per (layer, KV head) on average after each automatic compression (compress's `budget`). Required. */
+  maxTokens: number;
+  /** Check after every `every` positions appended to the last layer. Default: 256. */
+  every?: number;
+  /** Called with each automatic compression's report. Default: none. */
+  onCompress?: (report: CompressReport) => void;
+}
+
 /** Options of `recordOracle`. */
 export interface OracleOptions {
   /** W_O per layer, row-major [queryHeads*headDim, hidden] (PyTorch's o_proj.weight transposed). Default: none, ||v|| is used. */
@@ -316,6 +329,11 @@ export class Sequence {
   // any is waiting or running (#pending > 0), synchronous calls throw SequenceBusyError.
   #tail: Promise<unknown> = Promise.resolve();
   #pending = 0;
+  // autoCompress: the compress() options, the check interval, and positions appended to the last
+  // layer since the last check.
+  #auto: { options: CompressOptions; every: number; onCompress?: (report: CompressReport) => void } | undefined;
+  #sinceCheck = 0;
+  #autoCompressions = 0;
 
   /** @internal use KVCache.createSequence() */
   constructor(cache: KVCache, id: number) {
@@ -412,6 +430,53 @@ export class Sequence {
     }
     this.#keyMax[l] = Math.max(this.#keyMax[l], keyMax);
     this.#valueMax[l] = Math.max(this.#valueMax[l], valueMax);
+    if (this.#auto && l === this.#cache.config.layers - 1) {
+      this.#sinceCheck += keys.length / row;
+      if (this.#sinceCheck >= this.#auto.every) this.#autoCheck();
+    }
+  }
+
+  /**
+   * Keeps a long generation in bounded memory: after appends to the last layer, every `every`
+   * positions, if the sequence holds more than `maxTokens` tokens per (layer, KV head) on average,
+   * it is compressed back to that (compress with `budget: maxTokens` and the given options; pages
+   * go back to the pool). So it never holds more than about maxTokens + every per head. Options are
+   * checked now. `autoCompress(false)` stops it.
+   */
+  autoCompress(options: AutoCompressOptions | false): void {
+    void this.id;
+    if (options === false) {
+      this.#auto = undefined;
+      return;
+    }
+    if (options === null || typeof options !== "object") throw invalid("options", "an options object or false", options);
+    const names = [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), "maxTokens", "every", "onCompress"];
+    knownOptions("options", options, names);
+    const maxTokens = integerInRange("maxTokens", options.maxTokens, 1, 2 ** 31 - 1);
+    const every = integerInRange("every", options.every ?? 256, 1, 2 ** 31 - 1);
+    if (options.onCompress !== undefined && typeof options.onCompress !== "function") throw invalid("onCompress", "a function", options.onCompress);
+    const onCompress = options.onCompress;
+    const own = new Set(["maxTokens", "every", "onCompress"]);
+    const compressOptions: CompressOptions = { ...Object.fromEntries(Object.entries(options).filter(([k]) => !own.has(k))), budget: maxTokens };
+    nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
+    this.#auto = { options: compressOptions, every, onCompress };
+    this.#sinceCheck = 0;
+  }
+
+  /** Automatic compressions made so far (autoCompress). */
+  get autoCompressions(): number {
+    return this.#autoCompressions;
+  }
+
+  #autoCheck(): void {
+    const auto = this.#auto!;
+    this.#sinceCheck = 0;
+    const lengths = this.lengths();
+    const total = lengths.reduce((a, b) => a + b, 0);
+    if (total <= (auto.options.budget as number) * lengths.length) return;
+    const report = this.compress(auto.options);
+    this.#autoCompressions++;
+    auto.onCompress?.(report);
   }
 
   #queries(layer: number, queries: Float32Array | Uint16Array, scale: number): { l: number; q: Float32Array; tokens: number; queryMax: number } {
