@@ -98,6 +98,38 @@ export interface AutoCompressOptions extends Omit<CompressOptions, "ratio" | "bu
   onCompress?: (report: CompressReport) => void;
 }
 
+/**
+ * What the cache does when an append finds too few free pages (`cache.onPressure`): compress other
+ * sequences (or the appending one) to make room, then retry the append.
+ */
+export interface PressureOptions extends Omit<CompressOptions, "ratio" | "budget" | "budgets"> {
+  /** Which sequence gives pages first: the one holding the most tokens, or the one created first. */
+  evict: "largest" | "oldest";
+  /** Fraction of a chosen sequence's tokens to remove (compress's `ratio`). Default: 0.5. */
+  ratio?: number;
+  /** Called after every compression made for pressure. Default: none. */
+  listener?: (event: PressureEvent) => void;
+}
+
+/** One compression made because an append ran out of pages. */
+export interface PressureEvent {
+  /** The sequence that was compressed. */
+  sequence: Sequence;
+  /** The sequence whose append needed the pages (may be the same one). */
+  requestedBy: Sequence;
+  /** "largest" or "oldest": why this sequence was chosen. */
+  reason: "largest" | "oldest";
+  /** What compress() did (before, total, pagesFreed...). */
+  report: CompressReport;
+}
+
+/** Totals of the compressions made for pressure since the cache was created. */
+export interface PressureStats {
+  events: number;
+  tokensEvicted: number;
+  pagesFreed: number;
+}
+
 /** Options of `recordOracle`. */
 export interface OracleOptions {
   /** W_O per layer, row-major [queryHeads*headDim, hidden] (PyTorch's o_proj.weight transposed). Default: none, ||v|| is used. */
@@ -290,6 +322,79 @@ export class KVCache {
     this.#sequences.delete(seq);
   }
 
+  #pressure: { options: CompressOptions; evict: "largest" | "oldest"; listener?: (event: PressureEvent) => void } | undefined;
+  readonly #pressureStats: PressureStats = { events: 0, tokensEvicted: 0, pagesFreed: 0 };
+
+  /**
+   * What an append that finds too few free pages does: "throw" (the default: OutOfPagesError, and
+   * the append changes nothing), or make room by compressing sequences, one at a time, the largest
+   * (most tokens kept) or the oldest first, until the append fits, and then append. Sequences with
+   * async calls pending are skipped. Every compression made for pressure is reported to `listener`
+   * and counted in `cache.pressureStats`; when no sequence can give pages, the append still throws
+   * OutOfPagesError. Options are checked now.
+   */
+  onPressure(options: PressureOptions | "throw"): void {
+    void this.handle;
+    if (options === "throw") {
+      this.#pressure = undefined;
+      return;
+    }
+    if (options === null || typeof options !== "object") throw invalid("options", 'an options object or "throw"', options);
+    const names = [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), "evict", "ratio", "listener"];
+    knownOptions("options", options, names);
+    const evict = oneOf("evict", options.evict, ["largest", "oldest"] as const);
+    if (options.listener !== undefined && typeof options.listener !== "function") throw invalid("listener", "a function", options.listener);
+    const own = new Set(["evict", "listener"]);
+    const compressOptions: CompressOptions = { ...Object.fromEntries(Object.entries(options).filter(([k]) => !own.has(k))), ratio: options.ratio ?? 0.5 };
+    nativeCompressOptions(compressOptions, this.config, () => new Int32Array(this.config.layers * this.config.kvHeads));
+    this.#pressure = { options: compressOptions, evict, listener: options.listener };
+  }
+
+  /** Compressions made for pressure so far, the tokens they removed and the pages they freed. */
+  get pressureStats(): PressureStats {
+    return { ...this.#pressureStats };
+  }
+
+  /**
+   * @internal Runs `attempt` (an append); when it runs out of pages and a pressure policy is set,
+   * compresses sequences one by one, retrying after each, until it fits or none is left to try.
+   */
+  withPressure(requestedBy: Sequence, attempt: () => void): void {
+    try {
+      attempt();
+      return;
+    } catch (e) {
+      if (!(e instanceof OutOfPagesError) || !this.#pressure) throw e;
+      const policy = this.#pressure;
+      const total = (seq: Sequence) => seq.lengths().reduce((a, b) => a + b, 0);
+      const candidates = [...this.#sequences].filter((seq) => seq.pending === 0 && total(seq) > 0);
+      if (policy.evict === "largest") candidates.sort((a, b) => total(b) - total(a));
+      let last: unknown = e;
+      for (const seq of candidates) {
+        let report: CompressReport;
+        try {
+          report = seq.compress(policy.options);
+        } catch (err) {
+          if (err instanceof OutOfPagesError || err instanceof InvalidArgumentError) continue; // this one cannot give pages now
+          throw err;
+        }
+        this.#pressureStats.events++;
+        this.#pressureStats.tokensEvicted += report.before - report.total;
+        this.#pressureStats.pagesFreed += report.pagesFreed;
+        policy.listener?.({ sequence: seq, requestedBy, reason: policy.evict, report });
+        if (report.pagesFreed === 0) continue;
+        try {
+          attempt();
+          return;
+        } catch (err) {
+          if (!(err instanceof OutOfPagesError)) throw err;
+          last = err;
+        }
+      }
+      throw last;
+    }
+  }
+
   /** Pages and bytes of the pool in use. */
   usage(): Usage {
     try {
@@ -423,11 +528,13 @@ export class Sequence {
       keyMax = scanTensor("keys", keys, kvHeads, headDim, dtype);
       valueMax = scanTensor("values", values, kvHeads, headDim, dtype);
     }
-    try {
-      this.#cache.handle.append(id, l, keys, values);
-    } catch (e) {
-      rethrow(e);
-    }
+    this.#cache.withPressure(this, () => {
+      try {
+        this.#cache.handle.append(id, l, keys, values);
+      } catch (e) {
+        rethrow(e);
+      }
+    });
     this.#keyMax[l] = Math.max(this.#keyMax[l], keyMax);
     this.#valueMax[l] = Math.max(this.#valueMax[l], valueMax);
     if (this.#auto && l === this.#cache.config.layers - 1) {

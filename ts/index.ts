@@ -1,5 +1,5 @@
 export { KVCache, Sequence } from "./cache";
-export type { KVCacheOptions, AttendOptions, OracleOptions, AutoCompressOptions, Usage, CacheConfig, Device, SimdLevel, PrefetchHint } from "./cache";
+export type { KVCacheOptions, AttendOptions, OracleOptions, AutoCompressOptions, PressureOptions, PressureEvent, PressureStats, Usage, CacheConfig, Device, SimdLevel, PrefetchHint } from "./cache";
 export { backends } from "./backends";
 export type { Backends } from "./backends";
 export {

@@ -1,0 +1,103 @@
+// cache.onPressure: an append that runs out of pages compresses other sequences to make room, and
+// every such compression is reported and counted.
+import { KVCache, PressureEvent, Sequence } from "../ts";
+import { rng, testSeed, randn } from "./helpers/random";
+
+const seed = testSeed("pressure");
+const shape = { layers: 2, kvHeads: 2, queryHeads: 4, headDim: 16, pageSize: 16 };
+const heads = shape.layers * shape.kvHeads;
+const row = shape.kvHeads * shape.headDim;
+
+// A pool of 64 pages (16 per head-page of 16 tokens: 256 tokens of one KV head).
+function setup() {
+  const r = rng(seed);
+  const cache = new KVCache({ ...shape, dtype: "f32", maxTokens: 64 * 16 });
+  const grow = (seq: Sequence, tokens: number) => {
+    for (let l = 0; l < shape.layers; l++) seq.append(l, randn(r, tokens * row), randn(r, tokens * row));
+  };
+  return { r, cache, grow };
+}
+const total = (seq: Sequence) => seq.lengths().reduce((a, b) => a + b, 0);
+
+test("by default an append that does not fit throws OutOfPagesError and changes nothing", () => {
+  const { cache, grow } = setup();
+  const a = cache.createSequence();
+  grow(a, 256); // 16 pages per head x 4 heads = 64 pages: full
+  const b = cache.createSequence();
+  expect(() => grow(b, 16)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+  expect(total(b)).toBe(0);
+  expect(cache.pressureStats).toEqual({ events: 0, tokensEvicted: 0, pagesFreed: 0 });
+  cache.dispose();
+});
+
+test("evict largest: the biggest sequence is compressed, the append goes through, and it is all reported", () => {
+  const { cache, grow } = setup();
+  const big = cache.createSequence(), small = cache.createSequence();
+  grow(big, 192); // 12 pages per head
+  grow(small, 64); // 4 pages per head: the pool is full
+  const events: PressureEvent[] = [];
+  cache.onPressure({ evict: "largest", ratio: 0.5, scorer: "knorm", sink: 4, window: 8, listener: (e) => events.push(e) });
+  const newcomer = cache.createSequence();
+  grow(newcomer, 32);
+  expect(total(newcomer)).toBe(32 * heads);
+  expect(events.length).toBe(1);
+  expect(events[0].sequence).toBe(big);
+  expect(events[0].requestedBy).toBe(newcomer);
+  expect(events[0].reason).toBe("largest");
+  expect(events[0].report.before).toBe(192 * heads);
+  expect(total(big)).toBe(96 * heads);
+  expect(total(small)).toBe(64 * heads);
+  const stats = cache.pressureStats;
+  expect(stats).toEqual({ events: 1, tokensEvicted: 96 * heads, pagesFreed: events[0].report.pagesFreed });
+  expect(stats.pagesFreed).toBe(6 * heads);
+  cache.dispose();
+});
+
+test("evict oldest: the first sequence gives pages first, then the next, until the append fits", () => {
+  const { cache, grow } = setup();
+  const first = cache.createSequence(), second = cache.createSequence();
+  grow(first, 64);
+  grow(second, 192);
+  const events: PressureEvent[] = [];
+  cache.onPressure({ evict: "oldest", ratio: 0.5, scorer: "knorm", sink: 4, window: 8, listener: (e) => events.push(e) });
+  grow(second, 96); // 6 pages per head: the oldest frees 2 per head, then the second must give too
+  expect(events.map((e) => e.sequence)).toEqual([first, second]);
+  expect(total(first)).toBe(32 * heads);
+  expect(cache.usage().pagesUsed).toBeLessThanOrEqual(cache.usage().pagesTotal);
+  expect(cache.pressureStats.events).toBe(2);
+  expect(cache.pressureStats.tokensEvicted).toBe(events.reduce((a, e) => a + e.report.before - e.report.total, 0));
+  cache.dispose();
+});
+
+test("when nothing can give pages the append still throws, and busy sequences are skipped", async () => {
+  const { r, cache, grow } = setup();
+  const a = cache.createSequence();
+  grow(a, 256);
+  cache.onPressure({ evict: "largest", scorer: "knorm", sink: 4, window: 8 });
+  const pending = a.attendAsync(0, randn(r, shape.queryHeads * shape.headDim));
+  const b = cache.createSequence();
+  expect(() => grow(b, 16)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+  expect(cache.pressureStats.events).toBe(0);
+  await pending;
+  grow(b, 16); // now a can give pages
+  expect(cache.pressureStats.events).toBe(1);
+  cache.onPressure("throw");
+  expect(() => grow(b, 256)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+  cache.dispose();
+});
+
+test("options are checked when onPressure is called", () => {
+  const { cache } = setup();
+  const message = (fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return "";
+  };
+  expect(message(() => cache.onPressure({ evict: "newest" as never }))).toBe('Expected one of "largest", "oldest" for evict but received "newest" of type string');
+  expect(message(() => cache.onPressure({ evict: "largest", ratio: 1 }))).toBe("Expected a number in [0, 1) for ratio but received 1 of type number");
+  expect(message(() => cache.onPressure({ evict: "largest", budget: 3 } as never))).toMatch(/^Expected only .* in options but received "budget"/);
+  cache.dispose();
+});
