@@ -1,0 +1,174 @@
+// An HTTP server that streams text from the embedded model to many clients at once, all their
+// sequences in one lukv cache. With eviction on, each sequence compresses itself back to a
+// per-head limit as it grows (seq.autoCompress) and an append that finds the pool full compresses
+// the largest sequence first (cache.onPressure), so memory stays bounded however many clients come.
+//
+//   npx tsc -p tsconfig.build.json && node dist/examples/server/server.js [--port 8080] [--no-evict]
+//   curl -N -d '{"prompt": "The river", "tokens": 32}' localhost:8080/generate
+//
+// POST /generate {prompt, tokens = 32 (at most 256), temperature = 0.8, seed = 1} streams NDJSON:
+// one {"token", "text"} line per generated token, then {"done": true, ...}. GET /stats reports the
+// cache (pages, bytes, peak bytes, pressure events, automatic compressions).
+import * as http from "http";
+import type { AddressInfo } from "net";
+import { KVCache, Sequence, PressureEvent } from "../../ts";
+import { Sampler, TinyLM, defaultModelDir, loadTinyLM, modelProfile } from "../../ts/model";
+
+export interface ServerOptions {
+  /** Model directory. Default: the embedded tiny-lm. */
+  modelDir?: string;
+  /** Evict: autoCompress every sequence and compress under pool pressure. Default: true. */
+  evict?: boolean;
+  /** Tokens per (layer, KV head) a sequence is compressed back to (with evict). Default: 128. */
+  keepTokens?: number;
+  /** Pool capacity in tokens of one (layer, KV head) (KVCache maxTokens / (layers x kvHeads)). Default: 4096. */
+  poolTokens?: number;
+}
+
+export interface ServerStats {
+  requests: number;
+  active: number;
+  tokens: number;
+  failed: number;
+  pagesUsed: number;
+  pagesTotal: number;
+  bytesUsed: number;
+  peakBytes: number;
+  pressureEvents: number;
+  autoCompressions: number;
+}
+
+export interface GenerationServer {
+  readonly server: http.Server;
+  readonly model: TinyLM;
+  readonly cache: KVCache;
+  stats(): ServerStats;
+  /** Starts listening (port 0: any free port) and resolves with the port. */
+  listen(port?: number, host?: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+const MAX_TOKENS = 256;
+
+export function createGenerationServer(options: ServerOptions = {}): GenerationServer {
+  const dir = options.modelDir ?? defaultModelDir();
+  const model = loadTinyLM(dir);
+  const tok = model.tokenizer!;
+  const evict = options.evict ?? true;
+  const keepTokens = options.keepTokens ?? 128;
+  const cache = model.createCache({ dtype: "f16", contextTokens: options.poolTokens ?? 4096 });
+  const found = modelProfile(dir, "snapkv");
+  const compression = found
+    ? { scorer: "snapkv" as const, allocation: "lukv" as const, profile: found.profile, sink: 4, window: 16 }
+    : { scorer: "snapkv" as const, allocation: "adakv" as const, sink: 4, window: 16 };
+  const stats: ServerStats = { requests: 0, active: 0, tokens: 0, failed: 0, pagesUsed: 0, pagesTotal: 0, bytesUsed: 0, peakBytes: 0, pressureEvents: 0, autoCompressions: 0 };
+  if (evict) cache.onPressure({ evict: "largest", ratio: 0.5, ...compression, listener: (_e: PressureEvent) => stats.pressureEvents++ });
+  const note = () => {
+    const u = cache.usage();
+    stats.pagesUsed = u.pagesUsed;
+    stats.pagesTotal = u.pagesTotal;
+    stats.bytesUsed = u.bytesUsed;
+    stats.peakBytes = Math.max(stats.peakBytes, u.bytesUsed);
+  };
+
+  async function generate(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    let body: { prompt?: unknown; tokens?: unknown; temperature?: unknown; seed?: unknown };
+    try {
+      let text = "";
+      for await (const part of req) text += part;
+      body = JSON.parse(text || "{}");
+    } catch {
+      return reply(res, 400, { error: "the body must be JSON" });
+    }
+    const prompt = typeof body.prompt === "string" ? body.prompt : "";
+    const tokens = body.tokens ?? 32;
+    const temperature = body.temperature ?? 0.8;
+    if (!Number.isInteger(tokens) || (tokens as number) < 1 || (tokens as number) > MAX_TOKENS)
+      return reply(res, 400, { error: `tokens must be an integer from 1 to ${MAX_TOKENS}` });
+    if (typeof temperature !== "number" || !(temperature >= 0)) return reply(res, 400, { error: "temperature must be a number >= 0" });
+    const ids = [tok.bos!, ...tok.encode(prompt)].slice(-(model.config.maxPosition - (tokens as number)));
+    stats.requests++;
+    stats.active++;
+    let seq: Sequence | undefined;
+    let closed = false;
+    res.on("close", () => (closed = true));
+    try {
+      seq = cache.createSequence();
+      if (evict) seq.autoCompress({ maxTokens: keepTokens, every: 32, ...compression });
+      const t0 = performance.now();
+      let logits = model.forward(seq, ids, { chunk: 64 });
+      note();
+      res.writeHead(200, { "content-type": "application/x-ndjson" });
+      const sampler = new Sampler({ temperature, topK: 40, seed: typeof body.seed === "number" ? body.seed : 1 });
+      let made = 0;
+      for (; made < (tokens as number) && !closed; made++) {
+        const next = sampler.next(logits);
+        if (next === tok.eos) break;
+        res.write(JSON.stringify({ token: next, text: tok.decode([next]) }) + "\n");
+        logits = model.forward(seq, [next]);
+        stats.tokens++;
+        note();
+        // Let the other requests take their turn between tokens.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      const lengths = seq.lengths();
+      res.end(JSON.stringify({ done: true, tokens: made, promptTokens: ids.length, kept: lengths.reduce((a, b) => a + b, 0), ms: performance.now() - t0 }) + "\n");
+    } catch (e) {
+      stats.failed++;
+      const error = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      if (!res.headersSent) reply(res, 503, { error });
+      else res.end(JSON.stringify({ error }) + "\n");
+    } finally {
+      if (seq) {
+        stats.autoCompressions += seq.autoCompressions;
+        seq.dispose();
+      }
+      stats.active--;
+      note();
+    }
+  }
+
+  function reply(res: http.ServerResponse, status: number, body: unknown): void {
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(JSON.stringify(body) + "\n");
+  }
+
+  const server = http.createServer((req, res) => {
+    if (req.method === "POST" && req.url === "/generate") void generate(req, res);
+    else if (req.method === "GET" && req.url === "/stats") {
+      note();
+      reply(res, 200, stats);
+    } else reply(res, 404, { error: "POST /generate or GET /stats" });
+  });
+
+  return {
+    server,
+    model,
+    cache,
+    stats: () => {
+      note();
+      return { ...stats };
+    },
+    listen: (port = 0, host = "127.0.0.1") =>
+      new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, host, () => resolve((server.address() as AddressInfo).port));
+      }),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => {
+          cache.dispose();
+          resolve();
+        });
+        server.closeAllConnections();
+      }),
+  };
+}
+
+if (require.main === module) {
+  const args = process.argv.slice(2);
+  const at = args.indexOf("--port");
+  const port = at >= 0 ? Number(args[at + 1]) : 8080;
+  const s = createGenerationServer({ evict: !args.includes("--no-evict") });
+  s.listen(port, "127.0.0.1").then((p) => console.log(`lukv example server on http://127.0.0.1:${p} (POST /generate, GET /stats)`));
+}
