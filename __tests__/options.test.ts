@@ -32,7 +32,7 @@ test("cache, attend, compress, scores and recordOracle options", async () => {
     seq.append(1, randn(r, 40 * 8), randn(r, 40 * 8));
     const before = seq.lengths();
     expectInvalid(() => seq.compress({ ratoi: 0.5 } as never), `Expected only ${COMPRESS} in options but received "ratoi" (did you mean ratio?)`);
-    expectInvalid(() => seq.compress({ budget: 100 } as never), `Expected only ${COMPRESS} in options but received "budget" (did you mean budgets?)`);
+    expectInvalid(() => seq.compress({ buggets: 100 } as never), `Expected only ${COMPRESS} in options but received "buggets" (did you mean budgets?)`);
     await expect(seq.compressAsync({ ratio: 0.5, colour: "red" } as never)).rejects.toMatchObject({
       name: "InvalidArgumentError",
       message: `Expected only ${COMPRESS} in options but received "colour"`,
