@@ -3,7 +3,7 @@
 import { KVCache, Sequence, DType, createProfile } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 import { referenceAttention, relativeError, RefHead } from "./helpers/reference";
-import { referenceScores, referenceSelect, referenceBudgets, bounds, ScoreRefOptions } from "./helpers/evict-reference";
+import { referenceScores, referenceSelect, referenceAdaKV, bounds, fitCost, idealBudgets, keptTotal, leastSquaresFit, ScoreRefOptions } from "./helpers/evict-reference";
 
 const seed = testSeed("compress");
 
@@ -200,10 +200,20 @@ describe("allocations select exactly the reference sets", () => {
     const sink = 4, window = 32;
     const lengths = Array.from(b.seq.lengths());
     const scores = Array.from({ length: shape.layers }, (_, l) => b.seq.scores(l, scorer, { window })).flat();
-    const want = referenceBudgets({ lengths, layers: shape.layers, kvHeads: shape.kvHeads, ratio, sink, window, scores, allocation });
+    const input = { lengths, layers: shape.layers, kvHeads: shape.kvHeads, ratio, sink, window, scores, allocation };
     const q = randn(r, shape.queryHeads * shape.headDim);
     const report = b.seq.compress({ ratio, allocation, scorer, sink, window });
-    expect(Array.from(report.kept)).toEqual(want);
+    const want = Array.from(report.kept);
+    if (allocation === "adakv") expect(want).toEqual(referenceAdaKV(input));
+    else {
+      // uniform and pyramidkv: the integer budgets closest to the ideal ones, within the bounds, with the exact total.
+      const { lo, hi } = bounds(lengths, sink, window);
+      const ideal = idealBudgets(input);
+      const total = keptTotal(input);
+      want.forEach((k, i) => expect(k >= lo[i] && k <= hi[i]).toBe(true));
+      expect(want.reduce((a, c) => a + c, 0)).toBe(total);
+      expect(fitCost(want, ideal)).toBeCloseTo(fitCost(leastSquaresFit(ideal, lo, hi, total), ideal), 6);
+    }
     expect(report.total).toBe(report.target);
     expect(report.target).toBe(Math.round((1 - ratio) * lengths.reduce((a, c) => a + c, 0)));
     expect(Array.from(b.seq.lengths())).toEqual(want);

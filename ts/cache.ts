@@ -140,7 +140,7 @@ export interface OracleOptions {
 
 /** Options of `attend`. */
 export interface AttendOptions {
-  /** Softmax scale. Default: 1 / sqrt(headDim). */
+  /** Softmax scale, a finite float32 (magnitude at most 3.4028234663852886e38). Default: 1 / sqrt(headDim). */
   scale?: number;
   /**
    * Where to write the result: a Float32Array of the queries' length ([tokens, queryHeads,

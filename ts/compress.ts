@@ -36,7 +36,7 @@ export interface ScoreOptions {
   groupReduce?: "mean" | "max";
   /** Seed of the "random" scorer. Default: 0. */
   seed?: number;
-  /** Softmax scale of the attention-based scorers. Default: 1 / sqrt(headDim). */
+  /** Softmax scale of the attention-based scorers, a finite float32. Default: 1 / sqrt(headDim). */
   scale?: number;
   /**
    * Observation queries per layer ([rows, queryHeads, headDim] each, the last `rows` positions),

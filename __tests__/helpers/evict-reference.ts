@@ -129,32 +129,69 @@ export function bounds(lengths: ArrayLike<number>, sink: number, window: number)
   return { lo, hi: Array.from(lengths) };
 }
 
-/** Integer budgets in [lo, hi] with an exact total, closest to ideal by an additive shift + largest remainders. */
-export function referenceFit(ideal: number[], lo: number[], hi: number[], total: number): number[] {
-  const n = ideal.length;
-  const at = (h: number, lambda: number) => Math.min(hi[h], Math.max(lo[h], ideal[h] + lambda));
-  const sum = (lambda: number) => {
-    let s = 0;
-    for (let h = 0; h < n; h++) s += at(h, lambda);
-    return s;
-  };
-  let a = 0, b = 0;
-  for (let h = 0; h < n; h++) {
-    a = Math.min(a, lo[h] - ideal[h] - 1);
-    b = Math.max(b, hi[h] - ideal[h] + 1);
+/** Σ (b − ideal)²: how far integer budgets are from the ideal real ones. */
+export function fitCost(b: ArrayLike<number>, ideal: ArrayLike<number>): number {
+  let c = 0;
+  for (let h = 0; h < ideal.length; h++) c += (b[h] - ideal[h]) ** 2;
+  return c;
+}
+
+/**
+ * The definition of fitting: integer budgets b with lo ≤ b ≤ hi and Σ b = total that minimise
+ * Σ (b − ideal)². Built from lo one unit at a time, each unit to the head whose cost grows least
+ * ((b + 1 − c)² − (b − c)² = 2(b − c) + 1; ties to the lower head): the cost is a sum of convex
+ * functions of one head each, so this greedy reaches the minimum (checked against enumeration on
+ * small cases in allocation-definition.test.ts). Different tie choices give the same cost.
+ */
+export function leastSquaresFit(ideal: number[], lo: number[], hi: number[], total: number): number[] {
+  const b = lo.slice();
+  let sum = b.reduce((x, y) => x + y, 0);
+  while (sum < total) {
+    let best = -1, bestGrowth = Infinity;
+    for (let h = 0; h < b.length; h++) {
+      if (b[h] >= hi[h]) continue;
+      const growth = 2 * (b[h] - ideal[h]) + 1;
+      if (growth < bestGrowth) [best, bestGrowth] = [h, growth];
+    }
+    if (best < 0) break;
+    b[best]++;
+    sum++;
   }
-  for (let it = 0; it < 200 && b - a > 1e-9; it++) {
-    const mid = 0.5 * (a + b);
-    if (sum(mid) >= total) b = mid;
-    else a = mid;
+  return b;
+}
+
+/** Every b with lo ≤ b ≤ hi and Σ b = total (small cases only). */
+export function* allFits(lo: number[], hi: number[], total: number): Generator<number[]> {
+  const n = lo.length;
+  const b = new Array<number>(n);
+  function* at(h: number, left: number): Generator<number[]> {
+    if (h === n) {
+      if (left === 0) yield b.slice();
+      return;
+    }
+    for (let v = lo[h]; v <= hi[h] && v <= left; v++) {
+      b[h] = v;
+      yield* at(h + 1, left - v);
+    }
   }
-  const x = ideal.map((_, h) => at(h, b));
-  const out = x.map((v) => Math.floor(v));
-  let s = out.reduce((p, q) => p + q, 0);
-  const order = Array.from({ length: n }, (_, i) => i).sort((p, q) => x[q] - out[q] - (x[p] - out[p]) || p - q);
-  while (s < total) for (let i = 0; i < n && s < total; i++) if (out[order[i]] < hi[order[i]]) (out[order[i]]++, s++);
-  while (s > total) for (let i = n - 1; i >= 0 && s > total; i--) if (out[order[i]] > lo[order[i]]) (out[order[i]]--, s--);
-  return out;
+  yield* at(0, total);
+}
+
+/** The ideal (real) budgets of the uniform and pyramidkv allocations, before fitting. */
+export function idealBudgets(x: AllocationRefInput): number[] {
+  const beta = x.beta ?? 20;
+  return x.lengths.map((len, i) => {
+    const l = Math.floor(i / x.kvHeads);
+    const w = x.allocation === "pyramidkv" && x.layers > 1 ? 2 - 1 / beta - (2 - 2 / beta) * (l / (x.layers - 1)) : 1;
+    return (1 - x.ratio) * len * w;
+  });
+}
+
+/** The kept total compress aims at: round((1 − ratio) · tokens), raised to the forced tokens. */
+export function keptTotal(x: Pick<AllocationRefInput, "lengths" | "ratio" | "sink" | "window">): number {
+  const before = x.lengths.reduce((a, b) => a + b, 0);
+  const sumLo = bounds(x.lengths, x.sink, x.window).lo.reduce((a, b) => a + b, 0);
+  return Math.min(before, Math.max(sumLo, Math.floor((1 - x.ratio) * before + 0.5)));
 }
 
 export interface AllocationRefInput {
@@ -170,30 +207,25 @@ export interface AllocationRefInput {
   beta?: number;
 }
 
-export function referenceBudgets(x: AllocationRefInput): number[] {
-  const { lo, hi } = bounds(x.lengths, x.sink, x.window);
+/**
+ * Ada-KV budgets from its definition: layer budgets fitted to (1 − ratio) of each layer's tokens;
+ * inside a layer each head first gets its floor (alpha times its proportional share, at least its
+ * forced tokens), then the layer's remaining budget goes to the best remaining scores of all its
+ * heads. (uniform and pyramidkv are checked by their fitting cost: see idealBudgets.)
+ */
+export function referenceAdaKV(x: AllocationRefInput): number[] {
+  const { lo } = bounds(x.lengths, x.sink, x.window);
   const before = x.lengths.reduce((a, b) => a + b, 0);
-  const sumLo = lo.reduce((a, b) => a + b, 0);
-  const target = Math.floor((1 - x.ratio) * before + 0.5);
-  const total = Math.min(before, Math.max(sumLo, target));
-  if (target >= before) return [...x.lengths];
+  const total = keptTotal(x);
+  if (Math.floor((1 - x.ratio) * before + 0.5) >= before) return [...x.lengths];
   const H = x.kvHeads, Ly = x.layers;
-  if (x.allocation !== "adakv") {
-    const beta = x.beta ?? 20;
-    const ideal = x.lengths.map((len, i) => {
-      const l = Math.floor(i / H);
-      const w = x.allocation === "pyramidkv" && Ly > 1 ? 2 - 1 / beta - (2 - 2 / beta) * (l / (Ly - 1)) : 1;
-      return (1 - x.ratio) * len * w;
-    });
-    return referenceFit(ideal, lo, hi, total);
-  }
   const alpha = x.alpha ?? 0.2;
   const loL: number[] = [], hiL: number[] = [];
   for (let l = 0; l < Ly; l++) {
     loL.push(lo.slice(l * H, l * H + H).reduce((a, b) => a + b, 0));
     hiL.push(x.lengths.slice(l * H, l * H + H).reduce((a, b) => a + b, 0));
   }
-  const layerBudget = referenceFit(hiL.map((n) => (1 - x.ratio) * n), loL, hiL, total);
+  const layerBudget = leastSquaresFit(hiL.map((n) => (1 - x.ratio) * n), loL, hiL, total);
   const keep = new Array<number>(Ly * H).fill(0);
   for (let l = 0; l < Ly; l++) {
     let floors = Array.from({ length: H }, (_, h) => {
