@@ -159,8 +159,8 @@ export class KVCache {
     const observationWindow = nonNegativeInteger("observationWindow", options.observationWindow ?? 32, 65536);
 
     const addon = native();
-    // "auto" is the CPU until lukv has a CUDA cache; "cuda" throws BackendUnavailableError with every reason.
-    resolveDevice(device);
+    // "cuda" throws BackendUnavailableError with every reason when it cannot be used; "auto" takes it when it can.
+    const resolved = resolveDevice(device);
     if (simd !== "auto" && !addon.cpuInfo().simdSupported.includes(simd))
       throw invalid("simd", `one of the levels this processor supports (${addon.cpuInfo().simdSupported.join(", ")})`, simd);
     try {
@@ -171,7 +171,8 @@ export class KVCache {
         headDim,
         pageSize,
         maxTokens,
-        dtype: DTYPES.indexOf(dtype),
+        dtype,
+        device: resolved,
         threads,
         simd,
         observationWindow,
@@ -182,7 +183,7 @@ export class KVCache {
     const info = this.#native.info();
     this.config = Object.freeze({
       layers, kvHeads, queryHeads, headDim, pageSize, maxTokens, dtype,
-      device: "cpu" as const,
+      device: info.device as "cpu" | "cuda",
       threads: info.threads,
       simd: info.simd,
       observationWindow,
