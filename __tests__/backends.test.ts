@@ -12,7 +12,7 @@ import {
   LoaderHost,
   NativeAddon,
   NativeCudaInfo,
-  NO_CUDA_CACHE,
+  autoDevice,
 } from "../ts/native";
 import { backends, KVCache } from "../ts";
 
@@ -99,7 +99,7 @@ describe("loadBinary picks one binary", () => {
     expect(h.loads).toEqual([CPU]);
     expect(cudaUnavailableMessage(cudaStatus(l).reasons)).toBe(
       'device "cuda" was requested but cannot be used: no NVIDIA driver was found (libcuda.so.1 is not installed): ' +
-        "install the NVIDIA driver; this version of lukv has no CUDA cache yet (only the device probe is built). " +
+        "install the NVIDIA driver. " +
         'Use device "cpu" or "auto".',
     );
   });
@@ -113,7 +113,7 @@ describe("loadBinary picks one binary", () => {
     const l = loadBinary(h);
     expect(summary(l)).toEqual({ kind: "cuda", file: CUDA, reason: `an NVIDIA driver was found (${DRIVER})`, cudaNotes: [] });
     expect(h.loads).toEqual([CUDA]);
-    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)", NO_CUDA_CACHE]);
+    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)"]);
   });
 
   test("a CUDA binary that fails to load falls back to the CPU binary and says why", () => {
@@ -156,7 +156,7 @@ describe("loadBinary picks one binary", () => {
         "the CPU-only binary cannot be used (prebuilds/linux-x64/lukv.node does not exist); the CUDA binary also has the CPU backend",
       cudaNotes: [],
     });
-    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)", NO_CUDA_CACHE]);
+    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)"]);
   });
 
   test("a local build that fails to load is skipped and named in the reason", () => {
@@ -173,7 +173,6 @@ describe("loadBinary picks one binary", () => {
     expect(cudaStatus(l).reasons).toEqual([
       "the local build (build/Release) was compiled without CUDA: rebuild it with nvcc on the PATH (npm run build:native), " +
         "or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries",
-      NO_CUDA_CACHE,
     ]);
   });
 
@@ -203,8 +202,26 @@ describe("loadBinary picks one binary", () => {
 
   test("an unknown LUKV_BINARY is an InvalidArgumentError", () => {
     expect(() => loadBinary(host({ files: [CPU], env: { LUKV_BINARY: "gpu" } }))).toThrow(
-      'Expected one of "auto", "build", "cpu", "cuda" for LUKV_BINARY but received "gpu" of type string',
+      'Expected one of "auto", "build", "cpu", "cuda", "emu" for LUKV_BINARY but received "gpu" of type string',
     );
+  });
+
+  test("LUKV_BINARY=emu loads the emulated test build and nothing else", () => {
+    const EMU = "/pkg/build-emu/Release/lukv.node";
+    const h = host({ files: [BUILD, CPU, EMU], env: { LUKV_BINARY: "emu" } });
+    expect(summary(loadBinary(h))).toEqual({ kind: "emu", file: EMU, reason: "LUKV_BINARY=emu", cudaNotes: [] });
+    expect(h.loads).toEqual([EMU]);
+    expect(loadBinary(host({ files: [BUILD, CPU, EMU] })).binary.kind).toBe("build");
+  });
+
+  test("a binary whose probe finds a usable device: no reasons, and auto is CUDA", () => {
+    const usable: NativeCudaInfo = { compiled: true, usable: true, devices: 1, runtimeVersion: 13000, driverVersion: 13000, names: "NVIDIA H100" };
+    const h = host({ files: [CUDA], driver: DRIVER });
+    h.load = (f) => fakeAddon(f, usable);
+    const l = loadBinary(h);
+    expect(cudaStatus(l).reasons).toEqual([]);
+    expect(autoDevice(cudaStatus(l).reasons, cudaStatus(l).info)).toEqual({ device: "cuda", reason: "CUDA can be used (NVIDIA H100)" });
+    expect(autoDevice(["no CUDA device is present"])).toEqual({ device: "cpu", reason: "CUDA cannot be used: no CUDA device is present" });
   });
 
   test("nothing loadable: one BackendUnavailableError listing every file tried", () => {
@@ -245,25 +262,29 @@ describe("backends() in this checkout", () => {
   // The tests run against the local build unless LUKV_PREBUILDS_ONLY or LUKV_BINARY say otherwise.
   const forced = Boolean(process.env.LUKV_PREBUILDS_ONLY || process.env.LUKV_BINARY);
 
-  (forced ? test.skip : test)("uses build/Release and reports why CUDA is unavailable", () => {
+  (forced ? test.skip : test)("uses build/Release and reports whether CUDA can be used", () => {
     const b = backends();
     expect(b.binary.kind).toBe("build");
     expect(b.binary.file).toBe(path.resolve(__dirname, "..", "build", "Release", "lukv.node"));
     expect(b.binary.reason).toBe("a local build (build/Release) is present; LUKV_PREBUILDS_ONLY=1 selects the prebuilt binaries");
-    expect(b.cuda.usable).toBe(false);
-    expect(b.cuda.reasons[b.cuda.reasons.length - 1]).toBe(NO_CUDA_CACHE);
+    expect(b.cuda.usable).toBe(b.cuda.reasons.length === 0);
+    if (b.cuda.usable) {
+      expect(b.auto.device).toBe("cuda");
+      return;
+    }
     expect(b.cuda.error).toBe(b.cuda.reasons.join("; "));
     expect(b.auto).toEqual({ device: "cpu", reason: `CUDA cannot be used: ${b.cuda.error}` });
     if (b.cuda.compiled && findCudaDriver() === null) {
       // The machines this runs on in CI: nvcc, no driver.
-      expect(b.cuda.reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)", NO_CUDA_CACHE]);
+      expect(b.cuda.reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)"]);
       expect(b.cuda.driverVersion).toBe(0);
     }
     if (!b.cuda.compiled) expect(b.cuda.reasons[0]).toMatch(/^the local build \(build\/Release\) was compiled without CUDA: /);
   });
 
-  test('device "cuda" throws the loader\'s message; "auto" is the CPU', () => {
+  test('without a usable GPU, device "cuda" throws the loader\'s message and "auto" is the CPU', () => {
     const options = { layers: 1, kvHeads: 1, headDim: 8 };
+    if (backends().cuda.usable) return; // a GPU machine: the device suite covers it
     let err: unknown;
     try {
       new KVCache({ ...options, device: "cuda" });

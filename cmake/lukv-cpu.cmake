@@ -15,3 +15,23 @@ function(lukv_cpu_kernel_sources out native)
   endif()
   set(${out} ${sources} PARENT_SCOPE)
 endfunction()
+
+# lukv_core_sources(<out> <native dir>): the core (page table, allocation, cache planning) and the
+# CPU backend with its kernel tables: everything both the addon and the native tests link.
+function(lukv_core_sources out native)
+  lukv_cpu_kernel_sources(kernels ${native})
+  set(${out}
+    ${native}/core/pool.cpp
+    ${native}/core/page_table.cpp
+    ${native}/core/allocation.cpp
+    ${native}/core/backend.cpp
+    ${native}/core/cache.cpp
+    ${native}/core/compress.cpp
+    ${native}/core/oracle.cpp
+    ${native}/cpu/cache.cpp
+    ${native}/cpu/attention.cpp
+    ${native}/cpu/scores.cpp
+    ${native}/cpu/compress.cpp
+    ${kernels}
+    PARENT_SCOPE)
+endfunction()

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The CUDA backend's whole check on a GPU machine, in one run: build the standalone test project
 # (native/tests) for this GPU's architecture only, compare every CUDA kernel with its CPU twin
-# (ctest), run the benchmark, run compute-sanitizer memcheck and racecheck on small problems, and
-# print the benchmark's table last. Needs cmake, g++ and nvcc; no Node.js, no network.
+# (ctest), build the real CUDA addon and run the device part of the jest suite on the GPU
+# (__tests__/device.test.ts: the public API with device "cuda" against the CPU backend), run the
+# benchmark (bench/gpu), then compute-sanitizer memcheck and racecheck on small problems, and print
+# one summary table last. Needs cmake, g++ and nvcc; Node.js for the addon steps (on PATH, or
+# LUKV_NODE=/path/to/node carried to the machine) with node_modules installed; no network.
 #
-# Expected on one H200 machine (16 cores): configure ~10 s, build ~1.5 min, tests ~1 min,
-# benchmark ~1 min, compute-sanitizer ~2 min: about 5-6 minutes. Steps run in order of value
-# (the sanitizers last) under one time budget, so the script ends in time whatever happens.
+# Expected on one H100/H200 machine (16 cores): configure ~10 s, build ~1.5 min, tests ~1 min,
+# addon build ~1 min, device suite ~30 s, benchmark ~1 min, compute-sanitizer ~2 min: 7-8
+# minutes. Steps run in order of value (the sanitizers last) under one time budget, so the script
+# ends in time whatever happens.
 #
 # Usage: scripts/gpu-check.sh [--build-only] [--no-sanitizer]
 #   LUKV_TEST_SEED=N         reuse the inputs of an earlier run (the seed is printed)
-#   LUKV_CHECK_SECONDS=540   the whole run's budget; a step that would not fit is skipped
+#   LUKV_CHECK_SECONDS=470   the whole run's budget; a step that would not fit is skipped
 # Logs, the benchmark JSON and the kernels' SASS go to $OUT when it is set, else to
 # build/gpu-check/results.
 set -uo pipefail
@@ -32,7 +36,7 @@ for a in "$@"; do
 done
 
 START=$(date +%s)
-BUDGET=${LUKV_CHECK_SECONDS:-540}
+BUDGET=${LUKV_CHECK_SECONDS:-470}
 step() { echo; echo "==== [$(( $(date +%s) - START )) s] $*"; }
 # The time a step may take: what it asks for, or what is left of the budget (keeping 15 s for
 # the summary).
@@ -45,6 +49,12 @@ limit() {
 export PATH="$PATH:/usr/local/cuda/bin"
 SEED=${LUKV_TEST_SEED:-$(( $(date +%s) % 1000000007 ))}
 export LUKV_TEST_SEED=$SEED
+export LUKV_SEED=$SEED
+NODE=${LUKV_NODE:-$(command -v node || true)}
+# Rows of the summary table: step, result, seconds.
+SUMMARY=()
+T0=$(date +%s)
+mark() { local now; now=$(date +%s); SUMMARY+=("$1|$2|$(( now - T0 ))"); T0=$now; }
 # Kernel failures are reported by the kernel that failed, not by the next call.
 export LUKV_CUDA_SYNC=1
 
@@ -75,12 +85,14 @@ cmake -S native/tests -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE
   -DLUKV_PTXAS_VERBOSE=ON -DLUKV_EMU_SANITIZE=OFF >"$RESULTS/build.log" 2>&1 || {
   tail -30 "$RESULTS/build.log"; echo "configure FAILED"; exit 1; }
 
+T0=$(date +%s)
 step "build lukv_gpu_tests and lukv_gpu_bench (expected 1-2 min)"
 if ! timeout "$(limit 300)" cmake --build "$BUILD" -j"$(nproc)" --target lukv_gpu_tests lukv_gpu_bench >>"$RESULTS/build.log" 2>&1; then
   grep -E "error|Error" "$RESULTS/build.log" | head -30
   echo "build FAILED (see build.log)"
   exit 1
 fi
+mark "build native tests (sm_$ARCH)" built
 # Registers, shared memory and spills of the attention kernels (from ptxas -v).
 awk '/Compiling entry function/ { name = $0; sub(/.*function ./, "", name); sub(/. for .*/, "", name) }
      /spill stores/ { spill = $0; sub(/^ +/, "", spill) }
@@ -104,10 +116,30 @@ step "tests: every CUDA kernel against its CPU twin (ctest, expected < 1 min)"
 TESTS=FAILED
 if (cd "$BUILD" && timeout "$(limit 180)" ctest -R gpu_vs_cpu --output-on-failure >"$RESULTS/tests.log" 2>&1); then TESTS=passed; fi
 grep -E "^(lukv|device|plan|errors|append|decode|prefill|scores) |checks:|FAIL|no CUDA|Test #|tests passed" "$RESULTS/tests.log" | head -60
+mark "ctest: kernels vs CPU twins" "$TESTS"
+
+ADDON="not run"
+DEVICE="not run"
+if [ -z "$NODE" ] || [ ! -d node_modules/cmake-js ]; then
+  ADDON="skipped (needs node and node_modules: set LUKV_NODE, run npm ci first)"
+else
+  step "build the CUDA addon (build/Release, sm_$ARCH; expected ~1 min)"
+  if LUKV_CUDA=ON timeout "$(limit 240)" "$NODE" node_modules/cmake-js/bin/cmake-js rebuild \
+      --CDCMAKE_CUDA_ARCHITECTURES="$ARCH" >"$RESULTS/addon-build.log" 2>&1; then ADDON=built; else ADDON=FAILED; tail -20 "$RESULTS/addon-build.log"; fi
+  mark "build the CUDA addon" "$ADDON"
+  if [ "$ADDON" = built ]; then
+    step "device suite on the GPU: the public API with device \"cuda\" against the CPU (expected ~30 s)"
+    if LUKV_DEVICE_BINARY=build LUKV_REQUIRE_DEVICE_SUITE=1 timeout "$(limit 180)" "$NODE" node_modules/jest/bin/jest.js \
+        __tests__/device.test.ts >"$RESULTS/device-suite.log" 2>&1; then DEVICE=passed; else DEVICE=FAILED; fi
+    grep -E "✕|Tests:|seed" "$RESULTS/device-suite.log" | head -30
+    mark "jest device suite on the GPU" "$(grep -E '^Tests:' "$RESULTS/device-suite.log" | sed 's/^Tests: *//' || echo "$DEVICE")"
+  fi
+fi
 
 step "benchmark (expected < 1 min)"
 BENCH=FAILED
 if timeout "$(limit 150)" "$BUILD/lukv_gpu_bench" --json "$RESULTS/gpu-bench.json" >"$RESULTS/bench.log" 2>&1; then BENCH=done; fi
+mark "bench/gpu" "$BENCH"
 
 MEMCHECK="not run"
 RACECHECK="not run"
@@ -136,6 +168,7 @@ if [ "$SANITIZER" = 1 ]; then
       RACECHECK="skipped (time budget)"
     fi
     echo "racecheck: $RACECHECK"
+    mark "compute-sanitizer" "memcheck $MEMCHECK; racecheck $RACECHECK"
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race reported" "$RESULTS/sanitizer.log" | sort | uniq -c | head -20
   else
     MEMCHECK="compute-sanitizer not found"
@@ -143,16 +176,24 @@ if [ "$SANITIZER" = 1 ]; then
   fi
 fi
 
-step "summary (total $(( $(date +%s) - START )) s)"
-echo "tests (seed $SEED): $TESTS"
-grep -E "checks:" "$RESULTS/tests.log" | tail -1
-grep -E "^  FAILED" "$RESULTS/tests.log" | head -15
-echo "compute-sanitizer memcheck: $MEMCHECK; racecheck: $RACECHECK"
-echo "benchmark: $BENCH; files in $RESULTS"
+step "benchmark"
 if [ "$BENCH" = done ]; then
   sed -n '/^lukv CUDA benchmark/,$p' "$RESULTS/bench.log"
 else
   tail -20 "$RESULTS/bench.log"
 fi
-[ "$TESTS" = passed ] && [ "$BENCH" = done ] && case "$MEMCHECK$RACECHECK" in *FAILED*) exit 1 ;; *) exit 0 ;; esac
+
+step "summary (total $(( $(date +%s) - START )) s, seed $SEED, files in $RESULTS)"
+grep -E "^  FAILED" "$RESULTS/tests.log" | head -15
+printf '%-34s | %-60s | %s\n' "step" "result" "seconds"
+printf '%-34s-+-%-60s-+-%s\n' "$(printf '%.0s-' {1..34})" "$(printf '%.0s-' {1..60})" "-------"
+for row in "${SUMMARY[@]}"; do
+  IFS='|' read -r name result secs <<<"$row"
+  printf '%-34s | %-60s | %s\n' "$name" "$result" "$secs"
+done
+ok=1
+[ "$TESTS" = passed ] && [ "$BENCH" = done ] || ok=0
+case "$ADDON$DEVICE" in *FAILED*) ok=0 ;; esac
+case "$MEMCHECK$RACECHECK" in *FAILED*) ok=0 ;; esac
+[ "$ok" = 1 ] && exit 0
 exit 1

@@ -20,7 +20,9 @@ const path = require("path");
 const root = path.resolve(__dirname, "..");
 const tuple = `${process.platform}-${process.arch}`;
 // SASS for A100 (sm_80) and Hopper (sm_90); "90" also embeds compute_90 PTX for newer GPUs.
-const CUDA_ARCHITECTURES = "80-real;90";
+// LUKV_PREBUILD_CUDA_ARCHITECTURES overrides it (the packaging test builds one architecture, to
+// save the minutes the CUDA kernels take to compile three times).
+const CUDA_ARCHITECTURES = process.env.LUKV_PREBUILD_CUDA_ARCHITECTURES || "80-real;90";
 
 function parseArgs(argv) {
   const opts = { out: root, cuda: "auto", check: false };

@@ -158,12 +158,13 @@ async function run() {
   check(end.pagesUsed === 0 && end.sequences === 0, `after disposing every sequence ${end.pagesUsed} pages and ${end.sequences} sequences remain`);
   cache.dispose();
   gc();
-  const finalRss = process.memoryUsage().rss;
+  const finalMem = process.memoryUsage();
+  const finalRss = finalMem.rss;
   const mib = (b) => (b / 2 ** 20).toFixed(0);
   console.log(`soak: ${ops} operations in ${((Date.now() - started) / 1000).toFixed(0)} s (seed ${seed})`);
   console.log(`  operations: ${JSON.stringify(counts)}`);
   console.log(`  expected errors: ${JSON.stringify(errors)}`);
-  console.log(`  RSS: baseline ${mib(baselineRss)} MiB (after 20 batches), peak ${mib(peakRss)} MiB, after dispose ${mib(finalRss)} MiB`);
+  console.log(`  RSS: baseline ${mib(baselineRss)} MiB (after 20 batches), peak ${mib(peakRss)} MiB, after dispose ${mib(finalRss)} MiB (JS heap ${mib(finalMem.heapUsed)} MiB, external ${mib(finalMem.external)} MiB)`);
   if (baselineRss > 0) check(finalRss < baselineRss + 64 * 2 ** 20, "RSS after dispose is more than 64 MiB above the baseline");
   console.log("soak: passed");
 }

@@ -5,7 +5,7 @@ import { autoDevice, BinaryKind, cudaStatus, loadedBinary, native } from "./nati
 export interface Backends {
   /** The one native binary this process loaded, and why (see "Installing" in the README). */
   binary: {
-    /** "build": build/Release from a source build; "cpu": the CPU-only prebuild; "cuda": the CUDA prebuild (which also has the CPU backend). */
+    /** "build": build/Release from a source build; "cpu": the CPU-only prebuild; "cuda": the CUDA prebuild (which also has the CPU backend); "emu": the test build with emulated CUDA. */
     kind: BinaryKind;
     /** Absolute path of the .node file. */
     file: string;
@@ -41,6 +41,8 @@ export interface Backends {
     driverVersion?: number;
     /** Names of the devices found, comma separated (CUDA binaries only). */
     names?: string;
+    /** True in the test-only build whose CUDA kernels run in a CPU emulator (LUKV_BINARY=emu). */
+    emulated?: boolean;
   };
 }
 
@@ -57,10 +59,11 @@ export function backends(): Backends {
     cuda.runtimeVersion = info.runtimeVersion;
     cuda.driverVersion = info.driverVersion;
     cuda.names = info.names;
+    if (info.emulated) cuda.emulated = true;
   }
   return {
     binary: loadedBinary(),
-    auto: autoDevice(reasons),
+    auto: autoDevice(reasons, info),
     cpu: { threads, simd: cpu.simd, simdSupported: cpu.simdSupported, prefetch: cpu.prefetch },
     cuda,
   };

@@ -9,7 +9,6 @@ import {
   CompressReport,
   NativeCompressOptions,
   SCORE_OPTION_NAMES,
-  SCORERS,
   ScoreOptions,
   nativeCompressOptions,
   nativeScoreOptions,
@@ -251,8 +250,8 @@ export class KVCache {
     if (typeof checkFinite !== "boolean") throw invalid("checkFinite", "boolean", checkFinite);
 
     const addon = native();
-    // "auto" is the CPU until lukv has a CUDA cache; "cuda" throws BackendUnavailableError with every reason.
-    resolveDevice(device);
+    // "cuda" throws BackendUnavailableError with every reason when it cannot be used; "auto" takes it when it can.
+    const resolved = resolveDevice(device);
     if (simd !== "auto" && !addon.cpuInfo().simdSupported.includes(simd))
       throw invalid("simd", `one of the levels this processor supports (${addon.cpuInfo().simdSupported.join(", ")})`, simd);
     try {
@@ -263,7 +262,8 @@ export class KVCache {
         headDim,
         pageSize,
         maxTokens,
-        dtype: DTYPES.indexOf(dtype),
+        dtype,
+        device: resolved,
         threads,
         simd,
         prefetch,
@@ -275,7 +275,7 @@ export class KVCache {
     const info = this.#native.info();
     this.config = Object.freeze({
       layers, kvHeads, queryHeads, headDim, pageSize, maxTokens, dtype,
-      device: "cpu" as const,
+      device: info.device as "cpu" | "cuda",
       threads: info.threads,
       simd: info.simd,
       prefetch: info.prefetch,
@@ -736,7 +736,7 @@ export class Sequence {
   #checkScoring(n: NativeCompressOptions, layers?: number[]): void {
     const { checkFinite, queryHeads, headDim } = this.#cache.config;
     if (!checkFinite) return;
-    const scorer = SCORERS[n.scorer];
+    const scorer = n.scorer;
     for (const l of layers ?? this.#keyMax.keys()) {
       if (scorer === "snapkv" || scorer === "tova") {
         const given = n.observation?.[l];

@@ -1,7 +1,7 @@
 // Options of compress() and scores(), their defaults and validation, and what the addon receives.
 import { invalid, InvalidArgumentError } from "./errors";
 import { integerInRange, isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
-import { budgetsFromProfile, type Profile } from "./profile";
+import { pruneRatiosAt, type Profile } from "./profile";
 import { checkScale } from "./finite";
 
 /** How tokens are ranked inside a head (higher score = keep). */
@@ -92,23 +92,23 @@ export interface CompressReport {
 
 /** What the addon receives (numbers and typed arrays only). */
 export interface NativeCompressOptions {
-  scorer: number;
+  scorer: ScorerName;
   window: number;
-  pooling: number;
+  pooling: PoolingName;
   kernel: number;
   groupMax: number;
   seed: number;
   scale: number;
   observation?: (Float32Array | undefined)[];
-  allocation: number;
+  allocation: AllocationName | "explicit";
   ratio: number;
   budgets?: Int32Array;
+  /** lukv: the profile's prune ratio per (layer, KV head) at `ratio`; the addon fits the budgets. */
+  pruneRatios?: Float64Array;
   sink: number;
   alpha: number;
   beta: number;
 }
-
-const EXPLICIT = 3;
 
 interface Shape {
   layers: number;
@@ -143,15 +143,15 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
     observation = o.observationQueries;
   }
   return {
-    scorer: SCORERS.indexOf(scorer),
+    scorer,
     window,
-    pooling: POOLINGS.indexOf(pooling),
+    pooling,
     kernel,
     groupMax: groupReduce === "max" ? 1 : 0,
     seed,
     scale,
     observation,
-    allocation: 0,
+    allocation: "uniform",
     ratio: 0,
     sink: 4,
     alpha: 0.2,
@@ -159,7 +159,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
   };
 }
 
-/** Validates compress() options; `lengths` (current per-head lengths) feed the lukv allocation. */
+/** Validates compress() options; `lengths` (current per-head lengths) check explicit budgets. */
 export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths: () => Int32Array): NativeCompressOptions {
   const n = nativeScoreOptions(o, shape);
   n.sink = nonNegativeInteger("sink", o.sink ?? 4, 2 ** 31 - 1);
@@ -179,7 +179,7 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
         throw new InvalidArgumentError(
           `Expected budgets[${i}] (layer ${Math.floor(i / shape.kvHeads)}, head ${i % shape.kvHeads}) between 0 and the head's length ${len[i]} but received ${o.budgets[i]}`,
         );
-    n.allocation = EXPLICIT;
+    n.allocation = "explicit";
     n.budgets = o.budgets;
     return n;
   }
@@ -201,21 +201,13 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
       throw new InvalidArgumentError(
         `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${p.layers} x ${p.kvHeads}`,
       );
-    const len = lengths();
-    const minKeep = new Int32Array(heads);
-    let total = 0, forced = 0;
-    for (let i = 0; i < heads; i++) {
-      minKeep[i] = len[i] === 0 ? 0 : Math.min(len[i], Math.max(1, n.sink + n.window));
-      total += len[i];
-      forced += minKeep[i];
-    }
-    // Every head keeps its sink and window whatever the ratio, as with the other allocations: a
-    // ratio that would keep fewer tokens than that keeps exactly those.
-    const effective = total > 0 && Math.round((1 - ratio) * total) < forced ? (total - forced) / total : ratio;
-    n.allocation = EXPLICIT;
-    n.budgets = budgetsFromProfile(p, { ratio: effective, lengths: len, minKeep });
+    // The addon turns these into keep counts by the rule of budgetsFromProfile, with every head's
+    // sink and window as its floor; a ratio that would keep fewer tokens than the floors keeps
+    // exactly those, as with the other allocations.
+    n.allocation = "lukv";
+    n.pruneRatios = pruneRatiosAt(p, ratio);
     return n;
   }
-  n.allocation = ALLOCATIONS.indexOf(allocation);
+  n.allocation = allocation;
   return n;
 }

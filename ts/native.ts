@@ -36,7 +36,8 @@ export interface NativeCacheOptions {
   headDim: number;
   pageSize: number;
   maxTokens: number;
-  dtype: number; // 0 f32, 1 f16, 2 bf16
+  dtype: "f32" | "f16" | "bf16";
+  device: "cpu" | "cuda";
   threads: number;
   simd: string;
   prefetch: string;
@@ -82,6 +83,8 @@ export interface NativeCudaInfo {
   driverVersion?: number;
   names?: string;
   error?: string;
+  /** The test-only build whose CUDA kernels run in a CPU emulator. */
+  emulated?: boolean;
 }
 
 export interface NativeAddon {
@@ -115,8 +118,11 @@ export function packageRoot(): string {
   }
 }
 
-/** Which binary a process uses: a local source build, the CPU-only prebuild, or the CUDA prebuild. */
-export type BinaryKind = "build" | "cpu" | "cuda";
+/**
+ * Which binary a process uses: a local source build, the CPU-only prebuild, the CUDA prebuild, or
+ * (tests only, LUKV_BINARY=emu) the build whose CUDA kernels run in a CPU emulator.
+ */
+export type BinaryKind = "build" | "cpu" | "cuda" | "emu";
 
 /** The binary this process loaded, and why. */
 export interface LoadedBinary {
@@ -147,7 +153,7 @@ export interface Loaded {
   cudaNotes: string[];
 }
 
-const BINARY_KINDS: readonly BinaryKind[] = ["build", "cpu", "cuda"];
+const BINARY_KINDS: readonly BinaryKind[] = ["build", "cpu", "cuda", "emu"];
 
 /** Where each binary lives, relative to the package root. */
 export function binaryPaths(platform: string, arch: string): Record<BinaryKind, string> {
@@ -156,11 +162,12 @@ export function binaryPaths(platform: string, arch: string): Record<BinaryKind, 
     cpu: `prebuilds/${platform}-${arch}/lukv.node`,
     // Beside <platform>-<arch>, not in it: tools that follow node-gyp-build read that folder and must not pick this.
     cuda: `prebuilds/${platform}-${arch}-cuda/lukv.node`,
+    // Made by `npm run build:emu` for the tests; loaded only when LUKV_BINARY=emu asks for it.
+    emu: "build-emu/Release/lukv.node",
   };
 }
 
 export const NO_DRIVER = "no NVIDIA driver was found (libcuda.so.1 is not installed)";
-export const NO_CUDA_CACHE = "this version of lukv has no CUDA cache yet (only the device probe is built)";
 const BUILD_FROM_SOURCE = "LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv";
 
 function envFlag(value: string | undefined): boolean {
@@ -205,7 +212,7 @@ export function loadBinary(host: LoaderHost): Loaded {
   const requested = host.env.LUKV_BINARY?.trim().toLowerCase() ?? "";
   if (requested !== "" && requested !== "auto") {
     if (!(BINARY_KINDS as readonly string[]).includes(requested))
-      throw invalid("LUKV_BINARY", 'one of "auto", "build", "cpu", "cuda"', host.env.LUKV_BINARY);
+      throw invalid("LUKV_BINARY", 'one of "auto", "build", "cpu", "cuda", "emu"', host.env.LUKV_BINARY);
     const kind = requested as BinaryKind;
     const addon = tryLoad(kind);
     if (!addon) throw noBinaryError(tuple, host, [...failures.values()], `unset LUKV_BINARY to let lukv choose`);
@@ -316,8 +323,12 @@ export function loadedBinary(): LoadedBinary {
   return { ...loaded().binary };
 }
 
-/** The CUDA probe of the loaded binary, and every reason the CUDA backend cannot be used (empty when it can). */
+const statusOf = new WeakMap<Loaded, { info: NativeCudaInfo; reasons: string[] }>();
+
+/** The CUDA probe of the loaded binary, and every reason the CUDA backend cannot be used (empty when it can). Probed once per binary. */
 export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; reasons: string[] } {
+  const known = statusOf.get(from);
+  if (known) return { info: { ...known.info }, reasons: [...known.reasons] };
   const info = from.addon.cudaInfo();
   const reasons = [...from.cudaNotes];
   if (info.compiled) {
@@ -328,13 +339,16 @@ export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; rea
         "rebuild it with nvcc on the PATH (npm run build:native), or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries",
     );
   }
-  reasons.push(NO_CUDA_CACHE);
-  return { info, reasons };
+  statusOf.set(from, { info, reasons });
+  return { info: { ...info }, reasons: [...reasons] };
 }
 
-/** What `device: "auto"` resolves to, given the reasons from cudaStatus(). */
-export function autoDevice(reasons: string[]): { device: "cpu"; reason: string } {
-  // Until lukv has a CUDA cache, reasons always holds NO_CUDA_CACHE and "auto" is the CPU.
+/** What `device: "auto"` resolves to, given cudaStatus(): CUDA when it can be used, else the CPU. */
+export function autoDevice(reasons: string[], info?: NativeCudaInfo): { device: "cpu" | "cuda"; reason: string } {
+  if (reasons.length === 0) {
+    const what = info?.names ? `${info.names}` : "a CUDA device";
+    return { device: "cuda", reason: `CUDA can be used (${what}${info?.emulated ? ", emulated on the CPU" : ""})` };
+  }
   return { device: "cpu", reason: `CUDA cannot be used: ${reasons.join("; ")}` };
 }
 
@@ -344,10 +358,16 @@ export function cudaUnavailableMessage(reasons: string[]): string {
 }
 
 /**
- * The backend a cache gets for its `device` option: "cpu" for "cpu" and "auto" (without probing
- * the GPU, as there is no CUDA cache yet); "cuda" throws BackendUnavailableError listing the reasons.
+ * The backend a cache gets for its `device` option: "cpu" for "cpu"; for "cuda" the CUDA backend,
+ * or BackendUnavailableError listing every reason it cannot be used; for "auto" CUDA when it can be
+ * used, else the CPU.
  */
-export function resolveDevice(device: "auto" | "cpu" | "cuda"): "cpu" {
-  if (device === "cuda") throw new BackendUnavailableError(cudaUnavailableMessage(cudaStatus().reasons));
-  return "cpu";
+export function resolveDevice(device: "auto" | "cpu" | "cuda"): "cpu" | "cuda" {
+  if (device === "cpu") return "cpu";
+  const { info, reasons } = cudaStatus();
+  if (device === "cuda") {
+    if (reasons.length) throw new BackendUnavailableError(cudaUnavailableMessage(reasons));
+    return "cuda";
+  }
+  return autoDevice(reasons, info).device;
 }

@@ -65,6 +65,41 @@ TypedView typedArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return v;
 }
 
+// Enums cross from TypeScript as their names.
+template <class E>
+struct Named {
+  const char* name;
+  E value;
+};
+const Named<Scorer> kScorers[] = {{"snapkv", Scorer::SnapKV}, {"keydiff", Scorer::KeyDiff}, {"knorm", Scorer::KNorm},
+                                  {"tova", Scorer::TOVA},     {"h2o", Scorer::H2O},         {"streaming", Scorer::Streaming},
+                                  {"random", Scorer::Random}};
+const Named<Pooling> kPoolings[] = {{"none", Pooling::None}, {"max", Pooling::Max}, {"avg", Pooling::Avg}};
+const Named<Allocation> kAllocations[] = {{"uniform", Allocation::Uniform},
+                                          {"pyramidkv", Allocation::PyramidKV},
+                                          {"adakv", Allocation::AdaKV},
+                                          {"lukv", Allocation::LUKV},
+                                          {"explicit", Allocation::Explicit}};
+const Named<DType> kDTypes[] = {{"f32", DType::F32}, {"f16", DType::F16}, {"bf16", DType::BF16}};
+
+template <class E, size_t N>
+E lookup(Napi::Env env, const char* what, const std::string& name, const Named<E> (&table)[N]) {
+  for (const auto& e : table)
+    if (name == e.name) return e.value;
+  throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("unknown ") + what + " \"" + name + "\"");
+}
+
+// An optional name-valued option; `def` when absent.
+template <class E, size_t N>
+E named(Napi::Env env, Napi::Object o, const char* key, const Named<E> (&table)[N], E def) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return def;
+  if (!v.IsString()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a name for ") + key);
+  return lookup(env, key, v.As<Napi::String>().Utf8Value(), table);
+}
+
+DType dtypeNamed(Napi::Env env, const std::string& name) { return lookup(env, "dtype", name, kDTypes); }
+
 // One Float32Array per KV head.
 Napi::Array perHeadArrays(Napi::Env env, const std::vector<std::vector<float>>& v) {
   Napi::Array out = Napi::Array::New(env, v.size());
@@ -114,6 +149,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       if (!v.IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a number for ") + k);
       return v.As<Napi::Number>().DoubleValue();
     };
+    auto str = [&](const char* k) -> std::string {
+      Napi::Value v = o.Get(k);
+      if (!v.IsString()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a string for ") + k);
+      return v.As<Napi::String>().Utf8Value();
+    };
     CacheConfig c;
     c.layers = (int)num("layers");
     c.kvHeads = (int)num("kvHeads");
@@ -121,7 +161,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     c.headDim = (int)num("headDim");
     c.pageSize = (int)num("pageSize");
     c.maxTokens = (int64_t)num("maxTokens");
-    c.dtype = (DType)(int)num("dtype");
+    c.dtype = dtypeNamed(env, str("dtype"));
+    c.device = str("device");
     c.threads = (int)num("threads");
     c.observationWindow = (int)num("observationWindow");
     Napi::Value simd = o.Get("simd");
@@ -330,9 +371,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     };
     CompressOptions c;
     ScoreOptions& s = c.score;
-    s.scorer = (Scorer)(int)num("scorer", 0);
+    s.scorer = named(env, o, "scorer", kScorers, Scorer::SnapKV);
     s.window = (int)num("window", 32);
-    s.pooling = (Pooling)(int)num("pooling", 0);
+    s.pooling = named(env, o, "pooling", kPoolings, Pooling::None);
     s.kernel = (int)num("kernel", 7);
     s.groupMax = num("groupMax", 0) != 0;
     s.seed = (uint32_t)num("seed", 0);
@@ -349,11 +390,16 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
         s.observation[l].assign(f.Data(), f.Data() + f.ElementLength());
       }
     }
-    c.allocation = (Allocation)(int)num("allocation", 0);
+    c.allocation = named(env, o, "allocation", kAllocations, Allocation::Uniform);
     c.ratio = num("ratio", 0);
     c.sink = (int)num("sink", 4);
     c.alpha = num("alpha", 0.2);
     c.beta = num("beta", 20);
+    Napi::Value pr = o.Get("pruneRatios");
+    if (pr.IsTypedArray() && pr.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
+      auto fa = pr.As<Napi::Float64Array>();
+      c.pruneRatios.assign(fa.Data(), fa.Data() + fa.ElementLength());
+    }
     Napi::Value b = o.Get("budgets");
     if (b.IsTypedArray()) {
       auto ia = b.As<Napi::Int32Array>();
@@ -526,7 +572,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     o.Set("simd", c.simdName());
     o.Set("prefetch", c.prefetchName());
     o.Set("threads", c.threads());
-    o.Set("device", "cpu");
+    o.Set("device", c.device());
     return o;
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
@@ -581,6 +627,15 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   o.Set("driverVersion", r.driverVersion);
   o.Set("names", r.names);
   if (!r.error.empty()) o.Set("error", r.error);
+#elif defined(LUKV_CUDA_EMULATE)
+  // The test-only build: the CUDA backend's kernels run in the CPU emulator.
+  o.Set("compiled", true);
+  o.Set("usable", true);
+  o.Set("emulated", true);
+  o.Set("devices", 1);
+  o.Set("runtimeVersion", 0);
+  o.Set("driverVersion", 0);
+  o.Set("names", "CUDA emulator (CPU)");
 #else
   o.Set("compiled", false);
   o.Set("usable", false);

@@ -6,7 +6,7 @@
 namespace lukv {
 
 enum class Scorer { SnapKV = 0, KeyDiff = 1, KNorm = 2, TOVA = 3, H2O = 4, Streaming = 5, Random = 6 };
-enum class Allocation { Uniform = 0, PyramidKV = 1, AdaKV = 2, Explicit = 3 };
+enum class Allocation { Uniform, PyramidKV, AdaKV, LUKV, Explicit };
 enum class Pooling { None = 0, Max = 1, Avg = 2 };
 
 struct ScoreOptions {
@@ -26,6 +26,7 @@ struct CompressOptions {
   Allocation allocation = Allocation::Uniform;
   double ratio = 0;                // fraction of the current tokens to remove
   std::vector<int32_t> budgets;    // explicit keep counts per (layer, KV head)
+  std::vector<double> pruneRatios; // lukv: the profile's prune ratio per (layer, KV head) at `ratio`
   int sink = 4;
   double alpha = 0.2;              // adakv floor, fraction of a head's proportional share
   double beta = 20;                // pyramidkv: top layer keeps 1/beta of the average
@@ -37,11 +38,6 @@ struct CompressReport {
   int64_t pagesFreed = 0;
   double ms = 0;
 };
-
-// Integer budgets in [lo, hi] summing exactly to total (Σlo <= total <= Σhi), as close to `ideal`
-// as a common additive shift and largest-remainder rounding allow.
-std::vector<int32_t> fitBudgets(const std::vector<double>& ideal, const std::vector<int32_t>& lo,
-                                const std::vector<int32_t>& hi, int64_t total);
 
 // Deterministic per-token hash in [0, 1) for the seeded random scorer.
 inline float randomScore(uint32_t seed, uint32_t layer, uint32_t head, uint32_t position) {

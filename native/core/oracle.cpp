@@ -10,23 +10,29 @@ namespace lukv {
 
 void Cache::recordOracle(int32_t seqId, const std::vector<std::vector<float>>& wo, bool normalize) {
   Sequence& seq = get(seqId);
-  const int H = cfg_.kvHeads, Q = cfg_.queryHeads, D = cfg_.headDim, G = Q / H, P = cfg_.pageSize;
+  const int H = cfg_.kvHeads, Q = cfg_.queryHeads, D = cfg_.headDim, G = Q / H;
   const size_t NH = (size_t)cfg_.layers * H;
   std::vector<int32_t> tokens(NH);
   for (size_t i = 0; i < NH; ++i) tokens[i] = seq.heads[i].length();
   std::vector<std::vector<float>> weight((size_t)cfg_.layers * Q);
-  const size_t rowBytes = pool_->rowBytes();
-  const int dt = (int)cfg_.dtype;
-  pool_threads_->parallelFor((int64_t)cfg_.layers * Q, [&](int64_t idx) {
+  // The value rows as f32, read once per head, for the layers that have W_O.
+  std::vector<std::vector<float>> values(NH);
+  for (int l = 0; l < cfg_.layers; ++l) {
+    if (wo.empty() || wo[l].empty()) continue;
+    for (int h = 0; h < H; ++h) {
+      const size_t i = (size_t)l * H + h;
+      values[i].resize((size_t)tokens[i] * D);
+      backend_->readRows(seq.heads[i], tokens[i], true, values[i].data());
+    }
+  }
+  backend_->parallelFor((int64_t)cfg_.layers * Q, [&](int64_t idx) {
     const int l = (int)(idx / Q), q = (int)(idx % Q), h = q / G;
     const HeadState& hs = seq.heads[(size_t)l * H + h];
     const int32_t n = tokens[(size_t)l * H + h];
     std::vector<float>& w = weight[idx];
     w.resize(n);
     if (wo.empty() || wo[l].empty()) {
-      hs.forSegments(P, 0, n, [&](int32_t page, int off, int cnt, int32_t t) {
-        kernels_->rowNorms(dt, pool_->values(page) + (size_t)off * rowBytes, cnt, D, w.data() + t);
-      });
+      backend_->valueNorms(hs, n, w.data());
       return;
     }
     // ||v W_q||^2 = v^T (W_q W_q^T) v with W_q the query head's D rows of W_O.
@@ -39,16 +45,9 @@ void Cache::recordOracle(int32_t seqId, const std::vector<std::vector<float>>& w
         for (int c = 0; c < hidden; ++c) s += (double)Wq[(size_t)a * hidden + c] * Wq[(size_t)b * hidden + c];
         M[(size_t)a * D + b] = M[(size_t)b * D + a] = s;
       }
-    std::vector<float> v(D);
+    const float* V = values[(size_t)l * H + h].data();
     for (int32_t t = 0; t < n; ++t) {
-      const uint8_t* row = pool_->values(hs.pages[t / P]) + (size_t)(t % P) * rowBytes;
-      for (int d = 0; d < D; ++d) {
-        if (dt == 0) v[d] = reinterpret_cast<const float*>(row)[d];
-        else {
-          uint16_t b = reinterpret_cast<const uint16_t*>(row)[d];
-          v[d] = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
-        }
-      }
+      const float* v = V + (size_t)t * D;
       double s = 0;
       for (int a = 0; a < D; ++a) {
         double r = 0;

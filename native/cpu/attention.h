@@ -4,7 +4,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "../core/cache.h"
+#include "../core/page_table.h"
+#include "../core/pool.h"
+#include "../core/threadpool.h"
+#include "kernels.h"
 
 namespace lukv {
 namespace cpu {

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "../core/cache.h"
+#include "../core/page_table.h"
 
 namespace lukv {
 namespace cpu {

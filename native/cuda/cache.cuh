@@ -122,46 +122,15 @@ void runCopyPages(RT& rt, const PoolView& pool, const std::vector<int32_t>& pair
   rt.launch(copyPagesKernel, dim3(strideBlocks(p.count * (pool.pageBytes / 16))), dim3(256), p, "copyPages");
 }
 
-// Cache::append's bookkeeping for any pool with PagePool's allocator interface.
+// An append for any pool with PagePool's allocator interface: the page bookkeeping is the core's
+// (appendToHeads), the copies and row writes run here.
 template <class RT, class Pool>
 void runAppendTokens(RT& rt, Pool& pool, const PoolView& view, HeadState* heads, int kvHeads, int tokens, int32_t pos0,
                      const void* keys, const void* values, InputKind kind) {
-  const int P = view.pageSize;
   if (tokens <= 0) return;
-  if ((int64_t)pos0 + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
-  int64_t needed = 0;
-  for (int h = 0; h < kvHeads; ++h) {
-    const HeadState& hs = heads[h];
-    const int64_t len = hs.length(), have = (int64_t)hs.pages.size(), want = (len + tokens + P - 1) / P;
-    needed += want - have;
-    if (len % P != 0 && pool.refcount(hs.pages.back()) > 1) needed += 1;
-  }
-  if (needed > pool.freePages())
-    throw Error(ErrorCode::OutOfPages, "append needs " + std::to_string(needed) + " free pages but the device pool has " +
-                                           std::to_string(pool.freePages()) + " of " + std::to_string(pool.numPages()) +
-                                           "; nothing was appended");
-  std::vector<int32_t> copies, dest((size_t)tokens * kvHeads * 2);
-  for (int h = 0; h < kvHeads; ++h) {
-    HeadState& hs = heads[h];
-    const int64_t len = hs.length();
-    if (len % P != 0 && pool.refcount(hs.pages.back()) > 1) {
-      std::vector<int32_t> fresh;
-      pool.allocate(1, fresh);
-      copies.push_back(hs.pages.back());
-      copies.push_back(fresh[0]);
-      pool.release(hs.pages.back());
-      hs.pages.back() = fresh[0];
-    }
-    pool.allocate((len + tokens + P - 1) / P - (int64_t)hs.pages.size(), hs.pages);
-    for (int t = 0; t < tokens; ++t) {
-      const int64_t idx = len + t;
-      dest[((size_t)t * kvHeads + h) * 2] = hs.pages[idx / P];
-      dest[((size_t)t * kvHeads + h) * 2 + 1] = (int32_t)(idx % P);
-      hs.positions.push_back(pos0 + t);
-    }
-  }
+  const AppendPlan plan = appendToHeads(heads, kvHeads, tokens, pos0, view.pageSize, pool, "");
   // Same stream: the private copies land before the rows written into them.
-  runCopyPages(rt, view, copies);
+  runCopyPages(rt, view, plan.copies);
   AppendBatch b;
   b.pool = view;
   b.kvHeads = kvHeads;
@@ -169,7 +138,7 @@ void runAppendTokens(RT& rt, Pool& pool, const PoolView& view, HeadState* heads,
   b.keys = keys;
   b.values = values;
   b.kind = kind;
-  b.dest = dest.data();
+  b.dest = plan.dest.data();
   runAppend(rt, b);
 }
 

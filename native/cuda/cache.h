@@ -1,11 +1,11 @@
 // Writing K/V into device pages: append (rows scattered to (page, slot) destinations, f32
 // converted to the cache dtype or raw 16-bit words copied) and whole-page copies (copy-on-write
-// of pages shared with forks). Mirrors Cache::append in native/core/cache.cpp.
+// of pages shared with forks). The page bookkeeping is core/page_table's (appendToHeads).
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "../core/cache.h"
+#include "../core/backend.h"
 #include "layout.h"
 #include "pool.h"
 #include "runtime.h"

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../core/cache.h"
+#include "../core/backend.h"
 #include "layout.h"
 #include "plan.h"
 #include "pool.h"

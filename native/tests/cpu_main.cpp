@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../core/cache.h"
+#include "../cpu/kernels.h"
 
 namespace {
 

@@ -1,0 +1,312 @@
+// device: "cuda" through the public API, against the CPU backend and the float64 reference.
+// In CI the CUDA kernels run in the CPU emulator: `npm run build:emu` makes build-emu/, and this file
+// loads it (LUKV_BINARY=emu). On a GPU machine scripts/gpu-check.sh runs it against the real CUDA
+// build with LUKV_DEVICE_BINARY=build. Without the emulated build the suite is skipped, unless
+// LUKV_REQUIRE_DEVICE_SUITE=1 (set by .ci/run) makes that a failure.
+import * as fs from "fs";
+import * as path from "path";
+import { KVCache, Sequence, DType, backends, createProfile, CompressOptions } from "../ts";
+import { rng, testSeed, randn } from "./helpers/random";
+import { referenceAttention, relativeError } from "./helpers/reference";
+import { headsOf, lastPositions } from "./helpers/cache";
+
+const binary = process.env.LUKV_DEVICE_BINARY ?? "emu";
+const emuFile = path.resolve(__dirname, "..", "build-emu", "Release", "lukv.node");
+const available = binary !== "emu" || fs.existsSync(emuFile);
+const required = process.env.LUKV_REQUIRE_DEVICE_SUITE === "1";
+const previousBinary = process.env.LUKV_BINARY;
+process.env.LUKV_BINARY = binary;
+afterAll(() => {
+  if (previousBinary === undefined) delete process.env.LUKV_BINARY;
+  else process.env.LUKV_BINARY = previousBinary;
+});
+
+const seed = testSeed("device");
+const tolerance: Record<DType, number> = { f32: 1e-5, f16: 2e-3, bf16: 2e-3 };
+
+type Shape = { layers: number; kvHeads: number; queryHeads: number; headDim: number; pageSize?: number; dtype: DType; maxTokens?: number };
+
+/** The same cache on both devices; every call goes to both. */
+class Pair {
+  readonly cpu: KVCache;
+  readonly cuda: KVCache;
+  constructor(shape: Shape) {
+    const opts = { pageSize: 16, maxTokens: 8192, threads: 1, ...shape };
+    this.cpu = new KVCache({ ...opts, device: "cpu" });
+    this.cuda = new KVCache({ ...opts, device: "cuda" });
+  }
+  dispose(): void {
+    this.cpu.dispose();
+    this.cuda.dispose();
+  }
+}
+
+function appendBoth(a: Sequence, b: Sequence, layer: number, tokens: number, r: () => number): void {
+  const { kvHeads, headDim } = a.cache.config;
+  const k = randn(r, tokens * kvHeads * headDim);
+  const v = randn(r, tokens * kvHeads * headDim);
+  a.append(layer, k, v);
+  b.append(layer, k, v);
+}
+
+/** Attends both, checks both against the reference over their own stored rows, and against each other. */
+function attendBoth(a: Sequence, b: Sequence, layer: number, rows: number, r: () => number, label: string): void {
+  const { queryHeads, headDim, dtype } = a.cache.config;
+  const q = randn(r, rows * queryHeads * headDim);
+  const outA = a.attend(layer, q);
+  const outB = b.attend(layer, q);
+  const qpos = lastPositions(b, layer, rows);
+  const refB = referenceAttention(headsOf(b, layer), q, qpos, queryHeads, headDim);
+  const refA = referenceAttention(headsOf(a, layer), q, qpos, queryHeads, headDim);
+  const tol = tolerance[dtype];
+  expect({ label, cudaVsReference: relativeError(outB, refB) < tol }).toEqual({ label, cudaVsReference: true });
+  expect({ label, cpuVsReference: relativeError(outA, refA) < tol }).toEqual({ label, cpuVsReference: true });
+  expect({ label, cudaVsCpu: relativeError(outB, outA) < tol }).toEqual({ label, cudaVsCpu: true });
+}
+
+function samePositions(a: Sequence, b: Sequence): boolean {
+  const { layers, kvHeads } = a.cache.config;
+  for (let l = 0; l < layers; l++)
+    for (let h = 0; h < kvHeads; h++) if (Array.from(a.positions(l, h)).join() !== Array.from(b.positions(l, h)).join()) return false;
+  return true;
+}
+
+/**
+ * The kept positions of both devices agree, or differ only among tokens whose CPU scores are equal
+ * to within `eps` of each other (a near tie the two devices' float sums may order differently).
+ */
+function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a: Sequence, b: Sequence): boolean {
+  const { kvHeads } = a.cache.config;
+  return before.every(({ positions, scores }, i) => {
+    const l = Math.floor(i / kvHeads), h = i % kvHeads;
+    const pa = new Set(a.positions(l, h)), pb = new Set(b.positions(l, h));
+    const only = [...pa].filter((p) => !pb.has(p)).concat([...pb].filter((p) => !pa.has(p)));
+    if (only.length === 0) return true;
+    const s = only.map((p) => scores[positions.indexOf(p)]);
+    const scale = Math.max(...Array.from(scores, Math.abs), 1e-30);
+    return Math.max(...s) - Math.min(...s) <= 1e-4 * scale;
+  });
+}
+
+(available ? describe : describe.skip)(`device "cuda" (${binary === "emu" ? "emulated on the CPU" : `binary ${binary}`}) against the CPU`, () => {
+  test("backends() reports the device and auto picks it", () => {
+    const b = backends();
+    expect(b.binary.kind).toBe(binary);
+    expect(b.cuda.usable).toBe(true);
+    expect(b.cuda.reasons).toEqual([]);
+    if (binary === "emu") expect(b.cuda.emulated).toBe(true);
+    expect(b.auto.device).toBe("cuda");
+    const c = new KVCache({ layers: 1, kvHeads: 1, headDim: 64, maxTokens: 64 });
+    expect(c.config.device).toBe("cuda");
+    const cpu = new KVCache({ layers: 1, kvHeads: 1, headDim: 64, maxTokens: 64, device: "cpu" });
+    expect(cpu.config.device).toBe("cpu");
+    c.dispose();
+    cpu.dispose();
+  });
+
+  const cases: { dtype: DType; group: number; headDim: number }[] = [];
+  for (const dtype of ["f32", "f16", "bf16"] as DType[])
+    for (const group of [1, 4, 8]) for (const headDim of [64, 128]) cases.push({ dtype, group, headDim });
+
+  test.each(cases)("attention $dtype, GQA $group, headDim $headDim: prefill chunks, decode, after eviction", ({ dtype, group, headDim }) => {
+    const r = rng(seed ^ (group * 131 + headDim * 7 + dtype.length));
+    const kvHeads = group === 8 ? 1 : 2;
+    const pair = new Pair({ layers: 1, kvHeads, queryHeads: kvHeads * group, headDim, dtype });
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      appendBoth(a, b, 0, 40, r);
+      attendBoth(a, b, 0, 8, r, "prefill chunk 1");
+      appendBoth(a, b, 0, 30, r);
+      attendBoth(a, b, 0, 9, r, "prefill chunk 2");
+      for (let i = 0; i < 2; i++) {
+        appendBoth(a, b, 0, 1, r);
+        attendBoth(a, b, 0, 1, r, `decode ${i}`);
+      }
+      // Evict with a scorer that is exact on both devices, then prefill again: causal by position.
+      const opts: CompressOptions = { ratio: 0.6, scorer: "random", seed: 5, sink: 2, window: 4 };
+      expect(Array.from(b.compress(opts).kept)).toEqual(Array.from(a.compress(opts).kept));
+      expect(samePositions(a, b)).toBe(true);
+      appendBoth(a, b, 0, 6, r);
+      attendBoth(a, b, 0, 6, r, "prefill after eviction");
+      appendBoth(a, b, 0, 1, r);
+      attendBoth(a, b, 0, 1, r, "decode after eviction");
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  const scorers = ["snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random"] as const;
+  const allocations = ["uniform", "pyramidkv", "adakv", "lukv", "budgets"] as const;
+  const shape: Shape = { layers: 2, kvHeads: 2, queryHeads: 4, headDim: 64, dtype: "f16" };
+  const heads = shape.layers * shape.kvHeads;
+  const table = new Float64Array(99 * heads);
+  for (let g = 0; g < 99; g++) for (let i = 0; i < heads; i++) table[g * heads + i] = Math.min(1, ((g + 1) / 100) * (0.5 + i / heads));
+  const profile = createProfile({ table, layers: shape.layers, kvHeads: shape.kvHeads });
+  const combos = scorers.flatMap((scorer) => allocations.map((allocation) => ({ scorer, allocation })));
+
+  test.each(combos)("compress $scorer x $allocation", ({ scorer, allocation }) => {
+    const r = rng(seed ^ (scorers.indexOf(scorer) * 17 + allocations.indexOf(allocation) * 1009));
+    const pair = new Pair(shape);
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      if (scorer === "h2o") {
+        a.accumulateAttention();
+        b.accumulateAttention();
+      }
+      for (let l = 0; l < shape.layers; l++) {
+        appendBoth(a, b, l, 90 + 10 * l, r);
+        attendBoth(a, b, l, 16, r, `observation layer ${l}`);
+        appendBoth(a, b, l, 1, r);
+        attendBoth(a, b, l, 1, r, `decode layer ${l}`);
+      }
+      const options: CompressOptions = { ratio: 0.55, scorer, window: 8, sink: 4, seed: 11 };
+      if (allocation === "budgets") {
+        const len = a.lengths();
+        options.budgets = Int32Array.from(len, (n, i) => Math.max(0, n - 10 - 7 * i));
+      } else {
+        options.allocation = allocation;
+        if (allocation === "lukv") options.profile = profile;
+      }
+      const before = [];
+      for (let l = 0; l < shape.layers; l++) {
+        const sa = a.scores(l, scorer, { window: 8, seed: 11 }), sb = b.scores(l, scorer, { window: 8, seed: 11 });
+        for (let h = 0; h < shape.kvHeads; h++) {
+          expect(relativeError(sb[h], sa[h])).toBeLessThan(1e-3);
+          before.push({ positions: a.positions(l, h), scores: sa[h] });
+        }
+      }
+      const ra = a.compress(options);
+      const rb = b.compress(options);
+      expect(rb.total).toBe(ra.total);
+      expect(rb.target).toBe(ra.target);
+      expect(keptAgree(before, a, b)).toBe(true);
+      if (samePositions(a, b)) {
+        expect(Array.from(rb.kept)).toEqual(Array.from(ra.kept));
+        expect(rb.pagesFreed).toBe(ra.pagesFreed);
+        expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      }
+      for (let l = 0; l < shape.layers; l++) {
+        appendBoth(a, b, l, 1, r);
+        attendBoth(a, b, l, 1, r, `decode after compress, layer ${l}`);
+      }
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("compressAsync, attendAsync and out on the device", async () => {
+    const r = rng(seed ^ 0xa5);
+    const pair = new Pair({ layers: 1, kvHeads: 2, queryHeads: 8, headDim: 64, dtype: "bf16" });
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      appendBoth(a, b, 0, 70, r);
+      const q = randn(r, 12 * 8 * 64);
+      const outA = a.attend(0, q);
+      const out = new Float32Array(q.length);
+      expect(await b.attendAsync(0, q, { out })).toBe(out);
+      expect(relativeError(out, outA)).toBeLessThan(2e-3);
+      const out2 = new Float32Array(q.length);
+      expect(b.attend(0, q, { out: out2 })).toBe(out2);
+      expect(relativeError(out2, outA)).toBeLessThan(2e-3);
+      const opts: CompressOptions = { ratio: 0.5, scorer: "knorm", window: 8 };
+      const [ra, rb] = [a.compress(opts), await b.compressAsync(opts)];
+      expect(Array.from(rb.kept)).toEqual(Array.from(ra.kept));
+      expect(samePositions(a, b)).toBe(true);
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("fork and copy-on-write: the parent is unchanged by the fork's appends and eviction", () => {
+    const r = rng(seed ^ 0xf0);
+    const pair = new Pair({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 64, dtype: "f16", maxTokens: 2 * 16 * 12 });
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      appendBoth(a, b, 0, 50, r); // a partly filled last page, shared after the fork
+      const fa = a.fork(), fb = b.fork();
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      const parentKeys = Array.from({ length: 2 }, (_, h) => b.keys(0, h));
+      appendBoth(fa, fb, 0, 3, r);
+      appendBoth(a, b, 0, 2, r);
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      const opts: CompressOptions = { ratio: 0.5, scorer: "streaming", window: 4 };
+      expect(Array.from(fb.compress(opts).kept)).toEqual(Array.from(fa.compress(opts).kept));
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      for (let h = 0; h < 2; h++) expect(Array.from(b.keys(0, h).subarray(0, 50 * 64))).toEqual(Array.from(parentKeys[h]));
+      attendBoth(a, b, 0, 1, r, "parent after the fork's eviction");
+      attendBoth(fa, fb, 0, 1, r, "fork after its eviction");
+      // A pool too small for what the fork asks: OutOfPagesError, and nothing changed.
+      const lengths = Array.from(fb.lengths());
+      expect(() => appendBoth(fa, fb, 0, 400, r)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+      expect(Array.from(fb.lengths())).toEqual(lengths);
+      fb.dispose();
+      fa.dispose();
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("oracle and H2O mass accumulate on the device as on the CPU", () => {
+    const r = rng(seed ^ 0x0c);
+    const s: Shape = { layers: 2, kvHeads: 2, queryHeads: 8, headDim: 64, dtype: "f32" };
+    const pair = new Pair(s);
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      for (let l = 0; l < 2; l++) {
+        appendBoth(a, b, l, 60, r);
+        attendBoth(a, b, l, 8, r, "context");
+      }
+      const wo = Array.from({ length: 2 }, () => randn(r, 8 * 64 * 24, 0.1));
+      a.recordOracle({ outputProjection: wo, normalize: true });
+      b.recordOracle({ outputProjection: wo, normalize: true });
+      a.accumulateAttention();
+      b.accumulateAttention();
+      for (let step = 0; step < 3; step++)
+        for (let l = 0; l < 2; l++) {
+          appendBoth(a, b, l, 1, r);
+          attendBoth(a, b, l, 1, r, `decode ${step}`);
+        }
+      for (let l = 0; l < 2; l++) {
+        const oa = a.oracle(l), ob = b.oracle(l);
+        const ma = a.scores(l, "h2o"), mb = b.scores(l, "h2o");
+        for (let h = 0; h < 2; h++) {
+          expect(ob[h].length).toBe(60);
+          expect(relativeError(ob[h], oa[h])).toBeLessThan(1e-4);
+          expect(relativeError(mb[h], ma[h])).toBeLessThan(1e-4);
+          expect(Math.max(...ob[h])).toBeGreaterThan(0);
+        }
+      }
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("errors: a pool larger than the device, a head dim the kernels cannot take, use after dispose", () => {
+    let err: unknown;
+    try {
+      new KVCache({ layers: 1, kvHeads: 1, headDim: 64, pageSize: 65536, maxTokens: 2 ** 40, dtype: "f32", device: "cuda" });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ name: "OutOfPagesError" });
+    expect((err as Error).message).toMatch(/^the device page pool needs 562949953421312 bytes but the device has \d+ bytes free/);
+    expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 12, device: "cuda" })).toThrow(
+      "Expected headDim a multiple of 8 between 8 and 256 for the CUDA backend (rows are read as 16-byte vectors) but received 12",
+    );
+    const c = new KVCache({ layers: 1, kvHeads: 1, headDim: 64, maxTokens: 64, device: "cuda" });
+    const seq = c.createSequence();
+    c.dispose();
+    expect(() => seq.attend(0, new Float32Array(64))).toThrow(expect.objectContaining({ name: "DisposedError" }));
+    expect(() => c.usage()).toThrow(expect.objectContaining({ name: "DisposedError" }));
+  });
+});
+
+(available ? describe.skip : describe)("device suite prerequisites", () => {
+  test("the emulated build exists (npm run build:emu)", () => {
+    // eslint-disable-next-line no-console
+    console.log(`device suite skipped: ${emuFile} is missing; build it with npm run build:emu`);
+    expect(required ? "missing" : "optional").toBe("optional");
+  });
+});

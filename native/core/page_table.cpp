@@ -1,0 +1,208 @@
+#include "page_table.h"
+
+#include <algorithm>
+
+namespace lukv {
+
+namespace {
+std::string str(int64_t v) { return std::to_string(v); }
+int64_t pagesFor(int64_t tokens, int P) { return (tokens + P - 1) / P; }
+}  // namespace
+
+int32_t PageTable::create() {
+  auto s = std::make_unique<Sequence>();
+  s->id = nextId_++;
+  s->heads.resize(heads());
+  s->appended.assign(layers_, 0);
+  s->obsQueries.resize(layers_);
+  s->obsPositions.resize(layers_);
+  const int32_t id = s->id;
+  seqs_[id] = std::move(s);
+  return id;
+}
+
+int32_t PageTable::fork(int32_t seq) {
+  auto s = std::make_unique<Sequence>(get(seq));
+  s->id = nextId_++;
+  for (auto& h : s->heads)
+    for (int32_t p : h.pages) pages_->retain(p);
+  const int32_t id = s->id;
+  seqs_[id] = std::move(s);
+  return id;
+}
+
+void PageTable::dispose(int32_t seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  for (auto& h : it->second->heads)
+    for (int32_t p : h.pages) pages_->release(p);
+  seqs_.erase(it);
+}
+
+void PageTable::clear() { seqs_.clear(); }
+
+Sequence& PageTable::get(int32_t seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) throw Error(ErrorCode::Disposed, "Sequence was used after dispose()");
+  return *it->second;
+}
+
+const Sequence& PageTable::get(int32_t seq) const { return const_cast<PageTable*>(this)->get(seq); }
+
+AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int P, PageAllocator& pages,
+                         const std::string& limits) {
+  AppendPlan plan;
+  if (tokens <= 0) return plan;
+  if ((int64_t)pos0 + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
+  // Count the pages every head needs (new pages, plus a private copy of a shared, partly filled
+  // last page) so that a shortage fails before anything changes.
+  int64_t needed = 0;
+  for (int h = 0; h < H; ++h) {
+    const HeadState& hs = heads[h];
+    const int64_t len = hs.length();
+    needed += pagesFor(len + tokens, P) - (int64_t)hs.pages.size();
+    if (len % P != 0 && pages.refcount(hs.pages.back()) > 1) needed += 1;
+  }
+  if (needed > pages.freePages())
+    throw Error(ErrorCode::OutOfPages, "append needs " + str(needed) + " free pages but the pool has " +
+                                           str(pages.freePages()) + " of " + str(pages.numPages()) + limits +
+                                           "; nothing was appended");
+  plan.dest.resize((size_t)tokens * H * 2);
+  for (int h = 0; h < H; ++h) {
+    HeadState& hs = heads[h];
+    const int64_t len = hs.length();
+    if (len % P != 0 && pages.refcount(hs.pages.back()) > 1) {
+      std::vector<int32_t> fresh;
+      pages.allocate(1, fresh);
+      plan.copies.push_back(hs.pages.back());
+      plan.copies.push_back(fresh[0]);
+      pages.release(hs.pages.back());
+      hs.pages.back() = fresh[0];
+    }
+    pages.allocate(pagesFor(len + tokens, P) - (int64_t)hs.pages.size(), hs.pages);
+    for (int t = 0; t < tokens; ++t) {
+      const int64_t idx = len + t;
+      plan.dest[((size_t)t * H + h) * 2] = hs.pages[idx / P];
+      plan.dest[((size_t)t * H + h) * 2 + 1] = (int32_t)(idx % P);
+      hs.positions.push_back(pos0 + t);
+    }
+  }
+  return plan;
+}
+
+AppendPlan PageTable::append(Sequence& seq, int layer, int tokens, const std::string& limits) {
+  const int H = kvHeads_;
+  if (tokens <= 0) return AppendPlan();
+  if ((int64_t)seq.appended[layer] + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
+  AppendPlan plan = appendToHeads(seq.heads.data() + (size_t)layer * H, H, tokens, seq.appended[layer], pageSize_,
+                                  *pages_, limits);
+  if (seq.accumulate)
+    for (int h = 0; h < H; ++h) seq.mass[(size_t)layer * H + h].resize(seq.heads[(size_t)layer * H + h].length(), 0.f);
+  seq.appended[layer] += tokens;
+  return plan;
+}
+
+CompactionPlan PageTable::planCompaction(Sequence& seq, const std::vector<std::vector<int32_t>>& kept, bool inPlace,
+                                         std::vector<int32_t>& copies) {
+  const int P = pageSize_;
+  const size_t NH = seq.heads.size();
+  CompactionPlan plan;
+  if (inPlace) {
+    // A compacted head writes into its first ceil(keep / P) pages, so shared pages among them get
+    // a private copy first.
+    int64_t needed = 0;
+    for (size_t i = 0; i < NH; ++i) {
+      if (kept[i].empty()) continue;
+      const int64_t dest = pagesFor((int64_t)kept[i].size(), P);
+      for (int64_t p = 0; p < dest; ++p)
+        if (pages_->refcount(seq.heads[i].pages[p]) > 1) needed++;
+    }
+    if (needed > pages_->freePages())
+      throw Error(ErrorCode::OutOfPages, "compress needs " + str(needed) +
+                                             " free pages to copy pages shared with forks but the pool has " +
+                                             str(pages_->freePages()) + "; nothing was evicted");
+    plan.rounds.emplace_back();
+    for (size_t i = 0; i < NH; ++i) {
+      if (kept[i].empty()) continue;
+      HeadState& hs = seq.heads[i];
+      const int64_t dest = pagesFor((int64_t)kept[i].size(), P);
+      for (int64_t p = 0; p < dest; ++p) {
+        const int32_t old = hs.pages[p];
+        if (pages_->refcount(old) <= 1) continue;
+        std::vector<int32_t> fresh;
+        pages_->allocate(1, fresh);
+        copies.push_back(old);
+        copies.push_back(fresh[0]);
+        pages_->release(old);
+        hs.pages[p] = fresh[0];
+      }
+      CompactHead c;
+      c.index = i;
+      c.kept = &kept[i];
+      c.length = hs.length();
+      c.from = hs.pages;
+      c.to.assign(hs.pages.begin(), hs.pages.begin() + dest);
+      c.inPlace = true;
+      plan.rounds.back().push_back(std::move(c));
+    }
+    return plan;
+  }
+  // Fresh pages: a round takes heads while their new pages fit in what is free; once it ran, the
+  // old pages that only this sequence held come back. Simulated here so that a plan that cannot
+  // finish fails before the first round.
+  int64_t free = pages_->freePages(), roundNeed = 0, roundFreed = 0;
+  std::vector<CompactHead> round;
+  for (size_t i = 0; i < NH; ++i) {
+    if (kept[i].empty()) continue;
+    const HeadState& hs = seq.heads[i];
+    const int64_t need = pagesFor((int64_t)kept[i].size(), P);
+    int64_t freed = 0;
+    for (int32_t p : hs.pages) freed += pages_->refcount(p) == 1 ? 1 : 0;
+    if (roundNeed + need > free && !round.empty()) {
+      plan.rounds.push_back(std::move(round));
+      round.clear();
+      free += roundFreed - roundNeed;
+      roundNeed = roundFreed = 0;
+    }
+    if (need > free)
+      throw Error(ErrorCode::OutOfPages, "compress needs " + str(need) + " free pages to compact a head but the pool has " +
+                                             str(free) + "; nothing was evicted");
+    CompactHead c;
+    c.index = i;
+    c.kept = &kept[i];
+    c.length = hs.length();
+    c.from = hs.pages;
+    round.push_back(std::move(c));
+    roundNeed += need;
+    roundFreed += freed;
+  }
+  if (!round.empty()) plan.rounds.push_back(std::move(round));
+  return plan;
+}
+
+void PageTable::takePages(std::vector<CompactHead>& round) {
+  for (CompactHead& c : round) {
+    if (c.inPlace) continue;
+    c.to.clear();
+    if (!pages_->allocate(pagesFor((int64_t)c.kept->size(), pageSize_), c.to))
+      throw Error(ErrorCode::Internal, "compaction ran out of the pages it had planned");
+  }
+}
+
+void PageTable::commitRound(Sequence& seq, const std::vector<CompactHead>& round) {
+  for (const CompactHead& c : round) {
+    HeadState& hs = seq.heads[c.index];
+    const std::vector<int32_t>& k = *c.kept;
+    // k[j] >= j: moving in order never reads an entry that was already overwritten.
+    for (size_t j = 0; j < k.size(); ++j) {
+      hs.positions[j] = hs.positions[k[j]];
+      if (seq.accumulate) seq.mass[c.index][j] = seq.mass[c.index][k[j]];
+    }
+    hs.positions.resize(k.size());
+    if (seq.accumulate) seq.mass[c.index].resize(k.size());
+    for (size_t p = c.inPlace ? c.to.size() : 0; p < c.from.size(); ++p) pages_->release(c.from[p]);
+    hs.pages = c.to;
+  }
+}
+
+}  // namespace lukv

@@ -1,0 +1,139 @@
+// The CPU backend's pool side: creating it, writing appended rows, copying pages for
+// copy-on-write, reading rows back; and handing attention and scoring to their kernels.
+#include <cstring>
+
+#include "attention.h"
+#include "backend.h"
+#include "scores.h"
+
+namespace lukv {
+namespace cpu {
+
+CpuBackend::CpuBackend(const BackendConfig& c) : headDim_(c.headDim) {
+  kernels_ = selectKernels(c.simd.c_str());
+  if (!kernels_) throwInvalid("Expected a SIMD level this processor supports for simd but received \"" + c.simd + "\"");
+  if (!parsePrefetch(c.prefetch.c_str(), &prefetch_))
+    throwInvalid("Expected one of auto, t0, t2, nta, none for prefetch but received \"" + c.prefetch + "\"");
+  pool_.reset(new PagePool(c.pages, c.pageSize, c.headDim, c.dtype));
+  threads_.reset(new ThreadPool(c.threads));
+}
+
+void CpuBackend::copyPages(const std::vector<int32_t>& pairs) {
+  for (size_t i = 0; i + 1 < pairs.size(); i += 2)
+    std::memcpy(pool_->keys(pairs[i + 1]), pool_->keys(pairs[i]), pool_->pageBytes());
+}
+
+namespace {
+// A K row and a V row of f32 into the cache's 16-bit type, interleaved: two independent chains of
+// scalar work per step.
+template <uint16_t (*Convert)(float)>
+void convertRows(const float* __restrict k, const float* __restrict v, uint16_t* __restrict kd,
+                 uint16_t* __restrict vd, int D) {
+  for (int d = 0; d < D; ++d) kd[d] = Convert(k[d]), vd[d] = Convert(v[d]);
+}
+}  // namespace
+
+void CpuBackend::writeRows(const AppendPlan& plan, int tokens, int H, const void* keys, const void* values,
+                           InputKind kind) {
+  const int D = headDim_;
+  const DType dtype = pool_->dtype();
+  const size_t rowBytes = pool_->rowBytes();
+  const bool copy = kind == InputKind::Raw16 || dtype == DType::F32;
+  const size_t eb = kind == InputKind::Raw16 ? 2 : 4;
+  const int64_t entries = (int64_t)tokens * H;
+  for (int64_t e = 0; e < entries; ++e) {
+    const int32_t page = plan.dest[2 * e], off = plan.dest[2 * e + 1];
+    uint8_t* kdst = pool_->keys(page) + off * rowBytes;
+    uint8_t* vdst = pool_->values(page) + off * rowBytes;
+    const size_t srcRow = (size_t)e * D;
+    if (copy) {
+      std::memcpy(kdst, static_cast<const uint8_t*>(keys) + srcRow * eb, rowBytes);
+      std::memcpy(vdst, static_cast<const uint8_t*>(values) + srcRow * eb, rowBytes);
+      continue;
+    }
+    const float* k = static_cast<const float*>(keys) + srcRow;
+    const float* v = static_cast<const float*>(values) + srcRow;
+    uint16_t* kd = reinterpret_cast<uint16_t*>(kdst);
+    uint16_t* vd = reinterpret_cast<uint16_t*>(vdst);
+    if (dtype == DType::F16) convertRows<f32ToF16>(k, v, kd, vd, D);
+    else convertRows<f32ToBf16>(k, v, kd, vd, D);
+  }
+}
+
+void CpuBackend::attend(const AttendRequest& r) {
+  AttendArgs a;
+  a.pool = pool_.get();
+  a.kernels = kernels_;
+  a.threads = threads_.get();
+  a.heads = r.heads;
+  a.kvHeads = r.kvHeads;
+  a.queryHeads = r.queryHeads;
+  a.headDim = headDim_;
+  a.tokens = r.tokens;
+  a.queryPositions = r.queryPositions;
+  a.queries = r.queries;
+  a.out = r.out;
+  a.scale = r.scale;
+  a.prefetch = prefetch_;
+  a.mass = r.mass;
+  a.oracle = r.oracle;
+  a.oracleWeight = r.oracleWeight;
+  a.oracleTokens = r.oracleTokens;
+  cpu::attend(a);
+}
+
+void CpuBackend::scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) {
+  threads_->parallelFor((int64_t)heads.size(), [&](int64_t i) {
+    const ScoreRequest& r = heads[i];
+    HeadScoreArgs a;
+    a.pool = pool_.get();
+    a.kernels = kernels_;
+    a.head = r.head;
+    a.layer = r.layer;
+    a.headIndex = r.kvHead;
+    a.group = queryHeads / kvHeads;
+    a.headDim = headDim_;
+    a.queryHeads = queryHeads;
+    a.queries = r.queries;
+    a.queryPositions = r.queryPositions;
+    a.rows = r.rows;
+    a.accumulated = r.mass;
+    a.options = &options;
+    scoreHead(a, r.out);
+  });
+}
+
+void CpuBackend::readRows(const HeadState& h, int32_t count, bool values, float* out) {
+  const int D = headDim_, P = pool_->pageSize();
+  const DType dtype = pool_->dtype();
+  for (int32_t t = 0; t < count; ++t) {
+    const int32_t page = h.pages[t / P];
+    const uint8_t* row = (values ? pool_->values(page) : pool_->keys(page)) + (size_t)(t % P) * pool_->rowBytes();
+    for (int d = 0; d < D; ++d) {
+      float v;
+      if (dtype == DType::F32) std::memcpy(&v, row + 4 * d, 4);
+      else {
+        uint16_t b;
+        std::memcpy(&b, row + 2 * d, 2);
+        v = dtype == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
+      }
+      out[(size_t)t * D + d] = v;
+    }
+  }
+}
+
+void CpuBackend::valueNorms(const HeadState& h, int32_t count, float* out) {
+  const size_t rowBytes = pool_->rowBytes();
+  const int dt = (int)pool_->dtype();
+  h.forSegments(pool_->pageSize(), 0, count, [&](int32_t page, int off, int cnt, int32_t t) {
+    kernels_->rowNorms(dt, pool_->values(page) + (size_t)off * rowBytes, cnt, headDim_, out + t);
+  });
+}
+
+}  // namespace cpu
+
+std::unique_ptr<Backend> makeCpuBackend(const BackendConfig& config) {
+  return std::unique_ptr<Backend>(new cpu::CpuBackend(config));
+}
+
+}  // namespace lukv

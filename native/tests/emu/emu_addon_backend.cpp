@@ -1,0 +1,86 @@
+// The CUDA backend of the emulated test build of the addon (LUKV_CUDA_EMULATE=ON): the kernels of
+// native/cuda compiled with g++ and run in the CPU emulator, "device" memory in host memory. It
+// lets the jest suite run `device: "cuda"` end to end on machines without a GPU.
+#include <cstdlib>
+#include <mutex>
+#include <new>
+
+#include "../../cuda/attention.cuh"
+#include "../../cuda/backend.h"
+#include "../../cuda/cache.cuh"
+#include "../../cuda/compress.cuh"
+#include "../../cuda/scores.cuh"
+#include "emu_runtime.h"
+
+namespace lukv {
+
+namespace {
+
+// The emulator keeps its threads in global state: one emulated launch at a time per process.
+std::mutex& emulatorLock() {
+  static std::mutex mu;
+  return mu;
+}
+
+struct EmuDevice {
+  static const char* name() { return "cuda-emulator"; }
+  void* alloc(size_t bytes) {
+    // Unused bytes are NaN as floats, as on the GPU tests: a read of one shows in the results.
+    void* p = std::malloc(bytes ? bytes : 16);
+    if (!p) throw Error(ErrorCode::OutOfPages, "the emulated device could not allocate " + std::to_string(bytes) + " bytes");
+    std::memset(p, 0xFF, bytes);
+    return p;
+  }
+  void free(void* p) { std::free(p); }
+  void toDevice(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+  void toHost(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+  // An emulated device of LUKV_EMU_DEVICE_BYTES (default 1 GiB), so the free-memory check runs too.
+  bool memInfo(size_t* freeBytes, size_t* totalBytes) {
+    size_t total = size_t(1) << 30;
+    if (const char* e = std::getenv("LUKV_EMU_DEVICE_BYTES")) total = (size_t)std::strtoull(e, nullptr, 10);
+    *freeBytes = *totalBytes = total;
+    return true;
+  }
+  void append(const cuda::AppendBatch& b) {
+    run([&](test::EmuRuntime& rt) { cuda::runAppend(rt, b); });
+  }
+  void copyPages(const cuda::PoolView& pool, const std::vector<int32_t>& pairs) {
+    run([&](test::EmuRuntime& rt) { cuda::runCopyPages(rt, pool, pairs); });
+  }
+  void attend(const cuda::AttendBatch& b) {
+    // Small chunks, so that the split-K reduce runs on the small problems of the tests.
+    cuda::AttendOptions o;
+    o.minChunk = 64;
+    run([&](test::EmuRuntime& rt) {
+      cuda::runAttend(rt, b, o);
+      if (!rt.countersClear()) throw Error(ErrorCode::Internal, "attention left its split counters non-zero");
+    });
+  }
+  void scores(const cuda::ScoreBatch& b) {
+    run([&](test::EmuRuntime& rt) { cuda::runScores(rt, b); });
+  }
+  void compact(const cuda::PoolView& pool, const std::vector<cuda::CompactHeadInput>& heads) {
+    run([&](test::EmuRuntime& rt) { cuda::runCompact(rt, pool, heads); });
+  }
+
+ private:
+  template <class F>
+  void run(F&& fn) {
+    std::lock_guard<std::mutex> lock(emulatorLock());
+    test::EmuRuntime rt(4, 2);
+    fn(rt);
+  }
+};
+
+}  // namespace
+
+bool cudaBackendUsable(std::string* why) {
+  if (why) why->clear();
+  return true;
+}
+
+std::unique_ptr<Backend> makeCudaBackend(const BackendConfig& config) {
+  return std::unique_ptr<Backend>(new cuda::CudaBackend<EmuDevice>(config, EmuDevice()));
+}
+
+}  // namespace lukv
