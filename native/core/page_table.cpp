@@ -189,20 +189,46 @@ void PageTable::takePages(std::vector<CompactHead>& round) {
   }
 }
 
-void PageTable::commitRound(Sequence& seq, const std::vector<CompactHead>& round) {
-  for (const CompactHead& c : round) {
-    HeadState& hs = seq.heads[c.index];
-    const std::vector<int32_t>& k = *c.kept;
-    // k[j] >= j: moving in order never reads an entry that was already overwritten.
-    for (size_t j = 0; j < k.size(); ++j) {
-      hs.positions[j] = hs.positions[k[j]];
-      if (seq.accumulate) seq.mass[c.index][j] = seq.mass[c.index][k[j]];
-    }
-    hs.positions.resize(k.size());
-    if (seq.accumulate) seq.mass[c.index].resize(k.size());
-    for (size_t p = c.inPlace ? c.to.size() : 0; p < c.from.size(); ++p) pages_->release(c.from[p]);
-    hs.pages = c.to;
+void commitHead(HeadState& hs, const CompactHead& c, PageAllocator& pages, std::vector<float>* mass) {
+  const std::vector<int32_t>& k = *c.kept;
+  // k[j] >= j: moving in order never reads an entry that was already overwritten.
+  for (size_t j = 0; j < k.size(); ++j) {
+    hs.positions[j] = hs.positions[k[j]];
+    if (mass) (*mass)[j] = (*mass)[k[j]];
   }
+  hs.positions.resize(k.size());
+  if (mass) mass->resize(k.size());
+  for (size_t p = c.inPlace ? c.to.size() : 0; p < c.from.size(); ++p) pages.release(c.from[p]);
+  hs.pages = c.to;
+}
+
+void PageTable::commitRound(Sequence& seq, const std::vector<CompactHead>& round) {
+  for (const CompactHead& c : round)
+    commitHead(seq.heads[c.index], c, *pages_, seq.accumulate ? &seq.mass[c.index] : nullptr);
+}
+
+std::vector<CompactHead> takeFreshPages(HeadState* const* heads, const std::vector<std::vector<int32_t>>& kept,
+                                        int P, PageAllocator& pages) {
+  std::vector<CompactHead> round;
+  int64_t needed = 0;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    if (kept[i].empty()) continue;
+    bool identity = (int64_t)kept[i].size() == heads[i]->length();
+    for (size_t j = 0; identity && j < kept[i].size(); ++j) identity = kept[i][j] == (int32_t)j;
+    if (identity) continue;
+    CompactHead c;
+    c.index = i;
+    c.kept = &kept[i];
+    c.length = heads[i]->length();
+    c.from = heads[i]->pages;
+    round.push_back(std::move(c));
+    needed += pagesFor((int64_t)kept[i].size(), P);
+  }
+  if (needed > pages.freePages())
+    throw Error(ErrorCode::OutOfPages, "compaction needs " + str(needed) + " fresh pages but the pool has " +
+                                           str(pages.freePages()) + "; nothing was evicted");
+  for (CompactHead& c : round) pages.allocate(pagesFor((int64_t)c.kept->size(), P), c.to);
+  return round;
 }
 
 }  // namespace lukv

@@ -82,6 +82,15 @@ struct CompactionPlan {
 AppendPlan appendToHeads(HeadState* heads, int kvHeads, int tokens, int32_t pos0, int pageSize, PageAllocator& pages,
                          const std::string& limits);
 
+// Fresh-page compaction of any set of heads in one round, all or nothing (the CUDA kernels' own
+// tests and benchmark): heads whose kept list is empty or keeps every token are left alone; the
+// others get ceil(kept / pageSize) new pages (OutOfPages, nothing taken, when the pool lacks them).
+std::vector<CompactHead> takeFreshPages(HeadState* const* heads, const std::vector<std::vector<int32_t>>& kept,
+                                        int pageSize, PageAllocator& pages);
+// After the round ran: the head keeps the kept positions (and mass, when given) and its pages
+// become `to`; the pages it no longer uses are released.
+void commitHead(HeadState& head, const CompactHead& c, PageAllocator& pages, std::vector<float>* mass);
+
 class PageTable {
  public:
   PageTable(int layers, int kvHeads, int pageSize, PageAllocator& pages)

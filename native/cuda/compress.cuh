@@ -53,70 +53,38 @@ void runCompact(RT& rt, const PoolView& pool, const std::vector<CompactHeadInput
   rt.launch(compactKernel, dim3((unsigned)plan.heads.size(), ys), dim3(256), p, "compact");
 }
 
-// The bookkeeping around the gather, for any pool with PagePool's allocator interface.
+// The gather with the page table's bookkeeping (takeFreshPages / commitHead), for any pool with
+// PagePool's allocator interface; optional per-token floats (massIn[i] -> massOut[i], device,
+// distinct) move with the rows.
 template <class RT, class Pool>
 void runCompactSequenceHeads(RT& rt, Pool& pool, const PoolView& view, const std::vector<HeadState*>& heads,
                              const std::vector<std::vector<int32_t>>& kept, const std::vector<const float*>& massIn,
                              const std::vector<float*>& massOut) {
-  const int P = view.pageSize;
   if (kept.size() != heads.size()) throwInvalid("one kept list per head is needed");
-  // A head that keeps every token is left alone (as on the CPU): no copy, pages stay shared.
-  std::vector<char> moves(heads.size(), 0);
-  int64_t needed = 0;
-  for (size_t i = 0; i < heads.size(); ++i) {
-    if (kept[i].empty()) continue;
-    bool identity = (int64_t)kept[i].size() == heads[i]->length();
-    for (size_t j = 0; identity && j < kept[i].size(); ++j) identity = kept[i][j] == (int32_t)j;
-    if (identity) continue;
-    moves[i] = 1;
-    needed += ((int64_t)kept[i].size() + P - 1) / P;
-  }
-  if (needed > pool.freePages())
-    throw Error(ErrorCode::OutOfPages, "compaction needs " + std::to_string(needed) +
-                                           " fresh pages but the device pool has " + std::to_string(pool.freePages()) +
-                                           "; nothing was evicted");
+  std::vector<CompactHead> round = takeFreshPages(heads.data(), kept, view.pageSize, pool);
   std::vector<CompactHeadInput> in;
-  std::vector<std::vector<int32_t>> fresh(heads.size());
-  for (size_t i = 0; i < heads.size(); ++i) {
-    if (!moves[i]) continue;
-    const int64_t n = ((int64_t)kept[i].size() + P - 1) / P;
-    fresh[i].reserve(n);
+  for (const CompactHead& c : round) {
     CompactHeadInput x;
-    x.oldPages = heads[i]->pages.data();
-    x.oldPageCount = (int64_t)heads[i]->pages.size();
-    x.oldLength = heads[i]->length();
-    x.kept = kept[i].data();
-    x.keptCount = (int32_t)kept[i].size();
-    x.massIn = i < massIn.size() ? massIn[i] : nullptr;
-    x.massOut = i < massOut.size() ? massOut[i] : nullptr;
+    x.oldPages = c.from.data();
+    x.oldPageCount = (int64_t)c.from.size();
+    x.oldLength = c.length;
+    x.kept = c.kept->data();
+    x.keptCount = (int32_t)c.kept->size();
+    x.newPages = c.to.data();
+    x.newPageCount = (int64_t)c.to.size();
+    x.massIn = c.index < massIn.size() ? massIn[c.index] : nullptr;
+    x.massOut = c.index < massOut.size() ? massOut[c.index] : nullptr;
     in.push_back(x);
-  }
-  // Take the pages only once every head is known to be valid, so a rejected call changes nothing.
-  size_t k = 0;
-  for (size_t i = 0; i < heads.size(); ++i) {
-    if (!moves[i]) continue;
-    pool.allocate(((int64_t)kept[i].size() + P - 1) / P, fresh[i]);
-    in[k].newPages = fresh[i].data();
-    in[k].newPageCount = (int64_t)fresh[i].size();
-    ++k;
   }
   try {
     runCompact(rt, view, in);
   } catch (...) {
-    for (auto& f : fresh)
-      for (int32_t p : f) pool.release(p);
+    for (const CompactHead& c : round)
+      for (int32_t p : c.to) pool.release(p);
     throw;
   }
   // Same stream: anything later written into the released pages runs after the gather.
-  for (size_t i = 0; i < heads.size(); ++i) {
-    if (!moves[i]) continue;
-    HeadState& hs = *heads[i];
-    std::vector<int32_t> pos(kept[i].size());
-    for (size_t j = 0; j < pos.size(); ++j) pos[j] = hs.positions[kept[i][j]];
-    for (int32_t p : hs.pages) pool.release(p);
-    hs.pages = std::move(fresh[i]);
-    hs.positions = std::move(pos);
-  }
+  for (const CompactHead& c : round) commitHead(*heads[c.index], c, pool, nullptr);
 }
 
 }  // namespace cuda

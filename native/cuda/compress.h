@@ -1,8 +1,8 @@
 // Device compaction: each head's kept rows (ascending token indices) gathered in order into
 // FRESH pages. In-place parallel compaction would race (a row read and overwritten in the same
-// launch); gathering into new pages lets the host release the old ones afterwards. Mirrors the
-// compaction step of Cache::compress in native/core/compress.cpp; the scores come from scores.h
-// and budgets/selection stay on the host.
+// launch); gathering into new pages lets the host release the old ones afterwards. The CPU twin is
+// native/cpu/compress.cpp; the plan (which rows, which pages) is core/page_table's, and scores come
+// from scores.h while budgets and selection stay on the host (core/allocation).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -20,9 +20,10 @@ namespace cuda {
 void compactHeads(const PoolView& pool, const std::vector<CompactHeadInput>& heads, Workspace& workspace,
                   cudaStream_t stream);
 
-// For a device pool: allocates fresh pages for every head (all or nothing: OutOfPages before
-// anything changes), gathers the kept rows, then updates pages and positions and releases the
-// old pages. A head whose kept list is empty or keeps every token is left unchanged (its mass
+// For a device pool (the kernels' own tests and benchmark; caches go through backend.h): takes
+// fresh pages for every head (all or nothing: OutOfPages before anything changes), gathers the
+// kept rows, then updates pages and positions and releases the old pages (page_table's
+// takeFreshPages and commitHead). A head whose kept list is empty or keeps every token is left unchanged (its mass
 // too). Optional mass arrays move with the rows (massIn[i] -> massOut[i], device, distinct).
 void compactSequenceHeads(DevicePool& pool, const std::vector<HeadState*>& heads,
                           const std::vector<std::vector<int32_t>>& kept, const std::vector<const float*>& massIn,
