@@ -35,6 +35,20 @@ class Shadow {
   }
 }
 
+/** Reference heads from token-major keys/values [n, kvHeads, headDim], rounded to the dtype, positions 0..n-1. */
+function splitHeads(keys: Float32Array, values: Float32Array, kvHeads: number, headDim: number, dtype: DType): RefHead[] {
+  const n = keys.length / (kvHeads * headDim);
+  const kr = roundTo(keys, dtype), vr = roundTo(values, dtype);
+  return Array.from({ length: kvHeads }, (_, h) => {
+    const hk = new Float32Array(n * headDim), hv = new Float32Array(n * headDim);
+    for (let t = 0; t < n; t++) {
+      hk.set(kr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
+      hv.set(vr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
+    }
+    return { keys: hk, values: hv, positions: Array.from({ length: n }, (_, i) => i) };
+  });
+}
+
 describe("attend matches the float64 reference", () => {
   const cases: { group: number; kvHeads: number; headDim: number; pageSize: number; dtype: DType }[] = [];
   for (const group of [1, 4, 8])
@@ -114,17 +128,7 @@ describe("long sequences and every SIMD level", () => {
         seq.append(0, keys, values);
         const q = randn(r, queryHeads * headDim);
         const out = seq.attend(0, q);
-        const heads: RefHead[] = [];
-        const kr = roundTo(keys, dtype);
-        const vr = roundTo(values, dtype);
-        for (let h = 0; h < kvHeads; h++) {
-          const hk = new Float32Array(n * headDim), hv = new Float32Array(n * headDim);
-          for (let t = 0; t < n; t++) {
-            hk.set(kr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
-            hv.set(vr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
-          }
-          heads.push({ keys: hk, values: hv, positions: Array.from({ length: n }, (_, i) => i) });
-        }
+        const heads = splitHeads(keys, values, kvHeads, headDim, dtype);
         const ref = referenceAttention(heads, q, [n - 1], queryHeads, headDim);
         expect(relativeError(out, ref)).toBeLessThan(tolerance[dtype]);
       } finally {
@@ -154,16 +158,7 @@ describe("long sequences and every SIMD level", () => {
       }
     }
     for (let i = 2; i < outs.length; i++) expect(outs[i]).toEqual(outs[i % 2]);
-    const kr = roundTo(keys, "f16"), vr = roundTo(values, "f16");
-    const heads: RefHead[] = [];
-    for (let h = 0; h < kvHeads; h++) {
-      const hk = new Float32Array(n * headDim), hv = new Float32Array(n * headDim);
-      for (let t = 0; t < n; t++) {
-        hk.set(kr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
-        hv.set(vr.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), t * headDim);
-      }
-      heads.push({ keys: hk, values: hv, positions: Array.from({ length: n }, (_, i) => i) });
-    }
+    const heads = splitHeads(keys, values, kvHeads, headDim, "f16");
     expect(relativeError(outs[0], referenceAttention(heads, q.subarray(0, queryHeads * headDim), [n - 1], queryHeads, headDim))).toBeLessThan(tolerance.f16);
     const positions = Array.from({ length: rows }, (_, i) => n - rows + i);
     expect(relativeError(outs[1], referenceAttention(heads, q, positions, queryHeads, headDim))).toBeLessThan(tolerance.f16);
