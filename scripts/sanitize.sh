@@ -7,8 +7,8 @@
 #
 # Needs: g++ with libasan and libubsan, cmake, and `npm ci` done here.
 # Usage: scripts/sanitize.sh [jest arguments]   e.g. scripts/sanitize.sh __tests__/numbers.test.ts
-# Skipped: the packaging test (npm pack and a fresh install, which builds without sanitizers) and
-# the memory test (its RSS and timing bounds mean nothing under ASan's shadow memory and quarantine).
+# Skipped: the packaging test (npm pack and a fresh install, which builds without sanitizers), and
+# the memory and soak tests (their RSS bounds mean nothing under ASan's shadow memory and quarantine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,5 +36,5 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_m
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 # Sanitized code runs several times slower: one worker, long timeouts.
 # (Test paths go first: jest's list options would take them as more ignore patterns.)
-npx jest "$@" --maxWorkers=1 --testTimeout=1200000 --testPathIgnorePatterns '/(packaging|memory)\.test\.ts$'
+npx jest "$@" --maxWorkers=1 --testTimeout=1200000 --testPathIgnorePatterns '/(packaging|memory|soak)\.test\.ts$'
 
