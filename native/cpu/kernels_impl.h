@@ -92,13 +92,7 @@ static inline void prefetchPart(const uint8_t* p, int step, Prefetch hint) {
   static_assert(kPartBytes % 64 == 0 || 64 % kPartBytes == 0, "parts must tile cache lines");
   const int64_t at = (int64_t)step * kPartBytes;
   if (kPartBytes < 64 && at % 64 != 0) return;  // one request per line
-  const uint8_t* q = p + at;
-  if (hint == Prefetch::T0)
-    for (int64_t x = 0; x < kPartBytes; x += 64) prefetchLine<(int)Prefetch::T0>(q + x);
-  else if (hint == Prefetch::T2)
-    for (int64_t x = 0; x < kPartBytes; x += 64) prefetchLine<(int)Prefetch::T2>(q + x);
-  else if (hint == Prefetch::Nta)
-    for (int64_t x = 0; x < kPartBytes; x += 64) prefetchLine<(int)Prefetch::Nta>(q + x);
+  prefetchRow(p + at, kPartBytes, hint);
 }
 
 // Scores of R = W/4 rows from row j for four query heads (q0, q0 + D, q0 + 2D, q0 + 3D): W
