@@ -340,12 +340,9 @@ export class KVCache {
       return;
     }
     if (options === null || typeof options !== "object") throw invalid("options", 'an options object or "throw"', options);
-    const names = [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), "evict", "ratio", "listener"];
-    knownOptions("options", options, names);
+    const compressOptions = embeddedCompressOptions(options, ["evict", "ratio", "listener"], { ratio: options.ratio ?? 0.5 });
     const evict = oneOf("evict", options.evict, ["largest", "oldest"] as const);
     if (options.listener !== undefined && typeof options.listener !== "function") throw invalid("listener", "a function", options.listener);
-    const own = new Set(["evict", "listener"]);
-    const compressOptions: CompressOptions = { ...Object.fromEntries(Object.entries(options).filter(([k]) => !own.has(k))), ratio: options.ratio ?? 0.5 };
     nativeCompressOptions(compressOptions, this.config, () => new Int32Array(this.config.layers * this.config.kvHeads));
     this.#pressure = { options: compressOptions, evict, listener: options.listener };
   }
@@ -557,14 +554,13 @@ export class Sequence {
       return;
     }
     if (options === null || typeof options !== "object") throw invalid("options", "an options object or false", options);
-    const names = [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), "maxTokens", "every", "onCompress"];
-    knownOptions("options", options, names);
+    const own = ["maxTokens", "every", "onCompress"];
+    const compressOptions = embeddedCompressOptions(options, own, {});
     const maxTokens = integerInRange("maxTokens", options.maxTokens, 1, 2 ** 31 - 1);
     const every = integerInRange("every", options.every ?? 256, 1, 2 ** 31 - 1);
     if (options.onCompress !== undefined && typeof options.onCompress !== "function") throw invalid("onCompress", "a function", options.onCompress);
     const onCompress = options.onCompress;
-    const own = new Set(["maxTokens", "every", "onCompress"]);
-    const compressOptions: CompressOptions = { ...Object.fromEntries(Object.entries(options).filter(([k]) => !own.has(k))), budget: maxTokens };
+    compressOptions.budget = maxTokens;
     nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
     this.#auto = { options: compressOptions, every, onCompress };
     this.#sinceCheck = 0;
@@ -881,6 +877,14 @@ export class Sequence {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+// compress() options given inside another call's options (autoCompress, onPressure): names are
+// checked against compress's, without ratio, budget and budgets, plus the call's `own` names, which
+// are dropped; `fixed` goes on top.
+function embeddedCompressOptions(options: object, own: readonly string[], fixed: CompressOptions): CompressOptions {
+  knownOptions("options", options, [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), ...own]);
+  return { ...Object.fromEntries(Object.entries(options).filter(([k]) => !own.includes(k))), ...fixed };
 }
 
 function checkTensor(name: string, a: unknown, row: number, shape: string, dtype: DType): void {
