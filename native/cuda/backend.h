@@ -189,21 +189,7 @@ class CudaBackend : public Backend {
     }
   }
 
-  void compact(const std::vector<CompactHead>& round) override {
-    std::vector<CompactHeadInput> in;
-    for (const CompactHead& c : round) {
-      CompactHeadInput x;
-      x.oldPages = c.from.data();
-      x.oldPageCount = (int64_t)c.from.size();
-      x.oldLength = c.length;
-      x.kept = c.kept->data();
-      x.keptCount = (int32_t)c.kept->size();
-      x.newPages = c.to.data();
-      x.newPageCount = (int64_t)c.to.size();
-      in.push_back(x);
-    }
-    dev_.compact(view_, in);
-  }
+  void compact(const std::vector<CompactHead>& round) override { dev_.compact(view_, compactInputs(round)); }
 
   void readRows(const HeadState& h, int32_t count, bool values, float* out) override {
     const int D = view_.headDim, P = view_.pageSize;

@@ -62,20 +62,7 @@ void runCompactSequenceHeads(RT& rt, Pool& pool, const PoolView& view, const std
                              const std::vector<float*>& massOut) {
   if (kept.size() != heads.size()) throwInvalid("one kept list per head is needed");
   std::vector<CompactHead> round = takeFreshPages(heads.data(), kept, view.pageSize, pool);
-  std::vector<CompactHeadInput> in;
-  for (const CompactHead& c : round) {
-    CompactHeadInput x;
-    x.oldPages = c.from.data();
-    x.oldPageCount = (int64_t)c.from.size();
-    x.oldLength = c.length;
-    x.kept = c.kept->data();
-    x.keptCount = (int32_t)c.kept->size();
-    x.newPages = c.to.data();
-    x.newPageCount = (int64_t)c.to.size();
-    x.massIn = c.index < massIn.size() ? massIn[c.index] : nullptr;
-    x.massOut = c.index < massOut.size() ? massOut[c.index] : nullptr;
-    in.push_back(x);
-  }
+  const std::vector<CompactHeadInput> in = compactInputs(round, massIn, massOut);
   try {
     runCompact(rt, view, in);
   } catch (...) {

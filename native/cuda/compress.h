@@ -20,6 +20,28 @@ namespace cuda {
 void compactHeads(const PoolView& pool, const std::vector<CompactHeadInput>& heads, Workspace& workspace,
                   cudaStream_t stream);
 
+// The kernels' description of a compaction round planned by the page table (CompactHead), with
+// optional per-token floats per head (massIn[c.index] -> massOut[c.index]; empty: none).
+inline std::vector<CompactHeadInput> compactInputs(const std::vector<CompactHead>& round,
+                                                   const std::vector<const float*>& massIn = {},
+                                                   const std::vector<float*>& massOut = {}) {
+  std::vector<CompactHeadInput> in;
+  for (const CompactHead& c : round) {
+    CompactHeadInput x;
+    x.oldPages = c.from.data();
+    x.oldPageCount = (int64_t)c.from.size();
+    x.oldLength = c.length;
+    x.kept = c.kept->data();
+    x.keptCount = (int32_t)c.kept->size();
+    x.newPages = c.to.data();
+    x.newPageCount = (int64_t)c.to.size();
+    x.massIn = c.index < massIn.size() ? massIn[c.index] : nullptr;
+    x.massOut = c.index < massOut.size() ? massOut[c.index] : nullptr;
+    in.push_back(x);
+  }
+  return in;
+}
+
 // For a device pool (the kernels' own tests and benchmark; caches go through backend.h): takes
 // fresh pages for every head (all or nothing: OutOfPages before anything changes), gathers the
 // kept rows, then updates pages and positions and releases the old pages (page_table's
