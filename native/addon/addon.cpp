@@ -133,6 +133,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("positions", &NativeCache::Positions),
                            InstanceMethod("appended", &NativeCache::Appended),
                            InstanceMethod("readRows", &NativeCache::ReadRows),
+                           InstanceMethod("saveSequence", &NativeCache::SaveSequence),
+                           InstanceMethod("saveSequenceAsync", &NativeCache::SaveSequenceAsync),
+                           InstanceMethod("loadSequence", &NativeCache::LoadSequence),
+                           InstanceMethod("loadSequenceAsync", &NativeCache::LoadSequenceAsync),
                            InstanceMethod("usage", &NativeCache::Usage),
                            InstanceMethod("info", &NativeCache::Info),
                            InstanceMethod("dispose", &NativeCache::Dispose),
@@ -554,6 +558,107 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     std::copy(v.begin(), v.end(), out.Data());
     return out;
   }
+  // Saved sequences: saveSequence(id, bounds Float64Array) -> Buffer, loadSequence(bytes) ->
+  // [id, bounds Float64Array]; the async variants run the same core calls in a worker.
+  static std::vector<double> boundsArg(const Napi::CallbackInfo& info, const CacheConfig& cfg) {
+    TypedView b = typedArg(info, 1, "bounds");
+    if (b.type != napi_float64_array || b.length != (size_t)cfg.layers * 3)
+      throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "bounds must be a Float64Array of layers * 3");
+    const double* d = static_cast<const double*>(b.data);
+    return std::vector<double>(d, d + b.length);
+  }
+  static std::vector<uint8_t> bytesArg(const Napi::CallbackInfo& info) {
+    TypedView v = typedArg(info, 0, "bytes");
+    if (v.type != napi_uint8_array) throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "Expected a Uint8Array (or Buffer) for bytes");
+    const uint8_t* d = static_cast<const uint8_t*>(v.data);
+    return std::vector<uint8_t>(d, d + v.length);
+  }
+  // The saved bytes become the Buffer's memory (no copy); the vector is freed with it.
+  static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, std::vector<uint8_t>&& bytes) {
+    auto* owned = new std::vector<uint8_t>(std::move(bytes));
+    return Napi::Buffer<uint8_t>::New(env, owned->data(), owned->size(),
+                                      [](Napi::Env, uint8_t*, std::vector<uint8_t>* v) { delete v; }, owned);
+  }
+  static Napi::Array loaded(Napi::Env env, int32_t id, const std::vector<double>& bounds) {
+    Napi::Array out = Napi::Array::New(env, 2);
+    auto b = Napi::Float64Array::New(env, bounds.size());
+    std::copy(bounds.begin(), bounds.end(), b.Data());
+    out.Set(0u, Napi::Number::New(env, id));
+    out.Set(1u, b);
+    return out;
+  }
+  Napi::Value SaveSequence(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence");
+    std::vector<double> bounds = boundsArg(info, c.config());
+    std::lock_guard<std::mutex> lock(c.mutex());
+    return toBuffer(env, guarded(env, [&] { return c.saveSequence(id, bounds); }));
+  }
+  Napi::Value LoadSequence(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    TypedView v = typedArg(info, 0, "bytes");
+    if (v.type != napi_uint8_array) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Uint8Array (or Buffer) for bytes");
+    std::vector<double> bounds;
+    int32_t id;
+    {
+      std::lock_guard<std::mutex> lock(c.mutex());
+      id = guarded(env, [&] { return c.loadSequence(static_cast<const uint8_t*>(v.data), v.length, bounds); });
+    }
+    reportMemory(env);
+    return loaded(env, id, bounds);
+  }
+  class SaveWorker : public CacheWorker {
+   public:
+    SaveWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, std::vector<double> bounds)
+        : CacheWorker(env, std::move(cache)), id_(id), bounds_(std::move(bounds)) {}
+
+   protected:
+    void Run(Cache& cache) override { bytes_ = cache.saveSequence(id_, bounds_); }
+    void Resolve(Napi::Env env) override { deferred_.Resolve(toBuffer(env, std::move(bytes_))); }
+
+   private:
+    int id_;
+    std::vector<double> bounds_;
+    std::vector<uint8_t> bytes_;
+  };
+  class LoadWorker : public CacheWorker {
+   public:
+    LoadWorker(Napi::Env env, std::shared_ptr<Cache> cache, std::vector<uint8_t> bytes, NativeCache* owner)
+        : CacheWorker(env, std::move(cache)), bytes_(std::move(bytes)), owner_(Napi::Persistent(owner->Value())) {}
+
+   protected:
+    void Run(Cache& cache) override { id_ = cache.loadSequence(bytes_.data(), bytes_.size(), bounds_); }
+    void Resolve(Napi::Env env) override {
+      NativeCache::Unwrap(owner_.Value())->reportMemory(env);
+      deferred_.Resolve(loaded(env, id_, bounds_));
+    }
+
+   private:
+    std::vector<uint8_t> bytes_;  // copied on the JS thread: the caller may reuse or transfer its buffer
+    Napi::ObjectReference owner_;
+    int32_t id_ = 0;
+    std::vector<double> bounds_;
+  };
+  Napi::Value SaveSequenceAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence");
+    auto* w = new SaveWorker(env, cache_, id, boundsArg(info, c.config()));
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+  Napi::Value LoadSequenceAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    cache(env);
+    auto* w = new LoadWorker(env, cache_, bytesArg(info), this);
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
   Napi::Value Usage(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     std::lock_guard<std::mutex> lock(c.mutex());

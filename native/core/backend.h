@@ -81,12 +81,17 @@ class Backend {
   virtual void scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) = 0;
   // Kept rows of every head of the round, in order, into its `to` pages.
   virtual void compact(const std::vector<CompactHead>& round) = 0;
-  // A head's first `count` K or V rows as f32, [count, headDim].
-  virtual void readRows(const HeadState& head, int32_t count, bool values, float* out) = 0;
+  // A head's first `count` K or V rows as stored (cache dtype, bit for bit), [count, headDim].
+  virtual void readRaw(const HeadState& head, int32_t count, bool values, uint8_t* out) = 0;
+  // The same rows as f32 (readRaw, then the dtype's exact widening; backend.cpp).
+  void readRows(const HeadState& head, int32_t count, bool values, float* out);
   // ||v|| of a head's first `count` value rows.
   virtual void valueNorms(const HeadState& head, int32_t count, float* out) = 0;
   // Bytes the backend holds besides the pool (device workspace), for usage().
   virtual int64_t extraBytes() const { return 0; }
+  // The rows' storage type and dimension, for readRows.
+  virtual DType dtype() const = 0;
+  virtual int headDim() const = 0;
 };
 
 // The backend for config.device. Throws BackendUnavailable (with the reason) when this build or

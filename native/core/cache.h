@@ -72,6 +72,14 @@ class Cache {
   // Copies a head's kept K or V rows out as f32, [length, headDim] (for tests and tools).
   std::vector<float> readRows(int32_t seq, int layer, int head, bool values) const;
   int32_t appended(int32_t seq, int layer) const;
+
+  // Saved sequences (sequence_file.cpp; the format is docs/sequence-format.md). `bounds` is the
+  // caller's per-layer metadata ([layers * 3] finite, >= 0: the input-check bounds of the
+  // TypeScript layer), saved with the sequence and given back by loadSequence. Loading checks the
+  // whole file (BadSequenceFile naming the problem) and the free pages (OutOfPages) before it takes
+  // a page; a failed load changes nothing.
+  std::vector<uint8_t> saveSequence(int32_t seq, const std::vector<double>& bounds) const;
+  int32_t loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds);
   Usage usage() const;
   // Host memory the cache holds resident: the pool pages written so far (when the pool is in host
   // memory) and the page bookkeeping.

@@ -31,6 +31,28 @@ int32_t PageTable::fork(int32_t seq) {
   return id;
 }
 
+int32_t PageTable::restore(Sequence state, const std::string& limits) {
+  if (state.heads.size() != heads() || state.appended.size() != (size_t)layers_)
+    throw Error(ErrorCode::Internal, "restore: the sequence state does not match the cache's shape");
+  int64_t needed = 0;
+  for (const HeadState& h : state.heads) needed += pagesFor(h.length(), pageSize_);
+  if (needed > pages_->freePages())
+    throw Error(ErrorCode::OutOfPages, "loading the sequence needs " + str(needed) + " free pages but the pool has " +
+                                           str(pages_->freePages()) + " of " + str(pages_->numPages()) + limits +
+                                           "; nothing was loaded");
+  auto s = std::make_unique<Sequence>(std::move(state));
+  s->id = nextId_++;
+  for (HeadState& h : s->heads) {
+    h.pages.clear();
+    pages_->allocate(pagesFor(h.length(), pageSize_), h.pages);
+  }
+  s->obsQueries.resize(layers_);
+  s->obsPositions.resize(layers_);
+  const int32_t id = s->id;
+  seqs_[id] = std::move(s);
+  return id;
+}
+
 void PageTable::dispose(int32_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;

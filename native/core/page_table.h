@@ -124,6 +124,10 @@ class PageTable {
   // finishes the bookkeeping.
   CompactionPlan planCompaction(Sequence& seq, const std::vector<std::vector<int32_t>>& kept, bool inPlace,
                                 std::vector<int32_t>& copies);
+  // A new sequence holding `state`'s heads (positions), appended counts, observation rows and mass
+  // (its pages and id are ignored): takes ceil(length / pageSize) pages per head, all or nothing
+  // (OutOfPages, `limits` completing the message), and returns the new id. The caller writes the rows.
+  int32_t restore(Sequence state, const std::string& limits);
   // Fresh compaction: takes the destination pages of a round (the plan checked they are free).
   void takePages(std::vector<CompactHead>& round);
   // After a round ran: the heads' pages, positions and mass become the kept ones and the pages no

@@ -31,8 +31,10 @@ class CpuBackend : public Backend {
   void attend(const AttendRequest& r) override;
   void scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) override;
   void compact(const std::vector<CompactHead>& round) override;
-  void readRows(const HeadState& head, int32_t count, bool values, float* out) override;
+  void readRaw(const HeadState& head, int32_t count, bool values, uint8_t* out) override;
   void valueNorms(const HeadState& head, int32_t count, float* out) override;
+  DType dtype() const override { return pool_->dtype(); }
+  int headDim() const override { return headDim_; }
 
  private:
   std::unique_ptr<PagePool> pool_;

@@ -191,23 +191,16 @@ class CudaBackend : public Backend {
 
   void compact(const std::vector<CompactHead>& round) override { dev_.compact(view_, compactInputs(round)); }
 
-  void readRows(const HeadState& h, int32_t count, bool values, float* out) override {
-    const int D = view_.headDim, P = view_.pageSize;
-    std::vector<uint8_t> raw((size_t)count * view_.rowBytes);
+  void readRaw(const HeadState& h, int32_t count, bool values, uint8_t* out) override {
+    const int P = view_.pageSize;
     h.forSegments(P, 0, count, [&](int32_t page, int off, int cnt, int32_t t) {
       const uint8_t* src = view_.data + (int64_t)page * view_.pageBytes + (values ? (int64_t)P * view_.rowBytes : 0) +
                            (int64_t)off * view_.rowBytes;
-      dev_.toHost(raw.data() + (size_t)t * view_.rowBytes, src, (size_t)cnt * view_.rowBytes);
+      dev_.toHost(out + (size_t)t * view_.rowBytes, src, (size_t)cnt * view_.rowBytes);
     });
-    for (size_t i = 0; i < (size_t)count * D; ++i) {
-      if (view_.dtype == 0) std::memcpy(out + i, raw.data() + 4 * i, 4);
-      else {
-        uint16_t b;
-        std::memcpy(&b, raw.data() + 2 * i, 2);
-        out[i] = view_.dtype == 1 ? f16ToF32(b) : bf16ToF32(b);
-      }
-    }
   }
+  DType dtype() const override { return (DType)view_.dtype; }
+  int headDim() const override { return view_.headDim; }
 
   void valueNorms(const HeadState& h, int32_t count, float* out) override {
     const int D = view_.headDim;
