@@ -1,6 +1,8 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
+import * as fs from "fs";
 import * as os from "os";
-import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
+import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
+import { readSequenceSource, readSequenceSourceAsync, checkSavePath } from "./sequence-file";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
 import {
@@ -184,6 +186,8 @@ export function rethrow(e: unknown): never {
       throw new DisposedError(message);
     case "ERR_LUKV_BACKEND_UNAVAILABLE":
       throw new BackendUnavailableError(message);
+    case "ERR_LUKV_BAD_SEQUENCE_FILE":
+      throw new BadSequenceFileError(message);
     default:
       throw e;
   }
@@ -399,6 +403,47 @@ export class KVCache {
     } catch (e) {
       rethrow(e);
     }
+  }
+
+  /**
+   * A new sequence restored from what `seq.save()` wrote: `source` is the bytes (a Buffer or
+   * Uint8Array) or the path of a file `seq.saveFile()` wrote. The sequence continues exactly as the
+   * saved one would have: the same kept tokens per (layer, KV head) bit for bit, positions, appended
+   * counts, observation rows and H2O mass. The cache must have the saved one's layers, kvHeads,
+   * queryHeads, headDim and dtype; its pageSize, maxTokens, device and threads may differ. Throws
+   * BadSequenceFileError (the message names the problem: magic, version, shape, checksum,
+   * truncation, a section that does not add up) or OutOfPagesError (the pool lacks the pages; the
+   * pressure policy is not applied), and then nothing was allocated. A file that cannot be read
+   * throws the file system's error. Format: docs/sequence-format.md.
+   */
+  loadSequence(source: Uint8Array | string): Sequence {
+    const bytes = readSequenceSource(source);
+    let loaded: [number, Float64Array];
+    try {
+      loaded = this.handle.loadSequence(bytes);
+    } catch (e) {
+      rethrow(e);
+    }
+    return this.#restored(loaded);
+  }
+
+  /** Like loadSequence(), reading the file and checking and writing the rows off the main thread. */
+  async loadSequenceAsync(source: Uint8Array | string): Promise<Sequence> {
+    void this.handle;
+    const bytes = await readSequenceSourceAsync(source);
+    let loaded: [number, Float64Array];
+    try {
+      loaded = await this.handle.loadSequenceAsync(bytes);
+    } catch (e) {
+      rethrow(e);
+    }
+    return this.#restored(loaded);
+  }
+
+  #restored([id, bounds]: [number, Float64Array]): Sequence {
+    const seq = this.#adopt(id);
+    seq.restoreBounds(bounds);
+    return seq;
   }
 
   /** Frees the pool and every sequence of it. Idempotent. */
@@ -849,6 +894,61 @@ export class Sequence {
   values(layer: number, head: number): Float32Array {
     const id = this.id;
     return this.#cache.handle.readRows(id, this.#layer(layer), this.#head(head), true);
+  }
+
+  /**
+   * The sequence as bytes that `cache.loadSequence()` restores, in this or another cache of the same
+   * shape and dtype (any pageSize): every (layer, KV head)'s kept positions and K/V rows in the cache
+   * dtype, bit for bit, the appended counts, the observation query rows, the H2O mass when
+   * accumulateAttention is on, and the input-check bounds, under a versioned header and a CRC-32
+   * (docs/sequence-format.md). Not saved: a recording oracle (the restored sequence does not record)
+   * and the autoCompress setting. A synchronous call: throws SequenceBusyError while async calls are
+   * pending (use saveAsync).
+   */
+  save(): Buffer {
+    const id = this.id;
+    try {
+      return this.#cache.handle.saveSequence(id, this.#bounds());
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /** Like save(), off the main thread, in call order with the sequence's other async calls: it saves the sequence as the calls before it left it. */
+  async saveAsync(): Promise<Buffer> {
+    this.#liveId();
+    return this.#enqueue(async () => {
+      try {
+        return await this.#cache.handle.saveSequenceAsync(this.#liveId(), this.#bounds());
+      } catch (e) {
+        rethrow(e);
+      }
+    });
+  }
+
+  /** save() written to the file `path` (replaced if it exists). */
+  saveFile(path: string): void {
+    checkSavePath(path);
+    fs.writeFileSync(path, this.save());
+  }
+
+  /** saveAsync() written to the file `path` (replaced if it exists). */
+  async saveFileAsync(path: string): Promise<void> {
+    checkSavePath(path);
+    await fs.promises.writeFile(path, await this.saveAsync());
+  }
+
+  // Per layer: the largest |key|, |value| and |query| seen (saved with the sequence).
+  #bounds(): Float64Array {
+    const L = this.#cache.config.layers;
+    const b = new Float64Array(L * 3);
+    for (let l = 0; l < L; l++) [b[3 * l], b[3 * l + 1], b[3 * l + 2]] = [this.#keyMax[l], this.#valueMax[l], this.#queryMax[l]];
+    return b;
+  }
+
+  /** @internal loadSequence: the bounds saved with the sequence. */
+  restoreBounds(b: Float64Array): void {
+    for (let l = 0; l < this.#keyMax.length; l++) [this.#keyMax[l], this.#valueMax[l], this.#queryMax[l]] = [b[3 * l], b[3 * l + 1], b[3 * l + 2]];
   }
 
   /** A new sequence sharing this one's pages (copy-on-write). */

@@ -11,6 +11,7 @@ export {
   BadProfileError,
   BadModelError,
   SequenceBusyError,
+  BadSequenceFileError,
 } from "./errors";
 export { f32ToF16Bits, f16BitsToF32, f32ToBf16Bits, bf16BitsToF32, toBits, fromBits, roundTo } from "./dtype";
 export type { DType } from "./dtype";

@@ -62,6 +62,10 @@ export interface NativeCache {
   positions(seq: number, layer: number, head: number): Int32Array;
   appended(seq: number, layer: number): number;
   readRows(seq: number, layer: number, head: number, values: boolean): Float32Array;
+  saveSequence(seq: number, bounds: Float64Array): Buffer;
+  saveSequenceAsync(seq: number, bounds: Float64Array): Promise<Buffer>;
+  loadSequence(bytes: Uint8Array): [number, Float64Array];
+  loadSequenceAsync(bytes: Uint8Array): Promise<[number, Float64Array]>;
   usage(): NativeUsage;
   info(): { simd: string; prefetch: string; threads: number; device: string };
   dispose(): void;
