@@ -283,6 +283,52 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     }
   });
 
+  test.each(["f32", "f16", "bf16"] as DType[])("saved sequences (%s): the same bytes from both devices, loaded across devices and page sizes bit for bit", (dtype) => {
+    const r = rng(seed ^ 0x5a ^ dtype.length);
+    const s: Shape = { layers: 2, kvHeads: 2, queryHeads: 8, headDim: 64, dtype };
+    const pair = new Pair(s);
+    const others: KVCache[] = [];
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      for (let l = 0; l < 2; l++) {
+        appendBoth(a, b, l, 45, r);
+        attendBoth(a, b, l, 4, r, "context");
+      }
+      // Streaming eviction keeps the same tokens on both devices; PyramidKV makes the layers uneven.
+      const opts: CompressOptions = { ratio: 0.5, scorer: "streaming", allocation: "pyramidkv", window: 4 };
+      expect(Array.from(b.compress(opts).kept)).toEqual(Array.from(a.compress(opts).kept));
+      for (let l = 0; l < 2; l++) appendBoth(a, b, l, 3, r);
+      const sa = a.save(), sb = b.save();
+      expect(sb.equals(sa)).toBe(true);
+      // Into the other device, at other page sizes, and back out: the same bytes.
+      const cuda8 = new KVCache({ ...s, pageSize: 8, maxTokens: 4096, threads: 1, device: "cuda" });
+      const cpu32 = new KVCache({ ...s, pageSize: 32, maxTokens: 4096, threads: 1, device: "cpu" });
+      others.push(cuda8, cpu32);
+      const onCuda = cuda8.loadSequence(sa), onCpu = cpu32.loadSequence(sb);
+      expect(onCuda.save().equals(sa)).toBe(true);
+      expect(onCpu.save().equals(sa)).toBe(true);
+      expect(samePositions(onCuda, a)).toBe(true);
+      // At the same page size the device attends over the restored copy exactly as over the original.
+      const copy = pair.cuda.loadSequence(sa);
+      for (let l = 0; l < 2; l++) {
+        const q = randn(r, 2 * 8 * 64);
+        expect(Buffer.from(copy.attend(l, q).buffer).equals(Buffer.from(b.attend(l, q).buffer))).toBe(true);
+        attendBoth(a, onCuda, l, 2, r, `restored on the device, layer ${l}`);
+      }
+      // Rejected input and a full pool leave the device pool as it was.
+      const before = pair.cuda.usage();
+      expect(() => pair.cuda.loadSequence(sa.subarray(0, sa.length - 9))).toThrow(expect.objectContaining({ name: "BadSequenceFileError" }));
+      const full = new KVCache({ ...s, pageSize: 16, maxTokens: 16 * 4, threads: 1, device: "cuda" });
+      others.push(full);
+      expect(() => full.loadSequence(sa)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+      expect(full.usage().pagesUsed).toBe(0);
+      expect(pair.cuda.usage()).toEqual(before);
+    } finally {
+      pair.dispose();
+      for (const c of others) c.dispose();
+    }
+  });
+
   test("errors: a pool larger than the device, a head dim the kernels cannot take, use after dispose", () => {
     let err: unknown;
     try {
