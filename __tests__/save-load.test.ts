@@ -122,6 +122,10 @@ describe.each(["f32", "f16", "bf16"] as DType[])("round trip, %s", (dtype) => {
   });
 });
 
+test("the test's CRC-32 is the IEEE one (check value of \"123456789\")", () => {
+  expect(crc32(Buffer.from("123456789"))).toBe(0xcbf43926);
+});
+
 test("an empty sequence and one with a single token round trip", () => {
   const cache = cacheOf("f16");
   const empty = cache.createSequence();
