@@ -29,6 +29,7 @@ function(lukv_core_sources out native)
     ${native}/core/compress.cpp
     ${native}/core/oracle.cpp
     ${native}/core/sequence_file.cpp
+    ${native}/core/crc32c.cpp
     ${native}/cpu/cache.cpp
     ${native}/cpu/attention.cpp
     ${native}/cpu/scores.cpp

@@ -900,7 +900,7 @@ export class Sequence {
    * The sequence as bytes that `cache.loadSequence()` restores, in this or another cache of the same
    * shape and dtype (any pageSize): every (layer, KV head)'s kept positions and K/V rows in the cache
    * dtype, bit for bit, the appended counts, the observation query rows, the H2O mass when
-   * accumulateAttention is on, and the input-check bounds, under a versioned header and a CRC-32
+   * accumulateAttention is on, and the input-check bounds, under a versioned header and a CRC-32C
    * (docs/sequence-format.md). Not saved: a recording oracle (the restored sequence does not record)
    * and the autoCompress setting. A synchronous call: throws SequenceBusyError while async calls are
    * pending (use saveAsync).

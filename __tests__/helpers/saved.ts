@@ -1,13 +1,13 @@
-// Saved sequences in tests: a CRC-32 written from its definition (bit by bit), the byte layout of
+// Saved sequences in tests: a CRC-32C written from its definition (bit by bit), the byte layout of
 // docs/sequence-format.md walked independently of the library, and bit-exact snapshots of sequences.
 import { Sequence } from "../../ts";
 
-/** CRC-32 (IEEE): reflected polynomial 0xEDB88320, initial value and final xor 0xFFFFFFFF, one bit at a time. */
-export function crc32(bytes: Uint8Array, end = bytes.length): number {
+/** CRC-32C (Castagnoli): reflected polynomial 0x82F63B78, initial value and final xor 0xFFFFFFFF, one bit at a time. */
+export function crc32c(bytes: Uint8Array, end = bytes.length): number {
   let c = 0xffffffff;
   for (let i = 0; i < end; i++) {
     c ^= bytes[i];
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
   }
   return (c ^ 0xffffffff) >>> 0;
 }
@@ -15,7 +15,7 @@ export function crc32(bytes: Uint8Array, end = bytes.length): number {
 /** A copy of `bytes` with its trailing checksum recomputed (a mutation that the checksum does not catch). */
 export function withChecksum(bytes: Uint8Array): Buffer {
   const b = Buffer.from(bytes);
-  if (b.length >= 4) b.writeUInt32LE(crc32(b, b.length - 4), b.length - 4);
+  if (b.length >= 4) b.writeUInt32LE(crc32c(b, b.length - 4), b.length - 4);
   return b;
 }
 

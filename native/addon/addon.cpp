@@ -574,10 +574,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return std::vector<uint8_t>(d, d + v.length);
   }
   // The saved bytes become the Buffer's memory (no copy); the vector is freed with it.
-  static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, std::vector<uint8_t>&& bytes) {
-    auto* owned = new std::vector<uint8_t>(std::move(bytes));
+  static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, Cache::SavedBytes&& bytes) {
+    auto* owned = new Cache::SavedBytes(std::move(bytes));
     return Napi::Buffer<uint8_t>::New(env, owned->data(), owned->size(),
-                                      [](Napi::Env, uint8_t*, std::vector<uint8_t>* v) { delete v; }, owned);
+                                      [](Napi::Env, uint8_t*, Cache::SavedBytes* v) { delete v; }, owned);
   }
   static Napi::Array loaded(Napi::Env env, int32_t id, const std::vector<double>& bounds) {
     Napi::Array out = Napi::Array::New(env, 2);
@@ -621,7 +621,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
    private:
     int id_;
     std::vector<double> bounds_;
-    std::vector<uint8_t> bytes_;
+    Cache::SavedBytes bytes_;
   };
   class LoadWorker : public CacheWorker {
    public:

@@ -78,7 +78,15 @@ class Cache {
   // TypeScript layer), saved with the sequence and given back by loadSequence. Loading checks the
   // whole file (BadSequenceFile naming the problem) and the free pages (OutOfPages) before it takes
   // a page; a failed load changes nothing.
-  std::vector<uint8_t> saveSequence(int32_t seq, const std::vector<double>& bounds) const;
+  // The bytes are written once, so the buffer is not zero-filled first.
+  struct NoFill : std::allocator<uint8_t> {
+    template <class U>
+    struct rebind { using other = NoFill; };
+    template <class U>
+    void construct(U* p) { ::new (static_cast<void*>(p)) U; }
+  };
+  using SavedBytes = std::vector<uint8_t, NoFill>;
+  SavedBytes saveSequence(int32_t seq, const std::vector<double>& bounds) const;
   int32_t loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds);
   Usage usage() const;
   // Host memory the cache holds resident: the pool pages written so far (when the pool is in host

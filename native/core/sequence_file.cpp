@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "cache.h"
+#include "crc32c.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the saved-sequence format is written with little-endian memory copies"
@@ -23,36 +24,6 @@ const size_t kLayerFixedBytes = 32;  // appended, observation rows, 3 bounds
 std::string str(uint64_t v) { return std::to_string(v); }
 
 [[noreturn]] void bad(const std::string& m) { throw Error(ErrorCode::BadSequenceFile, "Bad sequence file: " + m); }
-
-// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320, initial value and final xor 0xFFFFFFFF),
-// eight bytes per step with eight tables.
-struct CrcTables {
-  uint32_t t[8][256];
-  CrcTables() {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; ++i)
-      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
-  }
-};
-
-uint32_t crc32(const uint8_t* p, size_t n) {
-  static const CrcTables T;
-  uint32_t c = 0xFFFFFFFFu;
-  for (; n >= 8; n -= 8, p += 8) {
-    uint32_t a, b;
-    std::memcpy(&a, p, 4);
-    std::memcpy(&b, p + 4, 4);
-    a ^= c;
-    c = T.t[7][a & 0xff] ^ T.t[6][(a >> 8) & 0xff] ^ T.t[5][(a >> 16) & 0xff] ^ T.t[4][a >> 24] ^ T.t[3][b & 0xff] ^
-        T.t[2][(b >> 8) & 0xff] ^ T.t[1][(b >> 16) & 0xff] ^ T.t[0][b >> 24];
-  }
-  for (; n > 0; --n) c = T.t[0][(c ^ *p++) & 0xff] ^ (c >> 8);
-  return ~c;
-}
 
 class Writer {
  public:
@@ -110,7 +81,7 @@ std::string headName(int layer, int head) { return "head (layer " + std::to_stri
 
 }  // namespace
 
-std::vector<uint8_t> Cache::saveSequence(int32_t seqId, const std::vector<double>& bounds) const {
+Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& bounds) const {
   const Sequence& seq = get(seqId);
   const int L = cfg_.layers, H = cfg_.kvHeads;
   if (bounds.size() != (size_t)L * 3) throwInvalid("Expected " + str((uint64_t)L * 3) + " bounds");
@@ -122,7 +93,7 @@ std::vector<uint8_t> Cache::saveSequence(int32_t seqId, const std::vector<double
   for (int l = 0; l < L; ++l) bytes += kLayerFixedBytes + seq.obsPositions[l].size() * (4 + rowFloats * 4);
   for (const HeadState& h : seq.heads) bytes += 4 + (size_t)h.length() * (4 + (mass ? 4 : 0) + 2 * rowBytes);
 
-  std::vector<uint8_t> out(bytes);
+  SavedBytes out(bytes);
   Writer w(out.data());
   w.bytes(kMagic, 8);
   w.put<uint32_t>(kVersion);
@@ -131,7 +102,8 @@ std::vector<uint8_t> Cache::saveSequence(int32_t seqId, const std::vector<double
   for (int v : {cfg_.layers, cfg_.kvHeads, cfg_.queryHeads, cfg_.headDim}) w.put<uint32_t>((uint32_t)v);
   w.put<uint32_t>((uint32_t)cfg_.dtype);
   w.put<uint32_t>(mass ? kFlagMass : 0);
-  w.skip(kHeaderBytes - 48);  // reserved, zero
+  std::memset(w.at(), 0, kHeaderBytes - 48);  // reserved
+  w.skip(kHeaderBytes - 48);
 
   for (int l = 0; l < L; ++l) {
     const auto& pos = seq.obsPositions[l];
@@ -152,7 +124,7 @@ std::vector<uint8_t> Cache::saveSequence(int32_t seqId, const std::vector<double
     backend_->readRaw(h, (int32_t)n, true, w.at());
     w.skip(n * rowBytes);
   }
-  const uint32_t crc = crc32(out.data(), bytes - 4);
+  const uint32_t crc = crc32c(out.data(), bytes - 4);
   w.put<uint32_t>(crc);
   (void)H;
   return out;
@@ -171,8 +143,8 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
   std::memcpy(&declared, data + 16, 8);
   if (declared > size) bad("truncated: the header declares " + str(declared) + " bytes but " + str(size) + " were given");
   if (declared < size) bad("the header declares " + str(declared) + " bytes but " + str(size) + " were given (trailing bytes)");
-  const uint32_t stored = u32At(data + size - 4), actual = crc32(data, size - 4);
-  if (stored != actual) bad("checksum mismatch (stored CRC-32 " + str(stored) + ", computed " + str(actual) + "): the data is corrupt");
+  const uint32_t stored = u32At(data + size - 4), actual = crc32c(data, size - 4);
+  if (stored != actual) bad("checksum mismatch (stored CRC-32C " + str(stored) + ", computed " + str(actual) + "): the data is corrupt");
   const char* names[] = {"layers", "kvHeads", "queryHeads", "headDim", "dtype"};
   const int want[] = {cfg_.layers, cfg_.kvHeads, cfg_.queryHeads, cfg_.headDim, (int)cfg_.dtype};
   for (int k = 0; k < 5; ++k) {
