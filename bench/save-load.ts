@@ -8,12 +8,7 @@ import * as os from "os";
 import * as path from "path";
 import { KVCache, DType } from "../ts";
 import { rng } from "../ts/random";
-import { cpuLine, machine, median, printTable, timeRuns, writeResults } from "./common";
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
+import { arg, cpuLine, machine, median, printTable, timeRuns, writeResults } from "./common";
 
 const tokens = Number(arg("tokens", "32768"));
 const layers = Number(arg("layers", "4"));
