@@ -190,19 +190,16 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
   Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.createSequence(); }));
   }
   Napi::Value Fork(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.fork(id); }));
   }
   Napi::Value DisposeSequence(const Napi::CallbackInfo& info) {
     if (!cache_ || cache_->disposed()) return info.Env().Undefined();
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(cache_->mutex());
     cache_->disposeSequence(id);
     return info.Env().Undefined();
   }
@@ -220,10 +217,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (k.type == napi_float32_array) kind = InputKind::F32;
     else if (k.type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
     else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be a Float32Array or a Uint16Array of the cache dtype");
-    {
-      std::lock_guard<std::mutex> lock(c.mutex());
-      guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
-    }
+    guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
     reportMemory(env);
     return env.Undefined();
   }
@@ -268,13 +262,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     AttendCall a = attendArgs(info, c, q);
     Napi::Float32Array out = outArg(info, q.length);
     if (out.IsEmpty()) out = Napi::Float32Array::New(env, q.length);
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.attend(a.id, a.layer, a.tokens, static_cast<const float*>(q.data), out.Data(), a.scale); });
     return out;
   }
 
   // An async call on the cache: Run() executes on a libuv thread (no Node-API there, only the
-  // core) under the cache lock; its errors become the promise's rejection with their typed code.
+  // core; the cache locks what it needs); its errors become the promise's rejection with their typed code.
   class CacheWorker : public Napi::AsyncWorker {
    public:
     CacheWorker(Napi::Env env, std::shared_ptr<Cache> cache)
@@ -292,7 +285,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
    private:
     void Execute() override {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
       try {
         if (cache_->disposed()) throw Error(ErrorCode::Disposed, "KVCache was used after dispose()");
         Run(*cache_);
@@ -427,7 +419,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence");
     if (info.Length() < 2 || !info[1].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[1].As<Napi::Object>(), c.config());
-    std::lock_guard<std::mutex> lock(c.mutex());
     CompressReport r = guarded(env, [&] { return c.compress(id, opt); });
     return reportToJs(env, r);
   }
@@ -466,7 +457,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     if (info.Length() < 3 || !info[2].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[2].As<Napi::Object>(), c.config());
-    std::lock_guard<std::mutex> lock(c.mutex());
     return perHeadArrays(env, guarded(env, [&] { return c.scores(id, layer, opt.score); }));
   }
 
@@ -474,7 +464,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
     bool on = info.Length() > 1 && info[1].ToBoolean().Value();
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(info.Env(), [&] { c.setAccumulate(id, on); });
     return info.Env().Undefined();
   }
@@ -495,14 +484,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       }
     }
     bool normalize = info.Length() > 2 && info[2].ToBoolean().Value();
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.recordOracle(id, wo, normalize); });
     return env.Undefined();
   }
   Napi::Value StopOracle(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(info.Env(), [&] { c.stopOracle(id); });
     return info.Env().Undefined();
   }
@@ -511,14 +498,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(env);
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
     if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return perHeadArrays(env, guarded(env, [&] { return c.oracle(id, layer); }));
   }
 
   Napi::Value Lengths(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.lengths(id); });
     auto out = Napi::Int32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -529,7 +514,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer"), head = intArg(info, 2, "head");
     if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
       throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.positions(id, layer, head); });
     auto out = Napi::Int32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -539,7 +523,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
     if (layer < 0 || layer >= c.config().layers) throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.appended(id, layer); }));
   }
   Napi::Value ReadRows(const Napi::CallbackInfo& info) {
@@ -548,7 +531,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     bool values = info.Length() > 3 && info[3].ToBoolean().Value();
     if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
       throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.readRows(id, layer, head, values); });
     auto out = Napi::Float32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -556,7 +538,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   }
   Napi::Value Usage(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto u = guarded(info.Env(), [&] { return c.usage(); });
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("pagesTotal", (double)u.pagesTotal);
@@ -576,10 +557,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return o;
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    if (cache_) {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
-      cache_->dispose();
-    }
+    if (cache_) cache_->dispose();  // waits for the calls in flight
     reportMemory(info.Env());
     return info.Env().Undefined();
   }
@@ -589,10 +567,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   // Only append grows it (the pool never shrinks until the cache is freed).
   void reportMemory(Napi::Env env) {
     int64_t now = 0;
-    if (cache_ && !cache_->disposed()) {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
-      now = (int64_t)cache_->residentBytes();
-    }
+    if (cache_ && !cache_->disposed()) now = (int64_t)cache_->residentBytes();
     if (now != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, now - reported_);
     reported_ = now;
   }
