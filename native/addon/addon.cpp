@@ -2,11 +2,13 @@
 // guard the native code against anything that slips through.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
 #include <thread>
 
+#include "../core/allocation.h"
 #include "../core/cache.h"
 #include "../cpu/kernels.h"
 #include "../cpu/membench.h"
@@ -646,6 +648,23 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// keepOrder(scores: Float32Array, sink, window) -> Int32Array: the tokens outside the sink and the
+// window, best first, ranked exactly as compress ranks them (core/allocation keepOrder).
+Napi::Value KeepOrder(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (Float32Array scores, sink, window)");
+  Napi::Float32Array scores = info[0].As<Napi::Float32Array>();
+  const int sink = info[1].As<Napi::Number>().Int32Value(), window = info[2].As<Napi::Number>().Int32Value();
+  if (sink < 0 || window < 0 || scores.ElementLength() > (size_t)INT32_MAX)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected sink and window >= 0 and at most 2^31-1 scores");
+  const std::vector<int32_t> order = keepOrder(scores.Data(), (int32_t)scores.ElementLength(), sink, window);
+  Napi::Int32Array out = Napi::Int32Array::New(env, order.size());
+  std::copy(order.begin(), order.end(), out.Data());
+  return out;
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat, the faster of a read with and
 // one without software prefetch (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
@@ -663,6 +682,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeCache", NativeCache::Init(env));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
   exports.Set("scanValues", Napi::Function::New(env, ScanValues));
+  exports.Set("keepOrder", Napi::Function::New(env, KeepOrder));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   return exports;
 }
