@@ -576,7 +576,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(env);
     int id = intArg(info, 0, "sequence");
     std::vector<double> bounds = boundsArg(info, c.config());
-    std::lock_guard<std::mutex> lock(c.mutex());
     return toBuffer(env, guarded(env, [&] { return c.saveSequence(id, bounds); }));
   }
   Napi::Value LoadSequence(const Napi::CallbackInfo& info) {
@@ -585,11 +584,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     TypedView v = typedArg(info, 0, "bytes");
     if (v.type != napi_uint8_array) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Uint8Array (or Buffer) for bytes");
     std::vector<double> bounds;
-    int32_t id;
-    {
-      std::lock_guard<std::mutex> lock(c.mutex());
-      id = guarded(env, [&] { return c.loadSequence(static_cast<const uint8_t*>(v.data), v.length, bounds); });
-    }
+    const int32_t id = guarded(env, [&] { return c.loadSequence(static_cast<const uint8_t*>(v.data), v.length, bounds); });
     reportMemory(env);
     return loaded(env, id, bounds);
   }

@@ -82,7 +82,8 @@ std::string headName(int layer, int head) { return "head (layer " + std::to_stri
 }  // namespace
 
 Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& bounds) const {
-  const Sequence& seq = get(seqId);
+  Held held = hold(seqId, true);
+  const Sequence& seq = *held.seq;
   const int L = cfg_.layers, H = cfg_.kvHeads;
   if (bounds.size() != (size_t)L * 3) throwInvalid("Expected " + str((uint64_t)L * 3) + " bounds");
   const size_t rowBytes = (size_t)cfg_.headDim * dtypeBytes(cfg_.dtype);
@@ -131,6 +132,7 @@ Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& 
 }
 
 int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds) {
+  std::shared_lock<std::shared_mutex> life(life_);
   checkLive();
   const int L = cfg_.layers, H = cfg_.kvHeads;
   // Header: identity and declared size first, then the checksum over everything, then the shape.
@@ -224,9 +226,18 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
   if (r.left() != 0) bad(str(r.left()) + " bytes after the last head section");
 
   // Pages (all or nothing), then the rows through the backend's append path, one head at a time.
-  const int32_t id = table_->restore(std::move(s), limits_);
+  // Nobody else knows the new id until it is returned, so its own lock is not needed.
+  int32_t id;
+  const Sequence* restored;
+  {
+    auto table = lockTable();
+    id = registerSequence(table_->restore(std::move(s), limits_));
+    restored = &table_->get(id);
+  }
   try {
-    const Sequence& seq = table_->get(id);
+    std::unique_lock<std::mutex> exec;
+    if (!backend_->concurrent()) exec = std::unique_lock<std::mutex>(exec_);
+    const Sequence& seq = *restored;
     const InputKind kind = cfg_.dtype == DType::F32 ? InputKind::F32 : InputKind::Raw16;
     const int P = cfg_.pageSize;
     for (size_t i = 0; i < seq.heads.size(); ++i) {
@@ -238,7 +249,9 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
       backend_->writeRows(plan, h.length(), 1, keys[i], values[i], kind);
     }
   } catch (...) {
+    auto table = lockTable();
     table_->dispose(id);
+    seqMu_.erase(id);
     throw;
   }
   bounds = std::move(b);
