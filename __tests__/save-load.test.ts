@@ -175,6 +175,23 @@ test("files, async variants and call order: saveAsync sees the calls queued befo
   expect(() => cache.loadSequence(bytes)).toThrow(/used after dispose/);
 });
 
+test("saving and loading run beside other sequences' calls: no other sequence is busy meanwhile", async () => {
+  const r = rng(seed + 17);
+  const cache = cacheOf("bf16");
+  const a = buildSequence(cache, r), b = buildSequence(cache, r);
+  const bytes = a.save();
+  const saving = a.saveAsync();
+  const loading = cache.loadSequenceAsync(bytes);
+  expect(a.pending).toBe(1);
+  appendAll([b], 3, r); // b is not held up by a's queue or by the load
+  expect(b.lengths().length).toBe(shape.layers * shape.kvHeads);
+  const [saved, loaded] = await Promise.all([saving, loading]);
+  expect(saved.equals(bytes)).toBe(true);
+  expectSame(a, loaded);
+  expect(loaded.save().equals(bytes)).toBe(true);
+  cache.dispose();
+});
+
 describe("rejected inputs change nothing", () => {
   const r = rng(seed + 23);
   const cache = cacheOf("f16");
