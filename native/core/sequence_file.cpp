@@ -84,12 +84,13 @@ std::string headName(int layer, int head) { return "head (layer " + std::to_stri
 Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& bounds) const {
   Held held = hold(seqId, true);
   const Sequence& seq = *held.seq;
-  const int L = cfg_.layers, H = cfg_.kvHeads;
+  const int L = cfg_.layers;
   if (bounds.size() != (size_t)L * 3) throwInvalid("Expected " + str((uint64_t)L * 3) + " bounds");
   const size_t rowBytes = (size_t)cfg_.headDim * dtypeBytes(cfg_.dtype);
   const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
   const bool mass = seq.accumulate;
-  // Observation rows as a reader sees them: at most the last `observationWindow` are used.
+  // Every observation row a layer holds (up to twice observationWindow), so that the window moves
+  // on after loading as it would have on the original.
   size_t bytes = kHeaderBytes + 4;
   for (int l = 0; l < L; ++l) bytes += kLayerFixedBytes + seq.obsPositions[l].size() * (4 + rowFloats * 4);
   for (const HeadState& h : seq.heads) bytes += 4 + (size_t)h.length() * (4 + (mass ? 4 : 0) + 2 * rowBytes);
@@ -127,7 +128,6 @@ Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& 
   }
   const uint32_t crc = crc32c(out.data(), bytes - 4);
   w.put<uint32_t>(crc);
-  (void)H;
   return out;
 }
 
