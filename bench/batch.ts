@@ -1,0 +1,100 @@
+// Batched decode steps on the CPU: (a) one attendBatch over many long sequences against a plain
+// read of the same bytes, measured in the same run; (b) one attendBatch over many short sequences
+// against one attend call per sequence (what batching saves in per-call overhead).
+// Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15]
+import { KVCache, Sequence, backends } from "../ts";
+import { native } from "../ts/native";
+import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+
+const sequences = Number(arg("sequences", "16"));
+const longTokens = Number(arg("long", "4096"));
+const shortTokens = Number(arg("short", "256"));
+const repeats = Number(arg("repeats", "15"));
+const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16;
+const b = backends();
+const threads = b.cpu.threads;
+
+console.log(`batched decode, ${sequences} sequences, ${kvHeads} KV heads x ${queryHeads} query heads, headDim ${headDim}, f16, pageSize ${pageSize}`);
+console.log(`CPU: ${cpuLine()}; ${threads} threads, kernels ${b.cpu.simd}, prefetch ${b.cpu.prefetch}; median of ${repeats} runs\n`);
+
+/** A cache holding `sequences` sequences of `tokens` tokens each (small f16 values). */
+function build(tokens: number): { cache: KVCache; seqs: Sequence[] } {
+  const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: kvHeads * sequences * (tokens + pageSize) });
+  const chunk = Math.min(tokens, 4096);
+  const rows16 = new Uint16Array(chunk * kvHeads * headDim);
+  const seqs: Sequence[] = [];
+  for (let s = 0; s < sequences; s++) {
+    for (let i = 0; i < rows16.length; i++) rows16[i] = 0x3000 + (((i + s * 7919) * 2654435761) >>> 22);
+    const seq = cache.createSequence();
+    for (let done = 0; done < tokens; done += chunk) {
+      const part = rows16.subarray(0, Math.min(chunk, tokens - done) * kvHeads * headDim);
+      seq.append(0, part, part);
+    }
+    seqs.push(seq);
+  }
+  return { cache, seqs };
+}
+
+// Decode: one query row per sequence, outputs reused as a decode loop would.
+function decodeCalls(seqs: Sequence[], cache: KVCache) {
+  const qs = seqs.map((_, s) => new Float32Array(queryHeads * headDim).map((_, i) => Math.sin(i + s) * 0.1));
+  const outs = qs.map((q) => new Float32Array(q.length));
+  const items = seqs.map((sequence, i) => ({ sequence, queries: qs[i], out: outs[i] }));
+  return {
+    batch: () => cache.attendBatch(0, items),
+    separate: () => seqs.forEach((s, i) => s.attend(0, qs[i], { out: outs[i] })),
+  };
+}
+
+// Alternating rounds, so that every median comes from the same stretch of time on a shared machine.
+function measure(fns: Record<string, () => void>, runs: number, bytes?: number): Record<string, number[]> {
+  const rounds = 5;
+  const perRound = Math.max(1, Math.ceil(runs / rounds));
+  const out: Record<string, number[]> = Object.fromEntries(Object.keys(fns).map((k) => [k, []]));
+  if (bytes !== undefined) out.read = [];
+  for (let round = 0; round < rounds; round++) {
+    for (const [k, fn] of Object.entries(fns)) {
+      pause(10);
+      out[k].push(...timeRuns(fn, perRound, round === 0 ? 2 : 1));
+    }
+    if (bytes !== undefined) {
+      pause(10);
+      out.read.push(...native().memoryReadBenchmark(bytes, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
+    }
+  }
+  return out;
+}
+
+const table: (string | number)[][] = [];
+const results: Record<string, unknown> = {};
+
+{
+  const { cache, seqs } = build(longTokens);
+  const calls = decodeCalls(seqs, cache);
+  const bytes = sequences * longTokens * kvHeads * headDim * 2 * 2; // K and V, f16
+  const m = measure({ batch: calls.batch, separate: calls.separate }, repeats, bytes);
+  const batchMs = median(m.batch), separateMs = median(m.separate), readMs = median(m.read);
+  const ratio = readMs / batchMs;
+  table.push([`${sequences} x ${longTokens}`, (bytes / 2 ** 20).toFixed(0), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), ratio.toFixed(2), (separateMs / batchMs).toFixed(2)]);
+  results.long = { tokens: longTokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, ratioToRead: ratio, runs: m };
+  cache.dispose();
+}
+{
+  const { cache, seqs } = build(shortTokens);
+  const calls = decodeCalls(seqs, cache);
+  const bytes = sequences * shortTokens * kvHeads * headDim * 2 * 2;
+  const m = measure({ batch: calls.batch, separate: calls.separate }, repeats * 10, bytes);
+  const batchMs = median(m.batch), separateMs = median(m.separate), readMs = median(m.read);
+  table.push([`${sequences} x ${shortTokens}`, (bytes / 2 ** 20).toFixed(0), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), (readMs / batchMs).toFixed(2), (separateMs / batchMs).toFixed(2)]);
+  results.short = { tokens: shortTokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, speedup: separateMs / batchMs, runs: m };
+  cache.dispose();
+}
+
+printTable(["sequences x tokens", "K+V MiB", "attendBatch ms", "separate ms", "plain read ms", "read / batch", "separate / batch"], table);
+const file = writeResults("batch", { benchmark: "batched decode", sequences, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, machine: machine(), results });
+console.log(`\nwritten ${file}`);
