@@ -22,7 +22,7 @@ function bits(a: Float32Array): string {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString("hex");
 }
 
-/** Sequences of mixed shapes: short and long, a fork sharing pages, one evicted to empty heads. */
+/** Sequences of mixed shapes: short and long, a fork sharing pages, and one to be evicted (last). */
 function mixedSequences(cache: KVCache, r: () => number, long = 300): Sequence[] {
   const { layers, kvHeads } = cache.config;
   const lengths = [1, 7, 40, long];
@@ -35,14 +35,21 @@ function mixedSequences(cache: KVCache, r: () => number, long = 300): Sequence[]
   const fork = seqs[3].fork();
   for (let l = 0; l < layers; l++) append(fork, l, 5, r);
   seqs.push(fork);
-  // Evicted with explicit budgets: head 0 of every layer keeps nothing, the others a few tokens.
   const evicted = cache.createSequence();
   for (let l = 0; l < layers; l++) append(evicted, l, 50, r);
-  const budgets = Int32Array.from({ length: layers * kvHeads }, (_, i) => (i % kvHeads === 0 ? 0 : 9));
-  evicted.compress({ budgets, scorer: "knorm", sink: 0, window: 0 });
-  expect(evicted.lengths()[0]).toBe(0);
   seqs.push(evicted);
   return seqs;
+}
+
+/**
+ * Keeps only the newest token on head 0 of every layer (9 on the others): after a prefill chunk
+ * was appended, its earlier query rows then see no token at all on head 0.
+ */
+function evictToNewest(seq: Sequence): void {
+  const { layers, kvHeads } = seq.cache.config;
+  const budgets = Int32Array.from({ length: layers * kvHeads }, (_, i) => (i % kvHeads === 0 ? 1 : 9));
+  seq.compress({ budgets, scorer: "knorm", sink: 0, window: 1 });
+  expect(seq.lengths()[0]).toBe(1);
 }
 
 describe("attendBatch equals per-sequence attend", () => {
@@ -59,6 +66,8 @@ describe("attendBatch equals per-sequence attend", () => {
       // Prefill chunks on some sequences (rows appended just before), one decode row on the others.
       const tokens = seqs.map((_, i) => (i % 2 === 0 ? 1 : 5));
       seqs.forEach((s, i) => append(s, layer, tokens[i], r));
+      evictToNewest(seqs[seqs.length - 1]);
+      expect(tokens[seqs.length - 1]).toBe(5);
       const queries = seqs.map((s, i) => rows(s, tokens[i], r, "q"));
       // Raw 16-bit queries for one item where the dtype has them.
       const given: (Float32Array | Uint16Array)[] = queries.map((q, i) => (dtype !== "f32" && i === 1 ? toBits(q, dtype) : q));
@@ -114,7 +123,7 @@ describe("attendBatch equals per-sequence attend", () => {
       }
       const ma = a.scores(0, "h2o"), mt = twin.scores(0, "h2o");
       expect(ma.map(bits)).toEqual(mt.map(bits));
-      const sa = a.scores(0, "snapkv"), st = twin.scores(0, "snapkv");
+      const sa = a.scores(0, "snapkv", { window: 6 }), st = twin.scores(0, "snapkv", { window: 6 });
       expect(sa.map(bits)).toEqual(st.map(bits));
     } finally {
       cache.dispose();
@@ -131,7 +140,7 @@ describe("appendBatch", () => {
         const a = [cache.createSequence(), cache.createSequence(), cache.createSequence()];
         append(a[0], 1, 6, r);
         const b = a.map((s) => s.fork());
-        const tokens = [3, 0, 9];
+        const tokens = [3, 1, 9];
         const kv = tokens.map((n) => [randn(r, n * 16), randn(r, n * 16)]).map(([k, v]) => (raw ? [toBits(k, "bf16"), toBits(v, "bf16")] : [k, v]));
         cache.appendBatch(1, a.map((sequence, i) => ({ sequence, keys: kv[i][0], values: kv[i][1] })));
         b.forEach((s, i) => s.append(1, kv[i][0], kv[i][1]));
@@ -211,15 +220,15 @@ describe("appendBatch", () => {
     const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64, dtype: "f32", device: "cpu" });
     try {
       const big = cache.createSequence();
-      append(big, 0, 56, r); // 14 of 16 pages
+      append(big, 0, 60, r); // 15 of 16 pages
       const a = cache.createSequence(), b = cache.createSequence();
       const items = [{ sequence: a, keys: randn(r, 16), values: randn(r, 16) }, { sequence: b, keys: randn(r, 16), values: randn(r, 16) }];
       expect(() => cache.appendBatch(0, items)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
       const events: string[] = [];
-      cache.onPressure({ evict: "largest", scorer: "knorm", ratio: 0.5, listener: (e) => events.push(`${e.sequence === big}:${e.requestedBy === a}`) });
+      cache.onPressure({ evict: "largest", scorer: "knorm", ratio: 0.5, sink: 0, window: 0, listener: (e) => events.push(`${e.sequence === big}:${e.requestedBy === a}`) });
       cache.appendBatch(0, items);
       expect(events).toEqual(["true:true"]);
-      expect([a.appended(0), b.appended(0), big.lengths()[0]]).toEqual([4, 4, 28]);
+      expect([a.appended(0), b.appended(0), big.lengths()[0]]).toEqual([4, 4, 30]);
       expect(cache.pressureStats.events).toBe(1);
     } finally {
       cache.dispose();
@@ -242,7 +251,7 @@ describe("batch checks", () => {
   test("empty batch, bad layer and items", () => {
     expect(cache.attendBatch(0, [])).toEqual([]);
     expect(() => cache.attendBatch(2, [])).toThrow("Expected integer between 0 and 1 for layer but received 2");
-    expect(() => cache.attendBatch(0, {} as unknown as AttendBatchItem[])).toThrow("Expected an array of batch items for items but received Object");
+    expect(() => cache.attendBatch(0, {} as unknown as AttendBatchItem[])).toThrow("Expected an array of batch items for items but received object");
     expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q(), scale: 1 } as AttendBatchItem])).toThrow(/items\[0\]/);
     expect(() => cache.attendBatch(0, [{ sequence: other.createSequence(), queries: q() }])).toThrow(/Expected a Sequence of this cache for items\[0\]\.sequence/);
     expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s0, queries: q() }])).toThrow(
@@ -302,7 +311,7 @@ describe("batches in call order with queued async calls", () => {
       // b's two query rows are the two rows the queued batch appends: accepted at the call.
       const p2 = cache.attendBatchAsync(0, [{ sequence: a, queries: q1 }, { sequence: b, queries: qb }]).then((o) => (order.push("attendBatchAsync"), o));
       const p3 = a.compressAsync(compress).then((rep) => (order.push("a.compressAsync"), rep));
-      const p4 = cache.attendBatchAsync(0, [{ sequence: b, queries: randn(r, 16) }, { sequence: a, queries: q2 }]).then((o) => (order.push("attendBatchAsync 2"), o));
+      const p4 = cache.attendBatchAsync(0, [{ sequence: b, queries: randn(r, 32) }, { sequence: a, queries: q2 }]).then((o) => (order.push("attendBatchAsync 2"), o));
       expect(() => b.lengths()).toThrow(expect.objectContaining({ name: "SequenceBusyError" }));
       const [o0, , o2, rep, o4] = await Promise.all([p0, p1, p2, p3, p4]);
       expect(order).toEqual(["a.attendAsync", "appendBatchAsync", "attendBatchAsync", "a.compressAsync", "attendBatchAsync 2"]);
