@@ -98,20 +98,30 @@ function checkAttendBatch(
     item.sequence.checkAttend(l, item.queries, { out: item.out } as AttendOptions, scale, `items[${i}].`),
   );
   // An item's output must not overlap another item's queries or output: the batch reads every
-  // item's queries after it wrote outputs (the observation window) and writes all outputs.
-  const spans = list.flatMap((item, i) => [
-    { i, what: "queries", a: item.queries },
-    ...(item.out ? [{ i, what: "out", a: item.out as Float32Array | Uint16Array }] : []),
-  ]);
-  list.forEach((item, i) => {
-    const out = item.out;
-    if (out === undefined) return;
-    for (const s of spans) {
-      if (s.i === i || s.a.buffer !== out.buffer) continue;
-      const a0 = out.byteOffset, a1 = a0 + out.byteLength, b0 = s.a.byteOffset, b1 = b0 + s.a.byteLength;
-      if (a0 < b1 && b0 < a1) throw invalid(`items[${i}].out`, `an array that does not overlap items[${s.i}].${s.what}`, out);
+  // item's queries after it wrote outputs (the observation window) and writes all outputs. Only
+  // arrays over one buffer can overlap: grouped by buffer, the check is linear in the items.
+  if (list.some((item) => item.out !== undefined)) {
+    const byBuffer = new Map<ArrayBufferLike, { i: number; what: string; a: ArrayBufferView }[]>();
+    list.forEach((item, i) => {
+      for (const [what, a] of [["queries", item.queries], ["out", item.out]] as const) {
+        if (a === undefined) continue;
+        const group = byBuffer.get(a.buffer);
+        if (group) group.push({ i, what, a });
+        else byBuffer.set(a.buffer, [{ i, what, a }]);
+      }
+    });
+    for (const group of byBuffer.values()) {
+      if (group.length < 2) continue;
+      for (const o of group) {
+        if (o.what !== "out") continue;
+        for (const x of group) {
+          if (x.i === o.i) continue;
+          const a0 = o.a.byteOffset, a1 = a0 + o.a.byteLength, b0 = x.a.byteOffset, b1 = b0 + x.a.byteLength;
+          if (a0 < b1 && b0 < a1) throw invalid(`items[${o.i}].out`, `an array that does not overlap items[${x.i}].${x.what}`, o.a);
+        }
+      }
     }
-  });
+  }
   return { l, scale, seqs, ids, parts };
 }
 
