@@ -99,6 +99,8 @@ export interface NativeAddon {
    * raw f16 (1) or bf16 (2) words in a Uint16Array, where bad means not finite.
    */
   scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, limit: number): [number, number];
+  /** The tokens outside the first `sink` and last `window`, best first, ranked as compress ranks them (NaN lowest, ties to the earlier position). */
+  keepOrder(scores: Float32Array, sink: number, window: number): Int32Array;
   /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes (the faster of a read with and one without software prefetch). */
   memoryReadBenchmark(bytes: number, threads: number, repeats: number): number[];
 }

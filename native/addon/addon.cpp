@@ -2,11 +2,13 @@
 // guard the native code against anything that slips through.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
 #include <thread>
 
+#include "../core/allocation.h"
 #include "../core/cache.h"
 #include "../cpu/kernels.h"
 #include "../cpu/membench.h"
@@ -193,19 +195,16 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
   Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.createSequence(); }));
   }
   Napi::Value Fork(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.fork(id); }));
   }
   Napi::Value DisposeSequence(const Napi::CallbackInfo& info) {
     if (!cache_ || cache_->disposed()) return info.Env().Undefined();
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(cache_->mutex());
     cache_->disposeSequence(id);
     return info.Env().Undefined();
   }
@@ -223,10 +222,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (k.type == napi_float32_array) kind = InputKind::F32;
     else if (k.type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
     else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be a Float32Array or a Uint16Array of the cache dtype");
-    {
-      std::lock_guard<std::mutex> lock(c.mutex());
-      guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
-    }
+    guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
     reportMemory(env);
     return env.Undefined();
   }
@@ -271,13 +267,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     AttendCall a = attendArgs(info, c, q);
     Napi::Float32Array out = outArg(info, q.length);
     if (out.IsEmpty()) out = Napi::Float32Array::New(env, q.length);
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.attend(a.id, a.layer, a.tokens, static_cast<const float*>(q.data), out.Data(), a.scale); });
     return out;
   }
 
   // An async call on the cache: Run() executes on a libuv thread (no Node-API there, only the
-  // core) under the cache lock; its errors become the promise's rejection with their typed code.
+  // core; the cache locks what it needs); its errors become the promise's rejection with their typed code.
   class CacheWorker : public Napi::AsyncWorker {
    public:
     CacheWorker(Napi::Env env, std::shared_ptr<Cache> cache)
@@ -295,7 +290,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
    private:
     void Execute() override {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
       try {
         if (cache_->disposed()) throw Error(ErrorCode::Disposed, "KVCache was used after dispose()");
         Run(*cache_);
@@ -444,7 +438,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       result.Set((uint32_t)i, out);
       items.push_back({a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), out.Data()});
     }
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.attendBatch(a.layer, items, a.scale); });
     return result;
   }
@@ -526,10 +519,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be Float32Arrays or Uint16Arrays of the cache dtype");
       items.push_back({ids[i], (int)(k[i].length / row), k[i].data, v[i].data});
     }
-    {
-      std::lock_guard<std::mutex> lock(c.mutex());
-      guarded(env, [&] { c.appendBatch(layer, items, kind); });
-    }
+    guarded(env, [&] { c.appendBatch(layer, items, kind); });
     reportMemory(env);
     return env.Undefined();
   }
@@ -598,7 +588,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence");
     if (info.Length() < 2 || !info[1].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[1].As<Napi::Object>(), c.config());
-    std::lock_guard<std::mutex> lock(c.mutex());
     CompressReport r = guarded(env, [&] { return c.compress(id, opt); });
     return reportToJs(env, r);
   }
@@ -637,7 +626,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     if (info.Length() < 3 || !info[2].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[2].As<Napi::Object>(), c.config());
-    std::lock_guard<std::mutex> lock(c.mutex());
     return perHeadArrays(env, guarded(env, [&] { return c.scores(id, layer, opt.score); }));
   }
 
@@ -645,7 +633,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
     bool on = info.Length() > 1 && info[1].ToBoolean().Value();
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(info.Env(), [&] { c.setAccumulate(id, on); });
     return info.Env().Undefined();
   }
@@ -666,14 +653,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       }
     }
     bool normalize = info.Length() > 2 && info[2].ToBoolean().Value();
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.recordOracle(id, wo, normalize); });
     return env.Undefined();
   }
   Napi::Value StopOracle(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(info.Env(), [&] { c.stopOracle(id); });
     return info.Env().Undefined();
   }
@@ -682,14 +667,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(env);
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
     if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return perHeadArrays(env, guarded(env, [&] { return c.oracle(id, layer); }));
   }
 
   Napi::Value Lengths(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.lengths(id); });
     auto out = Napi::Int32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -700,7 +683,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer"), head = intArg(info, 2, "head");
     if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
       throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.positions(id, layer, head); });
     auto out = Napi::Int32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -710,7 +692,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
     if (layer < 0 || layer >= c.config().layers) throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.appended(id, layer); }));
   }
   Napi::Value ReadRows(const Napi::CallbackInfo& info) {
@@ -719,7 +700,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     bool values = info.Length() > 3 && info[3].ToBoolean().Value();
     if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
       throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.readRows(id, layer, head, values); });
     auto out = Napi::Float32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -727,7 +707,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   }
   Napi::Value Usage(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto u = guarded(info.Env(), [&] { return c.usage(); });
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("pagesTotal", (double)u.pagesTotal);
@@ -747,10 +726,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return o;
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    if (cache_) {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
-      cache_->dispose();
-    }
+    if (cache_) cache_->dispose();  // waits for the calls in flight
     reportMemory(info.Env());
     return info.Env().Undefined();
   }
@@ -760,10 +736,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   // Only append grows it (the pool never shrinks until the cache is freed).
   void reportMemory(Napi::Env env) {
     int64_t now = 0;
-    if (cache_ && !cache_->disposed()) {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
-      now = (int64_t)cache_->residentBytes();
-    }
+    if (cache_ && !cache_->disposed()) now = (int64_t)cache_->residentBytes();
     if (now != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, now - reported_);
     reported_ = now;
   }
@@ -842,6 +815,23 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// keepOrder(scores: Float32Array, sink, window) -> Int32Array: the tokens outside the sink and the
+// window, best first, ranked exactly as compress ranks them (core/allocation keepOrder).
+Napi::Value KeepOrder(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (Float32Array scores, sink, window)");
+  Napi::Float32Array scores = info[0].As<Napi::Float32Array>();
+  const int sink = info[1].As<Napi::Number>().Int32Value(), window = info[2].As<Napi::Number>().Int32Value();
+  if (sink < 0 || window < 0 || scores.ElementLength() > (size_t)INT32_MAX)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected sink and window >= 0 and at most 2^31-1 scores");
+  const std::vector<int32_t> order = keepOrder(scores.Data(), (int32_t)scores.ElementLength(), sink, window);
+  Napi::Int32Array out = Napi::Int32Array::New(env, order.size());
+  std::copy(order.begin(), order.end(), out.Data());
+  return out;
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat, the faster of a read with and
 // one without software prefetch (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
@@ -859,6 +849,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeCache", NativeCache::Init(env));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
   exports.Set("scanValues", Napi::Function::New(env, ScanValues));
+  exports.Set("keepOrder", Napi::Function::New(env, KeepOrder));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   return exports;
 }

@@ -69,6 +69,9 @@ class Backend {
   virtual size_t pageBytes() const = 0;
   // Compaction writes the kept rows into the head's own first pages (true) or into fresh pages.
   virtual bool compactsInPlace() const = 0;
+  // Calls on different sequences may run at the same time (see Cache); false makes the cache run
+  // one backend call at a time.
+  virtual bool concurrent() const { return false; }
   // Host work split over the backend's threads (selection in compress).
   virtual void parallelFor(int64_t n, const std::function<void(int64_t)>& fn) = 0;
 

@@ -11,19 +11,20 @@ namespace lukv {
 namespace {
 std::string str(int64_t v) { return std::to_string(v); }
 
-// The sequences of a batch, looked up (Disposed for an unknown one) and checked to be distinct.
-template <class Item, class Get>
-std::vector<Sequence*> batchSequences(const std::vector<Item>& items, Get&& get) {
-  std::vector<Sequence*> seqs;
+// The ids of a batch's items, checked to be distinct (a sequence given twice would wait for its
+// own lock).
+template <class Item>
+std::vector<int32_t> distinctIds(const std::vector<Item>& items) {
+  std::vector<int32_t> ids;
   std::map<int32_t, size_t> seen;
   for (size_t i = 0; i < items.size(); ++i) {
     auto dup = seen.emplace(items[i].seq, i);
     if (!dup.second)
       throwInvalid("Expected distinct sequences for items but items[" + str((int64_t)dup.first->second) + "] and items[" +
                    str((int64_t)i) + "] are the same sequence");
-    seqs.push_back(&get(items[i].seq));
+    ids.push_back(items[i].seq);
   }
-  return seqs;
+  return ids;
 }
 
 // Keeps the last `window` query rows of a layer (SnapKV scores with them). Up to 2W rows are held
@@ -48,10 +49,33 @@ void rememberQueries(Sequence& seq, int layer, int tokens, const float* queries,
 }
 }  // namespace
 
-void Cache::attendBatch(int layer, const std::vector<AttendItem>& items, float scale) {
+Cache::HeldAll Cache::holdAll(const std::vector<int32_t>& ids, bool backend) const {
+  HeldAll h;
+  h.life = std::shared_lock<std::shared_mutex>(life_);
   checkLive();
+  std::vector<size_t> order(ids.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a] < ids[b]; });
+  {
+    auto table = lockTable();
+    for (size_t i : order) {
+      auto it = seqMu_.find(ids[i]);
+      if (it == seqMu_.end()) table_->get(ids[i]);  // throws Disposed
+      h.mu.push_back(it->second);
+    }
+  }
+  for (auto& mu : h.mu) h.own.emplace_back(*mu);
+  if (backend && !backend_->concurrent()) h.exec = std::unique_lock<std::mutex>(exec_);
+  auto table = lockTable();
+  h.seqs.resize(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) h.seqs[i] = &table_->get(ids[i]);  // disposed meanwhile: Disposed
+  return h;
+}
+
+void Cache::attendBatch(int layer, const std::vector<AttendItem>& items, float scale) {
   if (layer < 0 || layer >= cfg_.layers) throwInvalid("layer out of range");
-  const std::vector<Sequence*> seqs = batchSequences(items, [&](int32_t id) -> Sequence& { return get(id); });
+  HeldAll held = holdAll(distinctIds(items), true);
+  const std::vector<Sequence*>& seqs = held.seqs;
   const int H = cfg_.kvHeads, QH = cfg_.queryHeads;
   for (size_t i = 0; i < items.size(); ++i) {
     const int32_t appended = seqs[i]->appended[layer];
@@ -101,14 +125,16 @@ void Cache::attendBatch(int layer, const std::vector<AttendItem>& items, float s
 }
 
 void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKind kind) {
-  checkLive();
   if (layer < 0 || layer >= cfg_.layers) throwInvalid("layer out of range");
   // Raw 16-bit words are already in the cache's storage type: there is none for an f32 cache.
   if (kind == InputKind::Raw16 && cfg_.dtype == DType::F32)
     throwInvalid("Expected Float32Array keys and values for an f32 cache but received raw 16-bit words");
-  const std::vector<Sequence*> seqs = batchSequences(items, [&](int32_t id) -> Sequence& { return get(id); });
+  HeldAll held = holdAll(distinctIds(items), true);
+  const std::vector<Sequence*>& seqs = held.seqs;
   const int H = cfg_.kvHeads, P = cfg_.pageSize;
   PageAllocator& pages = backend_->pages();
+  // The pool is counted and taken under the table's lock; the rows are written after it.
+  auto table = lockTable();
   // Every item is checked, and the pages of the whole batch counted, before any item takes one.
   int64_t needed = 0, totalTokens = 0;
   std::map<int32_t, int> copied;
@@ -135,13 +161,15 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
     keys.resize((size_t)totalTokens * rowBytes);
     values.resize((size_t)totalTokens * rowBytes);
   }
-  size_t at = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     if (items[i].tokens == 0) continue;
     AppendPlan plan = table_->append(*seqs[i], layer, items[i].tokens, limits_);
     merged.copies.insert(merged.copies.end(), plan.copies.begin(), plan.copies.end());
     merged.dest.insert(merged.dest.end(), plan.dest.begin(), plan.dest.end());
-    if (single) continue;
+  }
+  table.unlock();
+  size_t at = 0;
+  for (size_t i = 0; i < items.size() && !single; ++i) {
     const size_t bytes = (size_t)items[i].tokens * rowBytes;
     std::memcpy(keys.data() + at, items[i].keys, bytes);
     std::memcpy(values.data() + at, items[i].values, bytes);

@@ -23,6 +23,9 @@ class CpuBackend : public Backend {
   PageAllocator& pages() override { return *pool_; }
   size_t pageBytes() const override { return pool_->pageBytes(); }
   bool compactsInPlace() const override { return true; }
+  // Page bytes are only written by the one call that owns them, scratch is per thread, and the
+  // thread pool takes concurrent callers.
+  bool concurrent() const override { return true; }
   void parallelFor(int64_t n, const std::function<void(int64_t)>& fn) override { threads_->parallelFor(n, fn); }
 
   void copyPages(const std::vector<int32_t>& pairs) override;
