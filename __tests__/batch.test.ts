@@ -350,4 +350,23 @@ describe("batches in call order with queued async calls", () => {
       cache.dispose();
     }
   });
+
+  test("native batches over the same sequences in opposite orders, at once, do not deadlock and match", async () => {
+    const r = rng(seed ^ 0xf1);
+    const cache = new KVCache({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16, pageSize: 8, maxTokens: 4096, dtype: "f32", device: "cpu", threads: 2 });
+    try {
+      const seqs = [0, 1, 2].map(() => cache.createSequence());
+      seqs.forEach((s, i) => append(s, 0, 40 + 30 * i, r));
+      const ids = seqs.map((s) => s.id);
+      const q = seqs.map((s) => rows(s, 1, r, "q"));
+      // Straight to the addon (the TypeScript queues would order them): the native locks must.
+      const calls = Array.from({ length: 24 }, (_, k) => {
+        const order = k % 2 ? [2, 0, 1] : [1, 2, 0];
+        return cache.handle.attendBatchAsync(0, Int32Array.from(order, (i) => ids[i]), order.map((i) => q[i]), 0.25, order.map(() => undefined)).then((outs) => ({ order, outs }));
+      });
+      for (const { order, outs } of await Promise.all(calls)) order.forEach((i, j) => expect(bits(outs[j])).toBe(bits(seqs[i].attend(0, q[i], { scale: 0.25 }))));
+    } finally {
+      cache.dispose();
+    }
+  });
 });
