@@ -5,12 +5,7 @@
 // Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15]
 import { KVCache, Sequence, backends } from "../ts";
 import { native } from "../ts/native";
-import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
+import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults, arg } from "./common";
 
 const sequences = Number(arg("sequences", "16"));
 const longTokens = Number(arg("long", "4096"));
