@@ -329,6 +329,52 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     }
   });
 
+  const batchCases: { dtype: DType; group: number }[] = [];
+  for (const dtype of ["f32", "f16", "bf16"] as DType[]) for (const group of [1, 4]) batchCases.push({ dtype, group });
+
+  test.each(batchCases)("batched steps $dtype, GQA $group: appendBatch, then attendBatch of decode rows and prefill chunks over mixed lengths, a fork, evicted heads", ({ dtype, group }) => {
+    const r = rng(seed ^ (0xba7c + group * 17 + dtype.length));
+    const kvHeads = 2, headDim = 64;
+    const pair = new Pair({ layers: 1, kvHeads, queryHeads: kvHeads * group, headDim, dtype });
+    try {
+      const both = [pair.cpu, pair.cuda].map((cache) => {
+        const seqs = [1, 9, 70, 300].map(() => cache.createSequence());
+        return { cache, seqs };
+      });
+      const lengths = [1, 9, 70, 300];
+      const kv = lengths.map((n) => [randn(r, n * kvHeads * headDim), randn(r, n * kvHeads * headDim)]);
+      for (const { cache, seqs } of both) {
+        cache.appendBatch(0, seqs.map((sequence, i) => ({ sequence, keys: kv[i][0], values: kv[i][1] })));
+        seqs.push(seqs[3].fork());
+      }
+      const tokens = [1, 5, 1, 5, 1];
+      const more = tokens.map((n) => [randn(r, n * kvHeads * headDim), randn(r, n * kvHeads * headDim)]);
+      const queries = tokens.map((n) => randn(r, n * kvHeads * group * headDim));
+      const outs = both.map(({ cache, seqs }) => {
+        cache.appendBatch(0, seqs.map((sequence, i) => ({ sequence, keys: more[i][0], values: more[i][1] })));
+        // Head 0 keeps only the newest token: the earlier rows of the chunk see nothing there.
+        seqs[1].compress({ budgets: Int32Array.from([1, 3]), scorer: "knorm", sink: 0, window: 1 });
+        expect(Array.from(seqs[1].lengths())).toEqual([1, 3]);
+        return cache.attendBatch(0, seqs.map((sequence, i) => ({ sequence, queries: queries[i] })));
+      });
+      const [cpuSeqs, cudaSeqs] = both.map((x) => x.seqs);
+      const tol = tolerance[dtype];
+      cudaSeqs.forEach((b, i) => {
+        const single = b.attend(0, queries[i]);
+        const ref = referenceAttention(headsOf(b, 0), queries[i], lastPositions(b, 0, tokens[i]), kvHeads * group, headDim);
+        // One launch splits its heads by the size of the whole batch, so the token ranges (and the
+        // float rounding of their merge) can differ from a launch of one sequence.
+        expect({ item: i, vsSingle: relativeError(outs[1][i], single) < 1e-5 }).toEqual({ item: i, vsSingle: true });
+        expect({ item: i, vsReference: relativeError(outs[1][i], ref) < tol }).toEqual({ item: i, vsReference: true });
+        expect({ item: i, vsCpu: relativeError(outs[1][i], outs[0][i]) < tol }).toEqual({ item: i, vsCpu: true });
+        expect(Array.from(b.keys(0, 1))).toEqual(Array.from(cpuSeqs[i].keys(0, 1)));
+      });
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+    } finally {
+      pair.dispose();
+    }
+  });
+
   test("errors: a pool larger than the device, a head dim the kernels cannot take, use after dispose", () => {
     let err: unknown;
     try {

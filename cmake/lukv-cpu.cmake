@@ -26,6 +26,7 @@ function(lukv_core_sources out native)
     ${native}/core/allocation.cpp
     ${native}/core/backend.cpp
     ${native}/core/cache.cpp
+    ${native}/core/batch.cpp
     ${native}/core/compress.cpp
     ${native}/core/oracle.cpp
     ${native}/core/sequence_file.cpp

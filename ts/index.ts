@@ -1,5 +1,6 @@
 export { KVCache, Sequence } from "./cache";
 export type { KVCacheOptions, AttendOptions, OracleOptions, AutoCompressOptions, PressureOptions, PressureEvent, PressureStats, Usage, CacheConfig, Device, SimdLevel, PrefetchHint } from "./cache";
+export type { AttendBatchItem, AttendBatchOptions, AppendBatchItem } from "./batch";
 export { backends } from "./backends";
 export type { Backends } from "./backends";
 export {

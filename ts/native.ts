@@ -51,6 +51,9 @@ export interface NativeCache {
   append(seq: number, layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void;
   attend(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Float32Array;
   attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array>;
+  attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: (Float32Array | undefined)[]): Float32Array[];
+  attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: (Float32Array | undefined)[]): Promise<Float32Array[]>;
+  appendBatch(layer: number, seqs: Int32Array, keys: (Float32Array | Uint16Array)[], values: (Float32Array | Uint16Array)[]): void;
   lengths(seq: number): Int32Array;
   compress(seq: number, options: NativeCompressOptions): NativeReport;
   compressAsync(seq: number, options: NativeCompressOptions): Promise<NativeReport>;

@@ -124,6 +124,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("append", &NativeCache::Append),
                            InstanceMethod("attend", &NativeCache::Attend),
                            InstanceMethod("attendAsync", &NativeCache::AttendAsync),
+                           InstanceMethod("attendBatch", &NativeCache::AttendBatch),
+                           InstanceMethod("attendBatchAsync", &NativeCache::AttendBatchAsync),
+                           InstanceMethod("appendBatch", &NativeCache::AppendBatch),
                            InstanceMethod("lengths", &NativeCache::Lengths),
                            InstanceMethod("compress", &NativeCache::Compress),
                            InstanceMethod("compressAsync", &NativeCache::CompressAsync),
@@ -359,6 +362,170 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
+  }
+
+  // Batched steps: (layer, sequence ids, one typed array per item, ...). Arguments arrive checked
+  // from TypeScript; these checks keep the native code safe from anything that slips through.
+  static std::vector<int32_t> batchIds(const Napi::CallbackInfo& info, size_t i) {
+    if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "Expected an Int32Array of sequence ids");
+    auto ids = info[i].As<Napi::Int32Array>();
+    return std::vector<int32_t>(ids.Data(), ids.Data() + ids.ElementLength());
+  }
+  static std::vector<TypedView> batchArrays(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name,
+                                            size_t row) {
+    Napi::Env env = info.Env();
+    if (info.Length() <= i || !info[i].IsArray() || info[i].As<Napi::Array>().Length() != count)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected one typed array per item for ") + name);
+    Napi::Array arr = info[i].As<Napi::Array>();
+    std::vector<TypedView> out;
+    for (uint32_t k = 0; k < count; ++k) {
+      Napi::Value v = arr.Get(k);
+      TypedView t;
+      void* data = nullptr;
+      if (!v.IsTypedArray() || napi_get_typedarray_info(env, v, &t.type, &t.length, &data, nullptr, nullptr) != napi_ok ||
+          t.length % row != 0)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected typed arrays of whole rows for ") + name);
+      t.data = data;
+      out.push_back(t);
+    }
+    return out;
+  }
+
+  struct AttendBatchCall {
+    int layer = 0;
+    float scale = 0;
+    std::vector<int32_t> ids;
+    std::vector<TypedView> queries;
+    std::vector<Napi::Float32Array> outs;  // empty where the caller gave none
+  };
+
+  AttendBatchCall attendBatchArgs(const Napi::CallbackInfo& info, Cache& c) {
+    Napi::Env env = info.Env();
+    const CacheConfig& cfg = c.config();
+    AttendBatchCall a;
+    a.layer = intArg(info, 0, "layer");
+    if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    a.ids = batchIds(info, 1);
+    const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
+    a.queries = batchArrays(info, 2, a.ids.size(), "queries", row);
+    for (const TypedView& q : a.queries)
+      if (q.type != napi_float32_array || q.length == 0)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
+    if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
+    a.scale = info[3].As<Napi::Number>().FloatValue();
+    if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
+    Napi::Array outs = info.Length() > 4 && info[4].IsArray() ? info[4].As<Napi::Array>() : Napi::Array::New(env);
+    for (uint32_t i = 0; i < a.ids.size(); ++i) {
+      Napi::Value o = i < outs.Length() ? outs.Get(i) : env.Undefined();
+      if (o.IsUndefined()) {
+        a.outs.push_back(Napi::Float32Array());
+        continue;
+      }
+      if (!o.IsTypedArray() || o.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+          o.As<Napi::Float32Array>().ElementLength() != a.queries[i].length)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
+      a.outs.push_back(o.As<Napi::Float32Array>());
+    }
+    return a;
+  }
+
+  Napi::Value AttendBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    AttendBatchCall a = attendBatchArgs(info, c);
+    const size_t row = (size_t)c.config().queryHeads * c.config().headDim;
+    Napi::Array result = Napi::Array::New(env, a.ids.size());
+    std::vector<Cache::AttendItem> items;
+    for (size_t i = 0; i < a.ids.size(); ++i) {
+      Napi::Float32Array out = a.outs[i].IsEmpty() ? Napi::Float32Array::New(env, a.queries[i].length) : a.outs[i];
+      result.Set((uint32_t)i, out);
+      items.push_back({a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), out.Data()});
+    }
+    guarded(env, [&] { c.attendBatch(a.layer, items, a.scale); });
+    return result;
+  }
+
+  class AttendBatchWorker : public CacheWorker {
+   public:
+    AttendBatchWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendBatchCall& call, size_t row)
+        : CacheWorker(env, std::move(cache)), layer_(call.layer), scale_(call.scale), ids_(call.ids), row_(row) {
+      // Copied so the caller may reuse or transfer its arrays while the work runs.
+      for (size_t i = 0; i < ids_.size(); ++i) {
+        const float* q = static_cast<const float*>(call.queries[i].data);
+        queries_.emplace_back(q, q + call.queries[i].length);
+        out_.emplace_back(call.queries[i].length);
+        targets_.emplace_back();
+        if (!call.outs[i].IsEmpty()) targets_.back() = Napi::Persistent(call.outs[i]);
+      }
+    }
+
+   protected:
+    void Run(Cache& cache) override {
+      std::vector<Cache::AttendItem> items;
+      for (size_t i = 0; i < ids_.size(); ++i)
+        items.push_back({ids_[i], (int)(queries_[i].size() / row_), queries_[i].data(), out_[i].data()});
+      cache.attendBatch(layer_, items, scale_);
+    }
+    void Resolve(Napi::Env env) override {
+      // The callers' arrays are written here, on the main thread (see AttendWorker).
+      for (size_t i = 0; i < targets_.size(); ++i)
+        if (!targets_[i].IsEmpty() && targets_[i].Value().ElementLength() != out_[i].size()) {
+          Reject(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendBatchAsync finished");
+          return;
+        }
+      Napi::Array result = Napi::Array::New(env, out_.size());
+      for (size_t i = 0; i < out_.size(); ++i) {
+        Napi::Float32Array out =
+            targets_[i].IsEmpty() ? Napi::Float32Array::New(env, out_[i].size()) : targets_[i].Value();
+        std::copy(out_[i].begin(), out_[i].end(), out.Data());
+        result.Set((uint32_t)i, out);
+      }
+      deferred_.Resolve(result);
+    }
+
+   private:
+    int layer_;
+    float scale_;
+    std::vector<int32_t> ids_;
+    size_t row_;
+    std::vector<std::vector<float>> queries_, out_;
+    std::vector<Napi::Reference<Napi::Float32Array>> targets_;
+  };
+
+  Napi::Value AttendBatchAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    AttendBatchCall a = attendBatchArgs(info, c);
+    auto* w = new AttendBatchWorker(env, cache_, a, (size_t)c.config().queryHeads * c.config().headDim);
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value AppendBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    const CacheConfig& cfg = c.config();
+    const int layer = intArg(info, 0, "layer");
+    if (layer < 0 || layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    const std::vector<int32_t> ids = batchIds(info, 1);
+    const size_t row = (size_t)cfg.kvHeads * cfg.headDim;
+    std::vector<TypedView> k = batchArrays(info, 2, ids.size(), "keys", row);
+    std::vector<TypedView> v = batchArrays(info, 3, ids.size(), "values", row);
+    InputKind kind = InputKind::F32;
+    std::vector<Cache::AppendItem> items;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (k[i].type != v[i].type || k[i].length != v[i].length || k[i].type != k[0].type)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys and values must have one type and matching lengths");
+      if (k[i].type == napi_float32_array) kind = InputKind::F32;
+      else if (k[i].type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
+      else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be Float32Arrays or Uint16Arrays of the cache dtype");
+      items.push_back({ids[i], (int)(k[i].length / row), k[i].data, v[i].data});
+    }
+    guarded(env, [&] { c.appendBatch(layer, items, kind); });
+    reportMemory(env);
+    return env.Undefined();
   }
 
   // Options arrive validated from TypeScript: plain numbers and typed arrays.

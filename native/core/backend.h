@@ -80,7 +80,10 @@ class Backend {
   // Row t of head h of keys/values ([tokens, kvHeads, headDim], host) to plan.dest.
   virtual void writeRows(const AppendPlan& plan, int tokens, int kvHeads, const void* keys, const void* values,
                          InputKind kind) = 0;
-  virtual void attend(const AttendRequest& r) = 0;
+  // Attention of several sequences of one layer as one pass (one request per sequence; the
+  // batched step). attend is a batch of one.
+  virtual void attendBatch(const std::vector<AttendRequest>& calls) = 0;
+  void attend(const AttendRequest& r) { attendBatch(std::vector<AttendRequest>{r}); }
   virtual void scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) = 0;
   // Kept rows of every head of the round, in order, into its `to` pages.
   virtual void compact(const std::vector<CompactHead>& round) = 0;

@@ -107,58 +107,7 @@ void Cache::append(int32_t seqId, int layer, int tokens, const void* keys, const
 }
 
 void Cache::attend(int32_t seqId, int layer, int tokens, const float* queries, float* out, float scale) {
-  Held h = hold(seqId, true);
-  Sequence& seq = *h.seq;
-  const int H = cfg_.kvHeads;
-  if (tokens > seq.appended[layer])
-    throwInvalid("Expected at most " + str(seq.appended[layer]) + " query tokens for queries (layer " + str(layer) +
-                 " has " + str(seq.appended[layer]) + " positions appended) but received " + str(tokens));
-  std::vector<int32_t> qpos(tokens);
-  for (int r = 0; r < tokens; ++r) qpos[r] = seq.appended[layer] - tokens + r;
-
-  AttendRequest a;
-  a.heads = seq.heads.data() + (size_t)layer * H;
-  a.kvHeads = H;
-  a.queryHeads = cfg_.queryHeads;
-  a.tokens = tokens;
-  a.queryPositions = qpos.data();
-  a.queries = queries;
-  a.out = out;
-  a.scale = scale;
-  std::vector<float*> mass, oracle;
-  std::vector<const float*> oracleWeight;
-  if (seq.accumulate) {
-    for (int h = 0; h < H; ++h) mass.push_back(seq.mass[(size_t)layer * H + h].data());
-    a.mass = mass.data();
-  }
-  if (seq.recording) {
-    for (int h = 0; h < H; ++h) oracle.push_back(seq.oracle[(size_t)layer * H + h].data());
-    for (int q = 0; q < cfg_.queryHeads; ++q) oracleWeight.push_back(seq.oracleWeight[(size_t)layer * cfg_.queryHeads + q].data());
-    a.oracle = oracle.data();
-    a.oracleWeight = oracleWeight.data();
-    a.oracleTokens = seq.oracleTokens.data() + (size_t)layer * H;
-  }
-  backend_->attend(a);
-
-  // Remember the last observationWindow query rows of the layer (SnapKV scores with them).
-  const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
-  auto& oq = seq.obsQueries[layer];
-  auto& op = seq.obsPositions[layer];
-  // Up to 2W rows are held and the oldest are dropped W at a time, so a decode step appends one row
-  // instead of moving the whole window; readers take the last W (observationRows).
-  const size_t W = (size_t)cfg_.observationWindow;
-  const size_t first = (size_t)tokens > W ? (size_t)tokens - W : 0;
-  if (first > 0 || W == 0) {
-    oq.clear();
-    op.clear();
-  }
-  oq.insert(oq.end(), queries + first * rowFloats, queries + (size_t)tokens * rowFloats);
-  op.insert(op.end(), qpos.begin() + first, qpos.end());
-  if (op.size() > 2 * W) {
-    const size_t drop = op.size() - W;
-    oq.erase(oq.begin(), oq.begin() + drop * rowFloats);
-    op.erase(op.begin(), op.begin() + drop);
-  }
+  attendBatch(layer, {AttendItem{seqId, tokens, queries, out}}, scale);
 }
 
 std::vector<int32_t> Cache::lengths(int32_t seqId) const {

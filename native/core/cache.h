@@ -67,6 +67,25 @@ class Cache {
   // out: [tokens, queryHeads, headDim]; queries are the last `tokens` positions appended to `layer`.
   void attend(int32_t seq, int layer, int tokens, const float* queries, float* out, float scale);
 
+  // Batched steps: one call on each of several distinct sequences, all on `layer`, planned here and
+  // run as one pass of the backend. A sequence given twice, or any bad item, fails the whole batch
+  // before anything runs.
+  struct AttendItem {
+    int32_t seq;
+    int tokens;            // query rows: the last `tokens` positions appended to the layer
+    const float* queries;  // [tokens, queryHeads, headDim]
+    float* out;            // same shape
+  };
+  void attendBatch(int layer, const std::vector<AttendItem>& items, float scale);
+  struct AppendItem {
+    int32_t seq;
+    int tokens;
+    const void* keys;  // [tokens, kvHeads, headDim] of `kind`
+    const void* values;
+  };
+  // All or nothing: OutOfPages (nothing appended) unless the pool holds the pages of every item.
+  void appendBatch(int layer, const std::vector<AppendItem>& items, InputKind kind);
+
   // Scores of every kept token of every KV head of `layer` (what compress ranks by).
   std::vector<std::vector<float>> scores(int32_t seq, int layer, const ScoreOptions& options);
   // Scores, allocates, selects and compacts every layer; returns what was kept and freed.
@@ -122,6 +141,16 @@ class Cache {
     Sequence* seq = nullptr;
   };
   Held hold(int32_t seq, bool backend) const;
+  // Several distinct sequences held for one batched call: their locks taken in ascending id order
+  // (so two batches never wait on each other in a cycle), then the backend's. seqs[i] is ids[i]'s.
+  struct HeldAll {
+    std::shared_lock<std::shared_mutex> life;
+    std::vector<std::shared_ptr<std::mutex>> mu;
+    std::vector<std::unique_lock<std::mutex>> own;
+    std::unique_lock<std::mutex> exec;
+    std::vector<Sequence*> seqs;
+  };
+  HeldAll holdAll(const std::vector<int32_t>& ids, bool backend) const;
   std::unique_lock<std::mutex> lockTable() const { return std::unique_lock<std::mutex>(tableMu_); }
   void checkLive() const;
   // New sequences get their lock (table locked).

@@ -76,6 +76,12 @@ struct CompactionPlan {
   std::vector<std::vector<CompactHead>> rounds;
 };
 
+// Free pages an append of `tokens` rows to each of the H heads takes. `copied` (optional) carries,
+// across the appends of one batch, how often each shared page was already copied away by the
+// appends before (two forks appending behind one shared page need one copy, not two).
+int64_t appendPagesNeeded(const HeadState* heads, int H, int tokens, int P, const PageAllocator& pages,
+                          std::map<int32_t, int>* copied);
+
 // The page bookkeeping of an append to kvHeads heads (of one layer): grows each by `tokens` at
 // positions pos0 ..., taking pages from `pages`. Checks first (OutOfPages, nothing changes; `limits`
 // completes the message) and returns where the rows go.

@@ -31,7 +31,7 @@ class CpuBackend : public Backend {
   void copyPages(const std::vector<int32_t>& pairs) override;
   void writeRows(const AppendPlan& plan, int tokens, int kvHeads, const void* keys, const void* values,
                  InputKind kind) override;
-  void attend(const AttendRequest& r) override;
+  void attendBatch(const std::vector<AttendRequest>& calls) override;
   void scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) override;
   void compact(const std::vector<CompactHead>& round) override;
   void readRaw(const HeadState& head, int32_t count, bool values, uint8_t* out) override;
