@@ -1,6 +1,6 @@
 // Stress test of the cache's locking, meant to run under ThreadSanitizer (scripts/tsan.sh): threads
-// append, attend, score, compress, fork and dispose their own sequences while others read lengths
-// and usage of every sequence. Sequences are independent, so each thread's outputs must equal a
+// append, attend (alone and batched), compress, fork, save, load and dispose their own sequences
+// while others read lengths and usage of every sequence. Sequences are independent, so each thread's outputs must equal a
 // replay of its operations alone on a fresh cache; at the end every page is back in the pool.
 #include <atomic>
 #include <cstdio>
@@ -67,7 +67,7 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg) {
   const size_t kvRow = (size_t)c.kvHeads * c.headDim, qRow = (size_t)c.queryHeads * c.headDim;
   for (int s = 0; s < steps; ++s) {
     const int32_t seq = mine[r() % mine.size()];
-    const int op = (int)(r() % 10);
+    const int op = (int)(r() % 12);
     const int layer = (int)(r() % c.layers);
     if (op < 4) {
       const int t = 1 + (int)(r() % 6);
@@ -96,6 +96,27 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg) {
       const int32_t f = cache.fork(seq);
       mine.push_back(f);
       if (reg) reg->add(f);
+    } else if (op == 10) {
+      // One batched step over every sequence of this thread that has a position in the layer.
+      std::vector<Cache::AttendItem> items;
+      std::vector<std::vector<float>> q, out;
+      for (int32_t id : mine) {
+        if (cache.appended(id, layer) == 0) continue;
+        q.emplace_back(qRow);
+        out.emplace_back(qRow);
+        for (auto& x : q.back()) x = n(r);
+        items.push_back({id, 1, q.back().data(), out.back().data()});
+      }
+      cache.attendBatch(layer, items, 0.25f);
+      for (auto& o : out) h = mixIn(h, o.data(), o.size() * sizeof(float));
+    } else if (op == 11 && mine.size() < 4) {
+      // Save, then load the copy as another sequence of this thread.
+      std::vector<double> bounds(c.layers * 3, 1.0);
+      const Cache::SavedBytes bytes = cache.saveSequence(seq, bounds);
+      h = mixIn(h, bytes.data(), bytes.size());
+      const int32_t copy = cache.loadSequence(bytes.data(), bytes.size(), bounds);
+      mine.push_back(copy);
+      if (reg) reg->add(copy);
     } else if (op == 9 && mine.size() > 1) {
       const size_t i = 1 + r() % (mine.size() - 1);
       if (reg) reg->remove(mine[i]);
