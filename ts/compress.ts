@@ -28,12 +28,20 @@ export interface ScoreOptions {
    * Must not exceed the positions appended to any layer that holds tokens.
    */
   window?: number;
-  /** Pooling of attention scores along the sequence. Default: "max" for snapkv, "none" otherwise. */
+  /**
+   * Pooling of attention scores along the sequence, over the tokens before the recent window only
+   * (the window's scores pass through): "max", or "avg" (the mean over the full kernel, zero padded
+   * at the ends, as torch's avg_pool1d and kvpress's SnapKVPress). Default: "max" for snapkv, "none" otherwise.
+   */
   pooling?: PoolingName;
   /** Pooling kernel size (odd). Default: 7. */
   kernel?: number;
-  /** Combination of the per-query-head scores of a GQA group. Default: "mean". */
-  groupReduce?: "mean" | "max";
+  /**
+   * Combination of the per-query-head scores of snapkv and tova: "mean" or "max" over the GQA group,
+   * or "layer": the mean over every query head of the layer, the same score for all its KV heads
+   * (TOVA's definition and kvpress's TOVAPress). Default: "mean".
+   */
+  groupReduce?: "mean" | "max" | "layer";
   /** Seed of the "random" scorer. Default: 0. */
   seed?: number;
   /** Softmax scale of the attention-based scorers, a finite float32. Default: 1 / sqrt(headDim). */
@@ -97,6 +105,7 @@ export interface NativeCompressOptions {
   pooling: PoolingName;
   kernel: number;
   groupMax: number;
+  groupLayer: number;
   seed: number;
   scale: number;
   observation?: (Float32Array | undefined)[];
@@ -125,7 +134,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
   const kernel = o.kernel ?? 7;
   if (typeof kernel !== "number" || !Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 1025)
     throw invalid("kernel", "odd integer between 1 and 1025", kernel);
-  const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max"] as const);
+  const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max", "layer"] as const);
   const seed = o.seed ?? 0;
   if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
     throw invalid("seed", "integer between 0 and 4294967295", seed);
@@ -148,6 +157,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
     pooling,
     kernel,
     groupMax: groupReduce === "max" ? 1 : 0,
+    groupLayer: groupReduce === "layer" ? 1 : 0,
     seed,
     scale,
     observation,

@@ -141,6 +141,7 @@ struct ScoreParams {
   float* out;
   int32_t pooling;                 // 0 none, 1 max, 2 avg (lukv::Pooling)
   int32_t kernel;                  // pooling width
+  int32_t window;                  // recent tokens left out of the pooling (their scores pass through)
   int32_t groupMax;                // combine the GQA group by max instead of mean
   float* tiles;                    // keydiff: per-tile sums of unit keys
   float* anchor;                   // keydiff: [numHeads, headDim + 1]: mean unit key, then 1/||mean||
