@@ -111,7 +111,8 @@ export function heatMapSvg(g: KeepGrid, title = "LU-KV profile"): string {
   const cell = Math.max(6, Math.min(28, Math.floor(640 / Math.max(layers, kvHeads))));
   const left = 64, top = 52, legendW = 16;
   const gridW = kvHeads * cell, gridH = layers * cell;
-  const width = left + gridW + 40 + legendW + 60;
+  // Wide enough for the title lines too (about 7 px per character at these sizes).
+  const width = Math.max(left + gridW + 40 + legendW + 60, left + 7 * Math.max(title.length, 48) + 16);
   const height = top + gridH + 48;
   const out: string[] = [];
   out.push(`<?xml version="1.0" encoding="UTF-8"?>`);
