@@ -84,6 +84,16 @@ void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers,
   backend_->scores(work, cfg_.kvHeads, cfg_.queryHeads, o);
   if (o.groupLayer && (o.scorer == Scorer::SnapKV || o.scorer == Scorer::TOVA))
     for (int l : layers) layerMeanScores(seq, l, out);
+  // The attention a token gets times the size of what it contributes: score x ||v||.
+  if (o.valueNorm) {
+    std::vector<float> norms;
+    for (const ScoreRequest& r : work) {
+      const int32_t L = r.head->length();
+      norms.resize(L);
+      backend_->valueNorms(*r.head, L, norms.data());
+      for (int32_t t = 0; t < L; ++t) r.out[t] *= norms[t];
+    }
+  }
 }
 
 // Every head's score of a position becomes the mean of the group means of the layer's heads that

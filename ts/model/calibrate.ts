@@ -2,7 +2,7 @@
 // oracle over a few dozen decode steps after each context, and build one profile per scorer.
 import type { ScorerName } from "../compress";
 import type { Profile } from "../profile";
-import { Profiler, type ProfileReport } from "../profiler";
+import { Profiler, type ProfileReport, type ProfilerScorerOptions } from "../profiler";
 import type { NamedText } from "./files";
 import type { TinyLM } from "./tiny-lm";
 
@@ -10,6 +10,8 @@ import type { TinyLM } from "./tiny-lm";
 export interface CalibrationOptions {
   /** Scorers to build a profile for; one decode pass serves them all. Default: ["snapkv"]. */
   scorers?: ScorerName[];
+  /** Options of every scorer (pooling, kernel, groupReduce, valueNorm...), as for compress(). Default {}. */
+  scorerOptions?: ProfilerScorerOptions;
   /** Context lengths (tokens, BOS included) cut one after another from each text. Default: [384, 640, 896]. */
   contexts?: number[];
   /** Decode steps per context whose attention makes the oracle (the text's own next tokens, one at a time). Default: 32. */
@@ -54,6 +56,7 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
         layers,
         kvHeads,
         scorer,
+        scorerOptions: options.scorerOptions,
         sink,
         window,
         model: options.model ?? "lukv-tiny-lm",
