@@ -2,7 +2,7 @@
 // a float64 reference on random data, and on the trained tiny-lm: 0 for the full cache, growing
 // with the compression ratio.
 import { KVCache } from "../ts";
-import { OutputErrorProbe, defaultModelDir, loadTinyLM, modelTexts, outputErrorProbe } from "../ts/model";
+import { OutputErrorProbe, defaultModelDir, loadTinyLM, modelTexts, outputErrorOracle, outputErrorProbe } from "../ts/model";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("output-error");
@@ -112,4 +112,41 @@ test("tiny-lm: 0 for the full cache and ratio 0, growing with the ratio", () => 
   expect(e[0]).toBeGreaterThan(0);
   expect(e[1]).toBeGreaterThan(e[0]);
   expect(e[2]).toBeGreaterThan(e[1]);
+});
+
+test("output-error oracle: each token's value is the change of the outputs when it alone is evicted, to first order", () => {
+  const r = rng(seed ^ 7);
+  const layers = 1, kvHeads = 2, queryHeads = 4, headDim = 4, hidden = 3, C = 60, steps = 3;
+  const G = queryHeads / kvHeads;
+  const keys = [Array.from({ length: kvHeads }, () => randn(r, C * headDim, 0.5))];
+  const values = [Array.from({ length: kvHeads }, () => randn(r, C * headDim))];
+  const wo = [randn(r, hidden * queryHeads * headDim)];
+  const probe = new OutputErrorProbe({ layers, queryHeads, kvHeads, headDim, hidden }, wo, steps);
+  probe.record(0, randn(r, steps * queryHeads * headDim), randn(r, steps * kvHeads * headDim, 0.5), randn(r, steps * kvHeads * headDim));
+  const oracle = outputErrorOracle(probe, keys, values, { queryHeads, kvHeads, headDim, hidden });
+  const x = probe.inputs[0];
+  // The layer's output row at step s, with token `drop` of head `h` evicted (or none), in float64.
+  const output = (s: number, h: number, drop: number): number[] => {
+    const y = new Array<number>(hidden).fill(0);
+    for (let q = h * G; q < (h + 1) * G; q++) {
+      const rows: { k: Float32Array; v: Float32Array }[] = [];
+      for (let j = 0; j < C; j++) if (j !== drop) rows.push({ k: keys[0][h].subarray(j * headDim, (j + 1) * headDim), v: values[0][h].subarray(j * headDim, (j + 1) * headDim) });
+      for (let t = 0; t <= s; t++) rows.push({ k: x.k.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim), v: x.v.subarray((t * kvHeads + h) * headDim, (t * kvHeads + h + 1) * headDim) });
+      const qv = x.q.subarray((s * queryHeads + q) * headDim, (s * queryHeads + q + 1) * headDim);
+      const e = rows.map((row) => Math.exp(row.k.reduce((a, kv, d) => a + kv * qv[d], 0) / Math.sqrt(headDim)));
+      const z = e.reduce((a, b) => a + b, 0);
+      for (let o = 0; o < hidden; o++)
+        for (let d = 0; d < headDim; d++) y[o] += rows.reduce((a, row, i) => a + (e[i] / z) * row.v[d], 0) * wo[0][o * queryHeads * headDim + q * headDim + d];
+    }
+    return y;
+  };
+  for (let h = 0; h < kvHeads; h++) {
+    const full = Array.from({ length: steps }, (_, s) => output(s, h, -1));
+    for (const j of [0, 17, 59]) {
+      let exact = 0;
+      for (let s = 0; s < steps; s++) exact += Math.hypot(...output(s, h, j).map((v, o) => v - full[s][o]));
+      // First order: the exact change is larger by 1/(1 - a) per head, a ~ 1/60 here.
+      expect(Math.abs(oracle[0][h][j] - exact)).toBeLessThanOrEqual(0.1 * exact + 1e-9);
+    }
+  }
 });

@@ -4,7 +4,7 @@
 // attention over the next decode steps (docs/methods.md).
 import * as fs from "fs";
 import * as path from "path";
-import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
+import { ALLOCATIONS, AllocationName, SCORERS, ScorerName, type ScoreOptions } from "../compress";
 import type { DType } from "../dtype";
 import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, outputErrorProbe, passkeyPrompts, TinyLM } from "../model";
 import type { Profile } from "../profile";
@@ -52,6 +52,8 @@ export interface EvalSettings {
   dtype: DType;
   /** Continuation steps the output error covers (clipped to tokens - 1). */
   errorSteps: number;
+  /** Extra compress() options per scorer (valueNorm, pooling, ...). Default none. */
+  scoreOptions?: Partial<Record<ScorerName, ScoreOptions>>;
 }
 
 /** The scores of one setting (or of the full cache). */
@@ -204,7 +206,7 @@ export function runEval(
   const compressed = (seq: Sequence, i: number): Sequence => {
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
-    fork.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
+    fork.compress({ ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
     return fork;
   };
 

@@ -56,6 +56,11 @@ export class OutputErrorProbe {
     this.#filled = new Array<number>(shape.layers).fill(0);
   }
 
+  /** The o_proj weights the outputs are projected with, per layer ([hidden, queryHeads*headDim]). */
+  get outputProjections(): readonly Float32Array[] {
+    return this.#wo;
+  }
+
   /** Rows collected so far (of the first layer). */
   get collected(): number {
     return this.#filled[0];
@@ -121,4 +126,98 @@ export function outputErrorProbe(model: TinyLM, steps: number): OutputErrorProbe
     model.weights.layers.map((w) => w.wo),
     steps,
   );
+}
+
+/**
+ * The output-error oracle of a context: for every layer, KV head and context token j,
+ *
+ *   I_j = Σ_k ‖ Σ_{q in the head's GQA group} a_{k,q,j} · (v_j W_O^q − O_{k,q}) ‖₂
+ *
+ * the first-order change of the layer's output row at decode step k when token j alone is evicted
+ * (its attention a moves to the other tokens in proportion: Δ = −a/(1 − a) · (v_j W_O^q − O_{k,q})
+ * per query head q, W_O^q that head's rows of the output projection, O_{k,q} = Σ_j a v_j W_O^q its
+ * projected output), summed over the steps: the quantity the output error sums, token by token.
+ * Unlike LU-KV's oracle (max over steps of a · ‖v W_O‖, normalised per layer) it counts every
+ * step and keeps the layers' real scale. `probe` holds the decode steps' inputs (recorded while
+ * they were decoded after the context), `keys` / `values` the context rows [layer][head] as the
+ * cache stores them ([tokens, headDim], e.g. seq.keys(l, h) before decoding).
+ * @returns oracle[layer][head], one value per context token.
+ */
+export function outputErrorOracle(
+  probe: OutputErrorProbe,
+  keys: Float32Array[][],
+  values: Float32Array[][],
+  shape: { queryHeads: number; kvHeads: number; headDim: number; hidden: number; scale?: number },
+): Float64Array[][] {
+  const { queryHeads: H, kvHeads: KV, headDim: D, hidden } = shape;
+  const G = H / KV;
+  const scale = shape.scale ?? 1 / Math.sqrt(D);
+  const steps = probe.collected;
+  const wo = probe.outputProjections;
+  return probe.inputs.map((x, l) => {
+    const C = keys[l][0].length / D;
+    return Array.from({ length: KV }, (_, h) => {
+      const k = keys[l][h], v = values[l][h];
+      // v_j W_O^q for every context token and query head of the group: [G][C][hidden].
+      const vw = Array.from({ length: G }, (_, g) => {
+        const q = h * G + g;
+        const out = new Float64Array(C * hidden);
+        for (let j = 0; j < C; j++)
+          for (let o = 0; o < hidden; o++) {
+            let s = 0;
+            const w = o * H * D + q * D;
+            for (let d = 0; d < D; d++) s += v[j * D + d] * wo[l][w + d];
+            out[j * hidden + o] = s;
+          }
+        return out;
+      });
+      const oracle = new Float64Array(C);
+      const a = Array.from({ length: G }, () => new Float64Array(C));
+      const o = Array.from({ length: G }, () => new Float64Array(hidden));
+      for (let s = 0; s < steps; s++) {
+        for (let g = 0; g < G; g++) {
+          const q = h * G + g;
+          const qo = (s * H + q) * D;
+          // Logits over the context and the steps so far (the full cache), then the softmax.
+          const logits = new Float64Array(C + s + 1);
+          for (let j = 0; j < C + s + 1; j++) {
+            const row = j < C ? k : x.k;
+            const ro = j < C ? j * D : ((j - C) * KV + h) * D;
+            let dot = 0;
+            for (let d = 0; d < D; d++) dot += x.q[qo + d] * row[ro + d];
+            logits[j] = dot * scale;
+          }
+          let m = -Infinity;
+          for (const z of logits) m = Math.max(m, z);
+          let sum = 0;
+          for (let j = 0; j < logits.length; j++) sum += logits[j] = Math.exp(logits[j] - m);
+          // The head's projected output over everything, context and steps.
+          o[g].fill(0);
+          for (let j = 0; j < C; j++) {
+            a[g][j] = logits[j] / sum;
+            for (let c = 0; c < hidden; c++) o[g][c] += a[g][j] * vw[g][j * hidden + c];
+          }
+          for (let t = 0; t <= s; t++) {
+            const p = logits[C + t] / sum;
+            for (let c = 0; c < hidden; c++) {
+              let y = 0;
+              const w = c * H * D + q * D;
+              for (let d = 0; d < D; d++) y += x.v[(t * KV + h) * D + d] * wo[l][w + d];
+              o[g][c] += p * y;
+            }
+          }
+        }
+        for (let j = 0; j < C; j++) {
+          let n2 = 0;
+          for (let c = 0; c < hidden; c++) {
+            let dlt = 0;
+            for (let g = 0; g < G; g++) dlt += a[g][j] * (vw[g][j * hidden + c] - o[g][c]);
+            n2 += dlt * dlt;
+          }
+          oracle[j] += Math.sqrt(n2);
+        }
+      }
+      return oracle;
+    });
+  });
 }
