@@ -24,8 +24,8 @@ interface Variant {
 const VARIANTS: Variant[] = [
   { name: "LU-KV + SnapKV (shipped profile)", options: {} },
   { name: "LU-KV (output-error oracle) + SnapKV", options: {}, calibration: { oracle: "output" } },
-  { name: "LU-KV (output-error oracle) + SnapKV·‖v‖", options: { valueNorm: true }, calibration: { oracle: "output" } },
-  { name: "LU-KV (unnormalised oracle) + SnapKV·‖v‖, no pooling", options: { valueNorm: true, pooling: "none" }, calibration: { normalize: false } },
+  { name: "LU-KV (output-error oracle) + SnapKV, max-pool kernel 3", options: { kernel: 3 }, calibration: { oracle: "output" } },
+  { name: "LU-KV (output-error oracle) + SnapKV, no pooling", options: { pooling: "none" }, calibration: { oracle: "output" } },
 ];
 
 const args = process.argv.slice(2);
