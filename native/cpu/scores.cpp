@@ -41,7 +41,7 @@ void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
   }
 }
 
-// Pools the first `end` scores (the tokens before the recent window) with each other only, as
+// Pools the first `end` scores (the tokens before the observation window) with each other only, as
 // SnapKV does; "avg" divides by the full kernel (zero padding at the edges, like torch's
 // avg_pool1d). The window's own scores pass through unchanged (they are always kept).
 void pool1d(const float* in, float* out, int L, int end, Pooling kind, int kernel) {
@@ -80,9 +80,12 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       attentionScores(a, perHead);
       const int G = a.group;
       if (o.pooling != Pooling::None && o.kernel > 1) {
+        // Pooling covers the tokens before the first observation query (those the window's keys
+        // follow), however many tokens decoding has appended since.
+        const int end = a.rows > 0 ? (int)(std::lower_bound(h.positions.begin(), h.positions.end(), a.queryPositions[0]) - h.positions.begin()) : L;
         std::vector<float> tmp(L);
         for (int g = 0; g < G; ++g) {
-          pool1d(perHead.data() + (size_t)g * L, tmp.data(), L, std::max(0, L - o.window), o.pooling, o.kernel);
+          pool1d(perHead.data() + (size_t)g * L, tmp.data(), L, end, o.pooling, o.kernel);
           std::copy(tmp.begin(), tmp.end(), perHead.begin() + (size_t)g * L);
         }
       }

@@ -145,7 +145,6 @@ class CudaBackend : public Backend {
     b.scorer = o.scorer;
     b.pooling = o.pooling;
     b.kernel = o.kernel;
-    b.window = o.window;
     b.groupMax = o.groupMax;
     b.seed = o.seed;
     b.scale = o.scale;

@@ -120,6 +120,7 @@ struct ScoreHeadDesc {
   int32_t kvHead;
   int32_t row0, rows;              // observation rows (global, in queries)
   int32_t visibleBegin;            // visible[visibleBegin + r]
+  int32_t poolEnd;                 // tokens before the first observation query: the ones pooling covers
   int64_t rawBase;                 // raw[rawBase + (r * G + g) * length + t]
   int64_t statBase;                // stats[statBase + r * G + g]: (max, sum)
   int64_t outBase;                 // out[outBase + t]
@@ -141,7 +142,6 @@ struct ScoreParams {
   float* out;
   int32_t pooling;                 // 0 none, 1 max, 2 avg (lukv::Pooling)
   int32_t kernel;                  // pooling width
-  int32_t window;                  // recent tokens left out of the pooling (their scores pass through)
   int32_t groupMax;                // combine the GQA group by max instead of mean
   float* tiles;                    // keydiff: per-tile sums of unit keys
   float* anchor;                   // keydiff: [numHeads, headDim + 1]: mean unit key, then 1/||mean||

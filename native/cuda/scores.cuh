@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(256) obsPoolKernel(const ScoreParams p) {
         val = ph[j - base];
       } else {
         // Only the tokens before the recent window pool, with each other (see cpu/scores.cpp).
-        const int32_t end = L - p.window > 0 ? L - p.window : 0;
+        const int32_t end = h.poolEnd;
         const int32_t a = j - halo > 0 ? j - halo : 0, b = j + halo < end - 1 ? j + halo : end - 1;
         if (j >= end) {
           val = ph[j - base];
@@ -442,7 +442,6 @@ void runScores(RT& rt, const ScoreBatch& b) {
   p.out = b.out;
   p.pooling = (int32_t)b.pooling;
   p.kernel = b.kernel;
-  p.window = b.window;
   p.groupMax = b.groupMax ? 1 : 0;
   p.tiles = keyDiff ? reinterpret_cast<float*>(scratch + sTiles) : nullptr;
   p.anchor = keyDiff ? reinterpret_cast<float*>(scratch + sAnchor) : nullptr;

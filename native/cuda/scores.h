@@ -36,7 +36,6 @@ struct ScoreBatch {
   Scorer scorer = Scorer::SnapKV;
   Pooling pooling = Pooling::None;
   int kernel = 7;
-  int window = 0;                          // recent tokens left out of the pooling
   bool groupMax = false;
   uint32_t seed = 0;
   float scale = 0;

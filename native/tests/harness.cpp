@@ -495,7 +495,6 @@ void scoreCase(Backend& be, Report& rep, Rng& rng, const ScoreSpec& spec) {
   b.scorer = spec.scorer;
   b.pooling = spec.pooling;
   b.kernel = spec.kernel;
-  b.window = W;
   b.groupMax = spec.groupMax;
   b.seed = so.seed;
   b.scale = so.scale;
