@@ -91,7 +91,14 @@ function attentionRow(data: Data, l: number, i: number, q: number): number[] {
  * zero padding k//2 (the sum over the kernel divided by k); mean over the GQA group; the window
  * scores the maximum (always kept).
  */
+const snapkvMemo = new Map<string, number[][]>();
 function snapkv(data: Data, l: number, w: number, k: number): number[][] {
+  const key = `${l} ${w} ${k}`;
+  if (!snapkvMemo.has(key)) snapkvMemo.set(key, snapkvScores(data, l, w, k));
+  return snapkvMemo.get(key)!;
+}
+
+function snapkvScores(data: Data, l: number, w: number, k: number): number[][] {
   const n = L - w;
   const perQ = Array.from({ length: shape.queryHeads }, (_, q) => {
     const s = new Array<number>(n).fill(0);
