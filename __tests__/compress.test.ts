@@ -78,7 +78,7 @@ describe("scores match the references", () => {
     const r = rng(seed ^ 0x51);
     const b = build(r, { tokens: [150, 200, 130], pageSize: 5 });
     const window = c.window ?? 32;
-    const o = { ...defaults, ...c };
+    const o = { ...defaults, ...c, window };
     for (let l = 0; l < shape.layers; l++) {
       const got = b.seq.scores(l, o.scorer as never, { window, pooling: o.pooling, kernel: o.kernel, groupReduce: o.groupReduce, seed: o.seed });
       const rows = o.scorer === "tova" ? 1 : window;
@@ -105,7 +105,7 @@ describe("scores match the references", () => {
     const got = b.seq.scores(0, "snapkv", { window: 8, observationQueries: obs });
     const want = referenceScores(
       { keys: b.seq.keys(0, 1), positions: b.seq.positions(0, 1), headDim: shape.headDim, group: 4, headIndex: 1, layer: 0, queries: obs[0], queryPositions: Array.from({ length: 8 }, (_, i) => 92 + i), queryHeads: shape.queryHeads },
-      { ...defaults },
+      { ...defaults, window: 8 },
     );
     expect(relativeError(got[1], want)).toBeLessThan(1e-5);
     b.cache.dispose();

@@ -55,7 +55,15 @@ test("every scorer x allocation x ratio gets a row; lukv is calibrated on the sp
   // The table: a header, a rule, the full cache and one line per row.
   const table = r.out.split("\n").filter((l) => l.startsWith("|"));
   expect(table.length).toBe(3 + j.rows.length);
-  expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +[\d.]+ \| +- \| +100% \|$/);
+  expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +[\d.]+ \| +- \| +100% \| +0\.000 \|$/);
+  // The output error: 0 for the full cache, one value per window, larger at the higher ratio.
+  expect(j.full.outputError).toBe(0);
+  for (const x of j.rows) {
+    expect(x.windowOutputError.length).toBe(2);
+    expect(x.outputError).toBeGreaterThan(0);
+  }
+  const err = (q: number) => j.rows.filter((x) => x.ratio === q && x.allocation === "uniform").map((x) => x.outputError);
+  err(0.5).forEach((e, i) => expect(e).toBeLessThan(err(0.9)[i]));
   expect(j.full.passkeyAnswerNll).toBeGreaterThan(0);
   expect(j.full.windowNll.length).toBe(2);
   expect(j.rows[0].windowAgreement.length).toBe(2);
@@ -72,6 +80,7 @@ test.each(["after", "with"])("at ratio 0 every setting reproduces the full cache
     expect(x.perplexity).toBeCloseTo(j.full.perplexity, 10);
     expect(x.passkeyCorrect).toBe(j.full.passkeyCorrect);
     expect(x.passkeyAnswerNll).toBeCloseTo(j.full.passkeyAnswerNll, 10);
+    expect(x.outputError).toBe(0);
   }
   // Directly: each window in one forward pass, the continuation's tokens 1..15 scored.
   const model = loadTinyLM(dir);
@@ -95,7 +104,7 @@ test.each(["after", "with"])("at ratio 0 every setting reproduces the full cache
 });
 
 test("bad options: exit code 2 and the usage", async () => {
-  for (const argv of [["--ratios", "1"], ["--scorers", "snapkv,nope"], ["--texts", "-1"], ["--question", "before"], ["--bogus"], ["extra"]]) {
+  for (const argv of [["--ratios", "1"], ["--scorers", "snapkv,nope"], ["--texts", "-1"], ["--question", "before"], ["--bogus"], ["extra"], ["--error-steps", "0"]]) {
     const { code, err } = await run(["eval", "--model", dir, ...argv]);
     expect(code).toBe(2);
     expect(err).toMatch(/usage: lukv eval/);

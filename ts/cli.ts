@@ -11,7 +11,7 @@ const USAGE = `usage: lukv <command> [options]
 commands:
   demo                         the embedded model on lukv: prefill, compress, generate, compare with the full cache
   eval                         quality table: scorers x allocations x ratios on the embedded model
-  profile inspect FILE         shape, metadata and a heat map of an LU-KV profile (.npy or JSON)
+  profile inspect FILE         shape, metadata and a heat map of an LU-KV profile (.npy or JSON; --plot OUT.svg)
   profile convert IN OUT       convert a profile between .npy and JSON
   profile build DIR            build a profile from samples saved by profiler.save(DIR)
   solve CURVES.json --keep N   LU-KV head budgets for per-head loss curves

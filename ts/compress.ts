@@ -13,9 +13,11 @@ export type PoolingName = "max" | "avg" | "none";
 export const SCORERS: readonly ScorerName[] = ["snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random"];
 export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "adakv", "lukv"];
 const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
+/** Scorers whose scores are attention weights, which valueNorm can weight. */
+const VALUE_NORM_SCORERS: readonly ScorerName[] = ["snapkv", "tova", "h2o"];
 
 /** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
-export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries"] as const;
+export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries", "valueNorm"] as const;
 /** The option names compress() accepts. */
 export const COMPRESS_OPTION_NAMES = [...SCORE_OPTION_NAMES, "ratio", "budget", "allocation", "profile", "budgets", "sink", "alpha", "beta"] as const;
 
@@ -28,12 +30,20 @@ export interface ScoreOptions {
    * Must not exceed the positions appended to any layer that holds tokens.
    */
   window?: number;
-  /** Pooling of attention scores along the sequence. Default: "max" for snapkv, "none" otherwise. */
+  /**
+   * Pooling of attention scores along the sequence, over the tokens before the recent window only
+   * (the window's scores pass through): "max", or "avg" (the mean over the full kernel, zero padded
+   * at the ends, as torch's avg_pool1d and kvpress's SnapKVPress). Default: "max" for snapkv, "none" otherwise.
+   */
   pooling?: PoolingName;
   /** Pooling kernel size (odd). Default: 7. */
   kernel?: number;
-  /** Combination of the per-query-head scores of a GQA group. Default: "mean". */
-  groupReduce?: "mean" | "max";
+  /**
+   * Combination of the per-query-head scores of snapkv and tova: "mean" or "max" over the GQA group,
+   * or "layer": the mean over every query head of the layer, the same score for all its KV heads
+   * (TOVA's definition and kvpress's TOVAPress). Default: "mean".
+   */
+  groupReduce?: "mean" | "max" | "layer";
   /** Seed of the "random" scorer. Default: 0. */
   seed?: number;
   /** Softmax scale of the attention-based scorers, a finite float32. Default: 1 / sqrt(headDim). */
@@ -43,6 +53,12 @@ export interface ScoreOptions {
    * instead of the ones the sequence remembers. Default: the remembered ones.
    */
   observationQueries?: (Float32Array | undefined)[];
+  /**
+   * Multiply every score by its token's value norm ‖v‖: the attention a token draws times the size
+   * of what it adds to the output. Only for the scorers whose scores are attention weights
+   * ("snapkv", "tova", "h2o"). Default: false.
+   */
+  valueNorm?: boolean;
 }
 
 /** Options of compress(). */
@@ -97,6 +113,8 @@ export interface NativeCompressOptions {
   pooling: PoolingName;
   kernel: number;
   groupMax: number;
+  groupLayer: number;
+  valueNorm: number;
   seed: number;
   scale: number;
   observation?: (Float32Array | undefined)[];
@@ -125,7 +143,11 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
   const kernel = o.kernel ?? 7;
   if (typeof kernel !== "number" || !Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 1025)
     throw invalid("kernel", "odd integer between 1 and 1025", kernel);
-  const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max"] as const);
+  const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max", "layer"] as const);
+  const valueNorm = o.valueNorm ?? false;
+  if (typeof valueNorm !== "boolean") throw invalid("valueNorm", "a boolean", valueNorm);
+  if (valueNorm && !VALUE_NORM_SCORERS.includes(scorer))
+    throw invalid("valueNorm", `false for scorer "${scorer}" (it weights attention scores: ${VALUE_NORM_SCORERS.join(", ")})`, valueNorm);
   const seed = o.seed ?? 0;
   if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
     throw invalid("seed", "integer between 0 and 4294967295", seed);
@@ -148,6 +170,8 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
     pooling,
     kernel,
     groupMax: groupReduce === "max" ? 1 : 0,
+    groupLayer: groupReduce === "layer" ? 1 : 0,
+    valueNorm: valueNorm ? 1 : 0,
     seed,
     scale,
     observation,

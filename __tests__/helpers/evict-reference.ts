@@ -20,6 +20,8 @@ export interface ScoreRefOptions {
   groupReduce: "mean" | "max";
   seed: number;
   scale: number;
+  /** Recent tokens left out of the pooling. Default 0. */
+  window?: number;
 }
 
 function dot(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number, n: number): number {
@@ -28,11 +30,17 @@ function dot(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number,
   return s;
 }
 
-export function pool1d(x: number[], kind: "max" | "avg", kernel: number): number[] {
+/**
+ * Pools the first `end` values with each other (SnapKV pools the tokens before its observation
+ * window only); "avg" is the sum over the kernel divided by the kernel (zero padding), values from
+ * `end` on pass through.
+ */
+export function pool1d(x: number[], kind: "max" | "avg", kernel: number, end = x.length): number[] {
   const r = Math.floor(kernel / 2);
-  return x.map((_, j) => {
-    const win = x.slice(Math.max(0, j - r), Math.min(x.length, j + r + 1));
-    return kind === "max" ? Math.max(...win) : win.reduce((a, b) => a + b, 0) / win.length;
+  return x.map((v, j) => {
+    if (j >= end) return v;
+    const win = x.slice(Math.max(0, j - r), Math.min(end, j + r + 1));
+    return kind === "max" ? Math.max(...win) : win.reduce((a, b) => a + b, 0) / kernel;
   });
 }
 
@@ -80,7 +88,7 @@ export function referenceScores(x: ScoreRefInput, o: ScoreRefOptions): number[] 
     case "snapkv":
     case "tova": {
       let per = attentionPerQueryHead(x, o.scale);
-      if (o.pooling !== "none" && o.kernel > 1) per = per.map((s) => pool1d(s, o.pooling as "max" | "avg", o.kernel));
+      if (o.pooling !== "none" && o.kernel > 1) per = per.map((s) => pool1d(s, o.pooling as "max" | "avg", o.kernel, Math.max(0, L - (o.window ?? 0))));
       return Array.from({ length: L }, (_, j) => {
         const vals = per.map((s) => s[j]);
         return o.groupReduce === "max" ? Math.max(...vals) : vals.reduce((a, b) => a + b, 0) / vals.length;

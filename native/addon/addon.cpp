@@ -541,6 +541,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     s.pooling = named(env, o, "pooling", kPoolings, Pooling::None);
     s.kernel = (int)num("kernel", 7);
     s.groupMax = num("groupMax", 0) != 0;
+    s.groupLayer = num("groupLayer", 0) != 0;
+    s.valueNorm = num("valueNorm", 0) != 0;
     s.seed = (uint32_t)num("seed", 0);
     s.scale = (float)num("scale", 1.0 / std::sqrt((double)cfg.headDim));
     if (!std::isfinite(s.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");

@@ -160,6 +160,7 @@ class Cache {
                        std::vector<int32_t>& positions) const;
   void scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers, const ScoreOptions& o,
                        std::vector<std::vector<float>>& out);
+  void layerMeanScores(const Sequence& seq, int layer, std::vector<std::vector<float>>& out) const;
 
   CacheConfig cfg_;
   std::unique_ptr<Backend> backend_;

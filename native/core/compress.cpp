@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numeric>
 #include <queue>
 
@@ -82,6 +83,42 @@ void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers,
       work.push_back(r);
     }
   backend_->scores(work, cfg_.kvHeads, cfg_.queryHeads, o);
+  if (o.groupLayer && (o.scorer == Scorer::SnapKV || o.scorer == Scorer::TOVA))
+    for (int l : layers) layerMeanScores(seq, l, out);
+  // The attention a token gets times the size of what it contributes: score x ||v||.
+  if (o.valueNorm) {
+    std::vector<float> norms;
+    for (const ScoreRequest& r : work) {
+      const int32_t L = r.head->length();
+      norms.resize(L);
+      backend_->valueNorms(*r.head, L, norms.data());
+      for (int32_t t = 0; t < L; ++t) r.out[t] *= norms[t];
+    }
+  }
+}
+
+// Every head's score of a position becomes the mean of the group means of the layer's heads that
+// hold it: with equal groups, the mean over every query head of the layer (TOVA's definition).
+void Cache::layerMeanScores(const Sequence& seq, int layer, std::vector<std::vector<float>>& out) const {
+  const int H = cfg_.kvHeads;
+  std::map<int32_t, std::pair<double, int>> byPos;
+  for (int h = 0; h < H; ++h) {
+    const size_t idx = (size_t)layer * H + h;
+    const std::vector<int32_t>& pos = seq.heads[idx].positions;
+    for (size_t t = 0; t < pos.size(); ++t) {
+      auto& acc = byPos[pos[t]];
+      acc.first += out[idx][t];
+      acc.second += 1;
+    }
+  }
+  for (int h = 0; h < H; ++h) {
+    const size_t idx = (size_t)layer * H + h;
+    const std::vector<int32_t>& pos = seq.heads[idx].positions;
+    for (size_t t = 0; t < pos.size(); ++t) {
+      const auto& acc = byPos[pos[t]];
+      out[idx][t] = (float)(acc.first / acc.second);
+    }
+  }
 }
 
 std::vector<std::vector<float>> Cache::scores(int32_t seqId, int layer, const ScoreOptions& o) {

@@ -15,6 +15,8 @@ struct ScoreOptions {
   Pooling pooling = Pooling::None;
   int kernel = 7;
   bool groupMax = false;           // combine the GQA group by max instead of mean
+  bool groupLayer = false;         // then average over the layer's KV heads (TOVA: one score per layer)
+  bool valueNorm = false;          // then multiply each score by its token's ||v||
   uint32_t seed = 0;               // random scorer
   float scale = 0.f;               // softmax scale of attention-based scorers
   // Optional observation queries per layer ([rows, queryHeads, headDim]); empty = remembered ones.

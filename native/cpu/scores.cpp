@@ -41,19 +41,25 @@ void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
   }
 }
 
-void pool1d(const float* in, float* out, int L, Pooling kind, int kernel) {
+// Pools the first `end` scores (the tokens before the observation window) with each other only, as
+// SnapKV does; "avg" divides by the full kernel (zero padding at the edges, like torch's
+// avg_pool1d). The window's own scores pass through unchanged (they are always kept).
+void pool1d(const float* in, float* out, int L, int end, Pooling kind, int kernel) {
   const int r = kernel / 2;
   for (int j = 0; j < L; ++j) {
-    int lo = std::max(0, j - r), hi = std::min(L - 1, j + r);
+    if (j >= end) {
+      out[j] = in[j];
+      continue;
+    }
+    int lo = std::max(0, j - r), hi = std::min(end - 1, j + r);
     if (kind == Pooling::Max) {
       float m = in[lo];
       for (int x = lo + 1; x <= hi; ++x) m = std::max(m, in[x]);
       out[j] = m;
     } else {
-      // Average over the positions inside the sequence (padding is not counted).
       double s = 0;
       for (int x = lo; x <= hi; ++x) s += in[x];
-      out[j] = (float)(s / (hi - lo + 1));
+      out[j] = (float)(s / kernel);
     }
   }
 }
@@ -74,9 +80,12 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       attentionScores(a, perHead);
       const int G = a.group;
       if (o.pooling != Pooling::None && o.kernel > 1) {
+        // Pooling covers the tokens before the first observation query (those the window's keys
+        // follow), however many tokens decoding has appended since.
+        const int end = a.rows > 0 ? (int)(std::lower_bound(h.positions.begin(), h.positions.end(), a.queryPositions[0]) - h.positions.begin()) : L;
         std::vector<float> tmp(L);
         for (int g = 0; g < G; ++g) {
-          pool1d(perHead.data() + (size_t)g * L, tmp.data(), L, o.pooling, o.kernel);
+          pool1d(perHead.data() + (size_t)g * L, tmp.data(), L, end, o.pooling, o.kernel);
           std::copy(tmp.begin(), tmp.end(), perHead.begin() + (size_t)g * L);
         }
       }

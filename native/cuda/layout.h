@@ -120,6 +120,7 @@ struct ScoreHeadDesc {
   int32_t kvHead;
   int32_t row0, rows;              // observation rows (global, in queries)
   int32_t visibleBegin;            // visible[visibleBegin + r]
+  int32_t poolEnd;                 // tokens before the first observation query: the ones pooling covers
   int64_t rawBase;                 // raw[rawBase + (r * G + g) * length + t]
   int64_t statBase;                // stats[statBase + r * G + g]: (max, sum)
   int64_t outBase;                 // out[outBase + t]

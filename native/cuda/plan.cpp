@@ -267,6 +267,7 @@ ScorePlan planScores(const std::vector<ScoreHeadInput>& in, int queryHeads, int 
       if (h.length > 0 && h.positions == nullptr) throwInvalid("scored head " + str((int64_t)i) + ": no positions");
       if (h.rows > 0 && h.queryPositions == nullptr) throwInvalid("scored head " + str((int64_t)i) + ": no query positions");
       d.row0 = h.row0;
+      d.poolEnd = h.rows > 0 ? visibleAt(h.positions, h.length, h.queryPositions[0] - 1) : h.length;
       d.rows = h.rows;
       for (int r = 0; r < h.rows; ++r) plan.visible.push_back(visibleAt(h.positions, h.length, h.queryPositions[r]));
       d.rawBase = plan.rawFloats;

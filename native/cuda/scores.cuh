@@ -165,14 +165,18 @@ __global__ void __launch_bounds__(256) obsPoolKernel(const ScoreParams p) {
       if (halo == 0) {
         val = ph[j - base];
       } else {
-        const int32_t a = j - halo > 0 ? j - halo : 0, b = j + halo < L - 1 ? j + halo : L - 1;
-        if (p.pooling == 1) {
+        // Only the tokens before the recent window pool, with each other (see cpu/scores.cpp).
+        const int32_t end = h.poolEnd;
+        const int32_t a = j - halo > 0 ? j - halo : 0, b = j + halo < end - 1 ? j + halo : end - 1;
+        if (j >= end) {
+          val = ph[j - base];
+        } else if (p.pooling == 1) {
           val = ph[a - base];
           for (int32_t x = a + 1; x <= b; ++x) val = fmaxf(val, ph[x - base]);
         } else {
           float s = 0.f;
           for (int32_t x = a; x <= b; ++x) s += ph[x - base];
-          val = s / (float)(b - a + 1);
+          val = s / (float)p.kernel;
         }
       }
       agg = p.groupMax ? fmaxf(agg, val) : agg + val;

@@ -1,11 +1,12 @@
 // `lukv eval`: the quality table of KV-cache compression on the embedded model. For every scorer x
 // allocation x ratio: passkey retrieval accuracy, perplexity of held-out continuations with the
-// compressed cache, and greedy next-token agreement with the full cache.
+// compressed cache, greedy next-token agreement with the full cache, and the output error of the
+// attention over the next decode steps (docs/methods.md).
 import * as fs from "fs";
 import * as path from "path";
-import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
+import { ALLOCATIONS, AllocationName, SCORERS, ScorerName, type ScoreOptions } from "../compress";
 import type { DType } from "../dtype";
-import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, passkeyPrompts, TinyLM } from "../model";
+import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, outputErrorProbe, passkeyPrompts, TinyLM } from "../model";
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { CliIO, parseArgs, progressBar } from "./io";
@@ -14,7 +15,9 @@ const USAGE = `usage: lukv eval [options]
 
 The quality table on the embedded model (models/tiny-lm): for each scorer x allocation x ratio,
 passkey retrieval accuracy (heldout/passkey.json), perplexity of held-out continuations after the
-context was compressed, and greedy next-token agreement with the full cache.
+context was compressed, greedy next-token agreement with the full cache, and the output error:
+Σ‖O_c − O_f‖ / Σ‖O_f‖ over layers and the first --error-steps continuation steps, O the attention
+output after o_proj with the compressed (O_c) or full (O_f) cache, fed the full run's q, k, v.
 
 options (defaults in brackets):
   --scorers LIST       comma-separated [snapkv,keydiff]
@@ -24,6 +27,7 @@ options (defaults in brackets):
   --windows N          windows per text, as many as fit up to N [3]
   --context N          context tokens per window, BOS included [768]
   --tokens N           teacher-forced continuation tokens per window [128]
+  --error-steps N      decode steps of the output error (clipped to tokens - 1) [64]
   --passkeys N         passkey prompts [all]
   --question Q         passkey question compressed "with" the text (the scorer sees it) or
                        fed "after" the text was compressed (kvpress protocol) [after]
@@ -46,6 +50,10 @@ export interface EvalSettings {
   /** Passkey prompts: the question is compressed "with" the text, or appended "after" compressing it. */
   question: "with" | "after";
   dtype: DType;
+  /** Continuation steps the output error covers (clipped to tokens - 1). */
+  errorSteps: number;
+  /** Extra compress() options per scorer (valueNorm, pooling, ...). Default none. */
+  scoreOptions?: Partial<Record<ScorerName, ScoreOptions>>;
 }
 
 /** The scores of one setting (or of the full cache). */
@@ -64,6 +72,9 @@ export interface EvalScores {
   /** Per held-out window (in `samples` order): mean NLL of its scored tokens, and their agreement. */
   windowNll: number[];
   windowAgreement: number[];
+  /** Σ‖O_c − O_f‖ / Σ‖O_f‖ over layers, steps and windows (0 for the full cache), and per window. */
+  outputError: number;
+  windowOutputError: number[];
 }
 
 export interface EvalRow extends EvalScores {
@@ -135,9 +146,14 @@ interface Accumulator {
   /** Per window: mean NLL and agreement of its scored tokens. */
   windowNll: number[];
   windowAgreement: number[];
+  errDiff: number;
+  errNorm: number;
+  windowOutputError: number[];
 }
 
-const empty = (): Accumulator => ({ correct: 0, prompts: 0, answerNll: 0, answerTokens: 0, nll: 0, agree: 0, scored: 0, windowNll: [], windowAgreement: [] });
+const empty = (): Accumulator => ({
+  correct: 0, prompts: 0, answerNll: 0, answerTokens: 0, nll: 0, agree: 0, scored: 0, windowNll: [], windowAgreement: [], errDiff: 0, errNorm: 0, windowOutputError: [],
+});
 
 function scores(a: Accumulator): EvalScores {
   return {
@@ -150,6 +166,8 @@ function scores(a: Accumulator): EvalScores {
     scoredTokens: a.scored,
     windowNll: a.windowNll,
     windowAgreement: a.windowAgreement,
+    outputError: a.errNorm > 0 ? a.errDiff / a.errNorm : NaN,
+    windowOutputError: a.windowOutputError,
   };
 }
 
@@ -183,12 +201,12 @@ export function runEval(
   const tick = () => progress(++done, total);
   const longest = Math.max(s.context + s.tokens, ...prompts.map((p) => (p.prompt_tokens ?? 4 * p.prompt.length) + 16));
   // Room for the full sequence and one compressed fork with its continuation.
-  using cache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + 64 });
+  using cache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + s.errorSteps + 128 });
 
   const compressed = (seq: Sequence, i: number): Sequence => {
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
-    fork.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
+    fork.compress({ ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
     return fork;
   };
 
@@ -199,8 +217,16 @@ export function runEval(
     const targets = sample.ids.slice(s.context + 1, s.context + s.tokens);
     using seq = cache.createSequence();
     model.forward(seq, context, { logits: "none" });
+    const probe = outputErrorProbe(model, Math.min(s.errorSteps, fed.length));
+    let fullOutputs: Float32Array[] = [];
+    const outputError = (fork: Sequence, a: Accumulator): void => {
+      const t = probe.compare(fullOutputs, probe.outputs(fork));
+      a.errDiff += t.diff;
+      a.errNorm += t.norm;
+      a.windowOutputError.push(t.diff / t.norm);
+    };
     const score = (fork: Sequence, a: Accumulator, reference?: Int32Array): Int32Array => {
-      const rows = model.forward(fork, fed, { logits: "all" });
+      const rows = model.forward(fork, fed, { logits: "all", onAttention: reference === undefined ? probe.record : undefined });
       const greedy = new Int32Array(targets.length);
       let nll = 0, agree = 0;
       targets.forEach((target, t) => {
@@ -219,10 +245,13 @@ export function runEval(
     {
       using f = seq.fork();
       reference = score(f, full);
+      fullOutputs = probe.outputs(seq);
+      outputError(seq, full);
     }
     tick();
     settings.forEach((_, i) => {
       using f = compressed(seq, i);
+      outputError(f, acc[i]);
       score(f, acc[i], reference);
       tick();
     });
@@ -277,9 +306,9 @@ function pct(x: number): string {
 
 /** The table, one row per setting, grouped by scorer and ratio. */
 export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
-  const head = ["scorer", "ratio", "allocation", "passkey", "passkey NLL", "perplexity", "Δppl", "next-token agreement"];
+  const head = ["scorer", "ratio", "allocation", "passkey", "passkey NLL", "perplexity", "Δppl", "next-token agreement", "output error"];
   const nll = (x: number) => (Number.isNaN(x) ? "-" : x.toFixed(3));
-  const lines: string[][] = [["full cache", "-", "-", pct(r.full.passkeyAccuracy), nll(r.full.passkeyAnswerNll), r.full.perplexity.toFixed(3), "-", "100%"]];
+  const lines: string[][] = [["full cache", "-", "-", pct(r.full.passkeyAccuracy), nll(r.full.passkeyAnswerNll), r.full.perplexity.toFixed(3), "-", "100%", nll(r.full.outputError)]];
   for (const x of r.rows)
     lines.push([
       x.scorer,
@@ -290,6 +319,7 @@ export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
       x.perplexity.toFixed(3),
       `${x.perplexity >= r.full.perplexity ? "+" : ""}${(100 * (x.perplexity / r.full.perplexity - 1)).toFixed(1)}%`,
       pct(x.agreement),
+      nll(x.outputError),
     ]);
   const widths = head.map((h, c) => Math.max(h.length, ...lines.map((l) => l[c].length)));
   const fmt = (l: string[]) => "| " + l.map((v, c) => (c < 3 ? v.padEnd(widths[c]) : v.padStart(widths[c]))).join(" | ") + " |";
@@ -324,7 +354,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
   let settings: EvalSettings, dir: string, out: string, calibrate: boolean;
   try {
     if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
-    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "question", "dtype", "out", "model", "calibrate"];
+    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "question", "dtype", "out", "model", "calibrate", "error-steps"];
     for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
     const ratiosArg = options.get("ratios");
     const ratios = ratiosArg === undefined ? [0.5, 0.8, 0.9] : String(ratiosArg).split(",").map(Number);
@@ -342,6 +372,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       passkeys: count(options, "passkeys", Number.MAX_SAFE_INTEGER, 0),
       question: oneOfOption(options.get("question"), ["after", "with"] as const, "question"),
       dtype,
+      errorSteps: count(options, "error-steps", 64, 1),
     };
     calibrate = options.get("calibrate") === true;
     dir = typeof options.get("model") === "string" ? (options.get("model") as string) : defaultModelDir();

@@ -4,6 +4,8 @@ import { parseArgs as parseNodeArgs } from "node:util";
 export interface CliIO {
   out: (s: string) => void;
   err: (s: string) => void;
+  /** Whether `out` is a terminal (colour output). Default false. */
+  isTTY?: boolean;
 }
 
 /** The same, by the name the subcommands use. */
@@ -12,6 +14,7 @@ export type CommandIO = CliIO;
 export const processIO: CliIO = {
   out: (s) => process.stdout.write(s.endsWith("\n") ? s : s + "\n"),
   err: (s) => process.stderr.write(s.endsWith("\n") ? s : s + "\n"),
+  isTTY: process.stdout.isTTY === true,
 };
 
 /** Reads `--name value` and `--flag` options; the rest are positional. */

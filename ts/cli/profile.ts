@@ -1,25 +1,26 @@
 // `lukv profile …`: look inside LU-KV profiles and convert them between .npy and JSON.
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { basename } from "node:path";
 import { BadProfileError, InvalidArgumentError } from "../errors";
-import { decodeNpy, decodeProfile, loadProfile, pruneRatiosAt, saveProfile, type Profile } from "../profile";
+import { decodeNpy, decodeProfile, loadProfile, saveProfile, type Profile } from "../profile";
 import { formatOfPath } from "../profile/io";
 import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
 import { profileBuildCommand } from "./profile-build";
+import { colourMode, heatMapSvg, keepGrid, terminalGrid } from "./heatmap";
 
 
 const USAGE = `usage: lukv profile <subcommand> ...
 
 subcommands:
   inspect FILE [--ratio R]       shape, metadata, and a heat map of each KV head's keep
-                                 ratio at compression ratio R (default 0.8); FILE is a
-                                 .npy (LU-KV / kvpress) or lukv JSON profile
+        [--plot OUT.svg]         share at compression ratio R (default 0.8), coloured on a
+                                 terminal (digits otherwise, or with NO_COLOR), and with
+                                 --plot also as an SVG file; FILE is a .npy (LU-KV /
+                                 kvpress) or lukv JSON profile
   convert IN OUT [--dtype f4|f8] convert between .npy and lukv JSON, by extension
                                  (.npy holds only the table; --dtype default f8)
   build DIR [--out FILE]         build a profile from samples saved by profiler.save(DIR)
         [--scope global|per-layer] [--grid N]`;
-
-/** Shades from least to most kept; each head is drawn two cells wide. */
-const SHADES = [" ", "░", "▒", "▓", "█"];
 
 function fmt(x: number, digits = 3): string {
   return x.toFixed(digits);
@@ -56,42 +57,11 @@ function describeMeta(profile: Profile, format: string): string[] {
   return lines;
 }
 
-/** One row per layer: a shaded cell per KV head, then the layer's mean keep ratio. */
-export function keepHeatMap(profile: Profile, ratio: number): string[] {
-  const { layers, kvHeads } = profile;
-  const keep = pruneRatiosAt(profile, ratio).map((p) => 1 - p);
-  let max = 0;
-  let total = 0;
-  for (const k of keep) {
-    max = Math.max(max, k);
-    total += k;
-  }
-  // Shade relative to the most-kept head, so the map has contrast at any ratio.
-  const shade = (k: number) => SHADES[max > 0 ? Math.min(SHADES.length - 1, Math.floor((k / max) * SHADES.length)) : 0];
-  const step = max / SHADES.length;
-  const legend = SHADES.map((s, i) => `'${s}' ${i === 0 ? "<" : "≥"} ${fmt(i === 0 ? step : step * i)}`).join("  ");
-  const width = Math.max(5, 2 * kvHeads);
-  const lines = [
-    `keep ratio per KV head at compression ratio ${ratio} (mean ${fmt(total / keep.length)}, max ${fmt(max)})`,
-    `  shades: ${legend}`,
-    `  layer  ${"heads".padEnd(width)}  mean keep`,
-  ];
-  for (let l = 0; l < layers; l++) {
-    let cells = "";
-    let sum = 0;
-    for (let h = 0; h < kvHeads; h++) {
-      const k = keep[l * kvHeads + h];
-      cells += shade(k).repeat(2);
-      sum += k;
-    }
-    lines.push(`  ${String(l).padStart(5)}  ${cells.padEnd(width)}  ${fmt(sum / kvHeads)}`);
-  }
-  return lines;
-}
-
 async function inspect(argv: string[], io: CommandIO): Promise<number> {
-  const { strings: values, positionals } = parseCommandArgs(argv, ["ratio"]);
+  const { strings: values, positionals } = parseCommandArgs(argv, ["ratio", "plot"]);
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? "inspect needs a FILE" : `inspect takes one FILE, got ${positionals.length}`);
+  if (values.plot !== undefined && !values.plot.toLowerCase().endsWith(".svg"))
+    throw new UsageError(`--plot must name an .svg file, got ${JSON.stringify(values.plot)}`);
   const ratio = values.ratio === undefined ? 0.8 : Number(values.ratio);
   if (!(ratio >= 0 && ratio <= 1) || values.ratio?.trim() === "") {
     throw new UsageError(`--ratio must be a number between 0 and 1, got ${JSON.stringify(values.ratio)}`);
@@ -107,7 +77,12 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
   } catch (e) {
     throw e instanceof BadProfileError ? new BadProfileError(`${file}: ${e.message}`) : e;
   }
-  io.out([file, ...describeMeta(profile, format), "", ...keepHeatMap(profile, ratio)].join("\n"));
+  const grid = keepGrid(profile, ratio);
+  io.out([file, ...describeMeta(profile, format), "", ...terminalGrid(grid, colourMode(io.isTTY === true))].join("\n"));
+  if (values.plot !== undefined) {
+    writeFileSync(values.plot, heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`));
+    io.out(`wrote ${values.plot} (heat map of ${profile.layers} layers × ${profile.kvHeads} KV heads)`);
+  }
   return 0;
 }
 

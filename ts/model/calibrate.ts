@@ -2,14 +2,17 @@
 // oracle over a few dozen decode steps after each context, and build one profile per scorer.
 import type { ScorerName } from "../compress";
 import type { Profile } from "../profile";
-import { Profiler, type ProfileReport } from "../profiler";
+import { Profiler, type ProfileReport, type ProfilerScorerOptions } from "../profiler";
 import type { NamedText } from "./files";
 import type { TinyLM } from "./tiny-lm";
+import { outputErrorOracle, outputErrorProbe } from "./output-error";
 
 /** Options of {@link calibrateTinyLM}. */
 export interface CalibrationOptions {
   /** Scorers to build a profile for; one decode pass serves them all. Default: ["snapkv"]. */
   scorers?: ScorerName[];
+  /** Options of every scorer (pooling, kernel, groupReduce, valueNorm...), as for compress(). Default {}. */
+  scorerOptions?: ProfilerScorerOptions;
   /** Context lengths (tokens, BOS included) cut one after another from each text. Default: [384, 640, 896]. */
   contexts?: number[];
   /** Decode steps per context whose attention makes the oracle (the text's own next tokens, one at a time). Default: 32. */
@@ -19,6 +22,12 @@ export interface CalibrationOptions {
   window?: number;
   /** Divide ||v W_O|| by its sum over the layer's heads and context tokens, as the LU-KV authors did. Default: true. */
   normalize?: boolean;
+  /**
+   * The importance the budgets are solved for: "lukv", the authors' oracle (max over the decode
+   * steps of attention x ||v W_O||, see `normalize`), or "output", each token's first-order share of
+   * the output error summed over the steps (see outputErrorOracle). Default: "lukv".
+   */
+  oracle?: "lukv" | "output";
   /** Model name for the profile's metadata. Default: "lukv-tiny-lm". */
   model?: string;
   /** Data set name for the metadata. Default: "models/tiny-lm/calibration". */
@@ -54,6 +63,7 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
         layers,
         kvHeads,
         scorer,
+        scorerOptions: options.scorerOptions,
         sink,
         window,
         model: options.model ?? "lukv-tiny-lm",
@@ -82,6 +92,18 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
     using seq = cache.createSequence();
     const context = w.ids.length - steps;
     model.forward(seq, w.ids.slice(0, context), { logits: "none" });
+    if (options.oracle === "output") {
+      const c = model.config;
+      const scores = profilers.map((p) => Array.from({ length: layers }, (_, l) => seq.scores(l, p.scorer, { ...p.scorerOptions, window: p.window })));
+      const heads = (read: (l: number, h: number) => Float32Array) => Array.from({ length: layers }, (_, l) => Array.from({ length: kvHeads }, (_, h) => read(l, h)));
+      const keys = heads((l, h) => seq.keys(l, h)), values = heads((l, h) => seq.values(l, h));
+      const probe = outputErrorProbe(model, steps);
+      for (let s = context; s < w.ids.length; s++) model.forward(seq, [w.ids[s]], { logits: "none", onAttention: probe.record });
+      const oracle = outputErrorOracle(probe, keys, values, { queryHeads: c.heads, kvHeads, headDim: c.headDim, hidden: c.hidden });
+      profilers.forEach((p, k) => p.addSample({ scores: scores[k], oracle, decodeSteps: steps }));
+      options.onProgress?.(i + 1, windows.length);
+      return;
+    }
     // Each profiler keeps its scorer's ranking of the context as of now (KeyDiff's moves once
     // decoding appends keys); recording restarts harmlessly for each.
     for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: options.normalize ?? true });

@@ -16,3 +16,5 @@ export { modelProfile, modelTexts, passkeyPrompts } from "./files";
 export type { NamedText, PasskeyPrompt } from "./files";
 export { calibrateTinyLM } from "./calibrate";
 export type { CalibrationOptions, Calibration } from "./calibrate";
+export { OutputErrorProbe, outputErrorProbe, outputErrorOracle } from "./output-error";
+export type { AttentionInputs, OutputErrorTerms } from "./output-error";

@@ -57,6 +57,11 @@ export interface ForwardOptions {
   onProgress?: (done: number, total: number) => void;
   /** When given, the wall time of lukv's append + attend calls is added to `timing.attentionMs`. */
   timing?: { attentionMs: number };
+  /**
+   * Called for every chunk and layer with the chunk's post-RoPE queries [T, heads, headDim], keys
+   * and values [T, kvHeads, headDim] before they reach the cache (views, valid during the call).
+   */
+  onAttention?: (layer: number, q: Float32Array, k: Float32Array, v: Float32Array) => void;
 }
 
 /** Options of generate(). */
@@ -190,7 +195,7 @@ export class TinyLM {
     const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
     for (let done = 0; done < n; done += chunk) {
       const T = Math.min(chunk, n - done);
-      const x = this.#blocks(seq, tokens, done, T, options.timing);
+      const x = this.#blocks(seq, tokens, done, T, options.timing, options.onAttention);
       // Only the rows whose logits are wanted go through the (largest) output matmul.
       if (want === "all") this.#logits(x, 0, T, logits.subarray(done * V, (done + T) * V));
       else if (want === "last" && done + T === n) this.#logits(x, T - 1, 1, logits);
@@ -200,7 +205,7 @@ export class TinyLM {
   }
 
   /** The residual stream after the last block for tokens[from .. from+T), [T, hidden]. */
-  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number, timing?: { attentionMs: number }): Float32Array {
+  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number, timing?: { attentionMs: number }, onAttention?: ForwardOptions["onAttention"]): Float32Array {
     const { hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m, rmsNormEps: eps, ropeTheta } = this.config;
     const { embed } = this.weights;
     const x = new Float32Array(T * d);
@@ -219,6 +224,7 @@ export class TinyLM {
       matmul(h, T, d, w.wv, KV * hd, v);
       applyRope(q, T, H, hd, cos, sin);
       applyRope(k, T, KV, hd, cos, sin);
+      onAttention?.(l, q, k, v);
       const t0 = timing ? performance.now() : 0;
       seq.append(l, k, v);
       const att = seq.attend(l, q);

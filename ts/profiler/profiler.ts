@@ -9,9 +9,9 @@ import { analyzeSample, type ProfilerScope, type SampleConfig } from "./sample";
 import { openSamples, writeSamples, type StoredOptions, type StoredSample } from "./store";
 
 /** Scorer options the profiler passes to seq.scores(); `window` is the profiler's own option. */
-export type ProfilerScorerOptions = Pick<ScoreOptions, "pooling" | "kernel" | "groupReduce" | "seed" | "scale">;
+export type ProfilerScorerOptions = Pick<ScoreOptions, "pooling" | "kernel" | "groupReduce" | "seed" | "scale" | "valueNorm">;
 
-const SCORER_OPTION_KEYS = ["pooling", "kernel", "groupReduce", "seed", "scale"] as const;
+const SCORER_OPTION_KEYS = ["pooling", "kernel", "groupReduce", "seed", "scale", "valueNorm"] as const;
 const SCOPES: readonly ProfilerScope[] = ["global", "per-layer"];
 /** Scorers whose ranking of the context moves once decoding appends tokens (KeyDiff's mean key, H2O's mass). */
 const DRIFTING: readonly ScorerName[] = ["keydiff", "h2o"];
@@ -24,7 +24,7 @@ export interface ProfilerOptions {
   kvHeads: number;
   /** In-head scorer π whose ranking the profile is calibrated for (the one compress() will use). Default "snapkv". */
   scorer?: ScorerName;
-  /** The scorer's options, as for compress(): pooling, kernel, groupReduce, seed, scale. Default {} (compress()'s defaults). */
+  /** The scorer's options, as for compress(): pooling, kernel, groupReduce, seed, scale, valueNorm. Default {} (compress()'s defaults). */
   scorerOptions?: ProfilerScorerOptions;
   /** First tokens of every head that are never evicted (attention sinks). Default 4. */
   sink?: number;

@@ -1,0 +1,81 @@
+// Configurations beyond the LU-KV paper on the embedded model, against LU-KV + SnapKV as shipped:
+// output error (docs/methods.md), perplexity and next-token agreement on the held-out texts.
+//
+//   npx tsc -p tsconfig.build.json && nice -n 19 node dist/examples/tiny-lm/beyond-paper.js [--ratios 0.5,0.8,0.9] [--windows 3]
+//
+// Every variant's LU-KV profile is calibrated here, on models/tiny-lm/calibration, with the same
+// scorer options it is evaluated with; the baseline uses the shipped models/tiny-lm/profile.json.
+// Writes bench/results/beyond-paper.json.
+import * as fs from "fs";
+import * as path from "path";
+import type { ScoreOptions } from "../../ts/compress";
+import { runEval, type EvalRow } from "../../ts/cli/eval";
+import { calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, type CalibrationOptions } from "../../ts/model";
+import type { Profile } from "../../ts/profile";
+
+interface Variant {
+  name: string;
+  /** compress() options besides scorer "snapkv", allocation "lukv" and the ratio. */
+  options: ScoreOptions;
+  /** How its profile is calibrated (undefined: the shipped profile). */
+  calibration?: Pick<CalibrationOptions, "normalize" | "oracle">;
+}
+
+const VARIANTS: Variant[] = [
+  { name: "LU-KV + SnapKV (shipped profile)", options: {} },
+  { name: "LU-KV (output-error oracle) + SnapKV", options: {}, calibration: { oracle: "output" } },
+  { name: "LU-KV (output-error oracle) + SnapKV, max-pool kernel 3", options: { kernel: 3 }, calibration: { oracle: "output" } },
+  { name: "LU-KV (output-error oracle) + SnapKV, no pooling", options: { pooling: "none" }, calibration: { oracle: "output" } },
+];
+
+const args = process.argv.slice(2);
+const arg = (name: string, fallback: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const ratios = arg("ratios", "0.5,0.8,0.9").split(",").map(Number);
+const windows = Number(arg("windows", "3"));
+
+const t0 = performance.now();
+const dir = defaultModelDir();
+const model = loadTinyLM(dir);
+const calibration = modelTexts(dir, "calibration");
+const rows: { variant: string; row: EvalRow }[] = [];
+for (const v of VARIANTS) {
+  const tv = performance.now();
+  const profile: Profile = v.calibration
+    ? calibrateTinyLM(model, calibration, { scorers: ["snapkv"], scorerOptions: v.options, ...v.calibration }).profiles.get("snapkv")!
+    : modelProfile(dir, "snapkv")!.profile;
+  const result = runEval(model, dir, {
+    scorers: ["snapkv"],
+    allocations: ["lukv"],
+    ratios,
+    texts: Number.MAX_SAFE_INTEGER,
+    windows,
+    context: 768,
+    tokens: 128,
+    passkeys: 0,
+    question: "after",
+    dtype: "f32",
+    errorSteps: 64,
+    scoreOptions: { snapkv: v.options },
+  }, new Map([["snapkv", profile]]));
+  for (const row of result.rows) rows.push({ variant: v.name, row });
+  console.error(`${v.name}: ${((performance.now() - tv) / 1000).toFixed(0)} s`);
+}
+
+const base = (ratio: number) => rows.find((r) => r.variant === VARIANTS[0].name && r.row.ratio === ratio)!.row;
+const lines = ["| configuration | ratio | output error | vs LU-KV + SnapKV | perplexity | next-token agreement |", "| --- | ---: | ---: | ---: | ---: | ---: |"];
+for (const ratio of ratios)
+  for (const { variant, row } of rows.filter((r) => r.row.ratio === ratio)) {
+    const d = row.outputError / base(ratio).outputError - 1;
+    lines.push(
+      `| ${variant} | ${ratio.toFixed(2)} | ${row.outputError.toFixed(4)} | ${variant === VARIANTS[0].name ? "-" : `${d >= 0 ? "+" : ""}${(100 * d).toFixed(1)}%`} | ` +
+        `${row.perplexity.toFixed(3)} | ${(100 * row.agreement).toFixed(1)}% |`,
+    );
+  }
+console.log(lines.join("\n"));
+console.log(`${((performance.now() - t0) / 1000).toFixed(0)} s`);
+const out = path.join("bench", "results", "beyond-paper.json");
+fs.mkdirSync(path.dirname(out), { recursive: true });
+fs.writeFileSync(out, JSON.stringify({ command: ["node", "dist/examples/tiny-lm/beyond-paper.js", ...args].join(" "), rows }, null, 1) + "\n");
