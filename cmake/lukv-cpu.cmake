@@ -28,6 +28,7 @@ function(lukv_core_sources out native)
     ${native}/core/cache.cpp
     ${native}/core/compress.cpp
     ${native}/core/oracle.cpp
+    ${native}/core/expected_attention.cpp
     ${native}/cpu/cache.cpp
     ${native}/cpu/attention.cpp
     ${native}/cpu/scores.cpp

@@ -73,7 +73,7 @@ struct Named {
 };
 const Named<Scorer> kScorers[] = {{"snapkv", Scorer::SnapKV}, {"keydiff", Scorer::KeyDiff}, {"knorm", Scorer::KNorm},
                                   {"tova", Scorer::TOVA},     {"h2o", Scorer::H2O},         {"streaming", Scorer::Streaming},
-                                  {"random", Scorer::Random}};
+                                  {"random", Scorer::Random}, {"expected-attention", Scorer::ExpectedAttention}};
 const Named<Pooling> kPoolings[] = {{"none", Pooling::None}, {"max", Pooling::Max}, {"avg", Pooling::Avg}};
 const Named<Allocation> kAllocations[] = {{"uniform", Allocation::Uniform},
                                           {"pyramidkv", Allocation::PyramidKV},
@@ -363,6 +363,30 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return p;
   }
 
+  // Expected Attention's statistics (Float64Array per layer) and settings, validated in TypeScript.
+  static void parseExpected(Napi::Object o, const CacheConfig& cfg, ExpectedAttentionOptions& e) {
+    auto f64 = [](Napi::Value v, std::vector<double>& out) {
+      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) return;
+      auto a = v.As<Napi::Float64Array>();
+      out.assign(a.Data(), a.Data() + a.ElementLength());
+    };
+    auto perLayer = [&](const char* key, std::vector<std::vector<double>>& out) {
+      Napi::Value v = o.Get(key);
+      out.assign(cfg.layers, {});
+      if (!v.IsArray()) return;
+      Napi::Array arr = v.As<Napi::Array>();
+      for (uint32_t l = 0; l < arr.Length() && l < (uint32_t)cfg.layers; ++l) f64(arr.Get(l), out[l]);
+    };
+    perLayer("mean", e.mean);
+    perLayer("covariance", e.covariance);
+    f64(o.Get("inverseFrequencies"), e.inverseFrequencies);
+    Napi::Value fp = o.Get("futurePositions"), eps = o.Get("epsilon");
+    if (fp.IsNumber()) e.futurePositions = fp.As<Napi::Number>().Int32Value();
+    if (eps.IsNumber()) e.epsilon = eps.As<Napi::Number>().DoubleValue();
+    e.useCovariance = o.Get("useCovariance").ToBoolean().Value();
+    e.valueNorm = o.Get("valueNorm").ToBoolean().Value();
+  }
+
   // Options arrive validated from TypeScript: plain numbers and typed arrays.
   static CompressOptions parseCompress(Napi::Env env, Napi::Object o, const CacheConfig& cfg) {
     auto num = [&](const char* k, double def) -> double {
@@ -393,6 +417,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     c.allocation = named(env, o, "allocation", kAllocations, Allocation::Uniform);
     c.ratio = num("ratio", 0);
     c.sink = (int)num("sink", 4);
+    s.sink = c.sink;
+    Napi::Value ea = o.Get("expected");
+    if (ea.IsObject()) parseExpected(ea.As<Napi::Object>(), cfg, s.expected);
     c.alpha = num("alpha", 0.2);
     c.beta = num("beta", 20);
     Napi::Value pr = o.Get("pruneRatios");
