@@ -2,8 +2,11 @@
 // definition (kvpress ExpectedAttentionPress): two-pass query statistics, the RoPE rotation matrix
 // averaged over the future positions as a dense matrix, softmax over the non-sink keys, GQA mean,
 // value norm. Random data (seed printed) and the real tiny-lm.
+import * as fs from "fs";
+import * as os from "os";
 import * as path from "path";
-import { KVCache, Sequence, DType, QueryStatistics, InvalidArgumentError, CompressOptions } from "../ts";
+import { KVCache, Sequence, DType, QueryStatistics, InvalidArgumentError, CompressOptions, Profiler, loadProfile } from "../ts";
+import { profileBuildCommand } from "../ts/cli/profile-build";
 import { loadTinyLM } from "../ts/model";
 import { rng, testSeed, randn } from "./helpers/random";
 import { referenceSelect } from "./helpers/evict-reference";
@@ -323,5 +326,54 @@ describe("expected-attention on tiny-lm", () => {
         expect(pos[pos.length - 1]).toBe(ids.length - 1);
       }
     cache.dispose();
+  });
+});
+
+describe("expected-attention in the profiler", () => {
+  const model = loadTinyLM(path.join(__dirname, "..", "models", "tiny-lm"));
+  const { layers, heads, kvHeads, headDim, ropeTheta } = model.config;
+  const text =
+    "Debian keeps every package in a signed archive. The package manager downloads the list of packages, checks the signature of the list and then installs what the user asked for, with every package it depends on.";
+  const ids = [model.config.bosTokenId ?? 4094, ...model.tokenizer!.encode(text)];
+  const settings = { rope: { inverseFrequencies: Array.from({ length: headDim / 2 }, (_, i) => 1 / ropeTheta ** ((2 * i) / headDim)) }, epsilon: 0.02 };
+
+  test("options are checked; the samples hold the context's scores at recordOracle with the prompt's statistics", async () => {
+    expect(() => new Profiler({ layers, kvHeads, scorer: "expected-attention" })).toThrow(/scorerOptions.expectedAttention/);
+    expect(() => new Profiler({ layers, kvHeads, scorer: "expected-attention", scorerOptions: { expectedAttention: { rope: { theta: 1e4 }, statistics: 1 } as never } })).toThrow(
+      /Expected only rope, futurePositions, epsilon, valueNorm in scorerOptions.expectedAttention but received "statistics"/,
+    );
+    expect(() => new Profiler({ layers, kvHeads, scorer: "snapkv", scorerOptions: { expectedAttention: settings } })).toThrow(/no value with scorer "snapkv"/);
+    const sink = 4, window = 1;
+    const profiler = new Profiler({ layers, kvHeads, scorer: "expected-attention", scorerOptions: { expectedAttention: settings }, sink, window, grid: 9 });
+    const manual = new Profiler({ layers, kvHeads, scorer: "knorm", sink, window, grid: 9 });
+    using cache = model.createCache({ contextTokens: 256 });
+    using seq = cache.createSequence();
+    const context = ids.length - 6;
+    const stats = new QueryStatistics({ layers, queryHeads: heads, headDim, skip: sink });
+    model.forward(seq, ids.slice(0, context), { logits: "none", queryStatistics: stats });
+    const scores = Array.from({ length: layers }, (_, l) =>
+      seq.scores(l, "expected-attention", { sink, window, expectedAttention: { ...settings, rope: { inverseFrequencies: Float32Array.from(settings.rope.inverseFrequencies) }, statistics: stats } }),
+    );
+    const outputProjection = model.outputProjections();
+    expect(() => profiler.recordOracle(seq, { outputProjection })).toThrow(/for statistics/);
+    profiler.recordOracle(seq, { outputProjection }, stats);
+    for (let s = context; s < ids.length; s++) model.forward(seq, [ids[s]], { logits: "none" });
+    profiler.addSequence(seq);
+    manual.addSample({ scores, oracle: Array.from({ length: layers }, (_, l) => seq.oracle(l)) });
+    const built = profiler.build();
+    expect(Array.from(built.table)).toEqual(Array.from(manual.build().table));
+    expect(built.meta.scorer).toBe("expected-attention");
+    expect(built.meta.scorerOptions).toEqual({ expectedAttention: settings });
+    expect([built.meta.sink, built.meta.window]).toEqual([4, 1]);
+    // Saved samples build again with `lukv profile build`, settings included.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-ea-"));
+    profiler.save(dir);
+    const out: string[] = [];
+    const code = await profileBuildCommand([dir, "--out", path.join(dir, "p.json")], { out: (s) => out.push(s), err: (s) => out.push(s) });
+    expect({ code, out }).toMatchObject({ code: 0 });
+    expect(out.join("\n")).toMatch(/scorer expected-attention \{"expectedAttention":\{"rope":\{"inverseFrequencies":\[1,/);
+    const loaded = loadProfile(path.join(dir, "p.json"));
+    expect(Array.from(loaded.table)).toEqual(Array.from(built.table));
+    fs.rmSync(dir, { recursive: true });
   });
 });

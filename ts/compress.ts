@@ -124,8 +124,11 @@ interface Shape {
   headDim: number;
 }
 
-/** `scoredLayers`: the layers that will be scored (the expected-attention statistics must cover them). */
-export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers: () => number[] = () => []): NativeCompressOptions {
+/**
+ * `scoredLayers`: the layers that will be scored (the expected-attention statistics must cover
+ * them); without it the expectedAttention option is left to the caller to check.
+ */
+export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?: () => number[]): NativeCompressOptions {
   if (o === null || typeof o !== "object") throw invalid("options", "an options object", o);
   const scorer = oneOf("scorer", o.scorer ?? "snapkv", SCORERS);
   const window = nonNegativeInteger("window", o.window ?? 32, 2 ** 31 - 1);
@@ -153,7 +156,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers: 
   const sink = nonNegativeInteger("sink", o.sink ?? 4, 2 ** 31 - 1);
   if (scorer !== "expected-attention" && o.expectedAttention !== undefined)
     throw invalid("expectedAttention", `no value with scorer ${JSON.stringify(scorer)} (it configures "expected-attention")`, o.expectedAttention);
-  const expected = scorer === "expected-attention" ? nativeExpectedAttention(o.expectedAttention, shape, scoredLayers()) : undefined;
+  const expected = scorer === "expected-attention" && scoredLayers ? nativeExpectedAttention(o.expectedAttention, shape, scoredLayers()) : undefined;
   return {
     scorer,
     window,

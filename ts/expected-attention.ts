@@ -187,32 +187,68 @@ export interface NativeExpectedAttention {
 
 const OPTION_NAMES = ["statistics", "rope", "futurePositions", "epsilon", "valueNorm"];
 
-/** The RoPE inverse frequencies of `rope` for heads of `headDim`, in float64. */
-export function inverseFrequencies(rope: unknown, headDim: number): Float64Array {
-  const name = "expectedAttention.rope";
+/**
+ * The RoPE inverse frequencies of `rope` in float64: theta^(-2i/headDim), or the given ones
+ * (a Float32Array, or a plain array as stored in JSON). `headDim` checks their count when known.
+ */
+export function inverseFrequencies(rope: unknown, headDim: number | undefined, name = "expectedAttention.rope"): Float64Array {
   if (rope === null || typeof rope !== "object") throw invalid(name, "{ theta } or { inverseFrequencies }", rope);
   knownOptions(name, rope, ["theta", "inverseFrequencies"]);
   const r = rope as { theta?: unknown; inverseFrequencies?: unknown };
-  const half = headDim / 2;
   if ((r.theta === undefined) === (r.inverseFrequencies === undefined))
     throw invalid(name, "exactly one of theta and inverseFrequencies", rope);
-  const out = new Float64Array(half);
   if (r.theta !== undefined) {
     if (typeof r.theta !== "number" || !Number.isFinite(r.theta) || r.theta <= 1)
       throw invalid(`${name}.theta`, "a finite number above 1", r.theta);
     const theta = r.theta;
-    for (let i = 0; i < half; i++) out[i] = 1 / theta ** ((2 * i) / headDim);
-    return out;
+    if (headDim === undefined) return new Float64Array(0);
+    return Float64Array.from({ length: headDim / 2 }, (_, i) => 1 / theta ** ((2 * i) / headDim));
   }
   const f = r.inverseFrequencies;
-  if (!isFloat32Array(f) || f.length !== half)
-    throw invalid(`${name}.inverseFrequencies`, `a Float32Array of ${half} values (headDim / 2)`, f);
-  for (let i = 0; i < half; i++) {
-    if (!Number.isFinite(f[i]) || f[i] < 0)
-      throw invalid(`${name}.inverseFrequencies[${i}]`, "a finite, non-negative number", f[i]);
-    out[i] = f[i];
-  }
+  const want = headDim === undefined ? "a Float32Array" : `a Float32Array of ${headDim / 2} values (headDim / 2)`;
+  if (!(isFloat32Array(f) || (Array.isArray(f) && f.every((x) => typeof x === "number"))) || f.length === 0 || (headDim !== undefined && f.length !== headDim / 2))
+    throw invalid(`${name}.inverseFrequencies`, want, f);
+  const out = Float64Array.from(f, (x) => Math.fround(x));
+  out.forEach((x, i) => {
+    if (!Number.isFinite(x) || x < 0) throw invalid(`${name}.inverseFrequencies[${i}]`, "a finite, non-negative number", x);
+  });
   return out;
+}
+
+/** The scorer's settings without the statistics: what a profile records (JSON-safe). */
+export type ExpectedAttentionSettings = Omit<ExpectedAttentionOptions, "statistics" | "rope"> & {
+  rope: { theta: number } | { inverseFrequencies: Float32Array | number[] };
+};
+
+/**
+ * Checks the settings (everything but the statistics) of `o`, named `name`; `headDim` checks the
+ * length of rope.inverseFrequencies when known. Returns them with the defaults filled in.
+ */
+export function expectedSettings(o: unknown, name: string, headDim: number | undefined, allowed = OPTION_NAMES) {
+  if (o === null || typeof o !== "object") throw invalid(name, "an options object", o);
+  knownOptions(name, o, allowed);
+  const e = o as Partial<ExpectedAttentionOptions>;
+  const frequencies = inverseFrequencies(e.rope, headDim, `${name}.rope`);
+  const futurePositions = e.futurePositions ?? 512;
+  if (typeof futurePositions !== "number" || !Number.isInteger(futurePositions) || futurePositions < 1 || futurePositions > 1 << 20)
+    throw invalid(`${name}.futurePositions`, `integer between 1 and ${1 << 20}`, futurePositions);
+  const epsilon = e.epsilon ?? 0.02;
+  if (typeof epsilon !== "number" || !Number.isFinite(epsilon) || epsilon < 0) throw invalid(`${name}.epsilon`, "a finite, non-negative number", epsilon);
+  const valueNorm = e.valueNorm ?? true;
+  if (typeof valueNorm !== "boolean") throw invalid(`${name}.valueNorm`, "boolean", valueNorm);
+  return { inverseFrequencies: frequencies, futurePositions, epsilon, valueNorm };
+}
+
+/** `settings` (from a profile or the profiler's options) made JSON-safe: inverse frequencies as a plain array. */
+export function settingsForJson(settings: ExpectedAttentionSettings): ExpectedAttentionSettings {
+  const rope = "inverseFrequencies" in settings.rope ? { inverseFrequencies: Array.from(settings.rope.inverseFrequencies) } : { ...settings.rope };
+  return { ...settings, rope };
+}
+
+/** The scorer's options from stored settings and a prompt's statistics. */
+export function withStatistics(settings: ExpectedAttentionSettings, statistics: QueryStatistics): ExpectedAttentionOptions {
+  const rope = "inverseFrequencies" in settings.rope ? { inverseFrequencies: Float32Array.from(settings.rope.inverseFrequencies) } : { ...settings.rope };
+  return { ...settings, rope, statistics };
 }
 
 /**
@@ -227,24 +263,14 @@ export function nativeExpectedAttention(
   const name = "expectedAttention";
   if (o === undefined)
     throw invalid(name, '{ statistics, rope } (scorer "expected-attention" needs the prompt\'s query statistics)', o);
-  if (o === null || typeof o !== "object") throw invalid(name, "an options object", o);
-  knownOptions(name, o, OPTION_NAMES);
-  const e = o as ExpectedAttentionOptions;
-  const stats = e.statistics;
+  const settings = expectedSettings(o, name, shape.headDim);
+  const stats = (o as ExpectedAttentionOptions).statistics;
   if (!(stats instanceof QueryStatistics)) throw invalid(`${name}.statistics`, "a QueryStatistics", stats);
   if (stats.layers !== shape.layers || stats.queryHeads !== shape.queryHeads || stats.headDim !== shape.headDim)
     throw new InvalidArgumentError(
       `Expected ${name}.statistics for ${shape.layers} layers x ${shape.queryHeads} query heads x headDim ${shape.headDim} ` +
         `but received statistics for ${stats.layers} x ${stats.queryHeads} x ${stats.headDim}`,
     );
-  const frequencies = inverseFrequencies(e.rope, shape.headDim);
-  const futurePositions = e.futurePositions ?? 512;
-  if (typeof futurePositions !== "number" || !Number.isInteger(futurePositions) || futurePositions < 1 || futurePositions > 1 << 20)
-    throw invalid(`${name}.futurePositions`, `integer between 1 and ${1 << 20}`, futurePositions);
-  const epsilon = e.epsilon ?? 0.02;
-  if (typeof epsilon !== "number" || !Number.isFinite(epsilon) || epsilon < 0) throw invalid(`${name}.epsilon`, "a finite, non-negative number", epsilon);
-  const valueNorm = e.valueNorm ?? true;
-  if (typeof valueNorm !== "boolean") throw invalid(`${name}.valueNorm`, "boolean", valueNorm);
   const mean: (Float64Array | undefined)[] = new Array(shape.layers).fill(undefined);
   const covariance: (Float64Array | undefined)[] = new Array(shape.layers).fill(undefined);
   for (const l of layers) {
@@ -260,5 +286,5 @@ export function nativeExpectedAttention(
       if (a?.some((v) => !(Math.abs(v) <= 3.4e38)))
         throw new InvalidArgumentError(`Expected query statistics within the float32 range for layer ${l} in ${name}.statistics but they overflow it`);
   }
-  return { mean, covariance, inverseFrequencies: frequencies, futurePositions, useCovariance: stats.covariance, valueNorm, epsilon };
+  return { mean, covariance, useCovariance: stats.covariance, ...settings };
 }
