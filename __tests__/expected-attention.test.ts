@@ -203,7 +203,7 @@ describe("expected-attention scores", () => {
     { dtype: "f16", queryHeads: 2, covariance: false, valueNorm: false, rope: "theta", sink: 1 },
     { dtype: "bf16", queryHeads: 4, covariance: true, valueNorm: true, rope: "theta", sink: 4 },
   ];
-  test.each(cases)("%o match the float64 reference", (c) => {
+  test.each(cases)("$dtype, $queryHeads query heads over 2 KV heads, covariance $covariance, value norm $valueNorm, rope by $rope, sink $sink: match the float64 reference", (c) => {
     const r = rng(seed + c.queryHeads + (c.covariance ? 10 : 0));
     const D = 16, skip = 3, theta = 5000;
     const s = setup(r, { layers: 2, kvHeads: 2, queryHeads: c.queryHeads, headDim: D }, c.dtype, 70, skip, c.covariance);
