@@ -363,7 +363,7 @@ describe("expected-attention in the profiler", () => {
     const built = profiler.build();
     expect(Array.from(built.table)).toEqual(Array.from(manual.build().table));
     expect(built.meta.scorer).toBe("expected-attention");
-    expect(built.meta.scorerOptions).toEqual({ expectedAttention: settings });
+    expect(built.meta.scorerOptions).toEqual({ expectedAttention: { ...settings, futurePositions: 512, valueNorm: true } });
     expect([built.meta.sink, built.meta.window]).toEqual([4, 1]);
     // Saved samples build again with `lukv profile build`, settings included.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-ea-"));

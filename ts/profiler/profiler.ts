@@ -191,8 +191,10 @@ export class Profiler {
     if (this.scorer === "expected-attention") {
       const name = "scorerOptions.expectedAttention";
       if (expectedAttention === undefined) throw invalid(name, '{ rope, ... } (scorer "expected-attention" needs the model\'s RoPE)', expectedAttention);
-      expectedSettings(expectedAttention, name, undefined, ["rope", "futurePositions", "epsilon", "valueNorm"]);
-      this.scorerOptions = Object.freeze({ ...generic, expectedAttention: settingsForJson(expectedAttention) });
+      // Stored with the defaults filled in, so a profile's metadata says every setting it was built with.
+      const { futurePositions, epsilon, valueNorm } = expectedSettings(expectedAttention, name, undefined, ["rope", "futurePositions", "epsilon", "valueNorm"]);
+      const settings = settingsForJson({ rope: expectedAttention.rope, futurePositions, epsilon, valueNorm });
+      this.scorerOptions = Object.freeze({ ...generic, expectedAttention: settings });
     } else {
       if (expectedAttention !== undefined) throw invalid("scorerOptions.expectedAttention", `no value with scorer ${JSON.stringify(this.scorer)}`, expectedAttention);
       this.scorerOptions = Object.freeze({ ...so });
