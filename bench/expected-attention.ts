@@ -60,7 +60,8 @@ printTable(
 const tokens = Number(arg("tokens", "8192"));
 const bigLayers = Number(arg("layers", "8"));
 const kvHeads = 8, queryHeads = 32, D = 128, chunk = 512;
-const big = new KVCache({ layers: bigLayers, kvHeads, queryHeads, headDim: D, dtype: "f16", maxTokens: bigLayers * kvHeads * (tokens + 64) });
+// Room for a fork that compress copies the shared pages of.
+const big = new KVCache({ layers: bigLayers, kvHeads, queryHeads, headDim: D, dtype: "f16", maxTokens: 2 * bigLayers * kvHeads * (tokens + 64) });
 const seq = big.createSequence();
 let s = 12345;
 const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5);

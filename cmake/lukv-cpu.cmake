@@ -32,6 +32,7 @@ function(lukv_core_sources out native)
     ${native}/cpu/cache.cpp
     ${native}/cpu/attention.cpp
     ${native}/cpu/scores.cpp
+    ${native}/cpu/statistics.cpp
     ${native}/cpu/compress.cpp
     ${kernels}
     PARENT_SCOPE)

@@ -1,6 +1,7 @@
 // Expected Attention (Devoto et al., "Expected Attention", 2025; kvpress ExpectedAttentionPress):
 // the statistics of the prompt's pre-RoPE queries, and the scorer's options.
 import { invalid, InvalidArgumentError } from "./errors";
+import { native } from "./native";
 import { isFloat32Array, knownOptions, positiveInteger, nonNegativeInteger } from "./validate";
 
 /** Options of `new QueryStatistics`. */
@@ -25,7 +26,9 @@ export interface QueryStatisticsOptions {
  * prompt's positions: what the "expected-attention" scorer predicts future queries from. Feed it
  * each layer's queries before RoPE is applied, in position order, during prefill; positions are
  * counted per layer across add() calls, and the first `skip` of them are left out. Sums are kept in
- * float64 around the first accumulated row of each layer, so long prompts lose no precision.
+ * float64 around the first accumulated row of each layer, so long prompts lose no precision; the
+ * covariance's products run in the native SIMD kernels (float32 over blocks of 256 rows, summed in
+ * float64).
  */
 export class QueryStatistics {
   readonly layers: number;
@@ -37,7 +40,7 @@ export class QueryStatistics {
   #rows: number[];
   #shift: Float64Array[];
   #sum: Float64Array[];
-  // Upper triangle (i <= j) of every head's sum of (q - shift)(q - shift)^T, [queryHeads, headDim, headDim].
+  // Every head's sum of (q - shift)(q - shift)^T, [queryHeads, headDim, headDim].
   #products: Float64Array[];
 
   constructor(options: QueryStatisticsOptions) {
@@ -70,34 +73,18 @@ export class QueryStatistics {
     const Q = this.queryHeads, D = this.headDim, row = Q * D;
     if (!isFloat32Array(queries) || queries.length % row !== 0)
       throw invalid("queries", `a Float32Array whose length is a multiple of ${row} ([tokens, queryHeads, headDim])`, queries);
-    for (let i = 0; i < queries.length; i++)
-      if (!Number.isFinite(queries[i]))
-        throw new InvalidArgumentError(
-          `Expected finite values in queries but queries[${i}] (token ${Math.floor(i / row)}, query head ${Math.floor(i / D) % Q}) is ${queries[i]}`,
-        );
+    const [i] = native().scanValues(queries, 0, Infinity);
+    if (i >= 0)
+      throw new InvalidArgumentError(
+        `Expected finite values in queries but queries[${i}] (token ${Math.floor(i / row)}, query head ${Math.floor(i / D) % Q}) is ${queries[i]}`,
+      );
     const tokens = queries.length / row;
     const first = Math.min(tokens, Math.max(0, this.skip - this.#positions[layer]));
     this.#positions[layer] += tokens;
     if (first === tokens) return this;
-    const shift = this.#shift[layer], sum = this.#sum[layer], products = this.#products[layer];
+    const shift = this.#shift[layer];
     if (this.#rows[layer] === 0) for (let i = 0; i < row; i++) shift[i] = queries[first * row + i];
-    const x = new Float64Array(D);
-    for (let t = first; t < tokens; t++)
-      for (let h = 0; h < Q; h++) {
-        const base = t * row + h * D;
-        for (let i = 0; i < D; i++) {
-          x[i] = queries[base + i] - shift[h * D + i];
-          sum[h * D + i] += x[i];
-        }
-        if (!this.covariance) continue;
-        const p0 = h * D * D;
-        for (let i = 0; i < D; i++) {
-          const xi = x[i];
-          if (xi === 0) continue;
-          const pi = p0 + i * D;
-          for (let j = i; j < D; j++) products[pi + j] += xi * x[j];
-        }
-      }
+    native().accumulateQueryStatistics(queries, first, tokens, Q, D, shift, this.#sum[layer], this.covariance ? this.#products[layer] : null);
     this.#rows[layer] += tokens - first;
     return this;
   }
@@ -131,11 +118,12 @@ export class QueryStatistics {
     const Q = this.queryHeads, D = this.headDim, n = this.#rows[l], sum = this.#sum[l], products = this.#products[l];
     const out = new Float64Array(Q * D * D);
     if (n === 0) return out;
+    // Symmetrised: the float32 blocks of the products need not be symmetric to the last bit.
     for (let h = 0; h < Q; h++)
       for (let i = 0; i < D; i++)
         for (let j = i; j < D; j++) {
-          const c = products[h * D * D + i * D + j] / n - (sum[h * D + i] / n) * (sum[h * D + j] / n);
-          out[h * D * D + i * D + j] = out[h * D * D + j * D + i] = c;
+          const p = (products[h * D * D + i * D + j] + products[h * D * D + j * D + i]) / 2;
+          out[h * D * D + i * D + j] = out[h * D * D + j * D + i] = p / n - (sum[h * D + i] / n) * (sum[h * D + j] / n);
         }
     return out;
   }

@@ -10,6 +10,7 @@
 #include "../core/cache.h"
 #include "../cpu/kernels.h"
 #include "../cpu/membench.h"
+#include "../cpu/statistics.h"
 #include "scan.h"
 #ifdef LUKV_WITH_CUDA
 #include "../cuda/probe.h"
@@ -698,6 +699,32 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// accumulateQueryStatistics(queries, first, tokens, queryHeads, headDim, shift, sum, products | null):
+// QueryStatistics.add's sums (arguments checked in TypeScript; sizes checked again here).
+Napi::Value AccumulateQueryStatistics(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto view = [&](int i, napi_typedarray_type want, size_t need) -> void* {
+    napi_typedarray_type type;
+    size_t length = 0;
+    void* data = nullptr;
+    if (i >= (int)info.Length() || !info[i].IsTypedArray() ||
+        napi_get_typedarray_info(env, info[i], &type, &length, &data, nullptr, nullptr) != napi_ok || type != want ||
+        length < need)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "accumulateQueryStatistics: argument " + std::to_string(i) + " is not a typed array of the expected type and size");
+    return data;
+  };
+  const int first = info[1].As<Napi::Number>().Int32Value(), tokens = info[2].As<Napi::Number>().Int32Value();
+  const int Q = info[3].As<Napi::Number>().Int32Value(), D = info[4].As<Napi::Number>().Int32Value();
+  if (first < 0 || tokens < first || Q < 1 || D < 1) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "accumulateQueryStatistics: bad sizes");
+  const size_t row = (size_t)Q * D;
+  const float* q = static_cast<const float*>(view(0, napi_float32_array, (size_t)tokens * row));
+  const double* shift = static_cast<const double*>(view(5, napi_float64_array, row));
+  double* sum = static_cast<double*>(view(6, napi_float64_array, row));
+  double* products = info.Length() > 7 && info[7].IsTypedArray() ? static_cast<double*>(view(7, napi_float64_array, row * D)) : nullptr;
+  cpu::accumulateQueryStatistics(q, first, tokens, Q, D, shift, sum, products);
+  return env.Undefined();
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat, the faster of a read with and
 // one without software prefetch (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
@@ -716,6 +743,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
   exports.Set("scanValues", Napi::Function::New(env, ScanValues));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("accumulateQueryStatistics", Napi::Function::New(env, AccumulateQueryStatistics));
   return exports;
 }
 
