@@ -83,7 +83,7 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
     const uint8_t* K = a.pool->keys(page) + (size_t)off * rowBytes;
     a.kernels->qk(dt, K, cnt, D, q.data(), G, z.data() + t, L);
     if (!cov) return;
-    a.kernels->qk(dt, K, cnt, D, cov, G * D, ck.data(), cnt);
+    // The keys in float32 once: the covariance rows read them G * D / 4 times.
     for (int j = 0; j < cnt; ++j)
       for (int d = 0; d < D; ++d) {
         if (dt == 0) k[(size_t)j * D + d] = reinterpret_cast<const float*>(K + (size_t)j * rowBytes)[d];
@@ -92,6 +92,7 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
           k[(size_t)j * D + d] = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
         }
       }
+    a.kernels->qk(0, k.data(), cnt, D, cov, G * D, ck.data(), cnt);
     for (int g = 0; g < G; ++g)
       for (int j = 0; j < cnt; ++j) {
         const float* c = ck.data() + (size_t)g * D * cnt + j;
