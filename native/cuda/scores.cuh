@@ -182,6 +182,19 @@ __global__ void __launch_bounds__(256) obsPoolKernel(const ScoreParams p) {
   if (j < L) p.out[h.outBase + j] = p.groupMax ? agg : agg / (float)G;
 }
 
+// ||row||^2 of a K or V row read by one warp (lane l takes vectors l, l + 32, ...), in every lane.
+template <class S>
+LUKV_DEVICE float rowSquaredNorm(const uint8_t* row, int vecs, int lane) {
+  float s = 0.f;
+  for (int vi = lane; vi < vecs; vi += 32) {
+    float f[S::kPerVec];
+    S::unpack(load16(row + vi * 16), f);
+    LUKV_UNROLL
+    for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[e], f[e], s);
+  }
+  return laneSum<1, 32>(s);
+}
+
 // One warp per K row: -||k||. grid (row blocks, head).
 template <class S>
 __global__ void __launch_bounds__(256) knormKernel(const ScoreParams p) {
@@ -190,15 +203,7 @@ __global__ void __launch_bounds__(256) knormKernel(const ScoreParams p) {
   const int vecs = p.pool.headDim / S::kPerVec;
   const int32_t* pages = p.pageIndices + h.pageBegin;
   for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
-    const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t);
-    float s = 0.f;
-    for (int vi = lane; vi < vecs; vi += 32) {
-      float f[S::kPerVec];
-      S::unpack(load16(row + vi * 16), f);
-      LUKV_UNROLL
-      for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[e], f[e], s);
-    }
-    s = laneSum<1, 32>(s);
+    const float s = rowSquaredNorm<S>(keyRow(p.pool, pages, p.pageShift, t), vecs, lane);
     if (lane == 0) p.out[h.outBase + t] = -sqrtf(s);
   }
 }
@@ -400,17 +405,7 @@ __global__ void __launch_bounds__(256) expectedFinishKernel(const ScoreParams p)
   const int G = p.groupSize, vecs = p.pool.headDim / S::kPerVec;
   const int32_t* pages = p.pageIndices + h.pageBegin;
   for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
-    float s2 = 0.f;
-    if (p.valueNorm) {
-      const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t) + (int64_t)p.pool.pageSize * p.pool.rowBytes;
-      for (int vi = lane; vi < vecs; vi += 32) {
-        float f[S::kPerVec];
-        S::unpack(load16(row + vi * 16), f);
-        LUKV_UNROLL
-        for (int e = 0; e < S::kPerVec; ++e) s2 = fmaf(f[e], f[e], s2);
-      }
-      s2 = laneSum<1, 32>(s2);
-    }
+    const float s2 = p.valueNorm ? rowSquaredNorm<S>(keyRow(p.pool, pages, p.pageShift, t) + (int64_t)p.pool.pageSize * p.pool.rowBytes, vecs, lane) : 0.f;
     if (lane != 0) continue;
     float s = 0.f;
     if (t >= p.sink) {
