@@ -5,7 +5,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { KVCache, Sequence, DType, QueryStatistics, InvalidArgumentError, CompressOptions, Profiler, loadProfile } from "../ts";
+import { KVCache, Sequence, DType, QueryStatistics, InvalidArgumentError, CompressOptions, Profiler, loadProfile, backends, SimdLevel } from "../ts";
 import { profileBuildCommand } from "../ts/cli/profile-build";
 import { loadTinyLM } from "../ts/model";
 import { rng, testSeed, randn } from "./helpers/random";
@@ -40,6 +40,22 @@ function ropeMatrix(p: number, freqs: number[]): number[][] {
 const matmul = (A: number[][], B: number[][]) => A.map((row) => B[0].map((_, j) => row.reduce((s, a, k) => s + a * B[k][j], 0)));
 const transpose = (A: number[][]) => A[0].map((_, j) => A.map((row) => row[j]));
 
+const rotations = new Map<string, number[][]>();
+/** The RoPE matrix averaged over the future positions (memoised: every head of a layer shares it). */
+function averageRotation(o: RefOptions): number[][] {
+  const key = `${o.prompt} ${o.future} ${o.freqs.join(",")}`;
+  let Rbar = rotations.get(key);
+  if (Rbar) return Rbar;
+  const D = 2 * o.freqs.length;
+  Rbar = Array.from({ length: D }, () => new Array<number>(D).fill(0));
+  for (let p = o.prompt; p < o.prompt + o.future; p++) {
+    const R = ropeMatrix(p, o.freqs);
+    for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) Rbar[i][j] += R[i][j] / o.future;
+  }
+  rotations.set(key, Rbar);
+  return Rbar;
+}
+
 interface RefOptions {
   freqs: number[];
   prompt: number; // positions before the future ones
@@ -56,11 +72,7 @@ interface RefOptions {
  */
 function referenceScores(stats: { mean: number[]; cov: number[][] }[], keys: number[][], values: number[][], o: RefOptions): number[] {
   const L = keys.length, D = keys[0].length, G = stats.length;
-  const Rbar = Array.from({ length: D }, () => new Array<number>(D).fill(0));
-  for (let p = o.prompt; p < o.prompt + o.future; p++) {
-    const R = ropeMatrix(p, o.freqs);
-    for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) Rbar[i][j] += R[i][j] / o.future;
-  }
+  const Rbar = averageRotation(o);
   const sink = Math.min(o.sink, L);
   const out = new Array<number>(L).fill(0);
   for (const s of stats) {
@@ -102,9 +114,9 @@ interface Setup {
 }
 
 /** Random keys/values in `layers` layers and correlated random queries whose mean is far from zero. */
-function setup(r: () => number, shape: { layers: number; kvHeads: number; queryHeads: number; headDim: number }, dtype: DType, tokens: number, skip: number, covariance: boolean): Setup {
+function setup(r: () => number, shape: { layers: number; kvHeads: number; queryHeads: number; headDim: number }, dtype: DType, tokens: number, skip: number, covariance: boolean, simd: SimdLevel = "auto"): Setup {
   const { layers, kvHeads, queryHeads: Q, headDim: D } = shape;
-  const cache = new KVCache({ ...shape, dtype, pageSize: 8, maxTokens: 4096 });
+  const cache = new KVCache({ ...shape, dtype, pageSize: 8, maxTokens: 4096, simd });
   const seq = cache.createSequence();
   const stats = new QueryStatistics({ layers, queryHeads: Q, headDim: D, skip, covariance });
   const queries: number[][][][] = [];
@@ -195,18 +207,22 @@ describe("QueryStatistics", () => {
 });
 
 describe("expected-attention scores", () => {
-  const cases: { dtype: DType; queryHeads: number; covariance: boolean; valueNorm: boolean; rope: "theta" | "frequencies"; sink: number }[] = [
-    { dtype: "f32", queryHeads: 8, covariance: true, valueNorm: true, rope: "theta", sink: 4 },
-    { dtype: "f32", queryHeads: 2, covariance: false, valueNorm: true, rope: "frequencies", sink: 0 },
-    { dtype: "f32", queryHeads: 4, covariance: true, valueNorm: false, rope: "frequencies", sink: 3 },
-    { dtype: "f16", queryHeads: 8, covariance: true, valueNorm: true, rope: "frequencies", sink: 4 },
-    { dtype: "f16", queryHeads: 2, covariance: false, valueNorm: false, rope: "theta", sink: 1 },
-    { dtype: "bf16", queryHeads: 4, covariance: true, valueNorm: true, rope: "theta", sink: 4 },
+  // The kernel tables this processor runs: each has its own vector width and tile.
+  const tables = (backends().cpu.simdSupported as SimdLevel[]).filter((t) => t !== "auto");
+  const cases: { dtype: DType; queryHeads: number; covariance: boolean; valueNorm: boolean; rope: "theta" | "frequencies"; sink: number; headDim: number; simd: SimdLevel }[] = [
+    { dtype: "f32", queryHeads: 8, covariance: true, valueNorm: true, rope: "theta", sink: 4, headDim: 16, simd: "auto" },
+    { dtype: "f32", queryHeads: 2, covariance: false, valueNorm: true, rope: "frequencies", sink: 0, headDim: 16, simd: "auto" },
+    { dtype: "f32", queryHeads: 4, covariance: true, valueNorm: false, rope: "frequencies", sink: 3, headDim: 16, simd: "auto" },
+    { dtype: "f16", queryHeads: 8, covariance: true, valueNorm: true, rope: "frequencies", sink: 4, headDim: 16, simd: "auto" },
+    { dtype: "f16", queryHeads: 2, covariance: false, valueNorm: false, rope: "theta", sink: 1, headDim: 16, simd: "auto" },
+    { dtype: "bf16", queryHeads: 4, covariance: true, valueNorm: true, rope: "theta", sink: 4, headDim: 16, simd: "auto" },
+    // Dimensions past whole tiles and whole vectors, on every kernel table.
+    ...tables.map((simd) => ({ dtype: "f32" as DType, queryHeads: 4, covariance: true, valueNorm: true, rope: "theta" as const, sink: 2, headDim: 86, simd })),
   ];
-  test.each(cases)("$dtype, $queryHeads query heads over 2 KV heads, covariance $covariance, value norm $valueNorm, rope by $rope, sink $sink: match the float64 reference", (c) => {
-    const r = rng(seed + c.queryHeads + (c.covariance ? 10 : 0));
-    const D = 16, skip = 3, theta = 5000;
-    const s = setup(r, { layers: 2, kvHeads: 2, queryHeads: c.queryHeads, headDim: D }, c.dtype, 70, skip, c.covariance);
+  test.each(cases)("$dtype, $queryHeads query heads over 2 KV heads, headDim $headDim, $simd kernels, covariance $covariance, value norm $valueNorm, rope by $rope, sink $sink: match the float64 reference", (c) => {
+    const r = rng(seed + c.queryHeads + (c.covariance ? 10 : 0) + c.headDim);
+    const D = c.headDim, skip = 3, theta = 5000;
+    const s = setup(r, { layers: 2, kvHeads: 2, queryHeads: c.queryHeads, headDim: D }, c.dtype, D > 16 ? 40 : 70, skip, c.covariance, c.simd);
     const freqs = c.rope === "theta" ? thetaFreqs(theta, D) : Array.from({ length: D / 2 }, () => Math.fround(0.5 * r() ** 2));
     const rope = c.rope === "theta" ? { theta } : { inverseFrequencies: new Float32Array(freqs) };
     for (const layer of [0, 1]) {

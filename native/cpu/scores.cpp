@@ -76,14 +76,12 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
   std::vector<float> q((size_t)G * D);
   for (size_t x = 0; x < q.size(); ++x) q[x] = mean[x] * scale;
   std::vector<float> z((size_t)G * L);
-  // Covariance term per page segment: rows of covariance' as G * D queries give
-  // (covariance' k)_i for every key, then a dot product with the key itself.
-  std::vector<float> ck(cov ? (size_t)G * D * P : 0), k(cov ? (size_t)P * D : 0);
+  // Covariance term per page segment, on the keys converted to float32 once.
+  std::vector<float> quad(cov ? (size_t)G * P : 0), k(cov ? (size_t)P * D : 0);
   h.forSegments(P, sink, L, [&](int32_t page, int off, int cnt, int32_t t) {
     const uint8_t* K = a.pool->keys(page) + (size_t)off * rowBytes;
     a.kernels->qk(dt, K, cnt, D, q.data(), G, z.data() + t, L);
     if (!cov) return;
-    // The keys in float32 once: the covariance rows read them G * D / 4 times.
     for (int j = 0; j < cnt; ++j)
       for (int d = 0; d < D; ++d) {
         if (dt == 0) k[(size_t)j * D + d] = reinterpret_cast<const float*>(K + (size_t)j * rowBytes)[d];
@@ -92,15 +90,9 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
           k[(size_t)j * D + d] = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
         }
       }
-    a.kernels->qk(0, k.data(), cnt, D, cov, G * D, ck.data(), cnt);
+    a.kernels->quadForms(k.data(), cnt, D, cov, G, quad.data(), cnt);
     for (int g = 0; g < G; ++g)
-      for (int j = 0; j < cnt; ++j) {
-        const float* c = ck.data() + (size_t)g * D * cnt + j;
-        const float* kj = k.data() + (size_t)j * D;
-        float acc = 0.f;
-        for (int d = 0; d < D; ++d) acc += kj[d] * c[(size_t)d * cnt];
-        z[(size_t)g * L + t + j] += half * acc;
-      }
+      for (int j = 0; j < cnt; ++j) z[(size_t)g * L + t + j] += half * quad[(size_t)g * cnt + j];
   });
   std::fill(out + sink, out + L, 0.f);
   for (int g = 0; g < G; ++g) {
