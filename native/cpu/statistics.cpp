@@ -31,11 +31,21 @@ void accumulateQueryStatistics(const float* queries, int first, int tokens, int 
         }
       }
       if (!products) continue;
-      // Dimension i against every dimension j: D "queries" of length n over D "keys".
-      block.resize((size_t)D * D);
-      k->qk(0, columns.data(), D, n, columns.data(), D, block.data(), D);
+      // Dimensions i0 .. i0 + 15 against every dimension j >= i0 (the upper triangle, in bands of
+      // 16 "queries" of length n over D - i0 "keys"), mirrored into the lower one.
+      block.resize((size_t)16 * D);
       double* p = products + (size_t)h * D * D;
-      for (size_t x = 0; x < (size_t)D * D; ++x) p[x] += block[x];
+      for (int i0 = 0; i0 < D; i0 += 16) {
+        const int rows = std::min(16, D - i0);
+        const float* band = columns.data() + (size_t)i0 * n;
+        k->qk(0, band, D - i0, n, band, rows, block.data(), D - i0);
+        for (int g = 0; g < rows; ++g)
+          for (int j = g; j < D - i0; ++j) {
+            const double v = block[(size_t)g * (D - i0) + j];
+            p[(size_t)(i0 + g) * D + i0 + j] += v;
+            if (j != g) p[(size_t)(i0 + j) * D + i0 + g] += v;
+          }
+      }
     }
   }
 }
