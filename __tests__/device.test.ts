@@ -317,6 +317,98 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     }
   });
 
+  test.each(["f32", "f16", "bf16"] as DType[])("saved sequences (%s): the same bytes from both devices, loaded across devices and page sizes bit for bit", (dtype) => {
+    const r = rng(seed ^ 0x5a ^ dtype.length);
+    const s: Shape = { layers: 2, kvHeads: 2, queryHeads: 8, headDim: 64, dtype };
+    const pair = new Pair(s);
+    const others: KVCache[] = [];
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      for (let l = 0; l < 2; l++) {
+        appendBoth(a, b, l, 45, r);
+        attendBoth(a, b, l, 4, r, "context");
+      }
+      // Streaming eviction keeps the same tokens on both devices; PyramidKV makes the layers uneven.
+      const opts: CompressOptions = { ratio: 0.5, scorer: "streaming", allocation: "pyramidkv", window: 4 };
+      expect(Array.from(b.compress(opts).kept)).toEqual(Array.from(a.compress(opts).kept));
+      for (let l = 0; l < 2; l++) appendBoth(a, b, l, 3, r);
+      const sa = a.save(), sb = b.save();
+      expect(sb.equals(sa)).toBe(true);
+      // Into the other device, at other page sizes, and back out: the same bytes.
+      const cuda8 = new KVCache({ ...s, pageSize: 8, maxTokens: 4096, threads: 1, device: "cuda" });
+      const cpu32 = new KVCache({ ...s, pageSize: 32, maxTokens: 4096, threads: 1, device: "cpu" });
+      others.push(cuda8, cpu32);
+      const onCuda = cuda8.loadSequence(sa), onCpu = cpu32.loadSequence(sb);
+      expect(onCuda.save().equals(sa)).toBe(true);
+      expect(onCpu.save().equals(sa)).toBe(true);
+      expect(samePositions(onCuda, a)).toBe(true);
+      // At the same page size the device attends over the restored copy exactly as over the original.
+      const copy = pair.cuda.loadSequence(sa);
+      for (let l = 0; l < 2; l++) {
+        const q = randn(r, 2 * 8 * 64);
+        expect(Buffer.from(copy.attend(l, q).buffer).equals(Buffer.from(b.attend(l, q).buffer))).toBe(true);
+        attendBoth(a, onCuda, l, 2, r, `restored on the device, layer ${l}`);
+      }
+      // Rejected input and a full pool leave the device pool as it was.
+      const before = pair.cuda.usage();
+      expect(() => pair.cuda.loadSequence(sa.subarray(0, sa.length - 9))).toThrow(expect.objectContaining({ name: "BadSequenceFileError" }));
+      const full = new KVCache({ ...s, pageSize: 16, maxTokens: 16 * 4, threads: 1, device: "cuda" });
+      others.push(full);
+      expect(() => full.loadSequence(sa)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+      expect(full.usage().pagesUsed).toBe(0);
+      expect(pair.cuda.usage()).toEqual(before);
+    } finally {
+      pair.dispose();
+      for (const c of others) c.dispose();
+    }
+  });
+
+  const batchCases: { dtype: DType; group: number }[] = [];
+  for (const dtype of ["f32", "f16", "bf16"] as DType[]) for (const group of [1, 4]) batchCases.push({ dtype, group });
+
+  test.each(batchCases)("batched steps $dtype, GQA $group: appendBatch, then attendBatch of decode rows and prefill chunks over mixed lengths, a fork, evicted heads", ({ dtype, group }) => {
+    const r = rng(seed ^ (0xba7c + group * 17 + dtype.length));
+    const kvHeads = 2, headDim = 64;
+    const pair = new Pair({ layers: 1, kvHeads, queryHeads: kvHeads * group, headDim, dtype });
+    try {
+      const both = [pair.cpu, pair.cuda].map((cache) => {
+        const seqs = [1, 9, 70, 300].map(() => cache.createSequence());
+        return { cache, seqs };
+      });
+      const lengths = [1, 9, 70, 300];
+      const kv = lengths.map((n) => [randn(r, n * kvHeads * headDim), randn(r, n * kvHeads * headDim)]);
+      for (const { cache, seqs } of both) {
+        cache.appendBatch(0, seqs.map((sequence, i) => ({ sequence, keys: kv[i][0], values: kv[i][1] })));
+        seqs.push(seqs[3].fork());
+      }
+      const tokens = [1, 5, 1, 5, 1];
+      const more = tokens.map((n) => [randn(r, n * kvHeads * headDim), randn(r, n * kvHeads * headDim)]);
+      const queries = tokens.map((n) => randn(r, n * kvHeads * group * headDim));
+      const outs = both.map(({ cache, seqs }) => {
+        cache.appendBatch(0, seqs.map((sequence, i) => ({ sequence, keys: more[i][0], values: more[i][1] })));
+        // Head 0 keeps only the newest token: the earlier rows of the chunk see nothing there.
+        seqs[1].compress({ budgets: Int32Array.from([1, 3]), scorer: "knorm", sink: 0, window: 1 });
+        expect(Array.from(seqs[1].lengths())).toEqual([1, 3]);
+        return cache.attendBatch(0, seqs.map((sequence, i) => ({ sequence, queries: queries[i] })));
+      });
+      const [cpuSeqs, cudaSeqs] = both.map((x) => x.seqs);
+      const tol = tolerance[dtype];
+      cudaSeqs.forEach((b, i) => {
+        const single = b.attend(0, queries[i]);
+        const ref = referenceAttention(headsOf(b, 0), queries[i], lastPositions(b, 0, tokens[i]), kvHeads * group, headDim);
+        // One launch splits its heads by the size of the whole batch, so the token ranges (and the
+        // float rounding of their merge) can differ from a launch of one sequence.
+        expect({ item: i, vsSingle: relativeError(outs[1][i], single) < 1e-5 }).toEqual({ item: i, vsSingle: true });
+        expect({ item: i, vsReference: relativeError(outs[1][i], ref) < tol }).toEqual({ item: i, vsReference: true });
+        expect({ item: i, vsCpu: relativeError(outs[1][i], outs[0][i]) < tol }).toEqual({ item: i, vsCpu: true });
+        expect(Array.from(b.keys(0, 1))).toEqual(Array.from(cpuSeqs[i].keys(0, 1)));
+      });
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+    } finally {
+      pair.dispose();
+    }
+  });
+
   test("errors: a pool larger than the device, a head dim the kernels cannot take, use after dispose", () => {
     let err: unknown;
     try {

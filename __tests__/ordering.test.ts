@@ -6,9 +6,9 @@ import { rng, testSeed, randn } from "./helpers/random";
 const seed = testSeed("ordering");
 const shape = { layers: 2, kvHeads: 2, queryHeads: 8, headDim: 32 };
 
-function filled(tokens: number, salt: number) {
+function filled(tokens: number, salt: number, maxTokens = 4096) {
   const r = rng(seed ^ salt);
-  const cache = new KVCache({ ...shape, dtype: "f32", maxTokens: 4096, threads: 2 });
+  const cache = new KVCache({ ...shape, dtype: "f32", maxTokens, threads: 2 });
   const seq = cache.createSequence();
   const row = shape.kvHeads * shape.headDim;
   for (let l = 0; l < shape.layers; l++) seq.append(l, randn(r, tokens * row), randn(r, tokens * row));
@@ -121,6 +121,81 @@ describe("call order on one sequence", () => {
     await expect(bad).rejects.toMatchObject({ name: "InvalidArgumentError" });
     expect((await good).length).toBe(q.length);
     expect(seq.pending).toBe(0);
+    cache.dispose();
+  });
+});
+
+describe("unrelated sequences", () => {
+  // One long prefill-sized attention (a few hundred ms) on sequence A, in flight on a worker thread.
+  function longJob() {
+    const { r, cache, seq: a, row } = filled(4096, 11, 20000);
+    const b = cache.createSequence();
+    for (let l = 0; l < shape.layers; l++) b.append(l, randn(r, 16 * row), randn(r, 16 * row));
+    const q = randn(r, 1024 * shape.queryHeads * shape.headDim);
+    return { r, cache, a, b, q, row };
+  }
+
+  test("synchronous calls on another sequence do not wait for an async call in flight", async () => {
+    const { r, cache, a, b, q, row } = longJob();
+    let t = performance.now();
+    const expected = a.attend(0, q);
+    const alone = performance.now() - t;
+    const pending = a.attendAsync(0, q);
+    // Keep calling sync methods of B on this thread while A's attention runs on a worker: with one
+    // cache-wide lock a call would wait for the whole attention.
+    const k = randn(r, row);
+    let slowest = 0;
+    let calls = 0;
+    const until = performance.now() + alone * 0.8;
+    while (performance.now() < until) {
+      t = performance.now();
+      b.lengths();
+      b.positions(1, 1);
+      cache.usage();
+      if (calls % 16 === 0) b.append(1, k, k);
+      slowest = Math.max(slowest, performance.now() - t);
+      calls++;
+    }
+    expect(await pending).toEqual(expected);
+    expect(calls).toBeGreaterThan(10);
+    // A call that waited would take most of `alone`; scheduling on a busy machine can add tens of ms.
+    expect(slowest).toBeLessThan(alone / 4);
+    expect(b.appended(1)).toBe(16 + Math.ceil(calls / 16));
+    cache.dispose();
+  });
+
+  test("async calls on many sequences at once give what the same calls give one at a time", async () => {
+    const { r, cache, row, seq: first } = filled(4, 12, 16384);
+    first.dispose();
+    const seqs = [];
+    for (let s = 0; s < 6; s++) {
+      const seq = cache.createSequence();
+      const n = 100 + 37 * s;
+      for (let l = 0; l < shape.layers; l++) seq.append(l, randn(r, n * row), randn(r, n * row));
+      seqs.push(seq);
+    }
+    seqs.push(seqs[0].fork(), seqs[1].fork()); // forks share pages with their parents
+    const q = randn(r, 3 * shape.queryHeads * shape.headDim);
+    const opts = { ratio: 0.5, scorer: "knorm" as const, sink: 2, window: 0 };
+    // Reference: the same calls, one sequence after another, on forks taken before anything ran.
+    const refs = seqs.map((s) => s.fork());
+    const want = refs.map((s) => {
+      const before = s.attend(1, q);
+      s.compress(opts);
+      return { before, after: s.attend(1, q), lengths: Array.from(s.lengths()) };
+    });
+    const got = await Promise.all(
+      seqs.map(async (s) => {
+        const before = s.attendAsync(1, q);
+        const compressed = s.compressAsync(opts);
+        const after = s.attendAsync(1, q);
+        await compressed;
+        return { before: await before, after: await after, lengths: Array.from(s.lengths()) };
+      }),
+    );
+    expect(got).toEqual(want);
+    for (const s of [...seqs, ...refs]) s.dispose();
+    expect(cache.usage().pagesUsed).toBe(0);
     cache.dispose();
   });
 });

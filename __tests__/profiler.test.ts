@@ -8,6 +8,7 @@ import { BadProfileError, InvalidArgumentError } from "../ts/errors";
 import { lowerHull, solveBudgets, solveBudgetsExact, solveBudgetsForTotals } from "../ts/budget";
 import { budgetsFromProfile, decodeNpy, loadProfile, profileToJson, profileToNpy, saveProfile } from "../ts/profile";
 import { Profiler, type ProfilerOptions, type ProfilerSample } from "../ts/profiler";
+import { KVCache } from "../ts";
 import { analyzeSample, budgetGroups, evictionOrder, groupTargets, minKeepOf, sampleCurves, type FlatSample, type SampleConfig } from "../ts/profiler/sample";
 import { profileBuildCommand } from "../ts/cli/profile-build";
 import { rng, testSeed, randn } from "./helpers/random";
@@ -85,6 +86,26 @@ describe("eviction order", () => {
       const front = Math.min(sink, T);
       expect(got.every((j) => j >= front && j < T - Math.min(window, T - front))).toBe(true);
     }
+  });
+
+  test("is the order compress keeps by: evicting the first n tokens of it is what compress evicts for every budget", () => {
+    const r = rng(seed ^ 0x12);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 8, dtype: "f32", maxTokens: 256 });
+    const T = 60, sink = 3, window = 5;
+    const k = new Float32Array(T * 8);
+    // Keys of few distinct norms, so the knorm scores tie often.
+    for (let t = 0; t < T; t++) k[t * 8 + (t % 8)] = 1 + Math.floor(r() * 4);
+    const base = cache.createSequence();
+    base.append(0, k, k);
+    const order = evictionOrder(base.scores(0, "knorm")[0], sink, window);
+    for (let n = 0; n <= order.length; n += 7) {
+      const s = base.fork();
+      s.compress({ budgets: new Int32Array([T - n]), scorer: "knorm", sink, window });
+      const evicted = new Set(Array.from(order.subarray(0, n)));
+      expect(Array.from(s.positions(0, 0))).toEqual(Array.from({ length: T }, (_, t) => t).filter((t) => !evicted.has(t)));
+      s.dispose();
+    }
+    cache.dispose();
   });
 
   test("all-equal scores evict from the latest middle token backwards", () => {

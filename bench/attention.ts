@@ -4,12 +4,7 @@
 // with the plain read, so every column comes from the same stretch of time.
 import { KVCache, backends, PrefetchHint } from "../ts";
 import { native } from "../ts/native";
-import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
+import { arg, median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
 
 const sizes = arg("tokens", "1024,8192,32768,131072").split(",").map(Number);
 const repeats = Number(arg("repeats", "15"));

@@ -2,12 +2,7 @@
 // the same layer, and decode-step time after ratio 0.8 against the full cache, measured in one run.
 // Usage: node dist/bench/compress.js [--tokens 8192,32768] [--layers 32] [--repeats 5]
 import { KVCache, backends } from "../ts";
-import { median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
+import { arg, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
 
 const sizes = arg("tokens", "8192,32768").split(",").map(Number);
 const layers = Number(arg("layers", "32"));

@@ -9,12 +9,7 @@
 import * as path from "path";
 import { KVCache, QueryStatistics, backends } from "../ts";
 import { loadTinyLM, modelTexts } from "../ts/model";
-import { median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
+import { arg, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
 const repeats = Number(arg("repeats", "5"));
 const b = backends();
 console.log(`CPU: ${cpuLine()}; ${b.cpu.threads} threads, kernels ${b.cpu.simd}\n`);

@@ -3,13 +3,8 @@
 import { lowerHull, solveBudgets, solveBudgetsDetailed, solveBudgetsForTotals } from "../ts/budget";
 import { budgetsFromProfile, createProfile } from "../ts/profile";
 import * as os from "node:os";
-import { machine, median, printTable, writeResults } from "./common";
+import { arg, machine, median, printTable, writeResults } from "./common";
 import { rng } from "../ts/random";
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
 
 const layers = Number(arg("layers", "32"));
 const kvHeads = Number(arg("kv-heads", "8"));

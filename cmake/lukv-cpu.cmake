@@ -26,9 +26,12 @@ function(lukv_core_sources out native)
     ${native}/core/allocation.cpp
     ${native}/core/backend.cpp
     ${native}/core/cache.cpp
+    ${native}/core/batch.cpp
     ${native}/core/compress.cpp
     ${native}/core/oracle.cpp
     ${native}/core/expected_attention.cpp
+    ${native}/core/sequence_file.cpp
+    ${native}/core/crc32c.cpp
     ${native}/cpu/cache.cpp
     ${native}/cpu/attention.cpp
     ${native}/cpu/scores.cpp

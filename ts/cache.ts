@@ -1,6 +1,8 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
+import * as fs from "fs";
 import * as os from "os";
-import { BackendUnavailableError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
+import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
+import { readSequenceSource, readSequenceSourceAsync, checkSavePath } from "./sequence-file";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
 import {
@@ -13,6 +15,8 @@ import {
   nativeCompressOptions,
   nativeScoreOptions,
 } from "./compress";
+import * as batch from "./batch";
+import type { AttendBatchItem, AttendBatchOptions, AppendBatchItem } from "./batch";
 import { checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } from "./finite";
 import {
   integerInRange,
@@ -184,6 +188,8 @@ export function rethrow(e: unknown): never {
       throw new DisposedError(message);
     case "ERR_LUKV_BACKEND_UNAVAILABLE":
       throw new BackendUnavailableError(message);
+    case "ERR_LUKV_BAD_SEQUENCE_FILE":
+      throw new BadSequenceFileError(message);
     default:
       throw e;
   }
@@ -392,6 +398,49 @@ export class KVCache {
     }
   }
 
+  /**
+   * Batched step: attention on `layer` for several sequences at once, one native pass over
+   * (sequence, KV head, token range) instead of one call per sequence. Each item is what
+   * `item.sequence.attend(layer, item.queries, { scale, out: item.out })` would take (decode rows
+   * or a prefill chunk, sequences of any lengths) and the result is the same: one Float32Array per
+   * item, in order, bit for bit on the CPU backend. Each sequence may appear once; every item is
+   * checked before anything runs (a bad one throws naming `items[i]`), an empty batch returns [].
+   * It is a call on each of its sequences: SequenceBusyError while any has async calls pending.
+   */
+  attendBatch(layer: number, items: readonly AttendBatchItem[], options?: AttendBatchOptions): Float32Array[] {
+    return batch.attendBatch(this, layer, items, options);
+  }
+
+  /**
+   * Like attendBatch(), off the main thread. It takes its turn in the queue of every sequence of
+   * the batch: it runs once the async calls made before it on any of them have settled, and later
+   * calls on any of them wait for it. The queries are read at the call.
+   */
+  attendBatchAsync(layer: number, items: readonly AttendBatchItem[], options?: AttendBatchOptions): Promise<Float32Array[]> {
+    return batch.attendBatchAsync(this, layer, items, options);
+  }
+
+  /**
+   * Batched step: appends each item's keys/values to its sequence's `layer`, as `append` would,
+   * all or nothing: if the pool lacks the pages of the whole batch (after the onPressure policy,
+   * if one is set, made what room it could; its events name the batch's first sequence as
+   * `requestedBy`) or any item is bad, throws and appends nothing. Each sequence may appear once;
+   * an empty batch does nothing. SequenceBusyError while any sequence has async calls pending.
+   */
+  appendBatch(layer: number, items: readonly AppendBatchItem[]): void {
+    batch.appendBatch(this, layer, items);
+  }
+
+  /**
+   * appendBatch() in the queues of the batch's sequences (see attendBatchAsync): the rows are
+   * checked and read at the call, and written when the batch's turn comes (at once when no
+   * sequence of it has calls pending). Calls made after it see its rows. A write is a copy, so it
+   * runs on the main thread; a pressure policy then skips the batch's own sequences (they are busy).
+   */
+  appendBatchAsync(layer: number, items: readonly AppendBatchItem[]): Promise<void> {
+    return batch.appendBatchAsync(this, layer, items);
+  }
+
   /** Pages and bytes of the pool in use. */
   usage(): Usage {
     try {
@@ -399,6 +448,47 @@ export class KVCache {
     } catch (e) {
       rethrow(e);
     }
+  }
+
+  /**
+   * A new sequence restored from what `seq.save()` wrote: `source` is the bytes (a Buffer or
+   * Uint8Array) or the path of a file `seq.saveFile()` wrote. The sequence continues exactly as the
+   * saved one would have: the same kept tokens per (layer, KV head) bit for bit, positions, appended
+   * counts, observation rows and H2O mass. The cache must have the saved one's layers, kvHeads,
+   * queryHeads, headDim and dtype; its pageSize, maxTokens, device and threads may differ. Throws
+   * BadSequenceFileError (the message names the problem: magic, version, shape, checksum,
+   * truncation, a section that does not add up) or OutOfPagesError (the pool lacks the pages; the
+   * pressure policy is not applied), and then nothing was allocated. A file that cannot be read
+   * throws the file system's error. Format: docs/sequence-format.md.
+   */
+  loadSequence(source: Uint8Array | string): Sequence {
+    const bytes = readSequenceSource(source);
+    let loaded: [number, Float64Array];
+    try {
+      loaded = this.handle.loadSequence(bytes);
+    } catch (e) {
+      rethrow(e);
+    }
+    return this.#restored(loaded);
+  }
+
+  /** Like loadSequence(), reading the file and checking and writing the rows off the main thread. */
+  async loadSequenceAsync(source: Uint8Array | string): Promise<Sequence> {
+    void this.handle;
+    const bytes = await readSequenceSourceAsync(source);
+    let loaded: [number, Float64Array];
+    try {
+      loaded = await this.handle.loadSequenceAsync(bytes);
+    } catch (e) {
+      rethrow(e);
+    }
+    return this.#restored(loaded);
+  }
+
+  #restored([id, bounds]: [number, Float64Array]): Sequence {
+    const seq = this.#adopt(id);
+    seq.restoreBounds(bounds);
+    return seq;
   }
 
   /** Frees the pool and every sequence of it. Idempotent. */
@@ -427,6 +517,8 @@ export class Sequence {
   readonly #keyMax: Float64Array;
   readonly #valueMax: Float64Array;
   readonly #queryMax: Float64Array;
+  // Per layer: rows of async appends (appendBatchAsync) queued and not yet run.
+  readonly #queuedRows: Float64Array;
   // Async calls run one after another in call order: each waits for the one before (#tail). While
   // any is waiting or running (#pending > 0), synchronous calls throw SequenceBusyError.
   #tail: Promise<unknown> = Promise.resolve();
@@ -445,6 +537,7 @@ export class Sequence {
     this.#keyMax = new Float64Array(layers);
     this.#valueMax = new Float64Array(layers);
     this.#queryMax = new Float64Array(layers);
+    this.#queuedRows = new Float64Array(layers);
   }
 
   /** The cache this sequence belongs to. */
@@ -511,20 +604,8 @@ export class Sequence {
    */
   append(layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void {
     const id = this.id;
-    const { kvHeads, headDim, dtype } = this.#cache.config;
     const l = this.#layer(layer);
-    const row = kvHeads * headDim;
-    checkTensor("keys", keys, row, "[tokens, kvHeads, headDim]", dtype);
-    checkTensor("values", values, row, "[tokens, kvHeads, headDim]", dtype);
-    if (Object.prototype.toString.call(keys) !== Object.prototype.toString.call(values))
-      throw invalid("values", `the same array type as keys (${describe(keys)})`, values);
-    if (values.length !== keys.length)
-      throw invalid("values", `${keys.length / row} tokens like keys (length ${keys.length})`, values);
-    let keyMax = 0, valueMax = 0;
-    if (this.#cache.config.checkFinite) {
-      keyMax = scanTensor("keys", keys, kvHeads, headDim, dtype);
-      valueMax = scanTensor("values", values, kvHeads, headDim, dtype);
-    }
+    const checked = this.checkAppend(l, keys, values, "");
     this.#cache.withPressure(this, () => {
       try {
         this.#cache.handle.append(id, l, keys, values);
@@ -532,12 +613,77 @@ export class Sequence {
         rethrow(e);
       }
     });
-    this.#keyMax[l] = Math.max(this.#keyMax[l], keyMax);
-    this.#valueMax[l] = Math.max(this.#valueMax[l], valueMax);
+    this.appended_(l, checked);
+  }
+
+  /**
+   * @internal The checks of append() on keys/values of layer `l` (names prefixed with `prefix`,
+   * e.g. "items[2]."): returns what appended_ records once the rows are in.
+   */
+  checkAppend(l: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, prefix: string): { keyMax: number; valueMax: number; tokens: number } {
+    const { kvHeads, headDim, dtype } = this.#cache.config;
+    const row = kvHeads * headDim;
+    checkTensor(`${prefix}keys`, keys, row, "[tokens, kvHeads, headDim]", dtype);
+    checkTensor(`${prefix}values`, values, row, "[tokens, kvHeads, headDim]", dtype);
+    if (Object.prototype.toString.call(keys) !== Object.prototype.toString.call(values))
+      throw invalid(`${prefix}values`, `the same array type as keys (${describe(keys)})`, values);
+    if (values.length !== keys.length)
+      throw invalid(`${prefix}values`, `${keys.length / row} tokens like keys (length ${keys.length})`, values);
+    let keyMax = 0, valueMax = 0;
+    if (this.#cache.config.checkFinite) {
+      keyMax = scanTensor(`${prefix}keys`, keys, kvHeads, headDim, dtype);
+      valueMax = scanTensor(`${prefix}values`, values, kvHeads, headDim, dtype);
+    }
+    return { keyMax, valueMax, tokens: keys.length / row };
+  }
+
+  /** @internal After rows checked by checkAppend went in: their bounds, and the autoCompress check. */
+  appended_(l: number, checked: { keyMax: number; valueMax: number; tokens: number }): void {
+    this.noteAppend(l, checked, 0);
     if (this.#auto && l === this.#cache.config.layers - 1) {
-      this.#sinceCheck += keys.length / row;
+      this.#sinceCheck += checked.tokens;
       if (this.#sinceCheck >= this.#auto.every) this.#autoCheck();
     }
+  }
+
+  /**
+   * @internal The checks of attend() for a batch item (names prefixed with `prefix`): the queries
+   * as Float32Array, the output array if any, and a function that records the queries' bound.
+   */
+  checkAttend(l: number, queries: Float32Array | Uint16Array, opts: AttendOptions, scale: number, prefix: string): { q: Float32Array; out?: Float32Array; commit: () => void } {
+    const { q, queryMax } = this.#queries(l, queries, scale, prefix);
+    const out = this.#out(opts, queries, prefix);
+    return { q, out, commit: () => { this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax); } };
+  }
+
+  /**
+   * @internal Bounds of rows checked by checkAppend, and `queued` rows of layer `l` an async append
+   * will add (negative when it ran or failed), so that calls made after it check against them.
+   */
+  noteAppend(l: number, checked: { keyMax: number; valueMax: number }, queued: number): void {
+    this.#keyMax[l] = Math.max(this.#keyMax[l], checked.keyMax);
+    this.#valueMax[l] = Math.max(this.#valueMax[l], checked.valueMax);
+    this.#queuedRows[l] += queued;
+  }
+
+  /** @internal The native id without the busy check (for work already in this sequence's queue). */
+  nativeId(): number {
+    return this.#liveId();
+  }
+
+  /**
+   * @internal Runs `task` once every async call made before on each of `seqs` has settled, as one
+   * call in each sequence's queue (later calls on any of them wait for it).
+   */
+  static enqueueAll<T>(seqs: readonly Sequence[], task: () => Promise<T>): Promise<T> {
+    const start = seqs.every((s) => s.#pending === 0) ? task() : Promise.all(seqs.map((s) => s.#tail)).then(task);
+    for (const s of seqs) s.#pending++;
+    const done = start.finally(() => {
+      for (const s of seqs) s.#pending--;
+    });
+    const settled = done.catch(() => undefined);
+    for (const s of seqs) s.#tail = settled;
+    return done;
   }
 
   /**
@@ -577,42 +723,43 @@ export class Sequence {
     const lengths = this.lengths();
     const total = lengths.reduce((a, b) => a + b, 0);
     if (total <= (auto.options.budget as number) * lengths.length) return;
-    const report = this.compress(auto.options);
+    const report = this.#compressNow(this.#liveId(), auto.options);
     this.#autoCompressions++;
     auto.onCompress?.(report);
   }
 
-  #queries(layer: number, queries: Float32Array | Uint16Array, scale: number): { l: number; q: Float32Array; tokens: number; queryMax: number } {
+  #queries(layer: number, queries: Float32Array | Uint16Array, scale: number, prefix = ""): { l: number; q: Float32Array; tokens: number; queryMax: number } {
     const { queryHeads, headDim, dtype } = this.#cache.config;
     const l = this.#layer(layer);
     const row = queryHeads * headDim;
-    checkTensor("queries", queries, row, "[tokens, queryHeads, headDim]", dtype);
+    checkTensor(`${prefix}queries`, queries, row, "[tokens, queryHeads, headDim]", dtype);
     const tokens = queries.length / row;
-    const appended = this.#cache.handle.appended(this.#liveId(), l);
+    // Rows of async appends queued before this call count: they are in when its turn comes.
+    const appended = this.#cache.handle.appended(this.#liveId(), l) + this.#queuedRows[l];
     if (tokens > appended)
       throw new InvalidArgumentError(
-        `Expected at most ${appended} tokens (the positions appended to layer ${l}) for queries but received ${tokens} tokens`,
+        `Expected at most ${appended} tokens (the positions appended to layer ${l}) for ${prefix}queries but received ${tokens} tokens`,
       );
     const q = isUint16Array(queries)
       ? Float32Array.from(queries, dtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)
       : queries;
     let queryMax = 0;
     if (this.#cache.config.checkFinite) {
-      queryMax = scanTensor("queries", queries, queryHeads, headDim, "f32", dtype);
-      checkScores("queries", l, headDim, queryMax, this.#keyMax[l], scale);
+      queryMax = scanTensor(`${prefix}queries`, queries, queryHeads, headDim, "f32", dtype);
+      checkScores(`${prefix}queries`, l, headDim, queryMax, this.#keyMax[l], scale);
       checkValueSum(l, appended, this.#valueMax[l]);
     }
     return { l, q, tokens, queryMax };
   }
 
-  #out(opts: AttendOptions | undefined, queries: Float32Array | Uint16Array): Float32Array | undefined {
+  #out(opts: AttendOptions | undefined, queries: Float32Array | Uint16Array, prefix = ""): Float32Array | undefined {
     const out = opts?.out;
     if (out === undefined) return undefined;
-    if (!isFloat32Array(out)) throw invalid("out", "Float32Array", out);
-    if (out.length !== queries.length) throw invalid("out", `a Float32Array of length ${queries.length} (the queries' length)`, out);
+    if (!isFloat32Array(out)) throw invalid(`${prefix}out`, "Float32Array", out);
+    if (out.length !== queries.length) throw invalid(`${prefix}out`, `a Float32Array of length ${queries.length} (the queries' length)`, out);
     if (out.buffer === queries.buffer) {
       const a0 = out.byteOffset, a1 = a0 + out.byteLength, b0 = queries.byteOffset, b1 = b0 + queries.byteLength;
-      if (a0 < b1 && b0 < a1) throw invalid("out", "an array that does not overlap the queries", out);
+      if (a0 < b1 && b0 < a1) throw invalid(`${prefix}out`, "an array that does not overlap the queries", out);
     }
     return out;
   }
@@ -676,7 +823,10 @@ export class Sequence {
    * options throw before anything changes.
    */
   compress(options: CompressOptions = {}): CompressReport {
-    const id = this.id;
+    return this.#compressNow(this.id, options);
+  }
+
+  #compressNow(id: number, options: CompressOptions): CompressReport {
     if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
     const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
     this.#checkScoring(n);
@@ -849,6 +999,61 @@ export class Sequence {
   values(layer: number, head: number): Float32Array {
     const id = this.id;
     return this.#cache.handle.readRows(id, this.#layer(layer), this.#head(head), true);
+  }
+
+  /**
+   * The sequence as bytes that `cache.loadSequence()` restores, in this or another cache of the same
+   * shape and dtype (any pageSize): every (layer, KV head)'s kept positions and K/V rows in the cache
+   * dtype, bit for bit, the appended counts, the observation query rows, the H2O mass when
+   * accumulateAttention is on, and the input-check bounds, under a versioned header and a CRC-32C
+   * (docs/sequence-format.md). Not saved: a recording oracle (the restored sequence does not record)
+   * and the autoCompress setting. A synchronous call: throws SequenceBusyError while async calls are
+   * pending (use saveAsync).
+   */
+  save(): Buffer {
+    const id = this.id;
+    try {
+      return this.#cache.handle.saveSequence(id, this.#bounds());
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /** Like save(), off the main thread, in call order with the sequence's other async calls: it saves the sequence as the calls before it left it. */
+  async saveAsync(): Promise<Buffer> {
+    this.#liveId();
+    return this.#enqueue(async () => {
+      try {
+        return await this.#cache.handle.saveSequenceAsync(this.#liveId(), this.#bounds());
+      } catch (e) {
+        rethrow(e);
+      }
+    });
+  }
+
+  /** save() written to the file `path` (replaced if it exists). */
+  saveFile(path: string): void {
+    checkSavePath(path);
+    fs.writeFileSync(path, this.save());
+  }
+
+  /** saveAsync() written to the file `path` (replaced if it exists). */
+  async saveFileAsync(path: string): Promise<void> {
+    checkSavePath(path);
+    await fs.promises.writeFile(path, await this.saveAsync());
+  }
+
+  // Per layer: the largest |key|, |value| and |query| seen (saved with the sequence).
+  #bounds(): Float64Array {
+    const L = this.#cache.config.layers;
+    const b = new Float64Array(L * 3);
+    for (let l = 0; l < L; l++) [b[3 * l], b[3 * l + 1], b[3 * l + 2]] = [this.#keyMax[l], this.#valueMax[l], this.#queryMax[l]];
+    return b;
+  }
+
+  /** @internal loadSequence: the bounds saved with the sequence. */
+  restoreBounds(b: Float64Array): void {
+    for (let l = 0; l < this.#keyMax.length; l++) [this.#keyMax[l], this.#valueMax[l], this.#queryMax[l]] = [b[3 * l], b[3 * l + 1], b[3 * l + 2]];
   }
 
   /** A new sequence sharing this one's pages (copy-on-write). */

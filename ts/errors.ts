@@ -62,6 +62,17 @@ export class BadModelError extends LukvError {
 }
 
 /**
+ * Saved-sequence bytes (`cache.loadSequence`) are not a sequence this cache can take: wrong magic or
+ * format version, a cache shape or dtype other than this cache's, a checksum mismatch, truncated or
+ * inconsistent sections. The message names the problem; nothing was allocated.
+ */
+export class BadSequenceFileError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_BAD_SEQUENCE_FILE", message);
+  }
+}
+
+/**
  * JSON text of a value for error messages, cut to `max` characters. Never recurses deeper than a
  * few levels (a parsed file may nest a million arrays, which JSON.stringify cannot print).
  */

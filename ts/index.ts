@@ -1,5 +1,6 @@
 export { KVCache, Sequence } from "./cache";
 export type { KVCacheOptions, AttendOptions, OracleOptions, AutoCompressOptions, PressureOptions, PressureEvent, PressureStats, Usage, CacheConfig, Device, SimdLevel, PrefetchHint } from "./cache";
+export type { AttendBatchItem, AttendBatchOptions, AppendBatchItem } from "./batch";
 export { backends } from "./backends";
 export type { Backends } from "./backends";
 export {
@@ -11,6 +12,7 @@ export {
   BadProfileError,
   BadModelError,
   SequenceBusyError,
+  BadSequenceFileError,
 } from "./errors";
 export { f32ToF16Bits, f16BitsToF32, f32ToBf16Bits, bf16BitsToF32, toBits, fromBits, roundTo } from "./dtype";
 export type { DType } from "./dtype";

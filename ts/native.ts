@@ -51,6 +51,9 @@ export interface NativeCache {
   append(seq: number, layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void;
   attend(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Float32Array;
   attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array>;
+  attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: (Float32Array | undefined)[]): Float32Array[];
+  attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: (Float32Array | undefined)[]): Promise<Float32Array[]>;
+  appendBatch(layer: number, seqs: Int32Array, keys: (Float32Array | Uint16Array)[], values: (Float32Array | Uint16Array)[]): void;
   lengths(seq: number): Int32Array;
   compress(seq: number, options: NativeCompressOptions): NativeReport;
   compressAsync(seq: number, options: NativeCompressOptions): Promise<NativeReport>;
@@ -62,6 +65,10 @@ export interface NativeCache {
   positions(seq: number, layer: number, head: number): Int32Array;
   appended(seq: number, layer: number): number;
   readRows(seq: number, layer: number, head: number, values: boolean): Float32Array;
+  saveSequence(seq: number, bounds: Float64Array): Buffer;
+  saveSequenceAsync(seq: number, bounds: Float64Array): Promise<Buffer>;
+  loadSequence(bytes: Uint8Array): [number, Float64Array];
+  loadSequenceAsync(bytes: Uint8Array): Promise<[number, Float64Array]>;
   usage(): NativeUsage;
   info(): { simd: string; prefetch: string; threads: number; device: string };
   dispose(): void;
@@ -96,6 +103,8 @@ export interface NativeAddon {
    * raw f16 (1) or bf16 (2) words in a Uint16Array, where bad means not finite.
    */
   scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, limit: number): [number, number];
+  /** The tokens outside the first `sink` and last `window`, best first, ranked as compress ranks them (NaN lowest, ties to the earlier position). */
+  keepOrder(scores: Float32Array, sink: number, window: number): Int32Array;
   /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes (the faster of a read with and one without software prefetch). */
   memoryReadBenchmark(bytes: number, threads: number, repeats: number): number[];
   /** QueryStatistics.add's float64 sums of rows [first, tokens) around `shift` (products: the full symmetric matrices, or null). */

@@ -48,6 +48,10 @@ export function isInt32Array(v: unknown): v is Int32Array {
   return types.isInt32Array(v);
 }
 
+export function isUint8Array(v: unknown): v is Uint8Array {
+  return types.isUint8Array(v);
+}
+
 /** Edit distance of two short strings, a swap of neighbours counting one (for "did you mean"). */
 function distance(a: string, b: string): number {
   const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));

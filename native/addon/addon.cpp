@@ -2,11 +2,13 @@
 // guard the native code against anything that slips through.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
 #include <thread>
 
+#include "../core/allocation.h"
 #include "../core/cache.h"
 #include "../cpu/kernels.h"
 #include "../cpu/membench.h"
@@ -123,6 +125,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("append", &NativeCache::Append),
                            InstanceMethod("attend", &NativeCache::Attend),
                            InstanceMethod("attendAsync", &NativeCache::AttendAsync),
+                           InstanceMethod("attendBatch", &NativeCache::AttendBatch),
+                           InstanceMethod("attendBatchAsync", &NativeCache::AttendBatchAsync),
+                           InstanceMethod("appendBatch", &NativeCache::AppendBatch),
                            InstanceMethod("lengths", &NativeCache::Lengths),
                            InstanceMethod("compress", &NativeCache::Compress),
                            InstanceMethod("compressAsync", &NativeCache::CompressAsync),
@@ -134,6 +139,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("positions", &NativeCache::Positions),
                            InstanceMethod("appended", &NativeCache::Appended),
                            InstanceMethod("readRows", &NativeCache::ReadRows),
+                           InstanceMethod("saveSequence", &NativeCache::SaveSequence),
+                           InstanceMethod("saveSequenceAsync", &NativeCache::SaveSequenceAsync),
+                           InstanceMethod("loadSequence", &NativeCache::LoadSequence),
+                           InstanceMethod("loadSequenceAsync", &NativeCache::LoadSequenceAsync),
                            InstanceMethod("usage", &NativeCache::Usage),
                            InstanceMethod("info", &NativeCache::Info),
                            InstanceMethod("dispose", &NativeCache::Dispose),
@@ -191,19 +200,16 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
   Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.createSequence(); }));
   }
   Napi::Value Fork(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.fork(id); }));
   }
   Napi::Value DisposeSequence(const Napi::CallbackInfo& info) {
     if (!cache_ || cache_->disposed()) return info.Env().Undefined();
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(cache_->mutex());
     cache_->disposeSequence(id);
     return info.Env().Undefined();
   }
@@ -221,10 +227,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (k.type == napi_float32_array) kind = InputKind::F32;
     else if (k.type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
     else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be a Float32Array or a Uint16Array of the cache dtype");
-    {
-      std::lock_guard<std::mutex> lock(c.mutex());
-      guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
-    }
+    guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
     reportMemory(env);
     return env.Undefined();
   }
@@ -269,13 +272,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     AttendCall a = attendArgs(info, c, q);
     Napi::Float32Array out = outArg(info, q.length);
     if (out.IsEmpty()) out = Napi::Float32Array::New(env, q.length);
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.attend(a.id, a.layer, a.tokens, static_cast<const float*>(q.data), out.Data(), a.scale); });
     return out;
   }
 
   // An async call on the cache: Run() executes on a libuv thread (no Node-API there, only the
-  // core) under the cache lock; its errors become the promise's rejection with their typed code.
+  // core; the cache locks what it needs); its errors become the promise's rejection with their typed code.
   class CacheWorker : public Napi::AsyncWorker {
    public:
     CacheWorker(Napi::Env env, std::shared_ptr<Cache> cache)
@@ -293,7 +295,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
    private:
     void Execute() override {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
       try {
         if (cache_->disposed()) throw Error(ErrorCode::Disposed, "KVCache was used after dispose()");
         Run(*cache_);
@@ -388,6 +389,170 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     e.valueNorm = o.Get("valueNorm").ToBoolean().Value();
   }
 
+  // Batched steps: (layer, sequence ids, one typed array per item, ...). Arguments arrive checked
+  // from TypeScript; these checks keep the native code safe from anything that slips through.
+  static std::vector<int32_t> batchIds(const Napi::CallbackInfo& info, size_t i) {
+    if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "Expected an Int32Array of sequence ids");
+    auto ids = info[i].As<Napi::Int32Array>();
+    return std::vector<int32_t>(ids.Data(), ids.Data() + ids.ElementLength());
+  }
+  static std::vector<TypedView> batchArrays(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name,
+                                            size_t row) {
+    Napi::Env env = info.Env();
+    if (info.Length() <= i || !info[i].IsArray() || info[i].As<Napi::Array>().Length() != count)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected one typed array per item for ") + name);
+    Napi::Array arr = info[i].As<Napi::Array>();
+    std::vector<TypedView> out;
+    for (uint32_t k = 0; k < count; ++k) {
+      Napi::Value v = arr.Get(k);
+      TypedView t;
+      void* data = nullptr;
+      if (!v.IsTypedArray() || napi_get_typedarray_info(env, v, &t.type, &t.length, &data, nullptr, nullptr) != napi_ok ||
+          t.length % row != 0)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected typed arrays of whole rows for ") + name);
+      t.data = data;
+      out.push_back(t);
+    }
+    return out;
+  }
+
+  struct AttendBatchCall {
+    int layer = 0;
+    float scale = 0;
+    std::vector<int32_t> ids;
+    std::vector<TypedView> queries;
+    std::vector<Napi::Float32Array> outs;  // empty where the caller gave none
+  };
+
+  AttendBatchCall attendBatchArgs(const Napi::CallbackInfo& info, Cache& c) {
+    Napi::Env env = info.Env();
+    const CacheConfig& cfg = c.config();
+    AttendBatchCall a;
+    a.layer = intArg(info, 0, "layer");
+    if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    a.ids = batchIds(info, 1);
+    const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
+    a.queries = batchArrays(info, 2, a.ids.size(), "queries", row);
+    for (const TypedView& q : a.queries)
+      if (q.type != napi_float32_array || q.length == 0)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
+    if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
+    a.scale = info[3].As<Napi::Number>().FloatValue();
+    if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
+    Napi::Array outs = info.Length() > 4 && info[4].IsArray() ? info[4].As<Napi::Array>() : Napi::Array::New(env);
+    for (uint32_t i = 0; i < a.ids.size(); ++i) {
+      Napi::Value o = i < outs.Length() ? outs.Get(i) : env.Undefined();
+      if (o.IsUndefined()) {
+        a.outs.push_back(Napi::Float32Array());
+        continue;
+      }
+      if (!o.IsTypedArray() || o.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+          o.As<Napi::Float32Array>().ElementLength() != a.queries[i].length)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
+      a.outs.push_back(o.As<Napi::Float32Array>());
+    }
+    return a;
+  }
+
+  Napi::Value AttendBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    AttendBatchCall a = attendBatchArgs(info, c);
+    const size_t row = (size_t)c.config().queryHeads * c.config().headDim;
+    Napi::Array result = Napi::Array::New(env, a.ids.size());
+    std::vector<Cache::AttendItem> items;
+    for (size_t i = 0; i < a.ids.size(); ++i) {
+      Napi::Float32Array out = a.outs[i].IsEmpty() ? Napi::Float32Array::New(env, a.queries[i].length) : a.outs[i];
+      result.Set((uint32_t)i, out);
+      items.push_back({a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), out.Data()});
+    }
+    guarded(env, [&] { c.attendBatch(a.layer, items, a.scale); });
+    return result;
+  }
+
+  class AttendBatchWorker : public CacheWorker {
+   public:
+    AttendBatchWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendBatchCall& call, size_t row)
+        : CacheWorker(env, std::move(cache)), layer_(call.layer), scale_(call.scale), ids_(call.ids), row_(row) {
+      // Copied so the caller may reuse or transfer its arrays while the work runs.
+      for (size_t i = 0; i < ids_.size(); ++i) {
+        const float* q = static_cast<const float*>(call.queries[i].data);
+        queries_.emplace_back(q, q + call.queries[i].length);
+        out_.emplace_back(call.queries[i].length);
+        targets_.emplace_back();
+        if (!call.outs[i].IsEmpty()) targets_.back() = Napi::Persistent(call.outs[i]);
+      }
+    }
+
+   protected:
+    void Run(Cache& cache) override {
+      std::vector<Cache::AttendItem> items;
+      for (size_t i = 0; i < ids_.size(); ++i)
+        items.push_back({ids_[i], (int)(queries_[i].size() / row_), queries_[i].data(), out_[i].data()});
+      cache.attendBatch(layer_, items, scale_);
+    }
+    void Resolve(Napi::Env env) override {
+      // The callers' arrays are written here, on the main thread (see AttendWorker).
+      for (size_t i = 0; i < targets_.size(); ++i)
+        if (!targets_[i].IsEmpty() && targets_[i].Value().ElementLength() != out_[i].size()) {
+          Reject(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendBatchAsync finished");
+          return;
+        }
+      Napi::Array result = Napi::Array::New(env, out_.size());
+      for (size_t i = 0; i < out_.size(); ++i) {
+        Napi::Float32Array out =
+            targets_[i].IsEmpty() ? Napi::Float32Array::New(env, out_[i].size()) : targets_[i].Value();
+        std::copy(out_[i].begin(), out_[i].end(), out.Data());
+        result.Set((uint32_t)i, out);
+      }
+      deferred_.Resolve(result);
+    }
+
+   private:
+    int layer_;
+    float scale_;
+    std::vector<int32_t> ids_;
+    size_t row_;
+    std::vector<std::vector<float>> queries_, out_;
+    std::vector<Napi::Reference<Napi::Float32Array>> targets_;
+  };
+
+  Napi::Value AttendBatchAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    AttendBatchCall a = attendBatchArgs(info, c);
+    auto* w = new AttendBatchWorker(env, cache_, a, (size_t)c.config().queryHeads * c.config().headDim);
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value AppendBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    const CacheConfig& cfg = c.config();
+    const int layer = intArg(info, 0, "layer");
+    if (layer < 0 || layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
+    const std::vector<int32_t> ids = batchIds(info, 1);
+    const size_t row = (size_t)cfg.kvHeads * cfg.headDim;
+    std::vector<TypedView> k = batchArrays(info, 2, ids.size(), "keys", row);
+    std::vector<TypedView> v = batchArrays(info, 3, ids.size(), "values", row);
+    InputKind kind = InputKind::F32;
+    std::vector<Cache::AppendItem> items;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (k[i].type != v[i].type || k[i].length != v[i].length || k[i].type != k[0].type)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys and values must have one type and matching lengths");
+      if (k[i].type == napi_float32_array) kind = InputKind::F32;
+      else if (k[i].type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
+      else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be Float32Arrays or Uint16Arrays of the cache dtype");
+      items.push_back({ids[i], (int)(k[i].length / row), k[i].data, v[i].data});
+    }
+    guarded(env, [&] { c.appendBatch(layer, items, kind); });
+    reportMemory(env);
+    return env.Undefined();
+  }
+
   // Options arrive validated from TypeScript: plain numbers and typed arrays.
   static CompressOptions parseCompress(Napi::Env env, Napi::Object o, const CacheConfig& cfg) {
     auto num = [&](const char* k, double def) -> double {
@@ -455,7 +620,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence");
     if (info.Length() < 2 || !info[1].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[1].As<Napi::Object>(), c.config());
-    std::lock_guard<std::mutex> lock(c.mutex());
     CompressReport r = guarded(env, [&] { return c.compress(id, opt); });
     return reportToJs(env, r);
   }
@@ -494,7 +658,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     if (info.Length() < 3 || !info[2].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[2].As<Napi::Object>(), c.config());
-    std::lock_guard<std::mutex> lock(c.mutex());
     return perHeadArrays(env, guarded(env, [&] { return c.scores(id, layer, opt.score); }));
   }
 
@@ -502,7 +665,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
     bool on = info.Length() > 1 && info[1].ToBoolean().Value();
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(info.Env(), [&] { c.setAccumulate(id, on); });
     return info.Env().Undefined();
   }
@@ -523,14 +685,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       }
     }
     bool normalize = info.Length() > 2 && info[2].ToBoolean().Value();
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(env, [&] { c.recordOracle(id, wo, normalize); });
     return env.Undefined();
   }
   Napi::Value StopOracle(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     guarded(info.Env(), [&] { c.stopOracle(id); });
     return info.Env().Undefined();
   }
@@ -539,14 +699,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(env);
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
     if (layer < 0 || layer >= c.config().layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return perHeadArrays(env, guarded(env, [&] { return c.oracle(id, layer); }));
   }
 
   Napi::Value Lengths(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.lengths(id); });
     auto out = Napi::Int32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -557,7 +715,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer"), head = intArg(info, 2, "head");
     if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
       throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.positions(id, layer, head); });
     auto out = Napi::Int32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
@@ -567,7 +724,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(info.Env());
     int id = intArg(info, 0, "sequence"), layer = intArg(info, 1, "layer");
     if (layer < 0 || layer >= c.config().layers) throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return c.appended(id, layer); }));
   }
   Napi::Value ReadRows(const Napi::CallbackInfo& info) {
@@ -576,15 +732,109 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     bool values = info.Length() > 3 && info[3].ToBoolean().Value();
     if (layer < 0 || layer >= c.config().layers || head < 0 || head >= c.config().kvHeads)
       throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "layer or head out of range");
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto v = guarded(info.Env(), [&] { return c.readRows(id, layer, head, values); });
     auto out = Napi::Float32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
     return out;
   }
+  // Saved sequences: saveSequence(id, bounds Float64Array) -> Buffer, loadSequence(bytes) ->
+  // [id, bounds Float64Array]; the async variants run the same core calls in a worker.
+  static std::vector<double> boundsArg(const Napi::CallbackInfo& info, const CacheConfig& cfg) {
+    TypedView b = typedArg(info, 1, "bounds");
+    if (b.type != napi_float64_array || b.length != (size_t)cfg.layers * 3)
+      throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "bounds must be a Float64Array of layers * 3");
+    const double* d = static_cast<const double*>(b.data);
+    return std::vector<double>(d, d + b.length);
+  }
+  static std::vector<uint8_t> bytesArg(const Napi::CallbackInfo& info) {
+    TypedView v = typedArg(info, 0, "bytes");
+    if (v.type != napi_uint8_array) throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "Expected a Uint8Array (or Buffer) for bytes");
+    const uint8_t* d = static_cast<const uint8_t*>(v.data);
+    return std::vector<uint8_t>(d, d + v.length);
+  }
+  // The saved bytes become the Buffer's memory (no copy); the vector is freed with it.
+  static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, Cache::SavedBytes&& bytes) {
+    auto* owned = new Cache::SavedBytes(std::move(bytes));
+    return Napi::Buffer<uint8_t>::New(env, owned->data(), owned->size(),
+                                      [](Napi::Env, uint8_t*, Cache::SavedBytes* v) { delete v; }, owned);
+  }
+  static Napi::Array loaded(Napi::Env env, int32_t id, const std::vector<double>& bounds) {
+    Napi::Array out = Napi::Array::New(env, 2);
+    auto b = Napi::Float64Array::New(env, bounds.size());
+    std::copy(bounds.begin(), bounds.end(), b.Data());
+    out.Set(0u, Napi::Number::New(env, id));
+    out.Set(1u, b);
+    return out;
+  }
+  Napi::Value SaveSequence(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence");
+    std::vector<double> bounds = boundsArg(info, c.config());
+    return toBuffer(env, guarded(env, [&] { return c.saveSequence(id, bounds); }));
+  }
+  Napi::Value LoadSequence(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    TypedView v = typedArg(info, 0, "bytes");
+    if (v.type != napi_uint8_array) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Uint8Array (or Buffer) for bytes");
+    std::vector<double> bounds;
+    const int32_t id = guarded(env, [&] { return c.loadSequence(static_cast<const uint8_t*>(v.data), v.length, bounds); });
+    reportMemory(env);
+    return loaded(env, id, bounds);
+  }
+  class SaveWorker : public CacheWorker {
+   public:
+    SaveWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, std::vector<double> bounds)
+        : CacheWorker(env, std::move(cache)), id_(id), bounds_(std::move(bounds)) {}
+
+   protected:
+    void Run(Cache& cache) override { bytes_ = cache.saveSequence(id_, bounds_); }
+    void Resolve(Napi::Env env) override { deferred_.Resolve(toBuffer(env, std::move(bytes_))); }
+
+   private:
+    int id_;
+    std::vector<double> bounds_;
+    Cache::SavedBytes bytes_;
+  };
+  class LoadWorker : public CacheWorker {
+   public:
+    LoadWorker(Napi::Env env, std::shared_ptr<Cache> cache, std::vector<uint8_t> bytes, NativeCache* owner)
+        : CacheWorker(env, std::move(cache)), bytes_(std::move(bytes)), owner_(Napi::Persistent(owner->Value())) {}
+
+   protected:
+    void Run(Cache& cache) override { id_ = cache.loadSequence(bytes_.data(), bytes_.size(), bounds_); }
+    void Resolve(Napi::Env env) override {
+      NativeCache::Unwrap(owner_.Value())->reportMemory(env);
+      deferred_.Resolve(loaded(env, id_, bounds_));
+    }
+
+   private:
+    std::vector<uint8_t> bytes_;  // copied on the JS thread: the caller may reuse or transfer its buffer
+    Napi::ObjectReference owner_;
+    int32_t id_ = 0;
+    std::vector<double> bounds_;
+  };
+  Napi::Value SaveSequenceAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Cache& c = cache(env);
+    int id = intArg(info, 0, "sequence");
+    auto* w = new SaveWorker(env, cache_, id, boundsArg(info, c.config()));
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+  Napi::Value LoadSequenceAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    cache(env);
+    auto* w = new LoadWorker(env, cache_, bytesArg(info), this);
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
   Napi::Value Usage(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());
-    std::lock_guard<std::mutex> lock(c.mutex());
     auto u = guarded(info.Env(), [&] { return c.usage(); });
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("pagesTotal", (double)u.pagesTotal);
@@ -604,10 +854,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return o;
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    if (cache_) {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
-      cache_->dispose();
-    }
+    if (cache_) cache_->dispose();  // waits for the calls in flight
     reportMemory(info.Env());
     return info.Env().Undefined();
   }
@@ -617,10 +864,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   // Only append grows it (the pool never shrinks until the cache is freed).
   void reportMemory(Napi::Env env) {
     int64_t now = 0;
-    if (cache_ && !cache_->disposed()) {
-      std::lock_guard<std::mutex> lock(cache_->mutex());
-      now = (int64_t)cache_->residentBytes();
-    }
+    if (cache_ && !cache_->disposed()) now = (int64_t)cache_->residentBytes();
     if (now != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, now - reported_);
     reported_ = now;
   }
@@ -725,6 +969,23 @@ Napi::Value AccumulateQueryStatistics(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// keepOrder(scores: Float32Array, sink, window) -> Int32Array: the tokens outside the sink and the
+// window, best first, ranked exactly as compress ranks them (core/allocation keepOrder).
+Napi::Value KeepOrder(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (Float32Array scores, sink, window)");
+  Napi::Float32Array scores = info[0].As<Napi::Float32Array>();
+  const int sink = info[1].As<Napi::Number>().Int32Value(), window = info[2].As<Napi::Number>().Int32Value();
+  if (sink < 0 || window < 0 || scores.ElementLength() > (size_t)INT32_MAX)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected sink and window >= 0 and at most 2^31-1 scores");
+  const std::vector<int32_t> order = keepOrder(scores.Data(), (int32_t)scores.ElementLength(), sink, window);
+  Napi::Int32Array out = Napi::Int32Array::New(env, order.size());
+  std::copy(order.begin(), order.end(), out.Data());
+  return out;
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat, the faster of a read with and
 // one without software prefetch (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
@@ -742,6 +1003,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeCache", NativeCache::Init(env));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
   exports.Set("scanValues", Napi::Function::New(env, ScanValues));
+  exports.Set("keepOrder", Napi::Function::New(env, KeepOrder));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("accumulateQueryStatistics", Napi::Function::New(env, AccumulateQueryStatistics));
   return exports;

@@ -125,11 +125,7 @@ std::vector<int32_t> adaKvBudgets(const HeadBounds& b, int Lyr, int H, double ra
     for (int h = 0; h < H; ++h) {
       const int32_t L = len[base + h];
       const int32_t front = std::min<int32_t>(sink, L), back = std::min<int32_t>(window, L - front);
-      auto& ord = order[h];
-      ord.resize(L - front - back);
-      std::iota(ord.begin(), ord.end(), front);
-      const float* sc = scores[base + h].data();
-      std::sort(ord.begin(), ord.end(), [sc](int32_t a, int32_t b) { return better(sc, a, b); });
+      order[h] = keepOrder(scores[base + h].data(), L, sink, window);
       next[h] = (size_t)std::max<int32_t>(0, floorH[h] - front - back);
     }
     int64_t rest = layerBudget[l] - floorSum;
@@ -264,6 +260,14 @@ std::vector<int32_t> explicitBudgets(const HeadBounds& b, const std::vector<int3
     keep[i] = std::max(b.lo[i], budgets[i]);
   }
   return keep;
+}
+
+std::vector<int32_t> keepOrder(const float* score, int32_t L, int sink, int window) {
+  const int32_t front = std::min<int32_t>(sink, L), back = std::min<int32_t>(window, L - front);
+  std::vector<int32_t> ord(L - front - back);
+  std::iota(ord.begin(), ord.end(), front);
+  std::sort(ord.begin(), ord.end(), [score](int32_t a, int32_t b) { return better(score, a, b); });
+  return ord;
 }
 
 std::vector<int32_t> selectKeep(const float* score, int32_t L, int sink, int window, int32_t keep) {

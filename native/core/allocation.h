@@ -46,5 +46,8 @@ std::vector<int32_t> explicitBudgets(const HeadBounds& b, const std::vector<int3
 // The kept token indices of one head, ascending: the first `sink` and last `window` tokens and the
 // best `keep - sink - window` of the rest by score (NaN lowest, ties to the earlier position).
 std::vector<int32_t> selectKeep(const float* score, int32_t length, int sink, int window, int32_t keep);
+// The tokens outside the first `sink` and last `window`, best first by the same rule: what
+// selectKeep keeps for every `keep`, in order (adakv's candidates, the profiler's eviction order).
+std::vector<int32_t> keepOrder(const float* score, int32_t length, int sink, int window);
 
 }  // namespace lukv

@@ -1,6 +1,20 @@
 #include "backend.h"
 
+#include <cstring>
+
 namespace lukv {
+
+void Backend::readRows(const HeadState& head, int32_t count, bool values, float* out) {
+  const DType t = dtype();
+  const size_t n = (size_t)count * headDim();
+  if (t == DType::F32) {
+    readRaw(head, count, values, reinterpret_cast<uint8_t*>(out));
+    return;
+  }
+  std::vector<uint16_t> raw(n);
+  readRaw(head, count, values, reinterpret_cast<uint8_t*>(raw.data()));
+  for (size_t i = 0; i < n; ++i) out[i] = t == DType::F16 ? f16ToF32(raw[i]) : bf16ToF32(raw[i]);
+}
 
 std::unique_ptr<Backend> makeBackend(const BackendConfig& config) {
   if (config.device == "cpu") return makeCpuBackend(config);

@@ -73,6 +73,9 @@ class Backend {
   virtual size_t pageBytes() const = 0;
   // Compaction writes the kept rows into the head's own first pages (true) or into fresh pages.
   virtual bool compactsInPlace() const = 0;
+  // Calls on different sequences may run at the same time (see Cache); false makes the cache run
+  // one backend call at a time.
+  virtual bool concurrent() const { return false; }
   // Host work split over the backend's threads (selection in compress).
   virtual void parallelFor(int64_t n, const std::function<void(int64_t)>& fn) = 0;
 
@@ -81,16 +84,24 @@ class Backend {
   // Row t of head h of keys/values ([tokens, kvHeads, headDim], host) to plan.dest.
   virtual void writeRows(const AppendPlan& plan, int tokens, int kvHeads, const void* keys, const void* values,
                          InputKind kind) = 0;
-  virtual void attend(const AttendRequest& r) = 0;
+  // Attention of several sequences of one layer as one pass (one request per sequence; the
+  // batched step). attend is a batch of one.
+  virtual void attendBatch(const std::vector<AttendRequest>& calls) = 0;
+  void attend(const AttendRequest& r) { attendBatch(std::vector<AttendRequest>{r}); }
   virtual void scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) = 0;
   // Kept rows of every head of the round, in order, into its `to` pages.
   virtual void compact(const std::vector<CompactHead>& round) = 0;
-  // A head's first `count` K or V rows as f32, [count, headDim].
-  virtual void readRows(const HeadState& head, int32_t count, bool values, float* out) = 0;
+  // A head's first `count` K or V rows as stored (cache dtype, bit for bit), [count, headDim].
+  virtual void readRaw(const HeadState& head, int32_t count, bool values, uint8_t* out) = 0;
+  // The same rows as f32 (readRaw, then the dtype's exact widening; backend.cpp).
+  void readRows(const HeadState& head, int32_t count, bool values, float* out);
   // ||v|| of a head's first `count` value rows.
   virtual void valueNorms(const HeadState& head, int32_t count, float* out) = 0;
   // Bytes the backend holds besides the pool (device workspace), for usage().
   virtual int64_t extraBytes() const { return 0; }
+  // The rows' storage type and dimension, for readRows.
+  virtual DType dtype() const = 0;
+  virtual int headDim() const = 0;
 };
 
 // The backend for config.device. Throws BackendUnavailable (with the reason) when this build or

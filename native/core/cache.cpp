@@ -30,122 +30,116 @@ void Cache::checkLive() const {
 }
 
 void Cache::dispose() {
+  std::unique_lock<std::shared_mutex> life(life_);  // waits for the calls in flight
   if (disposed_) return;
   disposed_ = true;
   table_.reset();
   backend_.reset();
+  seqMu_.clear();
 }
 
-Sequence& Cache::get(int32_t seq) {
+Cache::Held Cache::hold(int32_t id, bool backend) const {
+  Held h;
+  h.life = std::shared_lock<std::shared_mutex>(life_);
   checkLive();
-  return table_->get(seq);
+  {
+    auto table = lockTable();
+    auto it = seqMu_.find(id);
+    if (it == seqMu_.end()) table_->get(id);  // throws Disposed
+    h.mu = it->second;
+  }
+  h.own = std::unique_lock<std::mutex>(*h.mu);
+  if (backend && !backend_->concurrent()) h.exec = std::unique_lock<std::mutex>(exec_);
+  auto table = lockTable();
+  h.seq = &table_->get(id);  // disposed while this call waited for its lock: throws Disposed
+  return h;
 }
 
-const Sequence& Cache::get(int32_t seq) const { return const_cast<Cache*>(this)->get(seq); }
+int32_t Cache::registerSequence(int32_t id) {
+  seqMu_[id] = std::make_shared<std::mutex>();
+  return id;
+}
 
 int32_t Cache::createSequence() {
+  std::shared_lock<std::shared_mutex> life(life_);
   checkLive();
-  return table_->create();
+  auto table = lockTable();
+  return registerSequence(table_->create());
 }
 
 int32_t Cache::fork(int32_t seq) {
-  checkLive();
-  return table_->fork(seq);
+  Held h = hold(seq, false);
+  auto table = lockTable();
+  return registerSequence(table_->fork(seq));
 }
 
 void Cache::disposeSequence(int32_t seq) {
+  std::shared_lock<std::shared_mutex> life(life_);
   if (disposed_) return;
+  std::shared_ptr<std::mutex> mu;
+  {
+    auto table = lockTable();
+    auto it = seqMu_.find(seq);
+    if (it == seqMu_.end()) return;
+    mu = it->second;
+  }
+  std::lock_guard<std::mutex> own(*mu);  // after the sequence's call in flight, if any
+  auto table = lockTable();
   table_->dispose(seq);
+  seqMu_.erase(seq);
 }
 
 void Cache::append(int32_t seqId, int layer, int tokens, const void* keys, const void* values, InputKind kind) {
-  Sequence& seq = get(seqId);
+  Held h = hold(seqId, true);
+  Sequence& seq = *h.seq;
   if (tokens <= 0) return;
   // Raw 16-bit words are already in the cache's storage type: there is none for an f32 cache.
   if (kind == InputKind::Raw16 && cfg_.dtype == DType::F32)
     throwInvalid("Expected Float32Array keys and values for an f32 cache but received raw 16-bit words");
-  const AppendPlan plan = table_->append(seq, layer, tokens, limits_);
+  AppendPlan plan;
+  {
+    auto table = lockTable();
+    plan = table_->append(seq, layer, tokens, limits_);
+  }
   // Same order on every backend: the private copies land before the rows written into them.
   backend_->copyPages(plan.copies);
   backend_->writeRows(plan, tokens, cfg_.kvHeads, keys, values, kind);
 }
 
 void Cache::attend(int32_t seqId, int layer, int tokens, const float* queries, float* out, float scale) {
-  Sequence& seq = get(seqId);
-  const int H = cfg_.kvHeads;
-  if (tokens > seq.appended[layer])
-    throwInvalid("Expected at most " + str(seq.appended[layer]) + " query tokens for queries (layer " + str(layer) +
-                 " has " + str(seq.appended[layer]) + " positions appended) but received " + str(tokens));
-  std::vector<int32_t> qpos(tokens);
-  for (int r = 0; r < tokens; ++r) qpos[r] = seq.appended[layer] - tokens + r;
-
-  AttendRequest a;
-  a.heads = seq.heads.data() + (size_t)layer * H;
-  a.kvHeads = H;
-  a.queryHeads = cfg_.queryHeads;
-  a.tokens = tokens;
-  a.queryPositions = qpos.data();
-  a.queries = queries;
-  a.out = out;
-  a.scale = scale;
-  std::vector<float*> mass, oracle;
-  std::vector<const float*> oracleWeight;
-  if (seq.accumulate) {
-    for (int h = 0; h < H; ++h) mass.push_back(seq.mass[(size_t)layer * H + h].data());
-    a.mass = mass.data();
-  }
-  if (seq.recording) {
-    for (int h = 0; h < H; ++h) oracle.push_back(seq.oracle[(size_t)layer * H + h].data());
-    for (int q = 0; q < cfg_.queryHeads; ++q) oracleWeight.push_back(seq.oracleWeight[(size_t)layer * cfg_.queryHeads + q].data());
-    a.oracle = oracle.data();
-    a.oracleWeight = oracleWeight.data();
-    a.oracleTokens = seq.oracleTokens.data() + (size_t)layer * H;
-  }
-  backend_->attend(a);
-
-  // Remember the last observationWindow query rows of the layer (SnapKV scores with them).
-  const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
-  auto& oq = seq.obsQueries[layer];
-  auto& op = seq.obsPositions[layer];
-  // Up to 2W rows are held and the oldest are dropped W at a time, so a decode step appends one row
-  // instead of moving the whole window; readers take the last W (observationRows).
-  const size_t W = (size_t)cfg_.observationWindow;
-  const size_t first = (size_t)tokens > W ? (size_t)tokens - W : 0;
-  if (first > 0 || W == 0) {
-    oq.clear();
-    op.clear();
-  }
-  oq.insert(oq.end(), queries + first * rowFloats, queries + (size_t)tokens * rowFloats);
-  op.insert(op.end(), qpos.begin() + first, qpos.end());
-  if (op.size() > 2 * W) {
-    const size_t drop = op.size() - W;
-    oq.erase(oq.begin(), oq.begin() + drop * rowFloats);
-    op.erase(op.begin(), op.begin() + drop);
-  }
+  attendBatch(layer, {AttendItem{seqId, tokens, queries, out}}, scale);
 }
 
 std::vector<int32_t> Cache::lengths(int32_t seqId) const {
-  const Sequence& seq = get(seqId);
+  Held h = hold(seqId, false);
+  const Sequence& seq = *h.seq;
   std::vector<int32_t> out(seq.heads.size());
   for (size_t i = 0; i < out.size(); ++i) out[i] = seq.heads[i].length();
   return out;
 }
 
 std::vector<int32_t> Cache::positions(int32_t seqId, int layer, int head) const {
-  return get(seqId).heads[(size_t)layer * cfg_.kvHeads + head].positions;
+  Held h = hold(seqId, false);
+  return h.seq->heads[(size_t)layer * cfg_.kvHeads + head].positions;
 }
 
-int32_t Cache::appended(int32_t seqId, int layer) const { return get(seqId).appended[layer]; }
+int32_t Cache::appended(int32_t seqId, int layer) const {
+  Held h = hold(seqId, false);
+  return h.seq->appended[layer];
+}
 
 std::vector<float> Cache::readRows(int32_t seqId, int layer, int head, bool values) const {
-  const HeadState& h = get(seqId).heads[(size_t)layer * cfg_.kvHeads + head];
+  Held held = hold(seqId, true);
+  const HeadState& h = held.seq->heads[(size_t)layer * cfg_.kvHeads + head];
   std::vector<float> out((size_t)h.length() * cfg_.headDim);
   backend_->readRows(h, h.length(), values, out.data());
   return out;
 }
 
 Usage Cache::usage() const {
+  std::shared_lock<std::shared_mutex> life(life_);
   checkLive();
+  auto table = lockTable();
   Usage u;
   const PageAllocator& pages = backend_->pages();
   u.pagesTotal = pages.numPages();

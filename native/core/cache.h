@@ -2,9 +2,12 @@
 // and one backend (cpu/ or cuda/) that holds the pages and runs the kernels. Every call is planned
 // here and executed by the backend.
 #pragma once
+#include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -40,12 +43,20 @@ class Cache {
   int threads() const { return backend_->threads(); }
   const char* device() const { return backend_->device(); }
 
-  // The cache does not lock: its callers (the addon) hold this mutex around every call, so calls
-  // from the JS thread, async workers and worker_threads sharing the object are serialised.
-  std::mutex& mutex() { return mu_; }
-
+  // Every public call is safe from any thread (the JS thread, async workers, worker_threads sharing
+  // the object) and locks what it needs itself:
+  // - calls on one sequence are serialised by that sequence's lock, held for the whole call;
+  // - calls on different sequences run at the same time: the page table and the page allocator
+  //   are locked only while they change (planning an append or a compaction round, committing
+  //   it), never while rows are read or written, so lengths(), positions(), appended() and
+  //   usage() wait for no kernel of another sequence;
+  // - a backend that runs one call at a time (CUDA: one stream, one workspace) is also locked
+  //   around each call that reaches it; the CPU backend is not (its scratch is per thread and its
+  //   thread pool runs a second concurrent caller's items on that caller's thread);
+  // - dispose() waits for every call in flight; calls after it throw Disposed.
+  // Lock order: lifetime (shared) -> sequence -> backend -> table.
   void dispose();
-  bool disposed() const { return disposed_; }
+  bool disposed() const { return disposed_.load(); }
 
   int32_t createSequence();
   int32_t fork(int32_t seq);
@@ -55,6 +66,25 @@ class Cache {
   void append(int32_t seq, int layer, int tokens, const void* keys, const void* values, InputKind kind);
   // out: [tokens, queryHeads, headDim]; queries are the last `tokens` positions appended to `layer`.
   void attend(int32_t seq, int layer, int tokens, const float* queries, float* out, float scale);
+
+  // Batched steps: one call on each of several distinct sequences, all on `layer`, planned here and
+  // run as one pass of the backend. A sequence given twice, or any bad item, fails the whole batch
+  // before anything runs.
+  struct AttendItem {
+    int32_t seq;
+    int tokens;            // query rows: the last `tokens` positions appended to the layer
+    const float* queries;  // [tokens, queryHeads, headDim]
+    float* out;            // same shape
+  };
+  void attendBatch(int layer, const std::vector<AttendItem>& items, float scale);
+  struct AppendItem {
+    int32_t seq;
+    int tokens;
+    const void* keys;  // [tokens, kvHeads, headDim] of `kind`
+    const void* values;
+  };
+  // All or nothing: OutOfPages (nothing appended) unless the pool holds the pages of every item.
+  void appendBatch(int layer, const std::vector<AppendItem>& items, InputKind kind);
 
   // Scores of every kept token of every KV head of `layer` (what compress ranks by).
   std::vector<std::vector<float>> scores(int32_t seq, int layer, const ScoreOptions& options);
@@ -72,20 +102,59 @@ class Cache {
   // Copies a head's kept K or V rows out as f32, [length, headDim] (for tests and tools).
   std::vector<float> readRows(int32_t seq, int layer, int head, bool values) const;
   int32_t appended(int32_t seq, int layer) const;
+
+  // Saved sequences (sequence_file.cpp; the format is docs/sequence-format.md). `bounds` is the
+  // caller's per-layer metadata ([layers * 3] finite, >= 0: the input-check bounds of the
+  // TypeScript layer), saved with the sequence and given back by loadSequence. Loading checks the
+  // whole file (BadSequenceFile naming the problem) and the free pages (OutOfPages) before it takes
+  // a page; a failed load changes nothing.
+  // The bytes are written once, so the buffer is not zero-filled first.
+  struct NoFill : std::allocator<uint8_t> {
+    template <class U>
+    struct rebind { using other = NoFill; };
+    template <class U>
+    void construct(U* p) { ::new (static_cast<void*>(p)) U; }
+  };
+  using SavedBytes = std::vector<uint8_t, NoFill>;
+  SavedBytes saveSequence(int32_t seq, const std::vector<double>& bounds) const;
+  int32_t loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds);
   Usage usage() const;
   // Host memory the cache holds resident: the pool pages written so far (when the pool is in host
   // memory) and the page bookkeeping.
   size_t residentBytes() {
-    if (!backend_) return 0;
+    std::shared_lock<std::shared_mutex> life(life_);
+    if (disposed_ || !backend_) return 0;
+    std::lock_guard<std::mutex> table(tableMu_);
     PageAllocator& pages = backend_->pages();
     const bool hostPool = std::string(backend_->device()) == "cpu";
     return (hostPool ? (size_t)pages.touchedPages() * backend_->pageBytes() : 0) + pages.bookkeepingBytes();
   }
 
  private:
-  Sequence& get(int32_t seq);
-  const Sequence& get(int32_t seq) const;
+  // One sequence held for a call: the cache's lifetime (shared), the sequence's lock and, for a
+  // call that reaches a backend which runs one call at a time, the backend's. `seq` stays valid
+  // while it is held (only its own holder can dispose it, and dispose() waits for the lifetime).
+  struct Held {
+    std::shared_lock<std::shared_mutex> life;
+    std::shared_ptr<std::mutex> mu;
+    std::unique_lock<std::mutex> own, exec;
+    Sequence* seq = nullptr;
+  };
+  Held hold(int32_t seq, bool backend) const;
+  // Several distinct sequences held for one batched call: their locks taken in ascending id order
+  // (so two batches never wait on each other in a cycle), then the backend's. seqs[i] is ids[i]'s.
+  struct HeldAll {
+    std::shared_lock<std::shared_mutex> life;
+    std::vector<std::shared_ptr<std::mutex>> mu;
+    std::vector<std::unique_lock<std::mutex>> own;
+    std::unique_lock<std::mutex> exec;
+    std::vector<Sequence*> seqs;
+  };
+  HeldAll holdAll(const std::vector<int32_t>& ids, bool backend) const;
+  std::unique_lock<std::mutex> lockTable() const { return std::unique_lock<std::mutex>(tableMu_); }
   void checkLive() const;
+  // New sequences get their lock (table locked).
+  int32_t registerSequence(int32_t seq);
   // Observation rows of `layer` for attention-based scorers (copied), with their positions.
   void observationRows(const Sequence& seq, int layer, const ScoreOptions& o, std::vector<float>& rows,
                        std::vector<int32_t>& positions) const;
@@ -96,8 +165,11 @@ class Cache {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<PageTable> table_;
   std::string limits_;  // the pool's shape, for out-of-pages messages
-  bool disposed_ = false;
-  std::mutex mu_;
+  std::atomic<bool> disposed_{false};
+  mutable std::shared_mutex life_;
+  mutable std::mutex tableMu_;  // table_'s sequence map and head page lists, the page allocator, seqMu_
+  mutable std::mutex exec_;     // backends that are not concurrent()
+  mutable std::map<int32_t, std::shared_ptr<std::mutex>> seqMu_;
 };
 
 }  // namespace lukv

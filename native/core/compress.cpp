@@ -20,7 +20,8 @@ double roundHalfUp(double x) { return std::floor(x + 0.5); }
 }  // namespace
 
 void Cache::setAccumulate(int32_t seqId, bool on) {
-  Sequence& seq = get(seqId);
+  Held h = hold(seqId, false);
+  Sequence& seq = *h.seq;
   if (on && !seq.accumulate) {
     seq.mass.assign(seq.heads.size(), {});
     for (size_t i = 0; i < seq.heads.size(); ++i) seq.mass[i].assign(seq.heads[i].length(), 0.f);
@@ -95,7 +96,8 @@ void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers,
 }
 
 std::vector<std::vector<float>> Cache::scores(int32_t seqId, int layer, const ScoreOptions& o) {
-  Sequence& seq = get(seqId);
+  Held h = hold(seqId, true);
+  Sequence& seq = *h.seq;
   std::vector<std::vector<float>> all;
   scoreLayerHeads(seq, {layer}, o, all);
   return std::vector<std::vector<float>>(all.begin() + (size_t)layer * cfg_.kvHeads,
@@ -104,7 +106,8 @@ std::vector<std::vector<float>> Cache::scores(int32_t seqId, int layer, const Sc
 
 CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
-  Sequence& seq = get(seqId);
+  Held held = hold(seqId, true);
+  Sequence& seq = *held.seq;
   if (seq.recording)
     throwInvalid("compress is not allowed while the oracle is being recorded (it would move the context tokens); call seq.stopOracle() first");
   const int H = cfg_.kvHeads, Lyr = cfg_.layers;
@@ -157,14 +160,23 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   backend_->parallelFor((int64_t)NH, [&](int64_t i) {
     if (keep[i] < len[i]) kept[i] = selectKeep(scores[i].data(), len[i], opt.sink, so.window, keep[i]);
   });
-  const int64_t usedBefore = backend_->pages().usedPages();
+  // The table is locked only while it changes; pagesFreed counts this call's own changes (other
+  // sequences may take or return pages meanwhile).
+  int64_t freed = 0;
+  auto tableStep = [&](auto&& step) {
+    auto table = lockTable();
+    const int64_t used = backend_->pages().usedPages();
+    step();
+    freed += used - backend_->pages().usedPages();
+  };
   std::vector<int32_t> copies;
-  CompactionPlan plan = table_->planCompaction(seq, kept, backend_->compactsInPlace(), copies);
+  CompactionPlan plan;
+  tableStep([&] { plan = table_->planCompaction(seq, kept, backend_->compactsInPlace(), copies); });
   backend_->copyPages(copies);
   for (auto& round : plan.rounds) {
-    table_->takePages(round);
+    tableStep([&] { table_->takePages(round); });
     backend_->compact(round);
-    table_->commitRound(seq, round);
+    tableStep([&] { table_->commitRound(seq, round); });
   }
 
   rep.kept.resize(NH);
@@ -172,7 +184,7 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
     rep.kept[i] = seq.heads[i].length();
     rep.total += rep.kept[i];
   }
-  rep.pagesFreed = usedBefore - backend_->pages().usedPages();
+  rep.pagesFreed = freed;
   rep.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return rep;
 }

@@ -5,7 +5,7 @@
 
 namespace lukv {
 
-enum class ErrorCode { InvalidArgument, OutOfPages, Disposed, BackendUnavailable, Internal };
+enum class ErrorCode { InvalidArgument, OutOfPages, Disposed, BackendUnavailable, Internal, BadSequenceFile };
 
 class Error : public std::runtime_error {
  public:
@@ -17,6 +17,7 @@ class Error : public std::runtime_error {
       case ErrorCode::OutOfPages: return "ERR_LUKV_OUT_OF_PAGES";
       case ErrorCode::Disposed: return "ERR_LUKV_DISPOSED";
       case ErrorCode::BackendUnavailable: return "ERR_LUKV_BACKEND_UNAVAILABLE";
+      case ErrorCode::BadSequenceFile: return "ERR_LUKV_BAD_SEQUENCE_FILE";
       default: return "ERR_LUKV_INTERNAL";
     }
   }

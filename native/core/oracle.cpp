@@ -9,7 +9,8 @@
 namespace lukv {
 
 void Cache::recordOracle(int32_t seqId, const std::vector<std::vector<float>>& wo, bool normalize) {
-  Sequence& seq = get(seqId);
+  Held h = hold(seqId, true);
+  Sequence& seq = *h.seq;
   const int H = cfg_.kvHeads, Q = cfg_.queryHeads, D = cfg_.headDim, G = Q / H;
   const size_t NH = (size_t)cfg_.layers * H;
   std::vector<int32_t> tokens(NH);
@@ -78,14 +79,16 @@ void Cache::recordOracle(int32_t seqId, const std::vector<std::vector<float>>& w
 }
 
 void Cache::stopOracle(int32_t seqId) {
-  Sequence& seq = get(seqId);
+  Held h = hold(seqId, false);
+  Sequence& seq = *h.seq;
   seq.recording = false;
   seq.frozen = false;
   seq.oracleWeight.clear();
 }
 
 std::vector<std::vector<float>> Cache::oracle(int32_t seqId, int layer) const {
-  const Sequence& seq = get(seqId);
+  Held h = hold(seqId, false);
+  const Sequence& seq = *h.seq;
   if (seq.oracle.empty()) throwInvalid("the sequence has no oracle: call seq.recordOracle() before decoding");
   const int H = cfg_.kvHeads;
   return std::vector<std::vector<float>>(seq.oracle.begin() + (size_t)layer * H, seq.oracle.begin() + (size_t)(layer + 1) * H);

@@ -31,6 +31,28 @@ int32_t PageTable::fork(int32_t seq) {
   return id;
 }
 
+int32_t PageTable::restore(Sequence state, const std::string& limits) {
+  if (state.heads.size() != heads() || state.appended.size() != (size_t)layers_)
+    throw Error(ErrorCode::Internal, "restore: the sequence state does not match the cache's shape");
+  int64_t needed = 0;
+  for (const HeadState& h : state.heads) needed += pagesFor(h.length(), pageSize_);
+  if (needed > pages_->freePages())
+    throw Error(ErrorCode::OutOfPages, "loading the sequence needs " + str(needed) + " free pages but the pool has " +
+                                           str(pages_->freePages()) + " of " + str(pages_->numPages()) + limits +
+                                           "; nothing was loaded");
+  auto s = std::make_unique<Sequence>(std::move(state));
+  s->id = nextId_++;
+  for (HeadState& h : s->heads) {
+    h.pages.clear();
+    pages_->allocate(pagesFor(h.length(), pageSize_), h.pages);
+  }
+  s->obsQueries.resize(layers_);
+  s->obsPositions.resize(layers_);
+  const int32_t id = s->id;
+  seqs_[id] = std::move(s);
+  return id;
+}
+
 void PageTable::dispose(int32_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
@@ -49,20 +71,32 @@ Sequence& PageTable::get(int32_t seq) {
 
 const Sequence& PageTable::get(int32_t seq) const { return const_cast<PageTable*>(this)->get(seq); }
 
-AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int P, PageAllocator& pages,
-                         const std::string& limits) {
-  AppendPlan plan;
-  if (tokens <= 0) return plan;
-  if ((int64_t)pos0 + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
-  // Count the pages every head needs (new pages, plus a private copy of a shared, partly filled
-  // last page) so that a shortage fails before anything changes.
+int64_t appendPagesNeeded(const HeadState* heads, int H, int tokens, int P, const PageAllocator& pages,
+                          std::map<int32_t, int>* copied) {
+  // New pages, plus a private copy of a shared, partly filled last page, so that a shortage fails
+  // before anything changes.
   int64_t needed = 0;
   for (int h = 0; h < H; ++h) {
     const HeadState& hs = heads[h];
     const int64_t len = hs.length();
     needed += pagesFor(len + tokens, P) - (int64_t)hs.pages.size();
-    if (len % P != 0 && pages.refcount(hs.pages.back()) > 1) needed += 1;
+    if (len % P == 0) continue;
+    const int32_t last = hs.pages.back();
+    const int earlier = copied ? (*copied)[last] : 0;
+    if (pages.refcount(last) - earlier > 1) {
+      needed += 1;
+      if (copied) (*copied)[last] += 1;
+    }
   }
+  return needed;
+}
+
+AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int P, PageAllocator& pages,
+                         const std::string& limits) {
+  AppendPlan plan;
+  if (tokens <= 0) return plan;
+  if ((int64_t)pos0 + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
+  const int64_t needed = appendPagesNeeded(heads, H, tokens, P, pages, nullptr);
   if (needed > pages.freePages())
     throw Error(ErrorCode::OutOfPages, "append needs " + str(needed) + " free pages but the pool has " +
                                            str(pages.freePages()) + " of " + str(pages.numPages()) + limits +

@@ -76,6 +76,12 @@ struct CompactionPlan {
   std::vector<std::vector<CompactHead>> rounds;
 };
 
+// Free pages an append of `tokens` rows to each of the H heads takes. `copied` (optional) carries,
+// across the appends of one batch, how often each shared page was already copied away by the
+// appends before (two forks appending behind one shared page need one copy, not two).
+int64_t appendPagesNeeded(const HeadState* heads, int H, int tokens, int P, const PageAllocator& pages,
+                          std::map<int32_t, int>* copied);
+
 // The page bookkeeping of an append to kvHeads heads (of one layer): grows each by `tokens` at
 // positions pos0 ..., taking pages from `pages`. Checks first (OutOfPages, nothing changes; `limits`
 // completes the message) and returns where the rows go.
@@ -124,6 +130,10 @@ class PageTable {
   // finishes the bookkeeping.
   CompactionPlan planCompaction(Sequence& seq, const std::vector<std::vector<int32_t>>& kept, bool inPlace,
                                 std::vector<int32_t>& copies);
+  // A new sequence holding `state`'s heads (positions), appended counts, observation rows and mass
+  // (its pages and id are ignored): takes ceil(length / pageSize) pages per head, all or nothing
+  // (OutOfPages, `limits` completing the message), and returns the new id. The caller writes the rows.
+  int32_t restore(Sequence state, const std::string& limits);
   // Fresh compaction: takes the destination pages of a round (the plan checked they are free).
   void takePages(std::vector<CompactHead>& round);
   // After a round ran: the heads' pages, positions and mass become the kept ones and the pages no

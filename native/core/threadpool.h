@@ -36,12 +36,15 @@ class ThreadPool {
   }
   int threads() const { return threads_; }
 
-  // Not re-entrant: one parallelFor at a time per pool (the cache lock guarantees it).
+  // One job at a time runs on the workers: a caller that finds the pool busy with another
+  // caller's job runs its own items on its own thread instead of waiting (calls on different
+  // sequences of a cache run concurrently). Not re-entrant from inside fn.
   // The caller waits for the items, not for the workers: a worker that is still asleep when all
   // items are done simply finds no job when it wakes.
   void parallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
     if (n <= 0) return;
-    if (threads_ == 1 || n == 1) {
+    std::unique_lock<std::mutex> job(job_, std::try_to_lock);
+    if (threads_ == 1 || n == 1 || !job.owns_lock()) {
       for (int64_t i = 0; i < n; ++i) fn(i);
       return;
     }
@@ -122,6 +125,7 @@ class ThreadPool {
 
   int threads_;
   std::vector<std::thread> workers_;
+  std::mutex job_;  // held by the caller whose job the workers run
   std::mutex mu_;
   std::condition_variable cv_;
   const std::function<void(int64_t)>* fn_ = nullptr;

@@ -17,7 +17,7 @@ constexpr int kRowBlock = kSpanRows;  // query rows (tokens) per work item in pr
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 
 struct Item {
-  int head, row0, row1;  // query rows [row0, row1)
+  int call, head, row0, row1;  // call of the batch, its KV head  // query rows [row0, row1)
   int32_t t0, t1;        // token range of the head
   int64_t partial;       // offset of this item's partial results (rows * G * (headDim + 2) floats)
   int64_t stored;        // offset of this item's raw scores when attention mass is accumulated
@@ -50,19 +50,21 @@ void releaseLarge(std::vector<T>& v) {
 
 }  // namespace
 
-void attend(const AttendArgs& a) {
-  const int G = a.queryHeads / a.kvHeads;
-  const int D = a.headDim;
-  const int P = a.pool->pageSize();
+void attendBatch(const AttendArgs* calls, size_t count) {
+  if (count == 0) return;
+  const AttendArgs& a0 = calls[0];
+  const int G = a0.queryHeads / a0.kvHeads;
+  const int D = a0.headDim;
+  const int P = a0.pool->pageSize();
   // Tokens scored together before one softmax update: one page, so that K and then V of a page are
   // read as one run of memory (the order in which the pool lays them out); small pages are grouped.
   const int kBlockTokens = P >= 16 ? std::min(P, 512) : (16 + P - 1) / P * P;
   // How far ahead the kernels request rows: the next page, or the first page at least 16 tokens on.
   const int aheadPages = std::max(1, (16 + P - 1) / P);
-  const int dt = (int)a.pool->dtype();
-  const size_t rowBytes = a.pool->rowBytes();
+  const int dt = (int)a0.pool->dtype();
+  const size_t rowBytes = a0.pool->rowBytes();
+  const int kvHeads = a0.kvHeads, queryHeads = a0.queryHeads;
 
-  // Pre-scale the queries once so the kernels compute scaled scores directly.
   CallScratch& sc = tCall;
   struct Release {
     CallScratch& s;
@@ -74,52 +76,85 @@ void attend(const AttendArgs& a) {
       releaseLarge(s.groupStart);
     }
   } release{sc};
+
+  // Where each call's rows live in the shared arrays. Every call is planned exactly as it would be
+  // alone (its own split-K chunk), so its output is bit-for-bit that of a call of its own.
+  struct Part {
+    size_t q0 = 0, visible0 = 0;
+    int rowBlock = 1, rowBlocks = 0;
+    int64_t group0 = 0, row0 = 0;  // first (head, row block) group; first (head, row) of the reduce
+    bool keepScores = false;
+  };
+  std::vector<Part> parts(count);
+  size_t qTotal = 0, visibleTotal = 0;
+  int64_t reduceRows = 0;
+  for (size_t c = 0; c < count; ++c) {
+    parts[c].q0 = qTotal;
+    parts[c].visible0 = visibleTotal;
+    parts[c].row0 = reduceRows;
+    qTotal += (size_t)calls[c].tokens * queryHeads * D;
+    visibleTotal += (size_t)kvHeads * calls[c].tokens;
+    reduceRows += (int64_t)kvHeads * calls[c].tokens;
+  }
+
+  // Pre-scale the queries once so the kernels compute scaled scores directly.
   std::vector<float>& q = sc.q;
-  const size_t qSize = (size_t)a.tokens * a.queryHeads * D;
-  sizeTo(q, qSize);
-  for (size_t i = 0; i < qSize; ++i) q[i] = a.queries[i] * a.scale;
+  sizeTo(q, qTotal);
+  for (size_t c = 0; c < count; ++c) {
+    const size_t n = (size_t)calls[c].tokens * queryHeads * D;
+    float* dst = q.data() + parts[c].q0;
+    for (size_t i = 0; i < n; ++i) dst[i] = calls[c].queries[i] * calls[c].scale;
+  }
 
   // Visible tokens of each (head, row): positions ascend, so it is a prefix.
   std::vector<int32_t>& visible = sc.visible;
-  sizeTo(visible, (size_t)a.kvHeads * a.tokens);
-  int64_t totalTokens = 0;
-  for (int h = 0; h < a.kvHeads; ++h) {
-    const auto& pos = a.heads[h].positions;
-    for (int r = 0; r < a.tokens; ++r)
-      visible[(size_t)h * a.tokens + r] =
-          (int32_t)(std::upper_bound(pos.begin(), pos.end(), a.queryPositions[r]) - pos.begin());
-    totalTokens += visible[(size_t)h * a.tokens + a.tokens - 1];
-  }
-
-  // Split long heads into token ranges so that even one head keeps every thread busy (split-K).
-  const int rowBlock = a.tokens == 1 ? 1 : kRowBlock;
-  const int rowBlocks = (a.tokens + rowBlock - 1) / rowBlock;
-  const int64_t target = (int64_t)a.threads->threads() * 4;
-  int64_t chunk = std::max<int64_t>(kBlockTokens * 4, (totalTokens + target - 1) / std::max<int64_t>(target, 1));
-  if (rowBlocks * a.kvHeads >= target) chunk = std::numeric_limits<int32_t>::max();
-  chunk = (chunk + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
-
+  sizeTo(visible, visibleTotal);
   std::vector<Item>& items = sc.items;
-  std::vector<int64_t>& groupStart = sc.groupStart;  // items of (head, row block) g are [groupStart[g], groupStart[g+1])
+  std::vector<int64_t>& groupStart = sc.groupStart;  // items of group g are [groupStart[g], groupStart[g+1])
   items.clear();
   groupStart.clear();
   const int64_t partialStride = (int64_t)G * (D + 2);
-  int64_t partialSize = 0, storedSize = 0;
-  const bool keepScores = a.mass != nullptr || a.oracle != nullptr;
-  for (int h = 0; h < a.kvHeads; ++h) {
-    for (int rb = 0; rb < rowBlocks; ++rb) {
-      int row0 = rb * rowBlock, row1 = std::min(a.tokens, row0 + rowBlock);
-      int32_t n = visible[(size_t)h * a.tokens + row1 - 1];
-      groupStart.push_back((int64_t)items.size());
-      int32_t t0 = 0;
-      do {
-        int32_t t1 = (int32_t)std::min<int64_t>(n, t0 + chunk);
-        items.push_back({h, row0, row1, t0, t1, partialSize, storedSize});
-        partialSize += (int64_t)(row1 - row0) * partialStride;
-        if (keepScores) storedSize += (int64_t)(row1 - row0) * G * (t1 - t0);
-        t0 = t1;
-      } while (t0 < n);
+  int64_t partialSize = 0, storedSize = 0, work = 0, reduceWork = 0;
+  bool anyScores = false;
+  const int64_t target = (int64_t)a0.threads->threads() * 4;
+  for (size_t c = 0; c < count; ++c) {
+    const AttendArgs& a = calls[c];
+    Part& part = parts[c];
+    int32_t* vis = visible.data() + part.visible0;
+    int64_t totalTokens = 0;
+    for (int h = 0; h < kvHeads; ++h) {
+      const auto& pos = a.heads[h].positions;
+      for (int r = 0; r < a.tokens; ++r)
+        vis[(size_t)h * a.tokens + r] =
+            (int32_t)(std::upper_bound(pos.begin(), pos.end(), a.queryPositions[r]) - pos.begin());
+      totalTokens += vis[(size_t)h * a.tokens + a.tokens - 1];
     }
+    // Split long heads into token ranges so that even one head keeps every thread busy (split-K).
+    part.rowBlock = a.tokens == 1 ? 1 : kRowBlock;
+    part.rowBlocks = (a.tokens + part.rowBlock - 1) / part.rowBlock;
+    int64_t chunk = std::max<int64_t>(kBlockTokens * 4, (totalTokens + target - 1) / std::max<int64_t>(target, 1));
+    if (part.rowBlocks * kvHeads >= target) chunk = std::numeric_limits<int32_t>::max();
+    chunk = (chunk + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+    part.keepScores = a.mass != nullptr || a.oracle != nullptr;
+    anyScores = anyScores || part.keepScores;
+    part.group0 = (int64_t)groupStart.size();
+    for (int h = 0; h < kvHeads; ++h) {
+      for (int rb = 0; rb < part.rowBlocks; ++rb) {
+        int row0 = rb * part.rowBlock, row1 = std::min(a.tokens, row0 + part.rowBlock);
+        int32_t n = vis[(size_t)h * a.tokens + row1 - 1];
+        groupStart.push_back((int64_t)items.size());
+        int32_t t0 = 0;
+        do {
+          int32_t t1 = (int32_t)std::min<int64_t>(n, t0 + chunk);
+          items.push_back({(int)c, h, row0, row1, t0, t1, partialSize, storedSize});
+          partialSize += (int64_t)(row1 - row0) * partialStride;
+          if (part.keepScores) storedSize += (int64_t)(row1 - row0) * G * (t1 - t0);
+          t0 = t1;
+        } while (t0 < n);
+      }
+    }
+    work += totalTokens * a.tokens * G * D;  // multiply-adds of the scores, roughly
+    reduceWork += (int64_t)kvHeads * a.tokens * G * D;
   }
   groupStart.push_back((int64_t)items.size());
   std::vector<float>& partials = sc.partials;
@@ -127,22 +162,22 @@ void attend(const AttendArgs& a) {
   // Raw scores kept for the mass pass: the final softmax max and sum are known only after the reduce.
   std::vector<float> stored((size_t)storedSize);
   std::vector<float> finalM, finalL;
-  if (keepScores) {
-    finalM.assign((size_t)a.kvHeads * a.tokens * G, 0.f);
-    finalL.assign((size_t)a.kvHeads * a.tokens * G, 0.f);
+  if (anyScores) {
+    finalM.assign((size_t)reduceRows * G, 0.f);
+    finalL.assign((size_t)reduceRows * G, 0.f);
   }
 
   // Small calls (a short decode step) run on the calling thread alone: handing out items costs
   // more than the work (16 tokens x 8 KV heads: 14 us with two threads, 6 us with one).
-  const int64_t work = totalTokens * a.tokens * G * D;  // multiply-adds of the scores, roughly
-  const int64_t reduceWork = (int64_t)a.kvHeads * a.tokens * G * D;
   auto forEach = [&](int64_t n, bool parallel, const std::function<void(int64_t)>& fn) {
-    if (parallel) a.threads->parallelFor(n, fn);
+    if (parallel) a0.threads->parallelFor(n, fn);
     else
       for (int64_t i = 0; i < n; ++i) fn(i);
   };
   forEach((int64_t)items.size(), work >= kParallelWork, [&](int64_t idx) {
     const Item& it = items[idx];
+    const AttendArgs& a = calls[it.call];
+    const Part& part = parts[it.call];
     const HeadState& head = a.heads[it.head];
     // The running state of the rows lives in this thread's own memory and is copied out at the
     // end: written into `partials` directly, it shared cache lines with the neighbouring item of
@@ -153,12 +188,13 @@ void attend(const AttendArgs& a) {
     const size_t convertedFloats = rows > 1 && dt != 0 ? (size_t)2 * kBlockTokens * D : 0;
     sizeTo(work, (size_t)(rows * stateStride) + 16 + (size_t)G * kBlockTokens + convertedFloats + 16);
     float* state = work.data() + (16 - (reinterpret_cast<uintptr_t>(work.data()) / sizeof(float)) % 16) % 16;
+    const int32_t* vis = visible.data() + part.visible0;
     int32_t ends[kSpanRows];
     for (int i = 0; i < rows; ++i) {
       float* m = state + i * stateStride;
       std::fill(m, m + G, -std::numeric_limits<float>::infinity());
       std::fill(m + G, m + partialStride, 0.f);  // l and acc
-      ends[i] = std::max(it.t0, std::min(it.t1, visible[(size_t)it.head * a.tokens + it.row0 + i]));
+      ends[i] = std::max(it.t0, std::min(it.t1, vis[(size_t)it.head * a.tokens + it.row0 + i]));
     }
     Span span{};
     span.base = a.pool->keys(0);
@@ -172,8 +208,8 @@ void attend(const AttendArgs& a) {
     span.aheadPages = aheadPages;
     span.prefetch = a.prefetch;
     span.rows = rows;
-    span.q = q.data() + ((size_t)it.row0 * a.queryHeads + (size_t)it.head * G) * D;
-    span.qStride = (int64_t)a.queryHeads * D;
+    span.q = q.data() + part.q0 + ((size_t)it.row0 * queryHeads + (size_t)it.head * G) * D;
+    span.qStride = (int64_t)queryHeads * D;
     span.ends = ends;
     span.state = state;
     span.stateStride = stateStride;
@@ -182,7 +218,7 @@ void attend(const AttendArgs& a) {
       float* after = span.scratch + (size_t)G * kBlockTokens;
       span.converted = after + (16 - (reinterpret_cast<uintptr_t>(after) / sizeof(float)) % 16) % 16;
     }
-    if (keepScores) {
+    if (part.keepScores) {
       span.rawStride = it.t1 - it.t0;
       span.rawRowStride = (int64_t)G * span.rawStride;
       span.raw = stored.data() + it.stored;
@@ -193,56 +229,77 @@ void attend(const AttendArgs& a) {
                 partials.data() + it.partial + (int64_t)i * partialStride);
   });
 
-  // Reduce the token ranges of each (head, row) and normalise.
-  forEach((int64_t)a.kvHeads * a.tokens, reduceWork >= kParallelWork, [&](int64_t idx) {
-    const int h = (int)(idx / a.tokens), r = (int)(idx % a.tokens);
-    const int64_t group = (int64_t)h * rowBlocks + r / rowBlock;
+  // The call that holds flat (head, row) index `idx` of the reduce.
+  auto callOf = [&](int64_t idx) {
+    size_t lo = 0, hi = count;
+    while (hi - lo > 1) {
+      const size_t mid = (lo + hi) / 2;
+      if (parts[mid].row0 <= idx) lo = mid;
+      else hi = mid;
+    }
+    return lo;
+  };
+  // Reduce the token ranges of each (call, head, row) and normalise.
+  forEach(reduceRows, reduceWork >= kParallelWork, [&](int64_t idx) {
+    const size_t c = callOf(idx);
+    const AttendArgs& a = calls[c];
+    const Part& part = parts[c];
+    const int64_t local = idx - part.row0;
+    const int h = (int)(local / a.tokens), r = (int)(local % a.tokens);
+    const int64_t group = part.group0 + (int64_t)h * part.rowBlocks + r / part.rowBlock;
     const Item* first = items.data() + groupStart[group];
     const Item* last = items.data() + groupStart[group + 1];
     for (int g = 0; g < G; ++g) {
-      float* o = a.out + ((size_t)r * a.queryHeads + (size_t)h * G + g) * D;
+      float* o = a.out + ((size_t)r * queryHeads + (size_t)h * G + g) * D;
       float mMax = -std::numeric_limits<float>::infinity();
       for (const Item* it = first; it != last; ++it) {
-        const float* part = partials.data() + it->partial + (int64_t)(r - it->row0) * partialStride;
-        mMax = std::max(mMax, part[g]);
+        const float* pt = partials.data() + it->partial + (int64_t)(r - it->row0) * partialStride;
+        mMax = std::max(mMax, pt[g]);
       }
       std::fill(o, o + D, 0.f);
       if (std::isinf(mMax)) continue;  // nothing visible: the output is zero
       float lSum = 0.f;
       for (const Item* it = first; it != last; ++it) {
-        const float* part = partials.data() + it->partial + (int64_t)(r - it->row0) * partialStride;
-        if (std::isinf(part[g])) continue;
-        float w = std::exp(part[g] - mMax);
-        lSum += part[G + g] * w;
-        const float* acc = part + 2 * G + (size_t)g * D;
+        const float* pt = partials.data() + it->partial + (int64_t)(r - it->row0) * partialStride;
+        if (std::isinf(pt[g])) continue;
+        float w = std::exp(pt[g] - mMax);
+        lSum += pt[G + g] * w;
+        const float* acc = pt + 2 * G + (size_t)g * D;
         for (int d = 0; d < D; ++d) o[d] += acc[d] * w;
       }
       const float inv = 1.f / lSum;
       for (int d = 0; d < D; ++d) o[d] *= inv;
-      if (keepScores) {
-        finalM[((size_t)h * a.tokens + r) * G + g] = mMax;
-        finalL[((size_t)h * a.tokens + r) * G + g] = lSum;
+      if (part.keepScores) {
+        finalM[(size_t)idx * G + g] = mMax;
+        finalL[(size_t)idx * G + g] = lSum;
       }
     }
   });
 
-  if (!keepScores) return;
+  if (!anyScores) return;
   // Second, light pass over the kept scores (not over K/V): softmax weights into the H2O mass and
-  // the oracle. Parallel over heads, so each head's arrays have one writer.
-  forEach(a.kvHeads, work >= kParallelWork, [&](int64_t h) {
+  // the oracle. Parallel over (call, head), so each head's arrays have one writer.
+  forEach((int64_t)count * kvHeads, work >= kParallelWork, [&](int64_t ch) {
+    const size_t c = (size_t)(ch / kvHeads);
+    const int64_t h = ch % kvHeads;
+    const AttendArgs& a = calls[c];
+    const Part& part = parts[c];
+    if (!part.keepScores) return;
+    const int32_t* vis = visible.data() + part.visible0;
     float* mass = a.mass ? a.mass[h] : nullptr;
     float* oracle = a.oracle ? a.oracle[h] : nullptr;
     const int32_t oracleEnd = a.oracle ? a.oracleTokens[h] : 0;
     const float invG = 1.f / (float)G;
-    for (int64_t gr = h * rowBlocks; gr < (h + 1) * rowBlocks; ++gr) {
+    for (int64_t gr = part.group0 + h * part.rowBlocks; gr < part.group0 + (h + 1) * part.rowBlocks; ++gr) {
       for (int64_t ii = groupStart[gr]; ii < groupStart[gr + 1]; ++ii) {
         const Item& it = items[ii];
         const int64_t span = it.t1 - it.t0;
         for (int r = it.row0; r < it.row1; ++r) {
-          const int32_t end = std::min(it.t1, visible[(size_t)h * a.tokens + r]);
+          const int32_t end = std::min(it.t1, vis[(size_t)h * a.tokens + r]);
+          const size_t fr = (size_t)(part.row0 + h * a.tokens + r) * G;
           for (int g = 0; g < G; ++g) {
-            const float m = finalM[((size_t)h * a.tokens + r) * G + g];
-            const float invL = 1.f / finalL[((size_t)h * a.tokens + r) * G + g];
+            const float m = finalM[fr + g];
+            const float invL = 1.f / finalL[fr + g];
             const float* sv = stored.data() + it.stored + ((int64_t)(r - it.row0) * G + g) * span;
             if (mass)
               for (int32_t j = it.t0; j < end; ++j) mass[j] += std::exp(sv[j - it.t0] - m) * invL * invG;

@@ -1,4 +1,4 @@
-// CPU attention over one layer of a sequence: GQA, causal by original position, online softmax
+// CPU attention over one layer of one or more sequences: GQA, causal by original position, online softmax
 // with f32 accumulation, split over (KV head, query rows, token ranges) and reduced.
 #pragma once
 #include <cstdint>
@@ -34,7 +34,11 @@ struct AttendArgs {
   const int32_t* oracleTokens = nullptr;
 };
 
-void attend(const AttendArgs& a);
+// Several calls on one layer (sequences of any lengths; the same pool, kernels, threads and
+// prefetch) as one parallel pass over (call, KV head, query rows, token ranges). Each call is split
+// as it would be alone, so its output is bit-for-bit that of attend(calls[i]).
+void attendBatch(const AttendArgs* calls, size_t count);
+inline void attend(const AttendArgs& a) { attendBatch(&a, 1); }
 
 }  // namespace cpu
 }  // namespace lukv

@@ -23,16 +23,21 @@ class CpuBackend : public Backend {
   PageAllocator& pages() override { return *pool_; }
   size_t pageBytes() const override { return pool_->pageBytes(); }
   bool compactsInPlace() const override { return true; }
+  // Page bytes are only written by the one call that owns them, scratch is per thread, and the
+  // thread pool takes concurrent callers.
+  bool concurrent() const override { return true; }
   void parallelFor(int64_t n, const std::function<void(int64_t)>& fn) override { threads_->parallelFor(n, fn); }
 
   void copyPages(const std::vector<int32_t>& pairs) override;
   void writeRows(const AppendPlan& plan, int tokens, int kvHeads, const void* keys, const void* values,
                  InputKind kind) override;
-  void attend(const AttendRequest& r) override;
+  void attendBatch(const std::vector<AttendRequest>& calls) override;
   void scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) override;
   void compact(const std::vector<CompactHead>& round) override;
-  void readRows(const HeadState& head, int32_t count, bool values, float* out) override;
+  void readRaw(const HeadState& head, int32_t count, bool values, uint8_t* out) override;
   void valueNorms(const HeadState& head, int32_t count, float* out) override;
+  DType dtype() const override { return pool_->dtype(); }
+  int headDim() const override { return headDim_; }
 
  private:
   std::unique_ptr<PagePool> pool_;

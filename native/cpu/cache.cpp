@@ -60,26 +60,30 @@ void CpuBackend::writeRows(const AppendPlan& plan, int tokens, int H, const void
   }
 }
 
-void CpuBackend::attend(const AttendRequest& r) {
-  AttendArgs a;
-  a.pool = pool_.get();
-  a.kernels = kernels_;
-  a.threads = threads_.get();
-  a.heads = r.heads;
-  a.kvHeads = r.kvHeads;
-  a.queryHeads = r.queryHeads;
-  a.headDim = headDim_;
-  a.tokens = r.tokens;
-  a.queryPositions = r.queryPositions;
-  a.queries = r.queries;
-  a.out = r.out;
-  a.scale = r.scale;
-  a.prefetch = prefetch_;
-  a.mass = r.mass;
-  a.oracle = r.oracle;
-  a.oracleWeight = r.oracleWeight;
-  a.oracleTokens = r.oracleTokens;
-  cpu::attend(a);
+void CpuBackend::attendBatch(const std::vector<AttendRequest>& calls) {
+  std::vector<AttendArgs> args(calls.size());
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const AttendRequest& r = calls[i];
+    AttendArgs& a = args[i];
+    a.pool = pool_.get();
+    a.kernels = kernels_;
+    a.threads = threads_.get();
+    a.heads = r.heads;
+    a.kvHeads = r.kvHeads;
+    a.queryHeads = r.queryHeads;
+    a.headDim = headDim_;
+    a.tokens = r.tokens;
+    a.queryPositions = r.queryPositions;
+    a.queries = r.queries;
+    a.out = r.out;
+    a.scale = r.scale;
+    a.prefetch = prefetch_;
+    a.mass = r.mass;
+    a.oracle = r.oracle;
+    a.oracleWeight = r.oracleWeight;
+    a.oracleTokens = r.oracleTokens;
+  }
+  cpu::attendBatch(args.data(), args.size());
 }
 
 void CpuBackend::scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& options) {
@@ -105,23 +109,12 @@ void CpuBackend::scores(const std::vector<ScoreRequest>& heads, int kvHeads, int
   });
 }
 
-void CpuBackend::readRows(const HeadState& h, int32_t count, bool values, float* out) {
-  const int D = headDim_, P = pool_->pageSize();
-  const DType dtype = pool_->dtype();
-  for (int32_t t = 0; t < count; ++t) {
-    const int32_t page = h.pages[t / P];
-    const uint8_t* row = (values ? pool_->values(page) : pool_->keys(page)) + (size_t)(t % P) * pool_->rowBytes();
-    for (int d = 0; d < D; ++d) {
-      float v;
-      if (dtype == DType::F32) std::memcpy(&v, row + 4 * d, 4);
-      else {
-        uint16_t b;
-        std::memcpy(&b, row + 2 * d, 2);
-        v = dtype == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
-      }
-      out[(size_t)t * D + d] = v;
-    }
-  }
+void CpuBackend::readRaw(const HeadState& h, int32_t count, bool values, uint8_t* out) {
+  const size_t rowBytes = pool_->rowBytes();
+  h.forSegments(pool_->pageSize(), 0, count, [&](int32_t page, int off, int cnt, int32_t t) {
+    const uint8_t* src = (values ? pool_->values(page) : pool_->keys(page)) + (size_t)off * rowBytes;
+    std::memcpy(out + (size_t)t * rowBytes, src, (size_t)cnt * rowBytes);
+  });
 }
 
 void CpuBackend::valueNorms(const HeadState& h, int32_t count, float* out) {

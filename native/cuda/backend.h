@@ -77,58 +77,84 @@ class CudaBackend : public Backend {
     dev_.append(b);
   }
 
-  void attend(const AttendRequest& r) override {
-    const int H = r.kvHeads, G = r.queryHeads / r.kvHeads, D = view_.headDim;
-    const size_t qFloats = (size_t)r.tokens * r.queryHeads * D;
+  // One launch for every request: AttendBatch's sequences, their query rows one after another.
+  void attendBatch(const std::vector<AttendRequest>& calls) override {
+    if (calls.empty()) return;
+    const int H = calls[0].kvHeads, Q = calls[0].queryHeads, G = Q / H, D = view_.headDim;
+    std::vector<size_t> rowAt(calls.size() + 1, 0);
+    for (size_t i = 0; i < calls.size(); ++i) rowAt[i + 1] = rowAt[i] + (size_t)calls[i].tokens;
+    const size_t rowFloats = (size_t)Q * D, qFloats = rowAt.back() * rowFloats;
     AttendBatch b;
     b.pool = view_;
     b.kvHeads = H;
-    b.queryHeads = r.queryHeads;
-    b.queries = static_cast<const float*>(upload(q_, r.queries, qFloats * sizeof(float)));
+    b.queryHeads = Q;
+    float* q = static_cast<float*>(grow(q_, qFloats * sizeof(float)));
+    for (size_t i = 0; i < calls.size(); ++i)
+      dev_.toDevice(q + rowAt[i] * rowFloats, calls[i].queries, (size_t)calls[i].tokens * rowFloats * sizeof(float));
+    b.queries = q;
     b.out = static_cast<float*>(grow(out_, qFloats * sizeof(float)));
-    b.scale = r.scale;
-    AttendSequence s;
-    s.heads = r.heads;
-    s.rows = r.tokens;
-    s.queryPositions = r.queryPositions;
-    // The host's mass and oracle arrays, one device block per head.
-    std::vector<float*> mass(H), oracle(H);
-    std::vector<const float*> weights(H);
-    std::vector<size_t> massAt(H), oracleAt(H);
-    if (r.mass) {
-      size_t n = 0;
-      for (int h = 0; h < H; ++h) massAt[h] = n, n += (size_t)r.heads[h].length();
-      float* base = static_cast<float*>(grow(mass_, std::max<size_t>(n, 1) * sizeof(float)));
+    // One launch has one scale: the core batches only requests that share it.
+    b.scale = calls[0].scale;
+    // The host's mass and oracle arrays, one device block per (request, head).
+    const size_t N = calls.size() * (size_t)H;
+    std::vector<float*> mass(N), oracle(N);
+    std::vector<const float*> weights(N);
+    size_t massFloats = 0, oracleFloats = 0;
+    bool anyMass = false, anyOracle = false;
+    for (const AttendRequest& r : calls)
       for (int h = 0; h < H; ++h) {
-        mass[h] = base + massAt[h];
-        dev_.toDevice(mass[h], r.mass[h], (size_t)r.heads[h].length() * sizeof(float));
+        anyMass = anyMass || r.mass;
+        anyOracle = anyOracle || r.oracle;
+        if (r.mass) massFloats += (size_t)r.heads[h].length();
+        if (r.oracle) oracleFloats += (size_t)r.oracleTokens[h];
       }
-      s.mass = mass.data();
-    }
-    if (r.oracle) {
-      size_t n = 0;
-      for (int h = 0; h < H; ++h) oracleAt[h] = n, n += (size_t)r.oracleTokens[h];
-      float* base = static_cast<float*>(grow(oracle_, std::max<size_t>(n, 1) * sizeof(float)));
-      float* wbase = static_cast<float*>(grow(weights_, std::max<size_t>(n * G, 1) * sizeof(float)));
-      for (int h = 0; h < H; ++h) {
-        const size_t T = (size_t)r.oracleTokens[h];
-        oracle[h] = base + oracleAt[h];
-        dev_.toDevice(oracle[h], r.oracle[h], T * sizeof(float));
-        float* w = wbase + oracleAt[h] * G;  // [G, T]: the head's query heads one after another
-        for (int g = 0; g < G; ++g) dev_.toDevice(w + (size_t)g * T, r.oracleWeight[(size_t)h * G + g], T * sizeof(float));
-        weights[h] = w;
+    float* massBase = anyMass ? static_cast<float*>(grow(mass_, std::max<size_t>(massFloats, 1) * sizeof(float))) : nullptr;
+    float* oracleBase = anyOracle ? static_cast<float*>(grow(oracle_, std::max<size_t>(oracleFloats, 1) * sizeof(float))) : nullptr;
+    float* weightBase =
+        anyOracle ? static_cast<float*>(grow(weights_, std::max<size_t>(oracleFloats * G, 1) * sizeof(float))) : nullptr;
+    size_t massAt = 0, oracleAt = 0;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const AttendRequest& r = calls[i];
+      AttendSequence s;
+      s.heads = r.heads;
+      s.rows = r.tokens;
+      s.queryPositions = r.queryPositions;
+      float** m = mass.data() + i * H;
+      float** o = oracle.data() + i * H;
+      const float** w = weights.data() + i * H;
+      if (r.mass) {
+        for (int h = 0; h < H; ++h) {
+          m[h] = massBase + massAt;
+          massAt += (size_t)r.heads[h].length();
+          dev_.toDevice(m[h], r.mass[h], (size_t)r.heads[h].length() * sizeof(float));
+        }
+        s.mass = m;
       }
-      s.oracle = oracle.data();
-      s.oracleWeight = weights.data();
-      s.oracleTokens = r.oracleTokens;
+      if (r.oracle) {
+        for (int h = 0; h < H; ++h) {
+          const size_t T = (size_t)r.oracleTokens[h];
+          o[h] = oracleBase + oracleAt;
+          dev_.toDevice(o[h], r.oracle[h], T * sizeof(float));
+          float* wh = weightBase + oracleAt * G;  // [G, T]: the head's query heads one after another
+          for (int g = 0; g < G; ++g) dev_.toDevice(wh + (size_t)g * T, r.oracleWeight[(size_t)h * G + g], T * sizeof(float));
+          w[h] = wh;
+          oracleAt += T;
+        }
+        s.oracle = o;
+        s.oracleWeight = w;
+        s.oracleTokens = r.oracleTokens;
+      }
+      b.sequences.push_back(s);
     }
-    b.sequences.push_back(s);
     dev_.attend(b);
-    dev_.toHost(r.out, b.out, qFloats * sizeof(float));
-    if (r.mass)
-      for (int h = 0; h < H; ++h) dev_.toHost(r.mass[h], mass[h], (size_t)r.heads[h].length() * sizeof(float));
-    if (r.oracle)
-      for (int h = 0; h < H; ++h) dev_.toHost(r.oracle[h], oracle[h], (size_t)r.oracleTokens[h] * sizeof(float));
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const AttendRequest& r = calls[i];
+      dev_.toHost(r.out, b.out + rowAt[i] * rowFloats, (size_t)r.tokens * rowFloats * sizeof(float));
+      if (r.mass)
+        for (int h = 0; h < H; ++h) dev_.toHost(r.mass[h], mass[i * H + h], (size_t)r.heads[h].length() * sizeof(float));
+      if (r.oracle)
+        for (int h = 0; h < H; ++h) dev_.toHost(r.oracle[h], oracle[i * H + h], (size_t)r.oracleTokens[h] * sizeof(float));
+    }
   }
 
   void scores(const std::vector<ScoreRequest>& heads, int kvHeads, int queryHeads, const ScoreOptions& o) override {
@@ -214,23 +240,16 @@ class CudaBackend : public Backend {
 
   void compact(const std::vector<CompactHead>& round) override { dev_.compact(view_, compactInputs(round)); }
 
-  void readRows(const HeadState& h, int32_t count, bool values, float* out) override {
-    const int D = view_.headDim, P = view_.pageSize;
-    std::vector<uint8_t> raw((size_t)count * view_.rowBytes);
+  void readRaw(const HeadState& h, int32_t count, bool values, uint8_t* out) override {
+    const int P = view_.pageSize;
     h.forSegments(P, 0, count, [&](int32_t page, int off, int cnt, int32_t t) {
       const uint8_t* src = view_.data + (int64_t)page * view_.pageBytes + (values ? (int64_t)P * view_.rowBytes : 0) +
                            (int64_t)off * view_.rowBytes;
-      dev_.toHost(raw.data() + (size_t)t * view_.rowBytes, src, (size_t)cnt * view_.rowBytes);
+      dev_.toHost(out + (size_t)t * view_.rowBytes, src, (size_t)cnt * view_.rowBytes);
     });
-    for (size_t i = 0; i < (size_t)count * D; ++i) {
-      if (view_.dtype == 0) std::memcpy(out + i, raw.data() + 4 * i, 4);
-      else {
-        uint16_t b;
-        std::memcpy(&b, raw.data() + 2 * i, 2);
-        out[i] = view_.dtype == 1 ? f16ToF32(b) : bf16ToF32(b);
-      }
-    }
   }
+  DType dtype() const override { return (DType)view_.dtype; }
+  int headDim() const override { return view_.headDim; }
 
   void valueNorms(const HeadState& h, int32_t count, float* out) override {
     const int D = view_.headDim;

@@ -2,6 +2,7 @@
 // form its cumulative eviction loss of the oracle, take the lower hull, and solve the budget
 // problem at every compression ratio of the grid in one ordered pass over the hull segments.
 import { buildHull, type Hull } from "../budget/hull";
+import { native } from "../native";
 
 /** Which heads share one budget: every head of the model, or the heads of one layer. */
 export type ProfilerScope = "global" | "per-layer";
@@ -59,49 +60,17 @@ export function minKeepOf(T: number, sink: number, window: number): number {
   return Math.min(T, Math.max(Math.ceil(T / 100), sink + window));
 }
 
-const LOW_BITS = 2 ** 21;
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** Maps a float32 to an unsigned integer with the same order; NaN sorts with −Infinity and −0 with +0, as in compress(). */
-function orderedBits(x: number): number {
-  if (x !== x) x = -Infinity;
-  f32[0] = x === 0 ? 0 : x;
-  const b = u32[0];
-  return b >= 0x80000000 ? ~b >>> 0 : b + 0x80000000;
-}
-
 /**
  * The middle tokens of a head (positions sink' .. T − window' − 1, where sink' and window' are
- * the forced tokens that fit) in eviction order: lowest score first, and among equal scores the
- * LATER position first — compress() keeps the earlier of two equal scores, so it evicts the later.
- * NaN scores rank lowest, as in compress().
+ * the forced tokens that fit) in eviction order: the reverse of the order in which compress()
+ * keeps them, computed by the same native ranking (lowest score first, NaN lowest, and among
+ * equal scores the LATER position first, since compress() keeps the earlier of two).
  *
  * @param scores one score per context token (position order), higher = keep.
  * @returns positions, Int32Array of length T − sink' − window'.
  */
 export function evictionOrder(scores: Float32Array, sink: number, window: number): Int32Array {
-  const T = scores.length;
-  const front = Math.min(sink, T);
-  const back = Math.min(window, T - front);
-  const M = T - front - back;
-  const order = new Int32Array(M);
-  if (M <= LOW_BITS) {
-    // Score and position packed into one exact double, so the native numeric sort does the work:
-    // 32 bits of order-preserving score above 21 bits of reversed position.
-    const keys = new Float64Array(M);
-    for (let i = 0; i < M; i++) keys[i] = orderedBits(scores[front + i]) * LOW_BITS + (LOW_BITS - 1 - i);
-    keys.sort();
-    for (let k = 0; k < M; k++) order[k] = front + (LOW_BITS - 1 - (keys[k] % LOW_BITS));
-    return order;
-  }
-  const bits = new Float64Array(M);
-  for (let i = 0; i < M; i++) {
-    order[i] = front + i;
-    bits[i] = orderedBits(scores[front + i]);
-  }
-  order.sort((a, b) => bits[a - front] - bits[b - front] || b - a);
-  return order;
+  return native().keepOrder(scores, sink, window).reverse();
 }
 
 /** A min-heap of heads on their next hull segment's slope; equal slopes put the higher head index first. */

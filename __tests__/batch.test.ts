@@ -1,0 +1,372 @@
+// Batched steps (attendBatch, appendBatch and their async variants) against per-sequence calls and
+// the float64 reference: mixed lengths, forks, eviction (heads left empty), dtypes, GQA, decode rows
+// and prefill chunks in one batch; all-or-nothing appends; checks; call order with queued work.
+import { KVCache, Sequence, DType, toBits, roundTo, AttendBatchItem } from "../ts";
+import { rng, testSeed, randn } from "./helpers/random";
+import { referenceAttention, relativeError } from "./helpers/reference";
+import { headsOf, lastPositions } from "./helpers/cache";
+
+const seed = testSeed("batch");
+const tolerance: Record<DType, number> = { f32: 1e-5, f16: 2e-3, bf16: 2e-3 };
+
+function rows(seq: Sequence, tokens: number, r: () => number, per: "kv" | "q"): Float32Array {
+  const { kvHeads, queryHeads, headDim } = seq.cache.config;
+  return randn(r, tokens * (per === "kv" ? kvHeads : queryHeads) * headDim);
+}
+
+function append(seq: Sequence, layer: number, tokens: number, r: () => number): void {
+  seq.append(layer, rows(seq, tokens, r, "kv"), rows(seq, tokens, r, "kv"));
+}
+
+function bits(a: Float32Array): string {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString("hex");
+}
+
+/** Sequences of mixed shapes: short and long, a fork sharing pages, and one to be evicted (last). */
+function mixedSequences(cache: KVCache, r: () => number, long = 300): Sequence[] {
+  const { layers, kvHeads } = cache.config;
+  const lengths = [1, 7, 40, long];
+  const seqs = lengths.map((n) => {
+    const s = cache.createSequence();
+    for (let l = 0; l < layers; l++) append(s, l, n, r);
+    return s;
+  });
+  // A fork: shares the long sequence's pages, then grows apart from it.
+  const fork = seqs[3].fork();
+  for (let l = 0; l < layers; l++) append(fork, l, 5, r);
+  seqs.push(fork);
+  const evicted = cache.createSequence();
+  for (let l = 0; l < layers; l++) append(evicted, l, 50, r);
+  seqs.push(evicted);
+  return seqs;
+}
+
+/**
+ * Keeps only the newest token on head 0 of every layer (9 on the others): after a prefill chunk
+ * was appended, its earlier query rows then see no token at all on head 0.
+ */
+function evictToNewest(seq: Sequence): void {
+  const { layers, kvHeads } = seq.cache.config;
+  const budgets = Int32Array.from({ length: layers * kvHeads }, (_, i) => (i % kvHeads === 0 ? 1 : 9));
+  seq.compress({ budgets, scorer: "knorm", sink: 0, window: 1 });
+  expect(seq.lengths()[0]).toBe(1);
+}
+
+describe("attendBatch equals per-sequence attend", () => {
+  const cases: { dtype: DType; group: number; pageSize: number }[] = [];
+  for (const dtype of ["f32", "f16", "bf16"] as DType[]) for (const group of [1, 4]) cases.push({ dtype, group, pageSize: group === 1 ? 16 : 3 });
+
+  test.each(cases)("$dtype, GQA $group, pageSize $pageSize: decode rows and prefill chunks, forks, evicted heads", ({ dtype, group, pageSize }) => {
+    const r = rng(seed ^ (group * 7919 + dtype.length * 31 + pageSize));
+    const kvHeads = 2, headDim = 32;
+    const cache = new KVCache({ layers: 2, kvHeads, queryHeads: kvHeads * group, headDim, pageSize, maxTokens: 8192, dtype, threads: 2, device: "cpu" });
+    try {
+      const seqs = mixedSequences(cache, r);
+      const layer = 1;
+      // Prefill chunks on some sequences (rows appended just before), one decode row on the others.
+      const tokens = seqs.map((_, i) => (i % 2 === 0 ? 1 : 5));
+      seqs.forEach((s, i) => append(s, layer, tokens[i], r));
+      evictToNewest(seqs[seqs.length - 1]);
+      expect(tokens[seqs.length - 1]).toBe(5);
+      const queries = seqs.map((s, i) => rows(s, tokens[i], r, "q"));
+      // Raw 16-bit queries for one item where the dtype has them.
+      const given: (Float32Array | Uint16Array)[] = queries.map((q, i) => (dtype !== "f32" && i === 1 ? toBits(q, dtype) : q));
+      const asF32 = given.map((q, i) => (q instanceof Uint16Array ? roundTo(queries[i], dtype) : queries[i]));
+      const batched = cache.attendBatch(layer, seqs.map((sequence, i) => ({ sequence, queries: given[i] })));
+      expect(batched).toHaveLength(seqs.length);
+      seqs.forEach((s, i) => {
+        const single = s.attend(layer, given[i]);
+        expect({ item: i, bits: bits(batched[i]) }).toEqual({ item: i, bits: bits(single) });
+        const ref = referenceAttention(headsOf(s, layer), asF32[i], lastPositions(s, layer, tokens[i]), cache.config.queryHeads, headDim);
+        expect({ item: i, close: relativeError(batched[i], ref) < tolerance[dtype] || (ref.every((v) => v === 0) && batched[i].every((v) => v === 0)) }).toEqual({ item: i, close: true });
+      });
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("long sequences split over the threads (split-K inside the batch) and a given scale and out", () => {
+    const r = rng(seed ^ 0x51);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 4, headDim: 64, pageSize: 16, maxTokens: 1 << 14, dtype: "f16", threads: 2, device: "cpu" });
+    try {
+      const seqs = [3000, 2500, 9].map((n) => {
+        const s = cache.createSequence();
+        append(s, 0, n, r);
+        return s;
+      });
+      const qs = seqs.map((s) => rows(s, 1, r, "q"));
+      const outs = seqs.map((_, i) => (i === 1 ? new Float32Array(qs[i].length) : undefined));
+      const batched = cache.attendBatch(0, seqs.map((sequence, i) => ({ sequence, queries: qs[i], out: outs[i] })), { scale: 0.3 });
+      expect(batched[1]).toBe(outs[1]);
+      seqs.forEach((s, i) => expect(bits(batched[i])).toBe(bits(s.attend(0, qs[i], { scale: 0.3 }))));
+      const ref = referenceAttention(headsOf(seqs[0], 0), qs[0], lastPositions(seqs[0], 0, 1), 4, 64, 0.3);
+      expect(relativeError(batched[0], ref)).toBeLessThan(2e-3);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("accumulated attention mass (h2o) and the observation window are those of single calls", () => {
+    const r = rng(seed ^ 0x77);
+    const cache = new KVCache({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16, pageSize: 4, maxTokens: 4096, dtype: "f32", threads: 2, device: "cpu" });
+    try {
+      const a = cache.createSequence();
+      append(a, 0, 30, r);
+      a.accumulateAttention(true);
+      const twin = a.fork(); // same rows, same (empty) mass
+      const other = cache.createSequence();
+      append(other, 0, 12, r);
+      for (let step = 0; step < 3; step++) {
+        const q = rows(a, 2, r, "q");
+        cache.attendBatch(0, [{ sequence: other, queries: rows(other, 1, r, "q") }, { sequence: a, queries: q }]);
+        twin.attend(0, q);
+      }
+      const ma = a.scores(0, "h2o"), mt = twin.scores(0, "h2o");
+      expect(ma.map(bits)).toEqual(mt.map(bits));
+      const sa = a.scores(0, "snapkv", { window: 6 }), st = twin.scores(0, "snapkv", { window: 6 });
+      expect(sa.map(bits)).toEqual(st.map(bits));
+    } finally {
+      cache.dispose();
+    }
+  });
+});
+
+describe("appendBatch", () => {
+  test("equals appends one by one, Float32Array and raw bits", () => {
+    const r = rng(seed ^ 0x99);
+    for (const raw of [false, true]) {
+      const cache = new KVCache({ layers: 2, kvHeads: 2, headDim: 8, pageSize: 4, maxTokens: 2048, dtype: "bf16", device: "cpu" });
+      try {
+        const a = [cache.createSequence(), cache.createSequence(), cache.createSequence()];
+        append(a[0], 1, 6, r);
+        const b = a.map((s) => s.fork());
+        const tokens = [3, 1, 9];
+        const kv = tokens.map((n) => [randn(r, n * 16), randn(r, n * 16)]).map(([k, v]) => (raw ? [toBits(k, "bf16"), toBits(v, "bf16")] : [k, v]));
+        cache.appendBatch(1, a.map((sequence, i) => ({ sequence, keys: kv[i][0], values: kv[i][1] })));
+        b.forEach((s, i) => s.append(1, kv[i][0], kv[i][1]));
+        a.forEach((s, i) => {
+          expect(Array.from(s.lengths())).toEqual(Array.from(b[i].lengths()));
+          expect(s.appended(1)).toBe(b[i].appended(1));
+          for (let h = 0; h < 2; h++) {
+            expect(bits(s.keys(1, h))).toBe(bits(b[i].keys(1, h)));
+            expect(bits(s.values(1, h))).toBe(bits(b[i].values(1, h)));
+            expect(Array.from(s.positions(1, h))).toEqual(Array.from(b[i].positions(1, h)));
+          }
+        });
+      } finally {
+        cache.dispose();
+      }
+    }
+  });
+
+  test("out of pages: nothing of the batch is appended; forks behind one shared page need one copy", () => {
+    const r = rng(seed ^ 0xaa);
+    // 2 pages of 4 tokens, one KV head.
+    const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 8, dtype: "f32", device: "cpu" });
+    try {
+      const p = cache.createSequence();
+      append(p, 0, 2, r);
+      const c = p.fork(); // both end in the same partly filled page: 1 page used, 1 free
+      const kv = () => ({ keys: randn(r, 4), values: randn(r, 4) });
+      const before = { usage: cache.usage(), p: bits(p.keys(0, 0)), c: bits(c.keys(0, 0)) };
+      // 3 rows into p need a copy of the shared page and a second page: 2 pages, 1 free.
+      expect(() => cache.appendBatch(0, [{ sequence: c, ...kv() }, { sequence: p, keys: randn(r, 12), values: randn(r, 12) }])).toThrow(
+        expect.objectContaining({ name: "OutOfPagesError", message: expect.stringContaining("nothing was appended") }),
+      );
+      expect({ usage: cache.usage(), p: bits(p.keys(0, 0)), c: bits(c.keys(0, 0)) }).toEqual(before);
+      expect([p.appended(0), c.appended(0)]).toEqual([2, 2]);
+      // One row each: the first copies the shared page, the second then owns it: 1 page in all.
+      const a = kv(), b = kv();
+      cache.appendBatch(0, [{ sequence: p, ...a }, { sequence: c, ...b }]);
+      expect(cache.usage().pagesUsed).toBe(2);
+      expect(Array.from(p.keys(0, 0).subarray(8))).toEqual(Array.from(a.keys));
+      expect(Array.from(c.keys(0, 0).subarray(8))).toEqual(Array.from(b.keys));
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("a bad item fails the whole batch, named by its index", () => {
+    const r = rng(seed ^ 0xbb);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64, dtype: "f16", device: "cpu" });
+    try {
+      const s = [cache.createSequence(), cache.createSequence()];
+      const good = { keys: randn(r, 8), values: randn(r, 8) };
+      const nan = randn(r, 8);
+      nan[5] = NaN;
+      expect(() => cache.appendBatch(0, [{ sequence: s[0], ...good }, { sequence: s[1], keys: nan, values: good.values }])).toThrow(
+        "Expected finite numbers for items[1].keys but received NaN at index 5 (token 1, head 0, element 1)",
+      );
+      expect(() => cache.appendBatch(0, [{ sequence: s[0], ...good }, { sequence: s[1], keys: good.keys, values: randn(r, 4) }])).toThrow(
+        "Expected 2 tokens like keys (length 8) for items[1].values but received Float32Array(4)",
+      );
+      expect(() => cache.appendBatch(0, [{ sequence: s[0], ...good }, { sequence: s[1], keys: toBits(good.keys, "f16"), values: toBits(good.values, "f16") }])).toThrow(
+        "Expected the same array type as items[0].keys (Float32Array) for items[1].keys but received Uint16Array(8)",
+      );
+      expect(() => cache.appendBatch(0, [{ sequence: s[0], ...good }, { sequence: s[0], ...good }])).toThrow(
+        /Expected a sequence not already in the batch \(it is items\[0\]\.sequence\) for items\[1\]\.sequence/,
+      );
+      expect(cache.usage().pagesUsed).toBe(0);
+      expect([s[0].appended(0), s[1].appended(0)]).toEqual([0, 0]);
+      cache.appendBatch(0, []);
+      expect(cache.usage().pagesUsed).toBe(0);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("goes through the onPressure policy: other sequences are compressed, then the whole batch fits", () => {
+    const r = rng(seed ^ 0xcc);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64, dtype: "f32", device: "cpu" });
+    try {
+      const big = cache.createSequence();
+      append(big, 0, 60, r); // 15 of 16 pages
+      const a = cache.createSequence(), b = cache.createSequence();
+      const items = [{ sequence: a, keys: randn(r, 16), values: randn(r, 16) }, { sequence: b, keys: randn(r, 16), values: randn(r, 16) }];
+      expect(() => cache.appendBatch(0, items)).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+      const events: string[] = [];
+      cache.onPressure({ evict: "largest", scorer: "knorm", ratio: 0.5, sink: 0, window: 0, listener: (e) => events.push(`${e.sequence === big}:${e.requestedBy === a}`) });
+      cache.appendBatch(0, items);
+      expect(events).toEqual(["true:true"]);
+      expect([a.appended(0), b.appended(0), big.lengths()[0]]).toEqual([4, 4, 30]);
+      expect(cache.pressureStats.events).toBe(1);
+    } finally {
+      cache.dispose();
+    }
+  });
+});
+
+describe("batch checks", () => {
+  const cache = new KVCache({ layers: 2, kvHeads: 1, queryHeads: 2, headDim: 4, pageSize: 4, maxTokens: 256, dtype: "f32", device: "cpu" });
+  const other = new KVCache({ layers: 2, kvHeads: 1, queryHeads: 2, headDim: 4, maxTokens: 64, dtype: "f32", device: "cpu" });
+  afterAll(() => {
+    cache.dispose();
+    other.dispose();
+  });
+  const r = rng(seed ^ 0xdd);
+  const s0 = cache.createSequence(), s1 = cache.createSequence();
+  for (const s of [s0, s1]) s.append(0, randn(r, 12), randn(r, 12));
+  const q = () => randn(r, 8);
+
+  test("empty batch, bad layer and items", () => {
+    expect(cache.attendBatch(0, [])).toEqual([]);
+    expect(() => cache.attendBatch(2, [])).toThrow("Expected integer between 0 and 1 for layer but received 2");
+    expect(() => cache.attendBatch(0, {} as unknown as AttendBatchItem[])).toThrow("Expected an array of batch items for items but received object");
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q(), scale: 1 } as AttendBatchItem])).toThrow(/items\[0\]/);
+    expect(() => cache.attendBatch(0, [{ sequence: other.createSequence(), queries: q() }])).toThrow(/Expected a Sequence of this cache for items\[0\]\.sequence/);
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s0, queries: q() }])).toThrow(
+      /Expected a sequence not already in the batch \(it is items\[0\]\.sequence\) for items\[1\]\.sequence/,
+    );
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s1, queries: randn(r, 7) }])).toThrow(
+      "Expected a non-empty length that is a multiple of 8 ([tokens, queryHeads, headDim]) for items[1].queries but received Float32Array(7)",
+    );
+    expect(() => cache.attendBatch(1, [{ sequence: s0, queries: q() }])).toThrow(
+      "Expected at most 0 tokens (the positions appended to layer 1) for items[0].queries but received 1 tokens",
+    );
+    const bad = q();
+    bad[3] = Infinity;
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s1, queries: bad }])).toThrow(
+      "Expected finite numbers for items[1].queries but received Infinity at index 3 (token 0, head 0, element 3)",
+    );
+    const shared = new Float32Array(16);
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: shared.subarray(0, 8) }, { sequence: s1, queries: q(), out: shared.subarray(4, 12) }])).toThrow(
+      "Expected an array that does not overlap items[0].queries for items[1].out but received Float32Array(8)",
+    );
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }], { scale: NaN })).toThrow(/scale/);
+  });
+
+  test("disposed and busy sequences", async () => {
+    const gone = cache.createSequence();
+    gone.append(0, randn(r, 12), randn(r, 12));
+    gone.dispose();
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: gone, queries: q() }])).toThrow(
+      expect.objectContaining({ name: "DisposedError", message: "Sequence of items[1] was used after dispose()" }),
+    );
+    const pending = s1.attendAsync(0, q());
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s1, queries: q() }])).toThrow(expect.objectContaining({ name: "SequenceBusyError" }));
+    expect(() => cache.appendBatch(0, [{ sequence: s1, keys: randn(r, 4), values: randn(r, 4) }])).toThrow(expect.objectContaining({ name: "SequenceBusyError" }));
+    await pending;
+    expect(cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s1, queries: q() }])).toHaveLength(2);
+  });
+});
+
+describe("batches in call order with queued async calls", () => {
+  test("appendBatchAsync, attendBatchAsync, compressAsync and single async calls take effect in call order", async () => {
+    const r = rng(seed ^ 0xee);
+    const cache = new KVCache({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 8, pageSize: 4, maxTokens: 4096, dtype: "f32", device: "cpu", threads: 2 });
+    try {
+      const a = cache.createSequence(), b = cache.createSequence();
+      append(a, 0, 20, r);
+      append(b, 0, 9, r);
+      // Twins that replay the same calls synchronously, in the same order.
+      const ta = a.fork(), tb = b.fork();
+      const k1 = randn(r, 16), v1 = randn(r, 16), k2 = randn(r, 32), v2 = randn(r, 32);
+      const k1Given = k1.slice();
+      const q0 = randn(r, 32), q1 = randn(r, 32), qb = randn(r, 64), q2 = randn(r, 32);
+      const compress = { ratio: 0.5, scorer: "knorm", sink: 0, window: 0 } as const;
+      const order: string[] = [];
+      const p0 = a.attendAsync(0, q0).then((o) => (order.push("a.attendAsync"), o));
+      const p1 = cache.appendBatchAsync(0, [{ sequence: a, keys: k1, values: v1 }, { sequence: b, keys: k2, values: v2 }]).then(() => order.push("appendBatchAsync"));
+      k1.fill(0); // read at the call: the rows appended are the ones given then
+      // b's two query rows are the two rows the queued batch appends: accepted at the call.
+      const p2 = cache.attendBatchAsync(0, [{ sequence: a, queries: q1 }, { sequence: b, queries: qb }]).then((o) => (order.push("attendBatchAsync"), o));
+      const p3 = a.compressAsync(compress).then((rep) => (order.push("a.compressAsync"), rep));
+      const p4 = cache.attendBatchAsync(0, [{ sequence: b, queries: randn(r, 32) }, { sequence: a, queries: q2 }]).then((o) => (order.push("attendBatchAsync 2"), o));
+      expect(() => b.lengths()).toThrow(expect.objectContaining({ name: "SequenceBusyError" }));
+      const [o0, , o2, rep, o4] = await Promise.all([p0, p1, p2, p3, p4]);
+      expect(order).toEqual(["a.attendAsync", "appendBatchAsync", "attendBatchAsync", "a.compressAsync", "attendBatchAsync 2"]);
+      expect(bits(o0)).toBe(bits(ta.attend(0, q0)));
+      ta.append(0, k1Given, v1);
+      tb.append(0, k2, v2);
+      const e2 = cache.attendBatch(0, [{ sequence: ta, queries: q1 }, { sequence: tb, queries: qb }]);
+      expect(o2.map(bits)).toEqual(e2.map(bits));
+      expect(Array.from(rep.kept)).toEqual(Array.from(ta.compress(compress).kept));
+      expect(bits(o4[1])).toBe(bits(ta.attend(0, q2)));
+      expect(Array.from(a.lengths())).toEqual(Array.from(ta.lengths()));
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("a batch waits for async calls on any of its sequences; a failed batch releases them", async () => {
+    const r = rng(seed ^ 0xef);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 4, pageSize: 4, maxTokens: 16, dtype: "f32", device: "cpu" });
+    try {
+      const a = cache.createSequence(), b = cache.createSequence();
+      append(a, 0, 4, r);
+      append(b, 0, 4, r);
+      const order: string[] = [];
+      const pb = b.attendAsync(0, randn(r, 4)).then(() => order.push("b"));
+      // 3 pages free: 8 rows each need 4 → out of pages when its turn comes.
+      const big = cache.appendBatchAsync(0, [{ sequence: a, keys: randn(r, 32), values: randn(r, 32) }, { sequence: b, keys: randn(r, 32), values: randn(r, 32) }]);
+      const after = a.attendAsync(0, randn(r, 4)).then(() => order.push("a after"));
+      await expect(big).rejects.toMatchObject({ name: "OutOfPagesError" });
+      await Promise.all([pb, after]);
+      expect(order).toEqual(["b", "a after"]);
+      expect([a.appended(0), b.appended(0), a.pending, b.pending]).toEqual([4, 4, 0, 0]);
+      // The rows it would have added no longer count for later checks.
+      expect(() => a.attend(0, randn(r, 20))).toThrow("Expected at most 4 tokens (the positions appended to layer 0) for queries but received 5 tokens");
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("native batches over the same sequences in opposite orders, at once, do not deadlock and match", async () => {
+    const r = rng(seed ^ 0xf1);
+    const cache = new KVCache({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16, pageSize: 8, maxTokens: 4096, dtype: "f32", device: "cpu", threads: 2 });
+    try {
+      const seqs = [0, 1, 2].map(() => cache.createSequence());
+      seqs.forEach((s, i) => append(s, 0, 40 + 30 * i, r));
+      const ids = seqs.map((s) => s.id);
+      const q = seqs.map((s) => rows(s, 1, r, "q"));
+      // Straight to the addon (the TypeScript queues would order them): the native locks must.
+      const calls = Array.from({ length: 24 }, (_, k) => {
+        const order = k % 2 ? [2, 0, 1] : [1, 2, 0];
+        return cache.handle.attendBatchAsync(0, Int32Array.from(order, (i) => ids[i]), order.map((i) => q[i]), 0.25, order.map(() => undefined)).then((outs) => ({ order, outs }));
+      });
+      for (const { order, outs } of await Promise.all(calls)) order.forEach((i, j) => expect(bits(outs[j])).toBe(bits(seqs[i].attend(0, q[i], { scale: 0.25 }))));
+    } finally {
+      cache.dispose();
+    }
+  });
+});

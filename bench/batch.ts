@@ -1,0 +1,90 @@
+// Batched decode steps on the CPU: (a) one attendBatch over many long sequences against a plain
+// read of the same bytes, measured in the same run; (b) one attendBatch over many short sequences
+// against one attend call per sequence (what batching saves in per-call overhead), at the shape of
+// an 8B-class model's layer and at the embedded tiny-lm's (2 KV heads, 8 query heads, headDim 32).
+// Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15]
+import { KVCache, Sequence, backends } from "../ts";
+import { native } from "../ts/native";
+import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults, arg } from "./common";
+
+const sequences = Number(arg("sequences", "16"));
+const longTokens = Number(arg("long", "4096"));
+const shortTokens = Number(arg("short", "256"));
+const repeats = Number(arg("repeats", "15"));
+const pageSize = 16;
+type Shape = { kvHeads: number; queryHeads: number; headDim: number };
+const large: Shape = { kvHeads: 8, queryHeads: 32, headDim: 128 };
+const tiny: Shape = { kvHeads: 2, queryHeads: 8, headDim: 32 };
+const b = backends();
+const threads = b.cpu.threads;
+
+console.log(`batched decode, ${sequences} sequences, f16, pageSize ${pageSize}; shapes: KV heads x query heads x headDim`);
+console.log(`CPU: ${cpuLine()}; ${threads} threads, kernels ${b.cpu.simd}, prefetch ${b.cpu.prefetch}; median of ${repeats} runs\n`);
+
+/** A cache holding `sequences` sequences of `tokens` tokens each (small f16 values). */
+function build(tokens: number, { kvHeads, queryHeads, headDim }: Shape): { cache: KVCache; seqs: Sequence[] } {
+  const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: kvHeads * sequences * (tokens + pageSize) });
+  const chunk = Math.min(tokens, 4096);
+  const rows16 = new Uint16Array(chunk * kvHeads * headDim);
+  const seqs: Sequence[] = [];
+  for (let s = 0; s < sequences; s++) {
+    for (let i = 0; i < rows16.length; i++) rows16[i] = 0x3000 + (((i + s * 7919) * 2654435761) >>> 22);
+    const seq = cache.createSequence();
+    for (let done = 0; done < tokens; done += chunk) {
+      const part = rows16.subarray(0, Math.min(chunk, tokens - done) * kvHeads * headDim);
+      seq.append(0, part, part);
+    }
+    seqs.push(seq);
+  }
+  return { cache, seqs };
+}
+
+// Decode: one query row per sequence, outputs reused as a decode loop would.
+function decodeCalls(seqs: Sequence[], cache: KVCache) {
+  const { queryHeads, headDim } = cache.config;
+  const qs = seqs.map((_, s) => new Float32Array(queryHeads * headDim).map((_, i) => Math.sin(i + s) * 0.1));
+  const outs = qs.map((q) => new Float32Array(q.length));
+  const items = seqs.map((sequence, i) => ({ sequence, queries: qs[i], out: outs[i] }));
+  return {
+    batch: () => cache.attendBatch(0, items),
+    separate: () => seqs.forEach((s, i) => s.attend(0, qs[i], { out: outs[i] })),
+  };
+}
+
+// Alternating rounds, so that every median comes from the same stretch of time on a shared machine.
+function measure(fns: Record<string, () => void>, runs: number, bytes?: number): Record<string, number[]> {
+  const rounds = 5;
+  const perRound = Math.max(1, Math.ceil(runs / rounds));
+  const out: Record<string, number[]> = Object.fromEntries(Object.keys(fns).map((k) => [k, []]));
+  if (bytes !== undefined) out.read = [];
+  for (let round = 0; round < rounds; round++) {
+    for (const [k, fn] of Object.entries(fns)) {
+      pause(10);
+      out[k].push(...timeRuns(fn, perRound, round === 0 ? 2 : 1));
+    }
+    if (bytes !== undefined) {
+      pause(10);
+      out.read.push(...native().memoryReadBenchmark(bytes, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
+    }
+  }
+  return out;
+}
+
+const table: (string | number)[][] = [];
+const results: Record<string, unknown> = {};
+
+const name = (x: Shape) => `${x.kvHeads}x${x.queryHeads}x${x.headDim}`;
+for (const [key, tokens, shape, runs] of [["long", longTokens, large, repeats], ["short", shortTokens, large, repeats * 10], ["shortTiny", shortTokens, tiny, repeats * 10]] as const) {
+  const { cache, seqs } = build(tokens, shape);
+  const calls = decodeCalls(seqs, cache);
+  const bytes = sequences * tokens * shape.kvHeads * shape.headDim * 2 * 2; // K and V, f16
+  const m = measure({ batch: calls.batch, separate: calls.separate }, runs, bytes);
+  const batchMs = median(m.batch), separateMs = median(m.separate), readMs = median(m.read);
+  table.push([name(shape), `${sequences} x ${tokens}`, (bytes / 2 ** 20).toFixed(1), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), (readMs / batchMs).toFixed(2), (separateMs / batchMs).toFixed(2)]);
+  results[key] = { shape, tokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, readOverBatch: readMs / batchMs, separateOverBatch: separateMs / batchMs, runs: m };
+  cache.dispose();
+}
+
+printTable(["shape", "sequences x tokens", "K+V MiB", "attendBatch ms", "separate ms", "plain read ms", "read / batch", "separate / batch"], table);
+const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, machine: machine(), results });
+console.log(`\nwritten ${file}`);

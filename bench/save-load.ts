@@ -1,0 +1,70 @@
+// Throughput of saving and loading a sequence (seq.save / cache.loadSequence, from memory and through
+// a file), against a plain copy of the same number of bytes measured in the same run.
+// Usage: node dist/bench/save-load.js [--tokens 32768] [--layers 4] [--kv-heads 2] [--query-heads 8]
+//          [--head-dim 32] [--dtype f16] [--page-size 16] [--repeats 9] [--device cpu]
+// The defaults are the embedded model's shape (models/tiny-lm).
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { KVCache, DType } from "../ts";
+import { rng } from "../ts/random";
+import { arg, cpuLine, machine, median, printTable, timeRuns, writeResults } from "./common";
+
+const tokens = Number(arg("tokens", "32768"));
+const layers = Number(arg("layers", "4"));
+const kvHeads = Number(arg("kv-heads", "2"));
+const queryHeads = Number(arg("query-heads", "8"));
+const headDim = Number(arg("head-dim", "32"));
+const dtype = arg("dtype", "f16") as DType;
+const pageSize = Number(arg("page-size", "16"));
+const repeats = Number(arg("repeats", "9"));
+const device = arg("device", "cpu") as "cpu" | "cuda";
+
+// Room for the original and one loaded copy.
+const cache = new KVCache({ layers, kvHeads, queryHeads, headDim, dtype, pageSize, device, maxTokens: 2 * layers * kvHeads * (tokens + pageSize), checkFinite: false });
+const seq = cache.createSequence();
+const r = rng(12345);
+const chunk = 1024;
+for (let l = 0; l < layers; l++)
+  for (let done = 0; done < tokens; done += chunk) {
+    const n = Math.min(chunk, tokens - done) * kvHeads * headDim;
+    // Finite random values in the cache dtype (raw words for f16/bf16: no conversion cost here).
+    const k = dtype === "f32" ? Float32Array.from({ length: n }, () => r() - 0.5) : Uint16Array.from({ length: n }, () => 0x3000 + Math.floor(r() * 0x1000));
+    const v = dtype === "f32" ? Float32Array.from({ length: n }, () => r() - 0.5) : Uint16Array.from({ length: n }, () => 0x3000 + Math.floor(r() * 0x1000));
+    seq.append(l, k, v);
+  }
+for (let l = 0; l < layers; l++) seq.attend(l, Float32Array.from({ length: 32 * queryHeads * headDim }, () => r() - 0.5));
+
+const bytes = seq.save();
+const MB = bytes.length / 1e6;
+const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "lukv-bench-")), "seq.lukv");
+const rows: (string | number)[][] = [];
+const results: Record<string, { medianMs: number; mbPerS: number; vsCopy: number }> = {};
+let copyMs = 0;
+const measure = (name: string, fn: () => void) => {
+  const ms = median(timeRuns(fn, repeats));
+  if (name === "plain copy") copyMs = ms;
+  const mbPerS = MB / (ms / 1000);
+  results[name] = { medianMs: ms, mbPerS, vsCopy: copyMs / ms };
+  rows.push([name, ms.toFixed(2), mbPerS.toFixed(0), (copyMs / ms).toFixed(2)]);
+};
+let sink = 0;
+measure("plain copy", () => {
+  sink += Buffer.from(bytes).length;
+});
+measure("save()", () => {
+  sink += seq.save().length;
+});
+measure("loadSequence(bytes)", () => {
+  const s = cache.loadSequence(bytes);
+  s.dispose();
+});
+measure("saveFile(path)", () => seq.saveFile(file));
+measure("loadSequence(path)", () => cache.loadSequence(file).dispose());
+fs.rmSync(path.dirname(file), { recursive: true, force: true });
+
+console.log(`${cpuLine()}; ${device}, ${tokens} tokens, ${layers} layers x ${kvHeads} KV heads, headDim ${headDim}, ${dtype}, pageSize ${pageSize}: ${MB.toFixed(1)} MB saved; median of ${repeats}`);
+printTable(["operation", "ms", "MB/s", "vs plain copy"], rows);
+console.log(`results: ${writeResults("save-load", { machine: machine(), tokens, layers, kvHeads, queryHeads, headDim, dtype, pageSize, device, bytes: bytes.length, repeats, results, sink })}`);
+seq.dispose();
+cache.dispose();

@@ -1,0 +1,184 @@
+// The batched steps of the cache (attendBatch, appendBatch; attend is a batch of one): every item
+// is checked and planned on the host, then the backend runs the whole batch at once.
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "cache.h"
+
+namespace lukv {
+
+namespace {
+std::string str(int64_t v) { return std::to_string(v); }
+
+// The ids of a batch's items, checked to be distinct (a sequence given twice would wait for its
+// own lock).
+template <class Item>
+std::vector<int32_t> distinctIds(const std::vector<Item>& items) {
+  std::vector<int32_t> ids;
+  std::map<int32_t, size_t> seen;
+  for (size_t i = 0; i < items.size(); ++i) {
+    auto dup = seen.emplace(items[i].seq, i);
+    if (!dup.second)
+      throwInvalid("Expected distinct sequences for items but items[" + str((int64_t)dup.first->second) + "] and items[" +
+                   str((int64_t)i) + "] are the same sequence");
+    ids.push_back(items[i].seq);
+  }
+  return ids;
+}
+
+// Keeps the last `window` query rows of a layer (SnapKV scores with them). Up to 2W rows are held
+// and the oldest are dropped W at a time, so a decode step appends one row instead of moving the
+// whole window; readers take the last W (observationRows).
+void rememberQueries(Sequence& seq, int layer, int tokens, const float* queries, const int32_t* qpos,
+                     size_t rowFloats, size_t W) {
+  auto& oq = seq.obsQueries[layer];
+  auto& op = seq.obsPositions[layer];
+  const size_t first = (size_t)tokens > W ? (size_t)tokens - W : 0;
+  if (first > 0 || W == 0) {
+    oq.clear();
+    op.clear();
+  }
+  oq.insert(oq.end(), queries + first * rowFloats, queries + (size_t)tokens * rowFloats);
+  op.insert(op.end(), qpos + first, qpos + tokens);
+  if (op.size() > 2 * W) {
+    const size_t drop = op.size() - W;
+    oq.erase(oq.begin(), oq.begin() + drop * rowFloats);
+    op.erase(op.begin(), op.begin() + drop);
+  }
+}
+}  // namespace
+
+Cache::HeldAll Cache::holdAll(const std::vector<int32_t>& ids, bool backend) const {
+  HeldAll h;
+  h.life = std::shared_lock<std::shared_mutex>(life_);
+  checkLive();
+  std::vector<size_t> order(ids.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a] < ids[b]; });
+  {
+    auto table = lockTable();
+    for (size_t i : order) {
+      auto it = seqMu_.find(ids[i]);
+      if (it == seqMu_.end()) table_->get(ids[i]);  // throws Disposed
+      h.mu.push_back(it->second);
+    }
+  }
+  for (auto& mu : h.mu) h.own.emplace_back(*mu);
+  if (backend && !backend_->concurrent()) h.exec = std::unique_lock<std::mutex>(exec_);
+  auto table = lockTable();
+  h.seqs.resize(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) h.seqs[i] = &table_->get(ids[i]);  // disposed meanwhile: Disposed
+  return h;
+}
+
+void Cache::attendBatch(int layer, const std::vector<AttendItem>& items, float scale) {
+  if (layer < 0 || layer >= cfg_.layers) throwInvalid("layer out of range");
+  HeldAll held = holdAll(distinctIds(items), true);
+  const std::vector<Sequence*>& seqs = held.seqs;
+  const int H = cfg_.kvHeads, QH = cfg_.queryHeads;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int32_t appended = seqs[i]->appended[layer];
+    if (items[i].tokens < 1 || items[i].tokens > appended)
+      throwInvalid("Expected 1 to " + str(appended) + " query tokens for queries (layer " + str(layer) + " has " +
+                   str(appended) + " positions appended) but received " + str(items[i].tokens));
+  }
+  if (items.empty()) return;
+
+  // Per item: its query positions, and the mass / oracle arrays it updates.
+  std::vector<std::vector<int32_t>> qpos(items.size());
+  std::vector<std::vector<float*>> mass(items.size()), oracle(items.size());
+  std::vector<std::vector<const float*>> oracleWeight(items.size());
+  std::vector<AttendRequest> requests(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    Sequence& seq = *seqs[i];
+    const int tokens = items[i].tokens;
+    qpos[i].resize(tokens);
+    for (int r = 0; r < tokens; ++r) qpos[i][r] = seq.appended[layer] - tokens + r;
+    AttendRequest& a = requests[i];
+    a.heads = seq.heads.data() + (size_t)layer * H;
+    a.kvHeads = H;
+    a.queryHeads = QH;
+    a.tokens = tokens;
+    a.queryPositions = qpos[i].data();
+    a.queries = items[i].queries;
+    a.out = items[i].out;
+    a.scale = scale;
+    if (seq.accumulate) {
+      for (int h = 0; h < H; ++h) mass[i].push_back(seq.mass[(size_t)layer * H + h].data());
+      a.mass = mass[i].data();
+    }
+    if (seq.recording) {
+      for (int h = 0; h < H; ++h) oracle[i].push_back(seq.oracle[(size_t)layer * H + h].data());
+      for (int q = 0; q < QH; ++q) oracleWeight[i].push_back(seq.oracleWeight[(size_t)layer * QH + q].data());
+      a.oracle = oracle[i].data();
+      a.oracleWeight = oracleWeight[i].data();
+      a.oracleTokens = seq.oracleTokens.data() + (size_t)layer * H;
+    }
+  }
+  backend_->attendBatch(requests);
+
+  const size_t rowFloats = (size_t)QH * cfg_.headDim;
+  for (size_t i = 0; i < items.size(); ++i)
+    rememberQueries(*seqs[i], layer, items[i].tokens, items[i].queries, qpos[i].data(), rowFloats,
+                    (size_t)cfg_.observationWindow);
+}
+
+void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKind kind) {
+  if (layer < 0 || layer >= cfg_.layers) throwInvalid("layer out of range");
+  // Raw 16-bit words are already in the cache's storage type: there is none for an f32 cache.
+  if (kind == InputKind::Raw16 && cfg_.dtype == DType::F32)
+    throwInvalid("Expected Float32Array keys and values for an f32 cache but received raw 16-bit words");
+  HeldAll held = holdAll(distinctIds(items), true);
+  const std::vector<Sequence*>& seqs = held.seqs;
+  const int H = cfg_.kvHeads, P = cfg_.pageSize;
+  PageAllocator& pages = backend_->pages();
+  // The pool is counted and taken under the table's lock; the rows are written after it.
+  auto table = lockTable();
+  // Every item is checked, and the pages of the whole batch counted, before any item takes one.
+  int64_t needed = 0, totalTokens = 0;
+  std::map<int32_t, int> copied;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].tokens < 0) throwInvalid("Expected a non-negative number of tokens but received " + str(items[i].tokens));
+    if ((int64_t)seqs[i]->appended[layer] + items[i].tokens > INT32_MAX)
+      throwInvalid("sequence would exceed 2^31-1 positions");
+    if (items[i].tokens == 0) continue;
+    needed += appendPagesNeeded(seqs[i]->heads.data() + (size_t)layer * H, H, items[i].tokens, P, pages, &copied);
+    totalTokens += items[i].tokens;
+  }
+  if (needed > pages.freePages())
+    throw Error(ErrorCode::OutOfPages, "appendBatch needs " + str(needed) + " free pages but the pool has " +
+                                           str(pages.freePages()) + " of " + str(pages.numPages()) + limits_ +
+                                           "; nothing was appended");
+  if (totalTokens == 0) return;
+
+  // One plan for the batch: the items' rows one after another, as if one append of all of them.
+  AppendPlan merged;
+  const size_t rowBytes = (size_t)H * cfg_.headDim * (kind == InputKind::F32 ? 4 : 2);
+  std::vector<uint8_t> keys, values;
+  const bool single = items.size() == 1;
+  if (!single) {
+    keys.resize((size_t)totalTokens * rowBytes);
+    values.resize((size_t)totalTokens * rowBytes);
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].tokens == 0) continue;
+    AppendPlan plan = table_->append(*seqs[i], layer, items[i].tokens, limits_);
+    merged.copies.insert(merged.copies.end(), plan.copies.begin(), plan.copies.end());
+    merged.dest.insert(merged.dest.end(), plan.dest.begin(), plan.dest.end());
+  }
+  table.unlock();
+  size_t at = 0;
+  for (size_t i = 0; i < items.size() && !single; ++i) {
+    const size_t bytes = (size_t)items[i].tokens * rowBytes;
+    std::memcpy(keys.data() + at, items[i].keys, bytes);
+    std::memcpy(values.data() + at, items[i].values, bytes);
+    at += bytes;
+  }
+  // Same order on every backend: the private copies land before the rows written into them.
+  backend_->copyPages(merged.copies);
+  backend_->writeRows(merged, (int)totalTokens, H, single ? items[0].keys : keys.data(),
+                      single ? items[0].values : values.data(), kind);
+}
+
+}  // namespace lukv

@@ -1,0 +1,261 @@
+// Saved sequences: one sequence's kept tokens per (layer, KV head) in the cache dtype, bit for bit,
+// with what a restored sequence needs to continue exactly as the original (appended counts,
+// observation rows, H2O mass). Byte layout, checksum and versioning: docs/sequence-format.md.
+#include <cmath>
+#include <cstring>
+
+#include "cache.h"
+#include "crc32c.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the saved-sequence format is written with little-endian memory copies"
+#endif
+
+namespace lukv {
+
+namespace {
+
+const uint8_t kMagic[8] = {0x89, 'L', 'U', 'K', 'V', 'S', 'E', 'Q'};
+const uint32_t kVersion = 1;
+const size_t kHeaderBytes = 64;
+const uint32_t kFlagMass = 1;      // every head carries its H2O mass (accumulateAttention was on)
+const size_t kLayerFixedBytes = 32;  // appended, observation rows, 3 bounds
+
+std::string str(uint64_t v) { return std::to_string(v); }
+
+[[noreturn]] void bad(const std::string& m) { throw Error(ErrorCode::BadSequenceFile, "Bad sequence file: " + m); }
+
+class Writer {
+ public:
+  explicit Writer(uint8_t* p) : p_(p) {}
+  template <class T>
+  void put(T v) { bytes(&v, sizeof v); }
+  void bytes(const void* src, size_t n) {
+    if (n) std::memcpy(p_, src, n);
+    p_ += n;
+  }
+  uint8_t* at() { return p_; }
+  void skip(size_t n) { p_ += n; }
+
+ private:
+  uint8_t* p_;
+};
+
+// Reads the sections; every size is checked against what is left before it is used, so a declared
+// count can never make it allocate or read more than the file holds.
+class Reader {
+ public:
+  Reader(const uint8_t* p, size_t n) : p_(p), end_(p + n) {}
+  size_t left() const { return (size_t)(end_ - p_); }
+  template <class T>
+  T get(const std::string& what) {
+    T v;
+    std::memcpy(&v, take(sizeof v, what), sizeof v);
+    return v;
+  }
+  const uint8_t* take(size_t n, const std::string& what) {
+    if (n > left()) bad(what + " runs past the end of the payload");
+    const uint8_t* q = p_;
+    p_ += n;
+    return q;
+  }
+  // `count` items of `itemBytes`, checked before multiplying.
+  const uint8_t* items(uint64_t count, size_t itemBytes, const std::string& what) {
+    if (itemBytes && count > left() / itemBytes)
+      bad(what + " declares " + str(count) + " entries, more than the " + str(left()) + " bytes left can hold");
+    return take((size_t)count * itemBytes, what);
+  }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+};
+
+uint32_t u32At(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+std::string headName(int layer, int head) { return "head (layer " + std::to_string(layer) + ", KV head " + std::to_string(head) + ")"; }
+
+}  // namespace
+
+Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& bounds) const {
+  Held held = hold(seqId, true);
+  const Sequence& seq = *held.seq;
+  const int L = cfg_.layers;
+  if (bounds.size() != (size_t)L * 3) throwInvalid("Expected " + str((uint64_t)L * 3) + " bounds");
+  const size_t rowBytes = (size_t)cfg_.headDim * dtypeBytes(cfg_.dtype);
+  const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
+  const bool mass = seq.accumulate;
+  // Every observation row a layer holds (up to twice observationWindow), so that the window moves
+  // on after loading as it would have on the original.
+  size_t bytes = kHeaderBytes + 4;
+  for (int l = 0; l < L; ++l) bytes += kLayerFixedBytes + seq.obsPositions[l].size() * (4 + rowFloats * 4);
+  for (const HeadState& h : seq.heads) bytes += 4 + (size_t)h.length() * (4 + (mass ? 4 : 0) + 2 * rowBytes);
+
+  SavedBytes out(bytes);
+  Writer w(out.data());
+  w.bytes(kMagic, 8);
+  w.put<uint32_t>(kVersion);
+  w.put<uint32_t>((uint32_t)kHeaderBytes);
+  w.put<uint64_t>(bytes);
+  for (int v : {cfg_.layers, cfg_.kvHeads, cfg_.queryHeads, cfg_.headDim}) w.put<uint32_t>((uint32_t)v);
+  w.put<uint32_t>((uint32_t)cfg_.dtype);
+  w.put<uint32_t>(mass ? kFlagMass : 0);
+  std::memset(w.at(), 0, kHeaderBytes - 48);  // reserved
+  w.skip(kHeaderBytes - 48);
+
+  for (int l = 0; l < L; ++l) {
+    const auto& pos = seq.obsPositions[l];
+    w.put<int32_t>(seq.appended[l]);
+    w.put<uint32_t>((uint32_t)pos.size());
+    for (int k = 0; k < 3; ++k) w.put<double>(bounds[(size_t)l * 3 + k]);
+    w.bytes(pos.data(), pos.size() * 4);
+    w.bytes(seq.obsQueries[l].data(), pos.size() * rowFloats * 4);
+  }
+  for (size_t i = 0; i < seq.heads.size(); ++i) {
+    const HeadState& h = seq.heads[i];
+    const size_t n = (size_t)h.length();
+    w.put<uint32_t>((uint32_t)n);
+    w.bytes(h.positions.data(), n * 4);
+    if (mass) w.bytes(seq.mass[i].data(), n * 4);
+    backend_->readRaw(h, (int32_t)n, false, w.at());
+    w.skip(n * rowBytes);
+    backend_->readRaw(h, (int32_t)n, true, w.at());
+    w.skip(n * rowBytes);
+  }
+  const uint32_t crc = crc32c(out.data(), bytes - 4);
+  w.put<uint32_t>(crc);
+  return out;
+}
+
+int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds) {
+  std::shared_lock<std::shared_mutex> life(life_);
+  checkLive();
+  const int L = cfg_.layers, H = cfg_.kvHeads;
+  // Header: identity and declared size first, then the checksum over everything, then the shape.
+  if (size < 8 || std::memcmp(data, kMagic, 8) != 0) bad("it does not start with the lukv sequence magic bytes");
+  if (size < kHeaderBytes + 4) bad("truncated: " + str(size) + " bytes, shorter than the " + str(kHeaderBytes + 4) + "-byte header and checksum");
+  const uint32_t version = u32At(data + 8);
+  if (version != kVersion) bad("format version " + str(version) + " is not supported (this lukv reads version " + str(kVersion) + ")");
+  if (u32At(data + 12) != kHeaderBytes) bad("header size " + str(u32At(data + 12)) + " is not " + str(kHeaderBytes));
+  uint64_t declared;
+  std::memcpy(&declared, data + 16, 8);
+  if (declared > size) bad("truncated: the header declares " + str(declared) + " bytes but " + str(size) + " were given");
+  if (declared < size) bad("the header declares " + str(declared) + " bytes but " + str(size) + " were given (trailing bytes)");
+  const uint32_t stored = u32At(data + size - 4), actual = crc32c(data, size - 4);
+  if (stored != actual) bad("checksum mismatch (stored CRC-32C " + str(stored) + ", computed " + str(actual) + "): the data is corrupt");
+  const char* names[] = {"layers", "kvHeads", "queryHeads", "headDim", "dtype"};
+  const int want[] = {cfg_.layers, cfg_.kvHeads, cfg_.queryHeads, cfg_.headDim, (int)cfg_.dtype};
+  for (int k = 0; k < 5; ++k) {
+    const uint32_t got = u32At(data + 24 + 4 * k);
+    if (got == (uint32_t)want[k]) continue;
+    if (k == 4)
+      bad("dtype " + (got <= 2 ? std::string(dtypeName((DType)got)) : "code " + str(got)) + " does not match this cache's " + dtypeName(cfg_.dtype));
+    bad(std::string(names[k]) + " " + str(got) + " does not match this cache's " + str((uint64_t)want[k]));
+  }
+  const uint32_t flags = u32At(data + 44);
+  if (flags & ~kFlagMass) bad("unknown flags " + str(flags));
+  for (size_t b = 48; b < kHeaderBytes; ++b)
+    if (data[b] != 0) bad("reserved header byte " + str(b) + " is not zero");
+  const bool mass = (flags & kFlagMass) != 0;
+
+  const size_t rowBytes = (size_t)cfg_.headDim * dtypeBytes(cfg_.dtype);
+  const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
+  Reader r(data + kHeaderBytes, size - kHeaderBytes - 4);
+  Sequence s;
+  s.heads.resize((size_t)L * H);
+  s.appended.resize(L);
+  s.obsQueries.resize(L);
+  s.obsPositions.resize(L);
+  s.accumulate = mass;
+  if (mass) s.mass.resize((size_t)L * H);
+  std::vector<double> b((size_t)L * 3);
+  for (int l = 0; l < L; ++l) {
+    const std::string name = "layer " + std::to_string(l);
+    const int32_t appended = r.get<int32_t>(name + " appended count");
+    if (appended < 0) bad(name + " has a negative appended count " + std::to_string(appended));
+    s.appended[l] = appended;
+    const uint32_t rows = r.get<uint32_t>(name + " observation row count");
+    for (int k = 0; k < 3; ++k) {
+      const double v = r.get<double>(name + " bounds");
+      if (!(v >= 0) || !std::isfinite(v)) bad(name + " has a bound that is not a finite number >= 0");
+      b[(size_t)l * 3 + k] = v;
+    }
+    const uint8_t* pos = r.items(rows, 4, name + " observation positions");
+    const uint8_t* q = r.items(rows, rowFloats * 4, name + " observation rows");
+    s.obsPositions[l].resize(rows);
+    if (rows) std::memcpy(s.obsPositions[l].data(), pos, (size_t)rows * 4);
+    for (int32_t p : s.obsPositions[l])
+      if (p < 0 || p >= appended) bad(name + " has an observation position " + std::to_string(p) + " outside [0, " + std::to_string(appended) + ")");
+    s.obsQueries[l].resize((size_t)rows * rowFloats);
+    if (rows) std::memcpy(s.obsQueries[l].data(), q, (size_t)rows * rowFloats * 4);
+    for (float v : s.obsQueries[l])
+      if (!std::isfinite(v)) bad(name + " has an observation row value that is not finite");
+  }
+  // Where each head's K and V rows are in the file.
+  std::vector<const uint8_t*> keys(s.heads.size()), values(s.heads.size());
+  const size_t perToken = 4 + (mass ? 4 : 0) + 2 * rowBytes;
+  for (size_t i = 0; i < s.heads.size(); ++i) {
+    const int l = (int)(i / H);
+    const std::string name = headName(l, (int)(i % H));
+    const uint32_t n = r.get<uint32_t>(name + " length");
+    const uint8_t* at = r.items(n, perToken, name);
+    HeadState& h = s.heads[i];
+    h.positions.resize(n);
+    if (n) std::memcpy(h.positions.data(), at, (size_t)n * 4);
+    int32_t prev = -1;
+    for (int32_t p : h.positions) {
+      if (p <= prev || p >= s.appended[l])
+        bad(name + " has position " + std::to_string(p) + " out of order or outside [0, " + std::to_string(s.appended[l]) + ")");
+      prev = p;
+    }
+    at += (size_t)n * 4;
+    if (mass) {
+      s.mass[i].resize(n);
+      if (n) std::memcpy(s.mass[i].data(), at, (size_t)n * 4);
+      for (float v : s.mass[i])
+        if (!std::isfinite(v)) bad(name + " has an attention mass that is not finite");
+      at += (size_t)n * 4;
+    }
+    keys[i] = at;
+    values[i] = at + (size_t)n * rowBytes;
+  }
+  if (r.left() != 0) bad(str(r.left()) + " bytes after the last head section");
+
+  // Pages (all or nothing), then the rows through the backend's append path, one head at a time.
+  // Nobody else knows the new id until it is returned, so its own lock is not needed.
+  int32_t id;
+  const Sequence* restored;
+  {
+    auto table = lockTable();
+    id = registerSequence(table_->restore(std::move(s), limits_));
+    restored = &table_->get(id);
+  }
+  try {
+    std::unique_lock<std::mutex> exec;
+    if (!backend_->concurrent()) exec = std::unique_lock<std::mutex>(exec_);
+    const Sequence& seq = *restored;
+    const InputKind kind = cfg_.dtype == DType::F32 ? InputKind::F32 : InputKind::Raw16;
+    const int P = cfg_.pageSize;
+    for (size_t i = 0; i < seq.heads.size(); ++i) {
+      const HeadState& h = seq.heads[i];
+      if (h.length() == 0) continue;
+      AppendPlan plan;
+      plan.dest.resize((size_t)h.length() * 2);
+      for (int32_t t = 0; t < h.length(); ++t) plan.dest[2 * (size_t)t] = h.pages[t / P], plan.dest[2 * (size_t)t + 1] = t % P;
+      backend_->writeRows(plan, h.length(), 1, keys[i], values[i], kind);
+    }
+  } catch (...) {
+    auto table = lockTable();
+    table_->dispose(id);
+    seqMu_.erase(id);
+    throw;
+  }
+  bounds = std::move(b);
+  return id;
+}
+
+}  // namespace lukv

@@ -1,0 +1,221 @@
+// Batched steps: one call on each of several sequences of a cache, on one layer, as one native
+// pass (KVCache.attendBatch / appendBatch and their async variants).
+import type { KVCache, Sequence, AttendOptions } from "./cache";
+import { rethrow, Sequence as SequenceClass } from "./cache";
+import { DisposedError, invalid } from "./errors";
+import { checkScale } from "./finite";
+import { integerInRange, isFloat32Array, knownOptions } from "./validate";
+
+/** One sequence's part of `cache.attendBatch`. */
+export interface AttendBatchItem {
+  /** The sequence to attend over (of this cache; each sequence at most once per batch). */
+  sequence: Sequence;
+  /**
+   * [tokens, queryHeads, headDim]: one decode row or a prefill chunk, as in `seq.attend`: the last
+   * `tokens` positions appended to the layer. Float32Array, or Uint16Array of raw f16/bf16 bits.
+   */
+  queries: Float32Array | Uint16Array;
+  /** Where to write this item's result (see AttendOptions.out). Default: a new array. */
+  out?: Float32Array;
+}
+
+/** Options of `cache.attendBatch`. */
+export interface AttendBatchOptions {
+  /**
+   * Softmax scale of every item (a batch is one layer of one model), a finite float32.
+   * Default: 1 / sqrt(headDim).
+   */
+  scale?: number;
+}
+
+/** One sequence's part of `cache.appendBatch`. */
+export interface AppendBatchItem {
+  /** The sequence to grow (of this cache; each sequence at most once per batch). */
+  sequence: Sequence;
+  /** [tokens, kvHeads, headDim], as in `seq.append`; every item of a batch has the same array type. */
+  keys: Float32Array | Uint16Array;
+  /** [tokens, kvHeads, headDim], the same type and length as keys. */
+  values: Float32Array | Uint16Array;
+}
+
+const ATTEND_ITEM_NAMES = ["sequence", "queries", "out"] as const;
+const APPEND_ITEM_NAMES = ["sequence", "keys", "values"] as const;
+const BATCH_OPTION_NAMES = ["scale"] as const;
+
+type Checked<T> = { seqs: Sequence[]; ids: Int32Array; parts: T[] };
+
+// The items as an array of objects naming distinct live sequences of `cache` (DisposedError for a
+// disposed one); `idOf` reads each native id (the sync calls' busy check, or none for queued work).
+function checkItems<I extends { sequence: Sequence }>(
+  cache: KVCache,
+  items: unknown,
+  names: readonly string[],
+  idOf: (seq: Sequence) => number,
+): { items: I[]; seqs: Sequence[]; ids: Int32Array } {
+  void cache.handle;
+  if (!Array.isArray(items)) throw invalid("items", "an array of batch items", items);
+  const seqs: Sequence[] = [];
+  const seen = new Map<Sequence, number>();
+  items.forEach((item: unknown, i) => {
+    if (item === null || typeof item !== "object") throw invalid(`items[${i}]`, "an item object", item);
+    knownOptions(`items[${i}]`, item, names);
+    const seq = (item as { sequence?: unknown }).sequence;
+    if (!(seq instanceof SequenceClass) || seq.cache !== cache)
+      throw invalid(`items[${i}].sequence`, "a Sequence of this cache", seq);
+    if (seq.disposed) throw new DisposedError(`Sequence of items[${i}] was used after dispose()`);
+    const first = seen.get(seq);
+    if (first !== undefined)
+      throw invalid(`items[${i}].sequence`, `a sequence not already in the batch (it is items[${first}].sequence)`, seq);
+    seen.set(seq, i);
+    seqs.push(seq);
+  });
+  const ids = Int32Array.from(seqs, idOf);
+  return { items: items as I[], seqs, ids };
+}
+
+function batchScale(cache: KVCache, opts: AttendBatchOptions | undefined): number {
+  if (opts !== undefined) {
+    if (opts === null || typeof opts !== "object") throw invalid("options", "an options object", opts);
+    knownOptions("options", opts, BATCH_OPTION_NAMES);
+  }
+  if (opts?.scale === undefined) return 1 / Math.sqrt(cache.config.headDim);
+  return checkScale(opts.scale);
+}
+
+type AttendPart = { q: Float32Array; out?: Float32Array; commit: () => void };
+
+function checkAttendBatch(
+  cache: KVCache,
+  layer: unknown,
+  items: unknown,
+  opts: AttendBatchOptions | undefined,
+  idOf: (seq: Sequence) => number,
+): Checked<AttendPart> & { l: number; scale: number } {
+  const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
+  const scale = batchScale(cache, opts);
+  const { items: list, seqs, ids } = checkItems<AttendBatchItem>(cache, items, ATTEND_ITEM_NAMES, idOf);
+  const parts = list.map((item, i) =>
+    item.sequence.checkAttend(l, item.queries, { out: item.out } as AttendOptions, scale, `items[${i}].`),
+  );
+  // An item's output must not overlap another item's queries or output: the batch reads every
+  // item's queries after it wrote outputs (the observation window) and writes all outputs. Only
+  // arrays over one buffer can overlap: grouped by buffer, the check is linear in the items.
+  if (list.some((item) => item.out !== undefined)) {
+    const byBuffer = new Map<ArrayBufferLike, { i: number; what: string; a: ArrayBufferView }[]>();
+    list.forEach((item, i) => {
+      for (const [what, a] of [["queries", item.queries], ["out", item.out]] as const) {
+        if (a === undefined) continue;
+        const group = byBuffer.get(a.buffer);
+        if (group) group.push({ i, what, a });
+        else byBuffer.set(a.buffer, [{ i, what, a }]);
+      }
+    });
+    for (const group of byBuffer.values()) {
+      if (group.length < 2) continue;
+      for (const o of group) {
+        if (o.what !== "out") continue;
+        for (const x of group) {
+          if (x.i === o.i) continue;
+          const a0 = o.a.byteOffset, a1 = a0 + o.a.byteLength, b0 = x.a.byteOffset, b1 = b0 + x.a.byteLength;
+          if (a0 < b1 && b0 < a1) throw invalid(`items[${o.i}].out`, `an array that does not overlap items[${x.i}].${x.what}`, o.a);
+        }
+      }
+    }
+  }
+  return { l, scale, seqs, ids, parts };
+}
+
+/** See KVCache.attendBatch. */
+export function attendBatch(cache: KVCache, layer: number, items: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
+  const { l, scale, ids, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.id);
+  if (parts.length === 0) return [];
+  let result: Float32Array[];
+  try {
+    result = cache.handle.attendBatch(l, ids, parts.map((p) => p.q), scale, parts.map((p) => p.out));
+  } catch (e) {
+    rethrow(e);
+  }
+  for (const p of parts) p.commit();
+  return result;
+}
+
+/** See KVCache.attendBatchAsync. */
+export async function attendBatchAsync(
+  cache: KVCache,
+  layer: number,
+  items: readonly AttendBatchItem[],
+  opts?: AttendBatchOptions,
+): Promise<Float32Array[]> {
+  const { l, scale, seqs, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
+  if (parts.length === 0) return [];
+  // The bounds join now; the queries join the observation windows when the work runs.
+  for (const p of parts) p.commit();
+  // A batch that waits its turn keeps its own copy of the queries (the addon copies them when the work starts).
+  const waits = seqs.some((s) => s.pending > 0);
+  const queries = parts.map((p, i) => (waits && p.q === items[i].queries ? p.q.slice() : p.q));
+  const outs = parts.map((p) => p.out);
+  return SequenceClass.enqueueAll(seqs, async () => {
+    try {
+      const ids = Int32Array.from(seqs, (s) => s.nativeId());
+      return await cache.handle.attendBatchAsync(l, ids, queries, scale, outs);
+    } catch (e) {
+      rethrow(e);
+    }
+  });
+}
+
+type AppendPart = { keys: Float32Array | Uint16Array; values: Float32Array | Uint16Array; checked: { keyMax: number; valueMax: number; tokens: number } };
+
+function checkAppendBatch(cache: KVCache, layer: unknown, items: unknown, idOf: (seq: Sequence) => number): Checked<AppendPart> & { l: number } {
+  const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
+  const { items: list, seqs, ids } = checkItems<AppendBatchItem>(cache, items, APPEND_ITEM_NAMES, idOf);
+  const parts = list.map((item, i) => {
+    const checked = item.sequence.checkAppend(l, item.keys, item.values, `items[${i}].`);
+    if (i > 0 && isFloat32Array(item.keys) !== isFloat32Array(list[0].keys))
+      throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(list[0].keys) ? "Float32Array" : "Uint16Array"})`, item.keys);
+    return { keys: item.keys, values: item.values, checked };
+  });
+  return { l, seqs, ids, parts };
+}
+
+// The append itself, through the cache's pressure policy (on out-of-pages it may compress other
+// sequences and retry; the batch goes in whole or not at all).
+function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array, parts: AppendPart[]): void {
+  cache.withPressure(seqs[0], () => {
+    try {
+      cache.handle.appendBatch(l, ids, parts.map((p) => p.keys), parts.map((p) => p.values));
+    } catch (e) {
+      rethrow(e);
+    }
+  });
+}
+
+/** See KVCache.appendBatch. */
+export function appendBatch(cache: KVCache, layer: number, items: readonly AppendBatchItem[]): void {
+  const { l, seqs, ids, parts } = checkAppendBatch(cache, layer, items, (s) => s.id);
+  if (parts.length === 0) return;
+  runAppend(cache, l, seqs, ids, parts);
+  parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
+}
+
+/** See KVCache.appendBatchAsync. */
+export function appendBatchAsync(cache: KVCache, layer: number, items: readonly AppendBatchItem[]): Promise<void> {
+  let checked: ReturnType<typeof checkAppendBatch>;
+  try {
+    checked = checkAppendBatch(cache, layer, items, (s) => s.nativeId());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  const { l, seqs, parts } = checked;
+  if (parts.length === 0) return Promise.resolve();
+  // The rows are read now: a batch that waits its turn keeps its own copy.
+  const waits = seqs.some((s) => s.pending > 0);
+  const own = waits ? parts.map((p) => ({ ...p, keys: p.keys.slice(), values: p.values.slice() })) : parts;
+  // Calls made after this one see these rows as appended (their checks count them).
+  parts.forEach((p, i) => seqs[i].noteAppend(l, p.checked, p.checked.tokens));
+  return SequenceClass.enqueueAll(seqs, async () => {
+    parts.forEach((p, i) => seqs[i].noteAppend(l, p.checked, -p.checked.tokens));
+    runAppend(cache, l, seqs, Int32Array.from(seqs, (s) => s.nativeId()), own);
+    own.forEach((p, i) => seqs[i].appended_(l, p.checked));
+  });
+}
