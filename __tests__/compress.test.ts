@@ -400,7 +400,7 @@ describe("bad input: a clear error and the sequence untouched", () => {
     };
   }
   const cases: [string, object, string][] = [
-    ["unknown scorer", { ratio: 0.5, scorer: "lru" }, 'Expected one of "snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random" for scorer but received "lru" of type string'],
+    ["unknown scorer", { ratio: 0.5, scorer: "lru" }, 'Expected one of "snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random", "expected-attention" for scorer but received "lru" of type string'],
     ["unknown allocation", { ratio: 0.5, allocation: "fair" }, 'Expected one of "uniform", "pyramidkv", "adakv", "lukv" for allocation but received "fair" of type string'],
     ["ratio 1", { ratio: 1 }, "Expected a number in [0, 1) for ratio but received 1 of type number"],
     ["ratio negative", { ratio: -0.1 }, "Expected a number in [0, 1) for ratio but received -0.1 of type number"],

@@ -5,7 +5,7 @@
 // LUKV_REQUIRE_DEVICE_SUITE=1 (set by .ci/run) makes that a failure.
 import * as fs from "fs";
 import * as path from "path";
-import { KVCache, Sequence, DType, backends, createProfile, CompressOptions } from "../ts";
+import { KVCache, Sequence, DType, backends, createProfile, CompressOptions, QueryStatistics } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 import { referenceAttention, relativeError } from "./helpers/reference";
 import { headsOf, lastPositions } from "./helpers/cache";
@@ -190,6 +190,40 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         appendBoth(a, b, l, 1, r);
         attendBoth(a, b, l, 1, r, `decode after compress, layer ${l}`);
       }
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  const expectedCases: { dtype: DType; group: number; covariance: boolean; valueNorm: boolean }[] = [
+    { dtype: "f32", group: 4, covariance: true, valueNorm: true },
+    { dtype: "f16", group: 1, covariance: false, valueNorm: true },
+    { dtype: "bf16", group: 4, covariance: true, valueNorm: false },
+  ];
+  test.each(expectedCases)("expected-attention $dtype, GQA $group, covariance $covariance, value norm $valueNorm", ({ dtype, group, covariance, valueNorm }) => {
+    const r = rng(seed ^ (group * 7919 + dtype.length * 31 + (covariance ? 1 : 0) + (valueNorm ? 2 : 0)));
+    const s: Shape = { layers: 2, kvHeads: 2, queryHeads: 2 * group, headDim: 64, dtype };
+    const pair = new Pair(s);
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      const statistics = new QueryStatistics({ layers: 2, queryHeads: s.queryHeads, headDim: 64, skip: 4, covariance });
+      for (let l = 0; l < s.layers; l++) {
+        appendBoth(a, b, l, 70 + 20 * l, r);
+        statistics.add(l, randn(r, (70 + 20 * l) * s.queryHeads * 64).map((v, i) => v + Math.sin(i)));
+      }
+      const expectedAttention = { statistics, rope: { theta: 10000 }, futurePositions: 100, valueNorm };
+      const before = [];
+      for (let l = 0; l < s.layers; l++) {
+        const sa = a.scores(l, "expected-attention", { sink: 4, expectedAttention }), sb = b.scores(l, "expected-attention", { sink: 4, expectedAttention });
+        for (let h = 0; h < s.kvHeads; h++) {
+          expect(relativeError(sb[h], sa[h])).toBeLessThan(1e-4);
+          before.push({ positions: a.positions(l, h), scores: sa[h] });
+        }
+      }
+      const options: CompressOptions = { ratio: 0.6, allocation: "adakv", scorer: "expected-attention", sink: 4, window: 1, expectedAttention };
+      const ra = a.compress(options), rb = b.compress(options);
+      expect(rb.total).toBe(ra.total);
+      expect(keptAgree(before, a, b)).toBe(true);
     } finally {
       pair.dispose();
     }

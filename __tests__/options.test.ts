@@ -17,7 +17,7 @@ function expectInvalid(fn: () => unknown, message: string): void {
   expect(caught?.message).toBe(message);
 }
 
-const COMPRESS = "scorer, window, pooling, kernel, groupReduce, seed, scale, observationQueries, valueNorm, ratio, budget, allocation, profile, budgets, sink, alpha, beta";
+const COMPRESS = "scorer, window, pooling, kernel, groupReduce, seed, scale, observationQueries, valueNorm, sink, expectedAttention, ratio, budget, allocation, profile, budgets, alpha, beta";
 
 test("cache, attend, compress, scores and recordOracle options", async () => {
   expectInvalid(
@@ -40,7 +40,7 @@ test("cache, attend, compress, scores and recordOracle options", async () => {
     expect(seq.lengths()).toEqual(before);
     expectInvalid(
       () => seq.scores(0, "snapkv", { windw: 4 } as never),
-      'Expected only window, pooling, kernel, groupReduce, seed, scale, observationQueries, valueNorm in options but received "windw" (did you mean window?)',
+      'Expected only window, pooling, kernel, groupReduce, seed, scale, observationQueries, valueNorm, sink, expectedAttention in options but received "windw" (did you mean window?)',
     );
     expectInvalid(() => seq.attend(0, new Float32Array(16), { scael: 1 } as never), 'Expected only scale, out in options but received "scael" (did you mean scale?)');
     await expect(seq.attendAsync(0, new Float32Array(16), { outt: 1 } as never)).rejects.toMatchObject({

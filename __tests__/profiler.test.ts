@@ -444,7 +444,7 @@ describe("Profiler", () => {
     );
     expect(() => new Profiler({ layers: 1, kvHeads: 2, scorer: "snap" as never })).toThrow('Expected one of "snapkv", "keydiff"');
     expect(() => new Profiler({ layers: 1, kvHeads: 2, scorerOptions: { window: 16 } as never })).toThrow(
-      'Expected only pooling, kernel, groupReduce, seed, scale, valueNorm in scorerOptions (window is the profiler\'s own option) but received "window"',
+      'Expected only pooling, kernel, groupReduce, seed, scale, valueNorm, expectedAttention in scorerOptions (window is the profiler\'s own option) but received "window"',
     );
     expect(() => new Profiler({ layers: 1, kvHeads: 2, scorerOptions: { kernel: 4 } })).toThrow("Expected odd integer between 1 and 1025 for kernel but received 4 of type number");
     expect(() => new Profiler({ layers: 1, kvHeads: 2, grid: 0 })).toThrow("Expected positive integer at most 100000 for grid but received 0 of type number");

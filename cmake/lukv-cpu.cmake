@@ -29,11 +29,13 @@ function(lukv_core_sources out native)
     ${native}/core/batch.cpp
     ${native}/core/compress.cpp
     ${native}/core/oracle.cpp
+    ${native}/core/expected_attention.cpp
     ${native}/core/sequence_file.cpp
     ${native}/core/crc32c.cpp
     ${native}/cpu/cache.cpp
     ${native}/cpu/attention.cpp
     ${native}/cpu/scores.cpp
+    ${native}/cpu/statistics.cpp
     ${native}/cpu/compress.cpp
     ${kernels}
     PARENT_SCOPE)

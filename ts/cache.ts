@@ -869,7 +869,7 @@ export class Sequence {
     const l = this.#layer(layer);
     if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
     knownOptions("options", options, SCORE_OPTION_NAMES.filter((k) => k !== "scorer"));
-    const n = nativeScoreOptions({ ...options, scorer }, this.#cache.config);
+    const n = nativeScoreOptions({ ...options, scorer }, this.#cache.config, () => [l]);
     this.#checkScoring(n, [l]);
     try {
       return this.#cache.handle.scores(id, l, n);

@@ -3,23 +3,24 @@ import { invalid, InvalidArgumentError } from "./errors";
 import { integerInRange, isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
 import { pruneRatiosAt, type Profile } from "./profile";
 import { checkScale } from "./finite";
+import { nativeExpectedAttention, type ExpectedAttentionOptions, type NativeExpectedAttention } from "./expected-attention";
 
 /** How tokens are ranked inside a head (higher score = keep). */
-export type ScorerName = "snapkv" | "keydiff" | "knorm" | "tova" | "h2o" | "streaming" | "random";
+export type ScorerName = "snapkv" | "keydiff" | "knorm" | "tova" | "h2o" | "streaming" | "random" | "expected-attention";
 /** How many tokens each (layer, KV head) keeps. */
 export type AllocationName = "uniform" | "pyramidkv" | "adakv" | "lukv";
 export type PoolingName = "max" | "avg" | "none";
 
-export const SCORERS: readonly ScorerName[] = ["snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random"];
+export const SCORERS: readonly ScorerName[] = ["snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random", "expected-attention"];
 export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "adakv", "lukv"];
 const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
 /** Scorers whose scores are attention weights, which valueNorm can weight. */
 const VALUE_NORM_SCORERS: readonly ScorerName[] = ["snapkv", "tova", "h2o"];
 
 /** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
-export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries", "valueNorm"] as const;
+export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries", "valueNorm", "sink", "expectedAttention"] as const;
 /** The option names compress() accepts. */
-export const COMPRESS_OPTION_NAMES = [...SCORE_OPTION_NAMES, "ratio", "budget", "allocation", "profile", "budgets", "sink", "alpha", "beta"] as const;
+export const COMPRESS_OPTION_NAMES = [...SCORE_OPTION_NAMES, "ratio", "budget", "allocation", "profile", "budgets", "alpha", "beta"] as const;
 
 /** Options of the scorers, shared by compress() and scores(). */
 export interface ScoreOptions {
@@ -59,6 +60,13 @@ export interface ScoreOptions {
    * ("snapkv", "tova", "h2o"). Default: false.
    */
   valueNorm?: boolean;
+  /**
+   * First tokens of every head always kept (attention sinks); "expected-attention" also leaves them
+   * out of its softmax and gives them the head's highest score. Default: 4.
+   */
+  sink?: number;
+  /** The "expected-attention" scorer's query statistics and settings (required by that scorer, refused by the others). */
+  expectedAttention?: ExpectedAttentionOptions;
 }
 
 /** Options of compress(). */
@@ -82,8 +90,6 @@ export interface CompressOptions extends ScoreOptions {
   profile?: Profile;
   /** Explicit keep counts per (layer, KV head), Int32Array [layers * kvHeads]; overrides ratio, budget and allocation. */
   budgets?: Int32Array;
-  /** First tokens of every head always kept (attention sinks). Default: 4. */
-  sink?: number;
   /** Ada-KV: floor of each head, as a fraction of its proportional share of the layer budget. Default: 0.2. */
   alpha?: number;
   /** PyramidKV: the top layer keeps 1/beta of the average budget, the bottom one 2 - 1/beta of it. Default: 20. */
@@ -126,6 +132,7 @@ export interface NativeCompressOptions {
   sink: number;
   alpha: number;
   beta: number;
+  expected?: NativeExpectedAttention;
 }
 
 interface Shape {
@@ -135,7 +142,11 @@ interface Shape {
   headDim: number;
 }
 
-export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompressOptions {
+/**
+ * `scoredLayers`: the layers that will be scored (the expected-attention statistics must cover
+ * them); without it the expectedAttention option is left to the caller to check.
+ */
+export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?: () => number[]): NativeCompressOptions {
   if (o === null || typeof o !== "object") throw invalid("options", "an options object", o);
   const scorer = oneOf("scorer", o.scorer ?? "snapkv", SCORERS);
   const window = nonNegativeInteger("window", o.window ?? 32, 2 ** 31 - 1);
@@ -164,6 +175,10 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
     });
     observation = o.observationQueries;
   }
+  const sink = nonNegativeInteger("sink", o.sink ?? 4, 2 ** 31 - 1);
+  if (scorer !== "expected-attention" && o.expectedAttention !== undefined)
+    throw invalid("expectedAttention", `no value with scorer ${JSON.stringify(scorer)} (it configures "expected-attention")`, o.expectedAttention);
+  const expected = scorer === "expected-attention" && scoredLayers ? nativeExpectedAttention(o.expectedAttention, shape, scoredLayers()) : undefined;
   return {
     scorer,
     window,
@@ -177,16 +192,20 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape): NativeCompres
     observation,
     allocation: "uniform",
     ratio: 0,
-    sink: 4,
+    sink,
     alpha: 0.2,
     beta: 20,
+    expected,
   };
 }
 
 /** Validates compress() options; `lengths` (current per-head lengths) check explicit budgets. */
 export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths: () => Int32Array): NativeCompressOptions {
-  const n = nativeScoreOptions(o, shape);
-  n.sink = nonNegativeInteger("sink", o.sink ?? 4, 2 ** 31 - 1);
+  const n = nativeScoreOptions(o, shape, () => {
+    const len = lengths(), held: number[] = [];
+    for (let l = 0; l < shape.layers; l++) if (len.subarray(l * shape.kvHeads, (l + 1) * shape.kvHeads).some((x) => x > 0)) held.push(l);
+    return held;
+  });
   const alpha = o.alpha ?? 0.2;
   if (typeof alpha !== "number" || !(alpha >= 0 && alpha <= 1)) throw invalid("alpha", "a number between 0 and 1", alpha);
   n.alpha = alpha;

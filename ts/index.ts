@@ -17,6 +17,8 @@ export {
 export { f32ToF16Bits, f16BitsToF32, f32ToBf16Bits, bf16BitsToF32, toBits, fromBits, roundTo } from "./dtype";
 export type { DType } from "./dtype";
 export type { CompressOptions, CompressReport, ScoreOptions, ScorerName, AllocationName, PoolingName } from "./compress";
+export { QueryStatistics } from "./expected-attention";
+export type { QueryStatisticsOptions, ExpectedAttentionOptions, RopeOptions } from "./expected-attention";
 export * from "./budget";
 export * from "./profile";
 export * from "./profiler";

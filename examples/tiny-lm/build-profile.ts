@@ -1,7 +1,12 @@
 // Builds the LU-KV profile of the embedded model from its calibration texts and writes it next to
 // the model, where `lukv demo` and `lukv eval` find it:
 //
-//   npx tsc -p tsconfig.build.json && node dist/examples/tiny-lm/build-profile.js [MODEL_DIR] [--scorer snapkv]
+//   npx tsc -p tsconfig.build.json && node dist/examples/tiny-lm/build-profile.js [MODEL_DIR] [--scorer snapkv] [--sink 4] [--window 32]
+//
+// The Expected Attention profile shipped with the model (the LU-KV authors' configuration,
+// epsilon 0.02, sink 4, window 1; its query statistics come from each context's own prefill):
+//
+//   node dist/examples/tiny-lm/build-profile.js --scorer expected-attention --window 1
 //
 // For each calibration text, windows of 384, 640 and 896 tokens are prefilled with the full cache;
 // then seq.recordOracle({ outputProjection: W_O }) (W_O = o_proj.weight transposed) and the text's
@@ -17,6 +22,11 @@ import { calibrateTinyLM, defaultModelDir, loadTinyLM, modelTexts } from "../../
 const args = process.argv.slice(2);
 const scorerAt = args.indexOf("--scorer");
 const scorer = (scorerAt >= 0 ? args.splice(scorerAt, 2)[1] : "snapkv") as ScorerName;
+const numberOption = (name: string, def: number) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? Number(args.splice(at, 2)[1]) : def;
+};
+const sink = numberOption("--sink", 4), window = numberOption("--window", 32);
 const dir = args[0] ?? defaultModelDir();
 const out = path.join(dir, scorer === "snapkv" ? "profile.json" : `profile-${scorer}.json`);
 
@@ -26,6 +36,8 @@ const texts = modelTexts(dir, "calibration");
 console.log(`calibrating ${scorer} on ${texts.length} texts: ${texts.map((t) => t.name).join(", ")}`);
 const { profiles, reports, contexts } = calibrateTinyLM(model, texts, {
   scorers: [scorer],
+  sink,
+  window,
   onProgress: (done, total) => process.stderr.write(`\rcontexts ${done}/${total}`),
 });
 process.stderr.write("\n");

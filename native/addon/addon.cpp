@@ -12,6 +12,7 @@
 #include "../core/cache.h"
 #include "../cpu/kernels.h"
 #include "../cpu/membench.h"
+#include "../cpu/statistics.h"
 #include "scan.h"
 #ifdef LUKV_WITH_CUDA
 #include "../cuda/probe.h"
@@ -75,7 +76,7 @@ struct Named {
 };
 const Named<Scorer> kScorers[] = {{"snapkv", Scorer::SnapKV}, {"keydiff", Scorer::KeyDiff}, {"knorm", Scorer::KNorm},
                                   {"tova", Scorer::TOVA},     {"h2o", Scorer::H2O},         {"streaming", Scorer::Streaming},
-                                  {"random", Scorer::Random}};
+                                  {"random", Scorer::Random}, {"expected-attention", Scorer::ExpectedAttention}};
 const Named<Pooling> kPoolings[] = {{"none", Pooling::None}, {"max", Pooling::Max}, {"avg", Pooling::Avg}};
 const Named<Allocation> kAllocations[] = {{"uniform", Allocation::Uniform},
                                           {"pyramidkv", Allocation::PyramidKV},
@@ -364,6 +365,30 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return p;
   }
 
+  // Expected Attention's statistics (Float64Array per layer) and settings, validated in TypeScript.
+  static void parseExpected(Napi::Object o, const CacheConfig& cfg, ExpectedAttentionOptions& e) {
+    auto f64 = [](Napi::Value v, std::vector<double>& out) {
+      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) return;
+      auto a = v.As<Napi::Float64Array>();
+      out.assign(a.Data(), a.Data() + a.ElementLength());
+    };
+    auto perLayer = [&](const char* key, std::vector<std::vector<double>>& out) {
+      Napi::Value v = o.Get(key);
+      out.assign(cfg.layers, {});
+      if (!v.IsArray()) return;
+      Napi::Array arr = v.As<Napi::Array>();
+      for (uint32_t l = 0; l < arr.Length() && l < (uint32_t)cfg.layers; ++l) f64(arr.Get(l), out[l]);
+    };
+    perLayer("mean", e.mean);
+    perLayer("covariance", e.covariance);
+    f64(o.Get("inverseFrequencies"), e.inverseFrequencies);
+    Napi::Value fp = o.Get("futurePositions"), eps = o.Get("epsilon");
+    if (fp.IsNumber()) e.futurePositions = fp.As<Napi::Number>().Int32Value();
+    if (eps.IsNumber()) e.epsilon = eps.As<Napi::Number>().DoubleValue();
+    e.useCovariance = o.Get("useCovariance").ToBoolean().Value();
+    e.valueNorm = o.Get("valueNorm").ToBoolean().Value();
+  }
+
   // Batched steps: (layer, sequence ids, one typed array per item, ...). Arguments arrive checked
   // from TypeScript; these checks keep the native code safe from anything that slips through.
   static std::vector<int32_t> batchIds(const Napi::CallbackInfo& info, size_t i) {
@@ -560,6 +585,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     c.allocation = named(env, o, "allocation", kAllocations, Allocation::Uniform);
     c.ratio = num("ratio", 0);
     c.sink = (int)num("sink", 4);
+    s.sink = c.sink;
+    Napi::Value ea = o.Get("expected");
+    if (ea.IsObject()) parseExpected(ea.As<Napi::Object>(), cfg, s.expected);
     c.alpha = num("alpha", 0.2);
     c.beta = num("beta", 20);
     Napi::Value pr = o.Get("pruneRatios");
@@ -917,6 +945,32 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// accumulateQueryStatistics(queries, first, tokens, queryHeads, headDim, shift, sum, products | null):
+// QueryStatistics.add's sums (arguments checked in TypeScript; sizes checked again here).
+Napi::Value AccumulateQueryStatistics(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto view = [&](int i, napi_typedarray_type want, size_t need) -> void* {
+    napi_typedarray_type type;
+    size_t length = 0;
+    void* data = nullptr;
+    if (i >= (int)info.Length() || !info[i].IsTypedArray() ||
+        napi_get_typedarray_info(env, info[i], &type, &length, &data, nullptr, nullptr) != napi_ok || type != want ||
+        length < need)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "accumulateQueryStatistics: argument " + std::to_string(i) + " is not a typed array of the expected type and size");
+    return data;
+  };
+  const int first = info[1].As<Napi::Number>().Int32Value(), tokens = info[2].As<Napi::Number>().Int32Value();
+  const int Q = info[3].As<Napi::Number>().Int32Value(), D = info[4].As<Napi::Number>().Int32Value();
+  if (first < 0 || tokens < first || Q < 1 || D < 1) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "accumulateQueryStatistics: bad sizes");
+  const size_t row = (size_t)Q * D;
+  const float* q = static_cast<const float*>(view(0, napi_float32_array, (size_t)tokens * row));
+  const double* shift = static_cast<const double*>(view(5, napi_float64_array, row));
+  double* sum = static_cast<double*>(view(6, napi_float64_array, row));
+  double* products = info.Length() > 7 && info[7].IsTypedArray() ? static_cast<double*>(view(7, napi_float64_array, row * D)) : nullptr;
+  cpu::accumulateQueryStatistics(q, first, tokens, Q, D, shift, sum, products);
+  return env.Undefined();
+}
+
 // keepOrder(scores: Float32Array, sink, window) -> Int32Array: the tokens outside the sink and the
 // window, best first, ranked exactly as compress ranks them (core/allocation keepOrder).
 Napi::Value KeepOrder(const Napi::CallbackInfo& info) {
@@ -953,6 +1007,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scanValues", Napi::Function::New(env, ScanValues));
   exports.Set("keepOrder", Napi::Function::New(env, KeepOrder));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("accumulateQueryStatistics", Napi::Function::New(env, AccumulateQueryStatistics));
   return exports;
 }
 

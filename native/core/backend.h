@@ -55,6 +55,10 @@ struct ScoreRequest {
   const int32_t* queryPositions = nullptr;
   int rows = 0;
   const float* mass = nullptr;  // h2o: host [length]
+  // expected-attention: the layer's rotated query mean [queryHeads, headDim] and covariance
+  // [queryHeads, headDim, headDim] (null without the covariance term), host.
+  const float* expectedMean = nullptr;
+  const float* expectedCovariance = nullptr;
   float* out = nullptr;         // host [length]
 };
 

@@ -11,6 +11,7 @@
 
 #include "allocation.h"
 #include "cache.h"
+#include "expected_attention.h"
 
 namespace lukv {
 
@@ -65,6 +66,10 @@ void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers,
     if (o.scorer == Scorer::H2O && !seq.accumulate)
       throwInvalid("scorer \"h2o\" needs attention mass accumulated during decode: call seq.accumulateAttention() before attending");
   }
+  const bool expected = o.scorer == Scorer::ExpectedAttention;
+  std::vector<RotatedStatistics> rotated(expected ? cfg_.layers : 0);
+  if (expected)
+    for (int l : layers) rotated[l] = rotateStatistics(o.expected, l, cfg_.queryHeads, cfg_.headDim, seq.appended[l]);
   out.assign((size_t)cfg_.layers * H, {});
   std::vector<ScoreRequest> work;
   for (int l : layers)
@@ -79,10 +84,16 @@ void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers,
       r.queryPositions = rowPos[l].data();
       r.rows = (int)rowPos[l].size();
       r.mass = seq.accumulate ? seq.mass[idx].data() : nullptr;
+      if (expected) {
+        r.expectedMean = rotated[l].mean.data();
+        r.expectedCovariance = o.expected.useCovariance ? rotated[l].covariance.data() : nullptr;
+      }
       r.out = out[idx].data();
       work.push_back(r);
     }
   backend_->scores(work, cfg_.kvHeads, cfg_.queryHeads, o);
+  if (expected)
+    for (const ScoreRequest& r : work) fillSinkScores(r.out, r.head->length(), o.sink);
   if (o.groupLayer && (o.scorer == Scorer::SnapKV || o.scorer == Scorer::TOVA))
     for (int l : layers) layerMeanScores(seq, l, out);
   // The attention a token gets times the size of what it contributes: score x ||v||.

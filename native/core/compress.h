@@ -5,9 +5,22 @@
 
 namespace lukv {
 
-enum class Scorer { SnapKV = 0, KeyDiff = 1, KNorm = 2, TOVA = 3, H2O = 4, Streaming = 5, Random = 6 };
+enum class Scorer { SnapKV = 0, KeyDiff = 1, KNorm = 2, TOVA = 3, H2O = 4, Streaming = 5, Random = 6, ExpectedAttention = 7 };
 enum class Allocation { Uniform, PyramidKV, AdaKV, LUKV, Explicit };
 enum class Pooling { None = 0, Max = 1, Avg = 2 };
+
+// Expected Attention (Devoto et al. 2025, kvpress ExpectedAttentionPress): the statistics of the
+// prompt's pre-RoPE queries, and how the scorer turns them into expected attention.
+struct ExpectedAttentionOptions {
+  // Per layer: the mean [queryHeads, headDim] and (when covariance is on) the covariance
+  // [queryHeads, headDim, headDim] of the queries; empty for a layer without statistics.
+  std::vector<std::vector<double>> mean, covariance;
+  std::vector<double> inverseFrequencies;  // RoPE, headDim / 2
+  int futurePositions = 512;               // the rotation is averaged over this many next positions
+  bool useCovariance = true;               // include the covariance term
+  bool valueNorm = true;                   // (score + epsilon) * ||v||
+  double epsilon = 0.02;
+};
 
 struct ScoreOptions {
   Scorer scorer = Scorer::SnapKV;
@@ -21,6 +34,8 @@ struct ScoreOptions {
   float scale = 0.f;               // softmax scale of attention-based scorers
   // Optional observation queries per layer ([rows, queryHeads, headDim]); empty = remembered ones.
   std::vector<std::vector<float>> observation;
+  int sink = 4;                    // expected-attention: first tokens left out of the softmax
+  ExpectedAttentionOptions expected;
 };
 
 struct CompressOptions {

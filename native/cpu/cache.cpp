@@ -102,6 +102,8 @@ void CpuBackend::scores(const std::vector<ScoreRequest>& heads, int kvHeads, int
     a.queryPositions = r.queryPositions;
     a.rows = r.rows;
     a.accumulated = r.mass;
+    a.expectedMean = r.expectedMean;
+    a.expectedCovariance = r.expectedCovariance;
     a.options = &options;
     scoreHead(a, r.out);
   });

@@ -62,6 +62,8 @@ struct Kernels {
   void (*attendSpan)(int dt, const Span& span, int D, int G);
   // out[j] = ||row j|| (L2 norm of K or V rows) for j < n.
   void (*rowNorms)(int dt, const void* rows, int n, int D, float* out);
+  // out[g*ld + j] = k_j' A_g k_j for f32 rows k_j of K [n, D] and f32 matrices A_g [G, D, D].
+  void (*quadForms)(const float* K, int n, int D, const float* A, int G, float* out, int ld);
 };
 
 const Kernels& kernelsGeneric();

@@ -591,4 +591,50 @@ static void rowNorms(int dt, const void* rows, int n, int D, float* out) {
   else rowNormsImpl<2>(rows, n, D, out);
 }
 
-static const Kernels kTable = {KERNEL_NAME, qk, expSum, maxOf, attendSpan, rowNorms};
+// out[g*ld + j] = k_j' A_g k_j for float32 rows k_j of K [n, D] and matrices A_g [G, D, D], as
+// k_j . (sum_i k_j[i] A_g[i][:]): rows of A_g scaled and added (no horizontal sums but one per
+// key and tile), four keys at a time so every row of A loaded feeds four of them.
+template <int T>
+static inline void quadTile(const float* K, int D, const float* A, int d0, int jb, float* q) {
+  constexpr int JB = 4;
+  Vec acc[JB][T];
+  for (int b = 0; b < JB; ++b)
+    for (int t = 0; t < T; ++t) acc[b][t] = Vec::zero();
+  for (int i = 0; i < D; ++i) {
+    Vec a[T];
+    for (int t = 0; t < T; ++t) a[t] = Vec::loadF32(A + (int64_t)i * D + d0 + t * Vec::W);
+    for (int b = 0; b < jb; ++b) {
+      const Vec k = Vec::set1(K[(int64_t)b * D + i]);
+      for (int t = 0; t < T; ++t) acc[b][t] = Vec::fma(k, a[t], acc[b][t]);
+    }
+  }
+  for (int b = 0; b < jb; ++b) {
+    Vec r = Vec::zero();
+    for (int t = 0; t < T; ++t) r = Vec::fma(acc[b][t], Vec::loadF32(K + (int64_t)b * D + d0 + t * Vec::W), r);
+    q[b] += r.sum();
+  }
+}
+
+static void quadForms(const float* K, int n, int D, const float* A, int G, float* out, int ld) {
+  constexpr int JB = 4, T = Vec::kTile;
+  for (int g = 0; g < G; ++g) {
+    const float* Ag = A + (int64_t)g * D * D;
+    for (int j0 = 0; j0 < n; j0 += JB) {
+      const int jb = n - j0 < JB ? n - j0 : JB;
+      const float* Kj = K + (int64_t)j0 * D;
+      float q[JB] = {0.f, 0.f, 0.f, 0.f};
+      int d0 = 0;
+      for (; d0 + T * Vec::W <= D; d0 += T * Vec::W) quadTile<T>(Kj, D, Ag, d0, jb, q);
+      for (; d0 + Vec::W <= D; d0 += Vec::W) quadTile<1>(Kj, D, Ag, d0, jb, q);
+      for (; d0 < D; ++d0)
+        for (int b = 0; b < jb; ++b) {
+          float y = 0.f;
+          for (int i = 0; i < D; ++i) y += Kj[(int64_t)b * D + i] * Ag[(int64_t)i * D + d0];
+          q[b] += y * Kj[(int64_t)b * D + d0];
+        }
+      for (int b = 0; b < jb; ++b) out[(int64_t)g * ld + j0 + b] = q[b];
+    }
+  }
+}
+
+static const Kernels kTable = {KERNEL_NAME, qk, expSum, maxOf, attendSpan, rowNorms, quadForms};

@@ -64,6 +64,58 @@ void pool1d(const float* in, float* out, int L, int end, Pooling kind, int kerne
   }
 }
 
+// Expected attention of the group's query heads to every token after the sink:
+// z = scale * mean'.k + scale^2 / 2 * k' covariance' k (the statistics already rotated to the
+// future positions), a softmax over those tokens per query head, the mean over the group, then
+// (score + epsilon) * ||v|| with the value norm. The sink tokens' scores are set by the caller.
+void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
+  const HeadState& h = *a.head;
+  const ScoreOptions& o = *a.options;
+  const int32_t L = h.length(), sink = std::min<int32_t>(o.sink, L), n = L - sink;
+  if (n <= 0) return;
+  const int G = a.group, D = a.headDim, P = a.pool->pageSize();
+  const int dt = (int)a.pool->dtype();
+  const size_t rowBytes = a.pool->rowBytes();
+  const float scale = o.scale, half = 0.5f * scale * scale;
+  const float* mean = a.expectedMean + (size_t)a.headIndex * G * D;
+  const float* cov = a.expectedCovariance ? a.expectedCovariance + (size_t)a.headIndex * G * D * D : nullptr;
+  std::vector<float> q((size_t)G * D);
+  for (size_t x = 0; x < q.size(); ++x) q[x] = mean[x] * scale;
+  std::vector<float> z((size_t)G * L);
+  // Covariance term per page segment, on the keys converted to float32 once.
+  std::vector<float> quad(cov ? (size_t)G * P : 0), k(cov ? (size_t)P * D : 0);
+  h.forSegments(P, sink, L, [&](int32_t page, int off, int cnt, int32_t t) {
+    const uint8_t* K = a.pool->keys(page) + (size_t)off * rowBytes;
+    a.kernels->qk(dt, K, cnt, D, q.data(), G, z.data() + t, L);
+    if (!cov) return;
+    for (int j = 0; j < cnt; ++j)
+      for (int d = 0; d < D; ++d) {
+        if (dt == 0) k[(size_t)j * D + d] = reinterpret_cast<const float*>(K + (size_t)j * rowBytes)[d];
+        else {
+          const uint16_t b = reinterpret_cast<const uint16_t*>(K + (size_t)j * rowBytes)[d];
+          k[(size_t)j * D + d] = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
+        }
+      }
+    a.kernels->quadForms(k.data(), cnt, D, cov, G, quad.data(), cnt);
+    for (int g = 0; g < G; ++g)
+      for (int j = 0; j < cnt; ++j) z[(size_t)g * L + t + j] += half * quad[(size_t)g * cnt + j];
+  });
+  std::fill(out + sink, out + L, 0.f);
+  for (int g = 0; g < G; ++g) {
+    float* zg = z.data() + (size_t)g * L + sink;
+    const float m = a.kernels->maxOf(zg, n);
+    const float w = 1.f / (a.kernels->expSum(zg, n, m) * (float)G);
+    for (int32_t j = 0; j < n; ++j) out[sink + j] += zg[j] * w;
+  }
+  if (!o.expected.valueNorm) return;
+  std::vector<float> norms(L);
+  h.forSegments(P, sink, L, [&](int32_t page, int off, int cnt, int32_t t) {
+    a.kernels->rowNorms(dt, a.pool->values(page) + (size_t)off * rowBytes, cnt, D, norms.data() + t);
+  });
+  const float eps = (float)o.expected.epsilon;
+  for (int32_t j = sink; j < L; ++j) out[j] = (out[j] + eps) * norms[j];
+}
+
 }  // namespace
 
 void scoreHead(const HeadScoreArgs& a, float* out) {
@@ -146,6 +198,9 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       break;
     case Scorer::Random:
       for (int32_t t = 0; t < L; ++t) out[t] = randomScore(o.seed, (uint32_t)a.layer, (uint32_t)a.headIndex, (uint32_t)h.positions[t]);
+      break;
+    case Scorer::ExpectedAttention:
+      expectedAttentionScores(a, out);
       break;
   }
 }

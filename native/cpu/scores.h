@@ -21,6 +21,9 @@ struct HeadScoreArgs {
   const int32_t* queryPositions;
   int rows;
   const float* accumulated;  // h2o: attention mass per kept token
+  // expected-attention: the layer's rotated query statistics (see ScoreRequest).
+  const float* expectedMean;
+  const float* expectedCovariance;
   const ScoreOptions* options;
 };
 

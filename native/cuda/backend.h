@@ -174,6 +174,12 @@ class CudaBackend : public Backend {
     b.groupMax = o.groupMax;
     b.seed = o.seed;
     b.scale = o.scale;
+    b.sink = o.sink;
+    b.valueNorm = o.expected.valueNorm;
+    b.epsilon = (float)o.expected.epsilon;
+    const bool expected = o.scorer == Scorer::ExpectedAttention;
+    std::map<const float*, int32_t> slotOf;  // a layer's statistics, shared by its heads
+    std::vector<const ScoreRequest*> slotHeads;
     size_t total = 0, massTotal = 0;
     for (const ScoreRequest& r : heads) {
       ScoreHeadRef x;
@@ -190,6 +196,11 @@ class CudaBackend : public Backend {
         x.rows = r.rows;
         x.queryPositions = r.queryPositions;
       }
+      if (expected) {
+        auto it = slotOf.emplace(r.expectedMean, (int32_t)slotHeads.size()).first;
+        if (it->second == (int32_t)slotHeads.size()) slotHeads.push_back(&r);
+        x.expectedSlot = it->second;
+      }
       total += (size_t)r.head->length();
       if (r.mass) massTotal += (size_t)r.head->length();
       b.heads.push_back(x);
@@ -197,6 +208,18 @@ class CudaBackend : public Backend {
     if (total == 0) return;
     b.queryRows = (int32_t)(rows.size() / std::max<size_t>(rowFloats, 1));
     if (!rows.empty()) b.queries = static_cast<const float*>(upload(q_, rows.data(), rows.size() * sizeof(float)));
+    if (expected) {
+      // The statistics take the place of the observation rows: means of every slot, then covariances.
+      const size_t meanFloats = rowFloats, covFloats = rowFloats * view_.headDim;
+      const bool cov = slotHeads[0]->expectedCovariance != nullptr;
+      std::vector<float> stats;
+      for (const ScoreRequest* r : slotHeads) stats.insert(stats.end(), r->expectedMean, r->expectedMean + meanFloats);
+      if (cov)
+        for (const ScoreRequest* r : slotHeads) stats.insert(stats.end(), r->expectedCovariance, r->expectedCovariance + covFloats);
+      const float* base = static_cast<const float*>(upload(q_, stats.data(), stats.size() * sizeof(float)));
+      b.expectedMean = base;
+      b.expectedCovariance = cov ? base + slotHeads.size() * meanFloats : nullptr;
+    }
     if (o.scorer == Scorer::H2O) {
       float* m = static_cast<float*>(grow(mass_, std::max<size_t>(massTotal, 1) * sizeof(float)));
       for (size_t i = 0; i < heads.size(); ++i) {

@@ -145,6 +145,13 @@ struct ScoreParams {
   int32_t groupMax;                // combine the GQA group by max instead of mean
   float* tiles;                    // keydiff: per-tile sums of unit keys
   float* anchor;                   // keydiff: [numHeads, headDim + 1]: mean unit key, then 1/||mean||
+  // expected-attention: statistics slot per head, the statistics (see ScoreBatch) and settings.
+  const int32_t* expectedSlot;
+  const float* expectedMean;
+  const float* expectedCovariance;
+  float scale, halfScale2;         // scale and scale^2 / 2
+  int32_t sink, valueNorm;
+  float epsilon;
 };
 
 }  // namespace cuda

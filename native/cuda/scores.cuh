@@ -186,6 +186,19 @@ __global__ void __launch_bounds__(256) obsPoolKernel(const ScoreParams p) {
   if (j < L) p.out[h.outBase + j] = p.groupMax ? agg : agg / (float)G;
 }
 
+// ||row||^2 of a K or V row read by one warp (lane l takes vectors l, l + 32, ...), in every lane.
+template <class S>
+LUKV_DEVICE float rowSquaredNorm(const uint8_t* row, int vecs, int lane) {
+  float s = 0.f;
+  for (int vi = lane; vi < vecs; vi += 32) {
+    float f[S::kPerVec];
+    S::unpack(load16(row + vi * 16), f);
+    LUKV_UNROLL
+    for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[e], f[e], s);
+  }
+  return laneSum<1, 32>(s);
+}
+
 // One warp per K row: -||k||. grid (row blocks, head).
 template <class S>
 __global__ void __launch_bounds__(256) knormKernel(const ScoreParams p) {
@@ -194,15 +207,7 @@ __global__ void __launch_bounds__(256) knormKernel(const ScoreParams p) {
   const int vecs = p.pool.headDim / S::kPerVec;
   const int32_t* pages = p.pageIndices + h.pageBegin;
   for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
-    const uint8_t* row = keyRow(p.pool, pages, p.pageShift, t);
-    float s = 0.f;
-    for (int vi = lane; vi < vecs; vi += 32) {
-      float f[S::kPerVec];
-      S::unpack(load16(row + vi * 16), f);
-      LUKV_UNROLL
-      for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[e], f[e], s);
-    }
-    s = laneSum<1, 32>(s);
+    const float s = rowSquaredNorm<S>(keyRow(p.pool, pages, p.pageShift, t), vecs, lane);
     if (lane == 0) p.out[h.outBase + t] = -sqrtf(s);
   }
 }
@@ -325,6 +330,100 @@ __global__ void __launch_bounds__(256) keyDiffKernel(const ScoreParams p) {
   }
 }
 
+// expected-attention, step 1: the logits z = scale mean'.k + scale^2/2 k' cov' k of every group
+// head for a tile of kExpectedTile tokens staged in shared memory (a warp serves 4 of them, so
+// each covariance row read feeds 4 tokens), in base-2 units; -inf for the sink tokens, which the
+// softmax leaves out. grid (token tile, head).
+constexpr int kExpectedTile = 32, kExpectedPerWarp = kExpectedTile / 8;
+template <class S>
+__global__ void __launch_bounds__(256) expectedLogitsKernel(const ScoreParams p) {
+  constexpr int VEC = S::kPerVec, T = kExpectedPerWarp;
+  __shared__ float sk[kExpectedTile][kMaxHeadDim];
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int32_t t0 = (int32_t)blockIdx.x * kExpectedTile;
+  if (t0 >= h.length) return;  // the whole block leaves, before any barrier
+  const int G = p.groupSize, D = p.pool.headDim, vecs = D / VEC;
+  const int32_t* pages = p.pageIndices + h.pageBegin;
+  for (int i = (int)threadIdx.x; i < kExpectedTile * vecs; i += 256) {
+    const int tt = i / vecs, vi = i - tt * vecs;
+    float f[VEC];
+    if (t0 + tt < h.length) {
+      S::unpack(load16(keyRow(p.pool, pages, p.pageShift, t0 + tt) + vi * 16), f);
+    } else {
+      LUKV_UNROLL
+      for (int e = 0; e < VEC; ++e) f[e] = 0.f;
+    }
+    LUKV_UNROLL
+    for (int e = 0; e < VEC; ++e) sk[tt][vi * VEC + e] = f[e];
+  }
+  __syncthreads();
+  const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+  const float(*k)[kMaxHeadDim] = sk + warp * T;
+  const int64_t first = ((int64_t)p.expectedSlot[blockIdx.y] * p.queryHeads + (int64_t)h.kvHead * G) * D;
+  for (int g = 0; g < G; ++g) {
+    const float* mean = p.expectedMean + first + (int64_t)g * D;
+    float lin[T], quad[T];
+    LUKV_UNROLL
+    for (int x = 0; x < T; ++x) lin[x] = quad[x] = 0.f;
+    for (int j = lane; j < D; j += 32) {
+      const float m = mean[j];
+      LUKV_UNROLL
+      for (int x = 0; x < T; ++x) lin[x] = fmaf(m, k[x][j], lin[x]);
+    }
+    if (p.expectedCovariance) {
+      const float* cov = p.expectedCovariance + (first + (int64_t)g * D) * D;
+      for (int i = 0; i < D; ++i) {
+        float ki[T];
+        LUKV_UNROLL
+        for (int x = 0; x < T; ++x) ki[x] = k[x][i];
+        for (int j = lane; j < D; j += 32) {
+          const float c = cov[(int64_t)i * D + j];
+          LUKV_UNROLL
+          for (int x = 0; x < T; ++x) quad[x] = fmaf(ki[x] * c, k[x][j], quad[x]);
+        }
+      }
+    }
+    LUKV_UNROLL
+    for (int x = 0; x < T; ++x) {
+      lin[x] = laneSum<1, 32>(lin[x]);
+      quad[x] = laneSum<1, 32>(quad[x]);
+    }
+    if (lane != 0) continue;
+    LUKV_UNROLL
+    for (int x = 0; x < T; ++x) {
+      const int32_t t = t0 + warp * T + x;
+      if (t >= h.length) continue;
+      const float z = (p.scale * lin[x] + p.halfScale2 * quad[x]) * 1.4426950408889634f;
+      p.raw[h.rawBase + (int64_t)g * h.length + t] = t < p.sink ? -INFINITY : z;
+    }
+  }
+}
+
+// expected-attention, step 3 (after obsStatsKernel's softmax max and sum per group head): the
+// group's mean probability, times (.. + epsilon) * ||v|| with the value norm; one warp per token
+// (0 for the sink tokens, which the host fills). grid (row blocks, head).
+template <class S>
+__global__ void __launch_bounds__(256) expectedFinishKernel(const ScoreParams p) {
+  const ScoreHeadDesc h = p.heads[blockIdx.y];
+  const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+  const int G = p.groupSize, vecs = p.pool.headDim / S::kPerVec;
+  const int32_t* pages = p.pageIndices + h.pageBegin;
+  for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
+    const float s2 = p.valueNorm ? rowSquaredNorm<S>(keyRow(p.pool, pages, p.pageShift, t) + (int64_t)p.pool.pageSize * p.pool.rowBytes, vecs, lane) : 0.f;
+    if (lane != 0) continue;
+    float s = 0.f;
+    if (t >= p.sink) {
+      for (int g = 0; g < G; ++g) {
+        const float m = p.stats[h.statBase + 2 * g], l = p.stats[h.statBase + 2 * g + 1];
+        if (l > 0.f) s += exp2f(p.raw[h.rawBase + (int64_t)g * h.length + t] - m) / l;
+      }
+      s /= (float)G;
+      if (p.valueNorm) s = (s + p.epsilon) * sqrtf(s2);
+    }
+    p.out[h.outBase + t] = s;
+  }
+}
+
 inline std::vector<ScoreHeadInput> scoreInputs(const ScoreBatch& b) {
   std::vector<ScoreHeadInput> in;
   for (const ScoreHeadRef& r : b.heads) {
@@ -337,6 +436,13 @@ inline std::vector<ScoreHeadInput> scoreInputs(const ScoreBatch& b) {
     x.row0 = r.row0;
     x.rows = r.rows;
     x.queryPositions = r.queryPositions;
+    if (b.scorer == Scorer::ExpectedAttention) {
+      // One softmax per group head over every token: planned as one row that sees them all.
+      static const int32_t kSeesAll = INT32_MAX;
+      x.row0 = 0;
+      x.rows = 1;
+      x.queryPositions = &kSeesAll;
+    }
     in.push_back(x);
   }
   return in;
@@ -363,6 +469,12 @@ void runScoresTyped(RT& rt, const ScoreBatch& b, const ScorePlan& plan, ScorePar
     case Scorer::KNorm:
       rt.launch(knormKernel<S>, dim3(rowBlocks, heads), dim3(256), p, "knorm");
       break;
+    case Scorer::ExpectedAttention:
+      rt.launch(expectedLogitsKernel<S>, dim3((unsigned)((plan.maxLength + kExpectedTile - 1) / kExpectedTile), heads),
+                dim3(256), p, "expectedLogits");
+      rt.launch(obsStatsKernel, dim3((unsigned)p.groupSize, heads), dim3(256), p, "expectedSoftmax");
+      rt.launch(expectedFinishKernel<S>, dim3(rowBlocks, heads), dim3(256), p, "expectedFinish");
+      break;
     case Scorer::KeyDiff:
       rt.launch(keyTileKernel<S>, dim3((unsigned)((plan.maxLength + kKeyTile - 1) / kKeyTile), heads), dim3(256), p,
                 "keyTiles");
@@ -388,7 +500,10 @@ void runScores(RT& rt, const ScoreBatch& b) {
                    " but received " + std::to_string(b.kernel));
     if (!std::isfinite(b.scale) || b.scale == 0) throwInvalid("snapkv and tova need a finite, non-zero scale");
   }
-  const ScorePlan plan = planScores(scoreInputs(b), b.queryHeads, b.kvHeads, b.queryRows, b.pool, attention);
+  const bool expected = b.scorer == Scorer::ExpectedAttention;
+  if (expected && b.expectedMean == nullptr) throwInvalid("expected-attention needs the device query statistics");
+  const ScorePlan plan = planScores(scoreInputs(b), b.queryHeads, b.kvHeads, expected ? 1 : b.queryRows, b.pool,
+                                    attention || expected);
   if (plan.outFloats == 0) return;
 
   if (b.scorer == Scorer::H2O) {
@@ -415,11 +530,15 @@ void runScores(RT& rt, const ScoreBatch& b) {
 
   Arena arena;
   const size_t oPages = arena.add(plan.pageIndices), oHeads = arena.add(plan.heads), oVisible = arena.add(plan.visible);
+  std::vector<int32_t> slots;
+  for (const ScoreHeadRef& r : b.heads) slots.push_back(r.expectedSlot);
+  const size_t oSlots = arena.add(slots);
   const uint8_t* meta = rt.upload(arena.bytes());
   const int D = b.pool.headDim;
   ScratchLayout sl;
-  const size_t sRaw = attention ? sl.add((size_t)plan.rawFloats * sizeof(float)) : 0;
-  const size_t sStats = attention ? sl.add((size_t)plan.statFloats * sizeof(float)) : 0;
+  const bool softmax = attention || expected;
+  const size_t sRaw = softmax ? sl.add((size_t)plan.rawFloats * sizeof(float)) : 0;
+  const size_t sStats = softmax ? sl.add((size_t)plan.statFloats * sizeof(float)) : 0;
   const bool keyDiff = b.scorer == Scorer::KeyDiff;
   const size_t sTiles = keyDiff ? sl.add((size_t)plan.tiles * D * sizeof(float)) : 0;
   const size_t sAnchor = keyDiff ? sl.add(plan.heads.size() * (D + 1) * sizeof(float)) : 0;
@@ -437,14 +556,22 @@ void runScores(RT& rt, const ScoreBatch& b) {
   p.visible = reinterpret_cast<const int32_t*>(meta + oVisible);
   p.queries = b.queries;
   p.scaleLog2 = b.scale * 1.4426950408889634f;
-  p.raw = attention ? reinterpret_cast<float*>(scratch + sRaw) : nullptr;
-  p.stats = attention ? reinterpret_cast<float*>(scratch + sStats) : nullptr;
+  p.raw = softmax ? reinterpret_cast<float*>(scratch + sRaw) : nullptr;
+  p.stats = softmax ? reinterpret_cast<float*>(scratch + sStats) : nullptr;
   p.out = b.out;
   p.pooling = (int32_t)b.pooling;
   p.kernel = b.kernel;
   p.groupMax = b.groupMax ? 1 : 0;
   p.tiles = keyDiff ? reinterpret_cast<float*>(scratch + sTiles) : nullptr;
   p.anchor = keyDiff ? reinterpret_cast<float*>(scratch + sAnchor) : nullptr;
+  p.expectedSlot = reinterpret_cast<const int32_t*>(meta + oSlots);
+  p.expectedMean = b.expectedMean;
+  p.expectedCovariance = b.expectedCovariance;
+  p.scale = b.scale;
+  p.halfScale2 = 0.5f * b.scale * b.scale;
+  p.sink = b.sink;
+  p.valueNorm = b.valueNorm ? 1 : 0;
+  p.epsilon = b.epsilon;
   if (b.pool.dtype == 0) runScoresTyped<RT, StoreF32>(rt, b, plan, p);
   else if (b.pool.dtype == 1) runScoresTyped<RT, StoreF16>(rt, b, plan, p);
   else runScoresTyped<RT, StoreBF16>(rt, b, plan, p);

@@ -1,7 +1,8 @@
 // Scoring on the device: one score per kept token of each (sequence, KV head), higher = keep.
 // Mirrors native/cpu/scores.cpp: snapkv / tova (softmax attention of observation queries, mean
 // over query rows, optional max/avg pooling, GQA mean or max), knorm (-||k||), keydiff
-// (-cos(k_j, mean unit key)); h2o copies the device mass; streaming and random are filled from
+// (-cos(k_j, mean unit key)); expected-attention (the logits of the rotated query statistics,
+// softmax over the non-sink tokens, GQA mean, value norm); h2o copies the device mass; streaming and random are filled from
 // the host. Per-head top-b selection runs on the host over the scores copied back.
 #pragma once
 #include <cstdint>
@@ -25,6 +26,7 @@ struct ScoreHeadRef {
   int rows = 0;
   const int32_t* queryPositions = nullptr; // [rows] (host)
   const float* mass = nullptr;             // h2o: device [length]
+  int32_t expectedSlot = 0;                // expected-attention: which layer's statistics
 };
 
 struct ScoreBatch {
@@ -39,6 +41,13 @@ struct ScoreBatch {
   bool groupMax = false;
   uint32_t seed = 0;
   float scale = 0;
+  // expected-attention: per slot, the rotated query means [slots, queryHeads, headDim] and
+  // covariances [slots, queryHeads, headDim, headDim] (null without the covariance term), device.
+  const float* expectedMean = nullptr;
+  const float* expectedCovariance = nullptr;
+  int sink = 0;
+  bool valueNorm = true;
+  float epsilon = 0;
   float* out = nullptr;                    // device: the heads' scores one after another
   cudaStream_t stream = nullptr;
 };

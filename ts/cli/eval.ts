@@ -9,6 +9,7 @@ import type { DType } from "../dtype";
 import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, outputErrorProbe, passkeyPrompts, TinyLM } from "../model";
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
+import { QueryStatistics } from "../expected-attention";
 import { CliIO, parseArgs, progressBar } from "./io";
 
 const USAGE = `usage: lukv eval [options]
@@ -203,10 +204,14 @@ export function runEval(
   // Room for the full sequence and one compressed fork with its continuation.
   using cache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + s.errorSteps + 128 });
 
-  const compressed = (seq: Sequence, i: number): Sequence => {
+  // expected-attention predicts from the statistics of each prompt's own pre-RoPE queries.
+  const { layers, heads, headDim, ropeTheta } = model.config;
+  const statistics = () => (s.scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim }) : undefined);
+  const compressed = (seq: Sequence, i: number, stats?: QueryStatistics): Sequence => {
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
-    fork.compress({ ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
+    const expectedAttention = scorer === "expected-attention" && stats ? { statistics: stats, rope: { theta: ropeTheta } } : undefined;
+    fork.compress({ ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
     return fork;
   };
 
@@ -216,7 +221,8 @@ export function runEval(
     const fed = sample.ids.slice(s.context, s.context + s.tokens - 1);
     const targets = sample.ids.slice(s.context + 1, s.context + s.tokens);
     using seq = cache.createSequence();
-    model.forward(seq, context, { logits: "none" });
+    const stats = statistics();
+    model.forward(seq, context, { logits: "none", queryStatistics: stats });
     const probe = outputErrorProbe(model, Math.min(s.errorSteps, fed.length));
     let fullOutputs: Float32Array[] = [];
     const outputError = (fork: Sequence, a: Accumulator): void => {
@@ -250,7 +256,7 @@ export function runEval(
     }
     tick();
     settings.forEach((_, i) => {
-      using f = compressed(seq, i);
+      using f = compressed(seq, i, stats);
       outputError(f, acc[i]);
       score(f, acc[i], reference);
       tick();
@@ -263,7 +269,8 @@ export function runEval(
     const split = s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length;
     const expected = tok.encode(p.answer);
     using seq = cache.createSequence();
-    const contextLogits = model.forward(seq, ids.slice(0, split));
+    const stats = statistics();
+    const contextLogits = model.forward(seq, ids.slice(0, split), { queryStatistics: stats });
     const answer = (fork: Sequence, a: Accumulator) => {
       const last = split < ids.length ? model.forward(fork, ids.slice(split)) : contextLogits;
       // The answer teacher-forced (its likelihood), then greedily (exact match), on a second fork.
@@ -286,7 +293,7 @@ export function runEval(
     }
     tick();
     settings.forEach((_, i) => {
-      using f = compressed(seq, i);
+      using f = compressed(seq, i, stats);
       answer(f, acc[i]);
       tick();
     });

@@ -1,6 +1,7 @@
 // LU-KV calibration of the tiny model: run it on calibration texts with the full cache, record the
 // oracle over a few dozen decode steps after each context, and build one profile per scorer.
 import type { ScorerName } from "../compress";
+import { QueryStatistics, type ExpectedAttentionSettings } from "../expected-attention";
 import type { Profile } from "../profile";
 import { Profiler, type ProfileReport, type ProfilerScorerOptions } from "../profiler";
 import type { NamedText } from "./files";
@@ -32,6 +33,12 @@ export interface CalibrationOptions {
   model?: string;
   /** Data set name for the metadata. Default: "models/tiny-lm/calibration". */
   dataset?: string;
+  /**
+   * Settings of the "expected-attention" scorer; its statistics come from each context's own
+   * prefill (pre-RoPE queries, skipping the first `sink` positions). Default: the model's RoPE
+   * theta and the scorer's defaults (epsilon 0.02, 512 future positions, value norm on).
+   */
+  expectedAttention?: ExpectedAttentionSettings;
   /** Called after each context with the contexts done and in all. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -56,14 +63,15 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
   const contexts = options.contexts ?? [384, 640, 896];
   const steps = options.decodeSteps ?? 32;
   const sink = options.sink ?? 4, window = options.window ?? 32;
-  const { layers, kvHeads } = model.config;
+  const { layers, kvHeads, heads, headDim, ropeTheta } = model.config;
+  const expectedAttention = options.expectedAttention ?? { rope: { theta: ropeTheta } };
   const profilers = scorers.map(
     (scorer) =>
       new Profiler({
         layers,
         kvHeads,
         scorer,
-        scorerOptions: options.scorerOptions,
+        scorerOptions: scorer === "expected-attention" ? { ...options.scorerOptions, expectedAttention } : options.scorerOptions,
         sink,
         window,
         model: options.model ?? "lukv-tiny-lm",
@@ -91,10 +99,11 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
   windows.forEach((w, i) => {
     using seq = cache.createSequence();
     const context = w.ids.length - steps;
-    model.forward(seq, w.ids.slice(0, context), { logits: "none" });
+    const queryStatistics = scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim, skip: sink }) : undefined;
+    model.forward(seq, w.ids.slice(0, context), { logits: "none", queryStatistics });
     if (options.oracle === "output") {
       const c = model.config;
-      const scores = profilers.map((p) => Array.from({ length: layers }, (_, l) => seq.scores(l, p.scorer, { ...p.scorerOptions, window: p.window })));
+      const scores = profilers.map((p) => Array.from({ length: layers }, (_, l) => seq.scores(l, p.scorer, p.scoreOptions(queryStatistics))));
       const heads = (read: (l: number, h: number) => Float32Array) => Array.from({ length: layers }, (_, l) => Array.from({ length: kvHeads }, (_, h) => read(l, h)));
       const keys = heads((l, h) => seq.keys(l, h)), values = heads((l, h) => seq.values(l, h));
       const probe = outputErrorProbe(model, steps);
@@ -106,7 +115,7 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
     }
     // Each profiler keeps its scorer's ranking of the context as of now (KeyDiff's moves once
     // decoding appends keys); recording restarts harmlessly for each.
-    for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: options.normalize ?? true });
+    for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: options.normalize ?? true }, queryStatistics);
     for (let s = context; s < w.ids.length; s++) model.forward(seq, [w.ids[s]], { logits: "none" });
     for (const p of profilers) p.addSequence(seq);
     options.onProgress?.(i + 1, windows.length);

@@ -3,6 +3,7 @@
 // compressed sequence changes what the model sees and nothing else.
 import { KVCache, KVCacheOptions, Sequence } from "../cache";
 import { addInPlace, applyRope, matmul, rmsNorm, ropeTables, swiglu } from "./kernels";
+import type { QueryStatistics } from "../expected-attention";
 import { Sampler, SamplingOptions } from "./sampling";
 import type { Tensor } from "./safetensors";
 import type { Tokenizer } from "./tokenizer";
@@ -62,6 +63,11 @@ export interface ForwardOptions {
    * and values [T, kvHeads, headDim] before they reach the cache (views, valid during the call).
    */
   onAttention?: (layer: number, q: Float32Array, k: Float32Array, v: Float32Array) => void;
+  /**
+   * When given, every layer's queries are added to it before RoPE is applied (what the
+   * "expected-attention" scorer predicts future queries from). Default: none.
+   */
+  queryStatistics?: QueryStatistics;
 }
 
 /** Options of generate(). */
@@ -195,7 +201,7 @@ export class TinyLM {
     const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
     for (let done = 0; done < n; done += chunk) {
       const T = Math.min(chunk, n - done);
-      const x = this.#blocks(seq, tokens, done, T, options.timing, options.onAttention);
+      const x = this.#blocks(seq, tokens, done, T, options.timing, options.onAttention, options.queryStatistics);
       // Only the rows whose logits are wanted go through the (largest) output matmul.
       if (want === "all") this.#logits(x, 0, T, logits.subarray(done * V, (done + T) * V));
       else if (want === "last" && done + T === n) this.#logits(x, T - 1, 1, logits);
@@ -205,7 +211,7 @@ export class TinyLM {
   }
 
   /** The residual stream after the last block for tokens[from .. from+T), [T, hidden]. */
-  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number, timing?: { attentionMs: number }, onAttention?: ForwardOptions["onAttention"]): Float32Array {
+  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number, timing?: { attentionMs: number }, onAttention?: ForwardOptions["onAttention"], stats?: QueryStatistics): Float32Array {
     const { hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m, rmsNormEps: eps, ropeTheta } = this.config;
     const { embed } = this.weights;
     const x = new Float32Array(T * d);
@@ -222,6 +228,7 @@ export class TinyLM {
       matmul(h, T, d, w.wq, H * hd, q);
       matmul(h, T, d, w.wk, KV * hd, k);
       matmul(h, T, d, w.wv, KV * hd, v);
+      stats?.add(l, q);
       applyRope(q, T, H, hd, cos, sin);
       applyRope(k, T, KV, hd, cos, sin);
       onAttention?.(l, q, k, v);

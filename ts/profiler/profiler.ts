@@ -5,16 +5,23 @@ import { nativeScoreOptions, SCORERS, type ScoreOptions, type ScorerName } from 
 import { BadProfileError, InvalidArgumentError, invalid } from "../errors";
 import { createProfile, type Profile, type ProfileMeta } from "../profile/profile";
 import { knownOptions, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
+import { expectedSettings, settingsForJson, withStatistics, type ExpectedAttentionSettings, type QueryStatistics } from "../expected-attention";
 import { analyzeSample, type ProfilerScope, type SampleConfig } from "./sample";
 import { openSamples, writeSamples, type StoredOptions, type StoredSample } from "./store";
 
-/** Scorer options the profiler passes to seq.scores(); `window` is the profiler's own option. */
-export type ProfilerScorerOptions = Pick<ScoreOptions, "pooling" | "kernel" | "groupReduce" | "seed" | "scale" | "valueNorm">;
+/**
+ * Scorer options the profiler passes to seq.scores(); `window` and `sink` are the profiler's own
+ * options. For "expected-attention", `expectedAttention` holds its settings without the statistics
+ * (each calibration prompt brings its own, see {@link Profiler.recordOracle}).
+ */
+export type ProfilerScorerOptions = Pick<ScoreOptions, "pooling" | "kernel" | "groupReduce" | "seed" | "scale" | "valueNorm"> & {
+  expectedAttention?: ExpectedAttentionSettings;
+};
 
-const SCORER_OPTION_KEYS = ["pooling", "kernel", "groupReduce", "seed", "scale", "valueNorm"] as const;
+const SCORER_OPTION_KEYS = ["pooling", "kernel", "groupReduce", "seed", "scale", "valueNorm", "expectedAttention"] as const;
 const SCOPES: readonly ProfilerScope[] = ["global", "per-layer"];
 /** Scorers whose ranking of the context moves once decoding appends tokens (KeyDiff's mean key, H2O's mass). */
-const DRIFTING: readonly ScorerName[] = ["keydiff", "h2o"];
+const DRIFTING: readonly ScorerName[] = ["keydiff", "h2o", "expected-attention"];
 
 /** Options of {@link Profiler}. */
 export interface ProfilerOptions {
@@ -179,8 +186,19 @@ export class Profiler {
     this.sink = nonNegativeInteger("sink", options.sink ?? 4, 2 ** 31 - 1);
     this.window = nonNegativeInteger("window", options.window ?? 32, 2 ** 31 - 1);
     // Same checks and messages as compress(); the shape only feeds defaults that are not kept.
-    nativeScoreOptions({ ...so, scorer: this.scorer, window: this.window }, { layers: this.layers, kvHeads: this.kvHeads, queryHeads: this.kvHeads, headDim: 1 });
-    this.scorerOptions = Object.freeze({ ...so });
+    const { expectedAttention, ...generic } = so as ProfilerScorerOptions;
+    nativeScoreOptions({ ...generic, scorer: this.scorer, window: this.window, sink: this.sink }, { layers: this.layers, kvHeads: this.kvHeads, queryHeads: this.kvHeads, headDim: 1 });
+    if (this.scorer === "expected-attention") {
+      const name = "scorerOptions.expectedAttention";
+      if (expectedAttention === undefined) throw invalid(name, '{ rope, ... } (scorer "expected-attention" needs the model\'s RoPE)', expectedAttention);
+      // Stored with the defaults filled in, so a profile's metadata says every setting it was built with.
+      const { futurePositions, epsilon, valueNorm } = expectedSettings(expectedAttention, name, undefined, ["rope", "futurePositions", "epsilon", "valueNorm"]);
+      const settings = settingsForJson({ rope: expectedAttention.rope, futurePositions, epsilon, valueNorm });
+      this.scorerOptions = Object.freeze({ ...generic, expectedAttention: settings });
+    } else {
+      if (expectedAttention !== undefined) throw invalid("scorerOptions.expectedAttention", `no value with scorer ${JSON.stringify(this.scorer)}`, expectedAttention);
+      this.scorerOptions = Object.freeze({ ...so });
+    }
     this.grid = positiveInteger("grid", options.grid ?? 99, 100000);
     this.scope = oneOf("scope", options.scope ?? "global", SCOPES);
     if (options.model !== undefined && typeof options.model !== "string") throw invalid("model", "a string", options.model);
@@ -218,11 +236,16 @@ export class Profiler {
   /**
    * Starts recording the oracle on `seq` — seq.recordOracle(options) — after keeping the scores
    * the scorer gives its context right now, which addSequence() then uses. Needed for scorers whose
-   * ranking moves as decoding appends tokens ("keydiff", "h2o"); harmless for the others.
+   * ranking moves as decoding appends tokens ("keydiff", "h2o", "expected-attention"); harmless for
+   * the others. `statistics`: the prompt's pre-RoPE query statistics, required by
+   * "expected-attention" (e.g. collected by TinyLM.forward's `queryStatistics`).
    */
-  recordOracle(seq: Sequence, options?: OracleOptions): void {
+  recordOracle(seq: Sequence, options?: OracleOptions, statistics?: QueryStatistics): void {
     this.#checkSequence(seq);
-    const scores = Array.from({ length: this.layers }, (_, l) => seq.scores(l, this.scorer, { ...this.scorerOptions, window: this.window }));
+    if (this.scorer === "expected-attention" && statistics === undefined)
+      throw invalid("statistics", 'the prompt\'s QueryStatistics (scorer "expected-attention" ranks the context with them)', statistics);
+    const scoreOptions = this.scoreOptions(statistics);
+    const scores = Array.from({ length: this.layers }, (_, l) => seq.scores(l, this.scorer, scoreOptions));
     const appended = seq.appended(0);
     seq.recordOracle(options);
     this.#captured.set(seq, { scores, appended });
@@ -250,7 +273,7 @@ export class Profiler {
     const oracle: Float32Array[][] = [];
     for (let l = 0; l < this.layers; l++) {
       const o = seq.oracle(l);
-      const s = captured ? captured.scores[l] : seq.scores(l, this.scorer, { ...this.scorerOptions, window: this.window });
+      const s = captured ? captured.scores[l] : seq.scores(l, this.scorer, this.scoreOptions());
       for (let h = 0; h < this.kvHeads; h++) {
         if (captured && s[h].length !== o[h].length) {
           throw new InvalidArgumentError(
@@ -392,6 +415,14 @@ export class Profiler {
     if (this.#count === 0) {
       throw new InvalidArgumentError(`${what}() needs at least one sample: call addSample() or addSequence() first`);
     }
+  }
+
+  /** What seq.scores() is given when this profiler ranks a context: the scorer's options, window and sink, and the prompt's statistics for expected-attention. */
+  scoreOptions(statistics?: QueryStatistics): Omit<ScoreOptions, "scorer"> {
+    const { expectedAttention, ...generic } = this.scorerOptions;
+    const o: Omit<ScoreOptions, "scorer"> = { ...generic, window: this.window, sink: this.sink };
+    if (expectedAttention && statistics) o.expectedAttention = withStatistics(expectedAttention, statistics);
+    return o;
   }
 
   #checkSequence(seq: Sequence): void {

@@ -1,0 +1,100 @@
+// Expected Attention's cost against prefill, measured in one run:
+//  1. the embedded model (models/tiny-lm): the full prefill of a held-out prompt, the same prefill
+//     collecting the query statistics, and compress({ scorer: "expected-attention" }) (wall time of
+//     the whole call, statistics conversion included) against compress with snapkv;
+//  2. a Llama-8B-shaped layer stack (8 KV heads, 32 query heads, headDim 128, f16): compress per
+//     layer against prefill attention per layer (estimated as in bench/compress.ts), and the cost
+//     of QueryStatistics.add per prompt token and layer.
+// Usage: node dist/bench/expected-attention.js [--tokens 8192] [--layers 8] [--repeats 5] [--prompt 896]
+import * as path from "path";
+import { KVCache, QueryStatistics, backends } from "../ts";
+import { loadTinyLM, modelTexts } from "../ts/model";
+import { arg, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
+const repeats = Number(arg("repeats", "5"));
+const b = backends();
+console.log(`CPU: ${cpuLine()}; ${b.cpu.threads} threads, kernels ${b.cpu.simd}\n`);
+
+// 1. tiny-lm
+const dir = path.join(__dirname, "..", "..", "models", "tiny-lm");
+const model = loadTinyLM(dir);
+const { layers, heads, headDim, ropeTheta } = model.config;
+const promptTokens = Number(arg("prompt", "896"));
+const text = modelTexts(dir, "heldout").map((t) => t.text).join("\n\n");
+const ids = [model.tokenizer!.bos!, ...model.tokenizer!.encode(text).slice(0, promptTokens - 1)];
+const cache = model.createCache({ contextTokens: 2 * promptTokens + 64 });
+const full = cache.createSequence();
+const prefillMs = median(timeRuns(() => {
+  const s = cache.createSequence();
+  model.forward(s, ids, { logits: "last" });
+  s.dispose();
+}, repeats, 1));
+let stats = new QueryStatistics({ layers, queryHeads: heads, headDim, skip: 4 });
+const prefillStatsMs = median(timeRuns(() => {
+  stats = new QueryStatistics({ layers, queryHeads: heads, headDim, skip: 4 });
+  const s = cache.createSequence();
+  model.forward(s, ids, { logits: "last", queryStatistics: stats });
+  s.dispose();
+}, repeats, 1));
+model.forward(full, ids, { logits: "none" });
+const expectedAttention = { statistics: stats, rope: { theta: ropeTheta } };
+const compressMs = (scorer: "expected-attention" | "snapkv") =>
+  median(timeRuns(() => {
+    const f = full.fork();
+    f.compress({ ratio: 0.8, scorer, sink: 4, window: scorer === "snapkv" ? 32 : 1, expectedAttention: scorer === "snapkv" ? undefined : expectedAttention });
+    f.dispose();
+  }, repeats, 1));
+const eaMs = compressMs("expected-attention");
+const snapMs = compressMs("snapkv");
+cache.dispose();
+printTable(
+  ["tiny-lm prompt", "prefill ms", "prefill + statistics ms", "EA compress ms", "EA / prefill", "snapkv compress ms", "snapkv / prefill"],
+  [[ids.length, prefillMs.toFixed(1), prefillStatsMs.toFixed(1), eaMs.toFixed(2), ((100 * eaMs) / prefillMs).toFixed(2) + "%", snapMs.toFixed(2), ((100 * snapMs) / prefillMs).toFixed(2) + "%"]],
+);
+
+// 2. Llama-8B-shaped layers
+const tokens = Number(arg("tokens", "8192"));
+const bigLayers = Number(arg("layers", "8"));
+const kvHeads = 8, queryHeads = 32, D = 128, chunk = 512;
+// Room for a fork that compress copies the shared pages of.
+const big = new KVCache({ layers: bigLayers, kvHeads, queryHeads, headDim: D, dtype: "f16", maxTokens: 2 * bigLayers * kvHeads * (tokens + 64) });
+const seq = big.createSequence();
+let s = 12345;
+const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5);
+const block = new Float32Array(chunk * kvHeads * D).map(() => rand());
+const lastChunk = new Float32Array(chunk * queryHeads * D).map(() => rand() * 0.5);
+const bigStats = new QueryStatistics({ layers: bigLayers, queryHeads, headDim: D, skip: 4 });
+// The compress cost does not depend on how many rows made the statistics: a few hundred suffice here.
+const statRows = 256;
+const statQueries = new Float32Array(statRows * queryHeads * D).map(() => rand());
+let addMs = 0;
+for (let l = 0; l < bigLayers; l++) {
+  for (let done = 0; done < tokens; done += chunk) seq.append(l, block, block);
+  seq.attend(l, lastChunk);
+  const t = performance.now();
+  bigStats.add(l, statQueries);
+  addMs += performance.now() - t;
+}
+const addPerTokenLayerUs = (1000 * addMs) / (bigLayers * statRows);
+const lastChunkMs = median(timeRuns(() => seq.attend(0, lastChunk), 3, 0));
+const prefillLayerMs = lastChunkMs * (tokens / chunk / 2);
+const bigCompress = (scorer: "expected-attention" | "snapkv") =>
+  median(timeRuns(() => {
+    const f = seq.fork();
+    f.compress({ ratio: 0.8, scorer, sink: 4, window: scorer === "snapkv" ? 32 : 1, allocation: "adakv", expectedAttention: scorer === "snapkv" ? undefined : { statistics: bigStats, rope: { theta: 500000 } } });
+    f.dispose();
+  }, Math.max(3, Math.min(repeats, 3)), 0)) / bigLayers;
+const eaLayerMs = bigCompress("expected-attention");
+const snapLayerMs = bigCompress("snapkv");
+big.dispose();
+console.log("");
+printTable(
+  ["tokens", "EA compress ms/layer", "snapkv compress ms/layer", "prefill attention ms/layer*", "EA / prefill attention", "statistics add µs per token-layer"],
+  [[tokens, eaLayerMs.toFixed(1), snapLayerMs.toFixed(1), prefillLayerMs.toFixed(0), ((100 * eaLayerMs) / prefillLayerMs).toFixed(2) + "%", addPerTokenLayerUs.toFixed(1)]],
+);
+console.log(`\n* ${bigLayers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${D}, f16; prefill attention of one layer in ${chunk}-token chunks, estimated as (tokens/${chunk})/2 times the measured last chunk (attention only: a real model's prefill adds its matrix products)`);
+const file = writeResults("expected-attention", {
+  benchmark: "expected-attention", repeats, machine: machine(), threads: b.cpu.threads, simd: b.cpu.simd,
+  tinyLm: { promptTokens: ids.length, prefillMs, prefillStatsMs, eaCompressMs: eaMs, snapkvCompressMs: snapMs },
+  llamaShaped: { tokens, layers: bigLayers, eaCompressMsPerLayer: eaLayerMs, snapkvCompressMsPerLayer: snapLayerMs, prefillAttentionMsPerLayer: prefillLayerMs, statisticsAddUsPerTokenLayer: addPerTokenLayerUs },
+});
+console.log(`written ${file}`);
