@@ -7,13 +7,16 @@ single-digit tokens. A task instance is (context, question, answer) text; the mo
 
 Tasks (RULER-style; keys are invented words, values are 5-digit numbers):
   niah     one needle   " the special magic number for KEY is 48193 ."; question
-           " what is the special magic number for KEY ?"; answer " 48193"
+           " what is the special magic number for KEY ? the special magic number for KEY is"
+           (the question, then the start of the answer sentence, as RULER's answer prefix);
+           answer " 48193"
   mk-niah  several needles with different keys; one of them is asked
   mq-niah  several needles; two are asked: " what are the special magic numbers for K1 and
-           K2 ?"; answer " V1 V2"
+           K2 ? the special magic number for K1 is"; answer " V1 . the special magic number
+           for K2 is V2"
   vt       variable tracking: " var A = 48193 ." then " var B = var A ." ... (a chain of
-           `hops` copies) plus distractor chains with other values; question " what is var Z
-           ?" for the chain's last variable; answer its value
+           `hops` copies) plus distractor chains with other values; question " what is var Z ?
+           var Z is" for the chain's last variable; answer its value
 Filler: sentences of a small random grammar (nouns, verbs, adjectives, small numbers), so
 the needles are rare events in varied text.
 """
@@ -196,15 +199,16 @@ def instance(v, task, rng, length, n_needles=None, hops=None, all_questions=Fals
         for i, (k, val) in enumerate(zip(keys, vals)):
             statements.append((i, Piece().words(v, ["the", "special", "magic", "number", "for", k, "is"]).number(v, val).words(v, ["."])))
         order = list(rng.permutation(n))
+        said = lambda k: ["the", "special", "magic", "number", "for", k, "is"]
         if task == "mq-niah" and n >= 2:
             pairs = [order[i:i + 2] for i in range(0, n - 1, 2)]
             for a, b in pairs:
-                q = Piece().words(v, ["what", "are", "the", "special", "magic", "numbers", "for", keys[a], "and", keys[b], "?"])
-                ans = Piece().number(v, vals[a]).number(v, vals[b])
+                q = Piece().words(v, ["what", "are", "the", "special", "magic", "numbers", "for", keys[a], "and", keys[b], "?"] + said(keys[a]))
+                ans = Piece().number(v, vals[a]).words(v, ["."] + said(keys[b])).number(v, vals[b])
                 qas.append((q, ans))
         else:
             for i in order:
-                q = Piece().words(v, ["what", "is", "the", "special", "magic", "number", "for", keys[i], "?"])
+                q = Piece().words(v, ["what", "is", "the", "special", "magic", "number", "for", keys[i], "?"] + said(keys[i]))
                 qas.append((q, Piece().number(v, vals[i])))
     elif task == "vt":
         h = hops or int(rng.integers(1, 3))
@@ -220,10 +224,10 @@ def instance(v, task, rng, length, n_needles=None, hops=None, all_questions=Fals
             finals.append((chain, vals[c]))
         for c in rng.permutation(n_chains):
             chain, val = finals[c]
-            qas.append((Piece().words(v, ["what", "is", "var", chain[-1], "?"]), Piece().number(v, val)))
+            qas.append((Piece().words(v, ["what", "is", "var", chain[-1], "?", "var", chain[-1], "is"]), Piece().number(v, val)))
             if all_questions:
                 for j in range(h):
-                    qas.append((Piece().words(v, ["what", "is", "var", chain[j], "?"]), Piece().number(v, val)))
+                    qas.append((Piece().words(v, ["what", "is", "var", chain[j], "?", "var", chain[j], "is"]), Piece().number(v, val)))
     else:
         raise ValueError(task)
     if not all_questions:
@@ -292,7 +296,7 @@ def sequence(v, inst):
 
 TASKS = ("niah", "mk-niah", "mq-niah", "vt")
 # Settings of the evaluation instances (held out, and the training-time checks).
-EVAL_SETTINGS = {"niah": {}, "mk-niah": {"n_needles": 4}, "mq-niah": {"n_needles": 4}, "vt": {"n_needles": 2, "hops": 2}}
+EVAL_SETTINGS = {"niah": {}, "mk-niah": {"n_needles": 4}, "mq-niah": {"n_needles": 4}, "vt": {"n_needles": 2, "hops": 1}}
 
 
 def make_batch(v, rng, B, T):

@@ -4,8 +4,9 @@
 Curriculum (context T, batch B): T=128 B=16, T=256 B=8, T=512 B=4, T=1024 B=2 (2K tokens per
 step throughout). The batch of step s is a function of (SEED, s) only, so a
 resumed or replayed run sees the same data.
-Loss: cross-entropy on the answer tokens (weight 1) plus LM_WEIGHT x the cross-entropy of every
-other real token (filler, needles, questions), normalised by the total weight.
+Loss: mean cross-entropy on the answer tokens plus LM_WEIGHT x the mean cross-entropy of a random
+LM_SAMPLE of the other real tokens (filler, needles, questions): next-token prediction on the
+structured filler is what forms the previous-token heads that retrieval builds on.
 Learning rate: linear warmup over WARMUP steps to LR, constant, then linear to LR_MIN over the
 decay steps at the end.
 
@@ -41,14 +42,14 @@ import tasks
 SEED = 2718
 EVAL_SEED = 99
 PHASES = ((128, 16), (256, 8), (512, 4), (1024, 2))
-PHASE_AT = (0.15, 0.40, 0.70)
+PHASE_AT = (0.25, 0.45, 0.70)
 DECAY_AT = 0.88
 LR = 2e-3
 LR_MIN = 1e-4
 WARMUP = 30
 WD = 0.05
-LM_WEIGHT = 0.3
-LM_SAMPLE = 0.05
+LM_WEIGHT = 0.5
+LM_SAMPLE = 0.5
 EVAL_MINUTES = 8
 EVAL_N = {512: 12, 1024: 8}
 EVAL_T = 1024
@@ -86,8 +87,9 @@ def hidden_states(model, ids):
 
 
 def batch_loss(model, X, M, pad, rng):
-    """Loss on the answer tokens (weight 1) and on LM_SAMPLE of the other real tokens (weight
-    LM_WEIGHT); the LM head is applied to those positions only."""
+    """Mean cross-entropy of the answer tokens plus LM_WEIGHT x that of LM_SAMPLE of the other
+    real tokens (next-token prediction on filler, needles and questions); the LM head is applied
+    to those positions only."""
     x = torch.from_numpy(X)
     h = hidden_states(model, x[:, :-1])
     tgt = X[:, 1:]
@@ -98,10 +100,9 @@ def batch_loss(model, X, M, pad, rng):
     logits = hs @ model.embed_tokens.weight.t()
     nll = F.cross_entropy(logits, torch.from_numpy(tgt.reshape(-1))[sel], reduction="none")
     a = torch.from_numpy(ans.reshape(-1)[sel.numpy()]).float()
-    w = a + LM_WEIGHT * (1 - a)
-    loss = (nll * w).sum() / w.sum()
     ans_loss = (nll * a).sum() / a.sum().clamp(min=1)
-    return loss, ans_loss
+    lm_loss = (nll * (1 - a)).sum() / (1 - a).sum().clamp(min=1)
+    return ans_loss + LM_WEIGHT * lm_loss, ans_loss
 
 
 def eval_instances(v, seed, n, T):
@@ -139,7 +140,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt", default=os.path.join(HERE, "checkpoints"))
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "..", "..", "models", "recall-lm", "tokenizer.json"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget-minutes", type=float, default=75)
     ap.add_argument("--phase-steps", default=None, help="A,B,C: first steps of phases 1, 2 and 3 (replay)")
     ap.add_argument("--decay-start", type=int, default=None)
