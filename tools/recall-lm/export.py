@@ -25,7 +25,11 @@ import torch
 
 import tasks
 from bpe import Tokenizer
-from export import write_safetensors  # tools/tiny-lm/export.py
+import importlib.util
+_spec = importlib.util.spec_from_file_location("tiny_lm_export", os.path.join(HERE, "..", "tiny-lm", "export.py"))
+_tiny_export = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tiny_export)
+write_safetensors = _tiny_export.write_safetensors  # the writer of tools/tiny-lm/export.py
 from model import Config, TinyLM
 from train import exact_match
 

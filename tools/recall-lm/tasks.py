@@ -299,16 +299,41 @@ TASKS = ("niah", "mk-niah", "mq-niah", "vt")
 EVAL_SETTINGS = {"niah": {}, "mk-niah": {"n_needles": 4}, "mq-niah": {"n_needles": 4}, "vt": {"n_needles": 2, "hops": 1}}
 
 
-def make_batch(v, rng, B, T):
-    """B training sequences of exactly T+1 tokens (padded with filler-free EOS never: sequences
-    are built to length T+1 and cut), their loss weights and task names."""
+def copy_sequence(v, rng, T):
+    """[BOS] filler P filler P with P a span of 8-40 random tokens (words, numbers); the second
+    copy is the answer: only copying (an induction head) predicts it."""
+    pool = INVENTED + FILLER_NOUNS + FILLER_ADJ
+    n = int(rng.integers(8, 41))
+    p = Piece()
+    for _ in range(n):
+        if rng.random() < 0.3:
+            p.number(v, str(int(rng.integers(0, 10))))
+        else:
+            p.words(v, [pool[rng.integers(len(pool))]])
+    gap = max(0, T - 1 - 2 * len(p.ids))
+    a = int(rng.integers(0, gap + 1)) if gap > 0 else 0
+    f1 = filler(v, rng, a)
+    f2 = filler(v, rng, max(0, gap - len(f1.ids)))
+    ids = [v.bos] + f1.ids + p.ids + f2.ids + p.ids
+    mask = [0] * (1 + len(f1.ids) + len(p.ids) + len(f2.ids)) + [1] * len(p.ids)
+    return ids, mask
+
+
+def make_batch(v, rng, B, T, copy_share=0.0):
+    """B training sequences of at most T+1 tokens (EOS-padded), their answer masks and task
+    names: a task of TASKS with all its questions, or with probability copy_share a copy
+    sequence."""
     X = np.full((B, T + 1), v.eos, dtype=np.int64)
     M = np.zeros((B, T + 1), dtype=np.float32)
     kinds = []
     for b in range(B):
-        task = TASKS[rng.integers(len(TASKS))]
-        inst = instance(v, task, rng, T + 1, all_questions=True)
-        ids, mask = sequence(v, inst)
+        if copy_share > 0 and rng.random() < copy_share:
+            task = "copy"
+            ids, mask = copy_sequence(v, rng, T + 1)
+        else:
+            task = TASKS[rng.integers(len(TASKS))]
+            inst = instance(v, task, rng, T + 1, all_questions=True)
+            ids, mask = sequence(v, inst)
         ids, mask = ids[:T + 1], mask[:T + 1]
         X[b, :len(ids)] = ids
         M[b, :len(mask)] = mask

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Trains recall-lm on CPU on the retrieval tasks of tasks.py. See README.md.
 
-Curriculum (context T, batch B): T=128 B=16, T=256 B=8, T=512 B=4, T=1024 B=2 (2K tokens per
-step throughout). The batch of step s is a function of (SEED, s) only, so a
+Curriculum (context T, batch B): T=128 B=16, T=256 B=8, T=512 B=4 (2K tokens per step
+throughout). The batch of step s is a function of (SEED, s) only, so a
 resumed or replayed run sees the same data.
 Loss: mean cross-entropy on the answer tokens plus LM_WEIGHT x the mean cross-entropy of a random
 LM_SAMPLE of the other real tokens (filler, needles, questions): next-token prediction on the
@@ -11,11 +11,11 @@ Learning rate: linear warmup over WARMUP steps to LR, constant, then linear to L
 decay steps at the end.
 
 The machine is shared, so phase lengths are set by wall-clock time unless given: phase 1 starts
-at PHASE_AT[0] x budget, phase 2 at PHASE_AT[1] x budget, phase 3 at PHASE_AT[2] x budget, the decay at DECAY_AT x budget and
+at PHASE_AT[0] x budget, phase 2 at PHASE_AT[1] x budget, the decay at DECAY_AT x budget and
 gets the steps the measured step time leaves. The step numbers are printed (and stored in the
 checkpoints); `--phase-steps A,B --decay-start S --decay-steps D` replays a run exactly.
 Every EVAL_MINUTES a checkpoint is written (checkpoints/step-N.pt) with a greedy exact-match
-check on EVAL_N held-out instances per task at T=512 and (in phase 3) T=1024 (seed 99).
+check on EVAL_N held-out instances per task at T=512 (seed 99).
 """
 import argparse
 import json
@@ -41,20 +41,21 @@ import tasks
 
 SEED = 2718
 EVAL_SEED = 99
-PHASES = ((128, 16), (256, 8), (512, 4), (1024, 2))
-PHASE_AT = (0.25, 0.45, 0.70)
+PHASES = ((128, 16), (256, 8), (512, 4))
+PHASE_AT = (0.30, 0.60)
 DECAY_AT = 0.88
 LR = 2e-3
 LR_MIN = 1e-4
 WARMUP = 30
 WD = 0.05
+COPY_SHARE = 0.3
 LM_WEIGHT = 0.5
 LM_SAMPLE = 0.5
 EVAL_MINUTES = 8
-EVAL_N = {512: 12, 1024: 8}
-EVAL_T = 1024
+EVAL_N = {512: 12}
+EVAL_T = 512
 MODEL = dict(hidden_size=128, num_layers=4, num_heads=8, num_kv_heads=4, head_dim=16,
-             intermediate_size=256, rope_theta=10000.0, rms_norm_eps=1e-5, max_position=EVAL_T)
+             intermediate_size=256, rope_theta=10000.0, rms_norm_eps=1e-5, max_position=512)
 
 
 def lr_at(step, decay_start, decay_steps):
@@ -142,9 +143,10 @@ def main():
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "..", "..", "models", "recall-lm", "tokenizer.json"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget-minutes", type=float, default=75)
-    ap.add_argument("--phase-steps", default=None, help="A,B,C: first steps of phases 1, 2 and 3 (replay)")
+    ap.add_argument("--phase-steps", default=None, help="A,B: first steps of phases 1 and 2 (replay)")
     ap.add_argument("--decay-start", type=int, default=None)
     ap.add_argument("--decay-steps", type=int, default=None)
+    ap.add_argument("--copy-start", type=int, default=None, help="first step whose batches mix in copy sequences")
     ap.add_argument("--eval-minutes", type=float, default=EVAL_MINUTES)
     args = ap.parse_args()
 
@@ -163,10 +165,11 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=LR, betas=(0.9, 0.95), eps=1e-8)
 
-    phase_steps = [None, None, None]
+    phase_steps = [None, None]
     if args.phase_steps:
         phase_steps = [int(s) for s in args.phase_steps.split(",")]
     decay_start, decay_steps = args.decay_start, args.decay_steps
+    copy_start = args.copy_start
     step0, elapsed0 = 0, 0.0
     last = os.path.join(args.ckpt, "last.pt")
     if os.path.exists(last):
@@ -174,12 +177,14 @@ def main():
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step0, elapsed0 = ck["step"], ck["elapsed"]
-        phase_steps = ck["phase_steps"]
+        phase_steps = (ck["phase_steps"] + [None] * len(PHASE_AT))[:len(PHASE_AT)]
+        if copy_start is None:
+            copy_start = ck.get("copy_start")
         if ck.get("decay_start") is not None:
             decay_start, decay_steps = ck["decay_start"], ck["decay_steps"]
         print(f"resumed at step {step0} ({elapsed0:.0f}s)", flush=True)
 
-    evals = {T: eval_instances(v, EVAL_SEED, EVAL_N[T], T) for T in (512, EVAL_T)}
+    evals = {T: eval_instances(v, EVAL_SEED, EVAL_N[T], T) for T in EVAL_N}
     budget = args.budget_minutes * 60
     t_start = time.time() - elapsed0
     t_eval = time.time()
@@ -191,7 +196,7 @@ def main():
 
     def save(name, extra=None):
         d = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "elapsed": time.time() - t_start,
-             "config": cfg.to_dict(), "phase_steps": phase_steps, "decay_start": decay_start, "decay_steps": decay_steps}
+             "config": cfg.to_dict(), "phase_steps": phase_steps, "decay_start": decay_start, "decay_steps": decay_steps, "copy_start": copy_start}
         if extra:
             d.update(extra)
         torch.save(d, os.path.join(args.ckpt, name + ".tmp"))
@@ -199,12 +204,12 @@ def main():
 
     while decay_start is None or step < decay_start + decay_steps:
         el = time.time() - t_start
-        for i in range(3):
+        for i in range(len(PHASE_AT)):
             if phase_steps[i] is None and el >= PHASE_AT[i] * budget and (i == 0 or phase_steps[i - 1] is not None):
                 phase_steps[i] = step
                 print(f"phase {i + 1} starts at step {step} ({el:.0f}s)", flush=True)
                 step_times = []
-        if decay_start is None and phase_of(step, phase_steps) == 3 and len(step_times) >= 10 and el >= DECAY_AT * budget:
+        if decay_start is None and phase_of(step, phase_steps) == len(PHASE_AT) and len(step_times) >= 10 and el >= DECAY_AT * budget:
             per = float(np.median(step_times[-30:]))
             decay_start, decay_steps = step, max(20, int((budget - el) / per))
             print(f"decay: --phase-steps {','.join(map(str, phase_steps))} --decay-start {decay_start} "
@@ -212,7 +217,7 @@ def main():
         T, B = PHASES[phase_of(step, phase_steps)]
         t0 = time.time()
         rng = np.random.default_rng([SEED, step])
-        X, M, kinds = tasks.make_batch(v, rng, B, T)
+        X, M, kinds = tasks.make_batch(v, rng, B, T, COPY_SHARE if copy_start is not None and step >= copy_start else 0.0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng)
@@ -232,7 +237,7 @@ def main():
         if time.time() - t_eval >= args.eval_minutes * 60 or done:
             te = time.time()
             res = {}
-            for Te in ((512, EVAL_T) if T >= 1024 else (512,)):
+            for Te in EVAL_N:
                 res[Te] = {task: exact_match(model, evals[Te][task], v.eos) for task in tasks.TASKS}
                 print(f"eval step {step + 1} (T={Te}, {EVAL_N[Te]} per task): " + " ".join(f"{k}={a:.3f}" for k, a in res[Te].items())
                       + f" [{time.time() - te:.0f}s]", flush=True)
@@ -244,7 +249,7 @@ def main():
     el = time.time() - t_start
     save("final.pt", {"train_seconds": el})
     print(f"training done: {step} steps in {el:.0f}s ({el / 60:.1f} min); replay: --phase-steps "
-          f"{','.join(map(str, phase_steps))} --decay-start {decay_start} --decay-steps {decay_steps}", flush=True)
+          f"{','.join(map(str, phase_steps))} --decay-start {decay_start} --decay-steps {decay_steps} --copy-start {copy_start}", flush=True)
 
 
 if __name__ == "__main__":
