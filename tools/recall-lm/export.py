@@ -36,6 +36,7 @@ from train import exact_match
 OUT = os.path.join(HERE, "..", "..", "models", "recall-lm")
 HELDOUT_SEED = 4321
 CALIB_SEED = 777
+GREEDY_CHECK = 4
 
 
 def instances(v, tok, seed, n, length):
@@ -87,6 +88,18 @@ def main():
                       {"format": "pt", "model": "lukv-recall-lm", "dtype": "float16"})
 
     held = instances(v, tok, HELDOUT_SEED, args.heldout, args.length)
+    # the greedy answers of the first GREEDY_CHECK instances per task (f16 weights, f32 math):
+    # a cross-check for the TypeScript forward pass and cache
+    for task in tasks.TASKS:
+        for it in held[task][:GREEDY_CHECK]:
+            ids, mask = it["ids"]
+            prompt = ids[:len(ids) - it["answer_tokens"] - 1]  # without the answer and the final "."
+            out = []
+            with torch.no_grad():
+                for _ in range(it["answer_tokens"]):
+                    logits = model(torch.tensor([prompt + out]))[0, -1]
+                    out.append(int(logits.argmax()))
+            it["model_answer"] = tok.decode(out)
     calib = instances(v, tok, CALIB_SEED, args.calibration, args.length)
     evaluation = {}
     for task in tasks.TASKS:

@@ -146,6 +146,7 @@ def main():
     ap.add_argument("--phase-steps", default=None, help="A,B: first steps of phases 1 and 2 (replay)")
     ap.add_argument("--decay-start", type=int, default=None)
     ap.add_argument("--decay-steps", type=int, default=None)
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this step (writes final.pt)")
     ap.add_argument("--copy-start", type=int, default=None, help="first step whose batches mix in copy sequences")
     ap.add_argument("--eval-minutes", type=float, default=EVAL_MINUTES)
     args = ap.parse_args()
@@ -202,7 +203,7 @@ def main():
         torch.save(d, os.path.join(args.ckpt, name + ".tmp"))
         os.replace(os.path.join(args.ckpt, name + ".tmp"), os.path.join(args.ckpt, name))
 
-    while decay_start is None or step < decay_start + decay_steps:
+    while (decay_start is None or step < decay_start + decay_steps) and (args.max_steps is None or step < args.max_steps):
         el = time.time() - t_start
         for i in range(len(PHASE_AT)):
             if phase_steps[i] is None and el >= PHASE_AT[i] * budget and (i == 0 or phase_steps[i - 1] is not None):
@@ -233,7 +234,7 @@ def main():
                   f"answer_nll={ans_loss.item():.3f} gnorm={float(gn):.2f} tok/s={toks_log / (now - t_log):.0f} "
                   f"elapsed={now - t_start:.0f}s", flush=True)
             t_log, toks_log = now, 0
-        done = decay_start is not None and step + 1 == decay_start + decay_steps
+        done = (decay_start is not None and step + 1 == decay_start + decay_steps) or step + 1 == args.max_steps
         if time.time() - t_eval >= args.eval_minutes * 60 or done:
             te = time.time()
             res = {}

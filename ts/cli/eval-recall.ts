@@ -95,6 +95,8 @@ export interface RecallRow extends RecallScores {
   scorer: ScorerName | "full";
   allocation: AllocationName | "full";
   ratio: number;
+  /** Full-cache rows only: the greedy answer of each instance, decoded. */
+  answers?: string[];
 }
 
 export interface RecallResult {
@@ -131,6 +133,8 @@ export function calibrateRecall(model: TinyLM, instances: RecallInstance[], scor
   using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
   for (const e of encoded) {
     using seq = cache.createSequence();
+    // H2O ranks by the attention mass accumulated while the context was attended
+    if (scorers.includes("h2o")) seq.accumulateAttention(true);
     model.forward(seq, e.context, { logits: "none" });
     for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: true });
     for (const t of e.rest) model.forward(seq, [t], { logits: "none" });
@@ -141,6 +145,7 @@ export function calibrateRecall(model: TinyLM, instances: RecallInstance[], scor
 }
 
 interface Acc {
+  answers?: string[];
   correct: number;
   n: number;
   kvBytes: number;
@@ -172,7 +177,7 @@ export function runRecallEval(
     contextTokens[task] = [Math.min(...lens), Math.max(...lens)];
     const longest = Math.max(...encoded.map((e) => e.context.length + e.question.length + e.answer.length));
     for (const mode of s.questions) {
-      const full: Acc = { correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] };
+      const full: Acc = { answers: [], correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] };
       const acc: Acc[] = settings.map(() => ({ correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] }));
       // Room for the prefilled sequence and one fork at a time.
       using cache: KVCache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + 64 });
@@ -182,6 +187,8 @@ export function runRecallEval(
         const prefix = mode === "after" ? e.context : [...e.context, ...e.question.slice(0, -1)];
         const suffix = mode === "after" ? e.question : e.question.slice(-1);
         using seq = cache.createSequence();
+        // H2O ranks by the attention mass accumulated while the context was attended (forks keep it)
+        if (s.scorers.includes("h2o")) seq.accumulateAttention(true);
         model.forward(seq, prefix, { logits: "none" });
         const answer = (fork: Sequence, a: Acc) => {
           const last = model.forward(fork, suffix);
@@ -189,6 +196,7 @@ export function runRecallEval(
           a.n++;
           if (gen.tokens.length === e.answer.length && gen.tokens.every((t, i) => t === e.answer[i])) a.correct++;
           a.decodeMs.push(...gen.stepMs);
+          a.answers?.push(tok.decode(gen.tokens));
         };
         {
           using f = seq.fork();
@@ -217,7 +225,7 @@ export function runRecallEval(
         decodeMs: median(a.decodeMs),
         compressMs: a.compressMs.length ? median(a.compressMs) : 0,
       });
-      rows.push({ task, question: mode, scorer: "full", allocation: "full", ratio: 0, ...scores(full) });
+      rows.push({ task, question: mode, scorer: "full", allocation: "full", ratio: 0, ...scores(full), answers: full.answers });
       settings.forEach((x, i) => rows.push({ task, question: mode, ...x, ...scores(acc[i]) }));
     }
   }
