@@ -146,6 +146,8 @@ def main():
     ap.add_argument("--phase-steps", default=None, help="A,B: first steps of phases 1 and 2 (replay)")
     ap.add_argument("--decay-start", type=int, default=None)
     ap.add_argument("--decay-steps", type=int, default=None)
+    ap.add_argument("--fixed-phase", type=int, default=None, help="train every step at PHASES[i] (a continuation)")
+    ap.add_argument("--copy-share", type=float, default=None, help="share of copy sequences (default COPY_SHARE)")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this step (writes final.pt)")
     ap.add_argument("--copy-start", type=int, default=None, help="first step whose batches mix in copy sequences")
     ap.add_argument("--eval-minutes", type=float, default=EVAL_MINUTES)
@@ -215,10 +217,10 @@ def main():
             decay_start, decay_steps = step, max(20, int((budget - el) / per))
             print(f"decay: --phase-steps {','.join(map(str, phase_steps))} --decay-start {decay_start} "
                   f"--decay-steps {decay_steps} (median step {per:.2f}s)", flush=True)
-        T, B = PHASES[phase_of(step, phase_steps)]
+        T, B = PHASES[phase_of(step, phase_steps) if args.fixed_phase is None else args.fixed_phase]
         t0 = time.time()
         rng = np.random.default_rng([SEED, step])
-        X, M, kinds = tasks.make_batch(v, rng, B, T, COPY_SHARE if copy_start is not None and step >= copy_start else 0.0)
+        X, M, kinds = tasks.make_batch(v, rng, B, T, (args.copy_share or COPY_SHARE) if copy_start is not None and step >= copy_start else 0.0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng)
