@@ -11,6 +11,8 @@ import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { QueryStatistics } from "../expected-attention";
 import { CliIO, parseArgs, progressBar } from "./io";
+import { RECALL_USAGE, recallEvalCommand } from "./eval-recall";
+import { packageRoot } from "../native";
 
 const USAGE = `usage: lukv eval [options]
 
@@ -36,7 +38,17 @@ options (defaults in brackets):
   --calibrate          calibrate every scorer's LU-KV profile now from models/tiny-lm/calibration
                        [only scorers without a profile file (profile.json, profile-<scorer>.json)]
   --out FILE           JSON results [bench/results/eval.json]
-  --model DIR          model directory [the package's models/tiny-lm]`;
+  --model DIR|NAME     model directory, or the name of one in the package's models/ [tiny-lm]
+
+With --task niah|mk-niah|mq-niah|vt the retrieval evaluation runs instead (lukv eval --task
+--help): RULER-style needle tasks on a model trained for them, e.g. --model recall-lm.`;
+
+/** --model: a directory, or the name of a model shipped in the package's models/ folder. */
+export function resolveModelDir(v: string | true | undefined): string {
+  if (typeof v !== "string") return defaultModelDir();
+  const shipped = path.join(packageRoot(), "models", v);
+  return !fs.existsSync(v) && /^[\w.-]+$/.test(v) && fs.existsSync(shipped) ? shipped : v;
+}
 
 /** What one evaluation covers. */
 export interface EvalSettings {
@@ -354,6 +366,13 @@ export function formatComparison(r: Pick<EvalResult, "rows">): string {
 
 export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
   const { options, positional } = parseArgs(argv);
+  if (options.has("task")) {
+    if (options.has("help") || options.has("h")) {
+      io.out(RECALL_USAGE);
+      return 0;
+    }
+    return recallEvalCommand(argv, io, resolveModelDir);
+  }
   if (options.has("help") || options.has("h")) {
     io.out(USAGE);
     return 0;
@@ -382,7 +401,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       errorSteps: count(options, "error-steps", 64, 1),
     };
     calibrate = options.get("calibrate") === true;
-    dir = typeof options.get("model") === "string" ? (options.get("model") as string) : defaultModelDir();
+    dir = resolveModelDir(options.get("model"));
     out = typeof options.get("out") === "string" ? (options.get("out") as string) : path.join("bench", "results", "eval.json");
   } catch (e) {
     if (e instanceof UsageError) {

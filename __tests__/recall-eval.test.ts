@@ -1,0 +1,99 @@
+// `lukv eval --model recall-lm --task ...` on a handful of held-out instances of the shipped
+// model: the JSON has a row per task x question mode x setting, ratio 0 reproduces the full cache,
+// and the full-cache answers are the ones PyTorch decodes from the same weights.
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { main } from "../ts/cli";
+import { RECALL_TASKS, recallInstances, type RecallInstance, type RecallResult } from "../ts/cli/eval-recall";
+import { resolveModelDir } from "../ts/cli/eval";
+import { loadTinyLM } from "../ts/model";
+
+const dir = resolveModelDir("recall-lm");
+let outDir: string;
+beforeAll(() => {
+  outDir = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-recall-"));
+});
+afterAll(() => fs.rmSync(outDir, { recursive: true, force: true }));
+
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = "", err = "";
+  const code = await main(argv, { out: (s) => (out += s + "\n"), err: (s) => (err += s + "\n") });
+  return { code, out, err };
+}
+
+test("--model recall-lm resolves to the shipped model, whose tokenizer reproduces the instances' token counts", () => {
+  expect(dir).toBe(path.resolve(__dirname, "..", "models", "recall-lm"));
+  const model = loadTinyLM(dir);
+  const tok = model.tokenizer!;
+  for (const task of RECALL_TASKS) {
+    const x = recallInstances(dir, "heldout", task)[0] as unknown as { context: string; question: string; answer: string; context_tokens: number; question_tokens: number; answer_tokens: number };
+    expect(1 + tok.encode(x.context).length).toBe(x.context_tokens);
+    expect(tok.encode(x.question).length).toBe(x.question_tokens);
+    expect(tok.encode(x.answer).length).toBe(x.answer_tokens);
+    expect(tok.decode(tok.encode(x.context + x.question + x.answer))).toBe(x.context + x.question + x.answer);
+  }
+});
+
+test("a handful of instances per task: JSON shape, ratio 0 equals the full cache, full-cache answers equal PyTorch's", async () => {
+  const out = path.join(outDir, "recall.json");
+  const argv = ["eval", "--model", "recall-lm", "--task", "all", "--instances", "2", "--scorers", "snapkv", "--allocations", "uniform,lukv", "--ratios", "0,0.8", "--question", "after", "--out", out];
+  const r = await run(argv);
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as RecallResult & { command: string };
+  expect(j.command).toBe(["lukv", ...argv].join(" "));
+  // per task: the full cache, then scorer x ratio x allocation (lukv with the shipped profile)
+  expect(r.out).toMatch(/note: lukv with snapkv uses .*profile-snapkv\.json/);
+  const expected = RECALL_TASKS.flatMap((t) => [`${t} after full full 0`, ...[0, 0.8].flatMap((ratio) => ["uniform", "lukv"].map((a) => `${t} after snapkv ${a} ${ratio}`))]);
+  expect(j.rows.map((x) => `${x.task} ${x.question} ${x.scorer} ${x.allocation} ${x.ratio}`)).toEqual(expected);
+  for (const task of RECALL_TASKS) {
+    const rows = j.rows.filter((x) => x.task === task);
+    const full = rows[0];
+    expect(full.instances).toBe(2);
+    expect(j.contextTokens[task][1]).toBeLessThanOrEqual(512);
+    // the TypeScript forward pass with lukv's cache decodes what PyTorch decoded (export.py),
+    // and an instance counts as correct exactly when that answer is the expected one
+    const held = recallInstances(dir, "heldout", task).slice(0, 2) as (RecallInstance & { model_answer: string })[];
+    expect(full.answers).toEqual(held.map((x) => x.model_answer));
+    expect(full.correct).toBe(held.filter((x) => x.model_answer === x.answer).length);
+    for (const x of rows) {
+      expect(x.instances).toBe(2);
+      expect(x.accuracy).toBeCloseTo(x.correct / x.instances, 12);
+      expect(x.decodeMs).toBeGreaterThan(0);
+      if (x.ratio === 0) {
+        // nothing evicted: the same answers and the same memory as the full cache
+        expect(x.correct).toBe(full.correct);
+        expect(x.kvBytes).toBe(full.kvBytes);
+      } else {
+        expect(x.kvBytes).toBeLessThan(0.25 * full.kvBytes);
+        expect(x.kvBytes).toBeGreaterThan(0.15 * full.kvBytes);
+      }
+    }
+  }
+  expect(r.out).toMatch(/question after compression:/);
+  expect(r.out).toMatch(/\| full cache /);
+});
+
+test("question before compression: the question is prefilled and compressed with the context", async () => {
+  const out = path.join(outDir, "recall-before.json");
+  const r = await run(["eval", "--task", "niah", "--instances", "1", "--scorers", "snapkv", "--allocations", "uniform", "--ratios", "0", "--question", "before", "--out", out]);
+  expect(r.code).toBe(0);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as RecallResult;
+  expect(j.rows.map((x) => `${x.question} ${x.scorer} ${x.ratio}`)).toEqual(["before full 0", "before snapkv 0"]);
+  // the prefilled prefix holds the question (all but its last token): more KV than the context alone
+  const model = loadTinyLM(dir);
+  const x = recallInstances(dir, "heldout", "niah")[0];
+  const perToken = 2 * model.config.headDim * 4 * model.config.layers * model.config.kvHeads;
+  expect(j.rows[0].kvBytes).toBe((1 + model.tokenizer!.encode(x.context).length + model.tokenizer!.encode(x.question).length - 1) * perToken);
+  expect(j.rows[1].correct).toBe(j.rows[0].correct);
+});
+
+test("bad --task and unknown options are usage errors", async () => {
+  const a = await run(["eval", "--task", "nope"]);
+  expect(a.code).toBe(2);
+  expect(a.err).toMatch(/--task expects a comma-separated list of niah, mk-niah, mq-niah, vt/);
+  const b = await run(["eval", "--task", "niah", "--texts", "3"]);
+  expect(b.code).toBe(2);
+  expect(b.err).toMatch(/unknown option --texts/);
+});

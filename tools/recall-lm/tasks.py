@@ -1,0 +1,341 @@
+"""Vocabulary, tokenizer and the seeded retrieval tasks of recall-lm (see README.md).
+
+Every text is a sequence of " word" pieces (a space plus letters or one punctuation mark),
+each one token of the word-level BPE built here, and of numbers written as " " followed by
+single-digit tokens. A task instance is (context, question, answer) text; the model input is
+[BOS] + encode(context + question) and the answer follows.
+
+Tasks (RULER-style; keys are invented words, values are 5-digit numbers):
+  niah     one needle   " the special magic number for KEY is 48193 ."; question
+           " what is the special magic number for KEY ? the special magic number for KEY is"
+           (the question, then the start of the answer sentence, as RULER's answer prefix);
+           answer " 48193"
+  mk-niah  several needles with different keys; one of them is asked
+  mq-niah  several needles; two are asked: " what are the special magic numbers for K1 and
+           K2 ? the special magic number for K1 is"; answer " V1 . the special magic number
+           for K2 is V2"
+  vt       variable tracking: " var A = 48193 ." then " var B = var A ." ... (a chain of
+           `hops` copies) plus distractor chains with other values; question " what is var Z ?
+           var Z is" for the chain's last variable; answer its value
+Filler: sentences of a small random grammar (nouns, verbs, adjectives, small numbers), so
+the needles are rare events in varied text.
+"""
+import json
+
+import numpy as np
+
+CONS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+
+FILLER_NOUNS = ("man woman child dog cat bird fox horse farmer king queen sailor teacher doctor river "
+                "mountain forest city village house garden road bridge ship boat tree stone book letter "
+                "song story window door table chair lamp cloud rain wind sun moon star field market "
+                "castle tower island lake valley hill apple bread cheese coin ring sword shield").split()
+FILLER_ADJ = ("old young small big tall short red green blue white black quiet loud happy sad "
+              "bright dark cold warm wet dry slow quick brave strange gentle heavy light").split()
+FILLER_VERBS = ("saw found took left met built carried painted followed watched helped crossed "
+                "visited opened closed sold bought kept lost heard").split()
+FILLER_INTRANS = "slept walked waited sang laughed smiled rested worked danced wandered".split()
+FILLER_PREP = "near under over behind beside across through into toward".split()
+FILLER_TIME = "morning evening night day winter summer spring autumn".split()
+FILLER_MISC = ("the a and then while after before every one in on at of with there was were "
+               "many few some two three").split()
+TEMPLATE = ("special magic number numbers for is what are var").split()
+PUNCT = [".", "?", "=", ","]
+
+
+def invented_words():
+    """Every 5th consonant-vowel-consonant-vowel word (980 words); keys and variable names."""
+    return [a + b + c + d for a in CONS for b in VOWELS for c in CONS for d in VOWELS][::5]
+
+
+def word_list():
+    seen, out = set(), []
+    for w in (FILLER_NOUNS + FILLER_ADJ + FILLER_VERBS + FILLER_INTRANS + FILLER_PREP + FILLER_TIME
+              + FILLER_MISC + TEMPLATE + PUNCT + invented_words()):
+        if w not in seen:
+            seen.add(w)
+            out.append(w)
+    return out
+
+
+def build_tokenizer_json():
+    """A "lukv-bpe-1" tokenizer whose merges make every " word" of word_list() one token.
+
+    Merges join a word's bytes left to right (" " + "b" -> " b", " b" + "a" -> " ba", ...), so
+    the prefixes are shared; ids 0..255 are the bytes, then the merges, then BOS and EOS.
+    """
+    merges, piece_id = [], {}
+    for w in word_list():
+        cur = 32  # the space
+        piece = b" "
+        for ch in w.encode():
+            nxt = piece + bytes([ch])
+            if nxt not in piece_id:
+                merges.append([cur, ch])
+                piece_id[nxt] = 256 + len(merges) - 1
+            cur = piece_id[nxt]
+            piece = nxt
+    vocab = [bytes([i]).hex() for i in range(256)]
+    rev = {v: k for k, v in piece_id.items()}
+    for r in range(len(merges)):
+        vocab.append(rev[256 + r].hex())
+    n = 256 + len(merges)
+    return {
+        "format": "lukv-bpe-1",
+        "vocab_size": n + 2,
+        "pre_split": "byte-classes-v1",
+        "special_tokens": {"<|bos|>": n, "<|eos|>": n + 1},
+        "merges": merges,
+        "vocab": vocab,
+        "training": {"kind": "word-level: one merge chain per word of tools/recall-lm/tasks.py word_list()",
+                     "words": len(word_list())},
+    }
+
+
+class Vocab:
+    """Direct word -> id mapping (equal to the BPE encoding of " word"; checked by export.py)."""
+
+    def __init__(self, tok_json):
+        self.size = tok_json["vocab_size"]
+        self.bos = tok_json["special_tokens"]["<|bos|>"]
+        self.eos = tok_json["special_tokens"]["<|eos|>"]
+        pieces = {bytes.fromhex(h): i for i, h in enumerate(tok_json["vocab"])}
+        self.id = {w: pieces[b" " + w.encode()] for w in word_list()}
+        self.space = 32
+        self.digit = [48 + d for d in range(10)]
+
+    def words(self, ws):
+        return [self.id[w] for w in ws]
+
+    def number(self, s):
+        return [self.space] + [self.digit[int(c)] for c in s]
+
+
+class Piece:
+    """Token ids and text of a span, built together."""
+
+    def __init__(self):
+        self.ids, self.parts = [], []
+
+    def words(self, v, ws):
+        self.ids += v.words(ws)
+        self.parts.append("".join(" " + w for w in ws))
+        return self
+
+    def number(self, v, s):
+        self.ids += v.number(s)
+        self.parts.append(" " + s)
+        return self
+
+    def extend(self, other):
+        self.ids += other.ids
+        self.parts += other.parts
+        return self
+
+    @property
+    def text(self):
+        return "".join(self.parts)
+
+
+def filler_sentence(rng):
+    c = lambda xs: xs[rng.integers(len(xs))]
+    k = rng.integers(6)
+    if k == 0:
+        ws = ["the", c(FILLER_ADJ), c(FILLER_NOUNS), c(FILLER_VERBS), "the", c(FILLER_NOUNS), c(FILLER_PREP), "the", c(FILLER_NOUNS)]
+    elif k == 1:
+        ws = ["in", "the", c(FILLER_TIME), "the", c(FILLER_NOUNS), c(FILLER_INTRANS), c(FILLER_PREP), "the", c(FILLER_ADJ), c(FILLER_NOUNS)]
+    elif k == 2:
+        ws = ["there", "were", c(["two", "three", "many", "few", "some"]), c(FILLER_ADJ), c(FILLER_NOUNS), c(["in", "near", "behind"]), "the", c(FILLER_NOUNS)]
+    elif k == 3:
+        ws = ["a", c(FILLER_NOUNS), "and", "a", c(FILLER_NOUNS), c(FILLER_INTRANS), "while", "the", c(FILLER_NOUNS), c(FILLER_INTRANS)]
+    elif k == 4:
+        ws = ["the", c(FILLER_NOUNS), "was", c(FILLER_ADJ), "and", c(FILLER_ADJ), "after", "the", c(FILLER_TIME)]
+    else:
+        return ["the", c(FILLER_NOUNS), c(FILLER_VERBS)], str(int(rng.integers(2, 100))), [c(FILLER_ADJ), c(FILLER_NOUNS), "."]
+    return ws + ["."], None, None
+
+
+def filler(v, rng, n_tokens):
+    """Whole filler sentences of about n_tokens tokens (at most n_tokens)."""
+    p = Piece()
+    while True:
+        a, num, b = filler_sentence(rng)
+        q = Piece().words(v, a)
+        if num is not None:
+            q.number(v, num).words(v, b)
+        if len(p.ids) + len(q.ids) > n_tokens:
+            return p
+        p.extend(q)
+
+
+def value(rng):
+    return str(int(rng.integers(10000, 100000)))
+
+
+def distinct_words(rng, n, pool):
+    idx = rng.choice(len(pool), size=n, replace=False)
+    return [pool[i] for i in idx]
+
+
+INVENTED = invented_words()
+# Keys and variable names come from disjoint halves of the invented words.
+KEY_POOL = INVENTED[0::2]
+VAR_POOL = INVENTED[1::2]
+
+
+def instance(v, task, rng, length, n_needles=None, hops=None, all_questions=False):
+    """One instance whose [BOS] + context + question + answer is at most `length` tokens.
+
+    Returns dict(context=Piece, qas=[(question Piece, answer Piece)]): the first QA is the
+    evaluation question; with all_questions=True further QAs (for training) follow.
+    """
+    statements = []  # list of (group, Piece); pieces of one group keep their order
+    qas = []
+    if task in ("niah", "mk-niah", "mq-niah"):
+        n = 1 if task == "niah" else (n_needles or int(rng.integers(2, 7)))
+        keys = distinct_words(rng, n, KEY_POOL)
+        vals = [value(rng) for _ in keys]
+        for i, (k, val) in enumerate(zip(keys, vals)):
+            statements.append((i, Piece().words(v, ["the", "special", "magic", "number", "for", k, "is"]).number(v, val).words(v, ["."])))
+        order = list(rng.permutation(n))
+        said = lambda k: ["the", "special", "magic", "number", "for", k, "is"]
+        if task == "mq-niah" and n >= 2:
+            pairs = [order[i:i + 2] for i in range(0, n - 1, 2)]
+            for a, b in pairs:
+                q = Piece().words(v, ["what", "are", "the", "special", "magic", "numbers", "for", keys[a], "and", keys[b], "?"] + said(keys[a]))
+                ans = Piece().number(v, vals[a]).words(v, ["."] + said(keys[b])).number(v, vals[b])
+                qas.append((q, ans))
+        else:
+            for i in order:
+                q = Piece().words(v, ["what", "is", "the", "special", "magic", "number", "for", keys[i], "?"] + said(keys[i]))
+                qas.append((q, Piece().number(v, vals[i])))
+    elif task == "vt":
+        h = hops or int(rng.integers(1, 3))
+        n_chains = n_needles or int(rng.integers(2, 4))
+        names = distinct_words(rng, n_chains * (h + 1), VAR_POOL)
+        vals = [value(rng) for _ in range(n_chains)]
+        finals = []
+        for c in range(n_chains):
+            chain = names[c * (h + 1):(c + 1) * (h + 1)]
+            statements.append((c, Piece().words(v, ["var", chain[0], "="]).number(v, vals[c]).words(v, ["."])))
+            for j in range(1, h + 1):
+                statements.append((c, Piece().words(v, ["var", chain[j], "=", "var", chain[j - 1], "."])))
+            finals.append((chain, vals[c]))
+        for c in rng.permutation(n_chains):
+            chain, val = finals[c]
+            qas.append((Piece().words(v, ["what", "is", "var", chain[-1], "?", "var", chain[-1], "is"]), Piece().number(v, val)))
+            if all_questions:
+                for j in range(h):
+                    qas.append((Piece().words(v, ["what", "is", "var", chain[j], "?", "var", chain[j], "is"]), Piece().number(v, val)))
+    else:
+        raise ValueError(task)
+    if not all_questions:
+        qas = qas[:1]
+    qa_len = sum(len(q.ids) + len(a.ids) + 1 for q, a in qas)  # + "." after each answer
+    body = length - 1 - qa_len
+    need = sum(len(p.ids) for _, p in statements)
+    fill = filler(v, rng, body - need)
+    # split the filler at sentence ends ('.' tokens) and insert the statements at random depths
+    dot = v.id["."]
+    sent_ids, sent_txt = split_sentences(fill, dot)
+    # each statement goes before a random filler sentence; a group's statements keep their
+    # order (a random interleaving of the groups over the sorted insertion points)
+    cuts = sorted(int(c) for c in rng.integers(0, len(sent_ids) + 1, size=len(statements)))
+    by_group = {}
+    for g, p in statements:
+        by_group.setdefault(g, []).append(p)
+    labels = [g for g, _ in statements]
+    labels = [labels[i] for i in rng.permutation(len(labels))]
+    taken = {g: 0 for g in by_group}
+    seq = []
+    for g in labels:
+        seq.append(by_group[g][taken[g]])
+        taken[g] += 1
+    ctx = Piece()
+    k = 0
+    for s in range(len(sent_ids) + 1):
+        while k < len(seq) and cuts[k] == s:
+            ctx.extend(seq[k])
+            k += 1
+        if s < len(sent_ids):
+            ctx.ids += sent_ids[s]
+            ctx.parts.append(sent_txt[s])
+    return {"context": ctx, "qas": qas}
+
+
+def split_sentences(fill, dot):
+    """The filler's sentences as (ids, text) lists (each ends with ' .')."""
+    ids_out, txt_out = [], []
+    cur_ids = []
+    for t in fill.ids:
+        cur_ids.append(t)
+        if t == dot:
+            ids_out.append(cur_ids)
+            cur_ids = []
+    txt = fill.text
+    pieces = txt.split(" .")
+    txt_out = [p + " ." for p in pieces[:-1]]
+    assert len(txt_out) == len(ids_out) and pieces[-1] == ""
+    return ids_out, txt_out
+
+
+def sequence(v, inst):
+    """Token ids [BOS] + context + (question + answer + ".")*, and the answer-token mask."""
+    ids = [v.bos] + inst["context"].ids
+    mask = [0] * len(ids)
+    for q, a in inst["qas"]:
+        ids += q.ids
+        mask += [0] * len(q.ids)
+        ids += a.ids
+        mask += [1] * len(a.ids)
+        ids.append(v.id["."])
+        mask.append(0)
+    return ids, mask
+
+
+TASKS = ("niah", "mk-niah", "mq-niah", "vt")
+# Settings of the evaluation instances (held out, and the training-time checks).
+EVAL_SETTINGS = {"niah": {}, "mk-niah": {"n_needles": 4}, "mq-niah": {"n_needles": 4}, "vt": {"n_needles": 2, "hops": 1}}
+
+
+def copy_sequence(v, rng, T):
+    """[BOS] filler P filler P with P a span of 8-40 random tokens (words, numbers); the second
+    copy is the answer: only copying (an induction head) predicts it."""
+    pool = INVENTED + FILLER_NOUNS + FILLER_ADJ
+    n = int(rng.integers(8, 41))
+    p = Piece()
+    for _ in range(n):
+        if rng.random() < 0.3:
+            p.number(v, str(int(rng.integers(0, 10))))
+        else:
+            p.words(v, [pool[rng.integers(len(pool))]])
+    gap = max(0, T - 1 - 2 * len(p.ids))
+    a = int(rng.integers(0, gap + 1)) if gap > 0 else 0
+    f1 = filler(v, rng, a)
+    f2 = filler(v, rng, max(0, gap - len(f1.ids)))
+    ids = [v.bos] + f1.ids + p.ids + f2.ids + p.ids
+    mask = [0] * (1 + len(f1.ids) + len(p.ids) + len(f2.ids)) + [1] * len(p.ids)
+    return ids, mask
+
+
+def make_batch(v, rng, B, T, copy_share=0.0):
+    """B training sequences of at most T+1 tokens (EOS-padded), their answer masks and task
+    names: a task of TASKS with all its questions, or with probability copy_share a copy
+    sequence."""
+    X = np.full((B, T + 1), v.eos, dtype=np.int64)
+    M = np.zeros((B, T + 1), dtype=np.float32)
+    kinds = []
+    for b in range(B):
+        if copy_share > 0 and rng.random() < copy_share:
+            task = "copy"
+            ids, mask = copy_sequence(v, rng, T + 1)
+        else:
+            task = TASKS[rng.integers(len(TASKS))]
+            inst = instance(v, task, rng, T + 1, all_questions=True)
+            ids, mask = sequence(v, inst)
+        ids, mask = ids[:T + 1], mask[:T + 1]
+        X[b, :len(ids)] = ids
+        M[b, :len(mask)] = mask
+        kinds.append(task)
+    return X, M, kinds
