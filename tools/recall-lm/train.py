@@ -172,6 +172,7 @@ def main():
                          "sequences); replaces the time-based phases")
     ap.add_argument("--eval-lengths", default=None, help="T1,T2,...: lengths of the training-time checks (12 per task)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default LR)")
+    ap.add_argument("--model", default=None, help="JSON object of MODEL entries to override, e.g. '{\"num_layers\": 2}'")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -188,7 +189,7 @@ def main():
     os.makedirs(args.ckpt, exist_ok=True)
     tj = json.load(open(args.tokenizer))
     v = tasks.Vocab(tj)
-    cfg = Config(vocab_size=v.size, **MODEL)
+    cfg = Config(vocab_size=v.size, **{**MODEL, **json.loads(args.model or "{}")})
     model = TinyLM(cfg)
     model.init_weights(SEED)
     nparam = sum(p.numel() for p in model.parameters())
