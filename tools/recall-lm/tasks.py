@@ -319,15 +319,19 @@ def copy_sequence(v, rng, T):
     return ids, mask
 
 
-def make_batch(v, rng, B, T, copy_share=0.0):
+def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0):
     """B training sequences of at most T+1 tokens (EOS-padded), their answer masks and task
-    names: a task of TASKS with all its questions, or with probability copy_share a copy
-    sequence."""
+    names: a task of TASKS with all its questions, with probability kv_share an associative
+    recall sequence (kv_sequence), with probability copy_share a copy sequence."""
     X = np.full((B, T + 1), v.eos, dtype=np.int64)
     M = np.zeros((B, T + 1), dtype=np.float32)
     kinds = []
     for b in range(B):
-        if copy_share > 0 and rng.random() < copy_share:
+        r = rng.random() if (copy_share > 0 or kv_share > 0) else 1.0
+        if r < kv_share:
+            task = "kv"
+            ids, mask = kv_sequence(v, rng, T + 1)
+        elif r < kv_share + copy_share:
             task = "copy"
             ids, mask = copy_sequence(v, rng, T + 1)
         else:
@@ -339,3 +343,32 @@ def make_batch(v, rng, B, T, copy_share=0.0):
         M[b, :len(mask)] = mask
         kinds.append(task)
     return X, M, kinds
+
+
+KV_VALUES = FILLER_NOUNS + FILLER_ADJ
+
+
+def kv_sequence(v, rng, T):
+    """Multi-query associative recall (MQAR-like, dense): [BOS] k1 x1 k2 x2 ... kn xn, then
+    queries ka xa kb xb ... of keys of the context (random order, with repeats). Keys are
+    invented words, values single tokens (filler nouns and adjectives, or digits); the value of
+    every query is an answer token, so a short sequence carries many answers. With few pairs,
+    copying any value of the context is often right, which gives the lookup a gradient. Only an
+    induction-style lookup (find the earlier key, copy the token after it) predicts them."""
+    n = int(rng.integers(2, max(2, (T - 1) // 4) + 1))  # 2..(T-1)/4 pairs: few pairs are easy (a start)
+    keys = distinct_words(rng, n, KEY_POOL)
+    vals = []
+    for _ in range(n):
+        if rng.random() < 0.3:
+            vals.append([v.digit[int(rng.integers(10))]])
+        else:
+            vals.append(v.words([KV_VALUES[rng.integers(len(KV_VALUES))]]))
+    ids = [v.bos]
+    for k, x in zip(keys, vals):
+        ids += v.words([k]) + x
+    mask = [0] * len(ids)
+    while len(ids) + 2 <= T:
+        i = int(rng.integers(n))
+        ids += v.words([keys[i]]) + vals[i]
+        mask += [0, 1]
+    return ids, mask

@@ -137,6 +137,22 @@ def exact_match(model, items, pad, bs=8):
     return ok / len(items)
 
 
+@torch.no_grad()
+def kv_accuracy(model, v, T, n=8):
+    """Token accuracy of the answers of n kv_sequence instances of length T (seed EVAL_SEED)."""
+    rng = np.random.default_rng([EVAL_SEED, 100])
+    model.eval()
+    ok = tot = 0
+    for _ in range(n):
+        ids, mask = tasks.kv_sequence(v, rng, T)
+        pred = model(torch.tensor([ids[:-1]])).argmax(-1)[0].numpy()
+        sel = np.array(mask[1:], dtype=bool)
+        ok += int((pred[sel] == np.array(ids[1:])[sel]).sum())
+        tot += int(sel.sum())
+    model.train()
+    return ok / max(1, tot)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt", default=os.path.join(HERE, "checkpoints"))
@@ -151,14 +167,29 @@ def main():
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this step (writes final.pt)")
     ap.add_argument("--copy-start", type=int, default=None, help="first step whose batches mix in copy sequences")
     ap.add_argument("--eval-minutes", type=float, default=EVAL_MINUTES)
+    ap.add_argument("--plan", default=None,
+                    help="stages START:T:B:KV:COPY,... (first step, context, batch, shares of kv_sequence and copy "
+                         "sequences); replaces the time-based phases")
+    ap.add_argument("--eval-lengths", default=None, help="T1,T2,...: lengths of the training-time checks (12 per task)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default LR)")
+    ap.add_argument("--model", default=None, help="JSON object of MODEL entries to override, e.g. '{\"num_layers\": 2}'")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    global LR, EVAL_N
+    if args.lr is not None:
+        LR = args.lr
+    if args.eval_lengths:
+        EVAL_N = {int(t): 12 for t in args.eval_lengths.split(",")}
+    plan = None
+    if args.plan:
+        plan = [tuple(float(x) if i >= 3 else int(x) for i, x in enumerate(st.split(":"))) for st in args.plan.split(",")]
+        plan.sort()
     torch.manual_seed(SEED)
     os.makedirs(args.ckpt, exist_ok=True)
     tj = json.load(open(args.tokenizer))
     v = tasks.Vocab(tj)
-    cfg = Config(vocab_size=v.size, **MODEL)
+    cfg = Config(vocab_size=v.size, **{**MODEL, **json.loads(args.model or "{}")})
     model = TinyLM(cfg)
     model.init_weights(SEED)
     nparam = sum(p.numel() for p in model.parameters())
@@ -217,10 +248,15 @@ def main():
             decay_start, decay_steps = step, max(20, int((budget - el) / per))
             print(f"decay: --phase-steps {','.join(map(str, phase_steps))} --decay-start {decay_start} "
                   f"--decay-steps {decay_steps} (median step {per:.2f}s)", flush=True)
-        T, B = PHASES[phase_of(step, phase_steps) if args.fixed_phase is None else args.fixed_phase]
+        if plan is not None:
+            _, T, B, kv_share, copy_share = [st for st in plan if st[0] <= step][-1]
+        else:
+            T, B = PHASES[phase_of(step, phase_steps) if args.fixed_phase is None else args.fixed_phase]
+            kv_share = 0.0
+            copy_share = (args.copy_share or COPY_SHARE) if copy_start is not None and step >= copy_start else 0.0
         t0 = time.time()
         rng = np.random.default_rng([SEED, step])
-        X, M, kinds = tasks.make_batch(v, rng, B, T, (args.copy_share or COPY_SHARE) if copy_start is not None and step >= copy_start else 0.0)
+        X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng)
@@ -242,6 +278,7 @@ def main():
             res = {}
             for Te in EVAL_N:
                 res[Te] = {task: exact_match(model, evals[Te][task], v.eos) for task in tasks.TASKS}
+                res[Te]["kv"] = kv_accuracy(model, v, Te)
                 print(f"eval step {step + 1} (T={Te}, {EVAL_N[Te]} per task): " + " ".join(f"{k}={a:.3f}" for k, a in res[Te].items())
                       + f" [{time.time() - te:.0f}s]", flush=True)
             save(f"step-{step + 1}.pt", {"eval": res})
