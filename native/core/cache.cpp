@@ -39,20 +39,9 @@ void Cache::dispose() {
 }
 
 Cache::Held Cache::hold(int32_t id, bool backend) const {
-  Held h;
-  h.life = std::shared_lock<std::shared_mutex>(life_);
-  checkLive();
-  {
-    auto table = lockTable();
-    auto it = seqMu_.find(id);
-    if (it == seqMu_.end()) table_->get(id);  // throws Disposed
-    h.mu = it->second;
-  }
-  h.own = std::unique_lock<std::mutex>(*h.mu);
-  if (backend && !backend_->concurrent()) h.exec = std::unique_lock<std::mutex>(exec_);
-  auto table = lockTable();
-  h.seq = &table_->get(id);  // disposed while this call waited for its lock: throws Disposed
-  return h;
+  HeldAll all = holdAll({id}, backend);
+  Sequence* seq = all.seqs[0];
+  return Held{std::move(all), seq};
 }
 
 int32_t Cache::registerSequence(int32_t id) {

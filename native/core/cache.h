@@ -131,18 +131,11 @@ class Cache {
   }
 
  private:
-  // One sequence held for a call: the cache's lifetime (shared), the sequence's lock and, for a
-  // call that reaches a backend which runs one call at a time, the backend's. `seq` stays valid
-  // while it is held (only its own holder can dispose it, and dispose() waits for the lifetime).
-  struct Held {
-    std::shared_lock<std::shared_mutex> life;
-    std::shared_ptr<std::mutex> mu;
-    std::unique_lock<std::mutex> own, exec;
-    Sequence* seq = nullptr;
-  };
-  Held hold(int32_t seq, bool backend) const;
-  // Several distinct sequences held for one batched call: their locks taken in ascending id order
-  // (so two batches never wait on each other in a cycle), then the backend's. seqs[i] is ids[i]'s.
+  // Sequences held for a call: the cache's lifetime (shared), each sequence's lock, taken in
+  // ascending id order (so two batches never wait on each other in a cycle), and, for a call that
+  // reaches a backend which runs one call at a time, the backend's. The sequences stay valid while
+  // held (only their holder can dispose them, and dispose() waits for the lifetime). seqs[i] is
+  // ids[i]'s.
   struct HeldAll {
     std::shared_lock<std::shared_mutex> life;
     std::vector<std::shared_ptr<std::mutex>> mu;
@@ -150,6 +143,12 @@ class Cache {
     std::unique_lock<std::mutex> exec;
     std::vector<Sequence*> seqs;
   };
+  // One sequence held: holdAll of one.
+  struct Held {
+    HeldAll all;
+    Sequence* seq;
+  };
+  Held hold(int32_t seq, bool backend) const;
   HeldAll holdAll(const std::vector<int32_t>& ids, bool backend) const;
   std::unique_lock<std::mutex> lockTable() const { return std::unique_lock<std::mutex>(tableMu_); }
   void checkLive() const;
