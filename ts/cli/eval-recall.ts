@@ -12,7 +12,7 @@ import { loadTinyLM, modelProfile, TinyLM } from "../model";
 import { saveProfile, type Profile } from "../profile";
 import { Profiler } from "../profiler";
 import type { KVCache, Sequence } from "../cache";
-import { CliIO, parseArgs, progressBar, UsageError } from "./io";
+import { CliIO, countOption, dtypeOption, listOption as list, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
 
 export const RECALL_TASKS = ["niah", "mk-niah", "mq-niah", "vt"] as const;
 export type RecallTask = (typeof RECALL_TASKS)[number];
@@ -290,15 +290,6 @@ export function formatRecallSummary(rows: RecallRow[], mode: QuestionMode, ratio
   return out.join("\n");
 }
 
-function list<T extends string>(v: string | true | undefined, fallback: readonly T[], allowed: readonly T[], name: string): T[] {
-  if (v === undefined) return [...fallback];
-  const items = String(v).split(",").filter(Boolean) as T[];
-  const bad = items.filter((x) => !allowed.includes(x));
-  if (v === true || items.length === 0 || bad.length > 0) throw new UsageError(`--${name} expects a comma-separated list of ${allowed.join(", ")}`);
-  return items;
-}
-
-/** `lukv eval --task ...`. @returns the exit code: 0 done, 2 bad usage. */
 export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel: (v: string | true | undefined) => string): Promise<number> {
   const { options, positional } = parseArgs(argv);
   let s: RecallSettings, dir: string, out: string;
@@ -308,14 +299,9 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
     for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k} (with --task)`);
     const taskArg = options.get("task");
     const tasks = taskArg === "all" ? [...RECALL_TASKS] : list(taskArg, RECALL_TASKS, RECALL_TASKS, "task");
-    const ratiosArg = options.get("ratios");
-    const ratios = ratiosArg === undefined ? [0.5, 0.8, 0.9, 0.95] : String(ratiosArg).split(",").map(Number);
-    if (ratiosArg === true || ratios.some((x) => !(x >= 0 && x < 1))) throw new UsageError("--ratios expects comma-separated numbers in [0, 1)");
-    const dtype = (options.get("dtype") ?? "f32") as DType;
-    if (!["f32", "f16", "bf16"].includes(dtype)) throw new UsageError(`--dtype expects f32, f16 or bf16, got ${String(dtype)}`);
-    const n = options.get("instances");
-    const instances = n === undefined ? Number.MAX_SAFE_INTEGER : Number(n);
-    if (n === true || !Number.isInteger(instances) || instances < 1) throw new UsageError(`--instances expects an integer >= 1, got ${String(n)}`);
+    const ratios = ratiosOption(options, [0.5, 0.8, 0.9, 0.95]);
+    const dtype = dtypeOption(options);
+    const instances = countOption(options, "instances", Number.MAX_SAFE_INTEGER, 1);
     s = {
       tasks,
       scorers: list(options.get("scorers"), SCORERS, SCORERS, "scorers"),

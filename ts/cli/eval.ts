@@ -10,7 +10,7 @@ import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, mod
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { QueryStatistics } from "../expected-attention";
-import { CliIO, parseArgs, progressBar } from "./io";
+import { CliIO, countOption as count, dtypeOption, listOption as list, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
 import { RECALL_USAGE, recallEvalCommand } from "./eval-recall";
 import { packageRoot } from "../native";
 
@@ -107,28 +107,10 @@ export interface EvalResult {
   seconds: number;
 }
 
-class UsageError extends Error {}
-
-function list<T extends string>(v: string | true | undefined, fallback: readonly T[], allowed: readonly T[], name: string): T[] {
-  if (v === undefined) return [...fallback];
-  const items = String(v).split(",").filter(Boolean) as T[];
-  const bad = items.filter((x) => !allowed.includes(x));
-  if (v === true || items.length === 0 || bad.length > 0) throw new UsageError(`--${name} expects a comma-separated list of ${allowed.join(", ")}`);
-  return items;
-}
-
 function oneOfOption<T extends string>(v: string | true | undefined, allowed: readonly T[], name: string): T {
   if (v === undefined) return allowed[0];
   if (!allowed.includes(v as T)) throw new UsageError(`--${name} expects one of ${allowed.join(", ")}, got ${String(v)}`);
   return v as T;
-}
-
-function count(options: Map<string, string | true>, name: string, fallback: number, min: number): number {
-  const v = options.get(name);
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (v === true || !Number.isInteger(n) || n < min) throw new UsageError(`--${name} expects an integer >= ${min}, got ${String(v)}`);
-  return n;
 }
 
 /** The question that ends every passkey prompt (tools/tiny-lm/tasks.py). */
@@ -382,11 +364,8 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
     const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "question", "dtype", "out", "model", "calibrate", "error-steps"];
     for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
-    const ratiosArg = options.get("ratios");
-    const ratios = ratiosArg === undefined ? [0.5, 0.8, 0.9] : String(ratiosArg).split(",").map(Number);
-    if (ratiosArg === true || ratios.some((x) => !(x >= 0 && x < 1))) throw new UsageError("--ratios expects comma-separated numbers in [0, 1)");
-    const dtype = (options.get("dtype") ?? "f32") as DType;
-    if (!["f32", "f16", "bf16"].includes(dtype)) throw new UsageError(`--dtype expects f32, f16 or bf16, got ${String(dtype)}`);
+    const ratios = ratiosOption(options, [0.5, 0.8, 0.9]);
+    const dtype = dtypeOption(options);
     settings = {
       scorers: list(options.get("scorers"), ["snapkv", "keydiff"], SCORERS, "scorers"),
       allocations: list(options.get("allocations"), ALLOCATIONS, ALLOCATIONS, "allocations"),

@@ -1,4 +1,5 @@
 import { parseArgs as parseNodeArgs } from "node:util";
+import type { DType } from "../dtype";
 
 /** Where a command writes; tests pass their own. */
 export interface CliIO {
@@ -56,6 +57,39 @@ export function progressBar(label: string, total: number): { tick: (n?: number) 
 
 /** Bad command-line usage: reported with the usage text and exit code 2. */
 export class UsageError extends Error {}
+
+/** --name a,b,c: names from `allowed` (fallback when absent). */
+export function listOption<T extends string>(v: string | true | undefined, fallback: readonly T[], allowed: readonly T[], name: string): T[] {
+  if (v === undefined) return [...fallback];
+  const items = String(v).split(",").filter(Boolean) as T[];
+  const bad = items.filter((x) => !allowed.includes(x));
+  if (v === true || items.length === 0 || bad.length > 0) throw new UsageError(`--${name} expects a comma-separated list of ${allowed.join(", ")}`);
+  return items;
+}
+
+/** --name N: an integer >= min (fallback when absent). */
+export function countOption(options: Map<string, string | true>, name: string, fallback: number, min: number): number {
+  const v = options.get(name);
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (v === true || !Number.isInteger(n) || n < min) throw new UsageError(`--${name} expects an integer >= ${min}, got ${String(v)}`);
+  return n;
+}
+
+/** --ratios a,b,c: eviction ratios in [0, 1) (fallback when absent). */
+export function ratiosOption(options: Map<string, string | true>, fallback: number[]): number[] {
+  const v = options.get("ratios");
+  const ratios = v === undefined ? [...fallback] : String(v).split(",").map(Number);
+  if (v === true || ratios.some((x) => !(x >= 0 && x < 1))) throw new UsageError("--ratios expects comma-separated numbers in [0, 1)");
+  return ratios;
+}
+
+/** --dtype: a cache dtype (f32 when absent). */
+export function dtypeOption(options: Map<string, string | true>): DType {
+  const dtype = (options.get("dtype") ?? "f32") as DType;
+  if (!["f32", "f16", "bf16"].includes(dtype)) throw new UsageError(`--dtype expects f32, f16 or bf16, got ${String(dtype)}`);
+  return dtype;
+}
 
 /** A file-system error (ENOENT, EACCES, ...); checked by shape since it may come from another realm. */
 export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
