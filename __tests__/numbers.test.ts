@@ -203,3 +203,37 @@ test("checkFinite: false skips the scans (documented opt-out): a NaN key is stor
   }
   expectInvalid(() => new KVCache({ ...shape, checkFinite: 1 as never }), "Expected boolean for checkFinite but received 1 of type number");
 });
+
+describe("input scan", () => {
+  // The scan every call makes of its inputs works on bit patterns in blocks of 256: it must give what
+  // the plain definition gives, for bad values anywhere (block edges included) and for every limit.
+  test("matches a plain scan: first index with !(|x| < limit), largest |x| before it", () => {
+    const { native } = require("../ts/native") as typeof import("../ts/native");
+    const r = rng(seed + 7);
+    const specials = [0, -0, Infinity, -Infinity, NaN, 1e-45, -1e-45, 65504, 65520, -65520, 3.4e38, -3.4e38];
+    const limits = [65520, 3.3895313892515355e38, Infinity, 1, 0, -1];
+    for (let trial = 0; trial < 400; trial++) {
+      const n = Math.floor(r() * 1100);
+      const x = new Float32Array(n);
+      for (let i = 0; i < n; i++) x[i] = (r() * 2 - 1) * 2 ** (Math.floor(r() * 40) - 20);
+      const bad = Math.floor(r() * 4);
+      for (let j = 0; j < bad && n > 0; j++) {
+        // near a block edge half of the time
+        const at = r() < 0.5 ? Math.min(n - 1, 256 * Math.floor(r() * 5) + Math.floor(r() * 3) - 1) : Math.floor(r() * n);
+        x[Math.max(0, at)] = specials[Math.floor(r() * specials.length)];
+      }
+      const limit = limits[Math.floor(r() * limits.length)];
+      let first = -1;
+      let maxAbs = 0;
+      for (let i = 0; i < n; i++) {
+        const a = Math.abs(x[i]);
+        if (!(a < Math.fround(limit))) {
+          first = i;
+          break;
+        }
+        maxAbs = Math.max(maxAbs, a);
+      }
+      expect(native().scanValues(x, 0, limit)).toEqual([first, maxAbs]);
+    }
+  });
+});

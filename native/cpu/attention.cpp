@@ -249,6 +249,22 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     const int64_t group = part.group0 + (int64_t)h * part.rowBlocks + r / part.rowBlock;
     const Item* first = items.data() + groupStart[group];
     const Item* last = items.data() + groupStart[group + 1];
+    if (last - first == 1 && !part.keepScores) {
+      // One token range (every short head): the output is its accumulator over its sum, exactly
+      // what the general loop below computes with a weight of exp(0) = 1, without the exponentials.
+      const float* pt = partials.data() + first->partial + (int64_t)(r - first->row0) * partialStride;
+      for (int g = 0; g < G; ++g) {
+        float* o = a.out + ((size_t)r * queryHeads + (size_t)h * G + g) * D;
+        const float* acc = pt + 2 * G + (size_t)g * D;
+        if (std::isinf(pt[g])) {
+          std::fill(o, o + D, 0.f);  // nothing visible: the output is zero
+          continue;
+        }
+        const float inv = 1.f / pt[G + g];
+        for (int d = 0; d < D; ++d) o[d] = acc[d] * inv;
+      }
+      return;
+    }
     for (int g = 0; g < G; ++g) {
       float* o = a.out + ((size_t)r * queryHeads + (size_t)h * G + g) * D;
       float mMax = -std::numeric_limits<float>::infinity();
