@@ -24,7 +24,7 @@ function expectBusy(fn: () => unknown): void {
     caught = e;
   }
   expect(caught).toMatchObject({ name: "SequenceBusyError", code: "ERR_LUKV_SEQUENCE_BUSY" });
-  expect(String((caught as Error).message)).toMatch(/^Sequence has \d+ async calls? \(attendAsync, compressAsync\) pending; await (it|them) before a synchronous call/);
+  expect(String((caught as Error).message)).toMatch(/^Sequence has \d+ async calls? \(its own or a batch's \*Async calls\) pending; await (it|them) before a synchronous call/);
 }
 
 describe("call order on one sequence", () => {

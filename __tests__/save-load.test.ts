@@ -168,6 +168,23 @@ test("files, async variants and call order: saveAsync sees the calls queued befo
   expect(() => cache.loadSequence(new Uint16Array(4) as unknown as Uint8Array)).toThrow(InvalidArgumentError);
   expect(() => cache.loadSequence("")).toThrow(InvalidArgumentError);
   expect(() => seq.saveFile(42 as unknown as string)).toThrow(InvalidArgumentError);
+
+  // Files are replaced whole (a temporary file renamed over them); a write that fails leaves the
+  // old file as it was and no temporary file behind.
+  const dir = path.join(tmp, "replace");
+  fs.mkdirSync(dir);
+  const target = path.join(dir, "seq.lukv");
+  fs.writeFileSync(target, "old contents");
+  seq.saveFile(target);
+  expect(fs.readFileSync(target).equals(seq.save())).toBe(true);
+  await seq.saveFileAsync(target);
+  expect(fs.readFileSync(target).equals(seq.save())).toBe(true);
+  fs.mkdirSync(path.join(dir, "a-directory"));
+  expect(() => seq.saveFile(path.join(dir, "a-directory"))).toThrow(/EISDIR|EEXIST|ENOTEMPTY|EPERM/);
+  await expect(seq.saveFileAsync(path.join(dir, "a-directory"))).rejects.toThrow(/EISDIR|EEXIST|ENOTEMPTY|EPERM/);
+  expect(() => seq.saveFile(path.join(dir, "missing-folder", "seq.lukv"))).toThrow(/ENOENT/);
+  expect(fs.readdirSync(dir).sort()).toEqual(["a-directory", "seq.lukv"]);
+  expect(fs.readFileSync(target).equals(seq.save())).toBe(true);
   seq.dispose();
   expect(() => seq.save()).toThrow(/used after dispose/);
   await expect(seq.saveAsync()).rejects.toThrow(/used after dispose/);

@@ -1,8 +1,7 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
-import * as fs from "fs";
 import * as os from "os";
 import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
-import { readSequenceSource, readSequenceSourceAsync, checkSavePath } from "./sequence-file";
+import { readSequenceSource, readSequenceSourceAsync, checkSavePath, writeFileReplacing, writeFileReplacingAsync } from "./sequence-file";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
 import {
@@ -555,7 +554,7 @@ export class Sequence {
     const id = this.#liveId();
     if (this.#pending > 0)
       throw new SequenceBusyError(
-        `Sequence has ${this.#pending} async call${this.#pending === 1 ? "" : "s"} (attendAsync, compressAsync) pending; await ${this.#pending === 1 ? "it" : "them"} before a synchronous call (calls on a sequence take effect in call order)`,
+        `Sequence has ${this.#pending} async call${this.#pending === 1 ? "" : "s"} (its own or a batch's *Async calls) pending; await ${this.#pending === 1 ? "it" : "them"} before a synchronous call (calls on a sequence take effect in call order)`,
       );
     return id;
   }
@@ -1031,16 +1030,21 @@ export class Sequence {
     });
   }
 
-  /** save() written to the file `path` (replaced if it exists). */
+  /**
+   * save() written to the file `path`. An existing file is replaced as a whole: the bytes are
+   * written to a temporary file beside it (`<path>.<pid>.<random>.tmp`, removed if the write fails)
+   * that is then renamed over it, so readers and crashes see the old file or the new one, never a
+   * part of the new one.
+   */
   saveFile(path: string): void {
     checkSavePath(path);
-    fs.writeFileSync(path, this.save());
+    writeFileReplacing(path, this.save());
   }
 
-  /** saveAsync() written to the file `path` (replaced if it exists). */
+  /** saveAsync() written to the file `path`, replaced as saveFile() does. */
   async saveFileAsync(path: string): Promise<void> {
     checkSavePath(path);
-    await fs.promises.writeFile(path, await this.saveAsync());
+    await writeFileReplacingAsync(path, await this.saveAsync());
   }
 
   // Per layer: the largest |key|, |value| and |query| seen (saved with the sequence).
