@@ -137,6 +137,35 @@ describe("long sequences and every SIMD level", () => {
     },
   );
 
+  // Head sizes that are a multiple of the vector width but not of the register tile (80, 96: a
+  // whole tile then narrower ones; 16, 32, 48: narrower tiles only) take the vector path too, on
+  // every level; a size that is not a multiple of any vector (20) takes the per-head path.
+  const sizeCases = levels.flatMap((simd, i) =>
+    [16, 20, 32, 48, 80, 96].flatMap((headDim) =>
+      (i === 0 ? (["f32", "f16", "bf16"] as DType[]) : (["f16"] as DType[])).map((dtype) => ({ simd, dtype, headDim })),
+    ),
+  );
+  test.each(sizeCases)("headDim $headDim, GQA 4 and 8, $simd, $dtype: decode and a prefill chunk", ({ simd, dtype, headDim }) => {
+    const r = rng(seed + simd.length * 13 + headDim * 7 + dtype.length);
+    for (const [kvHeads, queryHeads] of [[2, 8], [1, 8]]) {
+      const n = 301, rows = 7;
+      const cache = new KVCache({ layers: 1, kvHeads, queryHeads, headDim, dtype, simd: simd as "generic", maxTokens: kvHeads * n + 64 });
+      try {
+        const seq = cache.createSequence();
+        const keys = randn(r, n * kvHeads * headDim, 1.5), values = randn(r, n * kvHeads * headDim);
+        seq.append(0, keys, values);
+        const heads = splitHeads(keys, values, kvHeads, headDim, dtype);
+        const q = randn(r, rows * queryHeads * headDim);
+        const one = q.subarray(0, queryHeads * headDim);
+        expect(relativeError(seq.attend(0, one), referenceAttention(heads, one, [n - 1], queryHeads, headDim))).toBeLessThan(tolerance[dtype]);
+        const positions = Array.from({ length: rows }, (_, i) => n - rows + i);
+        expect(relativeError(seq.attend(0, q), referenceAttention(heads, q, positions, queryHeads, headDim))).toBeLessThan(tolerance[dtype]);
+      } finally {
+        cache.dispose();
+      }
+    }
+  });
+
   // Prefetch hints only change how rows are requested, never what is computed: every hint gives
   // the same bits, and those match the reference.
   test("every prefetch hint, 3,000 tokens over pages of 16, decode and a prefill chunk", () => {

@@ -186,14 +186,15 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
   }
 }
 
-// acc[k*D + d] += sum_j w_k(j) * V[j][d] for four query heads k and d < Dt (whole tiles of
-// W*kTile): each V row is converted once per tile and feeds 4*kTile accumulators held in registers
-// across the whole block. The weights: w_k(j) = p[j + k*ld], or in the interleaved layout of
-// qkRows (IL) w_k(j) = p[(j / R) * W + k*R + j % R]. Requests the same rows of `ahead` (may be null).
-template <int DT, bool IL>
+// acc[k*D + d] += sum_j w_k(j) * V[j][d] for four query heads k and d < Dt (whole tiles of W*T,
+// T = kTile unless given): each V row is converted once per tile and feeds 4*T accumulators held
+// in registers across the whole block. The weights: w_k(j) = p[j + k*ld], or in the interleaved
+// layout of qkRows (IL) w_k(j) = p[(j / R) * W + k*R + j % R]. Requests the same rows of `ahead`
+// (may be null).
+template <int DT, bool IL, int T = Vec::kTile>
 static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p, int ld, float* acc, const uint8_t* ahead,
                             int64_t rowBytes, Prefetch hint) {
-  constexpr int T = Vec::kTile, R = Vec::W / 4;
+  constexpr int R = Vec::W / 4;
   const int stride = IL ? R : ld;
   for (int d = 0; d < Dt; d += Vec::W * T) {
     Vec a[4][T];
@@ -217,6 +218,29 @@ static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p,
     for (int k = 0; k < 4; ++k)
       for (int t = 0; t < T; ++t) a[k][t].store(acc + (int64_t)k * D + d + t * Vec::W);
   }
+}
+
+// pvHeads4 over every column of rows whose length D is a multiple of W: whole tiles of W*kTile,
+// then the columns left over (D % (W*kTile)) in tiles of two vectors and of one, each reading the
+// same V rows from that column on. Rows are requested ahead by the first part that runs.
+template <int DT, bool IL>
+static inline void pvHeads4Rows(const void* V, int n, int D, const float* p, int ld, float* acc, const uint8_t* ahead,
+                                int64_t rowBytes, Prefetch hint) {
+  constexpr int W = Vec::W, T = Vec::kTile, E = DT == 0 ? 4 : 2;
+  const int Dt = D - D % (W * T);
+  if (Dt > 0) {
+    pvHeads4<DT, IL>(V, n, D, Dt, p, ld, acc, ahead, rowBytes, hint);
+    ahead = nullptr;
+  }
+  int d = Dt;
+  if (T > 2 && D - d >= 2 * W) {
+    const int w = (D - d) / (2 * W) * (2 * W);
+    pvHeads4<DT, IL, 2>(static_cast<const uint8_t*>(V) + (int64_t)d * E, n, D, w, p, ld, acc + d, ahead, rowBytes, hint);
+    ahead = nullptr;
+    d += w;
+  }
+  if (T > 1 && D - d >= W)
+    pvHeads4<DT, IL, 1>(static_cast<const uint8_t*>(V) + (int64_t)d * E, n, D, D - d, p, ld, acc + d, ahead, rowBytes, hint);
 }
 
 template <int DT>
@@ -419,7 +443,7 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
   // = head k, token r of each R-token step), the softmax works on whole vectors with per-lane
   // references, and the sums l stay in vectors until the end of the span.
   constexpr int kMaxGroups = 16;
-  const bool interleaved = sp.raw == nullptr && G % 4 == 0 && G / 4 <= kMaxGroups && D % (Vec::W * Vec::kTile) == 0 && P % R == 0;
+  const bool interleaved = sp.raw == nullptr && G % 4 == 0 && G / 4 <= kMaxGroups && D % Vec::W == 0 && P % R == 0;
   alignas(64) float mLane[kSpanRows][kMaxGroups][Vec::W], lLane[kSpanRows][kMaxGroups][Vec::W];
   auto loadLanes = [&](int i) {  // lanes of row i's m from m[], its lane sums of l cleared
     const float* m = sp.state + i * sp.stateStride;
@@ -494,7 +518,7 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
       }
       rowsOf(b, b + nb, true, ahead, [&](const uint8_t* V, const uint8_t* next, int n, int32_t t) {
         for (int g = 0; g < G; g += 4)
-          pvHeads4<LT, true>(V, n, D, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
+          pvHeads4Rows<LT, true>(V, n, D, s + (int64_t)g * B + (t - b) / R * Vec::W, 0, acc + (int64_t)g * D,
                              g == 0 ? next : nullptr, rowBytes, sp.prefetch);
       });
     } else {
