@@ -182,6 +182,9 @@ describe(`budgetsFromProfile (seed ${SEED})`, () => {
     expect(() => budgetsFromProfile(p, { ratio: 0.5, lengths: [1, 2, 3, 4, 5, 6, 7, 8.5] })).toThrow(
       "Expected a non-negative integer for lengths[7] but received 8.5 of type number",
     );
+    expect(() => budgetsFromProfile(p, { ratio: 0.5, lengths: [1, 2, 3, 4, 5, 6, 7, 2 ** 31] })).toThrow(
+      "Expected at most 2147483647 (a head's length) for lengths[7] but received 2147483648 of type number",
+    );
     expect(() => budgetsFromProfile(p, { ratio: 0.5, lengths, minKeep: [1, 2] })).toThrow(
       "Expected a non-negative integer or an array of 8 of them (one per head) for minKeep but received Array(2)",
     );

@@ -105,6 +105,8 @@ export interface NativeAddon {
   scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, limit: number): [number, number];
   /** The tokens outside the first `sink` and last `window`, best first, ranked as compress ranks them (NaN lowest, ties to the earlier position). */
   keepOrder(scores: Float32Array, sink: number, window: number): Int32Array;
+  /** LU-KV keep counts (core/allocation): floors <= lengths, their sum <= total <= the sum of lengths. */
+  lukvBudgets(pruneRatios: Float64Array, lengths: Int32Array, floors: Int32Array, total: number): Int32Array;
   /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes (the faster of a read with and one without software prefetch). */
   memoryReadBenchmark(bytes: number, threads: number, repeats: number): number[];
   /** QueryStatistics.add's float64 sums of rows [first, tokens) around `shift` (products: the full symmetric matrices, or null). */

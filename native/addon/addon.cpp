@@ -988,6 +988,42 @@ Napi::Value KeepOrder(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// lukvBudgets(pruneRatios: Float64Array, lengths: Int32Array, floors: Int32Array, total) -> Int32Array:
+// the LU-KV keep counts of core/allocation (budgetsFromProfile checks the arguments first; floors
+// are at most the lengths, and their sum at most total, at most the sum of lengths).
+Napi::Value LukvBudgets(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto typed = [&](int i, napi_typedarray_type want) {
+    return i < (int)info.Length() && info[i].IsTypedArray() && info[i].As<Napi::TypedArray>().TypedArrayType() == want;
+  };
+  if (!typed(0, napi_float64_array) || !typed(1, napi_int32_array) || !typed(2, napi_int32_array) || info.Length() < 4 ||
+      !info[3].IsNumber())
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (Float64Array pruneRatios, Int32Array lengths, Int32Array floors, total)");
+  Napi::Float64Array prune = info[0].As<Napi::Float64Array>();
+  Napi::Int32Array len = info[1].As<Napi::Int32Array>(), lo = info[2].As<Napi::Int32Array>();
+  const size_t H = len.ElementLength();
+  if (prune.ElementLength() != H || lo.ElementLength() != H)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected pruneRatios, lengths and floors of one length");
+  HeadBounds b;
+  b.len.assign(len.Data(), len.Data() + H);
+  b.lo.assign(lo.Data(), lo.Data() + H);
+  b.hi = b.len;
+  for (size_t h = 0; h < H; ++h) {
+    if (b.lo[h] < 0 || b.lo[h] > b.len[h])
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected 0 <= floors[h] <= lengths[h]");
+    b.before += b.len[h];
+    b.sumLo += b.lo[h];
+  }
+  const double total = info[3].As<Napi::Number>().DoubleValue();
+  if (!(total >= (double)b.sumLo && total <= (double)b.before) || total != std::floor(total))
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an integer total between the sum of floors and the sum of lengths");
+  std::vector<int32_t> keep;
+  guarded(env, [&] { keep = lukvBudgets(b, std::vector<double>(prune.Data(), prune.Data() + H), (int64_t)total); });
+  Napi::Int32Array out = Napi::Int32Array::New(env, H);
+  std::copy(keep.begin(), keep.end(), out.Data());
+  return out;
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat, the faster of a read with and
 // one without software prefetch (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
@@ -1006,6 +1042,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
   exports.Set("scanValues", Napi::Function::New(env, ScanValues));
   exports.Set("keepOrder", Napi::Function::New(env, KeepOrder));
+  exports.Set("lukvBudgets", Napi::Function::New(env, LukvBudgets));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("accumulateQueryStatistics", Napi::Function::New(env, AccumulateQueryStatistics));
   return exports;

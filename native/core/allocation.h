@@ -37,7 +37,7 @@ std::vector<int32_t> adaKvBudgets(const HeadBounds& b, int layers, int kvHeads, 
 
 // LU-KV: each head keeps (1 - pruneRatio_h) x its length, every prune ratio shifted by one common
 // amount (clamped to the head's bounds) so that the counts sum to `total`, rounded by largest
-// remainder with ties to the lower head index (the rule of budgetsFromProfile in TypeScript).
+// remainder with ties to the lower head index (budgetsFromProfile in TypeScript calls it too).
 std::vector<int32_t> lukvBudgets(const HeadBounds& b, const std::vector<double>& pruneRatios, int64_t total);
 
 // Explicit keep counts, raised to each head's floor; throws for counts outside [0, length].

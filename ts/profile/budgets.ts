@@ -1,6 +1,9 @@
 import { invalid } from "../errors";
 import { knownOptions } from "../validate";
 import { checkProfile, type Profile } from "./profile";
+import { native } from "../native";
+
+const INT32_MAX = 2 ** 31 - 1;
 
 /** Options of {@link budgetsFromProfile}. */
 export interface BudgetsFromProfileOptions {
@@ -101,19 +104,18 @@ export function budgetsFromProfile(profile: Profile, options: BudgetsFromProfile
   }
 
   const p = pruneRatiosAt(profile, ratio);
-  const T = new Float64Array(H);
-  const lo = new Float64Array(H);
-  const x = p; // reused: the share (1 − Φ_h) × T_h
+  const T = new Int32Array(H);
+  const lo = new Int32Array(H);
   let total = 0;
   let sumLo = 0;
   for (let h = 0; h < H; h++) {
     const t = lengths[h];
     if (!Number.isSafeInteger(t) || t < 0) throw invalid(`lengths[${h}]`, "a non-negative integer", t);
+    if (t > INT32_MAX) throw invalid(`lengths[${h}]`, `at most ${INT32_MAX} (a head's length)`, t);
     const m = scalarMin ? minKeep : (minKeep as ArrayLike<number>)[h];
     if (!scalarMin && (!Number.isSafeInteger(m) || m < 0)) throw invalid(`minKeep[${h}]`, "a non-negative integer", m);
     T[h] = t;
     lo[h] = Math.min(m, t);
-    x[h] = (1 - p[h]) * t;
     total += t;
     sumLo += lo[h];
   }
@@ -121,123 +123,9 @@ export function budgetsFromProfile(profile: Profile, options: BudgetsFromProfile
   if (K < sumLo) {
     throw invalid("ratio", `a ratio that keeps at least ${sumLo} of ${total} tokens (the sum of minKeep over heads)`, ratio);
   }
-
-  const shift = solveShift(x, T, lo, K, total);
-  const keep = new Int32Array(H);
-  const frac = new Float64Array(H);
-  let left = K;
-  for (let h = 0; h < H; h++) {
-    const v = Math.min(T[h], Math.max(lo[h], x[h] + shift * T[h]));
-    const f = Math.floor(v);
-    keep[h] = f;
-    frac[h] = v - f;
-    left -= f;
-  }
-  if (left !== 0) distribute(keep, frac, T, lo, left);
-  return keep;
-}
-
-/** Σ_h clamp(x_h + t·T_h, lo_h, T_h) and its slope at t. */
-function shareSum(x: Float64Array, T: Float64Array, lo: Float64Array, t: number): [number, number] {
-  let g = 0;
-  let slope = 0;
-  for (let h = 0; h < x.length; h++) {
-    const v = x[h] + t * T[h];
-    if (v <= lo[h]) g += lo[h];
-    else if (v >= T[h]) g += T[h];
-    else {
-      g += v;
-      slope += T[h];
-    }
-  }
-  return [g, slope];
-}
-
-/**
- * The shift t with Σ clamp(x_h + t·T_h, lo_h, T_h) = K. The sum is continuous, piecewise
- * linear and non-decreasing in t, equal to Σ lo at t = −1 and Σ T at t = 1: Newton
- * steps on the current linear piece (exact once the clamped set settles, usually after
- * one step), guarded by bisection.
- */
-function solveShift(x: Float64Array, T: Float64Array, lo: Float64Array, K: number, total: number): number {
-  let a = -1;
-  let b = 1;
-  let t = 0;
-  const tol = 1e-9 * Math.max(1, total);
-  for (let iter = 0; iter < 200; iter++) {
-    const [g, slope] = shareSum(x, T, lo, t);
-    if (Math.abs(g - K) <= tol) return t;
-    if (g < K) a = t;
-    else b = t;
-    const newton = slope > 0 ? t + (K - g) / slope : NaN;
-    t = newton > a && newton < b ? newton : (a + b) / 2;
-    if (b - a < 1e-15) break;
-  }
-  return t;
-}
-
-/** Largest remainder: hands out (or takes back) `left` units by fractional part, ties to the lower index. */
-function distribute(keep: Int32Array, frac: Float64Array, T: Float64Array, lo: Float64Array, left: number): void {
-  const H = keep.length;
-  if (left > 0 && left <= H) {
-    // The left-th largest remainder is the threshold: everything above it gets a unit,
-    // then heads exactly at it in index order. Selecting it is O(H); sorting costs more.
-    const threshold = selectNth(Float64Array.from(frac), H - left);
-    for (let h = 0; h < H && left > 0; h++) {
-      if (frac[h] > threshold && keep[h] < T[h]) {
-        keep[h]++;
-        left--;
-      }
-    }
-    for (let h = 0; h < H && left > 0; h++) {
-      if (frac[h] === threshold && keep[h] < T[h]) {
-        keep[h]++;
-        left--;
-      }
-    }
-  }
-  // Only reached through rounding error in the shift: whole passes in remainder order.
-  if (left === 0) return;
-  const order = Array.from({ length: H }, (_, h) => h);
-  const step = left > 0 ? 1 : -1;
-  if (step > 0) order.sort((i, j) => frac[j] - frac[i] || i - j);
-  else order.sort((i, j) => frac[i] - frac[j] || j - i);
-  for (let before = NaN; left !== 0 && left !== before; ) {
-    before = left;
-    for (let k = 0; k < H && left !== 0; k++) {
-      const h = order[k];
-      if (step > 0 ? keep[h] < T[h] : keep[h] > lo[h]) {
-        keep[h] += step;
-        left -= step;
-      }
-    }
-  }
-}
-
-/** The k-th smallest value of `a` (0-based), by quickselect; reorders `a`. */
-function selectNth(a: Float64Array, k: number): number {
-  let lo = 0;
-  let hi = a.length - 1;
-  while (lo < hi) {
-    // Median of three as the pivot keeps sorted and constant inputs linear.
-    const mid = (lo + hi) >> 1;
-    const pivot = Math.max(Math.min(a[lo], a[mid]), Math.min(Math.max(a[lo], a[mid]), a[hi]));
-    let i = lo;
-    let j = hi;
-    while (i <= j) {
-      while (a[i] < pivot) i++;
-      while (a[j] > pivot) j--;
-      if (i <= j) {
-        const t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-        i++;
-        j--;
-      }
-    }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else return a[k];
-  }
-  return a[k];
+  // The shift, the clamping and the rounding are the native allocation's (core/allocation: the rule
+  // compress applies with allocation "lukv"), so the two cannot drift apart.
+  // Copied into an array of this realm (the addon's belongs to the main one: instanceof would fail
+  // inside a vm context such as a test runner's).
+  return new Int32Array(native().lukvBudgets(p, T, lo, K));
 }
