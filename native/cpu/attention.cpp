@@ -11,9 +11,9 @@ namespace cpu {
 namespace {
 
 constexpr int kRowBlock = kSpanRows;  // query rows (tokens) per work item in prefill
-// Below this many multiply-adds (about 30 us of one thread; 2,048 tokens x KV heads of decode with
-// 4 query heads of 128 per KV head) a pass runs on the calling thread: measured on 2 threads, 128
-// tokens x 8 KV heads took 17 us alone and 21 us split, 256 tokens 33 and 29 us.
+// Below this many multiply-adds (2,048 tokens x KV heads of decode with 4 query heads of 128 per
+// KV head) a pass runs on the calling thread alone: handing out items to the other threads and
+// waiting for them costs about as much as the work (the break-even is in bench/README.md).
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 
 struct Item {
@@ -167,8 +167,7 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     finalL.assign((size_t)reduceRows * G, 0.f);
   }
 
-  // Small calls (a short decode step) run on the calling thread alone: handing out items costs
-  // more than the work (16 tokens x 8 KV heads: 14 us with two threads, 6 us with one).
+  // Small calls (a short decode step) run on the calling thread alone (kParallelWork).
   auto forEach = [&](int64_t n, bool parallel, const std::function<void(int64_t)>& fn) {
     if (parallel) a0.threads->parallelFor(n, fn);
     else
