@@ -1,7 +1,9 @@
 // Batched decode steps on the CPU: (a) one attendBatch over many long sequences against a plain
 // read of the same bytes, measured in the same run; (b) one attendBatch over many short sequences
 // against one attend call per sequence (what batching saves in per-call overhead), at the shape of
-// an 8B-class model's layer and at the embedded tiny-lm's (2 KV heads, 8 query heads, headDim 32).
+// an 8B-class model's layer and at the embedded tiny-lm's (2 KV heads, 8 query heads, headDim 32);
+// (c) the same short steps off the main thread, as a server makes them: one attendBatchAsync
+// against one attendAsync per sequence, all awaited together.
 // Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15]
 import { KVCache, Sequence, backends } from "../ts";
 import { native } from "../ts/native";
@@ -48,7 +50,28 @@ function decodeCalls(seqs: Sequence[], cache: KVCache) {
   return {
     batch: () => cache.attendBatch(0, items),
     separate: () => seqs.forEach((s, i) => s.attend(0, qs[i], { out: outs[i] })),
+    batchAsync: () => cache.attendBatchAsync(0, items),
+    separateAsync: () => Promise.all(seqs.map((s, i) => s.attendAsync(0, qs[i], { out: outs[i] }))),
   };
+}
+
+// measure() for calls that return promises: each run is awaited before the next starts.
+async function measureAsync(fns: Record<string, () => Promise<unknown>>, runs: number): Promise<Record<string, number[]>> {
+  const rounds = 5;
+  const perRound = Math.max(1, Math.ceil(runs / rounds));
+  const out: Record<string, number[]> = Object.fromEntries(Object.keys(fns).map((k) => [k, []]));
+  for (let round = 0; round < rounds; round++) {
+    for (const [k, fn] of Object.entries(fns)) {
+      pause(10);
+      for (let i = 0; i < (round === 0 ? 2 : 1); i++) await fn();
+      for (let i = 0; i < perRound; i++) {
+        const t = performance.now();
+        await fn();
+        out[k].push(performance.now() - t);
+      }
+    }
+  }
+  return out;
 }
 
 // Alternating rounds, so that every median comes from the same stretch of time on a shared machine.
@@ -71,20 +94,37 @@ function measure(fns: Record<string, () => void>, runs: number, bytes?: number):
 }
 
 const table: (string | number)[][] = [];
+const asyncTable: (string | number)[][] = [];
 const results: Record<string, unknown> = {};
 
 const name = (x: Shape) => `${x.kvHeads}x${x.queryHeads}x${x.headDim}`;
-for (const [key, tokens, shape, runs] of [["long", longTokens, large, repeats], ["short", shortTokens, large, repeats * 10], ["shortTiny", shortTokens, tiny, repeats * 10]] as const) {
-  const { cache, seqs } = build(tokens, shape);
-  const calls = decodeCalls(seqs, cache);
-  const bytes = sequences * tokens * shape.kvHeads * shape.headDim * 2 * 2; // K and V, f16
-  const m = measure({ batch: calls.batch, separate: calls.separate }, runs, bytes);
-  const batchMs = median(m.batch), separateMs = median(m.separate), readMs = median(m.read);
-  table.push([name(shape), `${sequences} x ${tokens}`, (bytes / 2 ** 20).toFixed(1), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), (readMs / batchMs).toFixed(2), (separateMs / batchMs).toFixed(2)]);
-  results[key] = { shape, tokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, readOverBatch: readMs / batchMs, separateOverBatch: separateMs / batchMs, runs: m };
-  cache.dispose();
+async function main(): Promise<void> {
+  for (const [key, tokens, shape, runs] of [["long", longTokens, large, repeats], ["short", shortTokens, large, repeats * 10], ["shortTiny", shortTokens, tiny, repeats * 10]] as const) {
+    const { cache, seqs } = build(tokens, shape);
+    const calls = decodeCalls(seqs, cache);
+    const bytes = sequences * tokens * shape.kvHeads * shape.headDim * 2 * 2; // K and V, f16
+    const m = measure({ batch: calls.batch, separate: calls.separate }, runs, bytes);
+    const batchMs = median(m.batch), separateMs = median(m.separate), readMs = median(m.read);
+    table.push([name(shape), `${sequences} x ${tokens}`, (bytes / 2 ** 20).toFixed(1), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), (readMs / batchMs).toFixed(2), (separateMs / batchMs).toFixed(2)]);
+    const entry: Record<string, unknown> = { shape, tokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, readOverBatch: readMs / batchMs, separateOverBatch: separateMs / batchMs, runs: m };
+    if (key !== "long") {
+      const a = await measureAsync({ batchAsync: calls.batchAsync, separateAsync: calls.separateAsync }, runs);
+      const batchAsyncMs = median(a.batchAsync), separateAsyncMs = median(a.separateAsync);
+      asyncTable.push([name(shape), `${sequences} x ${tokens}`, batchAsyncMs.toFixed(3), separateAsyncMs.toFixed(3), (separateAsyncMs / batchAsyncMs).toFixed(2)]);
+      Object.assign(entry, { attendBatchAsyncMs: batchAsyncMs, separateAsyncMs, separateAsyncOverBatchAsync: separateAsyncMs / batchAsyncMs, asyncRuns: a });
+    }
+    results[key] = entry;
+    cache.dispose();
+  }
+
+  printTable(["shape", "sequences x tokens", "K+V MiB", "attendBatch ms", "separate ms", "plain read ms", "read / batch", "separate / batch"], table);
+  console.log("\noff the main thread:");
+  printTable(["shape", "sequences x tokens", "attendBatchAsync ms", `${sequences} x attendAsync ms`, "separate / batch"], asyncTable);
+  const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, machine: machine(), results });
+  console.log(`\nwritten ${file}`);
 }
 
-printTable(["shape", "sequences x tokens", "K+V MiB", "attendBatch ms", "separate ms", "plain read ms", "read / batch", "separate / batch"], table);
-const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, machine: machine(), results });
-console.log(`\nwritten ${file}`);
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
