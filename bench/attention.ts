@@ -1,7 +1,12 @@
 // Decode attention on the CPU against the machine's read bandwidth, measured in the same run.
-// Usage: node dist/bench/attention.js [--tokens 1024,8192,32768,131072] [--repeats 15] [--prefetch auto,nta]
+// Usage: node dist/bench/attention.js [--tokens 1024,8192,32768,131072] [--repeats 15] [--prefetch auto,nta] [--step-mib 128]
 // With several prefetch hints, one cache per hint holds the same rows and the hints take turns
 // with the plain read, so every column comes from the same stretch of time.
+// One layer attended over and over stays in the processor's caches when it is small (4 MiB at 1K
+// tokens), and so does the plain read of its bytes. A model's decode step attends every layer once,
+// so a layer's rows come from memory: the "model step" columns attend over as many layers (one call
+// each, in order) as make at least --step-mib MiB (at most 32 layers), against a plain read of all
+// of their bytes.
 import { KVCache, backends, PrefetchHint } from "../ts";
 import { native } from "../ts/native";
 import { arg, median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
@@ -9,6 +14,7 @@ import { arg, median, timeRuns, pause, printTable, machine, cpuLine, writeResult
 const sizes = arg("tokens", "1024,8192,32768,131072").split(",").map(Number);
 const repeats = Number(arg("repeats", "15"));
 const hints = arg("prefetch", "auto").split(",") as PrefetchHint[];
+const stepBytes = Number(arg("step-mib", "128")) * 2 ** 20;
 const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16;
 const b = backends();
 const threads = b.cpu.threads;
@@ -32,9 +38,21 @@ for (const tokens of sizes) {
     }
     return { cache, seq, runs: [] as number[] };
   });
+  const bytes = tokens * kvHeads * headDim * 2 * 2; // K and V, f16
+  const stepLayers = Math.min(32, Math.max(1, Math.ceil(stepBytes / bytes)));
+  const step = (() => {
+    if (stepLayers === 1) return undefined;
+    const cache = new KVCache({ layers: stepLayers, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: stepLayers * kvHeads * tokens });
+    const seq = cache.createSequence();
+    for (let layer = 0; layer < stepLayers; layer++)
+      for (let done = 0; done < tokens; done += chunk) {
+        const part = rows16.subarray(0, Math.min(chunk, tokens - done) * kvHeads * headDim);
+        seq.append(layer, part, part);
+      }
+    return { cache, seq, runs: [] as number[], readRuns: [] as number[] };
+  })();
   const q = new Float32Array(queryHeads * headDim).map((_, i) => Math.sin(i) * 0.1);
   const out = new Float32Array(q.length); // reused, as a decode loop would: no allocation per call
-  const bytes = tokens * kvHeads * headDim * 2 * 2; // K and V, f16
   // The machine's state drifts (other tenants of the host): attention and the plain read are
   // measured in alternating rounds, so all medians come from the same stretch of time.
   const rounds = 5;
@@ -48,6 +66,12 @@ for (const tokens of sizes) {
     }
     pause(10);
     readRuns.push(...native().memoryReadBenchmark(bytes, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
+    if (step) {
+      pause(10);
+      step.runs.push(...timeRuns(() => { for (let layer = 0; layer < stepLayers; layer++) step.seq.attend(layer, q, { out }); }, perRound, round === 0 ? 2 : 1));
+      pause(10);
+      step.readRuns.push(...native().memoryReadBenchmark(bytes * stepLayers, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
+    }
   }
   const readMs = median(readRuns);
   const limit = bytes / (readMs / 1000) / 1e9;
@@ -60,10 +84,22 @@ for (const tokens of sizes) {
   });
   for (const c of caches) c.cache.dispose();
   row.push(limit.toFixed(2));
+  // The model step: milliseconds per layer, and the ratio against the plain read of all its bytes.
+  let modelStep: Record<string, number> | undefined;
+  if (step) {
+    const layerMs = median(step.runs) / stepLayers;
+    const stepReadMs = median(step.readRuns);
+    const ratio = stepReadMs / stepLayers / layerMs;
+    row.push(stepLayers, layerMs.toFixed(3), ratio.toFixed(2), ((bytes * stepLayers) / (stepReadMs / 1000) / 1e9).toFixed(2));
+    modelStep = { layers: stepLayers, msPerLayer: layerMs, plainReadMs: stepReadMs, ratio };
+    step.cache.dispose();
+  } else {
+    row.push(1, "= single", "", "");
+  }
   rows.push(row);
-  results.push({ tokens, bytes, plainReadMs: readMs, plainReadGBps: limit, hints: perHint });
+  results.push({ tokens, bytes, plainReadMs: readMs, plainReadGBps: limit, hints: perHint, modelStep });
 }
 const used = hints.map((h) => (h === "auto" ? `auto=${b.cpu.prefetch}` : h));
-printTable(["tokens", "K+V MiB", ...used.flatMap((h) => [`ms (${h})`, "GB/s", "ratio"]), "plain read GB/s"], rows);
+printTable(["tokens", "K+V MiB", ...used.flatMap((h) => [`ms (${h})`, "GB/s", "ratio"]), "plain read GB/s", "step layers", "step ms / layer", "step ratio", "step read GB/s"], rows);
 const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: used, repeats, machine: machine(), results });
 console.log(`\nwritten ${file}`);
