@@ -15,6 +15,7 @@ constexpr int kRowBlock = kSpanRows;  // query rows (tokens) per work item in pr
 // KV head) a pass runs on the calling thread alone: handing out items to the other threads and
 // waiting for them costs about as much as the work (the break-even is in bench/README.md).
 constexpr int64_t kParallelWork = int64_t(1) << 20;
+constexpr int kMinChunk = 256;  // fewest tokens of a head's token range (split-K)
 
 struct Item {
   int call, head, row0, row1;  // call of the batch, its KV head  // query rows [row0, row1)
@@ -132,7 +133,9 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     // Split long heads into token ranges so that even one head keeps every thread busy (split-K).
     part.rowBlock = a.tokens == 1 ? 1 : kRowBlock;
     part.rowBlocks = (a.tokens + part.rowBlock - 1) / part.rowBlock;
-    int64_t chunk = std::max<int64_t>(kBlockTokens * 4, (totalTokens + target - 1) / std::max<int64_t>(target, 1));
+    // Ranges of at least kMinChunk tokens: shorter ones cost more in partial states to merge than
+    // they give the threads to share.
+    int64_t chunk = std::max<int64_t>(std::max(kBlockTokens * 4, kMinChunk), (totalTokens + target - 1) / std::max<int64_t>(target, 1));
     if (part.rowBlocks * kvHeads >= target) chunk = std::numeric_limits<int32_t>::max();
     chunk = (chunk + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
     part.keepScores = a.mass != nullptr || a.oracle != nullptr;
