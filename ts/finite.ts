@@ -20,6 +20,9 @@ const STORAGE_LIMIT: Record<DType, number> = { f32: Infinity, f16: 65520, bf16: 
  * naming the tensor and that index. Returns the largest magnitude. Uint16Array input holds raw
  * `rawDtype` bits.
  */
+// Where the native scan writes its result: reused, so a scan allocates nothing.
+const scanResult = new Float64Array(2);
+
 export function scanTensor(
   name: string,
   values: Float32Array | Uint16Array,
@@ -30,7 +33,8 @@ export function scanTensor(
 ): number {
   const raw = isUint16Array(values);
   const limit = raw ? Infinity : STORAGE_LIMIT[storage];
-  const [bad, maxAbs] = native().scanValues(values, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, limit);
+  native().scanValues(values, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, limit, scanResult);
+  const bad = scanResult[0], maxAbs = scanResult[1];
   if (bad < 0) return maxAbs;
   const value = raw ? (rawDtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)(values[bad]) : values[bad];
   const row = heads * headDim;
