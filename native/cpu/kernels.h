@@ -3,6 +3,17 @@
 #include <cstddef>
 #include <cstdint>
 
+// For the small helpers of the inner loops (a row group's dot products and their reduction): left
+// to the compiler's judgement they were inlined into the decode kernel but called out of line from
+// the prefill one, which then stored and reloaded sixteen accumulators per four tokens.
+#if defined(__GNUC__) || defined(__clang__)
+#define LUKV_ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define LUKV_ALWAYS_INLINE __forceinline
+#else
+#define LUKV_ALWAYS_INLINE inline
+#endif
+
 namespace lukv {
 namespace cpu {
 

@@ -48,7 +48,7 @@ struct Vec {
     return _mm_cvtss_f32(s);
   }
   // Lane i of the result = sum of the lanes of v[i], for W vectors (transpose-and-add tree).
-  static Vec sumEach(const Vec* x) {
+  static LUKV_ALWAYS_INLINE Vec sumEach(const Vec* x) {
     __m256 t[4], u[2];
     for (int i = 0; i < 4; ++i)
       t[i] = _mm256_add_ps(_mm256_unpacklo_ps(x[2 * i].v, x[2 * i + 1].v), _mm256_unpackhi_ps(x[2 * i].v, x[2 * i + 1].v));

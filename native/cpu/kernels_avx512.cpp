@@ -44,7 +44,7 @@ struct Vec {
   float hmax() const { return _mm512_reduce_max_ps(v); }
   // Lane i of the result = sum of the lanes of v[i], for W vectors: a transpose-and-add tree
   // (pairs of floats, then pairs of doubles, then 128-bit lanes twice), 45 instructions.
-  static Vec sumEach(const Vec* x) {
+  static LUKV_ALWAYS_INLINE Vec sumEach(const Vec* x) {
     __m512 t[8], u[4], w[2];
     for (int i = 0; i < 8; ++i)
       t[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i].v, x[2 * i + 1].v), _mm512_unpackhi_ps(x[2 * i].v, x[2 * i + 1].v));

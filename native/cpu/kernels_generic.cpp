@@ -61,7 +61,7 @@ struct Vec {
     return m;
   }
   // Lane i of the result = sum of the lanes of x[i].
-  static Vec sumEach(const Vec* x) { return {{x[0].sum(), x[1].sum(), x[2].sum(), x[3].sum()}}; }
+  static LUKV_ALWAYS_INLINE Vec sumEach(const Vec* x) { return {{x[0].sum(), x[1].sum(), x[2].sum(), x[3].sum()}}; }
   static Vec exp(Vec x) {
     Vec r;
     for (int i = 0; i < 4; ++i) r.v[i] = x.v[i] < -87.0f ? 0.0f : std::exp(x.v[i]);

@@ -99,7 +99,7 @@ static inline void prefetchPart(const uint8_t* p, int step, Prefetch hint) {
 // accumulators reduced together by one transpose-and-add tree. Lane k*R + r of the result is the
 // score of row j + r for head k. Requires D % W == 0; requests the same rows of `ahead` (may be null).
 template <int DT>
-static inline Vec qkRows(const void* K, int j, int D, const float* q0, const uint8_t* ahead, int64_t rowBytes,
+static LUKV_ALWAYS_INLINE Vec qkRows(const void* K, int j, int D, const float* q0, const uint8_t* ahead, int64_t rowBytes,
                          Prefetch hint) {
   constexpr int R = Vec::W / 4;
   Vec a[Vec::W];

@@ -26,7 +26,7 @@ struct Vec {
   void store(float* p) const { vst1q_f32(p, v); }
   float sum() const { return vaddvq_f32(v); }
   // Lane i of the result = sum of the lanes of x[i]: two rounds of pairwise adds.
-  static Vec sumEach(const Vec* x) { return {vpaddq_f32(vpaddq_f32(x[0].v, x[1].v), vpaddq_f32(x[2].v, x[3].v))}; }
+  static LUKV_ALWAYS_INLINE Vec sumEach(const Vec* x) { return {vpaddq_f32(vpaddq_f32(x[0].v, x[1].v), vpaddq_f32(x[2].v, x[3].v))}; }
   static void sum4(Vec a, Vec b, Vec c, Vec d, float* out) {
     const Vec x[4] = {a, b, c, d};
     sumEach(x).store(out);
