@@ -1,9 +1,11 @@
 // The output error (Σ‖O_c − O_f‖ / Σ‖O_f‖ over layers and decode steps): a case worked by hand,
 // a float64 reference on random data, and on the trained tiny-lm: 0 for the full cache, growing
-// with the compression ratio.
+// with the compression ratio; LU-KV calibrated on the output-error oracle with a scorer's options.
+import * as fs from "fs";
 import { KVCache } from "../ts";
-import { OutputErrorProbe, defaultModelDir, loadTinyLM, modelTexts, outputErrorOracle, outputErrorProbe } from "../ts/model";
+import { OutputErrorProbe, calibrateTinyLM, defaultModelDir, loadTinyLM, modelTexts, outputErrorOracle, outputErrorProbe } from "../ts/model";
 import { rng, testSeed, randn } from "./helpers/random";
+import { makeModelDir } from "./tiny-lm-fixture";
 
 const seed = testSeed("output-error");
 
@@ -149,4 +151,22 @@ test("output-error oracle: each token's value is the change of the outputs when 
       expect(Math.abs(oracle[0][h][j] - exact)).toBeLessThanOrEqual(0.1 * exact + 1e-9);
     }
   }
+});
+
+test("calibrating on the output-error oracle ranks with the scorer options given (SnapKV avg pooling, kernel 3)", () => {
+  const dir = makeModelDir(rng(seed ^ 11));
+  const model = loadTinyLM(dir);
+  const texts = modelTexts(dir, "calibration");
+  const calibrate = (scorerOptions: object) =>
+    calibrateTinyLM(model, texts, { oracle: "output", contexts: [96, 128], decodeSteps: 6, scorerOptions }).profiles.get("snapkv")!;
+  const avg = calibrate({ pooling: "avg", kernel: 3 });
+  const max = calibrate({});
+  fs.rmSync(dir, { recursive: true, force: true });
+  expect(avg.meta.scorerOptions).toEqual({ pooling: "avg", kernel: 3 });
+  expect(max.meta.scorerOptions).toBeUndefined();
+  expect(avg.meta.calibration?.decodeSteps).toBe(6);
+  // The oracle is the same, the ranking is not: somewhere the budgets differ.
+  let differ = 0;
+  for (let i = 0; i < avg.table.length; i++) differ = Math.max(differ, Math.abs(avg.table[i] - max.table[i]));
+  expect(differ).toBeGreaterThan(0.01);
 });

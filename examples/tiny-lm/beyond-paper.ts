@@ -1,8 +1,10 @@
 // Configurations beyond the LU-KV paper on the embedded model, against LU-KV + SnapKV as shipped:
 // output error (docs/methods.md), perplexity and next-token agreement on the held-out texts.
 //
-//   npx tsc -p tsconfig.build.json && nice -n 19 node dist/examples/tiny-lm/beyond-paper.js [--ratios 0.5,0.8,0.9] [--windows 3]
+//   npx tsc -p tsconfig.build.json && nice -n 19 node dist/examples/tiny-lm/beyond-paper.js [--ratios 0.5,0.8,0.9] [--windows 3] [--variants 0,1,4]
 //
+// --variants picks rows of VARIANTS by index (default: all); the first one picked is the
+// baseline the other rows are compared with.
 // Every variant's LU-KV profile is calibrated here, on models/tiny-lm/calibration, with the same
 // scorer options it is evaluated with; the baseline uses the shipped models/tiny-lm/profile.json.
 // Writes bench/results/beyond-paper.json.
@@ -18,7 +20,7 @@ interface Variant {
   /** compress() options besides scorer "snapkv", allocation "lukv" and the ratio. */
   options: ScoreOptions;
   /** How its profile is calibrated (undefined: the shipped profile). */
-  calibration?: Pick<CalibrationOptions, "normalize" | "oracle">;
+  calibration?: Pick<CalibrationOptions, "normalize" | "oracle" | "contexts" | "decodeSteps">;
 }
 
 const VARIANTS: Variant[] = [
@@ -26,6 +28,7 @@ const VARIANTS: Variant[] = [
   { name: "LU-KV (output-error oracle) + SnapKV", options: {}, calibration: { oracle: "output" } },
   { name: "LU-KV (output-error oracle) + SnapKV, max-pool kernel 3", options: { kernel: 3 }, calibration: { oracle: "output" } },
   { name: "LU-KV (output-error oracle) + SnapKV, no pooling", options: { pooling: "none" }, calibration: { oracle: "output" } },
+  { name: "LU-KV (output-error oracle) + SnapKV, avg-pool kernel 3", options: { pooling: "avg", kernel: 3 }, calibration: { oracle: "output" } },
 ];
 
 const args = process.argv.slice(2);
@@ -35,13 +38,15 @@ const arg = (name: string, fallback: string) => {
 };
 const ratios = arg("ratios", "0.5,0.8,0.9").split(",").map(Number);
 const windows = Number(arg("windows", "3"));
+const picked = arg("variants", VARIANTS.map((_, i) => i).join(",")).split(",").map((i) => VARIANTS[Number(i)]);
+if (picked.some((v) => v === undefined)) throw new RangeError(`--variants takes indices below ${VARIANTS.length}`);
 
 const t0 = performance.now();
 const dir = defaultModelDir();
 const model = loadTinyLM(dir);
 const calibration = modelTexts(dir, "calibration");
 const rows: { variant: string; row: EvalRow }[] = [];
-for (const v of VARIANTS) {
+for (const v of picked) {
   const tv = performance.now();
   const profile: Profile = v.calibration
     ? calibrateTinyLM(model, calibration, { scorers: ["snapkv"], scorerOptions: v.options, ...v.calibration }).profiles.get("snapkv")!
@@ -64,13 +69,13 @@ for (const v of VARIANTS) {
   console.error(`${v.name}: ${((performance.now() - tv) / 1000).toFixed(0)} s`);
 }
 
-const base = (ratio: number) => rows.find((r) => r.variant === VARIANTS[0].name && r.row.ratio === ratio)!.row;
+const base = (ratio: number) => rows.find((r) => r.variant === picked[0].name && r.row.ratio === ratio)!.row;
 const lines = ["| configuration | ratio | output error | vs LU-KV + SnapKV | perplexity | next-token agreement |", "| --- | ---: | ---: | ---: | ---: | ---: |"];
 for (const ratio of ratios)
   for (const { variant, row } of rows.filter((r) => r.row.ratio === ratio)) {
     const d = row.outputError / base(ratio).outputError - 1;
     lines.push(
-      `| ${variant} | ${ratio.toFixed(2)} | ${row.outputError.toFixed(4)} | ${variant === VARIANTS[0].name ? "-" : `${d >= 0 ? "+" : ""}${(100 * d).toFixed(1)}%`} | ` +
+      `| ${variant} | ${ratio.toFixed(2)} | ${row.outputError.toFixed(4)} | ${variant === picked[0].name ? "-" : `${d >= 0 ? "+" : ""}${(100 * d).toFixed(1)}%`} | ` +
         `${row.perplexity.toFixed(3)} | ${(100 * row.agreement).toFixed(1)}% |`,
     );
   }
