@@ -169,7 +169,8 @@ def main():
     ap.add_argument("--eval-minutes", type=float, default=EVAL_MINUTES)
     ap.add_argument("--plan", default=None,
                     help="stages START:T:B:KV:COPY[:KVNUM],... (first step, context, batch, shares of kv_sequence and "
-                         "copy sequences, share of the kv sequences with multi-digit values); T and B may be lists "
+                         "copy sequences, share of the kv sequences with multi-digit values, task weights W1/W2/W3/W4 of niah, "
+                         "mk-niah, mq-niah, vt replacing --task-weights); T and B may be lists "
                          "T1/T2/..:B1/B2/.. that the steps of the stage cycle through (step s uses entry s mod n); "
                          "replaces the time-based phases")
     ap.add_argument("--task-weights", default=None, help="W1,W2,W3,W4: weights of niah, mk-niah, mq-niah, vt in the "
@@ -196,7 +197,8 @@ def main():
             f = st.split(":")
             Ts, Bs = [int(x) for x in f[1].split("/")], [int(x) for x in f[2].split("/")]
             assert len(Ts) == len(Bs), st
-            plan.append((int(f[0]), Ts, Bs, float(f[3]), float(f[4]), float(f[5]) if len(f) > 5 else 0.0))
+            plan.append((int(f[0]), Ts, Bs, float(f[3]), float(f[4]), float(f[5]) if len(f) > 5 else 0.0,
+                         [float(x) for x in f[6].split("/")] if len(f) > 6 else None))
         plan.sort()
     task_weights = [float(x) for x in args.task_weights.split(",")] if args.task_weights else None
     torch.manual_seed(SEED)
@@ -279,13 +281,15 @@ def main():
             st = [st for st in plan if st[0] <= step][-1]
             T, B = st[1][step % len(st[1])], st[2][step % len(st[2])]
             kv_share, copy_share, kv_number_share = st[3], st[4], st[5]
+            stage_weights = st[6] if st[6] is not None else task_weights
         else:
             T, B = PHASES[phase_of(step, phase_steps) if args.fixed_phase is None else args.fixed_phase]
             kv_share = 0.0
             copy_share = (args.copy_share or COPY_SHARE) if copy_start is not None and step >= copy_start else 0.0
         t0 = time.time()
         rng = np.random.default_rng([SEED, step])
-        X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share, kv_number_share, task_weights)
+        X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share, kv_number_share,
+                                       stage_weights if plan is not None else task_weights)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng)
