@@ -10,6 +10,7 @@ import { resolveModelDir } from "../ts/cli/eval";
 import { loadTinyLM } from "../ts/model";
 
 const dir = resolveModelDir("recall-lm");
+const contextLength = (JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as { context_length: number }).context_length;
 let outDir: string;
 beforeAll(() => {
   outDir = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-recall-"));
@@ -51,7 +52,9 @@ test("a handful of instances per task: JSON shape, ratio 0 equals the full cache
     const rows = j.rows.filter((x) => x.task === task);
     const full = rows[0];
     expect(full.instances).toBe(2);
-    expect(j.contextTokens[task][1]).toBeLessThanOrEqual(512);
+    // the instances fit the length they were generated for (export.py --length)
+    expect(j.contextTokens[task][1]).toBeLessThanOrEqual(contextLength);
+    expect(j.contextTokens[task][1]).toBeGreaterThan(contextLength - 64);
     // the TypeScript forward pass with lukv's cache decodes what PyTorch decoded (export.py),
     // and an instance counts as correct exactly when that answer is the expected one
     const held = recallInstances(dir, "heldout", task).slice(0, 2) as (RecallInstance & { model_answer: string })[];
@@ -89,6 +92,26 @@ test("question before compression: the question is prefilled and compressed with
   const perToken = 2 * model.config.headDim * 4 * model.config.layers * model.config.kvHeads;
   expect(j.rows[0].kvBytes).toBe((1 + model.tokenizer!.encode(x.context).length + model.tokenizer!.encode(x.question).length - 1) * perToken);
   expect(j.rows[1].correct).toBe(j.rows[0].correct);
+});
+
+test("expected-attention runs on recall-lm with the model's RoPE: ratio 0 equals the full cache, 80% keeps about a fifth", async () => {
+  const out = path.join(outDir, "recall-ea.json");
+  const r = await run(["eval", "--task", "niah", "--instances", "1", "--scorers", "expected-attention", "--allocations", "uniform,lukv", "--ratios", "0,0.8", "--question", "after", "--out", out]);
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  expect(r.out).toMatch(/note: lukv with expected-attention uses .*profile-expected-attention\.json/);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as RecallResult;
+  expect(j.rows.map((x) => `${x.scorer} ${x.allocation} ${x.ratio}`)).toEqual(["full full 0", ...[0, 0.8].flatMap((ratio) => ["uniform", "lukv"].map((a) => `expected-attention ${a} ${ratio}`))]);
+  const full = j.rows[0];
+  for (const x of j.rows.slice(1)) {
+    if (x.ratio === 0) {
+      expect(x.correct).toBe(full.correct);
+      expect(x.kvBytes).toBe(full.kvBytes);
+    } else {
+      expect(x.kvBytes).toBeLessThan(0.25 * full.kvBytes);
+      expect(x.kvBytes).toBeGreaterThan(0.15 * full.kvBytes);
+    }
+  }
 });
 
 test("bad --task and unknown options are usage errors", async () => {

@@ -63,6 +63,9 @@ def main():
     ap.add_argument("--heldout", type=int, default=64, help="instances per task")
     ap.add_argument("--calibration", type=int, default=8, help="instances per task")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--also-lengths", default=None,
+                    help="L1,L2,...: also measure the full-cache exact match on --heldout instances of these lengths "
+                         "(same seed; recorded in config.json -> evaluation_other_lengths, not written as files)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tj = json.load(open(os.path.join(OUT, "tokenizer.json")))
@@ -106,6 +109,14 @@ def main():
         acc = exact_match(model, [it["ids"] for it in held[task]], v.eos, bs=4)
         evaluation[task] = {"exact_match": acc, "instances": len(held[task]), "length": args.length}
         print(f"{task}: exact match {acc:.3f} on {len(held[task])} held-out instances of {args.length} tokens", flush=True)
+    other = {}
+    for L in ([int(x) for x in args.also_lengths.split(",")] if args.also_lengths else []):
+        extra = instances(v, tok, HELDOUT_SEED, args.heldout, L)
+        other[str(L)] = {}
+        for task in tasks.TASKS:
+            acc = exact_match(model, [it["ids"] for it in extra[task]], v.eos, bs=4)
+            other[str(L)][task] = {"exact_match": acc, "instances": len(extra[task]), "length": L}
+            print(f"{task}: exact match {acc:.3f} on {len(extra[task])} held-out instances of {L} tokens", flush=True)
     for sub, data, seed in (("heldout", held, HELDOUT_SEED), ("calibration", calib, CALIB_SEED)):
         os.makedirs(os.path.join(OUT, sub), exist_ok=True)
         for task, items in data.items():
@@ -128,6 +139,8 @@ def main():
         "training": {k: ck.get(k) for k in ("step", "elapsed", "phase_steps", "decay_start", "decay_steps", "train_seconds")},
         "evaluation": evaluation,
     }
+    if other:
+        config["evaluation_other_lengths"] = other
     with open(os.path.join(OUT, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     print(f"exported {args.ckpt} (step {ck.get('step')}) to {OUT}", flush=True)

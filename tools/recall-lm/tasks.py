@@ -319,10 +319,16 @@ def copy_sequence(v, rng, T):
     return ids, mask
 
 
-def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0):
+def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0, kv_number_share=0.0, task_weights=None):
     """B training sequences of at most T+1 tokens (EOS-padded), their answer masks and task
     names: a task of TASKS with all its questions, with probability kv_share an associative
-    recall sequence (kv_sequence), with probability copy_share a copy sequence."""
+    recall sequence (kv_sequence; a share kv_number_share of them with multi-digit values),
+    with probability copy_share a copy sequence. task_weights (one per task of TASKS) makes
+    the choice of the task non-uniform; None keeps the uniform draw (and the random stream)
+    of the earlier runs."""
+    if task_weights is not None:
+        tw = np.asarray(task_weights, dtype=np.float64)
+        tw = tw / tw.sum()
     X = np.full((B, T + 1), v.eos, dtype=np.int64)
     M = np.zeros((B, T + 1), dtype=np.float32)
     kinds = []
@@ -330,12 +336,15 @@ def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0):
         r = rng.random() if (copy_share > 0 or kv_share > 0) else 1.0
         if r < kv_share:
             task = "kv"
-            ids, mask = kv_sequence(v, rng, T + 1)
+            if kv_number_share > 0 and rng.random() < kv_number_share:
+                ids, mask = kv_sequence(v, rng, T + 1, numbers=True)
+            else:
+                ids, mask = kv_sequence(v, rng, T + 1)
         elif r < kv_share + copy_share:
             task = "copy"
             ids, mask = copy_sequence(v, rng, T + 1)
         else:
-            task = TASKS[rng.integers(len(TASKS))]
+            task = TASKS[rng.integers(len(TASKS))] if task_weights is None else TASKS[rng.choice(len(TASKS), p=tw)]
             inst = instance(v, task, rng, T + 1, all_questions=True)
             ids, mask = sequence(v, inst)
         ids, mask = ids[:T + 1], mask[:T + 1]
@@ -348,13 +357,31 @@ def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0):
 KV_VALUES = FILLER_NOUNS + FILLER_ADJ
 
 
-def kv_sequence(v, rng, T):
+def kv_sequence(v, rng, T, numbers=False):
     """Multi-query associative recall (MQAR-like, dense): [BOS] k1 x1 k2 x2 ... kn xn, then
     queries ka xa kb xb ... of keys of the context (random order, with repeats). Keys are
     invented words, values single tokens (filler nouns and adjectives, or digits); the value of
     every query is an answer token, so a short sequence carries many answers. With few pairs,
     copying any value of the context is often right, which gives the lookup a gradient. Only an
-    induction-style lookup (find the earlier key, copy the token after it) predicts them."""
+    induction-style lookup (find the earlier key, copy the token after it) predicts them.
+
+    numbers=True: every value is a number of 2-5 digits written as in the tasks (" " then one
+    token per digit), so a query must copy a whole span after its key (the skill mk-niah and
+    mq-niah need when several 5-digit values share digits); all the value tokens are answers."""
+    if numbers:
+        n = int(rng.integers(2, max(2, (T - 1) // 8) + 1))
+        keys = distinct_words(rng, n, KEY_POOL)
+        vals = [v.number(str(int(rng.integers(10 ** (d - 1), 10 ** d)))) for d in rng.integers(2, 6, size=n)]
+        ids = [v.bos]
+        for k, x in zip(keys, vals):
+            ids += v.words([k]) + x
+        mask = [0] * len(ids)
+        while True:
+            i = int(rng.integers(n))
+            if len(ids) + 1 + len(vals[i]) > T:
+                return ids, mask
+            ids += v.words([keys[i]]) + vals[i]
+            mask += [0] + [0] + [1] * (len(vals[i]) - 1)  # the space after the key is predictable
     n = int(rng.integers(2, max(2, (T - 1) // 4) + 1))  # 2..(T-1)/4 pairs: few pairs are easy (a start)
     keys = distinct_words(rng, n, KEY_POOL)
     vals = []

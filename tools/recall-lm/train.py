@@ -168,8 +168,17 @@ def main():
     ap.add_argument("--copy-start", type=int, default=None, help="first step whose batches mix in copy sequences")
     ap.add_argument("--eval-minutes", type=float, default=EVAL_MINUTES)
     ap.add_argument("--plan", default=None,
-                    help="stages START:T:B:KV:COPY,... (first step, context, batch, shares of kv_sequence and copy "
-                         "sequences); replaces the time-based phases")
+                    help="stages START:T:B:KV:COPY[:KVNUM],... (first step, context, batch, shares of kv_sequence and "
+                         "copy sequences, share of the kv sequences with multi-digit values, task weights W1/W2/W3/W4 of niah, "
+                         "mk-niah, mq-niah, vt replacing --task-weights); T and B may be lists "
+                         "T1/T2/..:B1/B2/.. that the steps of the stage cycle through (step s uses entry s mod n); "
+                         "replaces the time-based phases")
+    ap.add_argument("--task-weights", default=None, help="W1,W2,W3,W4: weights of niah, mk-niah, mq-niah, vt in the "
+                    "task share (default uniform, the draw of the earlier runs)")
+    ap.add_argument("--decay-at-minutes", type=float, default=None,
+                    help="with --plan: start the decay when the run's wall clock (resumes included) reaches this, "
+                         "with the steps the mean step time leaves until --stop-minutes")
+    ap.add_argument("--stop-minutes", type=float, default=None, help="stop (writing final.pt) at this wall clock")
     ap.add_argument("--eval-lengths", default=None, help="T1,T2,...: lengths of the training-time checks (12 per task)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default LR)")
     ap.add_argument("--model", default=None, help="JSON object of MODEL entries to override, e.g. '{\"num_layers\": 2}'")
@@ -183,8 +192,15 @@ def main():
         EVAL_N = {int(t): 12 for t in args.eval_lengths.split(",")}
     plan = None
     if args.plan:
-        plan = [tuple(float(x) if i >= 3 else int(x) for i, x in enumerate(st.split(":"))) for st in args.plan.split(",")]
+        plan = []
+        for st in args.plan.split(","):
+            f = st.split(":")
+            Ts, Bs = [int(x) for x in f[1].split("/")], [int(x) for x in f[2].split("/")]
+            assert len(Ts) == len(Bs), st
+            plan.append((int(f[0]), Ts, Bs, float(f[3]), float(f[4]), float(f[5]) if len(f) > 5 else 0.0,
+                         [float(x) for x in f[6].split("/")] if len(f) > 6 else None))
         plan.sort()
+    task_weights = [float(x) for x in args.task_weights.split(",")] if args.task_weights else None
     torch.manual_seed(SEED)
     os.makedirs(args.ckpt, exist_ok=True)
     tj = json.load(open(args.tokenizer))
@@ -214,8 +230,10 @@ def main():
         phase_steps = (ck["phase_steps"] + [None] * len(PHASE_AT))[:len(PHASE_AT)]
         if copy_start is None:
             copy_start = ck.get("copy_start")
-        if ck.get("decay_start") is not None:
+        if ck.get("decay_start") is not None and args.decay_start is None:
             decay_start, decay_steps = ck["decay_start"], ck["decay_steps"]
+        if args.decay_at_minutes is not None and args.decay_start is None and ck.get("decay_at_minutes") != args.decay_at_minutes:
+            decay_start, decay_steps = None, None  # a decay of an earlier run: this one's is set by time
         print(f"resumed at step {step0} ({elapsed0:.0f}s)", flush=True)
 
     evals = {T: eval_instances(v, EVAL_SEED, EVAL_N[T], T) for T in EVAL_N}
@@ -230,7 +248,8 @@ def main():
 
     def save(name, extra=None):
         d = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "elapsed": time.time() - t_start,
-             "config": cfg.to_dict(), "phase_steps": phase_steps, "decay_start": decay_start, "decay_steps": decay_steps, "copy_start": copy_start}
+             "config": cfg.to_dict(), "phase_steps": phase_steps, "decay_start": decay_start, "decay_steps": decay_steps, "copy_start": copy_start,
+             "decay_at_minutes": args.decay_at_minutes}
         if extra:
             d.update(extra)
         torch.save(d, os.path.join(args.ckpt, name + ".tmp"))
@@ -248,15 +267,29 @@ def main():
             decay_start, decay_steps = step, max(20, int((budget - el) / per))
             print(f"decay: --phase-steps {','.join(map(str, phase_steps))} --decay-start {decay_start} "
                   f"--decay-steps {decay_steps} (median step {per:.2f}s)", flush=True)
+        if plan is not None and args.stop_minutes is not None and el >= args.stop_minutes * 60:
+            print(f"stop: wall clock {el:.0f}s reached --stop-minutes", flush=True)
+            break
+        if plan is not None and decay_start is None and args.decay_at_minutes is not None \
+                and el >= args.decay_at_minutes * 60 and len(step_times) >= 10:
+            per = float(np.mean(step_times[-30:]))
+            decay_start = step
+            decay_steps = max(20, int(((args.stop_minutes or args.budget_minutes) * 60 - el) / per))
+            print(f"decay: --decay-start {decay_start} --decay-steps {decay_steps} (mean step {per:.2f}s)", flush=True)
+        kv_number_share = 0.0
         if plan is not None:
-            _, T, B, kv_share, copy_share = [st for st in plan if st[0] <= step][-1]
+            st = [st for st in plan if st[0] <= step][-1]
+            T, B = st[1][step % len(st[1])], st[2][step % len(st[2])]
+            kv_share, copy_share, kv_number_share = st[3], st[4], st[5]
+            stage_weights = st[6] if st[6] is not None else task_weights
         else:
             T, B = PHASES[phase_of(step, phase_steps) if args.fixed_phase is None else args.fixed_phase]
             kv_share = 0.0
             copy_share = (args.copy_share or COPY_SHARE) if copy_start is not None and step >= copy_start else 0.0
         t0 = time.time()
         rng = np.random.default_rng([SEED, step])
-        X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share)
+        X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share, kv_number_share,
+                                       stage_weights if plan is not None else task_weights)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng)

@@ -11,6 +11,7 @@ import type { DType } from "../dtype";
 import { loadTinyLM, modelProfile, TinyLM } from "../model";
 import { saveProfile, type Profile } from "../profile";
 import { Profiler } from "../profiler";
+import { QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
 import { CliIO, countOption, dtypeOption, listOption as list, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
 
@@ -125,8 +126,10 @@ function median(xs: number[]): number {
  */
 export function calibrateRecall(model: TinyLM, instances: RecallInstance[], scorers: ScorerName[], dataset: string, onProgress?: () => void): Map<ScorerName, Profile> {
   const tok = model.tokenizer!;
-  const { layers, kvHeads } = model.config;
-  const profilers = scorers.map((scorer) => new Profiler({ layers, kvHeads, scorer, sink: 4, window: 32, model: "lukv-recall-lm", dataset, keepSamples: false }));
+  const { layers, kvHeads, heads, headDim, ropeTheta } = model.config;
+  // expected-attention: the model's RoPE, and each context's own query statistics (as calibrateTinyLM)
+  const scorerOptions = (scorer: ScorerName) => (scorer === "expected-attention" ? { expectedAttention: { rope: { theta: ropeTheta } } } : undefined);
+  const profilers = scorers.map((scorer) => new Profiler({ layers, kvHeads, scorer, scorerOptions: scorerOptions(scorer), sink: 4, window: 32, model: "lukv-recall-lm", dataset, keepSamples: false }));
   const outputProjection = model.outputProjections();
   const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + x.answer) }));
   const longest = Math.max(...encoded.map((e) => e.context.length + e.rest.length));
@@ -135,8 +138,9 @@ export function calibrateRecall(model: TinyLM, instances: RecallInstance[], scor
     using seq = cache.createSequence();
     // H2O ranks by the attention mass accumulated while the context was attended
     if (scorers.includes("h2o")) seq.accumulateAttention(true);
-    model.forward(seq, e.context, { logits: "none" });
-    for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: true });
+    const queryStatistics = scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim, skip: 4 }) : undefined;
+    model.forward(seq, e.context, { logits: "none", queryStatistics });
+    for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: true }, queryStatistics);
     for (const t of e.rest) model.forward(seq, [t], { logits: "none" });
     for (const p of profilers) p.addSequence(seq);
     onProgress?.();
@@ -163,7 +167,7 @@ export function runRecallEval(
   progress: () => void = () => {},
 ): Pick<RecallResult, "rows" | "contextTokens"> {
   const tok = model.tokenizer!;
-  const { layers, kvHeads, headDim } = model.config;
+  const { layers, kvHeads, heads, headDim, ropeTheta } = model.config;
   const settings = s.scorers.flatMap((scorer) =>
     s.ratios.flatMap((ratio) => s.allocations.filter((a) => a !== "lukv" || profiles.has(scorer)).map((allocation) => ({ scorer, allocation, ratio }))),
   );
@@ -189,7 +193,9 @@ export function runRecallEval(
         using seq = cache.createSequence();
         // H2O ranks by the attention mass accumulated while the context was attended (forks keep it)
         if (s.scorers.includes("h2o")) seq.accumulateAttention(true);
-        model.forward(seq, prefix, { logits: "none" });
+        // expected-attention predicts from the statistics of this prefix's own queries (as `lukv eval`)
+        const stats = s.scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim }) : undefined;
+        model.forward(seq, prefix, { logits: "none", queryStatistics: stats });
         const answer = (fork: Sequence, a: Acc) => {
           const last = model.forward(fork, suffix);
           const gen = model.generate(fork, last, e.answer.length, { stopToken: -1 });
@@ -208,7 +214,8 @@ export function runRecallEval(
         progress();
         settings.forEach(({ scorer, allocation, ratio }, i) => {
           using f = seq.fork();
-          const report = f.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined });
+          const expectedAttention = scorer === "expected-attention" && stats ? { statistics: stats, rope: { theta: ropeTheta } } : undefined;
+          const report = f.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
           acc[i].compressMs.push(report.ms);
           acc[i].kept += report.total;
           acc[i].kvBytes += report.total * perToken;
