@@ -29,7 +29,7 @@ struct BackendConfig {
   std::string prefetch = "auto";  // CPU prefetch hint (cpu::parsePrefetch names)
 };
 
-// Attention of `tokens` query rows over the kvHeads heads of one layer (see cpu::AttendArgs).
+// Attention of `tokens` query rows over the kvHeads heads of one layer.
 struct AttendRequest {
   const HeadState* heads = nullptr;  // kvHeads heads of the layer
   int kvHeads = 0, queryHeads = 0;
@@ -38,7 +38,10 @@ struct AttendRequest {
   const float* queries = nullptr;           // host [tokens, queryHeads, headDim]
   float* out = nullptr;                     // host, same shape
   float scale = 0;
-  // Optional, per KV head, host arrays updated in place: H2O mass and the profiling oracle.
+  // Optional, per KV head, host arrays updated in place. mass: attention mass per kept token, to
+  // which the call adds each token's softmax weight averaged over the query heads of the group
+  // (H2O). oracle: the profiling oracle, max over query rows and the group's query heads of softmax
+  // weight x oracleWeight[query head][token], for the first oracleTokens[head] tokens.
   float* const* mass = nullptr;
   float* const* oracle = nullptr;
   const float* const* oracleWeight = nullptr;  // per query head of the layer

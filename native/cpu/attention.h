@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../core/backend.h"
 #include "../core/page_table.h"
 #include "../core/pool.h"
 #include "../core/threadpool.h"
@@ -12,26 +13,13 @@
 namespace lukv {
 namespace cpu {
 
-struct AttendArgs {
-  const PagePool* pool;
-  const Kernels* kernels;
-  ThreadPool* threads;
-  const HeadState* heads;   // kvHeads heads of the layer
-  int kvHeads, queryHeads, headDim;
-  int tokens;               // query rows
-  const int32_t* queryPositions;  // [tokens], ascending
-  const float* queries;     // [tokens, queryHeads, headDim]
-  float* out;               // [tokens, queryHeads, headDim]
-  float scale;
+// One call: the backend-independent request (core/backend.h) and what the CPU runs it with.
+struct AttendArgs : AttendRequest {
+  const PagePool* pool = nullptr;
+  const Kernels* kernels = nullptr;
+  ThreadPool* threads = nullptr;
+  int headDim = 0;
   Prefetch prefetch = Prefetch::T0;  // how the kernels request rows ahead while streaming
-  // Optional, per KV head: attention mass per kept token, to which this call adds each token's
-  // softmax weight averaged over the query heads of the group (H2O).
-  float* const* mass = nullptr;
-  // Optional, per KV head: the profiling oracle, max over query rows and the group's query heads of
-  // softmax weight x oracleWeight[query head][token], for the first oracleTokens[head] tokens.
-  float* const* oracle = nullptr;
-  const float* const* oracleWeight = nullptr;
-  const int32_t* oracleTokens = nullptr;
 };
 
 // Several calls on one layer (sequences of any lengths; the same pool, kernels, threads and

@@ -63,25 +63,13 @@ void CpuBackend::writeRows(const AppendPlan& plan, int tokens, int H, const void
 void CpuBackend::attendBatch(const std::vector<AttendRequest>& calls) {
   std::vector<AttendArgs> args(calls.size());
   for (size_t i = 0; i < calls.size(); ++i) {
-    const AttendRequest& r = calls[i];
     AttendArgs& a = args[i];
+    static_cast<AttendRequest&>(a) = calls[i];
     a.pool = pool_.get();
     a.kernels = kernels_;
     a.threads = threads_.get();
-    a.heads = r.heads;
-    a.kvHeads = r.kvHeads;
-    a.queryHeads = r.queryHeads;
     a.headDim = headDim_;
-    a.tokens = r.tokens;
-    a.queryPositions = r.queryPositions;
-    a.queries = r.queries;
-    a.out = r.out;
-    a.scale = r.scale;
     a.prefetch = prefetch_;
-    a.mass = r.mass;
-    a.oracle = r.oracle;
-    a.oracleWeight = r.oracleWeight;
-    a.oracleTokens = r.oracleTokens;
   }
   cpu::attendBatch(args.data(), args.size());
 }

@@ -19,9 +19,9 @@ struct AttendSequence {
   const HeadState* heads = nullptr;    // kvHeads heads; page ids are device pool pages
   int rows = 0;                        // query rows (1 for decode)
   const int32_t* queryPositions = nullptr;  // [rows], ascending (host)
-  // Optional, per KV head, device arrays (see cpu::AttendArgs): H2O mass [length] to which the
-  // softmax weight averaged over the group is added, and the oracle [oracleTokens[h]] with its
-  // weights [group, oracleTokens[h]].
+  // Optional, per KV head, device arrays (see AttendRequest in core/backend.h): H2O mass [length]
+  // to which the softmax weight averaged over the group is added, and the oracle
+  // [oracleTokens[h]] with its weights [group, oracleTokens[h]].
   float* const* mass = nullptr;
   float* const* oracle = nullptr;
   const float* const* oracleWeight = nullptr;
