@@ -2,6 +2,7 @@
 // the statistics of the prompt's pre-RoPE queries, and the scorer's options.
 import { invalid, InvalidArgumentError } from "./errors";
 import { native } from "./native";
+import { scanValues } from "./finite";
 import { isFloat32Array, knownOptions, positiveInteger, nonNegativeInteger } from "./validate";
 
 /** Options of `new QueryStatistics`. */
@@ -73,7 +74,7 @@ export class QueryStatistics {
     const Q = this.queryHeads, D = this.headDim, row = Q * D;
     if (!isFloat32Array(queries) || queries.length % row !== 0)
       throw invalid("queries", `a Float32Array whose length is a multiple of ${row} ([tokens, queryHeads, headDim])`, queries);
-    const [i] = native().scanValues(queries, 0, Infinity);
+    const i = scanValues(queries, 0, Infinity)[0];
     if (i >= 0)
       throw new InvalidArgumentError(
         `Expected finite values in queries but queries[${i}] (token ${Math.floor(i / row)}, query head ${Math.floor(i / D) % Q}) is ${queries[i]}`,

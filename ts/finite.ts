@@ -23,6 +23,16 @@ const STORAGE_LIMIT: Record<DType, number> = { f32: Infinity, f16: 65520, bf16: 
 // Where the native scan writes its result: reused, so a scan allocates nothing.
 const scanResult = new Float64Array(2);
 
+/**
+ * The native scan of `values` (kind 0: float32 with magnitudes below `limit`; 1, 2: raw f16, bf16
+ * bits, finite): [0] the first bad index or -1, [1] the largest magnitude before it. The array is
+ * reused by the next scan: read it first.
+ */
+export function scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, limit: number): Float64Array {
+  native().scanValues(values, kind, limit, scanResult);
+  return scanResult;
+}
+
 export function scanTensor(
   name: string,
   values: Float32Array | Uint16Array,
@@ -33,8 +43,7 @@ export function scanTensor(
 ): number {
   const raw = isUint16Array(values);
   const limit = raw ? Infinity : STORAGE_LIMIT[storage];
-  native().scanValues(values, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, limit, scanResult);
-  const bad = scanResult[0], maxAbs = scanResult[1];
+  const [bad, maxAbs] = scanValues(values, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, limit);
   if (bad < 0) return maxAbs;
   const value = raw ? (rawDtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)(values[bad]) : values[bad];
   const row = heads * headDim;

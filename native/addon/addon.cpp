@@ -919,9 +919,9 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// scanValues(array, kind, limit, result?) -> [first index with !(|x| < limit) or -1, largest |x|
-// before it]; with `result` (a Float64Array of 2) written there instead, and nothing returned (no
-// array to create: every attend and append call scans its inputs).
+// scanValues(array, kind, limit, result): result[0] = the first index with !(|x| < limit) or -1,
+// result[1] = the largest |x| before it; `result` is a Float64Array of 2 the caller keeps (every
+// attend and append call scans its inputs, so nothing is allocated per scan).
 // kind 0: Float32Array; 1, 2: Uint16Array of raw f16, bf16 words (limit unused: bad = not finite).
 Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -941,21 +941,16 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
     r = scanRaw16(static_cast<const uint16_t*>(data), length, kind == 2);
   else
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float32Array (kind 0) or a Uint16Array (kind 1, 2)");
-  if (info.Length() > 3 && info[3].IsTypedArray()) {
-    napi_typedarray_type rt;
-    size_t rlen;
-    void* rdata;
-    if (napi_get_typedarray_info(env, info[3], &rt, &rlen, &rdata, nullptr, nullptr) != napi_ok || rt != napi_float64_array ||
-        rlen < 2)
-      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of 2 for the result");
-    static_cast<double*>(rdata)[0] = (double)r.firstBad;
-    static_cast<double*>(rdata)[1] = r.maxAbs;
-    return env.Undefined();
-  }
-  Napi::Array out = Napi::Array::New(env, 2);
-  out.Set(0u, (double)r.firstBad);
-  out.Set(1u, r.maxAbs);
-  return out;
+  napi_typedarray_type rt;
+  size_t rlen;
+  void* rdata;
+  if (info.Length() < 4 || !info[3].IsTypedArray() ||
+      napi_get_typedarray_info(env, info[3], &rt, &rlen, &rdata, nullptr, nullptr) != napi_ok || rt != napi_float64_array ||
+      rlen < 2)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of 2 for the result");
+  static_cast<double*>(rdata)[0] = (double)r.firstBad;
+  static_cast<double*>(rdata)[1] = r.maxAbs;
+  return env.Undefined();
 }
 
 // accumulateQueryStatistics(queries, first, tokens, queryHeads, headDim, shift, sum, products | null):
