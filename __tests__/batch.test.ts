@@ -275,6 +275,52 @@ describe("batch checks", () => {
     expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }], { scale: NaN })).toThrow(/scale/);
   });
 
+  test("outputs in one buffer that do not overlap are written like separate calls'", () => {
+    const shared = new Float32Array(24);
+    const qa = q(), qb = q();
+    const got = cache.attendBatch(0, [{ sequence: s0, queries: qa, out: shared.subarray(0, 8) }, { sequence: s1, queries: qb, out: shared.subarray(16, 24) }]);
+    expect(got[0].buffer).toBe(shared.buffer);
+    expect(bits(shared.subarray(0, 8))).toBe(bits(s0.attend(0, qa)));
+    expect(bits(shared.subarray(16, 24))).toBe(bits(s1.attend(0, qb)));
+    expect(shared.subarray(8, 16).every((x) => x === 0)).toBe(true);
+    // Two outputs over the same floats are refused, and neither is written.
+    shared.fill(3);
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q(), out: shared.subarray(0, 8) }, { sequence: s1, queries: q(), out: shared.subarray(4, 12) }])).toThrow(
+      "Expected an array that does not overlap items[1].out for items[0].out but received Float32Array(8)",
+    );
+    expect(shared.every((x) => x === 3)).toBe(true);
+  });
+
+  test("the number of query rows is checked against the positions appended, after every kind of append", async () => {
+    const rowsOf = (n: number) => randn(r, n * 4);
+    const tooMany = (s: Sequence, n: number) => `Expected at most ${n} tokens (the positions appended to layer 0) for items[0].queries but received ${n + 1} tokens`;
+    const check = (s: Sequence, n: number) => {
+      expect(s.appended(0)).toBe(n);
+      expect(() => cache.attendBatch(0, [{ sequence: s, queries: randn(r, (n + 1) * 8) }])).toThrow(tooMany(s, n));
+      expect(cache.attendBatch(0, [{ sequence: s, queries: randn(r, n * 8) }])[0]).toHaveLength(n * 8);
+    };
+    const s = cache.createSequence();
+    s.append(0, rowsOf(3), rowsOf(3));
+    check(s, 3);
+    cache.appendBatch(0, [{ sequence: s, keys: rowsOf(2), values: rowsOf(2) }]);
+    check(s, 5);
+    await cache.appendBatchAsync(0, [{ sequence: s, keys: rowsOf(1), values: rowsOf(1) }]);
+    check(s, 6);
+    // A failed append adds nothing.
+    expect(() => s.append(0, rowsOf(1), randn(r, 3))).toThrow();
+    check(s, 6);
+    const child = s.fork();
+    child.append(0, rowsOf(2), rowsOf(2));
+    check(child, 8);
+    check(s, 6);
+    s.compress({ ratio: 0.5, scorer: "knorm", window: 1, sink: 0 });
+    expect(s.lengths()[0]).toBeLessThan(6);
+    check(s, 6);
+    const loaded = cache.loadSequence(child.save());
+    check(loaded, 8);
+    for (const x of [s, child, loaded]) x.dispose();
+  });
+
   test("disposed and busy sequences", async () => {
     const gone = cache.createSequence();
     gone.append(0, randn(r, 12), randn(r, 12));

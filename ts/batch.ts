@@ -84,6 +84,18 @@ function batchScale(cache: KVCache, opts: AttendBatchOptions | undefined): numbe
 
 type AttendPart = { q: Float32Array; out?: Float32Array; commit: () => void };
 
+// False when no output shares its buffer with another output or with any queries (then nothing
+// can overlap); true sends the items to the exact check.
+function sharesBuffer(list: readonly AttendBatchItem[]): boolean {
+  const buffers = new Set<ArrayBufferLike>();
+  for (const item of list) {
+    if (item.out === undefined) continue;
+    if (buffers.has(item.out.buffer)) return true;
+    buffers.add(item.out.buffer);
+  }
+  return list.some((item) => buffers.has(item.queries.buffer));
+}
+
 function checkAttendBatch(
   cache: KVCache,
   layer: unknown,
@@ -99,8 +111,9 @@ function checkAttendBatch(
   );
   // An item's output must not overlap another item's queries or output: the batch reads every
   // item's queries after it wrote outputs (the observation window) and writes all outputs. Only
-  // arrays over one buffer can overlap: grouped by buffer, the check is linear in the items.
-  if (list.some((item) => item.out !== undefined)) {
+  // arrays over one buffer can overlap: grouped by buffer, the check is linear in the items (and
+  // when every array has a buffer of its own, as usual, one pass over a set finds that).
+  if (list.some((item) => item.out !== undefined) && sharesBuffer(list)) {
     const byBuffer = new Map<ArrayBufferLike, { i: number; what: string; a: ArrayBufferView }[]>();
     list.forEach((item, i) => {
       for (const [what, a] of [["queries", item.queries], ["out", item.out]] as const) {
@@ -129,14 +142,15 @@ function checkAttendBatch(
 export function attendBatch(cache: KVCache, layer: number, items: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
   const { l, scale, ids, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.id);
   if (parts.length === 0) return [];
-  let result: Float32Array[];
+  // The addon writes into one array per item: the caller's, or a new one.
+  const outs = parts.map((p) => p.out ?? new Float32Array(p.q.length));
   try {
-    result = cache.handle.attendBatch(l, ids, parts.map((p) => p.q), scale, parts.map((p) => p.out));
+    cache.handle.attendBatch(l, ids, parts.map((p) => p.q), scale, outs);
   } catch (e) {
     rethrow(e);
   }
   for (const p of parts) p.commit();
-  return result;
+  return outs;
 }
 
 /** See KVCache.attendBatchAsync. */

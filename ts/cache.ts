@@ -518,6 +518,10 @@ export class Sequence {
   readonly #queryMax: Float64Array;
   // Per layer: rows of async appends (appendBatchAsync) queued and not yet run.
   readonly #queuedRows: Float64Array;
+  // Per layer: positions appended, as the native sequence counts them, read from it on first use
+  // (a forked or loaded sequence starts with its origin's) and counted here from then on, so the
+  // check of every attend call costs no call into the addon.
+  #appendedRows: Float64Array | undefined;
   // Async calls run one after another in call order: each waits for the one before (#tail). While
   // any is waiting or running (#pending > 0), synchronous calls throw SequenceBusyError.
   #tail: Promise<unknown> = Promise.resolve();
@@ -639,6 +643,7 @@ export class Sequence {
   /** @internal After rows checked by checkAppend went in: their bounds, and the autoCompress check. */
   appended_(l: number, checked: { keyMax: number; valueMax: number; tokens: number }): void {
     this.noteAppend(l, checked, 0);
+    if (this.#appendedRows) this.#appendedRows[l] += checked.tokens;
     if (this.#auto && l === this.#cache.config.layers - 1) {
       this.#sinceCheck += checked.tokens;
       if (this.#sinceCheck >= this.#auto.every) this.#autoCheck();
@@ -727,6 +732,16 @@ export class Sequence {
     auto.onCompress?.(report);
   }
 
+  #appendedCount(l: number): number {
+    if (!this.#appendedRows) {
+      const id = this.#liveId();
+      const rows = new Float64Array(this.#cache.config.layers);
+      for (let k = 0; k < rows.length; k++) rows[k] = this.#cache.handle.appended(id, k);
+      this.#appendedRows = rows;
+    }
+    return this.#appendedRows[l];
+  }
+
   #queries(layer: number, queries: Float32Array | Uint16Array, scale: number, prefix = ""): { l: number; q: Float32Array; tokens: number; queryMax: number } {
     const { queryHeads, headDim, dtype } = this.#cache.config;
     const l = this.#layer(layer);
@@ -734,7 +749,7 @@ export class Sequence {
     checkTensor(`${prefix}queries`, queries, row, "[tokens, queryHeads, headDim]", dtype);
     const tokens = queries.length / row;
     // Rows of async appends queued before this call count: they are in when its turn comes.
-    const appended = this.#cache.handle.appended(this.#liveId(), l) + this.#queuedRows[l];
+    const appended = this.#appendedCount(l) + this.#queuedRows[l];
     if (tokens > appended)
       throw new InvalidArgumentError(
         `Expected at most ${appended} tokens (the positions appended to layer ${l}) for ${prefix}queries but received ${tokens} tokens`,

@@ -51,7 +51,8 @@ export interface NativeCache {
   append(seq: number, layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void;
   attend(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Float32Array;
   attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array>;
-  attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: (Float32Array | undefined)[]): Float32Array[];
+  /** Writes each item's result into its out array (one per item, of its queries' length). */
+  attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): void;
   attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: (Float32Array | undefined)[]): Promise<Float32Array[]>;
   appendBatch(layer: number, seqs: Int32Array, keys: (Float32Array | Uint16Array)[], values: (Float32Array | Uint16Array)[]): void;
   lengths(seq: number): Int32Array;

@@ -397,22 +397,28 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     auto ids = info[i].As<Napi::Int32Array>();
     return std::vector<int32_t>(ids.Data(), ids.Data() + ids.ElementLength());
   }
+  // One typed array of a batch: a single napi_get_typedarray_info per array (the Napi wrappers'
+  // type checks and length reads each ask V8 again, and a batch item is meant to cost little).
+  static bool batchView(napi_env env, napi_value v, TypedView& t) {
+    bool isTyped = false;
+    void* data = nullptr;
+    if (napi_is_typedarray(env, v, &isTyped) != napi_ok || !isTyped ||
+        napi_get_typedarray_info(env, v, &t.type, &t.length, &data, nullptr, nullptr) != napi_ok)
+      return false;
+    t.data = data;
+    return true;
+  }
   static std::vector<TypedView> batchArrays(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name,
                                             size_t row) {
     Napi::Env env = info.Env();
     if (info.Length() <= i || !info[i].IsArray() || info[i].As<Napi::Array>().Length() != count)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected one typed array per item for ") + name);
-    Napi::Array arr = info[i].As<Napi::Array>();
-    std::vector<TypedView> out;
+    napi_value arr = info[i];
+    std::vector<TypedView> out(count);
     for (uint32_t k = 0; k < count; ++k) {
-      Napi::Value v = arr.Get(k);
-      TypedView t;
-      void* data = nullptr;
-      if (!v.IsTypedArray() || napi_get_typedarray_info(env, v, &t.type, &t.length, &data, nullptr, nullptr) != napi_ok ||
-          t.length % row != 0)
+      napi_value v;
+      if (napi_get_element(env, arr, k, &v) != napi_ok || !batchView(env, v, out[k]) || out[k].length % row != 0)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected typed arrays of whole rows for ") + name);
-      t.data = data;
-      out.push_back(t);
     }
     return out;
   }
@@ -422,10 +428,13 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     float scale = 0;
     std::vector<int32_t> ids;
     std::vector<TypedView> queries;
-    std::vector<Napi::Float32Array> outs;  // empty where the caller gave none
+    std::vector<napi_value> outs;  // null where the caller gave none
+    std::vector<float*> outData;
   };
 
-  AttendBatchCall attendBatchArgs(const Napi::CallbackInfo& info, Cache& c) {
+  // (layer, ids, queries, scale, outs): outs is an array with an entry per item, a Float32Array of
+  // the item's queries' length or undefined (`requireOuts`: a Float32Array for every item).
+  AttendBatchCall attendBatchArgs(const Napi::CallbackInfo& info, Cache& c, bool requireOuts) {
     Napi::Env env = info.Env();
     const CacheConfig& cfg = c.config();
     AttendBatchCall a;
@@ -440,35 +449,41 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
     a.scale = info[3].As<Napi::Number>().FloatValue();
     if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
-    Napi::Array outs = info.Length() > 4 && info[4].IsArray() ? info[4].As<Napi::Array>() : Napi::Array::New(env);
-    for (uint32_t i = 0; i < a.ids.size(); ++i) {
-      Napi::Value o = i < outs.Length() ? outs.Get(i) : env.Undefined();
-      if (o.IsUndefined()) {
-        a.outs.push_back(Napi::Float32Array());
-        continue;
-      }
-      if (!o.IsTypedArray() || o.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
-          o.As<Napi::Float32Array>().ElementLength() != a.queries[i].length)
+    const bool given = info.Length() > 4 && info[4].IsArray();
+    if (requireOuts && (!given || info[4].As<Napi::Array>().Length() != a.ids.size()))
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected one out array per item");
+    const uint32_t outCount = given ? info[4].As<Napi::Array>().Length() : 0;
+    a.outs.assign(a.ids.size(), nullptr);
+    a.outData.assign(a.ids.size(), nullptr);
+    for (uint32_t i = 0; i < a.ids.size() && i < outCount; ++i) {
+      napi_value o;
+      napi_valuetype type;
+      if (napi_get_element(env, info[4], i, &o) != napi_ok || napi_typeof(env, o, &type) != napi_ok)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
-      a.outs.push_back(o.As<Napi::Float32Array>());
+      if (type == napi_undefined && !requireOuts) continue;
+      TypedView t;
+      if (!batchView(env, o, t) || t.type != napi_float32_array || t.length != a.queries[i].length)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
+      a.outs[i] = o;
+      a.outData[i] = static_cast<float*>(const_cast<void*>(t.data));
     }
+    if (requireOuts)
+      for (float* o : a.outData)
+        if (o == nullptr) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected one out array per item");
     return a;
   }
 
+  // Writes into the caller's out arrays (one per item; TypeScript makes the missing ones).
   Napi::Value AttendBatch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
-    AttendBatchCall a = attendBatchArgs(info, c);
+    AttendBatchCall a = attendBatchArgs(info, c, true);
     const size_t row = (size_t)c.config().queryHeads * c.config().headDim;
-    Napi::Array result = Napi::Array::New(env, a.ids.size());
-    std::vector<Cache::AttendItem> items;
-    for (size_t i = 0; i < a.ids.size(); ++i) {
-      Napi::Float32Array out = a.outs[i].IsEmpty() ? Napi::Float32Array::New(env, a.queries[i].length) : a.outs[i];
-      result.Set((uint32_t)i, out);
-      items.push_back({a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), out.Data()});
-    }
+    std::vector<Cache::AttendItem> items(a.ids.size());
+    for (size_t i = 0; i < a.ids.size(); ++i)
+      items[i] = {a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), a.outData[i]};
     guarded(env, [&] { c.attendBatch(a.layer, items, a.scale); });
-    return result;
+    return env.Undefined();
   }
 
   class AttendBatchWorker : public CacheWorker {
@@ -481,7 +496,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
         queries_.emplace_back(q, q + call.queries[i].length);
         out_.emplace_back(call.queries[i].length);
         targets_.emplace_back();
-        if (!call.outs[i].IsEmpty()) targets_.back() = Napi::Persistent(call.outs[i]);
+        if (call.outs[i] != nullptr) targets_.back() = Napi::Persistent(Napi::Float32Array(env, call.outs[i]));
       }
     }
 
@@ -521,7 +536,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   Napi::Value AttendBatchAsync(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
-    AttendBatchCall a = attendBatchArgs(info, c);
+    AttendBatchCall a = attendBatchArgs(info, c, false);
     auto* w = new AttendBatchWorker(env, cache_, a, (size_t)c.config().queryHeads * c.config().headDim);
     Napi::Promise p = w->Promise();
     w->Queue();

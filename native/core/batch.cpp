@@ -12,18 +12,25 @@ namespace {
 std::string str(int64_t v) { return std::to_string(v); }
 
 // The ids of a batch's items, checked to be distinct (a sequence given twice would wait for its
-// own lock).
+// own lock). A duplicate is reported as the first item that repeats an earlier one.
 template <class Item>
 std::vector<int32_t> distinctIds(const std::vector<Item>& items) {
-  std::vector<int32_t> ids;
-  std::map<int32_t, size_t> seen;
-  for (size_t i = 0; i < items.size(); ++i) {
-    auto dup = seen.emplace(items[i].seq, i);
-    if (!dup.second)
-      throwInvalid("Expected distinct sequences for items but items[" + str((int64_t)dup.first->second) + "] and items[" +
-                   str((int64_t)i) + "] are the same sequence");
-    ids.push_back(items[i].seq);
-  }
+  std::vector<int32_t> ids(items.size());
+  for (size_t i = 0; i < items.size(); ++i) ids[i] = items[i].seq;
+  if (items.size() < 2) return ids;
+  std::vector<std::pair<int32_t, size_t>> sorted(items.size());
+  for (size_t i = 0; i < items.size(); ++i) sorted[i] = {ids[i], i};
+  std::sort(sorted.begin(), sorted.end());
+  size_t first = 0, repeat = items.size();  // the repeat with the lowest index, and the item it repeats
+  for (size_t k = 1; k < sorted.size(); ++k)
+    if (sorted[k].first == sorted[k - 1].first && (k < 2 || sorted[k - 2].first != sorted[k].first) &&
+        sorted[k].second < repeat) {
+      first = sorted[k - 1].second;
+      repeat = sorted[k].second;
+    }
+  if (repeat < items.size())
+    throwInvalid("Expected distinct sequences for items but items[" + str((int64_t)first) + "] and items[" +
+                 str((int64_t)repeat) + "] are the same sequence");
   return ids;
 }
 
@@ -86,41 +93,55 @@ void Cache::attendBatch(int layer, const std::vector<AttendItem>& items, float s
   if (items.empty()) return;
 
   // Per item: its query positions, and the mass / oracle arrays it updates.
-  std::vector<std::vector<int32_t>> qpos(items.size());
-  std::vector<std::vector<float*>> mass(items.size()), oracle(items.size());
-  std::vector<std::vector<const float*>> oracleWeight(items.size());
+  // Per item: its query positions, and the mass / oracle arrays it updates (flat, item i's first
+  // at qpos0[i] and i * H or i * QH).
+  std::vector<size_t> qpos0(items.size() + 1, 0);
+  for (size_t i = 0; i < items.size(); ++i) qpos0[i + 1] = qpos0[i] + (size_t)items[i].tokens;
+  std::vector<int32_t> qpos(qpos0.back());
+  std::vector<float*> mass, oracle;
+  std::vector<const float*> oracleWeight;
   std::vector<AttendRequest> requests(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     Sequence& seq = *seqs[i];
     const int tokens = items[i].tokens;
-    qpos[i].resize(tokens);
-    for (int r = 0; r < tokens; ++r) qpos[i][r] = seq.appended[layer] - tokens + r;
+    int32_t* pos = qpos.data() + qpos0[i];
+    for (int r = 0; r < tokens; ++r) pos[r] = seq.appended[layer] - tokens + r;
     AttendRequest& a = requests[i];
     a.heads = seq.heads.data() + (size_t)layer * H;
     a.kvHeads = H;
     a.queryHeads = QH;
     a.tokens = tokens;
-    a.queryPositions = qpos[i].data();
+    a.queryPositions = pos;
     a.queries = items[i].queries;
     a.out = items[i].out;
     a.scale = scale;
     if (seq.accumulate) {
-      for (int h = 0; h < H; ++h) mass[i].push_back(seq.mass[(size_t)layer * H + h].data());
-      a.mass = mass[i].data();
+      if (mass.empty()) mass.resize(items.size() * H);
+      for (int h = 0; h < H; ++h) mass[i * H + h] = seq.mass[(size_t)layer * H + h].data();
     }
     if (seq.recording) {
-      for (int h = 0; h < H; ++h) oracle[i].push_back(seq.oracle[(size_t)layer * H + h].data());
-      for (int q = 0; q < QH; ++q) oracleWeight[i].push_back(seq.oracleWeight[(size_t)layer * QH + q].data());
-      a.oracle = oracle[i].data();
-      a.oracleWeight = oracleWeight[i].data();
+      if (oracle.empty()) {
+        oracle.resize(items.size() * H);
+        oracleWeight.resize(items.size() * QH);
+      }
+      for (int h = 0; h < H; ++h) oracle[i * H + h] = seq.oracle[(size_t)layer * H + h].data();
+      for (int q = 0; q < QH; ++q) oracleWeight[i * QH + q] = seq.oracleWeight[(size_t)layer * QH + q].data();
       a.oracleTokens = seq.oracleTokens.data() + (size_t)layer * H;
+    }
+  }
+  // The pointer arrays are complete (no resize after this): point the requests into them.
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (seqs[i]->accumulate) requests[i].mass = mass.data() + i * H;
+    if (seqs[i]->recording) {
+      requests[i].oracle = oracle.data() + i * H;
+      requests[i].oracleWeight = oracleWeight.data() + i * QH;
     }
   }
   backend_->attendBatch(requests);
 
   const size_t rowFloats = (size_t)QH * cfg_.headDim;
   for (size_t i = 0; i < items.size(); ++i)
-    rememberQueries(*seqs[i], layer, items[i].tokens, items[i].queries, qpos[i].data(), rowFloats,
+    rememberQueries(*seqs[i], layer, items[i].tokens, items[i].queries, qpos.data() + qpos0[i], rowFloats,
                     (size_t)cfg_.observationWindow);
 }
 

@@ -187,6 +187,45 @@ int main(int argc, char** argv) {
     std::printf("%-4s raw 16-bit input into an f32 cache is refused and appends nothing\n", ok ? "ok" : "FAIL");
   }
   {
+    // A batch naming a sequence twice is refused, naming the first item that repeats an earlier
+    // one and that earlier item; nothing is written.
+    lukv::CacheConfig cfg;
+    cfg.layers = 1;
+    cfg.kvHeads = 1;
+    cfg.queryHeads = 1;
+    cfg.headDim = 8;
+    cfg.maxTokens = 256;
+    cfg.dtype = lukv::DType::F32;
+    lukv::Cache cache(cfg);
+    std::vector<int32_t> seqs;
+    std::vector<float> row(8, 0.5f);
+    for (int i = 0; i < 3; ++i) {
+      seqs.push_back(cache.createSequence());
+      cache.append(seqs.back(), 0, 1, row.data(), row.data(), lukv::InputKind::F32);
+    }
+    auto message = [&](const std::vector<int32_t>& order, std::vector<float>& out) {
+      std::vector<lukv::Cache::AttendItem> items;
+      for (int32_t id : order) items.push_back({id, 1, row.data(), out.data()});
+      try {
+        cache.attendBatch(0, items, 0.25f);
+      } catch (const lukv::Error& e) {
+        return e.code() == lukv::ErrorCode::InvalidArgument ? std::string(e.what()) : std::string("wrong code");
+      }
+      return std::string("no error");
+    };
+    std::vector<float> out(8, -7.f);
+    const std::string a = message({seqs[0], seqs[1], seqs[1], seqs[0], seqs[0]}, out);
+    const std::string b = message({seqs[2], seqs[0], seqs[1], seqs[2]}, out);
+    const bool untouched = out[0] == -7.f;
+    const bool ok = a.find("items[1] and items[2] are the same sequence") != std::string::npos &&
+                    b.find("items[0] and items[3] are the same sequence") != std::string::npos && untouched &&
+                    message({seqs[2], seqs[0], seqs[1]}, out) == "no error";
+    ++run;
+    failed += ok ? 0 : 1;
+    std::printf("%-4s a batch naming a sequence twice is refused, naming both items (%s | %s)\n", ok ? "ok" : "FAIL",
+                a.c_str(), b.c_str());
+  }
+  {
     // The saved-sequence checksum: the dispatched and the table-driven CRC-32C against the
     // definition (one bit at a time), at every length up to 300 and at unaligned starts.
     auto bitwise = [](const uint8_t* p, size_t n) {
