@@ -125,7 +125,7 @@ describe("scores match the references", () => {
         for (let i = 0; i < t; i++) rows.push(q.subarray(i * shape.queryHeads * shape.headDim, (i + 1) * shape.queryHeads * shape.headDim));
       };
       feed(40); // a prefill chunk longer than the window
-      // Then 37 decode steps: the held rows pass 2W several times and are trimmed.
+      // Then 37 decode steps: the ring of W rows wraps several times.
       for (let step = 0; step < 37; step++) {
         feed(1);
         const last = new Float32Array(W * shape.queryHeads * shape.headDim);

@@ -122,6 +122,27 @@ describe.each(["f32", "f16", "bf16"] as DType[])("round trip, %s", (dtype) => {
   });
 });
 
+test("a cache with a smaller observationWindow keeps the last observation rows of the file", () => {
+  const r = rng(seed ^ 0x0b5);
+  const cache = cacheOf("f32");
+  const small = cacheOf("f32", { observationWindow: 3 });
+  try {
+    const seq = buildSequence(cache, r); // its window of 8 has wrapped (10 rows, then 1)
+    attendAll([seq], 1, r);
+    const copy = small.loadSequence(seq.save());
+    for (let l = 0; l < shape.layers; l++) {
+      const want = seq.scores(l, "snapkv", { window: 3 });
+      const got = copy.scores(l, "snapkv", { window: 3 });
+      for (let h = 0; h < shape.kvHeads; h++) expect(Array.from(got[h])).toEqual(Array.from(want[h]));
+    }
+    expect(() => copy.scores(0, "snapkv", { window: 4 })).toThrow("the sequence remembers 3 (");
+    expect(copy.save().length).toBeLessThan(seq.save().length);
+  } finally {
+    cache.dispose();
+    small.dispose();
+  }
+});
+
 test("the test's CRC-32C is the Castagnoli one (check value of \"123456789\")", () => {
   expect(crc32c(Buffer.from("123456789"))).toBe(0xe3069283);
 });

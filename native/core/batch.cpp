@@ -34,26 +34,6 @@ std::vector<int32_t> distinctIds(const std::vector<Item>& items) {
   return ids;
 }
 
-// Keeps the last `window` query rows of a layer (SnapKV scores with them). Up to 2W rows are held
-// and the oldest are dropped W at a time, so a decode step appends one row instead of moving the
-// whole window; readers take the last W (observationRows).
-void rememberQueries(Sequence& seq, int layer, int tokens, const float* queries, const int32_t* qpos,
-                     size_t rowFloats, size_t W) {
-  auto& oq = seq.obsQueries[layer];
-  auto& op = seq.obsPositions[layer];
-  const size_t first = (size_t)tokens > W ? (size_t)tokens - W : 0;
-  if (first > 0 || W == 0) {
-    oq.clear();
-    op.clear();
-  }
-  oq.insert(oq.end(), queries + first * rowFloats, queries + (size_t)tokens * rowFloats);
-  op.insert(op.end(), qpos + first, qpos + tokens);
-  if (op.size() > 2 * W) {
-    const size_t drop = op.size() - W;
-    oq.erase(oq.begin(), oq.begin() + drop * rowFloats);
-    op.erase(op.begin(), op.begin() + drop);
-  }
-}
 }  // namespace
 
 Cache::HeldAll Cache::holdAll(const std::vector<int32_t>& ids, bool backend) const {
@@ -141,8 +121,8 @@ void Cache::attendBatch(int layer, const std::vector<AttendItem>& items, float s
 
   const size_t rowFloats = (size_t)QH * cfg_.headDim;
   for (size_t i = 0; i < items.size(); ++i)
-    rememberQueries(*seqs[i], layer, items[i].tokens, items[i].queries, qpos.data() + qpos0[i], rowFloats,
-                    (size_t)cfg_.observationWindow);
+    seqs[i]->observed[layer].push(items[i].queries, qpos.data() + qpos0[i], (size_t)items[i].tokens, rowFloats,
+                                  (size_t)cfg_.observationWindow);
 }
 
 void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKind kind) {

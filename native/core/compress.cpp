@@ -34,12 +34,11 @@ void Cache::setAccumulate(int32_t seqId, bool on) {
 void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& o, std::vector<float>& rows,
                             std::vector<int32_t>& positions) const {
   const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
-  const bool explicitRows = (size_t)layer < o.observation.size() && !o.observation[layer].empty();
-  const std::vector<float>& remembered = seq.frozen ? seq.frozenQueries[layer] : seq.obsQueries[layer];
-  const std::vector<int32_t>& rememberedPos = seq.frozen ? seq.frozenPositions[layer] : seq.obsPositions[layer];
-  const std::vector<float>& src = explicitRows ? o.observation[layer] : remembered;
-  const int total = (int)(src.size() / rowFloats);
-  // The sequence holds up to twice its observation window (see Cache::attend); it remembers the last W.
+  const ObservedRows& remembered = (seq.frozen ? seq.frozenObserved : seq.observed)[layer];
+  const std::vector<float>* explicitRows =
+      (size_t)layer < o.observation.size() && !o.observation[layer].empty() ? &o.observation[layer] : nullptr;
+  const int total = explicitRows ? (int)(explicitRows->size() / rowFloats) : (int)remembered.held();
+  // The sequence remembers up to observationWindow rows.
   const int have = explicitRows ? total : std::min(total, cfg_.observationWindow);
   const int need = o.scorer == Scorer::TOVA ? 1 : o.window;
   if (have < need)
@@ -48,11 +47,14 @@ void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& 
                  (explicitRows ? "observationQueries has " : "the sequence remembers ") + str(have) +
                  (explicitRows ? "" : " (attend with at least that many queries, raise the cache's observationWindow (" +
                                           str(cfg_.observationWindow) + "), or pass observationQueries)"));
+  if (!explicitRows) {
+    remembered.last((size_t)need, rowFloats, rows, positions);
+    return;
+  }
   const int first = total - need;
-  rows.assign(src.begin() + (size_t)first * rowFloats, src.begin() + (size_t)total * rowFloats);
+  rows.assign(explicitRows->begin() + (size_t)first * rowFloats, explicitRows->begin() + (size_t)total * rowFloats);
   positions.resize(need);
-  for (int i = 0; i < need; ++i)
-    positions[i] = explicitRows ? seq.appended[layer] - total + first + i : rememberedPos[first + i];
+  for (int i = 0; i < need; ++i) positions[i] = seq.appended[layer] - total + first + i;
 }
 
 void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers, const ScoreOptions& o,

@@ -72,8 +72,7 @@ void Cache::recordOracle(int32_t seqId, const std::vector<std::vector<float>>& w
   seq.oracleWeight = std::move(weight);
   seq.oracle.assign(NH, {});
   for (size_t i = 0; i < NH; ++i) seq.oracle[i].assign(seq.oracleTokens[i], 0.f);
-  seq.frozenQueries = seq.obsQueries;
-  seq.frozenPositions = seq.obsPositions;
+  seq.frozenObserved = seq.observed;
   seq.frozen = true;
   seq.recording = true;
 }

@@ -9,13 +9,43 @@ std::string str(int64_t v) { return std::to_string(v); }
 int64_t pagesFor(int64_t tokens, int P) { return (tokens + P - 1) / P; }
 }  // namespace
 
+void ObservedRows::push(const float* q, const int32_t* pos, size_t count, size_t rowFloats, size_t capacity) {
+  if (capacity == 0) {
+    rows.clear();
+    positions.clear();
+    oldest = 0;
+    return;
+  }
+  for (size_t r = count > capacity ? count - capacity : 0; r < count; ++r) {
+    const float* row = q + r * rowFloats;
+    if (held() < capacity) {
+      rows.insert(rows.end(), row, row + rowFloats);
+      positions.push_back(pos[r]);
+    } else {
+      std::copy(row, row + rowFloats, rows.begin() + oldest * rowFloats);
+      positions[oldest] = pos[r];
+      oldest = (oldest + 1) % held();
+    }
+  }
+}
+
+void ObservedRows::last(size_t n, size_t rowFloats, std::vector<float>& q, std::vector<int32_t>& pos) const {
+  const size_t h = held();
+  q.resize(n * rowFloats);
+  pos.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t slot = (oldest + h - n + i) % h;
+    std::copy(rows.begin() + slot * rowFloats, rows.begin() + (slot + 1) * rowFloats, q.begin() + i * rowFloats);
+    pos[i] = positions[slot];
+  }
+}
+
 int32_t PageTable::create() {
   auto s = std::make_unique<Sequence>();
   s->id = nextId_++;
   s->heads.resize(heads());
   s->appended.assign(layers_, 0);
-  s->obsQueries.resize(layers_);
-  s->obsPositions.resize(layers_);
+  s->observed.resize(layers_);
   const int32_t id = s->id;
   seqs_[id] = std::move(s);
   return id;
@@ -46,8 +76,7 @@ int32_t PageTable::restore(Sequence state, const std::string& limits) {
     h.pages.clear();
     pages_->allocate(pagesFor(h.length(), pageSize_), h.pages);
   }
-  s->obsQueries.resize(layers_);
-  s->obsPositions.resize(layers_);
+  s->observed.resize(layers_);
   const int32_t id = s->id;
   seqs_[id] = std::move(s);
   return id;

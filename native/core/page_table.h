@@ -31,12 +31,25 @@ struct HeadState {
   }
 };
 
+// The last query rows a layer attended with (SnapKV's and TOVA's observation window): a ring of
+// at most `capacity` rows, so a decode step writes its one row over the oldest and moves no other.
+struct ObservedRows {
+  std::vector<float> rows;         // [held][rowFloats], in ring order
+  std::vector<int32_t> positions;  // [held]
+  size_t oldest = 0;               // slot of the oldest row (0 until the ring is full)
+
+  size_t held() const { return positions.size(); }
+  // Remembers rows [0, count) of q (positions pos), keeping the last `capacity` rows.
+  void push(const float* q, const int32_t* pos, size_t count, size_t rowFloats, size_t capacity);
+  // The last n <= held() rows, oldest first.
+  void last(size_t n, size_t rowFloats, std::vector<float>& q, std::vector<int32_t>& pos) const;
+};
+
 struct Sequence {
   int32_t id = 0;
   std::vector<HeadState> heads;          // [layers * kvHeads]
   std::vector<int32_t> appended;         // per layer: tokens ever appended = next position
-  std::vector<std::vector<float>> obsQueries;   // per layer: last rows of queries, [rows][queryHeads*headDim]
-  std::vector<std::vector<int32_t>> obsPositions;
+  std::vector<ObservedRows> observed;   // per layer: the last query rows (rows of queryHeads * headDim)
   // Attention mass per kept token and head (H2O), accumulated by attend when `accumulate` is on.
   bool accumulate = false;
   std::vector<std::vector<float>> mass;  // [layers * kvHeads][length]
@@ -47,8 +60,7 @@ struct Sequence {
   std::vector<std::vector<float>> oracleWeight;      // [layers * queryHeads][oracleTokens of its KV head]
   // The observation window frozen when recording began (scores rank the context as compress would then).
   bool frozen = false;
-  std::vector<std::vector<float>> frozenQueries;
-  std::vector<std::vector<int32_t>> frozenPositions;
+  std::vector<ObservedRows> frozenObserved;
 };
 
 // What a backend does for an append: copy the shared pages first (copy-on-write), then write row

@@ -89,10 +89,9 @@ Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& 
   const size_t rowBytes = (size_t)cfg_.headDim * dtypeBytes(cfg_.dtype);
   const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;
   const bool mass = seq.accumulate;
-  // Every observation row a layer holds (up to twice observationWindow), so that the window moves
-  // on after loading as it would have on the original.
+  // Every observation row a layer holds (up to observationWindow), oldest first.
   size_t bytes = kHeaderBytes + 4;
-  for (int l = 0; l < L; ++l) bytes += kLayerFixedBytes + seq.obsPositions[l].size() * (4 + rowFloats * 4);
+  for (int l = 0; l < L; ++l) bytes += kLayerFixedBytes + seq.observed[l].held() * (4 + rowFloats * 4);
   for (const HeadState& h : seq.heads) bytes += 4 + (size_t)h.length() * (4 + (mass ? 4 : 0) + 2 * rowBytes);
 
   SavedBytes out(bytes);
@@ -107,13 +106,15 @@ Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& 
   std::memset(w.at(), 0, kHeaderBytes - 48);  // reserved
   w.skip(kHeaderBytes - 48);
 
+  std::vector<float> rows;
+  std::vector<int32_t> pos;
   for (int l = 0; l < L; ++l) {
-    const auto& pos = seq.obsPositions[l];
+    seq.observed[l].last(seq.observed[l].held(), rowFloats, rows, pos);
     w.put<int32_t>(seq.appended[l]);
     w.put<uint32_t>((uint32_t)pos.size());
     for (int k = 0; k < 3; ++k) w.put<double>(bounds[(size_t)l * 3 + k]);
     w.bytes(pos.data(), pos.size() * 4);
-    w.bytes(seq.obsQueries[l].data(), pos.size() * rowFloats * 4);
+    w.bytes(rows.data(), pos.size() * rowFloats * 4);
   }
   for (size_t i = 0; i < seq.heads.size(); ++i) {
     const HeadState& h = seq.heads[i];
@@ -168,8 +169,7 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
   Sequence s;
   s.heads.resize((size_t)L * H);
   s.appended.resize(L);
-  s.obsQueries.resize(L);
-  s.obsPositions.resize(L);
+  s.observed.resize(L);
   s.accumulate = mass;
   if (mass) s.mass.resize((size_t)L * H);
   std::vector<double> b((size_t)L * 3);
@@ -186,14 +186,16 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
     }
     const uint8_t* pos = r.items(rows, 4, name + " observation positions");
     const uint8_t* q = r.items(rows, rowFloats * 4, name + " observation rows");
-    s.obsPositions[l].resize(rows);
-    if (rows) std::memcpy(s.obsPositions[l].data(), pos, (size_t)rows * 4);
-    for (int32_t p : s.obsPositions[l])
+    std::vector<int32_t> positions(rows);
+    std::vector<float> values((size_t)rows * rowFloats);
+    if (rows) std::memcpy(positions.data(), pos, (size_t)rows * 4);
+    for (int32_t p : positions)
       if (p < 0 || p >= appended) bad(name + " has an observation position " + std::to_string(p) + " outside [0, " + std::to_string(appended) + ")");
-    s.obsQueries[l].resize((size_t)rows * rowFloats);
-    if (rows) std::memcpy(s.obsQueries[l].data(), q, (size_t)rows * rowFloats * 4);
-    for (float v : s.obsQueries[l])
+    if (rows) std::memcpy(values.data(), q, (size_t)rows * rowFloats * 4);
+    for (float v : values)
       if (!std::isfinite(v)) bad(name + " has an observation row value that is not finite");
+    // A cache with a smaller observationWindow than the one that saved keeps the last rows.
+    s.observed[l].push(values.data(), positions.data(), rows, rowFloats, (size_t)cfg_.observationWindow);
   }
   // Where each head's K and V rows are in the file.
   std::vector<const uint8_t*> keys(s.heads.size()), values(s.heads.size());
