@@ -163,16 +163,20 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Raw 16-bit input has no meaning for an f32 cache: refused, and nothing appended.
-  {
+  // A cache of one layer and one head of 8 floats, f32.
+  auto smallConfig = [](int maxTokens) {
     lukv::CacheConfig cfg;
     cfg.layers = 1;
     cfg.kvHeads = 1;
     cfg.queryHeads = 1;
     cfg.headDim = 8;
-    cfg.maxTokens = 64;
+    cfg.maxTokens = maxTokens;
     cfg.dtype = lukv::DType::F32;
-    lukv::Cache cache(cfg);
+    return cfg;
+  };
+  // Raw 16-bit input has no meaning for an f32 cache: refused, and nothing appended.
+  {
+    lukv::Cache cache(smallConfig(64));
     const int32_t seq = cache.createSequence();
     std::vector<uint16_t> raw(8, 0x3c00);
     bool refused = false;
@@ -189,14 +193,7 @@ int main(int argc, char** argv) {
   {
     // A batch naming a sequence twice is refused, naming the first item that repeats an earlier
     // one and that earlier item; nothing is written.
-    lukv::CacheConfig cfg;
-    cfg.layers = 1;
-    cfg.kvHeads = 1;
-    cfg.queryHeads = 1;
-    cfg.headDim = 8;
-    cfg.maxTokens = 256;
-    cfg.dtype = lukv::DType::F32;
-    lukv::Cache cache(cfg);
+    lukv::Cache cache(smallConfig(256));
     std::vector<int32_t> seqs;
     std::vector<float> row(8, 0.5f);
     for (int i = 0; i < 3; ++i) {
