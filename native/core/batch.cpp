@@ -72,7 +72,6 @@ void Cache::attendBatch(int layer, const std::vector<AttendItem>& items, float s
   }
   if (items.empty()) return;
 
-  // Per item: its query positions, and the mass / oracle arrays it updates.
   // Per item: its query positions, and the mass / oracle arrays it updates (flat, item i's first
   // at qpos0[i] and i * H or i * QH).
   std::vector<size_t> qpos0(items.size() + 1, 0);
