@@ -1,5 +1,5 @@
 // Decode attention on the CPU against the machine's read bandwidth, measured in the same run.
-// Usage: node dist/bench/attention.js [--tokens 1024,8192,32768,131072] [--repeats 15] [--prefetch auto,nta] [--step-mib 128]
+// Usage: node dist/bench/attention.js [--tokens 1024,8192,32768,131072] [--repeats 15] [--prefetch auto,nta] [--step-mib 128] [--warmup-ms 5]
 // With several prefetch hints, one cache per hint holds the same rows and the hints take turns
 // with the plain read, so every column comes from the same stretch of time.
 // One layer attended over and over stays in the processor's caches when it is small (4 MiB at 1K
@@ -15,6 +15,8 @@ const sizes = arg("tokens", "1024,8192,32768,131072").split(",").map(Number);
 const repeats = Number(arg("repeats", "15"));
 const hints = arg("prefetch", "auto").split(",") as PrefetchHint[];
 const stepBytes = Number(arg("step-mib", "128")) * 2 ** 20;
+// Each round's timed calls start after this many milliseconds of untimed calls (see timeRuns).
+const warmupMs = Number(arg("warmup-ms", "5"));
 const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16;
 const b = backends();
 const threads = b.cpu.threads;
@@ -62,13 +64,13 @@ for (const tokens of sizes) {
   for (let round = 0; round < rounds; round++) {
     for (const c of caches) {
       pause(10);
-      c.runs.push(...timeRuns(() => c.seq.attend(0, q, { out }), perRound, round === 0 ? 2 : 1));
+      c.runs.push(...timeRuns(() => c.seq.attend(0, q, { out }), perRound, round === 0 ? 2 : 1, warmupMs));
     }
     pause(10);
     readRuns.push(...native().memoryReadBenchmark(bytes, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
     if (step) {
       pause(10);
-      step.runs.push(...timeRuns(() => { for (let layer = 0; layer < stepLayers; layer++) step.seq.attend(layer, q, { out }); }, perRound, round === 0 ? 2 : 1));
+      step.runs.push(...timeRuns(() => { for (let layer = 0; layer < stepLayers; layer++) step.seq.attend(layer, q, { out }); }, perRound, round === 0 ? 2 : 1, warmupMs));
       pause(10);
       step.readRuns.push(...native().memoryReadBenchmark(bytes * stepLayers, threads, perRound + 1).slice(1).map((s: number) => s * 1000));
     }
@@ -101,5 +103,5 @@ for (const tokens of sizes) {
 }
 const used = hints.map((h) => (h === "auto" ? `auto=${b.cpu.prefetch}` : h));
 printTable(["tokens", "K+V MiB", ...used.flatMap((h) => [`ms (${h})`, "GB/s", "ratio"]), "plain read GB/s", "step layers", "step ms / layer", "step ratio", "step read GB/s"], rows);
-const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: used, repeats, machine: machine(), results });
+const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: used, repeats, warmupMs, machine: machine(), results });
 console.log(`\nwritten ${file}`);

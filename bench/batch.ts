@@ -4,7 +4,7 @@
 // an 8B-class model's layer and at the embedded tiny-lm's (2 KV heads, 8 query heads, headDim 32);
 // (c) the same short steps off the main thread, as a server makes them: one attendBatchAsync
 // against one attendAsync per sequence, all awaited together.
-// Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15]
+// Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15] [--warmup-ms 5]
 import { KVCache, Sequence, backends } from "../ts";
 import { native } from "../ts/native";
 import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults, arg } from "./common";
@@ -13,6 +13,8 @@ const sequences = Number(arg("sequences", "16"));
 const longTokens = Number(arg("long", "4096"));
 const shortTokens = Number(arg("short", "256"));
 const repeats = Number(arg("repeats", "15"));
+// Each round's timed calls start after this many milliseconds of untimed calls (see timeRuns).
+const warmupMs = Number(arg("warmup-ms", "5"));
 const pageSize = 16;
 type Shape = { kvHeads: number; queryHeads: number; headDim: number };
 const large: Shape = { kvHeads: 8, queryHeads: 32, headDim: 128 };
@@ -64,6 +66,7 @@ async function measureAsync(fns: Record<string, () => Promise<unknown>>, runs: n
     for (const [k, fn] of Object.entries(fns)) {
       pause(10);
       for (let i = 0; i < (round === 0 ? 2 : 1); i++) await fn();
+      for (const start = performance.now(); performance.now() - start < warmupMs; ) await fn();
       for (let i = 0; i < perRound; i++) {
         const t = performance.now();
         await fn();
@@ -83,7 +86,7 @@ function measure(fns: Record<string, () => void>, runs: number, bytes?: number):
   for (let round = 0; round < rounds; round++) {
     for (const [k, fn] of Object.entries(fns)) {
       pause(10);
-      out[k].push(...timeRuns(fn, perRound, round === 0 ? 2 : 1));
+      out[k].push(...timeRuns(fn, perRound, round === 0 ? 2 : 1, warmupMs));
     }
     if (bytes !== undefined) {
       pause(10);
@@ -120,7 +123,7 @@ async function main(): Promise<void> {
   printTable(["shape", "sequences x tokens", "K+V MiB", "attendBatch ms", "separate ms", "plain read ms", "read / batch", "separate / batch"], table);
   console.log("\noff the main thread:");
   printTable(["shape", "sequences x tokens", "attendBatchAsync ms", `${sequences} x attendAsync ms`, "separate / batch"], asyncTable);
-  const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, machine: machine(), results });
+  const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, warmupMs, machine: machine(), results });
   console.log(`\nwritten ${file}`);
 }
 

@@ -15,9 +15,15 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-/** Runs fn `warmup` times, then `repeats` times; returns milliseconds of each timed run. */
-export function timeRuns(fn: () => void, repeats: number, warmup = 1): number[] {
+/**
+ * Runs fn `warmup` times and then again until `warmupMs` milliseconds have passed, then `repeats`
+ * times; returns milliseconds of each timed run. Kernel threads sleep after a pause, and one woken
+ * on a virtual machine can take a millisecond or more to join: the calls before that run on fewer
+ * threads than a decode loop's calls do.
+ */
+export function timeRuns(fn: () => void, repeats: number, warmup = 1, warmupMs = 0): number[] {
   for (let i = 0; i < warmup; i++) fn();
+  for (const start = performance.now(); performance.now() - start < warmupMs; ) fn();
   const out: number[] = [];
   for (let i = 0; i < repeats; i++) {
     const t = performance.now();
