@@ -408,7 +408,8 @@ describe("batches in call order with queued async calls", () => {
       // Straight to the addon (the TypeScript queues would order them): the native locks must.
       const calls = Array.from({ length: 24 }, (_, k) => {
         const order = k % 2 ? [2, 0, 1] : [1, 2, 0];
-        return cache.handle.attendBatchAsync(0, Int32Array.from(order, (i) => ids[i]), order.map((i) => q[i]), 0.25, order.map(() => undefined)).then((outs) => ({ order, outs }));
+        const outs = order.map((i) => new Float32Array(q[i].length));
+        return cache.handle.attendBatchAsync(0, Int32Array.from(order, (i) => ids[i]), order.map((i) => q[i]), 0.25, outs).then(() => ({ order, outs }));
       });
       for (const { order, outs } of await Promise.all(calls)) order.forEach((i, j) => expect(bits(outs[j])).toBe(bits(seqs[i].attend(0, q[i], { scale: 0.25 }))));
     } finally {

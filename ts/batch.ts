@@ -167,11 +167,13 @@ export async function attendBatchAsync(
   // A batch that waits its turn keeps its own copy of the queries (the addon copies them when the work starts).
   const waits = seqs.some((s) => s.pending > 0);
   const queries = parts.map((p, i) => (waits && p.q === items[i].queries ? p.q.slice() : p.q));
-  const outs = parts.map((p) => p.out);
+  // The addon writes into one array per item when the work has run: the caller's, or a new one.
+  const outs = parts.map((p) => p.out ?? new Float32Array(p.q.length));
   return SequenceClass.enqueueAll(seqs, async () => {
     try {
       const ids = Int32Array.from(seqs, (s) => s.nativeId());
-      return await cache.handle.attendBatchAsync(l, ids, queries, scale, outs);
+      await cache.handle.attendBatchAsync(l, ids, queries, scale, outs);
+      return outs;
     } catch (e) {
       rethrow(e);
     }

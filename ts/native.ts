@@ -53,7 +53,8 @@ export interface NativeCache {
   attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array>;
   /** Writes each item's result into its out array (one per item, of its queries' length). */
   attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): void;
-  attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: (Float32Array | undefined)[]): Promise<Float32Array[]>;
+  /** Like attendBatch, off the main thread; the out arrays are written when the promise resolves. */
+  attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): Promise<void>;
   appendBatch(layer: number, seqs: Int32Array, keys: (Float32Array | Uint16Array)[], values: (Float32Array | Uint16Array)[]): void;
   lengths(seq: number): Int32Array;
   compress(seq: number, options: NativeCompressOptions): NativeReport;

@@ -428,13 +428,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     float scale = 0;
     std::vector<int32_t> ids;
     std::vector<TypedView> queries;
-    std::vector<napi_value> outs;  // null where the caller gave none
-    std::vector<float*> outData;
+    std::vector<float*> outs;  // the data of each item's out array
   };
 
-  // (layer, ids, queries, scale, outs): outs is an array with an entry per item, a Float32Array of
-  // the item's queries' length or undefined (`requireOuts`: a Float32Array for every item).
-  AttendBatchCall attendBatchArgs(const Napi::CallbackInfo& info, Cache& c, bool requireOuts) {
+  // (layer, ids, queries, scale, outs): outs is an array with a Float32Array of the item's
+  // queries' length per item (TypeScript makes the ones the caller did not give).
+  AttendBatchCall attendBatchArgs(const Napi::CallbackInfo& info, Cache& c) {
     Napi::Env env = info.Env();
     const CacheConfig& cfg = c.config();
     AttendBatchCall a;
@@ -449,27 +448,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
     a.scale = info[3].As<Napi::Number>().FloatValue();
     if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
-    const bool given = info.Length() > 4 && info[4].IsArray();
-    if (requireOuts && (!given || info[4].As<Napi::Array>().Length() != a.ids.size()))
-      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected one out array per item");
-    const uint32_t outCount = given ? info[4].As<Napi::Array>().Length() : 0;
-    a.outs.assign(a.ids.size(), nullptr);
-    a.outData.assign(a.ids.size(), nullptr);
-    for (uint32_t i = 0; i < a.ids.size() && i < outCount; ++i) {
-      napi_value o;
-      napi_valuetype type;
-      if (napi_get_element(env, info[4], i, &o) != napi_ok || napi_typeof(env, o, &type) != napi_ok)
+    const std::vector<TypedView> outs = batchArrays(info, 4, a.ids.size(), "out", 1);
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (outs[i].type != napi_float32_array || outs[i].length != a.queries[i].length)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
-      if (type == napi_undefined && !requireOuts) continue;
-      TypedView t;
-      if (!batchView(env, o, t) || t.type != napi_float32_array || t.length != a.queries[i].length)
-        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
-      a.outs[i] = o;
-      a.outData[i] = static_cast<float*>(const_cast<void*>(t.data));
+      a.outs.push_back(static_cast<float*>(const_cast<void*>(outs[i].data)));
     }
-    if (requireOuts)
-      for (float* o : a.outData)
-        if (o == nullptr) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected one out array per item");
     return a;
   }
 
@@ -477,26 +461,25 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   Napi::Value AttendBatch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
-    AttendBatchCall a = attendBatchArgs(info, c, true);
+    AttendBatchCall a = attendBatchArgs(info, c);
     const size_t row = (size_t)c.config().queryHeads * c.config().headDim;
     std::vector<Cache::AttendItem> items(a.ids.size());
     for (size_t i = 0; i < a.ids.size(); ++i)
-      items[i] = {a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), a.outData[i]};
+      items[i] = {a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), a.outs[i]};
     guarded(env, [&] { c.attendBatch(a.layer, items, a.scale); });
     return env.Undefined();
   }
 
   class AttendBatchWorker : public CacheWorker {
    public:
-    AttendBatchWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendBatchCall& call, size_t row)
-        : CacheWorker(env, std::move(cache)), layer_(call.layer), scale_(call.scale), ids_(call.ids), row_(row) {
+    AttendBatchWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendBatchCall& call, Napi::Array outs, size_t row)
+        : CacheWorker(env, std::move(cache)), layer_(call.layer), scale_(call.scale), ids_(call.ids), row_(row),
+          outs_(Napi::Persistent(outs)) {
       // Copied so the caller may reuse or transfer its arrays while the work runs.
       for (size_t i = 0; i < ids_.size(); ++i) {
         const float* q = static_cast<const float*>(call.queries[i].data);
         queries_.emplace_back(q, q + call.queries[i].length);
         out_.emplace_back(call.queries[i].length);
-        targets_.emplace_back();
-        if (call.outs[i] != nullptr) targets_.back() = Napi::Persistent(Napi::Float32Array(env, call.outs[i]));
       }
     }
 
@@ -508,20 +491,22 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       cache.attendBatch(layer_, items, scale_);
     }
     void Resolve(Napi::Env env) override {
-      // The callers' arrays are written here, on the main thread (see AttendWorker).
-      for (size_t i = 0; i < targets_.size(); ++i)
-        if (!targets_[i].IsEmpty() && targets_[i].Value().ElementLength() != out_[i].size()) {
+      // The callers' arrays are written here, on the main thread (see AttendWorker); the array of
+      // them is the addon's own (made by TypeScript for this call), held by one reference.
+      napi_value outs = outs_.Value();
+      std::vector<float*> targets(out_.size());
+      for (size_t i = 0; i < out_.size(); ++i) {
+        napi_value o;
+        TypedView t;
+        if (napi_get_element(env, outs, (uint32_t)i, &o) != napi_ok || !batchView(env, o, t) ||
+            t.type != napi_float32_array || t.length != out_[i].size()) {
           Reject(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendBatchAsync finished");
           return;
         }
-      Napi::Array result = Napi::Array::New(env, out_.size());
-      for (size_t i = 0; i < out_.size(); ++i) {
-        Napi::Float32Array out =
-            targets_[i].IsEmpty() ? Napi::Float32Array::New(env, out_[i].size()) : targets_[i].Value();
-        std::copy(out_[i].begin(), out_[i].end(), out.Data());
-        result.Set((uint32_t)i, out);
+        targets[i] = static_cast<float*>(const_cast<void*>(t.data));
       }
-      deferred_.Resolve(result);
+      for (size_t i = 0; i < out_.size(); ++i) std::copy(out_[i].begin(), out_[i].end(), targets[i]);
+      deferred_.Resolve(env.Undefined());
     }
 
    private:
@@ -530,14 +515,15 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     std::vector<int32_t> ids_;
     size_t row_;
     std::vector<std::vector<float>> queries_, out_;
-    std::vector<Napi::Reference<Napi::Float32Array>> targets_;
+    Napi::Reference<Napi::Array> outs_;
   };
 
+  // Like AttendBatch, off the main thread: resolves (with nothing) once every out array is written.
   Napi::Value AttendBatchAsync(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
-    AttendBatchCall a = attendBatchArgs(info, c, false);
-    auto* w = new AttendBatchWorker(env, cache_, a, (size_t)c.config().queryHeads * c.config().headDim);
+    AttendBatchCall a = attendBatchArgs(info, c);
+    auto* w = new AttendBatchWorker(env, cache_, a, info[4].As<Napi::Array>(), (size_t)c.config().queryHeads * c.config().headDim);
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
