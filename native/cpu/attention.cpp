@@ -22,6 +22,7 @@ struct Item {
   int32_t t0, t1;        // token range of the head
   int64_t partial;       // offset of this item's partial results (rows * G * (headDim + 2) floats)
   int64_t stored;        // offset of this item's raw scores when attention mass is accumulated
+  bool final;            // the only range of its rows, with no scores kept: it writes their output
 };
 
 // Working memory kept by each thread from one call to the next: fresh buffers on every decode step
@@ -31,13 +32,14 @@ struct Item {
 constexpr size_t kKeepBytes = size_t(4) << 20;
 
 struct CallScratch {
-  std::vector<float> q, partials;
+  std::vector<float> partials;
   std::vector<int32_t> visible;
   std::vector<Item> items;
   std::vector<int64_t> groupStart;
 };
 thread_local CallScratch tCall;
 thread_local std::vector<float> tItem;  // per work item: its rows' softmax state, and a block's scores
+thread_local std::vector<float> tQuery;  // per work item: its rows' queries of its KV head, scaled
 
 template <class T>
 void sizeTo(std::vector<T>& v, size_t n) {
@@ -47,6 +49,21 @@ void sizeTo(std::vector<T>& v, size_t n) {
 template <class T>
 void releaseLarge(std::vector<T>& v) {
   if (v.capacity() * sizeof(T) > kKeepBytes) std::vector<T>().swap(v);
+}
+
+// One row's output from its softmax state (m[G], l[G], acc[G][D]) when a single token range
+// covers it: acc / l per query head, zero where nothing was visible (m = -inf).
+void writeOutput(const float* state, float* out, int G, int D) {
+  for (int g = 0; g < G; ++g) {
+    float* o = out + (size_t)g * D;
+    if (std::isinf(state[g])) {
+      std::fill(o, o + D, 0.f);
+      continue;
+    }
+    const float* acc = state + 2 * G + (size_t)g * D;
+    const float inv = 1.f / state[G + g];
+    for (int d = 0; d < D; ++d) o[d] = acc[d] * inv;
+  }
 }
 
 }  // namespace
@@ -70,7 +87,6 @@ void attendBatch(const AttendArgs* calls, size_t count) {
   struct Release {
     CallScratch& s;
     ~Release() {
-      releaseLarge(s.q);
       releaseLarge(s.partials);
       releaseLarge(s.visible);
       releaseLarge(s.items);
@@ -81,30 +97,19 @@ void attendBatch(const AttendArgs* calls, size_t count) {
   // Where each call's rows live in the shared arrays. Every call is planned exactly as it would be
   // alone (its own split-K chunk), so its output is bit-for-bit that of a call of its own.
   struct Part {
-    size_t q0 = 0, visible0 = 0;
+    size_t visible0 = 0;
     int rowBlock = 1, rowBlocks = 0;
     int64_t group0 = 0, row0 = 0;  // first (head, row block) group; first (head, row) of the reduce
     bool keepScores = false;
   };
   std::vector<Part> parts(count);
-  size_t qTotal = 0, visibleTotal = 0;
+  size_t visibleTotal = 0;
   int64_t reduceRows = 0;
   for (size_t c = 0; c < count; ++c) {
-    parts[c].q0 = qTotal;
     parts[c].visible0 = visibleTotal;
     parts[c].row0 = reduceRows;
-    qTotal += (size_t)calls[c].tokens * queryHeads * D;
     visibleTotal += (size_t)kvHeads * calls[c].tokens;
     reduceRows += (int64_t)kvHeads * calls[c].tokens;
-  }
-
-  // Pre-scale the queries once so the kernels compute scaled scores directly.
-  std::vector<float>& q = sc.q;
-  sizeTo(q, qTotal);
-  for (size_t c = 0; c < count; ++c) {
-    const size_t n = (size_t)calls[c].tokens * queryHeads * D;
-    float* dst = q.data() + parts[c].q0;
-    for (size_t i = 0; i < n; ++i) dst[i] = calls[c].queries[i] * calls[c].scale;
   }
 
   // Visible tokens of each (head, row): positions ascend, so it is a prefix.
@@ -149,11 +154,12 @@ void attendBatch(const AttendArgs* calls, size_t count) {
         int32_t t0 = 0;
         do {
           int32_t t1 = (int32_t)std::min<int64_t>(n, t0 + chunk);
-          items.push_back({(int)c, h, row0, row1, t0, t1, partialSize, storedSize});
+          items.push_back({(int)c, h, row0, row1, t0, t1, partialSize, storedSize, false});
           partialSize += (int64_t)(row1 - row0) * partialStride;
           if (part.keepScores) storedSize += (int64_t)(row1 - row0) * G * (t1 - t0);
           t0 = t1;
         } while (t0 < n);
+        items.back().final = !part.keepScores && items.size() - groupStart.back() == 1;
       }
     }
     work += totalTokens * a.tokens * G * D;  // multiply-adds of the scores, roughly
@@ -210,8 +216,17 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     span.aheadPages = aheadPages;
     span.prefetch = a.prefetch;
     span.rows = rows;
-    span.q = q.data() + part.q0 + ((size_t)it.row0 * queryHeads + (size_t)it.head * G) * D;
-    span.qStride = (int64_t)queryHeads * D;
+    // The rows' queries of this KV head, scaled so the kernels compute scaled scores directly.
+    std::vector<float>& qs = tQuery;
+    const size_t rowQ = (size_t)G * D;
+    sizeTo(qs, (size_t)rows * rowQ);
+    for (int i = 0; i < rows; ++i) {
+      const float* src = a.queries + ((size_t)(it.row0 + i) * queryHeads + (size_t)it.head * G) * D;
+      float* dst = qs.data() + (size_t)i * rowQ;
+      for (size_t x = 0; x < rowQ; ++x) dst[x] = src[x] * a.scale;
+    }
+    span.q = qs.data();
+    span.qStride = (int64_t)rowQ;
     span.ends = ends;
     span.state = state;
     span.stateStride = stateStride;
@@ -226,6 +241,12 @@ void attendBatch(const AttendArgs* calls, size_t count) {
       span.raw = stored.data() + it.stored;
     }
     a.kernels->attendSpan(dt, span, D, G);
+    if (it.final) {
+      // The only token range of its rows: the output is the accumulator over the sum, what the
+      // reduce's general loop computes with a weight of exp(0) = 1, without the exponentials.
+      for (int i = 0; i < rows; ++i) writeOutput(state + i * stateStride, a.out + ((size_t)(it.row0 + i) * queryHeads + (size_t)it.head * G) * D, G, D);
+      return;
+    }
     for (int i = 0; i < rows; ++i)
       std::copy(state + i * stateStride, state + i * stateStride + partialStride,
                 partials.data() + it.partial + (int64_t)i * partialStride);
@@ -251,22 +272,7 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     const int64_t group = part.group0 + (int64_t)h * part.rowBlocks + r / part.rowBlock;
     const Item* first = items.data() + groupStart[group];
     const Item* last = items.data() + groupStart[group + 1];
-    if (last - first == 1 && !part.keepScores) {
-      // One token range (every short head): the output is its accumulator over its sum, exactly
-      // what the general loop below computes with a weight of exp(0) = 1, without the exponentials.
-      const float* pt = partials.data() + first->partial + (int64_t)(r - first->row0) * partialStride;
-      for (int g = 0; g < G; ++g) {
-        float* o = a.out + ((size_t)r * queryHeads + (size_t)h * G + g) * D;
-        const float* acc = pt + 2 * G + (size_t)g * D;
-        if (std::isinf(pt[g])) {
-          std::fill(o, o + D, 0.f);  // nothing visible: the output is zero
-          continue;
-        }
-        const float inv = 1.f / pt[G + g];
-        for (int d = 0; d < D; ++d) o[d] = acc[d] * inv;
-      }
-      return;
-    }
+    if (first->final) return;  // written by its work item
     for (int g = 0; g < G; ++g) {
       float* o = a.out + ((size_t)r * queryHeads + (size_t)h * G + g) * D;
       float mMax = -std::numeric_limits<float>::infinity();
