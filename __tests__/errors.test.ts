@@ -151,6 +151,33 @@ describe("append and attend arguments", () => {
     structuredClone(out.buffer, { transfer: [out.buffer] });
     await expect(p).rejects.toMatchObject({ name: "InvalidArgumentError", message: "out was detached or resized before attendAsync finished" });
   });
+  test("attendBatchAsync: one detached out rejects the batch, and no out is written", async () => {
+    const r = rng(seed + 4);
+    const other = seq.cache.createSequence();
+    try {
+      appendRandom(seq, 0, 2, r);
+      appendRandom(other, 0, 3, r);
+      const qrow = base.queryHeads * base.headDim;
+      const kept = new Float32Array(qrow).fill(7), gone = new Float32Array(qrow);
+      const p = seq.cache.attendBatchAsync(0, [
+        { sequence: seq, queries: new Float32Array(qrow).fill(0.5), out: kept },
+        { sequence: other, queries: new Float32Array(qrow).fill(0.5), out: gone },
+      ]);
+      structuredClone(gone.buffer, { transfer: [gone.buffer] });
+      await expect(p).rejects.toMatchObject({ name: "InvalidArgumentError", message: "out was detached or resized before attendBatchAsync finished" });
+      expect(kept.every((x) => x === 7)).toBe(true);
+      // Without a detached array the same batch writes both.
+      const outs = await seq.cache.attendBatchAsync(0, [
+        { sequence: seq, queries: new Float32Array(qrow).fill(0.5), out: kept },
+        { sequence: other, queries: new Float32Array(qrow).fill(0.5) },
+      ]);
+      expect(outs[0]).toBe(kept);
+      expect(Array.from(kept)).toEqual(Array.from(seq.attend(0, new Float32Array(qrow).fill(0.5))));
+      expect(Array.from(outs[1])).toEqual(Array.from(other.attend(0, new Float32Array(qrow).fill(0.5))));
+    } finally {
+      other.dispose();
+    }
+  });
   test("attendAsync rejects with the same typed error", async () => {
     await expect(seq.attendAsync(0, new Float32Array(32))).rejects.toMatchObject({
       name: "InvalidArgumentError",
