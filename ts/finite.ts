@@ -14,12 +14,6 @@ export const VALUE_SUM_LIMIT = 2 ** 112;
 /** Magnitudes from which an f32 value rounds to infinity in the storage type (round to nearest even). */
 const STORAGE_LIMIT: Record<DType, number> = { f32: Infinity, f16: 65520, bf16: (2 - 2 ** -8) * 2 ** 127 };
 
-/**
- * Scans a [tokens, heads, headDim] tensor for the first value that is not finite, or (with
- * `storage` f16/bf16 and Float32Array input) too large for it, and throws InvalidArgumentError
- * naming the tensor and that index. Returns the largest magnitude. Uint16Array input holds raw
- * `rawDtype` bits.
- */
 // Where the native scan writes its result: reused, so a scan allocates nothing.
 const scanResult = new Float64Array(2);
 
@@ -33,6 +27,12 @@ export function scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, 
   return scanResult;
 }
 
+/**
+ * Scans a [tokens, heads, headDim] tensor for the first value that is not finite, or (with
+ * `storage` f16/bf16 and Float32Array input) too large for it, and throws InvalidArgumentError
+ * naming the tensor and that index. Returns the largest magnitude. Uint16Array input holds raw
+ * `rawDtype` bits.
+ */
 export function scanTensor(
   name: string,
   values: Float32Array | Uint16Array,

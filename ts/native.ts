@@ -101,8 +101,9 @@ export interface NativeAddon {
   cpuInfo(): NativeCpuInfo;
   cudaInfo(): NativeCudaInfo;
   /**
-   * [first index with !(|x| < limit) or -1, largest |x| before it] of a Float32Array (kind 0), or of
-   * raw f16 (1) or bf16 (2) words in a Uint16Array, where bad means not finite.
+   * Writes [first index with !(|x| < limit) or -1, largest |x| before it] into `result` (a
+   * Float64Array of 2), of a Float32Array (kind 0), or of raw f16 (1) or bf16 (2) words in a
+   * Uint16Array, where bad means not finite.
    */
   scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, limit: number, result: Float64Array): void;
   /** The tokens outside the first `sink` and last `window`, best first, ranked as compress ranks them (NaN lowest, ties to the earlier position). */
