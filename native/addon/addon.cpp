@@ -55,16 +55,26 @@ struct TypedView {
   napi_typedarray_type type;
 };
 
+// The data, length and type of a typed array, read with one napi_get_typedarray_info (the Napi
+// wrappers' type checks and length reads each ask V8 again, and a batch item is meant to cost
+// little). It gives the data of arrays over a SharedArrayBuffer too, where
+// napi_get_arraybuffer_info (TypedArray::ArrayBuffer().Data()) fails. False for anything else.
+bool typedView(napi_env env, napi_value v, TypedView& t) {
+  bool isTyped = false;
+  void* data = nullptr;
+  if (napi_is_typedarray(env, v, &isTyped) != napi_ok || !isTyped ||
+      napi_get_typedarray_info(env, v, &t.type, &t.length, &data, nullptr, nullptr) != napi_ok)
+    return false;
+  t.data = data;
+  return true;
+}
+
 TypedView typedArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsTypedArray())
     throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a typed array for ") + name);
-  // napi_get_typedarray_info gives the data of arrays over a SharedArrayBuffer too, where
-  // napi_get_arraybuffer_info (TypedArray::ArrayBuffer().Data()) fails.
   TypedView v;
-  void* data = nullptr;
-  if (napi_get_typedarray_info(info.Env(), info[i], &v.type, &v.length, &data, nullptr, nullptr) != napi_ok)
+  if (!typedView(info.Env(), info[i], v))
     throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a readable typed array for ") + name);
-  v.data = data;
   return v;
 }
 
@@ -397,17 +407,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     auto ids = info[i].As<Napi::Int32Array>();
     return std::vector<int32_t>(ids.Data(), ids.Data() + ids.ElementLength());
   }
-  // One typed array of a batch: a single napi_get_typedarray_info per array (the Napi wrappers'
-  // type checks and length reads each ask V8 again, and a batch item is meant to cost little).
-  static bool batchView(napi_env env, napi_value v, TypedView& t) {
-    bool isTyped = false;
-    void* data = nullptr;
-    if (napi_is_typedarray(env, v, &isTyped) != napi_ok || !isTyped ||
-        napi_get_typedarray_info(env, v, &t.type, &t.length, &data, nullptr, nullptr) != napi_ok)
-      return false;
-    t.data = data;
-    return true;
-  }
   static std::vector<TypedView> batchArrays(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name,
                                             size_t row) {
     Napi::Env env = info.Env();
@@ -417,7 +416,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     std::vector<TypedView> out(count);
     for (uint32_t k = 0; k < count; ++k) {
       napi_value v;
-      if (napi_get_element(env, arr, k, &v) != napi_ok || !batchView(env, v, out[k]) || out[k].length % row != 0)
+      if (napi_get_element(env, arr, k, &v) != napi_ok || !typedView(env, v, out[k]) || out[k].length % row != 0)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected typed arrays of whole rows for ") + name);
     }
     return out;
@@ -498,7 +497,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       for (size_t i = 0; i < out_.size(); ++i) {
         napi_value o;
         TypedView t;
-        if (napi_get_element(env, outs, (uint32_t)i, &o) != napi_ok || !batchView(env, o, t) ||
+        if (napi_get_element(env, outs, (uint32_t)i, &o) != napi_ok || !typedView(env, o, t) ||
             t.type != napi_float32_array || t.length != out_[i].size()) {
           Reject(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendBatchAsync finished");
           return;
@@ -928,29 +927,22 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber())
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (typed array, kind, limit)");
-  napi_typedarray_type type;
-  size_t length;
-  void* data;
-  // Read through napi_get_typedarray_info: it also serves arrays over a SharedArrayBuffer.
-  if (napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok)
-    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a typed array");
+  TypedView in;
+  if (!typedView(env, info[0], in)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a typed array");
   const int kind = info[1].As<Napi::Number>().Int32Value();
   ScanResult r;
-  if (kind == 0 && type == napi_float32_array)
-    r = scanF32(static_cast<const float*>(data), length, info[2].As<Napi::Number>().FloatValue());
-  else if ((kind == 1 || kind == 2) && type == napi_uint16_array)
-    r = scanRaw16(static_cast<const uint16_t*>(data), length, kind == 2);
+  if (kind == 0 && in.type == napi_float32_array)
+    r = scanF32(static_cast<const float*>(in.data), in.length, info[2].As<Napi::Number>().FloatValue());
+  else if ((kind == 1 || kind == 2) && in.type == napi_uint16_array)
+    r = scanRaw16(static_cast<const uint16_t*>(in.data), in.length, kind == 2);
   else
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float32Array (kind 0) or a Uint16Array (kind 1, 2)");
-  napi_typedarray_type rt;
-  size_t rlen;
-  void* rdata;
-  if (info.Length() < 4 || !info[3].IsTypedArray() ||
-      napi_get_typedarray_info(env, info[3], &rt, &rlen, &rdata, nullptr, nullptr) != napi_ok || rt != napi_float64_array ||
-      rlen < 2)
+  TypedView res;
+  if (info.Length() < 4 || !typedView(env, info[3], res) || res.type != napi_float64_array || res.length < 2)
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of 2 for the result");
-  static_cast<double*>(rdata)[0] = (double)r.firstBad;
-  static_cast<double*>(rdata)[1] = r.maxAbs;
+  double* out = static_cast<double*>(const_cast<void*>(res.data));
+  out[0] = (double)r.firstBad;
+  out[1] = r.maxAbs;
   return env.Undefined();
 }
 
@@ -959,14 +951,10 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
 Napi::Value AccumulateQueryStatistics(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto view = [&](int i, napi_typedarray_type want, size_t need) -> void* {
-    napi_typedarray_type type;
-    size_t length = 0;
-    void* data = nullptr;
-    if (i >= (int)info.Length() || !info[i].IsTypedArray() ||
-        napi_get_typedarray_info(env, info[i], &type, &length, &data, nullptr, nullptr) != napi_ok || type != want ||
-        length < need)
+    TypedView t;
+    if (i >= (int)info.Length() || !typedView(env, info[i], t) || t.type != want || t.length < need)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "accumulateQueryStatistics: argument " + std::to_string(i) + " is not a typed array of the expected type and size");
-    return data;
+    return const_cast<void*>(t.data);
   };
   const int first = info[1].As<Napi::Number>().Int32Value(), tokens = info[2].As<Napi::Number>().Int32Value();
   const int Q = info[3].As<Napi::Number>().Int32Value(), D = info[4].As<Napi::Number>().Int32Value();
