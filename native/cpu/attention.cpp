@@ -121,7 +121,7 @@ void attendBatch(const AttendArgs* calls, size_t count) {
   groupStart.clear();
   const int64_t partialStride = (int64_t)G * (D + 2);
   int64_t partialSize = 0, storedSize = 0, work = 0, reduceWork = 0;
-  bool anyScores = false;
+  bool anyScores = false, reduce = false;  // reduce: some rows have partial states to merge
   const int64_t target = (int64_t)a0.threads->threads() * 4;
   for (size_t c = 0; c < count; ++c) {
     const AttendArgs& a = calls[c];
@@ -159,7 +159,12 @@ void attendBatch(const AttendArgs* calls, size_t count) {
           if (part.keepScores) storedSize += (int64_t)(row1 - row0) * G * (t1 - t0);
           t0 = t1;
         } while (t0 < n);
-        items.back().final = !part.keepScores && items.size() - groupStart.back() == 1;
+        // The only range of its rows, with no scores kept: it writes their output itself and
+        // needs no partial state (and no reduce).
+        Item& lastItem = items.back();
+        lastItem.final = !part.keepScores && items.size() - groupStart.back() == 1;
+        if (lastItem.final) partialSize -= (int64_t)(row1 - row0) * partialStride;
+        else reduce = true;
       }
     }
     work += totalTokens * a.tokens * G * D;  // multiply-adds of the scores, roughly
@@ -263,7 +268,7 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     return lo;
   };
   // Reduce the token ranges of each (call, head, row) and normalise.
-  forEach(reduceRows, reduceWork >= kParallelWork, [&](int64_t idx) {
+  if (reduce) forEach(reduceRows, reduceWork >= kParallelWork, [&](int64_t idx) {
     const size_t c = callOf(idx);
     const AttendArgs& a = calls[c];
     const Part& part = parts[c];
