@@ -7,7 +7,7 @@
 // Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15] [--warmup-ms 5]
 import { KVCache, Sequence, backends } from "../ts";
 import { native } from "../ts/native";
-import { median, timeRuns, pause, printTable, machine, cpuLine, writeResults, arg } from "./common";
+import { median, timeRuns, timeRunsAsync, pause, printTable, machine, cpuLine, writeResults, arg } from "./common";
 
 const sequences = Number(arg("sequences", "16"));
 const longTokens = Number(arg("long", "4096"));
@@ -57,7 +57,7 @@ function decodeCalls(seqs: Sequence[], cache: KVCache) {
   };
 }
 
-// measure() for calls that return promises: each run is awaited before the next starts.
+// measure() for calls that return promises.
 async function measureAsync(fns: Record<string, () => Promise<unknown>>, runs: number): Promise<Record<string, number[]>> {
   const rounds = 5;
   const perRound = Math.max(1, Math.ceil(runs / rounds));
@@ -65,13 +65,7 @@ async function measureAsync(fns: Record<string, () => Promise<unknown>>, runs: n
   for (let round = 0; round < rounds; round++) {
     for (const [k, fn] of Object.entries(fns)) {
       pause(10);
-      for (let i = 0; i < (round === 0 ? 2 : 1); i++) await fn();
-      for (const start = performance.now(); performance.now() - start < warmupMs; ) await fn();
-      for (let i = 0; i < perRound; i++) {
-        const t = performance.now();
-        await fn();
-        out[k].push(performance.now() - t);
-      }
+      out[k].push(...(await timeRunsAsync(fn, perRound, round === 0 ? 2 : 1, warmupMs)));
     }
   }
   return out;

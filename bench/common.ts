@@ -33,6 +33,19 @@ export function timeRuns(fn: () => void, repeats: number, warmup = 1, warmupMs =
   return out;
 }
 
+/** timeRuns() for a function that returns a promise: each run is awaited before the next starts. */
+export async function timeRunsAsync(fn: () => Promise<unknown>, repeats: number, warmup = 1, warmupMs = 0): Promise<number[]> {
+  for (let i = 0; i < warmup; i++) await fn();
+  for (const start = performance.now(); performance.now() - start < warmupMs; ) await fn();
+  const out: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t = performance.now();
+    await fn();
+    out.push(performance.now() - t);
+  }
+  return out;
+}
+
 /**
  * Blocks for `ms` milliseconds. Kernel threads spin for up to 2 ms after each call before they
  * sleep: a pause lets them sleep before something else is timed beside them.
