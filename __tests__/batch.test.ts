@@ -252,11 +252,23 @@ describe("batch checks", () => {
     expect(cache.attendBatch(0, [])).toEqual([]);
     expect(() => cache.attendBatch(2, [])).toThrow("Expected integer between 0 and 1 for layer but received 2");
     expect(() => cache.attendBatch(0, {} as unknown as AttendBatchItem[])).toThrow("Expected an array of batch items for items but received object");
-    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q(), scale: 1 } as AttendBatchItem])).toThrow(/items\[0\]/);
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s1, queries: q(), scale: 1 } as AttendBatchItem])).toThrow(
+      'Expected only sequence, queries, out in items[1] but received "scale"',
+    );
     expect(() => cache.attendBatch(0, [{ sequence: other.createSequence(), queries: q() }])).toThrow(/Expected a Sequence of this cache for items\[0\]\.sequence/);
     expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s0, queries: q() }])).toThrow(
       /Expected a sequence not already in the batch \(it is items\[0\]\.sequence\) for items\[1\]\.sequence/,
     );
+    // Past 32 items the repeat is found by another path (a map instead of a scan): the same message.
+    const many = Array.from({ length: 40 }, () => cache.createSequence());
+    for (const s of many) s.append(0, randn(r, 4), randn(r, 4));
+    const manyItems = many.map((sequence) => ({ sequence, queries: q() }));
+    manyItems[37] = { sequence: many[3], queries: q() };
+    expect(() => cache.attendBatch(0, manyItems)).toThrow(/Expected a sequence not already in the batch \(it is items\[3\]\.sequence\) for items\[37\]\.sequence/);
+    expect(() => cache.attendBatch(0, manyItems.slice(0, 32).concat([{ sequence: many[31], queries: q() }]))).toThrow(
+      /\(it is items\[31\]\.sequence\) for items\[32\]\.sequence/,
+    );
+    for (const s of many) s.dispose();
     expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s1, queries: randn(r, 7) }])).toThrow(
       "Expected a non-empty length that is a multiple of 8 ([tokens, queryHeads, headDim]) for items[1].queries but received Float32Array(7)",
     );

@@ -1,6 +1,6 @@
 // Batched steps: one call on each of several sequences of a cache, on one layer, as one native
 // pass (KVCache.attendBatch / appendBatch and their async variants).
-import type { KVCache, Sequence, AttendOptions } from "./cache";
+import type { KVCache, Sequence } from "./cache";
 import { rethrow, Sequence as SequenceClass } from "./cache";
 import { DisposedError, invalid } from "./errors";
 import { checkScale } from "./finite";
@@ -44,6 +44,23 @@ const BATCH_OPTION_NAMES = ["scale"] as const;
 
 type Checked<T> = { seqs: Sequence[]; ids: Int32Array; parts: T[] };
 
+// The names of item i's fields in messages ("items[3].", "items[3].queries"), made once per index:
+// the checks pass them on every call, and a string built per item and call showed in the profile
+// of small batches.
+const itemNames: { prefix: string; queries: string }[] = [];
+function itemName(i: number): { prefix: string; queries: string } {
+  let n = itemNames[i];
+  if (n === undefined) {
+    const prefix = `items[${i}].`;
+    n = { prefix, queries: `${prefix}queries` };
+    if (i < 4096) itemNames[i] = n;
+  }
+  return n;
+}
+
+// Up to this many items, a repeated sequence is found by a scan of the ones before (no map to build).
+const SCAN_ITEMS = 32;
+
 // The items as an array of objects naming distinct live sequences of `cache` (DisposedError for a
 // disposed one); `idOf` reads each native id (the sync calls' busy check, or none for queued work).
 function checkItems<I extends { sequence: Sequence }>(
@@ -54,22 +71,25 @@ function checkItems<I extends { sequence: Sequence }>(
 ): { items: I[]; seqs: Sequence[]; ids: Int32Array } {
   void cache.handle;
   if (!Array.isArray(items)) throw invalid("items", "an array of batch items", items);
+  const n = items.length;
   const seqs: Sequence[] = [];
-  const seen = new Map<Sequence, number>();
-  items.forEach((item: unknown, i) => {
+  const seen = n > SCAN_ITEMS ? new Map<Sequence, number>() : undefined;
+  for (let i = 0; i < n; i++) {
+    const item: unknown = items[i];
     if (item === null || typeof item !== "object") throw invalid(`items[${i}]`, "an item object", item);
-    knownOptions(`items[${i}]`, item, names);
+    for (const key in item) if (!names.includes(key)) knownOptions(`items[${i}]`, item, names);
     const seq = (item as { sequence?: unknown }).sequence;
     if (!(seq instanceof SequenceClass) || seq.cache !== cache)
       throw invalid(`items[${i}].sequence`, "a Sequence of this cache", seq);
     if (seq.disposed) throw new DisposedError(`Sequence of items[${i}] was used after dispose()`);
-    const first = seen.get(seq);
-    if (first !== undefined)
+    const first = seen ? seen.get(seq) ?? -1 : seqs.indexOf(seq);
+    if (first >= 0)
       throw invalid(`items[${i}].sequence`, `a sequence not already in the batch (it is items[${first}].sequence)`, seq);
-    seen.set(seq, i);
+    seen?.set(seq, i);
     seqs.push(seq);
-  });
-  const ids = Int32Array.from(seqs, idOf);
+  }
+  const ids = new Int32Array(n);
+  for (let i = 0; i < n; i++) ids[i] = idOf(seqs[i]);
   return { items: items as I[], seqs, ids };
 }
 
@@ -82,7 +102,7 @@ function batchScale(cache: KVCache, opts: AttendBatchOptions | undefined): numbe
   return checkScale(opts.scale);
 }
 
-type AttendPart = { q: Float32Array; out?: Float32Array; commit: () => void };
+type AttendPart = { q: Float32Array; out?: Float32Array; queryMax: number };
 
 // False when no output shares its buffer with another output or with any queries (then nothing
 // can overlap); true sends the items to the exact check.
@@ -106,9 +126,11 @@ function checkAttendBatch(
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
   const scale = batchScale(cache, opts);
   const { items: list, seqs, ids } = checkItems<AttendBatchItem>(cache, items, ATTEND_ITEM_NAMES, idOf);
-  const parts = list.map((item, i) =>
-    item.sequence.checkAttend(l, item.queries, { out: item.out } as AttendOptions, scale, `items[${i}].`),
-  );
+  const parts: AttendPart[] = [];
+  for (let i = 0; i < list.length; i++) {
+    const item = list[i], name = itemName(i);
+    parts.push(item.sequence.checkAttend(l, item.queries, item.out, scale, name.prefix, name.queries));
+  }
   // An item's output must not overlap another item's queries or output: the batch reads every
   // item's queries after it wrote outputs (the observation window) and writes all outputs. Only
   // arrays over one buffer can overlap: grouped by buffer, the check is linear in the items (and
@@ -140,7 +162,7 @@ function checkAttendBatch(
 
 /** See KVCache.attendBatch. */
 export function attendBatch(cache: KVCache, layer: number, items: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
-  const { l, scale, ids, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.id);
+  const { l, scale, seqs, ids, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.id);
   if (parts.length === 0) return [];
   // The addon writes into one array per item: the caller's, or a new one.
   const outs = parts.map((p) => p.out ?? new Float32Array(p.q.length));
@@ -149,7 +171,7 @@ export function attendBatch(cache: KVCache, layer: number, items: readonly Atten
   } catch (e) {
     rethrow(e);
   }
-  for (const p of parts) p.commit();
+  parts.forEach((p, i) => seqs[i].commitQueries(l, p.queryMax));
   return outs;
 }
 
@@ -163,7 +185,7 @@ export async function attendBatchAsync(
   const { l, scale, seqs, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
   if (parts.length === 0) return [];
   // The bounds join now; the queries join the observation windows when the work runs.
-  for (const p of parts) p.commit();
+  parts.forEach((p, i) => seqs[i].commitQueries(l, p.queryMax));
   // A batch that waits its turn keeps its own copy of the queries (the addon copies them when the work starts).
   const waits = seqs.some((s) => s.pending > 0);
   const queries = parts.map((p, i) => (waits && p.q === items[i].queries ? p.q.slice() : p.q));
@@ -186,7 +208,7 @@ function checkAppendBatch(cache: KVCache, layer: unknown, items: unknown, idOf: 
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
   const { items: list, seqs, ids } = checkItems<AppendBatchItem>(cache, items, APPEND_ITEM_NAMES, idOf);
   const parts = list.map((item, i) => {
-    const checked = item.sequence.checkAppend(l, item.keys, item.values, `items[${i}].`);
+    const checked = item.sequence.checkAppend(l, item.keys, item.values, itemName(i).prefix);
     if (i > 0 && isFloat32Array(item.keys) !== isFloat32Array(list[0].keys))
       throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(list[0].keys) ? "Float32Array" : "Uint16Array"})`, item.keys);
     return { keys: item.keys, values: item.values, checked };

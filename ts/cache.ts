@@ -651,13 +651,18 @@ export class Sequence {
   }
 
   /**
-   * @internal The checks of attend() for a batch item (names prefixed with `prefix`): the queries
-   * as Float32Array, the output array if any, and a function that records the queries' bound.
+   * @internal The checks of attend() for a batch item (`prefix` + "queries" is `queriesName`, made
+   * once per item index by the caller): the queries as Float32Array, the output array if any, and the
+   * queries' bound, which commitQueries() records once the call went in.
    */
-  checkAttend(l: number, queries: Float32Array | Uint16Array, opts: AttendOptions, scale: number, prefix: string): { q: Float32Array; out?: Float32Array; commit: () => void } {
-    const { q, queryMax } = this.#queries(l, queries, scale, prefix);
-    const out = this.#out(opts, queries, prefix);
-    return { q, out, commit: () => { this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax); } };
+  checkAttend(l: number, queries: Float32Array | Uint16Array, out: unknown, scale: number, prefix: string, queriesName: string): { q: Float32Array; out?: Float32Array; queryMax: number } {
+    const { q, queryMax } = this.#queries(l, queries, scale, queriesName);
+    return { q, out: this.#out(out, queries, prefix), queryMax };
+  }
+
+  /** @internal Records the bound of queries that went in (see checkAttend). */
+  commitQueries(l: number, queryMax: number): void {
+    this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
   }
 
   /**
@@ -742,32 +747,31 @@ export class Sequence {
     return this.#appendedRows[l];
   }
 
-  #queries(layer: number, queries: Float32Array | Uint16Array, scale: number, prefix = ""): { l: number; q: Float32Array; tokens: number; queryMax: number } {
+  #queries(layer: number, queries: Float32Array | Uint16Array, scale: number, name = "queries"): { l: number; q: Float32Array; tokens: number; queryMax: number } {
     const { queryHeads, headDim, dtype } = this.#cache.config;
     const l = this.#layer(layer);
     const row = queryHeads * headDim;
-    checkTensor(`${prefix}queries`, queries, row, "[tokens, queryHeads, headDim]", dtype);
+    checkTensor(name, queries, row, "[tokens, queryHeads, headDim]", dtype);
     const tokens = queries.length / row;
     // Rows of async appends queued before this call count: they are in when its turn comes.
     const appended = this.#appendedCount(l) + this.#queuedRows[l];
     if (tokens > appended)
       throw new InvalidArgumentError(
-        `Expected at most ${appended} tokens (the positions appended to layer ${l}) for ${prefix}queries but received ${tokens} tokens`,
+        `Expected at most ${appended} tokens (the positions appended to layer ${l}) for ${name} but received ${tokens} tokens`,
       );
     const q = isUint16Array(queries)
       ? Float32Array.from(queries, dtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)
       : queries;
     let queryMax = 0;
     if (this.#cache.config.checkFinite) {
-      queryMax = scanTensor(`${prefix}queries`, queries, queryHeads, headDim, "f32", dtype);
-      checkScores(`${prefix}queries`, l, headDim, queryMax, this.#keyMax[l], scale);
+      queryMax = scanTensor(name, queries, queryHeads, headDim, "f32", dtype);
+      checkScores(name, l, headDim, queryMax, this.#keyMax[l], scale);
       checkValueSum(l, appended, this.#valueMax[l]);
     }
     return { l, q, tokens, queryMax };
   }
 
-  #out(opts: AttendOptions | undefined, queries: Float32Array | Uint16Array, prefix = ""): Float32Array | undefined {
-    const out = opts?.out;
+  #out(out: unknown, queries: Float32Array | Uint16Array, prefix = ""): Float32Array | undefined {
     if (out === undefined) return undefined;
     if (!isFloat32Array(out)) throw invalid(`${prefix}out`, "Float32Array", out);
     if (out.length !== queries.length) throw invalid(`${prefix}out`, `a Float32Array of length ${queries.length} (the queries' length)`, out);
@@ -796,7 +800,7 @@ export class Sequence {
     const id = this.id;
     const scale = this.#scale(opts);
     const { l, q, queryMax } = this.#queries(layer, queries, scale);
-    const out = this.#out(opts, queries);
+    const out = this.#out(opts?.out, queries);
     let result: Float32Array;
     try {
       result = this.#cache.handle.attend(id, l, q, scale, out);
@@ -816,7 +820,7 @@ export class Sequence {
     this.#liveId();
     const scale = this.#scale(opts);
     const { l, q, queryMax } = this.#queries(layer, queries, scale);
-    const out = this.#out(opts, queries);
+    const out = this.#out(opts?.out, queries);
     // The queries join the observation window when the work runs; their bound joins now.
     this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
     // A call that waits its turn keeps its own copy (the addon copies them when the work starts).
