@@ -10,7 +10,7 @@ import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
 import { loadTinyLM, modelProfile, TinyLM } from "../model";
 import { saveProfile, type Profile } from "../profile";
-import { Profiler } from "../profiler";
+import { calibrationProfilers, profileContext } from "../model/calibrate";
 import { QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
 import { CliIO, countOption, dtypeOption, listOption as list, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
@@ -126,23 +126,14 @@ function median(xs: number[]): number {
  */
 export function calibrateRecall(model: TinyLM, instances: RecallInstance[], scorers: ScorerName[], dataset: string, onProgress?: () => void): Map<ScorerName, Profile> {
   const tok = model.tokenizer!;
-  const { layers, kvHeads, heads, headDim, ropeTheta } = model.config;
-  // expected-attention: the model's RoPE, and each context's own query statistics (as calibrateTinyLM)
-  const scorerOptions = (scorer: ScorerName) => (scorer === "expected-attention" ? { expectedAttention: { rope: { theta: ropeTheta } } } : undefined);
-  const profilers = scorers.map((scorer) => new Profiler({ layers, kvHeads, scorer, scorerOptions: scorerOptions(scorer), sink: 4, window: 32, model: "lukv-recall-lm", dataset, keepSamples: false }));
-  const outputProjection = model.outputProjections();
+  const sink = 4;
+  const profilers = calibrationProfilers(model, scorers, { sink, window: 32, model: "lukv-recall-lm", dataset });
   const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + x.answer) }));
   const longest = Math.max(...encoded.map((e) => e.context.length + e.rest.length));
   using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
   for (const e of encoded) {
-    using seq = cache.createSequence();
-    // H2O ranks by the attention mass accumulated while the context was attended
-    if (scorers.includes("h2o")) seq.accumulateAttention(true);
-    const queryStatistics = scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim, skip: 4 }) : undefined;
-    model.forward(seq, e.context, { logits: "none", queryStatistics });
-    for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: true }, queryStatistics);
-    for (const t of e.rest) model.forward(seq, [t], { logits: "none" });
-    for (const p of profilers) p.addSequence(seq);
+    // The decode steps are the question and its answer; H2O ranks by the mass of the context.
+    profileContext(model, cache, profilers, e.context, e.rest, { sink, normalize: true, accumulateAttention: scorers.includes("h2o") });
     onProgress?.();
   }
   return new Map(scorers.map((s, i) => [s, profilers[i].build()]));

@@ -4,6 +4,7 @@ import type { ScorerName } from "../compress";
 import { QueryStatistics, type ExpectedAttentionSettings } from "../expected-attention";
 import type { Profile } from "../profile";
 import { Profiler, type ProfileReport, type ProfilerScorerOptions } from "../profiler";
+import type { KVCache } from "../cache";
 import type { NamedText } from "./files";
 import type { TinyLM } from "./tiny-lm";
 import { outputErrorOracle, outputErrorProbe } from "./output-error";
@@ -63,23 +64,15 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
   const contexts = options.contexts ?? [384, 640, 896];
   const steps = options.decodeSteps ?? 32;
   const sink = options.sink ?? 4, window = options.window ?? 32;
-  const { layers, kvHeads, heads, headDim, ropeTheta } = model.config;
-  const expectedAttention = options.expectedAttention ?? { rope: { theta: ropeTheta } };
-  const profilers = scorers.map(
-    (scorer) =>
-      new Profiler({
-        layers,
-        kvHeads,
-        scorer,
-        scorerOptions: scorer === "expected-attention" ? { ...options.scorerOptions, expectedAttention } : options.scorerOptions,
-        sink,
-        window,
-        model: options.model ?? "lukv-tiny-lm",
-        dataset: options.dataset ?? "models/tiny-lm/calibration",
-        keepSamples: false,
-      }),
-  );
-  const outputProjection = model.outputProjections();
+  const { layers, kvHeads, heads, headDim } = model.config;
+  const profilers = calibrationProfilers(model, scorers, {
+    sink,
+    window,
+    model: options.model ?? "lukv-tiny-lm",
+    dataset: options.dataset ?? "models/tiny-lm/calibration",
+    scorerOptions: options.scorerOptions,
+    expectedAttention: options.expectedAttention,
+  });
 
   const windows: { text: string; start: number; ids: number[] }[] = [];
   for (const t of texts) {
@@ -97,27 +90,23 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
   const longest = Math.max(...windows.map((w) => w.ids.length));
   using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
   windows.forEach((w, i) => {
-    using seq = cache.createSequence();
     const context = w.ids.length - steps;
-    const queryStatistics = scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim, skip: sink }) : undefined;
-    model.forward(seq, w.ids.slice(0, context), { logits: "none", queryStatistics });
-    if (options.oracle === "output") {
-      const c = model.config;
-      const scores = profilers.map((p) => Array.from({ length: layers }, (_, l) => seq.scores(l, p.scorer, p.scoreOptions(queryStatistics))));
-      const heads = (read: (l: number, h: number) => Float32Array) => Array.from({ length: layers }, (_, l) => Array.from({ length: kvHeads }, (_, h) => read(l, h)));
-      const keys = heads((l, h) => seq.keys(l, h)), values = heads((l, h) => seq.values(l, h));
-      const probe = outputErrorProbe(model, steps);
-      for (let s = context; s < w.ids.length; s++) model.forward(seq, [w.ids[s]], { logits: "none", onAttention: probe.record });
-      const oracle = outputErrorOracle(probe, keys, values, { queryHeads: c.heads, kvHeads, headDim: c.headDim, hidden: c.hidden });
-      profilers.forEach((p, k) => p.addSample({ scores: scores[k], oracle, decodeSteps: steps }));
+    if (options.oracle !== "output") {
+      profileContext(model, cache, profilers, w.ids.slice(0, context), w.ids.slice(context), { sink, normalize: options.normalize ?? true });
       options.onProgress?.(i + 1, windows.length);
       return;
     }
-    // Each profiler keeps its scorer's ranking of the context as of now (KeyDiff's moves once
-    // decoding appends keys); recording restarts harmlessly for each.
-    for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: options.normalize ?? true }, queryStatistics);
-    for (let s = context; s < w.ids.length; s++) model.forward(seq, [w.ids[s]], { logits: "none" });
-    for (const p of profilers) p.addSequence(seq);
+    // oracle "output": the scores as of the prefill, and the output error over the decode steps.
+    using seq = cache.createSequence();
+    const queryStatistics = scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim, skip: sink }) : undefined;
+    model.forward(seq, w.ids.slice(0, context), { logits: "none", queryStatistics });
+    const scores = profilers.map((p) => Array.from({ length: layers }, (_, l) => seq.scores(l, p.scorer, p.scoreOptions(queryStatistics))));
+    const perHead = (read: (l: number, h: number) => Float32Array) => Array.from({ length: layers }, (_, l) => Array.from({ length: kvHeads }, (_, h) => read(l, h)));
+    const keys = perHead((l, h) => seq.keys(l, h)), values = perHead((l, h) => seq.values(l, h));
+    const probe = outputErrorProbe(model, steps);
+    for (let s = context; s < w.ids.length; s++) model.forward(seq, [w.ids[s]], { logits: "none", onAttention: probe.record });
+    const oracle = outputErrorOracle(probe, keys, values, { queryHeads: heads, kvHeads, headDim, hidden: model.config.hidden });
+    profilers.forEach((p, k) => p.addSample({ scores: scores[k], oracle, decodeSteps: steps }));
     options.onProgress?.(i + 1, windows.length);
   });
 
@@ -126,4 +115,66 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
     reports: new Map(scorers.map((s, i) => [s, profilers[i].report()])),
     contexts: windows.map((w) => ({ text: w.text, start: w.start, tokens: w.ids.length - steps })),
   };
+}
+
+/** Settings shared by the profilers of one calibration (see {@link calibrationProfilers}). */
+export interface CalibrationProfilerSettings {
+  sink: number;
+  window: number;
+  /** Model and data set names for the profiles' metadata. */
+  model: string;
+  dataset: string;
+  scorerOptions?: ProfilerScorerOptions;
+  /** Settings of "expected-attention". Default: the model's RoPE theta and the scorer's defaults. */
+  expectedAttention?: ExpectedAttentionSettings;
+}
+
+/** @internal One profiler per scorer, "expected-attention" with the model's RoPE unless given. */
+export function calibrationProfilers(model: TinyLM, scorers: ScorerName[], settings: CalibrationProfilerSettings): Profiler[] {
+  const { layers, kvHeads, ropeTheta } = model.config;
+  const expectedAttention = settings.expectedAttention ?? { rope: { theta: ropeTheta } };
+  return scorers.map(
+    (scorer) =>
+      new Profiler({
+        layers,
+        kvHeads,
+        scorer,
+        scorerOptions: scorer === "expected-attention" ? { ...settings.scorerOptions, expectedAttention } : settings.scorerOptions,
+        sink: settings.sink,
+        window: settings.window,
+        model: settings.model,
+        dataset: settings.dataset,
+        keepSamples: false,
+      }),
+  );
+}
+
+/**
+ * @internal One calibration sample for every profiler: `context` is prefilled with the full cache
+ * (with query statistics for "expected-attention", skipping the first `sink` positions), each
+ * profiler records its oracle, `continuation` is decoded one token at a time, and the sequence's
+ * sample is added. `accumulateAttention`: the sequence accumulates attention mass while the context
+ * is attended (what H2O ranks by).
+ */
+export function profileContext(
+  model: TinyLM,
+  cache: KVCache,
+  profilers: Profiler[],
+  context: number[],
+  continuation: number[],
+  options: { sink: number; normalize: boolean; accumulateAttention?: boolean },
+): void {
+  const { layers, heads, headDim } = model.config;
+  using seq = cache.createSequence();
+  if (options.accumulateAttention) seq.accumulateAttention(true);
+  const queryStatistics = profilers.some((p) => p.scorer === "expected-attention")
+    ? new QueryStatistics({ layers, queryHeads: heads, headDim, skip: options.sink })
+    : undefined;
+  model.forward(seq, context, { logits: "none", queryStatistics });
+  // Each profiler keeps its scorer's ranking of the context as of now (KeyDiff's moves once
+  // decoding appends keys); recording restarts harmlessly for each.
+  const outputProjection = model.outputProjections();
+  for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: options.normalize }, queryStatistics);
+  for (const t of continuation) model.forward(seq, [t], { logits: "none" });
+  for (const p of profilers) p.addSequence(seq);
 }
