@@ -57,22 +57,14 @@ function decodeCalls(seqs: Sequence[], cache: KVCache) {
   };
 }
 
-// measure() for calls that return promises.
-async function measureAsync(fns: Record<string, () => Promise<unknown>>, runs: number): Promise<Record<string, number[]>> {
-  const rounds = 5;
-  const perRound = Math.max(1, Math.ceil(runs / rounds));
-  const out: Record<string, number[]> = Object.fromEntries(Object.keys(fns).map((k) => [k, []]));
-  for (let round = 0; round < rounds; round++) {
-    for (const [k, fn] of Object.entries(fns)) {
-      pause(10);
-      out[k].push(...(await timeRunsAsync(fn, perRound, round === 0 ? 2 : 1, warmupMs)));
-    }
-  }
-  return out;
-}
-
-// Alternating rounds, so that every median comes from the same stretch of time on a shared machine.
-function measure(fns: Record<string, () => void>, runs: number, bytes?: number): Record<string, number[]> {
+// Alternating rounds, so that every median comes from the same stretch of time on a shared machine;
+// with `bytes`, a plain read of that many bytes is timed in every round too. Calls that return
+// promises (`awaited`) are awaited one after another (timeRunsAsync).
+async function measure(
+  fns: Record<string, () => unknown>,
+  runs: number,
+  { bytes, awaited = false }: { bytes?: number; awaited?: boolean } = {},
+): Promise<Record<string, number[]>> {
   const rounds = 5;
   const perRound = Math.max(1, Math.ceil(runs / rounds));
   const out: Record<string, number[]> = Object.fromEntries(Object.keys(fns).map((k) => [k, []]));
@@ -80,7 +72,9 @@ function measure(fns: Record<string, () => void>, runs: number, bytes?: number):
   for (let round = 0; round < rounds; round++) {
     for (const [k, fn] of Object.entries(fns)) {
       pause(10);
-      out[k].push(...timeRuns(fn, perRound, round === 0 ? 2 : 1, warmupMs));
+      const warm = round === 0 ? 2 : 1;
+      const times = awaited ? await timeRunsAsync(fn as () => Promise<unknown>, perRound, warm, warmupMs) : timeRuns(fn, perRound, warm, warmupMs);
+      out[k].push(...times);
     }
     if (bytes !== undefined) {
       pause(10);
@@ -100,12 +94,12 @@ async function main(): Promise<void> {
     const { cache, seqs } = build(tokens, shape);
     const calls = decodeCalls(seqs, cache);
     const bytes = sequences * tokens * shape.kvHeads * shape.headDim * 2 * 2; // K and V, f16
-    const m = measure({ batch: calls.batch, separate: calls.separate }, runs, bytes);
+    const m = await measure({ batch: calls.batch, separate: calls.separate }, runs, { bytes });
     const batchMs = median(m.batch), separateMs = median(m.separate), readMs = median(m.read);
     table.push([name(shape), `${sequences} x ${tokens}`, (bytes / 2 ** 20).toFixed(1), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), (readMs / batchMs).toFixed(2), (separateMs / batchMs).toFixed(2)]);
     const entry: Record<string, unknown> = { shape, tokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, readOverBatch: readMs / batchMs, separateOverBatch: separateMs / batchMs, runs: m };
     if (key !== "long") {
-      const a = await measureAsync({ batchAsync: calls.batchAsync, separateAsync: calls.separateAsync }, runs);
+      const a = await measure({ batchAsync: calls.batchAsync, separateAsync: calls.separateAsync }, runs, { awaited: true });
       const batchAsyncMs = median(a.batchAsync), separateAsyncMs = median(a.separateAsync);
       asyncTable.push([name(shape), `${sequences} x ${tokens}`, batchAsyncMs.toFixed(3), separateAsyncMs.toFixed(3), (separateAsyncMs / batchAsyncMs).toFixed(2)]);
       Object.assign(entry, { attendBatchAsyncMs: batchAsyncMs, separateAsyncMs, separateAsyncOverBatchAsync: separateAsyncMs / batchAsyncMs, asyncRuns: a });
