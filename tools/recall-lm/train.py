@@ -87,19 +87,21 @@ def hidden_states(model, ids):
     return model.norm(x)
 
 
-def batch_loss(model, X, M, pad, rng):
+def batch_loss(model, X, M, pad, rng, bf16=False):
     """Mean cross-entropy of the answer tokens plus LM_WEIGHT x that of LM_SAMPLE of the other
     real tokens (next-token prediction on filler, needles and questions); the LM head is applied
-    to those positions only."""
+    to those positions only. bf16: the forward pass under CPU autocast (matrix products in
+    bfloat16, weights, softmax and the loss in float32)."""
     x = torch.from_numpy(X)
-    h = hidden_states(model, x[:, :-1])
-    tgt = X[:, 1:]
-    ans = M[:, 1:] > 0
-    other = (~ans) & (tgt != pad) & (rng.random(tgt.shape) < LM_SAMPLE)
-    sel = torch.from_numpy(np.nonzero((ans | other).reshape(-1))[0])
-    hs = h.reshape(-1, h.shape[-1])[sel]
-    logits = hs @ model.embed_tokens.weight.t()
-    nll = F.cross_entropy(logits, torch.from_numpy(tgt.reshape(-1))[sel], reduction="none")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        h = hidden_states(model, x[:, :-1])
+        tgt = X[:, 1:]
+        ans = M[:, 1:] > 0
+        other = (~ans) & (tgt != pad) & (rng.random(tgt.shape) < LM_SAMPLE)
+        sel = torch.from_numpy(np.nonzero((ans | other).reshape(-1))[0])
+        hs = h.reshape(-1, h.shape[-1])[sel]
+        logits = hs @ model.embed_tokens.weight.t()
+    nll = F.cross_entropy(logits.float(), torch.from_numpy(tgt.reshape(-1))[sel], reduction="none")
     a = torch.from_numpy(ans.reshape(-1)[sel.numpy()]).float()
     ans_loss = (nll * a).sum() / a.sum().clamp(min=1)
     lm_loss = (nll * (1 - a)).sum() / (1 - a).sum().clamp(min=1)
@@ -158,6 +160,8 @@ def main():
     ap.add_argument("--ckpt", default=os.path.join(HERE, "checkpoints"))
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "..", "..", "models", "recall-lm", "tokenizer.json"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bf16", action="store_true",
+                    help="matrix products in bfloat16 (CPU autocast; AMX/AVX-512 BF16 where the CPU has them)")
     ap.add_argument("--budget-minutes", type=float, default=75)
     ap.add_argument("--phase-steps", default=None, help="A,B: first steps of phases 1 and 2 (replay)")
     ap.add_argument("--decay-start", type=int, default=None)
@@ -292,7 +296,7 @@ def main():
                                        stage_weights if plan is not None else task_weights)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
-        loss, ans_loss = batch_loss(model, X, M, v.eos, rng)
+        loss, ans_loss = batch_loss(model, X, M, v.eos, rng, args.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
