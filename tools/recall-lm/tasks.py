@@ -383,6 +383,7 @@ def kv_sequence(v, rng, T, numbers=False):
             ids += v.words([keys[i]]) + vals[i]
             mask += [0] + [0] + [1] * (len(vals[i]) - 1)  # the space after the key is predictable
     n = int(rng.integers(2, max(2, (T - 1) // 4) + 1))  # 2..(T-1)/4 pairs: few pairs are easy (a start)
+    n = min(n, len(KEY_POOL))  # past T = 1961 more pairs than distinct keys could be drawn
     keys = distinct_words(rng, n, KEY_POOL)
     vals = []
     for _ in range(n):
