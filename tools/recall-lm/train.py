@@ -266,7 +266,10 @@ def main():
                 phase_steps[i] = step
                 print(f"phase {i + 1} starts at step {step} ({el:.0f}s)", flush=True)
                 step_times = []
-        if decay_start is None and phase_of(step, phase_steps) == len(PHASE_AT) and len(step_times) >= 10 and el >= DECAY_AT * budget:
+        # The decay of the time-based curriculum (DECAY_AT of --budget-minutes), unless
+        # --decay-at-minutes sets it (it once fired first, at 66 minutes, in a run that asked for 77).
+        if decay_start is None and args.decay_at_minutes is None and phase_of(step, phase_steps) == len(PHASE_AT) \
+                and len(step_times) >= 10 and el >= DECAY_AT * budget:
             per = float(np.median(step_times[-30:]))
             decay_start, decay_steps = step, max(20, int((budget - el) / per))
             print(f"decay: --phase-steps {','.join(map(str, phase_steps))} --decay-start {decay_start} "
