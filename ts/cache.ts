@@ -807,7 +807,7 @@ export class Sequence {
     } catch (e) {
       rethrow(e);
     }
-    this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
+    this.commitQueries(l, queryMax);
     return result;
   }
 
@@ -822,7 +822,7 @@ export class Sequence {
     const { l, q, queryMax } = this.#queries(layer, queries, scale);
     const out = this.#out(opts?.out, queries);
     // The queries join the observation window when the work runs; their bound joins now.
-    this.#queryMax[l] = Math.max(this.#queryMax[l], queryMax);
+    this.commitQueries(l, queryMax);
     // A call that waits its turn keeps its own copy (the addon copies them when the work starts).
     const rows = this.#pending === 0 || q !== queries ? q : q.slice();
     return this.#enqueue(async () => {
