@@ -37,14 +37,13 @@ void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& 
   const ObservedRows& remembered = (seq.frozen ? seq.frozenObserved : seq.observed)[layer];
   const std::vector<float>* explicitRows =
       (size_t)layer < o.observation.size() && !o.observation[layer].empty() ? &o.observation[layer] : nullptr;
+  // The rows given, or the sequence's ring of at most observationWindow rows.
   const int total = explicitRows ? (int)(explicitRows->size() / rowFloats) : (int)remembered.held();
-  // The sequence remembers up to observationWindow rows.
-  const int have = explicitRows ? total : std::min(total, cfg_.observationWindow);
   const int need = o.scorer == Scorer::TOVA ? 1 : o.window;
-  if (have < need)
+  if (total < need)
     throwInvalid(std::string(o.scorer == Scorer::TOVA ? "tova" : "snapkv") + " needs " + str(need) +
                  " observation queries for layer " + str(layer) + " but " +
-                 (explicitRows ? "observationQueries has " : "the sequence remembers ") + str(have) +
+                 (explicitRows ? "observationQueries has " : "the sequence remembers ") + str(total) +
                  (explicitRows ? "" : " (attend with at least that many queries, raise the cache's observationWindow (" +
                                           str(cfg_.observationWindow) + "), or pass observationQueries)"));
   if (!explicitRows) {
