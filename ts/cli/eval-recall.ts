@@ -131,9 +131,10 @@ export function calibrateRecall(model: TinyLM, instances: RecallInstance[], scor
   const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + x.answer) }));
   const longest = Math.max(...encoded.map((e) => e.context.length + e.rest.length));
   using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
+  const outputProjection = model.outputProjections();
   for (const e of encoded) {
     // The decode steps are the question and its answer; H2O ranks by the mass of the context.
-    profileContext(model, cache, profilers, e.context, e.rest, { sink, normalize: true, accumulateAttention: scorers.includes("h2o") });
+    profileContext(model, cache, profilers, e.context, e.rest, { sink, normalize: true, outputProjection, accumulateAttention: scorers.includes("h2o") });
     onProgress?.();
   }
   return new Map(scorers.map((s, i) => [s, profilers[i].build()]));

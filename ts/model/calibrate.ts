@@ -89,10 +89,11 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
 
   const longest = Math.max(...windows.map((w) => w.ids.length));
   using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
+  const outputProjection = options.oracle === "output" ? [] : model.outputProjections();
   windows.forEach((w, i) => {
     const context = w.ids.length - steps;
     if (options.oracle !== "output") {
-      profileContext(model, cache, profilers, w.ids.slice(0, context), w.ids.slice(context), { sink, normalize: options.normalize ?? true });
+      profileContext(model, cache, profilers, w.ids.slice(0, context), w.ids.slice(context), { sink, normalize: options.normalize ?? true, outputProjection });
       options.onProgress?.(i + 1, windows.length);
       return;
     }
@@ -152,7 +153,8 @@ export function calibrationProfilers(model: TinyLM, scorers: ScorerName[], setti
 /**
  * @internal One calibration sample for every profiler: `context` is prefilled with the full cache
  * (with query statistics for "expected-attention", skipping the first `sink` positions), each
- * profiler records its oracle, `continuation` is decoded one token at a time, and the sequence's
+ * profiler records its oracle (with the model's `outputProjection`, made once by the caller:
+ * `model.outputProjections()`), `continuation` is decoded one token at a time, and the sequence's
  * sample is added. `accumulateAttention`: the sequence accumulates attention mass while the context
  * is attended (what H2O ranks by).
  */
@@ -162,7 +164,7 @@ export function profileContext(
   profilers: Profiler[],
   context: number[],
   continuation: number[],
-  options: { sink: number; normalize: boolean; accumulateAttention?: boolean },
+  options: { sink: number; normalize: boolean; outputProjection: Float32Array[]; accumulateAttention?: boolean },
 ): void {
   const { layers, heads, headDim } = model.config;
   using seq = cache.createSequence();
@@ -173,8 +175,7 @@ export function profileContext(
   model.forward(seq, context, { logits: "none", queryStatistics });
   // Each profiler keeps its scorer's ranking of the context as of now (KeyDiff's moves once
   // decoding appends keys); recording restarts harmlessly for each.
-  const outputProjection = model.outputProjections();
-  for (const p of profilers) p.recordOracle(seq, { outputProjection, normalize: options.normalize }, queryStatistics);
+  for (const p of profilers) p.recordOracle(seq, { outputProjection: options.outputProjection, normalize: options.normalize }, queryStatistics);
   for (const t of continuation) model.forward(seq, [t], { logits: "none" });
   for (const p of profilers) p.addSequence(seq);
 }
