@@ -280,15 +280,26 @@ def split_sentences(fill, dot):
     return ids_out, txt_out
 
 
-def sequence(v, inst):
-    """Token ids [BOS] + context + (question + answer + ".")*, and the answer-token mask."""
+def sequence(v, inst, decision_weight=1.0):
+    """Token ids [BOS] + context + (question + answer + ".")*, and the answer-token mask.
+
+    decision_weight: the mask value (the loss weight) of the answer tokens where the answer is
+    decided, the rest being copies: the first digit of every value and, in mq-niah, the
+    second key (the word after "for"); the other answer tokens have 1."""
     ids = [v.bos] + inst["context"].ids
     mask = [0] * len(ids)
+    digits = set(v.digit)
     for q, a in inst["qas"]:
         ids += q.ids
         mask += [0] * len(q.ids)
         ids += a.ids
-        mask += [1] * len(a.ids)
+        am = [1] * len(a.ids)
+        if decision_weight != 1.0:
+            for j, t in enumerate(a.ids):
+                first_digit = t in digits and (j == 0 or a.ids[j - 1] not in digits)
+                if first_digit or (j > 0 and a.ids[j - 1] == v.id["for"]):
+                    am[j] = decision_weight
+        mask += am
         ids.append(v.id["."])
         mask.append(0)
     return ids, mask
@@ -319,13 +330,13 @@ def copy_sequence(v, rng, T):
     return ids, mask
 
 
-def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0, kv_number_share=0.0, task_weights=None):
+def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0, kv_number_share=0.0, task_weights=None, decision_weight=1.0):
     """B training sequences of at most T+1 tokens (EOS-padded), their answer masks and task
     names: a task of TASKS with all its questions, with probability kv_share an associative
     recall sequence (kv_sequence; a share kv_number_share of them with multi-digit values),
     with probability copy_share a copy sequence. task_weights (one per task of TASKS) makes
     the choice of the task non-uniform; None keeps the uniform draw (and the random stream)
-    of the earlier runs."""
+    of the earlier runs. decision_weight: see sequence()."""
     if task_weights is not None:
         tw = np.asarray(task_weights, dtype=np.float64)
         tw = tw / tw.sum()
@@ -346,7 +357,7 @@ def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0, kv_number_share=0.0, 
         else:
             task = TASKS[rng.integers(len(TASKS))] if task_weights is None else TASKS[rng.choice(len(TASKS), p=tw)]
             inst = instance(v, task, rng, T + 1, all_questions=True)
-            ids, mask = sequence(v, inst)
+            ids, mask = sequence(v, inst, decision_weight)
         ids, mask = ids[:T + 1], mask[:T + 1]
         X[b, :len(ids)] = ids
         M[b, :len(mask)] = mask

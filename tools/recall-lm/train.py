@@ -102,9 +102,10 @@ def batch_loss(model, X, M, pad, rng, bf16=False):
         hs = h.reshape(-1, h.shape[-1])[sel]
         logits = hs @ model.embed_tokens.weight.t()
     nll = F.cross_entropy(logits.float(), torch.from_numpy(tgt.reshape(-1))[sel], reduction="none")
-    a = torch.from_numpy(ans.reshape(-1)[sel.numpy()]).float()
+    a = torch.from_numpy(M[:, 1:].reshape(-1)[sel.numpy()]).float()  # answer weights (1, or decision_weight), 0 elsewhere
     ans_loss = (nll * a).sum() / a.sum().clamp(min=1)
-    lm_loss = (nll * (1 - a)).sum() / (1 - a).sum().clamp(min=1)
+    o = 1 - torch.from_numpy(ans.reshape(-1)[sel.numpy()]).float()
+    lm_loss = (nll * o).sum() / o.sum().clamp(min=1)
     return ans_loss + LM_WEIGHT * lm_loss, ans_loss
 
 
@@ -184,6 +185,9 @@ def main():
                          "with the steps the mean step time leaves until --stop-minutes")
     ap.add_argument("--stop-minutes", type=float, default=None, help="stop (writing final.pt) at this wall clock")
     ap.add_argument("--eval-lengths", default=None, help="T1,T2,...: lengths of the training-time checks (12 per task)")
+    ap.add_argument("--decision-weight", type=float, default=1.0,
+                    help="loss weight of the answer tokens that decide an answer (first digit of a value, mq-niah's "
+                         "second key); the other answer tokens weigh 1 (tasks.sequence)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default LR)")
     ap.add_argument("--model", default=None, help="JSON object of MODEL entries to override, e.g. '{\"num_layers\": 2}'")
     args = ap.parse_args()
@@ -296,7 +300,7 @@ def main():
         t0 = time.time()
         rng = np.random.default_rng([SEED, step])
         X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share, kv_number_share,
-                                       stage_weights if plan is not None else task_weights)
+                                       stage_weights if plan is not None else task_weights, args.decision_weight)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng, args.bf16)
