@@ -114,6 +114,21 @@ test("expected-attention runs on recall-lm with the model's RoPE: ratio 0 equals
   }
 });
 
+test("--ea-epsilon and --ea-future-positions are recorded in the settings; bad values are usage errors", async () => {
+  const out = path.join(outDir, "recall-ea-options.json");
+  const r = await run(["eval", "--task", "niah", "--instances", "1", "--scorers", "expected-attention,snapkv", "--allocations", "uniform", "--ratios", "0.8", "--question", "after", "--ea-epsilon", "0", "--ea-future-positions", "64", "--out", out]);
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as RecallResult;
+  expect(j.settings.expectedAttention).toEqual({ epsilon: 0, futurePositions: 64 });
+  expect(j.rows.map((x) => x.scorer)).toEqual(["full", "expected-attention", "snapkv"]);
+  for (const bad of [["--ea-epsilon", "-1"], ["--ea-epsilon", "x"], ["--ea-epsilon", ""], ["--ea-future-positions", "0"], ["--ea-future-positions", "2.5"]]) {
+    const b = await run(["eval", "--task", "niah", ...bad]);
+    expect(b.code).toBe(2);
+    expect(b.err).toMatch(new RegExp(`${bad[0]} expects`));
+  }
+});
+
 test("bad --task and unknown options are usage errors", async () => {
   const a = await run(["eval", "--task", "nope"]);
   expect(a.code).toBe(2);

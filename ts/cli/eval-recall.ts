@@ -40,7 +40,12 @@ options (defaults in brackets):
                        model directory has profile-<scorer>.json [only where it has none]
   --save-profiles      write the profiles calibrated now to the model directory
   --out FILE           JSON results [bench/results/eval-recall.json]
-  --model DIR|NAME     model directory, or the name of one in the package's models/ [recall-lm]`;
+  --model DIR|NAME     model directory, or the name of one in the package's models/ [recall-lm]
+  --ea-epsilon X       expected-attention: added to each score before the value norm [0.02]
+  --ea-future-positions N
+                       expected-attention: future positions the RoPE rotation is averaged over
+                       [512]; with either --ea option, lukv with expected-attention uses a profile
+                       calibrated now with the same settings (never written by --save-profiles)`;
 
 /** One instance of heldout/<task>.json or calibration/<task>.json (tools/recall-lm/export.py). */
 export interface RecallInstance {
@@ -71,6 +76,8 @@ export interface RecallSettings {
   questions: QuestionMode[];
   instances: number;
   dtype: DType;
+  /** Options of the "expected-attention" scorer besides its statistics and RoPE (its defaults when absent). */
+  expectedAttention?: { epsilon?: number; futurePositions?: number };
 }
 
 /** Scores of one setting on one task and question mode. */
@@ -124,10 +131,23 @@ function median(xs: number[]): number {
  * prefilled with the full cache, the oracle is recorded while its question and answer are fed one
  * token at a time, and every scorer's profiler gets the sample.
  */
-export function calibrateRecall(model: TinyLM, instances: RecallInstance[], scorers: ScorerName[], dataset: string, onProgress?: () => void): Map<ScorerName, Profile> {
+export function calibrateRecall(
+  model: TinyLM,
+  instances: RecallInstance[],
+  scorers: ScorerName[],
+  dataset: string,
+  onProgress?: () => void,
+  expectedAttention?: RecallSettings["expectedAttention"],
+): Map<ScorerName, Profile> {
   const tok = model.tokenizer!;
   const sink = 4;
-  const profilers = calibrationProfilers(model, scorers, { sink, window: 32, model: "lukv-recall-lm", dataset });
+  const profilers = calibrationProfilers(model, scorers, {
+    sink,
+    window: 32,
+    model: "lukv-recall-lm",
+    dataset,
+    expectedAttention: { rope: { theta: model.config.ropeTheta }, ...expectedAttention },
+  });
   const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + x.answer) }));
   const longest = Math.max(...encoded.map((e) => e.context.length + e.rest.length));
   using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
@@ -206,7 +226,8 @@ export function runRecallEval(
         progress();
         settings.forEach(({ scorer, allocation, ratio }, i) => {
           using f = seq.fork();
-          const expectedAttention = scorer === "expected-attention" && stats ? { statistics: stats, rope: { theta: ropeTheta } } : undefined;
+          const expectedAttention =
+            scorer === "expected-attention" && stats ? { statistics: stats, rope: { theta: ropeTheta }, ...s.expectedAttention } : undefined;
           const report = f.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
           acc[i].compressMs.push(report.ms);
           acc[i].kept += report.total;
@@ -294,13 +315,21 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
   let s: RecallSettings, dir: string, out: string;
   try {
     if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
-    const known = ["task", "scorers", "allocations", "ratios", "question", "instances", "dtype", "calibrate", "save-profiles", "out", "model"];
+    const known = ["task", "scorers", "allocations", "ratios", "question", "instances", "dtype", "calibrate", "save-profiles", "out", "model", "ea-epsilon", "ea-future-positions"];
     for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k} (with --task)`);
     const taskArg = options.get("task");
     const tasks = taskArg === "all" ? [...RECALL_TASKS] : list(taskArg, RECALL_TASKS, RECALL_TASKS, "task");
     const ratios = ratiosOption(options, [0.5, 0.8, 0.9, 0.95]);
     const dtype = dtypeOption(options);
     const instances = countOption(options, "instances", Number.MAX_SAFE_INTEGER, 1);
+    const expectedAttention: NonNullable<RecallSettings["expectedAttention"]> = {};
+    const eps = options.get("ea-epsilon");
+    if (eps !== undefined) {
+      const x = Number(eps);
+      if (eps === true || eps.trim() === "" || !Number.isFinite(x) || x < 0) throw new UsageError(`--ea-epsilon expects a number >= 0, got ${String(eps)}`);
+      expectedAttention.epsilon = x;
+    }
+    if (options.has("ea-future-positions")) expectedAttention.futurePositions = countOption(options, "ea-future-positions", 512, 1);
     s = {
       tasks,
       scorers: list(options.get("scorers"), SCORERS, SCORERS, "scorers"),
@@ -309,6 +338,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
       questions: list(options.get("question"), QUESTION_MODES, QUESTION_MODES, "question"),
       instances,
       dtype,
+      ...(Object.keys(expectedAttention).length > 0 ? { expectedAttention } : {}),
     };
     dir = resolveModel(options.get("model") ?? "recall-lm");
     out = typeof options.get("out") === "string" ? (options.get("out") as string) : path.join("bench", "results", "eval-recall.json");
@@ -333,8 +363,10 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
   const profiles = new Map<ScorerName, Profile>();
   if (s.allocations.includes("lukv")) {
     const missing: ScorerName[] = [];
+    // A profile of the model directory was calibrated with expected-attention's defaults.
+    const ownSettings = (scorer: ScorerName) => scorer === "expected-attention" && s.expectedAttention !== undefined;
     for (const scorer of s.scorers) {
-      const found = options.get("calibrate") === true ? undefined : modelProfile(dir, scorer);
+      const found = options.get("calibrate") === true || ownSettings(scorer) ? undefined : modelProfile(dir, scorer);
       if (found) {
         profiles.set(scorer, found.profile);
         note(`lukv with ${scorer} uses ${found.file}`);
@@ -344,11 +376,12 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
       const calibration = RECALL_TASKS.flatMap((t) => recallInstances(dir, "calibration", t));
       const tc = performance.now();
       const bar = progressBar("calibrate", calibration.length);
-      const made = calibrateRecall(model, calibration, missing, "recall-lm calibration/*.json", () => bar.tick());
+      const made = calibrateRecall(model, calibration, missing, "recall-lm calibration/*.json", () => bar.tick(), s.expectedAttention);
       bar.done();
       for (const [scorer, p] of made) {
         profiles.set(scorer, p);
-        if (options.get("save-profiles") === true) {
+        if (options.get("save-profiles") === true && ownSettings(scorer)) note(`not writing the ${scorer} profile: it is for the --ea settings`);
+        else if (options.get("save-profiles") === true) {
           const file = path.join(dir, `profile-${scorer}.json`);
           saveProfile(p, file, { format: "json" });
           note(`wrote ${file}`);
