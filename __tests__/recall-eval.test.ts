@@ -5,7 +5,8 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { main } from "../ts/cli";
-import { RECALL_TASKS, recallInstances, type RecallInstance, type RecallResult } from "../ts/cli/eval-recall";
+import { calibrateRecall, RECALL_TASKS, recallInstances, type RecallInstance, type RecallResult } from "../ts/cli/eval-recall";
+import type { Profile } from "../ts/profile";
 import { resolveModelDir } from "../ts/cli/eval";
 import { loadTinyLM } from "../ts/model";
 
@@ -127,6 +128,15 @@ test("--ea-epsilon and --ea-future-positions are recorded in the settings; bad v
     expect(b.code).toBe(2);
     expect(b.err).toMatch(new RegExp(`${bad[0]} expects`));
   }
+});
+
+test("calibrateRecall calibrates expected-attention with the given epsilon and future positions (in the profile's settings)", () => {
+  const model = loadTinyLM(dir);
+  const one = recallInstances(dir, "calibration", "niah").slice(0, 1);
+  const own = calibrateRecall(model, one, ["expected-attention"], "test", undefined, { epsilon: 0, futurePositions: 64 }).get("expected-attention")!;
+  // (the shipped profile, calibrated with the defaults, records epsilon 0.02 and 512 positions)
+  const settings = (p: Profile) => (p.meta.scorerOptions as { expectedAttention: Record<string, unknown> }).expectedAttention;
+  expect(settings(own)).toEqual({ epsilon: 0, futurePositions: 64, valueNorm: true, rope: { theta: model.config.ropeTheta } });
 });
 
 test("bad --task and unknown options are usage errors", async () => {
