@@ -146,7 +146,7 @@ export function calibrateRecall(
     window: 32,
     model: "lukv-recall-lm",
     dataset,
-    expectedAttention: { rope: { theta: model.config.ropeTheta }, ...expectedAttention },
+    expectedAttention,
   });
   const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + x.answer) }));
   const longest = Math.max(...encoded.map((e) => e.context.length + e.rest.length));

@@ -126,14 +126,14 @@ export interface CalibrationProfilerSettings {
   model: string;
   dataset: string;
   scorerOptions?: ProfilerScorerOptions;
-  /** Settings of "expected-attention". Default: the model's RoPE theta and the scorer's defaults. */
-  expectedAttention?: ExpectedAttentionSettings;
+  /** Settings of "expected-attention"; what is not given: the model's RoPE theta and the scorer's defaults. */
+  expectedAttention?: Partial<ExpectedAttentionSettings>;
 }
 
 /** @internal One profiler per scorer, "expected-attention" with the model's RoPE unless given. */
 export function calibrationProfilers(model: TinyLM, scorers: ScorerName[], settings: CalibrationProfilerSettings): Profiler[] {
   const { layers, kvHeads, ropeTheta } = model.config;
-  const expectedAttention = settings.expectedAttention ?? { rope: { theta: ropeTheta } };
+  const expectedAttention: ExpectedAttentionSettings = { rope: { theta: ropeTheta }, ...settings.expectedAttention };
   return scorers.map(
     (scorer) =>
       new Profiler({
