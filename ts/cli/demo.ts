@@ -9,7 +9,7 @@ import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
 import { defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../model";
 import type { Profile } from "../profile";
-import { CliIO, parseArgs, progressBar } from "./io";
+import { CliIO, countOption, parseArgs, progressBar, UsageError } from "./io";
 
 const USAGE = `usage: lukv demo [options]
 
@@ -42,16 +42,6 @@ function oneLine(text: string, max: number, from: "start" | "end"): string {
   if (flat.length <= max) return flat;
   return from === "end" ? "…" + flat.slice(flat.length - max) : flat.slice(0, max) + "…";
 }
-
-function integerOption(options: Map<string, string | true>, name: string, fallback: number, min: number): number {
-  const v = options.get(name);
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (v === true || !Number.isInteger(n) || n < min) throw new UsageError(`--${name} expects an integer >= ${min}, got ${String(v)}`);
-  return n;
-}
-
-class UsageError extends Error {}
 
 export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
   const { options, positional } = parseArgs(argv);
@@ -90,13 +80,13 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
     throw new UsageError(`--allocation expects one of ${ALLOCATIONS.join(", ")}, got ${String(requested)}`);
   const dtype = (options.get("dtype") ?? "f16") as DType;
   if (!["f32", "f16", "bf16"].includes(dtype)) throw new UsageError(`--dtype expects f32, f16 or bf16, got ${String(dtype)}`);
-  const steps = integerOption(options, "tokens", 48, 1);
+  const steps = countOption(options, "tokens", 48, 1);
 
   const t0 = performance.now();
   const model = loadTinyLM(dir);
   const tok = model.tokenizer!;
   const c = model.config;
-  const promptTokens = integerOption(options, "prompt-tokens", Math.max(64, c.maxPosition - steps), 2);
+  const promptTokens = countOption(options, "prompt-tokens", Math.max(64, c.maxPosition - steps), 2);
 
   // The prompt: a held-out text the model never trained on.
   let textName: string, text: string;
@@ -205,8 +195,8 @@ function randomRows(n: number, seed: number): Float32Array {
 
 function randomDemo(options: Map<string, string | true>, io: CliIO): number {
   for (const k of options.keys()) if (!["random", "tokens", "steps"].includes(k)) throw new UsageError(`unknown option --${k} with --random`);
-  const tokens = integerOption(options, "tokens", 2048, 1);
-  const steps = integerOption(options, "steps", 16, 1);
+  const tokens = countOption(options, "tokens", 2048, 1);
+  const steps = countOption(options, "steps", 16, 1);
   const layers = 8, kvHeads = 8, queryHeads = 32, headDim = 128;
   const b = backends();
   io.out(`lukv demo --random: ${layers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${headDim}, f16, random data`);
