@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { main } from "../ts/cli";
-import { calibrateRecall, RECALL_TASKS, recallInstances, type RecallInstance, type RecallResult } from "../ts/cli/eval-recall";
+import { calibrateRecall, fullAnswer, RECALL_TASKS, recallInstances, type RecallInstance, type RecallResult } from "../ts/cli/eval-recall";
 import type { Profile } from "../ts/profile";
 import { resolveModelDir } from "../ts/cli/eval";
 import { loadTinyLM } from "../ts/model";
@@ -29,12 +29,36 @@ test("--model recall-lm resolves to the shipped model, whose tokenizer reproduce
   const model = loadTinyLM(dir);
   const tok = model.tokenizer!;
   for (const task of RECALL_TASKS) {
-    const x = recallInstances(dir, "heldout", task)[0] as unknown as { context: string; question: string; answer: string; context_tokens: number; question_tokens: number; answer_tokens: number };
+    type Part = { question: string; answer: string; question_tokens: number; answer_tokens: number };
+    const x = recallInstances(dir, "heldout", task)[0] as unknown as Part & { context: string; context_tokens: number; followups?: Part[] };
     expect(1 + tok.encode(x.context).length).toBe(x.context_tokens);
-    expect(tok.encode(x.question).length).toBe(x.question_tokens);
-    expect(tok.encode(x.answer).length).toBe(x.answer_tokens);
-    expect(tok.decode(tok.encode(x.context + x.question + x.answer))).toBe(x.context + x.question + x.answer);
+    for (const p of [x, ...(x.followups ?? [])]) {
+      expect(tok.encode(p.question).length).toBe(p.question_tokens);
+      expect(tok.encode(p.answer).length).toBe(p.answer_tokens);
+    }
+    const whole = x.context + x.question + fullAnswer(x);
+    expect(tok.decode(tok.encode(whole))).toBe(whole);
   }
+  // mq-niah asks two keys: the second answer follows a given prompt that names the second key
+  const mq = recallInstances(dir, "heldout", "mq-niah")[0];
+  expect(mq.followups).toHaveLength(1);
+  expect(mq.followups![0].question).toMatch(/^ \. the special magic number for \w+ is$/);
+  expect(mq.question).toMatch(new RegExp(`for \\w+ and ${mq.followups![0].question.split(" ").slice(-2)[0]} \\?`));
+});
+
+test("recallInstances checks the instances' fields, follow-ups included", () => {
+  const d = fs.mkdtempSync(path.join(outDir, "instances-"));
+  fs.mkdirSync(path.join(d, "heldout"));
+  const write = (instances: unknown) => fs.writeFileSync(path.join(d, "heldout", "mq-niah.json"), JSON.stringify({ instances }));
+  const good = { context: " a", question: " q", answer: " 1", followups: [{ question: " . r", answer: " 2" }] };
+  write([good]);
+  expect(recallInstances(d, "heldout", "mq-niah")).toEqual([good]);
+  expect(fullAnswer(good)).toBe(" 1 . r 2");
+  for (const bad of [[{ ...good, answer: 1 }], [{ ...good, followups: {} }], [{ ...good, followups: [{ question: " . r" }] }], { x: 1 }]) {
+    write(bad);
+    expect(() => recallInstances(d, "heldout", "mq-niah")).toThrow(/"instances" must be an array of \{context, question, answer\} strings, with optional followups/);
+  }
+  expect(() => recallInstances(d, "heldout", "vt")).toThrow(/vt\.json is missing/);
 });
 
 test("a handful of instances per task: JSON shape, ratio 0 equals the full cache, full-cache answers equal PyTorch's", async () => {
@@ -60,7 +84,7 @@ test("a handful of instances per task: JSON shape, ratio 0 equals the full cache
     // and an instance counts as correct exactly when that answer is the expected one
     const held = recallInstances(dir, "heldout", task).slice(0, 2) as (RecallInstance & { model_answer: string })[];
     expect(full.answers).toEqual(held.map((x) => x.model_answer));
-    expect(full.correct).toBe(held.filter((x) => x.model_answer === x.answer).length);
+    expect(full.correct).toBe(held.filter((x) => x.model_answer === fullAnswer(x)).length);
     for (const x of rows) {
       expect(x.instances).toBe(2);
       expect(x.accuracy).toBeCloseTo(x.correct / x.instances, 12);

@@ -9,7 +9,9 @@ tools/tiny-lm/README.md "Formats") and writes the held-out and calibration insta
   calibration/<task>.json instances for LU-KV's profiler, seed CALIB_SEED (disjoint from both)
 
 An instance: context (text; the input is [BOS] + encode(context)), question (text appended
-after it), answer (text, e.g. " 48193"), and their token counts.
+after it), answer (text, e.g. " 48193"), and their token counts; mq-niah's also followups: the
+further parts of its question, each a prompt given after the answer before it (" . the special
+magic number for K2 is") and the answer the model must produce.
 """
 import argparse
 import json
@@ -39,19 +41,28 @@ CALIB_SEED = 777
 GREEDY_CHECK = 4
 
 
-def instances(v, tok, seed, n, length):
+def instances(v, tok, seed, n, length, vt_style):
     out = {}
     for ti, task in enumerate(tasks.TASKS):
         rng = np.random.default_rng([seed, ti])
         items = []
         for _ in range(n):
-            inst = tasks.instance(v, task, rng, length, **tasks.EVAL_SETTINGS[task])
-            q, a = inst["qas"][0]
+            # mq-niah's second sentence is given (the evaluation's format, whatever the training's)
+            inst = tasks.instance(v, task, rng, length, **tasks.EVAL_SETTINGS[task], vt_style=vt_style, mq_style="given")
+            (q, a), rest = inst["qas"][0][0], inst["qas"][0][1:]
             ctx = inst["context"]
-            assert tok.encode(ctx.text + q.text + a.text) == ctx.ids + q.ids + a.ids
-            items.append({"context": ctx.text, "question": q.text, "answer": a.text,
-                          "context_tokens": 1 + len(ctx.ids), "question_tokens": len(q.ids), "answer_tokens": len(a.ids),
-                          "ids": tasks.sequence(v, inst)})
+            # a further part's prompt starts with the "." that ends the answer before it
+            follow = [(" ." + fq.text, [v.id["."]] + fq.ids, fa) for fq, fa in rest]
+            text = ctx.text + q.text + a.text + "".join(ft + fa.text for ft, _, fa in follow)
+            assert tok.encode(text) == ctx.ids + q.ids + a.ids + [t for _, fids, fa in follow for t in fids + fa.ids]
+            item = {"context": ctx.text, "question": q.text, "answer": a.text,
+                    "context_tokens": 1 + len(ctx.ids), "question_tokens": len(q.ids), "answer_tokens": len(a.ids)}
+            if follow:
+                item["followups"] = [{"question": ft, "answer": fa.text, "question_tokens": len(fids), "answer_tokens": len(fa.ids)}
+                                     for ft, fids, fa in follow]
+            item["ids"] = tasks.sequence(v, inst)
+            item["parts"] = [(q.ids, len(a.ids))] + [(fids, len(fa.ids)) for _, fids, fa in follow]
+            items.append(item)
         out[task] = items
     return out
 
@@ -66,6 +77,9 @@ def main():
     ap.add_argument("--also-lengths", default=None,
                     help="L1,L2,...: also measure the full-cache exact match on --heldout instances of these lengths "
                          "(same seed; recorded in config.json -> evaluation_other_lengths, not written as files)")
+    ap.add_argument("--vt-style", default="direct", choices=("direct", "var", "chained"),
+                    help="the vt format the checkpoint was trained on (tasks.instance)")
+    ap.add_argument("--dry-run", action="store_true", help="measure the exact match only; write nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tj = json.load(open(os.path.join(OUT, "tokenizer.json")))
@@ -87,23 +101,31 @@ def main():
     names.append("model.norm.weight")
     sd = {("model." + k): t for k, t in model.state_dict().items()}
     tensors = [(n, np.ascontiguousarray(sd[n].numpy().astype(np.float16))) for n in names]
-    write_safetensors(os.path.join(OUT, "model.safetensors"), tensors,
-                      {"format": "pt", "model": "lukv-recall-lm", "dtype": "float16"})
+    if not args.dry_run:
+        write_safetensors(os.path.join(OUT, "model.safetensors"), tensors,
+                          {"format": "pt", "model": "lukv-recall-lm", "dtype": "float16"})
 
-    held = instances(v, tok, HELDOUT_SEED, args.heldout, args.length)
+    held = instances(v, tok, HELDOUT_SEED, args.heldout, args.length, args.vt_style)
     # the greedy answers of the first GREEDY_CHECK instances per task (f16 weights, f32 math):
     # a cross-check for the TypeScript forward pass and cache
-    for task in tasks.TASKS:
+    # (with follow-ups: the model's answers with the given prompts between them, as one text)
+    for task in ([] if args.dry_run else tasks.TASKS):
         for it in held[task][:GREEDY_CHECK]:
-            ids, mask = it["ids"]
-            prompt = ids[:len(ids) - it["answer_tokens"] - 1]  # without the answer and the final "."
-            out = []
+            seq = [v.bos] + tok.encode(it["context"])
+            text = ""
             with torch.no_grad():
-                for _ in range(it["answer_tokens"]):
-                    logits = model(torch.tensor([prompt + out]))[0, -1]
-                    out.append(int(logits.argmax()))
-            it["model_answer"] = tok.decode(out)
-    calib = instances(v, tok, CALIB_SEED, args.calibration, args.length)
+                for i, (prompt, n) in enumerate(it["parts"]):
+                    seq += prompt
+                    if i > 0:
+                        text += it["followups"][i - 1]["question"]
+                    out = []
+                    for _ in range(n):
+                        logits = model(torch.tensor([seq + out]))[0, -1]
+                        out.append(int(logits.argmax()))
+                    seq += out
+                    text += tok.decode(out)
+            it["model_answer"] = text
+    calib = instances(v, tok, CALIB_SEED, args.calibration, args.length, args.vt_style)
     evaluation = {}
     for task in tasks.TASKS:
         acc = exact_match(model, [it["ids"] for it in held[task]], v.eos, bs=4)
@@ -111,19 +133,21 @@ def main():
         print(f"{task}: exact match {acc:.3f} on {len(held[task])} held-out instances of {args.length} tokens", flush=True)
     other = {}
     for L in ([int(x) for x in args.also_lengths.split(",")] if args.also_lengths else []):
-        extra = instances(v, tok, HELDOUT_SEED, args.heldout, L)
+        extra = instances(v, tok, HELDOUT_SEED, args.heldout, L, args.vt_style)
         other[str(L)] = {}
         for task in tasks.TASKS:
             acc = exact_match(model, [it["ids"] for it in extra[task]], v.eos, bs=4)
             other[str(L)][task] = {"exact_match": acc, "instances": len(extra[task]), "length": L}
             print(f"{task}: exact match {acc:.3f} on {len(extra[task])} held-out instances of {L} tokens", flush=True)
+    if args.dry_run:
+        return
     for sub, data, seed in (("heldout", held, HELDOUT_SEED), ("calibration", calib, CALIB_SEED)):
         os.makedirs(os.path.join(OUT, sub), exist_ok=True)
         for task, items in data.items():
             with open(os.path.join(OUT, sub, f"{task}.json"), "w") as f:
                 json.dump({"task": task, "length": args.length, "seed": [seed, tasks.TASKS.index(task)],
                            "settings": tasks.EVAL_SETTINGS[task],
-                           "instances": [{k: x for k, x in it.items() if k != "ids"} for it in items]}, f, indent=0)
+                           "instances": [{k: x for k, x in it.items() if k not in ("ids", "parts")} for it in items]}, f, indent=0)
     config = {
         "model_type": "lukv-recall-lm",
         "architecture": "decoder-only transformer, pre-norm, RMSNorm, RoPE (rotate-half), GQA, SwiGLU MLP, tied embeddings, no biases (tools/tiny-lm/model.py)",

@@ -29,7 +29,7 @@ def main():
         for _ in range(20):
             inst = tasks.instance(v, task, rng, 512, all_questions=True)
             ids, _ = tasks.sequence(v, inst)
-            text = inst["context"].text + "".join(q.text + a.text + " ." for q, a in inst["qas"])
+            text = inst["context"].text + "".join(q.text + a.text + " ." for group in inst["qas"] for q, a in group)
             assert tok.encode(text) == ids[1:], task
     print(f"wrote {OUT}: vocab {tj['vocab_size']} ({len(tj['merges'])} merges); encoder check passed")
 

@@ -12,11 +12,13 @@ Tasks (RULER-style; keys are invented words, values are 5-digit numbers):
            answer " 48193"
   mk-niah  several needles with different keys; one of them is asked
   mq-niah  several needles; two are asked: " what are the special magic numbers for K1 and
-           K2 ? the special magic number for K1 is"; answer " V1 . the special magic number
-           for K2 is V2"
+           K2 ? the special magic number for K1 is"; answer " V1"; then (given, after the
+           "." that ends it) " the special magic number for K2 is"; answer " V2" (mq_style
+           "given"; in training mq_style "answer" makes the second sentence answer too)
   vt       variable tracking: " var A = 48193 ." then " var B = var A ." ... (a chain of
            `hops` copies) plus distractor chains with other values; question " what is var Z ?
-           var Z is" for the chain's last variable; answer its value
+           var Z is" for the chain's last variable; answer its value (vt_style "direct"; see
+           instance() for the chain-walking styles "var" and "chained")
 Filler: sentences of a small random grammar (nouns, verbs, adjectives, small numbers), so
 the needles are rare events in varied text.
 """
@@ -184,11 +186,22 @@ KEY_POOL = INVENTED[0::2]
 VAR_POOL = INVENTED[1::2]
 
 
-def instance(v, task, rng, length, n_needles=None, hops=None, all_questions=False):
+def instance(v, task, rng, length, n_needles=None, hops=None, all_questions=False, vt_style="direct", mq_style="answer"):
     """One instance whose [BOS] + context + question + answer is at most `length` tokens.
 
-    Returns dict(context=Piece, qas=[(question Piece, answer Piece)]): the first QA is the
-    evaluation question; with all_questions=True further QAs (for training) follow.
+    vt_style: how a vt statement names the variable it copies and how the answer walks the
+    chain: "chained" (" var B = A ."; question " ... var B ="; answer " A = 48193"), "var"
+    (" var B = var A ."; answer " var A . var A = 48193") or "direct" (" var B = var A .";
+    question " what is var B ? var B is"; answer " 48193", the value only: the shipped model's).
+    mq_style: "given" (the second key's sentence " the special magic number for K2 is" is a
+    prompt, given to the model: the evaluation's format) or "answer" (it is part of the
+    answer, so the model must produce K2: the shipped model's training).
+    The token sequence is the same in both mq styles; only what counts as answer differs.
+
+    Returns dict(context=Piece, qas=[[(prompt Piece, answer Piece), ...]]): a question is a list
+    of parts, each a prompt the model is given and the answer it must produce (mq-niah: two
+    parts; the input is prompt, answer, ".", next prompt, answer, "."). The first question is the
+    evaluation question; with all_questions=True further ones (for training) follow.
     """
     statements = []  # list of (group, Piece); pieces of one group keep their order
     qas = []
@@ -204,35 +217,52 @@ def instance(v, task, rng, length, n_needles=None, hops=None, all_questions=Fals
             pairs = [order[i:i + 2] for i in range(0, n - 1, 2)]
             for a, b in pairs:
                 q = Piece().words(v, ["what", "are", "the", "special", "magic", "numbers", "for", keys[a], "and", keys[b], "?"] + said(keys[a]))
-                ans = Piece().number(v, vals[a]).words(v, ["."] + said(keys[b])).number(v, vals[b])
-                qas.append((q, ans))
+                if mq_style == "given":
+                    # the second answer's sentence is started for the model (after the "." that
+                    # ends the first), as the first one's is by the question
+                    qas.append([(q, Piece().number(v, vals[a])), (Piece().words(v, said(keys[b])), Piece().number(v, vals[b]))])
+                else:
+                    qas.append([(q, Piece().number(v, vals[a]).words(v, ["."] + said(keys[b])).number(v, vals[b]))])
         else:
             for i in order:
                 q = Piece().words(v, ["what", "is", "the", "special", "magic", "number", "for", keys[i], "?"] + said(keys[i]))
-                qas.append((q, Piece().number(v, vals[i])))
+                qas.append([(q, Piece().number(v, vals[i]))])
     elif task == "vt":
         h = hops or int(rng.integers(1, 3))
         n_chains = n_needles or int(rng.integers(2, 4))
         names = distinct_words(rng, n_chains * (h + 1), VAR_POOL)
         vals = [value(rng) for _ in range(n_chains)]
         finals = []
+        ref = (lambda name: [name]) if vt_style == "chained" else (lambda name: ["var", name])
         for c in range(n_chains):
             chain = names[c * (h + 1):(c + 1) * (h + 1)]
             statements.append((c, Piece().words(v, ["var", chain[0], "="]).number(v, vals[c]).words(v, ["."])))
             for j in range(1, h + 1):
-                statements.append((c, Piece().words(v, ["var", chain[j], "=", "var", chain[j - 1], "."])))
+                statements.append((c, Piece().words(v, ["var", chain[j], "="] + ref(chain[j - 1]) + ["."])))
             finals.append((chain, vals[c]))
+
+        def walk(chain, j, val):
+            """The question about chain[j] and its answer: the chain from chain[j] down to the
+            value, each variable found by the one before it ("chained": " B = A = 48193" after
+            "var C ="; "var": " var B . var B = var A . var A = 48193")."""
+            if vt_style == "direct":
+                return [(Piece().words(v, ["what", "is", "var", chain[j], "?", "var", chain[j], "is"]), Piece().number(v, val))]
+            q = Piece().words(v, ["what", "is", "var", chain[j], "?", "var", chain[j], "="])
+            a = Piece()
+            for i in range(j - 1, -1, -1):
+                a.words(v, [chain[i], "="] if vt_style == "chained" else ["var", chain[i], ".", "var", chain[i], "="])
+            return [(q, a.number(v, val))]
         for c in rng.permutation(n_chains):
             chain, val = finals[c]
-            qas.append((Piece().words(v, ["what", "is", "var", chain[-1], "?", "var", chain[-1], "is"]), Piece().number(v, val)))
+            qas.append(walk(chain, h, val))
             if all_questions:
                 for j in range(h):
-                    qas.append((Piece().words(v, ["what", "is", "var", chain[j], "?", "var", chain[j], "is"]), Piece().number(v, val)))
+                    qas.append(walk(chain, j, val))
     else:
         raise ValueError(task)
     if not all_questions:
         qas = qas[:1]
-    qa_len = sum(len(q.ids) + len(a.ids) + 1 for q, a in qas)  # + "." after each answer
+    qa_len = sum(len(q.ids) + len(a.ids) + 1 for group in qas for q, a in group)  # + "." after each answer
     body = length - 1 - qa_len
     need = sum(len(p.ids) for _, p in statements)
     fill = filler(v, rng, body - need)
@@ -281,27 +311,33 @@ def split_sentences(fill, dot):
 
 
 def sequence(v, inst, decision_weight=1.0):
-    """Token ids [BOS] + context + (question + answer + ".")*, and the answer-token mask.
+    """Token ids [BOS] + context + (prompt + answer + ".")* over the parts of every question, and
+    the answer-token mask.
 
     decision_weight: the mask value (the loss weight) of the answer tokens where the answer is
-    decided, the rest being copies: the first digit of every value and, in mq-niah, the
-    second key (the word after "for"); the other answer tokens have 1."""
+    decided, the rest being copies: the first digit of every value, in vt a variable name that
+    follows "=" or "= var" (the name a chain statement gives), in mq-niah (mq_style "answer")
+    the second key; the other answer tokens have 1."""
     ids = [v.bos] + inst["context"].ids
     mask = [0] * len(ids)
     digits = set(v.digit)
-    for q, a in inst["qas"]:
-        ids += q.ids
-        mask += [0] * len(q.ids)
-        ids += a.ids
-        am = [1] * len(a.ids)
-        if decision_weight != 1.0:
-            for j, t in enumerate(a.ids):
-                first_digit = t in digits and (j == 0 or a.ids[j - 1] not in digits)
-                if first_digit or (j > 0 and a.ids[j - 1] == v.id["for"]):
-                    am[j] = decision_weight
-        mask += am
-        ids.append(v.id["."])
-        mask.append(0)
+    names = set(v.words(VAR_POOL))
+    for group in inst["qas"]:
+        for q, a in group:
+            ids += q.ids
+            mask += [0] * len(q.ids)
+            for t in a.ids:
+                w = 1.0
+                if decision_weight != 1.0:
+                    first_digit = t in digits and ids[-1] not in digits
+                    named = t in names and (ids[-1] == v.id["="] or (ids[-1] == v.id["var"] and ids[-2] == v.id["="]))
+                    second_key = ids[-1] == v.id["for"]  # mq-niah's K2, in mq_style "answer"
+                    if first_digit or named or second_key:
+                        w = decision_weight
+                ids.append(t)
+                mask.append(w)
+            ids.append(v.id["."])
+            mask.append(0)
     return ids, mask
 
 
@@ -330,13 +366,14 @@ def copy_sequence(v, rng, T):
     return ids, mask
 
 
-def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0, kv_number_share=0.0, task_weights=None, decision_weight=1.0):
+def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0, kv_number_share=0.0, task_weights=None, decision_weight=1.0,
+               vt_style="direct", mq_style="answer"):
     """B training sequences of at most T+1 tokens (EOS-padded), their answer masks and task
     names: a task of TASKS with all its questions, with probability kv_share an associative
     recall sequence (kv_sequence; a share kv_number_share of them with multi-digit values),
     with probability copy_share a copy sequence. task_weights (one per task of TASKS) makes
     the choice of the task non-uniform; None keeps the uniform draw (and the random stream)
-    of the earlier runs. decision_weight: see sequence()."""
+    of the earlier runs. decision_weight: see sequence(); vt_style, mq_style: see instance()."""
     if task_weights is not None:
         tw = np.asarray(task_weights, dtype=np.float64)
         tw = tw / tw.sum()
@@ -356,7 +393,7 @@ def make_batch(v, rng, B, T, copy_share=0.0, kv_share=0.0, kv_number_share=0.0, 
             ids, mask = copy_sequence(v, rng, T + 1)
         else:
             task = TASKS[rng.integers(len(TASKS))] if task_weights is None else TASKS[rng.choice(len(TASKS), p=tw)]
-            inst = instance(v, task, rng, T + 1, all_questions=True)
+            inst = instance(v, task, rng, T + 1, all_questions=True, vt_style=vt_style, mq_style=mq_style)
             ids, mask = sequence(v, inst, decision_weight)
         ids, mask = ids[:T + 1], mask[:T + 1]
         X[b, :len(ids)] = ids

@@ -109,12 +109,14 @@ def batch_loss(model, X, M, pad, rng, bf16=False):
     return ans_loss + LM_WEIGHT * lm_loss, ans_loss
 
 
-def eval_instances(v, seed, n, T):
-    """n instances per task at length T (the first question only), as {task: [(ids, mask)]}."""
+def eval_instances(v, seed, n, T, vt_style="direct"):
+    """n instances per task at length T (the first question only; mq-niah's second sentence
+    given, as in the evaluation), as {task: [(ids, mask)]}."""
     out = {}
     for ti, task in enumerate(tasks.TASKS):
         rng = np.random.default_rng([seed, ti])
-        out[task] = [tasks.sequence(v, tasks.instance(v, task, rng, T, **tasks.EVAL_SETTINGS[task])) for _ in range(n)]
+        out[task] = [tasks.sequence(v, tasks.instance(v, task, rng, T, **tasks.EVAL_SETTINGS[task], vt_style=vt_style, mq_style="given"))
+                     for _ in range(n)]
     return out
 
 
@@ -188,6 +190,12 @@ def main():
     ap.add_argument("--decision-weight", type=float, default=1.0,
                     help="loss weight of the answer tokens that decide an answer (first digit of a value, mq-niah's "
                          "second key); the other answer tokens weigh 1 (tasks.sequence)")
+    ap.add_argument("--vt-style", default="direct", choices=("direct", "var", "chained"),
+                    help="tasks.instance's vt_style of the training instances (direct: the shipped model's)")
+    ap.add_argument("--vt-chained-from", type=int, default=None,
+                    help="from this step on, vt instances use vt_style \"chained\" (before it --vt-style)")
+    ap.add_argument("--mq-style", default="answer", choices=("answer", "given"),
+                    help="tasks.instance's mq_style of the training instances (answer: the shipped model's)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default LR)")
     ap.add_argument("--model", default=None, help="JSON object of MODEL entries to override, e.g. '{\"num_layers\": 2}'")
     args = ap.parse_args()
@@ -244,7 +252,7 @@ def main():
             decay_start, decay_steps = None, None  # a decay of an earlier run: this one's is set by time
         print(f"resumed at step {step0} ({elapsed0:.0f}s)", flush=True)
 
-    evals = {T: eval_instances(v, EVAL_SEED, EVAL_N[T], T) for T in EVAL_N}
+    evals = {T: eval_instances(v, EVAL_SEED, EVAL_N[T], T, "chained" if args.vt_chained_from is not None else args.vt_style) for T in EVAL_N}
     budget = args.budget_minutes * 60
     t_start = time.time() - elapsed0
     t_eval = time.time()
@@ -300,7 +308,9 @@ def main():
         t0 = time.time()
         rng = np.random.default_rng([SEED, step])
         X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share, kv_number_share,
-                                       stage_weights if plan is not None else task_weights, args.decision_weight)
+                                       stage_weights if plan is not None else task_weights, args.decision_weight,
+                                       "chained" if args.vt_chained_from is not None and step >= args.vt_chained_from else args.vt_style,
+                                       args.mq_style)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng, args.bf16)

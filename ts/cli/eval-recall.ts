@@ -55,6 +55,17 @@ export interface RecallInstance {
   question: string;
   /** What follows the question, e.g. " 48193". */
   answer: string;
+  /**
+   * Further parts of the same question (mq-niah asks two keys): after the answer before it, each
+   * `question` is given (e.g. " . the special magic number for K2 is") and its `answer` must be
+   * produced. The instance is right only when every part is.
+   */
+  followups?: { question: string; answer: string }[];
+}
+
+/** The whole expected continuation of the question: the answer, then each follow-up's prompt and answer. */
+export function fullAnswer(x: RecallInstance): string {
+  return x.answer + (x.followups ?? []).map((f) => f.question + f.answer).join("");
 }
 
 /** The instances of `sub`/<task>.json in the model directory. @throws Error when the file is missing or malformed. */
@@ -62,9 +73,14 @@ export function recallInstances(dir: string, sub: "heldout" | "calibration", tas
   const file = path.join(dir, sub, `${task}.json`);
   if (!fs.existsSync(file)) throw new Error(`${file} is missing: the model directory has no ${sub} instances of ${task}`);
   const j = JSON.parse(fs.readFileSync(file, "utf8")) as { instances?: unknown };
-  const ok = (x: unknown): x is RecallInstance =>
-    typeof x === "object" && x !== null && ["context", "question", "answer"].every((k) => typeof (x as Record<string, unknown>)[k] === "string");
-  if (!Array.isArray(j.instances) || !j.instances.every(ok)) throw new Error(`${file}: "instances" must be an array of {context, question, answer} strings`);
+  const strings = (x: unknown, keys: string[]) => typeof x === "object" && x !== null && keys.every((k) => typeof (x as Record<string, unknown>)[k] === "string");
+  const ok = (x: unknown): x is RecallInstance => {
+    if (!strings(x, ["context", "question", "answer"])) return false;
+    const f = (x as { followups?: unknown }).followups;
+    return f === undefined || (Array.isArray(f) && f.every((p) => strings(p, ["question", "answer"])));
+  };
+  if (!Array.isArray(j.instances) || !j.instances.every(ok))
+    throw new Error(`${file}: "instances" must be an array of {context, question, answer} strings, with optional followups [{question, answer}]`);
   return j.instances;
 }
 
@@ -103,7 +119,7 @@ export interface RecallRow extends RecallScores {
   scorer: ScorerName | "full";
   allocation: AllocationName | "full";
   ratio: number;
-  /** Full-cache rows only: the greedy answer of each instance, decoded. */
+  /** Full-cache rows only: the greedy answer of each instance, decoded (with follow-ups: their given prompts between the answers). */
   answers?: string[];
 }
 
@@ -148,7 +164,7 @@ export function calibrateRecall(
     dataset,
     expectedAttention,
   });
-  const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + x.answer) }));
+  const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + fullAnswer(x)) }));
   const longest = Math.max(...encoded.map((e) => e.context.length + e.rest.length));
   using cache = model.createCache({ dtype: "f32", contextTokens: longest + 16 });
   const outputProjection = model.outputProjections();
@@ -188,10 +204,17 @@ export function runRecallEval(
   const perToken = 2 * headDim * BYTES[s.dtype];
   for (const task of s.tasks) {
     const items = recallInstances(dir, "heldout", task).slice(0, s.instances);
-    const encoded = items.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], question: tok.encode(x.question), answer: tok.encode(x.answer) }));
+    const encoded = items.map((x) => ({
+      context: [tok.bos!, ...tok.encode(x.context)],
+      question: tok.encode(x.question),
+      answer: tok.encode(x.answer),
+      followups: (x.followups ?? []).map((f) => ({ question: tok.encode(f.question), answer: tok.encode(f.answer) })),
+    }));
     const lens = encoded.map((e) => e.context.length);
     contextTokens[task] = [Math.min(...lens), Math.max(...lens)];
-    const longest = Math.max(...encoded.map((e) => e.context.length + e.question.length + e.answer.length));
+    const longest = Math.max(
+      ...encoded.map((e) => e.context.length + e.question.length + e.answer.length + e.followups.reduce((n, f) => n + f.question.length + f.answer.length, 0)),
+    );
     for (const mode of s.questions) {
       const full: Acc = { answers: [], correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] };
       const acc: Acc[] = settings.map(() => ({ correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] }));
@@ -208,13 +231,27 @@ export function runRecallEval(
         // expected-attention predicts from the statistics of this prefix's own queries (as `lukv eval`)
         const stats = s.scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim }) : undefined;
         model.forward(seq, prefix, { logits: "none", queryStatistics: stats });
+        // Greedy answers to the question, then to each follow-up after its given prompt (the last
+        // token generate() chose is fed with that prompt); right only when every part is.
         const answer = (fork: Sequence, a: Acc) => {
-          const last = model.forward(fork, suffix);
-          const gen = model.generate(fork, last, e.answer.length, { stopToken: -1 });
+          let right = true;
+          let text = "";
+          let row = model.forward(fork, suffix);
+          let pending: number[] = [];
+          for (const [i, part] of [{ question: [], answer: e.answer }, ...e.followups].entries()) {
+            if (i > 0) {
+              row = model.forward(fork, [...pending, ...part.question]);
+              text += tok.decode(part.question);
+            }
+            const gen = model.generate(fork, row, part.answer.length, { stopToken: -1 });
+            right &&= gen.tokens.length === part.answer.length && gen.tokens.every((t, j) => t === part.answer[j]);
+            a.decodeMs.push(...gen.stepMs);
+            text += tok.decode(gen.tokens);
+            pending = gen.tokens.slice(-1);
+          }
           a.n++;
-          if (gen.tokens.length === e.answer.length && gen.tokens.every((t, i) => t === e.answer[i])) a.correct++;
-          a.decodeMs.push(...gen.stepMs);
-          a.answers?.push(tok.decode(gen.tokens));
+          if (right) a.correct++;
+          a.answers?.push(text);
         };
         {
           using f = seq.fork();
