@@ -61,7 +61,6 @@ def instances(v, tok, seed, n, length, vt_style):
                 item["followups"] = [{"question": ft, "answer": fa.text, "question_tokens": len(fids), "answer_tokens": len(fa.ids)}
                                      for ft, fids, fa in follow]
             item["ids"] = tasks.sequence(v, inst)
-            item["parts"] = [(q.ids, len(a.ids))] + [(fids, len(fa.ids)) for _, fids, fa in follow]
             items.append(item)
         out[task] = items
     return out
@@ -111,20 +110,19 @@ def main():
     # (with follow-ups: the model's answers with the given prompts between them, as one text)
     for task in ([] if args.dry_run else tasks.TASKS):
         for it in held[task][:GREEDY_CHECK]:
-            seq = [v.bos] + tok.encode(it["context"])
-            text = ""
+            ids, mask = it["ids"]
+            # the runs of answer tokens; the given tokens between them are fed as they are
+            starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
+            ends = [i + 1 for i in range(len(mask)) if mask[i] and (i + 1 == len(mask) or not mask[i + 1])]
+            spans = list(zip(starts, ends))
+            seq = ids[:spans[0][0]]
             with torch.no_grad():
-                for i, (prompt, n) in enumerate(it["parts"]):
-                    seq += prompt
-                    if i > 0:
-                        text += it["followups"][i - 1]["question"]
-                    out = []
-                    for _ in range(n):
-                        logits = model(torch.tensor([seq + out]))[0, -1]
-                        out.append(int(logits.argmax()))
-                    seq += out
-                    text += tok.decode(out)
-            it["model_answer"] = text
+                for k, (s, e) in enumerate(spans):
+                    if k > 0:
+                        seq += ids[spans[k - 1][1]:s]
+                    for _ in range(e - s):
+                        seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+            it["model_answer"] = tok.decode(seq[spans[0][0]:])
     calib = instances(v, tok, CALIB_SEED, args.calibration, args.length, args.vt_style)
     evaluation = {}
     for task in tasks.TASKS:
@@ -147,7 +145,7 @@ def main():
             with open(os.path.join(OUT, sub, f"{task}.json"), "w") as f:
                 json.dump({"task": task, "length": args.length, "seed": [seed, tasks.TASKS.index(task)],
                            "settings": tasks.EVAL_SETTINGS[task],
-                           "instances": [{k: x for k, x in it.items() if k not in ("ids", "parts")} for it in items]}, f, indent=0)
+                           "instances": [{k: x for k, x in it.items() if k != "ids"} for it in items]}, f, indent=0)
     config = {
         "model_type": "lukv-recall-lm",
         "architecture": "decoder-only transformer, pre-norm, RMSNorm, RoPE (rotate-half), GQA, SwiGLU MLP, tied embeddings, no biases (tools/tiny-lm/model.py)",

@@ -320,8 +320,8 @@ def sequence(v, inst, decision_weight=1.0):
     the second key; the other answer tokens have 1."""
     ids = [v.bos] + inst["context"].ids
     mask = [0] * len(ids)
-    digits = set(v.digit)
-    names = set(v.words(VAR_POOL))
+    if decision_weight != 1.0:
+        digits, names = set(v.digit), set(v.words(VAR_POOL))
     for group in inst["qas"]:
         for q, a in group:
             ids += q.ids

@@ -252,7 +252,11 @@ def main():
             decay_start, decay_steps = None, None  # a decay of an earlier run: this one's is set by time
         print(f"resumed at step {step0} ({elapsed0:.0f}s)", flush=True)
 
-    evals = {T: eval_instances(v, EVAL_SEED, EVAL_N[T], T, "chained" if args.vt_chained_from is not None else args.vt_style) for T in EVAL_N}
+    def vt_style_at(step):
+        return "chained" if args.vt_chained_from is not None and step >= args.vt_chained_from else args.vt_style
+
+    # the checks use the run's last vt style
+    evals = {T: eval_instances(v, EVAL_SEED, EVAL_N[T], T, vt_style_at(float("inf"))) for T in EVAL_N}
     budget = args.budget_minutes * 60
     t_start = time.time() - elapsed0
     t_eval = time.time()
@@ -309,8 +313,7 @@ def main():
         rng = np.random.default_rng([SEED, step])
         X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share, kv_number_share,
                                        stage_weights if plan is not None else task_weights, args.decision_weight,
-                                       "chained" if args.vt_chained_from is not None and step >= args.vt_chained_from else args.vt_style,
-                                       args.mq_style)
+                                       vt_style_at(step), args.mq_style)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, decay_start, decay_steps)
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng, args.bf16)
