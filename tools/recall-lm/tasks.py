@@ -192,10 +192,12 @@ def instance(v, task, rng, length, n_needles=None, hops=None, all_questions=Fals
     vt_style: how a vt statement names the variable it copies and how the answer walks the
     chain: "chained" (" var B = A ."; question " ... var B ="; answer " A = 48193"), "var"
     (" var B = var A ."; answer " var A . var A = 48193") or "direct" (" var B = var A .";
-    question " what is var B ? var B is"; answer " 48193", the value only: the shipped model's).
+    question " what is var B ? var B is"; answer " 48193", the value only: the r3 checkpoint's;
+    the shipped model was trained on "chained").
     mq_style: "given" (the second key's sentence " the special magic number for K2 is" is a
     prompt, given to the model: the evaluation's format) or "answer" (it is part of the
-    answer, so the model must produce K2: the shipped model's training).
+    answer, so the model must produce K2: the r3 checkpoint's training; the shipped model was
+    trained on "given").
     The token sequence is the same in both mq styles; only what counts as answer differs.
 
     Returns dict(context=Piece, qas=[[(prompt Piece, answer Piece), ...]]): a question is a list

@@ -191,11 +191,11 @@ def main():
                     help="loss weight of the answer tokens that decide an answer (first digit of a value, mq-niah's "
                          "second key); the other answer tokens weigh 1 (tasks.sequence)")
     ap.add_argument("--vt-style", default="direct", choices=("direct", "var", "chained"),
-                    help="tasks.instance's vt_style of the training instances (direct: the shipped model's)")
+                    help="tasks.instance's vt_style of the training instances (direct: the r3 checkpoint's; the shipped model: chained)")
     ap.add_argument("--vt-chained-from", type=int, default=None,
                     help="from this step on, vt instances use vt_style \"chained\" (before it --vt-style)")
     ap.add_argument("--mq-style", default="answer", choices=("answer", "given"),
-                    help="tasks.instance's mq_style of the training instances (answer: the shipped model's)")
+                    help="tasks.instance's mq_style of the training instances (answer: the r3 checkpoint's; the shipped model: given)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default LR)")
     ap.add_argument("--model", default=None, help="JSON object of MODEL entries to override, e.g. '{\"num_layers\": 2}'")
     args = ap.parse_args()
