@@ -177,7 +177,8 @@ def main():
     ap.add_argument("--plan", default=None,
                     help="stages START:T:B:KV:COPY[:KVNUM],... (first step, context, batch, shares of kv_sequence and "
                          "copy sequences, share of the kv sequences with multi-digit values, task weights W1/W2/W3/W4 of niah, "
-                         "mk-niah, mq-niah, vt replacing --task-weights); T and B may be lists "
+                         "mk-niah, mq-niah, vt replacing --task-weights[, LR: the stage's learning rate until the decay, "
+                         "in place of --lr]); T and B may be lists "
                          "T1/T2/..:B1/B2/.. that the steps of the stage cycle through (step s uses entry s mod n); "
                          "replaces the time-based phases")
     ap.add_argument("--task-weights", default=None, help="W1,W2,W3,W4: weights of niah, mk-niah, mq-niah, vt in the "
@@ -214,7 +215,8 @@ def main():
             Ts, Bs = [int(x) for x in f[1].split("/")], [int(x) for x in f[2].split("/")]
             assert len(Ts) == len(Bs), st
             plan.append((int(f[0]), Ts, Bs, float(f[3]), float(f[4]), float(f[5]) if len(f) > 5 else 0.0,
-                         [float(x) for x in f[6].split("/")] if len(f) > 6 else None))
+                         [float(x) for x in f[6].split("/")] if len(f) > 6 else None,
+                         float(f[7]) if len(f) > 7 else None))
         plan.sort()
     task_weights = [float(x) for x in args.task_weights.split(",")] if args.task_weights else None
     torch.manual_seed(SEED)
@@ -300,11 +302,13 @@ def main():
             decay_steps = max(20, int(((args.stop_minutes or args.budget_minutes) * 60 - el) / per))
             print(f"decay: --decay-start {decay_start} --decay-steps {decay_steps} (mean step {per:.2f}s)", flush=True)
         kv_number_share = 0.0
+        stage_lr = None
         if plan is not None:
             st = [st for st in plan if st[0] <= step][-1]
             T, B = st[1][step % len(st[1])], st[2][step % len(st[2])]
             kv_share, copy_share, kv_number_share = st[3], st[4], st[5]
             stage_weights = st[6] if st[6] is not None else task_weights
+            stage_lr = st[7]
         else:
             T, B = PHASES[phase_of(step, phase_steps) if args.fixed_phase is None else args.fixed_phase]
             kv_share = 0.0
@@ -314,8 +318,11 @@ def main():
         X, M, kinds = tasks.make_batch(v, rng, B, T, copy_share, kv_share, kv_number_share,
                                        stage_weights if plan is not None else task_weights, args.decision_weight,
                                        vt_style_at(step), args.mq_style)
+        lr = lr_at(step, decay_start, decay_steps)
+        if stage_lr is not None and (decay_start is None or step < decay_start):
+            lr = stage_lr
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, decay_start, decay_steps)
+            g["lr"] = lr
         loss, ans_loss = batch_loss(model, X, M, v.eos, rng, args.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -325,7 +332,7 @@ def main():
         toks_log += B * T
         if (step + 1) % 10 == 0:
             now = time.time()
-            print(f"step {step + 1} T={T} lr={lr_at(step, decay_start, decay_steps):.2e} loss={loss.item():.3f} "
+            print(f"step {step + 1} T={T} lr={lr:.2e} loss={loss.item():.3f} "
                   f"answer_nll={ans_loss.item():.3f} gnorm={float(gn):.2f} tok/s={toks_log / (now - t_log):.0f} "
                   f"elapsed={now - t_start:.0f}s", flush=True)
             t_log, toks_log = now, 0
