@@ -268,8 +268,9 @@ def main():
     step = step0
     step_times = []
 
-    def save(name, extra=None):
-        d = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "elapsed": time.time() - t_start,
+    def save(name, extra=None, next_step=None):
+        # "step": the first step not yet trained (where a resume from this file starts)
+        d = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1 if next_step is None else next_step, "elapsed": time.time() - t_start,
              "config": cfg.to_dict(), "phase_steps": phase_steps, "decay_start": decay_start, "decay_steps": decay_steps, "copy_start": copy_start,
              "decay_at_minutes": args.decay_at_minutes}
         if extra:
@@ -351,7 +352,7 @@ def main():
             t_log = time.time()
         step += 1
     el = time.time() - t_start
-    save("final.pt", {"train_seconds": el})
+    save("final.pt", {"train_seconds": el}, next_step=step)  # the loop has counted its last step
     print(f"training done: {step} steps in {el:.0f}s ({el / 60:.1f} min); replay: --phase-steps "
           f"{','.join(map(str, phase_steps))} --decay-start {decay_start} --decay-steps {decay_steps} --copy-start {copy_start}", flush=True)
 
