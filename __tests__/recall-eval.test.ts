@@ -88,10 +88,13 @@ test("a handful of instances per task: JSON shape, ratio 0 equals the full cache
     for (const x of rows) {
       expect(x.instances).toBe(2);
       expect(x.accuracy).toBeCloseTo(x.correct / x.instances, 12);
+      // every setting's answers are recorded, and its count of correct ones is theirs
+      expect(x.answers.length).toBe(2);
+      expect(x.correct).toBe(held.filter((h, i) => x.answers[i] === fullAnswer(h)).length);
       expect(x.decodeMs).toBeGreaterThan(0);
       if (x.ratio === 0) {
         // nothing evicted: the same answers and the same memory as the full cache
-        expect(x.correct).toBe(full.correct);
+        expect(x.answers).toEqual(full.answers);
         expect(x.kvBytes).toBe(full.kvBytes);
       } else {
         // 20% of the context, but never less than the sink and window (36 tokens per head),

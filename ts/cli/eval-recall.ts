@@ -119,8 +119,8 @@ export interface RecallRow extends RecallScores {
   scorer: ScorerName | "full";
   allocation: AllocationName | "full";
   ratio: number;
-  /** Full-cache rows only: the greedy answer of each instance, decoded (with follow-ups: their given prompts between the answers). */
-  answers?: string[];
+  /** The greedy answer of each instance, decoded (with follow-ups: their given prompts between the answers). */
+  answers: string[];
 }
 
 export interface RecallResult {
@@ -177,7 +177,7 @@ export function calibrateRecall(
 }
 
 interface Acc {
-  answers?: string[];
+  answers: string[];
   correct: number;
   n: number;
   kvBytes: number;
@@ -217,7 +217,7 @@ export function runRecallEval(
     );
     for (const mode of s.questions) {
       const full: Acc = { answers: [], correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] };
-      const acc: Acc[] = settings.map(() => ({ correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] }));
+      const acc: Acc[] = settings.map(() => ({ answers: [], correct: 0, n: 0, kvBytes: 0, kept: 0, decodeMs: [], compressMs: [] }));
       // Room for the prefilled sequence and one fork at a time.
       using cache: KVCache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + 64 });
       for (const e of encoded) {
@@ -251,7 +251,7 @@ export function runRecallEval(
           }
           a.n++;
           if (right) a.correct++;
-          a.answers?.push(text);
+          a.answers.push(text);
         };
         {
           using f = seq.fork();
@@ -283,7 +283,7 @@ export function runRecallEval(
         compressMs: a.compressMs.length ? median(a.compressMs) : 0,
       });
       rows.push({ task, question: mode, scorer: "full", allocation: "full", ratio: 0, ...scores(full), answers: full.answers });
-      settings.forEach((x, i) => rows.push({ task, question: mode, ...x, ...scores(acc[i]) }));
+      settings.forEach((x, i) => rows.push({ task, question: mode, ...x, ...scores(acc[i]), answers: acc[i].answers }));
     }
   }
   return { rows, contextTokens };
