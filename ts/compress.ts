@@ -16,6 +16,8 @@ export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "
 const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
 /** Scorers whose scores are attention weights, which valueNorm can weight. */
 const VALUE_NORM_SCORERS: readonly ScorerName[] = ["snapkv", "tova", "h2o"];
+/** The scorers whose scores `pooling` smooths (the others' would pass through unchanged). */
+const POOLING_SCORERS: readonly ScorerName[] = ["snapkv", "tova"];
 
 /** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
 export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries", "valueNorm", "sink", "expectedAttention"] as const;
@@ -35,6 +37,7 @@ export interface ScoreOptions {
    * Pooling of attention scores along the sequence, over the tokens before the recent window only
    * (the window's scores pass through): "max", or "avg" (the mean over the full kernel, zero padded
    * at the ends, as torch's avg_pool1d and kvpress's SnapKVPress). Default: "max" for snapkv, "none" otherwise.
+   * Only snapkv and tova pool; any other scorer refuses a pooling other than "none".
    */
   pooling?: PoolingName;
   /** Pooling kernel size (odd). Default: 7. */
@@ -151,6 +154,8 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
   const scorer = oneOf("scorer", o.scorer ?? "snapkv", SCORERS);
   const window = nonNegativeInteger("window", o.window ?? 32, 2 ** 31 - 1);
   const pooling = oneOf("pooling", o.pooling ?? (scorer === "snapkv" ? "max" : "none"), POOLINGS);
+  if (pooling !== "none" && !POOLING_SCORERS.includes(scorer))
+    throw invalid("pooling", `"none" for scorer "${scorer}" (it pools attention scores: ${POOLING_SCORERS.join(", ")})`, pooling);
   const kernel = o.kernel ?? 7;
   if (typeof kernel !== "number" || !Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 1025)
     throw invalid("kernel", "odd integer between 1 and 1025", kernel);
