@@ -413,6 +413,7 @@ describe("bad input: a clear error and the sequence untouched", () => {
     ["h2o without accumulation", { ratio: 0.5, scorer: "h2o" }, 'scorer "h2o" needs attention mass accumulated during decode: call seq.accumulateAttention() before attending'],
     ["lukv without a profile", { ratio: 0.5, allocation: "lukv" }, 'Expected a Profile (allocation "lukv" needs one; see loadProfile) for profile but received undefined'],
     ["even pooling kernel", { ratio: 0.5, kernel: 4 }, "Expected odd integer between 1 and 1025 for kernel but received 4 of type number"],
+    ["groupReduce for a scorer without query-head scores", { ratio: 0.5, scorer: "knorm", groupReduce: "max" }, 'Expected "mean" for scorer "knorm" (it combines the query heads\' attention scores: snapkv, tova) for groupReduce but received "max" of type string'],
     ["pooling for a scorer that does not pool", { ratio: 0.5, scorer: "keydiff", pooling: "max" }, 'Expected "none" for scorer "keydiff" (it pools attention scores: snapkv, tova) for pooling but received "max" of type string'],
   ];
   test.each(cases)("%s", (_, opts, message) => {

@@ -16,7 +16,7 @@ export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "
 const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
 /** Scorers whose scores are attention weights, which valueNorm can weight. */
 const VALUE_NORM_SCORERS: readonly ScorerName[] = ["snapkv", "tova", "h2o"];
-/** The scorers whose scores `pooling` smooths (the others' would pass through unchanged). */
+/** The scorers whose per-query-head scores `pooling` smooths and `groupReduce` combines (the others ignore both). */
 const POOLING_SCORERS: readonly ScorerName[] = ["snapkv", "tova"];
 
 /** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
@@ -45,7 +45,7 @@ export interface ScoreOptions {
   /**
    * Combination of the per-query-head scores of snapkv and tova: "mean" or "max" over the GQA group,
    * or "layer": the mean over every query head of the layer, the same score for all its KV heads
-   * (TOVA's definition and kvpress's TOVAPress). Default: "mean".
+   * (TOVA's definition and kvpress's TOVAPress). Default: "mean". Any other scorer refuses "max" and "layer".
    */
   groupReduce?: "mean" | "max" | "layer";
   /** Seed of the "random" scorer. Default: 0. */
@@ -160,6 +160,8 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
   if (typeof kernel !== "number" || !Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 1025)
     throw invalid("kernel", "odd integer between 1 and 1025", kernel);
   const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max", "layer"] as const);
+  if (groupReduce !== "mean" && !POOLING_SCORERS.includes(scorer))
+    throw invalid("groupReduce", `"mean" for scorer "${scorer}" (it combines the query heads' attention scores: ${POOLING_SCORERS.join(", ")})`, groupReduce);
   const valueNorm = o.valueNorm ?? false;
   if (typeof valueNorm !== "boolean") throw invalid("valueNorm", "a boolean", valueNorm);
   if (valueNorm && !VALUE_NORM_SCORERS.includes(scorer))
