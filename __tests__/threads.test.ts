@@ -20,22 +20,22 @@ parentPort.postMessage({ out, usage: cache.usage() });
 cache.dispose();
 `;
 
-test("attention in several worker_threads equals the main thread's", async () => {
-  expect(fs.existsSync(entry)).toBe(true); // built by `npm ci` (prepare) or `npm run build:ts`
-  const r = rng(seed);
-  const opts = { layers: 1, kvHeads: 2, queryHeads: 8, headDim: 64, dtype: "f16" as const, maxTokens: 4096 };
-  const n = 500;
-  const keys = randn(r, n * 2 * 64), values = randn(r, n * 2 * 64), queries = randn(r, 2 * 8 * 64);
-  const cache = new KVCache(opts);
-  const seq = cache.createSequence();
-  seq.append(0, keys, values);
-  const expected = seq.attend(0, queries);
-  const results = await Promise.all(
-    [0, 1, 2].map(
+const opts = { layers: 1, kvHeads: 2, queryHeads: 8, headDim: 64, dtype: "f16" as const, maxTokens: 4096 };
+
+interface WorkerResult {
+  out: Float32Array;
+  usage: { pagesUsed: number };
+}
+
+/** Runs workerSource in `count` workers at once; each is terminated as soon as its result arrives. */
+function runWorkers(count: number, data: { keys: Float32Array; values: Float32Array; queries: Float32Array }): Promise<WorkerResult[]> {
+  return Promise.all(
+    Array.from(
+      { length: count },
       () =>
-        new Promise<{ out: Float32Array; usage: { pagesUsed: number } }>((resolve, reject) => {
-          const w = new Worker(workerSource, { eval: true, workerData: { entry, keys, values, queries, opts } });
-          w.once("message", (m) => {
+        new Promise<WorkerResult>((resolve, reject) => {
+          const w = new Worker(workerSource, { eval: true, workerData: { entry, opts, ...data } });
+          w.once("message", (m: WorkerResult) => {
             resolve(m);
             void w.terminate();
           });
@@ -43,6 +43,18 @@ test("attention in several worker_threads equals the main thread's", async () =>
         }),
     ),
   );
+}
+
+test("attention in several worker_threads equals the main thread's", async () => {
+  expect(fs.existsSync(entry)).toBe(true); // built by `npm ci` (prepare) or `npm run build:ts`
+  const r = rng(seed);
+  const n = 500;
+  const keys = randn(r, n * 2 * 64), values = randn(r, n * 2 * 64), queries = randn(r, 2 * 8 * 64);
+  const cache = new KVCache(opts);
+  const seq = cache.createSequence();
+  seq.append(0, keys, values);
+  const expected = seq.attend(0, queries);
+  const results = await runWorkers(3, { keys, values, queries });
   for (const res of results) {
     expect(Array.from(res.out)).toEqual(Array.from(expected));
     expect(res.usage.pagesUsed).toBe(cache.usage().pagesUsed);
@@ -55,26 +67,13 @@ test("workers terminated while they dispose their cache leave the process runnin
   // lands inside cache.dispose(): an error the addon then throws to JavaScript cannot be thrown
   // (the worker's env no longer runs JavaScript) and once aborted the whole process. The abort
   // came about once in 40 rounds of 3 workers on a 2-core machine.
-  const opts = { layers: 1, kvHeads: 2, queryHeads: 8, headDim: 64, dtype: "f16" as const, maxTokens: 4096 };
   const r = rng(seed ^ 0x5a);
   const n = 500;
   const keys = randn(r, n * 2 * 64), values = randn(r, n * 2 * 64), queries = randn(r, 2 * 8 * 64);
   let received = 0;
   for (let round = 0; round < 100; round++) {
-    await Promise.all(
-      [0, 1, 2].map(
-        () =>
-          new Promise<void>((resolve, reject) => {
-            const w = new Worker(workerSource, { eval: true, workerData: { entry, keys, values, queries, opts } });
-            w.once("message", (m: { out: Float32Array }) => {
-              if (m.out.length === 2 * 8 * 64) received++;
-              void w.terminate();
-              resolve();
-            });
-            w.once("error", reject);
-          }),
-      ),
-    );
+    const results = await runWorkers(3, { keys, values, queries });
+    received += results.filter((m) => m.out.length === 2 * 8 * 64).length;
   }
   expect(received).toBe(300);
 }, 120_000);
