@@ -3,7 +3,7 @@
 import { KVCache, Sequence, DType, createProfile } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 import { referenceAttention, relativeError, RefHead } from "./helpers/reference";
-import { referenceScores, referenceSelect, referenceAdaKV, bounds, fitCost, idealBudgets, keptTotal, leastSquaresFit, ScoreRefOptions } from "./helpers/evict-reference";
+import { poolTokens, referenceScores, referenceSelect, referenceAdaKV, bounds, fitCost, idealBudgets, keptTotal, leastSquaresFit, ScoreRefOptions } from "./helpers/evict-reference";
 
 const seed = testSeed("compress");
 
@@ -63,14 +63,17 @@ function lastRows(q: Float32Array, rows: number): Float32Array {
 }
 
 describe("scores match the references", () => {
-  const defaults: ScoreRefOptions = { scorer: "snapkv", pooling: "max", kernel: 7, groupReduce: "mean", seed: 0, scale: 1 / Math.sqrt(shape.headDim) };
+  const defaults: ScoreRefOptions = { scorer: "snapkv", pooling: "max", kernel: 7, groupReduce: "mean", seed: 0, scale: 1 / Math.sqrt(shape.headDim), sink: 4 };
   const cases: Partial<ScoreRefOptions & { window: number }>[] = [
     { scorer: "snapkv" },
     { scorer: "snapkv", pooling: "avg", kernel: 5, groupReduce: "max", window: 16 },
     { scorer: "snapkv", pooling: "none", window: 48 },
     { scorer: "tova", pooling: "none" },
     { scorer: "keydiff", pooling: "none" },
+    { scorer: "keydiff", pooling: "max", kernel: 7 },
+    { scorer: "keydiff", pooling: "avg", kernel: 5, window: 16 },
     { scorer: "knorm", pooling: "none" },
+    { scorer: "knorm", pooling: "max", kernel: 3, window: 48 },
     { scorer: "streaming", pooling: "none" },
     { scorer: "random", pooling: "none", seed: 1234 },
   ];
@@ -176,6 +179,9 @@ describe("scores match the references", () => {
     }
     const got = seq.scores(layer, "h2o");
     for (let h = 0; h < H; h++) expect(relativeError(got[h], mass[h])).toBeLessThan(1e-5);
+    // Pooled: each token between the sink and the window takes the mean of its in-range neighbours.
+    const pooled = seq.scores(layer, "h2o", { pooling: "avg", kernel: 3, window: 8 });
+    for (let h = 0; h < H; h++) expect(relativeError(pooled[h], poolTokens(Array.from(mass[h]), "avg", 3, 4, 8))).toBeLessThan(1e-5);
     // Compaction carries the mass along with the kept tokens.
     const budgets = new Int32Array(shape.layers * H);
     budgets[layer * H] = 40;
@@ -192,17 +198,19 @@ describe("scores match the references", () => {
 
 describe("allocations select exactly the reference sets", () => {
   const allocations = ["uniform", "pyramidkv", "adakv"] as const;
-  const scorers = ["snapkv", "keydiff", "random"] as const;
-  test.each(allocations.flatMap((allocation) => scorers.map((scorer) => ({ allocation, scorer }))))("$allocation / $scorer", ({ allocation, scorer }) => {
-    const r = rng(seed ^ (allocation.length * 131 + scorer.length));
+  const scorers = ["snapkv", "keydiff", "random", "keydiff max 7"] as const;
+  test.each(allocations.flatMap((allocation) => scorers.map((name) => ({ allocation, name }))))("$allocation / $name", ({ allocation, name }) => {
+    const scorer = name === "keydiff max 7" ? "keydiff" : name;
+    const pooling = name === "keydiff max 7" ? ({ pooling: "max", kernel: 7 } as const) : {};
+    const r = rng(seed ^ (allocation.length * 131 + name.length));
     const b = build(r, { tokens: [300, 257, 190], pageSize: 16 });
     const ratio = 0.3 + 0.5 * r(); // keeps more than the forced tokens, so the total is the target
     const sink = 4, window = 32;
     const lengths = Array.from(b.seq.lengths());
-    const scores = Array.from({ length: shape.layers }, (_, l) => b.seq.scores(l, scorer, { window })).flat();
+    const scores = Array.from({ length: shape.layers }, (_, l) => b.seq.scores(l, scorer, { window, ...pooling })).flat();
     const input = { lengths, layers: shape.layers, kvHeads: shape.kvHeads, ratio, sink, window, scores, allocation };
     const q = randn(r, shape.queryHeads * shape.headDim);
-    const report = b.seq.compress({ ratio, allocation, scorer, sink, window });
+    const report = b.seq.compress({ ratio, allocation, scorer, sink, window, ...pooling });
     const want = Array.from(report.kept);
     if (allocation === "adakv") expect(want).toEqual(referenceAdaKV(input));
     else {
@@ -414,7 +422,8 @@ describe("bad input: a clear error and the sequence untouched", () => {
     ["lukv without a profile", { ratio: 0.5, allocation: "lukv" }, 'Expected a Profile (allocation "lukv" needs one; see loadProfile) for profile but received undefined'],
     ["even pooling kernel", { ratio: 0.5, kernel: 4 }, "Expected odd integer between 1 and 1025 for kernel but received 4 of type number"],
     ["groupReduce for a scorer without query-head scores", { ratio: 0.5, scorer: "knorm", groupReduce: "max" }, 'Expected "mean" for scorer "knorm" (it combines the query heads\' attention scores: snapkv, tova) for groupReduce but received "max" of type string'],
-    ["pooling for a scorer that does not pool", { ratio: 0.5, scorer: "keydiff", pooling: "max" }, 'Expected "none" for scorer "keydiff" (it pools attention scores: snapkv, tova) for pooling but received "max" of type string'],
+    ["pooling for a scorer that ranks by position", { ratio: 0.5, scorer: "streaming", pooling: "max" }, 'Expected "none" for scorer "streaming" (its scores rank by position or at random; pooling applies to snapkv, tova, keydiff, knorm, h2o, expected-attention) for pooling but received "max" of type string'],
+    ["pooling for the random scorer", { ratio: 0.5, scorer: "random", pooling: "avg" }, 'Expected "none" for scorer "random" (its scores rank by position or at random; pooling applies to snapkv, tova, keydiff, knorm, h2o, expected-attention) for pooling but received "avg" of type string'],
   ];
   test.each(cases)("%s", (_, opts, message) => {
     const r = rng(seed ^ 0xbb);

@@ -143,10 +143,16 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
   const table = new Float64Array(99 * heads);
   for (let g = 0; g < 99; g++) for (let i = 0; i < heads; i++) table[g * heads + i] = Math.min(1, ((g + 1) / 100) * (0.5 + i / heads));
   const profile = createProfile({ table, layers: shape.layers, kvHeads: shape.kvHeads });
-  const combos = scorers.flatMap((scorer) => allocations.map((allocation) => ({ scorer, allocation })));
+  // Pooling of the per-token scorers runs on the host after the device's scores: the same there.
+  const combos = [
+    ...scorers.flatMap((scorer) => allocations.map((allocation) => ({ scorer, allocation, pooling: "default" as const }))),
+    { scorer: "keydiff" as const, allocation: "uniform" as const, pooling: "max" as const },
+    { scorer: "knorm" as const, allocation: "lukv" as const, pooling: "avg" as const },
+  ];
 
-  test.each(combos)("compress $scorer x $allocation", ({ scorer, allocation }) => {
-    const r = rng(seed ^ (scorers.indexOf(scorer) * 17 + allocations.indexOf(allocation) * 1009));
+  test.each(combos)("compress $scorer x $allocation, pooling $pooling", ({ scorer, allocation, pooling }) => {
+    const r = rng(seed ^ (scorers.indexOf(scorer) * 17 + allocations.indexOf(allocation) * 1009 + (pooling === "default" ? 0 : pooling.length)));
+    const pool = pooling === "default" ? {} : { pooling, kernel: 5 };
     const pair = new Pair(shape);
     try {
       const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
@@ -160,7 +166,7 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         appendBoth(a, b, l, 1, r);
         attendBoth(a, b, l, 1, r, `decode layer ${l}`);
       }
-      const options: CompressOptions = { ratio: 0.55, scorer, window: 8, sink: 4, seed: 11 };
+      const options: CompressOptions = { ratio: 0.55, scorer, window: 8, sink: 4, seed: 11, ...pool };
       if (allocation === "budgets") {
         const len = a.lengths();
         options.budgets = Int32Array.from(len, (n, i) => Math.max(0, n - 10 - 7 * i));
@@ -170,7 +176,7 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       }
       const before = [];
       for (let l = 0; l < shape.layers; l++) {
-        const sa = a.scores(l, scorer, { window: 8, seed: 11 }), sb = b.scores(l, scorer, { window: 8, seed: 11 });
+        const sa = a.scores(l, scorer, { window: 8, seed: 11, ...pool }), sb = b.scores(l, scorer, { window: 8, seed: 11, ...pool });
         for (let h = 0; h < shape.kvHeads; h++) {
           expect(relativeError(sb[h], sa[h])).toBeLessThan(1e-3);
           before.push({ positions: a.positions(l, h), scores: sa[h] });

@@ -9,7 +9,7 @@ import { KVCache, Sequence, DType, QueryStatistics, InvalidArgumentError, Compre
 import { profileBuildCommand } from "../ts/cli/profile-build";
 import { loadTinyLM } from "../ts/model";
 import { rng, testSeed, randn } from "./helpers/random";
-import { referenceSelect } from "./helpers/evict-reference";
+import { poolTokens, referenceSelect } from "./helpers/evict-reference";
 
 const seed = testSeed("expected-attention");
 
@@ -238,6 +238,18 @@ describe("expected-attention scores", () => {
       });
       const want = referenceLayer(s, layer, skip, { freqs: freqs.map((f) => (c.rope === "theta" ? f : Math.fround(f))), future, sink: c.sink, covariance: c.covariance, valueNorm: c.valueNorm, epsilon: 0.05 });
       want.forEach((w, h) => expect(maxRelative(got[h], w)).toBeLessThan(2e-4));
+    }
+    s.cache.dispose();
+  });
+
+  test("pooling: the reference's scores, max-pooled between the sink and the window", () => {
+    const r = rng(seed + 98);
+    const D = 16, skip = 4, sink = 4, window = 3;
+    const s = setup(r, { layers: 2, kvHeads: 2, queryHeads: 8, headDim: D }, "f32", 90, skip, true);
+    for (const layer of [0, 1]) {
+      const want = referenceLayer(s, layer, skip, { freqs: thetaFreqs(10000, D), future: 512, sink, covariance: true, valueNorm: true, epsilon: 0.02 });
+      const got = s.seq.scores(layer, "expected-attention", { sink, window, pooling: "max", kernel: 5, expectedAttention: { statistics: s.stats, rope: { theta: 10000 } } });
+      want.forEach((w, h) => expect(maxRelative(got[h], poolTokens(Array.from(w), "max", 5, sink, window))).toBeLessThan(2e-4));
     }
     s.cache.dispose();
   });

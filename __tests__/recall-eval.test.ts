@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { main } from "../ts/cli";
-import { calibrateRecall, fullAnswer, RECALL_TASKS, recallInstances, type RecallInstance, type RecallResult } from "../ts/cli/eval-recall";
+import { calibrateRecall, fullAnswer, RECALL_TASKS, recallInstances, recallProfileName, recallScorerOptions, type RecallInstance, type RecallResult } from "../ts/cli/eval-recall";
 import type { Profile } from "../ts/profile";
 import { resolveModelDir } from "../ts/cli/eval";
 import { loadTinyLM } from "../ts/model";
@@ -164,6 +164,39 @@ test("calibrateRecall calibrates expected-attention with the given epsilon and f
   // (the shipped profile, calibrated with the defaults, records epsilon 0.02 and 512 positions)
   const settings = (p: Profile) => (p.meta.scorerOptions as { expectedAttention: Record<string, unknown> }).expectedAttention;
   expect(settings(own)).toEqual({ epsilon: 0, futurePositions: 64, valueNorm: true, rope: { theta: model.config.ropeTheta } });
+});
+
+test("--pooling and --kernel: the scorers that pool get them, with their own profile file; bad values are usage errors", async () => {
+  const s = { pooling: { pooling: "max" as const, kernel: 7 } };
+  expect(recallScorerOptions(s, "keydiff")).toEqual({ pooling: "max", kernel: 7 });
+  expect(recallScorerOptions(s, "streaming")).toEqual({});
+  expect(recallScorerOptions({}, "keydiff")).toEqual({});
+  expect(recallProfileName(s, "keydiff")).toBe("profile-keydiff-max-7.json");
+  expect(recallProfileName(s, "snapkv")).toBe("profile-snapkv.json"); // max 7 is snapkv's default
+  expect(recallProfileName({ pooling: { pooling: "none", kernel: 7 } }, "snapkv")).toBe("profile-snapkv-none.json");
+  expect(recallProfileName(s, "random")).toBe("profile-random.json");
+
+  const out = path.join(outDir, "recall-pooling.json");
+  const r = await run(["eval", "--task", "niah", "--instances", "1", "--scorers", "keydiff,streaming", "--allocations", "uniform,lukv", "--ratios", "0.8", "--question", "after", "--pooling", "max", "--kernel", "7", "--out", out]);
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  expect(r.out).toMatch(/note: lukv with keydiff uses .*profile-keydiff-max-7\.json/);
+  expect(r.out).toMatch(/note: lukv with streaming uses .*profile-streaming\.json/);
+  expect(r.out).toMatch(/keydiff \(pooling max 7\)/);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as RecallResult;
+  expect(j.settings.pooling).toEqual({ pooling: "max", kernel: 7 });
+  expect(j.rows.map((x) => `${x.scorer} ${x.allocation} ${x.pooling ?? "-"}`)).toEqual([
+    "full full -",
+    "keydiff uniform max 7",
+    "keydiff lukv max 7",
+    "streaming uniform none",
+    "streaming lukv none",
+  ]);
+  for (const bad of [["--pooling", "mean"], ["--pooling", "max", "--kernel", "4"], ["--pooling", "max", "--kernel", "0"], ["--kernel", "5"]]) {
+    const b = await run(["eval", "--task", "niah", ...bad]);
+    expect(b.code).toBe(2);
+    expect(b.err).toMatch(/--(pooling|kernel) (expects|needs)/);
+  }
 });
 
 test("bad --task and unknown options are usage errors", async () => {

@@ -13,11 +13,13 @@ export type PoolingName = "max" | "avg" | "none";
 
 export const SCORERS: readonly ScorerName[] = ["snapkv", "keydiff", "knorm", "tova", "h2o", "streaming", "random", "expected-attention"];
 export const ALLOCATIONS: readonly AllocationName[] = ["uniform", "pyramidkv", "adakv", "lukv"];
-const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
+export const POOLINGS: readonly PoolingName[] = ["none", "max", "avg"];
 /** Scorers whose scores are attention weights, which valueNorm can weight. */
 const VALUE_NORM_SCORERS: readonly ScorerName[] = ["snapkv", "tova", "h2o"];
-/** The scorers whose per-query-head scores `pooling` smooths and `groupReduce` combines (the others ignore both). */
-const POOLING_SCORERS: readonly ScorerName[] = ["snapkv", "tova"];
+/** The scorers whose per-query-head scores `groupReduce` combines. */
+const GROUP_SCORERS: readonly ScorerName[] = ["snapkv", "tova"];
+/** The scorers `pooling` applies to: per query head for snapkv and tova, per token score for the others. */
+export const POOLING_SCORERS: readonly ScorerName[] = ["snapkv", "tova", "keydiff", "knorm", "h2o", "expected-attention"];
 
 /** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
 export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries", "valueNorm", "sink", "expectedAttention"] as const;
@@ -34,10 +36,17 @@ export interface ScoreOptions {
    */
   window?: number;
   /**
-   * Pooling of attention scores along the sequence, over the tokens before the recent window only
-   * (the window's scores pass through): "max", or "avg" (the mean over the full kernel, zero padded
-   * at the ends, as torch's avg_pool1d and kvpress's SnapKVPress). Default: "max" for snapkv, "none" otherwise.
-   * Only snapkv and tova pool; any other scorer refuses a pooling other than "none".
+   * Pooling of the scores along the sequence, so that a token is kept with its neighbours: "max"
+   * (the largest score within kernel / 2 tokens on either side) or "avg". Default: "max" for snapkv,
+   * "none" otherwise.
+   * - snapkv and tova pool each query head's attention over the tokens before the observation
+   *   window, before the GQA combination; "avg" is the mean over the full kernel, zero padded at
+   *   the ends (torch's avg_pool1d, kvpress's SnapKVPress).
+   * - keydiff, knorm, h2o and expected-attention pool their final scores (before `valueNorm`) over
+   *   the tokens between the first `sink` and the last `window`, the ones eviction chooses among;
+   *   "avg" is the mean over the neighbours in that range (these scores may be negative, so there
+   *   is no zero padding).
+   * - streaming and random refuse a pooling other than "none" (their scores are not about content).
    */
   pooling?: PoolingName;
   /** Pooling kernel size (odd). Default: 7. */
@@ -155,13 +164,13 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
   const window = nonNegativeInteger("window", o.window ?? 32, 2 ** 31 - 1);
   const pooling = oneOf("pooling", o.pooling ?? (scorer === "snapkv" ? "max" : "none"), POOLINGS);
   if (pooling !== "none" && !POOLING_SCORERS.includes(scorer))
-    throw invalid("pooling", `"none" for scorer "${scorer}" (it pools attention scores: ${POOLING_SCORERS.join(", ")})`, pooling);
+    throw invalid("pooling", `"none" for scorer "${scorer}" (its scores rank by position or at random; pooling applies to ${POOLING_SCORERS.join(", ")})`, pooling);
   const kernel = o.kernel ?? 7;
   if (typeof kernel !== "number" || !Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 1025)
     throw invalid("kernel", "odd integer between 1 and 1025", kernel);
   const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max", "layer"] as const);
-  if (groupReduce !== "mean" && !POOLING_SCORERS.includes(scorer))
-    throw invalid("groupReduce", `"mean" for scorer "${scorer}" (it combines the query heads' attention scores: ${POOLING_SCORERS.join(", ")})`, groupReduce);
+  if (groupReduce !== "mean" && !GROUP_SCORERS.includes(scorer))
+    throw invalid("groupReduce", `"mean" for scorer "${scorer}" (it combines the query heads' attention scores: ${GROUP_SCORERS.join(", ")})`, groupReduce);
   const valueNorm = o.valueNorm ?? false;
   if (typeof valueNorm !== "boolean") throw invalid("valueNorm", "a boolean", valueNorm);
   if (valueNorm && !VALUE_NORM_SCORERS.includes(scorer))

@@ -22,6 +22,8 @@ export interface ScoreRefOptions {
   scale: number;
   /** Recent tokens left out of the pooling. Default 0. */
   window?: number;
+  /** First tokens left out of the pooling of the per-token scorers (keydiff, knorm, h2o). Default 0. */
+  sink?: number;
 }
 
 function dot(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number, n: number): number {
@@ -41,6 +43,22 @@ export function pool1d(x: number[], kind: "max" | "avg", kernel: number, end = x
     if (j >= end) return v;
     const win = x.slice(Math.max(0, j - r), Math.min(end, j + r + 1));
     return kind === "max" ? Math.max(...win) : win.reduce((a, b) => a + b, 0) / kernel;
+  });
+}
+
+/**
+ * Pooling of a per-token scorer: each token from `sink` to `length - window` takes the max (or the
+ * mean) of its scores within kernel / 2 tokens on either side that also lie in that range; the
+ * first `sink` and last `window` tokens keep their scores.
+ */
+export function poolTokens(x: number[], kind: "max" | "avg", kernel: number, sink: number, window: number): number[] {
+  const r = Math.floor(kernel / 2);
+  const front = Math.min(sink, x.length);
+  const end = x.length - Math.min(window, x.length - front);
+  return x.map((v, j) => {
+    if (j < front || j >= end) return v;
+    const near = x.slice(Math.max(front, j - r), Math.min(end, j + r + 1));
+    return kind === "max" ? Math.max(...near) : near.reduce((a, b) => a + b, 0) / near.length;
   });
 }
 
@@ -83,6 +101,12 @@ function attentionPerQueryHead(x: ScoreRefInput, scale: number): number[][] {
 }
 
 export function referenceScores(x: ScoreRefInput, o: ScoreRefOptions): number[] {
+  const own = unpooledScores(x, o);
+  if (o.scorer === "snapkv" || o.scorer === "tova" || o.pooling === "none" || o.kernel <= 1) return own;
+  return poolTokens(own, o.pooling, o.kernel, o.sink ?? 0, o.window ?? 0);
+}
+
+function unpooledScores(x: ScoreRefInput, o: ScoreRefOptions): number[] {
   const L = x.positions.length, D = x.headDim;
   switch (o.scorer) {
     case "snapkv":

@@ -49,5 +49,9 @@ std::vector<int32_t> selectKeep(const float* score, int32_t length, int sink, in
 // The tokens outside the first `sink` and last `window`, best first by the same rule: what
 // selectKeep keeps for every `keep`, in order (adakv's candidates, the profiler's eviction order).
 std::vector<int32_t> keepOrder(const float* score, int32_t length, int sink, int window);
+// Pools, in place, the scores of the tokens between the first `sink` and the last `window` with
+// their neighbours in that range ("max" or the mean over the in-range ones); the scorers that score
+// one token at a time use it (snapkv and tova pool per query head before the GQA combination).
+void poolTokenScores(float* score, int32_t length, int sink, int window, Pooling kind, int kernel);
 
 }  // namespace lukv

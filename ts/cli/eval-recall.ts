@@ -6,10 +6,10 @@
 // which is fed after compressing, so the first answer token is computed from the compressed cache).
 import * as fs from "fs";
 import * as path from "path";
-import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
+import { ALLOCATIONS, AllocationName, POOLING_SCORERS, POOLINGS, PoolingName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
 import { loadTinyLM, modelProfile, TinyLM } from "../model";
-import { saveProfile, type Profile } from "../profile";
+import { loadProfile, saveProfile, type Profile } from "../profile";
 import { calibrationProfilers, profileContext } from "../model/calibrate";
 import { QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
@@ -41,6 +41,12 @@ options (defaults in brackets):
   --save-profiles      write the profiles calibrated now to the model directory
   --out FILE           JSON results [bench/results/eval-recall.json]
   --model DIR|NAME     model directory, or the name of one in the package's models/ [recall-lm]
+  --pooling P          none | max | avg: every scorer that pools (${POOLING_SCORERS.join(", ")})
+                       pools its scores with the neighbours' (max or mean over --kernel tokens), so
+                       that a token is kept with them [each scorer's default: max for snapkv, none
+                       for the others]; lukv then uses profile-<scorer>-<P>-<K>.json where these
+                       options are not the scorer's default (calibrated now when missing)
+  --kernel K           pooling width, an odd number of tokens [7]
   --ea-epsilon X       expected-attention: added to each score before the value norm [0.02]
   --ea-future-positions N
                        expected-attention: future positions the RoPE rotation is averaged over
@@ -94,6 +100,30 @@ export interface RecallSettings {
   dtype: DType;
   /** Options of the "expected-attention" scorer besides its statistics and RoPE (its defaults when absent). */
   expectedAttention?: { epsilon?: number; futurePositions?: number };
+  /** Pooling of every scorer that pools (see compress's `pooling`); absent: each scorer's default. */
+  pooling?: { pooling: PoolingName; kernel: number };
+}
+
+/** The pooling options `scorer` gets in an evaluation with settings `s` ({} = the scorer's defaults). */
+export function recallScorerOptions(s: Pick<RecallSettings, "pooling">, scorer: ScorerName): { pooling?: PoolingName; kernel?: number } {
+  return s.pooling && POOLING_SCORERS.includes(scorer) ? { ...s.pooling } : {};
+}
+
+/** The pooling a scorer gets with `options` (compress's defaults filled in), as "max 7" or "none". */
+function poolingLabel(scorer: ScorerName, options: { pooling?: unknown; kernel?: unknown } | undefined): string {
+  const pooling = options?.pooling ?? (scorer === "snapkv" ? "max" : "none");
+  return pooling === "none" ? "none" : `${String(pooling)} ${String(options?.kernel ?? 7)}`;
+}
+
+/**
+ * The name of the model directory's LU-KV profile for `scorer` in an evaluation with settings `s`:
+ * profile-<scorer>.json for the scorer's default pooling, profile-<scorer>-<pooling>-<kernel>.json
+ * (profile-<scorer>-none.json) otherwise.
+ */
+export function recallProfileName(s: Pick<RecallSettings, "pooling">, scorer: ScorerName): string {
+  const mine = poolingLabel(scorer, recallScorerOptions(s, scorer));
+  if (mine === poolingLabel(scorer, {})) return `profile-${scorer}.json`;
+  return `profile-${scorer}-${mine.replace(" ", "-")}.json`;
 }
 
 /** Scores of one setting on one task and question mode. */
@@ -117,6 +147,8 @@ export interface RecallRow extends RecallScores {
   question: QuestionMode;
   /** "full" for the uncompressed cache. */
   scorer: ScorerName | "full";
+  /** The scorer's pooling when the evaluation set one (`--pooling`), e.g. "max 7" or "none". */
+  pooling?: string;
   allocation: AllocationName | "full";
   ratio: number;
   /** The greedy answer of each instance, decoded (with follow-ups: their given prompts between the answers). */
@@ -154,6 +186,7 @@ export function calibrateRecall(
   dataset: string,
   onProgress?: () => void,
   expectedAttention?: RecallSettings["expectedAttention"],
+  pooling?: RecallSettings["pooling"],
 ): Map<ScorerName, Profile> {
   const tok = model.tokenizer!;
   const sink = 4;
@@ -163,6 +196,7 @@ export function calibrateRecall(
     model: "lukv-recall-lm",
     dataset,
     expectedAttention,
+    scorerOptions: (scorer) => recallScorerOptions({ pooling }, scorer),
   });
   const encoded = instances.map((x) => ({ context: [tok.bos!, ...tok.encode(x.context)], rest: tok.encode(x.question + fullAnswer(x)) }));
   const longest = Math.max(...encoded.map((e) => e.context.length + e.rest.length));
@@ -265,7 +299,14 @@ export function runRecallEval(
           using f = seq.fork();
           const expectedAttention =
             scorer === "expected-attention" && stats ? { statistics: stats, rope: { theta: ropeTheta }, ...s.expectedAttention } : undefined;
-          const report = f.compress({ ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
+          const report = f.compress({
+            ratio,
+            scorer,
+            allocation,
+            profile: allocation === "lukv" ? profiles.get(scorer) : undefined,
+            expectedAttention,
+            ...recallScorerOptions(s, scorer),
+          });
           acc[i].compressMs.push(report.ms);
           acc[i].kept += report.total;
           acc[i].kvBytes += report.total * perToken;
@@ -283,7 +324,8 @@ export function runRecallEval(
         compressMs: a.compressMs.length ? median(a.compressMs) : 0,
       });
       rows.push({ task, question: mode, scorer: "full", allocation: "full", ratio: 0, ...scores(full), answers: full.answers });
-      settings.forEach((x, i) => rows.push({ task, question: mode, ...x, ...scores(acc[i]), answers: acc[i].answers }));
+      const pooling = (scorer: ScorerName) => (s.pooling ? { pooling: poolingLabel(scorer, recallScorerOptions(s, scorer)) } : {});
+      settings.forEach((x, i) => rows.push({ task, question: mode, ...x, ...pooling(x.scorer), ...scores(acc[i]), answers: acc[i].answers }));
     }
   }
   return { rows, contextTokens };
@@ -307,7 +349,7 @@ export function formatRecallTable(rows: RecallRow[], mode: QuestionMode): string
     const r0 = group[0];
     const mean = (f: (r: RecallRow) => number) => group.reduce((a, r) => a + f(r), 0) / group.length;
     return [
-      r0.scorer === "full" ? "full cache" : r0.scorer,
+      r0.scorer === "full" ? "full cache" : r0.pooling ? `${r0.scorer} (pooling ${r0.pooling})` : r0.scorer,
       r0.scorer === "full" ? "-" : r0.ratio.toFixed(2),
       r0.scorer === "full" ? "-" : r0.allocation,
       ...tasks.map((t) => pct(group.find((r) => r.task === t)?.accuracy ?? NaN)),
@@ -347,12 +389,20 @@ export function formatRecallSummary(rows: RecallRow[], mode: QuestionMode, ratio
   return out.join("\n");
 }
 
+/** The model directory's profile for `scorer` with the settings' pooling (see recallProfileName). */
+function recallProfile(dir: string, s: RecallSettings, scorer: ScorerName): { profile: Profile; file: string } | undefined {
+  const name = recallProfileName(s, scorer);
+  if (name === `profile-${scorer}.json`) return modelProfile(dir, scorer);
+  const file = path.join(dir, name);
+  return fs.existsSync(file) ? { profile: loadProfile(file), file } : undefined;
+}
+
 export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel: (v: string | true | undefined) => string): Promise<number> {
   const { options, positional } = parseArgs(argv);
   let s: RecallSettings, dir: string, out: string;
   try {
     if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
-    const known = ["task", "scorers", "allocations", "ratios", "question", "instances", "dtype", "calibrate", "save-profiles", "out", "model", "ea-epsilon", "ea-future-positions"];
+    const known = ["task", "scorers", "allocations", "ratios", "question", "instances", "dtype", "calibrate", "save-profiles", "out", "model", "ea-epsilon", "ea-future-positions", "pooling", "kernel"];
     for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k} (with --task)`);
     const taskArg = options.get("task");
     const tasks = taskArg === "all" ? [...RECALL_TASKS] : list(taskArg, RECALL_TASKS, RECALL_TASKS, "task");
@@ -367,6 +417,13 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
       expectedAttention.epsilon = x;
     }
     if (options.has("ea-future-positions")) expectedAttention.futurePositions = countOption(options, "ea-future-positions", 512, 1);
+    let pooling: RecallSettings["pooling"];
+    const p = options.get("pooling");
+    if (p !== undefined) {
+      if (typeof p !== "string" || !(POOLINGS as readonly string[]).includes(p)) throw new UsageError(`--pooling expects one of ${POOLINGS.join(", ")}, got ${String(p)}`);
+      pooling = { pooling: p as PoolingName, kernel: countOption(options, "kernel", 7, 1) };
+      if (pooling.kernel % 2 === 0 || pooling.kernel > 1025) throw new UsageError(`--kernel expects an odd number between 1 and 1025, got ${pooling.kernel}`);
+    } else if (options.has("kernel")) throw new UsageError("--kernel needs --pooling");
     s = {
       tasks,
       scorers: list(options.get("scorers"), SCORERS, SCORERS, "scorers"),
@@ -376,6 +433,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
       instances,
       dtype,
       ...(Object.keys(expectedAttention).length > 0 ? { expectedAttention } : {}),
+      ...(pooling ? { pooling } : {}),
     };
     dir = resolveModel(options.get("model") ?? "recall-lm");
     out = typeof options.get("out") === "string" ? (options.get("out") as string) : path.join("bench", "results", "eval-recall.json");
@@ -403,8 +461,11 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
     // A profile of the model directory was calibrated with expected-attention's defaults.
     const ownSettings = (scorer: ScorerName) => scorer === "expected-attention" && s.expectedAttention !== undefined;
     for (const scorer of s.scorers) {
-      const found = options.get("calibrate") === true || ownSettings(scorer) ? undefined : modelProfile(dir, scorer);
-      if (found) {
+      const found = options.get("calibrate") === true || ownSettings(scorer) ? undefined : recallProfile(dir, s, scorer);
+      if (found && poolingLabel(scorer, found.profile.meta.scorerOptions) !== poolingLabel(scorer, recallScorerOptions(s, scorer))) {
+        note(`${found.file} was calibrated with pooling ${poolingLabel(scorer, found.profile.meta.scorerOptions)}, not ${poolingLabel(scorer, recallScorerOptions(s, scorer))}: not used`);
+        missing.push(scorer);
+      } else if (found) {
         profiles.set(scorer, found.profile);
         note(`lukv with ${scorer} uses ${found.file}`);
       } else missing.push(scorer);
@@ -413,13 +474,13 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
       const calibration = RECALL_TASKS.flatMap((t) => recallInstances(dir, "calibration", t));
       const tc = performance.now();
       const bar = progressBar("calibrate", calibration.length);
-      const made = calibrateRecall(model, calibration, missing, "recall-lm calibration/*.json", () => bar.tick(), s.expectedAttention);
+      const made = calibrateRecall(model, calibration, missing, "recall-lm calibration/*.json", () => bar.tick(), s.expectedAttention, s.pooling);
       bar.done();
       for (const [scorer, p] of made) {
         profiles.set(scorer, p);
         if (options.get("save-profiles") === true && ownSettings(scorer)) note(`not writing the ${scorer} profile: it is for the --ea settings`);
         else if (options.get("save-profiles") === true) {
-          const file = path.join(dir, `profile-${scorer}.json`);
+          const file = path.join(dir, recallProfileName(s, scorer));
           saveProfile(p, file, { format: "json" });
           note(`wrote ${file}`);
         }

@@ -125,7 +125,8 @@ export interface CalibrationProfilerSettings {
   /** Model and data set names for the profiles' metadata. */
   model: string;
   dataset: string;
-  scorerOptions?: ProfilerScorerOptions;
+  /** Options of every scorer, or of each scorer by name. */
+  scorerOptions?: ProfilerScorerOptions | ((scorer: ScorerName) => ProfilerScorerOptions);
   /** Settings of "expected-attention"; what is not given: the model's RoPE theta and the scorer's defaults. */
   expectedAttention?: Partial<ExpectedAttentionSettings>;
 }
@@ -134,13 +135,14 @@ export interface CalibrationProfilerSettings {
 export function calibrationProfilers(model: TinyLM, scorers: ScorerName[], settings: CalibrationProfilerSettings): Profiler[] {
   const { layers, kvHeads, ropeTheta } = model.config;
   const expectedAttention: ExpectedAttentionSettings = { rope: { theta: ropeTheta }, ...settings.expectedAttention };
+  const optionsOf = (scorer: ScorerName) => (typeof settings.scorerOptions === "function" ? settings.scorerOptions(scorer) : settings.scorerOptions);
   return scorers.map(
     (scorer) =>
       new Profiler({
         layers,
         kvHeads,
         scorer,
-        scorerOptions: scorer === "expected-attention" ? { ...settings.scorerOptions, expectedAttention } : settings.scorerOptions,
+        scorerOptions: scorer === "expected-attention" ? { ...optionsOf(scorer), expectedAttention } : optionsOf(scorer),
         sink: settings.sink,
         window: settings.window,
         model: settings.model,

@@ -264,9 +264,11 @@ export class Profiler {
     if (!plainObject(options)) throw invalid("options", "an options object", options);
     const given = options.decodeSteps === undefined ? undefined : nonNegativeInteger("decodeSteps", options.decodeSteps);
     const captured = this.#captured.get(seq);
-    if (captured === undefined && DRIFTING.includes(this.scorer)) {
+    // knorm pooled: its pooling stops at the last `window` tokens, which move as decoding appends.
+    const pooledPerToken = this.scorer === "knorm" && (this.scorerOptions.pooling ?? "none") !== "none";
+    if (captured === undefined && (DRIFTING.includes(this.scorer) || pooledPerToken)) {
       throw new InvalidArgumentError(
-        `scorer "${this.scorer}" ranks the context differently once decoding appends tokens: start recording with profiler.recordOracle(seq, options) instead of seq.recordOracle(options), so the profiler keeps the scores of that moment`,
+        `scorer "${this.scorer}"${pooledPerToken ? " with pooling" : ""} ranks the context differently once decoding appends tokens: start recording with profiler.recordOracle(seq, options) instead of seq.recordOracle(options), so the profiler keeps the scores of that moment`,
       );
     }
     const scores: Float32Array[][] = [];
