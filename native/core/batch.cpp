@@ -154,6 +154,7 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
 
   // One plan for the batch: the items' rows one after another, as if one append of all of them.
   AppendPlan merged;
+  std::map<int32_t, int> pending;  // copy sources of the items before, released after the copies
   const size_t rowBytes = (size_t)H * cfg_.headDim * (kind == InputKind::F32 ? 4 : 2);
   std::vector<uint8_t> keys, values;
   const bool single = items.size() == 1;
@@ -163,7 +164,7 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
   }
   for (size_t i = 0; i < items.size(); ++i) {
     if (items[i].tokens == 0) continue;
-    AppendPlan plan = table_->append(*seqs[i], layer, items[i].tokens, limits_);
+    AppendPlan plan = table_->append(*seqs[i], layer, items[i].tokens, limits_, &pending);
     merged.copies.insert(merged.copies.end(), plan.copies.begin(), plan.copies.end());
     merged.dest.insert(merged.dest.end(), plan.dest.begin(), plan.dest.end());
   }
@@ -176,7 +177,7 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
     at += bytes;
   }
   // Same order on every backend: the private copies land before the rows written into them.
-  backend_->copyPages(merged.copies);
+  copyThenRelease(merged.copies);
   backend_->writeRows(merged, (int)totalTokens, H, single ? items[0].keys : keys.data(),
                       single ? items[0].values : values.data(), kind);
 }

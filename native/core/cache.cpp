@@ -91,8 +91,28 @@ void Cache::append(int32_t seqId, int layer, int tokens, const void* keys, const
     plan = table_->append(seq, layer, tokens, limits_);
   }
   // Same order on every backend: the private copies land before the rows written into them.
-  backend_->copyPages(plan.copies);
+  copyThenRelease(plan.copies);
   backend_->writeRows(plan, tokens, cfg_.kvHeads, keys, values, kind);
+}
+
+// Runs page copies, then drops the references to their sources (also when the copy fails), so that
+// a source shared with other sequences stays shared, and taken, while it is read. Returns the pages
+// the release returned to the pool.
+int64_t Cache::copyThenRelease(const std::vector<int32_t>& copies) {
+  if (copies.empty()) return 0;
+  auto release = [&] {
+    auto table = lockTable();
+    const int64_t used = backend_->pages().usedPages();
+    table_->releaseCopies(copies);
+    return used - backend_->pages().usedPages();
+  };
+  try {
+    backend_->copyPages(copies);
+  } catch (...) {
+    release();
+    throw;
+  }
+  return release();
 }
 
 void Cache::attend(int32_t seqId, int layer, int tokens, const float* queries, float* out, float scale) {

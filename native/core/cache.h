@@ -151,6 +151,8 @@ class Cache {
   Held hold(int32_t seq, bool backend) const;
   HeldAll holdAll(const std::vector<int32_t>& ids, bool backend) const;
   std::unique_lock<std::mutex> lockTable() const { return std::unique_lock<std::mutex>(tableMu_); }
+  // Page copies (source, destination pairs) run, then their sources released; the pages freed.
+  int64_t copyThenRelease(const std::vector<int32_t>& copies);
   void checkLive() const;
   // New sequences get their lock (table locked).
   int32_t registerSequence(int32_t seq);

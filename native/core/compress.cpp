@@ -244,7 +244,7 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   std::vector<int32_t> copies;
   CompactionPlan plan;
   tableStep([&] { plan = table_->planCompaction(seq, kept, backend_->compactsInPlace(), copies); });
-  backend_->copyPages(copies);
+  freed += copyThenRelease(copies);
   for (auto& round : plan.rounds) {
     tableStep([&] { table_->takePages(round); });
     backend_->compact(round);

@@ -121,11 +121,12 @@ int64_t appendPagesNeeded(const HeadState* heads, int H, int tokens, int P, cons
 }
 
 AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int P, PageAllocator& pages,
-                         const std::string& limits) {
+                         const std::string& limits, std::map<int32_t, int>* pending) {
   AppendPlan plan;
   if (tokens <= 0) return plan;
   if ((int64_t)pos0 + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
-  const int64_t needed = appendPagesNeeded(heads, H, tokens, P, pages, nullptr);
+  std::map<int32_t, int> counted = pending ? *pending : std::map<int32_t, int>();
+  const int64_t needed = appendPagesNeeded(heads, H, tokens, P, pages, &counted);
   if (needed > pages.freePages())
     throw Error(ErrorCode::OutOfPages, "append needs " + str(needed) + " free pages but the pool has " +
                                            str(pages.freePages()) + " of " + str(pages.numPages()) + limits +
@@ -134,13 +135,17 @@ AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int 
   for (int h = 0; h < H; ++h) {
     HeadState& hs = heads[h];
     const int64_t len = hs.length();
-    if (len % P != 0 && pages.refcount(hs.pages.back()) > 1) {
-      std::vector<int32_t> fresh;
-      pages.allocate(1, fresh);
-      plan.copies.push_back(hs.pages.back());
-      plan.copies.push_back(fresh[0]);
-      pages.release(hs.pages.back());
-      hs.pages.back() = fresh[0];
+    if (len % P != 0) {
+      const int32_t last = hs.pages.back();
+      const int earlier = pending ? (*pending)[last] : 0;
+      if (pages.refcount(last) - earlier > 1) {
+        std::vector<int32_t> fresh;
+        pages.allocate(1, fresh);
+        plan.copies.push_back(last);
+        plan.copies.push_back(fresh[0]);
+        if (pending) (*pending)[last] += 1;
+        hs.pages.back() = fresh[0];  // the reference to `last` is released after the copy
+      }
     }
     pages.allocate(pagesFor(len + tokens, P) - (int64_t)hs.pages.size(), hs.pages);
     for (int t = 0; t < tokens; ++t) {
@@ -153,12 +158,16 @@ AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int 
   return plan;
 }
 
-AppendPlan PageTable::append(Sequence& seq, int layer, int tokens, const std::string& limits) {
+void releaseCopySources(PageAllocator& pages, const std::vector<int32_t>& copies) {
+  for (size_t i = 0; i + 1 < copies.size(); i += 2) pages.release(copies[i]);
+}
+
+AppendPlan PageTable::append(Sequence& seq, int layer, int tokens, const std::string& limits, std::map<int32_t, int>* pending) {
   const int H = kvHeads_;
   if (tokens <= 0) return AppendPlan();
   if ((int64_t)seq.appended[layer] + tokens > INT32_MAX) throwInvalid("sequence would exceed 2^31-1 positions");
   AppendPlan plan = appendToHeads(seq.heads.data() + (size_t)layer * H, H, tokens, seq.appended[layer], pageSize_,
-                                  *pages_, limits);
+                                  *pages_, limits, pending);
   if (seq.accumulate)
     for (int h = 0; h < H; ++h) seq.mass[(size_t)layer * H + h].resize(seq.heads[(size_t)layer * H + h].length(), 0.f);
   seq.appended[layer] += tokens;
@@ -196,8 +205,7 @@ CompactionPlan PageTable::planCompaction(Sequence& seq, const std::vector<std::v
         pages_->allocate(1, fresh);
         copies.push_back(old);
         copies.push_back(fresh[0]);
-        pages_->release(old);
-        hs.pages[p] = fresh[0];
+        hs.pages[p] = fresh[0];  // the reference to `old` is released after the copy (releaseCopySources)
       }
       CompactHead c;
       c.index = i;

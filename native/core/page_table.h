@@ -96,9 +96,18 @@ int64_t appendPagesNeeded(const HeadState* heads, int H, int tokens, int P, cons
 
 // The page bookkeeping of an append to kvHeads heads (of one layer): grows each by `tokens` at
 // positions pos0 ..., taking pages from `pages`. Checks first (OutOfPages, nothing changes; `limits`
-// completes the message) and returns where the rows go.
+// completes the message) and returns where the rows go. A head whose partly filled last page is
+// shared gets a private copy (plan.copies: source, destination pairs); its reference to the source
+// is not dropped here but by releaseCopySources once the copy ran, so that until then no other
+// sharer compacts the source in place (it counts as shared) and it cannot be freed and reused.
+// `pending` (optional) counts, across the appends of one batch, the sources whose release is
+// pending: a head whose only other references are those writes into the page in place (behind the
+// rows being copied, which it does not touch), as appendPagesNeeded's `copied` counts.
 AppendPlan appendToHeads(HeadState* heads, int kvHeads, int tokens, int32_t pos0, int pageSize, PageAllocator& pages,
-                         const std::string& limits);
+                         const std::string& limits, std::map<int32_t, int>* pending = nullptr);
+// Drops the references to the sources of page copies (the even entries of source, destination
+// pairs) once the copies ran.
+void releaseCopySources(PageAllocator& pages, const std::vector<int32_t>& copies);
 
 // Fresh-page compaction of any set of heads in one round, all or nothing (the CUDA kernels' own
 // tests and benchmark): heads whose kept list is empty or keeps every token are left alone; the
@@ -131,12 +140,17 @@ class PageTable {
 
   // Grows every head of `layer` by `tokens` (positions appended ...). Checks first that the pool
   // has the pages (OutOfPages names them; nothing changes), then takes them and returns where the
-  // rows go. `limits` completes the error message.
-  AppendPlan append(Sequence& seq, int layer, int tokens, const std::string& limits);
+  // rows go. `limits` completes the error message. The sources of the plan's copies stay taken
+  // until releaseCopies (see appendToHeads; `pending` as there).
+  AppendPlan append(Sequence& seq, int layer, int tokens, const std::string& limits, std::map<int32_t, int>* pending = nullptr);
+  // Drops the references to the sources of copies once they ran (appendToHeads, planCompaction).
+  void releaseCopies(const std::vector<int32_t>& copies) { releaseCopySources(*pages_, copies); }
 
   // Plans keeping kept[i] (ascending token indices; empty = keep all) of every head i of `seq`.
   // In place (inPlace): a head writes into its own first ceil(keep / pageSize) pages, shared ones
-  // among them replaced by private copies (returned in copies, to be executed first). Fresh: every
+  // among them replaced by private copies (returned in copies, to be executed first, and their
+  // sources released by releaseCopies after that: until then no other sharer of a source compacts
+  // it in place, since it still counts as shared). Fresh: every
   // head that moves gets new pages, in rounds that fit the free pages. Throws OutOfPages, changing
   // nothing, when the pool cannot hold the plan. Takes the pages it needs; commitCompaction
   // finishes the bookkeeping.

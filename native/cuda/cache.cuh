@@ -129,8 +129,15 @@ void runAppendTokens(RT& rt, Pool& pool, const PoolView& view, HeadState* heads,
                      const void* keys, const void* values, InputKind kind) {
   if (tokens <= 0) return;
   const AppendPlan plan = appendToHeads(heads, kvHeads, tokens, pos0, view.pageSize, pool, "");
-  // Same stream: the private copies land before the rows written into them.
-  runCopyPages(rt, view, plan.copies);
+  // Same stream: the private copies land before the rows written into them, and before any later
+  // write into a released source.
+  try {
+    runCopyPages(rt, view, plan.copies);
+  } catch (...) {
+    releaseCopySources(pool, plan.copies);
+    throw;
+  }
+  releaseCopySources(pool, plan.copies);
   AppendBatch b;
   b.pool = view;
   b.kvHeads = kvHeads;
