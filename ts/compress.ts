@@ -21,6 +21,11 @@ const GROUP_SCORERS: readonly ScorerName[] = ["snapkv", "tova"];
 /** The scorers `pooling` applies to: per query head for snapkv and tova, per token score for the others. */
 export const POOLING_SCORERS: readonly ScorerName[] = ["snapkv", "tova", "keydiff", "knorm", "h2o", "expected-attention"];
 
+/** The pooling `scorer` gets when its options name none: SnapKV's max over 7 tokens, none for the others. */
+export function defaultPooling(scorer: ScorerName): { pooling: PoolingName; kernel: number } {
+  return { pooling: scorer === "snapkv" ? "max" : "none", kernel: 7 };
+}
+
 /** The option names scores() accepts (with the scorer as its own argument, all but "scorer"). */
 export const SCORE_OPTION_NAMES = ["scorer", "window", "pooling", "kernel", "groupReduce", "seed", "scale", "observationQueries", "valueNorm", "sink", "expectedAttention"] as const;
 /** The option names compress() accepts. */
@@ -162,10 +167,11 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
   if (o === null || typeof o !== "object") throw invalid("options", "an options object", o);
   const scorer = oneOf("scorer", o.scorer ?? "snapkv", SCORERS);
   const window = nonNegativeInteger("window", o.window ?? 32, 2 ** 31 - 1);
-  const pooling = oneOf("pooling", o.pooling ?? (scorer === "snapkv" ? "max" : "none"), POOLINGS);
+  const defaults = defaultPooling(scorer);
+  const pooling = oneOf("pooling", o.pooling ?? defaults.pooling, POOLINGS);
   if (pooling !== "none" && !POOLING_SCORERS.includes(scorer))
     throw invalid("pooling", `"none" for scorer "${scorer}" (its scores rank by position or at random; pooling applies to ${POOLING_SCORERS.join(", ")})`, pooling);
-  const kernel = o.kernel ?? 7;
+  const kernel = o.kernel ?? defaults.kernel;
   if (typeof kernel !== "number" || !Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 1025)
     throw invalid("kernel", "odd integer between 1 and 1025", kernel);
   const groupReduce = oneOf("groupReduce", o.groupReduce ?? "mean", ["mean", "max", "layer"] as const);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <queue>
 #include <string>
@@ -291,6 +292,35 @@ std::vector<int32_t> selectKeep(const float* score, int32_t L, int sink, int win
   for (int32_t i = L - back; i < L; ++i) kept.push_back(i);
   std::sort(kept.begin(), kept.end());
   return kept;
+}
+
+// Pools the scores of the tokens eviction chooses among: those after the first `sink` and before
+// the last `window` (selectKeep's ranges), each with its neighbours in that range only; the sink and
+// window tokens, always kept, neither give nor take. "max" takes the largest score within kernel / 2
+// tokens on either side, "avg" their mean over the neighbours in range (no zero padding: these
+// scores may be negative). NaN scores count as absent; a token with only NaN around it stays NaN.
+void poolTokenScores(float* s, int32_t L, int sink, int window, Pooling kind, int kernel) {
+  const int32_t front = std::min<int32_t>(sink, L);
+  const int32_t end = L - std::min<int32_t>(window, L - front);
+  const int32_t r = kernel / 2;
+  if (end - front < 2 || r < 1) return;
+  std::vector<float> in(s + front, s + end);
+  const int32_t n = end - front;
+  for (int32_t j = 0; j < n; ++j) {
+    const int32_t lo = std::max<int32_t>(0, j - r), hi = std::min<int32_t>(n - 1, j + r);
+    if (kind == Pooling::Max) {
+      float m = std::numeric_limits<float>::quiet_NaN();
+      for (int32_t x = lo; x <= hi; ++x)
+        if (!std::isnan(in[x]) && !(in[x] <= m)) m = in[x];
+      s[front + j] = m;
+    } else {
+      double sum = 0;
+      int count = 0;
+      for (int32_t x = lo; x <= hi; ++x)
+        if (!std::isnan(in[x])) sum += in[x], ++count;
+      s[front + j] = count ? (float)(sum / count) : std::numeric_limits<float>::quiet_NaN();
+    }
+  }
 }
 
 }  // namespace lukv

@@ -100,6 +100,18 @@ Sequence& PageTable::get(int32_t seq) {
 
 const Sequence& PageTable::get(int32_t seq) const { return const_cast<PageTable*>(this)->get(seq); }
 
+namespace {
+// Whether an append behind the shared, partly filled page `last` copies it: the page has holders
+// besides the appending head, not counting the copy sources `counted` already holds (earlier
+// appends of a batch, whose rows the head does not touch); the copy is then counted there.
+bool copiesLastPage(const PageAllocator& pages, int32_t last, std::map<int32_t, int>* counted) {
+  const int earlier = counted ? (*counted)[last] : 0;
+  if (pages.refcount(last) - earlier <= 1) return false;
+  if (counted) (*counted)[last] += 1;
+  return true;
+}
+}  // namespace
+
 int64_t appendPagesNeeded(const HeadState* heads, int H, int tokens, int P, const PageAllocator& pages,
                           std::map<int32_t, int>* copied) {
   // New pages, plus a private copy of a shared, partly filled last page, so that a shortage fails
@@ -110,12 +122,7 @@ int64_t appendPagesNeeded(const HeadState* heads, int H, int tokens, int P, cons
     const int64_t len = hs.length();
     needed += pagesFor(len + tokens, P) - (int64_t)hs.pages.size();
     if (len % P == 0) continue;
-    const int32_t last = hs.pages.back();
-    const int earlier = copied ? (*copied)[last] : 0;
-    if (pages.refcount(last) - earlier > 1) {
-      needed += 1;
-      if (copied) (*copied)[last] += 1;
-    }
+    if (copiesLastPage(pages, hs.pages.back(), copied)) needed += 1;
   }
   return needed;
 }
@@ -135,17 +142,12 @@ AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int 
   for (int h = 0; h < H; ++h) {
     HeadState& hs = heads[h];
     const int64_t len = hs.length();
-    if (len % P != 0) {
-      const int32_t last = hs.pages.back();
-      const int earlier = pending ? (*pending)[last] : 0;
-      if (pages.refcount(last) - earlier > 1) {
-        std::vector<int32_t> fresh;
-        pages.allocate(1, fresh);
-        plan.copies.push_back(last);
-        plan.copies.push_back(fresh[0]);
-        if (pending) (*pending)[last] += 1;
-        hs.pages.back() = fresh[0];  // the reference to `last` is released after the copy
-      }
+    if (len % P != 0 && copiesLastPage(pages, hs.pages.back(), pending)) {
+      std::vector<int32_t> fresh;
+      pages.allocate(1, fresh);
+      plan.copies.push_back(hs.pages.back());
+      plan.copies.push_back(fresh[0]);
+      hs.pages.back() = fresh[0];  // the reference to the old page is released after the copy
     }
     pages.allocate(pagesFor(len + tokens, P) - (int64_t)hs.pages.size(), hs.pages);
     for (int t = 0; t < tokens; ++t) {

@@ -6,7 +6,7 @@
 // which is fed after compressing, so the first answer token is computed from the compressed cache).
 import * as fs from "fs";
 import * as path from "path";
-import { ALLOCATIONS, AllocationName, POOLING_SCORERS, POOLINGS, PoolingName, SCORERS, ScorerName } from "../compress";
+import { ALLOCATIONS, AllocationName, defaultPooling, POOLING_SCORERS, POOLINGS, PoolingName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
 import { loadTinyLM, modelProfile, TinyLM } from "../model";
 import { loadProfile, saveProfile, type Profile } from "../profile";
@@ -111,8 +111,9 @@ export function recallScorerOptions(s: Pick<RecallSettings, "pooling">, scorer: 
 
 /** The pooling a scorer gets with `options` (compress's defaults filled in), as "max 7" or "none". */
 function poolingLabel(scorer: ScorerName, options: { pooling?: unknown; kernel?: unknown } | undefined): string {
-  const pooling = options?.pooling ?? (scorer === "snapkv" ? "max" : "none");
-  return pooling === "none" ? "none" : `${String(pooling)} ${String(options?.kernel ?? 7)}`;
+  const defaults = defaultPooling(scorer);
+  const pooling = options?.pooling ?? defaults.pooling;
+  return pooling === "none" ? "none" : `${String(pooling)} ${String(options?.kernel ?? defaults.kernel)}`;
 }
 
 /**
@@ -462,8 +463,10 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
     const ownSettings = (scorer: ScorerName) => scorer === "expected-attention" && s.expectedAttention !== undefined;
     for (const scorer of s.scorers) {
       const found = options.get("calibrate") === true || ownSettings(scorer) ? undefined : recallProfile(dir, s, scorer);
-      if (found && poolingLabel(scorer, found.profile.meta.scorerOptions) !== poolingLabel(scorer, recallScorerOptions(s, scorer))) {
-        note(`${found.file} was calibrated with pooling ${poolingLabel(scorer, found.profile.meta.scorerOptions)}, not ${poolingLabel(scorer, recallScorerOptions(s, scorer))}: not used`);
+      const want = poolingLabel(scorer, recallScorerOptions(s, scorer));
+      const has = found && poolingLabel(scorer, found.profile.meta.scorerOptions);
+      if (found && has !== want) {
+        note(`${found.file} was calibrated with pooling ${has}, not ${want}: not used`);
         missing.push(scorer);
       } else if (found) {
         profiles.set(scorer, found.profile);
