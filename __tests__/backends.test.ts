@@ -282,6 +282,19 @@ describe("backends() in this checkout", () => {
     if (!b.cuda.compiled) expect(b.cuda.reasons[0]).toMatch(/^the local build \(build\/Release\) was compiled without CUDA: /);
   });
 
+  // The hint "auto" resolves to, from /proc/cpuinfo as Linux reports the processor: a second reading
+  // of vendor and family, independent of the addon's cpuid code.
+  const cpuinfo = process.platform === "linux" && process.arch === "x64" ? fs.readFileSync("/proc/cpuinfo", "utf8") : "";
+  (cpuinfo ? test : test.skip)("the default prefetch hint follows the processor's vendor and family", () => {
+    const field = (name: string) => new RegExp(`^${name}\\s*:\\s*(.*)$`, "m").exec(cpuinfo)?.[1].trim();
+    const vendor = field("vendor_id"), family = Number(field("cpu family"));
+    const expected = vendor === "AuthenticAMD" ? (family >= 26 ? "nta" : "t2") : vendor === "GenuineIntel" ? "t2" : "t0";
+    expect(backends().cpu.prefetch).toBe(expected);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 8 });
+    expect(cache.config.prefetch).toBe(expected);
+    cache.dispose();
+  });
+
   test('without a usable GPU, device "cuda" throws the loader\'s message and "auto" is the CPU', () => {
     const options = { layers: 1, kvHeads: 1, headDim: 8 };
     if (backends().cuda.usable) return; // a GPU machine: the device suite covers it

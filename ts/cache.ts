@@ -69,7 +69,8 @@ export interface KVCacheOptions {
    * "t0" (into every cache level), "t2" (into the outer levels), "nta" (non-temporal: past the
    * outer levels where the processor allows), "none" (the hardware prefetchers alone). On arm64
    * every hint but "none" is the one streaming hint. Default: "auto", the hint measured fastest
-   * for this processor's vendor (`backends().cpu.prefetch`: "t2" on Intel, "nta" on AMD, "t0" elsewhere); the
+   * for this processor (`backends().cpu.prefetch`: "t2" on Intel and on AMD before family 26 (Zen 4 and
+   * earlier), "nta" on AMD from family 26 (Zen 5), "t0" elsewhere); the
    * results are the same whatever the hint.
    */
   prefetch?: PrefetchHint;

@@ -25,7 +25,7 @@ namespace cpu {
 // maximum: it moves only when a block's scores pass it by a margin, weights stay below e^8, and
 // acc / l is the softmax-weighted sum of V whatever the reference.
 // How the kernels request rows ahead of use while streaming memory. The best hint differs by
-// processor (see bench/README.md): bestPrefetch() picks it from the processor's vendor.
+// processor (see bench/README.md): bestPrefetch() picks it from the vendor and family.
 enum class Prefetch : int { None = 0, T0 = 1, T2 = 2, Nta = 3 };
 const char* prefetchName(Prefetch p);
 // "auto" (bestPrefetch()), "t0", "t2", "nta" or "none"; false for any other name.

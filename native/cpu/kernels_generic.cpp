@@ -2,6 +2,9 @@
 // groups that the compiler maps to the baseline vector unit.
 #include <cmath>
 #include <cstdint>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "kernels.h"
 
@@ -144,13 +147,26 @@ bool parsePrefetch(const char* name, Prefetch* out) {
   return false;
 }
 
-// Measured with bench/attention.js (bench/README.md): on the Intel Xeon the non-temporal hint
-// halved decode speed and requests into L2 (t2) were the fastest, while on the AMD EPYC (Zen 5)
-// the non-temporal hint was; other processors get the ordinary hint.
+#if defined(__x86_64__) || defined(__i386__)
+// The processor's family as Linux reports it ("cpu family"): base family, plus the extended family
+// when the base is 15 (AMD's parts from the K8 on, family 23 = Zen 1/2, 25 = Zen 3/4, 26 = Zen 5).
+static int cpuFamily() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  const int base = (a >> 8) & 0xf;
+  return base == 0xf ? base + ((a >> 20) & 0xff) : base;
+}
+#endif
+
+// Measured with bench/attention.js (bench/README.md), each hint against the same-run plain read:
+// on the Intel Xeon (family 6) and the AMD EPYC of family 25 (Zen 4) requests into L2 (t2) were the
+// fastest, and the non-temporal hint ran decode at 0.6-0.7 of their speed; on the AMD EPYC measured
+// as Zen 5 (family 26) the non-temporal hint was the fastest (with the earlier burst requests, see
+// bench/README.md), so AMD from family 26 on keeps it. Other processors get the ordinary hint.
 Prefetch bestPrefetch() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_is("amd")) return Prefetch::Nta;
+  if (__builtin_cpu_is("amd")) return cpuFamily() >= 26 ? Prefetch::Nta : Prefetch::T2;
   if (__builtin_cpu_is("intel")) return Prefetch::T2;
   return Prefetch::T0;
 #else
