@@ -3,7 +3,7 @@
 import { lowerHull, solveBudgets, solveBudgetsDetailed, solveBudgetsForTotals } from "../ts/budget";
 import { budgetsFromProfile, createProfile } from "../ts/profile";
 import * as os from "node:os";
-import { arg, machine, median, printTable, writeResults } from "./common";
+import { arg, cpuLine, machine, median, printTable, writeResults } from "./common";
 import { rng } from "../ts/random";
 
 const layers = Number(arg("layers", "32"));
@@ -35,7 +35,7 @@ const grid = 99;
 const totals = Array.from({ length: grid }, (_, i) => Math.round((1 - (i + 1) / (grid + 1)) * H * T));
 
 console.log(`LU-KV budget solver: ${layers} layers x ${kvHeads} KV heads, ${T} tokens per head (${(H * T / 1e6).toFixed(1)}M), seed ${seed}`);
-console.log(`CPU: ${machine().cpuModel}; node ${process.version}; median of ${repeats} runs\n`);
+console.log(`CPU: ${cpuLine()}; node ${process.version}; median of ${repeats} runs\n`);
 
 /** Median wall and CPU milliseconds per run: on a busy machine wall time includes waiting for a core, CPU time does not. */
 function measure(fn: () => void, runs: number, warmup: number): { wallMs: number; cpuMs: number } {
