@@ -158,11 +158,9 @@ static int cpuFamily() {
 }
 #endif
 
-// Measured with bench/attention.js (bench/README.md), each hint against the same-run plain read:
-// on the Intel Xeon (family 6) and the AMD EPYC of family 25 (Zen 4) requests into L2 (t2) were the
-// fastest, and the non-temporal hint ran decode at 0.6-0.7 of their speed; on the AMD EPYC measured
-// as Zen 5 (family 26) the non-temporal hint was the fastest (with the earlier burst requests, see
-// bench/README.md), so AMD from family 26 on keeps it. Other processors get the ordinary hint.
+// The hint bench/attention.js measured fastest per processor (bench/README.md, one section per
+// processor): requests into L2 (t2) on Intel and on AMD up to family 25 (Zen 4), the non-temporal
+// hint on AMD from family 26 (Zen 5); the ordinary hint elsewhere.
 Prefetch bestPrefetch() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
