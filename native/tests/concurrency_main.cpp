@@ -1,7 +1,10 @@
 // Stress test of the cache's locking, meant to run under ThreadSanitizer (scripts/tsan.sh): threads
 // append, attend (alone and batched), compress, fork, save, load and dispose their own sequences
-// while others read lengths and usage of every sequence. Sequences are independent, so each thread's outputs must equal a
-// replay of its operations alone on a fresh cache; at the end every page is back in the pool.
+// while others read lengths and usage of every sequence. Each fork a thread makes has a twin that it
+// hands to the next thread, which appends to, compresses, attends over and disposes it while the
+// parent and the first fork go on: their pages are shared copy-on-write between two threads.
+// Sequences are independent, so each thread's outputs on its own sequences must equal a replay of
+// its operations alone on a fresh cache; at the end every page is back in the pool.
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -56,16 +59,87 @@ struct Registry {
   }
 };
 
+// Forks handed from one thread to the next.
+struct Inbox {
+  std::mutex mu;
+  std::vector<int32_t> ids;
+  void push(int32_t id) {
+    std::lock_guard<std::mutex> l(mu);
+    ids.push_back(id);
+  }
+  int32_t pop() {
+    std::lock_guard<std::mutex> l(mu);
+    if (ids.empty()) return -1;
+    const int32_t id = ids.back();
+    ids.pop_back();
+    return id;
+  }
+};
+
+// One operation on a fork another thread handed over, drawn from r (not the thread's own stream,
+// so that its own operations stay those of the replay): append, attend, compress or dispose.
+// Returns false when it disposed the fork.
+bool workOnAdopted(Cache& cache, int32_t id, std::mt19937& r, uint64_t& h) {
+  const CacheConfig& c = cache.config();
+  std::normal_distribution<float> n;
+  const int op = (int)(r() % 8), layer = (int)(r() % c.layers);
+  if (op < 3) {
+    const int t = 1 + (int)(r() % 6);
+    std::vector<float> k(t * (size_t)c.kvHeads * c.headDim), v(k.size());
+    for (auto& x : k) x = n(r);
+    for (auto& x : v) x = n(r);
+    cache.append(id, layer, t, k.data(), v.data(), InputKind::F32);
+  } else if (op < 5) {
+    if (cache.appended(id, layer) == 0) return true;
+    std::vector<float> q((size_t)c.queryHeads * c.headDim), out(q.size());
+    for (auto& x : q) x = n(r);
+    cache.attend(id, layer, 1, q.data(), out.data(), 0.25f);
+    h = mixIn(h, out.data(), out.size() * sizeof(float));
+  } else if (op < 7) {
+    CompressOptions o;
+    o.score.scorer = (r() % 2) ? Scorer::KNorm : Scorer::KeyDiff;
+    o.score.window = 1;
+    o.sink = 1;
+    o.ratio = 0.3;
+    o.allocation = (r() % 2) ? Allocation::Uniform : Allocation::AdaKV;
+    CompressReport rep = cache.compress(id, o);
+    h = mixIn(h, rep.kept.data(), rep.kept.size() * sizeof(int32_t));
+  } else {
+    return false;
+  }
+  return true;
+}
+
 // One worker's operations, seeded: returns a hash of everything it observed of its own sequences.
-uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg) {
+// give / take: the next thread's inbox and this thread's (null in the replay, which disposes the
+// twin forks at once: nothing it observes of its own sequences depends on them).
+std::atomic<int64_t> adoptedOps{0};  // operations made on forks handed over, over all threads
+
+uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give = nullptr, Inbox* take = nullptr) {
   const CacheConfig& c = cache.config();
   std::mt19937 r(seed);
   std::normal_distribution<float> n;
   uint64_t h = 1469598103934665603ull;
   std::vector<int32_t> mine{cache.createSequence()};
   if (reg) reg->add(mine[0]);
+  std::mt19937 other(seed ^ 0x9e3779b9u);  // draws for the forks handed over by the previous thread
+  std::vector<int32_t> adopted;
+  uint64_t otherHash = 0;
   const size_t kvRow = (size_t)c.kvHeads * c.headDim, qRow = (size_t)c.queryHeads * c.headDim;
   for (int s = 0; s < steps; ++s) {
+    if (take) {
+      const int32_t got = take->pop();
+      if (got >= 0) adopted.push_back(got);
+      if (!adopted.empty()) {
+        const size_t i = other() % adopted.size();
+        adoptedOps++;
+        if (!workOnAdopted(cache, adopted[i], other, otherHash)) {
+          if (reg) reg->remove(adopted[i]);
+          cache.disposeSequence(adopted[i]);
+          adopted.erase(adopted.begin() + i);
+        }
+      }
+    }
     const int32_t seq = mine[r() % mine.size()];
     const int op = (int)(r() % 12);
     const int layer = (int)(r() % c.layers);
@@ -96,6 +170,13 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg) {
       const int32_t f = cache.fork(seq);
       mine.push_back(f);
       if (reg) reg->add(f);
+      const int32_t twin = cache.fork(seq);
+      if (give) {
+        if (reg) reg->add(twin);
+        give->push(twin);
+      } else {
+        cache.disposeSequence(twin);
+      }
     } else if (op == 10) {
       // One batched step over every sequence of this thread that has a position in the layer.
       std::vector<Cache::AttendItem> items;
@@ -130,6 +211,11 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg) {
     if (reg) reg->remove(id);
     cache.disposeSequence(id);
   }
+  for (int32_t id : adopted) {
+    if (reg) reg->remove(id);
+    cache.disposeSequence(id);
+  }
+  (void)otherHash;
   return h;
 }
 
@@ -162,10 +248,17 @@ int main(int argc, char** argv) {
         reads++;
       }
     });
+  std::vector<Inbox> inboxes(threads);
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t)
-    workers.emplace_back([&, t] { got[t] = work(cache, seed + t, steps, &reg); });
+    workers.emplace_back([&, t] { got[t] = work(cache, seed + t, steps, &reg, &inboxes[(t + 1) % threads], &inboxes[t]); });
   for (auto& w : workers) w.join();
+  // Forks handed over after their new thread had finished.
+  for (Inbox& box : inboxes)
+    for (int32_t id = box.pop(); id >= 0; id = box.pop()) {
+      reg.remove(id);
+      cache.disposeSequence(id);
+    }
   done = true;
   for (auto& w : readers) w.join();
 
@@ -182,6 +275,7 @@ int main(int argc, char** argv) {
       failures++;
     }
   }
-  std::printf("%s (%lld concurrent reads)\n", failures ? "FAILED" : "passed", (long long)reads.load());
+  std::printf("%s (%lld concurrent reads, %lld operations on forks another thread made)\n", failures ? "FAILED" : "passed",
+              (long long)reads.load(), (long long)adoptedOps.load());
   return failures ? 1 : 0;
 }
