@@ -2,8 +2,9 @@
 # Builds the core with ThreadSanitizer and runs the concurrency stress test (native/tests/
 # concurrency_main.cpp): threads calling the cache on their own sequences, and on forks of other
 # threads' sequences (pages shared copy-on-write across threads), while others read every
-# sequence's lengths and the pool's usage. Whether a race shows depends on timing (the one this
-# found showed in 4 of 10 seeds), so it runs several seeds.
+# sequence's lengths and the pool's usage. Whether a race shows depends on timing (a copy-on-write
+# race between a compaction and a page copy, since mended, showed in 3 to 4 of 10 seeds), so it runs
+# several seeds.
 # Usage: scripts/tsan.sh [steps per thread] [first seed] [seeds (5)]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -39,14 +39,18 @@ uint64_t mixIn(uint64_t h, const void* data, size_t bytes) {
   return h;
 }
 
-// Registry of live sequence ids, for the readers.
-struct Registry {
+// Sequence ids behind a lock, shared between threads.
+struct Ids {
   std::mutex mu;
   std::vector<int32_t> ids;
   void add(int32_t id) {
     std::lock_guard<std::mutex> l(mu);
     ids.push_back(id);
   }
+};
+
+// Registry of live sequence ids, for the readers.
+struct Registry : Ids {
   void remove(int32_t id) {
     std::lock_guard<std::mutex> l(mu);
     for (auto& x : ids)
@@ -60,13 +64,7 @@ struct Registry {
 };
 
 // Forks handed from one thread to the next.
-struct Inbox {
-  std::mutex mu;
-  std::vector<int32_t> ids;
-  void push(int32_t id) {
-    std::lock_guard<std::mutex> l(mu);
-    ids.push_back(id);
-  }
+struct Inbox : Ids {
   int32_t pop() {
     std::lock_guard<std::mutex> l(mu);
     if (ids.empty()) return -1;
@@ -76,37 +74,47 @@ struct Inbox {
   }
 };
 
+// Operations with their inputs drawn from r; what the call returns is mixed into h.
+void appendRandom(Cache& cache, int32_t id, int layer, std::mt19937& r) {
+  const CacheConfig& c = cache.config();
+  std::normal_distribution<float> n;
+  const int t = 1 + (int)(r() % 6);
+  std::vector<float> k(t * (size_t)c.kvHeads * c.headDim), v(k.size());
+  for (auto& x : k) x = n(r);
+  for (auto& x : v) x = n(r);
+  cache.append(id, layer, t, k.data(), v.data(), InputKind::F32);
+}
+
+void attendRandom(Cache& cache, int32_t id, int layer, int tokens, std::mt19937& r, uint64_t& h) {
+  const CacheConfig& c = cache.config();
+  std::normal_distribution<float> n;
+  std::vector<float> q(tokens * (size_t)c.queryHeads * c.headDim), out(q.size());
+  for (auto& x : q) x = n(r);
+  cache.attend(id, layer, tokens, q.data(), out.data(), 0.25f);
+  h = mixIn(h, out.data(), out.size() * sizeof(float));
+}
+
+void compressRandom(Cache& cache, int32_t id, std::mt19937& r, uint64_t& h) {
+  CompressOptions o;
+  o.score.scorer = (r() % 2) ? Scorer::KNorm : Scorer::KeyDiff;
+  o.score.window = 1;
+  o.sink = 1;
+  o.ratio = 0.3;
+  o.allocation = (r() % 2) ? Allocation::Uniform : Allocation::AdaKV;
+  CompressReport rep = cache.compress(id, o);
+  h = mixIn(h, rep.kept.data(), rep.kept.size() * sizeof(int32_t));
+}
+
 // One operation on a fork another thread handed over, drawn from r (not the thread's own stream,
 // so that its own operations stay those of the replay): append, attend, compress or dispose.
 // Returns false when it disposed the fork.
 bool workOnAdopted(Cache& cache, int32_t id, std::mt19937& r, uint64_t& h) {
-  const CacheConfig& c = cache.config();
-  std::normal_distribution<float> n;
-  const int op = (int)(r() % 8), layer = (int)(r() % c.layers);
-  if (op < 3) {
-    const int t = 1 + (int)(r() % 6);
-    std::vector<float> k(t * (size_t)c.kvHeads * c.headDim), v(k.size());
-    for (auto& x : k) x = n(r);
-    for (auto& x : v) x = n(r);
-    cache.append(id, layer, t, k.data(), v.data(), InputKind::F32);
-  } else if (op < 5) {
-    if (cache.appended(id, layer) == 0) return true;
-    std::vector<float> q((size_t)c.queryHeads * c.headDim), out(q.size());
-    for (auto& x : q) x = n(r);
-    cache.attend(id, layer, 1, q.data(), out.data(), 0.25f);
-    h = mixIn(h, out.data(), out.size() * sizeof(float));
-  } else if (op < 7) {
-    CompressOptions o;
-    o.score.scorer = (r() % 2) ? Scorer::KNorm : Scorer::KeyDiff;
-    o.score.window = 1;
-    o.sink = 1;
-    o.ratio = 0.3;
-    o.allocation = (r() % 2) ? Allocation::Uniform : Allocation::AdaKV;
-    CompressReport rep = cache.compress(id, o);
-    h = mixIn(h, rep.kept.data(), rep.kept.size() * sizeof(int32_t));
-  } else {
-    return false;
-  }
+  const int op = (int)(r() % 8), layer = (int)(r() % cache.config().layers);
+  if (op < 3) appendRandom(cache, id, layer, r);
+  else if (op < 5) {
+    if (cache.appended(id, layer) > 0) attendRandom(cache, id, layer, 1, r, h);
+  } else if (op < 7) compressRandom(cache, id, r, h);
+  else return false;
   return true;
 }
 
@@ -125,7 +133,7 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give
   std::mt19937 other(seed ^ 0x9e3779b9u);  // draws for the forks handed over by the previous thread
   std::vector<int32_t> adopted;
   uint64_t otherHash = 0;
-  const size_t kvRow = (size_t)c.kvHeads * c.headDim, qRow = (size_t)c.queryHeads * c.headDim;
+  const size_t qRow = (size_t)c.queryHeads * c.headDim;
   for (int s = 0; s < steps; ++s) {
     if (take) {
       const int32_t got = take->pop();
@@ -144,28 +152,13 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give
     const int op = (int)(r() % 12);
     const int layer = (int)(r() % c.layers);
     if (op < 4) {
-      const int t = 1 + (int)(r() % 6);
-      std::vector<float> k(t * kvRow), v(t * kvRow);
-      for (auto& x : k) x = n(r);
-      for (auto& x : v) x = n(r);
-      cache.append(seq, layer, t, k.data(), v.data(), InputKind::F32);
+      appendRandom(cache, seq, layer, r);
     } else if (op < 7) {
       const int have = cache.appended(seq, layer);
       if (have == 0) continue;
-      const int t = 1 + (int)(r() % std::min(have, 3));
-      std::vector<float> q(t * qRow), out(t * qRow);
-      for (auto& x : q) x = n(r);
-      cache.attend(seq, layer, t, q.data(), out.data(), 0.25f);
-      h = mixIn(h, out.data(), out.size() * sizeof(float));
+      attendRandom(cache, seq, layer, 1 + (int)(r() % std::min(have, 3)), r, h);
     } else if (op == 7) {
-      CompressOptions o;
-      o.score.scorer = (r() % 2) ? Scorer::KNorm : Scorer::KeyDiff;
-      o.score.window = 1;
-      o.sink = 1;
-      o.ratio = 0.3;
-      o.allocation = (r() % 2) ? Allocation::Uniform : Allocation::AdaKV;
-      CompressReport rep = cache.compress(seq, o);
-      h = mixIn(h, rep.kept.data(), rep.kept.size() * sizeof(int32_t));
+      compressRandom(cache, seq, r, h);
     } else if (op == 8 && mine.size() < 4) {
       const int32_t f = cache.fork(seq);
       mine.push_back(f);
@@ -173,7 +166,7 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give
       const int32_t twin = cache.fork(seq);
       if (give) {
         if (reg) reg->add(twin);
-        give->push(twin);
+        give->add(twin);
       } else {
         cache.disposeSequence(twin);
       }
