@@ -3,7 +3,8 @@
 import * as fs from "fs";
 import * as path from "path";
 import { defaultModelDir } from "../ts/model";
-import { runLoad, loadPrompts } from "../examples/server/load-test";
+import { runLoad, loadPrompts, post } from "../examples/server/load-test";
+import { createGenerationServer } from "../examples/server/server";
 
 const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"));
 
@@ -24,3 +25,28 @@ const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"
   expect(off.server.autoCompressions).toBe(0);
   expect(on.peakKvBytes).toBeLessThan(off.peakKvBytes);
 }, 240_000);
+
+// Requests take turns on the one JavaScript thread. A prompt runs 64 tokens per turn, so a short
+// request sent while a long prompt is being read streams its first token before the long one's.
+// (Were the prompt run in one go, the short request could only start after it.)
+(haveModel ? test : test.skip)("a short request overtakes a long prompt's prefill", async () => {
+  const s = createGenerationServer({ evict: false });
+  const port = await s.listen(0);
+  try {
+    const [long] = loadPrompts(900); // 14 turns of 64 tokens
+    const short = loadPrompts(16)[0];
+    const firsts: string[] = [];
+    const onLine = (who: string) => (line: Record<string, unknown>) => {
+      if ("token" in line && !firsts.includes(who)) firsts.push(who);
+      if ("error" in line) throw new Error(String(line.error));
+    };
+    const a = post(port, { prompt: long, tokens: 4 }, onLine("long"));
+    // Wait until the long prompt is being read (its request counted), then send the short one.
+    while (s.stats().requests === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    const b = post(port, { prompt: short, tokens: 4 }, onLine("short"));
+    expect(await Promise.all([a, b])).toEqual([200, 200]);
+    expect(firsts).toEqual(["short", "long"]);
+  } finally {
+    await s.close();
+  }
+}, 120_000);

@@ -38,7 +38,8 @@ export interface LoadResult {
   server: ServerStats;
 }
 
-function post(port: number, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<number> {
+/** POSTs one generation request; calls onLine with each NDJSON line and resolves with the status. */
+export function post(port: number, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<number> {
   return new Promise((resolve, reject) => {
     // A connection per request: a pooled one the server closed while idle would reset.
     const req = http.request({ host: "127.0.0.1", port, path: "/generate", method: "POST", agent: false, headers: { "content-type": "application/json" } }, (res) => {

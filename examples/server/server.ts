@@ -2,6 +2,7 @@
 // sequences in one lukv cache. With eviction on, each sequence compresses itself back to a
 // per-head limit as it grows (seq.autoCompress) and an append that finds the pool full compresses
 // the largest sequence first (cache.onPressure), so memory stays bounded however many clients come.
+// Requests take turns on the one JavaScript thread: a decode step each, a prompt 64 tokens at a time.
 //
 //   npx tsc -p tsconfig.build.json && node dist/examples/server/server.js [--port 8080] [--no-evict]
 //   curl -N -d '{"prompt": "The river", "tokens": 32}' localhost:8080/generate
@@ -49,6 +50,9 @@ export interface GenerationServer {
 }
 
 const MAX_TOKENS = 256;
+// Prompt tokens run per turn: between two such parts the other requests each make a decode step,
+// so a long prompt does not hold every other stream back for its whole prefill.
+const PREFILL_TURN = 64;
 
 export function createGenerationServer(options: ServerOptions = {}): GenerationServer {
   const dir = options.modelDir ?? defaultModelDir();
@@ -96,8 +100,14 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
       seq = cache.createSequence();
       if (evict) seq.autoCompress({ maxTokens: keepTokens, every: 32, ...compression });
       const t0 = performance.now();
-      let logits = model.forward(seq, ids, { chunk: 64 });
-      note();
+      let logits: Float32Array = new Float32Array(0);
+      for (let at = 0; at < ids.length && !closed; at += PREFILL_TURN) {
+        const last = at + PREFILL_TURN >= ids.length;
+        logits = model.forward(seq, ids.slice(at, at + PREFILL_TURN), { chunk: 64, logits: last ? "last" : "none" });
+        note();
+        if (!last) await new Promise((resolve) => setImmediate(resolve));
+      }
+      if (closed) return;
       res.writeHead(200, { "content-type": "application/x-ndjson" });
       const sampler = new Sampler({ temperature, topK: 40, seed: typeof body.seed === "number" ? body.seed : 1 });
       let made = 0;
