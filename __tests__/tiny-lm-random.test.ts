@@ -178,6 +178,39 @@ describe("forward pass on lukv (random weights)", () => {
     twin.dispose();
   });
 
+  test("forwardBatch: one decode step for several sequences gives each the logits forward gives it alone", () => {
+    const r = rng(seed + 6);
+    const model = randomModel(r);
+    const lengths = [1, 7, 30, 16, 45];
+    const prompts = lengths.map((n) => randomTokens(r, n));
+    using batched = model.createCache({ pageSize: 8, contextTokens: 512 });
+    using alone = model.createCache({ pageSize: 8, contextTokens: 512 });
+    const a = prompts.map(() => batched.createSequence()), b = prompts.map(() => alone.createSequence());
+    prompts.forEach((p, i) => {
+      model.forward(a[i], p, { logits: "none" });
+      model.forward(b[i], p, { logits: "none" });
+    });
+    // One sequence is compressed first, so the batch mixes heads of different lengths.
+    a[4].compress({ ratio: 0.5, window: 4 });
+    b[4].compress({ ratio: 0.5, window: 4 });
+    for (let step = 0; step < 6; step++) {
+      const next = randomTokens(r, prompts.length);
+      const got = model.forwardBatch(a, next);
+      expect(got.length).toBe(prompts.length);
+      b.forEach((seq, i) => {
+        const want = model.forward(seq, [next[i]]);
+        expect(Array.from(got[i])).toEqual(Array.from(want)); // bit for bit on the CPU backend
+        expect(a[i].appended(0)).toBe(seq.appended(0));
+      });
+    }
+    expect(model.forwardBatch([], [])).toEqual([]);
+    expect(() => model.forwardBatch(a, [1, 2])).toThrow("Expected one token per sequence (5) but received 2 tokens");
+    expect(() => model.forwardBatch([a[0]], [config.vocabSize])).toThrow(`Expected token ids in [0, ${config.vocabSize}) but tokens[0] is ${config.vocabSize}`);
+    expect(() => model.forwardBatch([a[0], a[0]], [1, 2])).toThrow(/a sequence not already in the batch/);
+    // Nothing was appended by the refused calls.
+    expect(a[0].appended(0)).toBe(b[0].appended(0));
+  });
+
   test("a fork taken before compress keeps the full cache; the compressed one holds fewer pages", () => {
     const r = rng(seed + 4);
     const model = randomModel(r);

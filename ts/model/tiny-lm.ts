@@ -195,9 +195,7 @@ export class TinyLM {
     const chunk = options.chunk ?? 64;
     if (!Number.isInteger(chunk) || chunk < 1) throw new RangeError(`Expected a positive integer for chunk but received ${chunk}`);
     const n = tokens.length;
-    for (let i = 0; i < n; i++)
-      if (!Number.isInteger(tokens[i]) || tokens[i] < 0 || tokens[i] >= V)
-        throw new RangeError(`Expected token ids in [0, ${V}) but tokens[${i}] is ${tokens[i]}`);
+    this.#checkTokens(tokens);
     const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
     for (let done = 0; done < n; done += chunk) {
       const T = Math.min(chunk, n - done);
@@ -210,16 +208,83 @@ export class TinyLM {
     return logits;
   }
 
-  /** The residual stream after the last block for tokens[from .. from+T), [T, hidden]. */
-  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number, timing?: { attentionMs: number }, onAttention?: ForwardOptions["onAttention"], stats?: QueryStatistics): Float32Array {
-    const { hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m, rmsNormEps: eps, ropeTheta } = this.config;
-    const { embed } = this.weights;
+  /**
+   * One decode step for several sequences of one cache at once: tokens[i] comes after what seqs[i]
+   * holds. Each layer's matrix products run over all the rows together, and its keys/values and
+   * attention go through one cache.appendBatch and one cache.attendBatch. Returns the logits
+   * [vocab] of each sequence (views of one array), the same as forward(seqs[i], [tokens[i]]) one
+   * sequence after another would return. If the pool runs out of pages (OutOfPagesError), some
+   * layers may hold the step and others not: dispose those sequences.
+   */
+  forwardBatch(seqs: readonly Sequence[], tokens: ArrayLike<number>): Float32Array[] {
+    const V = this.config.vocabSize;
+    if (!Array.isArray(seqs)) throw new TypeError("Expected an array of sequences for seqs");
+    const n = seqs.length;
+    if (tokens.length !== n) throw new RangeError(`Expected one token per sequence (${n}) but received ${tokens.length} tokens`);
+    this.#checkTokens(tokens);
+    if (n === 0) return [];
+    const { heads: H, kvHeads: KV, headDim: hd, ropeTheta } = this.config;
+    const cache = seqs[0].cache;
+    const qRow = H * hd, kvRow = KV * hd;
+    const cos = new Float32Array(n * hd), sin = new Float32Array(n * hd);
+    seqs.forEach((seq, i) => {
+      const t = ropeTables(hd, seq.appended(0), 1, ropeTheta);
+      cos.set(t.cos, i * hd);
+      sin.set(t.sin, i * hd);
+    });
+    const x = this.#layers(this.#embed(tokens, 0, n), n, cos, sin, (l, q, k, v, out) => {
+      cache.appendBatch(l, seqs.map((sequence, i) => ({ sequence, keys: k.subarray(i * kvRow, (i + 1) * kvRow), values: v.subarray(i * kvRow, (i + 1) * kvRow) })));
+      cache.attendBatch(l, seqs.map((sequence, i) => ({ sequence, queries: q.subarray(i * qRow, (i + 1) * qRow), out: out.subarray(i * qRow, (i + 1) * qRow) })));
+    });
+    const logits = new Float32Array(n * V);
+    this.#logits(x, 0, n, logits);
+    return Array.from({ length: n }, (_, i) => logits.subarray(i * V, (i + 1) * V));
+  }
+
+  #checkTokens(tokens: ArrayLike<number>): void {
+    const V = this.config.vocabSize;
+    for (let i = 0; i < tokens.length; i++)
+      if (!Number.isInteger(tokens[i]) || tokens[i] < 0 || tokens[i] >= V)
+        throw new RangeError(`Expected token ids in [0, ${V}) but tokens[${i}] is ${tokens[i]}`);
+  }
+
+  /** The embeddings of tokens[from .. from+T), [T, hidden]. */
+  #embed(tokens: ArrayLike<number>, from: number, T: number): Float32Array {
+    const d = this.config.hidden, { embed } = this.weights;
     const x = new Float32Array(T * d);
     for (let t = 0; t < T; t++) x.set(embed.subarray(tokens[from + t] * d, (tokens[from + t] + 1) * d), t * d);
-    const { cos, sin } = ropeTables(hd, seq.appended(0), T, ropeTheta);
+    return x;
+  }
+
+  /** The residual stream after the last block for tokens[from .. from+T) of one sequence, [T, hidden]. */
+  #blocks(seq: Sequence, tokens: ArrayLike<number>, from: number, T: number, timing?: { attentionMs: number }, onAttention?: ForwardOptions["onAttention"], stats?: QueryStatistics): Float32Array {
+    const { cos, sin } = ropeTables(this.config.headDim, seq.appended(0), T, this.config.ropeTheta);
+    return this.#layers(this.#embed(tokens, from, T), T, cos, sin, (l, q, k, v, out) => {
+      const t0 = timing ? performance.now() : 0;
+      seq.append(l, k, v);
+      seq.attend(l, q, { out });
+      if (timing) timing.attentionMs += performance.now() - t0;
+    }, onAttention, stats);
+  }
+
+  /**
+   * Runs the blocks over x [T, hidden] (in place; returned), row t at the RoPE angles of row t of
+   * cos / sin [T, headDim]. `attention(l, q, k, v, out)` stores layer l's keys/values [T, kvHeads,
+   * headDim] and writes the attention of the queries [T, heads, headDim] into out.
+   */
+  #layers(
+    x: Float32Array,
+    T: number,
+    cos: Float32Array,
+    sin: Float32Array,
+    attention: (l: number, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array) => void,
+    onAttention?: ForwardOptions["onAttention"],
+    stats?: QueryStatistics,
+  ): Float32Array {
+    const { hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m, rmsNormEps: eps } = this.config;
     const h = new Float32Array(T * d);
     const q = new Float32Array(T * H * hd), k = new Float32Array(T * KV * hd), v = new Float32Array(T * KV * hd);
-    const y = new Float32Array(T * d);
+    const att = new Float32Array(T * H * hd), y = new Float32Array(T * d);
     const gate = new Float32Array(T * m), up = new Float32Array(T * m);
     this.weights.layers.forEach((w, l) => {
       // Attention: the new keys/values go into the cache, and the queries attend over whatever it
@@ -232,10 +297,7 @@ export class TinyLM {
       applyRope(q, T, H, hd, cos, sin);
       applyRope(k, T, KV, hd, cos, sin);
       onAttention?.(l, q, k, v);
-      const t0 = timing ? performance.now() : 0;
-      seq.append(l, k, v);
-      const att = seq.attend(l, q);
-      if (timing) timing.attentionMs += performance.now() - t0;
+      attention(l, q, k, v, att);
       matmul(att, T, H * hd, w.wo, d, y);
       addInPlace(x, y, T * d);
       // MLP (SwiGLU).
