@@ -1,5 +1,5 @@
-// The example server under a small load test on loopback: every request streams its tokens, and
-// with eviction the peak KV memory is lower than without.
+// The example server under a small load test on loopback: every request streams its tokens, the
+// streams decode together, and with eviction the peak KV memory is lower than without.
 import * as fs from "fs";
 import * as path from "path";
 import { defaultModelDir } from "../ts/model";
@@ -21,6 +21,8 @@ const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"
     expect(r.server.pagesUsed).toBe(0); // every sequence gave its pages back
     expect(r.tokens).toBeGreaterThan(0);
   }
+  // The two clients' streams decode at the same time: some steps serve both (model.forwardBatch).
+  for (const r of [off, on]) expect(r.server.decodeRows).toBeGreaterThan(r.server.decodeSteps);
   expect(on.server.autoCompressions).toBeGreaterThan(0);
   expect(off.server.autoCompressions).toBe(0);
   expect(on.peakKvBytes).toBeLessThan(off.peakKvBytes);

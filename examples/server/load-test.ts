@@ -1,6 +1,7 @@
 // A bounded load test of the example server on loopback: `clients` concurrent clients send
 // `requests` generation requests in all (each client one after another), with and without
-// eviction, and the table reports throughput, latency per token (p50, p99) and peak KV memory.
+// eviction, and the table reports throughput, latency per token (p50, p99), peak KV memory and
+// how many streams a decode step served on average.
 //
 //   npx tsc -p tsconfig.build.json
 //   node dist/examples/server/load-test.js [--clients 8] [--requests 32] [--tokens 32] [--prompt-tokens 384]
@@ -128,8 +129,8 @@ async function main(): Promise<void> {
   console.log(`load test: ${o.clients} clients, ${o.requests} requests of ${o.tokens} tokens after ~${o.promptTokens}-token prompts; pool ${o.poolTokens} tokens per head\n`);
   const results = [await runLoad(false, o, prompts), await runLoad(true, o, prompts)];
   printTable(
-    ["eviction", "requests ok", "tokens", "tokens/s", "p50 first token ms", "p50 ms/token", "p99 ms/token", "peak KV KiB", "pressure events", "auto compressions"],
-    results.map((r) => [r.evict ? "on" : "off", `${r.requests - r.failed}/${r.requests}`, r.tokens, r.tokensPerSecond.toFixed(1), r.p50FirstTokenMs.toFixed(0), r.p50MsPerToken.toFixed(2), r.p99MsPerToken.toFixed(2), (r.peakKvBytes / 1024).toFixed(0), r.server.pressureEvents, r.server.autoCompressions]),
+    ["eviction", "requests ok", "tokens", "tokens/s", "p50 first token ms", "p50 ms/token", "p99 ms/token", "peak KV KiB", "pressure events", "auto compressions", "mean decode batch"],
+    results.map((r) => [r.evict ? "on" : "off", `${r.requests - r.failed}/${r.requests}`, r.tokens, r.tokensPerSecond.toFixed(1), r.p50FirstTokenMs.toFixed(0), r.p50MsPerToken.toFixed(2), r.p99MsPerToken.toFixed(2), (r.peakKvBytes / 1024).toFixed(0), r.server.pressureEvents, r.server.autoCompressions, (r.server.decodeRows / Math.max(1, r.server.decodeSteps)).toFixed(2)]),
   );
   const file = writeResults("server", { benchmark: "example server load test", options: o, machine: machine(), results });
   console.log(`\nwritten ${file}`);

@@ -2,7 +2,9 @@
 // sequences in one lukv cache. With eviction on, each sequence compresses itself back to a
 // per-head limit as it grows (seq.autoCompress) and an append that finds the pool full compresses
 // the largest sequence first (cache.onPressure), so memory stays bounded however many clients come.
-// Requests take turns on the one JavaScript thread: a decode step each, a prompt 64 tokens at a time.
+// Requests take turns on the one JavaScript thread: a prompt runs 64 tokens at a time, and the
+// streams waiting for their next token make one decode step together (model.forwardBatch: one
+// cache.appendBatch and one cache.attendBatch per layer for all of them).
 //
 //   npx tsc -p tsconfig.build.json && node dist/examples/server/server.js [--port 8080] [--no-evict]
 //   curl -N -d '{"prompt": "The river", "tokens": 32}' localhost:8080/generate
@@ -37,6 +39,10 @@ export interface ServerStats {
   peakBytes: number;
   pressureEvents: number;
   autoCompressions: number;
+  /** Decode steps run (each one model.forwardBatch over the streams waiting, or forward for a lone one). */
+  decodeSteps: number;
+  /** Stream steps in those decode steps (decodeRows / decodeSteps: the mean batch). */
+  decodeRows: number;
 }
 
 export interface GenerationServer {
@@ -65,7 +71,7 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   const compression = found
     ? { scorer: "snapkv" as const, allocation: "lukv" as const, profile: found.profile, sink: 4, window: 16 }
     : { scorer: "snapkv" as const, allocation: "adakv" as const, sink: 4, window: 16 };
-  const stats: ServerStats = { requests: 0, active: 0, tokens: 0, failed: 0, pagesUsed: 0, pagesTotal: 0, bytesUsed: 0, peakBytes: 0, pressureEvents: 0, autoCompressions: 0 };
+  const stats: ServerStats = { requests: 0, active: 0, tokens: 0, failed: 0, pagesUsed: 0, pagesTotal: 0, bytesUsed: 0, peakBytes: 0, pressureEvents: 0, autoCompressions: 0, decodeSteps: 0, decodeRows: 0 };
   if (evict) cache.onPressure({ evict: "largest", ratio: 0.5, ...compression, listener: (_e: PressureEvent) => stats.pressureEvents++ });
   const note = () => {
     const u = cache.usage();
@@ -74,6 +80,44 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
     stats.bytesUsed = u.bytesUsed;
     stats.peakBytes = Math.max(stats.peakBytes, u.bytesUsed);
   };
+
+  // The streams waiting for a decode step run together, once per turn of the event loop. Without
+  // eviction, a batch that might not find a page for every member's step (at most one new page per
+  // layer and KV head each) runs its members one at a time instead: running out of pages then
+  // fails one request, not all of the batch (a failed step leaves a sequence half-appended).
+  type Waiting = { seq: Sequence; token: number; resolve: (logits: Float32Array) => void; reject: (e: unknown) => void };
+  let waiting: Waiting[] = [];
+  const pagesPerStep = model.config.layers * model.config.kvHeads;
+  const decodeStep = (seq: Sequence, token: number) =>
+    new Promise<Float32Array>((resolve, reject) => {
+      waiting.push({ seq, token, resolve, reject });
+      if (waiting.length === 1) setImmediate(runSteps);
+    });
+  function runSteps(): void {
+    const batch = waiting;
+    waiting = [];
+    const u = cache.usage();
+    if (batch.length > 1 && (evict || u.pagesTotal - u.pagesUsed >= batch.length * pagesPerStep)) {
+      stats.decodeSteps++;
+      stats.decodeRows += batch.length;
+      try {
+        const logits = model.forwardBatch(batch.map((w) => w.seq), batch.map((w) => w.token));
+        batch.forEach((w, i) => w.resolve(logits[i]));
+      } catch (e) {
+        for (const w of batch) w.reject(e);
+      }
+      return;
+    }
+    for (const w of batch) {
+      stats.decodeSteps++;
+      stats.decodeRows++;
+      try {
+        w.resolve(model.forward(w.seq, [w.token]));
+      } catch (e) {
+        w.reject(e);
+      }
+    }
+  }
 
   async function generate(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     let body: { prompt?: unknown; tokens?: unknown; temperature?: unknown; seed?: unknown };
@@ -115,11 +159,9 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
         const next = sampler.next(logits);
         if (next === tok.eos) break;
         res.write(JSON.stringify({ token: next, text: tok.decode([next]) }) + "\n");
-        logits = model.forward(seq, [next]);
+        logits = await decodeStep(seq, next);
         stats.tokens++;
         note();
-        // Let the other requests take their turn between tokens.
-        await new Promise((resolve) => setImmediate(resolve));
       }
       const lengths = seq.lengths();
       res.end(JSON.stringify({ done: true, tokens: made, promptTokens: ids.length, kept: lengths.reduce((a, b) => a + b, 0), ms: performance.now() - t0 }) + "\n");
