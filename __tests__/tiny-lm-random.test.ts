@@ -207,6 +207,8 @@ describe("forward pass on lukv (random weights)", () => {
     expect(() => model.forwardBatch(a, [1, 2])).toThrow("Expected one token per sequence (5) but received 2 tokens");
     expect(() => model.forwardBatch([a[0]], [config.vocabSize])).toThrow(`Expected token ids in [0, ${config.vocabSize}) but tokens[0] is ${config.vocabSize}`);
     expect(() => model.forwardBatch([a[0], a[0]], [1, 2])).toThrow(/a sequence not already in the batch/);
+    expect(() => model.forwardBatch([a[0], {} as never], [1, 2])).toThrow("Expected a Sequence for seqs[1]");
+    expect(() => model.forwardBatch([a[0], b[1]], [1, 2])).toThrow(/a Sequence of this cache/);
     // Nothing was appended by the refused calls.
     expect(a[0].appended(0)).toBe(b[0].appended(0));
   });

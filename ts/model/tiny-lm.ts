@@ -219,6 +219,9 @@ export class TinyLM {
   forwardBatch(seqs: readonly Sequence[], tokens: ArrayLike<number>): Float32Array[] {
     const V = this.config.vocabSize;
     if (!Array.isArray(seqs)) throw new TypeError("Expected an array of sequences for seqs");
+    seqs.forEach((seq, i) => {
+      if (!(seq instanceof Sequence)) throw new TypeError(`Expected a Sequence for seqs[${i}]`);
+    });
     const n = seqs.length;
     if (tokens.length !== n) throw new RangeError(`Expected one token per sequence (${n}) but received ${tokens.length} tokens`);
     this.#checkTokens(tokens);
