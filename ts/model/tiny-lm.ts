@@ -212,9 +212,10 @@ export class TinyLM {
    * One decode step for several sequences of one cache at once: tokens[i] comes after what seqs[i]
    * holds. Each layer's matrix products run over all the rows together, and its keys/values and
    * attention go through one cache.appendBatch and one cache.attendBatch. Returns the logits
-   * [vocab] of each sequence (views of one array), the same as forward(seqs[i], [tokens[i]]) one
-   * sequence after another would return. If the pool runs out of pages (OutOfPagesError), some
-   * layers may hold the step and others not: dispose those sequences.
+   * [vocab] of each sequence (views of one array): what forward(seqs[i], [tokens[i]]) one sequence
+   * after another would return, bit for bit on the CPU backend (on CUDA a batch's attention may
+   * round differently, see cache.attendBatch). If the pool runs out of pages (OutOfPagesError),
+   * some layers may hold the step and others not: dispose those sequences.
    */
   forwardBatch(seqs: readonly Sequence[], tokens: ArrayLike<number>): Float32Array[] {
     const V = this.config.vocabSize;
