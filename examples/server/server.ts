@@ -93,11 +93,14 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
       waiting.push({ seq, token, resolve, reject });
       if (waiting.length === 1) setImmediate(runSteps);
     });
+  const roomFor = (streams: number) => {
+    const u = cache.usage();
+    return u.pagesTotal - u.pagesUsed >= streams * pagesPerStep;
+  };
   function runSteps(): void {
     const batch = waiting;
     waiting = [];
-    const u = cache.usage();
-    if (batch.length > 1 && (evict || u.pagesTotal - u.pagesUsed >= batch.length * pagesPerStep)) {
+    if (batch.length > 1 && (evict || roomFor(batch.length))) {
       stats.decodeSteps++;
       stats.decodeRows += batch.length;
       try {
