@@ -79,7 +79,7 @@ void attendBatch(const AttendArgs* calls, size_t count) {
   const int kBlockTokens = P >= 16 ? std::min(P, 512) : (16 + P - 1) / P * P;
   // How far ahead the kernels request rows: the next page, or the first page at least 16 tokens on.
   const int aheadPages = std::max(1, (16 + P - 1) / P);
-  const int dt = (int)a0.pool->dtype();
+  const DType dt = a0.pool->dtype();
   const size_t rowBytes = a0.pool->rowBytes();
   const int kvHeads = a0.kvHeads, queryHeads = a0.queryHeads;
 
@@ -198,7 +198,7 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     const int rows = it.row1 - it.row0;
     const int64_t stateStride = (partialStride + 15) / 16 * 16;
     std::vector<float>& work = tItem;
-    const size_t convertedFloats = rows > 1 && dt != 0 ? (size_t)2 * kBlockTokens * D : 0;
+    const size_t convertedFloats = rows > 1 && dt != DType::F32 ? (size_t)2 * kBlockTokens * D : 0;
     sizeTo(work, (size_t)(rows * stateStride) + 16 + (size_t)G * kBlockTokens + convertedFloats + 16);
     float* state = work.data() + (16 - (reinterpret_cast<uintptr_t>(work.data()) / sizeof(float)) % 16) % 16;
     const int32_t* vis = visible.data() + part.visible0;

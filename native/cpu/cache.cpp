@@ -107,7 +107,7 @@ void CpuBackend::readRaw(const HeadState& h, int32_t count, bool values, uint8_t
 
 void CpuBackend::valueNorms(const HeadState& h, int32_t count, float* out) {
   const size_t rowBytes = pool_->rowBytes();
-  const int dt = (int)pool_->dtype();
+  const DType dt = pool_->dtype();
   h.forSegments(pool_->pageSize(), 0, count, [&](int32_t page, int off, int cnt, int32_t t) {
     kernels_->rowNorms(dt, pool_->values(page) + (size_t)off * rowBytes, cnt, headDim_, out + t);
   });

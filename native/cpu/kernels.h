@@ -3,6 +3,10 @@
 #include <cstddef>
 #include <cstdint>
 
+// For DType only: the instruction-set files must not call its inline conversions (each would be
+// compiled with that file's flags and could be merged into the others; see kernels_impl.h).
+#include "../core/dtype.h"
+
 // For the small helpers of the inner loops (a row group's dot products and their reduction): left
 // to the compiler's judgement they were inlined into the decode kernel but called out of line from
 // the prefill one, which then stored and reloaded sixteen accumulators per four tokens.
@@ -58,11 +62,11 @@ struct Span {
 };
 constexpr int kSpanRows = 8;
 
-// dt: 0 = f32, 1 = f16, 2 = bf16 (the cache's storage type).
+// dt: the cache's storage type, in which K and V rows are read.
 struct Kernels {
   const char* name;
   // s[g*ld + j] = dot(q + g*D, row j of K) for j < n, g < G. K rows are contiguous, D elements each.
-  void (*qk)(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld);
+  void (*qk)(DType dt, const void* K, int n, int D, const float* q, int G, float* s, int ld);
   // x[i] = exp(x[i] - shift) for i < n; returns the sum of the results.
   float (*expSum)(float* x, int n, float shift);
   // max of x[i] for i < n (-inf when n = 0; NaN inputs are not expected).
@@ -70,9 +74,9 @@ struct Kernels {
   // Attention of up to kSpanRows query rows over a token range of one KV head, for G query heads
   // each (see Span). Block by block, every row that sees the block is served while its K and V
   // rows are in cache.
-  void (*attendSpan)(int dt, const Span& span, int D, int G);
+  void (*attendSpan)(DType dt, const Span& span, int D, int G);
   // out[j] = ||row j|| (L2 norm of K or V rows) for j < n.
-  void (*rowNorms)(int dt, const void* rows, int n, int D, float* out);
+  void (*rowNorms)(DType dt, const void* rows, int n, int D, float* out);
   // out[g*ld + j] = k_j' A_g k_j for f32 rows k_j of K [n, D] and f32 matrices A_g [G, D, D].
   void (*quadForms)(const float* K, int n, int D, const float* A, int G, float* out, int ld);
 };

@@ -76,10 +76,10 @@ struct Vec {
 #include "kernels_impl.h"
 
 Vec Vec::loadF16(const uint16_t* p) {
-  return {{scalarLoad(1, p, 0), scalarLoad(1, p, 1), scalarLoad(1, p, 2), scalarLoad(1, p, 3)}};
+  return {{scalarLoad(DType::F16, p, 0), scalarLoad(DType::F16, p, 1), scalarLoad(DType::F16, p, 2), scalarLoad(DType::F16, p, 3)}};
 }
 Vec Vec::loadBF16(const uint16_t* p) {
-  return {{scalarLoad(2, p, 0), scalarLoad(2, p, 1), scalarLoad(2, p, 2), scalarLoad(2, p, 3)}};
+  return {{scalarLoad(DType::BF16, p, 0), scalarLoad(DType::BF16, p, 1), scalarLoad(DType::BF16, p, 2), scalarLoad(DType::BF16, p, 3)}};
 }
 
 }  // namespace

@@ -27,19 +27,19 @@ static inline float halfToFloat(uint16_t h) {
 #endif
 }
 
-static inline float scalarLoad(int dt, const void* base, int64_t i) {
-  if (dt == 0) return static_cast<const float*>(base)[i];
+static inline float scalarLoad(DType dt, const void* base, int64_t i) {
+  if (dt == DType::F32) return static_cast<const float*>(base)[i];
   const uint16_t h = static_cast<const uint16_t*>(base)[i];
-  return dt == 2 ? bitsToFloat((uint32_t)h << 16) : halfToFloat(h);
+  return dt == DType::BF16 ? bitsToFloat((uint32_t)h << 16) : halfToFloat(h);
 }
 
-static inline Vec loadRow(int dt, const void* base, int64_t i) {
-  if (dt == 0) return Vec::loadF32(static_cast<const float*>(base) + i);
-  if (dt == 1) return Vec::loadF16(static_cast<const uint16_t*>(base) + i);
+static inline Vec loadRow(DType dt, const void* base, int64_t i) {
+  if (dt == DType::F32) return Vec::loadF32(static_cast<const float*>(base) + i);
+  if (dt == DType::F16) return Vec::loadF16(static_cast<const uint16_t*>(base) + i);
   return Vec::loadBF16(static_cast<const uint16_t*>(base) + i);
 }
 
-static inline float dotTail(int dt, const void* K, int64_t row, const float* q, int from, int D) {
+static inline float dotTail(DType dt, const void* K, int64_t row, const float* q, int from, int D) {
   float r = 0;
   for (int d = from; d < D; ++d) r += q[d] * scalarLoad(dt, K, row + d);
   return r;
@@ -86,9 +86,9 @@ static inline void prefetchRow(const uint8_t* p, int64_t rowBytes, Prefetch hint
 // the arithmetic, the requests do not queue in a burst for free miss buffers while the arithmetic
 // waits behind them: on the Intel Xeon measured, decode at 32K ran 20-30% faster than with a
 // burst of a row's lines per row.
-template <int DT, int N>
+template <DType DT, int N>
 static inline void prefetchPart(const uint8_t* p, int step, Prefetch hint) {
-  constexpr int64_t kPartBytes = (int64_t)N * (DT == 0 ? 4 : 2);
+  constexpr int64_t kPartBytes = (int64_t)N * (DT == DType::F32 ? 4 : 2);
   static_assert(kPartBytes % 64 == 0 || 64 % kPartBytes == 0, "parts must tile cache lines");
   const int64_t at = (int64_t)step * kPartBytes;
   if (kPartBytes < 64 && at % 64 != 0) return;  // one request per line
@@ -98,7 +98,7 @@ static inline void prefetchPart(const uint8_t* p, int step, Prefetch hint) {
 // Scores of R = W/4 rows from row j for four query heads (q0, q0 + D, q0 + 2D, q0 + 3D): W
 // accumulators reduced together by one transpose-and-add tree. Lane k*R + r of the result is the
 // score of row j + r for head k. Requires D % W == 0; requests the same rows of `ahead` (may be null).
-template <int DT>
+template <DType DT>
 static LUKV_ALWAYS_INLINE Vec qkRows(const void* K, int j, int D, const float* q0, const uint8_t* ahead, int64_t rowBytes,
                          Prefetch hint) {
   constexpr int R = Vec::W / 4;
@@ -122,10 +122,10 @@ static LUKV_ALWAYS_INLINE Vec qkRows(const void* K, int j, int D, const float* q
 // Scores of a block of rows. Dot products are long dependency chains, so each loop keeps several
 // independent accumulators in flight: W/4 rows x four query heads (qkRows), or one row x four
 // heads, or four rows x one head (reduced four at a time by sum4).
-template <int DT>
+template <DType DT>
 static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s, int ld, const uint8_t* ahead,
                    Prefetch hint) {
-  const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
+  const int64_t rowBytes = (int64_t)D * (DT == DType::F32 ? 4 : 2);
   const int Dv = D - D % Vec::W;
   int g = 0;
   for (; g + 4 <= G; g += 4) {
@@ -191,7 +191,7 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
 // in registers across the whole block. The weights: w_k(j) = p[j + k*ld], or in the interleaved
 // layout of qkRows (IL) w_k(j) = p[(j / R) * W + k*R + j % R]. Requests the same rows of `ahead`
 // (may be null).
-template <int DT, bool IL, int T = Vec::kTile>
+template <DType DT, bool IL, int T = Vec::kTile>
 static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p, int ld, float* acc, const uint8_t* ahead,
                             int64_t rowBytes, Prefetch hint) {
   constexpr int R = Vec::W / 4;
@@ -223,10 +223,10 @@ static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p,
 // pvHeads4 over every column of rows whose length D is a multiple of W: whole tiles of W*kTile,
 // then the columns left over (D % (W*kTile)) in tiles of two vectors and of one, each reading the
 // same V rows from that column on. Rows are requested ahead by the first part that runs.
-template <int DT, bool IL>
+template <DType DT, bool IL>
 static inline void pvHeads4Rows(const void* V, int n, int D, const float* p, int ld, float* acc, const uint8_t* ahead,
                                 int64_t rowBytes, Prefetch hint) {
-  constexpr int W = Vec::W, T = Vec::kTile, E = DT == 0 ? 4 : 2;
+  constexpr int W = Vec::W, T = Vec::kTile, E = DT == DType::F32 ? 4 : 2;
   const int Dt = D - D % (W * T);
   if (Dt > 0) {
     pvHeads4<DT, IL>(V, n, D, Dt, p, ld, acc, ahead, rowBytes, hint);
@@ -243,10 +243,10 @@ static inline void pvHeads4Rows(const void* V, int n, int D, const float* p, int
     pvHeads4<DT, IL, 1>(static_cast<const uint8_t*>(V) + (int64_t)d * E, n, D, D - d, p, ld, acc + d, ahead, rowBytes, hint);
 }
 
-template <int DT>
+template <DType DT>
 static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, float* acc, const uint8_t* ahead,
                    Prefetch hint) {
-  const int64_t rowBytes = (int64_t)D * (DT == 0 ? 4 : 2);
+  const int64_t rowBytes = (int64_t)D * (DT == DType::F32 ? 4 : 2);
   constexpr int T = Vec::kTile;
   const int Dt = D - D % (Vec::W * T);
   const int Dv = D - D % Vec::W;
@@ -284,10 +284,10 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
   }
 }
 
-static void qk(int dt, const void* K, int n, int D, const float* q, int G, float* s, int ld) {
-  if (dt == 0) qkImpl<0>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
-  else if (dt == 1) qkImpl<1>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
-  else qkImpl<2>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
+static void qk(DType dt, const void* K, int n, int D, const float* q, int G, float* s, int ld) {
+  if (dt == DType::F32) qkImpl<DType::F32>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
+  else if (dt == DType::F16) qkImpl<DType::F16>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
+  else qkImpl<DType::BF16>(K, n, D, q, G, s, ld, nullptr, Prefetch::None);
 }
 
 static float expSum(float* x, int n, float shift) {
@@ -402,13 +402,13 @@ static void softmaxStep(float* s, int ld, int n, int G, float* m, float* l, floa
 }
 
 // The storage type rows are read as, as a type (for generic lambdas).
-template <int N>
+template <DType N>
 struct LoadAs {
-  static constexpr int value = N;
+  static constexpr DType value = N;
 };
 
 // dst[d] = row element d as f32, for d < D.
-template <int DT>
+template <DType DT>
 static inline void toF32(const void* src, int D, float* dst) {
   const int Dv = D - D % Vec::W;
   for (int d = 0; d < Dv; d += Vec::W) loadRow(DT, src, d).store(dst + d);
@@ -416,7 +416,7 @@ static inline void toF32(const void* src, int D, float* dst) {
 }
 
 // ONE: a single query row (decode), compiled separately so the row loops fold away.
-template <int DT, bool ONE>
+template <DType DT, bool ONE>
 static void attendSpanImpl(const Span& sp, int D, int G) {
   constexpr int R = Vec::W / 4;
   const int rows = ONE ? 1 : sp.rows;
@@ -468,8 +468,8 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
   // Serves query row i over the block [b, b + its end): LT is the type its K and V rows are read as,
   // and rowsOf(from, to, values, ahead, fn) hands them out (the pages, or the block's f32 copy).
   auto serveRow = [&](auto loadAs, int32_t b, int i, int ahead, auto&& rowsOf) {
-    constexpr int LT = decltype(loadAs)::value;
-    const int64_t rowBytes = (int64_t)D * (LT == 0 ? 4 : 2);
+    constexpr DType LT = decltype(loadAs)::value;
+    const int64_t rowBytes = (int64_t)D * (LT == DType::F32 ? 4 : 2);
     const int nb = ends[i] - b < B ? ends[i] - b : B;
     const float* q = sp.q + i * sp.qStride;
     float* m = sp.state + i * sp.stateStride;
@@ -543,7 +543,7 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
   // Prefill with 16-bit storage: each block's K and V rows are converted to f32 once, into
   // sp.converted, and every row reads that copy (converted per row, they cost a quarter of a row's
   // arithmetic on the Intel Xeon measured).
-  const bool shared = !ONE && DT != 0 && rows > 1 && sp.converted != nullptr;
+  const bool shared = !ONE && DT != DType::F32 && rows > 1 && sp.converted != nullptr;
   float* const kf = sp.converted;
   float* const vf = shared ? sp.converted + (int64_t)B * D : nullptr;
   for (int32_t b = sp.t0; b < last; b += B) {
@@ -565,7 +565,7 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
         fn(reinterpret_cast<const uint8_t*>((values ? vf : kf) + (int64_t)(from - b) * D), nullptr, to - from, from);
       };
       for (int i = 0; i < rows; ++i)
-        if (ends[i] > b) serveRow(LoadAs<0>{}, b, i, 0, copyRows);
+        if (ends[i] > b) serveRow(LoadAs<DType::F32>{}, b, i, 0, copyRows);
     } else {
       int ahead = sp.aheadPages;
       for (int i = 0; i < rows; ++i) {
@@ -580,18 +580,18 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
 }
 
 template <bool ONE>
-static void attendSpanRows(int dt, const Span& span, int D, int G) {
-  if (dt == 0) attendSpanImpl<0, ONE>(span, D, G);
-  else if (dt == 1) attendSpanImpl<1, ONE>(span, D, G);
-  else attendSpanImpl<2, ONE>(span, D, G);
+static void attendSpanRows(DType dt, const Span& span, int D, int G) {
+  if (dt == DType::F32) attendSpanImpl<DType::F32, ONE>(span, D, G);
+  else if (dt == DType::F16) attendSpanImpl<DType::F16, ONE>(span, D, G);
+  else attendSpanImpl<DType::BF16, ONE>(span, D, G);
 }
 
-static void attendSpan(int dt, const Span& span, int D, int G) {
+static void attendSpan(DType dt, const Span& span, int D, int G) {
   if (span.rows == 1) attendSpanRows<true>(dt, span, D, G);
   else attendSpanRows<false>(dt, span, D, G);
 }
 
-template <int DT>
+template <DType DT>
 static void rowNormsImpl(const void* rows, int n, int D, float* out) {
   const int Dv = D - D % Vec::W;
   for (int j = 0; j < n; ++j) {
@@ -609,10 +609,10 @@ static void rowNormsImpl(const void* rows, int n, int D, float* out) {
   }
 }
 
-static void rowNorms(int dt, const void* rows, int n, int D, float* out) {
-  if (dt == 0) rowNormsImpl<0>(rows, n, D, out);
-  else if (dt == 1) rowNormsImpl<1>(rows, n, D, out);
-  else rowNormsImpl<2>(rows, n, D, out);
+static void rowNorms(DType dt, const void* rows, int n, int D, float* out) {
+  if (dt == DType::F32) rowNormsImpl<DType::F32>(rows, n, D, out);
+  else if (dt == DType::F16) rowNormsImpl<DType::F16>(rows, n, D, out);
+  else rowNormsImpl<DType::BF16>(rows, n, D, out);
 }
 
 // out[g*ld + j] = k_j' A_g k_j for float32 rows k_j of K [n, D] and matrices A_g [G, D, D], as

@@ -16,7 +16,7 @@ namespace {
 void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
   const HeadState& h = *a.head;
   const int L = h.length(), G = a.group, D = a.headDim, P = a.pool->pageSize();
-  const int dt = (int)a.pool->dtype();
+  const DType dt = a.pool->dtype();
   const size_t rowBytes = a.pool->rowBytes();
   perHead.assign((size_t)G * L, 0.f);
   std::vector<float> s((size_t)G * L);
@@ -74,7 +74,7 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
   const int32_t L = h.length(), sink = std::min<int32_t>(o.sink, L), n = L - sink;
   if (n <= 0) return;
   const int G = a.group, D = a.headDim, P = a.pool->pageSize();
-  const int dt = (int)a.pool->dtype();
+  const DType dt = a.pool->dtype();
   const size_t rowBytes = a.pool->rowBytes();
   const float scale = o.scale, half = 0.5f * scale * scale;
   const float* mean = a.expectedMean + (size_t)a.headIndex * G * D;
@@ -90,10 +90,10 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
     if (!cov) return;
     for (int j = 0; j < cnt; ++j)
       for (int d = 0; d < D; ++d) {
-        if (dt == 0) k[(size_t)j * D + d] = reinterpret_cast<const float*>(K + (size_t)j * rowBytes)[d];
+        if (dt == DType::F32) k[(size_t)j * D + d] = reinterpret_cast<const float*>(K + (size_t)j * rowBytes)[d];
         else {
           const uint16_t b = reinterpret_cast<const uint16_t*>(K + (size_t)j * rowBytes)[d];
-          k[(size_t)j * D + d] = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
+          k[(size_t)j * D + d] = dt == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
         }
       }
     a.kernels->quadForms(k.data(), cnt, D, cov, G, quad.data(), cnt);
@@ -121,7 +121,7 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
 void scoreHead(const HeadScoreArgs& a, float* out) {
   const HeadState& h = *a.head;
   const int L = h.length(), D = a.headDim, P = a.pool->pageSize();
-  const int dt = (int)a.pool->dtype();
+  const DType dt = a.pool->dtype();
   const size_t rowBytes = a.pool->rowBytes();
   const ScoreOptions& o = *a.options;
   if (L == 0) return;
@@ -159,10 +159,10 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
         float inv = norms[t] > 0 ? 1.f / norms[t] : 0.f;
         for (int d = 0; d < D; ++d) {
           float v;
-          if (dt == 0) v = reinterpret_cast<const float*>(row)[d];
+          if (dt == DType::F32) v = reinterpret_cast<const float*>(row)[d];
           else {
             uint16_t b = reinterpret_cast<const uint16_t*>(row)[d];
-            v = dt == 1 ? f16ToF32(b) : bf16ToF32(b);
+            v = dt == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
           }
           keys[(size_t)t * D + d] = v * inv;
         }

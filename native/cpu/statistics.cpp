@@ -38,7 +38,7 @@ void accumulateQueryStatistics(const float* queries, int first, int tokens, int 
       for (int i0 = 0; i0 < D; i0 += 16) {
         const int rows = std::min(16, D - i0);
         const float* band = columns.data() + (size_t)i0 * n;
-        k->qk(0, band, D - i0, n, band, rows, block.data(), D - i0);
+        k->qk(DType::F32, band, D - i0, n, band, rows, block.data(), D - i0);
         for (int g = 0; g < rows; ++g)
           for (int j = g; j < D - i0; ++j) {
             const double v = block[(size_t)g * (D - i0) + j];
