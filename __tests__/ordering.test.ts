@@ -126,12 +126,13 @@ describe("call order on one sequence", () => {
 });
 
 describe("unrelated sequences", () => {
-  // One long prefill-sized attention (a few hundred ms) on sequence A, in flight on a worker thread.
+  // One long prefill-sized attention (about 0.1 s on two cores) on sequence A, in flight on a worker
+  // thread.
   function longJob() {
     const { r, cache, seq: a, row } = filled(4096, 11, 20000);
     const b = cache.createSequence();
     for (let l = 0; l < shape.layers; l++) b.append(l, randn(r, 16 * row), randn(r, 16 * row));
-    const q = randn(r, 1024 * shape.queryHeads * shape.headDim);
+    const q = randn(r, 2048 * shape.queryHeads * shape.headDim);
     return { r, cache, a, b, q, row };
   }
 
@@ -146,7 +147,9 @@ describe("unrelated sequences", () => {
     const k = randn(r, row);
     let slowest = 0;
     let calls = 0;
-    const until = performance.now() + alone * 0.8;
+    // Calls are made during the first half of A's attention only, so a call that waited for it
+    // would take at least half of \`alone\`.
+    const until = performance.now() + alone * 0.5;
     while (performance.now() < until) {
       t = performance.now();
       b.lengths();
@@ -158,8 +161,10 @@ describe("unrelated sequences", () => {
     }
     expect(await pending).toEqual(expected);
     expect(calls).toBeGreaterThan(10);
-    // A call that waited would take most of `alone`; scheduling on a busy machine can add tens of ms.
-    expect(slowest).toBeLessThan(alone / 4);
+    // A call that waited would take at least alone / 2. A thread descheduled on a busy machine (the
+    // async work and the pool's workers share the cores with this loop) loses ten milliseconds or
+    // more, hence the long job (about 100 ms alone) and the bound between the two.
+    expect(slowest).toBeLessThan(alone / 3);
     expect(b.appended(1)).toBe(16 + Math.ceil(calls / 16));
     cache.dispose();
   });
