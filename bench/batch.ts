@@ -3,7 +3,9 @@
 // against one attend call per sequence (what batching saves in per-call overhead), at the shape of
 // an 8B-class model's layer and at the embedded tiny-lm's (2 KV heads, 8 query heads, headDim 32);
 // (c) the same short steps off the main thread, as a server makes them: one attendBatchAsync
-// against one attendAsync per sequence, all awaited together.
+// against one attendAsync per sequence, all awaited together; (d) where the short steps' time goes:
+// the same calls made on the addon directly with the same arrays (no TypeScript checks), so the
+// difference is the TypeScript layer's share.
 // Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15] [--warmup-ms 5]
 import { KVCache, Sequence, backends } from "../ts";
 import { native } from "../ts/native";
@@ -49,9 +51,12 @@ function decodeCalls(seqs: Sequence[], cache: KVCache) {
   const qs = seqs.map((_, s) => new Float32Array(queryHeads * headDim).map((_, i) => Math.sin(i + s) * 0.1));
   const outs = qs.map((q) => new Float32Array(q.length));
   const items = seqs.map((sequence, i) => ({ sequence, queries: qs[i], out: outs[i] }));
+  const handle = cache.handle, ids = Int32Array.from(seqs, (s) => s.id), scale = 1 / Math.sqrt(headDim);
   return {
     batch: () => cache.attendBatch(0, items),
     separate: () => seqs.forEach((s, i) => s.attend(0, qs[i], { out: outs[i] })),
+    addonBatch: () => handle.attendBatch(0, ids, qs, scale, outs),
+    addonSeparate: () => ids.forEach((id, i) => handle.attend(id, 0, qs[i], scale, outs[i])),
     batchAsync: () => cache.attendBatchAsync(0, items),
     separateAsync: () => Promise.all(seqs.map((s, i) => s.attendAsync(0, qs[i], { out: outs[i] }))),
   };
@@ -86,6 +91,7 @@ async function measure(
 
 const table: (string | number)[][] = [];
 const asyncTable: (string | number)[][] = [];
+const layerTable: (string | number)[][] = [];
 const results: Record<string, unknown> = {};
 
 const name = (x: Shape) => `${x.kvHeads}x${x.queryHeads}x${x.headDim}`;
@@ -99,6 +105,10 @@ async function main(): Promise<void> {
     table.push([name(shape), `${sequences} x ${tokens}`, (bytes / 2 ** 20).toFixed(1), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), (readMs / batchMs).toFixed(2), (separateMs / batchMs).toFixed(2)]);
     const entry: Record<string, unknown> = { shape, tokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, readOverBatch: readMs / batchMs, separateOverBatch: separateMs / batchMs, runs: m };
     if (key !== "long") {
+      const d = await measure({ batch: calls.batch, addonBatch: calls.addonBatch, separate: calls.separate, addonSeparate: calls.addonSeparate }, runs);
+      const [b, ab, sp, as] = [d.batch, d.addonBatch, d.separate, d.addonSeparate].map(median);
+      layerTable.push([name(shape), `${sequences} x ${tokens}`, (b * 1000).toFixed(1), (ab * 1000).toFixed(1), ((b - ab) * 1000).toFixed(1), (sp * 1000).toFixed(1), (as * 1000).toFixed(1), ((sp - as) * 1000).toFixed(1)]);
+      Object.assign(entry, { layers: { attendBatchMs: b, addonBatchMs: ab, separateMs: sp, addonSeparateMs: as, runs: d } });
       const a = await measure({ batchAsync: calls.batchAsync, separateAsync: calls.separateAsync }, runs, { awaited: true });
       const batchAsyncMs = median(a.batchAsync), separateAsyncMs = median(a.separateAsync);
       asyncTable.push([name(shape), `${sequences} x ${tokens}`, batchAsyncMs.toFixed(3), separateAsyncMs.toFixed(3), (separateAsyncMs / batchAsyncMs).toFixed(2)]);
@@ -111,6 +121,8 @@ async function main(): Promise<void> {
   printTable(["shape", "sequences x tokens", "K+V MiB", "attendBatch ms", "separate ms", "plain read ms", "read / batch", "separate / batch"], table);
   console.log("\noff the main thread:");
   printTable(["shape", "sequences x tokens", "attendBatchAsync ms", `${sequences} x attendAsync ms`, "separate / batch"], asyncTable);
+  console.log("\nwhere the short steps' time goes (the addon called directly with the same arrays; TypeScript = the difference):");
+  printTable(["shape", "sequences x tokens", "attendBatch us", "addon alone us", "TypeScript us", `${sequences} x attend us`, "addon alone us", "TypeScript us"], layerTable);
   const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, warmupMs, machine: machine(), results });
   console.log(`\nwritten ${file}`);
 }
