@@ -126,8 +126,8 @@ describe("call order on one sequence", () => {
 });
 
 describe("unrelated sequences", () => {
-  // One long prefill-sized attention (about 0.1 s on two cores) on sequence A, in flight on a worker
-  // thread.
+  // One long prefill-sized attention (60 ms or more on two cores) on sequence A, in flight on a
+  // worker thread.
   function longJob() {
     const { r, cache, seq: a, row } = filled(4096, 11, 20000);
     const b = cache.createSequence();
@@ -148,7 +148,7 @@ describe("unrelated sequences", () => {
     let slowest = 0;
     let calls = 0;
     // Calls are made during the first half of A's attention only, so a call that waited for it
-    // would take at least half of \`alone\`.
+    // would take at least half of `alone`.
     const until = performance.now() + alone * 0.5;
     while (performance.now() < until) {
       t = performance.now();
@@ -163,7 +163,7 @@ describe("unrelated sequences", () => {
     expect(calls).toBeGreaterThan(10);
     // A call that waited would take at least alone / 2. A thread descheduled on a busy machine (the
     // async work and the pool's workers share the cores with this loop) loses ten milliseconds or
-    // more, hence the long job (about 100 ms alone) and the bound between the two.
+    // more, hence the long job (60 ms or more alone) and the bound between the two.
     expect(slowest).toBeLessThan(alone / 3);
     expect(b.appended(1)).toBe(16 + Math.ceil(calls / 16));
     cache.dispose();

@@ -91,7 +91,7 @@ async function measure(
 
 const table: (string | number)[][] = [];
 const asyncTable: (string | number)[][] = [];
-const layerTable: (string | number)[][] = [];
+const splitTable: (string | number)[][] = [];
 const results: Record<string, unknown> = {};
 
 const name = (x: Shape) => `${x.kvHeads}x${x.queryHeads}x${x.headDim}`;
@@ -107,8 +107,8 @@ async function main(): Promise<void> {
     if (key !== "long") {
       const d = await measure({ batch: calls.batch, addonBatch: calls.addonBatch, separate: calls.separate, addonSeparate: calls.addonSeparate }, runs);
       const [b, ab, sp, as] = [d.batch, d.addonBatch, d.separate, d.addonSeparate].map(median);
-      layerTable.push([name(shape), `${sequences} x ${tokens}`, (b * 1000).toFixed(1), (ab * 1000).toFixed(1), ((b - ab) * 1000).toFixed(1), (sp * 1000).toFixed(1), (as * 1000).toFixed(1), ((sp - as) * 1000).toFixed(1)]);
-      Object.assign(entry, { layers: { attendBatchMs: b, addonBatchMs: ab, separateMs: sp, addonSeparateMs: as, runs: d } });
+      splitTable.push([name(shape), `${sequences} x ${tokens}`, (b * 1000).toFixed(1), (ab * 1000).toFixed(1), ((b - ab) * 1000).toFixed(1), (sp * 1000).toFixed(1), (as * 1000).toFixed(1), ((sp - as) * 1000).toFixed(1)]);
+      Object.assign(entry, { split: { attendBatchMs: b, addonBatchMs: ab, separateMs: sp, addonSeparateMs: as, runs: d } });
       const a = await measure({ batchAsync: calls.batchAsync, separateAsync: calls.separateAsync }, runs, { awaited: true });
       const batchAsyncMs = median(a.batchAsync), separateAsyncMs = median(a.separateAsync);
       asyncTable.push([name(shape), `${sequences} x ${tokens}`, batchAsyncMs.toFixed(3), separateAsyncMs.toFixed(3), (separateAsyncMs / batchAsyncMs).toFixed(2)]);
@@ -122,7 +122,7 @@ async function main(): Promise<void> {
   console.log("\noff the main thread:");
   printTable(["shape", "sequences x tokens", "attendBatchAsync ms", `${sequences} x attendAsync ms`, "separate / batch"], asyncTable);
   console.log("\nwhere the short steps' time goes (the addon called directly with the same arrays; TypeScript = the difference):");
-  printTable(["shape", "sequences x tokens", "attendBatch us", "addon alone us", "TypeScript us", `${sequences} x attend us`, "addon alone us", "TypeScript us"], layerTable);
+  printTable(["shape", "sequences x tokens", "attendBatch us", "addon alone us", "TypeScript us", `${sequences} x attend us`, "addon alone us", "TypeScript us"], splitTable);
   const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, warmupMs, machine: machine(), results });
   console.log(`\nwritten ${file}`);
 }
