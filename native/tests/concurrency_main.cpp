@@ -63,6 +63,12 @@ struct Registry : Ids {
   }
 };
 
+// Disposes a sequence, first taking it out of the readers' registry (if any).
+void disposeListed(Cache& cache, Registry* reg, int32_t id) {
+  if (reg) reg->remove(id);
+  cache.disposeSequence(id);
+}
+
 // Forks handed from one thread to the next.
 struct Inbox : Ids {
   int32_t pop() {
@@ -118,11 +124,11 @@ bool workOnAdopted(Cache& cache, int32_t id, std::mt19937& r, uint64_t& h) {
   return true;
 }
 
+std::atomic<int64_t> adoptedOps{0};  // operations made on forks handed over, over all threads
+
 // One worker's operations, seeded: returns a hash of everything it observed of its own sequences.
 // give / take: the next thread's inbox and this thread's (null in the replay, which disposes the
 // twin forks at once: nothing it observes of its own sequences depends on them).
-std::atomic<int64_t> adoptedOps{0};  // operations made on forks handed over, over all threads
-
 uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give = nullptr, Inbox* take = nullptr) {
   const CacheConfig& c = cache.config();
   std::mt19937 r(seed);
@@ -132,7 +138,7 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give
   if (reg) reg->add(mine[0]);
   std::mt19937 other(seed ^ 0x9e3779b9u);  // draws for the forks handed over by the previous thread
   std::vector<int32_t> adopted;
-  uint64_t otherHash = 0;
+  uint64_t unchecked = 0;  // what the calls on forks handed over return: not replayed, not compared
   const size_t qRow = (size_t)c.queryHeads * c.headDim;
   for (int s = 0; s < steps; ++s) {
     if (take) {
@@ -141,9 +147,8 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give
       if (!adopted.empty()) {
         const size_t i = other() % adopted.size();
         adoptedOps++;
-        if (!workOnAdopted(cache, adopted[i], other, otherHash)) {
-          if (reg) reg->remove(adopted[i]);
-          cache.disposeSequence(adopted[i]);
+        if (!workOnAdopted(cache, adopted[i], other, unchecked)) {
+          disposeListed(cache, reg, adopted[i]);
           adopted.erase(adopted.begin() + i);
         }
       }
@@ -193,22 +198,14 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give
       if (reg) reg->add(copy);
     } else if (op == 9 && mine.size() > 1) {
       const size_t i = 1 + r() % (mine.size() - 1);
-      if (reg) reg->remove(mine[i]);
-      cache.disposeSequence(mine[i]);
+      disposeListed(cache, reg, mine[i]);
       mine.erase(mine.begin() + i);
     }
     const std::vector<int32_t> len = cache.lengths(mine[r() % mine.size()]);
     h = mixIn(h, len.data(), len.size() * sizeof(int32_t));
   }
-  for (int32_t id : mine) {
-    if (reg) reg->remove(id);
-    cache.disposeSequence(id);
-  }
-  for (int32_t id : adopted) {
-    if (reg) reg->remove(id);
-    cache.disposeSequence(id);
-  }
-  (void)otherHash;
+  for (int32_t id : mine) disposeListed(cache, reg, id);
+  for (int32_t id : adopted) disposeListed(cache, reg, id);
   return h;
 }
 
@@ -248,10 +245,7 @@ int main(int argc, char** argv) {
   for (auto& w : workers) w.join();
   // Forks handed over after their new thread had finished.
   for (Inbox& box : inboxes)
-    for (int32_t id = box.pop(); id >= 0; id = box.pop()) {
-      reg.remove(id);
-      cache.disposeSequence(id);
-    }
+    for (int32_t id = box.pop(); id >= 0; id = box.pop()) disposeListed(cache, &reg, id);
   done = true;
   for (auto& w : readers) w.join();
 
