@@ -30,6 +30,10 @@ def main():
     args = ap.parse_args()
     if args.seed in USED:
         raise SystemExit(f"seed {args.seed} is already used ({sorted(USED)})")
+    # --out is replaced whole: never the model folder it is copied from (or one holding it).
+    model, out = os.path.realpath(MODEL), os.path.realpath(args.out)
+    if model == out or model.startswith(out + os.sep):
+        raise SystemExit(f"--out {args.out} would replace {model}: choose another folder")
     spec = importlib.util.spec_from_file_location("recall_export", os.path.join(HERE, "export.py"))
     export = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(export)
