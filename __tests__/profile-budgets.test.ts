@@ -81,6 +81,22 @@ describe(`pruneRatiosAt (seed ${SEED})`, () => {
     const half = pruneRatiosAt(p, 0.005);
     half.forEach((v, h) => expect(v).toBeCloseTo(p.table[h] / 2, 15));
   });
+
+  test("a hand-built profile: the rows a ratio reads must hold prune ratios", () => {
+    const good = createProfile({ table: new Float64Array(99 * 2).fill(0.5), layers: 1, kvHeads: 2 });
+    for (const bad of [NaN, -0.25, 1.5, Infinity]) {
+      const table = good.table.slice();
+      table[49 * 2 + 1] = bad; // row 49 (ratio 0.5), head 1
+      const p: Profile = { ...good, table };
+      const what = Number.isNaN(bad) ? "NaN" : String(bad);
+      const message = `prune ratio at row 49 (compression ratio 0.5), layer 0, head 1 is ${what}; expected a number in [0, 1]`;
+      expect(() => pruneRatiosAt(p, 0.5)).toThrow(expect.objectContaining({ name: "BadProfileError", message }));
+      expect(() => pruneRatiosAt(p, 0.495)).toThrow(expect.objectContaining({ name: "BadProfileError", message })); // between rows 48 and 49
+      expect(() => budgetsFromProfile(p, { ratio: 0.5, lengths: [10, 10] })).toThrow(expect.objectContaining({ name: "BadProfileError", message }));
+      // Rows the ratio does not read are not scanned (checkProfile is cheap by design).
+      expect(Array.from(pruneRatiosAt(p, 0.2))).toEqual([0.5, 0.5]);
+    }
+  });
 });
 
 describe(`budgetsFromProfile (seed ${SEED})`, () => {

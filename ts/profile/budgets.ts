@@ -1,6 +1,6 @@
 import { invalid } from "../errors";
 import { knownOptions } from "../validate";
-import { checkProfile, type Profile } from "./profile";
+import { checkProfile, checkTable, type Profile } from "./profile";
 import { native } from "../native";
 
 const INT32_MAX = 2 ** 31 - 1;
@@ -34,6 +34,8 @@ function checkRatio(ratio: unknown): number {
  * @param ratio in [0, 1].
  * @param out optional Float64Array(layers × kvHeads) to fill.
  * @returns prune ratios, layer-major.
+ * @throws BadProfileError when a table row it reads holds NaN or a value outside [0, 1] (a
+ *   Profile built by hand; loadProfile and createProfile check every value).
  */
 export function pruneRatiosAt(profile: Profile, ratio: number, out?: Float64Array): Float64Array {
   checkProfile(profile);
@@ -41,15 +43,20 @@ export function pruneRatiosAt(profile: Profile, ratio: number, out?: Float64Arra
   const { grid, table } = profile;
   const H = profile.layers * profile.kvHeads;
   const p = out && out.length === H ? out : new Float64Array(H);
+  // checkProfile does not scan the table; the rows read here must hold prune ratios (a NaN or a
+  // value outside [0, 1] would turn into keep counts).
+  const rows = (first: number, count: number) => checkTable(table, grid, profile.layers, profile.kvHeads, first * H, (first + count) * H);
   let x = ratio * (grid + 1) - 1; // fractional row index
   const near = Math.round(x);
   if (Math.abs(x - near) < SNAP) x = near;
   if (x <= -1) {
     p.fill(0);
   } else if (x < 0) {
+    rows(0, 1);
     const w = x + 1;
     for (let h = 0; h < H; h++) p[h] = w * table[h];
   } else if (x >= grid - 1) {
+    rows(grid - 1, 1);
     const w = x - (grid - 1);
     const last = (grid - 1) * H;
     for (let h = 0; h < H; h++) p[h] = (1 - w) * table[last + h] + w;
@@ -58,6 +65,7 @@ export function pruneRatiosAt(profile: Profile, ratio: number, out?: Float64Arra
     const f = x - i;
     const a = i * H;
     const b = a + H;
+    rows(i, f === 0 ? 1 : 2);
     if (f === 0) for (let h = 0; h < H; h++) p[h] = table[a + h];
     else for (let h = 0; h < H; h++) p[h] = (1 - f) * table[a + h] + f * table[b + h];
   }
@@ -79,7 +87,8 @@ export function pruneRatiosAt(profile: Profile, ratio: number, out?: Float64Arra
  *
  * @returns keep counts, layer-major, Int32Array(layers × kvHeads).
  * @throws InvalidArgumentError when lengths do not match the profile's shape, ratio is
- *   outside [0, 1], or minKeep asks for more than the ratio keeps.
+ *   outside [0, 1], or minKeep asks for more than the ratio keeps; BadProfileError as
+ *   {@link pruneRatiosAt}.
  */
 export function budgetsFromProfile(profile: Profile, options: BudgetsFromProfileOptions): Int32Array {
   if (options === null || typeof options !== "object") throw invalid("options", "an object with ratio and lengths", options);

@@ -129,8 +129,8 @@ export function tableCell(i: number, grid: number, layers: number, kvHeads: numb
 }
 
 /** Rejects NaN and prune ratios outside [0, 1], naming the first bad cell. */
-export function checkTable(table: ArrayLike<number>, grid: number, layers: number, kvHeads: number): void {
-  for (let i = 0; i < table.length; i++) {
+export function checkTable(table: ArrayLike<number>, grid: number, layers: number, kvHeads: number, from = 0, to = table.length): void {
+  for (let i = from; i < to; i++) {
     const p = table[i];
     if (typeof p !== "number" || !(p >= 0 && p <= 1)) {
       const what = typeof p !== "number" ? show(p) : Number.isNaN(p) ? "NaN" : String(p);
