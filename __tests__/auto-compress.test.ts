@@ -1,5 +1,5 @@
 // seq.autoCompress: a long generation stays within its per-head limit, compressed back to it.
-import { KVCache, CompressReport } from "../ts";
+import { KVCache, CompressReport, Sequence } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("auto-compress");
@@ -57,4 +57,102 @@ test("options are checked when autoCompress is called", () => {
   expectInvalid(() => seq.autoCompress({ maxTokens: 64, ratio: 0.5 } as never), /^Expected only .* in options but received "ratio"/);
   expectInvalid(() => seq.autoCompress({ maxTokens: 64, allocation: "lukv" }), 'Expected a Profile (allocation "lukv" needs one; see loadProfile) for profile but received undefined');
   cache.dispose();
+});
+
+// A model's forward pass: per layer, append the step's rows, then attend with its queries.
+function step(seq: Sequence, r: () => number, tokens: number): void {
+  const row = shape.kvHeads * shape.headDim, qrow = shape.queryHeads * shape.headDim;
+  for (let l = 0; l < shape.layers; l++) {
+    seq.append(l, randn(r, tokens * row), randn(r, tokens * row));
+    seq.attend(l, randn(r, tokens * qrow));
+  }
+}
+const headPositions = (seq: Sequence) =>
+  Array.from({ length: heads }, (_, i) => Array.from(seq.positions(Math.floor(i / shape.kvHeads), i % shape.kvHeads)));
+const state = (seq: Sequence) => ({
+  lengths: Array.from(seq.lengths()),
+  appended: Array.from({ length: shape.layers }, (_, l) => seq.appended(l)),
+  positions: headPositions(seq),
+  keys: Array.from({ length: heads }, (_, i) => Array.from(seq.keys(Math.floor(i / shape.kvHeads), i % shape.kvHeads))),
+});
+
+test("a prefill past the limit with the default scorer: compressed before the next step's first append, as compress({ budget }) there", () => {
+  const cache = new KVCache({ ...shape, dtype: "f16", maxTokens: 4 * 1024 });
+  const seq = cache.createSequence(), twin = cache.createSequence();
+  const reports: CompressReport[] = [];
+  seq.autoCompress({ maxTokens: 64, every: 16, onCompress: (rep) => reports.push(rep) }); // snapkv, window 32
+  // The same rows and queries into both: the twin is compressed by hand where autoCompress should.
+  step(seq, rng(seed + 1), 100);
+  step(twin, rng(seed + 1), 100);
+  expect(seq.autoCompressions).toBe(0); // due, not run: the prompt's last layer had just been appended
+  expect(Array.from(seq.lengths())).toEqual(new Array(heads).fill(100));
+  const manual = twin.compress({ budget: 64 });
+  step(seq, rng(seed + 2), 1);
+  step(twin, rng(seed + 2), 1);
+  expect(seq.autoCompressions).toBe(1);
+  expect(reports).toHaveLength(1);
+  expect(Array.from(reports[0].kept)).toEqual(Array.from(manual.kept));
+  expect(reports[0].total).toBe(64 * heads);
+  expect(state(seq)).toEqual(state(twin));
+  cache.dispose();
+});
+
+test("an automatic compression that fails throws before the append, changes nothing and stays due", () => {
+  const r = rng(seed + 3);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  const a = cache.createSequence(), b = cache.createSequence();
+  step(a, r, 40);
+  step(b, r, 40);
+  // A window longer than the sequence: the compression is refused when it runs.
+  a.autoCompress({ maxTokens: 8, every: 1, scorer: "keydiff", window: 64 });
+  const row = shape.kvHeads * shape.headDim;
+  const last = shape.layers - 1;
+  // The batch that makes it due goes in (the compression runs before the next append).
+  cache.appendBatch(last, [{ sequence: a, keys: randn(r, 4 * row), values: randn(r, 4 * row) }, { sequence: b, keys: randn(r, 4 * row), values: randn(r, 4 * row) }]);
+  const before = { a: state(a), b: state(b), pages: cache.usage().pagesUsed };
+  const message = /^The automatic compression \(autoCompress\) due before this append failed, and nothing was appended: Expected window at most the sequence length/;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    expect(() => a.append(0, randn(r, row), randn(r, row))).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }));
+    // In a batch too, whichever item it is: nothing of the batch goes in.
+    expect(() => cache.appendBatch(0, [{ sequence: b, keys: randn(r, row), values: randn(r, row) }, { sequence: a, keys: randn(r, row), values: randn(r, row) }])).toThrow(
+      expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }),
+    );
+  }
+  expect({ a: state(a), b: state(b), pages: cache.usage().pagesUsed }).toEqual(before);
+  expect(a.autoCompressions).toBe(0);
+  // Stopped, the append goes in.
+  a.autoCompress(false);
+  a.append(0, randn(r, row), randn(r, row));
+  expect(a.appended(0)).toBe(before.a.appended[0] + 1);
+  cache.dispose();
+});
+
+test("appendBatchAsync runs the due compression in its turn, whether it waited or not", async () => {
+  const results: unknown[] = [];
+  for (const waits of [false, true]) {
+    const r = rng(seed + 4);
+    const cache = new KVCache({ ...shape, dtype: "f32" });
+    const a = cache.createSequence(), b = cache.createSequence();
+    step(a, r, 20);
+    step(b, r, 20);
+    a.autoCompress({ maxTokens: 8, every: 4, scorer: "streaming", sink: 1, window: 2 });
+    const row = shape.kvHeads * shape.headDim, qrow = shape.queryHeads * shape.headDim;
+    const queries = randn(r, qrow); // drawn either way: both runs get the same rows
+    const busy = waits ? a.attendAsync(0, queries) : undefined;
+    // Four positions into every layer of a (due after the last layer's batch), then eight more into
+    // layer 0 of a and b: the compression runs at the start of that batch's turn.
+    const calls = Array.from({ length: shape.layers }, (_, l) => cache.appendBatchAsync(l, [{ sequence: a, keys: randn(r, 4 * row), values: randn(r, 4 * row) }]));
+    const items = [{ sequence: a, keys: randn(r, 8 * row), values: randn(r, 8 * row) }, { sequence: b, keys: randn(r, 8 * row), values: randn(r, 8 * row) }];
+    calls.push(cache.appendBatchAsync(0, items));
+    await Promise.all([busy, ...calls]);
+    expect(a.autoCompressions).toBe(1);
+    // a: compressed to 8 per head, then 8 more rows in layer 0; b: 8 more rows, attended over all.
+    expect(Array.from(a.lengths())).toEqual([16, 16, 8, 8]);
+    expect(Array.from(b.lengths())).toEqual([28, 28, 20, 20]);
+    expect(b.attend(0, randn(r, 28 * qrow)).every(Number.isFinite)).toBe(true);
+    results.push(state(a), state(b));
+    cache.dispose();
+  }
+  expect(results[2]).toEqual(results[0]);
+  expect(results[3]).toEqual(results[1]);
 });

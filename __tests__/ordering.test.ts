@@ -1,6 +1,6 @@
 // Calls on one sequence take effect in call order: async calls wait for the ones before them, and a
 // synchronous call on a sequence with async calls pending throws SequenceBusyError.
-import { KVCache, createProfile } from "../ts";
+import { CompressOptions, KVCache, QueryStatistics, createProfile } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("ordering");
@@ -122,6 +122,129 @@ describe("call order on one sequence", () => {
     expect((await good).length).toBe(q.length);
     expect(seq.pending).toBe(0);
     cache.dispose();
+  });
+});
+
+describe("what a queued call reads, and when", () => {
+  const qrow = shape.queryHeads * shape.headDim;
+  const heads = shape.layers * shape.kvHeads;
+
+  test("compressAsync checks budgets against the lengths its turn finds (after the appends queued before it)", async () => {
+    const run = async (queued: boolean) => {
+      const { r, cache, seq, row } = filled(10, 21);
+      const rows = Array.from({ length: shape.layers }, () => [randn(r, 10 * row), randn(r, 10 * row)]);
+      const budgets = new Int32Array(heads).fill(15);
+      let kept: number[];
+      if (queued) {
+        const appends = rows.map(([k, v], l) => cache.appendBatchAsync(l, [{ sequence: seq, keys: k, values: v }]));
+        const report = await seq.compressAsync({ budgets, sink: 1, window: 1, scorer: "knorm" });
+        await Promise.all(appends);
+        kept = Array.from(report.kept);
+        // Over the length the turn finds: rejected then, with that length.
+        await expect(seq.compressAsync({ budgets: new Int32Array(heads).fill(16), scorer: "knorm", sink: 1, window: 1 })).rejects.toMatchObject({
+          name: "InvalidArgumentError",
+          message: "Expected budgets[0] (layer 0, head 0) between 0 and the head's length 15 but received 16",
+        });
+      } else {
+        rows.forEach(([k, v], l) => seq.append(l, k, v));
+        kept = Array.from(seq.compress({ budgets, sink: 1, window: 1, scorer: "knorm" }).kept);
+      }
+      const positions = Array.from({ length: heads }, (_, i) => Array.from(seq.positions(Math.floor(i / shape.kvHeads), i % shape.kvHeads)));
+      cache.dispose();
+      return { kept, positions };
+    };
+    const sync = await run(false);
+    expect(sync.kept).toEqual(new Array(heads).fill(15));
+    expect(await run(true)).toEqual(sync);
+  });
+
+  test("compressAsync reads its options at the call: observation queries, profile and query statistics changed afterwards change nothing", async () => {
+    const grid = 99;
+    const table = new Float64Array(grid * heads);
+    for (let g = 0; g < grid; g++) for (let i = 0; i < heads; i++) table[g * heads + i] = Math.min(1, ((g + 1) / 100) * (0.4 + 0.4 * i));
+    const cases: { name: string; options: () => CompressOptions; spoil: (o: CompressOptions) => void }[] = [
+      {
+        name: "observationQueries",
+        options: () => ({ ratio: 0.6, scorer: "snapkv", window: 4, sink: 1, observationQueries: [0, 1].map((l) => randn(rng(seed ^ (31 + l)), 4 * qrow)) }),
+        spoil: (o) => o.observationQueries!.forEach((q, l) => q!.set(randn(rng(seed ^ (41 + l)), q!.length, 3))),
+      },
+      {
+        name: "profile",
+        options: () => ({ ratio: 0.5, allocation: "lukv", profile: createProfile({ table, layers: shape.layers, kvHeads: shape.kvHeads }), scorer: "knorm", sink: 1, window: 1 }),
+        spoil: (o) => o.profile!.table.reverse(),
+      },
+      {
+        name: "expectedAttention.statistics",
+        options: () => {
+          const statistics = new QueryStatistics({ layers: shape.layers, queryHeads: shape.queryHeads, headDim: shape.headDim, skip: 0 });
+          for (let l = 0; l < shape.layers; l++) statistics.add(l, randn(rng(seed ^ (51 + l)), 8 * qrow));
+          return { ratio: 0.5, scorer: "expected-attention", expectedAttention: { statistics, rope: { theta: 10000 } }, sink: 1, window: 1 };
+        },
+        spoil: (o) => {
+          for (let l = 0; l < shape.layers; l++) o.expectedAttention!.statistics.add(l, randn(rng(seed ^ (61 + l)), 64 * qrow, 5));
+        },
+      },
+    ];
+    for (const c of cases) {
+      const kept = async (queued: boolean) => {
+        const { cache, seq, q } = filled(40, 23);
+        for (let l = 0; l < shape.layers; l++) seq.attend(l, q);
+        const options = c.options();
+        let report;
+        if (queued) {
+          const busy = seq.attendAsync(0, q); // the compression waits its turn behind it
+          const pending = seq.compressAsync(options);
+          c.spoil(options);
+          await busy;
+          report = await pending;
+        } else report = seq.compress(options);
+        const positions = Array.from({ length: heads }, (_, i) => Array.from(seq.positions(Math.floor(i / shape.kvHeads), i % shape.kvHeads)));
+        cache.dispose();
+        return { kept: Array.from(report.kept), positions };
+      };
+      const sync = await kept(false);
+      expect({ case: c.name, ...(await kept(true)) }).toEqual({ case: c.name, ...sync });
+    }
+  });
+
+  test("input bounds (checkFinite): a failed async append leaves none behind; queued compressAsync and saveAsync see only the calls before them", async () => {
+    // Keys and queries of 1e18: one of them against ordinary values is fine, both together could
+    // overflow a float32 score (headDim * |q| * |k| > 2^120), which checkFinite refuses.
+    const big = (r: () => number, n: number) => randn(r, n).map((x) => x * 1e18);
+    // A failed appendBatchAsync (out of pages): an attend with big queries still passes, and the
+    // saved bytes are those of a sequence that never saw the call.
+    {
+      const { r, cache, seq, row } = filled(40, 25, 192); // 3 pages of 16 tokens per head: the pool is full
+      const before = seq.save();
+      await expect(cache.appendBatchAsync(0, [{ sequence: seq, keys: big(r, 40 * row), values: randn(r, 40 * row) }])).rejects.toMatchObject({ name: "OutOfPagesError" });
+      expect(seq.save().equals(before)).toBe(true);
+      expect(seq.attend(0, big(r, qrow)).length).toBe(qrow);
+      cache.dispose();
+    }
+    // attend(big queries), then compress (snapkv scores those queries), then append big keys: fine
+    // in this order, so fine queued too.
+    const ordered = async (queued: boolean) => {
+      const { r, cache, seq, row } = filled(40, 27);
+      seq.attend(0, randn(r, qrow));
+      const q = big(r, qrow), k = big(r, 4 * row), v = randn(r, 4 * row);
+      let kept: number[], saved: Buffer;
+      if (queued) {
+        const calls = [seq.attendAsync(1, q), seq.compressAsync({ ratio: 0.5, window: 1, sink: 1 }), seq.saveAsync(), cache.appendBatchAsync(1, [{ sequence: seq, keys: k, values: v }]), seq.attendAsync(1, randn(r, qrow))] as const;
+        const results = await Promise.all(calls);
+        kept = Array.from(results[1].kept);
+        saved = results[2];
+      } else {
+        seq.attend(1, q);
+        kept = Array.from(seq.compress({ ratio: 0.5, window: 1, sink: 1 }).kept);
+        saved = seq.save();
+        seq.append(1, k, v);
+        seq.attend(1, randn(r, qrow));
+      }
+      cache.dispose();
+      return { kept, saved: saved.toString("base64") };
+    };
+    const sync = await ordered(false);
+    expect(await ordered(true)).toEqual(sync);
   });
 });
 

@@ -86,6 +86,21 @@ test("when nothing can give pages the append still throws, and busy sequences ar
   cache.dispose();
 });
 
+test("an appendBatchAsync's own sequences are busy for the policy, whether the batch waited or not", async () => {
+  for (const waits of [false, true]) {
+    const { r, cache, grow } = setup();
+    const a = cache.createSequence();
+    grow(a, 256); // the pool is full, and a is the only sequence that could give pages
+    cache.onPressure({ evict: "largest", scorer: "knorm", sink: 4, window: 8 });
+    const busy = waits ? a.attendAsync(0, randn(r, shape.queryHeads * shape.headDim)) : undefined;
+    const batch = cache.appendBatchAsync(0, [{ sequence: a, keys: randn(r, 16 * row), values: randn(r, 16 * row) }]);
+    await busy;
+    await expect(batch).rejects.toMatchObject({ name: "OutOfPagesError" });
+    expect({ waits, stats: cache.pressureStats, total: total(a) }).toEqual({ waits, stats: { events: 0, tokensEvicted: 0, pagesFreed: 0 }, total: 256 * heads });
+    cache.dispose();
+  }
+});
+
 test("options are checked when onPressure is called", () => {
   const { cache } = setup();
   const message = (fn: () => void) => {

@@ -184,8 +184,6 @@ export async function attendBatchAsync(
 ): Promise<Float32Array[]> {
   const { l, scale, seqs, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
   if (parts.length === 0) return [];
-  // The bounds join now; the queries join the observation windows when the work runs.
-  parts.forEach((p, i) => seqs[i].commitQueries(l, p.queryMax));
   // A batch that waits its turn keeps its own copy of the queries (the addon copies them when the work starts).
   const waits = seqs.some((s) => s.pending > 0);
   const queries = parts.map((p, i) => (waits && p.q === items[i].queries ? p.q.slice() : p.q));
@@ -195,10 +193,12 @@ export async function attendBatchAsync(
     try {
       const ids = Int32Array.from(seqs, (s) => s.nativeId());
       await cache.handle.attendBatchAsync(l, ids, queries, scale, outs);
-      return outs;
     } catch (e) {
       rethrow(e);
     }
+    // The queries joined the observation windows when the work ran; their bounds join now.
+    parts.forEach((p, i) => seqs[i].commitQueries(l, p.queryMax));
+    return outs;
   });
 }
 
@@ -232,6 +232,7 @@ function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array,
 export function appendBatch(cache: KVCache, layer: number, items: readonly AppendBatchItem[]): void {
   const { l, seqs, ids, parts } = checkAppendBatch(cache, layer, items, (s) => s.id);
   if (parts.length === 0) return;
+  seqs.forEach((s, i) => s.autoCompressDue(ids[i]));
   runAppend(cache, l, seqs, ids, parts);
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
 }
@@ -250,10 +251,16 @@ export function appendBatchAsync(cache: KVCache, layer: number, items: readonly 
   const waits = seqs.some((s) => s.pending > 0);
   const own = waits ? parts.map((p) => ({ ...p, keys: p.keys.slice(), values: p.values.slice() })) : parts;
   // Calls made after this one see these rows as appended (their checks count them).
-  parts.forEach((p, i) => seqs[i].noteAppend(l, p.checked, p.checked.tokens));
+  const queued = parts.map((p, i) => seqs[i].queueAppend(l, p.checked));
   return SequenceClass.enqueueAll(seqs, async () => {
-    parts.forEach((p, i) => seqs[i].noteAppend(l, p.checked, -p.checked.tokens));
-    runAppend(cache, l, seqs, Int32Array.from(seqs, (s) => s.nativeId()), own);
-    own.forEach((p, i) => seqs[i].appended_(l, p.checked));
+    try {
+      for (const q of queued) q.unqueue();
+      const ids = Int32Array.from(seqs, (s) => s.nativeId());
+      seqs.forEach((s, i) => s.autoCompressDue(ids[i]));
+      runAppend(cache, l, seqs, ids, own);
+      own.forEach((p, i) => seqs[i].appended_(l, p.checked));
+    } finally {
+      for (const q of queued) q.release();
+    }
   });
 }

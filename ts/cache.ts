@@ -13,6 +13,7 @@ import {
   ScoreOptions,
   nativeCompressOptions,
   nativeScoreOptions,
+  snapshotCompressOptions,
 } from "./compress";
 import * as batch from "./batch";
 import type { AttendBatchItem, AttendBatchOptions, AppendBatchItem } from "./batch";
@@ -95,7 +96,10 @@ export interface KVCacheOptions {
 export interface AutoCompressOptions extends Omit<CompressOptions, "ratio" | "budget" | "budgets"> {
   /** Tokens to keep per (layer, KV head) on average after each automatic compression (compress's `budget`). Required. */
   maxTokens: number;
-  /** Check after every `every` positions appended to the last layer. Default: 256. */
+  /**
+   * Check after every `every` positions appended to the last layer; the check (and the compression,
+   * if due) runs at the start of the next append. Default: 256.
+   */
   every?: number;
   /** Called with each automatic compression's report. Default: none. */
   onCompress?: (report: CompressReport) => void;
@@ -513,12 +517,17 @@ export class Sequence {
   readonly #cache: KVCache;
   #id: number | undefined;
   // Largest |key|, |value| ever appended and |query| ever attended per layer (with checkFinite): they
-  // bound every score and weighted sum the kernels compute. Eviction can only lower the truth.
+  // bound every score and weighted sum the kernels compute. Eviction can only lower the truth. Only
+  // calls that went in count (an async call's when it has run), so a queued call sees the bounds
+  // the calls before it left, and a failed call changes nothing.
   readonly #keyMax: Float64Array;
   readonly #valueMax: Float64Array;
   readonly #queryMax: Float64Array;
   // Per layer: rows of async appends (appendBatchAsync) queued and not yet run.
   readonly #queuedRows: Float64Array;
+  // The key and value bounds of async appends not yet settled: the checks of calls made meanwhile
+  // count them (the rows may be in when those calls' turns come).
+  readonly #unsettled = new Set<{ l: number; keyMax: number; valueMax: number }>();
   // Per layer: positions appended, as the native sequence counts them, read from it on first use
   // (a forked or loaded sequence starts with its origin's) and counted here from then on, so the
   // check of every attend call costs no call into the addon.
@@ -527,10 +536,11 @@ export class Sequence {
   // any is waiting or running (#pending > 0), synchronous calls throw SequenceBusyError.
   #tail: Promise<unknown> = Promise.resolve();
   #pending = 0;
-  // autoCompress: the compress() options, the check interval, and positions appended to the last
-  // layer since the last check.
+  // autoCompress: the compress() options, the check interval, positions appended to the last layer
+  // since the last check, and whether a check is due (it runs before the next append).
   #auto: { options: CompressOptions; every: number; onCompress?: (report: CompressReport) => void } | undefined;
   #sinceCheck = 0;
+  #autoDue = false;
   #autoCompressions = 0;
 
   /** @internal use KVCache.createSequence() */
@@ -577,9 +587,12 @@ export class Sequence {
 
   // Runs `task` after every async call made before it on this sequence has settled; with none
   // pending it starts now (in this tick), so an idle sequence pays no extra turn of the event loop.
+  // The call counts as pending before its task starts, so the task sees the sequence as busy
+  // whether it waited or not (the pressure policy skips it; synchronous calls throw).
   #enqueue<T>(task: () => Promise<T>): Promise<T> {
-    const start = this.#pending === 0 ? task() : this.#tail.then(task);
+    const idle = this.#pending === 0;
     this.#pending++;
+    const start = idle ? task() : this.#tail.then(task);
     const done = start.finally(() => {
       this.#pending--;
     });
@@ -610,6 +623,7 @@ export class Sequence {
     const id = this.id;
     const l = this.#layer(layer);
     const checked = this.checkAppend(l, keys, values, "");
+    this.autoCompressDue(id);
     this.#cache.withPressure(this, () => {
       try {
         this.#cache.handle.append(id, l, keys, values);
@@ -641,13 +655,17 @@ export class Sequence {
     return { keyMax, valueMax, tokens: keys.length / row };
   }
 
-  /** @internal After rows checked by checkAppend went in: their bounds, and the autoCompress check. */
+  /**
+   * @internal After rows checked by checkAppend went in: their bounds and count; after the last
+   * layer's, whether an automatic compression is due (autoCompress; it runs before the next append).
+   */
   appended_(l: number, checked: { keyMax: number; valueMax: number; tokens: number }): void {
-    this.noteAppend(l, checked, 0);
+    this.#keyMax[l] = Math.max(this.#keyMax[l], checked.keyMax);
+    this.#valueMax[l] = Math.max(this.#valueMax[l], checked.valueMax);
     if (this.#appendedRows) this.#appendedRows[l] += checked.tokens;
     if (this.#auto && l === this.#cache.config.layers - 1) {
       this.#sinceCheck += checked.tokens;
-      if (this.#sinceCheck >= this.#auto.every) this.#autoCheck();
+      if (this.#sinceCheck >= this.#auto.every) this.#autoDue = true;
     }
   }
 
@@ -667,13 +685,30 @@ export class Sequence {
   }
 
   /**
-   * @internal Bounds of rows checked by checkAppend, and `queued` rows of layer `l` an async append
-   * will add (negative when it ran or failed), so that calls made after it check against them.
+   * @internal An async append of rows checked by checkAppend, from its call until it settles: calls
+   * made meanwhile count its rows (until its turn starts: `unqueue`) and their bounds (until it
+   * settles: `release`; if it succeeded, appended_ has recorded them by then).
    */
-  noteAppend(l: number, checked: { keyMax: number; valueMax: number }, queued: number): void {
-    this.#keyMax[l] = Math.max(this.#keyMax[l], checked.keyMax);
-    this.#valueMax[l] = Math.max(this.#valueMax[l], checked.valueMax);
-    this.#queuedRows[l] += queued;
+  queueAppend(l: number, checked: { keyMax: number; valueMax: number; tokens: number }): { unqueue: () => void; release: () => void } {
+    this.#queuedRows[l] += checked.tokens;
+    const held = { l, keyMax: checked.keyMax, valueMax: checked.valueMax };
+    this.#unsettled.add(held);
+    let queued = true;
+    return {
+      unqueue: () => {
+        if (queued) this.#queuedRows[l] -= checked.tokens;
+        queued = false;
+      },
+      release: () => this.#unsettled.delete(held),
+    };
+  }
+
+  // The largest |key| or |value| of layer `l` that a call made now may meet: the appends that went
+  // in and the async ones not yet settled.
+  #bound(which: "keyMax" | "valueMax", l: number): number {
+    let m = which === "keyMax" ? this.#keyMax[l] : this.#valueMax[l];
+    for (const held of this.#unsettled) if (held.l === l) m = Math.max(m, held[which]);
+    return m;
   }
 
   /** @internal The native id without the busy check (for work already in this sequence's queue). */
@@ -686,8 +721,9 @@ export class Sequence {
    * call in each sequence's queue (later calls on any of them wait for it).
    */
   static enqueueAll<T>(seqs: readonly Sequence[], task: () => Promise<T>): Promise<T> {
-    const start = seqs.every((s) => s.#pending === 0) ? task() : Promise.all(seqs.map((s) => s.#tail)).then(task);
+    const idle = seqs.every((s) => s.#pending === 0);
     for (const s of seqs) s.#pending++;
+    const start = idle ? task() : Promise.all(seqs.map((s) => s.#tail)).then(task);
     const done = start.finally(() => {
       for (const s of seqs) s.#pending--;
     });
@@ -697,16 +733,20 @@ export class Sequence {
   }
 
   /**
-   * Keeps a long generation in bounded memory: after appends to the last layer, every `every`
-   * positions, if the sequence holds more than `maxTokens` tokens per (layer, KV head) on average,
-   * it is compressed back to that (compress with `budget: maxTokens` and the given options; pages
-   * go back to the pool). So it never holds more than about maxTokens + every per head. Options are
+   * Keeps a long generation in bounded memory: once `every` positions have been appended to the last
+   * layer since the last check, the next append (normally the first layer's, at the start of the
+   * next step, after the step before was attended) first checks the sequence, and if it holds more
+   * than `maxTokens` tokens per (layer, KV head) on average, compresses it back to that (compress
+   * with `budget: maxTokens` and the given options; pages go back to the pool). So it never holds
+   * more than about maxTokens + every per head. If that compression fails, the append throws its
+   * error (the message says so) and appends nothing, and the compression stays due. Options are
    * checked now. `autoCompress(false)` stops it.
    */
   autoCompress(options: AutoCompressOptions | false): void {
     void this.id;
     if (options === false) {
       this.#auto = undefined;
+      this.#autoDue = false;
       return;
     }
     if (options === null || typeof options !== "object") throw invalid("options", "an options object or false", options);
@@ -720,6 +760,7 @@ export class Sequence {
     nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
     this.#auto = { options: compressOptions, every, onCompress };
     this.#sinceCheck = 0;
+    this.#autoDue = false;
   }
 
   /** Automatic compressions made so far (autoCompress). */
@@ -727,15 +768,35 @@ export class Sequence {
     return this.#autoCompressions;
   }
 
-  #autoCheck(): void {
-    const auto = this.#auto!;
+  /**
+   * @internal Before an append (`id`: the sequence's native id, the call's busy check done): the
+   * automatic compression the appends before made due, if the sequence is over its limit. It runs
+   * here rather than right after the last layer's append so that the step that made it due has
+   * been attended (SnapKV scores the last layer with that step's queries) and so that a failure
+   * throws before the append changes anything; it stays due until it succeeds or autoCompress is
+   * changed.
+   */
+  autoCompressDue(id: number): void {
+    const auto = this.#auto;
+    if (!auto || !this.#autoDue) return;
+    const lengths = this.#cache.handle.lengths(id);
+    if (lengths.reduce((a, b) => a + b, 0) > (auto.options.budget as number) * lengths.length) {
+      let report: CompressReport;
+      try {
+        report = this.#compressNow(id, auto.options);
+      } catch (e) {
+        if (e instanceof LukvError)
+          e.message = `The automatic compression (autoCompress) due before this append failed, and nothing was appended: ${e.message}`;
+        throw e;
+      }
+      this.#autoCompressions++;
+      this.#autoDue = false;
+      this.#sinceCheck = 0;
+      auto.onCompress?.(report);
+      return;
+    }
+    this.#autoDue = false;
     this.#sinceCheck = 0;
-    const lengths = this.lengths();
-    const total = lengths.reduce((a, b) => a + b, 0);
-    if (total <= (auto.options.budget as number) * lengths.length) return;
-    const report = this.#compressNow(this.#liveId(), auto.options);
-    this.#autoCompressions++;
-    auto.onCompress?.(report);
   }
 
   #appendedCount(l: number): number {
@@ -766,8 +827,8 @@ export class Sequence {
     let queryMax = 0;
     if (this.#cache.config.checkFinite) {
       queryMax = scanTensor(name, queries, queryHeads, headDim, "f32", dtype);
-      checkScores(name, l, headDim, queryMax, this.#keyMax[l], scale);
-      checkValueSum(l, appended, this.#valueMax[l]);
+      checkScores(name, l, headDim, queryMax, this.#bound("keyMax", l), scale);
+      checkValueSum(l, appended, this.#bound("valueMax", l));
     }
     return { l, q, tokens, queryMax };
   }
@@ -822,16 +883,18 @@ export class Sequence {
     const scale = this.#scale(opts);
     const { l, q, queryMax } = this.#queries(layer, queries, scale);
     const out = this.#out(opts?.out, queries);
-    // The queries join the observation window when the work runs; their bound joins now.
-    this.commitQueries(l, queryMax);
     // A call that waits its turn keeps its own copy (the addon copies them when the work starts).
     const rows = this.#pending === 0 || q !== queries ? q : q.slice();
     return this.#enqueue(async () => {
+      let result: Float32Array;
       try {
-        return await this.#cache.handle.attendAsync(this.#liveId(), l, rows, scale, out);
+        result = await this.#cache.handle.attendAsync(this.#liveId(), l, rows, scale, out);
       } catch (e) {
         rethrow(e);
       }
+      // The queries joined the observation window when the work ran; their bound joins now.
+      this.commitQueries(l, queryMax);
+      return result;
     });
   }
 
@@ -847,7 +910,7 @@ export class Sequence {
 
   #compressNow(id: number, options: CompressOptions): CompressReport {
     if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
-    const n = nativeCompressOptions(options, this.#cache.config, () => this.lengths());
+    const n = nativeCompressOptions(options, this.#cache.config, () => this.#cache.handle.lengths(id));
     this.#checkScoring(n);
     try {
       return this.#cache.handle.compress(id, n);
@@ -858,18 +921,19 @@ export class Sequence {
 
   /**
    * Like compress(), off the main thread, in call order with the sequence's other async calls (see
-   * attendAsync). Options are read at the call; what depends on the sequence (the head lengths the
-   * LU-KV budgets are fitted to) is read when the call's turn comes, after the calls before it.
+   * attendAsync). Options are read at the call (arrays, the profile and the query statistics are
+   * copied: changing them afterwards changes nothing), and what does not depend on the sequence is
+   * checked then; what does (the head lengths that bound `budgets`, that `budget` and the LU-KV
+   * budgets are fitted to) is read and checked when the call's turn comes, after the calls before it.
    */
   async compressAsync(options: CompressOptions = {}): Promise<CompressReport> {
     this.#liveId();
     if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
-    const lengthsNow = () => this.#cache.handle.lengths(this.#liveId());
-    nativeCompressOptions(options, this.#cache.config, lengthsNow); // invalid options reject now
-    const o: CompressOptions = { ...options };
-    if (isInt32Array(o.budgets)) o.budgets = o.budgets.slice();
+    nativeCompressOptions(options, this.#cache.config, undefined); // invalid options reject now
+    const o = snapshotCompressOptions(options);
     return this.#enqueue(async () => {
-      const n = nativeCompressOptions(o, this.#cache.config, lengthsNow);
+      const id = this.#liveId();
+      const n = nativeCompressOptions(o, this.#cache.config, () => this.#cache.handle.lengths(id));
       this.#checkScoring(n);
       try {
         return await this.#cache.handle.compressAsync(this.#liveId(), n);

@@ -3,7 +3,7 @@ import { invalid, InvalidArgumentError } from "./errors";
 import { integerInRange, isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
 import { pruneRatiosAt, type Profile } from "./profile";
 import { checkScale } from "./finite";
-import { nativeExpectedAttention, type ExpectedAttentionOptions, type NativeExpectedAttention } from "./expected-attention";
+import { nativeExpectedAttention, type ExpectedAttentionOptions, type NativeExpectedAttention, type RopeOptions } from "./expected-attention";
 
 /** How tokens are ranked inside a head (higher score = keep). */
 export type ScorerName = "snapkv" | "keydiff" | "knorm" | "tova" | "h2o" | "streaming" | "random" | "expected-attention";
@@ -221,9 +221,15 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
   };
 }
 
-/** Validates compress() options; `lengths` (current per-head lengths) check explicit budgets. */
-export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths: () => Int32Array): NativeCompressOptions {
+/**
+ * Validates compress() options; `lengths` (the sequence's per-head lengths) bound explicit budgets,
+ * turn `budget` into a ratio and name the layers that are scored. Without it (an async call checked
+ * at the call, before its turn) only what does not depend on the sequence is checked, and the result
+ * is not for the addon.
+ */
+export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths: (() => Int32Array) | undefined): NativeCompressOptions {
   const n = nativeScoreOptions(o, shape, () => {
+    if (!lengths) return [];
     const len = lengths(), held: number[] = [];
     for (let l = 0; l < shape.layers; l++) if (len.subarray(l * shape.kvHeads, (l + 1) * shape.kvHeads).some((x) => x > 0)) held.push(l);
     return held;
@@ -238,12 +244,13 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
   if (o.budgets !== undefined) {
     if (!isInt32Array(o.budgets) || o.budgets.length !== heads)
       throw invalid("budgets", `Int32Array of length ${heads} (layers * kvHeads)`, o.budgets);
-    const len = lengths();
-    for (let i = 0; i < heads; i++)
-      if (o.budgets[i] < 0 || o.budgets[i] > len[i])
-        throw new InvalidArgumentError(
-          `Expected budgets[${i}] (layer ${Math.floor(i / shape.kvHeads)}, head ${i % shape.kvHeads}) between 0 and the head's length ${len[i]} but received ${o.budgets[i]}`,
-        );
+    const len = lengths?.();
+    for (let i = 0; i < heads; i++) {
+      const head = `budgets[${i}] (layer ${Math.floor(i / shape.kvHeads)}, head ${i % shape.kvHeads})`;
+      if (len && (o.budgets[i] < 0 || o.budgets[i] > len[i]))
+        throw new InvalidArgumentError(`Expected ${head} between 0 and the head's length ${len[i]} but received ${o.budgets[i]}`);
+      if (o.budgets[i] < 0) throw new InvalidArgumentError(`Expected ${head} of at least 0 but received ${o.budgets[i]}`);
+    }
     n.allocation = "explicit";
     n.budgets = o.budgets;
     return n;
@@ -253,7 +260,7 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
   if (o.budget !== undefined) {
     if (o.ratio !== undefined) throw invalid("budget", "no ratio beside it (give ratio or budget)", o.budget);
     const budget = integerInRange("budget", o.budget, 1, 2 ** 31 - 1);
-    const total = lengths().reduce((a, b) => a + b, 0);
+    const total = lengths ? lengths().reduce((a, b) => a + b, 0) : 0;
     const keep = Math.min(total, budget * heads);
     ratio = total > 0 ? 1 - keep / total : 0;
   }
@@ -275,4 +282,27 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
   }
   n.allocation = allocation;
   return n;
+}
+
+/**
+ * The options of an async compress as they are at the call: copies of the arrays, the profile's
+ * table and the query statistics it reads, so that changing them after the call changes nothing.
+ * Call it after nativeCompressOptions() accepted `o`.
+ */
+export function snapshotCompressOptions(o: CompressOptions): CompressOptions {
+  const c: CompressOptions = { ...o };
+  if (isInt32Array(o.budgets)) c.budgets = o.budgets.slice();
+  if (Array.isArray(o.observationQueries)) c.observationQueries = o.observationQueries.map((q) => q?.slice());
+  if (o.profile !== undefined) c.profile = { ...o.profile, table: o.profile.table.slice() };
+  const ea = o.expectedAttention;
+  if (ea !== undefined) {
+    const rope = ea.rope as { theta?: number; inverseFrequencies?: Float32Array | number[] };
+    const frequencies = rope.inverseFrequencies;
+    c.expectedAttention = {
+      ...ea,
+      statistics: ea.statistics.snapshot(),
+      rope: (frequencies === undefined ? { ...rope } : { ...rope, inverseFrequencies: frequencies.slice() }) as RopeOptions,
+    };
+  }
+  return c;
 }

@@ -63,6 +63,17 @@ export class QueryStatistics {
     this.#products = Array.from({ length: this.layers }, () => new Float64Array(covariance ? row * this.headDim : 0));
   }
 
+  /** @internal A copy with the statistics added so far (compressAsync reads its options at the call). */
+  snapshot(): QueryStatistics {
+    const copy = new QueryStatistics({ layers: this.layers, queryHeads: this.queryHeads, headDim: this.headDim, skip: this.skip, covariance: this.covariance });
+    copy.#positions = this.#positions.slice();
+    copy.#rows = this.#rows.slice();
+    copy.#shift = this.#shift.map((a) => a.slice());
+    copy.#sum = this.#sum.map((a) => a.slice());
+    copy.#products = this.#products.map((a) => a.slice());
+    return copy;
+  }
+
   /**
    * Adds the next positions of `layer`: `queries` is [tokens, queryHeads, headDim] Float32Array,
    * before RoPE. Positions below `skip` (counted over every add() of the layer) are not
