@@ -52,3 +52,43 @@ const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"
     await s.close();
   }
 }, 120_000);
+
+(haveModel ? test : test.skip)("bad bodies get 400 and the server goes on; a long prompt keeps BOS; streamed text joins to the decoded tokens", async () => {
+  const s = createGenerationServer({ evict: true });
+  const port = await s.listen(0);
+  try {
+    // Bodies that are JSON but not an object.
+    for (const body of [null, [1, 2], 7, "text"]) {
+      const lines: Record<string, unknown>[] = [];
+      expect(await post(port, body, (l) => lines.push(l))).toBe(400);
+      expect(lines).toEqual([{ error: "the body must be a JSON object" }]);
+    }
+    // Every sequence the server prefills starts with BOS, however long the prompt.
+    const tok = s.model.tokenizer!;
+    const firstTokens: number[] = [];
+    const forward = s.model.forward.bind(s.model);
+    const seen = new Set<unknown>();
+    s.model.forward = ((seq, tokens, options) => {
+      if (!seen.has(seq)) firstTokens.push(tokens[0]);
+      seen.add(seq);
+      return forward(seq, tokens, options);
+    }) as typeof s.model.forward;
+    const [long] = loadPrompts(1500);
+    let done: Record<string, unknown> = {};
+    expect(await post(port, { prompt: long.repeat(3), tokens: 4 }, (l) => (done = "done" in l ? l : done))).toBe(200);
+    expect(firstTokens).toEqual([tok.bos]);
+    expect(done.promptTokens).toBe(s.model.config.maxPosition - 4);
+    // Characters whose UTF-8 bytes span several byte tokens: the stream's texts join to the
+    // decoded tokens (each token decoded alone would give U+FFFD for the parts).
+    const lines: Record<string, unknown>[] = [];
+    const prompt = "Ünïcödé wörds: naïve, façade, résumé, über, señor, Zürich, São Paulo, Malmö,";
+    expect(await post(port, { prompt, tokens: 24, temperature: 1.2, seed: 1 }, (l) => lines.push(l))).toBe(200);
+    const streamed = lines.filter((l) => "token" in l);
+    const decoded = tok.decode(streamed.map((l) => l.token as number));
+    expect(decoded).toMatch(/[^\x00-\x7f]/); // the case is exercised: some character is multi-byte
+    expect(streamed.map((l) => l.text).join("")).toBe(decoded);
+    expect(s.stats().active).toBe(0);
+  } finally {
+    await s.close();
+  }
+}, 120_000);

@@ -104,28 +104,47 @@ export async function runLoad(evict: boolean, o: LoadOptions, prompts: string[])
   };
 }
 
-/** Prompts of about `promptTokens` tokens cut from the model's held-out texts. */
+/**
+ * Prompts of `promptTokens` tokens cut from the model's held-out texts; throws when no text is
+ * that long (a load test would otherwise send empty prompts).
+ */
 export function loadPrompts(promptTokens: number): string[] {
   const dir = defaultModelDir();
   const tok = loadTinyLM(dir).tokenizer!;
   const prompts: string[] = [];
+  let longest = 0;
   for (const { text } of modelTexts(dir, "heldout")) {
     const ids = tok.encode(text);
+    longest = Math.max(longest, ids.length);
     for (let at = 0; at + promptTokens <= ids.length && prompts.length < 64; at += promptTokens) prompts.push(tok.decode(ids.slice(at, at + promptTokens)));
   }
+  if (prompts.length === 0) throw new Error(`no held-out text has ${promptTokens} tokens (the longest has ${longest}); ask for shorter prompts`);
   return prompts;
 }
 
 async function main(): Promise<void> {
-  const arg = (name: string, fallback: number) => {
+  // Every option is a whole number of at least 1 (tokens at most the server's 256).
+  const arg = (name: string, fallback: number, max = 2 ** 31 - 1) => {
     const i = process.argv.indexOf(`--${name}`);
-    return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+    if (i < 0) return fallback;
+    const v = Number(process.argv[i + 1]);
+    if (!Number.isInteger(v) || v < 1 || v > max) {
+      console.error(`--${name} must be an integer from 1 to ${max} but is ${i + 1 < process.argv.length ? JSON.stringify(process.argv[i + 1]) : "missing"}`);
+      process.exit(2);
+    }
+    return v;
   };
   const o: LoadOptions = {
-    clients: arg("clients", 8), requests: arg("requests", 32), tokens: arg("tokens", 32), promptTokens: arg("prompt-tokens", 384),
+    clients: arg("clients", 8), requests: arg("requests", 32), tokens: arg("tokens", 32, 256), promptTokens: arg("prompt-tokens", 384),
     poolTokens: arg("pool-tokens", 4096), keepTokens: arg("keep-tokens", 96),
   };
-  const prompts = loadPrompts(o.promptTokens);
+  let prompts: string[];
+  try {
+    prompts = loadPrompts(o.promptTokens);
+  } catch (e) {
+    console.error((e as Error).message);
+    process.exit(2);
+  }
   console.log(`load test: ${o.clients} clients, ${o.requests} requests of ${o.tokens} tokens after ~${o.promptTokens}-token prompts; pool ${o.poolTokens} tokens per head\n`);
   const results = [await runLoad(false, o, prompts), await runLoad(true, o, prompts)];
   printTable(

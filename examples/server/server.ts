@@ -10,7 +10,8 @@
 //   curl -N -d '{"prompt": "The river", "tokens": 32}' localhost:8080/generate
 //
 // POST /generate {prompt, tokens = 32 (at most 256), temperature = 0.8, seed = 1} streams NDJSON:
-// one {"token", "text"} line per generated token, then {"done": true, ...}. GET /stats reports the
+// one {"token", "text"} line per generated token (the text the token completes: a character whose
+// UTF-8 bytes span several tokens comes with its last), then {"done": true, ...}. GET /stats reports the
 // cache (pages, bytes, peak bytes, pressure events, automatic compressions).
 import * as http from "http";
 import type { AddressInfo } from "net";
@@ -131,13 +132,17 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
     } catch {
       return reply(res, 400, { error: "the body must be JSON" });
     }
+    if (body === null || typeof body !== "object" || Array.isArray(body)) return reply(res, 400, { error: "the body must be a JSON object" });
     const prompt = typeof body.prompt === "string" ? body.prompt : "";
     const tokens = body.tokens ?? 32;
     const temperature = body.temperature ?? 0.8;
     if (!Number.isInteger(tokens) || (tokens as number) < 1 || (tokens as number) > MAX_TOKENS)
       return reply(res, 400, { error: `tokens must be an integer from 1 to ${MAX_TOKENS}` });
     if (typeof temperature !== "number" || !(temperature >= 0)) return reply(res, 400, { error: "temperature must be a number >= 0" });
-    const ids = [tok.bos!, ...tok.encode(prompt)].slice(-(model.config.maxPosition - (tokens as number)));
+    // A prompt too long for the model's positions loses its start, never BOS (the model saw
+    // every training text after BOS).
+    const text = tok.encode(prompt);
+    const ids = [tok.bos!, ...text.slice(Math.max(0, text.length - (model.config.maxPosition - (tokens as number) - 1)))];
     stats.requests++;
     stats.active++;
     let seq: Sequence | undefined;
@@ -157,11 +162,13 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
       if (closed) return;
       res.writeHead(200, { "content-type": "application/x-ndjson" });
       const sampler = new Sampler({ temperature, topK: 40, seed: typeof body.seed === "number" ? body.seed : 1 });
+      // Tokens are bytes: a character whose UTF-8 bytes span several tokens streams with its last.
+      const utf8 = new TextDecoder("utf-8");
       let made = 0;
       for (; made < (tokens as number) && !closed; made++) {
         const next = sampler.next(logits);
         if (next === tok.eos) break;
-        res.write(JSON.stringify({ token: next, text: tok.decode([next]) }) + "\n");
+        res.write(JSON.stringify({ token: next, text: utf8.decode(tok.decodeBytes([next]), { stream: true }) }) + "\n");
         logits = await decodeStep(seq, next);
         stats.tokens++;
         note();
@@ -189,7 +196,13 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   }
 
   const server = http.createServer((req, res) => {
-    if (req.method === "POST" && req.url === "/generate") void generate(req, res);
+    if (req.method === "POST" && req.url === "/generate")
+      generate(req, res).catch((e) => {
+        // Not reached by design (generate answers its own errors); if it is, fail this request only.
+        const error = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+        if (!res.headersSent) reply(res, 500, { error });
+        else res.end(JSON.stringify({ error }) + "\n");
+      });
     else if (req.method === "GET" && req.url === "/stats") {
       note();
       reply(res, 200, stats);
@@ -224,6 +237,16 @@ if (require.main === module) {
   const args = process.argv.slice(2);
   const at = args.indexOf("--port");
   const port = at >= 0 ? Number(args[at + 1]) : 8080;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    console.error(`--port must be an integer from 0 to 65535 (0: any free port) but is ${at >= 0 && at + 1 < args.length ? JSON.stringify(args[at + 1]) : "missing"}`);
+    process.exit(2);
+  }
   const s = createGenerationServer({ evict: !args.includes("--no-evict") });
-  s.listen(port, "127.0.0.1").then((p) => console.log(`lukv example server on http://127.0.0.1:${p} (POST /generate, GET /stats)`));
+  s.listen(port, "127.0.0.1").then(
+    (p) => console.log(`lukv example server on http://127.0.0.1:${p} (POST /generate, GET /stats)`),
+    (e: NodeJS.ErrnoException) => {
+      console.error(`cannot listen on 127.0.0.1:${port}: ${e.code === "EADDRINUSE" ? "the port is in use" : e.message}`);
+      process.exit(1);
+    },
+  );
 }
