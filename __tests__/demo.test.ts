@@ -37,13 +37,16 @@ describe("lukv demo on a random-weight model", () => {
     const { code, out } = await run(["demo", "--model", dir, "--prompt-tokens", "200", "--tokens", "12", "--dtype", "f32"]);
     expect(code).toBe(0);
     expect(out).toMatch(/prompt: .*handbook-1\.txt, 200 tokens; then 12 tokens, greedy/);
-    expect(out).toMatch(/80% of the prompt's KV evicted, Ada-KV allocation, snapkv scorer \(no LU-KV profile for snapkv in /);
+    expect(out).toMatch(/compression: evict 80% of the prompt's KV, Ada-KV allocation, snapkv scorer \(no LU-KV profile for snapkv in /);
     // f32, 2 layers x 2 KV heads x 200 tokens x headDim 8 x (K + V) x 4 bytes, in whole pages of 16 tokens.
     const [full, compressed] = bytesOf(out, "prompt KV memory");
     expect(full).toBe(4 * Math.ceil(200 / 16) * 16 * 8 * 2 * 4);
     // 40 tokens per head in pages of 16.
     expect(compressed).toBe(4 * 3 * 16 * 8 * 2 * 4);
+    expect(out).toMatch(/^ +full cache +Ada-KV 80%$/m);
     expect(out).toMatch(/KV tokens kept \(all heads\) +800 +160 \(20%\)/);
+    // What was asked was evicted: no note about the sink and window floor.
+    expect(out).not.toMatch(/^note:/m);
     expect(out).toMatch(/decode ms\/token \(median\) +[\d.]+ +[\d.]+/);
     expect(out).toMatch(/ {2}of which lukv attention +[\d.]+ +[\d.]+/);
     const agree = out.match(/agreement with the full cache: (\d+)\/12 greedy tokens identical/);
@@ -58,10 +61,44 @@ describe("lukv demo on a random-weight model", () => {
     saveProfile(profiles.get("snapkv")!, path.join(dir, "profile.json"));
     const { code, out } = await run(["demo", "--model", dir, "--prompt-tokens", "150", "--tokens", "6", "--ratio", "0.5"]);
     expect(code).toBe(0);
-    expect(out).toMatch(/50% of the prompt's KV evicted, LU-KV allocation, snapkv scorer \(profile .*profile\.json\)/);
+    expect(out).toMatch(/evict 50% of the prompt's KV, LU-KV allocation, snapkv scorer \(profile .*profile\.json\)/);
     // keydiff has no profile of its own: Ada-KV again.
     const kd = await run(["demo", "--model", dir, "--prompt-tokens", "100", "--tokens", "4", "--scorer", "keydiff"]);
     expect(kd.out).toMatch(/Ada-KV allocation, keydiff scorer \(no LU-KV profile for keydiff/);
+  });
+
+  test.each(["h2o", "expected-attention"])("--scorer %s runs: attention mass or query statistics are gathered during the prefill", async (scorer) => {
+    const { code, out, err } = await run(["demo", "--model", dir, "--scorer", scorer, "--prompt-tokens", "200", "--tokens", "4", "--ratio", "0.5"]);
+    expect([code, err]).toEqual([0, ""]);
+    expect(out).toMatch(new RegExp(`evict 50% of the prompt's KV, Ada-KV allocation, ${scorer} scorer`));
+    expect(out).toMatch(/KV tokens kept \(all heads\) +800 +400 \(50%\)/);
+    expect(out).toMatch(/agreement with the full cache: \d\/4 greedy tokens identical/);
+  });
+
+  test("where the sink and window keep more than the ratio asks, the demo says what it evicted", async () => {
+    const { code, out } = await run(["demo", "--model", dir, "--prompt-tokens", "100", "--tokens", "2", "--ratio", "0.99", "--allocation", "uniform"]);
+    expect(code).toBe(0);
+    expect(out).toMatch(/compression: evict 99% of the prompt's KV, uniform allocation/);
+    // 2 layers x 2 KV heads x (4 sink + 32 window) = 144 of 400 kept: 64% evicted.
+    expect(out).toMatch(/^ +full cache +uniform 64%$/m);
+    expect(out).toMatch(/KV tokens kept \(all heads\) +400 +144 \(36%\)/);
+    expect(out).toContain("note: 64% of the prompt's KV evicted, not the 99% asked: every head keeps its first 4 and last 32 tokens (144 tokens kept, 4 asked)\n");
+  });
+
+  test("a prompt shorter than the sink and window is refused before anything runs", async () => {
+    const short = await run(["demo", "--model", dir, "--prompt-tokens", "35", "--tokens", "2"]);
+    expect([short.code, short.out]).toEqual([2, ""]);
+    expect(short.err.split("\n")[0]).toBe("lukv demo: --prompt-tokens expects an integer >= 36 (every head keeps its first 4 and last 32 tokens), got 35");
+    const least = await run(["demo", "--model", dir, "--prompt-tokens", "36", "--tokens", "2"]);
+    expect(least.code).toBe(0);
+    expect(least.out).toMatch(/KV tokens kept \(all heads\) +144 +144 \(100%\)/);
+    const file = path.join(dir, "short.txt");
+    fs.writeFileSync(file, "hi");
+    let out = "";
+    await expect(main(["demo", "--model", dir, "--text", file], { out: (s) => (out += s), err: () => {} })).rejects.toThrow(
+      `${file} gives a prompt of 2 tokens (BOS included); the demo needs at least 36: every head keeps its first 4 and last 32 tokens`,
+    );
+    expect(out).toBe("");
   });
 
   test("bad options: exit code 2 and the usage", async () => {
@@ -71,6 +108,14 @@ describe("lukv demo on a random-weight model", () => {
       expect(err).toMatch(/usage: lukv demo/);
     }
   });
+});
+
+test("lukv demo --help: every scorer, and what --tokens and --steps mean with --random", async () => {
+  const { code, out } = await run(["demo", "--help"]);
+  expect(code).toBe(0);
+  expect(out).toContain("--scorer S           snapkv | keydiff | knorm | tova | h2o | streaming | random | expected-attention [snapkv]");
+  expect(out).toContain("--tokens N           tokens to generate [48]");
+  expect(out).toMatch(/--random {13}the synthetic-data demo instead: .*\n.*it takes only these options:\n {4}--tokens N {9}tokens to prefill \[2048\]\n {4}--steps N {10}tokens to decode \[16\]/);
 });
 
 test("lukv demo --random still runs the synthetic demo", async () => {

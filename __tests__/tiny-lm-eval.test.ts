@@ -124,3 +124,42 @@ test("every passkey prompt ends with the question, so it can be fed after compre
   }
   expect(questionStart([1, 2, 3], question)).toBe(3);
 });
+
+test("--scorers h2o: the attention mass is accumulated during the prefill, and lukv gets an h2o profile calibrated now", async () => {
+  const out = path.join(outDir, "h2o.json");
+  const r = await run(["eval", "--model", dir, "--texts", "1", "--windows", "1", "--context", "96", "--tokens", "8", "--passkeys", "1", "--scorers", "h2o", "--allocations", "uniform,lukv", "--ratios", "0.5", "--out", out]);
+  expect([r.code, r.err]).toEqual([0, ""]);
+  expect(r.out).toMatch(/note: lukv with h2o uses a profile calibrated now on 1 calibration texts \([1-9]\d* contexts/);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as EvalResult;
+  expect(j.rows.map((x) => `${x.scorer} ${x.allocation}`)).toEqual(["h2o uniform", "h2o lukv"]);
+  for (const x of j.rows) {
+    expect(x.scoredTokens).toBe(7);
+    expect(x.passkeyPrompts).toBe(1);
+    expect(x.outputError).toBeGreaterThan(0);
+  }
+});
+
+test("a context shorter than the sink and window, or nothing to evaluate, is refused before the run", async () => {
+  const out = path.join(outDir, "nothing.json");
+  const cases: [string[], string][] = [
+    [["--context", "35"], "lukv eval: --context expects an integer >= 36 (compression keeps the first 4 and last 32 tokens of every head), got 35"],
+    [["--texts", "0", "--passkeys", "0"], "lukv eval: nothing to evaluate: --texts 0, and --passkeys 0"],
+    [["--context", "100000", "--passkeys", "0"], "lukv eval: nothing to evaluate: no held-out text has the --context 100000 + --tokens 128 tokens of a window, and --passkeys 0"],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(["eval", "--model", dir, ...argv, "--out", out]);
+    expect([argv, r.code, r.out, r.err.split("\n")[0]]).toEqual([argv, 2, "", message]);
+  }
+  expect(fs.existsSync(out)).toBe(false);
+});
+
+test("passkeys only (no window fits): a note, and '-' rather than NaN in the table", async () => {
+  const out = path.join(outDir, "passkeys-only.json");
+  const r = await run(["eval", "--model", dir, "--context", "100000", "--passkeys", "1", "--scorers", "snapkv", "--allocations", "uniform", "--ratios", "0.5", "--out", out]);
+  expect([r.code, r.err]).toEqual([0, ""]);
+  expect(r.out).toContain("note: no held-out text has the --context 100000 + --tokens 128 tokens of a window: passkeys only, no perplexity, agreement or output error\n");
+  expect(r.out).not.toMatch(/NaN/);
+  const table = r.out.split("\n").filter((l) => l.startsWith("|"));
+  expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +- \| +- \| +- \| +- \|$/);
+  expect(table[3]).toMatch(/^\| snapkv +\| 0\.50 +\| uniform +\| +[\d.]+% \| +[\d.]+ \| +- \| +- \| +- \| +- \|$/);
+});

@@ -29,11 +29,13 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     case "solve":
       return solveCommand(rest, io);
     case undefined:
+      io.err(USAGE);
+      return 2;
     case "help":
     case "--help":
     case "-h":
       io.out(USAGE);
-      return command === undefined ? 2 : 0;
+      return 0;
     default:
       io.err(`lukv: unknown command "${command}"\n\n${USAGE}`);
       return 2;

@@ -9,7 +9,12 @@ import { ALLOCATIONS, AllocationName, SCORERS, ScorerName } from "../compress";
 import type { DType } from "../dtype";
 import { defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../model";
 import type { Profile } from "../profile";
-import { CliIO, countOption, parseArgs, progressBar, UsageError } from "./io";
+import { QueryStatistics } from "../expected-attention";
+import { CliIO, countOption, noPositionals, parseArgs, progressBar, UsageError, wantsHelp } from "./io";
+
+/** compress()'s defaults, passed explicitly: every head keeps its first SINK and last WINDOW tokens. */
+const SINK = 4;
+const WINDOW = 32;
 
 const USAGE = `usage: lukv demo [options]
 
@@ -17,15 +22,21 @@ Runs the embedded model (models/tiny-lm) on a held-out text: prefill, compress t
 generate greedily, and compare with the full cache.
 
 options (defaults in brackets):
-  --ratio R            fraction of the prompt's KV to evict [0.8]
+  --ratio R            fraction of the prompt's KV to evict [0.8]; every head keeps at least its
+                       first ${SINK} and last ${WINDOW} tokens, so a short prompt may keep more (the demo says so)
   --allocation A       uniform | pyramidkv | adakv | lukv [lukv with the model's profile; adakv without one]
-  --scorer S           snapkv | keydiff | knorm | tova | h2o | streaming | random [snapkv]
+  --scorer S           ${SCORERS.join(" | ")} [snapkv]
   --tokens N           tokens to generate [48]
-  --prompt-tokens N    prompt length, BOS included [the model's context minus --tokens]
-  --text FILE          the prompt text [models/tiny-lm/heldout/handbook-1.txt, else the first held-out text]
+  --prompt-tokens N    prompt length, BOS included, at least ${SINK + WINDOW} [the model's context minus --tokens]
+  --text FILE          the prompt text, at least ${SINK + WINDOW} tokens with BOS
+                       [models/tiny-lm/heldout/handbook-1.txt, else the first held-out text]
   --dtype D            cache dtype f32 | f16 | bf16 [f16]
   --model DIR          model directory [the package's models/tiny-lm]
-  --random             the synthetic-data demo instead (prefill and decode on random tensors)`;
+
+  --random             the synthetic-data demo instead: prefill and decode on random tensors
+                       (8 layers x 8 KV heads, head dim 128, f16); it takes only these options:
+    --tokens N         tokens to prefill [2048]
+    --steps N          tokens to decode [16]`;
 
 function mib(bytes: number): string {
   return bytes < 2 ** 20 ? `${(bytes / 1024).toFixed(1)} KiB` : `${(bytes / 2 ** 20).toFixed(2)} MiB`;
@@ -43,14 +54,17 @@ function oneLine(text: string, max: number, from: "start" | "end"): string {
   return from === "end" ? "…" + flat.slice(flat.length - max) : flat.slice(0, max) + "…";
 }
 
+const SPEC = { values: ["ratio", "allocation", "scorer", "tokens", "prompt-tokens", "text", "dtype", "model", "steps"], flags: ["random"] };
+
 export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
-  const { options, positional } = parseArgs(argv);
-  if (options.has("help") || options.has("h")) {
+  if (wantsHelp(argv)) {
     io.out(USAGE);
     return 0;
   }
   try {
-    if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
+    const args = parseArgs(argv, SPEC);
+    const { options } = args;
+    noPositionals(args);
     if (options.has("random")) return randomDemo(options, io);
     if (!options.has("model") && !fs.existsSync(path.join(defaultModelDir(), "model.safetensors"))) {
       // A checkout or package without the trained weights still has a demo to run.
@@ -69,10 +83,12 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
 
 function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const known = ["ratio", "allocation", "scorer", "tokens", "prompt-tokens", "text", "dtype", "model"];
+  if (options.has("steps")) throw new UsageError("--steps is an option of the --random demo (the model demo generates --tokens N)");
   for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
-  const dir = typeof options.get("model") === "string" ? (options.get("model") as string) : defaultModelDir();
-  const ratio = Number(options.get("ratio") ?? 0.8);
-  if (!(ratio >= 0 && ratio < 1)) throw new UsageError(`--ratio expects a number in [0, 1), got ${String(options.get("ratio"))}`);
+  const dir = (options.get("model") as string | undefined) ?? defaultModelDir();
+  const ratioText = options.get("ratio");
+  const ratio = Number(ratioText ?? 0.8);
+  if (!(ratio >= 0 && ratio < 1) || String(ratioText).trim() === "") throw new UsageError(`--ratio expects a number in [0, 1), got ${String(options.get("ratio"))}`);
   const scorer = (options.get("scorer") ?? "snapkv") as ScorerName;
   if (!SCORERS.includes(scorer)) throw new UsageError(`--scorer expects one of ${SCORERS.join(", ")}, got ${String(scorer)}`);
   const requested = options.get("allocation") as AllocationName | undefined;
@@ -81,17 +97,19 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const dtype = (options.get("dtype") ?? "f16") as DType;
   if (!["f32", "f16", "bf16"].includes(dtype)) throw new UsageError(`--dtype expects f32, f16 or bf16, got ${String(dtype)}`);
   const steps = countOption(options, "tokens", 48, 1);
+  const floor = `every head keeps its first ${SINK} and last ${WINDOW} tokens`;
+  const promptOption = options.has("prompt-tokens") ? countOption(options, "prompt-tokens", 0, SINK + WINDOW, floor) : undefined;
 
   const t0 = performance.now();
   const model = loadTinyLM(dir);
   const tok = model.tokenizer!;
   const c = model.config;
-  const promptTokens = countOption(options, "prompt-tokens", Math.max(64, c.maxPosition - steps), 2);
+  const promptTokens = promptOption ?? Math.max(64, c.maxPosition - steps);
 
   // The prompt: a held-out text the model never trained on.
   let textName: string, text: string;
-  const file = options.get("text");
-  if (typeof file === "string") {
+  const file = options.get("text") as string | undefined;
+  if (file !== undefined) {
     textName = file;
     text = fs.readFileSync(file, "utf8");
   } else {
@@ -102,6 +120,8 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
     text = pick.text;
   }
   const prompt = [tok.bos!, ...tok.encode(text)].slice(0, promptTokens);
+  if (prompt.length < SINK + WINDOW)
+    throw new Error(`${textName} gives a prompt of ${prompt.length} tokens (BOS included); the demo needs at least ${SINK + WINDOW}: ${floor}`);
 
   // LU-KV needs the model's profile; without one, Ada-KV is the closest head-wise allocation.
   const found = modelProfile(dir, scorer);
@@ -128,15 +148,20 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   );
   io.out(`CPU kernels: ${b.cpu.simd}; cache dtype ${dtype}; forward pass in TypeScript, all attention and KV storage in lukv`);
   io.out(`prompt: ${textName}, ${prompt.length} tokens; then ${steps} tokens, greedy`);
-  io.out(`compression: ${Math.round(ratio * 100)}% of the prompt's KV evicted, ${allocationLabel} allocation, ${scorer} scorer${note ? ` (${note})` : ""}`);
+  io.out(`compression: evict ${Math.round(ratio * 100)}% of the prompt's KV, ${allocationLabel} allocation, ${scorer} scorer${note ? ` (${note})` : ""}`);
   io.out("");
 
   using cache = model.createCache({ dtype, contextTokens: prompt.length + steps + 64 });
   using seq = cache.createSequence();
+  // H2O ranks by the attention mass accumulated while the prompt is attended (the fork keeps it).
+  if (scorer === "h2o") seq.accumulateAttention(true);
+  // Expected Attention predicts from the statistics of the prompt's own pre-RoPE queries.
+  const statistics = scorer === "expected-attention" ? new QueryStatistics({ layers: c.layers, queryHeads: c.heads, headDim: c.headDim, skip: SINK }) : undefined;
   const bar = progressBar("prefill", prompt.length);
   const tp = performance.now();
   let shown = 0;
   const logits = model.forward(seq, prompt, {
+    queryStatistics: statistics,
     onProgress: (done) => {
       bar.tick(done - shown);
       shown = done;
@@ -152,7 +177,8 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const fullRun = model.generate(full, logits, steps, { stopToken: -1, onToken: () => decodeBar.tick() });
   full.dispose();
 
-  const report = seq.compress({ ratio, allocation, profile, scorer });
+  const expectedAttention = statistics && { statistics, rope: { theta: c.ropeTheta } };
+  const report = seq.compress({ ratio, allocation, profile, scorer, sink: SINK, window: WINDOW, expectedAttention });
   const compressedBytes = cache.usage().bytesUsed;
   const run = model.generate(seq, logits, steps, { stopToken: -1, onToken: () => decodeBar.tick() });
   decodeBar.done();
@@ -163,13 +189,17 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const perLayer = Array.from({ length: c.layers }, (_, l) => Array.from(kept.subarray(l * c.kvHeads, (l + 1) * c.kvHeads)).join("/"));
 
   const row = (label: string, a: string, b2: string) => io.out(`${label.padEnd(26)}${a.padStart(12)}${b2.padStart(16)}`);
-  row("", "full cache", `${allocationLabel} ${Math.round(ratio * 100)}%`);
+  // What was evicted, which the sink and window floor can make less than the ratio asked.
+  const evicted = Math.round(100 * (1 - report.total / report.before));
+  row("", "full cache", `${allocationLabel} ${evicted}%`);
   row("prompt KV memory", mib(fullBytes), mib(compressedBytes));
   row("KV tokens kept (all heads)", String(report.before), `${report.total} (${((100 * report.total) / report.before).toFixed(0)}%)`);
   row("decode ms/token (median)", median(fullRun.stepMs).toFixed(2), median(run.stepMs).toFixed(2));
   row("  of which lukv attention", median(fullRun.attentionMs).toFixed(3), median(run.attentionMs).toFixed(3));
   io.out(`prefill ${(prefillMs / 1000).toFixed(1)} s (${(prefillMs / prompt.length).toFixed(2)} ms/token); compress ${report.ms.toFixed(1)} ms, ${report.pagesFreed} pages freed`);
   io.out(`tokens kept per layer (KV head 0/1/...): ${perLayer.join(", ")}`);
+  if (report.total > report.target)
+    io.out(`note: ${evicted}% of the prompt's KV evicted, not the ${Math.round(ratio * 100)}% asked: ${floor} (${report.total} tokens kept, ${report.target} asked)`);
   io.out("");
   io.out(`prompt (end):  ${oneLine(tok.decode(prompt), 240, "end")}`);
   io.out(`full cache:    ${oneLine(tok.decode(fullRun.tokens), 400, "start")}`);

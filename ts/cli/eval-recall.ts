@@ -13,7 +13,7 @@ import { loadProfile, saveProfile, type Profile } from "../profile";
 import { calibrationProfilers, profileContext } from "../model/calibrate";
 import { QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
-import { CliIO, countOption, dtypeOption, listOption as list, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
+import { CliIO, countOption, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
 
 export const RECALL_TASKS = ["niah", "mk-niah", "mq-niah", "vt"] as const;
 export type RecallTask = (typeof RECALL_TASKS)[number];
@@ -39,7 +39,7 @@ options (defaults in brackets):
   --calibrate          calibrate LU-KV profiles now on calibration/<task>.json even where the
                        model directory has profile-<scorer>.json [only where it has none]
   --save-profiles      write the profiles calibrated now to the model directory
-  --out FILE           JSON results [bench/results/eval-recall.json]
+  --out FILE           JSON results, in an existing directory [bench/results/eval-recall.json]
   --model DIR|NAME     model directory, or the name of one in the package's models/ [recall-lm]
   --pooling P          none | max | avg: every scorer that pools (${POOLING_SCORERS.join(", ")})
                        pools its scores with the neighbours' (max or mean over --kernel tokens), so
@@ -399,12 +399,16 @@ function recallProfile(dir: string, s: RecallSettings, scorer: ScorerName): { pr
 }
 
 export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel: (v: string | true | undefined) => string): Promise<number> {
-  const { options, positional } = parseArgs(argv);
-  let s: RecallSettings, dir: string, out: string;
+  let s: RecallSettings, dir: string, out: string, options: Map<string, string | true>;
   try {
-    if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
-    const known = ["task", "scorers", "allocations", "ratios", "question", "instances", "dtype", "calibrate", "save-profiles", "out", "model", "ea-epsilon", "ea-future-positions", "pooling", "kernel"];
-    for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k} (with --task)`);
+    const spec = {
+      values: ["task", "scorers", "allocations", "ratios", "question", "instances", "dtype", "out", "model", "ea-epsilon", "ea-future-positions", "pooling", "kernel"],
+      flags: ["calibrate", "save-profiles"],
+    };
+    const args = parseArgs(argv, spec);
+    options = args.options;
+    noPositionals(args);
+    for (const k of options.keys()) if (![...spec.values, ...spec.flags].includes(k)) throw new UsageError(`unknown option --${k} (with --task)`);
     const taskArg = options.get("task");
     const tasks = taskArg === "all" ? [...RECALL_TASKS] : list(taskArg, RECALL_TASKS, RECALL_TASKS, "task");
     const ratios = ratiosOption(options, [0.5, 0.8, 0.9, 0.95]);
@@ -437,7 +441,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
       ...(pooling ? { pooling } : {}),
     };
     dir = resolveModel(options.get("model") ?? "recall-lm");
-    out = typeof options.get("out") === "string" ? (options.get("out") as string) : path.join("bench", "results", "eval-recall.json");
+    out = outputOption(options.get("out"), path.join("bench", "results", "eval-recall.json"));
   } catch (e) {
     if (e instanceof UsageError) {
       io.err(`lukv eval: ${e.message}\n\n${RECALL_USAGE}`);
@@ -509,7 +513,6 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
   io.out("");
   for (const mode of s.questions) for (const ratio of s.ratios.filter((x) => Math.abs(x - 0.8) < 1e-9)) io.out(formatRecallSummary(result.rows, mode, ratio));
   io.out(`\n${seconds.toFixed(0)} s`);
-  fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
   fs.writeFileSync(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...result }, null, 1) + "\n");
   io.out(`results written to ${out}`);
   return 0;

@@ -6,11 +6,11 @@ import * as fs from "fs";
 import * as path from "path";
 import { ALLOCATIONS, AllocationName, SCORERS, ScorerName, type ScoreOptions } from "../compress";
 import type { DType } from "../dtype";
-import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, outputErrorProbe, passkeyPrompts, TinyLM } from "../model";
+import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, outputErrorProbe, passkeyPrompts, TinyLM, type Tokenizer } from "../model";
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { QueryStatistics } from "../expected-attention";
-import { CliIO, countOption as count, dtypeOption, listOption as list, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
+import { CliIO, countOption as count, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError, wantsHelp } from "./io";
 import { RECALL_USAGE, recallEvalCommand } from "./eval-recall";
 import { packageRoot } from "../native";
 
@@ -23,12 +23,13 @@ context was compressed, greedy next-token agreement with the full cache, and the
 output after o_proj with the compressed (O_c) or full (O_f) cache, fed the full run's q, k, v.
 
 options (defaults in brackets):
-  --scorers LIST       comma-separated [snapkv,keydiff]
+  --scorers LIST       comma-separated, of ${SCORERS.join(", ")}
+                       [snapkv,keydiff]
   --allocations LIST   comma-separated [uniform,pyramidkv,adakv,lukv] (lukv needs models/tiny-lm/profile.*)
   --ratios LIST        fractions of the context's KV evicted [0.5,0.8,0.9]
   --texts N            held-out texts for perplexity and agreement [all]
   --windows N          windows per text, as many as fit up to N [3]
-  --context N          context tokens per window, BOS included [768]
+  --context N          context tokens per window, BOS included, at least 36 [768]
   --tokens N           teacher-forced continuation tokens per window [128]
   --error-steps N      decode steps of the output error (clipped to tokens - 1) [64]
   --passkeys N         passkey prompts [all]
@@ -37,7 +38,7 @@ options (defaults in brackets):
   --dtype D            cache dtype f32 | f16 | bf16 [f32]
   --calibrate          calibrate every scorer's LU-KV profile now from models/tiny-lm/calibration
                        [only scorers without a profile file (profile.json, profile-<scorer>.json)]
-  --out FILE           JSON results [bench/results/eval.json]
+  --out FILE           JSON results, in an existing directory [bench/results/eval.json]
   --model DIR|NAME     model directory, or the name of one in the package's models/ [tiny-lm]
 
 With --task niah|mk-niah|mq-niah|vt the retrieval evaluation runs instead (lukv eval --task
@@ -166,6 +167,22 @@ function scores(a: Accumulator): EvalScores {
   };
 }
 
+/** compress()'s defaults: every head keeps its first SINK and last WINDOW tokens, so a context holds at least both. */
+const SINK = 4;
+const WINDOW = 32;
+
+/** The held-out windows of an evaluation: [BOS] + context - 1 text tokens, then the continuation. */
+function heldoutWindows(tok: Tokenizer, dir: string, s: Pick<EvalSettings, "texts" | "windows" | "context" | "tokens">): { text: string; start: number; ids: number[] }[] {
+  const samples: { text: string; start: number; ids: number[] }[] = [];
+  for (const t of modelTexts(dir, "heldout").slice(0, s.texts)) {
+    const ids = tok.encode(t.text);
+    const span = s.context - 1 + s.tokens;
+    for (let w = 0; w < s.windows && (w + 1) * span <= ids.length; w++)
+      samples.push({ text: t.name, start: w * span, ids: [tok.bos!, ...ids.slice(w * span, (w + 1) * span)] });
+  }
+  return samples;
+}
+
 /** Runs the evaluation; `progress` is called after each (sample, setting) pair with the pairs done and in all. */
 export function runEval(
   model: TinyLM,
@@ -182,14 +199,7 @@ export function runEval(
   const acc = settings.map(empty);
   const full = empty();
 
-  // Windows of held-out text: [BOS] + context - 1 text tokens, then the continuation.
-  const samples: { text: string; start: number; ids: number[] }[] = [];
-  for (const t of modelTexts(dir, "heldout").slice(0, s.texts)) {
-    const ids = tok.encode(t.text);
-    const span = s.context - 1 + s.tokens;
-    for (let w = 0; w < s.windows && (w + 1) * span <= ids.length; w++)
-      samples.push({ text: t.name, start: w * span, ids: [tok.bos!, ...ids.slice(w * span, (w + 1) * span)] });
-  }
+  const samples = heldoutWindows(tok, dir, s);
   const prompts = s.passkeys > 0 ? passkeyPrompts(dir).slice(0, s.passkeys) : [];
   const total = (samples.length + prompts.length) * (settings.length + 1);
   let done = 0;
@@ -205,16 +215,19 @@ export function runEval(
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
     const expectedAttention = scorer === "expected-attention" && stats ? { statistics: stats, rope: { theta: ropeTheta } } : undefined;
-    fork.compress({ ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
+    fork.compress({ sink: SINK, window: WINDOW, ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
     return fork;
   };
 
+  // H2O ranks by the attention mass accumulated while the context is attended (forks keep it).
+  const h2o = s.scorers.includes("h2o");
   for (const sample of samples) {
     const context = sample.ids.slice(0, s.context);
     // Continuation tokens 0..K-2 are fed; the rows they produce predict tokens 1..K-1.
     const fed = sample.ids.slice(s.context, s.context + s.tokens - 1);
     const targets = sample.ids.slice(s.context + 1, s.context + s.tokens);
     using seq = cache.createSequence();
+    if (h2o) seq.accumulateAttention(true);
     const stats = statistics();
     model.forward(seq, context, { logits: "none", queryStatistics: stats });
     const probe = outputErrorProbe(model, Math.min(s.errorSteps, fed.length));
@@ -263,6 +276,7 @@ export function runEval(
     const split = s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length;
     const expected = tok.encode(p.answer);
     using seq = cache.createSequence();
+    if (h2o) seq.accumulateAttention(true);
     const stats = statistics();
     const contextLogits = model.forward(seq, ids.slice(0, split), { queryStatistics: stats });
     const answer = (fork: Sequence, a: Accumulator) => {
@@ -309,7 +323,8 @@ function pct(x: number): string {
 export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
   const head = ["scorer", "ratio", "allocation", "passkey", "passkey NLL", "perplexity", "Δppl", "next-token agreement", "output error"];
   const nll = (x: number) => (Number.isNaN(x) ? "-" : x.toFixed(3));
-  const lines: string[][] = [["full cache", "-", "-", pct(r.full.passkeyAccuracy), nll(r.full.passkeyAnswerNll), r.full.perplexity.toFixed(3), "-", "100%", nll(r.full.outputError)]];
+  // Without held-out windows (--texts 0) there is no perplexity, agreement or output error.
+  const lines: string[][] = [["full cache", "-", "-", pct(r.full.passkeyAccuracy), nll(r.full.passkeyAnswerNll), nll(r.full.perplexity), "-", Number.isNaN(r.full.agreement) ? "-" : "100%", nll(r.full.outputError)]];
   for (const x of r.rows)
     lines.push([
       x.scorer,
@@ -317,8 +332,8 @@ export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
       x.allocation,
       pct(x.passkeyAccuracy),
       nll(x.passkeyAnswerNll),
-      x.perplexity.toFixed(3),
-      `${x.perplexity >= r.full.perplexity ? "+" : ""}${(100 * (x.perplexity / r.full.perplexity - 1)).toFixed(1)}%`,
+      nll(x.perplexity),
+      Number.isNaN(x.perplexity) ? "-" : `${x.perplexity >= r.full.perplexity ? "+" : ""}${(100 * (x.perplexity / r.full.perplexity - 1)).toFixed(1)}%`,
       pct(x.agreement),
       nll(x.outputError),
     ]);
@@ -346,24 +361,33 @@ export function formatComparison(r: Pick<EvalResult, "rows">): string {
   return lines.length ? ["LU-KV against the best other allocation (by perplexity):", ...lines].join("\n") : "";
 }
 
+const SPEC = {
+  values: ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "question", "dtype", "out", "model", "error-steps"],
+  flags: ["calibrate"],
+};
+
 export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
-  const { options, positional } = parseArgs(argv);
-  if (options.has("task")) {
-    if (options.has("help") || options.has("h")) {
+  if (argv.some((a) => a === "--task" || a.startsWith("--task="))) {
+    if (wantsHelp(argv)) {
       io.out(RECALL_USAGE);
       return 0;
     }
     return recallEvalCommand(argv, io, resolveModelDir);
   }
-  if (options.has("help") || options.has("h")) {
+  if (wantsHelp(argv)) {
     io.out(USAGE);
     return 0;
   }
+  const usageError = (e: UsageError) => {
+    io.err(`lukv eval: ${e.message}\n\n${USAGE}`);
+    return 2;
+  };
   let settings: EvalSettings, dir: string, out: string, calibrate: boolean;
   try {
-    if (positional.length > 0) throw new UsageError(`unexpected argument "${positional[0]}"`);
-    const known = ["scorers", "allocations", "ratios", "texts", "windows", "context", "tokens", "passkeys", "question", "dtype", "out", "model", "calibrate", "error-steps"];
-    for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
+    const args = parseArgs(argv, SPEC);
+    const { options } = args;
+    noPositionals(args);
+    for (const k of options.keys()) if (![...SPEC.values, ...SPEC.flags].includes(k)) throw new UsageError(`unknown option --${k}`);
     const ratios = ratiosOption(options, [0.5, 0.8, 0.9]);
     const dtype = dtypeOption(options);
     settings = {
@@ -372,7 +396,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       ratios,
       texts: count(options, "texts", Number.MAX_SAFE_INTEGER, 0),
       windows: count(options, "windows", 3, 1),
-      context: count(options, "context", 768, 2),
+      context: count(options, "context", 768, SINK + WINDOW, `compression keeps the first ${SINK} and last ${WINDOW} tokens of every head`),
       tokens: count(options, "tokens", 128, 2),
       passkeys: count(options, "passkeys", Number.MAX_SAFE_INTEGER, 0),
       question: oneOfOption(options.get("question"), ["after", "with"] as const, "question"),
@@ -381,12 +405,10 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     };
     calibrate = options.get("calibrate") === true;
     dir = resolveModelDir(options.get("model"));
-    out = typeof options.get("out") === "string" ? (options.get("out") as string) : path.join("bench", "results", "eval.json");
+    // Checked now rather than when the results are written, after all the work.
+    out = outputOption(options.get("out"), path.join("bench", "results", "eval.json"));
   } catch (e) {
-    if (e instanceof UsageError) {
-      io.err(`lukv eval: ${e.message}\n\n${USAGE}`);
-      return 2;
-    }
+    if (e instanceof UsageError) return usageError(e);
     throw e;
   }
 
@@ -394,6 +416,23 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
   const model = loadTinyLM(dir);
   const texts = Math.min(settings.texts, modelTexts(dir, "heldout").length);
   const prompts = settings.passkeys > 0 ? Math.min(settings.passkeys, passkeyPrompts(dir).length) : 0;
+  const windows = heldoutWindows(model.tokenizer!, dir, settings).length;
+  try {
+    // Known before the work, rather than a table of NaN after it.
+    if (prompts === 0 && windows === 0) {
+      const why =
+        settings.texts === 0
+          ? "--texts 0"
+          : texts === 0
+            ? `no held-out texts in ${path.join(dir, "heldout")}`
+            : `no held-out text has the --context ${settings.context} + --tokens ${settings.tokens} tokens of a window`;
+      const passkeys = settings.passkeys === 0 ? "--passkeys 0" : `no prompts in ${path.join(dir, "heldout", "passkey.json")}`;
+      throw new UsageError(`nothing to evaluate: ${why}, and ${passkeys}`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError) return usageError(e);
+    throw e;
+  }
   io.out(
     `lukv eval: ${settings.scorers.join(", ")} x ${settings.allocations.join(", ")} x ratios ${settings.ratios.join(", ")}; ` +
       `${texts} held-out texts x up to ${settings.windows} windows of ${settings.context} + ${settings.tokens} tokens; ${prompts} passkey prompts (question ${settings.question} compression); cache ${settings.dtype}`,
@@ -403,6 +442,8 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     notes.push(n);
     io.out(`note: ${n}`);
   };
+  if (windows === 0 && texts > 0)
+    note(`no held-out text has the --context ${settings.context} + --tokens ${settings.tokens} tokens of a window: passkeys only, no perplexity, agreement or output error`);
   // LU-KV's table is calibrated for one scorer: each scorer gets its own profile.
   const profiles = new Map<ScorerName, Profile>();
   if (settings.allocations.includes("lukv")) {
@@ -421,9 +462,10 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       const made = calibrateTinyLM(model, calibration, { scorers: missing, onProgress: (_d, total) => (bar ??= progressBar("calibrate", total)).tick() });
       bar?.done();
       for (const [scorer, p] of made.profiles) profiles.set(scorer, p);
+      const contexts = made.contexts.length;
       note(
         `lukv with ${missing.join(", ")} uses a profile calibrated now on ${calibration.length} calibration texts ` +
-          `(${made.contexts.length} contexts, ${((performance.now() - tc) / 1000).toFixed(0)} s)`,
+          `(${contexts} contexts, ${((performance.now() - tc) / 1000).toFixed(0)} s)`,
       );
     } else if (missing.length > 0) note(`no LU-KV profile for ${missing.join(", ")} and no calibration texts: lukv is left out for it`);
   }
@@ -441,7 +483,6 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     `${result.samples.length} windows, ${result.full.scoredTokens} scored continuation tokens; ${result.full.passkeyPrompts} passkey prompts; ` +
       `${seconds.toFixed(0)} s`,
   );
-  fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
   fs.writeFileSync(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...full }, null, 1) + "\n");
   io.out(`results written to ${out}`);
   return 0;

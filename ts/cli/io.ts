@@ -1,3 +1,5 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { parseArgs as parseNodeArgs } from "node:util";
 import type { DType } from "../dtype";
 
@@ -18,20 +20,70 @@ export const processIO: CliIO = {
   isTTY: process.stdout.isTTY === true,
 };
 
-/** Reads `--name value` and `--flag` options; the rest are positional. */
-export function parseArgs(argv: string[]): { positional: string[]; options: Map<string, string | true> } {
+/** The options a command knows: those that take a value (`--name V`, `--name=V`) and flags (`--name`). */
+export interface OptionSpec {
+  values: readonly string[];
+  flags: readonly string[];
+}
+
+/** Parsed `--name value` and `--flag` options, and the positional arguments. */
+export interface Args {
+  positional: string[];
+  options: Map<string, string | true>;
+  /** For each positional argument, the flag written just before it, if any. */
+  afterFlag: (string | undefined)[];
+}
+
+/**
+ * Reads `--name value`, `--name=value` and `--flag` options; the rest are positional. A known
+ * value option must have a non-empty value (the next argument unless that is another `--option`),
+ * and a flag never takes one (the word after it is positional). Unknown names are kept, with the
+ * next word as value when there is one, for the command to report.
+ * @throws UsageError for a value option without its value or a flag given one.
+ */
+export function parseArgs(argv: string[], spec: OptionSpec): Args {
   const positional: string[] = [];
+  const afterFlag: (string | undefined)[] = [];
   const options = new Map<string, string | true>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a.startsWith("--")) {
-      const eq = a.indexOf("=");
-      if (eq > 0) options.set(a.slice(2, eq), a.slice(eq + 1));
-      else if (i + 1 < argv.length && !argv[i + 1].startsWith("--")) options.set(a.slice(2), argv[++i]);
-      else options.set(a.slice(2), true);
-    } else positional.push(a);
+    if (!a.startsWith("--")) {
+      positional.push(a);
+      const before = argv[i - 1];
+      afterFlag.push(i > 0 && before.startsWith("--") && spec.flags.includes(before.slice(2)) ? before.slice(2) : undefined);
+      continue;
+    }
+    const eq = a.indexOf("=");
+    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    const next = argv[i + 1];
+    if (spec.flags.includes(name)) {
+      if (eq > 0) throw new UsageError(`--${name} takes no value, got ${JSON.stringify(a.slice(eq + 1))}`);
+      options.set(name, true);
+    } else if (spec.values.includes(name)) {
+      let value: string;
+      if (eq > 0) value = a.slice(eq + 1);
+      else if (next === undefined) throw new UsageError(`--${name} expects a value`);
+      else if (next.startsWith("--")) throw new UsageError(`--${name} expects a value, got the option ${next}`);
+      else value = argv[++i];
+      if (value === "") throw new UsageError(`--${name} expects a value, got ""`);
+      options.set(name, value);
+    } else if (eq > 0) options.set(name, a.slice(eq + 1));
+    else if (next !== undefined && !next.startsWith("--")) options.set(name, argv[++i]);
+    else options.set(name, true);
   }
-  return { positional, options };
+  return { positional, options, afterFlag };
+}
+
+/** `--help` or `-h` anywhere on the command line. */
+export function wantsHelp(argv: string[]): boolean {
+  return argv.includes("--help") || argv.includes("-h");
+}
+
+/** @throws UsageError naming the first positional argument, for commands that take none. */
+export function noPositionals(args: Args): void {
+  if (args.positional.length === 0) return;
+  const flag = args.afterFlag[0];
+  throw new UsageError(`unexpected argument ${JSON.stringify(args.positional[0])}${flag ? ` (--${flag} takes no value)` : ""}`);
 }
 
 /** A text progress bar on stderr when it is a terminal; silent otherwise. */
@@ -58,30 +110,73 @@ export function progressBar(label: string, total: number): { tick: (n?: number) 
 /** Bad command-line usage: reported with the usage text and exit code 2. */
 export class UsageError extends Error {}
 
-/** --name a,b,c: names from `allowed` (fallback when absent). */
-export function listOption<T extends string>(v: string | true | undefined, fallback: readonly T[], allowed: readonly T[], name: string): T[] {
-  if (v === undefined) return [...fallback];
-  const items = String(v).split(",").filter(Boolean) as T[];
-  const bad = items.filter((x) => !allowed.includes(x));
-  if (v === true || items.length === 0 || bad.length > 0) throw new UsageError(`--${name} expects a comma-separated list of ${allowed.join(", ")}`);
+/** The items of a comma-separated option value; an empty item (as in "a,,b" or "a,") is a typo, not a default. */
+function listItems(v: string | true, name: string, expects: string): string[] {
+  const items = String(v).split(",").map((x) => x.trim());
+  if (v === true || items.some((x) => x === "")) throw new UsageError(`--${name} expects ${expects}, got ${JSON.stringify(v === true ? "" : v)} (an empty item)`);
   return items;
 }
 
-/** --name N: an integer >= min (fallback when absent). */
-export function countOption(options: Map<string, string | true>, name: string, fallback: number, min: number): number {
+/** --name a,b,c: names from `allowed` (fallback when absent). */
+export function listOption<T extends string>(v: string | true | undefined, fallback: readonly T[], allowed: readonly T[], name: string): T[] {
+  if (v === undefined) return [...fallback];
+  const expects = `a comma-separated list of ${allowed.join(", ")}`;
+  const items = listItems(v, name, expects) as T[];
+  const bad = items.find((x) => !allowed.includes(x));
+  if (bad !== undefined) throw new UsageError(`--${name} expects ${expects}, got ${JSON.stringify(bad)}`);
+  return items;
+}
+
+/** --name N: an integer >= min (fallback when absent); `why` explains the minimum. */
+export function countOption(options: Map<string, string | true>, name: string, fallback: number, min: number, why?: string): number {
   const v = options.get(name);
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (v === true || !Number.isInteger(n) || n < min) throw new UsageError(`--${name} expects an integer >= ${min}, got ${String(v)}`);
+  if (v === true || v.trim() === "" || !Number.isInteger(n) || n < min)
+    throw new UsageError(`--${name} expects an integer >= ${min}${why ? ` (${why})` : ""}, got ${String(v)}`);
   return n;
 }
 
 /** --ratios a,b,c: eviction ratios in [0, 1) (fallback when absent). */
 export function ratiosOption(options: Map<string, string | true>, fallback: number[]): number[] {
   const v = options.get("ratios");
-  const ratios = v === undefined ? [...fallback] : String(v).split(",").map(Number);
-  if (v === true || ratios.some((x) => !(x >= 0 && x < 1))) throw new UsageError("--ratios expects comma-separated numbers in [0, 1)");
-  return ratios;
+  if (v === undefined) return [...fallback];
+  const expects = "comma-separated numbers in [0, 1)";
+  const items = listItems(v, "ratios", expects);
+  const bad = items.find((x) => !(Number(x) >= 0 && Number(x) < 1));
+  if (bad !== undefined) throw new UsageError(`--ratios expects ${expects}, got ${JSON.stringify(bad)}`);
+  return items.map(Number);
+}
+
+/**
+ * --out FILE, checked before the work whose results it records: a given FILE must be in an existing,
+ * writable directory (a mistyped path is not created); the default's directory is created.
+ */
+export function outputOption(v: string | true | undefined, fallback: string): string {
+  if (v === undefined) {
+    fs.mkdirSync(path.dirname(path.resolve(fallback)), { recursive: true });
+    return fallback;
+  }
+  const file = String(v);
+  const dir = path.dirname(path.resolve(file));
+  const bad = (why: string) => new UsageError(`--out expects a file in an existing, writable directory, got ${JSON.stringify(file)} (${why})`);
+  const statOf = (p: string): fs.Stats | undefined => {
+    try {
+      return fs.statSync(p);
+    } catch {
+      return undefined;
+    }
+  };
+  const stat = statOf(dir);
+  if (stat === undefined) throw bad(`${dir} does not exist`);
+  if (!stat.isDirectory()) throw bad(`${dir} is not a directory`);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch {
+    throw bad(`${dir} is not writable`);
+  }
+  if (statOf(file)?.isDirectory()) throw bad("it is a directory");
+  return file;
 }
 
 /** --dtype: a cache dtype (f32 when absent). */

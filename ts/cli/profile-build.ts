@@ -72,6 +72,8 @@ export async function profileBuildCommand(argv: string[], io: CommandIO): Promis
       }
     }
     const profiler = Profiler.load(dir, { scope, grid, keepSamples: false });
+    // A manifest without samples is malformed input (exit 1), not a misuse of the API.
+    if (profiler.samples === 0) throw new BadProfileError(`${join(dir, "manifest.json")}: "samples" is empty: there is nothing to build a profile from`);
     const profile = profiler.build();
     saveProfile(profile, out, { format });
     const report = profiler.report();

@@ -78,11 +78,10 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
     throw e instanceof BadProfileError ? new BadProfileError(`${file}: ${e.message}`) : e;
   }
   const grid = keepGrid(profile, ratio);
+  // The plot first, so that a path it cannot be written to fails before anything is printed.
+  if (values.plot !== undefined) writeFileSync(values.plot, heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`));
   io.out([file, ...describeMeta(profile, format), "", ...terminalGrid(grid, colourMode(io.isTTY === true))].join("\n"));
-  if (values.plot !== undefined) {
-    writeFileSync(values.plot, heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`));
-    io.out(`wrote ${values.plot} (heat map of ${profile.layers} layers × ${profile.kvHeads} KV heads)`);
-  }
+  if (values.plot !== undefined) io.out(`wrote ${values.plot} (heat map of ${profile.layers} layers × ${profile.kvHeads} KV heads)`);
   return 0;
 }
 

@@ -93,12 +93,18 @@ export function calibrateTinyLM(model: TinyLM, texts: NamedText[], options: Cali
   windows.forEach((w, i) => {
     const context = w.ids.length - steps;
     if (options.oracle !== "output") {
-      profileContext(model, cache, profilers, w.ids.slice(0, context), w.ids.slice(context), { sink, normalize: options.normalize ?? true, outputProjection });
+      profileContext(model, cache, profilers, w.ids.slice(0, context), w.ids.slice(context), {
+        sink,
+        normalize: options.normalize ?? true,
+        outputProjection,
+        accumulateAttention: scorers.includes("h2o"),
+      });
       options.onProgress?.(i + 1, windows.length);
       return;
     }
     // oracle "output": the scores as of the prefill, and the output error over the decode steps.
     using seq = cache.createSequence();
+    if (scorers.includes("h2o")) seq.accumulateAttention(true); // h2o ranks by the prefill's attention mass
     const queryStatistics = scorers.includes("expected-attention") ? new QueryStatistics({ layers, queryHeads: heads, headDim, skip: sink }) : undefined;
     model.forward(seq, w.ids.slice(0, context), { logits: "none", queryStatistics });
     const scores = profilers.map((p) => Array.from({ length: layers }, (_, l) => seq.scores(l, p.scorer, p.scoreOptions(queryStatistics))));

@@ -2,7 +2,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
 import { endianness } from "node:os";
 import { join } from "node:path";
-import { BadProfileError } from "../errors";
+import { BadProfileError, jsonPreview } from "../errors";
 import type { ScorerName } from "../compress";
 import type { FlatSample, ProfilerScope } from "./sample";
 
@@ -102,8 +102,11 @@ export function writeSamples(dir: string, options: StoredOptions, samples: reado
   }
 }
 
+/** The largest head length (and count) the Int32Array fields that hold them can take. */
+const INT32_MAX = 2 ** 31 - 1;
+
 function isCount(x: unknown): x is number {
-  return typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
+  return typeof x === "number" && Number.isInteger(x) && x >= 0 && x <= INT32_MAX;
 }
 
 /** A saved samples directory: its options, and its samples read one at a time. */
@@ -137,7 +140,7 @@ export function openSamples(dir: string): SampleDirectory {
     throw bad(`version ${doc.version} is newer than this lukv reads (up to ${SAMPLES_FORMAT_VERSION}): upgrade lukv`);
   }
   const { layers, kvHeads } = doc;
-  if (!isCount(layers) || !isCount(kvHeads) || layers === 0 || kvHeads === 0) throw bad(`"layers" and "kvHeads" must be positive integers`);
+  if (!isCount(layers) || !isCount(kvHeads) || layers === 0 || kvHeads === 0) throw bad(`"layers" and "kvHeads" must be positive integers of at most ${INT32_MAX}`);
   if (!Array.isArray(doc.samples)) throw bad(`"samples" must be an array`);
   const H = layers * kvHeads;
   const entries = (doc.samples as unknown[]).map((entry, i) => {
@@ -146,10 +149,10 @@ export function openSamples(dir: string): SampleDirectory {
       throw bad(`samples[${i}].file must be a file name like "sample-000000.f32"`);
     }
     const lens = e.lengths;
-    if (!Array.isArray(lens) || lens.length !== H || !lens.every((t) => isCount(t) && t > 0)) {
-      throw bad(`samples[${i}].lengths must be ${H} positive integers (layers ${layers} × kvHeads ${kvHeads})`);
-    }
-    if (e.decodeSteps !== undefined && !isCount(e.decodeSteps)) throw bad(`samples[${i}].decodeSteps must be a non-negative integer`);
+    if (!Array.isArray(lens) || lens.length !== H) throw bad(`samples[${i}].lengths must be ${H} positive integers (layers ${layers} × kvHeads ${kvHeads})`);
+    const h = lens.findIndex((t) => !isCount(t) || t === 0);
+    if (h >= 0) throw bad(`samples[${i}].lengths[${h}] must be a positive integer of at most ${INT32_MAX} (a head's length), got ${jsonPreview(lens[h])}`);
+    if (e.decodeSteps !== undefined && !isCount(e.decodeSteps)) throw bad(`samples[${i}].decodeSteps must be a non-negative integer of at most ${INT32_MAX}, got ${jsonPreview(e.decodeSteps)}`);
     return { file: e.file, lengths: Int32Array.from(lens), decodeSteps: e.decodeSteps };
   });
   const options = {

@@ -1,0 +1,171 @@
+// The command line's option checks: options without their value, flags given one, empty list items,
+// --out paths, and malformed profiler manifests are refused up front with one line naming the option
+// or field, before any work is done or any output printed.
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { main } from "../ts/cli";
+import { Profiler } from "../ts/profiler";
+import { createProfile, saveProfile } from "../ts/profile";
+import { rng, testSeed } from "./helpers/random";
+import { makeModelDir } from "./tiny-lm-fixture";
+
+const seed = testSeed("cli-options");
+
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = "", err = "";
+  const code = await main(argv, { out: (s) => (out += s.endsWith("\n") ? s : s + "\n"), err: (s) => (err += s.endsWith("\n") ? s : s + "\n") });
+  return { code, out, err };
+}
+
+/** The first line of stderr; the usage follows it. */
+const firstLine = (s: string) => s.split("\n")[0];
+
+let dir: string;
+let tmp: string;
+beforeAll(() => {
+  dir = makeModelDir(rng(seed));
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-cli-options-"));
+});
+afterAll(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test("bare lukv prints the usage on stderr with exit code 2; lukv --help on stdout with 0", async () => {
+  const bare = await run([]);
+  expect([bare.code, bare.out]).toEqual([2, ""]);
+  expect(bare.err).toMatch(/^usage: lukv <command> \[options\]/);
+  const help = await run(["--help"]);
+  expect([help.code, help.err]).toEqual([0, ""]);
+  expect(help.out).toMatch(/^usage: lukv <command> \[options\]/);
+});
+
+test("an option without its value is a usage error, last or followed by another option", async () => {
+  const cases: [string[], string][] = [
+    [["demo", "--model", dir, "--text"], "lukv demo: --text expects a value"],
+    [["demo", "--text", "--model", dir], "lukv demo: --text expects a value, got the option --model"],
+    [["demo", "--model"], "lukv demo: --model expects a value"],
+    [["demo", "--model", dir, "--dtype"], "lukv demo: --dtype expects a value"],
+    [["demo", "--random", "--steps"], "lukv demo: --steps expects a value"],
+    [["demo", "--model", dir, "--text="], 'lukv demo: --text expects a value, got ""'],
+    [["eval", "--model", dir, "--out"], "lukv eval: --out expects a value"],
+    [["eval", "--out", "--model", dir], "lukv eval: --out expects a value, got the option --model"],
+    [["eval", "--model", dir, "--texts="], 'lukv eval: --texts expects a value, got ""'],
+    [["eval", "--task", "niah", "--out"], "lukv eval: --out expects a value"],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(argv);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+});
+
+test("a flag takes no value: the next word is not swallowed, and --flag=value is refused", async () => {
+  const cases: [string[], string][] = [
+    [["eval", "--model", dir, "--calibrate", "foo"], 'lukv eval: unexpected argument "foo" (--calibrate takes no value)'],
+    [["eval", "--model", dir, "--calibrate=no"], 'lukv eval: --calibrate takes no value, got "no"'],
+    [["eval", "--task", "niah", "--save-profiles", "yes"], 'lukv eval: unexpected argument "yes" (--save-profiles takes no value)'],
+    [["demo", "--random=false"], 'lukv demo: --random takes no value, got "false"'],
+    [["demo", "--model", dir, "--steps", "4"], "lukv demo: --steps is an option of the --random demo (the model demo generates --tokens N)"],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(argv);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+});
+
+test("an empty item in --ratios or a list option is refused, not read as ratio 0", async () => {
+  const cases: [string[], string][] = [
+    [["--ratios", "0.5,"], 'lukv eval: --ratios expects comma-separated numbers in [0, 1), got "0.5," (an empty item)'],
+    [["--ratios", "0.5,,0.8"], 'lukv eval: --ratios expects comma-separated numbers in [0, 1), got "0.5,,0.8" (an empty item)'],
+    [["--ratios", " "], 'lukv eval: --ratios expects comma-separated numbers in [0, 1), got " " (an empty item)'],
+    [["--ratios="], 'lukv eval: --ratios expects a value, got ""'],
+    [["--ratios", "0.5,x"], 'lukv eval: --ratios expects comma-separated numbers in [0, 1), got "x"'],
+    [["--scorers", "snapkv,"], 'lukv eval: --scorers expects a comma-separated list of snapkv, keydiff, knorm, tova, h2o, streaming, random, expected-attention, got "snapkv," (an empty item)'],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(["eval", "--model", dir, ...argv]);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+  const recall = await run(["eval", "--task", "niah", "--ratios", "0.8,"]);
+  expect([recall.code, firstLine(recall.err)]).toEqual([2, 'lukv eval: --ratios expects comma-separated numbers in [0, 1), got "0.8," (an empty item)']);
+});
+
+test("--out is checked before the run: its directory must exist (it is not created) and be a directory", async () => {
+  const file = path.join(tmp, "a-file");
+  fs.writeFileSync(file, "");
+  const missing = path.join(tmp, "no-such-dir", "x.json");
+  const cases: [string[], string][] = [
+    [["eval", "--model", dir, "--out", missing], `lukv eval: --out expects a file in an existing, writable directory, got ${JSON.stringify(missing)} (${path.dirname(missing)} does not exist)`],
+    [["eval", "--model", dir, "--out", path.join(file, "x.json")], `lukv eval: --out expects a file in an existing, writable directory, got ${JSON.stringify(path.join(file, "x.json"))} (${file} is not a directory)`],
+    [["eval", "--model", dir, "--out", tmp], `lukv eval: --out expects a file in an existing, writable directory, got ${JSON.stringify(tmp)} (it is a directory)`],
+    [["eval", "--task", "niah", "--out", missing], `lukv eval: --out expects a file in an existing, writable directory, got ${JSON.stringify(missing)} (${path.dirname(missing)} does not exist)`],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(argv);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+  expect(fs.existsSync(path.dirname(missing))).toBe(false);
+});
+
+test("profile inspect --plot to a path that cannot be written fails before printing anything", async () => {
+  const profile = path.join(tmp, "p.json");
+  saveProfile(createProfile({ table: new Float64Array(99 * 4).fill(0.5), layers: 2, kvHeads: 2 }), profile);
+  const plot = path.join(tmp, "no-such-dir", "x.svg");
+  const r = await run(["profile", "inspect", profile, "--plot", plot]);
+  expect(r.code).toBe(1);
+  expect(r.out).toBe("");
+  expect(r.err).toBe(`lukv profile inspect: ENOENT: no such file or directory, open '${plot}'\n`);
+  const ok = await run(["profile", "inspect", profile, "--plot", path.join(tmp, "x.svg")]);
+  expect(ok.code).toBe(0);
+  expect(ok.out).toMatch(/^wrote .*x\.svg \(heat map of 2 layers × 2 KV heads\)$/m);
+});
+
+describe("profile build on a malformed manifest", () => {
+  let samples: string;
+  const manifest = () => path.join(samples, "manifest.json");
+  const edit = (f: (m: { samples: { lengths: number[]; decodeSteps?: number }[] }) => void) => {
+    const m = JSON.parse(fs.readFileSync(manifest(), "utf8"));
+    f(m);
+    fs.writeFileSync(manifest(), JSON.stringify(m));
+  };
+  beforeEach(() => {
+    samples = fs.mkdtempSync(path.join(tmp, "samples-"));
+    const r = rng(seed ^ 0x9);
+    const p = new Profiler({ layers: 1, kvHeads: 2, sink: 1, window: 2, scorer: "knorm" });
+    const head = () => ({ scores: Float32Array.from({ length: 12 }, () => r()), oracle: Float32Array.from({ length: 12 }, () => r()) });
+    p.addSample({ scores: [[head().scores, head().scores]], oracle: [[head().oracle, head().oracle]], decodeSteps: 3 });
+    p.save(samples);
+  });
+
+  test("it builds as saved", async () => {
+    const r = await run(["profile", "build", samples]);
+    expect([r.code, r.err]).toEqual([0, ""]);
+  });
+
+  test('"samples": [] is malformed input: exit 1, not a usage error', async () => {
+    edit((m) => (m.samples = []));
+    const r = await run(["profile", "build", samples]);
+    expect([r.code, r.out, r.err]).toEqual([1, "", `lukv profile build: ${manifest()}: "samples" is empty: there is nothing to build a profile from\n`]);
+  });
+
+  test.each([
+    [2 ** 32 + 12, "4294967308"],
+    [1e12, "1000000000000"],
+    [2 ** 31, "2147483648"],
+  ])("a head length of %d is refused, not wrapped to an int32", async (length, shown) => {
+    edit((m) => (m.samples[0].lengths[1] = length));
+    const r = await run(["profile", "build", samples]);
+    expect([r.code, r.out, r.err]).toEqual([
+      1,
+      "",
+      `lukv profile build: ${manifest()}: samples[0].lengths[1] must be a positive integer of at most 2147483647 (a head's length), got ${shown}\n`,
+    ]);
+  });
+
+  test("decodeSteps beyond int32 is refused with the field named", async () => {
+    edit((m) => (m.samples[0].decodeSteps = 2 ** 40));
+    const r = await run(["profile", "build", samples]);
+    expect([r.code, r.err]).toEqual([1, `lukv profile build: ${manifest()}: samples[0].decodeSteps must be a non-negative integer of at most 2147483647, got 1099511627776\n`]);
+  });
+});
