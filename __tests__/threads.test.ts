@@ -1,8 +1,10 @@
 // The addon is context-aware: it loads and works in worker_threads next to the main thread.
 import * as path from "path";
 import * as fs from "fs";
+import * as os from "os";
+import { spawnSync } from "child_process";
 import { Worker } from "worker_threads";
-import { KVCache } from "../ts";
+import { KVCache, backends } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("threads");
@@ -77,3 +79,48 @@ test("workers terminated while they dispose their cache leave the process runnin
   }
   expect(received).toBe(300);
 }, 120_000);
+
+test("LUKV_THREADS: decimal digits from 1 to 1024, as the threads option", () => {
+  const saved = process.env.LUKV_THREADS;
+  try {
+    process.env.LUKV_THREADS = "3";
+    const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 });
+    expect(cache.config.threads).toBe(3);
+    expect(backends().cpu.threads).toBe(3);
+    cache.dispose();
+    for (const bad of ["0", "1025", "0x10", "1e1", "2.5", "-2", " 4", "four"]) {
+      process.env.LUKV_THREADS = bad;
+      const error = { name: "InvalidArgumentError", message: `Expected integer between 1 and 1024 for LUKV_THREADS but received ${JSON.stringify(bad)} of type string` };
+      expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 })).toThrow(expect.objectContaining(error));
+      expect(() => backends()).toThrow(expect.objectContaining(error));
+    }
+  } finally {
+    if (saved === undefined) delete process.env.LUKV_THREADS;
+    else process.env.LUKV_THREADS = saved;
+  }
+});
+
+test("threads the system cannot start: BackendUnavailableError, the ones started are stopped, the process goes on", () => {
+  // Under a 3 GB address-space limit, 8 MiB thread stacks run out after a few hundred threads.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-threads-"));
+  const script = path.join(dir, "many.js");
+  fs.writeFileSync(
+    script,
+    `const { KVCache } = require(${JSON.stringify(entry)});
+const shape = { layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 };
+try { new KVCache({ ...shape, threads: 1000 }); console.log("created"); } catch (e) { console.log(JSON.stringify({ name: e.name, message: e.message })); }
+const c = new KVCache({ ...shape, threads: 2 }); c.createSequence(); c.dispose(); console.log("after");\n`,
+  );
+  try {
+    const r = spawnSync("bash", ["-c", `ulimit -s 8192 && ulimit -v 3000000 && exec "$0" "$1"`, process.execPath, script], { encoding: "utf8", timeout: 60_000 });
+    expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ status: 0, signal: null, stderr: "" });
+    const [first, second] = r.stdout.trim().split("\n");
+    expect(JSON.parse(first)).toEqual({
+      name: "BackendUnavailableError",
+      message: expect.stringMatching(/^Cannot start 999 kernel threads for the CPU backend \(\d+ started, then: .+\); give fewer threads \(the threads option or LUKV_THREADS\)$/),
+    });
+    expect(second).toBe("after");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,4 +1,5 @@
 import * as os from "os";
+import { invalid } from "./errors";
 import { autoDevice, BinaryKind, cudaStatus, loadedBinary, native } from "./native";
 
 /** What each backend can do on this machine, and which native binary this process uses. */
@@ -51,8 +52,7 @@ export function backends(): Backends {
   const addon = native();
   const cpu = addon.cpuInfo();
   const { info, reasons } = cudaStatus();
-  const envThreads = Number(process.env.LUKV_THREADS);
-  const threads = Number.isInteger(envThreads) && envThreads > 0 ? envThreads : os.availableParallelism();
+  const threads = defaultThreads();
   const cuda: Backends["cuda"] = { compiled: info.compiled, devices: info.devices, usable: reasons.length === 0, reasons };
   if (reasons.length) cuda.error = reasons.join("; ");
   if (info.compiled) {
@@ -67,4 +67,19 @@ export function backends(): Backends {
     cpu: { threads, simd: cpu.simd, simdSupported: cpu.simdSupported, prefetch: cpu.prefetch },
     cuda,
   };
+}
+
+/** @internal The most kernel threads a cache takes (the threads option and LUKV_THREADS). */
+export const MAX_THREADS = 1024;
+
+/** @internal The threads a cache gets without the threads option: LUKV_THREADS, else every core (up to MAX_THREADS). */
+export function defaultThreads(): number {
+  const env = process.env.LUKV_THREADS;
+  if (env !== undefined && env !== "") {
+    // Decimal digits only (Number() would also take "0x10" or "1e1"), and the threads option's cap.
+    const n = /^[0-9]+$/.test(env) ? Number(env) : NaN;
+    if (!(n >= 1 && n <= MAX_THREADS)) throw invalid("LUKV_THREADS", `integer between 1 and ${MAX_THREADS}`, env);
+    return n;
+  }
+  return Math.min(os.availableParallelism(), MAX_THREADS);
 }

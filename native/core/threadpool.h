@@ -11,8 +11,12 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <string>
+#include <stdexcept>
 #include <thread>
 #include <vector>
+
+#include "errors.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -23,17 +27,20 @@ class ThreadPool {
  public:
   static constexpr int kSpinMicros = 2000;
 
+  // Throws BackendUnavailable when the system cannot start that many threads, after stopping the
+  // ones it started (left running, they would wait on a condition variable being destroyed).
   explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { workerLoop(); });
-  }
-  ~ThreadPool() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_.store(true);
+    try {
+      for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { workerLoop(); });
+    } catch (const std::exception& e) {
+      const size_t started = workers_.size();
+      stopWorkers();
+      throw Error(ErrorCode::BackendUnavailable, "Cannot start " + std::to_string(threads_ - 1) + (threads_ == 2 ? " kernel thread" : " kernel threads") + " for the CPU backend (" +
+                                                     std::to_string(started) + " started, then: " + e.what() +
+                                                     "); give fewer threads (the threads option or LUKV_THREADS)");
     }
-    cv_.notify_all();
-    for (auto& t : workers_) t.join();
   }
+  ~ThreadPool() { stopWorkers(); }
   int threads() const { return threads_; }
 
   // One job at a time runs on the workers: a caller that finds the pool busy with another
@@ -121,6 +128,16 @@ class ThreadPool {
       runItems(*fn, n);
       busy_.fetch_sub(1, std::memory_order_release);
     }
+  }
+
+  void stopWorkers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
   }
 
   int threads_;
