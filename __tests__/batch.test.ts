@@ -303,6 +303,33 @@ describe("batch checks", () => {
     expect(shared.every((x) => x === 3)).toBe(true);
   });
 
+  test("two SharedArrayBuffer objects over one memory: overlaps are refused by address, disjoint parts accepted", () => {
+    // structuredClone of a SharedArrayBuffer is another object over the same memory: the buffers
+    // differ, the floats are the same.
+    const sab = new SharedArrayBuffer(32 * 4);
+    const view = (buffer: SharedArrayBuffer, at: number) => new Float32Array(buffer, at * 4, 8);
+    const alias = structuredClone(sab);
+    view(sab, 0).set(q());
+    view(sab, 8).set(q());
+    for (const s of [s0, s1]) s.attend(0, q()); // an observation row to score with
+    const states = () => [s0, s1].map((s) => bits(s.scores(0, "snapkv", { window: 1, pooling: "none" })[0]));
+    const before = states();
+    expect(() => s0.attend(0, view(sab, 0), { out: view(alias, 4) })).toThrow(
+      expect.objectContaining({ name: "InvalidArgumentError", message: "Expected an out array that does not share memory with the queries (two SharedArrayBuffer objects over one memory)" }),
+    );
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: view(sab, 0) }, { sequence: s1, queries: view(sab, 8), out: view(alias, 4) }])).toThrow(
+      expect.objectContaining({ name: "InvalidArgumentError", message: "Expected items[1].out not to share memory with items[0].queries (two SharedArrayBuffer objects over one memory)" }),
+    );
+    expect(() => cache.attendBatch(0, [{ sequence: s0, queries: q(), out: view(sab, 16) }, { sequence: s1, queries: q(), out: view(alias, 20) }])).toThrow(
+      expect.objectContaining({ name: "InvalidArgumentError", message: "Expected items[1].out not to share memory with items[0].out (two SharedArrayBuffer objects over one memory)" }),
+    );
+    expect(states()).toEqual(before); // the refused calls remembered no query rows
+    // Disjoint parts of the one memory: accepted, and as with separate arrays.
+    const qa = view(sab, 0).slice(), qb = view(sab, 8).slice();
+    const got = cache.attendBatch(0, [{ sequence: s0, queries: view(sab, 0), out: view(alias, 16) }, { sequence: s1, queries: view(alias, 8), out: view(sab, 24) }]);
+    expect(got.map(bits)).toEqual([bits(s0.attend(0, qa)), bits(s1.attend(0, qb))]);
+  });
+
   test("the number of query rows is checked against the positions appended, after every kind of append", async () => {
     const rowsOf = (n: number) => randn(r, n * 4);
     const tooMany = (s: Sequence, n: number) => `Expected at most ${n} tokens (the positions appended to layer 0) for items[0].queries but received ${n + 1} tokens`;

@@ -230,6 +230,33 @@ test("saving and loading run beside other sequences' calls: no other sequence is
   cache.dispose();
 });
 
+test("loadSequenceAsync copies the bytes at the call; a cache disposed before it finishes rejects", async () => {
+  const r = rng(seed + 19);
+  const cache = cacheOf("f16");
+  const seq = buildSequence(cache, r);
+  const bytes = seq.save();
+  // The caller reuses its buffer right after the call (zeroed here): the load has its own copy.
+  const reused = Buffer.from(bytes);
+  const loading = cache.loadSequenceAsync(reused);
+  reused.fill(0);
+  expectSame(seq, await loading);
+  cache.dispose();
+  // Disposed while a long load runs (100 MB of rows): a DisposedError, or a sequence that says it
+  // is disposed if the load settled first; never a live-looking sequence of a disposed cache.
+  const big = new KVCache({ layers: 2, kvHeads: 2, headDim: 64, maxTokens: 1 << 19, dtype: "f32" });
+  const long = big.createSequence();
+  const rows = new Float32Array(50_000 * 2 * 64).fill(0.25);
+  for (let l = 0; l < 2; l++) long.append(l, rows, rows);
+  const late = big.loadSequenceAsync(long.save());
+  await new Promise((resolve) => setImmediate(resolve)); // the load is queued or running
+  big.dispose();
+  const settled = await late.then(
+    (s) => ({ disposed: s.disposed }),
+    (e: Error) => ({ error: e.name }),
+  );
+  expect([{ disposed: true }, { error: "DisposedError" }]).toContainEqual(settled);
+});
+
 describe("rejected inputs change nothing", () => {
   const r = rng(seed + 23);
   const cache = cacheOf("f16");

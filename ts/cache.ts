@@ -1,9 +1,9 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
-import * as os from "os";
 import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
 import { readSequenceSource, readSequenceSourceAsync, checkSavePath, writeFileReplacing, writeFileReplacingAsync } from "./sequence-file";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
+import { defaultThreads, MAX_THREADS } from "./backends";
 import {
   COMPRESS_OPTION_NAMES,
   CompressOptions,
@@ -199,16 +199,6 @@ export function rethrow(e: unknown): never {
   }
 }
 
-function defaultThreads(): number {
-  const env = process.env.LUKV_THREADS;
-  if (env !== undefined && env !== "") {
-    const n = Number(env);
-    if (!Number.isInteger(n) || n < 1) throw invalid("LUKV_THREADS", "positive integer", env);
-    return n;
-  }
-  return os.availableParallelism();
-}
-
 /** Resolved configuration of a cache (every option filled in). */
 export interface CacheConfig {
   readonly layers: number;
@@ -252,7 +242,7 @@ export class KVCache {
     if (Math.ceil(maxTokens / pageSize) > MAX_INT32) throw invalid("maxTokens", `at most ${MAX_INT32} pages`, maxTokens);
     const dtype = oneOf("dtype", options.dtype ?? "f16", DTYPES);
     const device = oneOf("device", options.device ?? "auto", DEVICES);
-    const threads = options.threads === undefined ? defaultThreads() : positiveInteger("threads", options.threads, 1024);
+    const threads = options.threads === undefined ? defaultThreads() : positiveInteger("threads", options.threads, MAX_THREADS);
     const simd = oneOf("simd", options.simd ?? "auto", SIMD);
     const prefetch = oneOf("prefetch", options.prefetch ?? "auto", PREFETCH);
     const observationWindow = nonNegativeInteger("observationWindow", options.observationWindow ?? 32, 65536);
@@ -476,16 +466,23 @@ export class KVCache {
     return this.#restored(loaded);
   }
 
-  /** Like loadSequence(), reading the file and checking and writing the rows off the main thread. */
+  /**
+   * Like loadSequence(), reading the file and checking and writing the rows off the main thread.
+   * Bytes are copied at the call (the caller may reuse them at once); a cache disposed before the
+   * work finishes rejects with DisposedError.
+   */
   async loadSequenceAsync(source: Uint8Array | string): Promise<Sequence> {
     void this.handle;
-    const bytes = await readSequenceSourceAsync(source);
+    // Bytes go to the addon (which copies them) in this tick: the caller may reuse them at once.
+    const bytes = typeof source === "string" ? await readSequenceSourceAsync(source) : readSequenceSource(source);
     let loaded: [number, Float64Array];
     try {
       loaded = await this.handle.loadSequenceAsync(bytes);
     } catch (e) {
       rethrow(e);
     }
+    // Disposed while the work ran: the sequence went with the cache.
+    if (this.disposed) throw new DisposedError("KVCache was disposed while loadSequenceAsync ran");
     return this.#restored(loaded);
   }
 

@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -275,12 +276,23 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     return info[4].As<Napi::Float32Array>();
   }
 
+  // The output must not share memory with what the call reads after writing it (the queries join
+  // the observation window after the attention). TypeScript compares the arrays' buffers; two
+  // SharedArrayBuffer objects over one memory pass that, so the addresses are compared here.
+  static bool sharesMemory(const void* a, size_t aBytes, const void* b, size_t bBytes) {
+    const auto* a0 = static_cast<const char*>(a);
+    const auto* b0 = static_cast<const char*>(b);
+    return std::less<const char*>()(a0, b0 + bBytes) && std::less<const char*>()(b0, a0 + aBytes);
+  }
+
   Napi::Value Attend(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
     TypedView q;
     AttendCall a = attendArgs(info, c, q);
     Napi::Float32Array out = outArg(info, q.length);
+    if (!out.IsEmpty() && sharesMemory(q.data, q.length * sizeof(float), out.Data(), q.length * sizeof(float)))
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an out array that does not share memory with the queries (two SharedArrayBuffer objects over one memory)");
     if (out.IsEmpty()) out = Napi::Float32Array::New(env, q.length);
     guarded(env, [&] { c.attend(a.id, a.layer, a.tokens, static_cast<const float*>(q.data), out.Data(), a.scale); });
     return out;
@@ -453,7 +465,44 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
       a.outs.push_back(static_cast<float*>(const_cast<void*>(outs[i].data)));
     }
+    checkBatchMemory(env, a);
     return a;
+  }
+
+  // No item's output may share memory with another output or with any queries (see sharesMemory):
+  // the ranges in address order, each checked against the furthest end before it.
+  static void checkBatchMemory(Napi::Env env, const AttendBatchCall& a) {
+    struct Range {
+      const char* begin;
+      const char* end;
+      size_t item;
+      bool out;
+    };
+    std::vector<Range> ranges;
+    ranges.reserve(2 * a.outs.size());
+    for (size_t i = 0; i < a.outs.size(); ++i) {
+      const size_t bytes = a.queries[i].length * sizeof(float);
+      const char* q = static_cast<const char*>(a.queries[i].data);
+      const char* o = reinterpret_cast<const char*>(a.outs[i]);
+      ranges.push_back({q, q + bytes, i, false});
+      ranges.push_back({o, o + bytes, i, true});
+    }
+    std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return std::less<const char*>()(x.begin, y.begin); });
+    const Range* furthest = nullptr;     // of every range so far
+    const Range* furthestOut = nullptr;  // of the outputs so far
+    auto before = [](const char* p, const Range* r) { return r && std::less<const char*>()(p, r->end); };
+    for (const Range& r : ranges) {
+      const Range* other = r.out ? (before(r.begin, furthest) ? furthest : nullptr) : (before(r.begin, furthestOut) ? furthestOut : nullptr);
+      if (other) {
+        const Range& out = r.out ? r : *other;
+        const Range& with = r.out ? *other : r;
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT",
+                   "Expected items[" + std::to_string(out.item) + "].out not to share memory with items[" + std::to_string(with.item) + "]." +
+                       (with.out ? "out" : "queries") + " (two SharedArrayBuffer objects over one memory)");
+      }
+      if (!furthest || std::less<const char*>()(furthest->end, r.end)) furthest = &r;
+      if (r.out && (!furthestOut || std::less<const char*>()(furthestOut->end, r.end))) furthestOut = &r;
+    }
   }
 
   // Writes into the caller's out arrays (one per item; TypeScript makes the missing ones).
