@@ -77,3 +77,26 @@ test.each([
   expect(Array.from(seq.lengths())).toEqual(new Array(heads).fill(64));
   cache.dispose();
 });
+
+test("explicit budgets: the other options are still checked, and the report's target is what the budgets ask", () => {
+  const { cache, seq } = filled(40);
+  const budgets = new Int32Array(heads).fill(3);
+  for (const [extra, message] of [
+    [{ ratio: 7 }, "Expected a number in [0, 1) for ratio but received 7 of type number"],
+    [{ allocation: "bogus" }, /^Expected one of .* for allocation but received "bogus"/],
+    [{ budget: -3 }, "Expected integer between 1 and 2147483647 for budget but received -3 of type number"],
+    [{ ratio: 0.5, budget: 4 }, "Expected no ratio beside it (give ratio or budget) for budget but received 4 of type number"],
+    [{ allocation: "lukv" }, 'Expected a Profile (allocation "lukv" needs one; see loadProfile) for profile but received undefined'],
+  ] as const) {
+    expect(() => seq.compress({ budgets, scorer: "knorm", ...(extra as object) })).toThrow(
+      expect.objectContaining({ name: "InvalidArgumentError", message: typeof message === "string" ? message : expect.stringMatching(message) }),
+    );
+  }
+  expect(sum(seq.lengths())).toBe(40 * heads); // nothing changed
+  // Budgets under the floor (sink 4 + window 32): target is the budgets' sum, total what the floors keep.
+  const report = seq.compress({ budgets, scorer: "knorm" });
+  expect({ before: report.before, target: report.target, total: report.total }).toEqual({ before: 40 * heads, target: 3 * heads, total: 36 * heads });
+  const exact = seq.compress({ budgets: new Int32Array(heads).fill(36).map((x, i) => x - (i % 2)), scorer: "knorm", sink: 0, window: 0 });
+  expect(exact.target).toBe(exact.total);
+  cache.dispose();
+});

@@ -82,6 +82,15 @@ describe(`pruneRatiosAt (seed ${SEED})`, () => {
     half.forEach((v, h) => expect(v).toBeCloseTo(p.table[h] / 2, 15));
   });
 
+  test("a ratio within 1e-9 of a row's ratio reads the row exactly; further away it interpolates", () => {
+    const table = new Float64Array(99 * 2);
+    for (let g = 0; g < 99; g++) table.fill((g + 1) / 250, g * 2, g * 2 + 2);
+    const p = createProfile({ table, layers: 1, kvHeads: 2 });
+    expect(Array.from(pruneRatiosAt(p, 0.5 + 5e-10))).toEqual([0.2, 0.2]);
+    expect(Array.from(pruneRatiosAt(p, 0.5 - 9e-10))).toEqual([0.2, 0.2]);
+    expect(pruneRatiosAt(p, 0.5 + 2e-9)[0]).toBeGreaterThan(0.2);
+  });
+
   test("a hand-built profile: the rows a ratio reads must hold prune ratios", () => {
     const good = createProfile({ table: new Float64Array(99 * 2).fill(0.5), layers: 1, kvHeads: 2 });
     for (const bad of [NaN, -0.25, 1.5, Infinity]) {

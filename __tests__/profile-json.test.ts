@@ -55,6 +55,16 @@ describe(`save / load round trips (seed ${SEED})`, () => {
     expect(readdirSync(dir).filter((f) => f.endsWith(".tmp"))).toEqual([]);
   });
 
+  test("JSON keeps -0 (JSON.stringify would write 0)", () => {
+    const table = new Float64Array(2 * 3).fill(0.25);
+    table[1] = -0;
+    const path = join(dir, "negative-zero.json");
+    saveProfile(createProfile({ table, layers: 1, kvHeads: 3 }), path);
+    const back = loadProfile(path);
+    expect(Object.is(back.table[1], -0)).toBe(true);
+    expect(Array.from(back.table)).toEqual(Array.from(table));
+  });
+
   test("npy keeps the exact table (float64) or its float32 rounding, and no metadata", () => {
     const p = randomProfile(99, 3, 2);
     saveProfile(p, join(dir, "p.npy"));

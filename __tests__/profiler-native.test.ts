@@ -121,3 +121,19 @@ test("sequences that do not fit the profiler are refused", () => {
   expect(() => new Profiler({ layers, kvHeads: H, window: 32 }).recordOracle(seq)).toThrow("snapkv needs 32 observation queries");
   expect(profiler.samples).toBe(0);
 });
+
+test("addSequence's decode steps count from where the context ended, even when its last tokens were evicted", () => {
+  const r = rng(seed + 5);
+  const cache = newCache();
+  const seq = cache.createSequence();
+  run(seq, r, 40, 40);
+  // No window: the last context positions of some heads are evicted before recording starts.
+  seq.compress({ ratio: 0.5, scorer: "knorm", sink: 0, window: 0 });
+  expect(Math.min(...Array.from({ length: H }, (_, h) => seq.positions(0, h).at(-1)!))).toBeLessThan(39);
+  seq.recordOracle();
+  run(seq, r, 3, 1);
+  const profiler = new Profiler({ layers, kvHeads: H, scorer: "knorm", sink: 0, window: 0, grid: 9 });
+  profiler.addSequence(seq);
+  expect(profiler.build().meta.calibration?.decodeSteps).toBe(3);
+  cache.dispose();
+});

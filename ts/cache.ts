@@ -538,6 +538,8 @@ export class Sequence {
   #auto: { options: CompressOptions; every: number; onCompress?: (report: CompressReport) => void } | undefined;
   #sinceCheck = 0;
   #autoDue = false;
+  // recordOracle: positions appended to layer 0 when it was called.
+  #oracleFrom: number | undefined;
   #autoCompressions = 0;
 
   /** @internal use KVCache.createSequence() */
@@ -1017,6 +1019,12 @@ export class Sequence {
     } catch (e) {
       rethrow(e);
     }
+    this.#oracleFrom = this.#appendedCount(0);
+  }
+
+  /** @internal Positions appended to layer 0 when the oracle's recording started (where its context ended). */
+  get oracleFrom(): number | undefined {
+    return this.#oracleFrom;
   }
 
   /** Stops recording (the recorded oracle stays readable) and unfreezes the observation window. */

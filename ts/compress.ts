@@ -119,7 +119,7 @@ export interface CompressReport {
   kept: Int32Array;
   /** Tokens in the sequence before. */
   before: number;
-  /** round((1 - ratio) * before): the requested total. */
+  /** The requested total: round((1 - ratio) * before), or with `budgets` their sum. */
   target: number;
   /** Tokens kept in all. Equals target unless the always-kept tokens (sink, window, 1 per head) exceed it. */
   total: number;
@@ -241,6 +241,26 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
   if (typeof beta !== "number" || !Number.isFinite(beta) || beta < 1) throw invalid("beta", "a finite number of at least 1", beta);
   n.beta = beta;
   const heads = shape.layers * shape.kvHeads;
+  // ratio, budget, allocation and profile are checked even when budgets override them: an invalid
+  // value is a mistake either way.
+  let ratio = o.ratio ?? 0;
+  if (typeof ratio !== "number" || !(ratio >= 0 && ratio < 1)) throw invalid("ratio", "a number in [0, 1)", ratio);
+  if (o.budget !== undefined) {
+    if (o.ratio !== undefined) throw invalid("budget", "no ratio beside it (give ratio or budget)", o.budget);
+    const budget = integerInRange("budget", o.budget, 1, 2 ** 31 - 1);
+    const total = lengths && o.budgets === undefined ? lengths().reduce((a, b) => a + b, 0) : 0;
+    const keep = Math.min(total, budget * heads);
+    ratio = total > 0 ? 1 - keep / total : 0;
+  }
+  const allocation = oneOf("allocation", o.allocation ?? "uniform", ALLOCATIONS);
+  const profile = o.profile;
+  if (allocation === "lukv") {
+    if (profile === undefined) throw invalid("profile", 'a Profile (allocation "lukv" needs one; see loadProfile)', profile);
+    if (profile.layers !== shape.layers || profile.kvHeads !== shape.kvHeads)
+      throw new InvalidArgumentError(
+        `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${profile.layers} x ${profile.kvHeads}`,
+      );
+  }
   if (o.budgets !== undefined) {
     if (!isInt32Array(o.budgets) || o.budgets.length !== heads)
       throw invalid("budgets", `Int32Array of length ${heads} (layers * kvHeads)`, o.budgets);
@@ -255,29 +275,13 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
     n.budgets = o.budgets;
     return n;
   }
-  let ratio = o.ratio ?? 0;
-  if (typeof ratio !== "number" || !(ratio >= 0 && ratio < 1)) throw invalid("ratio", "a number in [0, 1)", ratio);
-  if (o.budget !== undefined) {
-    if (o.ratio !== undefined) throw invalid("budget", "no ratio beside it (give ratio or budget)", o.budget);
-    const budget = integerInRange("budget", o.budget, 1, 2 ** 31 - 1);
-    const total = lengths ? lengths().reduce((a, b) => a + b, 0) : 0;
-    const keep = Math.min(total, budget * heads);
-    ratio = total > 0 ? 1 - keep / total : 0;
-  }
   n.ratio = ratio;
-  const allocation = oneOf("allocation", o.allocation ?? "uniform", ALLOCATIONS);
   if (allocation === "lukv") {
-    if (o.profile === undefined) throw invalid("profile", 'a Profile (allocation "lukv" needs one; see loadProfile)', o.profile);
-    const p = o.profile;
-    if (p.layers !== shape.layers || p.kvHeads !== shape.kvHeads)
-      throw new InvalidArgumentError(
-        `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${p.layers} x ${p.kvHeads}`,
-      );
     // The addon turns these into keep counts by the rule of budgetsFromProfile, with every head's
     // sink and window as its floor; a ratio that would keep fewer tokens than the floors keeps
     // exactly those, as with the other allocations.
     n.allocation = "lukv";
-    n.pruneRatios = pruneRatiosAt(p, ratio);
+    n.pruneRatios = pruneRatiosAt(profile!, ratio);
     return n;
   }
   n.allocation = allocation;

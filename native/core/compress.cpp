@@ -178,7 +178,13 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
 
   CompressReport rep;
   rep.before = before;
-  rep.target = (int64_t)roundHalfUp((1.0 - opt.ratio) * (double)before);
+  // Explicit budgets: the target is what they ask for (the floors may keep more).
+  if (opt.allocation == Allocation::Explicit) {
+    rep.target = 0;
+    for (int32_t b : opt.budgets) rep.target += b;
+  } else {
+    rep.target = (int64_t)roundHalfUp((1.0 - opt.ratio) * (double)before);
+  }
 
   // Scores (read-only). Skipped when nothing would be evicted.
   std::vector<std::vector<float>> scores;

@@ -15,7 +15,7 @@ export interface BudgetsFromProfileOptions {
   minKeep?: number | ArrayLike<number>;
 }
 
-/** Ratios closer than this to a grid row use the row as is, so 0.07 reads row 6 exactly. */
+/** Ratios closer than this to a grid row's ratio use the row as is, so 0.07 reads row 6 exactly. */
 const SNAP = 1e-9;
 
 function checkRatio(ratio: unknown): number {
@@ -48,7 +48,7 @@ export function pruneRatiosAt(profile: Profile, ratio: number, out?: Float64Arra
   const rows = (first: number, count: number) => checkTable(table, grid, profile.layers, profile.kvHeads, first * H, (first + count) * H);
   let x = ratio * (grid + 1) - 1; // fractional row index
   const near = Math.round(x);
-  if (Math.abs(x - near) < SNAP) x = near;
+  if (Math.abs(x - near) < SNAP * (grid + 1)) x = near; // SNAP in ratio: grid + 1 rows per unit
   if (x <= -1) {
     p.fill(0);
   } else if (x < 0) {

@@ -33,7 +33,8 @@ export function profileToJson(profile: Profile): string {
     const ls: string[] = [];
     for (let l = 0; l < layers; l++) {
       const at = (i * layers + l) * kvHeads;
-      ls.push(`[${Array.from(table.subarray(at, at + kvHeads), (x) => JSON.stringify(x)).join(", ")}]`);
+      // JSON.stringify writes -0 as 0; "-0" parses back to -0.
+      ls.push(`[${Array.from(table.subarray(at, at + kvHeads), (x) => (Object.is(x, -0) ? "-0" : JSON.stringify(x))).join(", ")}]`);
     }
     rows.push(`    [${ls.join(", ")}]`);
   }

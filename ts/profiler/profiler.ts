@@ -294,12 +294,10 @@ export class Profiler {
     }
     let decodeSteps = given;
     if (decodeSteps === undefined) {
-      if (captured) decodeSteps = seq.appended(0) - captured.appended;
-      else {
-        const pos = seq.positions(0, 0);
-        const T = oracle[0][0].length;
-        if (T > 0) decodeSteps = seq.appended(0) - pos[T - 1] - 1;
-      }
+      // The context ends where recording started (not at its last kept token: eviction before
+      // recording may have removed the last ones).
+      const from = captured ? captured.appended : seq.oracleFrom;
+      if (from !== undefined) decodeSteps = seq.appended(0) - from;
     }
     this.#add(this.#flatten(scores, oracle), decodeSteps);
     this.#captured.delete(seq);
