@@ -71,7 +71,7 @@ export interface KVCacheOptions {
    * outer levels where the processor allows), "none" (the hardware prefetchers alone). On arm64
    * every hint but "none" is the one streaming hint. Default: "auto", the hint measured fastest
    * for this processor (`backends().cpu.prefetch`: "t2" on Intel and on AMD before family 26 (Zen 4 and
-   * earlier), "nta" on AMD from family 26 (Zen 5), "t0" elsewhere); the
+   * earlier), "nta" on AMD from family 26 (Zen 5) and on arm64, "t0" on other x86); the
    * results are the same whatever the hint.
    */
   prefetch?: PrefetchHint;
