@@ -63,6 +63,11 @@ const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"
       expect(await post(port, body, (l) => lines.push(l))).toBe(400);
       expect(lines).toEqual([{ error: "the body must be a JSON object" }]);
     }
+    for (const seed of [-1, 1.5, "7", 2 ** 32]) {
+      const lines: Record<string, unknown>[] = [];
+      expect(await post(port, { prompt: "The river", tokens: 2, seed }, (l) => lines.push(l))).toBe(400);
+      expect(lines).toEqual([{ error: "seed must be an integer from 0 to 4294967295" }]);
+    }
     // Every sequence the server prefills starts with BOS, however long the prompt.
     const tok = s.model.tokenizer!;
     const firstTokens: number[] = [];

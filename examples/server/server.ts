@@ -139,6 +139,8 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
     if (!Number.isInteger(tokens) || (tokens as number) < 1 || (tokens as number) > MAX_TOKENS)
       return reply(res, 400, { error: `tokens must be an integer from 1 to ${MAX_TOKENS}` });
     if (typeof temperature !== "number" || !(temperature >= 0)) return reply(res, 400, { error: "temperature must be a number >= 0" });
+    const seed = body.seed ?? 1;
+    if (!Number.isInteger(seed) || (seed as number) < 0 || (seed as number) > 0xffffffff) return reply(res, 400, { error: "seed must be an integer from 0 to 4294967295" });
     // A prompt too long for the model's positions loses its start, never BOS (the model saw
     // every training text after BOS).
     const text = tok.encode(prompt);
@@ -161,7 +163,7 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
       }
       if (closed) return;
       res.writeHead(200, { "content-type": "application/x-ndjson" });
-      const sampler = new Sampler({ temperature, topK: 40, seed: typeof body.seed === "number" ? body.seed : 1 });
+      const sampler = new Sampler({ temperature, topK: 40, seed: seed as number });
       // Tokens are bytes: a character whose UTF-8 bytes span several tokens streams with its last.
       const utf8 = new TextDecoder("utf-8");
       let made = 0;

@@ -2,9 +2,11 @@
 // KV storage: every layer appends its keys/values to a Sequence and attends through it, so a
 // compressed sequence changes what the model sees and nothing else.
 import { KVCache, KVCacheOptions, Sequence } from "../cache";
+import { InvalidArgumentError, invalid } from "../errors";
 import { addInPlace, applyRope, matmul, rmsNorm, ropeTables, swiglu } from "./kernels";
-import type { QueryStatistics } from "../expected-attention";
-import { Sampler, SamplingOptions } from "./sampling";
+import { QueryStatistics } from "../expected-attention";
+import { isFloat32Array, knownOptions, nonNegativeInteger, oneOf } from "../validate";
+import { Sampler, SamplingOptions, SAMPLING_OPTION_NAMES } from "./sampling";
 import type { Tensor } from "./safetensors";
 import type { Tokenizer } from "./tokenizer";
 
@@ -48,10 +50,10 @@ export interface TinyLMWeights {
   norm: Float32Array;
 }
 
-/** Options of forward(). */
+/** Options of forward(). Unknown names and invalid values throw InvalidArgumentError (chunk: RangeError). */
 export interface ForwardOptions {
   /** Which positions' logits to return: "last", "all" or "none". Default: "last". */
-  logits?: "last" | "all" | "none";
+  logits?: (typeof LOGITS_CHOICES)[number];
   /** Tokens per prefill chunk (each layer appends and attends a chunk at a time). Default: 64. */
   chunk?: number;
   /** Called after each chunk with the tokens done so far. */
@@ -65,14 +67,22 @@ export interface ForwardOptions {
   onAttention?: (layer: number, q: Float32Array, k: Float32Array, v: Float32Array) => void;
   /**
    * When given, every layer's queries are added to it before RoPE is applied (what the
-   * "expected-attention" scorer predicts future queries from). Default: none.
+   * "expected-attention" scorer predicts future queries from); its layers, queryHeads and headDim
+   * must be the model's. Default: none.
    */
   queryStatistics?: QueryStatistics;
 }
 
-/** Options of generate(). */
+const LOGITS_CHOICES = ["last", "all", "none"] as const;
+const FORWARD_OPTION_NAMES = ["logits", "chunk", "onProgress", "timing", "onAttention", "queryStatistics"] as const;
+const GENERATE_OPTION_NAMES = [...SAMPLING_OPTION_NAMES, "stopToken", "onToken"] as const;
+
+/** Options of generate(): the sampling options and these. Unknown names throw InvalidArgumentError. */
 export interface GenerateOptions extends SamplingOptions {
-  /** Stop after this token (it is included). Default: the model's EOS token. */
+  /**
+   * Stop after this token (it is included); an integer, and one outside the vocabulary (e.g. -1)
+   * never stops. Default: the model's EOS token.
+   */
   stopToken?: number;
   /** Called with each new token as it is chosen. */
   onToken?: (token: number, step: number) => void;
@@ -92,6 +102,65 @@ export function tensorName(layer: number | undefined, name: string): string {
   return layer === undefined ? `model.${name}` : `model.layers.${layer}.${name}`;
 }
 
+/** One tensor the model reads: its name, its shape for a config, and the config fields that set the shape. */
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+  fields: Array<keyof TinyLMConfig>;
+}
+
+/** Every tensor of a model with `config`, in file order, with the shape it must have ([out, in] for projections). */
+export function tensorSpecs(config: TinyLMConfig): TensorSpec[] {
+  const { vocabSize: V, hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m } = config;
+  const specs: TensorSpec[] = [{ name: tensorName(undefined, "embed_tokens.weight"), shape: [V, d], fields: ["vocabSize", "hidden"] }];
+  for (let l = 0; l < config.layers; l++) {
+    const t = (name: string, shape: number[], fields: Array<keyof TinyLMConfig>) => specs.push({ name: tensorName(l, name), shape, fields });
+    t("input_layernorm.weight", [d], ["hidden"]);
+    t("self_attn.q_proj.weight", [H * hd, d], ["heads", "headDim", "hidden"]);
+    t("self_attn.k_proj.weight", [KV * hd, d], ["kvHeads", "headDim", "hidden"]);
+    t("self_attn.v_proj.weight", [KV * hd, d], ["kvHeads", "headDim", "hidden"]);
+    t("self_attn.o_proj.weight", [d, H * hd], ["hidden", "heads", "headDim"]);
+    t("post_attention_layernorm.weight", [d], ["hidden"]);
+    t("mlp.gate_proj.weight", [m, d], ["intermediate", "hidden"]);
+    t("mlp.up_proj.weight", [m, d], ["intermediate", "hidden"]);
+    t("mlp.down_proj.weight", [d, m], ["hidden", "intermediate"]);
+  }
+  specs.push({ name: tensorName(undefined, "norm.weight"), shape: [d], fields: ["hidden"] });
+  return specs;
+}
+
+/** The sizes of a config that must be positive integers. */
+const CONFIG_SIZES = ["vocabSize", "hidden", "layers", "heads", "kvHeads", "headDim", "intermediate", "maxPosition"] as const;
+
+/**
+ * The first problem of `config` as [field, what it should be], or undefined when it is usable:
+ * sizes positive integers, heads a multiple of kvHeads, headDim even, ropeTheta and rmsNormEps
+ * positive and finite, bos/eos token ids (when given) ids of the vocabulary. `name` spells the
+ * fields the message refers to.
+ */
+export function configProblem(config: TinyLMConfig, name: (field: keyof TinyLMConfig) => string = (f) => f): [keyof TinyLMConfig, string] | undefined {
+  for (const key of CONFIG_SIZES) if (!Number.isSafeInteger(config[key]) || config[key] < 1) return [key, "a positive integer"];
+  if (config.heads % config.kvHeads !== 0) return ["heads", `a multiple of ${name("kvHeads")} (${config.kvHeads})`];
+  if (config.headDim % 2 !== 0) return ["headDim", "even (rotate-half RoPE)"];
+  for (const key of ["ropeTheta", "rmsNormEps"] as const) {
+    const v = config[key];
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) return [key, "a finite number > 0"];
+  }
+  for (const key of ["bosTokenId", "eosTokenId"] as const) {
+    const v = config[key];
+    if (v !== undefined && (!Number.isInteger(v) || v < 0 || v >= config.vocabSize)) return [key, `an id below ${name("vocabSize")} (${config.vocabSize})`];
+  }
+  return undefined;
+}
+
+function checkConfig(config: TinyLMConfig): void {
+  if (config === null || typeof config !== "object") throw new RangeError(`Expected a TinyLMConfig object but received ${String(config)}`);
+  const problem = configProblem(config);
+  if (problem) throw new RangeError(`config.${problem[0]} should be ${problem[1]} but is ${String(config[problem[0]])}`);
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+
 /** A decoder-only transformer whose KV cache is a lukv Sequence. */
 export class TinyLM {
   readonly config: TinyLMConfig;
@@ -99,10 +168,10 @@ export class TinyLM {
   /** The model's tokenizer, when it was loaded with one. */
   readonly tokenizer: Tokenizer | undefined;
 
+  /** @throws RangeError when the config is not usable (see configProblem) or a weight has the wrong number of values. */
   constructor(config: TinyLMConfig, weights: TinyLMWeights, tokenizer?: Tokenizer) {
+    checkConfig(config);
     const { vocabSize: V, hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m } = config;
-    if (H % KV !== 0) throw new RangeError(`heads (${H}) must be a multiple of kvHeads (${KV})`);
-    if (hd % 2 !== 0) throw new RangeError(`headDim (${hd}) must be even for rotate-half RoPE`);
     const expect = (what: string, a: Float32Array, n: number) => {
       if (a.length !== n) throw new RangeError(`${what}: expected ${n} values but the weights have ${a.length}`);
     };
@@ -125,12 +194,22 @@ export class TinyLM {
     this.tokenizer = tokenizer;
   }
 
-  /** Builds the model from tensors named as in model.safetensors ("model.layers.0.self_attn.q_proj.weight", ...). */
+  /**
+   * Builds the model from tensors named as in model.safetensors ("model.layers.0.self_attn.q_proj.weight", ...).
+   * Tensors given with a shape must have the shape of tensorSpecs(config); other tensors are ignored.
+   * @throws RangeError naming the tensor that is missing or has the wrong shape.
+   */
   static fromTensors(config: TinyLMConfig, tensors: Map<string, Tensor | Float32Array>, tokenizer?: Tokenizer): TinyLM {
+    checkConfig(config);
+    const shapes = new Map(tensorSpecs(config).map((s) => [s.name, s.shape]));
     const get = (name: string): Float32Array => {
       const t = tensors.get(name);
       if (t === undefined) throw new RangeError(`the weights have no tensor ${name}`);
-      return t instanceof Float32Array ? t : t.data;
+      if (t instanceof Float32Array) return t;
+      // Equal element counts are not enough: a transposed matrix would be read as garbage.
+      const want = shapes.get(name)!;
+      if (!sameShape(t.shape, want)) throw new RangeError(`tensor ${name} has shape [${t.shape.join(",")}] but the config needs [${want.join(",")}]`);
+      return t.data;
     };
     const embed = get(tensorName(undefined, "embed_tokens.weight"));
     const layers: LayerWeights[] = [];
@@ -188,10 +267,16 @@ export class TinyLM {
    * Returns logits: [1, vocab] for "last", [tokens, vocab] for "all", empty for "none".
    * If the pool runs out of pages (OutOfPagesError) some layers may hold a chunk that others do
    * not: dispose that sequence.
+   * @throws InvalidArgumentError, before anything is appended, when `seq` is not a Sequence of a
+   * cache shaped for this model (layers, kvHeads, queryHeads = heads, headDim), `tokens` is not an
+   * array or typed array, or an option is unknown or invalid; RangeError for a token id outside
+   * the vocabulary or a chunk that is not a positive integer.
    */
   forward(seq: Sequence, tokens: ArrayLike<number>, options: ForwardOptions = {}): Float32Array {
     const V = this.config.vocabSize;
-    const want = options.logits ?? "last";
+    this.#checkSequence("seq", seq);
+    if (!isTokenArray(tokens)) throw invalid("tokens", "an array or typed array of token ids", tokens);
+    const want = this.#checkForwardOptions(options);
     const chunk = options.chunk ?? 64;
     if (!Number.isInteger(chunk) || chunk < 1) throw new RangeError(`Expected a positive integer for chunk but received ${chunk}`);
     const n = tokens.length;
@@ -215,15 +300,18 @@ export class TinyLM {
    * [vocab] of each sequence (views of one array): what forward(seqs[i], [tokens[i]]) one sequence
    * after another would return, bit for bit on the CPU backend (on CUDA a batch's attention may
    * round differently, see cache.attendBatch). If the pool runs out of pages (OutOfPagesError),
-   * some layers may hold the step and others not: dispose those sequences.
+   * some layers may hold the step and others not: dispose those sequences. A sequence of a cache
+   * not shaped for this model throws InvalidArgumentError naming it, before anything is appended.
    */
   forwardBatch(seqs: readonly Sequence[], tokens: ArrayLike<number>): Float32Array[] {
     const V = this.config.vocabSize;
     if (!Array.isArray(seqs)) throw new TypeError("Expected an array of sequences for seqs");
     seqs.forEach((seq, i) => {
       if (!(seq instanceof Sequence)) throw new TypeError(`Expected a Sequence for seqs[${i}]`);
+      this.#checkSequence(`seqs[${i}]`, seq);
     });
     const n = seqs.length;
+    if (!isTokenArray(tokens)) throw invalid("tokens", "an array or typed array of token ids", tokens);
     if (tokens.length !== n) throw new RangeError(`Expected one token per sequence (${n}) but received ${tokens.length} tokens`);
     this.#checkTokens(tokens);
     if (n === 0) return [];
@@ -243,6 +331,36 @@ export class TinyLM {
     const logits = new Float32Array(n * V);
     this.#logits(x, 0, n, logits);
     return Array.from({ length: n }, (_, i) => logits.subarray(i * V, (i + 1) * V));
+  }
+
+  /** Refuses anything but a Sequence of a cache with this model's shape (another shape would be read as garbage). */
+  #checkSequence(name: string, seq: unknown): void {
+    if (!(seq instanceof Sequence)) throw invalid(name, "a Sequence", seq);
+    const { layers, kvHeads, heads, headDim } = this.config;
+    const c = seq.cache.config;
+    if (c.layers !== layers || c.kvHeads !== kvHeads || c.queryHeads !== heads || c.headDim !== headDim)
+      throw new InvalidArgumentError(
+        `Expected a Sequence of a cache shaped for this model (layers ${layers}, kvHeads ${kvHeads}, queryHeads ${heads}, headDim ${headDim}) for ${name} ` +
+          `but received one of a cache with layers ${c.layers}, kvHeads ${c.kvHeads}, queryHeads ${c.queryHeads}, headDim ${c.headDim}`,
+      );
+  }
+
+  /** Checks forward()'s options (chunk apart); returns which logits are wanted. */
+  #checkForwardOptions(options: ForwardOptions): (typeof LOGITS_CHOICES)[number] {
+    if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+    knownOptions("options", options, FORWARD_OPTION_NAMES);
+    const want = oneOf("logits", options.logits ?? "last", LOGITS_CHOICES);
+    for (const key of ["onProgress", "onAttention"] as const)
+      if (options[key] !== undefined && typeof options[key] !== "function") throw invalid(key, "a function", options[key]);
+    const { timing, queryStatistics: stats } = options;
+    if (timing !== undefined && (timing === null || typeof timing !== "object" || typeof timing.attentionMs !== "number"))
+      throw invalid("timing", "an object { attentionMs: number }", timing);
+    if (stats !== undefined) {
+      const { layers, heads, headDim } = this.config;
+      if (!(stats instanceof QueryStatistics) || stats.layers !== layers || stats.queryHeads !== heads || stats.headDim !== headDim)
+        throw invalid("queryStatistics", `a QueryStatistics of this model's shape (layers ${layers}, queryHeads ${heads}, headDim ${headDim})`, stats);
+    }
+    return want;
   }
 
   #checkTokens(tokens: ArrayLike<number>): void {
@@ -323,20 +441,36 @@ export class TinyLM {
   }
 
   /**
-   * Decodes up to `steps` tokens one at a time. `logits` are those of the sequence's last position
-   * (what forward() returned for the prompt); each chosen token but the last is fed back through
-   * forward(), so afterwards the sequence holds the prompt and tokens[0 .. length-2].
+   * Decodes up to `steps` tokens one at a time. `logits` are those of the sequence's last position:
+   * what forward() returned for the prompt, a Float32Array of vocabSize values, or of several
+   * whole rows (logits: "all"), of which the last is used. Each chosen token but the last is fed
+   * back through forward(), so afterwards the sequence holds the prompt and tokens[0 .. length-2].
+   * `steps` 0 returns no tokens and leaves the sequence as it was.
+   * @throws InvalidArgumentError, before anything is appended, when `seq` is not a Sequence of a
+   * cache shaped for this model, `logits` is not such a Float32Array, `steps` is not a
+   * non-negative integer, or an option is unknown or invalid (see GenerateOptions, Sampler).
    */
   generate(seq: Sequence, logits: Float32Array, steps: number, options: GenerateOptions = {}): Generation {
-    const sampler = new Sampler(options);
-    const stop = options.stopToken ?? this.config.eosTokenId;
+    const V = this.config.vocabSize;
+    this.#checkSequence("seq", seq);
+    if (!isFloat32Array(logits) || logits.length === 0 || logits.length % V !== 0)
+      throw invalid("logits", `a Float32Array of ${V} logits (or of whole rows of ${V}, the last of which is used)`, logits);
+    nonNegativeInteger("steps", steps);
+    if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+    knownOptions("options", options, GENERATE_OPTION_NAMES);
+    const { temperature, topK, seed, stopToken, onToken } = options;
+    if (stopToken !== undefined && !Number.isSafeInteger(stopToken)) throw invalid("stopToken", "an integer", stopToken);
+    if (onToken !== undefined && typeof onToken !== "function") throw invalid("onToken", "a function", onToken);
+    const sampler = new Sampler({ temperature, topK, seed });
+    const stop = stopToken ?? this.config.eosTokenId;
     const tokens: number[] = [];
     const stepMs: number[] = [];
     const attentionMs: number[] = [];
-    let next = sampler.next(logits, logits.length - this.config.vocabSize, this.config.vocabSize);
+    if (steps === 0) return { tokens, stepMs, attentionMs };
+    let next = sampler.next(logits, logits.length - V, V);
     for (let s = 0; s < steps; s++) {
       tokens.push(next);
-      options.onToken?.(next, s);
+      onToken?.(next, s);
       if (next === stop || s + 1 === steps) break;
       const timing = { attentionMs: 0 };
       const t0 = performance.now();
@@ -347,4 +481,9 @@ export class TinyLM {
     }
     return { tokens, stepMs, attentionMs };
   }
+}
+
+/** An array or typed array (a string or a number is not a list of token ids). */
+function isTokenArray(tokens: unknown): tokens is ArrayLike<number> {
+  return Array.isArray(tokens) || (ArrayBuffer.isView(tokens) && !(tokens instanceof DataView));
 }

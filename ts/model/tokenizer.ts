@@ -74,7 +74,11 @@ export class Tokenizer {
   readonly #merges: Array<[number, number]>;
   readonly #cache = new Map<string, number[]>();
 
-  /** @throws BadModelError naming the problem when `json` is not a valid "lukv-bpe-1" tokenizer. */
+  /**
+   * @throws BadModelError naming the problem when `json` is not a valid "lukv-bpe-1" tokenizer:
+   * bad merges or vocab, special token ids other than the ids right after the pieces (one each),
+   * or a vocab_size (when given) other than the number of ids the file defines.
+   */
   constructor(json: TokenizerJson, source = "tokenizer") {
     const bad = (problem: string) => new BadModelError(`${source}: ${problem}`);
     if (json === null || typeof json !== "object" || Array.isArray(json)) throw bad(`expected a JSON object but found ${jsonPreview(json)}`);
@@ -114,15 +118,33 @@ export class Tokenizer {
           throw bad(`vocab[${i}] does not match its merge`);
       });
     }
+    // Special ids follow the pieces, one each: an id below would decode as that piece, one above
+    // would leave a hole in the embedding rows.
+    const pieces = this.#pieces.length, size = pieces + specialIds.length;
+    const owner = new Map<number, string>();
+    for (const [name, id] of specialIds as Array<[string, number]>) {
+      if (id < pieces || id >= size)
+        throw bad(`special token ${jsonPreview(name)} has id ${id}; the ${specialIds.length} special tokens take the ids ${pieces} to ${size - 1}, after the 256 bytes and ${merges.length} merges`);
+      const other = owner.get(id);
+      if (other !== undefined) throw bad(`special tokens ${jsonPreview(other)} and ${jsonPreview(name)} share the id ${id}`);
+      owner.set(id, name);
+    }
+    if (json.vocab_size !== undefined && json.vocab_size !== size)
+      throw bad(`vocab_size is ${jsonPreview(json.vocab_size)} but the file defines ${size} ids (256 bytes, ${merges.length} merges, ${specialIds.length} special tokens)`);
     this.specialTokens = Object.freeze(Object.fromEntries(specialIds) as Record<string, number>);
-    this.vocabSize = this.#pieces.length + specialIds.length;
+    this.vocabSize = size;
     this.bos = this.specialTokens["<|bos|>"];
     this.eos = this.specialTokens["<|eos|>"];
   }
 
-  /** Loads tokenizer.json. @throws BadModelError when the file is not JSON or not a valid tokenizer. */
+  /** Loads tokenizer.json. @throws BadModelError when the file is missing or unreadable, not JSON or not a valid tokenizer. */
   static load(file: string): Tokenizer {
-    const text = fs.readFileSync(file, "utf8");
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch (e) {
+      throw new BadModelError(`${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "missing" : `cannot be read (${(e as Error).message})`}`);
+    }
     let json: TokenizerJson;
     try {
       json = JSON.parse(text);
@@ -183,8 +205,9 @@ export class Tokenizer {
     return out;
   }
 
-  /** The text of `ids`; invalid UTF-8 becomes U+FFFD. */
+  /** The text of `ids`; invalid UTF-8 becomes U+FFFD, and a leading U+FEFF is kept (decode(encode(s)) === s). */
   decode(ids: ArrayLike<number>): string {
-    return new TextDecoder("utf-8").decode(this.decodeBytes(ids));
+    // TextDecoder drops a leading byte order mark unless told not to; it is text like any other here.
+    return new TextDecoder("utf-8", { ignoreBOM: true }).decode(this.decodeBytes(ids));
   }
 }
