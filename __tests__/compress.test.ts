@@ -69,6 +69,8 @@ describe("scores match the references", () => {
     { scorer: "snapkv", pooling: "avg", kernel: 5, groupReduce: "max", window: 16 },
     { scorer: "snapkv", pooling: "none", window: 48 },
     { scorer: "tova", pooling: "none" },
+    { scorer: "tova", pooling: "max", kernel: 5, window: 8 },
+    { scorer: "tova", pooling: "avg", kernel: 3, groupReduce: "max", window: 16 },
     { scorer: "keydiff", pooling: "none" },
     { scorer: "keydiff", pooling: "max", kernel: 7 },
     { scorer: "keydiff", pooling: "avg", kernel: 5, window: 16 },

@@ -148,6 +148,9 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     ...scorers.flatMap((scorer) => allocations.map((allocation) => ({ scorer, allocation, pooling: "default" as const }))),
     { scorer: "keydiff" as const, allocation: "uniform" as const, pooling: "max" as const },
     { scorer: "knorm" as const, allocation: "lukv" as const, pooling: "avg" as const },
+    // TOVA observes one query: its pooling stops before the recent window, not before that query.
+    { scorer: "tova" as const, allocation: "uniform" as const, pooling: "max" as const },
+    { scorer: "tova" as const, allocation: "adakv" as const, pooling: "avg" as const },
   ];
 
   test.each(combos)("compress $scorer x $allocation, pooling $pooling", ({ scorer, allocation, pooling }) => {
@@ -230,6 +233,121 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       const ra = a.compress(options), rb = b.compress(options);
       expect(rb.total).toBe(ra.total);
       expect(keptAgree(before, a, b)).toBe(true);
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("snapkv with window 0 (no observation queries): zero scores and the CPU's eviction", () => {
+    const r = rng(seed ^ 0x30);
+    const pair = new Pair({ layers: 2, kvHeads: 2, queryHeads: 4, headDim: 16, dtype: "f32" });
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      for (let l = 0; l < 2; l++) {
+        appendBoth(a, b, l, 40, r);
+        attendBoth(a, b, l, 8, r, `observation layer ${l}`);
+      }
+      for (const extra of [{}, { pooling: "max" as const, kernel: 5, groupReduce: "max" as const }])
+        for (let l = 0; l < 2; l++) {
+          const sa = a.scores(l, "snapkv", { window: 0, ...extra }), sb = b.scores(l, "snapkv", { window: 0, ...extra });
+          for (let h = 0; h < 2; h++) {
+            expect(Array.from(sa[h])).toEqual(new Array(40).fill(0));
+            expect(Array.from(sb[h])).toEqual(Array.from(sa[h]));
+          }
+        }
+      const opts: CompressOptions = { ratio: 0.5, scorer: "snapkv", window: 0, sink: 2 };
+      expect(Array.from(b.compress(opts).kept)).toEqual(Array.from(a.compress(opts).kept));
+      expect(samePositions(a, b)).toBe(true);
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      appendBoth(a, b, 1, 1, r);
+      attendBoth(a, b, 1, 1, r, "decode after compress");
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("snapkv and tova with scale 0: uniform attention scores and the CPU's eviction", () => {
+    const r = rng(seed ^ 0x31);
+    const pair = new Pair({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16, dtype: "f32" });
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      appendBoth(a, b, 0, 40, r);
+      attendBoth(a, b, 0, 8, r, "observation");
+      for (const scorer of ["snapkv", "tova"] as const) {
+        const sa = a.scores(0, scorer, { window: 4, scale: 0 }), sb = b.scores(0, scorer, { window: 4, scale: 0 });
+        const before = [];
+        for (let h = 0; h < 2; h++) {
+          expect(sa[h][0]).toBeGreaterThan(0);
+          expect(relativeError(sb[h], sa[h])).toBeLessThan(1e-5);
+          before.push({ positions: a.positions(0, h), scores: sa[h] });
+        }
+        const fa = a.fork(), fb = b.fork();
+        const opts: CompressOptions = { ratio: 0.5, scorer, window: 4, scale: 0 };
+        const ra = fa.compress(opts), rb = fb.compress(opts);
+        expect(rb.total).toBe(ra.total);
+        expect(keptAgree(before, fa, fb)).toBe(true);
+        fa.dispose();
+        fb.dispose();
+      }
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  // |scale| x log2 e above FLOAT32_MAX, or |q| x |scale| x log2 e above it with keys small enough
+  // that every score is moderate: the inputs checkFinite accepts.
+  const bigScaleCases = [
+    { label: "scale 2.4e38", scale: 2.4e38, q: [5e-20, 5e-20], k: [5e-20, 5e-20] },
+    { label: "scale FLOAT32_MAX", scale: 3.4028234663852886e38, q: [5e-20, 5e-20], k: [5e-20, 5e-20] },
+    { label: "scale 1e29, |q| 2.4e9 to 3.3e9", scale: 1e29, q: [2.4e9, 3.3e9], k: [1.2e-38, 1.6e-38] },
+  ];
+  test.each(bigScaleCases)("attention and snapkv scores at $label, where q x scale x log2 e overflows float32", ({ scale, q, k }) => {
+    const r = rng(seed ^ 0x32);
+    // Magnitudes in [lo, hi], random signs.
+    const band = (n: number, [lo, hi]: number[]) => Float32Array.from({ length: n }, () => (r() < 0.5 ? -1 : 1) * (lo + (hi - lo) * r()));
+    const s: Shape = { layers: 1, kvHeads: 1, queryHeads: 2, headDim: 8, dtype: "f32" };
+    const pair = new Pair(s);
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      const keys = band(20 * 8, k), values = randn(r, 20 * 8);
+      a.append(0, keys, values);
+      b.append(0, keys, values);
+      const queries = band(6 * 2 * 8, q);
+      const outA = a.attend(0, queries, { scale }), outB = b.attend(0, queries, { scale });
+      const ref = referenceAttention(headsOf(b, 0), queries, lastPositions(b, 0, 6), 2, 8, scale);
+      expect(relativeError(outB, ref)).toBeLessThan(1e-5);
+      expect(relativeError(outB, outA)).toBeLessThan(1e-5);
+      const sa = a.scores(0, "snapkv", { window: 4, scale }), sb = b.scores(0, "snapkv", { window: 4, scale });
+      expect(Math.max(...sa[0])).toBeGreaterThan(0);
+      expect(relativeError(sb[0], sa[0])).toBeLessThan(1e-5);
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("compress over more (layer, KV head) pairs than one scoring launch takes (65535)", () => {
+    const r = rng(seed ^ 0x33);
+    // 2 layers x 33000 heads of 2 tokens, scored in one call: two launches; knorm keeps one token per head.
+    const H = 33000, D = 8;
+    const s: Shape = { layers: 2, kvHeads: H, queryHeads: H, headDim: D, pageSize: 2, dtype: "f32", maxTokens: 4 * 2 * H };
+    const pair = new Pair(s);
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      // Random rows repeating every 997 heads (a million normal samples take seconds under jest).
+      const block = randn(r, 2 * 997 * D), rows = new Float32Array(2 * 2 * H * D);
+      for (let i = 0; i < rows.length; i++) rows[i] = block[i % block.length];
+      for (let l = 0; l < 2; l++) {
+        const k = rows.subarray(l * 2 * H * D, (l + 1) * 2 * H * D);
+        a.append(l, k, k);
+        b.append(l, k, k);
+      }
+      const before = [0, 1].flatMap((l) => a.scores(l, "knorm").map((scores, h) => ({ positions: a.positions(l, h), scores })));
+      const opts: CompressOptions = { ratio: 0.5, scorer: "knorm", sink: 0, window: 0 };
+      const ra = a.compress(opts), rb = b.compress(opts);
+      expect(ra.total).toBe(2 * H);
+      expect(rb.total).toBe(ra.total);
+      expect(keptAgree(before, a, b)).toBe(true);
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
     } finally {
       pair.dispose();
     }

@@ -132,9 +132,12 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       attentionScores(a, perHead);
       const int G = a.group;
       if (o.pooling != Pooling::None && o.kernel > 1) {
-        // Pooling covers the tokens before the first observation query (those the window's keys
-        // follow), however many tokens decoding has appended since.
-        const int end = a.rows > 0 ? (int)(std::lower_bound(h.positions.begin(), h.positions.end(), a.queryPositions[0]) - h.positions.begin()) : L;
+        // Pooling covers the tokens before the recent window and before the first observation
+        // query (however many tokens decoding has appended since): the scores of tokens that are
+        // kept anyway never spread to the ones eviction chooses among. TOVA observes one query,
+        // so for it the window is the nearer bound.
+        const int observed = a.rows > 0 ? (int)(std::lower_bound(h.positions.begin(), h.positions.end(), a.queryPositions[0]) - h.positions.begin()) : L;
+        const int end = std::min(observed, std::max(0, L - o.window));
         std::vector<float> tmp(L);
         for (int g = 0; g < G; ++g) {
           pool1d(perHead.data() + (size_t)g * L, tmp.data(), L, end, o.pooling, o.kernel);

@@ -3,7 +3,8 @@
 // One block = one unit: a token range [t0, t1) of a group of up to 8 query vectors (the whole
 // GQA group of one decode row, or several prefill rows) of one KV head. Its 4 warps take turns
 // over tiles of tokens; inside a warp, R lanes hold one K/V row as 16-byte vectors, so a warp
-// step covers 32/R rows. Scores are kept in base-2 units (q is pre-scaled by scale * log2 e).
+// step covers 32/R rows. Scores are kept in base-2 units: q . k * scale * log2 e, the factors
+// applied to the dot (never to q, whose scaled elements could overflow where no score does).
 // A group with one unit writes its output directly; otherwise each unit writes (max, sum, acc)
 // partials and the group's last unit to finish merges them (or attendReduceKernel does).
 #pragma once
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
         const int d0 = (i * R + lr) * VEC;
         if (d0 < D) {
           LUKV_UNROLL
-          for (int e = 0; e < VEC; ++e) q[v][i * VEC + e] = qp[d0 + e] * p.scaleLog2;
+          for (int e = 0; e < VEC; ++e) q[v][i * VEC + e] = qp[d0 + e];
         }
       }
     }
@@ -133,7 +134,8 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
         }
       }
     }
-    // Scores: partial dots over this lane's elements, summed over the R lanes of the row.
+    // Scores: partial dots over this lane's elements, summed over the R lanes of the row, times
+    // scoreScale (expScale comes in with the max, below).
     float sc[STEPS][NQ];
     LUKV_UNROLL
     for (int s = 0; s < STEPS; ++s) {
@@ -145,7 +147,7 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
         float dot = 0.f;
         LUKV_UNROLL
         for (int e = 0; e < E; ++e) dot = fmaf(q[v][e], kf[e], dot);
-        sc[s][v] = laneSum<1, R>(dot);
+        sc[s][v] = laneSum<1, R>(dot) * p.scoreScale;
       }
     }
     // Causal mask by position (a prefix of the head per query row); raw scores saved for the
@@ -156,19 +158,21 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
       LUKV_UNROLL
       for (int v = 0; v < NQ; ++v) {
         if (t < tEnd && t < vis[v]) {
-          if (p.scores != nullptr && lr == 0) p.scores[grp.scoreBase + (int64_t)v * grp.span + t] = sc[s][v];
+          if (p.scores != nullptr && lr == 0)
+            p.scores[grp.scoreBase + (int64_t)v * grp.span + t] = sc[s][v] * p.expScale;
         } else {
           sc[s][v] = -INFINITY;
         }
       }
     }
-    // Online softmax: the tile's max over the warp, rescale, weights.
+    // Online softmax: the tile's max over the warp, rescale, weights. expScale > 0, so the max of
+    // the scaled scores is the scaled max, and it joins each score in the FMA that forms the exponent.
     LUKV_UNROLL
     for (int v = 0; v < NQ; ++v) {
       float mt = sc[0][v];
       LUKV_UNROLL
       for (int s = 1; s < STEPS; ++s) mt = fmaxf(mt, sc[s][v]);
-      mt = laneMax<R, 32>(mt);
+      mt = laneMax<R, 32>(mt) * p.expScale;
       const float mNew = fmaxf(m[v], mt);
       const float corr = mNew == -INFINITY ? 1.f : exp2f(m[v] - mNew);
       m[v] = mNew;
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
       for (int e = 0; e < E; ++e) acc[v][e] *= corr;
       LUKV_UNROLL
       for (int s = 0; s < STEPS; ++s) {
-        sc[s][v] = mNew == -INFINITY ? 0.f : exp2f(sc[s][v] - mNew);
+        sc[s][v] = mNew == -INFINITY ? 0.f : exp2f(fmaf(sc[s][v], p.expScale, -mNew));
         l[v] += sc[s][v];
       }
     }
@@ -378,7 +382,9 @@ PreparedAttend prepareAttend(RT& rt, const AttendBatch& b, const AttendOptions& 
   p.visible = reinterpret_cast<const int32_t*>(meta + oVisible);
   p.queries = b.queries;
   p.out = b.out;
-  p.scaleLog2 = b.scale * 1.4426950408889634f;
+  const ScaleFactors f = scaleFactors(b.scale);
+  p.scoreScale = f.score;
+  p.expScale = f.exp;
   p.partialStride = nq;
   p.partialAcc = plan.needReduce ? reinterpret_cast<float*>(scratch + sAcc) : nullptr;
   p.partialML = plan.needReduce ? reinterpret_cast<float*>(scratch + sML) : nullptr;

@@ -175,6 +175,7 @@ class CudaBackend : public Backend {
     b.seed = o.seed;
     b.scale = o.scale;
     b.sink = o.sink;
+    b.window = o.window;
     b.valueNorm = o.expected.valueNorm;
     b.epsilon = (float)o.expected.epsilon;
     const bool expected = o.scorer == Scorer::ExpectedAttention;

@@ -67,7 +67,9 @@ struct AttnParams {
   const int32_t* visible;
   const float* queries;            // [rows, queryHeads, headDim] f32
   float* out;                      // [rows, queryHeads, headDim] f32
-  float scaleLog2;                 // softmax scale * log2(e): scores are kept in base-2 units
+  // Softmax scale * log2(e) = scoreScale * expScale (scaleFactors): a score in base-2 units is
+  // ((q . k) * scoreScale) * expScale, the second factor applied where the exponent is formed.
+  float scoreScale, expScale;
   int32_t partialStride;           // vectors reserved per unit in the partials (the kernel's NQ)
   float* partialAcc;               // [units * partialStride, headDim]
   float* partialML;                // [units * partialStride, 2]: running max and sum
@@ -120,7 +122,7 @@ struct ScoreHeadDesc {
   int32_t kvHead;
   int32_t row0, rows;              // observation rows (global, in queries)
   int32_t visibleBegin;            // visible[visibleBegin + r]
-  int32_t poolEnd;                 // tokens before the first observation query: the ones pooling covers
+  int32_t poolEnd;                 // the tokens pooling covers: before the first observation query and the recent window
   int64_t rawBase;                 // raw[rawBase + (r * G + g) * length + t]
   int64_t statBase;                // stats[statBase + r * G + g]: (max, sum)
   int64_t outBase;                 // out[outBase + t]
@@ -136,7 +138,7 @@ struct ScoreParams {
   int32_t numHeads, maxLength;
   const int32_t* visible;
   const float* queries;            // observation rows [rows, queryHeads, headDim]
-  float scaleLog2;
+  float scoreScale, expScale;      // as in AttnParams
   float* raw;                      // raw scores (base-2 units), -inf where a row cannot see the token
   float* stats;
   float* out;

@@ -1,6 +1,7 @@
 #include "plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 
@@ -77,6 +78,13 @@ int32_t pageShiftOf(int32_t pageSize) {
   int32_t s = 0;
   while ((1 << s) < pageSize) ++s;
   return s;
+}
+
+ScaleFactors scaleFactors(float scale) {
+  const float log2e = 1.4426950408889634f;
+  const float f = scale * log2e;
+  if (std::isfinite(f)) return {f, 1.f};
+  return {scale, log2e};
 }
 
 int attendVectorsPerBlock(int groupSize, int maxRows) {
@@ -267,7 +275,10 @@ ScorePlan planScores(const std::vector<ScoreHeadInput>& in, int queryHeads, int 
       if (h.length > 0 && h.positions == nullptr) throwInvalid("scored head " + str((int64_t)i) + ": no positions");
       if (h.rows > 0 && h.queryPositions == nullptr) throwInvalid("scored head " + str((int64_t)i) + ": no query positions");
       d.row0 = h.row0;
-      d.poolEnd = h.rows > 0 ? visibleAt(h.positions, h.length, h.queryPositions[0] - 1) : h.length;
+      // Pooling stops before the first observation query and before the recent window (TOVA
+      // observes one query, so for it the window is the nearer bound), as on the CPU.
+      const int32_t observed = h.rows > 0 ? visibleAt(h.positions, h.length, h.queryPositions[0] - 1) : h.length;
+      d.poolEnd = std::min(observed, std::max<int32_t>(0, h.length - h.window));
       d.rows = h.rows;
       for (int r = 0; r < h.rows; ++r) plan.visible.push_back(visibleAt(h.positions, h.length, h.queryPositions[r]));
       d.rawBase = plan.rawFloats;

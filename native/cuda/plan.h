@@ -22,6 +22,14 @@ PoolView poolView(uint8_t* data, int64_t numPages, int pageSize, int headDim, DT
 // log2(pageSize) when it is a power of two, else -1.
 int32_t pageShiftOf(int32_t pageSize);
 
+// The softmax scale in base-2 units, scale * log2(e), as two float32 factors applied to q . k in
+// turn: (scale * log2(e), 1), or (scale, log2(e)) where that product overflows float32. Neither q
+// nor any intermediate is scaled beyond the score itself, which the input checks keep finite.
+struct ScaleFactors {
+  float score, exp;
+};
+ScaleFactors scaleFactors(float scale);
+
 // One (sequence, KV head) of the layer, as the host holds it.
 struct AttendHeadInput {
   const int32_t* pages = nullptr;
@@ -93,6 +101,7 @@ struct ScoreHeadInput {
   int32_t row0 = 0;                    // observation rows (global) for snapkv / tova
   int rows = 0;
   const int32_t* queryPositions = nullptr;
+  int32_t window = 0;                  // snapkv / tova: the last tokens, kept anyway, are not pooled
 };
 
 struct ScorePlan {

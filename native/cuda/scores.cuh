@@ -6,6 +6,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <string>
 
 #include "device.h"
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(256) obsScoresKernel(const ScoreParams p) {
       float x = 0.f;
       if (v < nvec && d < D) {
         const int r = v / G, g = v - r * G;
-        x = p.queries[((int64_t)(h.row0 + r) * p.queryHeads + h.kvHead * G + g) * D + d] * p.scaleLog2;
+        x = p.queries[((int64_t)(h.row0 + r) * p.queryHeads + h.kvHead * G + g) * D + d];
       }
       sq[vv][dd] = x;
     }
@@ -85,7 +86,8 @@ __global__ void __launch_bounds__(256) obsScoresKernel(const ScoreParams p) {
     LUKV_UNROLL
     for (int j = 0; j < 4; ++j) {
       const int32_t t = t0 + tx + 16 * j;
-      if (t < h.length) p.raw[h.rawBase + (int64_t)v * h.length + t] = t < vis ? acc[i][j] : -INFINITY;
+      if (t < h.length)
+        p.raw[h.rawBase + (int64_t)v * h.length + t] = t < vis ? acc[i][j] * p.scoreScale * p.expScale : -INFINITY;
     }
   }
 }
@@ -436,6 +438,7 @@ inline std::vector<ScoreHeadInput> scoreInputs(const ScoreBatch& b) {
     x.row0 = r.row0;
     x.rows = r.rows;
     x.queryPositions = r.queryPositions;
+    if (b.scorer == Scorer::SnapKV || b.scorer == Scorer::TOVA) x.window = b.window;
     if (b.scorer == Scorer::ExpectedAttention) {
       // One softmax per group head over every token: planned as one row that sees them all.
       static const int32_t kSeesAll = INT32_MAX;
@@ -457,11 +460,13 @@ void runScoresTyped(RT& rt, const ScoreBatch& b, const ScorePlan& plan, ScorePar
     case Scorer::TOVA: {
       int maxVectors = 0;
       for (const auto& h : plan.heads) maxVectors = std::max(maxVectors, h.rows * p.groupSize);
-      if (maxVectors == 0) break;
-      const dim3 g1((unsigned)((plan.maxLength + kObsTokens - 1) / kObsTokens), heads,
-                    (unsigned)((maxVectors + kObsVectors - 1) / kObsVectors));
-      rt.launch(obsScoresKernel<S>, g1, dim3(256), p, "obsScores");
-      rt.launch(obsStatsKernel, dim3((unsigned)maxVectors, heads), dim3(256), p, "obsStats");
+      if (maxVectors > 0) {
+        const dim3 g1((unsigned)((plan.maxLength + kObsTokens - 1) / kObsTokens), heads,
+                      (unsigned)((maxVectors + kObsVectors - 1) / kObsVectors));
+        rt.launch(obsScoresKernel<S>, g1, dim3(256), p, "obsScores");
+        rt.launch(obsStatsKernel, dim3((unsigned)maxVectors, heads), dim3(256), p, "obsStats");
+      }
+      // Also without observation rows: a head with none scores 0 everywhere, as on the CPU.
       rt.launch(obsPoolKernel, dim3((unsigned)((plan.maxLength + kPoolTile - 1) / kPoolTile), heads), dim3(256), p,
                 "obsPool");
       break;
@@ -486,19 +491,25 @@ void runScoresTyped(RT& rt, const ScoreBatch& b, const ScorePlan& plan, ScorePar
   }
 }
 
+// Heads of one scoring launch: they are the grid's y dimension.
+constexpr size_t kMaxLaunchHeads = 65535;
+
+// Scores of at most kMaxLaunchHeads heads (runScores splits larger batches).
 template <class RT>
-void runScores(RT& rt, const ScoreBatch& b) {
+void runScoresPart(RT& rt, const ScoreBatch& b) {
   checkPool(b.pool);
   if (b.heads.empty()) return;
   if (b.out == nullptr) throwInvalid("scoring needs a device output");
-  if (b.heads.size() > 65535) throwInvalid("at most 65535 heads can be scored in one call");
+  if (b.heads.size() > kMaxLaunchHeads) throw Error(ErrorCode::Internal, "too many heads for one scoring launch");
   const bool attention = b.scorer == Scorer::SnapKV || b.scorer == Scorer::TOVA;
   if (attention) {
-    if (b.queries == nullptr) throwInvalid("snapkv and tova need device observation queries");
+    bool anyRows = false;
+    for (const ScoreHeadRef& r : b.heads) anyRows = anyRows || r.rows > 0;
+    if (anyRows && b.queries == nullptr) throwInvalid("snapkv and tova need device observation queries");
     if (b.pooling != Pooling::None && (b.kernel < 1 || b.kernel > 2 * kMaxPoolHalo + 1))
       throwInvalid("Expected a pooling kernel between 1 and " + std::to_string(2 * kMaxPoolHalo + 1) +
                    " but received " + std::to_string(b.kernel));
-    if (!std::isfinite(b.scale) || b.scale == 0) throwInvalid("snapkv and tova need a finite, non-zero scale");
+    if (!std::isfinite(b.scale)) throwInvalid("snapkv and tova need a finite scale");
   }
   const bool expected = b.scorer == Scorer::ExpectedAttention;
   if (expected && b.expectedMean == nullptr) throwInvalid("expected-attention needs the device query statistics");
@@ -555,7 +566,9 @@ void runScores(RT& rt, const ScoreBatch& b) {
   p.maxLength = plan.maxLength;
   p.visible = reinterpret_cast<const int32_t*>(meta + oVisible);
   p.queries = b.queries;
-  p.scaleLog2 = b.scale * 1.4426950408889634f;
+  const ScaleFactors f = scaleFactors(b.scale);
+  p.scoreScale = f.score;
+  p.expScale = f.exp;
   p.raw = softmax ? reinterpret_cast<float*>(scratch + sRaw) : nullptr;
   p.stats = softmax ? reinterpret_cast<float*>(scratch + sStats) : nullptr;
   p.out = b.out;
@@ -575,6 +588,25 @@ void runScores(RT& rt, const ScoreBatch& b) {
   if (b.pool.dtype == 0) runScoresTyped<RT, StoreF32>(rt, b, plan, p);
   else if (b.pool.dtype == 1) runScoresTyped<RT, StoreF16>(rt, b, plan, p);
   else runScoresTyped<RT, StoreBF16>(rt, b, plan, p);
+}
+
+// Any number of heads: launches of at most kMaxLaunchHeads heads, each writing its slice of out.
+template <class RT>
+void runScores(RT& rt, const ScoreBatch& b) {
+  if (b.heads.size() <= kMaxLaunchHeads) {
+    runScoresPart(rt, b);
+    return;
+  }
+  if (b.out == nullptr) throwInvalid("scoring needs a device output");
+  ScoreBatch part = b;
+  float* out = b.out;
+  for (size_t first = 0; first < b.heads.size(); first += kMaxLaunchHeads) {
+    const size_t end = std::min(b.heads.size(), first + kMaxLaunchHeads);
+    part.heads.assign(b.heads.begin() + (std::ptrdiff_t)first, b.heads.begin() + (std::ptrdiff_t)end);
+    part.out = out;
+    runScoresPart(rt, part);
+    for (size_t i = first; i < end; ++i) out += b.heads[i].head->length();
+  }
 }
 
 }  // namespace cuda

@@ -6,6 +6,7 @@
 // the host. Per-head top-b selection runs on the host over the scores copied back.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../core/backend.h"
@@ -40,12 +41,14 @@ struct ScoreBatch {
   int kernel = 7;
   bool groupMax = false;
   uint32_t seed = 0;
-  float scale = 0;
+  // Any finite value (0 included); unset, the attention scorers refuse it.
+  float scale = std::numeric_limits<float>::quiet_NaN();
   // expected-attention: per slot, the rotated query means [slots, queryHeads, headDim] and
   // covariances [slots, queryHeads, headDim, headDim] (null without the covariance term), device.
   const float* expectedMean = nullptr;
   const float* expectedCovariance = nullptr;
   int sink = 0;
+  int window = 0;                          // snapkv / tova: recent tokens, not pooled (see planScores)
   bool valueNorm = true;
   float epsilon = 0;
   float* out = nullptr;                    // device: the heads' scores one after another

@@ -395,6 +395,8 @@ struct ScoreSpec {
   Pooling pooling = Pooling::None;
   int kernel = 7;
   bool groupMax = false;
+  float scale = NAN;         // NaN: 1 / sqrt(D)
+  float queryMagnitude = 1;  // observation queries are normal values times this
 };
 
 const char* scorerName(Scorer s) {
@@ -421,14 +423,19 @@ void scoreCase(Backend& be, Report& rep, Rng& rng, const ScoreSpec& spec) {
   std::string label = buf;
   if (attention)
     label += std::string(" pool=") + (spec.pooling == Pooling::None ? "none" : spec.pooling == Pooling::Max ? "max" : "avg") +
-             (spec.pooling != Pooling::None ? std::to_string(spec.kernel) : "") + (spec.groupMax ? " groupMax" : " groupMean");
+             (spec.pooling != Pooling::None ? std::to_string(spec.kernel) : "") + (spec.groupMax ? " groupMax" : " groupMean") +
+             " W=" + std::to_string(W);
+  if (!std::isnan(spec.scale)) {
+    std::snprintf(buf, sizeof buf, " scale=%g", spec.scale);
+    label += buf;
+  }
   const size_t S = spec.lengths.size();
   std::vector<int> rows(S, W);
   Layout lay = makeLayout(rng, spec.dt, spec.D, spec.G, spec.kvHeads, spec.P, spec.lengths, rows, true);
   uploadPool(be, lay);
   const int H = spec.kvHeads, G = spec.G, Hq = H * G, D = spec.D;
   std::vector<float> q((size_t)S * W * Hq * D);
-  for (float& x : q) x = rng.normal();
+  for (float& x : q) x = rng.normal() * spec.queryMagnitude;
   std::vector<std::vector<int32_t>> qpos(S);
   for (size_t s = 0; s < S; ++s)
     for (int r = 0; r < W; ++r) qpos[s].push_back(lay.appended[s] - W + r);
@@ -439,7 +446,7 @@ void scoreCase(Backend& be, Report& rep, Rng& rng, const ScoreSpec& spec) {
   so.kernel = spec.kernel;
   so.groupMax = spec.groupMax;
   so.seed = 1234;
-  so.scale = 1.0f / std::sqrt((float)D);
+  so.scale = std::isnan(spec.scale) ? 1.0f / std::sqrt((float)D) : spec.scale;
   std::vector<std::vector<float>> mass(S * H);
   for (size_t s = 0; s < S; ++s)
     for (int h = 0; h < H; ++h) {
@@ -470,7 +477,7 @@ void scoreCase(Backend& be, Report& rep, Rng& rng, const ScoreSpec& spec) {
     }
 
   DevArray<float> dq(be, q.size()), dout(be, ref.size());
-  dq.put(q);
+  if (!q.empty()) dq.put(q);  // none with window 0
   std::vector<std::unique_ptr<DevArray<float>>> dmass;
   cuda::ScoreBatch b;
   b.pool = be.pool();
@@ -941,6 +948,33 @@ int runKernelTests(Backend& be, const Options& o) {
           }
           ++i;
         }
+    // No observation rows (all scores 0), scale 0 (uniform attention), and a scale whose product
+    // with log2(e) overflows float32, on queries small enough for finite scores.
+    struct Edge {
+      Scorer s;
+      int window;
+      float scale, queryMagnitude;
+    };
+    const Edge edges[] = {{Scorer::SnapKV, 0, NAN, 1}, {Scorer::SnapKV, 8, 0.f, 1}, {Scorer::TOVA, 1, 0.f, 1},
+                          {Scorer::SnapKV, 8, 3.4e38f, 1e-38f}};
+    for (DType dt : {DType::F32, DType::BF16})
+      for (const Edge& e : edges) {
+        ScoreSpec s;
+        s.dt = dt;
+        s.D = 64;
+        s.G = 4;
+        s.kvHeads = 2;
+        s.P = 16;
+        s.lengths = lengthsFor(rng, 2, 2, 40, full ? 2000 : 160);
+        s.window = e.window;
+        s.scorer = e.s;
+        s.pooling = Pooling::Max;
+        s.kernel = 5;
+        s.scale = e.scale;
+        s.queryMagnitude = e.queryMagnitude;
+        guarded(rep, std::string("scores ") + scorerName(s.scorer) + " edge " + dtName(s.dt),
+                [&] { scoreCase(be, rep, rng, s); });
+      }
   });
 
   std::printf("\n%d checks: %d passed, %d failed\n", rep.passed + rep.failed, rep.passed, rep.failed);

@@ -1,5 +1,6 @@
 // Planner tests: pure host code, no device needed.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <numeric>
@@ -58,6 +59,14 @@ int runPlanTests(uint64_t seed) {
               throwsInvalid([] { cuda::checkHeadDim(264); }),
           "head dims that are not multiples of 8 in [8, 256] are refused");
   c.check(cuda::pageShiftOf(1) == 0 && cuda::pageShiftOf(16) == 4 && cuda::pageShiftOf(24) == -1, "page shifts");
+  // Both factors finite for every finite scale, the second positive, their product scale * log2(e).
+  for (const float scale : {1.f, 0.f, -0.125f, 1e-30f, 2.3e38f, 2.4e38f, -3.4028235e38f, 3.4028235e38f}) {
+    const cuda::ScaleFactors f = cuda::scaleFactors(scale);
+    const double want = (double)scale * 1.4426950408889634, got = (double)f.score * f.exp;
+    c.check(std::isfinite(f.score) && std::isfinite(f.exp) && f.exp > 0 &&
+                std::abs(got - want) <= 1e-6 * std::abs(want),
+            "scale factors of " + std::to_string(scale));
+  }
 
   std::vector<uint8_t> fake(16);
   for (int trial = 0; trial < 200; ++trial) {
