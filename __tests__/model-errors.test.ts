@@ -8,18 +8,10 @@ import * as path from "path";
 import { KVCache, QueryStatistics } from "../ts";
 import { BadModelError, InvalidArgumentError } from "../ts/errors";
 import { encodeSafetensors, loadTinyLM, parseSafetensors, Sampler, TinyLM, Tokenizer, type Tensor, type TokenizerJson } from "../ts/model";
+import { caught } from "./helpers/caught";
 
 const shipped = path.join(__dirname, "..", "models", "tiny-lm");
 const FILES = ["config.json", "model.safetensors", "tokenizer.json"];
-
-function caught(fn: () => unknown): Error {
-  try {
-    fn();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error("expected a throw");
-}
 
 /** Expects `fn` to throw exactly `type` with exactly `message`. */
 function throwsExactly(fn: () => unknown, type: new (...args: never[]) => Error, message: string): void {

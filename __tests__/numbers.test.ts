@@ -5,21 +5,13 @@ import { KVCache, backends } from "../ts";
 import { headsOf, lastPositions } from "./helpers/cache";
 import { randn, rng, testSeed } from "./helpers/random";
 import { referenceAttention, relativeError } from "./helpers/reference";
+import { caught } from "./helpers/caught";
 
 const seed = testSeed("numbers");
 const levels: string[] = backends().cpu.simdSupported;
 const shape = { layers: 2, kvHeads: 2, queryHeads: 4, headDim: 4, pageSize: 4, maxTokens: 256, threads: 1 };
 const row = shape.kvHeads * shape.headDim;
 const qrow = shape.queryHeads * shape.headDim;
-
-function caught(fn: () => unknown): Error & { code?: string } {
-  try {
-    fn();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error("expected a throw");
-}
 
 function expectInvalid(fn: () => unknown, message: string | RegExp): void {
   const e = caught(fn);

@@ -8,17 +8,9 @@ import { createProfile, decodeProfile, profileFromJson, profileToJson } from "..
 import { configFromJson } from "../ts/model/load";
 import { parseSafetensors } from "../ts/model/safetensors";
 import { Tokenizer } from "../ts/model/tokenizer";
+import { caught } from "./helpers/caught";
 
 const utf8 = (s: string) => new TextEncoder().encode(s);
-
-function caught(fn: () => unknown): Error {
-  try {
-    fn();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error("expected a throw");
-}
 
 function npy(header: string): Uint8Array {
   const h = utf8(header);
