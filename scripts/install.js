@@ -48,11 +48,39 @@ function buildFromSource(why) {
         "(they are optional dependencies of lukv: install without --omit=optional, or add them to your project)",
     );
   }
-  // compile = incremental build, with a full rebuild when that fails.
-  const run = spawnSync(process.execPath, [cmakeJs, "compile"], { cwd: root, stdio: "inherit" });
+  // compile = incremental build, with a full rebuild when that fails. An earlier build configured
+  // with other CUDA settings is configured again from scratch: CMake keeps the first ones.
+  const stale = staleSettings();
+  if (stale) say(`build/ was configured with ${stale}; configuring it again`);
+  const run = spawnSync(process.execPath, [cmakeJs, stale ? "rebuild" : "compile"], { cwd: root, stdio: "inherit" });
   if (run.error) fail(`could not run cmake-js: ${run.error.message}`);
   if (run.status !== 0) fail(`the source build failed (cmake-js exited with ${run.status})`);
   say("built build/Release/lukv.node");
+}
+
+// The CUDA settings of the environment that build/CMakeCache.txt was not configured with, as text
+// ("LUKV_CUDA=OFF (now ON)"), or undefined when they match or nothing is set.
+function staleSettings() {
+  let cache;
+  try {
+    cache = fs.readFileSync(path.join(root, "build", "CMakeCache.txt"), "utf8");
+  } catch {
+    return undefined; // no earlier build: cmake-js configures one
+  }
+  const cached = (name) => (cache.match(new RegExp(`^${name}:[A-Z]+=(.*)$`, "m")) || [])[1];
+  const differ = [];
+  const cuda = process.env.LUKV_CUDA;
+  if (cuda !== undefined && cuda.trim() !== "") {
+    const was = cached("LUKV_CUDA");
+    const on = (v) => !/^(0|false|no|off|n)$/i.test(String(v).trim());
+    if (was === undefined || on(was) !== on(cuda)) differ.push(`LUKV_CUDA=${was ?? "unknown"} (now ${cuda})`);
+  }
+  const arch = process.env.LUKV_CUDA_ARCHITECTURES;
+  if (arch !== undefined && arch.trim() !== "") {
+    const was = cached("LUKV_CUDA_ARCHITECTURES_USED");
+    if (was !== arch.trim()) differ.push(`LUKV_CUDA_ARCHITECTURES=${was ?? "unknown"} (now ${arch.trim()})`);
+  }
+  return differ.length ? differ.join(", ") : undefined;
 }
 
 function fail(message) {
@@ -64,7 +92,17 @@ function fail(message) {
   process.exit(1);
 }
 
-if (flag(process.env.LUKV_BUILD_FROM_SOURCE) || flag(process.env.npm_config_build_from_source)) {
+// The loader refuses other values at run time; a source build would not help.
+const BINARY_KINDS = ["auto", "build", "cpu", "cuda", "emu"];
+const binaryKind = (process.env.LUKV_BINARY ?? "").trim().toLowerCase();
+if (binaryKind !== "" && !BINARY_KINDS.includes(binaryKind)) {
+  console.error(`lukv: LUKV_BINARY is ${JSON.stringify(binaryKind)}, not one of ${BINARY_KINDS.join(", ")}: unset it or fix it, then run npm rebuild lukv`);
+  process.exit(1);
+}
+
+if (binaryKind === "emu") {
+  say("LUKV_BINARY=emu selects the test build with emulated CUDA (npm run build:emu in a checkout); nothing to build here");
+} else if (flag(process.env.LUKV_BUILD_FROM_SOURCE) || flag(process.env.npm_config_build_from_source)) {
   buildFromSource("requested by LUKV_BUILD_FROM_SOURCE or --build-from-source");
 } else if (fs.existsSync(path.join(root, "build", "CMakeCache.txt"))) {
   // An earlier source build (a checkout, or a user's rebuild): keep build/Release, which the loader

@@ -13,21 +13,36 @@ import { backends } from "../../ts";
 import { Sampler, defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../../ts/model";
 
 const args = process.argv.slice(2);
-const option = (name: string, fallback: number): number => {
-  const at = args.indexOf(`--${name}`);
-  return at < 0 ? fallback : Number(args.splice(at, 2)[1]);
+const usage = (message: string): never => {
+  console.error(`${message}\nusage: node dist/examples/tiny-lm/generate.js [--ratio 0.8] [--tokens 64] [--temperature 0.8] [--model DIR] [PROMPT_FILE]`);
+  process.exit(2);
 };
-const ratio = option("ratio", 0.8);
-const steps = option("tokens", 64);
-const temperature = option("temperature", 0.8);
+const option = (name: string, fallback: number, valid: (x: number) => boolean, expected: string): number => {
+  const at = args.indexOf(`--${name}`);
+  if (at < 0) return fallback;
+  const raw = args.splice(at, 2)[1];
+  if (raw === undefined || raw.trim() === "" || !valid(Number(raw))) usage(`--${name} expects ${expected}, got ${raw === undefined ? "nothing" : JSON.stringify(raw)}`);
+  return Number(raw);
+};
+const ratio = option("ratio", 0.8, (x) => x >= 0 && x < 1, "a number in [0, 1)");
+const steps = option("tokens", 64, (x) => Number.isInteger(x) && x >= 1, "a whole number of tokens to generate, at least 1");
+const temperature = option("temperature", 0.8, (x) => x >= 0 && Number.isFinite(x), "a finite number >= 0");
 const modelAt = args.indexOf("--model");
 const dir = modelAt < 0 ? defaultModelDir() : args.splice(modelAt, 2)[1];
+if (dir === undefined) usage("--model expects a directory");
+if (args.length > 1 || args.some((a) => a.startsWith("--"))) usage(`unexpected argument ${JSON.stringify(args.find((a) => a.startsWith("--")) ?? args[1])}`);
 
 const model = loadTinyLM(dir);
 const tok = model.tokenizer!;
+// The prompt keeps at least what compress keeps anyway (4 sink + 32 window tokens, its defaults) and
+// one more, and the continuation must fit the model's positions after it.
+const minPrompt = 4 + 32 + 1;
+if (steps > model.config.maxPosition - minPrompt)
+  usage(`--tokens expects at most ${model.config.maxPosition - minPrompt} (${model.config.maxPosition} positions, a prompt of at least ${minPrompt}), got ${steps}`);
 const text = args[0] !== undefined ? fs.readFileSync(args[0], "utf8") : modelTexts(dir, "heldout")[0].text;
 // [BOS] + the text, cut so that prompt and continuation fit the context the model was trained on.
 const prompt = [tok.bos!, ...tok.encode(text)].slice(0, model.config.maxPosition - steps);
+if (prompt.length < minPrompt) usage(`the prompt has ${prompt.length} tokens (BOS included); it needs at least ${minPrompt}`);
 
 using cache = model.createCache({ dtype: "f16" });
 using seq = cache.createSequence();
