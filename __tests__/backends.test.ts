@@ -168,11 +168,37 @@ describe("loadBinary picks one binary", () => {
     );
   });
 
-  test("a local build without CUDA says how to get CUDA", () => {
+  test("a local build without CUDA says that only a build from scratch gets CUDA", () => {
     const l = loadBinary(host({ files: [BUILD] }));
     expect(cudaStatus(l).reasons).toEqual([
-      "the local build (build/Release) was compiled without CUDA: rebuild it with nvcc on the PATH (npm run build:native), " +
+      "the local build (build/Release) was compiled without CUDA: it was configured with LUKV_CUDA=OFF or without finding nvcc, " +
+        "and the CMake cache in build/ keeps that through incremental builds, so rebuild it from scratch with nvcc on the PATH and " +
+        "LUKV_CUDA unset (`npm run build:native` in a checkout, which is cmake-js rebuild and deletes build/ first, or in a project " +
+        "that depends on lukv delete node_modules/lukv/build and run `LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv`), " +
         "or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries",
+    ]);
+  });
+
+  test("a CUDA prebuild or emulated build without CUDA says how to make that binary again", () => {
+    const cuda = host({ files: [CUDA], env: { LUKV_BINARY: "cuda" } });
+    cuda.load = (f) => fakeAddon(f, NO_CUDA_BUILD);
+    expect(cudaStatus(loadBinary(cuda)).reasons).toEqual([
+      "the CUDA binary was compiled without CUDA: make it again with `npm run prebuilds -- --cuda` in a checkout " +
+        "(it fails when nvcc is missing), or reinstall lukv",
+    ]);
+    const emu = host({ files: ["/pkg/build-emu/Release/lukv.node"], env: { LUKV_BINARY: "emu" } });
+    expect(cudaStatus(loadBinary(emu)).reasons).toEqual([
+      "the emulated build (build-emu/Release) was compiled without the emulator: delete build-emu/ and run `npm run build:emu`",
+    ]);
+  });
+
+  test("under LUKV_PREBUILDS_ONLY a missing CUDA prebuild is not advised a source build alone", () => {
+    const l = loadBinary(host({ files: [BUILD, CPU], env: { LUKV_PREBUILDS_ONLY: "1" } }));
+    expect(l.binary.kind).toBe("cpu");
+    expect(l.cudaNotes).toEqual([
+      "lukv has no CUDA binary for linux-x64: make it with `npm run prebuilds` in a checkout, with nvcc on the PATH, " +
+        "or unset LUKV_PREBUILDS_ONLY and build from source with nvcc on the PATH (LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv)",
+      "no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver",
     ]);
   });
 
@@ -194,9 +220,63 @@ describe("loadBinary picks one binary", () => {
     expect(() => loadBinary(host({ files: [CPU], env: { LUKV_BINARY: "cuda" } }))).toThrow(
       "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
         "  - prebuilds/linux-x64-cuda/lukv.node does not exist\n" +
+        "To fix: unset LUKV_BINARY to let lukv choose; or make the prebuilt binaries with `npm run prebuilds` in a checkout " +
+        "(the CUDA one only when nvcc is on the PATH), or reinstall lukv, whose npm package carries them for linux-x64 (glibc >= 2.34).",
+    );
+  });
+
+  test("LUKV_BINARY=cpu with a missing prebuild and a local build: advises LUKV_BINARY=build, not a source build", () => {
+    const h = host({ files: [BUILD], env: { LUKV_BINARY: "cpu" } });
+    expect(() => loadBinary(h)).toThrow(
+      "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
+        "  - prebuilds/linux-x64/lukv.node does not exist\n" +
+        "To fix: set LUKV_BINARY=build to use the local build (build/Release/lukv.node is present), " +
+        "or unset LUKV_BINARY to let lukv choose; or make the prebuilt binaries with `npm run prebuilds` in a checkout, " +
+        "or reinstall lukv, whose npm package carries them for linux-x64 (glibc >= 2.34).",
+    );
+    expect(h.loads).toEqual([]);
+  });
+
+  test("LUKV_BINARY=build with no local build advises a source build", () => {
+    expect(() => loadBinary(host({ files: [CPU, CUDA], env: { LUKV_BINARY: "build" } }))).toThrow(
+      "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
+        "  - build/Release/lukv.node does not exist\n" +
         "To fix: unset LUKV_BINARY to let lukv choose; build it from source: `LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv` " +
         "(needs CMake >= 3.18 and a C++17 compiler), or `npm run build:native` in a checkout; " +
         "lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34).",
+    );
+  });
+
+  test("LUKV_BINARY=emu without the emulated build advises npm run build:emu", () => {
+    expect(() => loadBinary(host({ files: [BUILD, CPU], env: { LUKV_BINARY: "emu" } }))).toThrow(
+      "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
+        "  - build-emu/Release/lukv.node does not exist\n" +
+        "To fix: make it with `npm run build:emu` in a checkout (the test-only build whose CUDA kernels run in a CPU emulator); " +
+        "or unset LUKV_BINARY to let lukv choose.",
+    );
+  });
+
+  test("LUKV_PREBUILDS_ONLY with no prebuild names the skipped local build and does not advise building it again", () => {
+    const h = host({ files: [BUILD], env: { LUKV_PREBUILDS_ONLY: "1" } });
+    expect(() => loadBinary(h)).toThrow(
+      "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
+        "  - build/Release/lukv.node is present but was skipped because LUKV_PREBUILDS_ONLY=1 is set\n" +
+        "  - prebuilds/linux-x64/lukv.node does not exist\n" +
+        "  - prebuilds/linux-x64-cuda/lukv.node does not exist\n" +
+        "To fix: unset LUKV_PREBUILDS_ONLY to use the local build; or make the prebuilt binaries with `npm run prebuilds` " +
+        "in a checkout, or reinstall lukv, whose npm package carries them for linux-x64 (glibc >= 2.34).",
+    );
+    expect(h.loads).toEqual([]);
+  });
+
+  test("LUKV_PREBUILDS_ONLY with no prebuild and no local build: prebuilds first, a source build only with the variable unset", () => {
+    expect(() => loadBinary(host({ files: [CPU], broken: { [CPU]: "GLIBC_2.34 not found" }, env: { LUKV_PREBUILDS_ONLY: "yes" } }))).toThrow(
+      "lukv: no native binary could be loaded for linux-x64 from /pkg:\n" +
+        "  - prebuilds/linux-x64/lukv.node failed to load: GLIBC_2.34 not found\n" +
+        "  - prebuilds/linux-x64-cuda/lukv.node does not exist\n" +
+        "To fix: make the prebuilt binaries with `npm run prebuilds` in a checkout, or reinstall lukv, whose npm package carries them " +
+        "for linux-x64 (glibc >= 2.34); or unset LUKV_PREBUILDS_ONLY and build it from source: `LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv` " +
+        "(needs CMake >= 3.18 and a C++17 compiler), or `npm run build:native` in a checkout.",
     );
   });
 

@@ -185,6 +185,27 @@ export function binaryPaths(platform: string, arch: string): Record<BinaryKind, 
 
 export const NO_DRIVER = "no NVIDIA driver was found (libcuda.so.1 is not installed)";
 const BUILD_FROM_SOURCE = "LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv";
+const FROM_SOURCE_FIX = `build it from source: \`${BUILD_FROM_SOURCE}\` (needs CMake >= 3.18 and a C++17 compiler), or \`npm run build:native\` in a checkout`;
+const SHIPPED = "lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34)";
+
+// A source build writes build/Release, never prebuilds/: these come only from `npm run prebuilds` or the npm package.
+function prebuildsFix(cuda: boolean): string {
+  return (
+    `make the prebuilt binaries with \`npm run prebuilds\` in a checkout${cuda ? " (the CUDA one only when nvcc is on the PATH)" : ""}, ` +
+    "or reinstall lukv, whose npm package carries them for linux-x64 (glibc >= 2.34)"
+  );
+}
+
+// What makes the binary LUKV_BINARY asks for; hasBuild: build/Release/lukv.node exists.
+function forcedFixes(kind: BinaryKind, hasBuild: boolean): string[] {
+  const unset = "unset LUKV_BINARY to let lukv choose";
+  if (kind === "build") return [unset, FROM_SOURCE_FIX, SHIPPED];
+  if (kind === "emu") return ["make it with `npm run build:emu` in a checkout (the test-only build whose CUDA kernels run in a CPU emulator)", `or ${unset}`];
+  return [
+    hasBuild ? `set LUKV_BINARY=build to use the local build (build/Release/lukv.node is present), or ${unset}` : unset,
+    `or ${prebuildsFix(kind === "cuda")}`,
+  ];
+}
 
 function envFlag(value: string | undefined): boolean {
   return value !== undefined && !/^(|0|false|no|off)$/i.test(value.trim());
@@ -231,13 +252,14 @@ export function loadBinary(host: LoaderHost): Loaded {
       throw invalid("LUKV_BINARY", 'one of "auto", "build", "cpu", "cuda", "emu"', host.env.LUKV_BINARY);
     const kind = requested as BinaryKind;
     const addon = tryLoad(kind);
-    if (!addon) throw noBinaryError(tuple, host, [...failures.values()], `unset LUKV_BINARY to let lukv choose`);
+    if (!addon) throw noBinaryError(tuple, host, [...failures.values()], forcedFixes(kind, host.exists(file("build"))));
     const notes = kind === "cpu" ? ["LUKV_BINARY=cpu selects the CPU-only binary: unset it"] : [];
     return result(kind, addon, `LUKV_BINARY=${kind}`, notes);
   }
 
+  const prebuildsOnly = envFlag(host.env.LUKV_PREBUILDS_ONLY);
   let buildFailure = "";
-  if (!envFlag(host.env.LUKV_PREBUILDS_ONLY) && host.exists(file("build"))) {
+  if (!prebuildsOnly && host.exists(file("build"))) {
     const addon = tryLoad("build");
     if (addon) return result("build", addon, "a local build (build/Release) is present; LUKV_PREBUILDS_ONLY=1 selects the prebuilt binaries");
     buildFailure = `; the local build ${failures.get("build")}`;
@@ -248,7 +270,13 @@ export function loadBinary(host: LoaderHost): Loaded {
   const problems: { problem: string; fix?: string }[] = [];
   const hasCuda = host.exists(file("cuda"));
   const driver = host.findCudaDriver();
-  if (!hasCuda) problems.push({ problem: `lukv has no CUDA binary for ${tuple}`, fix: `build it from source with nvcc on the PATH (${BUILD_FROM_SOURCE})` });
+  if (!hasCuda) {
+    // Under LUKV_PREBUILDS_ONLY a source build would be skipped too.
+    const fix = prebuildsOnly
+      ? `make it with \`npm run prebuilds\` in a checkout, with nvcc on the PATH, or unset LUKV_PREBUILDS_ONLY and build from source with nvcc on the PATH (${BUILD_FROM_SOURCE})`
+      : `build it from source with nvcc on the PATH (${BUILD_FROM_SOURCE})`;
+    problems.push({ problem: `lukv has no CUDA binary for ${tuple}`, fix });
+  }
   if (driver === null) problems.push({ problem: NO_DRIVER, fix: "install the NVIDIA driver" });
   if (hasCuda && driver !== null) {
     const addon = tryLoad("cuda");
@@ -266,15 +294,16 @@ export function loadBinary(host: LoaderHost): Loaded {
     // Once loaded, the CUDA binary's probe reports the driver itself: no notes.
     if (addon) return result("cuda", addon, `the CPU-only binary cannot be used (${failures.get("cpu")}); the CUDA binary also has the CPU backend${buildFailure}`);
   }
-  throw noBinaryError(tuple, host, [...failures.values()], "");
+  if (!prebuildsOnly) throw noBinaryError(tuple, host, [...failures.values()], [FROM_SOURCE_FIX, SHIPPED]);
+  // A source build is skipped while LUKV_PREBUILDS_ONLY is set: say so, and advise what gets past it.
+  if (host.exists(file("build"))) {
+    const skipped = `${rel.build} is present but was skipped because LUKV_PREBUILDS_ONLY=${host.env.LUKV_PREBUILDS_ONLY} is set`;
+    throw noBinaryError(tuple, host, [skipped, ...failures.values()], ["unset LUKV_PREBUILDS_ONLY to use the local build", `or ${prebuildsFix(false)}`]);
+  }
+  throw noBinaryError(tuple, host, [...failures.values()], [prebuildsFix(false), `or unset LUKV_PREBUILDS_ONLY and ${FROM_SOURCE_FIX}`]);
 }
 
-function noBinaryError(tuple: string, host: LoaderHost, failures: string[], first: string): BackendUnavailableError {
-  const fixes = [
-    first,
-    `build it from source: \`${BUILD_FROM_SOURCE}\` (needs CMake >= 3.18 and a C++17 compiler), or \`npm run build:native\` in a checkout`,
-    "lukv ships prebuilt binaries for linux-x64 (glibc >= 2.34)",
-  ].filter(Boolean);
+function noBinaryError(tuple: string, host: LoaderHost, failures: string[], fixes: string[]): BackendUnavailableError {
   return new BackendUnavailableError(
     `lukv: no native binary could be loaded for ${tuple} from ${host.root}:\n` +
       failures.map((f) => `  - ${f}\n`).join("") +
@@ -350,13 +379,23 @@ export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; rea
   if (info.compiled) {
     if (!info.usable) reasons.push(info.error ?? "the CUDA probe found no usable device");
   } else if (from.binary.kind !== "cpu") {
-    reasons.push(
-      `the ${from.binary.kind === "build" ? "local build (build/Release)" : "CUDA binary"} was compiled without CUDA: ` +
-        "rebuild it with nvcc on the PATH (npm run build:native), or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries",
-    );
+    reasons.push(compiledWithoutCuda(from.binary.kind));
   }
   statusOf.set(from, { info, reasons });
   return { info: { ...info }, reasons: [...reasons] };
+}
+
+// CMake keeps the first configure's LUKV_CUDA and nvcc lookup in its cache; only a build from scratch sees new ones.
+function compiledWithoutCuda(kind: BinaryKind): string {
+  if (kind === "build")
+    return (
+      "the local build (build/Release) was compiled without CUDA: it was configured with LUKV_CUDA=OFF or without finding nvcc, " +
+      "and the CMake cache in build/ keeps that through incremental builds, so rebuild it from scratch with nvcc on the PATH and " +
+      "LUKV_CUDA unset (`npm run build:native` in a checkout, which is cmake-js rebuild and deletes build/ first, or in a project " +
+      `that depends on lukv delete node_modules/lukv/build and run \`${BUILD_FROM_SOURCE}\`), or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries`
+    );
+  if (kind === "emu") return "the emulated build (build-emu/Release) was compiled without the emulator: delete build-emu/ and run `npm run build:emu`";
+  return "the CUDA binary was compiled without CUDA: make it again with `npm run prebuilds -- --cuda` in a checkout (it fails when nvcc is missing), or reinstall lukv";
 }
 
 /** What `device: "auto"` resolves to, given cudaStatus(): CUDA when it can be used, else the CPU. */
