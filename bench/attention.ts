@@ -9,14 +9,30 @@
 // of their bytes.
 import { KVCache, backends, PrefetchHint } from "../ts";
 import { native } from "../ts/native";
-import { arg, median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, intListOption, choiceListOption, median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
 
-const sizes = arg("tokens", "1024,8192,32768,131072").split(",").map(Number);
-const repeats = Number(arg("repeats", "15"));
-const hints = arg("prefetch", "auto").split(",") as PrefetchHint[];
-const stepBytes = Number(arg("step-mib", "128")) * 2 ** 20;
+const PREFETCH: readonly PrefetchHint[] = ["auto", "t0", "t2", "nta", "none"];
+const options = benchOptions({
+  script: "attention",
+  about: "Decode attention on the CPU (8 KV heads, 32 query heads, headDim 128, f16) against a plain read of the same bytes, measured in the same run.",
+  options: {
+    // The pool holds exactly the rows, in whole pages.
+    tokens: intListOption({ default: [1024, 8192, 32768, 131072], min: 16, multipleOf: 16, help: "context lengths, one row each" }),
+    repeats: intOption({ default: 15, min: 1, help: "timed calls per median, in 5 rounds: rounded up to a multiple of 5" }),
+    prefetch: choiceListOption({ choices: PREFETCH, default: ["auto"], help: "prefetch hints, one cache each, taking turns" }),
+    "step-mib": intOption({ default: 128, min: 0, help: "the model step attends over as many layers as make this many MiB, at most 32; 0: no model step" }),
+    "warmup-ms": intOption({ default: 5, min: 0, help: "untimed calls for this long at the start of each round" }),
+  },
+});
+const sizes = options.tokens;
+const hints = options.prefetch;
+const stepBytes = options["step-mib"] * 2 ** 20;
 // Each round's timed calls start after this many milliseconds of untimed calls (see timeRuns).
-const warmupMs = Number(arg("warmup-ms", "5"));
+const warmupMs = options["warmup-ms"];
+// Every variant runs the same number of calls in each round: the header and JSON give the total made.
+const rounds = 5;
+const perRound = Math.ceil(options.repeats / rounds);
+const repeats = rounds * perRound;
 const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16;
 const b = backends();
 const threads = b.cpu.threads;
@@ -57,8 +73,6 @@ for (const tokens of sizes) {
   const out = new Float32Array(q.length); // reused, as a decode loop would: no allocation per call
   // The machine's state drifts (other tenants of the host): attention and the plain read are
   // measured in alternating rounds, so all medians come from the same stretch of time.
-  const rounds = 5;
-  const perRound = Math.max(1, Math.ceil(repeats / rounds));
   const readRuns: number[] = [];
   // Each group of runs starts after a pause, so that no other cache's threads still spin beside it.
   for (let round = 0; round < rounds; round++) {

@@ -9,14 +9,24 @@
 // Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15] [--warmup-ms 5]
 import { KVCache, Sequence, backends } from "../ts";
 import { native } from "../ts/native";
-import { median, timeRuns, timeRunsAsync, pause, printTable, machine, cpuLine, writeResults, arg } from "./common";
+import { benchOptions, intOption, median, timeRuns, timeRunsAsync, pause, printTable, machine, cpuLine, writeResults } from "./common";
 
-const sequences = Number(arg("sequences", "16"));
-const longTokens = Number(arg("long", "4096"));
-const shortTokens = Number(arg("short", "256"));
-const repeats = Number(arg("repeats", "15"));
+const options = benchOptions({
+  script: "batch",
+  about: "One attendBatch over many decoding sequences against a same-run plain read of their bytes and against one attend call per sequence.",
+  options: {
+    sequences: intOption({ default: 16, min: 1, help: "sequences in each batch" }),
+    long: intOption({ default: 4096, min: 1, help: "tokens per sequence in the long steps, 8 x 32 x 128 shape" }),
+    short: intOption({ default: 256, min: 1, help: "tokens per sequence in the short steps, 8 x 32 x 128 and tiny-lm shapes" }),
+    repeats: intOption({ default: 15, min: 1, help: "timed calls per median of the long steps, in 5 rounds: rounded up to a multiple of 5; the short steps take 10 times as many" }),
+    "warmup-ms": intOption({ default: 5, min: 0, help: "untimed calls for this long at the start of each round" }),
+  },
+});
+const { sequences, long: longTokens, short: shortTokens } = options;
+// measure() runs whole rounds of 5: the header and JSON give the number of long-step calls made.
+const repeats = 5 * Math.ceil(options.repeats / 5);
 // Each round's timed calls start after this many milliseconds of untimed calls (see timeRuns).
-const warmupMs = Number(arg("warmup-ms", "5"));
+const warmupMs = options["warmup-ms"];
 const pageSize = 16;
 type Shape = { kvHeads: number; queryHeads: number; headDim: number };
 const large: Shape = { kvHeads: 8, queryHeads: 32, headDim: 128 };
@@ -71,7 +81,7 @@ async function measure(
   { bytes, awaited = false }: { bytes?: number; awaited?: boolean } = {},
 ): Promise<Record<string, number[]>> {
   const rounds = 5;
-  const perRound = Math.max(1, Math.ceil(runs / rounds));
+  const perRound = Math.ceil(runs / rounds);
   const out: Record<string, number[]> = Object.fromEntries(Object.keys(fns).map((k) => [k, []]));
   if (bytes !== undefined) out.read = [];
   for (let round = 0; round < rounds; round++) {

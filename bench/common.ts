@@ -1,12 +1,207 @@
-// Shared helpers for benchmarks: timing, medians, table printing, JSON output.
+// Shared helpers for benchmarks: command-line options, timing, medians, table printing, JSON output.
 import * as fs from "fs";
 import * as path from "path";
 import * as os from "os";
 
-/** The value after `--name` on the command line, or `fallback`. */
-export function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+/** A whole number of at least `min` (and at most `max`, a multiple of `multipleOf` where given). */
+export interface IntOption {
+  kind: "int";
+  default: number;
+  min: number;
+  max?: number;
+  multipleOf?: number;
+  /** Shown in --help instead of the default's value (for a default computed at run time). */
+  defaultText?: string;
+  help: string;
+}
+/** Comma-separated whole numbers, each as an IntOption's value. */
+export interface IntListOption {
+  kind: "ints";
+  default: readonly number[];
+  min: number;
+  max?: number;
+  multipleOf?: number;
+  help: string;
+}
+/** One of `choices`. */
+export interface ChoiceOption<C extends string = string> {
+  kind: "choice";
+  choices: readonly C[];
+  default: C;
+  help: string;
+}
+/** Comma-separated items, each one of `choices`. */
+export interface ChoiceListOption<C extends string = string> {
+  kind: "choices";
+  choices: readonly C[];
+  default: readonly C[];
+  help: string;
+}
+/** Present or not; takes no value. */
+export interface FlagOption {
+  kind: "flag";
+  help: string;
+}
+export type OptionSpec = IntOption | IntListOption | ChoiceOption | ChoiceListOption | FlagOption;
+
+// Builders for the declarations; NoInfer keeps a choice's literal types when the call sits in an options object.
+export const intOption = (o: Omit<IntOption, "kind">): IntOption => ({ kind: "int", ...o });
+export const intListOption = (o: Omit<IntListOption, "kind">): IntListOption => ({ kind: "ints", ...o });
+export const choiceOption = <C extends string>(o: Omit<ChoiceOption<C>, "kind">): ChoiceOption<NoInfer<C>> => ({ kind: "choice", ...o });
+export const choiceListOption = <C extends string>(o: Omit<ChoiceListOption<C>, "kind">): ChoiceListOption<NoInfer<C>> => ({ kind: "choices", ...o });
+export const flagOption = (help: string): FlagOption => ({ kind: "flag", help });
+
+type ValueOf<S> = S extends { kind: "int" } ? number
+  : S extends { kind: "ints" } ? number[]
+  : S extends ChoiceOption<infer C> ? C
+  : S extends ChoiceListOption<infer C> ? C[]
+  : S extends { kind: "flag" } ? boolean
+  : never;
+export type OptionValues<T extends Record<string, OptionSpec>> = { [K in keyof T]: ValueOf<T[K]> };
+
+/** What a benchmark script accepts: its file name, what it measures, and its options by name (without `--`). */
+export interface BenchCommand<T extends Record<string, OptionSpec>> {
+  script: string;
+  about: string;
+  options: T;
+  /** A check across options, after each has been checked alone: a message naming them, or undefined. */
+  check?: (values: OptionValues<T>) => string | undefined;
+}
+
+/** A command line the declared options refuse; the message names the option. */
+export class OptionError extends Error {}
+
+/** "of at least 1", "from 0 to 9", with ", a multiple of 512" (or "multiples" for a list) where required. */
+function intRange(o: IntOption | IntListOption, plural: boolean): string {
+  const range = o.max === undefined ? `of at least ${o.min}` : `from ${o.min} to ${o.max}`;
+  return o.multipleOf ? `${range}, ${plural ? "multiples" : "a multiple"} of ${o.multipleOf}` : range;
+}
+
+/** Where a refused list item sits, when the list has more than that item. */
+const inList = (item: string, list: string) => (item === list ? "" : ` in ${JSON.stringify(list)}`);
+
+/** `text` as a value of option `name`; `list` is the whole value when `text` is one of its items. */
+function intValue(name: string, o: IntOption | IntListOption, text: string, list?: string): number {
+  const v = Number(text);
+  if (/^-?\d+$/.test(text) && Number.isSafeInteger(v) && v >= o.min && (o.max === undefined || v <= o.max) && (!o.multipleOf || v % o.multipleOf === 0)) return v;
+  if (list === undefined) throw new OptionError(`--${name} must be an integer ${intRange(o, false)}, got ${JSON.stringify(text)}`);
+  throw new OptionError(`--${name} must be a comma-separated list of integers ${intRange(o, true)}, got ${JSON.stringify(text)}${inList(text, list)}`);
+}
+
+function choiceValue(name: string, choices: readonly string[], text: string, list?: string): string {
+  if (choices.includes(text)) return text;
+  if (list === undefined) throw new OptionError(`--${name} must be one of ${choices.join(", ")}, got ${JSON.stringify(text)}`);
+  throw new OptionError(`--${name} must be a comma-separated list of ${choices.join(", ")}, got ${JSON.stringify(text)}${inList(text, list)}`);
+}
+
+/**
+ * The option values of `argv` (`--name value` or `--name=value`; defaults for the rest), or "help" for
+ * --help or -h. Throws OptionError for an unknown option, a missing or invalid value, an option given
+ * twice, or an argument that is not an option.
+ */
+export function parseOptions<T extends Record<string, OptionSpec>>(command: BenchCommand<T>, argv: readonly string[]): OptionValues<T> | "help" {
+  if (argv.some((a) => a === "--help" || a === "-h")) return "help";
+  const specs: Record<string, OptionSpec> = command.options;
+  const values: Record<string, unknown> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) throw new OptionError(`unexpected argument ${JSON.stringify(a)}; options start with --`);
+    const eq = a.indexOf("=");
+    const name = a.slice(2, eq < 0 ? undefined : eq);
+    const spec = Object.prototype.hasOwnProperty.call(specs, name) ? specs[name] : undefined;
+    if (!spec) throw new OptionError(`unknown option --${name}; the options are ${[...Object.keys(specs).map((n) => `--${n}`), "--help"].join(", ")}`);
+    if (name in values) throw new OptionError(`--${name} is given twice`);
+    if (spec.kind === "flag") {
+      if (eq >= 0) throw new OptionError(`--${name} takes no value, got ${JSON.stringify(a.slice(eq + 1))}`);
+      values[name] = true;
+      continue;
+    }
+    let text: string;
+    if (eq >= 0) text = a.slice(eq + 1);
+    else if (i + 1 >= argv.length) throw new OptionError(`--${name} expects a value`);
+    else if (argv[i + 1].startsWith("--")) throw new OptionError(`--${name} expects a value, got the option ${argv[i + 1]}`);
+    else text = argv[++i];
+    switch (spec.kind) {
+      case "int":
+        values[name] = intValue(name, spec, text);
+        break;
+      case "ints":
+        values[name] = text.split(",").map((item) => intValue(name, spec, item, text));
+        break;
+      case "choice":
+        values[name] = choiceValue(name, spec.choices, text);
+        break;
+      case "choices":
+        values[name] = text.split(",").map((item) => choiceValue(name, spec.choices, item, text));
+        break;
+    }
+  }
+  for (const [name, spec] of Object.entries(specs))
+    if (!(name in values)) values[name] = spec.kind === "flag" ? false : Array.isArray(spec.default) ? [...spec.default] : spec.default;
+  const result = values as OptionValues<T>;
+  const problem = command.check?.(result);
+  if (problem) throw new OptionError(problem);
+  return result;
+}
+
+/** The --help text: the command line, what the script measures, and each option with its values and default. */
+export function optionsUsage<T extends Record<string, OptionSpec>>(command: BenchCommand<T>): string {
+  const rows = Object.entries(command.options as Record<string, OptionSpec>).map(([name, o]) => {
+    let left = `--${name}`, values: string;
+    switch (o.kind) {
+      case "int":
+        left += " N";
+        values = `default ${o.defaultText ?? o.default}; an integer ${intRange(o, false)}`;
+        break;
+      case "ints":
+        left += " N,N,...";
+        values = `default ${o.default.join(",")}; integers ${intRange(o, true)}`;
+        break;
+      case "choice":
+        left += " " + o.choices.join("|");
+        values = `default ${o.default}`;
+        break;
+      case "choices":
+        left += " X,X,...";
+        values = `default ${o.default.join(",")}; each one of ${o.choices.join(", ")}`;
+        break;
+      case "flag":
+        values = "default off";
+        break;
+    }
+    return [left, `${o.help} [${values}]`];
+  });
+  rows.push(["--help, -h", "print this text and exit"]);
+  const width = Math.max(...rows.map((r) => r[0].length));
+  return [
+    `usage: node dist/bench/${command.script}.js [options]`,
+    "",
+    command.about,
+    "",
+    "options:",
+    ...rows.map(([left, right]) => `  ${left.padEnd(width)}  ${right}`),
+    "",
+  ].join("\n");
+}
+
+/**
+ * The options of process.argv, parsed before any work is done: --help prints the usage and exits 0;
+ * a refused command line prints one line naming the option and exits 2.
+ */
+export function benchOptions<T extends Record<string, OptionSpec>>(command: BenchCommand<T>, argv: readonly string[] = process.argv.slice(2)): OptionValues<T> {
+  let parsed: OptionValues<T> | "help";
+  try {
+    parsed = parseOptions(command, argv);
+  } catch (e) {
+    if (!(e instanceof OptionError)) throw e;
+    process.stderr.write(`${command.script}.js: ${e.message}\n`);
+    process.exit(2);
+  }
+  if (parsed === "help") {
+    process.stdout.write(optionsUsage(command));
+    process.exit(0);
+  }
+  return parsed;
 }
 
 export function median(xs: number[]): number {

@@ -2,11 +2,19 @@
 // the same layer, and decode-step time after ratio 0.8 against the full cache, measured in one run.
 // Usage: node dist/bench/compress.js [--tokens 8192,32768] [--layers 32] [--repeats 5]
 import { KVCache, backends } from "../ts";
-import { arg, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, intListOption, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
 
-const sizes = arg("tokens", "8192,32768").split(",").map(Number);
-const layers = Number(arg("layers", "32"));
-const repeats = Number(arg("repeats", "5"));
+const options = benchOptions({
+  script: "compress",
+  about: "compress time per layer against prefill attention time of a layer, and the decode step after ratio 0.8 against the full cache (8 KV heads, 32 query heads, headDim 128, f16).",
+  options: {
+    // Rows are appended in whole 512-token chunks, and the last chunk's queries are the observation window.
+    tokens: intListOption({ default: [8192, 32768], min: 512, multipleOf: 512, help: "context lengths, one row each" }),
+    layers: intOption({ default: 32, min: 1, max: 65536, help: "layers in the cache" }),
+    repeats: intOption({ default: 5, min: 1, help: "decode steps per median" }),
+  },
+});
+const { tokens: sizes, layers, repeats } = options;
 const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16, chunk = 512, ratio = 0.8;
 const b = backends();
 console.log(`compress: ${layers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${headDim}, f16, pageSize ${pageSize}`);

@@ -4,10 +4,18 @@
 // the kernels' handling of their columns.
 // Usage: node dist/bench/decode-shapes.js [--tokens 16,1024] [--calls 3000]
 import { KVCache, backends } from "../ts";
-import { arg, median, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, intListOption, median, printTable, machine, cpuLine, writeResults } from "./common";
 
-const tokenList = arg("tokens", "16,1024").split(",").map(Number);
-const calls = Number(arg("calls", "3000"));
+const options = benchOptions({
+  script: "decode-shapes",
+  about: "The time of one seq.attend decode call, everything included, for three model shapes (8 x 32 x 128, 8 x 32 x 96, tiny-lm's 2 x 8 x 32).",
+  options: {
+    // The pool holds exactly the rows, in whole pages.
+    tokens: intListOption({ default: [16, 1024], min: 16, multipleOf: 16, help: "context lengths, one row per shape each" }),
+    calls: intOption({ default: 3000, min: 1, help: "timed calls per median, after 100 untimed" }),
+  },
+});
+const { tokens: tokenList, calls } = options;
 const shapes = [
   { name: "8 x 32 x 128 (Llama-3-8B)", kvHeads: 8, queryHeads: 32, headDim: 128 },
   { name: "8 x 32 x 96", kvHeads: 8, queryHeads: 32, headDim: 96 },

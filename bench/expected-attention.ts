@@ -9,8 +9,21 @@
 import * as path from "path";
 import { KVCache, QueryStatistics, backends } from "../ts";
 import { loadTinyLM, modelTexts } from "../ts/model";
-import { arg, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
-const repeats = Number(arg("repeats", "5"));
+import { benchOptions, intOption, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
+
+const options = benchOptions({
+  script: "expected-attention",
+  about: "Expected Attention: compress time against the embedded model's full prefill, and per layer against prefill attention on Llama-shaped layers; the cost of collecting the query statistics.",
+  options: {
+    // Rows are appended in whole 512-token chunks, and the last chunk's queries are the observation window.
+    tokens: intOption({ default: 8192, min: 512, multipleOf: 512, help: "context length of the Llama-shaped layers" }),
+    layers: intOption({ default: 8, min: 1, max: 65536, help: "Llama-shaped layers" }),
+    repeats: intOption({ default: 5, min: 1, help: "runs per median of the tiny-lm prefill and compress; the Llama-shaped compress takes 3" }),
+    // snapkv's observation window is 32 tokens.
+    prompt: intOption({ default: 896, min: 32, help: "tiny-lm prompt tokens, at most the held-out texts' length" }),
+  },
+});
+const { repeats, prompt: promptTokens, tokens, layers: bigLayers } = options;
 const b = backends();
 console.log(`CPU: ${cpuLine()}; ${b.cpu.threads} threads, kernels ${b.cpu.simd}\n`);
 
@@ -18,7 +31,6 @@ console.log(`CPU: ${cpuLine()}; ${b.cpu.threads} threads, kernels ${b.cpu.simd}\
 const dir = path.join(__dirname, "..", "..", "models", "tiny-lm");
 const model = loadTinyLM(dir);
 const { layers, heads, headDim, ropeTheta } = model.config;
-const promptTokens = Number(arg("prompt", "896"));
 const text = modelTexts(dir, "heldout").map((t) => t.text).join("\n\n");
 const ids = [model.tokenizer!.bos!, ...model.tokenizer!.encode(text).slice(0, promptTokens - 1)];
 const cache = model.createCache({ contextTokens: 2 * promptTokens + 64 });
@@ -52,8 +64,6 @@ printTable(
 );
 
 // 2. Llama-8B-shaped layers
-const tokens = Number(arg("tokens", "8192"));
-const bigLayers = Number(arg("layers", "8"));
 const kvHeads = 8, queryHeads = 32, D = 128, chunk = 512;
 // Room for a fork that compress copies the shared pages of.
 const big = new KVCache({ layers: bigLayers, kvHeads, queryHeads, headDim: D, dtype: "f16", maxTokens: 2 * bigLayers * kvHeads * (tokens + 64) });

@@ -5,11 +5,18 @@
 // Usage: node dist/bench/model-batch.js [--sequences 1,4,8] [--context 384] [--steps 40]
 import { defaultModelDir, loadTinyLM } from "../ts/model";
 import { Sequence } from "../ts";
-import { arg, median, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, intListOption, median, printTable, machine, cpuLine, writeResults } from "./common";
 
-const counts = arg("sequences", "1,4,8").split(",").map(Number);
-const context = Number(arg("context", "384"));
-const steps = Number(arg("steps", "40"));
+const options = benchOptions({
+  script: "model-batch",
+  about: "A decode step of the embedded model for several sequences: model.forwardBatch against model.forward on each sequence in turn, and whether their logits are the same bit for bit.",
+  options: {
+    sequences: intListOption({ default: [1, 4, 8], min: 1, help: "sequences per step, one row each" }),
+    context: intOption({ default: 384, min: 1, help: "prompt tokens of each sequence" }),
+    steps: intOption({ default: 40, min: 1, help: "decode steps per median" }),
+  },
+});
+const { sequences: counts, context, steps } = options;
 const model = loadTinyLM(defaultModelDir());
 const V = model.config.vocabSize;
 console.log(`embedded model decode steps, ${context}-token contexts; median of ${steps} steps`);

@@ -8,17 +8,27 @@ import * as os from "os";
 import * as path from "path";
 import { KVCache, DType } from "../ts";
 import { rng } from "../ts/random";
-import { arg, cpuLine, machine, median, printTable, timeRuns, writeResults } from "./common";
+import { benchOptions, intOption, choiceOption, cpuLine, machine, median, printTable, timeRuns, writeResults } from "./common";
 
-const tokens = Number(arg("tokens", "32768"));
-const layers = Number(arg("layers", "4"));
-const kvHeads = Number(arg("kv-heads", "2"));
-const queryHeads = Number(arg("query-heads", "8"));
-const headDim = Number(arg("head-dim", "32"));
-const dtype = arg("dtype", "f16") as DType;
-const pageSize = Number(arg("page-size", "16"));
-const repeats = Number(arg("repeats", "9"));
-const device = arg("device", "cpu") as "cpu" | "cuda";
+const DTYPES: readonly DType[] = ["f16", "bf16", "f32"];
+const options = benchOptions({
+  script: "save-load",
+  about: "seq.save(), cache.loadSequence(bytes) and the file variants in MB/s, against Buffer.from of the same bytes in the same run; the defaults are the embedded model's shape.",
+  options: {
+    // The observation window attended before saving is 32 query rows at the end of the sequence.
+    tokens: intOption({ default: 32768, min: 32, help: "tokens per layer and KV head" }),
+    layers: intOption({ default: 4, min: 1, max: 65536, help: "layers" }),
+    "kv-heads": intOption({ default: 2, min: 1, max: 65536, help: "KV heads" }),
+    "query-heads": intOption({ default: 8, min: 1, max: 65536, help: "query heads, a multiple of --kv-heads" }),
+    "head-dim": intOption({ default: 32, min: 1, max: 4096, help: "head dimension" }),
+    dtype: choiceOption({ choices: DTYPES, default: "f16", help: "the cache's element type" }),
+    "page-size": intOption({ default: 16, min: 1, max: 65536, help: "tokens per page" }),
+    repeats: intOption({ default: 9, min: 1, help: "runs per median" }),
+    device: choiceOption({ choices: ["cpu", "cuda"] as const, default: "cpu", help: "where the cache lives" }),
+  },
+  check: (o) => (o["query-heads"] % o["kv-heads"] === 0 ? undefined : `--query-heads (${o["query-heads"]}) must be a multiple of --kv-heads (${o["kv-heads"]})`),
+});
+const { tokens, layers, "kv-heads": kvHeads, "query-heads": queryHeads, "head-dim": headDim, dtype, "page-size": pageSize, repeats, device } = options;
 
 // Room for the original and one loaded copy.
 const cache = new KVCache({ layers, kvHeads, queryHeads, headDim, dtype, pageSize, device, maxTokens: 2 * layers * kvHeads * (tokens + pageSize), checkFinite: false });
