@@ -156,3 +156,74 @@ test("appendBatchAsync runs the due compression in its turn, whether it waited o
   expect(results[2]).toEqual(results[0]);
   expect(results[3]).toEqual(results[1]);
 });
+
+test("a due compression short of free pages goes through the pressure policy, and the append is not blocked", () => {
+  const r = rng(seed + 6);
+  const small = { layers: 2, kvHeads: 2, queryHeads: 2, headDim: 8 };
+  const row = small.kvHeads * small.headDim;
+  const stepSmall = (s: Sequence, tokens: number) => {
+    for (let l = 0; l < small.layers; l++) {
+      s.append(l, randn(r, tokens * row), randn(r, tokens * row));
+      s.attend(l, randn(r, tokens * row));
+    }
+  };
+  for (const policy of [true, false]) {
+    const cache = new KVCache({ ...small, dtype: "f32", pageSize: 4, maxTokens: 160 }); // 40 pages
+    const a = cache.createSequence();
+    stepSmall(a, 18); // 5 pages per head: 20
+    const fork = a.fork(); // shares them: compressing a copies its pages first
+    const b = cache.createSequence();
+    stepSmall(b, 14); // 4 pages per head: 36
+    if (policy) cache.onPressure({ evict: "largest", ratio: 0.9, scorer: "knorm", window: 0, sink: 0 });
+    a.autoCompress({ maxTokens: 6, every: 1, scorer: "knorm", window: 0, sink: 0 });
+    stepSmall(a, 1); // the shared last pages copied (40 pages: full); the compression is due
+    expect(cache.usage().pagesUsed).toBe(40);
+    const before = a.appended(0);
+    a.append(0, randn(r, row), randn(r, row)); // fits in the last page: no new page needed
+    expect(a.appended(0)).toBe(before + 1);
+    if (policy) {
+      // The policy tried a (the largest: it cannot give pages either), then took b's, then a compressed.
+      expect(cache.pressureStats.events).toBeGreaterThan(0);
+      expect(a.autoCompressions).toBe(1);
+      expect(Math.max(...Array.from(a.lengths()))).toBeLessThanOrEqual(7);
+    } else {
+      // No room anywhere: the append went in; the compression is still due.
+      expect(a.autoCompressions).toBe(0);
+      fork.dispose(); // its pages come back; the next append compresses
+      a.append(1, randn(r, row), randn(r, row));
+      expect(a.autoCompressions).toBe(1);
+    }
+    cache.dispose();
+  }
+});
+
+test("onCompress runs inside the append: it may read the sequence, and async calls it makes keep their place in the queue", async () => {
+  const r = rng(seed + 7);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  const a = cache.createSequence();
+  step(a, r, 40);
+  const seen: number[][] = [];
+  const order: string[] = [];
+  let inner: Promise<Float32Array> | undefined;
+  const qrow = shape.queryHeads * shape.headDim, row = shape.kvHeads * shape.headDim;
+  a.autoCompress({
+    maxTokens: 8,
+    every: 1,
+    scorer: "knorm",
+    sink: 1,
+    window: 1,
+    onCompress: () => {
+      seen.push(Array.from(a.lengths())); // a synchronous call, even during an async call's turn
+      inner = a.attendAsync(0, randn(r, qrow)).then((out) => (order.push("attendAsync made inside"), out));
+    },
+  });
+  step(a, r, 1); // due
+  const batch = cache.appendBatchAsync(0, [{ sequence: a, keys: randn(r, row), values: randn(r, row) }]);
+  const later = a.compressAsync({ scorer: "knorm", budget: 4, sink: 1, window: 1 }).then(() => order.push("compressAsync made after"));
+  await Promise.all([batch, later]);
+  await inner;
+  expect(seen).toEqual([new Array(heads).fill(8)]);
+  expect(order).toEqual(["attendAsync made inside", "compressAsync made after"]);
+  expect(a.pending).toBe(0);
+  cache.dispose();
+});

@@ -101,7 +101,11 @@ export interface AutoCompressOptions extends Omit<CompressOptions, "ratio" | "bu
    * if due) runs at the start of the next append. Default: 256.
    */
   every?: number;
-  /** Called with each automatic compression's report. Default: none. */
+  /**
+   * Called with each automatic compression's report, inside the append that ran it (before its
+   * rows go in), where synchronous calls on the sequence are allowed even during an async call's
+   * turn; an exception it throws fails that append. Default: none.
+   */
   onCompress?: (report: CompressReport) => void;
 }
 
@@ -540,6 +544,9 @@ export class Sequence {
   #autoDue = false;
   // recordOracle: positions appended to layer 0 when it was called.
   #oracleFrom: number | undefined;
+  // onCompress callbacks running: they run inside the call that compressed (an async call's turn
+  // included), where the sequence is at rest, so synchronous calls on it are allowed there.
+  #inCallback = 0;
   #autoCompressions = 0;
 
   /** @internal use KVCache.createSequence() */
@@ -566,7 +573,7 @@ export class Sequence {
   /** @internal the native id, for synchronous use: throws SequenceBusyError while async calls are pending. */
   get id(): number {
     const id = this.#liveId();
-    if (this.#pending > 0)
+    if (this.#pending > 0 && this.#inCallback === 0)
       throw new SequenceBusyError(
         `Sequence has ${this.#pending} async call${this.#pending === 1 ? "" : "s"} (its own or a batch's *Async calls) pending; await ${this.#pending === 1 ? "it" : "them"} before a synchronous call (calls on a sequence take effect in call order)`,
       );
@@ -589,14 +596,7 @@ export class Sequence {
   // The call counts as pending before its task starts, so the task sees the sequence as busy
   // whether it waited or not (the pressure policy skips it; synchronous calls throw).
   #enqueue<T>(task: () => Promise<T>): Promise<T> {
-    const idle = this.#pending === 0;
-    this.#pending++;
-    const start = idle ? task() : this.#tail.then(task);
-    const done = start.finally(() => {
-      this.#pending--;
-    });
-    this.#tail = done.catch(() => undefined);
-    return done;
+    return Sequence.enqueueAll([this], task);
   }
 
   /** @internal */
@@ -721,13 +721,20 @@ export class Sequence {
    */
   static enqueueAll<T>(seqs: readonly Sequence[], task: () => Promise<T>): Promise<T> {
     const idle = seqs.every((s) => s.#pending === 0);
-    for (const s of seqs) s.#pending++;
-    const start = idle ? task() : Promise.all(seqs.map((s) => s.#tail)).then(task);
+    const before = seqs.map((s) => s.#tail);
+    // The call is in every queue before its task starts, so a call made from inside the task (a
+    // callback) queues behind it rather than replacing it as the queue's end.
+    let settle!: () => void;
+    const settled = new Promise<void>((resolve) => (settle = resolve));
+    for (const s of seqs) {
+      s.#pending++;
+      s.#tail = settled;
+    }
+    const start = idle ? task() : Promise.all(before).then(task);
     const done = start.finally(() => {
       for (const s of seqs) s.#pending--;
     });
-    const settled = done.catch(() => undefined);
-    for (const s of seqs) s.#tail = settled;
+    done.then(settle, settle);
     return done;
   }
 
@@ -738,8 +745,10 @@ export class Sequence {
    * than `maxTokens` tokens per (layer, KV head) on average, compresses it back to that (compress
    * with `budget: maxTokens` and the given options; pages go back to the pool). So it never holds
    * more than about maxTokens + every per head. If that compression fails, the append throws its
-   * error (the message says so) and appends nothing, and the compression stays due. Options are
-   * checked now. `autoCompress(false)` stops it.
+   * error (the message says so) and appends nothing, and the compression stays due; except when it
+   * lacks free pages (a compression copies the pages it shares with forks): the cache's pressure
+   * policy may then make room, and if there is still none the append goes ahead and the
+   * compression stays due. Options are checked now. `autoCompress(false)` stops it.
    */
   autoCompress(options: AutoCompressOptions | false): void {
     void this.id;
@@ -779,23 +788,33 @@ export class Sequence {
     const auto = this.#auto;
     if (!auto || !this.#autoDue) return;
     const lengths = this.#cache.handle.lengths(id);
-    if (lengths.reduce((a, b) => a + b, 0) > (auto.options.budget as number) * lengths.length) {
-      let report: CompressReport;
-      try {
-        report = this.#compressNow(id, auto.options);
-      } catch (e) {
-        if (e instanceof LukvError)
-          e.message = `The automatic compression (autoCompress) due before this append failed, and nothing was appended: ${e.message}`;
-        throw e;
-      }
-      this.#autoCompressions++;
+    if (lengths.reduce((a, b) => a + b, 0) <= (auto.options.budget as number) * lengths.length) {
       this.#autoDue = false;
       this.#sinceCheck = 0;
-      auto.onCompress?.(report);
       return;
     }
+    let report: CompressReport | undefined;
+    try {
+      // Copying pages shared with forks takes free pages: the pressure policy may make room.
+      this.#cache.withPressure(this, () => {
+        report = this.#compressNow(id, auto.options);
+      });
+    } catch (e) {
+      // Still no room: the append goes ahead (it may need no new page) and this stays due.
+      if (e instanceof OutOfPagesError) return;
+      if (e instanceof LukvError)
+        e.message = `The automatic compression (autoCompress) due before this append failed, and nothing was appended: ${e.message}`;
+      throw e;
+    }
+    this.#autoCompressions++;
     this.#autoDue = false;
     this.#sinceCheck = 0;
+    this.#inCallback++;
+    try {
+      auto.onCompress?.(report!);
+    } finally {
+      this.#inCallback--;
+    }
   }
 
   #appendedCount(l: number): number {
