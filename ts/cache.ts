@@ -616,7 +616,7 @@ export class Sequence {
    * Appends `tokens` new positions to every KV head of `layer`.
    * keys/values: [tokens, kvHeads, headDim], Float32Array, or Uint16Array holding raw bits of the
    * cache dtype (f16/bf16 caches). If the pool has too few pages, throws OutOfPagesError and
-   * changes nothing.
+   * appends nothing (an automatic compression that was due runs first: see autoCompress).
    */
   append(layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void {
     const id = this.id;
