@@ -121,7 +121,7 @@ describe("attendBatch equals per-sequence attend", () => {
         cache.attendBatch(0, [{ sequence: other, queries: rows(other, 1, r, "q") }, { sequence: a, queries: q }]);
         twin.attend(0, q);
       }
-      const ma = a.scores(0, "h2o"), mt = twin.scores(0, "h2o");
+      const ma = a.scores(0, "h2o", { window: 6 }), mt = twin.scores(0, "h2o", { window: 6 });
       expect(ma.map(bits)).toEqual(mt.map(bits));
       const sa = a.scores(0, "snapkv", { window: 6 }), st = twin.scores(0, "snapkv", { window: 6 });
       expect(sa.map(bits)).toEqual(st.map(bits));

@@ -454,3 +454,21 @@ describe("bad input: a clear error and the sequence untouched", () => {
     b.cache.dispose();
   });
 });
+
+test("scores() refuses a window longer than the sequence, as compress() does", () => {
+  const r = rng(seed ^ 0x77);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  const seq = cache.createSequence();
+  for (let l = 0; l < shape.layers; l++) {
+    seq.append(l, randn(r, 5 * shape.kvHeads * shape.headDim), randn(r, 5 * shape.kvHeads * shape.headDim));
+    seq.attend(l, randn(r, 5 * shape.queryHeads * shape.headDim));
+  }
+  const observationQueries = Array.from({ length: shape.layers }, () => randn(r, 8 * shape.queryHeads * shape.headDim));
+  const message = "Expected window at most the sequence length (5 positions in layer 0) but received 8";
+  for (const scorer of ["snapkv", "tova"] as const) {
+    expect(() => seq.scores(0, scorer, { window: 8, observationQueries })).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message }));
+    expect(() => seq.compress({ ratio: 0.5, scorer, window: 8, observationQueries })).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message }));
+  }
+  expect(seq.scores(0, "snapkv", { window: 5, observationQueries })[0].length).toBe(5);
+  cache.dispose();
+});

@@ -341,7 +341,7 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         a.append(l, k, k);
         b.append(l, k, k);
       }
-      const before = [0, 1].flatMap((l) => a.scores(l, "knorm").map((scores, h) => ({ positions: a.positions(l, h), scores })));
+      const before = [0, 1].flatMap((l) => a.scores(l, "knorm", { window: 0 }).map((scores, h) => ({ positions: a.positions(l, h), scores })));
       const opts: CompressOptions = { ratio: 0.5, scorer: "knorm", sink: 0, window: 0 };
       const ra = a.compress(opts), rb = b.compress(opts);
       expect(ra.total).toBe(2 * H);

@@ -193,6 +193,28 @@ describe("QueryStatistics", () => {
     }
   });
 
+  test("queries near 1e19: the covariance is the float64 one (float32 products would overflow), and scoring takes it", () => {
+    const stats = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: 2, skip: 0 });
+    stats.add(0, Float32Array.from([0, 0, 2e19, 0]));
+    // Deviations of ±1e19 from the mean (1e19, 0): variance 1e38, within float32's range.
+    const cov = Array.from(stats.covarianceOf(0));
+    expect(Math.abs(cov[0] / 1e38 - 1)).toBeLessThan(1e-6);
+    expect(cov.slice(1)).toEqual([0, 0, 0]);
+    // 2,000 rows of about 1e18: no single product overflows float32, but a block's sum would.
+    const many = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: 2, skip: 0 });
+    const r = rng(seed + 1);
+    const rows = randn(r, 2000 * 2).map((v) => v * 2e18); // squares near 4e36, a 256-row block's sum near 1e39
+    many.add(0, rows);
+    const want = twoPass(Array.from({ length: 2000 }, (_, t) => [rows[2 * t], rows[2 * t + 1]]));
+    const got = many.covarianceOf(0);
+    for (let i = 0; i < 2; i++) for (let j = 0; j < 2; j++) expect(Math.abs(got[i * 2 + j] - want.cov[i][j])).toBeLessThan(1e-6 * want.cov[0][0]);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 2, dtype: "f32" });
+    const seq = cache.createSequence();
+    seq.append(0, Float32Array.from({ length: 16 }, (_, i) => (i % 5) * 1e-20), new Float32Array(16).fill(1));
+    expect(seq.scores(0, "expected-attention", { expectedAttention: { statistics: stats, rope: { theta: 10000 } }, window: 1, sink: 1 })[0].every(Number.isFinite)).toBe(true);
+    cache.dispose();
+  });
+
   test("bad input is refused with the field named, and changes nothing", () => {
     const stats = new QueryStatistics({ layers: 2, queryHeads: 2, headDim: 4, skip: 0 });
     stats.add(0, new Float32Array(8).fill(1));
@@ -311,7 +333,7 @@ describe("expected-attention scores", () => {
     for (const f of [attempt({ expectedAttention: { statistics: partial, rope } })]) expect(f).toThrow(InvalidArgumentError);
     expect(Array.from(s.seq.lengths())).toEqual(Array.from(lengths));
     // scores() of a layer that has rows works with the same statistics.
-    expect(s.seq.scores(0, "expected-attention", { expectedAttention: { statistics: partial, rope } })[0].length).toBe(30);
+    expect(s.seq.scores(0, "expected-attention", { window: 4, expectedAttention: { statistics: partial, rope } })[0].length).toBe(30);
     const report = s.seq.compress({ ratio: 0.5, scorer: "expected-attention", window: 4, expectedAttention: { statistics, rope } });
     expect(report.total).toBe(report.target);
     s.cache.dispose();

@@ -137,9 +137,21 @@ void Cache::layerMeanScores(const Sequence& seq, int layer, std::vector<std::vec
   }
 }
 
+namespace {
+// The observation rows and the recent window are the layer's last `window` positions.
+void checkWindow(const Sequence& seq, int layer, int window) {
+  if (window > seq.appended[layer])
+    throwInvalid("Expected window at most the sequence length (" + str(seq.appended[layer]) + " positions in layer " +
+                 str(layer) + ") but received " + str(window));
+}
+}  // namespace
+
 std::vector<std::vector<float>> Cache::scores(int32_t seqId, int layer, const ScoreOptions& o) {
   Held h = hold(seqId, true);
   Sequence& seq = *h.seq;
+  bool any = false;
+  for (int k = 0; k < cfg_.kvHeads; ++k) any = any || seq.heads[(size_t)layer * cfg_.kvHeads + k].length() > 0;
+  if (any) checkWindow(seq, layer, o.window);  // as compress checks it: scores are what it ranks by
   std::vector<std::vector<float>> all;
   scoreLayerHeads(seq, {layer}, o, all);
   return std::vector<std::vector<float>>(all.begin() + (size_t)layer * cfg_.kvHeads,
@@ -167,9 +179,7 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
     bool any = false;
     for (int h = 0; h < H; ++h) any = any || len[(size_t)l * H + h] > 0;
     if (!any) continue;
-    if (so.window > seq.appended[l])
-      throwInvalid("Expected window at most the sequence length (" + str(seq.appended[l]) + " positions in layer " +
-                   str(l) + ") but received " + str(so.window));
+    checkWindow(seq, l, so.window);
     layers.push_back(l);
   }
   if (opt.allocation == Allocation::Explicit && opt.budgets.size() != NH)

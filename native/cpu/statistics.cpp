@@ -1,6 +1,7 @@
 #include "statistics.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "kernels.h"
@@ -35,13 +36,21 @@ void accumulateQueryStatistics(const float* queries, int first, int tokens, int 
       // 16 "queries" of length n over D - i0 "keys"), mirrored into the lower one.
       block.resize((size_t)16 * D);
       double* p = products + (size_t)h * D * D;
+      const auto centred = [&](int r, int i) { return (double)queries[((size_t)(r0 + r) * Q + h) * D + i] - c[i]; };
       for (int i0 = 0; i0 < D; i0 += 16) {
         const int rows = std::min(16, D - i0);
         const float* band = columns.data() + (size_t)i0 * n;
         k->qk(DType::F32, band, D - i0, n, band, rows, block.data(), D - i0);
+        // Values past about 1e18 overflow float32 products (or a block's sum of them) although the
+        // statistics fit: such a band is summed again in float64 from the rows.
+        const bool overflowed = std::any_of(block.begin(), block.begin() + (size_t)rows * (D - i0), [](float v) { return !std::isfinite(v); });
         for (int g = 0; g < rows; ++g)
           for (int j = g; j < D - i0; ++j) {
-            const double v = block[(size_t)g * (D - i0) + j];
+            double v = block[(size_t)g * (D - i0) + j];
+            if (overflowed) {
+              v = 0;
+              for (int r = 0; r < n; ++r) v += centred(r, i0 + g) * centred(r, i0 + j);
+            }
             p[(size_t)(i0 + g) * D + i0 + j] += v;
             if (j != g) p[(size_t)(i0 + j) * D + i0 + g] += v;
           }
