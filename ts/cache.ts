@@ -21,7 +21,6 @@ import { checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } fro
 import {
   integerInRange,
   isFloat32Array,
-  isInt32Array,
   isUint16Array,
   knownOptions,
   nonNegativeInteger,
@@ -537,11 +536,10 @@ export class Sequence {
   // any is waiting or running (#pending > 0), synchronous calls throw SequenceBusyError.
   #tail: Promise<unknown> = Promise.resolve();
   #pending = 0;
-  // autoCompress: the compress() options, the check interval, positions appended to the last layer
-  // since the last check, and whether a check is due (it runs before the next append).
+  // autoCompress: the compress() options, the check interval, and positions appended to the last
+  // layer since the last check (a check is due, before the next append, once they reach `every`).
   #auto: { options: CompressOptions; every: number; onCompress?: (report: CompressReport) => void } | undefined;
   #sinceCheck = 0;
-  #autoDue = false;
   // recordOracle: positions appended to layer 0 when it was called.
   #oracleFrom: number | undefined;
   // onCompress callbacks running: they run inside the call that compressed (an async call's turn
@@ -662,10 +660,7 @@ export class Sequence {
     this.#keyMax[l] = Math.max(this.#keyMax[l], checked.keyMax);
     this.#valueMax[l] = Math.max(this.#valueMax[l], checked.valueMax);
     if (this.#appendedRows) this.#appendedRows[l] += checked.tokens;
-    if (this.#auto && l === this.#cache.config.layers - 1) {
-      this.#sinceCheck += checked.tokens;
-      if (this.#sinceCheck >= this.#auto.every) this.#autoDue = true;
-    }
+    if (this.#auto && l === this.#cache.config.layers - 1) this.#sinceCheck += checked.tokens;
   }
 
   /**
@@ -754,7 +749,6 @@ export class Sequence {
     void this.id;
     if (options === false) {
       this.#auto = undefined;
-      this.#autoDue = false;
       return;
     }
     if (options === null || typeof options !== "object") throw invalid("options", "an options object or false", options);
@@ -768,7 +762,6 @@ export class Sequence {
     nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
     this.#auto = { options: compressOptions, every, onCompress };
     this.#sinceCheck = 0;
-    this.#autoDue = false;
   }
 
   /** Automatic compressions made so far (autoCompress). */
@@ -786,10 +779,9 @@ export class Sequence {
    */
   autoCompressDue(id: number): void {
     const auto = this.#auto;
-    if (!auto || !this.#autoDue) return;
+    if (!auto || this.#sinceCheck < auto.every) return;
     const lengths = this.#cache.handle.lengths(id);
     if (lengths.reduce((a, b) => a + b, 0) <= (auto.options.budget as number) * lengths.length) {
-      this.#autoDue = false;
       this.#sinceCheck = 0;
       return;
     }
@@ -807,7 +799,6 @@ export class Sequence {
       throw e;
     }
     this.#autoCompressions++;
-    this.#autoDue = false;
     this.#sinceCheck = 0;
     this.#inCallback++;
     try {
@@ -954,7 +945,7 @@ export class Sequence {
       const n = nativeCompressOptions(o, this.#cache.config, () => this.#cache.handle.lengths(id));
       this.#checkScoring(n);
       try {
-        return await this.#cache.handle.compressAsync(this.#liveId(), n);
+        return await this.#cache.handle.compressAsync(id, n);
       } catch (e) {
         rethrow(e);
       }
