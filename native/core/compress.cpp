@@ -138,6 +138,13 @@ void Cache::layerMeanScores(const Sequence& seq, int layer, std::vector<std::vec
 }
 
 namespace {
+// A layer whose heads are all empty has nothing to score, and no window to check.
+bool holdsTokens(const Sequence& seq, int layer, int kvHeads) {
+  for (int h = 0; h < kvHeads; ++h)
+    if (seq.heads[(size_t)layer * kvHeads + h].length() > 0) return true;
+  return false;
+}
+
 // The observation rows and the recent window are the layer's last `window` positions.
 void checkWindow(const Sequence& seq, int layer, int window) {
   if (window > seq.appended[layer])
@@ -149,9 +156,7 @@ void checkWindow(const Sequence& seq, int layer, int window) {
 std::vector<std::vector<float>> Cache::scores(int32_t seqId, int layer, const ScoreOptions& o) {
   Held h = hold(seqId, true);
   Sequence& seq = *h.seq;
-  bool any = false;
-  for (int k = 0; k < cfg_.kvHeads; ++k) any = any || seq.heads[(size_t)layer * cfg_.kvHeads + k].length() > 0;
-  if (any) checkWindow(seq, layer, o.window);  // as compress checks it: scores are what it ranks by
+  if (holdsTokens(seq, layer, cfg_.kvHeads)) checkWindow(seq, layer, o.window);  // as compress checks it: scores are what it ranks by
   std::vector<std::vector<float>> all;
   scoreLayerHeads(seq, {layer}, o, all);
   return std::vector<std::vector<float>>(all.begin() + (size_t)layer * cfg_.kvHeads,
@@ -176,9 +181,7 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   const int64_t before = bounds.before;
   std::vector<int> layers;
   for (int l = 0; l < Lyr; ++l) {
-    bool any = false;
-    for (int h = 0; h < H; ++h) any = any || len[(size_t)l * H + h] > 0;
-    if (!any) continue;
+    if (!holdsTokens(seq, l, H)) continue;
     checkWindow(seq, l, so.window);
     layers.push_back(l);
   }
