@@ -24,7 +24,7 @@ function bits(a: Float32Array): string {
 
 /** Sequences of mixed shapes: short and long, a fork sharing pages, and one to be evicted (last). */
 function mixedSequences(cache: KVCache, r: () => number, long = 300): Sequence[] {
-  const { layers, kvHeads } = cache.config;
+  const { layers } = cache.config;
   const lengths = [1, 7, 40, long];
   const seqs = lengths.map((n) => {
     const s = cache.createSequence();
@@ -332,10 +332,10 @@ describe("batch checks", () => {
 
   test("the number of query rows is checked against the positions appended, after every kind of append", async () => {
     const rowsOf = (n: number) => randn(r, n * 4);
-    const tooMany = (s: Sequence, n: number) => `Expected at most ${n} tokens (the positions appended to layer 0) for items[0].queries but received ${n + 1} tokens`;
+    const tooMany = (n: number) => `Expected at most ${n} tokens (the positions appended to layer 0) for items[0].queries but received ${n + 1} tokens`;
     const check = (s: Sequence, n: number) => {
       expect(s.appended(0)).toBe(n);
-      expect(() => cache.attendBatch(0, [{ sequence: s, queries: randn(r, (n + 1) * 8) }])).toThrow(tooMany(s, n));
+      expect(() => cache.attendBatch(0, [{ sequence: s, queries: randn(r, (n + 1) * 8) }])).toThrow(tooMany(n));
       expect(cache.attendBatch(0, [{ sequence: s, queries: randn(r, n * 8) }])[0]).toHaveLength(n * 8);
     };
     const s = cache.createSequence();

@@ -173,7 +173,7 @@ function lukvPressCounts(table: ArrayLike<number>, l: number, ratio: number): nu
   const target = Math.max(H, Math.min(H * L, pyRound(ideal.reduce((a, b) => a + b, 0))));
   const base = ideal.map(Math.floor);
   let rem = target - base.reduce((a, b) => a + b, 0);
-  const order = ideal.map((x, h) => h).sort((a, b) => ideal[b] - base[b] - (ideal[a] - base[a]));
+  const order = ideal.map((_, h) => h).sort((a, b) => ideal[b] - base[b] - (ideal[a] - base[a]));
   for (const h of order) if (rem-- > 0) base[h]++;
   return base.map((b) => Math.min(L, Math.max(1, b)));
 }

@@ -34,7 +34,7 @@ function parseXml(src: string): XmlElement {
   };
   const decode = (s: string): string => {
     if (/[<]/.test(s)) fail("'<' in text or attribute");
-    return s.replace(/&([^;]*);|&/g, (m, ent: string | undefined) => {
+    return s.replace(/&([^;]*);|&/g, (_match, ent: string | undefined) => {
       if (ent === undefined) fail("bare '&'");
       const named: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
       if (ent! in named) return named[ent!];

@@ -102,10 +102,6 @@ function randomTokens(r: () => number, n: number, vocab = config.vocabSize): num
   return Array.from({ length: n }, () => Math.floor(r() * vocab));
 }
 
-function rows(logits: Float32Array, vocab: number): number[][] {
-  return Array.from({ length: logits.length / vocab }, (_, t) => Array.from(logits.subarray(t * vocab, (t + 1) * vocab)));
-}
-
 describe("forward pass on lukv (random weights)", () => {
   test("prefill in chunks, one token at a time and a plain float64 reference give the same logits", () => {
     const r = rng(seed);

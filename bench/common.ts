@@ -2,6 +2,7 @@
 import * as fs from "fs";
 import * as path from "path";
 import * as os from "os";
+import { UsageError as OptionError, flagValue, optionValue, splitOption } from "../ts/cli/io";
 
 /** A whole number of at least `min` (and at most `max`, a multiple of `multipleOf` where given). */
 export interface IntOption {
@@ -68,8 +69,8 @@ export interface BenchCommand<T extends Record<string, OptionSpec>> {
   check?: (values: OptionValues<T>) => string | undefined;
 }
 
-/** A command line the declared options refuse; the message names the option. */
-export class OptionError extends Error {}
+/** A command line the declared options refuse; the message names the option. The CLI's error type. */
+export { OptionError };
 
 /** "of at least 1", "from 0 to 9", with ", a multiple of 512" (or "multiples" for a list) where required. */
 function intRange(o: IntOption | IntListOption, plural: boolean): string {
@@ -106,21 +107,16 @@ export function parseOptions<T extends Record<string, OptionSpec>>(command: Benc
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith("--")) throw new OptionError(`unexpected argument ${JSON.stringify(a)}; options start with --`);
-    const eq = a.indexOf("=");
-    const name = a.slice(2, eq < 0 ? undefined : eq);
+    const { name, inline } = splitOption(a);
     const spec = Object.prototype.hasOwnProperty.call(specs, name) ? specs[name] : undefined;
     if (!spec) throw new OptionError(`unknown option --${name}; the options are ${[...Object.keys(specs).map((n) => `--${n}`), "--help"].join(", ")}`);
     if (name in values) throw new OptionError(`--${name} is given twice`);
     if (spec.kind === "flag") {
-      if (eq >= 0) throw new OptionError(`--${name} takes no value, got ${JSON.stringify(a.slice(eq + 1))}`);
-      values[name] = true;
+      values[name] = flagValue(name, inline);
       continue;
     }
-    let text: string;
-    if (eq >= 0) text = a.slice(eq + 1);
-    else if (i + 1 >= argv.length) throw new OptionError(`--${name} expects a value`);
-    else if (argv[i + 1].startsWith("--")) throw new OptionError(`--${name} expects a value, got the option ${argv[i + 1]}`);
-    else text = argv[++i];
+    const { value: text, last } = optionValue(argv, i, name, inline);
+    i = last;
     switch (spec.kind) {
       case "int":
         values[name] = intValue(name, spec, text);

@@ -208,7 +208,7 @@ function checkAppendBatch(cache: KVCache, layer: unknown, items: unknown, idOf: 
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
   const { items: list, seqs, ids } = checkItems<AppendBatchItem>(cache, items, APPEND_ITEM_NAMES, idOf);
   const parts = list.map((item, i) => {
-    const checked = item.sequence.checkAppend(l, item.keys, item.values, itemName(i).prefix);
+    const checked = item.sequence.checkAppend(item.keys, item.values, itemName(i).prefix);
     if (i > 0 && isFloat32Array(item.keys) !== isFloat32Array(list[0].keys))
       throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(list[0].keys) ? "Float32Array" : "Uint16Array"})`, item.keys);
     return { keys: item.keys, values: item.values, checked };

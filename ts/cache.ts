@@ -619,7 +619,7 @@ export class Sequence {
   append(layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void {
     const id = this.id;
     const l = this.#layer(layer);
-    const checked = this.checkAppend(l, keys, values, "");
+    const checked = this.checkAppend(keys, values, "");
     this.autoCompressDue(id);
     this.#cache.withPressure(this, () => {
       try {
@@ -632,10 +632,10 @@ export class Sequence {
   }
 
   /**
-   * @internal The checks of append() on keys/values of layer `l` (names prefixed with `prefix`,
-   * e.g. "items[2]."): returns what appended_ records once the rows are in.
+   * @internal The checks of append() on keys/values (names prefixed with `prefix`, e.g.
+   * "items[2]."): returns what appended_ records once the rows are in.
    */
-  checkAppend(l: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, prefix: string): { keyMax: number; valueMax: number; tokens: number } {
+  checkAppend(keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, prefix: string): { keyMax: number; valueMax: number; tokens: number } {
     const { kvHeads, headDim, dtype } = this.#cache.config;
     const row = kvHeads * headDim;
     checkTensor(`${prefix}keys`, keys, row, "[tokens, kvHeads, headDim]", dtype);

@@ -53,25 +53,44 @@ export function parseArgs(argv: string[], spec: OptionSpec): Args {
       afterFlag.push(i > 0 && before.startsWith("--") && spec.flags.includes(before.slice(2)) ? before.slice(2) : undefined);
       continue;
     }
-    const eq = a.indexOf("=");
-    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    const { name, inline } = splitOption(a);
     const next = argv[i + 1];
-    if (spec.flags.includes(name)) {
-      if (eq > 0) throw new UsageError(`--${name} takes no value, got ${JSON.stringify(a.slice(eq + 1))}`);
-      options.set(name, true);
-    } else if (spec.values.includes(name)) {
-      let value: string;
-      if (eq > 0) value = a.slice(eq + 1);
-      else if (next === undefined) throw new UsageError(`--${name} expects a value`);
-      else if (next.startsWith("--")) throw new UsageError(`--${name} expects a value, got the option ${next}`);
-      else value = argv[++i];
+    if (spec.flags.includes(name)) options.set(name, flagValue(name, inline));
+    else if (spec.values.includes(name)) {
+      const { value, last } = optionValue(argv, i, name, inline);
       if (value === "") throw new UsageError(`--${name} expects a value, got ""`);
       options.set(name, value);
-    } else if (eq > 0) options.set(name, a.slice(eq + 1));
+      i = last;
+    } else if (inline !== undefined) options.set(name, inline);
     else if (next !== undefined && !next.startsWith("--")) options.set(name, argv[++i]);
     else options.set(name, true);
   }
   return { positional, options, afterFlag };
+}
+
+/** An argument `--name` or `--name=value`: the name, and the text after `=` when there is one. */
+export function splitOption(a: string): { name: string; inline?: string } {
+  const eq = a.indexOf("=");
+  return eq > 0 ? { name: a.slice(2, eq), inline: a.slice(eq + 1) } : { name: a.slice(2) };
+}
+
+/** A flag's value: `true`. @throws UsageError when it was written `--name=value`. */
+export function flagValue(name: string, inline: string | undefined): true {
+  if (inline !== undefined) throw new UsageError(`--${name} takes no value, got ${JSON.stringify(inline)}`);
+  return true;
+}
+
+/**
+ * The value of the option `name` at argv[i]: the text after `=` (`inline`), or else the next
+ * argument; `last` is the index of the last argument it used.
+ * @throws UsageError when there is no next argument or it is another `--option`.
+ */
+export function optionValue(argv: readonly string[], i: number, name: string, inline: string | undefined): { value: string; last: number } {
+  if (inline !== undefined) return { value: inline, last: i };
+  const next = argv[i + 1];
+  if (next === undefined) throw new UsageError(`--${name} expects a value`);
+  if (next.startsWith("--")) throw new UsageError(`--${name} expects a value, got the option ${next}`);
+  return { value: next, last: i + 1 };
 }
 
 /** `--help` or `-h` anywhere on the command line. */

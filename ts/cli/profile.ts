@@ -22,10 +22,6 @@ subcommands:
   build DIR [--out FILE]         build a profile from samples saved by profiler.save(DIR)
         [--scope global|per-layer] [--grid N]`;
 
-function fmt(x: number, digits = 3): string {
-  return x.toFixed(digits);
-}
-
 function describeMeta(profile: Profile, format: string): string[] {
   const m = profile.meta;
   const lines = [
