@@ -170,6 +170,15 @@ describe("lukv solve", () => {
     writeFileSync(join(dir, "bad.json"), '{"curves": [[0, 1], [0, "x"]]}');
     const bad = await run(solveCommand, [join(dir, "bad.json"), "--keep", "1"]);
     expect([bad.code, bad.err]).toEqual([1, `lukv solve: ${join(dir, "bad.json")}: curves[1] must be a non-empty array of numbers (loss after evicting 0..T tokens)`]);
+    // The file's own bounds are part of the file: malformed, they exit 1 too.
+    for (const [field, value] of [["minKeep", -1], ["maxKeep", 1.5], ["minKeep", [1]], ["maxKeep", "x"]] as const) {
+      writeFileSync(join(dir, "bounds.json"), JSON.stringify({ curves: [[0, 1], [0, 1, 2]], [field]: value }));
+      const r = await run(solveCommand, [join(dir, "bounds.json"), "--keep", "1"]);
+      expect([r.code, r.err]).toEqual([
+        1,
+        `lukv solve: ${join(dir, "bounds.json")}: "${field}" must be a non-negative integer or an array of 2 of them (one per head), got ${JSON.stringify(value)}`,
+      ]);
+    }
     writeFileSync(join(dir, "notjson.json"), "[[0, 1]");
     const notJson = await run(solveCommand, [join(dir, "notjson.json"), "--keep", "1"]);
     expect([notJson.code, notJson.err]).toEqual([1, expect.stringContaining("notjson.json is not valid JSON")]);

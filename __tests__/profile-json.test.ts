@@ -114,6 +114,11 @@ describe(`save / load round trips (seed ${SEED})`, () => {
     const p = randomProfile();
     const bytes = Buffer.concat([Buffer.from("\uFEFF \n"), Buffer.from(profileToJson(p))]);
     expect(Array.from(decodeProfile(bytes).table)).toEqual(Array.from(p.table));
+    // However much whitespace comes first (format detection once looked at the first 64 bytes only).
+    for (const pad of [63, 64, 100_000]) {
+      const padded = Buffer.concat([Buffer.from(" \t\r\n".repeat(pad).slice(0, pad)), Buffer.from(profileToJson(p))]);
+      expect(Array.from(decodeProfile(padded).table)).toEqual(Array.from(p.table));
+    }
   });
 });
 

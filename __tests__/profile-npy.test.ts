@@ -167,6 +167,11 @@ describe("bad .npy files name the problem", () => {
     expect(() => decodeNpy(withHeader("{'descr': '<f8', 'fortran_order': False, 'shape': (2, -1)}"))).toThrow(
       "npy header 'shape' must be a tuple of non-negative integers but is (2, -1)",
     );
+    // Floats are not integers, even when whole: NumPy refuses them.
+    for (const [shape, shown] of [["(2.0, 1)", "(2.0, 1)"], ["(1e0,)", "(1.0,)"], ["(2., 1)", "(2.0, 1)"], ["(0.5,)", "(0.5,)"]])
+      expect(() => decodeNpy(withHeader(`{'descr': '<f8', 'fortran_order': False, 'shape': ${shape}}`))).toThrow(
+        `npy header 'shape' must be a tuple of non-negative integers but is ${shown}`,
+      );
     expect(() => decodeNpy(withHeader("{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (1,)}"))).toThrow(
       "unsupported npy dtype [('a', '<f8')] (a structured array)",
     );
@@ -213,12 +218,16 @@ describe("the header literal parser", () => {
         ["descr", "<f4"],
         ["fortran_order", true],
         ["shape", { kind: "tuple", items: [99, 2, 3] }],
-        ["x", { kind: "list", items: [1500, null, -2, "a'bA"] }],
+        ["x", { kind: "list", items: [{ kind: "float", value: 1500 }, null, -2, "a'bA"] }],
       ]),
     });
     expect(parsePyLiteral("()")).toEqual({ kind: "tuple", items: [] });
     expect(parsePyLiteral("(7,)")).toEqual({ kind: "tuple", items: [7] });
     expect(parsePyLiteral("(7)")).toBe(7);
+    expect(parsePyLiteral("(0, 00, 2., .5, 1e3, -3E-1)")).toEqual({
+      kind: "tuple",
+      items: [0, 0, { kind: "float", value: 2 }, { kind: "float", value: 0.5 }, { kind: "float", value: 1000 }, { kind: "float", value: -0.3 }],
+    });
   });
 
   test("rejects what is not a literal", () => {
@@ -227,5 +236,6 @@ describe("the header literal parser", () => {
     expect(() => parsePyLiteral("'abc")).toThrow("unterminated string");
     expect(() => parsePyLiteral("(1 2)")).toThrow("expected ',' or ')'");
     expect(() => parsePyLiteral("Truex")).toThrow('unexpected "T"');
+    expect(() => parsePyLiteral("(01,)")).toThrow("bad number at character 1");
   });
 });

@@ -88,11 +88,14 @@ test("profiler.recordOracle keeps the scores of the moment, which drifting score
   expect(() => profiler.addSequence(plain)).toThrow(
     'scorer "keydiff" ranks the context differently once decoding appends tokens: start recording with profiler.recordOracle(seq, options) instead of seq.recordOracle(options), so the profiler keeps the scores of that moment',
   );
-  // knorm alone does not drift; pooled, it does (the pooling stops at the moving window).
-  expect(() => new Profiler({ ...opts, scorer: "knorm" }).addSequence(plain)).not.toThrow();
-  expect(() => new Profiler({ ...opts, scorer: "knorm", scorerOptions: { pooling: "max", kernel: 3 } }).addSequence(plain)).toThrow(
-    'scorer "knorm" with pooling ranks the context differently once decoding appends tokens: start recording with profiler.recordOracle(seq, options) instead of seq.recordOracle(options), so the profiler keeps the scores of that moment',
-  );
+  // knorm and tova alone do not drift; pooled, they do (the pooling stops at the moving window).
+  for (const scorer of ["knorm", "tova"] as const) {
+    expect(() => new Profiler({ ...opts, scorer }).addSequence(plain)).not.toThrow();
+    for (const pooling of ["max", "avg"] as const)
+      expect(() => new Profiler({ ...opts, scorer, scorerOptions: { pooling, kernel: 3 } }).addSequence(plain)).toThrow(
+        `scorer "${scorer}" with pooling ranks the context differently once decoding appends tokens: start recording with profiler.recordOracle(seq, options) instead of seq.recordOracle(options), so the profiler keeps the scores of that moment`,
+      );
+  }
 
   using seq = cache.createSequence();
   run(seq, r, 80, 40);

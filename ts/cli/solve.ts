@@ -37,10 +37,11 @@ function readCurves(path: string): { curves: number[][]; minKeep?: number | numb
       throw new FileError(`${path}: curves[${h}] must be a non-empty array of numbers (loss after evicting 0..T tokens)`);
     }
   });
+  const count = (x: unknown) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
   const bound = (name: "minKeep" | "maxKeep") => {
     const v = obj?.[name];
-    if (v === undefined || typeof v === "number" || (Array.isArray(v) && v.every((x) => typeof x === "number"))) return v as number | number[] | undefined;
-    throw new FileError(`${path}: "${name}" must be a number or an array of numbers`);
+    if (v === undefined || count(v) || (Array.isArray(v) && v.length === curves.length && v.every(count))) return v as number | number[] | undefined;
+    throw new FileError(`${path}: "${name}" must be a non-negative integer or an array of ${curves.length} of them (one per head), got ${JSON.stringify(v)}`);
   };
   return { curves: curves as number[][], minKeep: bound("minKeep"), maxKeep: bound("maxKeep") };
 }

@@ -52,8 +52,10 @@ export function profileToNpy(profile: Profile, options: { dtype?: NpyFloatDtype 
 export function decodeProfile(bytes: Uint8Array): Profile {
   if (!types.isUint8Array(bytes)) throw invalid("bytes", "a Uint8Array or Buffer", bytes);
   if (bytes[0] === 0x93) return profileFromNpy(bytes);
-  const text = new TextDecoder("utf-8").decode(bytes.subarray(0, 64)).replace(/^\uFEFF/, "").trimStart();
-  if (text.startsWith("{")) return profileFromJson(new TextDecoder("utf-8").decode(bytes));
+  // JSON: "{" after an optional UTF-8 byte order mark and any amount of JSON whitespace.
+  let i = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
+  while (bytes[i] === 0x20 || bytes[i] === 0x09 || bytes[i] === 0x0a || bytes[i] === 0x0d) i++;
+  if (bytes[i] === 0x7b) return profileFromJson(new TextDecoder("utf-8").decode(bytes));
   const head = Array.from(bytes.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join(" ");
   throw new BadProfileError(
     `unrecognised profile: expected a .npy file (starting with \\x93NUMPY) or lukv JSON (starting with "{") but the data starts with ${head || "nothing (empty)"}`,

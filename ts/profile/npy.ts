@@ -93,6 +93,7 @@ function pyRepr(v: PyValue): string {
     else if (typeof x === "boolean") out += x ? "True" : "False";
     else if (typeof x === "string") out += `'${x.length > max ? x.slice(0, max) : x}'`;
     else if (typeof x === "number") out += String(x);
+    else if (x.kind === "float") out += Number.isInteger(x.value) ? x.value.toFixed(1) : String(x.value);
     else if (x.kind === "dict") out += "{…}";
     else {
       out += x.kind === "list" ? "[" : "(";

@@ -1,11 +1,15 @@
 import { BadProfileError } from "../errors";
 
-/** A Python literal as found in .npy headers. Tuples and lists both become {tuple|list, items}. */
+/**
+ * A Python literal as found in .npy headers. Integers are numbers; floats are {float, value}, so that
+ * `2.0` is not taken for the integer 2. Tuples and lists both become {tuple|list, items}.
+ */
 export type PyValue =
   | string
   | number
   | boolean
   | null
+  | { kind: "float"; value: number }
   | { kind: "tuple" | "list"; items: PyValue[] }
   | { kind: "dict"; entries: Map<string, PyValue> };
 
@@ -117,11 +121,12 @@ export function parsePyLiteral(text: string): PyValue {
       } else fail(`unsupported escape \\${e}`);
     }
   };
-  const num = (): number => {
-    const m = /^[-+]?(?:(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+[lL]?)/.exec(text.slice(i, i + 64));
+  const num = (): PyValue => {
+    // An integer has no leading zeros (Python 3 refuses "01"), a float has a point or an exponent.
+    const m = /^[-+]?(?:((?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)|(?:0+|[1-9]\d*)[lL]?(?![\d.eE]))/.exec(text.slice(i, i + 64));
     if (!m) return fail("bad number");
     i += m[0].length;
-    return Number(m[0].replace(/[lL]$/, ""));
+    return m[1] !== undefined ? { kind: "float", value: Number(m[0]) } : Number(m[0].replace(/[lL]$/, ""));
   };
   const v = value();
   skip();

@@ -236,8 +236,8 @@ export class Profiler {
   /**
    * Starts recording the oracle on `seq` — seq.recordOracle(options) — after keeping the scores
    * the scorer gives its context right now, which addSequence() then uses. Needed for scorers whose
-   * ranking moves as decoding appends tokens ("keydiff", "h2o", "expected-attention"); harmless for
-   * the others. `statistics`: the prompt's pre-RoPE query statistics, required by
+   * ranking moves as decoding appends tokens ("keydiff", "h2o", "expected-attention", and "knorm" or
+   * "tova" with pooling, which stops before the moving recent window); harmless for the others. `statistics`: the prompt's pre-RoPE query statistics, required by
    * "expected-attention" (e.g. collected by TinyLM.forward's `queryStatistics`).
    */
   recordOracle(seq: Sequence, options?: OracleOptions, statistics?: QueryStatistics): void {
@@ -264,8 +264,8 @@ export class Profiler {
     if (!plainObject(options)) throw invalid("options", "an options object", options);
     const given = options.decodeSteps === undefined ? undefined : nonNegativeInteger("decodeSteps", options.decodeSteps);
     const captured = this.#captured.get(seq);
-    // knorm pooled: its pooling stops at the last `window` tokens, which move as decoding appends.
-    const pooledPerToken = this.scorer === "knorm" && (this.scorerOptions.pooling ?? "none") !== "none";
+    // knorm and tova pooled: their pooling stops at the last `window` tokens, which move as decoding appends.
+    const pooledPerToken = (this.scorer === "knorm" || this.scorer === "tova") && (this.scorerOptions.pooling ?? "none") !== "none";
     if (captured === undefined && (DRIFTING.includes(this.scorer) || pooledPerToken)) {
       throw new InvalidArgumentError(
         `scorer "${this.scorer}"${pooledPerToken ? " with pooling" : ""} ranks the context differently once decoding appends tokens: start recording with profiler.recordOracle(seq, options) instead of seq.recordOracle(options), so the profiler keeps the scores of that moment`,
