@@ -193,6 +193,64 @@ describe(`budgetsFromProfile (seed ${SEED})`, () => {
     expect(Array.from(budgetsFromProfile(rows([0.75, 0.75, 0.75, 0.75]), { ratio: 0.75, lengths }))).toEqual([3, 3, 2, 2]);
   });
 
+  test("exactly tied remainders after the shift go to the lower head (exact rational reference)", () => {
+    // Dyadic prune ratios and whole-percent dyadic ratios: the shares are rational, so a plain
+    // exact computation knows which remainders tie; the library's shift is a double.
+    type Q = [bigint, bigint]; // numerator, positive denominator
+    const q = (n: bigint, d = 1n): Q => (d < 0n ? [-n, -d] : [n, d]);
+    const add = (a: Q, b: Q) => q(a[0] * b[1] + b[0] * a[1], a[1] * b[1]);
+    const mul = (a: Q, b: Q) => q(a[0] * b[0], a[1] * b[1]);
+    const cmp = (a: Q, b: Q) => Math.sign(Number(a[0] * b[1] - b[0] * a[1]));
+    const floorQ = (a: Q) => (a[0] >= 0n ? a[0] / a[1] : -((-a[0] + a[1] - 1n) / a[1]));
+    const neg = (a: Q): Q => [-a[0], a[1]];
+    const div = (a: Q, b: Q) => q(a[0] * b[1], a[1] * b[0]);
+    /** Keep counts by the documented rule: clamp(x_h + t·T_h, lo_h, T_h) summing to K, largest remainder, ties to the lower head. */
+    const reference = (prune16: number[], T: number[], lo: number[], K: number): number[] => {
+      const H = T.length;
+      const x = T.map((t, h): Q => q(BigInt((16 - prune16[h]) * t), 16n));
+      const share = (h: number, t: Q): Q => {
+        const v = add(x[h], mul(t, q(BigInt(T[h]))));
+        return cmp(v, q(BigInt(lo[h]))) <= 0 ? q(BigInt(lo[h])) : cmp(v, q(BigInt(T[h]))) >= 0 ? q(BigInt(T[h])) : v;
+      };
+      const total = (t: Q) => Array.from({ length: H }, (_, h) => share(h, t)).reduce(add, q(0n));
+      const points: Q[] = [];
+      for (let h = 0; h < H; h++)
+        if (T[h] > 0) for (const end of [lo[h], T[h]]) points.push(div(add(q(BigInt(end)), neg(x[h])), q(BigInt(T[h]))));
+      points.sort(cmp);
+      let t = points[0] ?? q(0n);
+      for (let i = 0; i + 1 < points.length; i++) {
+        const a = points[i], b = points[i + 1], Sa = total(a), Sb = total(b);
+        if (cmp(Sa, q(BigInt(K))) <= 0 && cmp(Sb, q(BigInt(K))) >= 0) {
+          t = cmp(Sa, Sb) === 0 ? a : add(a, div(mul(add(b, neg(a)), add(q(BigInt(K)), neg(Sa))), add(Sb, neg(Sa))));
+          break;
+        }
+      }
+      const y = T.map((_, h) => share(h, t));
+      const keep = y.map((v) => Number(floorQ(v)));
+      const frac = y.map((v, h) => add(v, q(-BigInt(keep[h]))));
+      const order = T.map((_, h) => h).sort((a, b) => cmp(frac[b], frac[a]) || a - b);
+      for (let i = 0, left = K - sum(keep); i < left; i++) keep[order[i]]++;
+      return keep;
+    };
+    let ties = 0;
+    for (let trial = 0; trial < 400; trial++) {
+      const H = int(2, 8);
+      const prune16 = Array.from({ length: H }, () => int(0, 16));
+      const T = Array.from({ length: H }, () => [4, 8, 12, 20, 24, 40, 1000][int(0, 6)]);
+      const ratio = [0.25, 0.5, 0.75][int(0, 2)];
+      const minKeep = rand() < 0.3 ? int(0, 3) : 0;
+      const lo = T.map((t) => Math.min(t, minKeep));
+      const K = Math.round((1 - ratio) * sum(T));
+      if (K < sum(lo)) continue;
+      const table = Float64Array.from({ length: 99 * H }, (_, i) => prune16[i % H] / 16);
+      const got = Array.from(budgetsFromProfile(createProfile({ table, grid: 99, layers: 1, kvHeads: H }), { ratio, lengths: T, minKeep }));
+      const want = reference(prune16, T, lo, K);
+      expect([trial, prune16, T, ratio, minKeep, got]).toEqual([trial, prune16, T, ratio, minKeep, want]);
+      if (new Set(got.map((k, h) => k - (T[h] * (16 - prune16[h])) / 16)).size < H) ties++;
+    }
+    expect(ties).toBeGreaterThan(0);
+  });
+
   test("errors name the problem", () => {
     const p = createProfile({ table: new Float64Array(99 * 2 * 4).fill(0.5), layers: 2, kvHeads: 4 });
     const lengths = new Int32Array(8).fill(100);

@@ -185,7 +185,9 @@ void shareSum(const std::vector<double>& x, const std::vector<double>& T, const 
 double solveShift(const std::vector<double>& x, const std::vector<double>& T, const std::vector<double>& lo, double K,
                   double total) {
   double a = -1, b = 1, t = 0;
-  const double tol = 1e-9 * std::max(1.0, total);
+  // Tight: an error in t moves heads of different lengths by different amounts, which would
+  // break the remainders' ties (Newton on the final linear piece lands on the root anyway).
+  const double tol = 1e-12 * std::max(1.0, total);
   for (int iter = 0; iter < 200; ++iter) {
     double g, slope;
     shareSum(x, T, lo, t, &g, &slope);
@@ -217,6 +219,10 @@ std::vector<int32_t> lukvBudgets(const HeadBounds& b, const std::vector<double>&
   std::vector<int32_t> keep(H);
   std::vector<double> frac(H);
   int64_t left = K;
+  double maxT = 1;
+  for (size_t h = 0; h < H; ++h) maxT = std::max(maxT, T[h]);
+  // Remainders this close are equal up to the rounding of the shift and the shares: ties.
+  const double eps = 1e-12 * maxT;
   for (size_t h = 0; h < H; ++h) {
     const double v = std::min(T[h], std::max(lo[h], x[h] + shift * T[h]));
     const double f = std::floor(v);
@@ -225,15 +231,15 @@ std::vector<int32_t> lukvBudgets(const HeadBounds& b, const std::vector<double>&
     left -= keep[h];
   }
   // Largest remainder: above the left-th largest remainder every head gets a unit, then the heads
-  // exactly at it in index order.
+  // at it (within eps) in index order.
   if (left > 0 && left <= (int64_t)H) {
     std::vector<double> sorted = frac;
     std::nth_element(sorted.begin(), sorted.begin() + (H - left), sorted.end());
     const double threshold = sorted[H - left];
     for (size_t h = 0; h < H && left > 0; ++h)
-      if (frac[h] > threshold && keep[h] < T[h]) keep[h]++, left--;
+      if (frac[h] > threshold + eps && keep[h] < T[h]) keep[h]++, left--;
     for (size_t h = 0; h < H && left > 0; ++h)
-      if (frac[h] == threshold && keep[h] < T[h]) keep[h]++, left--;
+      if (std::fabs(frac[h] - threshold) <= eps && keep[h] < T[h]) keep[h]++, left--;
   }
   if (left == 0) return keep;
   // Only reached through rounding error in the shift: whole passes in remainder order.
