@@ -376,6 +376,52 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     }
   });
 
+  test("a compress that compacts in rounds and a loadSequence of another sequence at the same time", async () => {
+    // The device compacts into fresh pages, in rounds sized by the free pages planned up front; a load
+    // that took a page between two rounds made the next one fail half done (an untyped error, layer 0
+    // evicted, the round's pages leaked).
+    const r = rng(seed ^ 0x10ad);
+    const D = 256, P = 16;
+    const T = [2048, 64, 2048], keep = [2040, 32, 2032];
+    const used = T.reduce((a, t) => a + Math.ceil(t / P), 0);
+    const spare = Math.ceil(keep[0] / P) + 1; // round 1: layer 0 alone; round 2 needs what it gives back
+    const rows = T.map((t) => randn(r, t * D));
+    for (let trial = 0; trial < 12; trial++) {
+      const cache = new KVCache({ layers: 3, kvHeads: 1, queryHeads: 1, headDim: D, pageSize: P, dtype: "f32", device: "cuda", maxTokens: (used + spare) * P, threads: 1 });
+      try {
+        const a = cache.createSequence();
+        T.forEach((t, l) => a.append(l, rows[l], rows[l]));
+        const one = cache.createSequence();
+        one.append(0, randn(r, D), randn(r, D));
+        const bytes = one.save();
+        one.dispose();
+        const before = Array.from(a.lengths());
+        const compressed = a.compressAsync({ budgets: Int32Array.from(keep), scorer: "streaming", sink: 4, window: 4 }).then(
+          (report) => ({ report, error: undefined }),
+          (error: Error) => ({ report: undefined, error }),
+        );
+        await new Promise((done) => setTimeout(done, trial % 3));
+        let loaded: Sequence | undefined;
+        try {
+          loaded = cache.loadSequence(bytes);
+        } catch (e) {
+          expect((e as Error).name).toBe("OutOfPagesError");
+        }
+        const { report, error } = await compressed;
+        if (error) {
+          // Refused as a whole, or not at all.
+          expect([trial, error.name]).toEqual([trial, "OutOfPagesError"]);
+          expect(Array.from(a.lengths())).toEqual(before);
+        } else expect(Array.from(report!.kept)).toEqual(keep);
+        a.dispose();
+        loaded?.dispose();
+        expect([trial, cache.usage().pagesUsed]).toEqual([trial, 0]);
+      } finally {
+        cache.dispose();
+      }
+    }
+  });
+
   test("fork and copy-on-write: the parent is unchanged by the fork's appends and eviction", () => {
     const r = rng(seed ^ 0xf0);
     const pair = new Pair({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 64, dtype: "f16", maxTokens: 2 * 16 * 12 });

@@ -257,8 +257,15 @@ void PageTable::takePages(std::vector<CompactHead>& round) {
   for (CompactHead& c : round) {
     if (c.inPlace) continue;
     c.to.clear();
-    if (!pages_->allocate(pagesFor((int64_t)c.kept->size(), pageSize_), c.to))
+    if (!pages_->allocate(pagesFor((int64_t)c.kept->size(), pageSize_), c.to)) {
+      // Give back what this round took before failing (planned rounds never get here).
+      for (CompactHead& t : round) {
+        if (t.inPlace) continue;
+        for (int32_t p : t.to) pages_->release(p);
+        t.to.clear();
+      }
       throw Error(ErrorCode::Internal, "compaction ran out of the pages it had planned");
+    }
   }
 }
 

@@ -228,7 +228,11 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
   if (r.left() != 0) bad(str(r.left()) + " bytes after the last head section");
 
   // Pages (all or nothing), then the rows through the backend's append path, one head at a time.
-  // Nobody else knows the new id until it is returned, so its own lock is not needed.
+  // Nobody else knows the new id until it is returned, so its own lock is not needed. A backend that
+  // runs one call at a time is held before the pages are taken, as every call that takes pages
+  // holds it: a compress there takes fresh pages in rounds and counts on the free ones it planned.
+  std::unique_lock<std::mutex> exec;
+  if (!backend_->concurrent()) exec = std::unique_lock<std::mutex>(exec_);
   int32_t id;
   const Sequence* restored;
   {
@@ -237,8 +241,6 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
     restored = &table_->get(id);
   }
   try {
-    std::unique_lock<std::mutex> exec;
-    if (!backend_->concurrent()) exec = std::unique_lock<std::mutex>(exec_);
     const Sequence& seq = *restored;
     const InputKind kind = cfg_.dtype == DType::F32 ? InputKind::F32 : InputKind::Raw16;
     const int P = cfg_.pageSize;
