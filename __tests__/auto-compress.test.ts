@@ -113,9 +113,10 @@ test("an automatic compression that fails throws before the append, changes noth
   const message = /^The automatic compression \(autoCompress\) due before this append failed, and nothing was appended: Expected window at most the sequence length/;
   for (let attempt = 0; attempt < 2; attempt++) {
     expect(() => a.append(0, randn(r, row), randn(r, row))).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }));
-    // In a batch too, whichever item it is: nothing of the batch goes in.
+    // In a batch too, whichever item it is: nothing of the batch goes in, and the error names the item.
+    const inBatch = new RegExp("^items\\[1\\]\\.sequence: " + message.source.slice(1));
     expect(() => cache.appendBatch(0, [{ sequence: b, keys: randn(r, row), values: randn(r, row) }, { sequence: a, keys: randn(r, row), values: randn(r, row) }])).toThrow(
-      expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }),
+      expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(inBatch) }),
     );
   }
   expect({ a: state(a), b: state(b), pages: cache.usage().pagesUsed }).toEqual(before);
@@ -125,6 +126,31 @@ test("an automatic compression that fails throws before the append, changes noth
   a.append(0, randn(r, row), randn(r, row));
   expect(a.appended(0)).toBe(before.a.appended[0] + 1);
   cache.dispose();
+});
+
+test("in a batch, the due compressions of the items before one whose compression fails stay done", async () => {
+  const r = rng(seed + 5);
+  for (const async of [false, true]) {
+    const cache = new KVCache({ ...shape, dtype: "f32" });
+    const a = cache.createSequence(), b = cache.createSequence();
+    step(a, r, 40);
+    step(b, r, 40);
+    const reports: number[] = [];
+    a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: (rep) => reports.push(rep.total) });
+    b.autoCompress({ maxTokens: 8, every: 1, scorer: "keydiff", window: 64 }); // refused when it runs
+    const row = shape.kvHeads * shape.headDim;
+    const last = shape.layers - 1;
+    cache.appendBatch(last, [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }]);
+    const bBefore = state(b);
+    const items = [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }];
+    const failed = async ? cache.appendBatchAsync(0, items) : Promise.resolve().then(() => cache.appendBatch(0, items));
+    await expect(failed).rejects.toMatchObject({ name: "InvalidArgumentError", message: expect.stringMatching(/^items\[1\]\.sequence: The automatic compression/) });
+    // a's compression ran, complete, as a's own append would have run it; nothing was appended.
+    expect([a.autoCompressions, reports]).toEqual([1, [8 * shape.layers * shape.kvHeads]]);
+    expect(Array.from(a.lengths())).toEqual(new Array(shape.layers * shape.kvHeads).fill(8));
+    expect([a.appended(0), state(b)]).toEqual([40, bBefore]);
+    cache.dispose();
+  }
 });
 
 test("appendBatchAsync runs the due compression in its turn, whether it waited or not", async () => {

@@ -390,7 +390,7 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       const cache = new KVCache({ layers: 3, kvHeads: 1, queryHeads: 1, headDim: D, pageSize: P, dtype: "f32", device: "cuda", maxTokens: (used + spare) * P, threads: 1 });
       try {
         const a = cache.createSequence();
-        T.forEach((t, l) => a.append(l, rows[l], rows[l]));
+        T.forEach((_, l) => a.append(l, rows[l], rows[l]));
         const one = cache.createSequence();
         one.append(0, randn(r, D), randn(r, D));
         const bytes = one.save();

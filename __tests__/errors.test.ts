@@ -142,30 +142,47 @@ describe("append and attend arguments", () => {
       c.dispose();
     }
   });
-  test("attendAsync with out: a caller's array detached before the result is written rejects", async () => {
+  const gone = (call: string) =>
+    `out was detached or resized before ${call} finished: the attention ran (its queries joined the observation window, as in a call that succeeds) but its output was dropped`;
+  test("attendAsync with out: a caller's array detached before the result is written rejects; the attention ran", async () => {
     const r = rng(seed + 3);
     appendRandom(seq, 0, 2, r);
     const qrow = base.queryHeads * base.headDim;
-    const out = new Float32Array(qrow);
-    const p = seq.attendAsync(0, new Float32Array(qrow), { out });
-    structuredClone(out.buffer, { transfer: [out.buffer] });
-    await expect(p).rejects.toMatchObject({ name: "InvalidArgumentError", message: "out was detached or resized before attendAsync finished" });
+    // A twin from the saved state takes the same queries in a call that succeeds: the sequence must
+    // end up as the twin does (observation window and the queries' bound, which save() records).
+    const twin = seq.cache.loadSequence(seq.save());
+    try {
+      const queries = new Float32Array(qrow).fill(6.5);
+      const out = new Float32Array(qrow);
+      const p = seq.attendAsync(0, queries, { out });
+      structuredClone(out.buffer, { transfer: [out.buffer] });
+      await expect(p).rejects.toMatchObject({ name: "InvalidArgumentError", message: gone("attendAsync") });
+      twin.attend(0, queries);
+      expect(seq.save().equals(twin.save())).toBe(true);
+    } finally {
+      twin.dispose();
+    }
   });
-  test("attendBatchAsync: one detached out rejects the batch, and no out is written", async () => {
+  test("attendBatchAsync: one detached out rejects the batch, no out is written, and the attention ran", async () => {
     const r = rng(seed + 4);
     const other = seq.cache.createSequence();
     try {
       appendRandom(seq, 0, 2, r);
       appendRandom(other, 0, 3, r);
       const qrow = base.queryHeads * base.headDim;
-      const kept = new Float32Array(qrow).fill(7), gone = new Float32Array(qrow);
+      const kept = new Float32Array(qrow).fill(7), lost = new Float32Array(qrow);
+      const twins = [seq.cache.loadSequence(seq.save()), seq.cache.loadSequence(other.save())];
       const p = seq.cache.attendBatchAsync(0, [
         { sequence: seq, queries: new Float32Array(qrow).fill(0.5), out: kept },
-        { sequence: other, queries: new Float32Array(qrow).fill(0.5), out: gone },
+        { sequence: other, queries: new Float32Array(qrow).fill(0.5), out: lost },
       ]);
-      structuredClone(gone.buffer, { transfer: [gone.buffer] });
-      await expect(p).rejects.toMatchObject({ name: "InvalidArgumentError", message: "out was detached or resized before attendBatchAsync finished" });
+      structuredClone(lost.buffer, { transfer: [lost.buffer] });
+      await expect(p).rejects.toMatchObject({ name: "InvalidArgumentError", message: gone("attendBatchAsync") });
       expect(kept.every((x) => x === 7)).toBe(true);
+      // Both sequences took their queries, as in a batch that succeeds.
+      seq.cache.attendBatch(0, twins.map((t) => ({ sequence: t, queries: new Float32Array(qrow).fill(0.5) })));
+      expect([seq.save().equals(twins[0].save()), other.save().equals(twins[1].save())]).toEqual([true, true]);
+      twins.forEach((t) => t.dispose());
       // Without a detached array the same batch writes both.
       const outs = await seq.cache.attendBatchAsync(0, [
         { sequence: seq, queries: new Float32Array(qrow).fill(0.5), out: kept },

@@ -2,7 +2,7 @@
 // pass (KVCache.attendBatch / appendBatch and their async variants).
 import type { KVCache, Sequence } from "./cache";
 import { rethrow, Sequence as SequenceClass } from "./cache";
-import { DisposedError, invalid } from "./errors";
+import { DisposedError, LukvError, invalid, outGone } from "./errors";
 import { checkScale } from "./finite";
 import { integerInRange, isFloat32Array, knownOptions } from "./validate";
 
@@ -190,14 +190,16 @@ export async function attendBatchAsync(
   // The addon writes into one array per item when the work has run: the caller's, or a new one.
   const outs = parts.map((p) => p.out ?? new Float32Array(p.q.length));
   return SequenceClass.enqueueAll(seqs, async () => {
+    let written: boolean;
     try {
       const ids = Int32Array.from(seqs, (s) => s.nativeId());
-      await cache.handle.attendBatchAsync(l, ids, queries, scale, outs);
+      written = await cache.handle.attendBatchAsync(l, ids, queries, scale, outs);
     } catch (e) {
       rethrow(e);
     }
     // The queries joined the observation windows when the work ran; their bounds join now.
     parts.forEach((p, i) => seqs[i].commitQueries(l, p.queryMax));
+    if (!written) throw outGone("attendBatchAsync");
     return outs;
   });
 }
@@ -228,11 +230,26 @@ function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array,
   });
 }
 
+/**
+ * Each item's due automatic compression, in item order, as the item's own append would run it. One
+ * that fails throws naming its item; those of the items before it are done (each complete).
+ */
+function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[]): void {
+  seqs.forEach((s, i) => {
+    try {
+      s.autoCompressDue(ids[i]);
+    } catch (e) {
+      if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
+      throw e;
+    }
+  });
+}
+
 /** See KVCache.appendBatch. */
 export function appendBatch(cache: KVCache, layer: number, items: readonly AppendBatchItem[]): void {
   const { l, seqs, ids, parts } = checkAppendBatch(cache, layer, items, (s) => s.id);
   if (parts.length === 0) return;
-  seqs.forEach((s, i) => s.autoCompressDue(ids[i]));
+  compressDue(seqs, ids);
   runAppend(cache, l, seqs, ids, parts);
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
 }
@@ -256,7 +273,7 @@ export function appendBatchAsync(cache: KVCache, layer: number, items: readonly 
     try {
       for (const q of queued) q.unqueue();
       const ids = Int32Array.from(seqs, (s) => s.nativeId());
-      seqs.forEach((s, i) => s.autoCompressDue(ids[i]));
+      compressDue(seqs, ids);
       runAppend(cache, l, seqs, ids, own);
       own.forEach((p, i) => seqs[i].appended_(l, p.checked));
     } finally {

@@ -1,5 +1,5 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
-import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, SequenceBusyError } from "./errors";
+import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, outGone, SequenceBusyError } from "./errors";
 import { readSequenceSource, readSequenceSourceAsync, checkSavePath, writeFileReplacing, writeFileReplacingAsync } from "./sequence-file";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
@@ -895,7 +895,7 @@ export class Sequence {
     // A call that waits its turn keeps its own copy (the addon copies them when the work starts).
     const rows = this.#pending === 0 || q !== queries ? q : q.slice();
     return this.#enqueue(async () => {
-      let result: Float32Array;
+      let result: Float32Array | null;
       try {
         result = await this.#cache.handle.attendAsync(this.#liveId(), l, rows, scale, out);
       } catch (e) {
@@ -903,6 +903,7 @@ export class Sequence {
       }
       // The queries joined the observation window when the work ran; their bound joins now.
       this.commitQueries(l, queryMax);
+      if (result === null) throw outGone("attendAsync");
       return result;
     });
   }

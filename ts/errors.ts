@@ -125,3 +125,13 @@ export function describe(value: unknown): string {
 export function invalid(name: string, expected: string, received: unknown): InvalidArgumentError {
   return new InvalidArgumentError(`Expected ${expected} for ${name} but received ${describe(received)}`);
 }
+
+/**
+ * The error of an async attend whose `out` was detached or resized while it ran: the attention
+ * itself ran, so unlike other failed calls this one did change the sequence.
+ */
+export function outGone(call: string): InvalidArgumentError {
+  return new InvalidArgumentError(
+    `out was detached or resized before ${call} finished: the attention ran (its queries joined the observation window, as in a call that succeeds) but its output was dropped`,
+  );
+}

@@ -50,11 +50,15 @@ export interface NativeCache {
   disposeSequence(seq: number): void;
   append(seq: number, layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void;
   attend(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Float32Array;
-  attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array>;
+  /** Resolves with null when `out` was detached or resized before the result could be written (the attention ran). */
+  attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array | null>;
   /** Writes each item's result into its out array (one per item, of its queries' length). */
   attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): void;
-  /** Like attendBatch, off the main thread; the out arrays are written when the promise resolves. */
-  attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): Promise<void>;
+  /**
+   * Like attendBatch, off the main thread; the out arrays are written when the promise resolves,
+   * with true, or none of them (false) when one was detached or resized meanwhile (the attention ran).
+   */
+  attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): Promise<boolean>;
   appendBatch(layer: number, seqs: Int32Array, keys: (Float32Array | Uint16Array)[], values: (Float32Array | Uint16Array)[]): void;
   lengths(seq: number): Int32Array;
   compress(seq: number, options: NativeCompressOptions): NativeReport;

@@ -352,12 +352,13 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     }
     void Resolve(Napi::Env env) override {
       // The caller's array is written here, on the main thread, so it is never touched while
-      // JavaScript may be using it; an array detached in the meantime (transferred) is an error.
+      // JavaScript may be using it. One detached (transferred) or resized in the meantime cannot
+      // take the result: null, and TypeScript reports it (the attention itself has run).
       Napi::Float32Array out;
       if (!target_.IsEmpty()) {
         out = target_.Value();
         if (out.ElementLength() != out_.size()) {
-          Reject(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendAsync finished");
+          deferred_.Resolve(env.Null());
           return;
         }
       } else {
@@ -548,13 +549,13 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
         TypedView t;
         if (napi_get_element(env, outs, (uint32_t)i, &o) != napi_ok || !typedView(env, o, t) ||
             t.type != napi_float32_array || t.length != out_[i].size()) {
-          Reject(env, "ERR_LUKV_INVALID_ARGUMENT", "out was detached or resized before attendBatchAsync finished");
+          deferred_.Resolve(Napi::Boolean::New(env, false));  // none written; see AttendWorker
           return;
         }
         targets[i] = static_cast<float*>(const_cast<void*>(t.data));
       }
       for (size_t i = 0; i < out_.size(); ++i) std::copy(out_[i].begin(), out_[i].end(), targets[i]);
-      deferred_.Resolve(env.Undefined());
+      deferred_.Resolve(Napi::Boolean::New(env, true));
     }
 
    private:
