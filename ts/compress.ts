@@ -44,10 +44,11 @@ export interface ScoreOptions {
    * Pooling of the scores along the sequence, so that a token is kept with its neighbours: "max"
    * (the largest score within kernel / 2 tokens on either side) or "avg". Default: "max" for snapkv,
    * "none" otherwise.
-   * - snapkv and tova pool each query head's attention over the tokens before the observation
-   *   window, before the GQA combination; "avg" is the mean over the full kernel, zero padded at
+   * - snapkv and tova pool each query head's attention over the tokens before the recent window
+   *   (the last `window` tokens the head holds), before the GQA combination; "avg" is the mean over the full kernel, zero padded at
    *   the ends (torch's avg_pool1d, kvpress's SnapKVPress).
-   * - keydiff, knorm, h2o and expected-attention pool their final scores (before `valueNorm`) over
+   * - keydiff, knorm, h2o and expected-attention pool their final scores (h2o's before the
+   *   `valueNorm` weighting, expected-attention's after its own (score + ε)·‖v‖) over
    *   the tokens between the first `sink` and the last `window`, the ones eviction chooses among;
    *   "avg" is the mean over the neighbours in that range (these scores may be negative, so there
    *   is no zero padding).
@@ -123,7 +124,10 @@ export interface CompressReport {
   target: number;
   /** Tokens kept in all. Equals target unless the always-kept tokens (sink, window, 1 per head) exceed it. */
   total: number;
-  /** Pages returned to the pool. */
+  /**
+   * Pages returned to the pool by this call: negative when it took more than it gave back (pages
+   * shared with forks are copied before the kept rows are gathered into them).
+   */
   pagesFreed: number;
   /** Wall time of the native pass, milliseconds. */
   ms: number;
