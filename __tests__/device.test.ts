@@ -266,6 +266,37 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     }
   });
 
+  test("keydiff and knorm over keys too small to square in float32: the CPU's scores, at any scale", () => {
+    const r = rng(seed ^ 0x32);
+    for (const dtype of ["f32", "bf16"] as const) {
+      const pair = new Pair({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16, dtype });
+      try {
+        const keys = randn(r, 24 * 2 * 16);
+        const scored = (seq: Sequence, scorer: "keydiff" | "knorm") => seq.scores(0, scorer, { window: 0 }).map((h) => Array.from(h));
+        const base = pair.cpu.createSequence();
+        base.append(0, keys, new Float32Array(keys.length));
+        for (const c of [2 ** -70, 2 ** -120]) {
+          const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+          const tiny = keys.map((x) => x * c); // exact in f32 and bf16: c is a power of two
+          a.append(0, tiny, new Float32Array(keys.length));
+          b.append(0, tiny, new Float32Array(keys.length));
+          for (const scorer of ["keydiff", "knorm"] as const) {
+            const unit = scorer === "knorm" ? c : 1; // knorm is −‖k‖, keydiff does not see the scale
+            const want = scored(base, scorer);
+            for (const [device, got] of [["cpu", scored(a, scorer)], ["cuda", scored(b, scorer)]] as const)
+              got.forEach((head, h) =>
+                head.forEach((x, t) => expect([dtype, c, scorer, device, h, t, Math.abs(x / unit - want[h][t]) <= 1e-5 * Math.max(1, Math.abs(want[h][t]))]).toEqual([dtype, c, scorer, device, h, t, true])),
+              );
+          }
+          a.dispose();
+          b.dispose();
+        }
+      } finally {
+        pair.dispose();
+      }
+    }
+  });
+
   test("snapkv and tova with scale 0: uniform attention scores and the CPU's eviction", () => {
     const r = rng(seed ^ 0x31);
     const pair = new Pair({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16, dtype: "f32" });

@@ -64,6 +64,68 @@ describe.each(levels)("simd %s", (simd) => {
     }
   });
 
+  test("queries that overflow once scaled are refused, however small the keys", () => {
+    const cache = new KVCache({ ...shape, headDim: 2, queryHeads: 2, dtype: "f32", simd: simd as never });
+    try {
+      const seq = cache.createSequence();
+      // Zero keys: every score is 0 whatever q is, but q × scale (the kernels' first step) is not finite.
+      seq.append(0, new Float32Array(2 * 4), Float32Array.from([1, 2, 1, 2, 3, 4, 3, 4]));
+      const q = new Float32Array(4).fill(1e38);
+      const message = "Expected queries whose scaled values stay within float32 (max|q| × |scale| at most 3.4e38) for queries but received max|q| 1e+38 with scale 10";
+      expectInvalid(() => seq.attend(0, q, { scale: 10 }), message);
+      expectInvalid(() => cache.attendBatch(0, [{ sequence: seq, queries: q }], { scale: 10 }), message.replace(/queries/g, "items[0].queries"));
+      expect(Array.from(seq.attend(0, q, { scale: 1e-30 }))).toEqual([2, 3, 2, 3]);
+      // The remembered queries against the scale a scorer is given.
+      expectInvalid(() => seq.scores(0, "snapkv", { window: 1, scale: 10 }), /whose scaled values stay within float32 \(max\|q\| × \|scale\| at most 3\.4e38\)/);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("scores near 2^27 and values at the bound: the softmax reference's slack holds (no overflow)", () => {
+    // With m in [2^27, 2^28) the float32 sum m + 8 can round to m + 16: a block 16 above the
+    // reference then weighed e^16, and tokens × max|v| = 2^112 overflowed.
+    const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 4, headDim: 16, pageSize: 16, dtype: "f32", threads: 1, simd: simd as never });
+    try {
+      const seq = cache.createSequence();
+      const keys = new Float32Array(32 * 16);
+      for (let t = 0; t < 32; t++) keys[t * 16] = t < 16 ? 2 ** 27 + 16 : 2 ** 27 + 32; // scores 2^27 + 16, then + 32
+      seq.append(0, keys, new Float32Array(32 * 16).fill(2 ** 107));
+      const q = new Float32Array(4 * 16);
+      for (let h = 0; h < 4; h++) q[h * 16] = 1;
+      // Every value is 2^107: any weighting gives it back.
+      expect(Array.from(new Set(seq.attend(0, q, { scale: 1 })))).toEqual([2 ** 107]);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("keydiff and knorm on keys too small to square in float32: scale-free and ordered", () => {
+    for (const dtype of ["f32", "bf16"] as const) {
+      const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 4, pageSize: 4, dtype, threads: 1, simd: simd as never });
+      try {
+        const keys = [1, 0, 0, 0, 0, 1, 0, 0, 1, 1, 0, 0, -1, 0.5, 0, 0];
+        const scored = (c: number) => {
+          const seq = cache.createSequence();
+          seq.append(0, Float32Array.from(keys, (x) => x * c), new Float32Array(16));
+          const out = { keydiff: Array.from(seq.scores(0, "keydiff", { window: 0 })[0]), knorm: Array.from(seq.scores(0, "knorm", { window: 0 })[0]) };
+          seq.dispose();
+          return out;
+        };
+        const one = scored(1);
+        for (const c of [2 ** -70, 2 ** -120]) {
+          const tiny = scored(c);
+          // keydiff: −cos, the same at any scale (bf16 rounds c·x exactly: c is a power of two).
+          tiny.keydiff.forEach((x, i) => expect([dtype, c, i, Math.abs(x - one.keydiff[i]) < 1e-6]).toEqual([dtype, c, i, true]));
+          // knorm: −‖k‖ scaled by c, so still ordered.
+          tiny.knorm.forEach((x, i) => expect([dtype, c, i, Math.abs(x / c - one.knorm[i]) < 1e-5 * Math.abs(one.knorm[i])]).toEqual([dtype, c, i, true]));
+        }
+      } finally {
+        cache.dispose();
+      }
+    }
+  });
+
   test("large finite inputs within the bounds give the reference's answer on every level", () => {
     const r = rng(seed + 1);
     const cache = new KVCache({ ...shape, dtype: "f32", simd: simd as never });

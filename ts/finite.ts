@@ -69,13 +69,21 @@ function fmt(x: number): string {
   return x >= 1e6 ? x.toExponential(5).replace(/\.?0+e/, "e") : String(+x.toPrecision(6));
 }
 
-/** Throws when headDim × max|q| × max|k| × max(1, |scale|) could reach float32 overflow in the scores of `layer`. */
+/**
+ * Throws when headDim × max|q| × max|k| × max(1, |scale|) could reach float32 overflow in the scores
+ * of `layer`, or when the queries times the scale could (the kernels scale the queries first).
+ */
 export function checkScores(name: string, layer: number, headDim: number, queryMax: number, keyMax: number, scale: number): void {
   const bound = headDim * queryMax * keyMax * Math.max(1, Math.abs(scale));
   if (bound > SCORE_LIMIT)
     throw new InvalidArgumentError(
       `Expected ${name} whose scores stay within float32 (headDim × max|q| × max|k| × max(1, |scale|) at most 2^120) ` +
         `for ${name} but received max|q| ${fmt(queryMax)} against keys of layer ${layer} up to ${fmt(keyMax)} (headDim ${headDim}, scale ${scale})`,
+    );
+  // Both are float32 values, so their product is exact in a double.
+  if (queryMax * Math.abs(scale) > FLOAT32_MAX)
+    throw new InvalidArgumentError(
+      `Expected ${name} whose scaled values stay within float32 (max|q| × |scale| at most 3.4e38) for ${name} but received max|q| ${fmt(queryMax)} with scale ${scale}`,
     );
 }
 

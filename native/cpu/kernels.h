@@ -61,6 +61,9 @@ struct Span {
   int64_t rawRowStride, rawStride;
 };
 constexpr int kSpanRows = 8;
+// A row whose float32 squares sum below this may have lost them to underflow (values under ~1e-19):
+// rowNorms sums it again in double, and keydiff normalises it in double.
+constexpr float kTinySquares = 0x1p-100f;
 
 // dt: the cache's storage type, in which K and V rows are read.
 struct Kernels {
@@ -75,7 +78,7 @@ struct Kernels {
   // each (see Span). Block by block, every row that sees the block is served while its K and V
   // rows are in cache.
   void (*attendSpan)(DType dt, const Span& span, int D, int G);
-  // out[j] = ||row j|| (L2 norm of K or V rows) for j < n.
+  // out[j] = ||row j|| (L2 norm of K or V rows) for j < n, also for rows of tiny values.
   void (*rowNorms)(DType dt, const void* rows, int n, int D, float* out);
   // out[g*ld + j] = k_j' A_g k_j for f32 rows k_j of K [n, D] and f32 matrices A_g [G, D, D].
   void (*quadForms)(const float* K, int n, int D, const float* A, int G, float* out, int ld);

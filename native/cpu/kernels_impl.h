@@ -328,7 +328,9 @@ static void scale(float* acc, int n, float a) {
 }
 
 // The reference m[g] moves only when a block's maximum exceeds it by more than kSlack, so most
-// blocks skip the rescale of l and acc; weights stay at most e^kSlack, far from f32 overflow.
+// blocks skip the rescale of l and acc; weights stay at most e^kSlack, far from f32 overflow. The
+// test is on s - m, the very difference the weight exponentiates (m + kSlack can round up to
+// m + 16, for m in [2^27, 2^28)).
 static constexpr float kSlack = 8.0f;
 
 // Moves a head's reference maximum m to bm, rescaling its sum l and accumulator acc[D] by
@@ -350,10 +352,9 @@ static void raiseReference(const float* sg, int n, float& m, float& l, float* ac
   const int nv = n - n % Vec::W;
   bool raise = m == -__builtin_inff();
   if (!raise) {
-    const float limit = m + kSlack;
-    const Vec lim = Vec::set1(limit);
-    for (int i = 0; i < nv && !raise; i += Vec::W) raise = Vec::anyGreater(Vec::loadF32(sg + i), lim);
-    for (int i = nv; i < n && !raise; ++i) raise = sg[i] > limit;
+    const Vec mv = Vec::set1(m), slack = Vec::set1(kSlack);
+    for (int i = 0; i < nv && !raise; i += Vec::W) raise = Vec::anyGreater(Vec::sub(Vec::loadF32(sg + i), mv), slack);
+    for (int i = nv; i < n && !raise; ++i) raise = sg[i] - m > kSlack;
   }
   if (raise) moveReference(maxOf(sg, n), m, l, acc, D);
 }
@@ -493,13 +494,13 @@ static void attendSpanImpl(const Span& sp, int D, int G) {
         for (int c = 1; c < C; ++c) top = Vec::max(top, Vec::loadF32(sc + c * Vec::W));
         // Raise a head's reference only when one of its scores passes it by more than kSlack (always
         // on a head's first block: its lanes hold -inf).
-        if (Vec::anyGreater(top, Vec::add(Vec::loadF32(mL), Vec::set1(kSlack)))) {
+        if (Vec::anyGreater(Vec::sub(top, Vec::loadF32(mL)), Vec::set1(kSlack))) {
           alignas(64) float t[Vec::W];
           top.store(t);
           for (int k = 0; k < 4; ++k) {
             float bm = t[k * R];
             for (int r = 1; r < R; ++r) bm = t[k * R + r] > bm ? t[k * R + r] : bm;
-            if (m[g + k] != -__builtin_inff() && bm <= m[g + k] + kSlack) continue;
+            if (m[g + k] != -__builtin_inff() && !(bm - m[g + k] > kSlack)) continue;
             const float corr = moveReference(bm, m[g + k], l[g + k], acc + (int64_t)(g + k) * D, D);
             for (int r = 0; r < R; ++r) {
               lL[k * R + r] *= corr;  // 0 before the first block, where the lane sums are still 0
@@ -605,7 +606,17 @@ static void rowNormsImpl(const void* rows, int n, int D, float* out) {
       float v = scalarLoad(DT, rows, (int64_t)j * D + d);
       r += v * v;
     }
-    out[j] = __builtin_sqrtf(r);
+    if (r < kTinySquares) {
+      // Squares of values below ~1e-19 underflow float32: such a row is summed again in double.
+      double sd = 0;
+      for (int d = 0; d < D; ++d) {
+        const double v = scalarLoad(DT, rows, (int64_t)j * D + d);
+        sd += v * v;
+      }
+      out[j] = (float)__builtin_sqrt(sd);
+    } else {
+      out[j] = __builtin_sqrtf(r);
+    }
   }
 }
 

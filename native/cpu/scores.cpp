@@ -159,16 +159,22 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       });
       for (int32_t t = 0; t < L; ++t) {
         const uint8_t* row = a.pool->keys(h.pages[t / P]) + (size_t)(t % P) * rowBytes;
-        float inv = norms[t] > 0 ? 1.f / norms[t] : 0.f;
-        for (int d = 0; d < D; ++d) {
-          float v;
-          if (dt == DType::F32) v = reinterpret_cast<const float*>(row)[d];
-          else {
-            uint16_t b = reinterpret_cast<const uint16_t*>(row)[d];
-            v = dt == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
-          }
-          keys[(size_t)t * D + d] = v * inv;
+        auto element = [&](int d) -> float {
+          if (dt == DType::F32) return reinterpret_cast<const float*>(row)[d];
+          const uint16_t b = reinterpret_cast<const uint16_t*>(row)[d];
+          return dt == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
+        };
+        float* unit = keys.data() + (size_t)t * D;
+        if (norms[t] * norms[t] < kTinySquares) {
+          // A norm this small is imprecise in float32 (or its inverse overflows): divide in double.
+          double n = 0;
+          for (int d = 0; d < D; ++d) n += (double)element(d) * element(d);
+          n = std::sqrt(n);
+          for (int d = 0; d < D; ++d) unit[d] = n > 0 ? (float)(element(d) / n) : 0.f;
+          continue;
         }
+        const float inv = 1.f / norms[t];
+        for (int d = 0; d < D; ++d) unit[d] = element(d) * inv;
       }
       double an = 0;
       std::vector<double> mean(D, 0.0);

@@ -123,6 +123,13 @@ LUKV_DEVICE float laneSum(float v) {
 }
 
 template <int From, int To>
+LUKV_DEVICE double laneSum(double v) {
+  LUKV_UNROLL
+  for (int o = From; o < To; o <<= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+template <int From, int To>
 LUKV_DEVICE float laneMax(float v) {
   LUKV_UNROLL
   for (int o = From; o < To; o <<= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));

@@ -188,9 +188,13 @@ __global__ void __launch_bounds__(256) obsPoolKernel(const ScoreParams p) {
   if (j < L) p.out[h.outBase + j] = p.groupMax ? agg : agg / (float)G;
 }
 
-// ||row||^2 of a K or V row read by one warp (lane l takes vectors l, l + 32, ...), in every lane.
+// A row whose float32 squares sum below this may have lost them to underflow (values under ~1e-19):
+// it is summed again in double, as on the CPU.
+constexpr float kTinySquares = 0x1p-100f;
+
+// ||row|| of a K or V row read by one warp (lane l takes vectors l, l + 32, ...), in every lane.
 template <class S>
-LUKV_DEVICE float rowSquaredNorm(const uint8_t* row, int vecs, int lane) {
+LUKV_DEVICE float rowNorm(const uint8_t* row, int vecs, int lane) {
   float s = 0.f;
   for (int vi = lane; vi < vecs; vi += 32) {
     float f[S::kPerVec];
@@ -198,7 +202,16 @@ LUKV_DEVICE float rowSquaredNorm(const uint8_t* row, int vecs, int lane) {
     LUKV_UNROLL
     for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[e], f[e], s);
   }
-  return laneSum<1, 32>(s);
+  s = laneSum<1, 32>(s);
+  if (s >= kTinySquares) return sqrtf(s);
+  double sd = 0;
+  for (int vi = lane; vi < vecs; vi += 32) {
+    float f[S::kPerVec];
+    S::unpack(load16(row + vi * 16), f);
+    LUKV_UNROLL
+    for (int e = 0; e < S::kPerVec; ++e) sd += (double)f[e] * f[e];
+  }
+  return (float)sqrt(laneSum<1, 32>(sd));
 }
 
 // One warp per K row: -||k||. grid (row blocks, head).
@@ -209,13 +222,14 @@ __global__ void __launch_bounds__(256) knormKernel(const ScoreParams p) {
   const int vecs = p.pool.headDim / S::kPerVec;
   const int32_t* pages = p.pageIndices + h.pageBegin;
   for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
-    const float s = rowSquaredNorm<S>(keyRow(p.pool, pages, p.pageShift, t), vecs, lane);
-    if (lane == 0) p.out[h.outBase + t] = -sqrtf(s);
+    const float norm = rowNorm<S>(keyRow(p.pool, pages, p.pageShift, t), vecs, lane);
+    if (lane == 0) p.out[h.outBase + t] = -norm;
   }
 }
 
 // One warp reads a key row: lane l holds vectors l and l + 32 of it in f (zeros past the row's
-// `vecs` vectors); returns 1 / ||row|| (0 for a zero row), the same in every lane.
+// `vecs` vectors); returns 1 / ||row|| (0 for a zero row), the same in every lane. For a row of
+// tiny values f comes back scaled by 2^64 and the inverse with it: f · inverse is the unit row.
 template <class S>
 LUKV_DEVICE float loadKeyInverseNorm(const uint8_t* row, int vecs, int lane, float (&f)[2][S::kPerVec]) {
   float s = 0.f;
@@ -232,8 +246,19 @@ LUKV_DEVICE float loadKeyInverseNorm(const uint8_t* row, int vecs, int lane, flo
     for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[k][e], f[k][e], s);
   }
   s = laneSum<1, 32>(s);
-  const float norm = sqrtf(s);
-  return norm > 0.f ? 1.f / norm : 0.f;
+  if (s >= kTinySquares) return 1.f / sqrtf(s);
+  // Tiny values: the norm in double, and f scaled by 2^64 (exactly) so that its inverse fits a float.
+  double sd = 0;
+  LUKV_UNROLL
+  for (int k = 0; k < 2; ++k) {
+    LUKV_UNROLL
+    for (int e = 0; e < S::kPerVec; ++e) {
+      sd += (double)f[k][e] * f[k][e];
+      f[k][e] *= 0x1p64f;
+    }
+  }
+  const double norm = sqrt(laneSum<1, 32>(sd));
+  return norm > 0 ? (float)(1.0 / (norm * 0x1p64)) : 0.f;
 }
 
 // keydiff, step 1: per tile of kKeyTile tokens, the sum of unit keys. grid (tile, head).
@@ -411,7 +436,7 @@ __global__ void __launch_bounds__(256) expectedFinishKernel(const ScoreParams p)
   const int G = p.groupSize, vecs = p.pool.headDim / S::kPerVec;
   const int32_t* pages = p.pageIndices + h.pageBegin;
   for (int32_t t = (int32_t)blockIdx.x * 8 + warp; t < h.length; t += (int32_t)gridDim.x * 8) {
-    const float s2 = p.valueNorm ? rowSquaredNorm<S>(keyRow(p.pool, pages, p.pageShift, t) + (int64_t)p.pool.pageSize * p.pool.rowBytes, vecs, lane) : 0.f;
+    const float vn = p.valueNorm ? rowNorm<S>(keyRow(p.pool, pages, p.pageShift, t) + (int64_t)p.pool.pageSize * p.pool.rowBytes, vecs, lane) : 0.f;
     if (lane != 0) continue;
     float s = 0.f;
     if (t >= p.sink) {
@@ -420,7 +445,7 @@ __global__ void __launch_bounds__(256) expectedFinishKernel(const ScoreParams p)
         if (l > 0.f) s += exp2f(p.raw[h.rawBase + (int64_t)g * h.length + t] - m) / l;
       }
       s /= (float)G;
-      if (p.valueNorm) s = (s + p.epsilon) * sqrtf(s2);
+      if (p.valueNorm) s = (s + p.epsilon) * vn;
     }
     p.out[h.outBase + t] = s;
   }
