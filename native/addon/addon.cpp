@@ -804,11 +804,15 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     const uint8_t* d = static_cast<const uint8_t*>(v.data);
     return std::vector<uint8_t>(d, d + v.length);
   }
-  // The saved bytes become the Buffer's memory (no copy); the vector is freed with it.
+  // The saved bytes become the Buffer's memory (no copy); the vector is freed with it. Held here
+  // until the Buffer exists: creating it fails in a worker thread being terminated, and the throw
+  // must not leak them.
   static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, Cache::SavedBytes&& bytes) {
-    auto* owned = new Cache::SavedBytes(std::move(bytes));
-    return Napi::Buffer<uint8_t>::New(env, owned->data(), owned->size(),
-                                      [](Napi::Env, uint8_t*, Cache::SavedBytes* v) { delete v; }, owned);
+    auto owned = std::make_unique<Cache::SavedBytes>(std::move(bytes));
+    Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::New(
+        env, owned->data(), owned->size(), [](Napi::Env, uint8_t*, Cache::SavedBytes* v) { delete v; }, owned.get());
+    if (!buffer.IsEmpty()) owned.release();  // the Buffer's finalizer frees it from now on
+    return buffer;
   }
   static Napi::Array loaded(Napi::Env env, int32_t id, const std::vector<double>& bounds) {
     Napi::Array out = Napi::Array::New(env, 2);
