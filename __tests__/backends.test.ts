@@ -35,7 +35,7 @@ const CUDA_NO_DRIVER: NativeCudaInfo = {
   runtimeVersion: 13000,
   driverVersion: 0,
   names: "",
-  error: "no NVIDIA driver is installed (libcuda.so.1 was not found)",
+  error: "no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver",
 };
 
 // A stand-in addon that only answers cudaInfo(); `name` tells which file it came from.
@@ -113,7 +113,7 @@ describe("loadBinary picks one binary", () => {
     const l = loadBinary(h);
     expect(summary(l)).toEqual({ kind: "cuda", file: CUDA, reason: `an NVIDIA driver was found (${DRIVER})`, cudaNotes: [] });
     expect(h.loads).toEqual([CUDA]);
-    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)"]);
+    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver"]);
   });
 
   test("a CUDA binary that fails to load falls back to the CPU binary and says why", () => {
@@ -156,7 +156,7 @@ describe("loadBinary picks one binary", () => {
         "the CPU-only binary cannot be used (prebuilds/linux-x64/lukv.node does not exist); the CUDA binary also has the CPU backend",
       cudaNotes: [],
     });
-    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)"]);
+    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver"]);
   });
 
   test("a local build that fails to load is skipped and named in the reason", () => {
@@ -356,7 +356,7 @@ describe("backends() in this checkout", () => {
     expect(b.auto).toEqual({ device: "cpu", reason: `CUDA cannot be used: ${b.cuda.error}` });
     if (b.cuda.compiled && findCudaDriver() === null) {
       // The machines this runs on in CI: nvcc, no driver.
-      expect(b.cuda.reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)"]);
+      expect(b.cuda.reasons).toEqual(["no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver"]);
       expect(b.cuda.driverVersion).toBe(0);
     }
     if (!b.cuda.compiled) expect(b.cuda.reasons[0]).toMatch(/^the local build \(build\/Release\) was compiled without CUDA: /);

@@ -1,6 +1,7 @@
 // Unknown option names throw InvalidArgumentError listing the accepted ones: a typo such as `ratoi`
 // must not fall back to a default without a word.
-import { KVCache, Profiler, budgetsFromProfile, createProfile, saveProfile } from "../ts";
+import { KVCache, Profiler, budgetsFromProfile, createProfile, encodeProfile, profileToNpy, saveProfile, solveBudgets, solveBudgetsDetailed, solveBudgetsExact, solveBudgetsForTotals } from "../ts";
+import { encodeNpy } from "../ts/profile/npy";
 import { randn, rng, testSeed } from "./helpers/random";
 
 const seed = testSeed("options");
@@ -65,4 +66,26 @@ test("profiler, budgetsFromProfile and saveProfile options", () => {
     'Expected only ratio, lengths, minKeep in options but received "minkeep" (did you mean minKeep?)',
   );
   expectInvalid(() => saveProfile(profile, "/nonexistent/p.json", { fromat: "json" } as never), 'Expected only format, dtype in options but received "fromat" (did you mean format?)');
+});
+
+test("solver, profile encoding and Profiler.addSequence options", () => {
+  const curves = [[0, 1, 2], [0, 2, 4]];
+  const solverMessage = 'Expected only minKeep, maxKeep in options but received "minkeep" (did you mean minKeep?)';
+  expectInvalid(() => solveBudgets(curves, 3, { minkeep: 3 } as never), solverMessage);
+  expectInvalid(() => solveBudgetsDetailed(curves, 3, { minkeep: 3 } as never), solverMessage);
+  expectInvalid(() => solveBudgetsForTotals(curves, [2, 3], { minkeep: 3 } as never), solverMessage);
+  expectInvalid(() => solveBudgetsExact(curves, 3, { maxstep: 10 } as never), 'Expected only minKeep, maxKeep, maxSteps in options but received "maxstep" (did you mean maxSteps?)');
+  const profile = createProfile({ table: [0.5], grid: 1, layers: 1, kvHeads: 1 });
+  expectInvalid(() => profileToNpy(profile, { dtyp: "<f4" } as never), 'Expected only dtype in options but received "dtyp" (did you mean dtype?)');
+  for (const format of ["npy", "json"] as const)
+    expectInvalid(() => encodeProfile(profile, format, { dtyp: "<f4" } as never), 'Expected only dtype in options but received "dtyp" (did you mean dtype?)');
+  expectInvalid(() => encodeNpy([1], [1], { fortran: true } as never), 'Expected only dtype, version, fortranOrder in options but received "fortran"');
+  const cache = new KVCache(shape);
+  try {
+    const seq = cache.createSequence();
+    seq.recordOracle();
+    expectInvalid(() => new Profiler({ layers: 2, kvHeads: 2 }).addSequence(seq, { decodestep: 1 } as never), 'Expected only decodeSteps in options but received "decodestep" (did you mean decodeSteps?)');
+  } finally {
+    cache.dispose();
+  }
 });

@@ -195,6 +195,41 @@ test("the tarball holds what runs and builds lukv, and nothing else", () => {
   expect(pack.size).toBeLessThan(16e6);
 });
 
+test("the installed declarations type-check a strict app and show only the public API", () => {
+  const declarations: string[] = [];
+  const walk = (dir: string): void => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (p.endsWith(".d.ts")) declarations.push(p);
+    }
+  };
+  walk(path.join(installed, "dist", "ts"));
+  for (const file of declarations) {
+    const text = fs.readFileSync(file, "utf8");
+    const name = path.relative(installed, file);
+    // Typed arrays with type arguments (Int32Array<ArrayBuffer>) need TypeScript 5.7 to read.
+    expect([name, text.match(/\b(?:Int8|Uint8|Uint8Clamped|Int16|Uint16|Int32|Uint32|Float32|Float64|BigInt64|BigUint64)Array</g)]).toEqual([name, null]);
+    expect([name, text.includes("@internal")]).toEqual([name, false]);
+  }
+  const app = path.join(work, "types-app");
+  fs.mkdirSync(path.join(app, "node_modules"), { recursive: true });
+  fs.symlinkSync(installed, path.join(app, "node_modules", "lukv"));
+  fs.writeFileSync(
+    path.join(app, "main.ts"),
+    `import { KVCache, budgetsFromProfile, createProfile, type CompressReport } from "lukv";
+const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 8 });
+const seq = cache.createSequence();
+const report: CompressReport = seq.compress({ ratio: 0.5 });
+const keep: Int32Array = budgetsFromProfile(createProfile({ table: [0.5], grid: 1, layers: 1, kvHeads: 1 }), { ratio: 0.5, lengths: [4] });
+console.log(report.total, keep.length);
+`,
+  );
+  const options = { strict: true, skipLibCheck: false, noEmit: true, target: "ES2022", module: "node16", moduleResolution: "node16", lib: ["ES2022", "esnext.disposable"], types: ["node"], typeRoots: [path.join(ROOT, "node_modules", "@types")] };
+  fs.writeFileSync(path.join(app, "tsconfig.json"), JSON.stringify({ compilerOptions: options, files: ["main.ts"] }));
+  run(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", app]);
+});
+
 test("the install found no compiler, reached no network and used the prebuilt binary", () => {
   const compiler = spawnSync("sh", ["-c", "command -v cc c++ gcc g++ clang nvcc cmake make ninja"], { env: bareEnv, encoding: "utf8" });
   expect(compiler.stdout).toBe("");
@@ -254,7 +289,7 @@ test("attention runs on the CPU binary of the installed package", () => {
     const out = checkInstalled("packaging-cuda", { LUKV_BINARY: "cuda" });
     expect(out.backends.binary).toEqual({ kind: "cuda", file: path.join(fs.realpathSync(installed), CUDA_PREBUILD), reason: "LUKV_BINARY=cuda" });
     expect(out.backends.cuda.compiled).toBe(true);
-    if (noDriver) expect(out.backends.cuda.reasons).toEqual(["no NVIDIA driver is installed (libcuda.so.1 was not found)"]);
+    if (noDriver) expect(out.backends.cuda.reasons).toEqual(["no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver"]);
   });
 
   test('"auto" loads it when a driver library is found, and survives one that does not work', () => {

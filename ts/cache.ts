@@ -182,7 +182,7 @@ const SIMD: readonly SimdLevel[] = ["auto", "avx512", "avx2", "neon", "generic"]
 const PREFETCH: readonly PrefetchHint[] = ["auto", "t0", "t2", "nta", "none"];
 const MAX_INT32 = 2 ** 31 - 1;
 
-/** Turns an error from the addon (another realm, code property) into the typed lukv error. */
+/** @internal Turns an error from the addon (another realm, code property) into the typed lukv error. */
 export function rethrow(e: unknown): never {
   if (e instanceof LukvError) throw e;
   const err = e as { code?: string; message?: string };

@@ -224,7 +224,12 @@ export type ExpectedAttentionSettings = Omit<ExpectedAttentionOptions, "statisti
  * Checks the settings (everything but the statistics) of `o`, named `name`; `headDim` checks the
  * length of rope.inverseFrequencies when known. Returns them with the defaults filled in.
  */
-export function expectedSettings(o: unknown, name: string, headDim: number | undefined, allowed = OPTION_NAMES) {
+export function expectedSettings(
+  o: unknown,
+  name: string,
+  headDim: number | undefined,
+  allowed = OPTION_NAMES,
+): { inverseFrequencies: Float64Array; futurePositions: number; epsilon: number; valueNorm: boolean } {
   if (o === null || typeof o !== "object") throw invalid(name, "an options object", o);
   knownOptions(name, o, allowed);
   const e = o as Partial<ExpectedAttentionOptions>;

@@ -22,7 +22,7 @@ export interface ExactBudgetOptions extends BudgetOptions {
  * @throws InvalidArgumentError for malformed input, an infeasible total or a problem over maxSteps.
  */
 export function solveBudgetsExact(curves: readonly LossCurve[], totalKeep: number, options?: ExactBudgetOptions): Int32Array {
-  const problem = budgetProblem(curves, options);
+  const problem = budgetProblem(curves, options, ["minKeep", "maxKeep", "maxSteps"]);
   const total = checkTotal(problem, totalKeep);
   const maxSteps = options?.maxSteps ?? 5e7;
   if (typeof maxSteps !== "number" || !(maxSteps > 0)) throw invalid("options.maxSteps", "a positive number", maxSteps);

@@ -15,10 +15,12 @@ export interface Hull {
 
 /** Reusable working memory for {@link buildHull}; grows as needed. */
 export class HullScratch {
-  candidates = new Int32Array(0);
-  vertices = new Int32Array(0);
-  slopes = new Float64Array(0);
-  values = new Float64Array(0);
+  // Annotated: inferred, these would be Int32Array<ArrayBuffer> in the declarations, which
+  // TypeScript before 5.7 cannot read.
+  candidates: Int32Array = new Int32Array(0);
+  vertices: Int32Array = new Int32Array(0);
+  slopes: Float64Array = new Float64Array(0);
+  values: Float64Array = new Float64Array(0);
 
   reserve(points: number): void {
     if (this.candidates.length >= points) return;

@@ -1,4 +1,5 @@
 import { invalid } from "../errors";
+import { knownOptions } from "../validate";
 
 /**
  * One head's cumulative eviction loss: `curve[n]` is the loss after evicting the
@@ -66,11 +67,16 @@ function boundAt(
 }
 
 /** Checks the curves container and the bounds; the curve values are checked where they are read. */
-export function budgetProblem(curves: readonly LossCurve[], options: BudgetOptions | undefined): BudgetProblem {
+export function budgetProblem(
+  curves: readonly LossCurve[],
+  options: BudgetOptions | undefined,
+  allowed: readonly string[] = ["minKeep", "maxKeep"],
+): BudgetProblem {
   if (!Array.isArray(curves)) throw invalid("curves", "an array of loss curves (one per head)", curves);
   if (options !== undefined && (options === null || typeof options !== "object")) {
     throw invalid("options", "an object", options);
   }
+  if (options !== undefined) knownOptions("options", options, allowed);
   const heads = curves.length;
   const lengths = new Int32Array(heads);
   for (let h = 0; h < heads; h++) {

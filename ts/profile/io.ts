@@ -42,6 +42,8 @@ export function profileFromNpy(bytes: Uint8Array, meta?: ProfileMeta): Profile {
 export function profileToNpy(profile: Profile, options: { dtype?: NpyFloatDtype } = {}): Uint8Array {
   checkProfile(profile);
   checkTable(profile.table, profile.grid, profile.layers, profile.kvHeads);
+  if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+  knownOptions("options", options, ["dtype"]);
   return encodeNpy(profile.table, [profile.grid, profile.layers, profile.kvHeads], { dtype: options.dtype });
 }
 
@@ -64,6 +66,8 @@ export function decodeProfile(bytes: Uint8Array): Profile {
 
 /** Encodes a profile as .npy (dtype default "<f8") or lukv JSON bytes. */
 export function encodeProfile(profile: Profile, format: ProfileFormat, options: { dtype?: NpyFloatDtype } = {}): Uint8Array {
+  if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+  knownOptions("options", options, ["dtype"]);
   if (format === "npy") return profileToNpy(profile, options);
   if (format === "json") return new TextEncoder().encode(profileToJson(profile));
   throw invalid("format", `"npy" or "json"`, format);

@@ -1,6 +1,7 @@
 import { types } from "node:util";
 import { BadProfileError, invalid } from "../errors";
 import { parsePyLiteral, type PyValue } from "./pyliteral";
+import { knownOptions } from "../validate";
 
 /** A floating-point array read from a .npy file. */
 export interface NpyArray {
@@ -239,6 +240,8 @@ export function encodeNpy(data: ArrayLike<number>, shape: readonly number[], opt
   if (data === null || typeof data !== "object" || data.length !== count) {
     throw invalid("data", `${count} numbers (the product of shape [${shape.join(", ")}])`, data);
   }
+  if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
+  knownOptions("options", options, ["dtype", "version", "fortranOrder"]);
   const dtype = options.dtype ?? "<f8";
   if (!["<f8", "<f4", ">f8", ">f4"].includes(dtype)) throw invalid("options.dtype", `one of "<f8", "<f4", ">f8", ">f4"`, dtype);
   const fortran = options.fortranOrder ?? false;

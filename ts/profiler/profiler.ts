@@ -262,6 +262,7 @@ export class Profiler {
   addSequence(seq: Sequence, options: AddSequenceOptions = {}): void {
     this.#checkSequence(seq);
     if (!plainObject(options)) throw invalid("options", "an options object", options);
+    knownOptions("options", options, ["decodeSteps"]);
     const given = options.decodeSteps === undefined ? undefined : nonNegativeInteger("decodeSteps", options.decodeSteps);
     const captured = this.#captured.get(seq);
     // knorm and tova pooled: their pooling stops at the last `window` tokens, which move as decoding appends.
