@@ -61,9 +61,6 @@ struct Span {
   int64_t rawRowStride, rawStride;
 };
 constexpr int kSpanRows = 8;
-// A row whose float32 squares sum below this may have lost them to underflow (values under ~1e-19):
-// rowNorms sums it again in double, and keydiff normalises it in double.
-constexpr float kTinySquares = 0x1p-100f;
 
 // dt: the cache's storage type, in which K and V rows are read.
 struct Kernels {

@@ -188,10 +188,6 @@ __global__ void __launch_bounds__(256) obsPoolKernel(const ScoreParams p) {
   if (j < L) p.out[h.outBase + j] = p.groupMax ? agg : agg / (float)G;
 }
 
-// A row whose float32 squares sum below this may have lost them to underflow (values under ~1e-19):
-// it is summed again in double, as on the CPU.
-constexpr float kTinySquares = 0x1p-100f;
-
 // ||row|| of a K or V row read by one warp (lane l takes vectors l, l + 32, ...), in every lane.
 template <class S>
 LUKV_DEVICE float rowNorm(const uint8_t* row, int vecs, int lane) {
