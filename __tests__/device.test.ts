@@ -331,6 +331,10 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     { label: "scale 2.4e38", scale: 2.4e38, q: [5e-20, 5e-20], k: [5e-20, 5e-20] },
     { label: "scale FLOAT32_MAX", scale: 3.4028234663852886e38, q: [5e-20, 5e-20], k: [5e-20, 5e-20] },
     { label: "scale 1e29, |q| 2.4e9 to 3.3e9", scale: 1e29, q: [2.4e9, 3.3e9], k: [1.2e-38, 1.6e-38] },
+    // Scores near 1e30: the max's rounding error, left in the exponent, once gave NaN outputs.
+    // (Magnitudes drawn from a band, so that the largest score stands out by far more than rounding.)
+    { label: "scale 3e38, scores up to 2.4e30", scale: 3e38, q: [5e-4, 1e-3], k: [5e-7, 1e-6] },
+    { label: "scale -3.4e38, scores up to 2.7e30", scale: -3.4e38, q: [5e-4, 1e-3], k: [5e-7, 1e-6] },
   ];
   test.each(bigScaleCases)("attention and snapkv scores at $label, where q x scale x log2 e overflows float32", ({ scale, q, k }) => {
     const r = rng(seed ^ 0x32);
@@ -351,6 +355,49 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       const sa = a.scores(0, "snapkv", { window: 4, scale }), sb = b.scores(0, "snapkv", { window: 4, scale });
       expect(Math.max(...sa[0])).toBeGreaterThan(0);
       expect(relativeError(sb[0], sa[0])).toBeLessThan(1e-5);
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  test("value norms of values near 1e20 and expected attention at scale 1e20: finite, as on the CPU", () => {
+    // Squares of 1e20 overflow float32 (the norms are summed again in double), and so does s² of
+    // scale 1e20 (the quadratic term is taken as (s/2)·(s·kᵀΣk)).
+    const D = 8, T = 10;
+    const pair = new Pair({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: D, dtype: "f32" });
+    try {
+      const k = Float32Array.from({ length: T * D }, (_, i) => ((i * 7) % 5) / 5 - 0.4);
+      const results = [pair.cpu, pair.cuda].map((cache) => {
+        const big = cache.createSequence(), small = cache.createSequence();
+        big.append(0, k, new Float32Array(T * D).fill(1e20));
+        big.attend(0, new Float32Array(D).fill(0.5));
+        small.append(0, k.map((x) => x * 1e-12), new Float32Array(T * D).fill(1));
+        const stats = (covariance: boolean, scaleQ: number) => {
+          const st = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: D, skip: 0, covariance });
+          st.add(0, Float32Array.from({ length: 4 * D }, (_, i) => (((i * 3) % 7) - 3) * scaleQ));
+          return st;
+        };
+        const ea = (seq: Sequence, covariance: boolean, scaleQ: number, scale: number | undefined, valueNorm: boolean) =>
+          Array.from(seq.scores(0, "expected-attention", { sink: 0, window: 1, scale, expectedAttention: { statistics: stats(covariance, scaleQ), rope: { theta: 10000 }, valueNorm } })[0]);
+        const out = {
+          snapkv: Array.from(big.scores(0, "snapkv", { window: 1, pooling: "none", valueNorm: true })[0]),
+          eaValueNorm: ea(big, false, 0.1, undefined, true),
+          eaScale: [false, true].map((covariance) => ea(small, covariance, 1e-12, 1e20, false)),
+          oracle: [] as number[],
+        };
+        big.recordOracle();
+        big.append(0, new Float32Array(D).fill(0.1), new Float32Array(D).fill(1));
+        big.attend(0, new Float32Array(D).fill(0.5));
+        out.oracle = Array.from(big.oracle(0)[0]);
+        return out;
+      });
+      for (const [device, r] of [["cpu", results[0]], ["cuda", results[1]]] as const) {
+        for (const [name, xs] of [["snapkv", r.snapkv], ["eaValueNorm", r.eaValueNorm], ["oracle", r.oracle]] as const)
+          expect([device, name, xs.every((x) => Number.isFinite(x) && x > 1e18)]).toEqual([device, name, true]);
+        // |z| stays below 1e-2 here: the softmax is close to uniform.
+        for (const xs of r.eaScale) expect([device, xs.every((x) => Math.abs(x - 1 / T) < 1e-2)]).toEqual([device, true]);
+      }
+      for (const key of ["snapkv", "eaValueNorm", "oracle"] as const) expect([key, relativeError(Float32Array.from(results[1][key]), Float32Array.from(results[0][key])) < 1e-4]).toEqual([key, true]);
     } finally {
       pair.dispose();
     }

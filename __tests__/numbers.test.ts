@@ -1,7 +1,7 @@
 // Attention never returns a silently wrong number: NaN and infinity in keys, values and queries are
 // refused naming the tensor and the first bad index, f16/bf16 overflow on append is refused, scores
 // that float32 could not hold are refused, and every SIMD level gives the same answer.
-import { KVCache, backends } from "../ts";
+import { KVCache, QueryStatistics, backends } from "../ts";
 import { headsOf, lastPositions } from "./helpers/cache";
 import { randn, rng, testSeed } from "./helpers/random";
 import { referenceAttention, relativeError } from "./helpers/reference";
@@ -123,6 +123,32 @@ describe.each(levels)("simd %s", (simd) => {
       } finally {
         cache.dispose();
       }
+    }
+  });
+
+  test("value norms of values whose squares overflow float32, and expected attention at scale 1e20", () => {
+    const D = 8, T = 10;
+    const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: D, pageSize: 4, dtype: "f32", threads: 1, simd: simd as never });
+    try {
+      const k = Float32Array.from({ length: T * D }, (_, i) => ((i * 7) % 5) / 5 - 0.4);
+      const seq = cache.createSequence();
+      seq.append(0, k, new Float32Array(T * D).fill(1e20)); // ‖v‖ = 2.8e20, its square 8e40
+      seq.attend(0, new Float32Array(D).fill(0.5));
+      const unit = cache.createSequence();
+      unit.append(0, k, new Float32Array(T * D).fill(1));
+      unit.attend(0, new Float32Array(D).fill(0.5));
+      // Every value norm is 1e20 × √8: the scores are the unit values' × that.
+      const big = seq.scores(0, "snapkv", { window: 1, valueNorm: true })[0], ref = unit.scores(0, "snapkv", { window: 1, valueNorm: true })[0];
+      big.forEach((x, i) => expect([i, Math.abs(x / ref[i] - 1e20) < 1e14]).toEqual([i, true]));
+      // (s/2)·(s·kᵀΣk): with s = 1e20 and tiny keys and queries every z is near 0, so the scores are near 1/T.
+      const small = cache.createSequence();
+      small.append(0, k.map((x) => x * 1e-12), new Float32Array(T * D).fill(1));
+      const stats = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: D, skip: 0, covariance: true });
+      stats.add(0, Float32Array.from({ length: 4 * D }, (_, i) => (((i * 3) % 7) - 3) * 1e-12));
+      const ea = small.scores(0, "expected-attention", { sink: 0, window: 1, scale: 1e20, expectedAttention: { statistics: stats, rope: { theta: 10000 }, valueNorm: false } })[0];
+      ea.forEach((x, i) => expect([i, Math.abs(x - 1 / T) < 1e-2]).toEqual([i, true]));
+    } finally {
+      cache.dispose();
     }
   });
 

@@ -67,8 +67,9 @@ inline uint16_t f32ToBf16(float f) {
   return (uint16_t)((x + 0x7fff + lsb) >> 16);
 }
 
-// A row whose float32 squares sum below this may have lost them to underflow (values under ~1e-19):
-// the norms of K and V rows sum such a row again in double, on every backend.
+// A row whose float32 squares sum below this may have lost them to underflow (values under ~1e-19),
+// and one whose sum is infinite overflowed (values over ~1e19, which V rows may hold): the norms of
+// K and V rows sum such a row again in double, on every backend.
 constexpr float kTinySquares = 0x1p-100f;
 
 }  // namespace lukv

@@ -606,8 +606,8 @@ static void rowNormsImpl(const void* rows, int n, int D, float* out) {
       float v = scalarLoad(DT, rows, (int64_t)j * D + d);
       r += v * v;
     }
-    if (r < kTinySquares) {
-      // Squares of values below ~1e-19 underflow float32: such a row is summed again in double.
+    if (!(r >= kTinySquares && r < __builtin_inff())) {
+      // Squares of values below ~1e-19 underflow float32, above ~1e19 overflow: summed again in double.
       double sd = 0;
       for (int d = 0; d < D; ++d) {
         const double v = scalarLoad(DT, rows, (int64_t)j * D + d);

@@ -76,7 +76,8 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
   const int G = a.group, D = a.headDim, P = a.pool->pageSize();
   const DType dt = a.pool->dtype();
   const size_t rowBytes = a.pool->rowBytes();
-  const float scale = o.scale, half = 0.5f * scale * scale;
+  // ½·s²·kᵀΣk as (s/2)·(s·kᵀΣk): s² alone overflows float32 for |s| above ~2.6e19.
+  const float scale = o.scale, half = 0.5f * scale;
   const float* mean = a.expectedMean + (size_t)a.headIndex * G * D;
   const float* cov = a.expectedCovariance ? a.expectedCovariance + (size_t)a.headIndex * G * D * D : nullptr;
   std::vector<float> q((size_t)G * D);
@@ -98,7 +99,7 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
       }
     a.kernels->quadForms(k.data(), cnt, D, cov, G, quad.data(), cnt);
     for (int g = 0; g < G; ++g)
-      for (int j = 0; j < cnt; ++j) z[(size_t)g * L + t + j] += half * quad[(size_t)g * cnt + j];
+      for (int j = 0; j < cnt; ++j) z[(size_t)g * L + t + j] += half * (scale * quad[(size_t)g * cnt + j]);
   });
   std::fill(out + sink, out + L, 0.f);
   for (int g = 0; g < G; ++g) {

@@ -135,7 +135,8 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
       }
     }
     // Scores: partial dots over this lane's elements, summed over the R lanes of the row, times
-    // scoreScale (expScale comes in with the max, below).
+    // scoreScale, then expScale (1 unless scale x log2 e overflows): base-2 scores, each rounded
+    // once more, so that the max below is one of them and its exponent is exactly 0.
     float sc[STEPS][NQ];
     LUKV_UNROLL
     for (int s = 0; s < STEPS; ++s) {
@@ -147,7 +148,7 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
         float dot = 0.f;
         LUKV_UNROLL
         for (int e = 0; e < E; ++e) dot = fmaf(q[v][e], kf[e], dot);
-        sc[s][v] = laneSum<1, R>(dot) * p.scoreScale;
+        sc[s][v] = laneSum<1, R>(dot) * p.scoreScale * p.expScale;
       }
     }
     // Causal mask by position (a prefix of the head per query row); raw scores saved for the
@@ -159,20 +160,19 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
       for (int v = 0; v < NQ; ++v) {
         if (t < tEnd && t < vis[v]) {
           if (p.scores != nullptr && lr == 0)
-            p.scores[grp.scoreBase + (int64_t)v * grp.span + t] = sc[s][v] * p.expScale;
+            p.scores[grp.scoreBase + (int64_t)v * grp.span + t] = sc[s][v];
         } else {
           sc[s][v] = -INFINITY;
         }
       }
     }
-    // Online softmax: the tile's max over the warp, rescale, weights. expScale > 0, so the max of
-    // the scaled scores is the scaled max, and it joins each score in the FMA that forms the exponent.
+    // Online softmax: the tile's max over the warp, rescale, weights.
     LUKV_UNROLL
     for (int v = 0; v < NQ; ++v) {
       float mt = sc[0][v];
       LUKV_UNROLL
       for (int s = 1; s < STEPS; ++s) mt = fmaxf(mt, sc[s][v]);
-      mt = laneMax<R, 32>(mt) * p.expScale;
+      mt = laneMax<R, 32>(mt);
       const float mNew = fmaxf(m[v], mt);
       const float corr = mNew == -INFINITY ? 1.f : exp2f(m[v] - mNew);
       m[v] = mNew;
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kAttendThreads) attendKernel(const AttnParams 
       for (int e = 0; e < E; ++e) acc[v][e] *= corr;
       LUKV_UNROLL
       for (int s = 0; s < STEPS; ++s) {
-        sc[s][v] = mNew == -INFINITY ? 0.f : exp2f(fmaf(sc[s][v], p.expScale, -mNew));
+        sc[s][v] = mNew == -INFINITY ? 0.f : exp2f(sc[s][v] - mNew);
         l[v] += sc[s][v];
       }
     }

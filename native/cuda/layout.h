@@ -68,7 +68,7 @@ struct AttnParams {
   const float* queries;            // [rows, queryHeads, headDim] f32
   float* out;                      // [rows, queryHeads, headDim] f32
   // Softmax scale * log2(e) = scoreScale * expScale (scaleFactors): a score in base-2 units is
-  // ((q . k) * scoreScale) * expScale, the second factor applied where the exponent is formed.
+  // ((q . k) * scoreScale) * expScale, two roundings (expScale is 1 unless the product overflows).
   float scoreScale, expScale;
   int32_t partialStride;           // vectors reserved per unit in the partials (the kernel's NQ)
   float* partialAcc;               // [units * partialStride, headDim]
@@ -151,7 +151,7 @@ struct ScoreParams {
   const int32_t* expectedSlot;
   const float* expectedMean;
   const float* expectedCovariance;
-  float scale, halfScale2;         // scale and scale^2 / 2
+  float scale, halfScale;          // scale and scale / 2 (s^2 / 2 alone overflows for |s| > ~2.6e19)
   int32_t sink, valueNorm;
   float epsilon;
 };

@@ -199,7 +199,7 @@ LUKV_DEVICE float rowNorm(const uint8_t* row, int vecs, int lane) {
     for (int e = 0; e < S::kPerVec; ++e) s = fmaf(f[e], f[e], s);
   }
   s = laneSum<1, 32>(s);
-  if (s >= kTinySquares) return sqrtf(s);
+  if (s >= kTinySquares && s < INFINITY) return sqrtf(s);
   double sd = 0;
   for (int vi = lane; vi < vecs; vi += 32) {
     float f[S::kPerVec];
@@ -416,7 +416,7 @@ __global__ void __launch_bounds__(256) expectedLogitsKernel(const ScoreParams p)
     for (int x = 0; x < T; ++x) {
       const int32_t t = t0 + warp * T + x;
       if (t >= h.length) continue;
-      const float z = (p.scale * lin[x] + p.halfScale2 * quad[x]) * 1.4426950408889634f;
+      const float z = (p.scale * lin[x] + p.halfScale * (p.scale * quad[x])) * 1.4426950408889634f;
       p.raw[h.rawBase + (int64_t)g * h.length + t] = t < p.sink ? -INFINITY : z;
     }
   }
@@ -602,7 +602,7 @@ void runScoresPart(RT& rt, const ScoreBatch& b) {
   p.expectedMean = b.expectedMean;
   p.expectedCovariance = b.expectedCovariance;
   p.scale = b.scale;
-  p.halfScale2 = 0.5f * b.scale * b.scale;
+  p.halfScale = 0.5f * b.scale;
   p.sink = b.sink;
   p.valueNorm = b.valueNorm ? 1 : 0;
   p.epsilon = b.epsilon;
