@@ -4,13 +4,14 @@
 // how many streams a decode step served on average.
 //
 //   npx tsc -p tsconfig.build.json
-//   node dist/examples/server/load-test.js [--clients 8] [--requests 32] [--tokens 32] [--prompt-tokens 384]
+//   node dist/examples/server/load-test.js [--clients 8] [--requests 32] [--tokens 32] [--prompt-tokens 384] [--pool-tokens 4096] [--keep-tokens 96]
+//   node dist/examples/server/load-test.js --help
 //
 // Writes bench/results/server.json (or under LUKV_BENCH_OUT).
 import * as http from "http";
-import { createGenerationServer, ServerStats } from "./server";
+import { createGenerationServer, exampleOptions, ServerStats } from "./server";
 import { defaultModelDir, loadTinyLM, modelTexts } from "../../ts/model";
-import { median, printTable, machine, writeResults } from "../../bench/common";
+import { BenchCommand, OptionSpec, intOption, median, printTable, machine, writeResults } from "../../bench/common";
 
 export interface LoadOptions {
   clients: number;
@@ -122,21 +123,24 @@ export function loadPrompts(promptTokens: number): string[] {
   return prompts;
 }
 
+const LOAD_COMMAND = {
+  script: "load-test",
+  about: "Starts the example server on a free loopback port twice (eviction off, then on) and runs concurrent clients against it; writes bench/results/server.json (or under LUKV_BENCH_OUT).",
+  options: {
+    clients: intOption({ default: 8, min: 1, help: "concurrent clients" }),
+    requests: intOption({ default: 32, min: 1, help: "generation requests in all" }),
+    tokens: intOption({ default: 32, min: 1, max: 256, help: "tokens each request asks for" }),
+    "prompt-tokens": intOption({ default: 384, min: 1, help: "tokens of each prompt" }),
+    "pool-tokens": intOption({ default: 4096, min: 1, help: "pool capacity in tokens of one (layer, KV head)" }),
+    "keep-tokens": intOption({ default: 96, min: 1, help: "tokens per head each sequence is compressed back to, with eviction" }),
+  },
+} satisfies BenchCommand<Record<string, OptionSpec>>;
+
 async function main(): Promise<void> {
-  // Every option is a whole number of at least 1 (tokens at most the server's 256).
-  const arg = (name: string, fallback: number, max = 2 ** 31 - 1) => {
-    const i = process.argv.indexOf(`--${name}`);
-    if (i < 0) return fallback;
-    const v = Number(process.argv[i + 1]);
-    if (!Number.isInteger(v) || v < 1 || v > max) {
-      console.error(`--${name} must be an integer from 1 to ${max} but is ${i + 1 < process.argv.length ? JSON.stringify(process.argv[i + 1]) : "missing"}`);
-      process.exit(2);
-    }
-    return v;
-  };
+  // Checked before anything runs: --help prints the options, a refused one exits 2 naming it.
+  const v = exampleOptions(LOAD_COMMAND);
   const o: LoadOptions = {
-    clients: arg("clients", 8), requests: arg("requests", 32), tokens: arg("tokens", 32, 256), promptTokens: arg("prompt-tokens", 384),
-    poolTokens: arg("pool-tokens", 4096), keepTokens: arg("keep-tokens", 96),
+    clients: v.clients, requests: v.requests, tokens: v.tokens, promptTokens: v["prompt-tokens"], poolTokens: v["pool-tokens"], keepTokens: v["keep-tokens"],
   };
   let prompts: string[];
   try {
