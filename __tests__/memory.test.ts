@@ -43,9 +43,9 @@ const threads = () => Number(/Threads:\\s+(\\d+)/.exec(fs.readFileSync("/proc/se
   const rss0 = process.memoryUsage().rss, t0 = threads();
   let peak = rss0, peakThreads = t0;
   for (let i = 0; i < 100; i++) {
-    // 8 MiB of pages written per cache, then the cache is dropped without dispose().
+    // 8 MiB of pages written per cache (none with "unwritten"), then the cache is dropped without dispose().
     const c = new KVCache({ layers: 1, kvHeads: 8, headDim: 128, pageSize: 16, maxTokens: 8192, dtype: "f32", threads: 2 });
-    c.createSequence().append(0, k, k);
+    if (process.argv[2] !== "unwritten") c.createSequence().append(0, k, k);
     await new Promise(setImmediate);
     peak = Math.max(peak, process.memoryUsage().rss);
     peakThreads = Math.max(peakThreads, threads());
@@ -63,4 +63,50 @@ test("100 caches of 8 MiB dropped without dispose(): memory and threads do not p
   // Without the report to V8 they all stay until a GC: +800 MiB and +100 threads.
   expect(peakMiB).toBeLessThan(300);
   expect(peakThreads).toBeLessThan(40);
+});
+
+test("100 caches dropped before they wrote a page: their threads do not pile up either", () => {
+  // They hold almost no memory, but a kernel thread each; the addon counts each such thread as the
+  // 8 MiB stack it reserves, so V8 collects them (100 piled up, with 1.5 GiB of stacks, before).
+  const out = execFileSync(process.execPath, ["-e", dropped, entry, "unwritten"], { encoding: "utf8" });
+  const { peakThreads } = JSON.parse(out.trim().split("\n").pop()!);
+  expect(peakThreads).toBeLessThan(40);
+});
+
+test("dispose() gives a pool's memory back to the system, also once the C heap would keep such a block", () => {
+  // The pool was a C heap block: once a larger freed block had raised glibc's threshold for mapping
+  // blocks of their own, a pool below it came from the heap and stayed resident after dispose().
+  const script = `
+const fs = require("fs");
+const { KVCache } = require(process.argv[1]);
+const rss = () => Number(/VmRSS:\\s+(\\d+)/.exec(fs.readFileSync("/proc/self/status", "utf8"))[1]) * 1024;
+const k = new Float32Array(256 * 8 * 128).fill(0.5);
+const fillAndDispose = () => {
+  const before = rss();
+  // 16 MiB: glibc maps blocks of their own only up to a threshold that rises to 32 MiB.
+  const c = new KVCache({ layers: 1, kvHeads: 8, headDim: 128, pageSize: 16, maxTokens: 2048 * 8, dtype: "f32", threads: 1 });
+  const s = c.createSequence();
+  for (let t = 0; t < 2048; t += 256) s.append(0, k, k);
+  const filled = rss();
+  c.dispose();
+  return { filled: (filled - before) / 2 ** 20, after: (rss() - before) / 2 ** 20 };
+};
+(async () => {
+  const rounds = [fillAndDispose()];
+  // A large buffer freed (the keys of a long prompt, say): V8 frees it after a collection.
+  let big = new Float32Array(6 * 2 ** 20);
+  big.fill(1);
+  big = null;
+  for (let i = 0; i < 3; i++) {
+    global.gc();
+    await new Promise((done) => setTimeout(done, 30));
+  }
+  rounds.push(fillAndDispose(), fillAndDispose());
+  console.log(JSON.stringify(rounds));
+})();
+`;
+  const out = execFileSync(process.execPath, ["--expose-gc", "-e", script, entry], { encoding: "utf8" });
+  const rounds = JSON.parse(out.trim().split("\n").pop()!) as { filled: number; after: number }[];
+  // MiB: 16 written each time, then given back each time.
+  expect(rounds.map((r) => [r.filled > 12, r.after < 6])).toEqual([[true, true], [true, true], [true, true]]);
 });

@@ -74,7 +74,11 @@ export interface KVCacheOptions {
    * results are the same whatever the hint.
    */
   prefetch?: PrefetchHint;
-  /** Query rows remembered per layer for SnapKV-style scoring. Default: 32. */
+  /**
+   * Query rows remembered per layer for SnapKV-style scoring. Default: 32. Each sequence holds them
+   * in host memory outside the pool (layers × observationWindow × queryHeads × headDim × 4 bytes
+   * once it has attended that many rows; not counted by usage()); 0 keeps none.
+   */
   observationWindow?: number;
   /**
    * Check every input before the kernels run. Default: true: append, attend and compress throw

@@ -1,5 +1,6 @@
 #include "pool.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #if defined(__linux__)
@@ -16,24 +17,51 @@ PagePool::PagePool(int64_t numPages, int pageSize, int headDim, DType dtype)
   pageBytes_ = 2 * (size_t)pageSize * rowBytes_;
   const size_t total = (size_t)numPages * pageBytes_;  // allocateStreamed rounds it up to whole lines
   data_ = static_cast<uint8_t*>(allocateStreamed(total));
+  bytes_ = total;
   if (!data_) throw Error(ErrorCode::OutOfPages, "could not allocate the page pool (" + std::to_string(total) + " bytes)");
 }
 
+namespace {
+constexpr size_t kHuge = size_t(2) << 20;
+size_t streamedSize(size_t bytes) { return bytes >= kHuge ? (bytes + kHuge - 1) / kHuge * kHuge : (bytes + 63) / 64 * 64; }
+}  // namespace
+
 void* allocateStreamed(size_t bytes) {
-  // Large anonymous allocations are mapped lazily, so untouched pages cost no resident memory.
-  // Buffers of 2 MiB or more are aligned to 2 MiB and offered to the kernel as transparent huge
-  // pages: attention streams the pool, and with 4 KiB pages every page of K or V is also a TLB
-  // miss and a restart for the hardware prefetchers.
-  constexpr size_t kHuge = size_t(2) << 20;
-  const bool huge = bytes >= kHuge;
-  size_t total = huge ? (bytes + kHuge - 1) / kHuge * kHuge : (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(huge ? kHuge : 64, total > 0 ? total : 64);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (p && huge) madvise(p, total, MADV_HUGEPAGE);  // advice only: failure changes nothing
+  // Anonymous memory is mapped lazily, so untouched pages cost no resident memory. Buffers of 2 MiB
+  // or more are aligned to 2 MiB and offered to the kernel as transparent huge pages: attention
+  // streams the pool, and with 4 KiB pages every page of K or V is also a TLB miss and a restart for
+  // the hardware prefetchers. On Linux they are mapped directly (not from the C heap, which may keep
+  // a freed block of up to 32 MiB for reuse), so that freeing one gives its memory back at once.
+  const size_t total = streamedSize(bytes);
+#if defined(__linux__)
+  if (bytes >= kHuge) {
+    void* m = mmap(nullptr, total + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    // Keep the 2 MiB-aligned part, unmap the slack before and after it.
+    const uintptr_t start = reinterpret_cast<uintptr_t>(m), aligned = (start + kHuge - 1) / kHuge * kHuge;
+    if (aligned > start) munmap(m, aligned - start);
+    if (start + kHuge > aligned) munmap(reinterpret_cast<void*>(aligned + total), start + kHuge - aligned);
+    void* p = reinterpret_cast<void*>(aligned);
+#if defined(MADV_HUGEPAGE)
+    madvise(p, total, MADV_HUGEPAGE);  // advice only: failure changes nothing
 #endif
-  return p;
+    return p;
+  }
+#endif
+  return std::aligned_alloc(bytes >= kHuge ? kHuge : 64, total > 0 ? total : 64);
 }
 
-PagePool::~PagePool() { std::free(data_); }
+void freeStreamed(void* p, size_t bytes) {
+  if (!p) return;
+#if defined(__linux__)
+  if (bytes >= kHuge) {
+    munmap(p, streamedSize(bytes));
+    return;
+  }
+#endif
+  std::free(p);
+}
+
+PagePool::~PagePool() { freeStreamed(data_, bytes_); }
 
 }  // namespace lukv

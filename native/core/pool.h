@@ -11,9 +11,10 @@
 namespace lukv {
 
 // Memory for buffers that are streamed (the page pool, the plain-read baseline): 64-byte aligned,
-// and from 2 MiB on 2 MiB-aligned and advised as transparent huge pages. Free with std::free;
-// nullptr when the allocation fails.
+// and from 2 MiB on 2 MiB-aligned and advised as transparent huge pages. Free with freeStreamed
+// and the same size; nullptr when the allocation fails.
 void* allocateStreamed(size_t bytes);
+void freeStreamed(void* p, size_t bytes);
 
 class PagePool : public PageAllocator {
  public:
@@ -36,7 +37,7 @@ class PagePool : public PageAllocator {
  private:
   int pageSize_, headDim_;
   DType dtype_;
-  size_t rowBytes_, pageBytes_;
+  size_t rowBytes_, pageBytes_, bytes_ = 0;
   uint8_t* data_ = nullptr;
 };
 

@@ -22,7 +22,7 @@ namespace {
 struct Baseline {
   size_t words = 0;
   uint64_t* buf = nullptr;
-  ~Baseline() { std::free(buf); }
+  ~Baseline() { freeStreamed(buf, words * 8); }
 };
 std::mutex gMu;
 std::unique_ptr<Baseline> gLast;
