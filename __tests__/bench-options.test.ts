@@ -1,12 +1,14 @@
 // The benchmarks' option parser (bench/common.ts): unknown options, missing and invalid values are
 // refused with one line naming the option, --help lists every option with its default; and the
 // compiled scripts stop with that line (exit 2) or the usage (exit 0) before measuring anything.
+// Also the results' folder (LUKV_BENCH_OUT), and the machine and CPU backend every script records.
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { spawnSync } from "child_process";
 import {
-  BenchCommand, OptionError, OptionSpec, choiceListOption, choiceOption, flagOption, intListOption, intOption, optionsUsage, parseOptions,
+  BenchCommand, OptionError, OptionSpec, choiceListOption, choiceOption, flagOption, host, hostLine, intListOption, intOption, optionsUsage, parseOptions,
+  writeResults,
 } from "../bench/common";
 import { caught } from "./helpers/caught";
 
@@ -113,6 +115,34 @@ test("--help or -h anywhere asks for the usage, which lists every option with it
   expect(text).toContain("an integer from 0 to 1000");
 });
 
+test("writeResults: <name>.json in the folder LUKV_BENCH_OUT names, made if missing, replaced if there", () => {
+  const top = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-bench-out-"));
+  const dir = path.join(top, "a", "b");
+  const before = process.env.LUKV_BENCH_OUT;
+  process.env.LUKV_BENCH_OUT = dir;
+  try {
+    const file = path.join(dir, "example.json");
+    expect(writeResults("example", { x: 1 })).toBe(file);
+    expect(JSON.parse(fs.readFileSync(file, "utf8"))).toEqual({ x: 1 });
+    writeResults("example", { x: 2 });
+    expect(JSON.parse(fs.readFileSync(file, "utf8"))).toEqual({ x: 2 });
+  } finally {
+    if (before === undefined) delete process.env.LUKV_BENCH_OUT;
+    else process.env.LUKV_BENCH_OUT = before;
+    fs.rmSync(top, { recursive: true, force: true });
+  }
+});
+
+test("host() and hostLine(): the processor, threads, kernel table and prefetch hint", () => {
+  const h = host();
+  expect(h).toEqual({
+    machine: expect.objectContaining({ cpus: expect.any(Number), node: process.version }),
+    threads: expect.any(Number), simd: expect.any(String), prefetch: expect.any(String),
+  });
+  expect(hostLine(h)).toMatch(new RegExp(`^CPU: .*; ${h.threads} threads, kernels ${h.simd}, prefetch ${h.prefetch}$`));
+  expect(hostLine(h, "nta, auto=t2")).toMatch(/, prefetch nta, auto=t2$/);
+});
+
 describe("the compiled scripts", () => {
   const root = path.resolve(__dirname, "..");
   const SCRIPTS = ["attention", "batch", "compress", "decode-shapes", "expected-attention", "model-batch", "save-load", "solver"];
@@ -153,6 +183,34 @@ describe("the compiled scripts", () => {
     for (const [name, args, message] of cases) {
       const r = run(name, args);
       expect([name, args, r.status, r.stdout, r.stderr]).toEqual([name, args, 2, "", message + "\n"]);
+    }
+  });
+
+  test("at a tiny size, every script's JSON records the machine, threads, kernel table and prefetch hint, and the counts it ran", () => {
+    const h = host();
+    const cases: [string, string[]][] = [
+      ["compress", ["--tokens", "512", "--layers", "1", "--repeats", "3"]],
+      ["decode-shapes", ["--tokens", "16", "--calls", "10"]],
+      ["expected-attention", ["--tokens", "512", "--layers", "1", "--repeats", "2", "--prompt", "32"]],
+      ["model-batch", ["--sequences", "1", "--context", "4", "--steps", "1"]],
+      ["save-load", ["--tokens", "64", "--repeats", "1"]],
+      ["batch", ["--sequences", "2", "--long", "16", "--short", "16", "--repeats", "1", "--warmup-ms", "0"]],
+    ];
+    for (const [name, args] of cases) {
+      const results = path.join(out, `${name}-json`);
+      const r = spawnSync(process.execPath, [path.join(root, "dist", "bench", `${name}.js`), ...args], {
+        encoding: "utf8", timeout: 60_000, env: { ...process.env, LUKV_BENCH_OUT: results },
+      });
+      expect([name, r.status, r.stderr]).toEqual([name, 0, ""]);
+      expect(r.stdout).toContain(hostLine(h));
+      const json = JSON.parse(fs.readFileSync(path.join(results, `${name}.json`), "utf8"));
+      expect([name, json]).toEqual([name, expect.objectContaining({ machine: h.machine, threads: h.threads, simd: h.simd, prefetch: h.prefetch })]);
+      if (name === "compress") expect(json.results[0].compressRunsMs).toHaveLength(3);
+      if (name === "expected-attention") expect(json.llamaShaped.statisticsAddRunsUs).toHaveLength(2);
+      if (name === "batch") {
+        expect([json.repeatsLong, json.repeatsShort]).toEqual([5, 50]);
+        expect([json.results.long.repeats, json.results.short.repeats, json.results.shortTiny.repeats]).toEqual([5, 50, 50]);
+      }
     }
   });
 

@@ -6,10 +6,10 @@
 // tokens), and so does the plain read of its bytes. A model's decode step attends every layer once,
 // so a layer's rows come from memory: the "model step" columns attend over as many layers (one call
 // each, in order) as make at least --step-mib MiB (at most 32 layers), against a plain read of all
-// of their bytes.
-import { KVCache, backends, PrefetchHint } from "../ts";
+// of their bytes, with the first prefetch hint given (its column names it).
+import { KVCache, PrefetchHint } from "../ts";
 import { native } from "../ts/native";
-import { benchOptions, intOption, intListOption, choiceListOption, median, timeRuns, pause, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, intListOption, choiceListOption, median, timeRuns, pause, printTable, host, hostLine, writeResults } from "./common";
 
 const PREFETCH: readonly PrefetchHint[] = ["auto", "t0", "t2", "nta", "none"];
 const options = benchOptions({
@@ -20,7 +20,7 @@ const options = benchOptions({
     tokens: intListOption({ default: [1024, 8192, 32768, 131072], min: 16, multipleOf: 16, help: "context lengths, one row each" }),
     repeats: intOption({ default: 15, min: 1, help: "timed calls per median, in 5 rounds: rounded up to a multiple of 5" }),
     prefetch: choiceListOption({ choices: PREFETCH, default: ["auto"], help: "prefetch hints, one cache each, taking turns" }),
-    "step-mib": intOption({ default: 128, min: 0, help: "the model step attends over as many layers as make this many MiB, at most 32; 0: no model step" }),
+    "step-mib": intOption({ default: 128, min: 0, help: "the model step attends over as many layers as make this many MiB, at most 32, with the first --prefetch hint; 0: no model step" }),
     "warmup-ms": intOption({ default: 5, min: 0, help: "untimed calls for this long at the start of each round" }),
   },
 });
@@ -34,11 +34,13 @@ const rounds = 5;
 const perRound = Math.ceil(options.repeats / rounds);
 const repeats = rounds * perRound;
 const kvHeads = 8, queryHeads = 32, headDim = 128, pageSize = 16;
-const b = backends();
-const threads = b.cpu.threads;
+const h = host();
+const threads = h.threads;
+// The hints as the columns name them: "auto" with the hint it stands for.
+const used = hints.map((hint) => (hint === "auto" ? `auto=${h.prefetch}` : hint));
 
 console.log(`decode attention, ${kvHeads} KV heads x ${queryHeads} query heads, headDim ${headDim}, f16, pageSize ${pageSize}`);
-console.log(`CPU: ${cpuLine()}; ${threads} threads, kernels ${b.cpu.simd}, prefetch ${hints.join(", ")} (auto = ${b.cpu.prefetch}); median of ${repeats} runs\n`);
+console.log(`${hostLine(h, used.join(", "))}; model step with ${used[0]}; median of ${repeats} runs\n`);
 
 const rows: (string | number)[][] = [];
 const results: unknown[] = [];
@@ -60,7 +62,7 @@ for (const tokens of sizes) {
   const stepLayers = Math.min(32, Math.max(1, Math.ceil(stepBytes / bytes)));
   const step = (() => {
     if (stepLayers === 1) return undefined;
-    const cache = new KVCache({ layers: stepLayers, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: stepLayers * kvHeads * tokens });
+    const cache = new KVCache({ layers: stepLayers, kvHeads, queryHeads, headDim, dtype: "f16", pageSize, maxTokens: stepLayers * kvHeads * tokens, prefetch: hints[0] });
     const seq = cache.createSequence();
     for (let layer = 0; layer < stepLayers; layer++)
       for (let done = 0; done < tokens; done += chunk) {
@@ -101,13 +103,13 @@ for (const tokens of sizes) {
   for (const c of caches) c.cache.dispose();
   row.push(limit.toFixed(2));
   // The model step: milliseconds per layer, and the ratio against the plain read of all its bytes.
-  let modelStep: Record<string, number> | undefined;
+  let modelStep: Record<string, number | string> | undefined;
   if (step) {
     const layerMs = median(step.runs) / stepLayers;
     const stepReadMs = median(step.readRuns);
     const ratio = stepReadMs / stepLayers / layerMs;
     row.push(stepLayers, layerMs.toFixed(3), ratio.toFixed(2), ((bytes * stepLayers) / (stepReadMs / 1000) / 1e9).toFixed(2));
-    modelStep = { layers: stepLayers, msPerLayer: layerMs, plainReadMs: stepReadMs, ratio };
+    modelStep = { layers: stepLayers, prefetch: step.cache.config.prefetch, msPerLayer: layerMs, plainReadMs: stepReadMs, ratio };
     step.cache.dispose();
   } else {
     row.push(1, "= single", "", "");
@@ -115,7 +117,6 @@ for (const tokens of sizes) {
   rows.push(row);
   results.push({ tokens, bytes, plainReadMs: readMs, plainReadGBps: limit, hints: perHint, modelStep });
 }
-const used = hints.map((h) => (h === "auto" ? `auto=${b.cpu.prefetch}` : h));
-printTable(["tokens", "K+V MiB", ...used.flatMap((h) => [`ms (${h})`, "GB/s", "ratio"]), "plain read GB/s", "step layers", "step ms / layer", "step ratio", "step read GB/s"], rows);
-const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: used, repeats, warmupMs, machine: machine(), results });
+printTable(["tokens", "K+V MiB", ...used.flatMap((hint) => [`ms (${hint})`, "GB/s", "ratio"]), "plain read GB/s", "step layers", `step ms / layer (${used[0]})`, "step ratio", "step read GB/s"], rows);
+const file = writeResults("attention", { benchmark: "decode attention", kvHeads, queryHeads, headDim, dtype: "f16", pageSize, ...h, prefetch: used, prefetchAuto: h.prefetch, repeats, warmupMs, results });
 console.log(`\nwritten ${file}`);

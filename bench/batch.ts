@@ -7,9 +7,9 @@
 // the same calls made on the addon directly with the same arrays (no TypeScript checks), so the
 // difference is the TypeScript layer's share.
 // Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15] [--warmup-ms 5]
-import { KVCache, Sequence, backends } from "../ts";
+import { KVCache, Sequence } from "../ts";
 import { native } from "../ts/native";
-import { benchOptions, intOption, median, timeRuns, timeRunsAsync, pause, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, median, timeRuns, timeRunsAsync, pause, printTable, host, hostLine, writeResults } from "./common";
 
 const options = benchOptions({
   script: "batch",
@@ -23,19 +23,21 @@ const options = benchOptions({
   },
 });
 const { sequences, long: longTokens, short: shortTokens } = options;
-// measure() runs whole rounds of 5: the header and JSON give the number of long-step calls made.
+// measure() runs whole rounds of 5: the header and JSON give the number of calls made, for the long
+// steps and for the short ones (10 times as many).
 const repeats = 5 * Math.ceil(options.repeats / 5);
+const shortRepeats = 10 * repeats;
 // Each round's timed calls start after this many milliseconds of untimed calls (see timeRuns).
 const warmupMs = options["warmup-ms"];
 const pageSize = 16;
 type Shape = { kvHeads: number; queryHeads: number; headDim: number };
 const large: Shape = { kvHeads: 8, queryHeads: 32, headDim: 128 };
 const tiny: Shape = { kvHeads: 2, queryHeads: 8, headDim: 32 };
-const b = backends();
-const threads = b.cpu.threads;
+const h = host();
+const threads = h.threads;
 
 console.log(`batched decode, ${sequences} sequences, f16, pageSize ${pageSize}; shapes: KV heads x query heads x headDim`);
-console.log(`CPU: ${cpuLine()}; ${threads} threads, kernels ${b.cpu.simd}, prefetch ${b.cpu.prefetch}; median of ${repeats} runs\n`);
+console.log(`${hostLine(h)}; medians of ${repeats} runs (${longTokens}-token steps), ${shortRepeats} runs (the ${shortTokens}-token rows of every table)\n`);
 
 /** A cache holding `sequences` sequences of `tokens` tokens each (small f16 values). */
 function build(tokens: number, { kvHeads, queryHeads, headDim }: Shape): { cache: KVCache; seqs: Sequence[] } {
@@ -106,14 +108,14 @@ const results: Record<string, unknown> = {};
 
 const name = (x: Shape) => `${x.kvHeads}x${x.queryHeads}x${x.headDim}`;
 async function main(): Promise<void> {
-  for (const [key, tokens, shape, runs] of [["long", longTokens, large, repeats], ["short", shortTokens, large, repeats * 10], ["shortTiny", shortTokens, tiny, repeats * 10]] as const) {
+  for (const [key, tokens, shape, runs] of [["long", longTokens, large, repeats], ["short", shortTokens, large, shortRepeats], ["shortTiny", shortTokens, tiny, shortRepeats]] as const) {
     const { cache, seqs } = build(tokens, shape);
     const calls = decodeCalls(seqs, cache);
     const bytes = sequences * tokens * shape.kvHeads * shape.headDim * 2 * 2; // K and V, f16
     const m = await measure({ batch: calls.batch, separate: calls.separate }, runs, { bytes });
     const batchMs = median(m.batch), separateMs = median(m.separate), readMs = median(m.read);
     table.push([name(shape), `${sequences} x ${tokens}`, (bytes / 2 ** 20).toFixed(1), batchMs.toFixed(3), separateMs.toFixed(3), readMs.toFixed(3), (readMs / batchMs).toFixed(2), (separateMs / batchMs).toFixed(2)]);
-    const entry: Record<string, unknown> = { shape, tokens, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, readOverBatch: readMs / batchMs, separateOverBatch: separateMs / batchMs, runs: m };
+    const entry: Record<string, unknown> = { shape, tokens, repeats: m.batch.length, bytes, attendBatchMs: batchMs, separateMs, plainReadMs: readMs, readOverBatch: readMs / batchMs, separateOverBatch: separateMs / batchMs, runs: m };
     if (key !== "long") {
       const d = await measure({ batch: calls.batch, addonBatch: calls.addonBatch, separate: calls.separate, addonSeparate: calls.addonSeparate }, runs);
       const [b, ab, sp, as] = [d.batch, d.addonBatch, d.separate, d.addonSeparate].map(median);
@@ -133,7 +135,7 @@ async function main(): Promise<void> {
   printTable(["shape", "sequences x tokens", "attendBatchAsync ms", `${sequences} x attendAsync ms`, "separate / batch"], asyncTable);
   console.log("\nwhere the short steps' time goes (the addon called directly with the same arrays; TypeScript = the difference):");
   printTable(["shape", "sequences x tokens", "attendBatch us", "addon alone us", "TypeScript us", `${sequences} x attend us`, "addon alone us", "TypeScript us"], splitTable);
-  const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, threads, simd: b.cpu.simd, prefetch: b.cpu.prefetch, repeats, warmupMs, machine: machine(), results });
+  const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, ...h, repeatsLong: repeats, repeatsShort: shortRepeats, warmupMs, results });
   console.log(`\nwritten ${file}`);
 }
 

@@ -3,6 +3,7 @@ import * as fs from "fs";
 import * as path from "path";
 import * as os from "os";
 import { UsageError as OptionError, flagValue, optionValue, splitOption } from "../ts/cli/io";
+import { backends } from "../ts/backends";
 
 /** A whole number of at least `min` (and at most `max`, a multiple of `multipleOf` where given). */
 export interface IntOption {
@@ -277,7 +278,29 @@ export function cpuLine(): string {
   return `${m.cpuModel}${id}, ${m.cpus} CPUs`;
 }
 
-/** Writes bench/results/<name>.json next to the sources (or under LUKV_BENCH_OUT). */
+/** What every result depends on: the machine, and the CPU backend's threads, kernel table and prefetch hint. */
+export interface Host {
+  machine: Record<string, unknown>;
+  threads: number;
+  simd: string;
+  prefetch: string;
+}
+
+/** The machine and the CPU backend as a cache made without threads or prefetch options gets them; spread into the JSON. */
+export function host(): Host {
+  const cpu = backends().cpu;
+  return { machine: machine(), threads: cpu.threads, simd: cpu.simd, prefetch: cpu.prefetch };
+}
+
+/** The header line naming the processor, the threads, the kernel table and the prefetch hint (`prefetch` in place of the automatic one's name). */
+export function hostLine(h: Host = host(), prefetch: string = h.prefetch): string {
+  return `CPU: ${cpuLine()}; ${h.threads} threads, kernels ${h.simd}, prefetch ${prefetch}`;
+}
+
+/**
+ * Writes <name>.json into bench/results next to the sources, or into the folder the environment
+ * variable LUKV_BENCH_OUT names (made if missing); a file of that name is replaced.
+ */
 export function writeResults(name: string, data: unknown): string {
   const dir = process.env.LUKV_BENCH_OUT ?? path.resolve(__dirname, "..", "..", "bench", "results");
   fs.mkdirSync(dir, { recursive: true });

@@ -3,8 +3,8 @@
 // layer. Short contexts show the fixed cost of a call; head sizes other than 64 and 128 show
 // the kernels' handling of their columns.
 // Usage: node dist/bench/decode-shapes.js [--tokens 16,1024] [--calls 3000]
-import { KVCache, backends } from "../ts";
-import { benchOptions, intOption, intListOption, median, printTable, machine, cpuLine, writeResults } from "./common";
+import { KVCache } from "../ts";
+import { benchOptions, intOption, intListOption, median, printTable, host, hostLine, writeResults } from "./common";
 
 const options = benchOptions({
   script: "decode-shapes",
@@ -21,9 +21,9 @@ const shapes = [
   { name: "8 x 32 x 96", kvHeads: 8, queryHeads: 32, headDim: 96 },
   { name: "2 x 8 x 32 (embedded tiny-lm)", kvHeads: 2, queryHeads: 8, headDim: 32 },
 ];
-const b = backends();
+const h = host();
 console.log(`seq.attend, one decode row, f16, pageSize 16; median of ${calls} calls after 100 untimed`);
-console.log(`CPU: ${cpuLine()}; ${b.cpu.threads} threads, kernels ${b.cpu.simd}, prefetch ${b.cpu.prefetch}\n`);
+console.log(`${hostLine(h)}\n`);
 
 const rows: (string | number)[][] = [];
 const results: unknown[] = [];
@@ -46,13 +46,14 @@ for (const shape of shapes) {
       }
       const m = median(us);
       const bytes = tokens * kvHeads * headDim * 2 * 2;
-      rows.push([shape.name, tokens, m.toFixed(1), (bytes / (m / 1e6) / 1e9).toFixed(2)]);
-      results.push({ shape, tokens, medianMicros: m, bytes });
+      const gbps = bytes / (m / 1e6) / 1e9;
+      rows.push([shape.name, tokens, m.toFixed(1), gbps.toFixed(2)]);
+      results.push({ shape, tokens, medianMicros: m, bytes, kvGBps: gbps });
     } finally {
       cache.dispose();
     }
   }
 }
 printTable(["shape (KV x query heads x headDim)", "tokens", "µs / call", "K+V GB/s"], rows);
-const file = writeResults("decode-shapes", { benchmark: "decode call time by shape", calls, threads: b.cpu.threads, simd: b.cpu.simd, machine: machine(), results });
+const file = writeResults("decode-shapes", { benchmark: "decode call time by shape", calls, ...h, results });
 console.log(`\nwritten ${file}`);

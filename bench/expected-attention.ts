@@ -4,12 +4,14 @@
 //     the whole call, statistics conversion included) against compress with snapkv;
 //  2. a Llama-8B-shaped layer stack (8 KV heads, 32 query heads, headDim 128, f16): compress per
 //     layer against prefill attention per layer (estimated as in bench/compress.ts), and the cost
-//     of QueryStatistics.add per prompt token and layer.
+//     of QueryStatistics.add per prompt token and layer: the median of repeated adds, per row
+//     accumulated, after a first add per layer that the median leaves out (a layer's first add sets
+//     its shift and first touches its sums, once per prompt).
 // Usage: node dist/bench/expected-attention.js [--tokens 8192] [--layers 8] [--repeats 5] [--prompt 896]
 import * as path from "path";
-import { KVCache, QueryStatistics, backends } from "../ts";
+import { KVCache, QueryStatistics } from "../ts";
 import { loadTinyLM, modelTexts } from "../ts/model";
-import { benchOptions, intOption, median, timeRuns, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, median, timeRuns, printTable, host, hostLine, writeResults } from "./common";
 
 const options = benchOptions({
   script: "expected-attention",
@@ -18,14 +20,14 @@ const options = benchOptions({
     // Rows are appended in whole 512-token chunks, and the last chunk's queries are the observation window.
     tokens: intOption({ default: 8192, min: 512, multipleOf: 512, help: "context length of the Llama-shaped layers" }),
     layers: intOption({ default: 8, min: 1, max: 65536, help: "Llama-shaped layers" }),
-    repeats: intOption({ default: 5, min: 1, help: "runs per median of the tiny-lm prefill and compress; the Llama-shaped compress takes 3" }),
+    repeats: intOption({ default: 5, min: 1, help: "runs per median of the tiny-lm prefill and compress, and rounds over the layers of the statistics add; the Llama-shaped compress takes 3" }),
     // snapkv's observation window is 32 tokens.
     prompt: intOption({ default: 896, min: 32, help: "tiny-lm prompt tokens, at most the held-out texts' length" }),
   },
 });
 const { repeats, prompt: promptTokens, tokens, layers: bigLayers } = options;
-const b = backends();
-console.log(`CPU: ${cpuLine()}; ${b.cpu.threads} threads, kernels ${b.cpu.simd}\n`);
+const h = host();
+console.log(`${hostLine(h)}\n`);
 
 // 1. tiny-lm
 const dir = path.join(__dirname, "..", "..", "models", "tiny-lm");
@@ -76,15 +78,34 @@ const bigStats = new QueryStatistics({ layers: bigLayers, queryHeads, headDim: D
 // The compress cost does not depend on how many rows made the statistics: a few hundred suffice here.
 const statRows = 256;
 const statQueries = new Float32Array(statRows * queryHeads * D).map(() => rand());
-let addMs = 0;
 for (let l = 0; l < bigLayers; l++) {
   for (let done = 0; done < tokens; done += chunk) seq.append(l, block, block);
   seq.attend(l, lastChunk);
-  const t = performance.now();
   bigStats.add(l, statQueries);
-  addMs += performance.now() - t;
 }
-const addPerTokenLayerUs = (1000 * addMs) / (bigLayers * statRows);
+// The cost of add per prompt token and layer, on statistics of their own (bigStats keeps one add
+// per layer for the compress): a layer's first add sets its shift and touches its sums (4 MiB of
+// covariance here) for the first time, a cost a prompt pays once and not per token, so one add per
+// layer runs first, recorded apart and left out of the median; then `repeats` rounds over the
+// layers, every add timed and divided by the rows it accumulated (a layer's first `skip` positions
+// are not).
+const addStats = new QueryStatistics({ layers: bigLayers, queryHeads, headDim: D, skip: 4 });
+const firstAddMs: number[] = [];
+for (let l = 0; l < bigLayers; l++) {
+  const t = performance.now();
+  addStats.add(l, statQueries);
+  firstAddMs.push(performance.now() - t);
+}
+const addUs: number[] = [];
+for (let r = 0; r < repeats; r++)
+  for (let l = 0; l < bigLayers; l++) {
+    const before = addStats.rows(l);
+    const t = performance.now();
+    addStats.add(l, statQueries);
+    const ms = performance.now() - t;
+    addUs.push((1000 * ms) / (addStats.rows(l) - before));
+  }
+const addPerTokenLayerUs = median(addUs);
 const lastChunkMs = median(timeRuns(() => seq.attend(0, lastChunk), 3, 0));
 const prefillLayerMs = lastChunkMs * (tokens / chunk / 2);
 const bigCompress = (scorer: "expected-attention" | "snapkv") =>
@@ -101,10 +122,11 @@ printTable(
   ["tokens", "EA compress ms/layer", "snapkv compress ms/layer", "prefill attention ms/layer*", "EA / prefill attention", "statistics add µs per token-layer"],
   [[tokens, eaLayerMs.toFixed(1), snapLayerMs.toFixed(1), prefillLayerMs.toFixed(0), ((100 * eaLayerMs) / prefillLayerMs).toFixed(2) + "%", addPerTokenLayerUs.toFixed(1)]],
 );
-console.log(`\n* ${bigLayers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${D}, f16; prefill attention of one layer in ${chunk}-token chunks, estimated as (tokens/${chunk})/2 times the measured last chunk (attention only: a real model's prefill adds its matrix products)`);
+console.log(`\nstatistics add: median of ${addUs.length} adds of ${statRows} rows (${repeats} rounds over ${bigLayers} layers), after a first add per layer left out (the first add of a layer took ${median(firstAddMs).toFixed(2)} ms, median)`);
+console.log(`* ${bigLayers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${D}, f16; prefill attention of one layer in ${chunk}-token chunks, estimated as (tokens/${chunk})/2 times the measured last chunk (attention only: a real model's prefill adds its matrix products)`);
 const file = writeResults("expected-attention", {
-  benchmark: "expected-attention", repeats, machine: machine(), threads: b.cpu.threads, simd: b.cpu.simd,
+  benchmark: "expected-attention", repeats, ...h,
   tinyLm: { promptTokens: ids.length, prefillMs, prefillStatsMs, eaCompressMs: eaMs, snapkvCompressMs: snapMs },
-  llamaShaped: { tokens, layers: bigLayers, eaCompressMsPerLayer: eaLayerMs, snapkvCompressMsPerLayer: snapLayerMs, prefillAttentionMsPerLayer: prefillLayerMs, statisticsAddUsPerTokenLayer: addPerTokenLayerUs },
+  llamaShaped: { tokens, layers: bigLayers, eaCompressMsPerLayer: eaLayerMs, snapkvCompressMsPerLayer: snapLayerMs, prefillAttentionMsPerLayer: prefillLayerMs, statisticsAddUsPerTokenLayer: addPerTokenLayerUs, statisticsAddRows: statRows, statisticsAddRunsUs: addUs, statisticsFirstAddMs: firstAddMs },
 });
 console.log(`written ${file}`);

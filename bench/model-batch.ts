@@ -5,7 +5,7 @@
 // Usage: node dist/bench/model-batch.js [--sequences 1,4,8] [--context 384] [--steps 40]
 import { defaultModelDir, loadTinyLM } from "../ts/model";
 import { Sequence } from "../ts";
-import { benchOptions, intOption, intListOption, median, printTable, machine, cpuLine, writeResults } from "./common";
+import { benchOptions, intOption, intListOption, median, printTable, host, hostLine, writeResults } from "./common";
 
 const options = benchOptions({
   script: "model-batch",
@@ -20,7 +20,8 @@ const { sequences: counts, context, steps } = options;
 const model = loadTinyLM(defaultModelDir());
 const V = model.config.vocabSize;
 console.log(`embedded model decode steps, ${context}-token contexts; median of ${steps} steps`);
-console.log(`CPU: ${cpuLine()}\n`);
+const h = host();
+console.log(`${hostLine(h)}\n`);
 
 // Token ids spread over the vocabulary, away from the special ones at its start.
 const token = (i: number) => 5 + ((i * 7919) % (V - 10));
@@ -60,5 +61,5 @@ for (const n of counts) {
   }
 }
 printTable(["sequences", "forward each ms / step", "forwardBatch ms / step", "speedup", "same logits"], rows);
-const file = writeResults("model-batch", { benchmark: "model decode batch", machine: machine(), results });
+const file = writeResults("model-batch", { benchmark: "model decode batch", ...h, results });
 console.log(`\nwritten ${file}`);

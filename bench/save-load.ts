@@ -8,7 +8,7 @@ import * as os from "os";
 import * as path from "path";
 import { KVCache, DType } from "../ts";
 import { rng } from "../ts/random";
-import { benchOptions, intOption, choiceOption, cpuLine, machine, median, printTable, timeRuns, writeResults } from "./common";
+import { benchOptions, intOption, choiceOption, host, hostLine, median, printTable, timeRuns, writeResults } from "./common";
 
 const DTYPES: readonly DType[] = ["f16", "bf16", "f32"];
 const options = benchOptions({
@@ -73,8 +73,10 @@ measure("saveFile(path)", () => seq.saveFile(file));
 measure("loadSequence(path)", () => cache.loadSequence(file).dispose());
 fs.rmSync(path.dirname(file), { recursive: true, force: true });
 
-console.log(`${cpuLine()}; ${device}, ${tokens} tokens, ${layers} layers x ${kvHeads} KV heads, headDim ${headDim}, ${dtype}, pageSize ${pageSize}: ${MB.toFixed(1)} MB saved; median of ${repeats}`);
+const h = host();
+console.log(hostLine(h));
+console.log(`${device}, ${tokens} tokens, ${layers} layers x ${kvHeads} KV heads, headDim ${headDim}, ${dtype}, pageSize ${pageSize}: ${MB.toFixed(1)} MB saved; median of ${repeats}`);
 printTable(["operation", "ms", "MB/s", "vs plain copy"], rows);
-console.log(`results: ${writeResults("save-load", { machine: machine(), tokens, layers, kvHeads, queryHeads, headDim, dtype, pageSize, device, bytes: bytes.length, repeats, results, sink })}`);
+console.log(`results: ${writeResults("save-load", { ...h, tokens, layers, kvHeads, queryHeads, headDim, dtype, pageSize, device, bytes: bytes.length, repeats, results, sink })}`);
 seq.dispose();
 cache.dispose();
