@@ -7,7 +7,7 @@ import * as os from "os";
 import * as path from "path";
 import { KVCache, QueryStatistics } from "../ts";
 import { BadModelError, InvalidArgumentError } from "../ts/errors";
-import { encodeSafetensors, loadTinyLM, parseSafetensors, Sampler, TinyLM, Tokenizer, type Tensor, type TokenizerJson } from "../ts/model";
+import { encodeSafetensors, loadTinyLM, parseSafetensors, readSafetensors, Sampler, TinyLM, Tokenizer, type Tensor, type TokenizerJson } from "../ts/model";
 import { caught } from "./helpers/caught";
 
 const shipped = path.join(__dirname, "..", "models", "tiny-lm");
@@ -272,6 +272,25 @@ describe("loading a damaged model folder", () => {
     throwsExactly(() => loadTinyLM(dir), BadModelError, `${path.join(dir, "config.json")}: missing (so is tokenizer.json); a model directory holds config.json, model.safetensors, tokenizer.json`);
     const none = path.join(dir, "nope");
     throwsExactly(() => loadTinyLM(none), BadModelError, `${none}: no such model directory (one holding config.json, model.safetensors, tokenizer.json)`);
+  });
+
+  test("readSafetensors: a missing file, a directory or an unreadable file is a BadModelError naming it", () => {
+    const dir = folder({});
+    const missing = path.join(dir, "nope.safetensors");
+    throwsExactly(() => readSafetensors(missing), BadModelError, `${missing}: missing`);
+    const unreadable = (file: string, code: string) => {
+      const e = caught(() => readSafetensors(file));
+      expect(e.constructor).toBe(BadModelError);
+      expect(e.message.startsWith(`${file}: cannot be read (${code}`)).toBe(true);
+    };
+    unreadable(dir, "EISDIR");
+    const file = path.join(dir, "model.safetensors");
+    expect(readSafetensors(file).tensors.size).toBeGreaterThan(0);
+    // root reads a file of mode 000 anyway; anyone else gets EACCES.
+    if (process.getuid?.() !== 0) {
+      fs.chmodSync(file, 0);
+      unreadable(file, "EACCES");
+    }
   });
 
   test("the shipped models load; fromTensors refuses a tensor of the wrong shape", () => {

@@ -94,9 +94,19 @@ export function parseSafetensors(bytes: Uint8Array, source = "safetensors data")
   return { tensors, metadata };
 }
 
-/** Reads a .safetensors file. */
+/**
+ * Reads a .safetensors file.
+ * @throws BadModelError naming the file when it is missing, unreadable (a directory, no permission)
+ * or malformed (see parseSafetensors).
+ */
 export function readSafetensors(file: string): Safetensors {
-  return parseSafetensors(fs.readFileSync(file), file);
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    throw new BadModelError(`${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "missing" : `cannot be read (${(e as Error).message})`}`);
+  }
+  return parseSafetensors(bytes, file);
 }
 
 /**

@@ -59,6 +59,47 @@ export const MAX_PIECE_BYTES = 4096;
 /** Most merges a tokenizer may have: ids and merge keys stay below 2^20. */
 export const MAX_MERGES = (1 << 20) - 256;
 
+/** Pre-tokens longer than this many bytes are encoded each time, never cached. */
+const CACHE_MAX_PIECE_BYTES = 64;
+/** The cache's size estimate: once its entries would pass this, it starts again empty. */
+const CACHE_MAX_BYTES = 8 << 20;
+/** Estimated bytes of one cache entry besides its key's bytes and 8 per id (map slot, string and array headers, slack). */
+const CACHE_ENTRY_OVERHEAD = 160;
+/** Heap keys are rank * POSITIONS + position (ranks below 2^20, so keys stay exact doubles). */
+const POSITIONS = 2 ** 32;
+
+/** #merge keeps its scratch arrays between calls while they hold at most this many bytes' symbols. */
+const SCRATCH_KEEP = 4096;
+
+/** Adds `key` to the min-heap heap[0, size); returns the new size. */
+function heapPush(heap: Float64Array, size: number, key: number): number {
+  let i = size;
+  while (i > 0) {
+    const parent = (i - 1) >> 1;
+    if (heap[parent] <= key) break;
+    heap[i] = heap[parent];
+    i = parent;
+  }
+  heap[i] = key;
+  return size + 1;
+}
+
+/** Removes the least key (heap[0]: read it first) from the min-heap heap[0, size); returns the new size. */
+function heapPop(heap: Float64Array, size: number): number {
+  const last = heap[--size];
+  let i = 0;
+  for (;;) {
+    let c = 2 * i + 1;
+    if (c >= size) break;
+    if (c + 1 < size && heap[c + 1] < heap[c]) c++;
+    if (heap[c] >= last) break;
+    heap[i] = heap[c];
+    i = c;
+  }
+  heap[i] = last;
+  return size;
+}
+
 /** Byte-level BPE: ids 0..255 are bytes, id 256 + r is merges[r] joined; special tokens after. */
 export class Tokenizer {
   /** Total ids, special tokens included. */
@@ -71,8 +112,17 @@ export class Tokenizer {
   readonly #pieces: Uint8Array[];
   /** rank of the merge (a, b), keyed a * 2^20 + b */
   readonly #ranks = new Map<number, number>();
-  readonly #merges: Array<[number, number]>;
+  /** Parts of merge r: ids #mergeLeft[r] and #mergeRight[r]. */
+  readonly #mergeLeft: Int32Array;
+  readonly #mergeRight: Int32Array;
+  /** Ids of short pre-tokens already encoded, bounded by an estimate of their bytes (see CACHE_MAX_BYTES). */
   readonly #cache = new Map<string, number[]>();
+  #cacheBytes = 0;
+  /** #merge's scratch, reused between pieces up to SCRATCH_KEEP bytes. */
+  #id = new Int32Array(0);
+  #next = new Int32Array(0);
+  #prev = new Int32Array(0);
+  #heap = new Float64Array(0);
 
   /**
    * @throws BadModelError naming the problem when `json` is not a valid "lukv-bpe-1" tokenizer:
@@ -93,7 +143,8 @@ export class Tokenizer {
     for (const [name, id] of specialIds)
       if (!Number.isSafeInteger(id) || (id as number) < 0) throw bad(`special token ${jsonPreview(name)} has id ${jsonPreview(id)}; expected a non-negative integer`);
     this.#pieces = [];
-    this.#merges = [];
+    this.#mergeLeft = new Int32Array(merges.length);
+    this.#mergeRight = new Int32Array(merges.length);
     for (let b = 0; b < 256; b++) this.#pieces.push(Uint8Array.of(b));
     merges.forEach((m: unknown, r: number) => {
       const ids = this.#pieces.length;
@@ -102,7 +153,8 @@ export class Tokenizer {
       const [a, b] = m as [number, number];
       const pa = this.#pieces[a], pb = this.#pieces[b];
       if (pa.length + pb.length > MAX_PIECE_BYTES) throw bad(`merges[${r}] builds a piece of ${pa.length + pb.length} bytes, more than ${MAX_PIECE_BYTES}`);
-      this.#merges.push([a, b]);
+      this.#mergeLeft[r] = a;
+      this.#mergeRight[r] = b;
       this.#ranks.set(a * 0x100000 + b, r);
       const joined = new Uint8Array(pa.length + pb.length);
       joined.set(pa);
@@ -155,33 +207,92 @@ export class Tokenizer {
   }
 
   #encodePiece(bytes: Uint8Array): number[] {
+    // Only short pieces are cached: words recur, a long run of letters rarely does, and caching it
+    // would keep its bytes and ids for good.
+    if (bytes.length > CACHE_MAX_PIECE_BYTES) return this.#merge(bytes);
     const key = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("latin1");
     const hit = this.#cache.get(key);
     if (hit) return hit;
-    let ids = Array.from(bytes);
-    while (ids.length >= 2) {
-      let best = -1;
-      for (let k = 0; k + 1 < ids.length; k++) {
-        const r = this.#ranks.get(ids[k] * 0x100000 + ids[k + 1]);
-        if (r !== undefined && (best < 0 || r < best)) best = r;
-      }
-      if (best < 0) break;
-      // Replace every occurrence of the best pair, left to right, without overlap.
-      const next: number[] = [];
-      const [pa, pb] = this.#merges[best];
-      for (let k = 0; k < ids.length; k++) {
-        if (k + 1 < ids.length && ids[k] === pa && ids[k + 1] === pb) {
-          next.push(256 + best);
-          k++;
-        } else next.push(ids[k]);
-      }
-      ids = next;
+    const ids = this.#merge(bytes);
+    const cost = CACHE_ENTRY_OVERHEAD + key.length + 8 * ids.length;
+    if (this.#cacheBytes + cost > CACHE_MAX_BYTES) {
+      this.#cache.clear();
+      this.#cacheBytes = 0;
     }
-    if (this.#cache.size < 200000) this.#cache.set(key, ids);
+    this.#cache.set(key, ids);
+    this.#cacheBytes += cost;
     return ids;
   }
 
-  /** Token ids of `text` (no BOS; special tokens are never produced from text). */
+  /**
+   * BPE on one pre-token, with bpe.py's result: merge the lowest-ranked adjacent pair, all its
+   * occurrences left to right without overlap, and repeat. Done in O(n log n) with a heap of
+   * (rank, position) over a linked list of symbols. Each rank is one pair, and a merge only creates
+   * pairs of higher rank (a merge's parts are older ids), so popping by rank, then by position,
+   * replays the rounds exactly: the leftmost occurrence first, and an overlapping one (the second
+   * "a a" of "a a a") is then stale and skipped.
+   */
+  #merge(bytes: Uint8Array): number[] {
+    const n = bytes.length;
+    if (n < 2) return Array.from(bytes);
+    const ranks = this.#ranks, left = this.#mergeLeft, right = this.#mergeRight;
+    if (this.#id.length < n) {
+      const size = Math.max(n, 2 * this.#id.length, 64);
+      this.#id = new Int32Array(size);
+      this.#next = new Int32Array(size);
+      this.#prev = new Int32Array(size);
+      this.#heap = new Float64Array(3 * size);
+    }
+    // Symbol at position i (its first byte): id[i] (-1 once merged into the one before), next[i], prev[i].
+    const id = this.#id, next = this.#next, prev = this.#prev;
+    // A min-heap of rank * 2^32 + position: at most n - 1 pairs at the start, then two per merge.
+    const heap = this.#heap;
+    let size = 0;
+    for (let i = 0; i < n; i++) {
+      id[i] = bytes[i];
+      next[i] = i + 1;
+      prev[i] = i - 1;
+    }
+    for (let i = 0; i + 1 < n; i++) {
+      const r = ranks.get(id[i] * 0x100000 + id[i + 1]);
+      if (r !== undefined) size = heapPush(heap, size, r * POSITIONS + i);
+    }
+    while (size > 0) {
+      const key = heap[0];
+      size = heapPop(heap, size);
+      const r = Math.floor(key / POSITIONS), i = key - r * POSITIONS;
+      const j = next[i];
+      // Stale: the pair at i has changed since it was pushed.
+      if (id[i] !== left[r] || j >= n || id[j] !== right[r]) continue;
+      id[i] = 256 + r;
+      id[j] = -1;
+      const k = next[j];
+      next[i] = k;
+      if (k < n) {
+        prev[k] = i;
+        const rk = ranks.get(id[i] * 0x100000 + id[k]);
+        if (rk !== undefined) size = heapPush(heap, size, rk * POSITIONS + i);
+      }
+      const p = prev[i];
+      if (p >= 0) {
+        const rp = ranks.get(id[p] * 0x100000 + id[i]);
+        if (rp !== undefined) size = heapPush(heap, size, rp * POSITIONS + p);
+      }
+    }
+    const out: number[] = [];
+    for (let i = 0; i < n; i = next[i]) out.push(id[i]);
+    if (this.#id.length > SCRATCH_KEEP) {
+      // Don't hold a long piece's scratch (36 bytes a byte) until the next call.
+      this.#id = this.#next = this.#prev = new Int32Array(0);
+      this.#heap = new Float64Array(0);
+    }
+    return out;
+  }
+
+  /**
+   * Token ids of `text` (no BOS; special tokens are never produced from text). A lone surrogate in
+   * `text` is encoded as U+FFFD, as TextEncoder does. Time grows as n log n with the length of `text`.
+   */
   encode(text: string): number[] {
     const bytes = new TextEncoder().encode(text);
     const out: number[] = [];
@@ -205,7 +316,12 @@ export class Tokenizer {
     return out;
   }
 
-  /** The text of `ids`; invalid UTF-8 becomes U+FFFD, and a leading U+FEFF is kept (decode(encode(s)) === s). */
+  /**
+   * The text of `ids`; invalid UTF-8 becomes U+FFFD, and a leading U+FEFF is kept.
+   * decode(encode(s)) === s for every well-formed string s. A lone surrogate (a UTF-16 code unit
+   * 0xD800-0xDFFF without its pair) has no UTF-8 form: encode turns it into U+FFFD, so it comes back
+   * as "\uFFFD" ("a\uD800b" decodes as "a\uFFFDb").
+   */
   decode(ids: ArrayLike<number>): string {
     // TextDecoder drops a leading byte order mark unless told not to; it is text like any other here.
     return new TextDecoder("utf-8", { ignoreBOM: true }).decode(this.decodeBytes(ids));
