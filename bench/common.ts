@@ -64,6 +64,8 @@ export type OptionValues<T extends Record<string, OptionSpec>> = { [K in keyof T
 /** What a benchmark script accepts: its file name, what it measures, and its options by name (without `--`). */
 export interface BenchCommand<T extends Record<string, OptionSpec>> {
   script: string;
+  /** The folder of the built script, for the usage line. Default: "dist/bench". */
+  folder?: string;
   about: string;
   options: T;
   /** A check across options, after each has been checked alone: a message naming them, or undefined. */
@@ -171,7 +173,7 @@ export function optionsUsage<T extends Record<string, OptionSpec>>(command: Benc
   rows.push(["--help, -h", "print this text and exit"]);
   const width = Math.max(...rows.map((r) => r[0].length));
   return [
-    `usage: node dist/bench/${command.script}.js [options]`,
+    `usage: node ${command.folder ?? "dist/bench"}/${command.script}.js [options]`,
     "",
     command.about,
     "",

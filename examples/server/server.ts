@@ -24,7 +24,7 @@ import * as http from "http";
 import type { AddressInfo } from "net";
 import { KVCache, Sequence, PressureEvent } from "../../ts";
 import { Sampler, TinyLM, defaultModelDir, loadTinyLM, modelProfile } from "../../ts/model";
-import { BenchCommand, OptionError, OptionSpec, OptionValues, flagOption, intOption, optionsUsage, parseOptions } from "../../bench/common";
+import { BenchCommand, OptionSpec, OptionValues, benchOptions, flagOption, intOption } from "../../bench/common";
 
 export interface ServerOptions {
   /** Model directory. Default: the embedded tiny-lm. */
@@ -393,19 +393,7 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
 
 /** The command lines of the server and the load test: bench/common's options, usage and errors. */
 export function exampleOptions<T extends Record<string, OptionSpec>>(command: BenchCommand<T>, argv: readonly string[] = process.argv.slice(2)): OptionValues<T> {
-  let parsed: OptionValues<T> | "help";
-  try {
-    parsed = parseOptions(command, argv);
-  } catch (e) {
-    if (!(e instanceof OptionError)) throw e;
-    process.stderr.write(`${command.script}.js: ${e.message}\n`);
-    process.exit(2);
-  }
-  if (parsed === "help") {
-    process.stdout.write(optionsUsage(command).replace(/^usage: node dist\/bench\//, "usage: node dist/examples/server/"));
-    process.exit(0);
-  }
-  return parsed;
+  return benchOptions({ folder: "dist/examples/server", ...command }, argv);
 }
 
 const SERVER_COMMAND = {
