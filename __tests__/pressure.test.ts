@@ -101,6 +101,41 @@ test("an appendBatchAsync's own sequences are busy for the policy, whether the b
   }
 });
 
+test("a listener that disposes a later candidate or starts an async call on it: that one is skipped, and the append fits if it can", async () => {
+  for (const action of ["dispose", "async"] as const) {
+    const { r, cache, grow } = setup();
+    const first = cache.createSequence(), second = cache.createSequence(), third = cache.createSequence();
+    grow(first, 64); // 4 pages per head
+    grow(second, 96); // 6
+    grow(third, 96); // 6: the pool is full
+    let pending: Promise<unknown> | undefined;
+    const compressed: Sequence[] = [];
+    cache.onPressure({
+      evict: "oldest",
+      ratio: 0.5,
+      scorer: "knorm",
+      sink: 4,
+      window: 8,
+      listener: (e) => {
+        compressed.push(e.sequence);
+        if (e.sequence !== first) return;
+        if (action === "dispose") second.dispose();
+        else pending = second.attendAsync(0, randn(r, shape.queryHeads * shape.headDim));
+      },
+    });
+    const newcomer = cache.createSequence();
+    // 6 pages per head (12 per layer): first gives 8 pages in all, not enough for layer 0, then
+    // second is gone (its pages came back) or busy (it threw SequenceBusyError out of the append
+    // before), and third gives the rest.
+    grow(newcomer, 96);
+    expect([action, total(newcomer)]).toEqual([action, 96 * heads]);
+    // second is never compressed (it threw DisposedError or SequenceBusyError out of the append before).
+    expect([action, compressed.includes(second), compressed[0] === first, cache.pressureStats.events]).toEqual([action, false, true, compressed.length]);
+    await pending;
+    cache.dispose();
+  }
+});
+
 test("options are checked when onPressure is called", () => {
   const { cache } = setup();
   const message = (fn: () => void) => {

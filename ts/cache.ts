@@ -374,8 +374,9 @@ export class KVCache {
       const total = (seq: Sequence) => seq.lengths().reduce((a, b) => a + b, 0);
       const candidates = [...this.#sequences].filter((seq) => seq.pending === 0 && total(seq) > 0);
       if (policy.evict === "largest") candidates.sort((a, b) => total(b) - total(a));
-      let last: unknown = e;
       for (const seq of candidates) {
+        // A listener may have disposed a later candidate or started an async call on it.
+        if (seq.disposed || seq.pending > 0) continue;
         let report: CompressReport;
         try {
           report = seq.compress(policy.options);
@@ -393,10 +394,11 @@ export class KVCache {
           return;
         } catch (err) {
           if (!(err instanceof OutOfPagesError)) throw err;
-          last = err;
         }
       }
-      throw last;
+      // Once more, in the state the policy leaves (a listener may have made room another way, by
+      // disposing a sequence, say): a failed append changes nothing, and its error is the latest.
+      attempt();
     }
   }
 
