@@ -153,6 +153,27 @@ maybe("the example server's requests", () => {
     expect(split.lines).toEqual(whole.lines.map((l) => ("ms" in l ? { ...l, ms: expect.any(Number) } : l)));
   });
 
+  test("a cut that falls inside a long word moves back to where the word starts", async () => {
+    // BPE splits a long run of one letter by its length: tokenizing the run from a cut in its middle
+    // gave other last tokens than the whole prompt's ([..., 3747, 3747, 3747] for [..., 3747, 3747, 120]).
+    const prompt = "y ".repeat(5000) + "x".repeat(20079);
+    const tokens = 256;
+    const keep = s.model.config.maxPosition - tokens - 1;
+    // Once the prefill is done the client leaves (the tokens after it would take seconds).
+    const req = http.request({ host: "127.0.0.1", port, path: "/generate", method: "POST", agent: false });
+    req.on("error", () => {});
+    req.end(JSON.stringify({ prompt, tokens }));
+    await within(20_000, "the prefill", (async () => {
+      while ((prefilled[0]?.length ?? 0) <= keep) await new Promise((r) => setTimeout(r, 2));
+    })());
+    req.destroy();
+    while (s.stats().active > 0) await new Promise((r) => setTimeout(r, 2));
+    expect(encoded).toEqual([prompt.slice(prompt.lastIndexOf(" "))]);
+    const tok = s.model.tokenizer!;
+    const all = tok.encode(prompt);
+    expect(prefilled[0].slice(0, keep + 1)).toEqual([tok.bos, ...all.slice(all.length - keep)]);
+  }, 30_000);
+
   test("a long prompt is cut before it is tokenized, to the same last tokens", async () => {
     // ~200 KiB: under the 1 MiB body limit, about 10,000 times what the model can take.
     const piece = "Ünïcödé 🙂 the river ran past façade and Zürich, 42 times; ";

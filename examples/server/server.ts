@@ -87,9 +87,6 @@ const MAX_TOKENS = 256;
 // Prompt tokens run per turn: between two such parts the other requests each make a decode step,
 // so a long prompt does not hold every other stream back for its whole prefill.
 const PREFILL_TURN = 64;
-// UTF-16 units kept before the tokens a prompt needs (see the cut in generate): the cut may split a
-// pre-token, whose tokens can then differ from the whole prompt's; they are among those dropped.
-const CUT_MARGIN = 256;
 // How long close() lets the responses it ended reach their clients before closing the connections.
 const CLOSE_GRACE_MS = 1000;
 // The methods of each path (405 with Allow for the others).
@@ -258,11 +255,14 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
     // every training text after BOS). The text is cut before it is tokenized, so that a long one
     // costs no more than one the model can take: a token stands for at most longestToken bytes and
     // a UTF-16 unit for at least one, so the last keep * longestToken units give at least `keep`
-    // tokens, and the margin holds the word the cut may split (its tokens are among those dropped).
+    // tokens. The cut then moves back to where one of the whole prompt's pre-tokens starts (a space
+    // after a character that is not white space: the tokenizer splits there), so the tokens kept
+    // are the whole prompt's last ones (BPE splits a long word differently once its start is cut);
+    // a single word longer than that is tokenized whole (bounded by maxBodyBytes).
     const keep = Math.max(0, model.config.maxPosition - tokens - 1);
-    let from = Math.max(0, prompt.length - (keep * longestToken + CUT_MARGIN));
-    const unit = prompt.charCodeAt(from);
-    if (from > 0 && unit >= 0xdc00 && unit <= 0xdfff) from--; // keep a surrogate pair whole
+    let from = Math.max(0, prompt.length - keep * longestToken);
+    const white = (u: number) => u === 32 || (u >= 9 && u <= 13);
+    while (from > 0 && !(prompt.charCodeAt(from) === 32 && !white(prompt.charCodeAt(from - 1)))) from--;
     const text = tok.encode(from > 0 ? prompt.slice(from) : prompt);
     const ids = [tok.bos!, ...text.slice(Math.max(0, text.length - keep))];
     stats.requests++;
