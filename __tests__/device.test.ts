@@ -271,7 +271,9 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     for (const dtype of ["f32", "bf16"] as const) {
       const pair = new Pair({ layers: 1, kvHeads: 2, queryHeads: 4, headDim: 16, dtype });
       try {
-        const keys = randn(r, 24 * 2 * 16);
+        // Magnitudes from 0.25 to 2.25: scaled by 2^-120 they stay normal float32 (subnormals would
+        // round the stored keys themselves, and no scorer could be scale-free then).
+        const keys = randn(r, 24 * 2 * 16).map((x) => (x < 0 ? -1 : 1) * (0.25 + Math.min(Math.abs(x), 2)));
         const scored = (seq: Sequence, scorer: "keydiff" | "knorm") => seq.scores(0, scorer, { window: 0 }).map((h) => Array.from(h));
         const base = pair.cpu.createSequence();
         base.append(0, keys, new Float32Array(keys.length));

@@ -917,12 +917,16 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
   // Tells V8 how much host memory the cache holds (pool pages written, page bookkeeping), so that
   // caches dropped without dispose() are collected as their memory grows, not at some later GC.
-  // Only append grows it (the pool never shrinks until the cache is freed). Each kernel thread
-  // besides the calling one counts as the 8 MiB stack it reserves: caches dropped before they
-  // wrote a page hold little memory but threads, and are collected too.
+  // Only append grows it (the pool never shrinks until the cache is freed). On the CPU each
+  // kernel thread besides the calling one counts as the 8 MiB stack it reserves: caches dropped
+  // before they wrote a page hold little memory but threads, and are collected too (the CUDA
+  // backend starts no threads).
   void reportMemory(Napi::Env env) {
     int64_t now = 0;
-    if (cache_ && !cache_->disposed()) now = (int64_t)cache_->residentBytes() + (int64_t)(cache_->threads() - 1) * (8 << 20);
+    if (cache_ && !cache_->disposed()) {
+      now = (int64_t)cache_->residentBytes();
+      if (std::string(cache_->device()) == "cpu") now += (int64_t)(cache_->threads() - 1) * (8 << 20);
+    }
     if (now != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, now - reported_);
     reported_ = now;
   }

@@ -76,8 +76,9 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
   const int G = a.group, D = a.headDim, P = a.pool->pageSize();
   const DType dt = a.pool->dtype();
   const size_t rowBytes = a.pool->rowBytes();
-  // ½·s²·kᵀΣk as (s/2)·(s·kᵀΣk): s² alone overflows float32 for |s| above ~2.6e19.
-  const float scale = o.scale, half = 0.5f * scale;
+  // ½·s²·kᵀΣk; where s²/2 overflows float32 (|s| above ~2.6e19), as (s/2)·(s·kᵀΣk).
+  const float scale = o.scale, half = 0.5f * scale, half2 = half * scale;
+  const bool split = !std::isfinite(half2);
   const float* mean = a.expectedMean + (size_t)a.headIndex * G * D;
   const float* cov = a.expectedCovariance ? a.expectedCovariance + (size_t)a.headIndex * G * D * D : nullptr;
   std::vector<float> q((size_t)G * D);
@@ -99,7 +100,10 @@ void expectedAttentionScores(const HeadScoreArgs& a, float* out) {
       }
     a.kernels->quadForms(k.data(), cnt, D, cov, G, quad.data(), cnt);
     for (int g = 0; g < G; ++g)
-      for (int j = 0; j < cnt; ++j) z[(size_t)g * L + t + j] += half * (scale * quad[(size_t)g * cnt + j]);
+      for (int j = 0; j < cnt; ++j) {
+        const float qf = quad[(size_t)g * cnt + j];
+        z[(size_t)g * L + t + j] += split ? half * (scale * qf) : half2 * qf;
+      }
   });
   std::fill(out + sink, out + L, 0.f);
   for (int g = 0; g < G; ++g) {

@@ -151,7 +151,7 @@ struct ScoreParams {
   const int32_t* expectedSlot;
   const float* expectedMean;
   const float* expectedCovariance;
-  float scale, halfScale;          // scale and scale / 2 (s^2 / 2 alone overflows for |s| > ~2.6e19)
+  float scale, halfScale, halfScale2;  // scale, scale / 2 and scale^2 / 2 (infinite for |s| > ~2.6e19)
   int32_t sink, valueNorm;
   float epsilon;
 };

@@ -416,7 +416,9 @@ __global__ void __launch_bounds__(256) expectedLogitsKernel(const ScoreParams p)
     for (int x = 0; x < T; ++x) {
       const int32_t t = t0 + warp * T + x;
       if (t >= h.length) continue;
-      const float z = (p.scale * lin[x] + p.halfScale * (p.scale * quad[x])) * 1.4426950408889634f;
+      // ½s²·kᵀΣk; where s²/2 overflows, (s/2)·(s·kᵀΣk).
+      const float qz = isfinite(p.halfScale2) ? p.halfScale2 * quad[x] : p.halfScale * (p.scale * quad[x]);
+      const float z = (p.scale * lin[x] + qz) * 1.4426950408889634f;
       p.raw[h.rawBase + (int64_t)g * h.length + t] = t < p.sink ? -INFINITY : z;
     }
   }
@@ -603,6 +605,7 @@ void runScoresPart(RT& rt, const ScoreBatch& b) {
   p.expectedCovariance = b.expectedCovariance;
   p.scale = b.scale;
   p.halfScale = 0.5f * b.scale;
+  p.halfScale2 = p.halfScale * b.scale;
   p.sink = b.sink;
   p.valueNorm = b.valueNorm ? 1 : 0;
   p.epsilon = b.epsilon;
