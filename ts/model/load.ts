@@ -4,6 +4,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { BadModelError, jsonPreview } from "../errors";
 import { packageRoot } from "../native";
+import { readModelFile } from "./read-file";
 import { parseSafetensors } from "./safetensors";
 import { configProblem, TinyLM, TinyLMConfig, tensorSpecs } from "./tiny-lm";
 import { Tokenizer } from "./tokenizer";
@@ -67,14 +68,6 @@ export function configFromJson(j: Record<string, unknown>, source = "config.json
 
 /** The files a model directory must hold. */
 export const MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json"] as const;
-
-function readModelFile(file: string): Buffer {
-  try {
-    return fs.readFileSync(file);
-  } catch (e) {
-    throw new BadModelError(`${file}: cannot be read (${(e as Error).message})`);
-  }
-}
 
 /**
  * Loads the model and its tokenizer from `dir` (default: the package's models/tiny-lm).

@@ -1,8 +1,8 @@
 // A reader for .safetensors files: 8-byte little-endian header length, a JSON header, then the
 // raw tensor data. Every tensor comes back as Float32Array (f16/bf16/f32 are converted).
-import * as fs from "fs";
 import { f32ToF16Bits } from "../dtype";
 import { BadModelError, jsonPreview } from "../errors";
+import { readModelFile } from "./read-file";
 
 /** One tensor of a safetensors file, converted to f32. */
 export interface Tensor {
@@ -100,13 +100,7 @@ export function parseSafetensors(bytes: Uint8Array, source = "safetensors data")
  * or malformed (see parseSafetensors).
  */
 export function readSafetensors(file: string): Safetensors {
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (e) {
-    throw new BadModelError(`${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "missing" : `cannot be read (${(e as Error).message})`}`);
-  }
-  return parseSafetensors(bytes, file);
+  return parseSafetensors(readModelFile(file), file);
 }
 
 /**

@@ -1,7 +1,7 @@
 // The tiny LM's byte-level BPE (format "lukv-bpe-1"), encoding exactly as tools/tiny-lm/bpe.py:
 // pre-split the UTF-8 bytes by byte class, then merge each pre-token by lowest rank.
-import * as fs from "fs";
 import { BadModelError, jsonPreview } from "../errors";
+import { readModelFile } from "./read-file";
 
 const L = 0, D = 1, W = 2, P = 3;
 const CLASS = new Uint8Array(256);
@@ -191,12 +191,7 @@ export class Tokenizer {
 
   /** Loads tokenizer.json. @throws BadModelError when the file is missing or unreadable, not JSON or not a valid tokenizer. */
   static load(file: string): Tokenizer {
-    let text: string;
-    try {
-      text = fs.readFileSync(file, "utf8");
-    } catch (e) {
-      throw new BadModelError(`${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "missing" : `cannot be read (${(e as Error).message})`}`);
-    }
+    const text = readModelFile(file).toString("utf8");
     let json: TokenizerJson;
     try {
       json = JSON.parse(text);
