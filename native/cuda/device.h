@@ -115,15 +115,8 @@ LUKV_DEVICE uint4 load16(const uint8_t* p) { return __ldg(reinterpret_cast<const
 LUKV_DEVICE uint4 zero16() { return make_uint4(0u, 0u, 0u, 0u); }
 
 // Sum / max over the lanes whose index differs only in the bits of [from, to) (powers of two).
-template <int From, int To>
-LUKV_DEVICE float laneSum(float v) {
-  LUKV_UNROLL
-  for (int o = From; o < To; o <<= 1) v += __shfl_xor_sync(kFullMask, v, o);
-  return v;
-}
-
-template <int From, int To>
-LUKV_DEVICE double laneSum(double v) {
+template <int From, int To, class T>
+LUKV_DEVICE T laneSum(T v) {
   LUKV_UNROLL
   for (int o = From; o < To; o <<= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;
