@@ -208,19 +208,18 @@ std::vector<int32_t> lukvBudgets(const HeadBounds& b, const std::vector<double>&
   if (prune.size() != H)
     throwInvalid("Expected " + str((int64_t)H) + " prune ratios (layers * kvHeads) but received " + str((int64_t)prune.size()));
   std::vector<double> T(H), lo(H), x(H);
-  double total = 0;
+  double total = 0, maxT = 1;
   for (size_t h = 0; h < H; ++h) {
     T[h] = b.len[h];
     lo[h] = b.lo[h];
     x[h] = (1 - prune[h]) * T[h];
     total += T[h];
+    maxT = std::max(maxT, T[h]);
   }
   const double shift = solveShift(x, T, lo, (double)K, total);
   std::vector<int32_t> keep(H);
   std::vector<double> frac(H);
   int64_t left = K;
-  double maxT = 1;
-  for (size_t h = 0; h < H; ++h) maxT = std::max(maxT, T[h]);
   // Remainders this close are equal up to the rounding of the shift and the shares: ties.
   const double eps = 1e-12 * maxT;
   for (size_t h = 0; h < H; ++h) {

@@ -170,15 +170,13 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
           return dt == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
         };
         float* unit = keys.data() + (size_t)t * D;
-        if (norms[t] * norms[t] < kTinySquares) {
-          // A norm this small is imprecise in float32 (or its inverse overflows): divide in double.
-          double n = 0;
-          for (int d = 0; d < D; ++d) n += (double)element(d) * element(d);
-          n = std::sqrt(n);
-          for (int d = 0; d < D; ++d) unit[d] = n > 0 ? (float)(element(d) / n) : 0.f;
+        const float n = norms[t];
+        // A norm this small (rowNorms sums its row in double) may have no finite inverse: divide.
+        if (n * n < kTinySquares) {
+          for (int d = 0; d < D; ++d) unit[d] = n > 0 ? element(d) / n : 0.f;
           continue;
         }
-        const float inv = 1.f / norms[t];
+        const float inv = 1.f / n;
         for (int d = 0; d < D; ++d) unit[d] = element(d) * inv;
       }
       double an = 0;
