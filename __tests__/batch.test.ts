@@ -373,6 +373,32 @@ describe("batch checks", () => {
     await pending;
     expect(cache.attendBatch(0, [{ sequence: s0, queries: q() }, { sequence: s1, queries: q() }])).toHaveLength(2);
   });
+
+  // The addon checks the batch's queries and reports each item's largest |q|, which its sequence
+  // remembers for the scorers that read the observation window, as a single attend's.
+  test("each item's queries' bound is remembered; without checkFinite the batch takes what attend takes", () => {
+    const shape = { layers: 1, kvHeads: 1, queryHeads: 2, headDim: 2, pageSize: 4, maxTokens: 64, dtype: "f32", device: "cpu" } as const;
+    const checked = new KVCache(shape);
+    const unchecked = new KVCache({ ...shape, checkFinite: false });
+    try {
+      const [a, b] = [checked.createSequence(), checked.createSequence()];
+      // Zero keys: any query scores 0, so only q x scale bounds the queries
+      for (const s of [a, b]) s.append(0, new Float32Array(2), Float32Array.from([1, 2]));
+      checked.attendBatch(0, [{ sequence: a, queries: Float32Array.from([1, 2, 3, 4]) }, { sequence: b, queries: new Float32Array(4).fill(-1e38) }], { scale: 1e-30 });
+      expect(() => b.scores(0, "snapkv", { window: 1, scale: 10 })).toThrow(/max\|q\| 1e\+38 with scale 10/);
+      expect(Array.from(a.scores(0, "snapkv", { window: 1, scale: 10 }))).toHaveLength(1);
+
+      const [c, d] = [unchecked.createSequence(), unchecked.createSequence()];
+      for (const s of [c, d]) s.append(0, Float32Array.from([1, 0]), Float32Array.from([1, 2]));
+      const nan = Float32Array.from([NaN, 0, 1, 0]);
+      const got = unchecked.attendBatch(0, [{ sequence: c, queries: nan }, { sequence: d, queries: Float32Array.from([1, 0, 1, 0]) }]);
+      expect(bits(got[0])).toBe(bits(c.attend(0, nan)));
+      expect(Array.from(got[1])).toEqual([1, 2, 1, 2]);
+    } finally {
+      checked.dispose();
+      unchecked.dispose();
+    }
+  });
 });
 
 describe("batches in call order with queued async calls", () => {

@@ -316,4 +316,94 @@ describe("input scan", () => {
       expect(Array.from(scanValues(x, 0, limit))).toEqual([first, maxAbs]);
     }
   });
+
+  // Raw f16/bf16 words are scanned in blocks of 512: a word whose exponent is all ones is bad.
+  test("raw f16 and bf16 words: matches a plain scan, bad words anywhere (block edges included)", () => {
+    const { scanValues } = require("../ts/finite") as typeof import("../ts/finite");
+    const { f16BitsToF32, bf16BitsToF32 } = require("../ts/dtype") as typeof import("../ts/dtype");
+    const r = rng(seed + 11);
+    for (const [kind, decode, specials] of [
+      [1, f16BitsToF32, [0x7c00, 0xfc00, 0x7e00, 0x7c01, 0x7bff, 0xfbff, 0x0001, 0x8000, 0x3c00]],
+      [2, bf16BitsToF32, [0x7f80, 0xff80, 0x7fc0, 0x7f81, 0x7f7f, 0xff7f, 0x0001, 0x8000, 0x3f80]],
+    ] as const) {
+      for (let trial = 0; trial < 150; trial++) {
+        const n = Math.floor(r() * 2100);
+        const x = new Uint16Array(n);
+        for (let i = 0; i < n; i++) {
+          x[i] = Math.floor(r() * 65536);
+          // Mostly finite words: an all-ones exponent redrawn
+          if (r() < 0.97) while (!Number.isFinite(decode(x[i]))) x[i] = Math.floor(r() * 65536);
+        }
+        for (let j = 0; j < Math.floor(r() * 3) && n > 0; j++) {
+          const at = r() < 0.5 ? Math.min(n - 1, 512 * Math.floor(r() * 5) + Math.floor(r() * 3) - 1) : Math.floor(r() * n);
+          x[Math.max(0, at)] = specials[Math.floor(r() * specials.length)];
+        }
+        let first = -1;
+        let maxAbs = 0;
+        for (let i = 0; i < n; i++) {
+          const a = Math.abs(decode(x[i]));
+          if (!Number.isFinite(a)) {
+            first = i;
+            break;
+          }
+          maxAbs = Math.max(maxAbs, a);
+        }
+        expect(Array.from(scanValues(x, kind, Infinity))).toEqual([first, maxAbs]);
+      }
+    }
+  });
+});
+
+// attendBatch checks its items' queries in the addon (one pass over all items) and attend in
+// TypeScript: at the bounds, both must take and refuse the same queries, with the same message.
+test("attend and attendBatch refuse the same queries at the score bounds", () => {
+  const r = rng(seed + 13);
+  const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 4, pageSize: 4, maxTokens: 4096, dtype: "f32", threads: 1 });
+  const F32_MAX = 3.4028234663852886e38;
+  const f32Next = (x: number, dir: 1 | -1): number => {
+    const b = new Float32Array([x]);
+    const u = new Uint32Array(b.buffer);
+    u[0] += dir;
+    return b[0];
+  };
+  const thrown = (fn: () => unknown): Error | undefined => {
+    try {
+      fn();
+    } catch (e) {
+      return e as Error;
+    }
+    return undefined;
+  };
+  let refused = 0, taken = 0;
+  try {
+    for (let trial = 0; trial < 300; trial++) {
+      const seq = cache.createSequence();
+      const k = Math.fround((1 + r()) * 2 ** Math.floor(r() * 60 - 20));
+      seq.append(0, Float32Array.from([k, 0, 0, 0]), Float32Array.from([1, 1, 1, 1]));
+      const scale = Math.fround((r() < 0.5 ? 1 + r() * 3 : r()) * 2 ** Math.floor(r() * 40 - 20));
+      // The largest |q| taken: the score bound, or the scaled one where it is lower.
+      const byScores = 2 ** 120 / (4 * k * Math.max(1, scale));
+      const edge = Math.fround(Math.min(byScores, F32_MAX / scale));
+      for (const q0 of [f32Next(edge, -1), edge, f32Next(edge, 1)]) {
+        if (!Number.isFinite(q0)) continue;
+        const q = Float32Array.from([q0 * (r() < 0.5 ? -1 : 1), 0.5, 0, 0]);
+        const single = thrown(() => seq.attend(0, q, { scale }));
+        const batch = thrown(() => cache.attendBatch(0, [{ sequence: seq, queries: q }], { scale }));
+        if (single === undefined) {
+          taken++;
+          expect(batch).toBeUndefined();
+        } else {
+          refused++;
+          expect(single.name).toBe("InvalidArgumentError");
+          expect(batch?.message).toBe(single.message.replace(/queries/g, "items[0].queries"));
+        }
+      }
+      seq.dispose();
+    }
+  } finally {
+    cache.dispose();
+  }
+  // Both sides of the edge were met
+  expect(refused).toBeGreaterThan(100);
+  expect(taken).toBeGreaterThan(100);
 });

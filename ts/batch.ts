@@ -160,8 +160,76 @@ function checkAttendBatch(
   return { l, scale, seqs, ids, parts };
 }
 
+// The common batch in its fast form, the arguments of one native call: every item an object with
+// only known keys, naming a distinct idle live sequence of the cache, with Float32Array queries of
+// a row count its layer can take and a Float32Array out of their length, if any. The per-item
+// checks left (the queries' values against the scores' bound, and the outputs' overlaps) run in the
+// addon, which has the arrays in hand. Undefined when anything differs: checkAttendBatch then
+// checks the batch and names what is wrong.
+type QuickBatch = {
+  l: number;
+  scale: number;
+  seqs: Sequence[];
+  ids: Int32Array;
+  queries: Float32Array[];
+  outs: Float32Array[];
+  keyMax: Float64Array | null;
+  queryMax: Float64Array;
+};
+
+// The fast path's typed arrays, one set per batch size: made once, since new ones cost more than
+// the checks they carry (their buffers are allocated and swept). The addon reads ids and keyMax and
+// writes queryMax during the call; attendBatch reads queryMax right after it.
+const quickArrays: { ids: Int32Array; keyMax: Float64Array; queryMax: Float64Array }[] = [];
+function quickArraysOf(n: number): { ids: Int32Array; keyMax: Float64Array; queryMax: Float64Array } {
+  return (quickArrays[n] ??= { ids: new Int32Array(n), keyMax: new Float64Array(n), queryMax: new Float64Array(n) });
+}
+
+function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: AttendBatchOptions | undefined): QuickBatch | undefined {
+  const { layers, queryHeads, headDim, checkFinite } = cache.config;
+  if (!Number.isInteger(layer) || (layer as number) < 0 || (layer as number) >= layers || !Array.isArray(items)) return undefined;
+  const l = layer as number;
+  const scale = batchScale(cache, opts);
+  const n = items.length;
+  if (n === 0 || n > SCAN_ITEMS) return undefined;
+  const row = queryHeads * headDim;
+  const seqs: Sequence[] = new Array(n), queries: Float32Array[] = new Array(n), outs: Float32Array[] = new Array(n);
+  const scratch = quickArraysOf(n), ids = scratch.ids, keyMax = checkFinite ? scratch.keyMax : null;
+  for (let i = 0; i < n; i++) {
+    const item: unknown = items[i];
+    if (item === null || typeof item !== "object") return undefined;
+    for (const key in item) if (key !== "sequence" && key !== "queries" && key !== "out") return undefined;
+    const { sequence: seq, queries: q, out } = item as AttendBatchItem;
+    if (!(seq instanceof SequenceClass) || seq.cache !== cache || seq.disposed || seq.pending > 0 || !isFloat32Array(q)) return undefined;
+    if (out !== undefined && !(isFloat32Array(out) && out.length === q.length)) return undefined;
+    for (let j = 0; j < i; j++) if (seqs[j] === seq) return undefined;
+    const bound = seq.quickAttend(l, q, row);
+    if (bound < 0) return undefined;
+    if (keyMax) keyMax[i] = bound;
+    seqs[i] = seq;
+    ids[i] = seq.id;
+    queries[i] = q;
+    outs[i] = out ?? new Float32Array(q.length);
+  }
+  return { l, scale, seqs, ids, queries, outs, keyMax, queryMax: scratch.queryMax };
+}
+
 /** See KVCache.attendBatch. */
 export function attendBatch(cache: KVCache, layer: number, items: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
+  const quick = quickAttendBatch(cache, layer, items, opts);
+  if (quick) {
+    const { l, scale, seqs, ids, queries, outs, keyMax, queryMax } = quick;
+    try {
+      cache.handle.attendBatch(l, ids, queries, scale, outs, keyMax, queryMax);
+    } catch (e) {
+      // Refused before anything ran: the full checks name what is wrong (the addon's own message
+      // stands if they find nothing).
+      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, items, opts, (s) => s.id);
+      rethrow(e);
+    }
+    if (keyMax) for (let i = 0; i < seqs.length; i++) seqs[i].commitQueries(l, queryMax[i]);
+    return outs;
+  }
   const { l, scale, seqs, ids, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.id);
   if (parts.length === 0) return [];
   // The addon writes into one array per item: the caller's, or a new one.

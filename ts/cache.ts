@@ -17,7 +17,7 @@ import {
 } from "./compress";
 import * as batch from "./batch";
 import type { AttendBatchItem, AttendBatchOptions, AppendBatchItem } from "./batch";
-import { checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } from "./finite";
+import { VALUE_SUM_LIMIT, checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } from "./finite";
 import {
   integerInRange,
   isFloat32Array,
@@ -678,6 +678,21 @@ export class Sequence {
   checkAttend(l: number, queries: Float32Array | Uint16Array, out: unknown, scale: number, prefix: string, queriesName: string): { q: Float32Array; out?: Float32Array; queryMax: number } {
     const { q, queryMax } = this.#queries(l, queries, scale, queriesName);
     return { q, out: this.#out(out, queries, prefix), queryMax };
+  }
+
+  /**
+   * @internal The checks of checkAttend that the batch's fast path keeps in TypeScript, for
+   * Float32Array queries: -1 when they need the full checks (no whole number of rows the layer can
+   * take, or values whose sums could overflow), else the bound on |k| against which the addon checks
+   * the queries' scores (0 without checkFinite).
+   */
+  quickAttend(l: number, queries: Float32Array, row: number): number {
+    const tokens = queries.length / row;
+    const appended = this.#appendedCount(l) + this.#queuedRows[l];
+    if (!(tokens >= 1 && tokens <= appended && Number.isInteger(tokens))) return -1;
+    if (!this.#cache.config.checkFinite) return 0;
+    if (appended * this.#bound("valueMax", l) > VALUE_SUM_LIMIT) return -1;
+    return this.#bound("keyMax", l);
   }
 
   /** @internal Records the bound of queries that went in (see checkAttend). */

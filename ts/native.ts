@@ -52,8 +52,13 @@ export interface NativeCache {
   attend(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Float32Array;
   /** Resolves with null when `out` was detached or resized before the result could be written (the attention ran). */
   attendAsync(seq: number, layer: number, queries: Float32Array, scale: number, out?: Float32Array): Promise<Float32Array | null>;
-  /** Writes each item's result into its out array (one per item, of its queries' length). */
-  attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): void;
+  /**
+   * Writes each item's result into its out array (one per item, of its queries' length). With
+   * `keyMax` (each item's bound on |k|), first checks every item's queries as checkScores does and
+   * writes each item's largest |q| into `queryMax`; throws an invalid-argument error naming the
+   * first item that fails, before anything runs.
+   */
+  attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[], keyMax?: Float64Array | null, queryMax?: Float64Array): void;
   /**
    * Like attendBatch, off the main thread; the out arrays are written when the promise resolves,
    * with true, or none of them (false) when one was detached or resized meanwhile (the attention ran).

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -443,6 +444,35 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     std::vector<float*> outs;  // the data of each item's out array
   };
 
+  // The optional checks of the queries' values (arguments 5 and 6 of attendBatch): with a
+  // Float64Array of each item's key bound (max |k| of its layer, as TypeScript tracks it), every
+  // item's queries must be finite and keep the scores within float32 by the formulas of
+  // checkScores in ts/finite.ts (the same double arithmetic, in the same order), and each item's
+  // largest |q| is written to the second Float64Array. TypeScript's batch takes this path to save
+  // one scan call per item; when it throws, TypeScript runs its own checks for the exact message.
+  static void checkQueryValues(const Napi::CallbackInfo& info, const CacheConfig& cfg, const AttendBatchCall& a) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 6 || info[5].IsUndefined() || info[5].IsNull()) return;
+    TypedView keyMax, queryMax;
+    const size_t n = a.ids.size();
+    if (!typedView(env, info[5], keyMax) || keyMax.type != napi_float64_array || keyMax.length != n ||
+        info.Length() < 7 || !typedView(env, info[6], queryMax) || queryMax.type != napi_float64_array || queryMax.length != n)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of key bounds and one for the query maxima, one entry per item");
+    const double* kmax = static_cast<const double*>(keyMax.data);
+    double* qmax = static_cast<double*>(const_cast<void*>(queryMax.data));
+    const double scale = std::fabs((double)a.scale);
+    constexpr double kScoreLimit = 0x1p120;  // SCORE_LIMIT in ts/finite.ts
+    constexpr double kFloat32Max = (double)std::numeric_limits<float>::max();
+    for (size_t i = 0; i < n; ++i) {
+      const ScanResult r = scanF32(static_cast<const float*>(a.queries[i].data), a.queries[i].length, INFINITY);
+      const double bound = (double)cfg.headDim * r.maxAbs * kmax[i] * std::max(1.0, scale);
+      if (r.firstBad >= 0 || bound > kScoreLimit || r.maxAbs * scale > kFloat32Max)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT",
+                   "Expected finite queries whose scores stay within float32 for items[" + std::to_string(i) + "].queries");
+      qmax[i] = r.maxAbs;
+    }
+  }
+
   // (layer, ids, queries, scale, outs): outs is an array with a Float32Array of the item's
   // queries' length per item (TypeScript makes the ones the caller did not give).
   AttendBatchCall attendBatchArgs(const Napi::CallbackInfo& info, Cache& c) {
@@ -467,6 +497,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       a.outs.push_back(static_cast<float*>(const_cast<void*>(outs[i].data)));
     }
     checkBatchMemory(env, a);
+    checkQueryValues(info, cfg, a);
     return a;
   }
 

@@ -1,10 +1,8 @@
 // Input scans the addon runs before the kernels: the first value that is not finite (or too large
 // for the cache's storage type) and the largest magnitude, which bounds the scores attend computes.
 #pragma once
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 namespace lukv {
 
@@ -13,75 +11,9 @@ struct ScanResult {
   double maxAbs = 0;      // largest |x| before firstBad
 };
 
-// Blocks of 256 keep the common pass branch-free; only a block holding a bad value is scanned again
-// for its first index. The pass works on bit patterns: with the sign cleared, the patterns of
-// floats order like their magnitudes (+inf above every finite value, NaN above +inf), so the
-// largest magnitude is an unsigned integer maximum and !(|x| < limit) is bits >= the limit's bits.
-// Written on floats (fabs, a > m ? a : m) the loop does not vectorise: without -ffast-math the
-// compiler must keep the NaN order of the comparisons, and a decode step's 4,096 queries took 7 us.
-inline ScanResult scanF32(const float* x, size_t n, float limit) {
-  constexpr size_t kBlock = 256;
-  ScanResult r;
-  uint32_t limitBits;
-  const float lim = std::fabs(limit);
-  std::memcpy(&limitBits, &lim, 4);
-  if (!(limit > 0)) limitBits = 0;  // nothing is below a limit of 0 (or NaN)
-  const int32_t limit32 = (int32_t)limitBits;  // at most +inf's bits, so non-negative
-  uint32_t maxBits = 0;
-  for (size_t b = 0; b < n; b += kBlock) {
-    const size_t e = b + kBlock < n ? b + kBlock : n;
-    int32_t m = 0, bad = 0;
-    for (size_t i = b; i < e; ++i) {
-      int32_t u;
-      std::memcpy(&u, x + i, 4);
-      u &= 0x7fffffff;  // non-negative: a signed compare (SSE2 has no unsigned one) orders them too
-      m = u > m ? u : m;
-      bad |= u >= limit32;
-    }
-    if (bad) {
-      for (size_t i = b; i < e; ++i) {
-        const float a = std::fabs(x[i]);
-        if (!(a < limit)) {
-          r.firstBad = (int64_t)i;
-          break;
-        }
-        uint32_t u;
-        std::memcpy(&u, &a, 4);
-        maxBits = u > maxBits ? u : maxBits;
-      }
-      break;
-    }
-    maxBits = (uint32_t)m > maxBits ? (uint32_t)m : maxBits;
-  }
-  float maxAbs;
-  std::memcpy(&maxAbs, &maxBits, 4);
-  r.maxAbs = maxAbs;
-  return r;
-}
-
+// The first value that is not finite (or not below `limit`) and the largest magnitude of n floats.
+ScanResult scanF32(const float* x, size_t n, float limit);
 // Raw 16-bit words of f16 (bf16 = false) or bf16: a value is bad when its exponent is all ones.
-inline ScanResult scanRaw16(const uint16_t* x, size_t n, bool bf16) {
-  const uint16_t expMask = bf16 ? 0x7f80 : 0x7c00;
-  ScanResult r;
-  uint16_t maxBits = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const uint16_t a = x[i] & 0x7fff;
-    if ((a & expMask) == expMask) {
-      r.firstBad = (int64_t)i;
-      break;
-    }
-    maxBits = a > maxBits ? a : maxBits;  // magnitudes of one format order like their bit patterns
-  }
-  if (bf16) {
-    uint32_t u = (uint32_t)maxBits << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    r.maxAbs = f;
-  } else {
-    const int exp = (maxBits >> 10) & 0x1f, man = maxBits & 0x3ff;
-    r.maxAbs = exp == 0 ? std::ldexp((double)man, -24) : std::ldexp(1.0 + man / 1024.0, exp - 15);
-  }
-  return r;
-}
+ScanResult scanRaw16(const uint16_t* x, size_t n, bool bf16);
 
 }  // namespace lukv
