@@ -376,7 +376,7 @@ describe("batch checks", () => {
 
   // The addon checks the batch's queries and reports each item's largest |q|, which its sequence
   // remembers for the scorers that read the observation window, as a single attend's.
-  test("each item's queries' bound is remembered; without checkFinite the batch takes what attend takes", () => {
+  test("each item's queries' bound is remembered; without checkFinite the batch takes what attend takes", async () => {
     const shape = { layers: 1, kvHeads: 1, queryHeads: 2, headDim: 2, pageSize: 4, maxTokens: 64, dtype: "f32", device: "cpu" } as const;
     const checked = new KVCache(shape);
     const unchecked = new KVCache({ ...shape, checkFinite: false });
@@ -387,6 +387,15 @@ describe("batch checks", () => {
       checked.attendBatch(0, [{ sequence: a, queries: Float32Array.from([1, 2, 3, 4]) }, { sequence: b, queries: new Float32Array(4).fill(-1e38) }], { scale: 1e-30 });
       expect(() => b.scores(0, "snapkv", { window: 1, scale: 10 })).toThrow(/max\|q\| 1e\+38 with scale 10/);
       expect(Array.from(a.scores(0, "snapkv", { window: 1, scale: 10 }))).toHaveLength(1);
+      // The same off the main thread; a refused batch rejects without ever being pending.
+      const [e, f] = [checked.createSequence(), checked.createSequence()];
+      for (const s of [e, f]) s.append(0, new Float32Array(2), Float32Array.from([1, 2]));
+      const refused = checked.attendBatchAsync(0, [{ sequence: e, queries: Float32Array.from([1, 2, 3, 4]) }, { sequence: f, queries: Float32Array.from([0, 0, NaN, 0]) }]);
+      expect([e.pending, f.pending]).toEqual([0, 0]);
+      await expect(refused).rejects.toMatchObject({ name: "InvalidArgumentError", message: "Expected finite numbers for items[1].queries but received NaN at index 2 (token 0, head 1, element 0)" });
+      await checked.attendBatchAsync(0, [{ sequence: e, queries: Float32Array.from([1, 2, 3, 4]) }, { sequence: f, queries: new Float32Array(4).fill(-1e38) }], { scale: 1e-30 });
+      expect(() => f.scores(0, "snapkv", { window: 1, scale: 10 })).toThrow(/max\|q\| 1e\+38 with scale 10/);
+      expect(Array.from(e.scores(0, "snapkv", { window: 1, scale: 10 }))).toHaveLength(1);
 
       const [c, d] = [unchecked.createSequence(), unchecked.createSequence()];
       for (const s of [c, d]) s.append(0, Float32Array.from([1, 0]), Float32Array.from([1, 2]));

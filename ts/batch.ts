@@ -250,6 +250,32 @@ export async function attendBatchAsync(
   items: readonly AttendBatchItem[],
   opts?: AttendBatchOptions,
 ): Promise<Float32Array[]> {
+  const quick = quickAttendBatch(cache, layer, items, opts);
+  if (quick) {
+    // No item's sequence has calls pending, so the work starts now: the addon checks the queries
+    // and copies them at this call, as attendBatch's do.
+    const { l, scale, seqs, ids, queries, outs, keyMax, queryMax } = quick;
+    let work: Promise<boolean>;
+    try {
+      work = cache.handle.attendBatchAsync(l, ids, queries, scale, outs, keyMax, queryMax);
+    } catch (e) {
+      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
+      rethrow(e);
+    }
+    const maxima = keyMax && queryMax.slice();
+    return SequenceClass.enqueueAll(seqs, async () => {
+      let written: boolean;
+      try {
+        written = await work;
+      } catch (e) {
+        rethrow(e);
+      }
+      // The queries joined the observation windows when the work ran; their bounds join now.
+      if (maxima) for (let i = 0; i < seqs.length; i++) seqs[i].commitQueries(l, maxima[i]);
+      if (!written) throw outGone("attendBatchAsync");
+      return outs;
+    });
+  }
   const { l, scale, seqs, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
   if (parts.length === 0) return [];
   // A batch that waits its turn keeps its own copy of the queries (the addon copies them when the work starts).

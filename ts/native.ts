@@ -60,10 +60,19 @@ export interface NativeCache {
    */
   attendBatch(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[], keyMax?: Float64Array | null, queryMax?: Float64Array): void;
   /**
-   * Like attendBatch, off the main thread; the out arrays are written when the promise resolves,
-   * with true, or none of them (false) when one was detached or resized meanwhile (the attention ran).
+   * Like attendBatch (the queries checked and copied at the call), off the main thread; the out
+   * arrays are written when the promise resolves, with true, or none of them (false) when one was
+   * detached or resized meanwhile (the attention ran).
    */
-  attendBatchAsync(layer: number, seqs: Int32Array, queries: Float32Array[], scale: number, outs: Float32Array[]): Promise<boolean>;
+  attendBatchAsync(
+    layer: number,
+    seqs: Int32Array,
+    queries: Float32Array[],
+    scale: number,
+    outs: Float32Array[],
+    keyMax?: Float64Array | null,
+    queryMax?: Float64Array,
+  ): Promise<boolean>;
   appendBatch(layer: number, seqs: Int32Array, keys: (Float32Array | Uint16Array)[], values: (Float32Array | Uint16Array)[]): void;
   lengths(seq: number): Int32Array;
   compress(seq: number, options: NativeCompressOptions): NativeReport;
