@@ -1,7 +1,8 @@
 // The embedded model's edges: a byte order mark round-trips through the tokenizer, non-finite
 // logits have a defined outcome, a cache of another shape, bad generate() arguments and unknown
-// options are refused before anything changes, and a broken model folder (a copy of models/tiny-lm,
-// damaged) gives BadModelError naming the file and the field or tensor.
+// options are refused before anything changes (as InvalidArgumentError, bad values included), and a
+// broken model folder (a copy of models/tiny-lm, damaged, NaN or infinite weights included) gives
+// BadModelError naming the file and the field or tensor.
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -18,6 +19,12 @@ function throwsExactly(fn: () => unknown, type: new (...args: never[]) => Error,
   const e = caught(fn);
   expect(e.constructor).toBe(type);
   expect(e.message).toBe(message);
+}
+
+/** Expects `fn` to throw InvalidArgumentError (code ERR_LUKV_INVALID_ARGUMENT) with exactly `message`. */
+function throwsInvalid(fn: () => unknown, message: string): void {
+  const e = caught(fn);
+  expect([e.constructor, e.code, e.message]).toEqual([InvalidArgumentError, "ERR_LUKV_INVALID_ARGUMENT", message]);
 }
 
 let model: TinyLM;
@@ -100,6 +107,22 @@ describe("sampler options", () => {
     ["null", null, "Expected an options object for options but received null"],
   ])("%s is refused", (_, options, message) => {
     throwsExactly(() => new Sampler(options as never), InvalidArgumentError, message);
+  });
+
+  test.each([
+    ["temperature -1", { temperature: -1 }, "Expected a finite number >= 0 for temperature but received -1"],
+    ["temperature NaN", { temperature: NaN }, "Expected a finite number >= 0 for temperature but received NaN"],
+    ["temperature Infinity", { temperature: Infinity }, "Expected a finite number >= 0 for temperature but received Infinity"],
+    ["temperature \"1\"", { temperature: "1" }, "Expected a finite number >= 0 for temperature but received 1"],
+    ["topK 1.5", { temperature: 1, topK: 1.5 }, "Expected a non-negative integer for topK but received 1.5"],
+    ["topK -1", { topK: -1 }, "Expected a non-negative integer for topK but received -1"],
+    ["topK NaN", { topK: NaN }, "Expected a non-negative integer for topK but received NaN"],
+  ])("%s is an InvalidArgumentError (Sampler and generate), with the message it always had", (_, options, message) => {
+    throwsInvalid(() => new Sampler(options as never), message);
+    using cache = model.createCache({ contextTokens: 32 });
+    using seq = cache.createSequence();
+    throwsInvalid(() => model.generate(seq, new Float32Array(4096), 3, options as never), message);
+    expect(seq.appended(0)).toBe(0);
   });
 
   test("valid seeds still draw the same tokens as before", () => {
@@ -192,6 +215,21 @@ describe("forward, forwardBatch and generate arguments", () => {
   });
 });
 
+describe("token ids, chunk and the batch's length", () => {
+  test("are refused as InvalidArgumentError with the messages they always had, before anything is appended", () => {
+    using cache = model.createCache({ contextTokens: 32 });
+    using seq = cache.createSequence();
+    using other = cache.createSequence();
+    throwsInvalid(() => model.forward(seq, [4094, 4096]), "Expected token ids in [0, 4096) but tokens[1] is 4096");
+    throwsInvalid(() => model.forward(seq, Int32Array.of(72, 101, -1)), "Expected token ids in [0, 4096) but tokens[2] is -1");
+    throwsInvalid(() => model.forward(seq, [4094, 1.5]), "Expected token ids in [0, 4096) but tokens[1] is 1.5");
+    for (const chunk of [0, -1, 2.5, NaN]) throwsInvalid(() => model.forward(seq, [4094], { chunk }), `Expected a positive integer for chunk but received ${chunk}`);
+    throwsInvalid(() => model.forwardBatch([seq, other], [4094]), "Expected one token per sequence (2) but received 1 tokens");
+    throwsInvalid(() => model.forwardBatch([seq, other], [4094, NaN]), "Expected token ids in [0, 4096) but tokens[1] is NaN");
+    expect([seq.appended(0), other.appended(0)]).toEqual([0, 0]);
+  });
+});
+
 describe("loading a damaged model folder", () => {
   const original = Object.fromEntries(FILES.map((f) => [f, fs.readFileSync(path.join(shipped, f))]));
   const dirs: string[] = [];
@@ -229,6 +267,10 @@ describe("loading a damaged model folder", () => {
     const old = t.get(name)!;
     t.set(name, { ...old, shape, data: keep(old.data) });
   };
+  /** Sets values of tensor `name` ([index, value] pairs); the folder stores them as f16 (1e6 becomes Infinity). */
+  const poke = (name: string, values: Array<[number, number]>) => (t: Map<string, Tensor>) => {
+    for (const [i, v] of values) t.get(name)!.data[i] = v;
+  };
 
   test.each<[string, Damage, string]>([
     ["config.json missing", { remove: "config.json" }, "config.json: missing; a model directory holds config.json, model.safetensors, tokenizer.json"],
@@ -253,6 +295,10 @@ describe("loading a damaged model folder", () => {
     ["gate_proj [256,512]", { tensors: reshape("model.layers.0.mlp.gate_proj.weight", [256, 512]) }, "model.safetensors: tensor model.layers.0.mlp.gate_proj.weight has shape [256,512] but config.json (intermediate_size 512, hidden_size 256) gives it [512,256]"],
     ["norm [1,256]", { tensors: reshape("model.norm.weight", [1, 256]) }, "model.safetensors: tensor model.norm.weight has shape [1,256] but config.json (hidden_size 256) gives it [256]"],
     ["an extra tensor", { tensors: (t) => t.set("lm_head.weight", t.get("model.embed_tokens.weight")!) }, "model.safetensors: tensor lm_head.weight is not one the model reads (config.json's num_layers is 4)"],
+    ["a NaN weight", { tensors: poke("model.layers.2.mlp.up_proj.weight", [[1234, NaN], [5000, NaN]]) }, "model.safetensors: tensor model.layers.2.mlp.up_proj.weight holds NaN at index 1234 (row 4, column 210); weights must be finite"],
+    ["an infinite weight", { tensors: poke("model.embed_tokens.weight", [[4095 * 256 + 255, -Infinity]]) }, "model.safetensors: tensor model.embed_tokens.weight holds -Infinity at index 1048575 (row 4095, column 255); weights must be finite"],
+    ["a weight beyond f16's range", { tensors: poke("model.norm.weight", [[7, 1e6]]) }, "model.safetensors: tensor model.norm.weight holds Infinity at index 7; weights must be finite"],
+    ["NaN first in the last tensor", { tensors: poke("model.norm.weight", [[0, NaN]]) }, "model.safetensors: tensor model.norm.weight holds NaN at index 0; weights must be finite"],
     ["tokenizer vocab_size 5000", { tokenizer: (j) => (j.vocab_size = 5000) }, "tokenizer.json: vocab_size is 5000 but the file defines 4096 ids (256 bytes, 3838 merges, 2 special tokens)"],
     ["tokenizer bos on a byte", { tokenizer: (j) => (j.special_tokens = { "<|bos|>": 65, "<|eos|>": 4095 }) }, 'tokenizer.json: special token "<|bos|>" has id 65; the 2 special tokens take the ids 4094 to 4095, after the 256 bytes and 3838 merges'],
     [
@@ -264,6 +310,18 @@ describe("loading a damaged model folder", () => {
   ])("%s", (_, damage, message) => {
     const dir = folder(damage);
     throwsExactly(() => loadTinyLM(dir), BadModelError, `${path.join(dir, message.slice(0, message.indexOf(":")))}${message.slice(message.indexOf(":"))}`);
+  });
+
+  test("non-finite weights: the safetensors reader returns them as stored, loadTinyLM refuses them", () => {
+    const dir = folder({ tensors: poke("model.layers.0.self_attn.q_proj.weight", [[3, Infinity], [9, NaN]]) });
+    const read = readSafetensors(path.join(dir, "model.safetensors")).tensors.get("model.layers.0.self_attn.q_proj.weight")!.data;
+    expect([read[3], read[9]]).toEqual([Infinity, NaN]);
+    const e = caught(() => loadTinyLM(dir));
+    expect([e.constructor, e.code, e.message]).toEqual([
+      BadModelError,
+      "ERR_LUKV_BAD_MODEL",
+      `${path.join(dir, "model.safetensors")}: tensor model.layers.0.self_attn.q_proj.weight holds Infinity at index 3 (row 0, column 3); weights must be finite`,
+    ]);
   });
 
   test("several files missing, no directory at all", () => {
@@ -293,14 +351,19 @@ describe("loading a damaged model folder", () => {
     }
   });
 
-  test("the shipped models load; fromTensors refuses a tensor of the wrong shape", () => {
+  test("the shipped models load; fromTensors and the constructor refuse a tensor of the wrong shape and a bad config", () => {
     for (const name of ["tiny-lm", "recall-lm"]) {
       const m = loadTinyLM(path.join(__dirname, "..", "models", name));
       expect(m.tokenizer!.vocabSize).toBe(m.config.vocabSize);
     }
     const { tensors } = parseSafetensors(original["model.safetensors"]);
     reshape("model.layers.1.self_attn.o_proj.weight", [256, 8, 32])(tensors);
-    throwsExactly(() => TinyLM.fromTensors(model.config, tensors), RangeError, "tensor model.layers.1.self_attn.o_proj.weight has shape [256,8,32] but the config needs [256,256]");
-    throwsExactly(() => TinyLM.fromTensors({ ...model.config, rmsNormEps: NaN }, tensors), RangeError, "config.rmsNormEps should be a finite number > 0 but is NaN");
+    throwsInvalid(() => TinyLM.fromTensors(model.config, tensors), "tensor model.layers.1.self_attn.o_proj.weight has shape [256,8,32] but the config needs [256,256]");
+    throwsInvalid(() => TinyLM.fromTensors({ ...model.config, rmsNormEps: NaN }, tensors), "config.rmsNormEps should be a finite number > 0 but is NaN");
+    tensors.delete("model.layers.1.self_attn.o_proj.weight");
+    throwsInvalid(() => TinyLM.fromTensors(model.config, tensors), "the weights have no tensor model.layers.1.self_attn.o_proj.weight");
+    throwsInvalid(() => TinyLM.fromTensors(null as never, tensors), "Expected a TinyLMConfig object but received null");
+    throwsInvalid(() => new TinyLM(model.config, { ...model.weights, norm: new Float32Array(3) }), "norm: expected 256 values but the weights have 3");
+    throwsInvalid(() => new TinyLM(model.config, { ...model.weights, layers: model.weights.layers.slice(1) }), "expected 4 layers of weights but got 3");
   });
 });

@@ -4,6 +4,8 @@
 import * as fs from "fs";
 import { KVCache } from "../ts";
 import { OutputErrorProbe, calibrateTinyLM, defaultModelDir, loadTinyLM, modelTexts, outputErrorOracle, outputErrorProbe } from "../ts/model";
+import { InvalidArgumentError } from "../ts/errors";
+import { caught } from "./helpers/caught";
 import { rng, testSeed, randn } from "./helpers/random";
 import { makeModelDir } from "./tiny-lm-fixture";
 
@@ -28,6 +30,20 @@ test("by hand: uniform attention over values 1, 2, 3, 6 and a new 0, o_proj = 2;
   expect(t.diff).toBeCloseTo(2.8, 5);
   expect(t.norm).toBeCloseTo(4.8, 5);
   expect(t.diff / t.norm).toBeCloseTo(2.8 / 4.8, 6);
+});
+
+test("a probe of no steps or with one output projection too few is an InvalidArgumentError", () => {
+  const shape = { layers: 2, queryHeads: 1, kvHeads: 1, headDim: 2, hidden: 1 };
+  const wo = [new Float32Array(2), new Float32Array(2)];
+  for (const [make, message] of [
+    [() => new OutputErrorProbe(shape, wo, 0), "Expected a positive integer for steps but received 0"],
+    [() => new OutputErrorProbe(shape, wo, 1.5), "Expected a positive integer for steps but received 1.5"],
+    [() => new OutputErrorProbe(shape, wo.slice(1), 1), "Expected 2 output projections but received 1"],
+  ] as const) {
+    const e = caught(make);
+    expect([e.constructor, e.code, e.message]).toEqual([InvalidArgumentError, "ERR_LUKV_INVALID_ARGUMENT", message]);
+  }
+  expect(new OutputErrorProbe(shape, wo, 1).steps).toBe(1);
 });
 
 test("random data: equals a float64 reference of attention over the kept tokens, then o_proj", () => {

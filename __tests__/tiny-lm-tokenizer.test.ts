@@ -1,11 +1,14 @@
 // The tokenizer on hostile input: one very long pre-token encodes in about linear time with the ids of
-// bpe.py's round-by-round rule, the pre-token cache keeps no long words, and lone surrogates come back
-// as U+FFFD (the one case where decode(encode(s)) !== s).
+// bpe.py's round-by-round rule, the pre-token cache keeps no long words, lone surrogates come back
+// as U+FFFD (the one case where decode(encode(s)) !== s), and decode refuses ids outside the
+// vocabulary instead of dropping them.
 import * as fs from "fs";
 import * as path from "path";
 import * as v8 from "v8";
 import * as vm from "vm";
+import { InvalidArgumentError } from "../ts/errors";
 import { Tokenizer, preSplit, type TokenizerJson } from "../ts/model";
+import { caught } from "./helpers/caught";
 import { rng, testSeed } from "./helpers/random";
 
 const seed = testSeed("tiny-lm-tokenizer");
@@ -174,5 +177,60 @@ describe("lone surrogates", () => {
       expect(tok.decode(tok.encode(s))).toBe(back);
     }
     for (const s of ["🙂", "a\uD83D\uDE42b", "\uFFFD"]) expect(tok.decode(tok.encode(s))).toBe(s);
+  });
+});
+
+describe("decoding ids outside the vocabulary", () => {
+  const tok = new Tokenizer(shippedJson);
+  const ids = "a token id (an integer from 0 to 4095)";
+
+  test.each<[string, ArrayLike<number>, string]>([
+    ["a negative id", [72, 105, -1, 33], `Expected ${ids} for ids[2] but received -1 of type number`],
+    ["the vocabulary size", [72, 4096], `Expected ${ids} for ids[1] but received 4096 of type number`],
+    ["an id far past the end", [2 ** 40], `Expected ${ids} for ids[0] but received 1099511627776 of type number`],
+    ["a fraction", [72, 105.5], `Expected ${ids} for ids[1] but received 105.5 of type number`],
+    ["NaN", [NaN, 72], `Expected ${ids} for ids[0] but received NaN of type number`],
+    ["Infinity", [72, Infinity], `Expected ${ids} for ids[1] but received Infinity of type number`],
+    ["a string", [72, "105" as never], `Expected ${ids} for ids[1] but received "105" of type string`],
+    ["a hole", [72, , 105] as number[], `Expected ${ids} for ids[1] but received undefined`],
+    ["the first of several bad ids", [72, 5000, -1], `Expected ${ids} for ids[1] but received 5000 of type number`],
+    ["a Float64Array", Float64Array.of(72, 0.25), `Expected ${ids} for ids[1] but received 0.25 of type number`],
+    ["an Int32Array", Int32Array.of(-7, 72), `Expected ${ids} for ids[0] but received -7 of type number`],
+    ["a Uint16Array", Uint16Array.of(72, 65535), `Expected ${ids} for ids[1] but received 65535 of type number`],
+  ])("%s is an InvalidArgumentError naming it and its index, and nothing is decoded", (_, bad, message) => {
+    for (const call of [() => tok.decode(bad), () => tok.decodeBytes(bad)]) {
+      const e = caught(call);
+      expect(e).toBeInstanceOf(InvalidArgumentError);
+      expect(e.code).toBe("ERR_LUKV_INVALID_ARGUMENT");
+      expect(e.message).toBe(message);
+    }
+  });
+
+  test("an argument that is not a list of ids is refused", () => {
+    for (const [bad, shown] of [[5, "5 of type number"], [null, "null"], [undefined, "undefined"], ["Hi", '"Hi" of type string'], [{}, "object"]] as const) {
+      const e = caught(() => tok.decode(bad as never));
+      expect([e.constructor, e.message]).toEqual([InvalidArgumentError, `Expected an array or typed array of token ids for ids but received ${shown}`]);
+    }
+  });
+
+  test("every valid input decodes as before: arrays, typed arrays, array-likes, special tokens, every id", () => {
+    const text = "The cache keeps 42 tokens — ok?";
+    const enc = tok.encode(text);
+    for (const list of [enc, Int32Array.from(enc), Uint16Array.from(enc), Uint32Array.from(enc), Float32Array.from(enc), Float64Array.from(enc), { ...enc, length: enc.length }])
+      expect(tok.decode(list)).toBe(text);
+    // Special tokens are ids of the vocabulary that decode to nothing.
+    const [bos, eos] = [tok.bos!, tok.eos!];
+    expect([bos, eos]).toEqual([4094, 4095]);
+    expect(tok.decode([bos, ...enc, eos])).toBe(text);
+    expect(tok.decodeBytes([bos, eos]).length).toBe(0);
+    expect(tok.decode([])).toBe("");
+    expect(tok.decode(Uint8Array.of(0x48, 0x69))).toBe("Hi");
+    expect(tok.decode([-0])).toBe("\0");
+    // Every id alone, and all of them at once, give the bytes of its piece (bytes, then merges in order).
+    const pieces: Uint8Array[] = Array.from({ length: 256 }, (_, b) => Uint8Array.of(b));
+    for (const [a, b] of shippedJson.merges) pieces.push(Uint8Array.from([...pieces[a], ...pieces[b]]));
+    const all = Array.from({ length: tok.vocabSize }, (_, id) => id);
+    for (const id of all) expect(tok.decodeBytes([id])).toEqual(id < pieces.length ? pieces[id] : new Uint8Array(0));
+    expect(Buffer.from(tok.decodeBytes(all))).toEqual(Buffer.concat(pieces));
   });
 });

@@ -1,5 +1,5 @@
 // Choosing the next token from logits: greedy, or temperature / top-k sampling with a seeded RNG.
-import { invalid } from "../errors";
+import { InvalidArgumentError, invalid } from "../errors";
 import { rng } from "../random";
 import { integerInRange, knownOptions } from "../validate";
 
@@ -48,16 +48,20 @@ export class Sampler {
   readonly topK: number;
   readonly #random: () => number;
 
-  /** @throws InvalidArgumentError for an unknown option name or a seed that is not an integer from 0 to 2^32-1; RangeError for a bad temperature or topK. */
+  /**
+   * @throws InvalidArgumentError for an unknown option name, a temperature that is not a finite
+   * number >= 0, a topK that is not a non-negative integer, or a seed that is not an integer from 0
+   * to 2^32-1.
+   */
   constructor(options: SamplingOptions = {}) {
     if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
     knownOptions("options", options, SAMPLING_OPTION_NAMES);
     this.temperature = options.temperature ?? 0;
     this.topK = options.topK ?? 0;
     if (!(this.temperature >= 0) || !Number.isFinite(this.temperature))
-      throw new RangeError(`Expected a finite number >= 0 for temperature but received ${options.temperature}`);
+      throw new InvalidArgumentError(`Expected a finite number >= 0 for temperature but received ${options.temperature}`);
     if (!Number.isInteger(this.topK) || this.topK < 0)
-      throw new RangeError(`Expected a non-negative integer for topK but received ${options.topK}`);
+      throw new InvalidArgumentError(`Expected a non-negative integer for topK but received ${options.topK}`);
     // The RNG keeps 32 bits of the seed: anything else would silently alias another seed.
     this.#random = seededRandom(integerInRange("seed", options.seed ?? 0, 0, 0xffffffff));
   }

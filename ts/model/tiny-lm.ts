@@ -50,7 +50,7 @@ export interface TinyLMWeights {
   norm: Float32Array;
 }
 
-/** Options of forward(). Unknown names and invalid values throw InvalidArgumentError (chunk: RangeError). */
+/** Options of forward(). Unknown names and invalid values throw InvalidArgumentError. */
 export interface ForwardOptions {
   /** Which positions' logits to return: "last", "all" or "none". Default: "last". */
   logits?: (typeof LOGITS_CHOICES)[number];
@@ -154,9 +154,9 @@ export function configProblem(config: TinyLMConfig, name: (field: keyof TinyLMCo
 }
 
 function checkConfig(config: TinyLMConfig): void {
-  if (config === null || typeof config !== "object") throw new RangeError(`Expected a TinyLMConfig object but received ${String(config)}`);
+  if (config === null || typeof config !== "object") throw new InvalidArgumentError(`Expected a TinyLMConfig object but received ${String(config)}`);
   const problem = configProblem(config);
-  if (problem) throw new RangeError(`config.${problem[0]} should be ${problem[1]} but is ${String(config[problem[0]])}`);
+  if (problem) throw new InvalidArgumentError(`config.${problem[0]} should be ${problem[1]} but is ${String(config[problem[0]])}`);
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((x, i) => x === b[i]);
@@ -168,16 +168,16 @@ export class TinyLM {
   /** The model's tokenizer, when it was loaded with one. */
   readonly tokenizer: Tokenizer | undefined;
 
-  /** @throws RangeError when the config is not usable (see configProblem) or a weight has the wrong number of values. */
+  /** @throws InvalidArgumentError when the config is not usable (see configProblem) or a weight has the wrong number of values. */
   constructor(config: TinyLMConfig, weights: TinyLMWeights, tokenizer?: Tokenizer) {
     checkConfig(config);
     const { vocabSize: V, hidden: d, heads: H, kvHeads: KV, headDim: hd, intermediate: m } = config;
     const expect = (what: string, a: Float32Array, n: number) => {
-      if (a.length !== n) throw new RangeError(`${what}: expected ${n} values but the weights have ${a.length}`);
+      if (a.length !== n) throw new InvalidArgumentError(`${what}: expected ${n} values but the weights have ${a.length}`);
     };
     expect("embed", weights.embed, V * d);
     expect("norm", weights.norm, d);
-    if (weights.layers.length !== config.layers) throw new RangeError(`expected ${config.layers} layers of weights but got ${weights.layers.length}`);
+    if (weights.layers.length !== config.layers) throw new InvalidArgumentError(`expected ${config.layers} layers of weights but got ${weights.layers.length}`);
     weights.layers.forEach((w, l) => {
       expect(`layer ${l} inputNorm`, w.inputNorm, d);
       expect(`layer ${l} wq`, w.wq, H * hd * d);
@@ -197,18 +197,19 @@ export class TinyLM {
   /**
    * Builds the model from tensors named as in model.safetensors ("model.layers.0.self_attn.q_proj.weight", ...).
    * Tensors given with a shape must have the shape of tensorSpecs(config); other tensors are ignored.
-   * @throws RangeError naming the tensor that is missing or has the wrong shape.
+   * @throws InvalidArgumentError naming the tensor that is missing or has the wrong shape, or when
+   * the config is not usable (see configProblem).
    */
   static fromTensors(config: TinyLMConfig, tensors: Map<string, Tensor | Float32Array>, tokenizer?: Tokenizer): TinyLM {
     checkConfig(config);
     const shapes = new Map(tensorSpecs(config).map((s) => [s.name, s.shape]));
     const get = (name: string): Float32Array => {
       const t = tensors.get(name);
-      if (t === undefined) throw new RangeError(`the weights have no tensor ${name}`);
+      if (t === undefined) throw new InvalidArgumentError(`the weights have no tensor ${name}`);
       if (t instanceof Float32Array) return t;
       // Equal element counts are not enough: a transposed matrix would be read as garbage.
       const want = shapes.get(name)!;
-      if (!sameShape(t.shape, want)) throw new RangeError(`tensor ${name} has shape [${t.shape.join(",")}] but the config needs [${want.join(",")}]`);
+      if (!sameShape(t.shape, want)) throw new InvalidArgumentError(`tensor ${name} has shape [${t.shape.join(",")}] but the config needs [${want.join(",")}]`);
       return t.data;
     };
     const embed = get(tensorName(undefined, "embed_tokens.weight"));
@@ -269,8 +270,9 @@ export class TinyLM {
    * not: dispose that sequence.
    * @throws InvalidArgumentError, before anything is appended, when `seq` is not a Sequence of a
    * cache shaped for this model (layers, kvHeads, queryHeads = heads, headDim), `tokens` is not an
-   * array or typed array, or an option is unknown or invalid; RangeError for a token id outside
-   * the vocabulary or a chunk that is not a positive integer.
+   * array or typed array of ids of the vocabulary (integers from 0 to vocabSize - 1; the message
+   * names the first id outside it and its index), or an option is unknown or invalid (a chunk that
+   * is not a positive integer included).
    */
   forward(seq: Sequence, tokens: ArrayLike<number>, options: ForwardOptions = {}): Float32Array {
     const V = this.config.vocabSize;
@@ -278,7 +280,7 @@ export class TinyLM {
     if (!isTokenArray(tokens)) throw invalid("tokens", "an array or typed array of token ids", tokens);
     const want = this.#checkForwardOptions(options);
     const chunk = options.chunk ?? 64;
-    if (!Number.isInteger(chunk) || chunk < 1) throw new RangeError(`Expected a positive integer for chunk but received ${chunk}`);
+    if (!Number.isInteger(chunk) || chunk < 1) throw new InvalidArgumentError(`Expected a positive integer for chunk but received ${chunk}`);
     const n = tokens.length;
     this.#checkTokens(tokens);
     const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
@@ -301,7 +303,8 @@ export class TinyLM {
    * after another would return, bit for bit on the CPU backend (on CUDA a batch's attention may
    * round differently, see cache.attendBatch). If the pool runs out of pages (OutOfPagesError),
    * some layers may hold the step and others not: dispose those sequences. A sequence of a cache
-   * not shaped for this model throws InvalidArgumentError naming it, before anything is appended.
+   * not shaped for this model throws InvalidArgumentError naming it, before anything is appended,
+   * as do tokens that are not one id of the vocabulary per sequence.
    */
   forwardBatch(seqs: readonly Sequence[], tokens: ArrayLike<number>): Float32Array[] {
     const V = this.config.vocabSize;
@@ -312,7 +315,7 @@ export class TinyLM {
     });
     const n = seqs.length;
     if (!isTokenArray(tokens)) throw invalid("tokens", "an array or typed array of token ids", tokens);
-    if (tokens.length !== n) throw new RangeError(`Expected one token per sequence (${n}) but received ${tokens.length} tokens`);
+    if (tokens.length !== n) throw new InvalidArgumentError(`Expected one token per sequence (${n}) but received ${tokens.length} tokens`);
     this.#checkTokens(tokens);
     if (n === 0) return [];
     const { heads: H, kvHeads: KV, headDim: hd, ropeTheta } = this.config;
@@ -367,7 +370,7 @@ export class TinyLM {
     const V = this.config.vocabSize;
     for (let i = 0; i < tokens.length; i++)
       if (!Number.isInteger(tokens[i]) || tokens[i] < 0 || tokens[i] >= V)
-        throw new RangeError(`Expected token ids in [0, ${V}) but tokens[${i}] is ${tokens[i]}`);
+        throw new InvalidArgumentError(`Expected token ids in [0, ${V}) but tokens[${i}] is ${tokens[i]}`);
   }
 
   /** The embeddings of tokens[from .. from+T), [T, hidden]. */

@@ -1,6 +1,6 @@
 // The tiny LM's byte-level BPE (format "lukv-bpe-1"), encoding exactly as tools/tiny-lm/bpe.py:
 // pre-split the UTF-8 bytes by byte class, then merge each pre-token by lowest rank.
-import { BadModelError, jsonPreview } from "../errors";
+import { BadModelError, invalid, jsonPreview } from "../errors";
 import { readModelFile } from "./read-file";
 
 const L = 0, D = 1, W = 2, P = 3;
@@ -295,15 +295,32 @@ export class Tokenizer {
     return out;
   }
 
-  /** The UTF-8 bytes of `ids` (special tokens contribute nothing). */
+  /**
+   * The UTF-8 bytes of `ids` (special tokens contribute nothing).
+   * @throws InvalidArgumentError when `ids` is not an array or typed array, or holds a value that
+   * is not an id of this tokenizer (an integer from 0 to vocabSize - 1): the message names the
+   * first such value and its index, and nothing is decoded.
+   */
   decodeBytes(ids: ArrayLike<number>): Uint8Array {
+    if (ids === null || typeof ids !== "object" || !Number.isSafeInteger(ids.length) || ids.length < 0)
+      throw invalid("ids", "an array or typed array of token ids", ids);
+    const pieces = this.#pieces, size = this.vocabSize;
+    // The ids are read once: what is checked is what is decoded.
+    const checked = new Int32Array(ids.length);
     let n = 0;
-    for (let i = 0; i < ids.length; i++) n += this.#pieces[ids[i]]?.length ?? 0;
+    for (let i = 0; i < checked.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id) || id < 0 || id >= size) throw invalid(`ids[${i}]`, `a token id (an integer from 0 to ${size - 1})`, id);
+      checked[i] = id;
+      // Special tokens (the ids after the pieces) have no bytes.
+      if (id < pieces.length) n += pieces[id].length;
+    }
     const out = new Uint8Array(n);
     let at = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const p = this.#pieces[ids[i]];
-      if (p) {
+    for (let i = 0; i < checked.length; i++) {
+      const id = checked[i];
+      if (id < pieces.length) {
+        const p = pieces[id];
         out.set(p, at);
         at += p.length;
       }
@@ -316,6 +333,8 @@ export class Tokenizer {
    * decode(encode(s)) === s for every well-formed string s. A lone surrogate (a UTF-16 code unit
    * 0xD800-0xDFFF without its pair) has no UTF-8 form: encode turns it into U+FFFD, so it comes back
    * as "\uFFFD" ("a\uD800b" decodes as "a\uFFFDb").
+   * @throws InvalidArgumentError naming the first value of `ids` that is not an id of this
+   * tokenizer and its index (see decodeBytes); nothing is decoded.
    */
   decode(ids: ArrayLike<number>): string {
     // TextDecoder drops a leading byte order mark unless told not to; it is text like any other here.
