@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <stdexcept>
@@ -29,9 +30,9 @@ class ThreadPool {
 
   // Throws BackendUnavailable when the system cannot start that many threads, after stopping the
   // ones it started (left running, they would wait on a condition variable being destroyed).
-  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
+  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads), blocks_(new Block[threads_]) {
     try {
-      for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { workerLoop(); });
+      for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { workerLoop(i); });
     } catch (const std::exception& e) {
       const size_t started = workers_.size();
       stopWorkers();
@@ -48,6 +49,11 @@ class ThreadPool {
   // sequences of a cache run concurrently). Not re-entrant from inside fn.
   // The caller waits for the items, not for the workers: a worker that is still asleep when all
   // items are done simply finds no job when it wakes.
+  // The items are dealt in one block per thread (the caller's first), each thread running its own
+  // block before it helps with the others': a step repeated with the same items (a decode loop)
+  // then runs each item on the same core as the step before, whose caches still hold its rows. With
+  // one shared counter the items changed cores from call to call, and 16 short sequences' kernels
+  // (1 MiB of rows, which each core's L2 holds) took ~10% longer on two threads than their share.
   void parallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
     if (n <= 0) return;
     std::unique_lock<std::mutex> job(job_, std::try_to_lock);
@@ -58,21 +64,23 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       fn_ = &fn;
-      n_ = n;
-      next_.store(0);
+      for (int b = 0; b < threads_; ++b) {
+        blocks_[b].next.store(n * b / threads_, std::memory_order_relaxed);
+        blocks_[b].end = n * (b + 1) / threads_;
+      }
       finished_.store(0);
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    runItems(fn, n);
+    runItems(fn, 0);
     // Items still running elsewhere: at most one per worker.
     spinUntil([&] { return finished_.load(std::memory_order_acquire) == n; });
     {
       std::lock_guard<std::mutex> lock(mu_);
       fn_ = nullptr;  // workers that wake from now on find no job
     }
-    // Workers that joined this job may still be about to look for an item; next_ is reset by the
-    // next call, so wait until they have left.
+    // Workers that joined this job may still be about to look for an item; the blocks are reset by
+    // the next call, so wait until they have left.
     spinUntil([&] { return busy_.load(std::memory_order_acquire) == 0; });
   }
 
@@ -91,13 +99,20 @@ class ThreadPool {
       else std::this_thread::yield();
     }
   }
-  void runItems(const std::function<void(int64_t)>& fn, int64_t n) {
-    for (;;) {
-      int64_t i = next_.fetch_add(1);
-      if (i >= n) break;
-      fn(i);
-      finished_.fetch_add(1, std::memory_order_release);
+  // Thread `self` runs the items of its block, then of the blocks after it. Each thread counts the
+  // items it ran and adds them once, when it finds none left.
+  void runItems(const std::function<void(int64_t)>& fn, int self) {
+    int64_t done = 0;
+    for (int k = 0; k < threads_; ++k) {
+      Block& b = blocks_[(self + k) % threads_];
+      for (;;) {
+        const int64_t i = b.next.fetch_add(1, std::memory_order_relaxed);
+        if (i >= b.end) break;
+        fn(i);
+        ++done;
+      }
     }
+    if (done > 0) finished_.fetch_add(done, std::memory_order_release);
   }
   // Waits for a generation other than `seen` (or stop): spins first, then sleeps.
   void awaitJob(uint64_t seen) {
@@ -110,22 +125,20 @@ class ThreadPool {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
   }
-  void workerLoop() {
+  void workerLoop(int self) {
     uint64_t seen = 0;
     for (;;) {
       awaitJob(seen);
       if (stop_.load()) return;
       const std::function<void(int64_t)>* fn;
-      int64_t n;
       {
         std::lock_guard<std::mutex> lock(mu_);
         seen = generation_.load();
         if (!fn_) continue;  // that job is already done
         fn = fn_;
-        n = n_;
         busy_.fetch_add(1);
       }
-      runItems(*fn, n);
+      runItems(*fn, self);
       busy_.fetch_sub(1, std::memory_order_release);
     }
   }
@@ -146,11 +159,17 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable cv_;
   const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0;
-  std::atomic<int64_t> next_{0};
-  std::atomic<int64_t> finished_{0};
-  std::atomic<int> busy_{0};
-  std::atomic<uint64_t> generation_{0};
+  // One thread's share of a job's items: [next, end) left to hand out. On a line of its own, since
+  // its thread takes every item of it from the counter.
+  struct alignas(64) Block {
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+  std::unique_ptr<Block[]> blocks_;
+  // On lines of their own: polled by spinning threads.
+  alignas(64) std::atomic<int64_t> finished_{0};
+  alignas(64) std::atomic<int> busy_{0};
+  alignas(64) std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
 };
 
