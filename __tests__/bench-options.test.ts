@@ -145,7 +145,7 @@ test("host() and hostLine(): the processor, threads, kernel table and prefetch h
 
 describe("the compiled scripts", () => {
   const root = path.resolve(__dirname, "..");
-  const SCRIPTS = ["attention", "batch", "compress", "decode-shapes", "expected-attention", "model-batch", "save-load", "solver"];
+  const SCRIPTS = ["attention", "batch", "batch-ab", "compress", "decode-shapes", "expected-attention", "model-batch", "save-load", "solver"];
   let out: string;
 
   beforeAll(() => {
@@ -179,6 +179,9 @@ describe("the compiled scripts", () => {
       ["solver", ["--tokens", "abc"], 'solver.js: --tokens must be an integer of at least 320, got "abc"'],
       ["save-load", ["--kv-heads", "3"], "save-load.js: --query-heads (8) must be a multiple of --kv-heads (3)"],
       ["compress", ["--layers"], "compress.js: --layers expects a value"],
+      ["batch-ab", [], "batch-ab.js: --base DIR is required"],
+      ["batch-ab", ["--base", root + "/nowhere"], `batch-ab.js: --base ${root}/nowhere holds no dist/ts/index.js (build it with npm ci)`],
+      ["batch-ab", ["--base="], "batch-ab.js: --base must not be empty"],
     ];
     for (const [name, args, message] of cases) {
       const r = run(name, args);
@@ -195,6 +198,8 @@ describe("the compiled scripts", () => {
       ["model-batch", ["--sequences", "1", "--context", "4", "--steps", "1"]],
       ["save-load", ["--tokens", "64", "--repeats", "1"]],
       ["batch", ["--sequences", "2", "--long", "16", "--short", "16", "--repeats", "1", "--warmup-ms", "0"]],
+      // Against itself: the same build loaded twice
+      ["batch-ab", ["--base", root, "--sequences", "2", "--tokens", "16", "--rounds", "1", "--calls", "2"]],
     ];
     for (const [name, args] of cases) {
       const results = path.join(out, `${name}-json`);
@@ -222,7 +227,7 @@ describe("the compiled scripts", () => {
       expect(r.stdout.split("\n")[0]).toBe(`usage: node dist/bench/${name}.js [options]`);
       const row = readme.split("\n").find((l) => l.startsWith(`| \`node dist/bench/${name}.js`));
       expect([name, row]).toEqual([name, expect.any(String)]);
-      const readmeOptions = [...row!.split("|")[1].matchAll(/\[(--[\w-]+)/g)].map((m) => m[1]);
+      const readmeOptions = [...row!.split("|")[1].matchAll(/[\s[](--[\w-]+)/g)].map((m) => m[1]);
       const helpOptions = [...r.stdout.matchAll(/^ {2}(--[\w-]+)/gm)].map((m) => m[1]).filter((o) => o !== "--help");
       expect([name, readmeOptions]).toEqual([name, helpOptions]);
     }

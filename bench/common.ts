@@ -44,7 +44,15 @@ export interface FlagOption {
   kind: "flag";
   help: string;
 }
-export type OptionSpec = IntOption | IntListOption | ChoiceOption | ChoiceListOption | FlagOption;
+/** Any non-empty text (a path, for instance); "" as the default means none given. */
+export interface TextOption {
+  kind: "text";
+  /** What the value names, in the usage line (`--base DIR`). */
+  meta: string;
+  default: string;
+  help: string;
+}
+export type OptionSpec = IntOption | IntListOption | ChoiceOption | ChoiceListOption | FlagOption | TextOption;
 
 // Builders for the declarations; NoInfer keeps a choice's literal types when the call sits in an options object.
 export const intOption = (o: Omit<IntOption, "kind">): IntOption => ({ kind: "int", ...o });
@@ -52,12 +60,14 @@ export const intListOption = (o: Omit<IntListOption, "kind">): IntListOption => 
 export const choiceOption = <C extends string>(o: Omit<ChoiceOption<C>, "kind">): ChoiceOption<NoInfer<C>> => ({ kind: "choice", ...o });
 export const choiceListOption = <C extends string>(o: Omit<ChoiceListOption<C>, "kind">): ChoiceListOption<NoInfer<C>> => ({ kind: "choices", ...o });
 export const flagOption = (help: string): FlagOption => ({ kind: "flag", help });
+export const textOption = (o: Omit<TextOption, "kind">): TextOption => ({ kind: "text", ...o });
 
 type ValueOf<S> = S extends { kind: "int" } ? number
   : S extends { kind: "ints" } ? number[]
   : S extends ChoiceOption<infer C> ? C
   : S extends ChoiceListOption<infer C> ? C[]
   : S extends { kind: "flag" } ? boolean
+  : S extends { kind: "text" } ? string
   : never;
 export type OptionValues<T extends Record<string, OptionSpec>> = { [K in keyof T]: ValueOf<T[K]> };
 
@@ -133,6 +143,10 @@ export function parseOptions<T extends Record<string, OptionSpec>>(command: Benc
       case "choices":
         values[name] = text.split(",").map((item) => choiceValue(name, spec.choices, item, text));
         break;
+      case "text":
+        if (text === "") throw new OptionError(`--${name} must not be empty`);
+        values[name] = text;
+        break;
     }
   }
   for (const [name, spec] of Object.entries(specs))
@@ -166,6 +180,10 @@ export function optionsUsage<T extends Record<string, OptionSpec>>(command: Benc
         break;
       case "flag":
         values = "default off";
+        break;
+      case "text":
+        left += ` ${o.meta}`;
+        values = o.default === "" ? "no default" : `default ${o.default}`;
         break;
     }
     return [left, `${o.help} [${values}]`];
