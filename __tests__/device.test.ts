@@ -527,6 +527,10 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       fb.dispose();
       fa.dispose();
       expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      // Device memory is not given back page by page: trim() gives back nothing and changes nothing.
+      expect(pair.cuda.trim()).toBe(0);
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      attendBoth(a, b, 0, 1, r, "parent after trim()");
     } finally {
       pair.dispose();
     }

@@ -110,3 +110,55 @@ const fillAndDispose = () => {
   // MiB: 16 written each time, then given back each time.
   expect(rounds.map((r) => [r.filled > 12, r.after < 6])).toEqual([[true, true], [true, true], [true, true]]);
 });
+
+test("trim() gives the free pages' memory back; sequences keep theirs, forks too, and the pages are taken again", () => {
+  if (process.platform !== "linux") return; // the pool's memory is advised away on Linux only
+  const script = `
+const fs = require("fs");
+const { KVCache } = require(process.argv[1]);
+const rss = () => Number(/VmRSS:\\s+(\\d+)/.exec(fs.readFileSync("/proc/self/status", "utf8"))[1]) * 1024;
+const MiB = 2 ** 20;
+const shape = { layers: 1, kvHeads: 8, queryHeads: 16, headDim: 128, pageSize: 16, maxTokens: 8 * 8192, dtype: "f16", threads: 1 };
+const noise = Float32Array.from({ length: 256 * 8 * 128 + 4096 }, (_, i) => Math.sin(i * 0.37) * Math.cos(i * 0.011) * 0.5);
+const rows = (seed, n) => noise.subarray(seed % 4096, (seed % 4096) + n);
+const q = rows(99, 16 * 128);
+// Two caches fed the same rows; only the first is trimmed.
+const [a, b] = [new KVCache(shape), new KVCache(shape)];
+const fill = (c) => Array.from({ length: 8 }, (_, s) => {
+  const seq = c.createSequence();
+  for (let t = 0; t < 1024; t += 256) seq.append(0, rows(s * 10 + t, 256 * 8 * 128), rows(s * 10 + t + 5, 256 * 8 * 128));
+  return seq;
+});
+const [sa, sb] = [fill(a), fill(b)];
+const r0 = rss();
+const out = {};
+for (const s of [0, 1, 2, 3, 4, 5]) { sa[s].dispose(); sb[s].dispose(); }
+// A fork shares sequence 7's pages: its eviction frees pages of its own only.
+const [fa, fb] = [sa[7].fork(), sb[7].fork()];
+for (const f of [fa, fb]) { f.append(0, rows(70, 8 * 128), rows(71, 8 * 128)); f.compress({ ratio: 0.5, scorer: "knorm" }); }
+out.trimmedMiB = a.trim() / MiB;
+out.rssDropMiB = (r0 - rss()) / MiB;
+out.again = a.trim();
+const same = (x, y) => Buffer.from(x.buffer).equals(Buffer.from(y.buffer));
+out.keptSame = [6, 7].every((s) => same(sa[s].attend(0, q), sb[s].attend(0, q))) && same(fa.attend(0, q), fb.attend(0, q));
+// The freed pages are taken again (zeroed by the system, then written): the same results.
+const [na, nb] = [a.createSequence(), b.createSequence()];
+for (const [c, n] of [[a, na], [b, nb]]) for (let t = 0; t < 4096; t += 256) n.append(0, rows(500 + t, 256 * 8 * 128), rows(600 + t, 256 * 8 * 128));
+out.newSame = same(na.attend(0, q), nb.attend(0, q)) && a.usage().pagesUsed === b.usage().pagesUsed;
+const small = new KVCache({ ...shape, maxTokens: 8 * 16 * 2 });
+const s1 = small.createSequence();
+s1.append(0, rows(1, 8 * 128), rows(2, 8 * 128));
+s1.dispose();
+out.small = small.trim();
+a.dispose();
+try { a.trim(); } catch (e) { out.disposed = e.name; }
+console.log(JSON.stringify(out));
+`;
+  const out = JSON.parse(execFileSync(process.execPath, ["-e", script, entry], { encoding: "utf8" }).trim().split("\n").pop()!);
+  // 6 of 8 sequences of 4 MiB each disposed (24 MiB), less the pages the fork then took (its
+  // append's and its compaction's copies); the 8 MiB sequences 6 and 7 hold are kept.
+  expect(out.trimmedMiB).toBeGreaterThanOrEqual(20);
+  expect(out.trimmedMiB).toBeLessThanOrEqual(24);
+  expect(out.rssDropMiB).toBeGreaterThan(16);
+  expect(out).toMatchObject({ again: 0, keptSame: true, newSame: true, small: 0, disposed: "DisposedError" });
+});

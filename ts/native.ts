@@ -90,6 +90,8 @@ export interface NativeCache {
   loadSequence(bytes: Uint8Array): [number, Float64Array];
   loadSequenceAsync(bytes: Uint8Array): Promise<[number, Float64Array]>;
   usage(): NativeUsage;
+  /** Gives the memory of the pool's free pages back to the system; the bytes given back. */
+  trim(): number;
   info(): { simd: string; prefetch: string; threads: number; device: string };
   dispose(): void;
 }

@@ -156,6 +156,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("loadSequence", &NativeCache::LoadSequence),
                            InstanceMethod("loadSequenceAsync", &NativeCache::LoadSequenceAsync),
                            InstanceMethod("usage", &NativeCache::Usage),
+                           InstanceMethod("trim", &NativeCache::Trim),
                            InstanceMethod("info", &NativeCache::Info),
                            InstanceMethod("dispose", &NativeCache::Dispose),
                        });
@@ -930,6 +931,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     o.Set("bytesUsed", (double)u.bytesUsed);
     o.Set("sequences", (double)u.sequences);
     return o;
+  }
+  Napi::Value Trim(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    const int64_t bytes = guarded(info.Env(), [&] { return c.trim(); });
+    return Napi::Number::New(info.Env(), (double)bytes);
   }
   Napi::Value Info(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());

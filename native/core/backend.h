@@ -102,6 +102,9 @@ class Backend {
   virtual void valueNorms(const HeadState& head, int32_t count, float* out) = 0;
   // Bytes the backend holds besides the pool (device workspace), for usage().
   virtual int64_t extraBytes() const { return 0; }
+  // Gives the memory of free pages back to the system where the pool can (host memory; see
+  // PagePool::releaseFree); the bytes given back. Called under the table's lock.
+  virtual int64_t releaseFreeMemory() { return 0; }
   // The rows' storage type and dimension, for readRows.
   virtual DType dtype() const = 0;
   virtual int headDim() const = 0;

@@ -145,6 +145,13 @@ std::vector<float> Cache::readRows(int32_t seqId, int layer, int head, bool valu
   return out;
 }
 
+int64_t Cache::trim() {
+  std::shared_lock<std::shared_mutex> life(life_);
+  checkLive();
+  auto table = lockTable();  // pages are taken under it: none is taken while their memory goes
+  return backend_->releaseFreeMemory();
+}
+
 Usage Cache::usage() const {
   std::shared_lock<std::shared_mutex> life(life_);
   checkLive();

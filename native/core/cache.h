@@ -119,6 +119,9 @@ class Cache {
   SavedBytes saveSequence(int32_t seq, const std::vector<double>& bounds) const;
   int32_t loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds);
   Usage usage() const;
+  // Gives the memory of the pool's free pages back to the system (see Backend::releaseFreeMemory):
+  // the bytes given back. Sequences keep every page they hold.
+  int64_t trim();
   // Host memory the cache holds resident: the pool pages written so far (when the pool is in host
   // memory) and the page bookkeeping.
   size_t residentBytes() {

@@ -1,10 +1,12 @@
 #include "pool.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #include "errors.h"
@@ -63,5 +65,42 @@ void freeStreamed(void* p, size_t bytes) {
 }
 
 PagePool::~PagePool() { freeStreamed(data_, bytes_); }
+
+int64_t PagePool::releaseFree() {
+#if defined(__linux__)
+  if (bytes_ < kHuge) return 0;  // a block of the C heap (see allocateStreamed): left to it
+  const uintptr_t os = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(data_);
+  // [begin, end) of the pool, shrunk to whole pages of the OS: the bytes of it that were resident
+  // (mincore), which the advice gives back.
+  std::vector<unsigned char> resident;
+  auto release = [&](uintptr_t begin, uintptr_t end) -> int64_t {
+    begin = (begin + os - 1) / os * os;
+    end = end / os * os;
+    if (end <= begin) return 0;
+    void* p = reinterpret_cast<void*>(begin);
+    resident.assign((end - begin) / os, 0);
+    int64_t bytes = 0;
+    if (mincore(p, end - begin, resident.data()) == 0)
+      for (unsigned char r : resident) bytes += (r & 1) ? (int64_t)os : 0;
+    return madvise(p, end - begin, MADV_DONTNEED) == 0 ? bytes : 0;
+  };
+  std::vector<int32_t> ids = returnedPages();
+  std::sort(ids.begin(), ids.end());
+  int64_t released = 0;
+  for (size_t i = 0; i < ids.size();) {
+    size_t j = i + 1;
+    while (j < ids.size() && ids[j] == ids[j - 1] + 1) ++j;  // a run of consecutive free pages
+    released += release(base + (size_t)ids[i] * pageBytes_, base + (size_t)(ids[j - 1] + 1) * pageBytes_);
+    i = j;
+  }
+  // Pages never handed out hold nothing, but the huge page that the last used one shares with them
+  // may have been faulted in whole.
+  released += release(base + (size_t)touchedPages() * pageBytes_, base + streamedSize(bytes_));
+  return released;
+#else
+  return 0;
+#endif
+}
 
 }  // namespace lukv

@@ -38,6 +38,7 @@ class CpuBackend : public Backend {
   void valueNorms(const HeadState& head, int32_t count, float* out) override;
   DType dtype() const override { return pool_->dtype(); }
   int headDim() const override { return headDim_; }
+  int64_t releaseFreeMemory() override { return pool_->releaseFree(); }
 
  private:
   std::unique_ptr<PagePool> pool_;
