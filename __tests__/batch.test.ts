@@ -410,6 +410,92 @@ describe("batch checks", () => {
   });
 });
 
+// A batch's items are read once, before anything else of the batch is decided: an item's getter can
+// run any code, another batch or an async call on a sequence of this batch included.
+describe("items whose getters call the cache", () => {
+  const shape = { layers: 1, kvHeads: 1, queryHeads: 2, headDim: 4, pageSize: 4, maxTokens: 256, dtype: "f32", device: "cpu" } as const;
+  const r = rng(seed ^ 0x6e7);
+  const setup = () => {
+    const cache = new KVCache(shape);
+    const seqs = Array.from({ length: 4 }, () => cache.createSequence());
+    for (const s of seqs) s.append(0, randn(r, 40 * 4), randn(r, 40 * 4));
+    return { cache, seqs };
+  };
+
+  test("a getter that makes a batch of the same size: each item still attends over its own sequence", () => {
+    const { cache, seqs } = setup();
+    const twin = new KVCache(shape);
+    try {
+      const [a, b, c, d] = seqs;
+      const q = seqs.map(() => randn(r, 8));
+      // The same sequences in a second cache, for the expected outputs
+      const copies = seqs.map((s) => twin.loadSequence(s.save()));
+      let nested = false;
+      const second = {
+        get sequence() {
+          if (!nested) {
+            nested = true;
+            cache.attendBatch(0, [{ sequence: c, queries: q[2] }, { sequence: d, queries: q[3] }]);
+          }
+          return b;
+        },
+        queries: q[1],
+      };
+      const got = cache.attendBatch(0, [{ sequence: a, queries: q[0] }, second]);
+      expect(bits(got[0])).toBe(bits(copies[0].attend(0, q[0])));
+      expect(bits(got[1])).toBe(bits(copies[1].attend(0, q[1])));
+    } finally {
+      cache.dispose();
+      twin.dispose();
+    }
+  });
+
+  test("a getter that raises an earlier item's key bound: the queries are checked against the new bound", () => {
+    const { cache, seqs } = setup();
+    try {
+      const [a, b] = seqs;
+      const q = new Float32Array(8).fill(2 ** 60);
+      const second = {
+        get sequence() {
+          a.append(0, new Float32Array(4).fill(2 ** 60), new Float32Array(4));
+          return b;
+        },
+        queries: randn(r, 8),
+      };
+      expect(() => cache.attendBatch(0, [{ sequence: a, queries: q }, second])).toThrow(/^Expected items\[0\]\.queries whose scores stay within float32/);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("attendBatchAsync: a getter that queues an async call on an earlier item's sequence: the batch runs after it", async () => {
+    const { cache, seqs } = setup();
+    const twin = new KVCache(shape);
+    try {
+      const [a, b] = seqs;
+      const copy = twin.loadSequence(a.save());
+      const qa = randn(r, 8);
+      const options = { ratio: 0.25, scorer: "knorm", window: 2, sink: 0 } as const;
+      let queued: Promise<unknown> | undefined;
+      const second = {
+        get sequence() {
+          // The compression waits its turn behind the save: the batch must wait for both.
+          queued ??= Promise.all([a.saveAsync(), a.compressAsync(options)]);
+          return b;
+        },
+        queries: randn(r, 8),
+      };
+      const got = await cache.attendBatchAsync(0, [{ sequence: a, queries: qa }, second]);
+      await queued;
+      copy.compress(options);
+      expect(bits(got[0])).toBe(bits(copy.attend(0, qa)));
+    } finally {
+      cache.dispose();
+      twin.dispose();
+    }
+  });
+});
+
 describe("batches in call order with queued async calls", () => {
   test("appendBatchAsync, attendBatchAsync, compressAsync and single async calls take effect in call order", async () => {
     const r = rng(seed ^ 0xee);

@@ -374,16 +374,20 @@ test("attend and attendBatch refuse the same queries at the score bounds", () =>
     }
     return undefined;
   };
-  let refused = 0, taken = 0;
+  let refused = 0, taken = 0, nonFloatEdges = 0;
   try {
     for (let trial = 0; trial < 300; trial++) {
       const seq = cache.createSequence();
       const k = Math.fround((1 + r()) * 2 ** Math.floor(r() * 60 - 20));
       seq.append(0, Float32Array.from([k, 0, 0, 0]), Float32Array.from([1, 1, 1, 1]));
-      const scale = Math.fround((r() < 0.5 ? 1 + r() * 3 : r()) * 2 ** Math.floor(r() * 40 - 20));
+      // A float32 scale, or (a third of the time) one that is not: the bounds hold for the value given.
+      const drawn = (r() < 0.5 ? 1 + r() * 3 : r()) * 2 ** Math.floor(r() * 40 - 20);
+      const scale = r() < 0.33 ? drawn : Math.fround(drawn);
       // The largest |q| taken: the score bound, or the scaled one where it is lower.
       const byScores = 2 ** 120 / (4 * k * Math.max(1, scale));
       const edge = Math.fround(Math.min(byScores, F32_MAX / scale));
+      // Near the scaled bound, a scale that is not float32 decides differently from its rounding
+      if (scale > 1 && edge === Math.fround(F32_MAX / scale) && scale !== Math.fround(scale)) nonFloatEdges++;
       for (const q0 of [f32Next(edge, -1), edge, f32Next(edge, 1)]) {
         if (!Number.isFinite(q0)) continue;
         const q = Float32Array.from([q0 * (r() < 0.5 ? -1 : 1), 0.5, 0, 0]);
@@ -403,7 +407,8 @@ test("attend and attendBatch refuse the same queries at the score bounds", () =>
   } finally {
     cache.dispose();
   }
-  // Both sides of the edge were met
+  // Both sides of the edge were met, also with scales that are not float32
   expect(refused).toBeGreaterThan(100);
   expect(taken).toBeGreaterThan(100);
+  expect(nonFloatEdges).toBeGreaterThan(5);
 });

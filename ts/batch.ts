@@ -175,11 +175,14 @@ type QuickBatch = {
   outs: Float32Array[];
   keyMax: Float64Array | null;
   queryMax: Float64Array;
+  /** The items as read (each field read once), for the full checks after a refusal. */
+  items: () => AttendBatchItem[];
 };
 
 // The fast path's typed arrays, one set per batch size: made once, since new ones cost more than
-// the checks they carry (their buffers are allocated and swept). The addon reads ids and keyMax and
-// writes queryMax during the call; attendBatch reads queryMax right after it.
+// the checks they carry (their buffers are allocated and swept). They are filled after every item
+// was read (a getter of an item can run any code, another batch's included), the addon reads ids
+// and keyMax and writes queryMax during the call, and the batch reads queryMax right after it.
 const quickArrays: { ids: Int32Array; keyMax: Float64Array; queryMax: Float64Array }[] = [];
 function quickArraysOf(n: number): { ids: Int32Array; keyMax: Float64Array; queryMax: Float64Array } {
   return (quickArrays[n] ??= { ids: new Int32Array(n), keyMax: new Float64Array(n), queryMax: new Float64Array(n) });
@@ -193,25 +196,33 @@ function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: 
   const n = items.length;
   if (n === 0 || n > SCAN_ITEMS) return undefined;
   const row = queryHeads * headDim;
-  const seqs: Sequence[] = new Array(n), queries: Float32Array[] = new Array(n), outs: Float32Array[] = new Array(n);
-  const scratch = quickArraysOf(n), ids = scratch.ids, keyMax = checkFinite ? scratch.keyMax : null;
+  // First every item is read, once: the state checks below then see what the items' getters left.
+  const seqs: Sequence[] = new Array(n), queries: Float32Array[] = new Array(n), given: (Float32Array | undefined)[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const item: unknown = items[i];
     if (item === null || typeof item !== "object") return undefined;
     for (const key in item) if (key !== "sequence" && key !== "queries" && key !== "out") return undefined;
     const { sequence: seq, queries: q, out } = item as AttendBatchItem;
-    if (!(seq instanceof SequenceClass) || seq.cache !== cache || seq.disposed || seq.pending > 0 || !isFloat32Array(q)) return undefined;
+    if (!(seq instanceof SequenceClass) || seq.cache !== cache || !isFloat32Array(q)) return undefined;
     if (out !== undefined && !(isFloat32Array(out) && out.length === q.length)) return undefined;
     for (let j = 0; j < i; j++) if (seqs[j] === seq) return undefined;
-    const bound = seq.quickAttend(l, q, row);
+    seqs[i] = seq;
+    queries[i] = q;
+    given[i] = out;
+  }
+  const scratch = quickArraysOf(n), ids = scratch.ids, keyMax = checkFinite ? scratch.keyMax : null;
+  const outs: Float32Array[] = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const seq = seqs[i];
+    if (seq.disposed || seq.pending > 0) return undefined;
+    const bound = seq.quickAttend(l, queries[i], row);
     if (bound < 0) return undefined;
     if (keyMax) keyMax[i] = bound;
-    seqs[i] = seq;
     ids[i] = seq.id;
-    queries[i] = q;
-    outs[i] = out ?? new Float32Array(q.length);
+    outs[i] = given[i] ?? new Float32Array(queries[i].length);
   }
-  return { l, scale, seqs, ids, queries, outs, keyMax, queryMax: scratch.queryMax };
+  const read = () => seqs.map((sequence, i): AttendBatchItem => (given[i] ? { sequence, queries: queries[i], out: given[i] } : { sequence, queries: queries[i] }));
+  return { l, scale, seqs, ids, queries, outs, keyMax, queryMax: scratch.queryMax, items: read };
 }
 
 /** See KVCache.attendBatch. */
@@ -222,9 +233,9 @@ export function attendBatch(cache: KVCache, layer: number, items: readonly Atten
     try {
       cache.handle.attendBatch(l, ids, queries, scale, outs, keyMax, queryMax);
     } catch (e) {
-      // Refused before anything ran: the full checks name what is wrong (the addon's own message
-      // stands if they find nothing).
-      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, items, opts, (s) => s.id);
+      // Refused before anything ran: the full checks of the items as read name what is wrong (the
+      // addon's own message stands if they find nothing).
+      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, quick.items(), { scale }, (s) => s.id);
       rethrow(e);
     }
     if (keyMax) for (let i = 0; i < seqs.length; i++) seqs[i].commitQueries(l, queryMax[i]);
@@ -259,7 +270,7 @@ export async function attendBatchAsync(
     try {
       work = cache.handle.attendBatchAsync(l, ids, queries, scale, outs, keyMax, queryMax);
     } catch (e) {
-      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
+      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, quick.items(), { scale }, (s) => s.nativeId());
       rethrow(e);
     }
     const maxima = keyMax && queryMax.slice();

@@ -440,6 +440,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   struct AttendBatchCall {
     int layer = 0;
     float scale = 0;
+    double scaleGiven = 0;  // as given: the bounds are checked with it, as TypeScript checks them
     std::vector<int32_t> ids;
     std::vector<TypedView> queries;
     std::vector<float*> outs;  // the data of each item's out array
@@ -461,7 +462,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of key bounds and one for the query maxima, one entry per item");
     const double* kmax = static_cast<const double*>(keyMax.data);
     double* qmax = static_cast<double*>(const_cast<void*>(queryMax.data));
-    const double scale = std::fabs((double)a.scale);
+    const double scale = std::fabs(a.scaleGiven);
     constexpr double kScoreLimit = 0x1p120;  // SCORE_LIMIT in ts/finite.ts
     constexpr double kFloat32Max = (double)std::numeric_limits<float>::max();
     for (size_t i = 0; i < n; ++i) {
@@ -489,7 +490,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       if (q.type != napi_float32_array || q.length == 0)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
     if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
-    a.scale = info[3].As<Napi::Number>().FloatValue();
+    a.scaleGiven = info[3].As<Napi::Number>().DoubleValue();
+    a.scale = (float)a.scaleGiven;
     if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
     const std::vector<TypedView> outs = batchArrays(info, 4, a.ids.size(), "out", 1);
     for (size_t i = 0; i < outs.size(); ++i) {
