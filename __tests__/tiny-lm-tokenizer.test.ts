@@ -197,6 +197,8 @@ describe("decoding ids outside the vocabulary", () => {
     ["a Float64Array", Float64Array.of(72, 0.25), `Expected ${ids} for ids[1] but received 0.25 of type number`],
     ["an Int32Array", Int32Array.of(-7, 72), `Expected ${ids} for ids[0] but received -7 of type number`],
     ["a Uint16Array", Uint16Array.of(72, 65535), `Expected ${ids} for ids[1] but received 65535 of type number`],
+    // Nothing is allocated for the length before the ids are read (this one would need 32 GiB)
+    ["an array-like of length 2^33 holding no ids", { length: 2 ** 33 }, `Expected ${ids} for ids[0] but received undefined`],
   ])("%s is an InvalidArgumentError naming it and its index, and nothing is decoded", (_, bad, message) => {
     for (const call of [() => tok.decode(bad), () => tok.decodeBytes(bad)]) {
       const e = caught(call);

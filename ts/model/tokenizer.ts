@@ -305,13 +305,15 @@ export class Tokenizer {
     if (ids === null || typeof ids !== "object" || !Number.isSafeInteger(ids.length) || ids.length < 0)
       throw invalid("ids", "an array or typed array of token ids", ids);
     const pieces = this.#pieces, size = this.vocabSize;
-    // The ids are read once: what is checked is what is decoded.
-    const checked = new Int32Array(ids.length);
+    // The ids are read once: what is checked is what is decoded. Kept as they are checked (nothing
+    // is allocated for a length before its ids are read: an array-like of length 2^33 holding no
+    // ids is refused at its first).
+    const checked: number[] = [];
     let n = 0;
-    for (let i = 0; i < checked.length; i++) {
+    for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
       if (!Number.isInteger(id) || id < 0 || id >= size) throw invalid(`ids[${i}]`, `a token id (an integer from 0 to ${size - 1})`, id);
-      checked[i] = id;
+      checked.push(id);
       // Special tokens (the ids after the pieces) have no bytes.
       if (id < pieces.length) n += pieces[id].length;
     }
