@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,10 @@ class ThreadPool {
   // One job at a time runs on the workers: a caller that finds the pool busy with another
   // caller's job runs its own items on its own thread instead of waiting (calls on different
   // sequences of a cache run concurrently). Not re-entrant from inside fn.
+  // An item that throws (std::bad_alloc, say) does not stop the others: parallelFor returns, or
+  // rethrows the first such exception, only once every item has run, since fn and what it refers
+  // to live in the caller's frame (a worker's exception used to end the process, and one on the
+  // calling thread left the workers running on that frame after it was gone).
   // The caller waits for the items, not for the workers: a worker that is still asleep when all
   // items are done simply finds no job when it wakes.
   // The items are dealt in one block per thread (the caller's first), each thread running its own
@@ -58,7 +63,15 @@ class ThreadPool {
     if (n <= 0) return;
     std::unique_lock<std::mutex> job(job_, std::try_to_lock);
     if (threads_ == 1 || n == 1 || !job.owns_lock()) {
-      for (int64_t i = 0; i < n; ++i) fn(i);
+      std::exception_ptr error;
+      for (int64_t i = 0; i < n; ++i) {
+        try {
+          fn(i);
+        } catch (...) {
+          if (!error) error = std::current_exception();
+        }
+      }
+      if (error) std::rethrow_exception(error);
       return;
     }
     {
@@ -69,6 +82,7 @@ class ThreadPool {
         blocks_[b].end = n * (b + 1) / threads_;
       }
       finished_.store(0);
+      error_ = nullptr;
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
@@ -82,6 +96,12 @@ class ThreadPool {
     // Workers that joined this job may still be about to look for an item; the blocks are reset by
     // the next call, so wait until they have left.
     spinUntil([&] { return busy_.load(std::memory_order_acquire) == 0; });
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::swap(error, error_);
+    }
+    if (error) std::rethrow_exception(error);
   }
 
  private:
@@ -108,7 +128,12 @@ class ThreadPool {
       for (;;) {
         const int64_t i = b.next.fetch_add(1, std::memory_order_relaxed);
         if (i >= b.end) break;
-        fn(i);
+        try {
+          fn(i);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (!error_) error_ = std::current_exception();
+        }
         ++done;
       }
     }
@@ -159,6 +184,7 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable cv_;
   const std::function<void(int64_t)>* fn_ = nullptr;
+  std::exception_ptr error_;  // the job's first exception from an item (under mu_)
   // One thread's share of a job's items: [next, end) left to hand out. On a line of its own, since
   // its thread takes every item of it from the counter.
   struct alignas(64) Block {

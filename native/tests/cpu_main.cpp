@@ -3,17 +3,20 @@
 // the machines that run it; this program is for building and checking the core on a processor or
 // toolchain where Node is not at hand (for example an arm64 cross build run under an emulator).
 //   lukv_cpu_tests [--seed N]          (or LUKV_TEST_SEED=N)
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../core/cache.h"
 #include "../core/crc32c.h"
+#include "../core/threadpool.h"
 #include "../cpu/kernels.h"
 
 namespace {
@@ -51,6 +54,39 @@ std::vector<double> reference(lukv::Cache& c, int32_t seq, const Case& k, const 
     }
   }
   return out;
+}
+
+// The thread pool: every item runs exactly once whatever the job size and thread count, and an
+// item that throws (on the calling thread or a worker) reaches the caller only after every other
+// item ran; the pool then takes the next job. Returns the number of failures.
+int threadPoolChecks() {
+  int failures = 0;
+  auto fail = [&](const std::string& what) {
+    ++failures;
+    std::printf("FAIL thread pool: %s\n", what.c_str());
+  };
+  for (int threads : {1, 2, 3, 5}) {
+    lukv::ThreadPool pool(threads);
+    for (int64_t n : {1, 2, 3, 4, 7, 64, 1000}) {
+      for (int64_t thrower : {(int64_t)-1, (int64_t)0, n - 1, n / 2}) {
+        std::vector<std::atomic<int>> runs((size_t)n);
+        bool caught = false;
+        try {
+          pool.parallelFor(n, [&](int64_t i) {
+            runs[(size_t)i].fetch_add(1);
+            if (i == thrower) throw std::runtime_error("item " + std::to_string(i));
+          });
+        } catch (const std::runtime_error& e) {
+          caught = std::string(e.what()) == "item " + std::to_string(thrower);
+        }
+        for (int64_t i = 0; i < n; ++i)
+          if (runs[(size_t)i].load() != 1) fail("threads " + std::to_string(threads) + ", n " + std::to_string(n) + ": item " + std::to_string(i) + " ran " + std::to_string(runs[(size_t)i].load()) + " times");
+        if (caught != (thrower >= 0)) fail("threads " + std::to_string(threads) + ", n " + std::to_string(n) + ": the exception of item " + std::to_string(thrower) + (caught ? " appeared" : " did not reach the caller"));
+      }
+    }
+  }
+  std::printf("%-4s thread pool: items run once, exceptions after the job\n", failures ? "FAIL" : "ok");
+  return failures;
 }
 
 }  // namespace
@@ -245,6 +281,8 @@ int main(int argc, char** argv) {
     failed += ok ? 0 : 1;
     std::printf("%-4s CRC-32C (dispatched and table-driven) matches the bitwise definition\n", ok ? "ok" : "FAIL");
   }
+  ++run;
+  failed += threadPoolChecks() ? 1 : 0;
   std::printf("%d of %d passed\n", run - failed, run);
   return failed == 0 && run > 0 ? 0 : 1;
 }
