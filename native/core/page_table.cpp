@@ -104,9 +104,17 @@ namespace {
 // Whether an append behind the shared, partly filled page `last` copies it: the page has holders
 // besides the appending head, not counting the copy sources `counted` already holds (earlier
 // appends of a batch, whose rows the head does not touch); the copy is then counted there.
+// Only shared pages are looked up or entered in `counted`: an append to unshared pages (every
+// decode step of a sequence without forks) makes no map node.
 bool copiesLastPage(const PageAllocator& pages, int32_t last, std::map<int32_t, int>* counted) {
-  const int earlier = counted ? (*counted)[last] : 0;
-  if (pages.refcount(last) - earlier <= 1) return false;
+  const int holders = pages.refcount(last);
+  if (holders <= 1) return false;
+  int earlier = 0;
+  if (counted) {
+    auto it = counted->find(last);
+    if (it != counted->end()) earlier = it->second;
+  }
+  if (holders - earlier <= 1) return false;
   if (counted) (*counted)[last] += 1;
   return true;
 }
