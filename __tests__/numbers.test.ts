@@ -1,7 +1,7 @@
 // Attention never returns a silently wrong number: NaN and infinity in keys, values and queries are
 // refused naming the tensor and the first bad index, f16/bf16 overflow on append is refused, scores
 // that float32 could not hold are refused, and every SIMD level gives the same answer.
-import { KVCache, QueryStatistics, backends } from "../ts";
+import { KVCache, QueryStatistics, backends, roundTo } from "../ts";
 import { headsOf, lastPositions } from "./helpers/cache";
 import { randn, rng, testSeed } from "./helpers/random";
 import { referenceAttention, relativeError } from "./helpers/reference";
@@ -22,6 +22,44 @@ function expectInvalid(fn: () => unknown, message: string | RegExp): void {
 }
 
 describe.each(levels)("simd %s", (simd) => {
+  // Appends convert f32 rows to f16/bf16 with the kernel table's conversion (the hardware one on
+  // x86): it must store the library's rounding (roundTo: nearest, ties to even) bit for bit, across
+  // the exponent range, at ties, in the subnormals, near overflow, and in a row's last partial vector.
+  test.each(["f16", "bf16"] as const)("appends store the %s rounding bit for bit (roundTo)", (dtype) => {
+    const r = rng(seed + (dtype === "f16" ? 21 : 22));
+    const headDim = 20, kvHeads = 2, tokens = 96;
+    const cache = new KVCache({ layers: 1, kvHeads, queryHeads: kvHeads, headDim, pageSize: 16, maxTokens: 2 * kvHeads * tokens, dtype, simd: simd as never, checkFinite: false });
+    try {
+      const n = tokens * kvHeads * headDim;
+      const x = new Float32Array(n);
+      const edges = dtype === "f16"
+        ? [65504, 65519.99, 65520, 1e5, 2 ** -24, 2 ** -25, 3 * 2 ** -26, 2 ** -14, 2 ** -14 - 2 ** -25, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 0, -0, Infinity]
+        : [3.3895313892515355e38, 3.4e38, 2 ** -133, 2 ** -127, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 0, -0, Infinity];
+      for (let i = 0; i < n; i++) {
+        const u = r();
+        const v = u < 0.15 ? edges[Math.floor(r() * edges.length)]
+          : u < 0.3 ? (1 + Math.floor(r() * 1024) / 1024 + 2 ** -11) * 2 ** Math.floor(r() * 30 - 15) // f16 ties
+          : (r() * 2 - 1) * 2 ** Math.floor(r() * (dtype === "f16" ? 48 : 200) - (dtype === "f16" ? 30 : 100));
+        x[i] = r() < 0.5 ? -v : v;
+      }
+      const seq = cache.createSequence();
+      seq.append(0, x, x.map((v) => -v));
+      const expected = roundTo(x, dtype);
+      for (let h = 0; h < kvHeads; h++) {
+        const keys = seq.keys(0, h), values = seq.values(0, h);
+        for (let t = 0; t < tokens; t++)
+          for (let d = 0; d < headDim; d++) {
+            const want = expected[(t * kvHeads + h) * headDim + d];
+            const at = t * headDim + d;
+            if (!Object.is(keys[at], want) || !Object.is(values[at], -want))
+              throw new Error(`${dtype} ${simd}: token ${t}, head ${h}, element ${d}: stored ${keys[at]} / ${values[at]} for ${x[(t * kvHeads + h) * headDim + d]}, roundTo gives ${want}`);
+          }
+      }
+    } finally {
+      cache.dispose();
+    }
+  });
+
   test("NaN and infinity in keys, values and queries are refused with the first bad index; nothing changes", () => {
     const r = rng(seed);
     const cache = new KVCache({ ...shape, dtype: "f32", simd: simd as never });

@@ -79,6 +79,11 @@ struct Kernels {
   void (*rowNorms)(DType dt, const void* rows, int n, int D, float* out);
   // out[g*ld + j] = k_j' A_g k_j for f32 rows k_j of K [n, D] and f32 matrices A_g [G, D, D].
   void (*quadForms)(const float* K, int n, int D, const float* A, int G, float* out, int ld);
+  // dst[i] = the f16 / bf16 bits of src[i] for i < n, rounded to nearest even: f32ToF16 and
+  // f32ToBf16 (core/dtype.h) bit for bit on every finite value and infinity (a NaN stays a NaN,
+  // its payload may differ).
+  void (*toF16)(const float* src, uint16_t* dst, int n);
+  void (*toBf16)(const float* src, uint16_t* dst, int n);
 };
 
 const Kernels& kernelsGeneric();

@@ -17,6 +17,7 @@ struct Vec {
   static Vec set1(float a) { return {_mm256_set1_ps(a)}; }
   static Vec loadF32(const float* p) { return {_mm256_loadu_ps(p)}; }
   static Vec loadF16(const uint16_t* p) { return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p))}; }
+  void storeF16(uint16_t* p) const { _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
   static Vec loadBF16(const uint16_t* p) {
     __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};

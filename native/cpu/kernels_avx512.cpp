@@ -17,6 +17,7 @@ struct Vec {
   static Vec set1(float a) { return {_mm512_set1_ps(a)}; }
   static Vec loadF32(const float* p) { return {_mm512_loadu_ps(p)}; }
   static Vec loadF16(const uint16_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
+  void storeF16(uint16_t* p) const { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
   static Vec loadBF16(const uint16_t* p) {
     __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
     return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};

@@ -21,6 +21,7 @@ struct Vec {
   static Vec loadF32(const float* p) { return {{p[0], p[1], p[2], p[3]}}; }
   static Vec loadF16(const uint16_t* p);
   static Vec loadBF16(const uint16_t* p);
+  void storeF16(uint16_t* p) const;
   static Vec fma(Vec a, Vec b, Vec c) {
     Vec r;
     for (int i = 0; i < 4; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
@@ -80,6 +81,10 @@ Vec Vec::loadF16(const uint16_t* p) {
 }
 Vec Vec::loadBF16(const uint16_t* p) {
   return {{scalarLoad(DType::BF16, p, 0), scalarLoad(DType::BF16, p, 1), scalarLoad(DType::BF16, p, 2), scalarLoad(DType::BF16, p, 3)}};
+}
+// This file has no instruction-set flags, so it may use core/dtype.h's inline conversion.
+void Vec::storeF16(uint16_t* p) const {
+  for (int i = 0; i < 4; ++i) p[i] = f32ToF16(v[i]);
 }
 
 }  // namespace

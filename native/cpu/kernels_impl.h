@@ -672,4 +672,27 @@ static void quadForms(const float* K, int n, int D, const float* A, int G, float
   }
 }
 
-static const Kernels kTable = {KERNEL_NAME, qk, expSum, maxOf, attendSpan, rowNorms, quadForms};
+// Appends store rows in the cache dtype: W floats at a time through Vec::storeF16 (the hardware
+// conversion on x86), the last partial vector through a padded copy.
+static void toF16(const float* src, uint16_t* dst, int n) {
+  int i = 0;
+  for (; i + Vec::W <= n; i += Vec::W) Vec::loadF32(src + i).storeF16(dst + i);
+  if (i == n) return;
+  float in[Vec::W] = {};
+  uint16_t out[Vec::W];
+  for (int j = i; j < n; ++j) in[j - i] = src[j];
+  Vec::loadF32(in).storeF16(out);
+  for (int j = i; j < n; ++j) dst[j] = out[j - i];
+}
+
+// Round to nearest even on the bits, NaN kept quiet: written without branches, so it vectorises.
+static void toBf16(const float* src, uint16_t* dst, int n) {
+  for (int i = 0; i < n; ++i) {
+    uint32_t x;
+    __builtin_memcpy(&x, src + i, 4);
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    dst[i] = (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? (x >> 16) | 0x40u : rounded);
+  }
+}
+
+static const Kernels kTable = {KERNEL_NAME, qk, expSum, maxOf, attendSpan, rowNorms, quadForms, toF16, toBf16};

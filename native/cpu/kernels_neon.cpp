@@ -19,6 +19,8 @@ struct Vec {
   static Vec loadF32(const float* p) { return {vld1q_f32(p)}; }
   static Vec loadF16(const uint16_t* p) { return {vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)))}; }
   static Vec loadBF16(const uint16_t* p) { return {vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16))}; }
+  // The ARMv8 conversion, which rounds to nearest even (the default rounding mode).
+  void storeF16(uint16_t* p) const { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
   static Vec fma(Vec a, Vec b, Vec c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
   static Vec add(Vec a, Vec b) { return {vaddq_f32(a.v, b.v)}; }
   static Vec sub(Vec a, Vec b) { return {vsubq_f32(a.v, b.v)}; }
