@@ -215,6 +215,38 @@ describe("appendBatch", () => {
     }
   });
 
+  // The batch scans every item's keys and values in one call: an item's bad value is still named
+  // (the first in item order, keys before values), and each item's bounds are its own.
+  test("values scanned for the whole batch: the first bad one named, each sequence's bounds its own", () => {
+    const r = rng(seed ^ 0xbd);
+    for (const raw of [false, true]) {
+      const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64, dtype: "f16", device: "cpu" });
+      try {
+        const s = [cache.createSequence(), cache.createSequence(), cache.createSequence()];
+        const rows = (a: Float32Array) => (raw ? toBits(a, "f16") : a);
+        const good = () => ({ keys: rows(randn(r, 8)), values: rows(randn(r, 8)) });
+        const bad = randn(r, 8);
+        bad[6] = raw ? Infinity : 70000; // raw: an infinity's bits; f32: beyond f16's range
+        const badValues = { keys: rows(randn(r, 8)), values: rows(bad) };
+        const badKeys = { keys: rows(bad), values: rows(randn(r, 8)) };
+        const message = raw
+          ? "Expected finite numbers for items[1].values but received Infinity at index 6 (token 1, head 0, element 2)"
+          : "Expected numbers that f16 can hold (magnitude below 65520) for items[1].values but received 70000 at index 6 (token 1, head 0, element 2); scale the inputs down or use a wider dtype";
+        expect(() => cache.appendBatch(0, [{ sequence: s[0], ...good() }, { sequence: s[1], ...badValues }, { sequence: s[2], ...badKeys }])).toThrow(message);
+        expect(cache.usage().pagesUsed).toBe(0);
+        // Large keys in one item only: its queries are bounded by them, the others' are not.
+        const big = new Float32Array(8).fill(2 ** 14);
+        cache.appendBatch(0, [{ sequence: s[0], ...good() }, { sequence: s[1], keys: rows(big), values: rows(randn(r, 8)) }]);
+        // 4 x 2^110 x 2^14 is past 2^120; against keys below 8, 4 x 2^110 x 8 is not
+        const q = new Float32Array(4).fill(2 ** 110);
+        expect(() => s[1].attend(0, q, { scale: 1 })).toThrow(/whose scores stay within float32/);
+        expect(s[0].attend(0, q, { scale: 1 })).toHaveLength(4);
+      } finally {
+        cache.dispose();
+      }
+    }
+  });
+
   test("goes through the onPressure policy: other sequences are compressed, then the whole batch fits", () => {
     const r = rng(seed ^ 0xcc);
     const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64, dtype: "f32", device: "cpu" });

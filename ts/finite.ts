@@ -28,6 +28,17 @@ export function scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, 
 }
 
 /**
+ * scanValues over every array of `arrays` (all of one kind) in one native call: for array i, [2i]
+ * the first index that is not finite or not below the storage limit of `storage`, or -1, and [2i+1]
+ * the largest magnitude before it. Uint16Array arrays hold raw `rawDtype` bits.
+ */
+export function scanValuesBatch(arrays: (Float32Array | Uint16Array)[], raw: boolean, storage: DType, rawDtype: DType = storage): Float64Array {
+  const result = new Float64Array(2 * arrays.length);
+  native().scanValuesBatch(arrays, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, raw ? Infinity : STORAGE_LIMIT[storage], result);
+  return result;
+}
+
+/**
  * Scans a [tokens, heads, headDim] tensor for the first value that is not finite, or (with
  * `storage` f16/bf16 and Float32Array input) too large for it, and throws InvalidArgumentError
  * naming the tensor and that index. Returns the largest magnitude. Uint16Array input holds raw

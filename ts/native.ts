@@ -126,6 +126,8 @@ export interface NativeAddon {
    * Uint16Array, where bad means not finite.
    */
   scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, limit: number, result: Float64Array): void;
+  /** scanValues over each array, in one call: result[2i], result[2i+1] for array i. */
+  scanValuesBatch(arrays: (Float32Array | Uint16Array)[], kind: 0 | 1 | 2, limit: number, result: Float64Array): void;
   /** The tokens outside the first `sink` and last `window`, best first, ranked as compress ranks them (NaN lowest, ties to the earlier position). */
   keepOrder(scores: Float32Array, sink: number, window: number): Int32Array;
   /** LU-KV keep counts (core/allocation): floors <= lengths, their sum <= total <= the sum of lengths. */

@@ -1045,6 +1045,36 @@ Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// scanValuesBatch(arrays, kind, limit, result): scanValues over each array of a JS array, one call
+// for a batch's keys and values; result[2 i], result[2 i + 1] are array i's first bad index (or -1)
+// and largest magnitude before it.
+Napi::Value ScanValuesBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsArray() || !info[1].IsNumber() || !info[2].IsNumber())
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (array of typed arrays, kind, limit, result)");
+  napi_value arrays = info[0];
+  const uint32_t n = info[0].As<Napi::Array>().Length();
+  const int kind = info[1].As<Napi::Number>().Int32Value();
+  const float limit = info[2].As<Napi::Number>().FloatValue();
+  TypedView res;
+  if (!typedView(env, info[3], res) || res.type != napi_float64_array || res.length < 2 * (size_t)n)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of 2 per array for the result");
+  double* out = static_cast<double*>(const_cast<void*>(res.data));
+  for (uint32_t i = 0; i < n; ++i) {
+    napi_value v;
+    TypedView in;
+    if (napi_get_element(env, arrays, i, &v) != napi_ok || !typedView(env, v, in))
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected typed arrays");
+    ScanResult r;
+    if (kind == 0 && in.type == napi_float32_array) r = scanF32(static_cast<const float*>(in.data), in.length, limit);
+    else if ((kind == 1 || kind == 2) && in.type == napi_uint16_array) r = scanRaw16(static_cast<const uint16_t*>(in.data), in.length, kind == 2);
+    else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected Float32Arrays (kind 0) or Uint16Arrays (kind 1, 2)");
+    out[2 * i] = (double)r.firstBad;
+    out[2 * i + 1] = r.maxAbs;
+  }
+  return env.Undefined();
+}
+
 // accumulateQueryStatistics(queries, first, tokens, queryHeads, headDim, shift, sum, products | null):
 // QueryStatistics.add's sums (arguments checked in TypeScript; sizes checked again here).
 Napi::Value AccumulateQueryStatistics(const Napi::CallbackInfo& info) {
@@ -1137,6 +1167,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeCache", NativeCache::Init(env));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo));
   exports.Set("scanValues", Napi::Function::New(env, ScanValues));
+  exports.Set("scanValuesBatch", Napi::Function::New(env, ScanValuesBatch));
   exports.Set("keepOrder", Napi::Function::New(env, KeepOrder));
   exports.Set("lukvBudgets", Napi::Function::New(env, LukvBudgets));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
