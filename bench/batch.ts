@@ -5,7 +5,8 @@
 // (c) the same short steps off the main thread, as a server makes them: one attendBatchAsync
 // against one attendAsync per sequence, all awaited together; (d) where the short steps' time goes:
 // the same calls made on the addon directly with the same arrays (no TypeScript checks), so the
-// difference is the TypeScript layer's share.
+// difference is the TypeScript layer's share; (e) one appendBatch of a decode row per sequence against
+// one append per sequence (tiny-lm shape).
 // Usage: node dist/bench/batch.js [--sequences 16] [--long 4096] [--short 256] [--repeats 15] [--warmup-ms 5]
 import { KVCache, Sequence } from "../ts";
 import { native } from "../ts/native";
@@ -104,6 +105,7 @@ async function measure(
 const table: (string | number)[][] = [];
 const asyncTable: (string | number)[][] = [];
 const splitTable: (string | number)[][] = [];
+const appendTable: (string | number)[][] = [];
 const results: Record<string, unknown> = {};
 
 const name = (x: Shape) => `${x.kvHeads}x${x.queryHeads}x${x.headDim}`;
@@ -130,11 +132,29 @@ async function main(): Promise<void> {
     cache.dispose();
   }
 
+  // Appends of one decode row per sequence (tiny-lm shape). The pool holds every row the calls
+  // make: each call takes over 6 µs, so a round's untimed calls append at most 150 rows per ms.
+  {
+    const appendRuns = Math.min(shortRepeats, 1000);
+    const perSequence = 2 * 5 * (150 * warmupMs + Math.ceil(appendRuns / 5) + 2) + pageSize;
+    const appendCache = new KVCache({ layers: 1, ...tiny, dtype: "f16", pageSize, maxTokens: tiny.kvHeads * sequences * perSequence });
+    const aseqs = Array.from({ length: sequences }, () => appendCache.createSequence());
+    const rows = aseqs.map((_, s) => new Float32Array(tiny.kvHeads * tiny.headDim).map((_, i) => Math.sin(i + s) * 0.1));
+    const items = aseqs.map((sequence, i) => ({ sequence, keys: rows[i], values: rows[i] }));
+    const m = await measure({ batch: () => appendCache.appendBatch(0, items), separate: () => aseqs.forEach((q, i) => q.append(0, rows[i], rows[i])) }, appendRuns);
+    const [b, sp] = [median(m.batch), median(m.separate)];
+    results.appendTiny = { shape: tiny, tokensPerCall: 1, appendBatchMs: b, separateMs: sp, separateOverBatch: sp / b, repeats: m.batch.length, runs: m };
+    appendTable.push([name(tiny), `${sequences} x 1`, (b * 1000).toFixed(1), (sp * 1000).toFixed(1), (sp / b).toFixed(2)]);
+    appendCache.dispose();
+  }
+
   printTable(["shape", "sequences x tokens", "K+V MiB", "attendBatch ms", "separate ms", "plain read ms", "read / batch", "separate / batch"], table);
   console.log("\noff the main thread:");
   printTable(["shape", "sequences x tokens", "attendBatchAsync ms", `${sequences} x attendAsync ms`, "separate / batch"], asyncTable);
   console.log("\nwhere the short steps' time goes (the addon called directly with the same arrays; TypeScript = the difference):");
   printTable(["shape", "sequences x tokens", "attendBatch us", "addon alone us", "TypeScript us", `${sequences} x attend us`, "addon alone us", "TypeScript us"], splitTable);
+  console.log("\nappends of one decode row per sequence:");
+  printTable(["shape", "sequences x tokens", "appendBatch us", `${sequences} x append us`, "separate / batch"], appendTable);
   const file = writeResults("batch", { benchmark: "batched decode", sequences, dtype: "f16", pageSize, ...h, repeatsLong: repeats, repeatsShort: shortRepeats, warmupMs, results });
   console.log(`\nwritten ${file}`);
 }
