@@ -111,7 +111,7 @@ const fillAndDispose = () => {
   expect(rounds.map((r) => [r.filled > 12, r.after < 6])).toEqual([[true, true], [true, true], [true, true]]);
 });
 
-test("trim() gives the free pages' memory back; sequences keep theirs, forks too, and the pages are taken again", () => {
+test("trim() gives wholly free 2 MiB regions back; sequences keep theirs, forks too, and the pages are taken again", () => {
   if (process.platform !== "linux") return; // the pool's memory is advised away on Linux only
   const script = `
 const fs = require("fs");
@@ -145,6 +145,16 @@ out.keptSame = [6, 7].every((s) => same(sa[s].attend(0, q), sb[s].attend(0, q)))
 const [na, nb] = [a.createSequence(), b.createSequence()];
 for (const [c, n] of [[a, na], [b, nb]]) for (let t = 0; t < 4096; t += 256) n.append(0, rows(500 + t, 256 * 8 * 128), rows(600 + t, 256 * 8 * 128));
 out.newSame = same(na.attend(0, q), nb.attend(0, q)) && a.usage().pagesUsed === b.usage().pagesUsed;
+// Pages of two sequences taken in turns: one disposed, its free pages sit among the other's, in
+// no free 2 MiB region, so nothing is given back (the kernel would merge such a run back).
+const mixed = new KVCache(shape);
+const [m0, m1] = [mixed.createSequence(), mixed.createSequence()];
+for (let t = 0; t < 2048; t += 16) for (const m of [m0, m1]) m.append(0, rows(t, 16 * 8 * 128), rows(t + 1, 16 * 8 * 128));
+m0.dispose();
+out.interleaved = mixed.trim();
+m1.dispose();
+out.allFreeMiB = mixed.trim() / MiB;
+mixed.dispose();
 const small = new KVCache({ ...shape, maxTokens: 8 * 16 * 2 });
 const s1 = small.createSequence();
 s1.append(0, rows(1, 8 * 128), rows(2, 8 * 128));
@@ -155,10 +165,12 @@ try { a.trim(); } catch (e) { out.disposed = e.name; }
 console.log(JSON.stringify(out));
 `;
   const out = JSON.parse(execFileSync(process.execPath, ["-e", script, entry], { encoding: "utf8" }).trim().split("\n").pop()!);
-  // 6 of 8 sequences of 4 MiB each disposed (24 MiB), less the pages the fork then took (its
-  // append's and its compaction's copies); the 8 MiB sequences 6 and 7 hold are kept.
+  // 6 of 8 sequences of 4 MiB each disposed (24 MiB), less the 2 MiB regions holding pages the fork
+  // then took (its append's and its compaction's copies); the 8 MiB of sequences 6 and 7 are kept.
   expect(out.trimmedMiB).toBeGreaterThanOrEqual(20);
   expect(out.trimmedMiB).toBeLessThanOrEqual(24);
   expect(out.rssDropMiB).toBeGreaterThan(16);
-  expect(out).toMatchObject({ again: 0, keptSame: true, newSame: true, small: 0, disposed: "DisposedError" });
+  expect(out).toMatchObject({ again: 0, keptSame: true, newSame: true, small: 0, disposed: "DisposedError", interleaved: 0 });
+  // Both sequences' 8 MiB (2048 tokens x 8 heads x 128 x 2 bytes x 2) once the second is gone too
+  expect(out.allFreeMiB).toBe(16);
 });

@@ -458,14 +458,14 @@ export class KVCache {
    * Gives the memory of the pool's free pages (what eviction, `dispose()` of sequences and
    * compaction returned to the pool) back to the system, for a long-running process whose working
    * set shrank. Sequences keep every page they hold, and the free pages stay in the pool: appends
-   * take them again (the system hands them out zeroed, at the cost of a page fault per 4 KiB the
-   * first time). Returns the bytes given back: those that were resident among the whole 4 KiB
-   * pages of the system inside runs of free pool pages (scattered free pages smaller than that give
-   * back less than they hold; a second call right after gives back 0). Pools in host memory of
-   * 2 MiB or more on Linux; elsewhere (smaller pools, other systems, `device: "cuda"`) it returns 0
-   * and changes nothing. Huge pages that the freed memory was part of are split (the kernel may
-   * merge them again later). A synchronous call on the cache; it runs while async calls are in
-   * flight, as `usage()` does.
+   * take them again (the system hands them out zeroed, at the cost of page faults the first time).
+   * It gives back the pool's 2 MiB regions (its huge pages) whose pages are all free: free pages
+   * scattered among pages in use give back nothing (a smaller run given back would be refilled by
+   * the kernel's huge-page merging within seconds). Returns the bytes given back (resident before;
+   * a second call right after gives back 0). Pools in host memory of 2 MiB or more on Linux;
+   * elsewhere (smaller pools, other systems, `device: "cuda"`) it returns 0 and changes nothing. A
+   * synchronous call on the cache; it runs while async calls are in flight, as `usage()` does,
+   * holding the page table for a pass over the pages ever used.
    */
   trim(): number {
     try {

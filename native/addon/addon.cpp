@@ -956,7 +956,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
   // Tells V8 how much host memory the cache holds (pool pages written, page bookkeeping), so that
   // caches dropped without dispose() are collected as their memory grows, not at some later GC.
-  // Only append grows it (the pool never shrinks until the cache is freed). On the CPU each
+  // Only append grows it; trim() gives memory back without lowering it (the pages written may be
+  // written again, so the report stays an upper bound until the cache is freed). On the CPU each
   // kernel thread besides the calling one counts as the 8 MiB stack it reserves: caches dropped
   // before they wrote a page hold little memory but threads, and are collected too (the CUDA
   // backend starts no threads).

@@ -69,34 +69,32 @@ PagePool::~PagePool() { freeStreamed(data_, bytes_); }
 int64_t PagePool::releaseFree() {
 #if defined(__linux__)
   if (bytes_ < kHuge) return 0;  // a block of the C heap (see allocateStreamed): left to it
-  const uintptr_t os = (uintptr_t)sysconf(_SC_PAGESIZE);
+  // Whole 2 MiB regions of the pool (its huge pages) whose every page is free are given back. A
+  // smaller run would be given back only for a while: the kernel's huge-page merging (khugepaged)
+  // refills a 2 MiB region that still holds one page in use, seconds later. Pages never handed out
+  // were never written, so only the regions up to the last page handed out can hold memory.
+  const int64_t touched = touchedPages();
+  if (touched == 0) return 0;
+  std::vector<bool> isFree((size_t)touched, false);
+  for (int32_t id : returnedPages()) isFree[(size_t)id] = true;
   const uintptr_t base = reinterpret_cast<uintptr_t>(data_);
-  // [begin, end) of the pool, shrunk to whole pages of the OS: the bytes of it that were resident
-  // (mincore), which the advice gives back.
-  std::vector<unsigned char> resident;
-  auto release = [&](uintptr_t begin, uintptr_t end) -> int64_t {
-    begin = (begin + os - 1) / os * os;
-    end = end / os * os;
-    if (end <= begin) return 0;
-    void* p = reinterpret_cast<void*>(begin);
-    resident.assign((end - begin) / os, 0);
-    int64_t bytes = 0;
-    if (mincore(p, end - begin, resident.data()) == 0)
-      for (unsigned char r : resident) bytes += (r & 1) ? (int64_t)os : 0;
-    return madvise(p, end - begin, MADV_DONTNEED) == 0 ? bytes : 0;
-  };
-  std::vector<int32_t> ids = returnedPages();
-  std::sort(ids.begin(), ids.end());
+  const uintptr_t os = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const int64_t regions = (int64_t)(((size_t)touched * pageBytes_ + kHuge - 1) / kHuge);
+  std::vector<unsigned char> resident(kHuge / os);
   int64_t released = 0;
-  for (size_t i = 0; i < ids.size();) {
-    size_t j = i + 1;
-    while (j < ids.size() && ids[j] == ids[j - 1] + 1) ++j;  // a run of consecutive free pages
-    released += release(base + (size_t)ids[i] * pageBytes_, base + (size_t)(ids[j - 1] + 1) * pageBytes_);
-    i = j;
+  for (int64_t r = 0; r < regions; ++r) {
+    // The pool pages overlapping [r, r + 1) x 2 MiB must all be free (or never handed out).
+    const int64_t first = (int64_t)((size_t)r * kHuge / pageBytes_);
+    const int64_t last = std::min<int64_t>(touched, (int64_t)(((size_t)(r + 1) * kHuge + pageBytes_ - 1) / pageBytes_));
+    bool allFree = true;
+    for (int64_t p = first; p < last && allFree; ++p) allFree = isFree[(size_t)p];
+    if (!allFree) continue;
+    void* at = reinterpret_cast<void*>(base + (size_t)r * kHuge);
+    int64_t bytes = 0;
+    if (mincore(at, kHuge, resident.data()) == 0)
+      for (unsigned char c : resident) bytes += (c & 1) ? (int64_t)os : 0;
+    if (bytes > 0 && madvise(at, kHuge, MADV_DONTNEED) == 0) released += bytes;
   }
-  // Pages never handed out hold nothing, but the huge page that the last used one shares with them
-  // may have been faulted in whole.
-  released += release(base + (size_t)touchedPages() * pageBytes_, base + streamedSize(bytes_));
   return released;
 #else
   return 0;

@@ -35,9 +35,9 @@ class PagePool : public PageAllocator {
   const uint8_t* values(int32_t page) const { return data_ + (size_t)page * pageBytes_ + (size_t)pageSize_ * rowBytes_; }
 
   // Gives the memory of the pages no sequence holds back to the system (Linux, pools of 2 MiB or
-  // more: whole pages of the OS inside runs of free pool pages, and the pool's never-used end),
-  // keeping the pages themselves free for the next appends, which find them zeroed. Returns the
-  // bytes that were resident and were given back; 0 elsewhere. The caller holds the lock under which pages
+  // more: the pool's 2 MiB regions whose pages are all free), keeping the pages themselves free for
+  // the next appends, which find them zeroed. Returns the bytes that were resident and were given
+  // back; 0 elsewhere. The caller holds the lock under which pages
   // are taken (none may be taken meanwhile).
   int64_t releaseFree();
 
