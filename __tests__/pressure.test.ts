@@ -53,6 +53,40 @@ test("evict largest: the biggest sequence is compressed, the append goes through
   cache.dispose();
 });
 
+// A prompt forked for each request: its pages are all shared, so compressing it would copy the
+// pages it keeps and free none. The policy passes over it to sequences that hold pages alone.
+test("a sequence all of whose pages forks share is passed over; one with pages of its own gives them", () => {
+  const { r, cache, grow } = setup();
+  const prompt = cache.createSequence();
+  grow(prompt, 128); // 8 pages per head
+  const forks = [prompt.fork(), prompt.fork()];
+  const own = cache.createSequence();
+  grow(own, 96); // 6 pages per head, all its own
+  grow(forks[0], 32); // 2 pages per head of its own beside the shared 8: the pool is full
+  const before = forks.map((f) => Array.from(f.lengths()));
+  const events: PressureEvent[] = [];
+  cache.onPressure({ evict: "largest", ratio: 0.5, scorer: "knorm", sink: 4, window: 8, listener: (e) => events.push(e) });
+  const newcomer = cache.createSequence();
+  grow(newcomer, 32);
+  // The largest are the prompt and its forks (128+ tokens per head), but the prompt and the bare
+  // fork free nothing; the grown fork frees its own pages, or the sequence that holds all its own.
+  expect(events.map((e) => e.sequence)).not.toContain(prompt);
+  expect(events.map((e) => e.sequence)).not.toContain(forks[1]);
+  expect(events.every((e) => e.report.pagesFreed > 0)).toBe(true);
+  expect(total(prompt)).toBe(128 * heads);
+  expect(Array.from(forks[1].lengths())).toEqual(before[1]);
+  expect(total(newcomer)).toBe(32 * heads);
+  // With only the family left, nothing can give pages: the append throws and nothing was compressed.
+  for (const s of [own, newcomer, forks[0]]) s.dispose();
+  const lone = cache.createSequence();
+  const stats = cache.pressureStats;
+  // 17 pages per head of layer 0 (34) against the 32 the family leaves free
+  expect(() => lone.append(0, randn(r, 16 * 17 * row), randn(r, 16 * 17 * row))).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+  expect(cache.pressureStats).toEqual(stats);
+  expect(total(prompt)).toBe(128 * heads);
+  cache.dispose();
+});
+
 test("evict oldest: the first sequence gives pages first, then the next, until the append fits", () => {
   const { cache, grow } = setup();
   const first = cache.createSequence(), second = cache.createSequence();

@@ -372,7 +372,9 @@ export class KVCache {
       if (!(e instanceof OutOfPagesError) || !this.#pressure) throw e;
       const policy = this.#pressure;
       const total = (seq: Sequence) => seq.lengths().reduce((a, b) => a + b, 0);
-      const candidates = [...this.#sequences].filter((seq) => seq.pending === 0 && total(seq) > 0);
+      // A sequence all of whose pages forks share frees nothing when compressed (its compaction
+      // copies the shared pages it keeps): it would lose tokens for no room, so it is no candidate.
+      const candidates = [...this.#sequences].filter((seq) => seq.pending === 0 && total(seq) > 0 && this.handle.pagesHeldAlone(seq.nativeId()) > 0);
       if (policy.evict === "largest") candidates.sort((a, b) => total(b) - total(a));
       for (const seq of candidates) {
         // A listener may have disposed a later candidate or started an async call on it.

@@ -75,6 +75,8 @@ export interface NativeCache {
   ): Promise<boolean>;
   appendBatch(layer: number, seqs: Int32Array, keys: (Float32Array | Uint16Array)[], values: (Float32Array | Uint16Array)[]): void;
   lengths(seq: number): Int32Array;
+  /** Pages of the sequence no other sequence holds (what evicting from it can free). */
+  pagesHeldAlone(seq: number): number;
   compress(seq: number, options: NativeCompressOptions): NativeReport;
   compressAsync(seq: number, options: NativeCompressOptions): Promise<NativeReport>;
   scores(seq: number, layer: number, options: NativeCompressOptions): Float32Array[];

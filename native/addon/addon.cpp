@@ -141,6 +141,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("attendBatchAsync", &NativeCache::AttendBatchAsync),
                            InstanceMethod("appendBatch", &NativeCache::AppendBatch),
                            InstanceMethod("lengths", &NativeCache::Lengths),
+                           InstanceMethod("pagesHeldAlone", &NativeCache::PagesHeldAlone),
                            InstanceMethod("compress", &NativeCache::Compress),
                            InstanceMethod("compressAsync", &NativeCache::CompressAsync),
                            InstanceMethod("scores", &NativeCache::Scores),
@@ -795,6 +796,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     auto out = Napi::Int32Array::New(info.Env(), v.size());
     std::copy(v.begin(), v.end(), out.Data());
     return out;
+  }
+  Napi::Value PagesHeldAlone(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence");
+    return Napi::Number::New(info.Env(), (double)guarded(info.Env(), [&] { return c.pagesHeldAlone(id); }));
   }
   Napi::Value Positions(const Napi::CallbackInfo& info) {
     Cache& c = cache(info.Env());

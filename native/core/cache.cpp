@@ -127,6 +127,16 @@ std::vector<int32_t> Cache::lengths(int32_t seqId) const {
   return out;
 }
 
+int64_t Cache::pagesHeldAlone(int32_t seqId) const {
+  Held h = hold(seqId, false);
+  auto table = lockTable();  // reference counts change under it
+  const PageAllocator& pages = backend_->pages();
+  int64_t n = 0;
+  for (const HeadState& hs : h.seq->heads)
+    for (int32_t p : hs.pages) n += pages.refcount(p) == 1 ? 1 : 0;
+  return n;
+}
+
 std::vector<int32_t> Cache::positions(int32_t seqId, int layer, int head) const {
   Held h = hold(seqId, false);
   return h.seq->heads[(size_t)layer * cfg_.kvHeads + head].positions;

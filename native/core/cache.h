@@ -98,6 +98,8 @@ class Cache {
   std::vector<std::vector<float>> oracle(int32_t seq, int layer) const;
 
   std::vector<int32_t> lengths(int32_t seq) const;
+  // Pages of the sequence that no other sequence holds: what evicting from it can give back.
+  int64_t pagesHeldAlone(int32_t seq) const;
   std::vector<int32_t> positions(int32_t seq, int layer, int head) const;
   // Copies a head's kept K or V rows out as f32, [length, headDim] (for tests and tools).
   std::vector<float> readRows(int32_t seq, int layer, int head, bool values) const;
