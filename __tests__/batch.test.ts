@@ -234,6 +234,9 @@ describe("appendBatch", () => {
           : "Expected numbers that f16 can hold (magnitude below 65520) for items[1].values but received 70000 at index 6 (token 1, head 0, element 2); scale the inputs down or use a wider dtype";
         expect(() => cache.appendBatch(0, [{ sequence: s[0], ...good() }, { sequence: s[1], ...badValues }, { sequence: s[2], ...badKeys }])).toThrow(message);
         expect(cache.usage().pagesUsed).toBe(0);
+        // A later item's getter that throws comes after an earlier item's bad value, as item by item
+        const throwing = { sequence: s[2], get keys(): Float32Array { throw new Error("getter"); }, values: rows(randn(r, 8)) };
+        expect(() => cache.appendBatch(0, [{ sequence: s[0], ...good() }, { sequence: s[1], ...badValues }, throwing as never])).toThrow(message);
         // Large keys in one item only: its queries are bounded by them, the others' are not.
         const big = new Float32Array(8).fill(2 ** 14);
         cache.appendBatch(0, [{ sequence: s[0], ...good() }, { sequence: s[1], keys: rows(big), values: rows(randn(r, 8)) }]);

@@ -87,6 +87,29 @@ test("a sequence all of whose pages forks share is passed over; one with pages o
   cache.dispose();
 });
 
+// Whether a candidate holds pages alone is read at its turn: compressing a fork first leaves its
+// prompt the only holder of the pages they shared, and the prompt can then give them.
+test("a prompt that an earlier compression left the only holder of its pages gives them", () => {
+  const r = rng(seed ^ 0x51);
+  const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 48, threads: 1, dtype: "f32" });
+  try {
+    const rows = (n: number) => randn(r, n * 4);
+    const events: PressureEvent[] = [];
+    cache.onPressure({ evict: "largest", ratio: 0.5, scorer: "knorm", window: 1, sink: 0, listener: (e) => events.push(e) });
+    const prompt = cache.createSequence();
+    prompt.append(0, rows(16), rows(16)); // 4 pages
+    const fork = prompt.fork();
+    fork.append(0, rows(2), rows(2)); // a private copy of nothing yet: a 5th page of its own
+    fork.append(0, rows(31), rows(31)); // 8 more pages: 12 pages in the pool
+    expect(fork.lengths()[0]).toBeGreaterThan(31);
+    // The fork (largest) went first; the prompt, then its pages' only holder, gave pages too
+    expect(events.map((e) => e.sequence)).toEqual([fork, prompt]);
+    expect(events[1].report.pagesFreed).toBeGreaterThan(0);
+  } finally {
+    cache.dispose();
+  }
+});
+
 test("evict oldest: the first sequence gives pages first, then the next, until the append fits", () => {
   const { cache, grow } = setup();
   const first = cache.createSequence(), second = cache.createSequence();

@@ -323,7 +323,12 @@ function quickAppendParts(cache: KVCache, list: readonly AppendBatchItem[]): App
   if (raw && dtype === "f32") return undefined;
   const rows: (Float32Array | Uint16Array)[] = new Array(2 * n);
   for (let i = 0; i < n; i++) {
-    const { keys, values } = list[i];
+    let keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array;
+    try {
+      ({ keys, values } = list[i]);
+    } catch {
+      return undefined; // a getter that throws: the item-by-item checks meet it in their order
+    }
     if (raw ? !(isUint16Array(keys) && isUint16Array(values)) : !(isFloat32Array(keys) && isFloat32Array(values))) return undefined;
     if (keys.length === 0 || keys.length % row !== 0 || values.length !== keys.length) return undefined;
     rows[2 * i] = keys;

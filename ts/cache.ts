@@ -372,13 +372,15 @@ export class KVCache {
       if (!(e instanceof OutOfPagesError) || !this.#pressure) throw e;
       const policy = this.#pressure;
       const total = (seq: Sequence) => seq.lengths().reduce((a, b) => a + b, 0);
-      // A sequence all of whose pages forks share frees nothing when compressed (its compaction
-      // copies the shared pages it keeps): it would lose tokens for no room, so it is no candidate.
-      const candidates = [...this.#sequences].filter((seq) => seq.pending === 0 && total(seq) > 0 && this.handle.pagesHeldAlone(seq.nativeId()) > 0);
+      const candidates = [...this.#sequences].filter((seq) => seq.pending === 0 && total(seq) > 0);
       if (policy.evict === "largest") candidates.sort((a, b) => total(b) - total(a));
       for (const seq of candidates) {
         // A listener may have disposed a later candidate or started an async call on it.
         if (seq.disposed || seq.pending > 0) continue;
+        // A sequence all of whose pages others share (now: an earlier compression may have left it
+        // the only holder) frees nothing when compressed, since its compaction copies the shared
+        // pages it keeps: it would lose tokens for no room.
+        if (this.handle.pagesHeldAlone(seq.nativeId()) === 0) continue;
         let report: CompressReport;
         try {
           report = seq.compress(policy.options);
