@@ -73,6 +73,10 @@ describe.each(levels)("simd %s", (simd) => {
       k[13] = 0;
       v[2] = -Infinity;
       expectInvalid(() => seq.append(0, k, v), "Expected finite numbers for values but received -Infinity at index 2 (token 0, head 0, element 2)");
+      // Both bad (keys and values are scanned in one call): the keys are named
+      k[13] = NaN;
+      expectInvalid(() => seq.append(0, k, v), "Expected finite numbers for keys but received NaN at index 13 (token 1, head 1, element 1)");
+      k[13] = 0;
       expect(Array.from(seq.lengths())).toEqual([3, 3, 0, 0]);
       const q = randn(r, qrow);
       const before = seq.attend(0, q);

@@ -17,7 +17,7 @@ import {
 } from "./compress";
 import * as batch from "./batch";
 import type { AttendBatchItem, AttendBatchOptions, AppendBatchItem } from "./batch";
-import { VALUE_SUM_LIMIT, checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor } from "./finite";
+import { VALUE_SUM_LIMIT, checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor, scanValuesBatch } from "./finite";
 import {
   integerInRange,
   isFloat32Array,
@@ -678,8 +678,12 @@ export class Sequence {
       throw invalid(`${prefix}values`, `${keys.length / row} tokens like keys (length ${keys.length})`, values);
     let keyMax = 0, valueMax = 0;
     if (this.#cache.config.checkFinite) {
-      keyMax = scanTensor(`${prefix}keys`, keys, kvHeads, headDim, dtype);
-      valueMax = scanTensor(`${prefix}values`, values, kvHeads, headDim, dtype);
+      // Both in one native call; a bad value is named by scanTensor, keys first.
+      const scan = scanValuesBatch([keys, values], isUint16Array(keys), dtype, appendScan);
+      if (scan[0] >= 0) scanTensor(`${prefix}keys`, keys, kvHeads, headDim, dtype);
+      if (scan[2] >= 0) scanTensor(`${prefix}values`, values, kvHeads, headDim, dtype);
+      keyMax = scan[1];
+      valueMax = scan[3];
     }
     return { keyMax, valueMax, tokens: keys.length / row };
   }
@@ -1242,6 +1246,9 @@ function embeddedCompressOptions(options: object, own: readonly string[], fixed:
   knownOptions("options", options, [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), ...own]);
   return { ...Object.fromEntries(Object.entries(options).filter(([k]) => !own.includes(k))), ...fixed };
 }
+
+// Where checkAppend's scan writes (read at once, before anything else scans).
+const appendScan = new Float64Array(4);
 
 function checkTensor(name: string, a: unknown, row: number, shape: string, dtype: DType): void {
   const f32 = isFloat32Array(a);

@@ -30,11 +30,16 @@ export function scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, 
 /**
  * scanValues over every array of `arrays` (all of one kind) in one native call: for array i, [2i]
  * the first index that is not finite or not below the storage limit of `storage`, or -1, and [2i+1]
- * the largest magnitude before it. Uint16Array arrays hold raw `rawDtype` bits.
+ * the largest magnitude before it. Uint16Array arrays hold raw bits of `storage`. Written into
+ * `result` (2 per array) when given.
  */
-export function scanValuesBatch(arrays: (Float32Array | Uint16Array)[], raw: boolean, storage: DType, rawDtype: DType = storage): Float64Array {
-  const result = new Float64Array(2 * arrays.length);
-  native().scanValuesBatch(arrays, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, raw ? Infinity : STORAGE_LIMIT[storage], result);
+export function scanValuesBatch(
+  arrays: (Float32Array | Uint16Array)[],
+  raw: boolean,
+  storage: DType,
+  result: Float64Array = new Float64Array(2 * arrays.length),
+): Float64Array {
+  native().scanValuesBatch(arrays, raw ? (storage === "bf16" ? 2 : 1) : 0, raw ? Infinity : STORAGE_LIMIT[storage], result);
   return result;
 }
 
