@@ -225,6 +225,13 @@ function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: 
   return { l, scale, seqs, ids, queries, outs, keyMax, queryMax: scratch.queryMax, items: read };
 }
 
+// The addon refused a fast batch before anything ran: the full checks of the items as read name
+// what is wrong (the addon's own error stands if they find nothing).
+function refused(e: unknown, cache: KVCache, layer: number, quick: QuickBatch, idOf: (seq: Sequence) => number): never {
+  if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, quick.items(), { scale: quick.scale }, idOf);
+  rethrow(e);
+}
+
 /** See KVCache.attendBatch. */
 export function attendBatch(cache: KVCache, layer: number, items: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
   const quick = quickAttendBatch(cache, layer, items, opts);
@@ -233,10 +240,7 @@ export function attendBatch(cache: KVCache, layer: number, items: readonly Atten
     try {
       cache.handle.attendBatch(l, ids, queries, scale, outs, keyMax, queryMax);
     } catch (e) {
-      // Refused before anything ran: the full checks of the items as read name what is wrong (the
-      // addon's own message stands if they find nothing).
-      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, quick.items(), { scale }, (s) => s.id);
-      rethrow(e);
+      refused(e, cache, layer, quick, (s) => s.id);
     }
     if (keyMax) for (let i = 0; i < seqs.length; i++) seqs[i].commitQueries(l, queryMax[i]);
     return outs;
@@ -270,8 +274,7 @@ export async function attendBatchAsync(
     try {
       work = cache.handle.attendBatchAsync(l, ids, queries, scale, outs, keyMax, queryMax);
     } catch (e) {
-      if ((e as { code?: unknown })?.code === "ERR_LUKV_INVALID_ARGUMENT") checkAttendBatch(cache, layer, quick.items(), { scale }, (s) => s.nativeId());
-      rethrow(e);
+      refused(e, cache, layer, quick, (s) => s.nativeId());
     }
     const maxima = keyMax && queryMax.slice();
     return SequenceClass.enqueueAll(seqs, async () => {

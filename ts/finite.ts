@@ -27,6 +27,11 @@ export function scanValues(values: Float32Array | Uint16Array, kind: 0 | 1 | 2, 
   return scanResult;
 }
 
+/** The native scan's kind and limit: raw `rawDtype` words (finite), or floats below `storage`'s limit. */
+function scanMode(raw: boolean, storage: DType, rawDtype: DType): [kind: 0 | 1 | 2, limit: number] {
+  return raw ? [rawDtype === "bf16" ? 2 : 1, Infinity] : [0, STORAGE_LIMIT[storage]];
+}
+
 /**
  * scanValues over every array of `arrays` (all of one kind) in one native call: for array i, [2i]
  * the first index that is not finite or not below the storage limit of `storage`, or -1, and [2i+1]
@@ -39,7 +44,7 @@ export function scanValuesBatch(
   storage: DType,
   result: Float64Array = new Float64Array(2 * arrays.length),
 ): Float64Array {
-  native().scanValuesBatch(arrays, raw ? (storage === "bf16" ? 2 : 1) : 0, raw ? Infinity : STORAGE_LIMIT[storage], result);
+  native().scanValuesBatch(arrays, ...scanMode(raw, storage, storage), result);
   return result;
 }
 
@@ -58,8 +63,8 @@ export function scanTensor(
   rawDtype: DType = storage,
 ): number {
   const raw = isUint16Array(values);
-  const limit = raw ? Infinity : STORAGE_LIMIT[storage];
-  const [bad, maxAbs] = scanValues(values, raw ? (rawDtype === "bf16" ? 2 : 1) : 0, limit);
+  const [kind, limit] = scanMode(raw, storage, rawDtype);
+  const [bad, maxAbs] = scanValues(values, kind, limit);
   if (bad < 0) return maxAbs;
   const value = raw ? (rawDtype === "bf16" ? bf16BitsToF32 : f16BitsToF32)(values[bad]) : values[bad];
   const row = heads * headDim;

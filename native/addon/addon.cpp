@@ -1029,20 +1029,21 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
 // result[1] = the largest |x| before it; `result` is a Float64Array of 2 the caller keeps (every
 // attend and append call scans its inputs, so nothing is allocated per scan).
 // kind 0: Float32Array; 1, 2: Uint16Array of raw f16, bf16 words (limit unused: bad = not finite).
+// One array of scanValues / scanValuesBatch: kind 0 a Float32Array (limit applies), 1 and 2 a
+// Uint16Array of raw f16 / bf16 words.
+static ScanResult scanTyped(Napi::Env env, const TypedView& in, int kind, float limit) {
+  if (kind == 0 && in.type == napi_float32_array) return scanF32(static_cast<const float*>(in.data), in.length, limit);
+  if ((kind == 1 || kind == 2) && in.type == napi_uint16_array) return scanRaw16(static_cast<const uint16_t*>(in.data), in.length, kind == 2);
+  throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float32Array (kind 0) or a Uint16Array (kind 1, 2)");
+}
+
 Napi::Value ScanValues(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber())
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (typed array, kind, limit)");
   TypedView in;
   if (!typedView(env, info[0], in)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a typed array");
-  const int kind = info[1].As<Napi::Number>().Int32Value();
-  ScanResult r;
-  if (kind == 0 && in.type == napi_float32_array)
-    r = scanF32(static_cast<const float*>(in.data), in.length, info[2].As<Napi::Number>().FloatValue());
-  else if ((kind == 1 || kind == 2) && in.type == napi_uint16_array)
-    r = scanRaw16(static_cast<const uint16_t*>(in.data), in.length, kind == 2);
-  else
-    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float32Array (kind 0) or a Uint16Array (kind 1, 2)");
+  const ScanResult r = scanTyped(env, in, info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Number>().FloatValue());
   TypedView res;
   if (info.Length() < 4 || !typedView(env, info[3], res) || res.type != napi_float64_array || res.length < 2)
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of 2 for the result");
@@ -1072,10 +1073,7 @@ Napi::Value ScanValuesBatch(const Napi::CallbackInfo& info) {
     TypedView in;
     if (napi_get_element(env, arrays, i, &v) != napi_ok || !typedView(env, v, in))
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected typed arrays");
-    ScanResult r;
-    if (kind == 0 && in.type == napi_float32_array) r = scanF32(static_cast<const float*>(in.data), in.length, limit);
-    else if ((kind == 1 || kind == 2) && in.type == napi_uint16_array) r = scanRaw16(static_cast<const uint16_t*>(in.data), in.length, kind == 2);
-    else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected Float32Arrays (kind 0) or Uint16Arrays (kind 1, 2)");
+    const ScanResult r = scanTyped(env, in, kind, limit);
     out[2 * i] = (double)r.firstBad;
     out[2 * i + 1] = r.maxAbs;
   }

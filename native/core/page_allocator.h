@@ -44,8 +44,8 @@ class PageAllocator {
     if (--refs_[page] == 0) free_.push_back(page);
   }
   int refcount(int32_t page) const { return refs_[page]; }
-  // The ids handed out and returned since (a copy, in no order): pages no sequence holds.
-  std::vector<int32_t> returnedPages() const { return free_; }
+  // The ids handed out and returned since (in no order): pages no sequence holds.
+  const std::vector<int32_t>& returnedPages() const { return free_; }
 
  private:
   int64_t numPages_;

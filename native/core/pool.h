@@ -37,8 +37,8 @@ class PagePool : public PageAllocator {
   // Gives the memory of the pages no sequence holds back to the system (Linux, pools of 2 MiB or
   // more: the pool's 2 MiB regions whose pages are all free), keeping the pages themselves free for
   // the next appends, which find them zeroed. Returns the bytes that were resident and were given
-  // back; 0 elsewhere. The caller holds the lock under which pages
-  // are taken (none may be taken meanwhile).
+  // back; 0 elsewhere. The caller holds the lock under which pages are taken (none may be taken
+  // meanwhile).
   int64_t releaseFree();
 
  private:
