@@ -87,6 +87,40 @@ test("a sequence all of whose pages forks share is passed over; one with pages o
   cache.dispose();
 });
 
+// "largest" ranks by the pages a sequence holds alone, not by its tokens: a fork of a long prompt
+// keeps the most tokens, but compressing it copies the shared rows it keeps into pages of its own
+// (and then leaves the prompt the only holder of the rest), while a smaller unshared sequence frees
+// what the append needs by itself.
+test("evict largest ranks by pages held alone: an unshared sequence gives before a fork with more tokens", () => {
+  const r = rng(seed ^ 0x77);
+  const cache = new KVCache({ ...shape, dtype: "f32", maxTokens: 96 * 16 }); // 96 pages, 24 per head
+  const grow = (seq: Sequence, tokens: number) => {
+    for (let l = 0; l < shape.layers; l++) seq.append(l, randn(r, tokens * row), randn(r, tokens * row));
+  };
+  try {
+    const prompt = cache.createSequence();
+    grow(prompt, 128); // 8 pages per head, shared with the fork
+    const fork = prompt.fork();
+    grow(fork, 32); // 160 tokens per head, 2 pages per head of its own
+    const own = cache.createSequence();
+    grow(own, 80); // 80 tokens per head, 5 pages per head, all its own: 60 pages used, 36 free
+    const before = [prompt, fork].map((s) => Array.from(s.lengths()));
+    const events: PressureEvent[] = [];
+    cache.onPressure({ evict: "largest", ratio: 0.5, scorer: "knorm", sink: 4, window: 8, listener: (e) => events.push(e) });
+    // 19 pages for each of layer 0's two heads: 38 against 36 free. Compressing the fork first
+    // would take 12 more (its 80 kept rows per head in pages of its own, 2 freed) and then need the
+    // prompt too; `own` frees 8 by itself.
+    const newcomer = cache.createSequence();
+    newcomer.append(0, randn(r, 304 * row), randn(r, 304 * row));
+    expect(newcomer.lengths()[0]).toBe(304);
+    expect(events.map((e) => e.sequence)).toEqual([own]);
+    expect(events[0].report.pagesFreed).toBe(2 * heads);
+    expect([prompt, fork].map((s) => Array.from(s.lengths()))).toEqual(before);
+  } finally {
+    cache.dispose();
+  }
+});
+
 // Whether a candidate holds pages alone is read at its turn: compressing a fork first leaves its
 // prompt the only holder of the pages they shared, and the prompt can then give them.
 test("a prompt that an earlier compression left the only holder of its pages gives them", () => {

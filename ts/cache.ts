@@ -118,7 +118,11 @@ export interface AutoCompressOptions extends Omit<CompressOptions, "ratio" | "bu
  * sequences (or the appending one) to make room, then retry the append.
  */
 export interface PressureOptions extends Omit<CompressOptions, "ratio" | "budget" | "budgets"> {
-  /** Which sequence gives pages first: the one holding the most tokens, or the one created first. */
+  /**
+   * Which sequence gives pages first: "largest", the one holding the most pages alone (pages no
+   * fork shares: what compressing it can free; ties by most tokens kept), or "oldest", the one
+   * created first.
+   */
   evict: "largest" | "oldest";
   /** Fraction of a chosen sequence's tokens to remove (compress's `ratio`). Default: 0.5. */
   ratio?: number;
@@ -336,7 +340,8 @@ export class KVCache {
   /**
    * What an append that finds too few free pages does: "throw" (the default: OutOfPagesError, and
    * the append changes nothing), or make room by compressing sequences, one at a time, the largest
-   * (most tokens kept) or the oldest first, until the append fits, and then append. Sequences with
+   * (most pages held alone, the pages a compression can free; then most tokens kept) or the oldest
+   * first, until the append fits, and then append. Sequences with
    * async calls pending are skipped. Every compression made for pressure is reported to `listener`
    * and counted in `cache.pressureStats`; when no sequence can give pages, the append still throws
    * OutOfPagesError. Options are checked now.
@@ -373,7 +378,13 @@ export class KVCache {
       const policy = this.#pressure;
       const total = (seq: Sequence) => seq.lengths().reduce((a, b) => a + b, 0);
       const candidates = [...this.#sequences].filter((seq) => seq.pending === 0 && total(seq) > 0);
-      if (policy.evict === "largest") candidates.sort((a, b) => total(b) - total(a));
+      if (policy.evict === "largest") {
+        // Largest by the pages a compression can free (those no fork shares), then by tokens kept:
+        // a fork of a long prompt keeps many tokens but holds few pages alone, and compressing it
+        // first would cost its tokens (and copies of the shared pages it keeps) for little room.
+        const alone = new Map(candidates.map((seq) => [seq, this.handle.pagesHeldAlone(seq.nativeId())]));
+        candidates.sort((a, b) => alone.get(b)! - alone.get(a)! || total(b) - total(a));
+      }
       for (const seq of candidates) {
         // A listener may have disposed a later candidate or started an async call on it.
         if (seq.disposed || seq.pending > 0) continue;
