@@ -257,6 +257,61 @@ test("loadSequenceAsync copies the bytes at the call; a cache disposed before it
   expect([{ disposed: true }, { error: "DisposedError" }]).toContainEqual(settled);
 });
 
+// A cache without checkFinite measures no bounds and saves 0 for them; a cache with it takes the
+// bounds of the loaded rows themselves, so its checks refuse on the loaded sequence what they refuse
+// on one whose rows were appended there.
+describe.each([
+  ["f32", 1e20],
+  ["f16", 1e4],
+  ["bf16", 1e30],
+] as [DType, number][])("bounds of a sequence saved without checkFinite, %s", (dtype, big) => {
+  test("a cache with checkFinite measures the loaded rows: its overflow checks still refuse", () => {
+    const r = rng(seed + 41);
+    const unchecked = cacheOf(dtype, { checkFinite: false }), checked = cacheOf(dtype);
+    try {
+      const { layers, kvHeads, queryHeads, headDim } = shape;
+      const saved = unchecked.createSequence(), direct = checked.createSequence();
+      for (let l = 0; l < layers; l++) {
+        const k = randn(r, 6 * kvHeads * headDim).map((x) => x * big), v = randn(r, 6 * kvHeads * headDim).map((x) => x * big);
+        for (const s of [saved, direct]) s.append(l, k, v);
+      }
+      // Queries whose scores overflow float32 against these keys (headDim x |q| x |k| above 2^120).
+      const q = randn(r, queryHeads * headDim).map((x) => x * (2 ** 124 / big));
+      const loaded = checked.loadSequence(saved.save());
+      for (const s of [direct, loaded]) {
+        expect(() => s.attend(1, q)).toThrow(InvalidArgumentError);
+        expect(() => s.attend(1, q)).toThrow(/scores stay within float32/);
+      }
+      // Loaded into a cache without checkFinite, nothing is measured or refused.
+      const again = unchecked.loadSequence(saved.save());
+      expect(again.attend(1, q).length).toBe(q.length);
+      // Modest queries attend the same on the loaded sequence as on the directly appended one.
+      const small = randn(r, queryHeads * headDim).map((x) => x / big);
+      expect(bytesOf(loaded.attend(2, small))).toEqual(bytesOf(direct.attend(2, small)));
+    } finally {
+      unchecked.dispose();
+      checked.dispose();
+    }
+  });
+});
+
+test("a file whose rows hold a non-finite key loads into a cache without checkFinite, not into one with it", () => {
+  const r = rng(seed + 43);
+  const unchecked = cacheOf("f16", { checkFinite: false }), checked = cacheOf("f16");
+  try {
+    const seq = unchecked.createSequence();
+    const k = randn(r, 4 * shape.kvHeads * shape.headDim);
+    k[shape.headDim + 3] = 1e6; // KV head 1, stored as f16 infinity without checkFinite
+    for (let l = 0; l < shape.layers; l++) seq.append(l, k, k.map((x) => Math.min(x, 1)));
+    const bytes = seq.save();
+    expect(unchecked.loadSequence(bytes).lengths()).toEqual(seq.lengths());
+    rejects(checked, () => checked.loadSequence(bytes), BadSequenceFileError, /\(layer 0, KV head 1\) has a key that is not finite/);
+  } finally {
+    unchecked.dispose();
+    checked.dispose();
+  }
+});
+
 describe("rejected inputs change nothing", () => {
   const r = rng(seed + 23);
   const cache = cacheOf("f16");
@@ -324,6 +379,9 @@ describe("rejected inputs change nothing", () => {
       ["negative bound", (b) => b.writeDoubleLE(-1, l0 + 16), /bound/],
       ["infinite observation value", (b) => b.writeFloatLE(Infinity, l0 + 32 + 4 * b.readUInt32LE(l0 + 4)), /observation row value/],
       ["NaN mass", (b) => b.writeFloatLE(NaN, h0 + 4 + 4 * b.readUInt32LE(h0)), /mass/],
+      // This cache checks its inputs (checkFinite): rows are checked as an append would check them.
+      ["infinite key", (b) => b.writeUInt16LE(0xfc00, h0 + 4 + 8 * b.readUInt32LE(h0)), /\(layer 0, KV head 0\) has a key that is not finite/],
+      ["NaN value", (b) => b.writeUInt16LE(0x7e01, h0 + 4 + 8 * b.readUInt32LE(h0) + (b.readUInt32LE(h0) + 1) * shape.headDim * 2 - 2), /has a value that is not finite/],
     ];
     for (const [name, edit, message] of edits) {
       const b = Buffer.from(bytes);

@@ -497,7 +497,8 @@ export class KVCache {
    * counts, observation rows and H2O mass. The cache must have the saved one's layers, kvHeads,
    * queryHeads, headDim and dtype; its pageSize, maxTokens, device and threads may differ. Throws
    * BadSequenceFileError (the message names the problem: magic, version, shape, checksum,
-   * truncation, a section that does not add up) or OutOfPagesError (the pool lacks the pages; the
+   * truncation, a section that does not add up; with checkFinite, a key or value that is not
+   * finite) or OutOfPagesError (the pool lacks the pages; the
    * pressure policy is not applied), and then nothing was allocated. A file that cannot be read
    * throws the file system's error. Format: docs/sequence-format.md.
    */
@@ -505,7 +506,7 @@ export class KVCache {
     const bytes = readSequenceSource(source);
     let loaded: [number, Float64Array];
     try {
-      loaded = this.handle.loadSequence(bytes);
+      loaded = this.handle.loadSequence(bytes, this.config.checkFinite);
     } catch (e) {
       rethrow(e);
     }
@@ -523,7 +524,7 @@ export class KVCache {
     const bytes = typeof source === "string" ? await readSequenceSourceAsync(source) : readSequenceSource(source);
     let loaded: [number, Float64Array];
     try {
-      loaded = await this.handle.loadSequenceAsync(bytes);
+      loaded = await this.handle.loadSequenceAsync(bytes, this.config.checkFinite);
     } catch (e) {
       rethrow(e);
     }

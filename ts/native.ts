@@ -89,8 +89,9 @@ export interface NativeCache {
   readRows(seq: number, layer: number, head: number, values: boolean): Float32Array;
   saveSequence(seq: number, bounds: Float64Array): Buffer;
   saveSequenceAsync(seq: number, bounds: Float64Array): Promise<Buffer>;
-  loadSequence(bytes: Uint8Array): [number, Float64Array];
-  loadSequenceAsync(bytes: Uint8Array): Promise<[number, Float64Array]>;
+  /** measure: the bounds returned are at least those of the file's rows; a non-finite key or value fails. */
+  loadSequence(bytes: Uint8Array, measure: boolean): [number, Float64Array];
+  loadSequenceAsync(bytes: Uint8Array, measure: boolean): Promise<[number, Float64Array]>;
   usage(): NativeUsage;
   /** Gives the memory of the pool's free pages back to the system; the bytes given back. */
   trim(): number;

@@ -829,8 +829,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     std::copy(v.begin(), v.end(), out.Data());
     return out;
   }
-  // Saved sequences: saveSequence(id, bounds Float64Array) -> Buffer, loadSequence(bytes) ->
-  // [id, bounds Float64Array]; the async variants run the same core calls in a worker.
+  // Saved sequences: saveSequence(id, bounds Float64Array) -> Buffer, loadSequence(bytes, measure)
+  // -> [id, bounds Float64Array]; the async variants run the same core calls in a worker.
   static std::vector<double> boundsArg(const Napi::CallbackInfo& info, const CacheConfig& cfg) {
     TypedView b = typedArg(info, 1, "bounds");
     if (b.type != napi_float64_array || b.length != (size_t)cfg.layers * 3)
@@ -874,8 +874,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(env);
     TypedView v = typedArg(info, 0, "bytes");
     if (v.type != napi_uint8_array) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Uint8Array (or Buffer) for bytes");
+    const bool measure = info[1].ToBoolean().Value();
     std::vector<double> bounds;
-    const int32_t id = guarded(env, [&] { return c.loadSequence(static_cast<const uint8_t*>(v.data), v.length, bounds); });
+    const int32_t id = guarded(env, [&] { return c.loadSequence(static_cast<const uint8_t*>(v.data), v.length, bounds, measure); });
     reportMemory(env);
     return loaded(env, id, bounds);
   }
@@ -895,11 +896,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   };
   class LoadWorker : public CacheWorker {
    public:
-    LoadWorker(Napi::Env env, std::shared_ptr<Cache> cache, std::vector<uint8_t> bytes, NativeCache* owner)
-        : CacheWorker(env, std::move(cache)), bytes_(std::move(bytes)), owner_(Napi::Persistent(owner->Value())) {}
+    LoadWorker(Napi::Env env, std::shared_ptr<Cache> cache, std::vector<uint8_t> bytes, bool measure, NativeCache* owner)
+        : CacheWorker(env, std::move(cache)), bytes_(std::move(bytes)), measure_(measure), owner_(Napi::Persistent(owner->Value())) {}
 
    protected:
-    void Run(Cache& cache) override { id_ = cache.loadSequence(bytes_.data(), bytes_.size(), bounds_); }
+    void Run(Cache& cache) override { id_ = cache.loadSequence(bytes_.data(), bytes_.size(), bounds_, measure_); }
     void Resolve(Napi::Env env) override {
       NativeCache::Unwrap(owner_.Value())->reportMemory(env);
       deferred_.Resolve(loaded(env, id_, bounds_));
@@ -907,6 +908,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
    private:
     std::vector<uint8_t> bytes_;  // copied on the JS thread: the caller may reuse or transfer its buffer
+    bool measure_;
     Napi::ObjectReference owner_;
     int32_t id_ = 0;
     std::vector<double> bounds_;
@@ -923,7 +925,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   Napi::Value LoadSequenceAsync(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     cache(env);
-    auto* w = new LoadWorker(env, cache_, bytesArg(info), this);
+    auto* w = new LoadWorker(env, cache_, bytesArg(info), info[1].ToBoolean().Value(), this);
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;

@@ -109,7 +109,9 @@ class Cache {
   // caller's per-layer metadata ([layers * 3] finite, >= 0: the input-check bounds of the
   // TypeScript layer), saved with the sequence and given back by loadSequence. Loading checks the
   // whole file (BadSequenceFile naming the problem) and the free pages (OutOfPages) before it takes
-  // a page; a failed load changes nothing.
+  // a page; a failed load changes nothing. With `measure` (a cache that checks its inputs) the
+  // bounds returned are at least those of the file's own rows and observation rows, and a key or
+  // value that is not finite fails the load.
   // The bytes are written once, so the buffer is not zero-filled first.
   struct NoFill : std::allocator<uint8_t> {
     template <class U>
@@ -119,7 +121,7 @@ class Cache {
   };
   using SavedBytes = std::vector<uint8_t, NoFill>;
   SavedBytes saveSequence(int32_t seq, const std::vector<double>& bounds) const;
-  int32_t loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds);
+  int32_t loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds, bool measure);
   Usage usage() const;
   // Gives the memory of the pool's free pages back to the system (see Backend::releaseFreeMemory):
   // the bytes given back. Sequences keep every page they hold.

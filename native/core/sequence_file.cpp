@@ -1,6 +1,7 @@
 // Saved sequences: one sequence's kept tokens per (layer, KV head) in the cache dtype, bit for bit,
 // with what a restored sequence needs to continue exactly as the original (appended counts,
 // observation rows, H2O mass). Byte layout, checksum and versioning: docs/sequence-format.md.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -79,6 +80,36 @@ uint32_t u32At(const uint8_t* p) {
 
 std::string headName(int layer, int head) { return "head (layer " + std::to_string(layer) + ", KV head " + std::to_string(head) + ")"; }
 
+// `x` as the cache dtype stores it (rounded to nearest; infinity past its range).
+double storedAs(DType dt, double x) {
+  const float f = (float)x;
+  if (dt == DType::F16) return f16ToF32(f32ToF16(f));
+  if (dt == DType::BF16) return bf16ToF32(f32ToBf16(f));
+  return f;
+}
+
+// The largest magnitude among `count` stored values of `dt` (raw f16/bf16 words or f32), or -1 when
+// one is not finite. The magnitude bits (sign cleared) order finite values as their magnitudes do.
+double largestMagnitude(DType dt, const uint8_t* at, size_t count) {
+  if (dt == DType::F32) {
+    uint32_t top = 0;
+    for (size_t i = 0; i < count; ++i) {
+      uint32_t u;
+      std::memcpy(&u, at + 4 * i, 4);
+      top = std::max(top, u & 0x7fffffffu);
+    }
+    return top >= 0x7f800000u ? -1 : (double)bitsToFloat(top);
+  }
+  uint16_t top = 0;
+  for (size_t i = 0; i < count; ++i) {
+    uint16_t u;
+    std::memcpy(&u, at + 2 * i, 2);
+    top = std::max<uint16_t>(top, u & 0x7fff);
+  }
+  if (dt == DType::F16) return top >= 0x7c00 ? -1 : (double)f16ToF32(top);
+  return top >= 0x7f80 ? -1 : (double)bf16ToF32(top);
+}
+
 }  // namespace
 
 Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& bounds) const {
@@ -132,7 +163,7 @@ Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& 
   return out;
 }
 
-int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds) {
+int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds, bool measure) {
   std::shared_lock<std::shared_mutex> life(life_);
   checkLive();
   const int L = cfg_.layers, H = cfg_.kvHeads;
@@ -192,8 +223,10 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
     for (int32_t p : positions)
       if (p < 0 || p >= appended) bad(name + " has an observation position " + std::to_string(p) + " outside [0, " + std::to_string(appended) + ")");
     if (rows) std::memcpy(values.data(), q, (size_t)rows * rowFloats * 4);
-    for (float v : values)
+    for (float v : values) {
       if (!std::isfinite(v)) bad(name + " has an observation row value that is not finite");
+      if (measure) b[(size_t)l * 3 + 2] = std::max(b[(size_t)l * 3 + 2], (double)std::fabs(v));
+    }
     // A cache with a smaller observationWindow than the one that saved keeps the last rows.
     s.observed[l].push(values.data(), positions.data(), rows, rowFloats, (size_t)cfg_.observationWindow);
   }
@@ -226,6 +259,22 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
     values[i] = at + (size_t)n * rowBytes;
   }
   if (r.left() != 0) bad(str(r.left()) + " bytes after the last head section");
+  if (measure) {
+    // The bounds of the rows themselves, so that later checks hold whatever the file claims (a
+    // cache without checkFinite saves bounds it never measured: 0).
+    const char* what[] = {"key", "value"};
+    for (size_t i = 0; i < s.heads.size(); ++i) {
+      const int l = (int)(i / H);
+      for (int k = 0; k < 2; ++k) {
+        const double top = largestMagnitude(cfg_.dtype, k ? values[i] : keys[i], (size_t)s.heads[i].length() * cfg_.headDim);
+        if (top < 0) bad(headName(l, (int)(i % H)) + " has a " + what[k] + " that is not finite");
+        // A checked cache saves the largest input before rounding to the cache dtype; the rows hold
+        // it rounded, so only a row above that rounding raises the bound (a re-save stays the same).
+        double& bound = b[(size_t)l * 3 + k];
+        if (top > storedAs(cfg_.dtype, bound)) bound = top;
+      }
+    }
+  }
 
   // Pages (all or nothing), then the rows through the backend's append path, one head at a time.
   // Nobody else knows the new id until it is returned, so its own lock is not needed. A backend that

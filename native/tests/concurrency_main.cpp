@@ -193,7 +193,7 @@ uint64_t work(Cache& cache, uint32_t seed, int steps, Registry* reg, Inbox* give
       std::vector<double> bounds(c.layers * 3, 1.0);
       const Cache::SavedBytes bytes = cache.saveSequence(seq, bounds);
       h = mixIn(h, bytes.data(), bytes.size());
-      const int32_t copy = cache.loadSequence(bytes.data(), bytes.size(), bounds);
+      const int32_t copy = cache.loadSequence(bytes.data(), bytes.size(), bounds, (r() & 1) != 0);
       mine.push_back(copy);
       if (reg) reg->add(copy);
     } else if (op == 9 && mine.size() > 1) {
