@@ -106,6 +106,21 @@ describe(`pruneRatiosAt (seed ${SEED})`, () => {
       expect(Array.from(pruneRatiosAt(p, 0.2))).toEqual([0.5, 0.5]);
     }
   });
+
+  test("fills a given out, which must be a Float64Array of length layers × kvHeads", () => {
+    const p = createProfile({ table: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], grid: 1, layers: 2, kvHeads: 3 });
+    const out = new Float64Array(6).fill(-1);
+    expect(pruneRatiosAt(p, 0.5, out)).toBe(out);
+    expect(Array.from(out)).toEqual(Array.from(pruneRatiosAt(p, 0.5)));
+    const expected = "Expected a Float64Array of length 6 (layers 2 × kvHeads 3 of the profile) for out";
+    for (const bad of [new Float64Array(5), new Float64Array(7), new Float64Array(0), new Float32Array(6), [0, 0, 0, 0, 0, 0], null]) {
+      const before = bad && Array.from(bad);
+      expect(() => pruneRatiosAt(p, 0.5, bad as unknown as Float64Array)).toThrow(
+        expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringContaining(expected) }),
+      );
+      if (bad) expect(Array.from(bad)).toEqual(before); // left as it was
+    }
+  });
 });
 
 describe(`budgetsFromProfile (seed ${SEED})`, () => {

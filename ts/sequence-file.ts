@@ -1,5 +1,6 @@
 // Arguments of the saved-sequence calls (seq.save*, cache.loadSequence*): bytes or a file path.
 import * as fs from "fs";
+import { dirname } from "path";
 import { invalid } from "./errors";
 import { isUint8Array } from "./validate";
 
@@ -23,33 +24,114 @@ export function checkSavePath(path: unknown): asserts path is string {
   if (typeof path !== "string" || path.length === 0) throw invalid("path", "a non-empty file path", path);
 }
 
-// A file is replaced as a whole: the bytes go to a new file beside it, which is then renamed over
-// it, so a reader (or a crash) sees the old file or the new one, never a part of the new one. The
-// temporary file is removed when any step fails.
+// A file is replaced as a whole: the bytes go to a new file beside it, which is flushed to disk and
+// then renamed over it, so a reader (or a crash) sees the old file or the new one, never a part of
+// the new one. A path that is a symbolic link replaces the link's target (the link stays), and an
+// existing file keeps its permission bits; a new file gets the default (0666 less the umask). The
+// temporary file is removed when any step fails. Saved profiles are written the same way.
 function tempPathFor(path: string): string {
   return `${path}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`;
 }
 
+interface Target {
+  /** The path to rename over: `path` with links resolved when it exists. */
+  path: string;
+  /** Permission bits of the existing file, or undefined for a new file. */
+  mode: number | undefined;
+}
+
+function targetOf(path: string, real: string | undefined, stat: fs.Stats | undefined): Target {
+  return { path: real ?? path, mode: stat?.isFile() ? stat.mode & 0o777 : undefined };
+}
+
+// The directory fsync makes the rename itself durable. Some platforms and file systems cannot open
+// or sync a directory; the file's own fsync already made its bytes durable there.
+const DIR_SYNC_UNSUPPORTED = new Set(["EINVAL", "EISDIR", "EPERM", "EACCES", "ENOTSUP", "EOPNOTSUPP", "EBADF"]);
+
+function ignoreUnsupported(e: unknown): void {
+  if (!DIR_SYNC_UNSUPPORTED.has((e as NodeJS.ErrnoException)?.code ?? "")) throw e;
+}
+
 /** Writes `data` to `path`, replacing it atomically (see above). */
 export function writeFileReplacing(path: string, data: Uint8Array): void {
-  const temp = tempPathFor(path);
+  let real: string | undefined;
+  let stat: fs.Stats | undefined;
   try {
-    fs.writeFileSync(temp, data, { flag: "wx" });
-    fs.renameSync(temp, path);
+    real = fs.realpathSync(path);
+    stat = fs.statSync(real);
+  } catch {
+    // a new file (or one the write below reports the error of)
+  }
+  const target = targetOf(path, real, stat);
+  const temp = tempPathFor(target.path);
+  try {
+    const fd = fs.openSync(temp, "wx", target.mode ?? 0o666);
+    try {
+      if (target.mode !== undefined) {
+        try {
+          fs.fchmodSync(fd, target.mode); // open applied the umask
+        } catch {
+          // the file has the mode less the umask: never wider than the old file's
+        }
+      }
+      fs.writeFileSync(fd, data);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(temp, target.path);
   } catch (e) {
     fs.rmSync(temp, { force: true });
     throw e;
+  }
+  if (process.platform === "win32") return;
+  try {
+    const dir = fs.openSync(dirname(target.path), "r");
+    try {
+      fs.fsyncSync(dir);
+    } finally {
+      fs.closeSync(dir);
+    }
+  } catch (e) {
+    ignoreUnsupported(e);
   }
 }
 
 /** writeFileReplacing() with the file system calls off the main thread. */
 export async function writeFileReplacingAsync(path: string, data: Uint8Array): Promise<void> {
-  const temp = tempPathFor(path);
+  let real: string | undefined;
+  let stat: fs.Stats | undefined;
   try {
-    await fs.promises.writeFile(temp, data, { flag: "wx" });
-    await fs.promises.rename(temp, path);
+    real = await fs.promises.realpath(path);
+    stat = await fs.promises.stat(real);
+  } catch {
+    // a new file (or one the write below reports the error of)
+  }
+  const target = targetOf(path, real, stat);
+  const temp = tempPathFor(target.path);
+  try {
+    const file = await fs.promises.open(temp, "wx", target.mode ?? 0o666);
+    try {
+      if (target.mode !== undefined) await file.chmod(target.mode).catch(() => undefined); // as in writeFileReplacing
+      await file.writeFile(data);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await fs.promises.rename(temp, target.path);
   } catch (e) {
     await fs.promises.rm(temp, { force: true });
     throw e;
+  }
+  if (process.platform === "win32") return;
+  try {
+    const dir = await fs.promises.open(dirname(target.path), "r");
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  } catch (e) {
+    ignoreUnsupported(e);
   }
 }

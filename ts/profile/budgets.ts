@@ -1,3 +1,4 @@
+import { types } from "node:util";
 import { invalid } from "../errors";
 import { knownOptions } from "../validate";
 import { checkProfile, checkTable, type Profile } from "./profile";
@@ -33,16 +34,21 @@ function checkRatio(ratio: unknown): number {
  *
  * @param ratio in [0, 1].
  * @param out optional Float64Array(layers × kvHeads) to fill.
- * @returns prune ratios, layer-major.
- * @throws BadProfileError when a table row it reads holds NaN or a value outside [0, 1] (a
- *   Profile built by hand; loadProfile and createProfile check every value).
+ * @returns prune ratios, layer-major (`out` when given).
+ * @throws InvalidArgumentError when ratio is outside [0, 1], or `out` is given and is not a
+ *   Float64Array of length layers × kvHeads. BadProfileError when a table row it reads holds
+ *   NaN or a value outside [0, 1] (a Profile built by hand; loadProfile and createProfile
+ *   check every value).
  */
 export function pruneRatiosAt(profile: Profile, ratio: number, out?: Float64Array): Float64Array {
   checkProfile(profile);
   checkRatio(ratio);
   const { grid, table } = profile;
   const H = profile.layers * profile.kvHeads;
-  const p = out && out.length === H ? out : new Float64Array(H);
+  if (out !== undefined && !(types.isFloat64Array(out) && out.length === H)) {
+    throw invalid("out", `a Float64Array of length ${H} (layers ${profile.layers} × kvHeads ${profile.kvHeads} of the profile)`, out);
+  }
+  const p = out ?? new Float64Array(H);
   // checkProfile does not scan the table; the rows read here must hold prune ratios (a NaN or a
   // value outside [0, 1] would turn into keep counts).
   const rows = (first: number, count: number) => checkTable(table, grid, profile.layers, profile.kvHeads, first * H, (first + count) * H);

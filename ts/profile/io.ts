@@ -1,6 +1,7 @@
-import { readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { types } from "node:util";
 import { BadProfileError, invalid } from "../errors";
+import { writeFileReplacing } from "../sequence-file";
 import { knownOptions } from "../validate";
 import { profileFromJson, profileToJson } from "./json";
 import { decodeNpy, encodeNpy, type NpyFloatDtype } from "./npy";
@@ -102,8 +103,9 @@ export function loadProfile(pathOrBytes: string | Uint8Array): Profile {
 
 /**
  * Writes a profile to `path` as .npy (table only, shape [grid, layers, kvHeads]) or
- * lukv JSON (table and metadata). The file is written next to its target and renamed
- * into place, so a reader never sees half a profile.
+ * lukv JSON (table and metadata). The file is written next to its target, flushed to disk
+ * and renamed into place, so a reader (or a crash) never sees half a profile. A path that
+ * is a symbolic link replaces the link's target, and an existing file keeps its permissions.
  * @param options format (default from the extension, .npy or .json) and dtype for .npy (default "<f8").
  * @throws InvalidArgumentError when the format cannot be told; BadProfileError for an invalid profile.
  */
@@ -120,16 +122,5 @@ export function saveProfile(profile: Profile, path: string, options: SaveProfile
     );
   }
   const bytes = encodeProfile(profile, format, { dtype: options.dtype });
-  const tmp = `${path}.${process.pid}.tmp`;
-  try {
-    writeFileSync(tmp, bytes);
-    renameSync(tmp, path);
-  } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // nothing was written
-    }
-    throw e;
-  }
+  writeFileReplacing(path, bytes);
 }
