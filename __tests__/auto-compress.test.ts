@@ -1,5 +1,5 @@
 // seq.autoCompress: a long generation stays within its per-head limit, compressed back to it.
-import { KVCache, CompressReport, Sequence } from "../ts";
+import { KVCache, CompressReport, Sequence, DisposedError } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("auto-compress");
@@ -103,14 +103,14 @@ test("an automatic compression that fails throws before the append, changes noth
   const a = cache.createSequence(), b = cache.createSequence();
   step(a, r, 40);
   step(b, r, 40);
-  // A window longer than the sequence: the compression is refused when it runs.
-  a.autoCompress({ maxTokens: 8, every: 1, scorer: "keydiff", window: 64 });
+  // H2O without accumulated attention mass: the compression is refused when it runs.
+  a.autoCompress({ maxTokens: 8, every: 1, scorer: "h2o", sink: 1, window: 1 });
   const row = shape.kvHeads * shape.headDim;
   const last = shape.layers - 1;
   // The batch that makes it due goes in (the compression runs before the next append).
   cache.appendBatch(last, [{ sequence: a, keys: randn(r, 4 * row), values: randn(r, 4 * row) }, { sequence: b, keys: randn(r, 4 * row), values: randn(r, 4 * row) }]);
   const before = { a: state(a), b: state(b), pages: cache.usage().pagesUsed };
-  const message = /^The automatic compression \(autoCompress\) due before this append failed, and nothing was appended: Expected window at most the sequence length/;
+  const message = /^The automatic compression \(autoCompress\) due before this append failed, and nothing was appended: scorer "h2o" needs attention mass/;
   for (let attempt = 0; attempt < 2; attempt++) {
     expect(() => a.append(0, randn(r, row), randn(r, row))).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }));
     // In a batch too, whichever item it is: nothing of the batch goes in, and the error names the item.
@@ -128,6 +128,81 @@ test("an automatic compression that fails throws before the append, changes noth
   cache.dispose();
 });
 
+// Options that would fail every time the compression is due (and, since a failed one appends
+// nothing, for good) are refused when autoCompress is called.
+test("autoCompress refuses a limit below sink + window and a SnapKV window longer than the cache remembers", () => {
+  const cache = new KVCache({ ...shape, dtype: "f32", observationWindow: 8 });
+  const a = cache.createSequence();
+  try {
+    const refuse = (o: object, message: RegExp) => expect(() => a.autoCompress(o as never)).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }));
+    refuse({ maxTokens: 8, scorer: "keydiff", window: 64 }, /^Expected a number at least sink \+ window \(4 \+ 64 = 68: .*\) for maxTokens but received 8/);
+    refuse({ maxTokens: 20, scorer: "streaming", sink: 4, window: 17 }, /at least sink \+ window \(4 \+ 17 = 21/);
+    refuse({ maxTokens: 128 }, /^snapkv scores with the last 32 query rows of each layer but this cache remembers 8 \(its observationWindow\)/);
+    refuse({ maxTokens: 128, scorer: "snapkv", window: 9 }, /last 9 query rows/);
+    // At the edges, accepted.
+    a.autoCompress({ maxTokens: 21, scorer: "streaming", sink: 4, window: 17 });
+    a.autoCompress({ maxTokens: 128, scorer: "snapkv", window: 8 });
+    const none = new KVCache({ ...shape, dtype: "f32", observationWindow: 0 });
+    expect(() => none.createSequence().autoCompress({ maxTokens: 128, scorer: "tova" })).toThrow(/^tova scores with the last 1 query row of each layer but this cache remembers 0/);
+    none.dispose();
+  } finally {
+    cache.dispose();
+  }
+});
+
+// onCompress may dispose another sequence (dispose is always allowed): a later item of the same
+// batch then fails as a disposed sequence does, with the library's error naming the item.
+test("an onCompress that disposes a later item's sequence: the batch throws DisposedError naming it", () => {
+  const r = rng(seed + 9);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  try {
+    const a = cache.createSequence(), b = cache.createSequence();
+    step(a, r, 40);
+    step(b, r, 40);
+    a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: () => b.dispose() });
+    b.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1 });
+    const row = shape.kvHeads * shape.headDim;
+    const items = () => [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }];
+    cache.appendBatch(shape.layers - 1, items()); // makes both due
+    let error: unknown;
+    try {
+      cache.appendBatch(0, items());
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(DisposedError);
+    expect((error as Error).message).toMatch(/^items\[1\]\.sequence: /);
+    expect(b.disposed).toBe(true);
+  } finally {
+    cache.dispose();
+  }
+});
+
+test("a fork keeps the autoCompress setting: a prompt forked per request stays bounded", () => {
+  const r = rng(seed + 11);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  try {
+    const prompt = cache.createSequence();
+    step(prompt, r, 40);
+    const seen: number[] = [];
+    prompt.autoCompress({ maxTokens: 16, every: 4, scorer: "knorm", sink: 1, window: 2, onCompress: (rep) => seen.push(rep.total) });
+    const fork = prompt.fork();
+    for (let i = 0; i < 40; i++) step(fork, r, 1);
+    expect(fork.autoCompressions).toBeGreaterThan(0);
+    expect(prompt.autoCompressions).toBe(0);
+    expect(seen.length).toBe(fork.autoCompressions);
+    const lengths = Array.from(fork.lengths());
+    expect(lengths.reduce((a, b) => a + b, 0) / lengths.length).toBeLessThanOrEqual(16 + 4);
+    // Stopped on the fork, the prompt keeps its own.
+    fork.autoCompress(false);
+    step(prompt, r, 8);
+    step(prompt, r, 1);
+    expect(prompt.autoCompressions).toBe(1);
+  } finally {
+    cache.dispose();
+  }
+});
+
 test("in a batch, the due compressions of the items before one whose compression fails stay done", async () => {
   const r = rng(seed + 5);
   for (const async of [false, true]) {
@@ -137,7 +212,7 @@ test("in a batch, the due compressions of the items before one whose compression
     step(b, r, 40);
     const reports: number[] = [];
     a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: (rep) => reports.push(rep.total) });
-    b.autoCompress({ maxTokens: 8, every: 1, scorer: "keydiff", window: 64 }); // refused when it runs
+    b.autoCompress({ maxTokens: 8, every: 1, scorer: "h2o", sink: 1, window: 1 }); // refused when it runs (no attention mass)
     const row = shape.kvHeads * shape.headDim;
     const last = shape.layers - 1;
     cache.appendBatch(last, [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }]);

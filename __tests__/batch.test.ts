@@ -1,7 +1,7 @@
 // Batched steps (attendBatch, appendBatch and their async variants) against per-sequence calls and
 // the float64 reference: mixed lengths, forks, eviction (heads left empty), dtypes, GQA, decode rows
 // and prefill chunks in one batch; all-or-nothing appends; checks; call order with queued work.
-import { KVCache, Sequence, DType, toBits, roundTo, AttendBatchItem } from "../ts";
+import { KVCache, Sequence, DType, toBits, roundTo, AttendBatchItem, SequenceBusyError } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 import { referenceAttention, relativeError } from "./helpers/reference";
 import { headsOf, lastPositions } from "./helpers/cache";
@@ -498,6 +498,38 @@ describe("items whose getters call the cache", () => {
         queries: randn(r, 8),
       };
       expect(() => cache.attendBatch(0, [{ sequence: a, queries: q }, second])).toThrow(/^Expected items\[0\]\.queries whose scores stay within float32/);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  // The busy checks come after every item's arrays were read: a getter that starts an async call on
+  // a sequence of the batch makes the synchronous batch throw, and nothing of it runs.
+  test("a keys, values or queries getter that starts an async call on its sequence: the sync batch throws SequenceBusyError", async () => {
+    const { cache, seqs } = setup();
+    try {
+      const [a, b] = seqs;
+      const started: Promise<unknown>[] = [];
+      const appended = () => seqs.map((s) => s.appended(0));
+      const before = appended();
+      const busy = (seq: Sequence) => {
+        started.push(seq.attendAsync(0, randn(r, 8)));
+      };
+      const keysGetter = { sequence: b, get keys() { busy(b); return randn(r, 4); }, values: randn(r, 4) };
+      expect(() => cache.appendBatch(0, [{ sequence: a, keys: randn(r, 4), values: randn(r, 4) }, keysGetter])).toThrow(SequenceBusyError);
+      await Promise.all(started.splice(0));
+      const valuesGetter = { sequence: a, keys: randn(r, 4), get values() { busy(a); return randn(r, 4); } };
+      expect(() => cache.appendBatch(0, [valuesGetter, { sequence: b, keys: randn(r, 4), values: randn(r, 4) }])).toThrow(SequenceBusyError);
+      await Promise.all(started.splice(0));
+      expect(appended()).toEqual(before);
+      // attendBatch's item-by-item checks (raw 16-bit queries): the same
+      const f16 = new KVCache({ ...shape, dtype: "f16" });
+      const x = f16.createSequence(), y = f16.createSequence();
+      for (const s of [x, y]) s.append(0, randn(r, 8 * 4), randn(r, 8 * 4));
+      const queriesGetter = { sequence: y, get queries() { started.push(y.attendAsync(0, randn(r, 8))); return new Uint16Array(8); } };
+      expect(() => f16.attendBatch(0, [{ sequence: x, queries: new Uint16Array(8) }, queriesGetter])).toThrow(SequenceBusyError);
+      await Promise.all(started.splice(0));
+      f16.dispose();
     } finally {
       cache.dispose();
     }

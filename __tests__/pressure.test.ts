@@ -121,6 +121,36 @@ test("evict largest ranks by pages held alone: an unshared sequence gives before
   }
 });
 
+// A policy whose compressions cannot run is refused when set where the cache alone decides it (the
+// observation rows it remembers), and said in the append's error where each sequence decides it.
+test("a policy that can never compress is refused when set; compressions refused at the append are named in its error", () => {
+  const { r, cache, grow } = setup();
+  try {
+    const small = new KVCache({ ...shape, dtype: "f32", maxTokens: 64 * 16, observationWindow: 8 });
+    expect(() => small.onPressure({ evict: "largest" })).toThrow(/^snapkv scores with the last 32 query rows of each layer but this cache remembers 8/);
+    small.onPressure({ evict: "largest", window: 8 });
+    small.dispose();
+    const a = cache.createSequence(), b = cache.createSequence();
+    grow(a, 128);
+    grow(b, 128); // the pool is full
+    cache.onPressure({ evict: "largest", scorer: "h2o", sink: 1, window: 1 }); // neither accumulates attention mass
+    const before = [a, b].map(total);
+    const newcomer = cache.createSequence();
+    let error: Error | undefined;
+    try {
+      newcomer.append(0, randn(r, 16 * row), randn(r, 16 * row));
+    } catch (e) {
+      error = e as Error;
+    }
+    expect(error?.name).toBe("OutOfPagesError");
+    expect(error?.message).toMatch(/\(the onPressure policy's compression was refused for 2 sequences; the first: scorer "h2o" needs attention mass/);
+    expect([a, b].map(total)).toEqual(before);
+    expect(cache.pressureStats.events).toBe(0);
+  } finally {
+    cache.dispose();
+  }
+});
+
 // Whether a candidate holds pages alone is read at its turn: compressing a fork first leaves its
 // prompt the only holder of the pages they shared, and the prompt can then give them.
 test("a prompt that an earlier compression left the only holder of its pages gives them", () => {

@@ -62,13 +62,12 @@ function itemName(i: number): { prefix: string; queries: string } {
 const SCAN_ITEMS = 32;
 
 // The items as an array of objects naming distinct live sequences of `cache` (DisposedError for a
-// disposed one); `idOf` reads each native id (the sync calls' busy check, or none for queued work).
+// disposed one). The native ids are read by idsOf() once the items' arrays have been read too.
 function checkItems<I extends { sequence: Sequence }>(
   cache: KVCache,
   items: unknown,
   names: readonly string[],
-  idOf: (seq: Sequence) => number,
-): { items: I[]; seqs: Sequence[]; ids: Int32Array } {
+): { items: I[]; seqs: Sequence[] } {
   void cache.handle;
   if (!Array.isArray(items)) throw invalid("items", "an array of batch items", items);
   const n = items.length;
@@ -88,9 +87,15 @@ function checkItems<I extends { sequence: Sequence }>(
     seen?.set(seq, i);
     seqs.push(seq);
   }
-  const ids = new Int32Array(n);
-  for (let i = 0; i < n; i++) ids[i] = idOf(seqs[i]);
-  return { items: items as I[], seqs, ids };
+  return { items: items as I[], seqs };
+}
+
+// Each sequence's native id through `idOf` (the sync calls' busy check, or none for queued work),
+// read after every item's arrays: a getter may have disposed a sequence or queued a call on it.
+function idsOf(seqs: readonly Sequence[], idOf: (seq: Sequence) => number): Int32Array {
+  const ids = new Int32Array(seqs.length);
+  for (let i = 0; i < seqs.length; i++) ids[i] = idOf(seqs[i]);
+  return ids;
 }
 
 function batchScale(cache: KVCache, opts: AttendBatchOptions | undefined): number {
@@ -125,7 +130,7 @@ function checkAttendBatch(
 ): Checked<AttendPart> & { l: number; scale: number } {
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
   const scale = batchScale(cache, opts);
-  const { items: list, seqs, ids } = checkItems<AttendBatchItem>(cache, items, ATTEND_ITEM_NAMES, idOf);
+  const { items: list, seqs } = checkItems<AttendBatchItem>(cache, items, ATTEND_ITEM_NAMES);
   const parts: AttendPart[] = [];
   for (let i = 0; i < list.length; i++) {
     const item = list[i], name = itemName(i);
@@ -157,7 +162,7 @@ function checkAttendBatch(
       }
     }
   }
-  return { l, scale, seqs, ids, parts };
+  return { l, scale, seqs, ids: idsOf(seqs, idOf), parts };
 }
 
 // The common batch in its fast form, the arguments of one native call: every item an object with
@@ -347,16 +352,16 @@ function quickAppendParts(cache: KVCache, list: readonly AppendBatchItem[]): App
 
 function checkAppendBatch(cache: KVCache, layer: unknown, items: unknown, idOf: (seq: Sequence) => number): Checked<AppendPart> & { l: number } {
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
-  const { items: list, seqs, ids } = checkItems<AppendBatchItem>(cache, items, APPEND_ITEM_NAMES, idOf);
+  const { items: list, seqs } = checkItems<AppendBatchItem>(cache, items, APPEND_ITEM_NAMES);
   const quick = quickAppendParts(cache, list);
-  if (quick) return { l, seqs, ids, parts: quick };
+  if (quick) return { l, seqs, ids: idsOf(seqs, idOf), parts: quick };
   const parts = list.map((item, i) => {
     const checked = item.sequence.checkAppend(item.keys, item.values, itemName(i).prefix);
     if (i > 0 && isFloat32Array(item.keys) !== isFloat32Array(list[0].keys))
       throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(list[0].keys) ? "Float32Array" : "Uint16Array"})`, item.keys);
     return { keys: item.keys, values: item.values, checked };
   });
-  return { l, seqs, ids, parts };
+  return { l, seqs, ids: idsOf(seqs, idOf), parts };
 }
 
 // The append itself, through the cache's pressure policy (on out-of-pages it may compress other

@@ -356,7 +356,8 @@ export class KVCache {
     const compressOptions = embeddedCompressOptions(options, ["evict", "ratio", "listener"], { ratio: options.ratio ?? 0.5 });
     const evict = oneOf("evict", options.evict, ["largest", "oldest"] as const);
     if (options.listener !== undefined && typeof options.listener !== "function") throw invalid("listener", "a function", options.listener);
-    nativeCompressOptions(compressOptions, this.config, () => new Int32Array(this.config.layers * this.config.kvHeads));
+    const n = nativeCompressOptions(compressOptions, this.config, () => new Int32Array(this.config.layers * this.config.kvHeads));
+    checkObservationWindow(n, this.config);
     this.#pressure = { options: compressOptions, evict, listener: options.listener };
   }
 
@@ -382,20 +383,22 @@ export class KVCache {
         // Largest by the pages a compression can free (those no fork shares), then by tokens kept:
         // a fork of a long prompt keeps many tokens but holds few pages alone, and compressing it
         // first would cost its tokens (and copies of the shared pages it keeps) for little room.
-        const alone = new Map(candidates.map((seq) => [seq, this.handle.pagesHeldAlone(seq.nativeId())]));
+        const alone = new Map(candidates.map((seq) => [seq, viaAddon(() => this.handle.pagesHeldAlone(seq.nativeId()))]));
         candidates.sort((a, b) => alone.get(b)! - alone.get(a)! || total(b) - total(a));
       }
+      let refusals = 0, firstRefusal = "";
       for (const seq of candidates) {
         // A listener may have disposed a later candidate or started an async call on it.
         if (seq.disposed || seq.pending > 0) continue;
         // A sequence all of whose pages others share (now: an earlier compression may have left it
         // the only holder) frees nothing when compressed, since its compaction copies the shared
         // pages it keeps: it would lose tokens for no room.
-        if (this.handle.pagesHeldAlone(seq.nativeId()) === 0) continue;
+        if (viaAddon(() => this.handle.pagesHeldAlone(seq.nativeId())) === 0) continue;
         let report: CompressReport;
         try {
           report = seq.compress(policy.options);
         } catch (err) {
+          if (err instanceof InvalidArgumentError && refusals++ === 0) firstRefusal = err.message;
           if (err instanceof OutOfPagesError || err instanceof InvalidArgumentError) continue; // this one cannot give pages now
           throw err;
         }
@@ -413,7 +416,14 @@ export class KVCache {
       }
       // Once more, in the state the policy leaves (a listener may have made room another way, by
       // disposing a sequence, say): a failed append changes nothing, and its error is the latest.
-      attempt();
+      try {
+        attempt();
+      } catch (err) {
+        // Compressions the policy's options made impossible are said, not passed over in silence.
+        if (err instanceof OutOfPagesError && refusals > 0)
+          err.message += ` (the onPressure policy's compression was refused for ${refusals} sequence${refusals === 1 ? "" : "s"}; the first: ${firstRefusal})`;
+        throw err;
+      }
     }
   }
 
@@ -822,7 +832,11 @@ export class Sequence {
     if (options.onCompress !== undefined && typeof options.onCompress !== "function") throw invalid("onCompress", "a function", options.onCompress);
     const onCompress = options.onCompress;
     compressOptions.budget = maxTokens;
-    nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
+    const n = nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
+    // What would fail every time it is due (and, with nothing appended meanwhile, for good).
+    checkObservationWindow(n, this.#cache.config);
+    if (maxTokens < n.sink + n.window)
+      throw invalid("maxTokens", `a number at least sink + window (${n.sink} + ${n.window} = ${n.sink + n.window}: the tokens of a head every compression keeps)`, maxTokens);
     this.#auto = { options: compressOptions, every, onCompress };
     this.#sinceCheck = 0;
   }
@@ -843,7 +857,7 @@ export class Sequence {
   autoCompressDue(id: number): void {
     const auto = this.#auto;
     if (!auto || this.#sinceCheck < auto.every) return;
-    const lengths = this.#cache.handle.lengths(id);
+    const lengths = viaAddon(() => this.#cache.handle.lengths(id));
     if (lengths.reduce((a, b) => a + b, 0) <= (auto.options.budget as number) * lengths.length) {
       this.#sinceCheck = 0;
       return;
@@ -875,7 +889,7 @@ export class Sequence {
     if (!this.#appendedRows) {
       const id = this.#liveId();
       const rows = new Float64Array(this.#cache.config.layers);
-      for (let k = 0; k < rows.length; k++) rows[k] = this.#cache.handle.appended(id, k);
+      for (let k = 0; k < rows.length; k++) rows[k] = viaAddon(() => this.#cache.handle.appended(id, k));
       this.#appendedRows = rows;
     }
     return this.#appendedRows[l];
@@ -983,7 +997,7 @@ export class Sequence {
 
   #compressNow(id: number, options: CompressOptions): CompressReport {
     if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
-    const n = nativeCompressOptions(options, this.#cache.config, () => this.#cache.handle.lengths(id));
+    const n = nativeCompressOptions(options, this.#cache.config, () => viaAddon(() => this.#cache.handle.lengths(id)));
     this.#checkScoring(n);
     try {
       return this.#cache.handle.compress(id, n);
@@ -1006,7 +1020,7 @@ export class Sequence {
     const o = snapshotCompressOptions(options);
     return this.#enqueue(async () => {
       const id = this.#liveId();
-      const n = nativeCompressOptions(o, this.#cache.config, () => this.#cache.handle.lengths(id));
+      const n = nativeCompressOptions(o, this.#cache.config, () => viaAddon(() => this.#cache.handle.lengths(id)));
       this.#checkScoring(n);
       try {
         return await this.#cache.handle.compressAsync(id, n);
@@ -1154,13 +1168,13 @@ export class Sequence {
   /** The kept keys of (layer, head) as stored (dtype-rounded), [length, headDim] Float32Array. */
   keys(layer: number, head: number): Float32Array {
     const id = this.id;
-    return this.#cache.handle.readRows(id, this.#layer(layer), this.#head(head), false);
+    return viaAddon(() => this.#cache.handle.readRows(id, this.#layer(layer), this.#head(head), false));
   }
 
   /** The kept values of (layer, head) as stored (dtype-rounded), [length, headDim] Float32Array. */
   values(layer: number, head: number): Float32Array {
     const id = this.id;
-    return this.#cache.handle.readRows(id, this.#layer(layer), this.#head(head), true);
+    return viaAddon(() => this.#cache.handle.readRows(id, this.#layer(layer), this.#head(head), true));
   }
 
   /**
@@ -1223,7 +1237,10 @@ export class Sequence {
     for (let l = 0; l < this.#keyMax.length; l++) [this.#keyMax[l], this.#valueMax[l], this.#queryMax[l]] = [b[3 * l], b[3 * l + 1], b[3 * l + 2]];
   }
 
-  /** A new sequence sharing this one's pages (copy-on-write). */
+  /**
+   * A new sequence sharing this one's pages (copy-on-write), with its settings: H2O accumulation,
+   * and autoCompress with the same options and onCompress (the fork's autoCompressions count from 0).
+   */
   fork(): Sequence {
     const id = this.id;
     let child: Sequence;
@@ -1235,6 +1252,9 @@ export class Sequence {
     child.#keyMax.set(this.#keyMax);
     child.#valueMax.set(this.#valueMax);
     child.#queryMax.set(this.#queryMax);
+    // The autoCompress setting goes with the copy (a prompt forked per request stays bounded).
+    child.#auto = this.#auto;
+    child.#sinceCheck = this.#sinceCheck;
     return child;
   }
 
@@ -1248,6 +1268,27 @@ export class Sequence {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+}
+
+// SnapKV scores with the last `window` query rows each layer remembers (TOVA with the last one):
+// a cache that remembers fewer can never run such a compression without observationQueries.
+function checkObservationWindow(n: NativeCompressOptions, config: { observationWindow: number }): void {
+  if (n.observation?.some((rows) => rows !== undefined)) return;
+  const need = n.scorer === "snapkv" ? n.window : n.scorer === "tova" ? 1 : 0;
+  if (need > config.observationWindow)
+    throw new InvalidArgumentError(
+      `${n.scorer} scores with the last ${need} query row${need === 1 ? "" : "s"} of each layer but this cache remembers ${config.observationWindow} (its observationWindow): raise observationWindow${n.scorer === "snapkv" ? ", lower window" : ""}, or choose another scorer`,
+    );
+}
+
+// A call into the addon whose errors become the library's classes (DisposedError for a sequence
+// disposed meanwhile, by a listener or a callback, say).
+function viaAddon<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    rethrow(e);
   }
 }
 

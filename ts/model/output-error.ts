@@ -89,6 +89,7 @@ export class OutputErrorProbe {
     if (steps === 0) throw new RangeError("no attention inputs were recorded (pass probe.record as onAttention to forward())");
     const { q: nq, kv: nkv, hidden } = this.#sizes;
     using f = seq.fork();
+    f.autoCompress(false); // the fork's appends must not evict (a fork keeps seq's autoCompress)
     return this.inputs.map((x, l) => {
       f.append(l, x.k.subarray(0, steps * nkv), x.v.subarray(0, steps * nkv));
       const att = f.attend(l, x.q.subarray(0, steps * nq));
