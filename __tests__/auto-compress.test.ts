@@ -1,5 +1,5 @@
 // seq.autoCompress: a long generation stays within its per-head limit, compressed back to it.
-import { KVCache, CompressReport, Sequence, DisposedError } from "../ts";
+import { KVCache, CompressReport, Sequence, DisposedError, SequenceBusyError } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("auto-compress");
@@ -129,22 +129,70 @@ test("an automatic compression that fails throws before the append, changes noth
 });
 
 // Options that would fail every time the compression is due (and, since a failed one appends
-// nothing, for good) are refused when autoCompress is called.
-test("autoCompress refuses a limit below sink + window and a SnapKV window longer than the cache remembers", () => {
+// nothing, for good) are refused when autoCompress is called; a limit below the window is not such
+// an option: the compression waits until every layer holds the window's positions.
+test("autoCompress refuses a SnapKV window longer than the cache remembers, for any layer scored with remembered rows", () => {
   const cache = new KVCache({ ...shape, dtype: "f32", observationWindow: 8 });
   const a = cache.createSequence();
   try {
     const refuse = (o: object, message: RegExp) => expect(() => a.autoCompress(o as never)).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }));
-    refuse({ maxTokens: 8, scorer: "keydiff", window: 64 }, /^Expected a number at least sink \+ window \(4 \+ 64 = 68: .*\) for maxTokens but received 8/);
-    refuse({ maxTokens: 20, scorer: "streaming", sink: 4, window: 17 }, /at least sink \+ window \(4 \+ 17 = 21/);
     refuse({ maxTokens: 128 }, /^snapkv scores with the last 32 query rows of each layer but this cache remembers 8 \(its observationWindow\)/);
     refuse({ maxTokens: 128, scorer: "snapkv", window: 9 }, /last 9 query rows/);
-    // At the edges, accepted.
-    a.autoCompress({ maxTokens: 21, scorer: "streaming", sink: 4, window: 17 });
+    // Rows given for one layer only: the other layer still scores with the remembered ones.
+    const rows = randn(rng(seed), 9 * shape.queryHeads * shape.headDim);
+    refuse({ maxTokens: 128, window: 9, observationQueries: [rows, undefined] }, /last 9 query rows/);
+    a.autoCompress({ maxTokens: 128, window: 9, observationQueries: Array.from({ length: shape.layers }, () => rows) });
     a.autoCompress({ maxTokens: 128, scorer: "snapkv", window: 8 });
     const none = new KVCache({ ...shape, dtype: "f32", observationWindow: 0 });
     expect(() => none.createSequence().autoCompress({ maxTokens: 128, scorer: "tova" })).toThrow(/^tova scores with the last 1 query row of each layer but this cache remembers 0/);
     none.dispose();
+  } finally {
+    cache.dispose();
+  }
+});
+
+test("a limit below the window: the compression waits for the window's positions, and no append fails", () => {
+  const r = rng(seed + 13);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  try {
+    const a = cache.createSequence();
+    a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 2, window: 24 });
+    for (let i = 0; i < 60; i++) step(a, r, 1);
+    expect(a.autoCompressions).toBeGreaterThan(0);
+    // Every compression keeps the sink and the window: 26 tokens a head, and one step more.
+    expect(Math.max(...a.lengths())).toBeLessThanOrEqual(26 + 1);
+    expect(a.appended(0)).toBe(60);
+  } finally {
+    cache.dispose();
+  }
+});
+
+// An onCompress may start an async call on the appending sequence or on a later item of a batch:
+// the synchronous append then throws SequenceBusyError, after the compressions and before any row
+// goes in.
+test("an onCompress that starts an async call: the sync append or batch throws SequenceBusyError and appends nothing", async () => {
+  const r = rng(seed + 15);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  try {
+    const a = cache.createSequence(), b = cache.createSequence();
+    step(a, r, 40);
+    step(b, r, 40);
+    const started: Promise<unknown>[] = [];
+    let target: Sequence = b;
+    a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: () => void started.push(target.saveAsync()) });
+    const row = shape.kvHeads * shape.headDim;
+    const items = () => [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }];
+    cache.appendBatch(shape.layers - 1, items()); // makes a's compression due
+    const before = [a.appended(0), b.appended(0)];
+    expect(() => cache.appendBatch(0, items())).toThrow(SequenceBusyError);
+    await Promise.all(started.splice(0));
+    expect([a.autoCompressions, a.appended(0), b.appended(0)]).toEqual([1, ...before]);
+    // The single append: its own sequence
+    target = a;
+    a.append(shape.layers - 1, randn(r, row), randn(r, row));
+    expect(() => a.append(0, randn(r, row), randn(r, row))).toThrow(SequenceBusyError);
+    await Promise.all(started.splice(0));
+    expect([a.autoCompressions, a.appended(0)]).toEqual([2, before[0]]);
   } finally {
     cache.dispose();
   }

@@ -535,6 +535,36 @@ describe("items whose getters call the cache", () => {
     }
   });
 
+  // The item-by-item path (raw 16-bit queries) reads each item's fields once: a sequence getter
+  // that answers differently the second time cannot have one sequence checked and another run.
+  test("item-by-item checks: each field is read once, and the sequence checked is the one attended", () => {
+    const f16 = new KVCache({ ...shape, dtype: "f16" });
+    const twin = new KVCache({ ...shape, dtype: "f16" });
+    try {
+      const a = f16.createSequence(), b = f16.createSequence();
+      a.append(0, randn(r, 40 * 4), randn(r, 40 * 4));
+      b.append(0, randn(r, 2 * 4), randn(r, 2 * 4));
+      const copy = twin.loadSequence(a.save());
+      const q = new Uint16Array(20 * 8).map((_, i) => 0x3000 + (i % 97));
+      let reads = 0, queryReads = 0;
+      const item = {
+        get sequence() {
+          return reads++ === 0 ? a : b;
+        },
+        get queries() {
+          queryReads++;
+          return q;
+        },
+      };
+      const [got] = f16.attendBatch(0, [item]);
+      expect([reads, queryReads]).toEqual([1, 1]);
+      expect(bits(got)).toBe(bits(copy.attend(0, q)));
+    } finally {
+      f16.dispose();
+      twin.dispose();
+    }
+  });
+
   test("attendBatchAsync: a getter that queues an async call on an earlier item's sequence: the batch runs after it", async () => {
     const { cache, seqs } = setup();
     const twin = new KVCache(shape);

@@ -119,6 +119,22 @@ describe.each(writers)("%s", (name, write, holdsNewBytes) => {
     expect(fs.readdirSync(targets)).toEqual([path.basename(target)]);
   });
 
+  posix("a dangling link gets its target written; a loop of links throws ELOOP and writes nothing", async () => {
+    const dir = dirFor(name);
+    const targets = dirFor(`${name}-dangling`);
+    const target = path.join(targets, "not-yet");
+    const link = fileIn(dir);
+    fs.symlinkSync(target, link);
+    await write(link);
+    expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
+    holdsNewBytes(target);
+    const a = path.join(dir, "loop-a"), b = path.join(dir, "loop-b");
+    fs.symlinkSync(b, a);
+    fs.symlinkSync(a, b);
+    await expect(write(a)).rejects.toMatchObject({ code: "ELOOP" });
+    expect(fs.readdirSync(dir).sort()).toEqual([path.basename(link), "loop-a", "loop-b"].sort());
+  });
+
   test("the temporary file is flushed to disk before it is renamed over the file", async () => {
     const dir = dirFor(name);
     const file = fileIn(dir);

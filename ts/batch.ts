@@ -61,6 +61,29 @@ function itemName(i: number): { prefix: string; queries: string } {
 // Up to this many items, a repeated sequence is found by a scan of the ones before (no map to build).
 const SCAN_ITEMS = 32;
 
+// Every item's fields read once, into plain objects that the checks and the call then use, so an
+// item's getter runs once whichever path the batch takes. Undefined when `items` is not an array of
+// objects with only known keys, or a getter throws: the checks then meet the problem in their order
+// (an earlier item's bad value is named before a later item's throwing getter), on the items as
+// given.
+function readItems<I>(items: unknown, names: readonly string[]): I[] | undefined {
+  if (!Array.isArray(items)) return undefined;
+  const read: I[] = new Array(items.length);
+  for (let i = 0; i < items.length; i++) {
+    const item: unknown = items[i];
+    if (item === null || typeof item !== "object") return undefined;
+    for (const key in item) if (!names.includes(key)) return undefined;
+    const copy: Record<string, unknown> = {};
+    try {
+      for (const name of names) if (name in item) copy[name] = (item as Record<string, unknown>)[name];
+    } catch {
+      return undefined;
+    }
+    read[i] = copy as I;
+  }
+  return read;
+}
+
 // The items as an array of objects naming distinct live sequences of `cache` (DisposedError for a
 // disposed one). The native ids are read by idsOf() once the items' arrays have been read too.
 function checkItems<I extends { sequence: Sequence }>(
@@ -130,11 +153,14 @@ function checkAttendBatch(
 ): Checked<AttendPart> & { l: number; scale: number } {
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
   const scale = batchScale(cache, opts);
-  const { items: list, seqs } = checkItems<AttendBatchItem>(cache, items, ATTEND_ITEM_NAMES);
+  const { items: given, seqs } = checkItems<AttendBatchItem>(cache, items, ATTEND_ITEM_NAMES);
+  // Each item's arrays are read once, here: the checks below and the call use what was read.
+  const list: AttendBatchItem[] = [];
   const parts: AttendPart[] = [];
-  for (let i = 0; i < list.length; i++) {
-    const item = list[i], name = itemName(i);
-    parts.push(item.sequence.checkAttend(l, item.queries, item.out, scale, name.prefix, name.queries));
+  for (let i = 0; i < given.length; i++) {
+    const { queries, out } = given[i], name = itemName(i);
+    list.push(out === undefined ? { sequence: seqs[i], queries } : { sequence: seqs[i], queries, out });
+    parts.push(seqs[i].checkAttend(l, queries, out, scale, name.prefix, name.queries));
   }
   // An item's output must not overlap another item's queries or output: the batch reads every
   // item's queries after it wrote outputs (the observation window) and writes all outputs. Only
@@ -238,7 +264,8 @@ function refused(e: unknown, cache: KVCache, layer: number, quick: QuickBatch, i
 }
 
 /** See KVCache.attendBatch. */
-export function attendBatch(cache: KVCache, layer: number, items: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
+export function attendBatch(cache: KVCache, layer: number, given: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
+  const items = readItems<AttendBatchItem>(given, ATTEND_ITEM_NAMES) ?? given;
   const quick = quickAttendBatch(cache, layer, items, opts);
   if (quick) {
     const { l, scale, seqs, ids, queries, outs, keyMax, queryMax } = quick;
@@ -267,9 +294,10 @@ export function attendBatch(cache: KVCache, layer: number, items: readonly Atten
 export async function attendBatchAsync(
   cache: KVCache,
   layer: number,
-  items: readonly AttendBatchItem[],
+  given: readonly AttendBatchItem[],
   opts?: AttendBatchOptions,
 ): Promise<Float32Array[]> {
+  const items = readItems<AttendBatchItem>(given, ATTEND_ITEM_NAMES) ?? given;
   const quick = quickAttendBatch(cache, layer, items, opts);
   if (quick) {
     // No item's sequence has calls pending, so the work starts now: the addon checks the queries
@@ -350,17 +378,20 @@ function quickAppendParts(cache: KVCache, list: readonly AppendBatchItem[]): App
   return parts;
 }
 
-function checkAppendBatch(cache: KVCache, layer: unknown, items: unknown, idOf: (seq: Sequence) => number): Checked<AppendPart> & { l: number } {
+function checkAppendBatch(cache: KVCache, layer: unknown, given: unknown, idOf: (seq: Sequence) => number): Checked<AppendPart> & { l: number } {
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
+  const items = readItems<AppendBatchItem>(given, APPEND_ITEM_NAMES) ?? given;
   const { items: list, seqs } = checkItems<AppendBatchItem>(cache, items, APPEND_ITEM_NAMES);
   const quick = quickAppendParts(cache, list);
   if (quick) return { l, seqs, ids: idsOf(seqs, idOf), parts: quick };
-  const parts = list.map((item, i) => {
-    const checked = item.sequence.checkAppend(item.keys, item.values, itemName(i).prefix);
-    if (i > 0 && isFloat32Array(item.keys) !== isFloat32Array(list[0].keys))
-      throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(list[0].keys) ? "Float32Array" : "Uint16Array"})`, item.keys);
-    return { keys: item.keys, values: item.values, checked };
-  });
+  const parts: AppendPart[] = [];
+  for (let i = 0; i < list.length; i++) {
+    const { keys, values } = list[i]; // read once: the checks and the call use these
+    const checked = seqs[i].checkAppend(keys, values, itemName(i).prefix);
+    if (i > 0 && isFloat32Array(keys) !== isFloat32Array(parts[0].keys))
+      throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(parts[0].keys) ? "Float32Array" : "Uint16Array"})`, keys);
+    parts.push({ keys, values, checked });
+  }
   return { l, seqs, ids: idsOf(seqs, idOf), parts };
 }
 
@@ -380,22 +411,25 @@ function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array,
  * Each item's due automatic compression, in item order, as the item's own append would run it. One
  * that fails throws naming its item; those of the items before it are done (each complete).
  */
-function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[]): void {
+function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[]): boolean {
+  let ran = false;
   seqs.forEach((s, i) => {
     try {
-      s.autoCompressDue(ids[i]);
+      ran = s.autoCompressDue(ids[i]) || ran;
     } catch (e) {
       if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
       throw e;
     }
   });
+  return ran;
 }
 
 /** See KVCache.appendBatch. */
 export function appendBatch(cache: KVCache, layer: number, items: readonly AppendBatchItem[]): void {
   const { l, seqs, ids, parts } = checkAppendBatch(cache, layer, items, (s) => s.id);
   if (parts.length === 0) return;
-  compressDue(seqs, ids);
+  // An onCompress may have started an async call on a sequence of the batch: busy checks again.
+  if (compressDue(seqs, ids)) idsOf(seqs, (s) => s.id);
   runAppend(cache, l, seqs, ids, parts);
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
 }

@@ -592,7 +592,7 @@ export class Sequence {
   #pending = 0;
   // autoCompress: the compress() options, the check interval, and positions appended to the last
   // layer since the last check (a check is due, before the next append, once they reach `every`).
-  #auto: { options: CompressOptions; every: number; onCompress?: (report: CompressReport) => void } | undefined;
+  #auto: { options: CompressOptions; every: number; window: number; onCompress?: (report: CompressReport) => void } | undefined;
   #sinceCheck = 0;
   // recordOracle: positions appended to layer 0 when it was called.
   #oracleFrom: number | undefined;
@@ -674,7 +674,7 @@ export class Sequence {
     const id = this.id;
     const l = this.#layer(layer);
     const checked = this.checkAppend(keys, values, "");
-    this.autoCompressDue(id);
+    if (this.autoCompressDue(id)) void this.id; // its onCompress may have started an async call here
     this.#cache.withPressure(this, () => {
       try {
         this.#cache.handle.append(id, l, keys, values);
@@ -833,11 +833,8 @@ export class Sequence {
     const onCompress = options.onCompress;
     compressOptions.budget = maxTokens;
     const n = nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
-    // What would fail every time it is due (and, with nothing appended meanwhile, for good).
-    checkObservationWindow(n, this.#cache.config);
-    if (maxTokens < n.sink + n.window)
-      throw invalid("maxTokens", `a number at least sink + window (${n.sink} + ${n.window} = ${n.sink + n.window}: the tokens of a head every compression keeps)`, maxTokens);
-    this.#auto = { options: compressOptions, every, onCompress };
+    checkObservationWindow(n, this.#cache.config); // it would fail every time it is due
+    this.#auto = { options: compressOptions, every, window: n.window, onCompress };
     this.#sinceCheck = 0;
   }
 
@@ -852,16 +849,19 @@ export class Sequence {
    * here rather than right after the last layer's append so that the step that made it due has
    * been attended (SnapKV scores the last layer with that step's queries) and so that a failure
    * throws before the append changes anything; it stays due until it succeeds or autoCompress is
-   * changed.
+   * changed. True when a compression ran (and its onCompress, which may have started async calls).
    */
-  autoCompressDue(id: number): void {
+  autoCompressDue(id: number): boolean {
     const auto = this.#auto;
-    if (!auto || this.#sinceCheck < auto.every) return;
+    if (!auto || this.#sinceCheck < auto.every) return false;
     const lengths = viaAddon(() => this.#cache.handle.lengths(id));
     if (lengths.reduce((a, b) => a + b, 0) <= (auto.options.budget as number) * lengths.length) {
       this.#sinceCheck = 0;
-      return;
+      return false;
     }
+    // A layer with fewer positions than the window cannot be compressed yet (maxTokens below the
+    // window, early in a sequence): the append goes ahead, and this stays due until it can.
+    for (let l = 0; l < this.#cache.config.layers; l++) if (this.#appendedCount(l) < auto.window) return false;
     let report: CompressReport | undefined;
     try {
       // Copying pages shared with forks takes free pages: the pressure policy may make room.
@@ -870,7 +870,7 @@ export class Sequence {
       });
     } catch (e) {
       // Still no room: the append goes ahead (it may need no new page) and this stays due.
-      if (e instanceof OutOfPagesError) return;
+      if (e instanceof OutOfPagesError) return false;
       if (e instanceof LukvError)
         e.message = `The automatic compression (autoCompress) due before this append failed, and nothing was appended: ${e.message}`;
       throw e;
@@ -883,6 +883,7 @@ export class Sequence {
     } finally {
       this.#inCallback--;
     }
+    return true;
   }
 
   #appendedCount(l: number): number {
@@ -1272,11 +1273,13 @@ export class Sequence {
 }
 
 // SnapKV scores with the last `window` query rows each layer remembers (TOVA with the last one):
-// a cache that remembers fewer can never run such a compression without observationQueries.
-function checkObservationWindow(n: NativeCompressOptions, config: { observationWindow: number }): void {
-  if (n.observation?.some((rows) => rows !== undefined)) return;
+// a cache that remembers fewer can never run such a compression for a layer without
+// observationQueries.
+function checkObservationWindow(n: NativeCompressOptions, config: { layers: number; observationWindow: number }): void {
   const need = n.scorer === "snapkv" ? n.window : n.scorer === "tova" ? 1 : 0;
-  if (need > config.observationWindow)
+  let remembered = false; // some layer scores with the rows the sequence remembers
+  for (let l = 0; l < config.layers; l++) remembered ||= n.observation?.[l] === undefined;
+  if (remembered && need > config.observationWindow)
     throw new InvalidArgumentError(
       `${n.scorer} scores with the last ${need} query row${need === 1 ? "" : "s"} of each layer but this cache remembers ${config.observationWindow} (its observationWindow): raise observationWindow${n.scorer === "snapkv" ? ", lower window" : ""}, or choose another scorer`,
     );

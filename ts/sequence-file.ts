@@ -1,6 +1,6 @@
 // Arguments of the saved-sequence calls (seq.save*, cache.loadSequence*): bytes or a file path.
 import * as fs from "fs";
-import { dirname } from "path";
+import { dirname, resolve } from "path";
 import { invalid } from "./errors";
 import { isUint8Array } from "./validate";
 
@@ -33,15 +33,48 @@ function tempPathFor(path: string): string {
   return `${path}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`;
 }
 
+// Symbolic links followed from `path` to the file a write replaces: the last link's target, which
+// need not exist yet (a dangling link gets its target written, as opening it for writing does).
+const MAX_LINKS = 40;
+function loopError(path: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`ELOOP: too many symbolic links encountered, open '${path}'`), { code: "ELOOP", path });
+}
+function followLinks(path: string): string {
+  let at = path;
+  for (let hops = 0; hops <= MAX_LINKS; hops++) {
+    let link: string;
+    try {
+      link = fs.readlinkSync(at);
+    } catch {
+      return at; // not a link (or not there): the file itself
+    }
+    at = resolve(dirname(at), link);
+  }
+  throw loopError(path);
+}
+async function followLinksAsync(path: string): Promise<string> {
+  let at = path;
+  for (let hops = 0; hops <= MAX_LINKS; hops++) {
+    let link: string;
+    try {
+      link = await fs.promises.readlink(at);
+    } catch {
+      return at;
+    }
+    at = resolve(dirname(at), link);
+  }
+  throw loopError(path);
+}
+
 interface Target {
-  /** The path to rename over: `path` with links resolved when it exists. */
+  /** The path to rename over: `path` with its links followed. */
   path: string;
   /** Permission bits of the existing file, or undefined for a new file. */
   mode: number | undefined;
 }
 
-function targetOf(path: string, real: string | undefined, stat: fs.Stats | undefined): Target {
-  return { path: real ?? path, mode: stat?.isFile() ? stat.mode & 0o777 : undefined };
+function targetOf(path: string, stat: fs.Stats | undefined): Target {
+  return { path, mode: stat?.isFile() ? stat.mode & 0o777 : undefined };
 }
 
 // The directory fsync makes the rename itself durable. Some platforms and file systems cannot open
@@ -54,15 +87,14 @@ function ignoreUnsupported(e: unknown): void {
 
 /** Writes `data` to `path`, replacing it atomically (see above). */
 export function writeFileReplacing(path: string, data: Uint8Array): void {
-  let real: string | undefined;
+  const real = followLinks(path);
   let stat: fs.Stats | undefined;
   try {
-    real = fs.realpathSync(path);
     stat = fs.statSync(real);
   } catch {
     // a new file (or one the write below reports the error of)
   }
-  const target = targetOf(path, real, stat);
+  const target = targetOf(real, stat);
   const temp = tempPathFor(target.path);
   try {
     const fd = fs.openSync(temp, "wx", target.mode ?? 0o666);
@@ -99,15 +131,14 @@ export function writeFileReplacing(path: string, data: Uint8Array): void {
 
 /** writeFileReplacing() with the file system calls off the main thread. */
 export async function writeFileReplacingAsync(path: string, data: Uint8Array): Promise<void> {
-  let real: string | undefined;
+  const real = await followLinksAsync(path);
   let stat: fs.Stats | undefined;
   try {
-    real = await fs.promises.realpath(path);
     stat = await fs.promises.stat(real);
   } catch {
     // a new file (or one the write below reports the error of)
   }
-  const target = targetOf(path, real, stat);
+  const target = targetOf(real, stat);
   const temp = tempPathFor(target.path);
   try {
     const file = await fs.promises.open(temp, "wx", target.mode ?? 0o666);
