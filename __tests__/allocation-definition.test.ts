@@ -61,6 +61,31 @@ test.each(["uniform", "pyramidkv"] as const)("%s: compress keeps the least-squar
   }
 });
 
+// Equal remainders (equal in exact arithmetic; 3.6 + b and 2.6 + b differ in their last bits) go
+// to the lower head, as docs/methods.md says and as the lukv allocation does.
+test.each([
+  ["uniform, budget 5", [15, 16, 15, 17, 15, 14, 14, 14], 2, 4, { budget: 5, sink: 1 }, [5, 5, 5, 6, 5, 5, 5, 4]],
+  ["uniform, budget 7", [12, 8, 5, 15, 9], 5, 1, { budget: 7, sink: 1 }, [9, 6, 3, 11, 6]],
+  ["pyramidkv, beta 2", [40, 40, 40, 40, 40, 40], 3, 2, { budget: 13, sink: 0, allocation: "pyramidkv", beta: 2 }, [20, 20, 13, 13, 6, 6]],
+  ["uniform, ratio 0.1", [17, 17, 37, 7, 20], 5, 1, { ratio: 0.1, sink: 1 }, [16, 15, 33, 6, 18]],
+] as const)("largest remainders that tie go to the lower head: %s", (_name, lengths, layers, kvHeads, options, want) => {
+  const cache = new KVCache({ layers, kvHeads, queryHeads: kvHeads, headDim: 4, pageSize: 4, maxTokens: 4096, dtype: "f32", threads: 1 });
+  try {
+    const seq = cache.createSequence();
+    const longest = Math.max(...lengths);
+    for (let l = 0; l < layers; l++) {
+      const rows = new Float32Array(longest * kvHeads * 4).map((_, i) => Math.sin(i + l));
+      seq.append(l, rows, rows);
+    }
+    seq.compress({ budgets: Int32Array.from(lengths), scorer: "streaming", sink: 0, window: 0 });
+    expect(Array.from(seq.lengths())).toEqual(lengths);
+    const report = seq.compress({ scorer: "knorm", window: 0, ...options });
+    expect(Array.from(report.kept)).toEqual(want);
+  } finally {
+    cache.dispose();
+  }
+});
+
 test.each(["uniform", "pyramidkv", "adakv"] as const)("%s: the kept total is round((1 − ratio) · tokens) and falls as the ratio rises", (allocation) => {
   const r = rng(seed ^ (allocation.length * 7));
   const shape = { layers: 3, kvHeads: 2, queryHeads: 4, headDim: 4, pageSize: 4, maxTokens: 4096, dtype: "f32" as const, threads: 1 };

@@ -62,9 +62,23 @@ std::vector<int32_t> fitBudgets(const std::vector<double>& ideal, const std::vec
     frac[h] = x - out[h];
     sum += out[h];
   }
+  // Remainders this close are equal but for the rounding of the shares and the shift (3.6 + b and
+  // 2.6 + b round differently): each run of them takes its largest's value, so that ties go to the
+  // lower head, as for the lukv allocation.
+  double maxX = 1;
+  for (size_t h = 0; h < n; ++h) maxX = std::max(maxX, std::fabs(clampAt(h, b)));
+  const double eps = 1e-12 * maxX;
+  std::vector<size_t> byFrac(n);
+  std::iota(byFrac.begin(), byFrac.end(), 0);
+  std::sort(byFrac.begin(), byFrac.end(), [&](size_t x, size_t y) { return frac[x] != frac[y] ? frac[x] > frac[y] : x < y; });
+  std::vector<double> key(n);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t h = byFrac[i];
+    key[h] = i > 0 && frac[byFrac[i - 1]] - frac[h] <= eps ? key[byFrac[i - 1]] : frac[h];
+  }
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return frac[x] > frac[y]; });
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return key[x] > key[y]; });
   // Largest remainders first; the loops also absorb any rounding slack of the bisection.
   while (sum < total) {
     bool moved = false;
