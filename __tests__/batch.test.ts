@@ -559,6 +559,11 @@ describe("items whose getters call the cache", () => {
       const [got] = f16.attendBatch(0, [item]);
       expect([reads, queryReads]).toEqual([1, 1]);
       expect(bits(got)).toBe(bits(copy.attend(0, q)));
+      // appendBatch: rows of mixed types take the item-by-item checks, on the rows read once
+      let keyReads = 0;
+      const mixed = { sequence: b, get keys() { keyReads++; return new Uint16Array(4); }, values: new Uint16Array(4) };
+      expect(() => f16.appendBatch(0, [{ sequence: a, keys: randn(r, 4), values: randn(r, 4) }, mixed])).toThrow(/items\[1\]\.keys/);
+      expect(keyReads).toBe(1);
     } finally {
       f16.dispose();
       twin.dispose();

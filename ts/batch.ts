@@ -61,29 +61,6 @@ function itemName(i: number): { prefix: string; queries: string } {
 // Up to this many items, a repeated sequence is found by a scan of the ones before (no map to build).
 const SCAN_ITEMS = 32;
 
-// Every item's fields read once, into plain objects that the checks and the call then use, so an
-// item's getter runs once whichever path the batch takes. Undefined when `items` is not an array of
-// objects with only known keys, or a getter throws: the checks then meet the problem in their order
-// (an earlier item's bad value is named before a later item's throwing getter), on the items as
-// given.
-function readItems<I>(items: unknown, names: readonly string[]): I[] | undefined {
-  if (!Array.isArray(items)) return undefined;
-  const read: I[] = new Array(items.length);
-  for (let i = 0; i < items.length; i++) {
-    const item: unknown = items[i];
-    if (item === null || typeof item !== "object") return undefined;
-    for (const key in item) if (!names.includes(key)) return undefined;
-    const copy: Record<string, unknown> = {};
-    try {
-      for (const name of names) if (name in item) copy[name] = (item as Record<string, unknown>)[name];
-    } catch {
-      return undefined;
-    }
-    read[i] = copy as I;
-  }
-  return read;
-}
-
 // The items as an array of objects naming distinct live sequences of `cache` (DisposedError for a
 // disposed one). The native ids are read by idsOf() once the items' arrays have been read too.
 function checkItems<I extends { sequence: Sequence }>(
@@ -219,7 +196,10 @@ function quickArraysOf(n: number): { ids: Int32Array; keyMax: Float64Array; quer
   return (quickArrays[n] ??= { ids: new Int32Array(n), keyMax: new Float64Array(n), queryMax: new Float64Array(n) });
 }
 
-function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: AttendBatchOptions | undefined): QuickBatch | undefined {
+// Undefined when the batch is not of that form before its items are read (or an item is not an
+// object of known keys); the items as read (each field read once) when it is not after: the full
+// checks then run on those, so no getter runs twice and what is checked is what runs.
+function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: AttendBatchOptions | undefined): QuickBatch | AttendBatchItem[] | undefined {
   const { layers, queryHeads, headDim, checkFinite } = cache.config;
   if (!Number.isInteger(layer) || (layer as number) < 0 || (layer as number) >= layers || !Array.isArray(items)) return undefined;
   const l = layer as number;
@@ -227,33 +207,36 @@ function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: 
   const n = items.length;
   if (n === 0 || n > SCAN_ITEMS) return undefined;
   const row = queryHeads * headDim;
-  // First every item is read, once: the state checks below then see what the items' getters left.
-  const seqs: Sequence[] = new Array(n), queries: Float32Array[] = new Array(n), given: (Float32Array | undefined)[] = new Array(n);
+  // First every item is read, once: the checks below then see what the items' getters left.
+  const seqs: Sequence[] = new Array(n), queries: (Float32Array | Uint16Array)[] = new Array(n), given: (Float32Array | undefined)[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const item: unknown = items[i];
     if (item === null || typeof item !== "object") return undefined;
     for (const key in item) if (key !== "sequence" && key !== "queries" && key !== "out") return undefined;
     const { sequence: seq, queries: q, out } = item as AttendBatchItem;
-    if (!(seq instanceof SequenceClass) || seq.cache !== cache || !isFloat32Array(q)) return undefined;
-    if (out !== undefined && !(isFloat32Array(out) && out.length === q.length)) return undefined;
-    for (let j = 0; j < i; j++) if (seqs[j] === seq) return undefined;
     seqs[i] = seq;
     queries[i] = q;
     given[i] = out;
+  }
+  const read = () => seqs.map((sequence, i): AttendBatchItem => (given[i] !== undefined ? { sequence, queries: queries[i], out: given[i] } : { sequence, queries: queries[i] }));
+  for (let i = 0; i < n; i++) {
+    const seq = seqs[i], q = queries[i], out = given[i];
+    if (!(seq instanceof SequenceClass) || seq.cache !== cache || !isFloat32Array(q)) return read();
+    if (out !== undefined && !(isFloat32Array(out) && out.length === q.length)) return read();
+    for (let j = 0; j < i; j++) if (seqs[j] === seq) return read();
   }
   const scratch = quickArraysOf(n), ids = scratch.ids, keyMax = checkFinite ? scratch.keyMax : null;
   const outs: Float32Array[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const seq = seqs[i];
-    if (seq.disposed || seq.pending > 0) return undefined;
-    const bound = seq.quickAttend(l, queries[i], row);
-    if (bound < 0) return undefined;
+    if (seq.disposed || seq.pending > 0) return read();
+    const bound = seq.quickAttend(l, queries[i] as Float32Array, row);
+    if (bound < 0) return read();
     if (keyMax) keyMax[i] = bound;
     ids[i] = seq.id;
     outs[i] = given[i] ?? new Float32Array(queries[i].length);
   }
-  const read = () => seqs.map((sequence, i): AttendBatchItem => (given[i] ? { sequence, queries: queries[i], out: given[i] } : { sequence, queries: queries[i] }));
-  return { l, scale, seqs, ids, queries, outs, keyMax, queryMax: scratch.queryMax, items: read };
+  return { l, scale, seqs, ids, queries: queries as Float32Array[], outs, keyMax, queryMax: scratch.queryMax, items: read };
 }
 
 // The addon refused a fast batch before anything ran: the full checks of the items as read name
@@ -265,9 +248,8 @@ function refused(e: unknown, cache: KVCache, layer: number, quick: QuickBatch, i
 
 /** See KVCache.attendBatch. */
 export function attendBatch(cache: KVCache, layer: number, given: readonly AttendBatchItem[], opts?: AttendBatchOptions): Float32Array[] {
-  const items = readItems<AttendBatchItem>(given, ATTEND_ITEM_NAMES) ?? given;
-  const quick = quickAttendBatch(cache, layer, items, opts);
-  if (quick) {
+  const quick = quickAttendBatch(cache, layer, given, opts);
+  if (quick && !Array.isArray(quick)) {
     const { l, scale, seqs, ids, queries, outs, keyMax, queryMax } = quick;
     try {
       cache.handle.attendBatch(l, ids, queries, scale, outs, keyMax, queryMax);
@@ -277,7 +259,7 @@ export function attendBatch(cache: KVCache, layer: number, given: readonly Atten
     if (keyMax) for (let i = 0; i < seqs.length; i++) seqs[i].commitQueries(l, queryMax[i]);
     return outs;
   }
-  const { l, scale, seqs, ids, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.id);
+  const { l, scale, seqs, ids, parts } = checkAttendBatch(cache, layer, quick ?? given, opts, (s) => s.id);
   if (parts.length === 0) return [];
   // The addon writes into one array per item: the caller's, or a new one.
   const outs = parts.map((p) => p.out ?? new Float32Array(p.q.length));
@@ -297,9 +279,8 @@ export async function attendBatchAsync(
   given: readonly AttendBatchItem[],
   opts?: AttendBatchOptions,
 ): Promise<Float32Array[]> {
-  const items = readItems<AttendBatchItem>(given, ATTEND_ITEM_NAMES) ?? given;
-  const quick = quickAttendBatch(cache, layer, items, opts);
-  if (quick) {
+  const quick = quickAttendBatch(cache, layer, given, opts);
+  if (quick && !Array.isArray(quick)) {
     // No item's sequence has calls pending, so the work starts now: the addon checks the queries
     // and copies them at this call, as attendBatch's do.
     const { l, scale, seqs, ids, queries, outs, keyMax, queryMax } = quick;
@@ -323,6 +304,7 @@ export async function attendBatchAsync(
       return outs;
     });
   }
+  const items = quick ?? given;
   const { l, scale, seqs, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
   if (parts.length === 0) return [];
   // A batch that waits its turn keeps its own copy of the queries (the addon copies them when the work starts).
@@ -349,44 +331,50 @@ type AppendPart = { keys: Float32Array | Uint16Array; values: Float32Array | Uin
 
 // The common batch's rows (every item's keys and values Float32Arrays, or every one raw 16-bit
 // words, of whole rows, none empty, values as long as keys), their values scanned in one native
-// call instead of two per item. Undefined when anything differs or any value is bad: the checks
-// item by item then name the first problem, as they always did.
-function quickAppendParts(cache: KVCache, list: readonly AppendBatchItem[]): AppendPart[] | undefined {
+// call instead of two per item. When anything differs or any value is bad, the rows as read: the
+// checks item by item then name the first problem, as they always did (undefined when a getter
+// throws: they meet it in their order).
+function quickAppendParts(
+  cache: KVCache,
+  list: readonly AppendBatchItem[],
+): { parts: AppendPart[] } | { read: { keys: Float32Array | Uint16Array; values: Float32Array | Uint16Array }[] } | undefined {
   const { kvHeads, headDim, dtype, checkFinite } = cache.config;
   const row = kvHeads * headDim, n = list.length;
-  if (n === 0) return [];
-  const raw = isUint16Array(list[0].keys);
-  if (raw && dtype === "f32") return undefined;
+  if (n === 0) return { parts: [] };
+  // Every item's rows read once, first (the item-by-item checks then use them too).
   const rows: (Float32Array | Uint16Array)[] = new Array(2 * n);
   for (let i = 0; i < n; i++) {
-    let keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array;
     try {
-      ({ keys, values } = list[i]);
+      ({ keys: rows[2 * i], values: rows[2 * i + 1] } = list[i]);
     } catch {
       return undefined; // a getter that throws: the item-by-item checks meet it in their order
     }
-    if (raw ? !(isUint16Array(keys) && isUint16Array(values)) : !(isFloat32Array(keys) && isFloat32Array(values))) return undefined;
-    if (keys.length === 0 || keys.length % row !== 0 || values.length !== keys.length) return undefined;
-    rows[2 * i] = keys;
-    rows[2 * i + 1] = values;
+  }
+  const read = () => Array.from({ length: n }, (_, i) => ({ keys: rows[2 * i], values: rows[2 * i + 1] }));
+  const raw = isUint16Array(rows[0]);
+  if (raw && dtype === "f32") return { read: read() };
+  for (let i = 0; i < n; i++) {
+    const keys = rows[2 * i], values = rows[2 * i + 1];
+    if (raw ? !(isUint16Array(keys) && isUint16Array(values)) : !(isFloat32Array(keys) && isFloat32Array(values))) return { read: read() };
+    if (keys.length === 0 || keys.length % row !== 0 || values.length !== keys.length) return { read: read() };
   }
   const scan = checkFinite ? scanValuesBatch(rows, raw, dtype) : undefined;
-  if (scan) for (let k = 0; k < 2 * n; k++) if (scan[2 * k] >= 0) return undefined;
+  if (scan) for (let k = 0; k < 2 * n; k++) if (scan[2 * k] >= 0) return { read: read() };
   const parts: AppendPart[] = new Array(n);
   for (let i = 0; i < n; i++)
     parts[i] = { keys: rows[2 * i], values: rows[2 * i + 1], checked: { keyMax: scan ? scan[4 * i + 1] : 0, valueMax: scan ? scan[4 * i + 3] : 0, tokens: rows[2 * i].length / row } };
-  return parts;
+  return { parts };
 }
 
 function checkAppendBatch(cache: KVCache, layer: unknown, given: unknown, idOf: (seq: Sequence) => number): Checked<AppendPart> & { l: number } {
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
-  const items = readItems<AppendBatchItem>(given, APPEND_ITEM_NAMES) ?? given;
-  const { items: list, seqs } = checkItems<AppendBatchItem>(cache, items, APPEND_ITEM_NAMES);
+  const { items: list, seqs } = checkItems<AppendBatchItem>(cache, given, APPEND_ITEM_NAMES);
   const quick = quickAppendParts(cache, list);
-  if (quick) return { l, seqs, ids: idsOf(seqs, idOf), parts: quick };
+  if (quick && "parts" in quick) return { l, seqs, ids: idsOf(seqs, idOf), parts: quick.parts };
   const parts: AppendPart[] = [];
   for (let i = 0; i < list.length; i++) {
-    const { keys, values } = list[i]; // read once: the checks and the call use these
+    // Read once: the rows the quick form read, or the item's now; the checks and the call use these.
+    const { keys, values } = quick ? quick.read[i] : list[i];
     const checked = seqs[i].checkAppend(keys, values, itemName(i).prefix);
     if (i > 0 && isFloat32Array(keys) !== isFloat32Array(parts[0].keys))
       throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(parts[0].keys) ? "Float32Array" : "Uint16Array"})`, keys);
