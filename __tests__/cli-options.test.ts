@@ -163,9 +163,75 @@ describe("profile build on a malformed manifest", () => {
     ]);
   });
 
+  test("a write that fails names the --out path given, not a temporary file beside it", async () => {
+    const missing = path.join(tmp, "no-such-dir", "p.json");
+    const r = await run(["profile", "build", samples, "--out", missing]);
+    expect([r.code, r.out, r.err]).toEqual([1, "", `lukv profile build: cannot write ${missing}: ENOENT: no such file or directory (${path.dirname(missing)} does not exist)\n`]);
+    expect(r.err).not.toMatch(/\.tmp/);
+    expect(fs.existsSync(path.dirname(missing))).toBe(false);
+  });
+
   test("decodeSteps beyond int32 is refused with the field named", async () => {
     edit((m) => (m.samples[0].decodeSteps = 2 ** 40));
     const r = await run(["profile", "build", samples]);
     expect([r.code, r.err]).toEqual([1, `lukv profile build: ${manifest()}: samples[0].decodeSteps must be a non-negative integer of at most 2147483647, got 1099511627776\n`]);
   });
+});
+
+test("a negative number after an option that takes a value gets the command's own range message", async () => {
+  const curves = path.join(tmp, "curves.json");
+  fs.writeFileSync(curves, JSON.stringify([[0, 1, 2], [0, 2, 5]]));
+  const profile = path.join(tmp, "negative.json");
+  saveProfile(createProfile({ table: new Float64Array(99 * 4).fill(0.5), layers: 2, kvHeads: 2 }), profile);
+  const cases: [string[], string][] = [
+    [["solve", curves, "--keep", "2", "--min-keep", "-1"], 'lukv solve: --min-keep must be a non-negative integer, got "-1"'],
+    [["solve", curves, "--keep", "-1"], 'lukv solve: --keep must be a non-negative integer, got "-1"'],
+    [["solve", curves, "--keep", "2", "--max-keep", "-3"], 'lukv solve: --max-keep must be a non-negative integer, got "-3"'],
+    [["profile", "inspect", profile, "--ratio", "-0.1"], 'lukv profile inspect: --ratio must be a number between 0 and 1, got "-0.1"'],
+    [["profile", "inspect", profile, "--ratio", "-.5"], 'lukv profile inspect: --ratio must be a number between 0 and 1, got "-.5"'],
+    [["profile", "build", tmp, "--grid", "-2"], 'lukv profile build: --grid must be an integer between 1 and 100000, got "-2"'],
+    // The same as written with "=".
+    [["solve", curves, "--keep=-1"], 'lukv solve: --keep must be a non-negative integer, got "-1"'],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(argv);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+  // A value that is a number within range still works after the option, and an option name is still no value.
+  const ok = await run(["solve", curves, "--keep", "2", "--min-keep", "0"]);
+  expect([ok.code, ok.err]).toEqual([0, ""]);
+  for (const [argv, message] of [
+    [["solve", curves, "--keep", "--json"], "lukv solve: --keep expects a value, got the option --json"],
+    [["solve", curves, "--json", "--keep"], "lukv solve: --keep expects a value"],
+    [["profile", "inspect", profile, "--ratio", "--plot", "x.svg"], "lukv profile inspect: --ratio expects a value, got the option --plot"],
+  ] as [string[], string][]) {
+    const r = await run(argv);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+});
+
+test("lukv profile build --help (or -h) prints the build help, not the general profile usage", async () => {
+  for (const argv of [["profile", "build", "--help"], ["profile", "build", "some-dir", "-h"]]) {
+    const r = await run(argv);
+    expect([argv, r.code, r.err]).toEqual([argv, 0, ""]);
+    expect(r.out).toMatch(/^usage: lukv profile build DIR \[--out FILE\]/);
+    expect(r.out).toContain("default DIR/profile.json");
+  }
+  const general = await run(["profile", "inspect", "--help"]);
+  expect(general.out).toMatch(/^usage: lukv profile <subcommand>/);
+});
+
+test("profile convert: a write that fails names OUT as given, not a temporary file beside it", async () => {
+  const input = path.join(tmp, "convert-in.json");
+  saveProfile(createProfile({ table: new Float64Array(99 * 4).fill(0.5), layers: 2, kvHeads: 2 }), input);
+  const missing = path.join(tmp, "no-such-dir", "out.npy");
+  const r = await run(["profile", "convert", input, missing]);
+  expect([r.code, r.out, r.err]).toEqual([1, "", `lukv profile convert: cannot write ${missing}: ENOENT: no such file or directory (${path.dirname(missing)} does not exist)\n`]);
+  const file = path.join(tmp, "convert-file");
+  fs.writeFileSync(file, "");
+  const under = path.join(file, "out.json");
+  const r2 = await run(["profile", "convert", input, under]);
+  expect([r2.code, r2.err]).toEqual([1, `lukv profile convert: cannot write ${under}: ENOTDIR: not a directory (${file} is not a directory)\n`]);
+  const ok = await run(["profile", "convert", input, path.join(tmp, "out.npy")]);
+  expect([ok.code, ok.out]).toEqual([0, `wrote ${path.join(tmp, "out.npy")} (.npy, grid 99 × layers 2 × kvHeads 2)\n`]);
 });

@@ -85,6 +85,16 @@ describe("lukv demo on a random-weight model", () => {
     expect(out).toContain("note: 64% of the prompt's KV evicted, not the 99% asked: every head keeps its first 4 and last 32 tokens (144 tokens kept, 4 asked)\n");
   });
 
+  test("--tokens 1: no decode step runs, and the decode rows show – with a note, not NaN", async () => {
+    const { code, out } = await run(["demo", "--model", dir, "--prompt-tokens", "64", "--tokens", "1", "--dtype", "f32"]);
+    expect(code).toBe(0);
+    expect(out).not.toMatch(/NaN/);
+    expect(out).toMatch(/^decode ms\/token \(median\) +– +–$/m);
+    expect(out).toMatch(/^ {2}of which lukv attention +– +–$/m);
+    expect(out).toMatch(/^note: no decode time with one token: it comes from the prompt's logits, and no decode step ran$/m);
+    expect(out).toMatch(/agreement with the full cache: 1\/1 greedy tokens identical/);
+  });
+
   test("a prompt shorter than the sink and window is refused before anything runs", async () => {
     const short = await run(["demo", "--model", dir, "--prompt-tokens", "35", "--tokens", "2"]);
     expect([short.code, short.out]).toEqual([2, ""]);

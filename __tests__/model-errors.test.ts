@@ -1,6 +1,7 @@
 // The embedded model's edges: a byte order mark round-trips through the tokenizer, non-finite
 // logits have a defined outcome, a cache of another shape, bad generate() arguments and unknown
-// options are refused before anything changes (as InvalidArgumentError, bad values included), and a
+// options (createCache's contextTokens included) are refused before anything changes (as
+// InvalidArgumentError, bad values included), and a
 // broken model folder (a copy of models/tiny-lm, damaged, NaN or infinite weights included) gives
 // BadModelError naming the file and the field or tensor.
 import * as fs from "fs";
@@ -212,6 +213,37 @@ describe("forward, forwardBatch and generate arguments", () => {
     const out = model.forward(seq, Int32Array.of(4094, 72), { logits: "all", chunk: 1, timing, onProgress: undefined, queryStatistics: new QueryStatistics({ layers: 4, queryHeads: 8, headDim: 32 }) });
     expect(out.length).toBe(2 * 4096);
     expect(seq.appended(0)).toBe(2);
+  });
+});
+
+describe("createCache options", () => {
+  // KVCache's limits on maxTokens (2^40, and 2^31 - 1 pages), over the model's 4 layers x 2 KV heads.
+  const most = 2 ** 40 / 8;
+  const mostIn16 = ((2 ** 31 - 1) * 16) / 8; // 4294967294, with pages of 16 tokens
+  test("contextTokens that is not a positive integer within KVCache's limits is refused, naming contextTokens", () => {
+    for (const bad of [-1, 0, 0.1, 1.5, NaN, Infinity, mostIn16 + 1])
+      throwsInvalid(() => model.createCache({ contextTokens: bad }), `Expected positive integer at most ${mostIn16} for contextTokens but received ${bad} of type number`);
+    throwsInvalid(() => model.createCache({ contextTokens: null as never }), `Expected positive integer at most ${mostIn16} for contextTokens but received null`);
+    throwsInvalid(() => model.createCache({ contextTokens: "64" as never }), `Expected positive integer at most ${mostIn16} for contextTokens but received "64" of type string`);
+    // Larger pages allow more tokens, up to maxTokens' own limit.
+    throwsInvalid(() => model.createCache({ contextTokens: most + 1, pageSize: 1024 }), `Expected positive integer at most ${most} for contextTokens but received ${most + 1} of type number`);
+  });
+
+  test("an unknown name lists contextTokens among the accepted ones; contextTokens with maxTokens, or another shape, is refused", () => {
+    const names = "layers, kvHeads, queryHeads, headDim, pageSize, maxTokens, dtype, device, threads, simd, prefetch, observationWindow, checkFinite, contextTokens";
+    throwsInvalid(() => model.createCache({ contextTokns: 100 } as never), `Expected only ${names} in options but received "contextTokns" (did you mean contextTokens?)`);
+    throwsInvalid(() => model.createCache({ contextTokens: 100, maxTokens: 8 }), "Expected contextTokens or maxTokens in options but received both (contextTokens 100, maxTokens 8)");
+    throwsInvalid(() => model.createCache({ layers: 99 }), "Expected the model's layers (4) or no value for layers but received 99 of type number");
+    throwsInvalid(() => model.createCache({ headDim: 64 }), "Expected the model's headDim (32) or no value for headDim but received 64 of type number");
+    throwsInvalid(() => model.createCache(null as never), "Expected an options object for options but received null");
+  });
+
+  test("valid options make the cache they always made", () => {
+    const cases: [Parameters<TinyLM["createCache"]>[0], number][] = [[{}, 8 * 4096], [{ contextTokens: 16 }, 128], [{ maxTokens: 64 }, 64], [{ contextTokens: 3, layers: 4, kvHeads: 2, queryHeads: 8, headDim: 32 }, 24]];
+    for (const [options, maxTokens] of cases) {
+      using cache = model.createCache(options);
+      expect([options, cache.config.maxTokens, cache.config.dtype, cache.config.threads]).toEqual([options, maxTokens, "f32", 1]);
+    }
   });
 });
 

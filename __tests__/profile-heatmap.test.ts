@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { profileCommand } from "../ts/cli/profile";
-import { colourAt, colourMode, heatMapSvg, keepGrid, terminalGrid } from "../ts/cli/heatmap";
+import { colourAt, colourMode, heatMapSvg, keepGrid, printable, terminalGrid } from "../ts/cli/heatmap";
 import { createProfile, saveProfile } from "../ts/profile";
 
 interface XmlElement {
@@ -195,6 +195,60 @@ describe("heat map SVG", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("control characters in a profile's metadata", () => {
+  // What a crafted or damaged file may hold: terminal escapes (colour, clear screen, window title,
+  // the one-byte CSI U+009B), a bell, NUL, line breaks, and U+FFFF (not allowed in XML either).
+  const meta = {
+    model: 'a<b>&"c\u001b[31mRED\u0007\u0000\u009b2J\uffff',
+    scorer: "snap\nkv\r\t",
+    scorerOptions: { "k\u009b": "v\u007f\u001b" },
+    calibration: { dataset: "d\u001b]0;title\u0007" },
+    createdAt: "2024\u001b[2J",
+  };
+  const shown = {
+    model: 'a<b>&"c\\u001b[31mRED\\u0007\\u0000\\u009b2J\\uffff',
+    scorer: "snap\\nkv\\r\\t",
+    dataset: "d\\u001b]0;title\\u0007",
+    createdAt: "2024\\u001b[2J",
+  };
+  // Every character outside XML 1.0's Char production (surrogate pairs aside), and what a terminal acts on.
+  const notXml = /[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\ud800-\udfff]/;
+  const control = /[\u0000-\u001f\u007f-\u009f]/;
+
+  test("are written out as escapes, in the SVG (valid XML) and on the terminal", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lukv-heatmap-"));
+    try {
+      saveProfile(createProfile({ table, layers, kvHeads, meta }), join(dir, "evil.json"));
+      const out: string[] = [];
+      const err: string[] = [];
+      const io = { out: (s: string) => out.push(s), err: (s: string) => err.push(s) };
+      expect(await profileCommand(["inspect", join(dir, "evil.json"), "--plot", join(dir, "evil.svg")], io)).toBe(0);
+      expect(err).toEqual([]);
+      const svg = readFileSync(join(dir, "evil.svg"), "utf8");
+      expect(svg).not.toMatch(notXml);
+      const texts = all(parseXml(svg), (e) => e.name === "text" || e.name === "title").map((e) => e.text);
+      expect(texts).toContain(`LU-KV profile of ${shown.model}`);
+      const printed = out.join("\n");
+      expect(printed.replace(/\n/g, "")).not.toMatch(control);
+      const lines = printed.split("\n");
+      expect(lines).toContain(`  model        ${shown.model}`);
+      expect(lines).toContain(`  scorer       ${shown.scorer} {"k\\u009b":"v\\u007f\\u001b"}`);
+      expect(lines).toContain(`  created      ${shown.createdAt}`);
+      expect(lines.find((l) => l.startsWith("  calibration"))).toContain(`data: ${shown.dataset}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("heatMapSvg escapes a title with control characters; printable text is left as it is", () => {
+    const svg = heatMapSvg(keepGrid(profile, 0.5), "t\u001b[1m\u0000\n\u0085é 🙂 <x>");
+    expect(svg).not.toMatch(notXml);
+    const root = parseXml(svg);
+    expect(all(root, (e) => e.name === "text").map((e) => e.text)).toContain("t\\u001b[1m\\u0000\\n\\u0085é 🙂 <x>");
+    expect(printable("Zürich 🙂 <&> ok")).toBe("Zürich 🙂 <&> ok");
   });
 });
 

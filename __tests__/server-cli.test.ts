@@ -79,6 +79,50 @@ test("--help lists the options and exits 0; an unknown option or a bad value exi
   }
 });
 
+(haveModel ? test : test.skip)("load test: a pool smaller than one request is refused up front; a keep below the sink and window works", async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-server-cli-"));
+  try {
+    const env = { LUKV_BENCH_OUT: out };
+    const small = ["--clients", "2", "--requests", "2", "--tokens", "8", "--prompt-tokens", "64"];
+    // 1 BOS + 64 prompt tokens + 7 fed back = 72 positions per head: 5 pages of 16.
+    const [tiny, short, kept] = await Promise.all([
+      run("load-test", [...small, "--pool-tokens", "1"], env),
+      run("load-test", [...small, "--pool-tokens", "64"], env),
+      run("load-test", [...small, "--keep-tokens", "8"], env),
+    ]);
+    expect([tiny.status, tiny.stdout, tiny.stderr]).toEqual([2, "", 'load-test.js: --pool-tokens must be an integer of at least 16, got "1"\n']);
+    expect([short.status, short.stdout, short.stderr]).toEqual([
+      2,
+      "",
+      'load-test.js: --pool-tokens must be at least 80 for these requests (one whole request: 72 positions per head in pages of 16 tokens), got "64"\n',
+    ]);
+    expect([kept.status, kept.stderr]).toEqual([0, ""]);
+    const rows = kept.stdout.split("\n").filter((l) => /^ +(off|on) /.test(l));
+    expect(rows).toHaveLength(2);
+    for (const row of rows) expect(row).toMatch(/^ +(off|on) +2\/2 +16 /);
+    expect(kept.stdout).not.toMatch(/NaN/);
+    expect(JSON.parse(fs.readFileSync(path.join(out, "server.json"), "utf8")).results.map((r: { failed: number }) => r.failed)).toEqual([0, 0]);
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
+(haveModel ? test : test.skip)("load test --tokens 1: – where no gap between tokens or decode step was measured, never NaN", async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-server-cli-"));
+  try {
+    const r = await run("load-test", ["--clients", "2", "--requests", "2", "--tokens", "1", "--prompt-tokens", "64"], { LUKV_BENCH_OUT: out });
+    expect([r.status, r.stderr]).toEqual([0, ""]);
+    expect(r.stdout).not.toMatch(/NaN/);
+    const rows = r.stdout.split("\n").filter((l) => /^ +(off|on) /.test(l));
+    expect(rows).toHaveLength(2);
+    // requests ok, tokens, tokens/s, first token ms, then – for p50 and p99 ms/token; – for the mean decode batch.
+    for (const row of rows) expect(row).toMatch(/^ +(off|on) +2\/2 +2 +[\d.]+ +\d+ +– +– +\d+ +\d+ +\d+ +–$/);
+    expect(r.stdout).toContain("ms/token and decode batch: – (a reply of one token has no gap between two tokens, and no decode step)");
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
 (haveModel ? test : test.skip)("SIGTERM: the streams in flight end with an error line, then the server exits 0", async () => {
   const child = spawn(process.execPath, [script("server"), "--port", "0"], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "", stderr = "";

@@ -7,7 +7,8 @@ import * as http from "http";
 import * as net from "net";
 import * as path from "path";
 import { defaultModelDir } from "../ts/model";
-import { createGenerationServer, GenerationServer } from "../examples/server/server";
+import { createGenerationServer, GenerationServer, preTokenStarts } from "../examples/server/server";
+import { preSplit } from "../ts/model";
 
 const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"));
 const maybe = haveModel ? describe : describe.skip;
@@ -201,6 +202,48 @@ maybe("the example server's requests", () => {
     expect(turn.length).toBeGreaterThanOrEqual(64);
   });
 
+  test("a huge prompt with no pre-token start near the cut is still cut: at most twice the limit is tokenized", async () => {
+    const tok = s.model.tokenizer!;
+    let longestToken = 1;
+    for (let id = 0; id < tok.vocabSize; id++) longestToken = Math.max(longestToken, tok.decodeBytes([id]).length);
+    const tokens = 256;
+    const keep = s.model.config.maxPosition - tokens - 1;
+    const limit = keep * longestToken; // the characters that certainly hold `keep` tokens
+    const n = 200_000;
+    // [prompt, whether the tokens kept are the whole prompt's last ones]: digits, and letters after
+    // punctuation, start pre-tokens everywhere; the others are one pre-token over the cut.
+    const cases: [string, string, boolean][] = [
+      ["digits", "7".repeat(n), true],
+      ["words and commas", "a,".repeat(n / 2), true],
+      ["spaces", " ".repeat(n) + "x", false],
+      ["commas", ",".repeat(n), false],
+      ["one word", "a".repeat(n), false],
+      ["one word of emoji", "🙂".repeat(n / 2), false],
+    ];
+    for (const [name, prompt, same] of cases) {
+      prefilled = [];
+      encoded = [];
+      const req = http.request({ host: "127.0.0.1", port, path: "/generate", method: "POST", agent: false });
+      req.on("error", () => {});
+      req.end(JSON.stringify({ prompt, tokens }));
+      await within(10_000, `the first prefill turn of ${name}`, (async () => {
+        while (prefilled.length === 0) await new Promise((r) => setTimeout(r, 2));
+      })());
+      req.destroy();
+      while (s.stats().active > 0) await new Promise((r) => setTimeout(r, 2));
+      expect([name, encoded.length]).toEqual([name, 1]);
+      expect([name, encoded[0].length <= 2 * limit, prompt.endsWith(encoded[0])]).toEqual([name, true, true]);
+      expect([name, encoded[0].length >= limit]).toEqual([name, true]);
+      expect(encoded[0]).not.toMatch(/^[\udc00-\udfff]/); // not cut inside a surrogate pair
+      const turn = prefilled[0];
+      expect([name, turn[0], turn.length >= 64]).toEqual([name, tok.bos, true]);
+      if (same) {
+        const all = tok.encode(prompt);
+        expect([name, turn]).toEqual([name, [tok.bos, ...all.slice(all.length - keep)].slice(0, turn.length)]);
+      }
+    }
+  }, 60_000);
+
   test("the texts of a stream join to its decoded tokens, also when it ends inside a character", async () => {
     const tok = s.model.tokenizer!;
     // Seeds until a stream's last token leaves a character incomplete (seed 1 does on x86 CPUs).
@@ -324,4 +367,30 @@ maybe("the example server's close()", () => {
     await s.close(); // a second close() is the first one's
     await new Promise((r) => setTimeout(r, 50)); // an error after close() would surface here
   });
+});
+
+test("preTokenStarts: a cut there tokenizes as the whole text does after it (the tokenizer's pre-split, on random text)", () => {
+  const alphabet = ["a", "b", "Z", "7", "0", " ", " ", " ", "\t", "\n", "\r", ",", ".", "!", "-", "_", "é", "€", "🙂", "\ud800"];
+  let state = 12345;
+  const next = (n: number) => {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    return (state >>> 8) % n;
+  };
+  const encoder = new TextEncoder();
+  let checked = 0;
+  for (let t = 0; t < 3000; t++) {
+    let text = "";
+    for (let k = 1 + next(14); k > 0; k--) text += alphabet[next(alphabet.length)];
+    const starts = new Set(preSplit(encoder.encode(text)).map(([from]) => from));
+    for (let i = 1; i < text.length; i++) {
+      const u = text.charCodeAt(i);
+      // Inside a surrogate pair no cut is a start; elsewhere, the unit's first byte starts a pre-token or not.
+      const inPair = u >= 0xdc00 && u <= 0xdfff && /[\ud800-\udbff]/.test(text[i - 1]) && encoder.encode(text.slice(i - 1, i + 1)).length === 4;
+      const want = !inPair && starts.has(encoder.encode(text.slice(0, i)).length);
+      expect([text, i, preTokenStarts(text, i)]).toEqual([text, i, want]);
+      checked++;
+    }
+  }
+  expect(checked).toBeGreaterThan(10_000);
+  expect([preTokenStarts("ab", 0), preTokenStarts("ab", 2)]).toEqual([true, true]);
 });

@@ -4,7 +4,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { defaultModelDir } from "../ts/model";
 import { runLoad, loadPrompts, post } from "../examples/server/load-test";
-import { createGenerationServer } from "../examples/server/server";
+import { createGenerationServer, MIN_POOL_TOKENS } from "../examples/server/server";
 
 const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"));
 
@@ -97,3 +97,75 @@ const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"
     await s.close();
   }
 }, 120_000);
+
+test("keepTokens and poolTokens that would fail every request are refused when the server is made, naming them", () => {
+  for (const keepTokens of [-5, 0, 1.5, NaN, Infinity])
+    expect(() => createGenerationServer({ keepTokens })).toThrow(new RangeError(`keepTokens must be an integer >= 1 but is ${keepTokens}`));
+  for (const poolTokens of [-1, 0, 1, 15, 16.5, NaN])
+    expect(() => createGenerationServer({ poolTokens })).toThrow(
+      new RangeError(`poolTokens must be an integer >= ${MIN_POOL_TOKENS} (a page for each layer and KV head: a smaller pool holds no sequence) but is ${poolTokens}`),
+    );
+  expect(MIN_POOL_TOKENS).toBe(16);
+});
+
+(haveModel ? test : test.skip)("a keepTokens below the sink and window, and the smallest pool, still serve requests", async () => {
+  const prompt = loadPrompts(64)[0];
+  for (const [options, body] of [
+    [{ keepTokens: 8 }, { prompt, tokens: 40 }],
+    [{ keepTokens: 1 }, { prompt, tokens: 8 }],
+    [{ poolTokens: MIN_POOL_TOKENS }, { prompt: "The river", tokens: 4 }],
+  ] as const) {
+    const s = createGenerationServer(options);
+    const port = await s.listen(0);
+    try {
+      const lines: Record<string, unknown>[] = [];
+      expect([options, await post(port, { ...body, temperature: 0 }, (l) => lines.push(l))]).toEqual([options, 200]);
+      expect([options, lines.at(-1)]).toEqual([options, expect.objectContaining({ done: true, tokens: body.tokens })]);
+      expect(s.stats()).toMatchObject({ failed: 0, active: 0, pagesUsed: 0 });
+      if ("keepTokens" in options) expect(s.stats().autoCompressions).toBeGreaterThan(0);
+    } finally {
+      await s.close();
+    }
+  }
+}, 60_000);
+
+(haveModel ? test : test.skip)("a reply of n tokens takes n - 1 decode steps (the last token is not fed back), with the tokens model.generate gives", async () => {
+  const s = createGenerationServer({ evict: false });
+  const port = await s.listen(0);
+  try {
+    const { model } = s;
+    const tok = model.tokenizer!;
+    const perPosition = model.config.layers * model.config.kvHeads;
+    for (const [tokens, seed] of [[5, 1], [1, 2], [12, 3]]) {
+      const before = s.stats().decodeSteps;
+      const lines: Record<string, unknown>[] = [];
+      expect(await post(port, { prompt: "The river", tokens, temperature: 0.8, seed }, (l) => lines.push(l))).toBe(200);
+      const done = lines.at(-1)!;
+      const streamed = lines.filter((l) => "token" in l).map((l) => l.token as number);
+      expect([tokens, done.done, done.tokens, streamed.length]).toEqual([tokens, true, tokens, tokens]);
+      expect([tokens, s.stats().decodeSteps - before]).toEqual([tokens, tokens - 1]);
+      // The cache held the prompt (BOS included) and every token but the last.
+      expect(done.kept).toBe(((done.promptTokens as number) + tokens - 1) * perPosition);
+      // The same tokens as the model's own generate() (which feeds back all but the last) with the server's sampler.
+      using cache = model.createCache({ dtype: "f16" });
+      using seq = cache.createSequence();
+      const logits = model.forward(seq, [tok.bos!, ...tok.encode("The river")], { chunk: 64 });
+      expect(model.generate(seq, logits, tokens, { temperature: 0.8, topK: 40, seed, stopToken: tok.eos }).tokens).toEqual(streamed);
+      expect(seq.appended(0)).toBe((done.promptTokens as number) + tokens - 1);
+    }
+  } finally {
+    await s.close();
+  }
+}, 60_000);
+
+(haveModel ? test : test.skip)("runLoad reports the first failed request's error; a reply of one token has no gap to time", async () => {
+  const prompts = loadPrompts(64);
+  // A pool of one page per head cannot take a 65-token prompt: every request fails with OutOfPagesError.
+  const full = await runLoad(false, { clients: 1, requests: 2, tokens: 1, promptTokens: 64, poolTokens: MIN_POOL_TOKENS, keepTokens: 64 }, prompts);
+  expect(full.failed).toBe(2);
+  expect(full.firstError).toMatch(/^503 OutOfPagesError: /);
+  const one = await runLoad(false, { clients: 1, requests: 2, tokens: 1, promptTokens: 64, poolTokens: 4096, keepTokens: 64 }, prompts);
+  expect([one.failed, one.firstError, one.tokens, one.server.decodeSteps]).toEqual([0, undefined, 2, 0]);
+  expect(one.p50FirstTokenMs).toBeGreaterThan(0);
+  expect([one.p50MsPerToken, one.p99MsPerToken]).toEqual([NaN, NaN]);
+}, 60_000);

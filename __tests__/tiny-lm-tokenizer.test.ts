@@ -1,7 +1,7 @@
 // The tokenizer on hostile input: one very long pre-token encodes in about linear time with the ids of
 // bpe.py's round-by-round rule, the pre-token cache keeps no long words, lone surrogates come back
-// as U+FFFD (the one case where decode(encode(s)) !== s), and decode refuses ids outside the
-// vocabulary instead of dropping them.
+// as U+FFFD (the one case where decode(encode(s)) !== s), decode refuses ids outside the
+// vocabulary instead of dropping them, and encode refuses what is not a string.
 import * as fs from "fs";
 import * as path from "path";
 import * as v8 from "v8";
@@ -177,6 +177,18 @@ describe("lone surrogates", () => {
       expect(tok.decode(tok.encode(s))).toBe(back);
     }
     for (const s of ["🙂", "a\uD83D\uDE42b", "\uFFFD"]) expect(tok.decode(tok.encode(s))).toBe(s);
+  });
+});
+
+describe("encoding what is not a string", () => {
+  test("is refused as InvalidArgumentError, as decode refuses what is not a list of ids; strings encode as before", () => {
+    const tok = new Tokenizer(shippedJson);
+    for (const [bad, shown] of [[null, "null"], [undefined, "undefined"], [123, "123 of type number"], [{}, "object"], [["ab"], "Array(1)"], [new String("ab"), "object"]] as const) {
+      const e = caught(() => tok.encode(bad as never));
+      expect([e.constructor, e.code, e.message]).toEqual([InvalidArgumentError, "ERR_LUKV_INVALID_ARGUMENT", `Expected a string for text but received ${shown}`]);
+    }
+    expect(tok.encode("")).toEqual([]);
+    expect(tok.decode(tok.encode("null 123"))).toBe("null 123");
   });
 });
 

@@ -179,9 +179,13 @@ export interface Usage {
   sequences: number;
 }
 
-const CACHE_OPTION_NAMES = [
+/** @internal The names of KVCacheOptions (every one: checked when compiled). */
+export const CACHE_OPTION_NAMES = [
   "layers", "kvHeads", "queryHeads", "headDim", "pageSize", "maxTokens", "dtype", "device", "threads", "simd", "prefetch", "observationWindow", "checkFinite",
-] as const;
+] as const satisfies readonly (keyof KVCacheOptions)[];
+// An option added to KVCacheOptions fails to compile here until the list names it.
+const everyCacheOption: Exclude<keyof KVCacheOptions, (typeof CACHE_OPTION_NAMES)[number]> extends never ? true : never = true;
+void everyCacheOption;
 const ATTEND_OPTION_NAMES = ["scale", "out"] as const;
 const ORACLE_OPTION_NAMES = ["outputProjection", "normalize"] as const;
 const DTYPES: readonly DType[] = ["f32", "f16", "bf16"];

@@ -9,7 +9,7 @@
 //
 // Writes bench/results/server.json (or under LUKV_BENCH_OUT).
 import * as http from "http";
-import { createGenerationServer, exampleOptions, ServerStats } from "./server";
+import { MIN_POOL_TOKENS, createGenerationServer, exampleOptions, ServerStats } from "./server";
 import { defaultModelDir, loadTinyLM, modelTexts } from "../../ts/model";
 import { BenchCommand, OptionSpec, intOption, median, printTable, machine, writeResults } from "../../bench/common";
 
@@ -38,6 +38,8 @@ export interface LoadResult {
   p99MsPerToken: number;
   peakKvBytes: number;
   server: ServerStats;
+  /** The error of the first request that failed (its status and error line), when one did. */
+  firstError?: string;
 }
 
 /** POSTs one generation request; calls onLine with each NDJSON line and resolves with the status. */
@@ -76,12 +78,13 @@ export async function runLoad(evict: boolean, o: LoadOptions, prompts: string[])
   const port = await s.listen(0);
   const gaps: number[] = [], firsts: number[] = [];
   let next = 0, tokens = 0, failed = 0;
+  let firstError: string | undefined;
   const t0 = performance.now();
   const client = async (c: number) => {
     for (let i = next++; i < o.requests; i = next++) {
       let last = performance.now();
       let first = true;
-      let error = false;
+      let error: string | undefined;
       const status = await post(port, { prompt: prompts[(c + i) % prompts.length], tokens: o.tokens, temperature: 0.8, seed: i }, (line) => {
         if (typeof line.token === "number") {
           const now = performance.now();
@@ -90,9 +93,12 @@ export async function runLoad(evict: boolean, o: LoadOptions, prompts: string[])
           last = now;
           tokens++;
         }
-        if (line.error) error = true;
+        if (line.error) error = String(line.error);
       });
-      if (status !== 200 || error) failed++;
+      if (status !== 200 || error !== undefined) {
+        failed++;
+        firstError ??= `${status}${error === undefined ? "" : ` ${error}`}`;
+      }
     }
   };
   await Promise.all(Array.from({ length: o.clients }, (_, c) => client(c)));
@@ -101,7 +107,8 @@ export async function runLoad(evict: boolean, o: LoadOptions, prompts: string[])
   await s.close();
   return {
     evict, requests: o.requests, failed, tokens, seconds, tokensPerSecond: tokens / seconds,
-    p50FirstTokenMs: median(firsts), p50MsPerToken: median(gaps), p99MsPerToken: percentile(gaps, 99), peakKvBytes: server.peakBytes, server,
+    p50FirstTokenMs: firsts.length > 0 ? median(firsts) : NaN, p50MsPerToken: gaps.length > 0 ? median(gaps) : NaN, p99MsPerToken: percentile(gaps, 99), peakKvBytes: server.peakBytes, server,
+    ...(firstError === undefined ? {} : { firstError }),
   };
 }
 
@@ -123,6 +130,27 @@ export function loadPrompts(promptTokens: number): string[] {
   return prompts;
 }
 
+/**
+ * The most positions one request of these prompts holds in each (layer, KV head) without eviction:
+ * BOS, its prompt's tokens (at most the model's positions less the reply and BOS, as the server
+ * cuts them) and the tokens fed back (all but the last).
+ */
+export function requestPositions(prompts: string[], tokens: number): number {
+  const model = loadTinyLM(defaultModelDir());
+  const keep = Math.max(0, model.config.maxPosition - tokens - 1);
+  let longest = 0;
+  for (const p of prompts) longest = Math.max(longest, model.tokenizer!.encode(p).length);
+  return 1 + Math.min(longest, keep) + tokens - 1;
+}
+
+/** The smallest --pool-tokens that holds one request of `positions` (whole pages of MIN_POOL_TOKENS). */
+export function minPoolTokens(positions: number): number {
+  return MIN_POOL_TOKENS * Math.ceil(positions / MIN_POOL_TOKENS);
+}
+
+/** A figure of the table: "–" where nothing was measured (a reply of one token has no gap between tokens). */
+const figure = (x: number, digits: number) => (Number.isFinite(x) ? x.toFixed(digits) : "–");
+
 const LOAD_COMMAND = {
   script: "load-test",
   about: "Starts the example server on a free loopback port twice (eviction off, then on) and runs concurrent clients against it; writes bench/results/server.json (or under LUKV_BENCH_OUT).",
@@ -131,7 +159,7 @@ const LOAD_COMMAND = {
     requests: intOption({ default: 32, min: 1, help: "generation requests in all" }),
     tokens: intOption({ default: 32, min: 1, max: 256, help: "tokens each request asks for" }),
     "prompt-tokens": intOption({ default: 384, min: 1, help: "tokens of each prompt" }),
-    "pool-tokens": intOption({ default: 4096, min: 1, help: "pool capacity in tokens of one (layer, KV head)" }),
+    "pool-tokens": intOption({ default: 4096, min: MIN_POOL_TOKENS, help: "pool capacity in tokens of one (layer, KV head); at least one whole request (checked)" }),
     "keep-tokens": intOption({ default: 96, min: 1, help: "tokens per head each sequence is compressed back to, with eviction" }),
   },
 } satisfies BenchCommand<Record<string, OptionSpec>>;
@@ -149,12 +177,29 @@ async function main(): Promise<void> {
     console.error((e as Error).message);
     process.exit(2);
   }
+  // Without eviction a request keeps all its positions: a pool that cannot hold one would fail them all.
+  const positions = requestPositions(prompts, o.tokens);
+  if (o.poolTokens < minPoolTokens(positions)) {
+    console.error(
+      `load-test.js: --pool-tokens must be at least ${minPoolTokens(positions)} for these requests (one whole request: ${positions} positions per head ` +
+        `in pages of ${MIN_POOL_TOKENS} tokens), got "${o.poolTokens}"`,
+    );
+    process.exit(2);
+  }
   console.log(`load test: ${o.clients} clients, ${o.requests} requests of ${o.tokens} tokens after ~${o.promptTokens}-token prompts; pool ${o.poolTokens} tokens per head\n`);
   const results = [await runLoad(false, o, prompts), await runLoad(true, o, prompts)];
   printTable(
     ["eviction", "requests ok", "tokens", "tokens/s", "p50 first token ms", "p50 ms/token", "p99 ms/token", "peak KV KiB", "pressure events", "auto compressions", "mean decode batch"],
-    results.map((r) => [r.evict ? "on" : "off", `${r.requests - r.failed}/${r.requests}`, r.tokens, r.tokensPerSecond.toFixed(1), r.p50FirstTokenMs.toFixed(0), r.p50MsPerToken.toFixed(2), r.p99MsPerToken.toFixed(2), (r.peakKvBytes / 1024).toFixed(0), r.server.pressureEvents, r.server.autoCompressions, (r.server.decodeRows / Math.max(1, r.server.decodeSteps)).toFixed(2)]),
+    results.map((r) => [r.evict ? "on" : "off", `${r.requests - r.failed}/${r.requests}`, r.tokens, r.tokensPerSecond.toFixed(1), figure(r.p50FirstTokenMs, 0), figure(r.p50MsPerToken, 2), figure(r.p99MsPerToken, 2), (r.peakKvBytes / 1024).toFixed(0), r.server.pressureEvents, r.server.autoCompressions, figure(r.server.decodeSteps > 0 ? r.server.decodeRows / r.server.decodeSteps : NaN, 2)]),
   );
+  if (o.tokens === 1) console.log("\nms/token and decode batch: – (a reply of one token has no gap between two tokens, and no decode step)");
+  for (const r of results)
+    if (r.failed > 0) console.error(`eviction ${r.evict ? "on" : "off"}: ${r.failed} of ${r.requests} requests failed; the first: ${r.firstError}`);
+  // A run in which no request succeeded measured nothing: no results are written.
+  if (results.some((r) => r.failed === r.requests)) {
+    console.error("load-test.js: every request of a run failed; no results written");
+    process.exit(1);
+  }
   const file = writeResults("server", { benchmark: "example server load test", options: o, machine: machine(), results });
   console.log(`\nwritten ${file}`);
 }

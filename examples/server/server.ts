@@ -31,9 +31,16 @@ export interface ServerOptions {
   modelDir?: string;
   /** Evict: autoCompress every sequence and compress under pool pressure. Default: true. */
   evict?: boolean;
-  /** Tokens per (layer, KV head) a sequence is compressed back to (with evict). Default: 128. */
+  /**
+   * Tokens per (layer, KV head) a sequence is compressed back to (with evict): an integer >= 1 (a
+   * compression keeps at least the sink and window, 20 tokens). Default: 128.
+   */
   keepTokens?: number;
-  /** Pool capacity in tokens of one (layer, KV head) (KVCache maxTokens / (layers x kvHeads)). Default: 4096. */
+  /**
+   * Pool capacity in tokens of one (layer, KV head) (KVCache maxTokens / (layers x kvHeads)): an
+   * integer >= 16, a page for each layer and KV head (a smaller pool holds no sequence at all).
+   * Default: 4096.
+   */
   poolTokens?: number;
   /**
    * Largest request body in bytes: a larger one gets 413 as soon as its Content-Length (or, without
@@ -47,6 +54,9 @@ export const DEFAULT_MAX_BODY_BYTES = 1 << 20;
 
 /** The error of requests cut short by close(): the last line of a stream, or a 503's body. */
 export const SHUTTING_DOWN = "the server is shutting down";
+
+/** Tokens of a cache page (the cache's default pageSize): the smallest ServerOptions.poolTokens. */
+export const MIN_POOL_TOKENS = 16;
 
 export interface ServerStats {
   requests: number;
@@ -92,6 +102,38 @@ const CLOSE_GRACE_MS = 1000;
 // The methods of each path (405 with Allow for the others).
 const ROUTES: Record<string, readonly string[]> = { "/generate": ["POST"], "/stats": ["GET", "HEAD"] };
 
+// What the tokenizer's pre-split sees of a UTF-16 unit: the class of its UTF-8 bytes (every byte of
+// a character beyond ASCII, and of the U+FFFD a lone surrogate becomes, is a letter's).
+const LETTER = 0, DIGIT = 1, WHITE = 2, PUNCT = 3;
+function unitClass(u: number): number {
+  if (u >= 128 || (u >= 65 && u <= 90) || (u >= 97 && u <= 122)) return LETTER;
+  if (u >= 48 && u <= 57) return DIGIT;
+  if (u === 32 || (u >= 9 && u <= 13)) return WHITE;
+  return PUNCT;
+}
+const isHighSurrogate = (u: number) => u >= 0xd800 && u <= 0xdbff;
+const isLowSurrogate = (u: number) => u >= 0xdc00 && u <= 0xdfff;
+
+/**
+ * Whether one of the pre-tokens of the whole `text` starts at index i (0 < i < length), so that
+ * text.slice(i) tokenizes to the whole text's tokens after i (the rules of the tokenizer's preSplit):
+ * a digit always starts one; white space after anything else, and the last space of a run of white
+ * space before a letter or punctuation (it joins them); a letter or punctuation after a unit of
+ * another class that is not a space (a space before them joins them).
+ */
+export function preTokenStarts(text: string, i: number): boolean {
+  if (i <= 0 || i >= text.length) return true;
+  const u = text.charCodeAt(i), before = text.charCodeAt(i - 1);
+  const c = unitClass(u), b = unitClass(before);
+  if (c === DIGIT) return true;
+  if (c === WHITE) {
+    if (b !== WHITE) return true;
+    const after = i + 1 < text.length ? unitClass(text.charCodeAt(i + 1)) : WHITE;
+    return u === 32 && (after === LETTER || after === PUNCT);
+  }
+  return b !== c && before !== 32;
+}
+
 /** The path of a request target: without its query, also for the absolute form (http://host/path). */
 function pathOf(url = "/"): string {
   const q = url.indexOf("?");
@@ -104,9 +146,20 @@ function pathOf(url = "/"): string {
   }
 }
 
+/**
+ * A server on the model of `options.modelDir`, not yet listening.
+ * @throws RangeError naming the option, before the model is loaded, when maxBodyBytes or
+ * keepTokens is not an integer >= 1 or poolTokens not an integer >= MIN_POOL_TOKENS.
+ */
 export function createGenerationServer(options: ServerOptions = {}): GenerationServer {
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   if (!Number.isSafeInteger(maxBody) || maxBody < 1) throw new RangeError(`maxBodyBytes must be an integer >= 1 but is ${maxBody}`);
+  // Checked here: a value the cache refuses would otherwise fail every request with a 503.
+  const keepTokens = options.keepTokens ?? 128;
+  if (!Number.isSafeInteger(keepTokens) || keepTokens < 1) throw new RangeError(`keepTokens must be an integer >= 1 but is ${keepTokens}`);
+  const poolTokens = options.poolTokens ?? 4096;
+  if (!Number.isSafeInteger(poolTokens) || poolTokens < MIN_POOL_TOKENS)
+    throw new RangeError(`poolTokens must be an integer >= ${MIN_POOL_TOKENS} (a page for each layer and KV head: a smaller pool holds no sequence) but is ${poolTokens}`);
   const dir = options.modelDir ?? defaultModelDir();
   const model = loadTinyLM(dir);
   const tok = model.tokenizer!;
@@ -114,8 +167,7 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   let longestToken = 1;
   for (let id = 0; id < tok.vocabSize; id++) longestToken = Math.max(longestToken, tok.decodeBytes([id]).length);
   const evict = options.evict ?? true;
-  const keepTokens = options.keepTokens ?? 128;
-  const cache = model.createCache({ dtype: "f16", contextTokens: options.poolTokens ?? 4096 });
+  const cache = model.createCache({ dtype: "f16", contextTokens: poolTokens });
   const found = modelProfile(dir, "snapkv");
   const compression = found
     ? { scorer: "snapkv" as const, allocation: "lukv" as const, profile: found.profile, sink: 4, window: 16 }
@@ -254,15 +306,18 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
     // A prompt too long for the model's positions loses its start, never BOS (the model saw
     // every training text after BOS). The text is cut before it is tokenized, so that a long one
     // costs no more than one the model can take: a token stands for at most longestToken bytes and
-    // a UTF-16 unit for at least one, so the last keep * longestToken units give at least `keep`
-    // tokens. The cut then moves back to where one of the whole prompt's pre-tokens starts (a space
-    // after a character that is not white space: the tokenizer splits there), so the tokens kept
-    // are the whole prompt's last ones (BPE splits a long word differently once its start is cut);
-    // a single word longer than that is tokenized whole (bounded by maxBodyBytes).
+    // a UTF-16 unit for at least one, so the last keep * longestToken units (the limit) give at
+    // least `keep` tokens. The cut then moves back, at most as far again, to where one of the whole
+    // prompt's pre-tokens starts (the tokenizer splits there), so the tokens kept are the whole
+    // prompt's last ones (BPE splits a long word differently once its start is cut). A pre-token
+    // longer than that (one word, or one run of punctuation or white space) is cut at the limit
+    // itself, outside a surrogate pair: at most twice the limit is ever tokenized.
     const keep = Math.max(0, model.config.maxPosition - tokens - 1);
-    let from = Math.max(0, prompt.length - keep * longestToken);
-    const white = (u: number) => u === 32 || (u >= 9 && u <= 13);
-    while (from > 0 && !(prompt.charCodeAt(from) === 32 && !white(prompt.charCodeAt(from - 1)))) from--;
+    const limit = Math.max(0, prompt.length - keep * longestToken);
+    let from = limit;
+    const lowest = Math.max(0, limit - keep * longestToken);
+    while (from > lowest && !preTokenStarts(prompt, from)) from--;
+    if (!preTokenStarts(prompt, from)) from = limit > 0 && isLowSurrogate(prompt.charCodeAt(limit)) && isHighSurrogate(prompt.charCodeAt(limit - 1)) ? limit - 1 : limit;
     const text = tok.encode(from > 0 ? prompt.slice(from) : prompt);
     const ids = [tok.bos!, ...text.slice(Math.max(0, text.length - keep))];
     stats.requests++;
@@ -299,7 +354,8 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
           break;
         }
         res.write(JSON.stringify({ token: next, text: utf8.decode(tok.decodeBytes([next]), { stream: made + 1 < tokens }) }) + "\n");
-        logits = await decodeStep(seq, next);
+        // The last token is not fed back: its logits would never be used.
+        if (made + 1 < tokens) logits = await decodeStep(seq, next);
         stats.tokens++;
         note();
       }

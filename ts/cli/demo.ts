@@ -194,10 +194,13 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   row("", "full cache", `${allocationLabel} ${evicted}%`);
   row("prompt KV memory", mib(fullBytes), mib(compressedBytes));
   row("KV tokens kept (all heads)", String(report.before), `${report.total} (${((100 * report.total) / report.before).toFixed(0)}%)`);
-  row("decode ms/token (median)", median(fullRun.stepMs).toFixed(2), median(run.stepMs).toFixed(2));
-  row("  of which lukv attention", median(fullRun.attentionMs).toFixed(3), median(run.attentionMs).toFixed(3));
+  // "–" where no decode step ran: one token comes from the prompt's logits and is not fed back.
+  const ms = (xs: number[], digits: number) => (xs.length > 0 ? median(xs).toFixed(digits) : "–");
+  row("decode ms/token (median)", ms(fullRun.stepMs, 2), ms(run.stepMs, 2));
+  row("  of which lukv attention", ms(fullRun.attentionMs, 3), ms(run.attentionMs, 3));
   io.out(`prefill ${(prefillMs / 1000).toFixed(1)} s (${(prefillMs / prompt.length).toFixed(2)} ms/token); compress ${report.ms.toFixed(1)} ms, ${report.pagesFreed} pages freed`);
   io.out(`tokens kept per layer (KV head 0/1/...): ${perLayer.join(", ")}`);
+  if (fullRun.stepMs.length === 0) io.out("note: no decode time with one token: it comes from the prompt's logits, and no decode step ran");
   if (report.total > report.target)
     io.out(`note: ${evicted}% of the prompt's KV evicted, not the ${Math.round(ratio * 100)}% asked: ${floor} (${report.total} tokens kept, ${report.target} asked)`);
   io.out("");

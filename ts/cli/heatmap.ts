@@ -98,8 +98,20 @@ export function terminalGrid(g: KeepGrid, mode: ColourMode): string[] {
   return lines;
 }
 
+const CONTROL_NAMES: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+/**
+ * `s` with every control character (C0, DEL and C1: what a terminal may act on, and what XML 1.0
+ * does not allow) and U+FFFE / U+FFFF written out as an escape ("\n", "\u001b"), so that text
+ * from a file prints as text and fits in XML.
+ */
+export function printable(s: string): string {
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\ufffe\uffff]/g, (c) => CONTROL_NAMES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/** Text for XML character data or an attribute value: printable, with the five special characters escaped. */
 const escapeXml = (s: string): string =>
-  s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&apos;");
+  printable(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&apos;");
 
 /**
  * The heat map as a standalone SVG document: a cell per (layer, KV head), layers down and heads

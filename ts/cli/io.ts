@@ -205,6 +205,31 @@ export function dtypeOption(options: Map<string, string | true>): DType {
   return dtype;
 }
 
+/**
+ * Runs `write`, which writes `file` (perhaps through a temporary file beside it); a file-system
+ * error it throws is replaced by one that names `file` and why it could not be written (a missing
+ * or non-directory folder named), keeping the error's code.
+ */
+export function writingTo<T>(file: string, write: () => T): T {
+  try {
+    return write();
+  } catch (e) {
+    if (!isSystemError(e)) throw e;
+    // Node's message without the path it names ("ENOENT: no such file or directory, open '….tmp'").
+    let why = e.message.replace(/, [a-z]+ '.*$/s, "");
+    const dir = path.dirname(path.resolve(file));
+    let stat: fs.Stats | undefined;
+    try {
+      stat = fs.statSync(dir);
+    } catch {
+      stat = undefined;
+    }
+    if (stat === undefined) why += ` (${dir} does not exist)`;
+    else if (!stat.isDirectory()) why += ` (${dir} is not a directory)`;
+    throw Object.assign(new Error(`cannot write ${file}: ${why}`), { code: e.code, errno: e.errno, syscall: e.syscall, path: file });
+  }
+}
+
 /** A file-system error (ENOENT, EACCES, ...); checked by shape since it may come from another realm. */
 export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
   return typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "string" && typeof (e as { syscall?: unknown }).syscall === "string";
@@ -217,13 +242,37 @@ export interface ParsedArgs {
   positionals: string[];
 }
 
-/** Strict parsing (unknown options are usage errors) with Node's parseArgs. */
+/**
+ * Strict parsing (unknown options are usage errors) with Node's parseArgs. A negative number after
+ * an option that takes a value (`--keep -1`, `--ratio -0.1`) is that option's value, for the
+ * command to check its range (Node's parser would call it ambiguous); such an option last, or
+ * followed by another `--option`, is refused as parseArgs refuses it.
+ */
 export function parseCommandArgs(argv: string[], strings: string[], flags: string[] = []): ParsedArgs {
   const options: Record<string, { type: "string" | "boolean" }> = {};
   for (const n of strings) options[n] = { type: "string" };
   for (const n of flags) options[n] = { type: "boolean" };
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i], next = argv[i + 1];
+    if (a === "--") {
+      args.push(...argv.slice(i)); // the rest are positional
+      break;
+    }
+    if (a.startsWith("--") && strings.includes(a.slice(2))) {
+      // As parseArgs words it for the other commands.
+      if (next === undefined) throw new UsageError(`${a} expects a value`);
+      if (next.startsWith("--")) throw new UsageError(`${a} expects a value, got the option ${next}`);
+      if (/^-[0-9.]/.test(next)) {
+        args.push(`${a}=${next}`);
+        i++;
+        continue;
+      }
+    }
+    args.push(a);
+  }
   try {
-    const { values, positionals } = parseNodeArgs({ args: argv, options, allowPositionals: true, strict: true });
+    const { values, positionals } = parseNodeArgs({ args, options, allowPositionals: true, strict: true });
     const out: ParsedArgs = { strings: {}, flags: {}, positionals };
     for (const n of strings) out.strings[n] = values[n] as string | undefined;
     for (const n of flags) out.flags[n] = values[n] === true;

@@ -4,7 +4,7 @@ import { BadProfileError, InvalidArgumentError } from "../errors";
 import { saveProfile } from "../profile";
 import { formatOfPath } from "../profile/io";
 import { Profiler, type ProfileReport } from "../profiler";
-import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
+import { isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
 
 export const PROFILE_BUILD_USAGE = `usage: lukv profile build DIR [--out FILE] [--scope global|per-layer] [--grid N]
 
@@ -75,7 +75,7 @@ export async function profileBuildCommand(argv: string[], io: CommandIO): Promis
     // A manifest without samples is malformed input (exit 1), not a misuse of the API.
     if (profiler.samples === 0) throw new BadProfileError(`${join(dir, "manifest.json")}: "samples" is empty: there is nothing to build a profile from`);
     const profile = profiler.build();
-    saveProfile(profile, out, { format });
+    writingTo(out, () => saveProfile(profile, out, { format }));
     const report = profiler.report();
     const opts = Object.keys(profiler.scorerOptions).length > 0 ? ` ${JSON.stringify(profiler.scorerOptions)}` : "";
     io.out(

@@ -4,9 +4,9 @@ import { basename } from "node:path";
 import { BadProfileError, InvalidArgumentError } from "../errors";
 import { decodeNpy, decodeProfile, loadProfile, saveProfile, type Profile } from "../profile";
 import { formatOfPath } from "../profile/io";
-import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
-import { profileBuildCommand } from "./profile-build";
-import { colourMode, heatMapSvg, keepGrid, terminalGrid } from "./heatmap";
+import { isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
+import { PROFILE_BUILD_USAGE, profileBuildCommand } from "./profile-build";
+import { colourMode, heatMapSvg, keepGrid, printable, terminalGrid } from "./heatmap";
 
 
 const USAGE = `usage: lukv profile <subcommand> ...
@@ -29,9 +29,10 @@ function describeMeta(profile: Profile, format: string): string[] {
     `  shape        grid ${profile.grid} × layers ${profile.layers} × kvHeads ${profile.kvHeads}` +
       ` (rows: compression ratio ${+(1 / (profile.grid + 1)).toFixed(4)} … ${+(profile.grid / (profile.grid + 1)).toFixed(4)})`,
   ];
-  const dash = (v: unknown) => (v === undefined ? "-" : String(v));
+  // Text from the file is printed with its control characters escaped (no terminal sequences, one line each).
+  const dash = (v: unknown) => (v === undefined ? "-" : printable(String(v)));
   lines.push(`  model        ${dash(m.model)}`);
-  lines.push(`  scorer       ${dash(m.scorer)}${m.scorerOptions ? " " + JSON.stringify(m.scorerOptions) : ""}`);
+  lines.push(`  scorer       ${dash(m.scorer)}${m.scorerOptions ? " " + printable(JSON.stringify(m.scorerOptions)) : ""}`);
   lines.push(`  sink/window  ${dash(m.sink)} / ${dash(m.window)}`);
   const c = m.calibration;
   if (c) {
@@ -44,12 +45,12 @@ function describeMeta(profile: Profile, format: string): string[] {
       parts.push(lo === hi ? `${lo}-token contexts` : `contexts of ${lo}–${hi} tokens`);
     }
     if (c.decodeSteps !== undefined) parts.push(`${c.decodeSteps} decode steps`);
-    if (c.dataset !== undefined) parts.push(`data: ${c.dataset}`);
+    if (c.dataset !== undefined) parts.push(`data: ${printable(String(c.dataset))}`);
     lines.push(`  calibration  ${parts.join(", ") || "-"}`);
   } else {
     lines.push(`  calibration  -`);
   }
-  if (m.createdAt !== undefined) lines.push(`  created      ${m.createdAt}`);
+  if (m.createdAt !== undefined) lines.push(`  created      ${printable(String(m.createdAt))}`);
   return lines;
 }
 
@@ -91,7 +92,7 @@ async function convert(argv: string[], io: CommandIO): Promise<number> {
     throw new UsageError(`--dtype must be f4 or f8, got ${JSON.stringify(values.dtype)}`);
   }
   const profile = loadProfile(input);
-  saveProfile(profile, output, { format, dtype: values.dtype === "f4" ? "<f4" : "<f8" });
+  writingTo(output, () => saveProfile(profile, output, { format, dtype: values.dtype === "f4" ? "<f4" : "<f8" }));
   io.out(`wrote ${output} (${format === "npy" ? ".npy" : "lukv JSON"}, grid ${profile.grid} × layers ${profile.layers} × kvHeads ${profile.kvHeads})`);
   if (format === "npy" && Object.keys(profile.meta).length > 0) {
     io.err(`note: a .npy file holds only the table; the metadata (${Object.keys(profile.meta).join(", ")}) was not written`);
@@ -119,7 +120,7 @@ export async function profileCommand(argv: string[], io: CommandIO): Promise<num
     return 2;
   }
   if (rest.includes("--help") || rest.includes("-h")) {
-    io.out(USAGE);
+    io.out(sub === "build" ? PROFILE_BUILD_USAGE : USAGE);
     return 0;
   }
   try {

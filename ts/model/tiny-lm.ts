@@ -1,11 +1,11 @@
 // The tiny GQA decoder (tools/tiny-lm/model.py) in TypeScript, with lukv doing all attention and
 // KV storage: every layer appends its keys/values to a Sequence and attends through it, so a
 // compressed sequence changes what the model sees and nothing else.
-import { KVCache, KVCacheOptions, Sequence } from "../cache";
+import { CACHE_OPTION_NAMES, KVCache, KVCacheOptions, Sequence } from "../cache";
 import { InvalidArgumentError, invalid } from "../errors";
 import { addInPlace, applyRope, matmul, rmsNorm, ropeTables, swiglu } from "./kernels";
 import { QueryStatistics } from "../expected-attention";
-import { isFloat32Array, knownOptions, nonNegativeInteger, oneOf } from "../validate";
+import { isFloat32Array, isPositiveInteger, knownOptions, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
 import { Sampler, SamplingOptions, SAMPLING_OPTION_NAMES } from "./sampling";
 import type { Tensor } from "./safetensors";
 import type { Tokenizer } from "./tokenizer";
@@ -74,6 +74,8 @@ export interface ForwardOptions {
 }
 
 const LOGITS_CHOICES = ["last", "all", "none"] as const;
+/** The options of createCache(): KVCache's and contextTokens. */
+const CREATE_CACHE_OPTION_NAMES = [...CACHE_OPTION_NAMES, "contextTokens"] as const;
 const FORWARD_OPTION_NAMES = ["logits", "chunk", "onProgress", "timing", "onAttention", "queryStatistics"] as const;
 const GENERATE_OPTION_NAMES = [...SAMPLING_OPTION_NAMES, "stopToken", "onToken"] as const;
 
@@ -235,15 +237,35 @@ export class TinyLM {
    * A KV cache shaped for this model. Defaults: dtype "f32"; maxTokens for `contextTokens`
    * (default 4096) tokens in every head of every layer; threads 1, because with 2 KV heads a
    * decode step's attention is too small to pay for waking other threads. Other options as KVCache's.
+   * @throws InvalidArgumentError naming the option: an unknown name (the names accepted are
+   * KVCache's and contextTokens), a contextTokens that is not a positive integer or whose pool
+   * would pass KVCache's maxTokens limits, contextTokens and maxTokens both given, or layers,
+   * kvHeads, queryHeads or headDim other than the model's; and as KVCache's constructor.
    */
   createCache(options: Partial<KVCacheOptions> & { contextTokens?: number } = {}): KVCache {
     const { layers, kvHeads, heads, headDim } = this.config;
-    const { contextTokens = 4096, ...rest } = options;
+    if (options === null || typeof options !== "object" || Array.isArray(options)) throw invalid("options", "an options object", options);
+    knownOptions("options", options, CREATE_CACHE_OPTION_NAMES);
+    const { contextTokens, ...rest } = options;
+    const shape: Record<string, number> = { layers, kvHeads, queryHeads: heads, headDim };
+    for (const [name, want] of Object.entries(shape)) {
+      const v = (rest as Record<string, unknown>)[name];
+      if (v !== undefined && v !== want) throw invalid(name, `the model's ${name} (${want}) or no value`, v);
+    }
+    let maxTokens = rest.maxTokens;
+    if (contextTokens !== undefined || maxTokens === undefined) {
+      if (contextTokens !== undefined && maxTokens !== undefined)
+        throw new InvalidArgumentError(`Expected contextTokens or maxTokens in options but received both (contextTokens ${contextTokens}, maxTokens ${maxTokens})`);
+      // KVCache's limits on maxTokens (2^40, and 2^31 - 1 pages), in tokens of each (layer, KV head).
+      const pageSize = isPositiveInteger(rest.pageSize) ? rest.pageSize : 16;
+      const most = Math.floor(Math.min(2 ** 40, (2 ** 31 - 1) * pageSize) / (layers * kvHeads));
+      maxTokens = layers * kvHeads * positiveInteger("contextTokens", contextTokens === undefined ? 4096 : contextTokens, most);
+    }
     return new KVCache({
       dtype: "f32",
       threads: 1,
-      maxTokens: layers * kvHeads * contextTokens,
       ...rest,
+      maxTokens,
       layers,
       kvHeads,
       queryHeads: heads,

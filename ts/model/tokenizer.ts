@@ -287,8 +287,11 @@ export class Tokenizer {
   /**
    * Token ids of `text` (no BOS; special tokens are never produced from text). A lone surrogate in
    * `text` is encoded as U+FFFD, as TextEncoder does. Time grows as n log n with the length of `text`.
+   * @throws InvalidArgumentError when `text` is not a string (null, a number, an object or
+   * undefined is not read as its String() form); nothing is encoded.
    */
   encode(text: string): number[] {
+    if (typeof text !== "string") throw invalid("text", "a string", text);
     const bytes = new TextEncoder().encode(text);
     const out: number[] = [];
     for (const [s, e] of preSplit(bytes)) for (const id of this.#encodePiece(bytes.subarray(s, e))) out.push(id);
