@@ -69,6 +69,10 @@ measure("loadSequence(bytes)", () => {
   const s = cache.loadSequence(bytes);
   s.dispose();
 });
+// A cache with checkFinite (the default) also measures the rows it loads (their largest |k|, |v|).
+const checked = new KVCache({ layers, kvHeads, queryHeads, headDim, dtype, pageSize, device, maxTokens: layers * kvHeads * (tokens + pageSize), checkFinite: true });
+measure("loadSequence(bytes), checkFinite", () => checked.loadSequence(bytes).dispose());
+checked.dispose();
 measure("saveFile(path)", () => seq.saveFile(file));
 measure("loadSequence(path)", () => cache.loadSequence(file).dispose());
 fs.rmSync(path.dirname(file), { recursive: true, force: true });
