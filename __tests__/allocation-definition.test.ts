@@ -86,6 +86,21 @@ test.each([
   }
 });
 
+// Only remainders equal but for rounding are ties: 2.5 − 2.5e-12 beats 1.5 − 1.5e-12's remainder.
+test("remainders that differ by more than rounding are not ties", () => {
+  const cache = new KVCache({ layers: 1, kvHeads: 2, queryHeads: 2, headDim: 4, pageSize: 4, maxTokens: 64, dtype: "f32", threads: 1 });
+  try {
+    const seq = cache.createSequence();
+    const rows = new Float32Array(5 * 2 * 4).map((_, i) => Math.sin(i));
+    seq.append(0, rows, rows);
+    seq.compress({ budgets: Int32Array.from([5, 3]), scorer: "streaming", sink: 0, window: 0 });
+    const report = seq.compress({ ratio: 0.5 + 1e-12, scorer: "knorm", sink: 0, window: 0 });
+    expect(Array.from(report.kept)).toEqual([2, 2]);
+  } finally {
+    cache.dispose();
+  }
+});
+
 test.each(["uniform", "pyramidkv", "adakv"] as const)("%s: the kept total is round((1 − ratio) · tokens) and falls as the ratio rises", (allocation) => {
   const r = rng(seed ^ (allocation.length * 7));
   const shape = { layers: 3, kvHeads: 2, queryHeads: 4, headDim: 4, pageSize: 4, maxTokens: 4096, dtype: "f32" as const, threads: 1 };

@@ -570,6 +570,21 @@ describe("items whose getters call the cache", () => {
     }
   });
 
+  test("a later item's getter that throws comes after an earlier item's bad field, as item by item", async () => {
+    const { cache, seqs } = setup();
+    try {
+      const [a, b] = seqs;
+      const throwing = { sequence: b, get queries(): Float32Array { throw new Error("getter"); } };
+      const items = [{ sequence: a, queries: "x" as never }, throwing];
+      expect(() => cache.attendBatch(0, items)).toThrow(/^Expected Float32Array .*for items\[0\]\.queries/);
+      await expect(cache.attendBatchAsync(0, items)).rejects.toThrow(/^Expected Float32Array .*for items\[0\]\.queries/);
+      // Alone, the getter's own error
+      expect(() => cache.attendBatch(0, [throwing])).toThrow("getter");
+    } finally {
+      cache.dispose();
+    }
+  });
+
   test("attendBatchAsync: a getter that queues an async call on an earlier item's sequence: the batch runs after it", async () => {
     const { cache, seqs } = setup();
     const twin = new KVCache(shape);

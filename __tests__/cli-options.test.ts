@@ -115,7 +115,7 @@ test("profile inspect --plot to a path that cannot be written fails before print
   const r = await run(["profile", "inspect", profile, "--plot", plot]);
   expect(r.code).toBe(1);
   expect(r.out).toBe("");
-  expect(r.err).toBe(`lukv profile inspect: ENOENT: no such file or directory, open '${plot}'\n`);
+  expect(r.err).toBe(`lukv profile inspect: cannot write ${plot}: ENOENT: no such file or directory (${path.dirname(plot)} does not exist)\n`);
   const ok = await run(["profile", "inspect", profile, "--plot", path.join(tmp, "x.svg")]);
   expect(ok.code).toBe(0);
   expect(ok.out).toMatch(/^wrote .*x\.svg \(heat map of 2 layers × 2 KV heads\)$/m);

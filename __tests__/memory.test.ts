@@ -65,6 +65,30 @@ test("100 caches of 8 MiB dropped without dispose(): memory and threads do not p
   expect(peakThreads).toBeLessThan(40);
 });
 
+// save() writes into a Buffer of V8's own: the collector frees it. An external Buffer's memory
+// waited for its finalizer, which runs only after the current turn of the event loop, so
+// synchronous saves in a loop piled up (24 saves of 32 MiB: +770 MiB).
+const saves = `
+const { KVCache } = require(process.argv[1]);
+const c = new KVCache({ layers: 2, kvHeads: 8, queryHeads: 8, headDim: 128, dtype: "f16", maxTokens: 2 * 8 * 4200, checkFinite: false });
+const s = c.createSequence();
+const rows = new Float32Array(1024 * 8 * 128).map((_, i) => Math.sin(i));
+for (let l = 0; l < 2; l++) for (let d = 0; d < 4096; d += 1024) s.append(l, rows, rows);
+const base = process.memoryUsage().rss;
+let peak = base, bytes = 0;
+for (let i = 0; i < 24; i++) { bytes = s.save().length; peak = Math.max(peak, process.memoryUsage().rss); }
+console.log(JSON.stringify({ growthMiB: (peak - base) / 2 ** 20, sizeMiB: bytes / 2 ** 20 }));
+`;
+
+test("24 synchronous saves of 32 MiB in a loop: their Buffers do not pile up", () => {
+  const out = execFileSync(process.execPath, ["-e", saves, entry], { encoding: "utf8" });
+  const { growthMiB, sizeMiB } = JSON.parse(out.trim().split("\n").pop()!);
+  // eslint-disable-next-line no-console
+  console.log(`memory: 24 saves of ${sizeMiB.toFixed(1)} MiB grew RSS by ${Math.round(growthMiB)} MiB`);
+  expect(sizeMiB).toBeGreaterThan(30);
+  expect(growthMiB).toBeLessThan(8 * sizeMiB);
+});
+
 test("100 caches dropped before they wrote a page: their threads do not pile up either", () => {
   // They hold almost no memory, but a kernel thread each; the addon counts each such thread as the
   // 8 MiB stack it reserves, so V8 collects them (100 piled up, with 1.5 GiB of stacks, before).

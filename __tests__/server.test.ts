@@ -108,6 +108,12 @@ test("keepTokens and poolTokens that would fail every request are refused when t
   expect(MIN_POOL_TOKENS).toBe(16);
 });
 
+(haveModel ? test : test.skip)("a pool past the cache's limits is a RangeError naming poolTokens; keepTokens is not checked without eviction", async () => {
+  expect(() => createGenerationServer({ poolTokens: 2 ** 40 })).toThrow(expect.objectContaining({ name: "RangeError", message: expect.stringMatching(/^poolTokens 1099511627776 is too large for a cache of this model: /) }));
+  const s = createGenerationServer({ evict: false, keepTokens: 0, poolTokens: MIN_POOL_TOKENS });
+  await s.close();
+});
+
 (haveModel ? test : test.skip)("a keepTokens below the sink and window, and the smallest pool, still serve requests", async () => {
   const prompt = loadPrompts(64)[0];
   for (const [options, body] of [

@@ -213,10 +213,11 @@ function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: 
     const item: unknown = items[i];
     if (item === null || typeof item !== "object") return undefined;
     for (const key in item) if (key !== "sequence" && key !== "queries" && key !== "out") return undefined;
-    const { sequence: seq, queries: q, out } = item as AttendBatchItem;
-    seqs[i] = seq;
-    queries[i] = q;
-    given[i] = out;
+    try {
+      ({ sequence: seqs[i], queries: queries[i], out: given[i] } = item as AttendBatchItem);
+    } catch {
+      return undefined; // a getter that throws: the item-by-item checks meet it in their order
+    }
   }
   const read = () => seqs.map((sequence, i): AttendBatchItem => (given[i] !== undefined ? { sequence, queries: queries[i], out: given[i] } : { sequence, queries: queries[i] }));
   for (let i = 0; i < n; i++) {

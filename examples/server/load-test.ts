@@ -186,6 +186,14 @@ async function main(): Promise<void> {
     );
     process.exit(2);
   }
+  // The server refuses a pool past the cache's limits once it has loaded the model: named, exit 2.
+  try {
+    await createGenerationServer({ poolTokens: o.poolTokens, keepTokens: o.keepTokens }).close();
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    console.error(`load-test.js: --pool-tokens: ${(e as Error).message}`);
+    process.exit(2);
+  }
   console.log(`load test: ${o.clients} clients, ${o.requests} requests of ${o.tokens} tokens after ~${o.promptTokens}-token prompts; pool ${o.poolTokens} tokens per head\n`);
   const results = [await runLoad(false, o, prompts), await runLoad(true, o, prompts)];
   printTable(

@@ -22,7 +22,7 @@
 // streaming), releases their sequences and then disposes the cache.
 import * as http from "http";
 import type { AddressInfo } from "net";
-import { KVCache, Sequence, PressureEvent } from "../../ts";
+import { KVCache, Sequence, PressureEvent, InvalidArgumentError } from "../../ts";
 import { Sampler, TinyLM, defaultModelDir, loadTinyLM, modelProfile } from "../../ts/model";
 import { BenchCommand, OptionSpec, OptionValues, benchOptions, flagOption, intOption } from "../../bench/common";
 
@@ -149,14 +149,15 @@ function pathOf(url = "/"): string {
 /**
  * A server on the model of `options.modelDir`, not yet listening.
  * @throws RangeError naming the option, before the model is loaded, when maxBodyBytes or
- * keepTokens is not an integer >= 1 or poolTokens not an integer >= MIN_POOL_TOKENS.
+ * keepTokens (with eviction on) is not an integer >= 1 or poolTokens not an integer >=
+ * MIN_POOL_TOKENS; after it is loaded, when poolTokens passes the cache's limits.
  */
 export function createGenerationServer(options: ServerOptions = {}): GenerationServer {
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   if (!Number.isSafeInteger(maxBody) || maxBody < 1) throw new RangeError(`maxBodyBytes must be an integer >= 1 but is ${maxBody}`);
   // Checked here: a value the cache refuses would otherwise fail every request with a 503.
   const keepTokens = options.keepTokens ?? 128;
-  if (!Number.isSafeInteger(keepTokens) || keepTokens < 1) throw new RangeError(`keepTokens must be an integer >= 1 but is ${keepTokens}`);
+  if ((options.evict ?? true) && (!Number.isSafeInteger(keepTokens) || keepTokens < 1)) throw new RangeError(`keepTokens must be an integer >= 1 but is ${keepTokens}`);
   const poolTokens = options.poolTokens ?? 4096;
   if (!Number.isSafeInteger(poolTokens) || poolTokens < MIN_POOL_TOKENS)
     throw new RangeError(`poolTokens must be an integer >= ${MIN_POOL_TOKENS} (a page for each layer and KV head: a smaller pool holds no sequence) but is ${poolTokens}`);
@@ -167,7 +168,14 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   let longestToken = 1;
   for (let id = 0; id < tok.vocabSize; id++) longestToken = Math.max(longestToken, tok.decodeBytes([id]).length);
   const evict = options.evict ?? true;
-  const cache = model.createCache({ dtype: "f16", contextTokens: poolTokens });
+  let cache: KVCache;
+  try {
+    cache = model.createCache({ dtype: "f16", contextTokens: poolTokens });
+  } catch (e) {
+    // A pool past the cache's limits: named as the caller named it.
+    if (e instanceof InvalidArgumentError) throw new RangeError(`poolTokens ${poolTokens} is too large for a cache of this model: ${e.message}`);
+    throw e;
+  }
   const found = modelProfile(dir, "snapkv");
   const compression = found
     ? { scorer: "snapkv" as const, allocation: "lukv" as const, profile: found.profile, sink: 4, window: 16 }

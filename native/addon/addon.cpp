@@ -847,9 +847,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   // The saved bytes become the Buffer's memory (no copy); the vector is freed with it. Held here
   // until the Buffer exists: creating it fails in a worker thread being terminated, and the throw
   // must not leak them.
-  // Their size is reported to V8 as external memory while the Buffer lives: unreported, repeated
-  // saves of a large sequence piled up (V8 saw small objects and did not collect them), and each
-  // save took longer as the process grew (200 ms, then up to 0.9 s for 270 MB).
+  // (saveAsync: made on a worker thread, where no Buffer can be.) Their size is reported to V8 as
+  // external memory while the Buffer lives, so that it counts toward the next collection.
   static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, Cache::SavedBytes&& bytes) {
     auto owned = std::make_unique<Cache::SavedBytes>(std::move(bytes));
     const int64_t size = (int64_t)owned->size();
@@ -878,7 +877,21 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(env);
     int id = intArg(info, 0, "sequence");
     std::vector<double> bounds = boundsArg(info, c.config());
-    return toBuffer(env, guarded(env, [&] { return c.saveSequence(id, bounds); }));
+    // Written straight into a Buffer of V8's: the collector frees it (an external Buffer's memory
+    // waits for its finalizer, which runs only after the current turn of the event loop, so
+    // synchronous saves in a loop piled up: 30 saves of 132 MB reached 4 GB).
+    Napi::Buffer<uint8_t> out;
+    guarded(env, [&] {
+      c.saveSequenceInto(id, bounds, [&](size_t n) {
+        try {
+          out = Napi::Buffer<uint8_t>::New(env, n);
+        } catch (const Napi::Error&) {
+          throw std::bad_alloc();  // V8 could not make a Buffer that large
+        }
+        return out.Data();
+      });
+    });
+    return out;
   }
   Napi::Value LoadSequence(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

@@ -67,7 +67,7 @@ std::vector<int32_t> fitBudgets(const std::vector<double>& ideal, const std::vec
   // lower head, as for the lukv allocation.
   double maxX = 1;
   for (size_t h = 0; h < n; ++h) maxX = std::max(maxX, std::fabs(clampAt(h, b)));
-  const double eps = 1e-12 * maxX;
+  const double eps = 64 * std::numeric_limits<double>::epsilon() * maxX;  // a few roundings of x
   std::vector<size_t> byFrac(n);
   std::iota(byFrac.begin(), byFrac.end(), 0);
   std::sort(byFrac.begin(), byFrac.end(), [&](size_t x, size_t y) { return frac[x] != frac[y] ? frac[x] > frac[y] : x < y; });

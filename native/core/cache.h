@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -121,6 +122,9 @@ class Cache {
   };
   using SavedBytes = std::vector<uint8_t, NoFill>;
   SavedBytes saveSequence(int32_t seq, const std::vector<double>& bounds) const;
+  // The same bytes written where `alloc(size)` says (called once, with the sequence held; a
+  // JavaScript Buffer, say, so that its memory is the garbage collector's to free).
+  void saveSequenceInto(int32_t seq, const std::vector<double>& bounds, const std::function<uint8_t*(size_t)>& alloc) const;
   int32_t loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds, bool measure);
   Usage usage() const;
   // Gives the memory of the pool's free pages back to the system (see Backend::releaseFreeMemory):

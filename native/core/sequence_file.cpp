@@ -113,6 +113,15 @@ double largestMagnitude(DType dt, const uint8_t* at, size_t count) {
 }  // namespace
 
 Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& bounds) const {
+  SavedBytes out;
+  saveSequenceInto(seqId, bounds, [&](size_t n) {
+    out.resize(n);
+    return out.data();
+  });
+  return out;
+}
+
+void Cache::saveSequenceInto(int32_t seqId, const std::vector<double>& bounds, const std::function<uint8_t*(size_t)>& alloc) const {
   Held held = hold(seqId, true);
   const Sequence& seq = *held.seq;
   const int L = cfg_.layers;
@@ -125,8 +134,8 @@ Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& 
   for (int l = 0; l < L; ++l) bytes += kLayerFixedBytes + seq.observed[l].held() * (4 + rowFloats * 4);
   for (const HeadState& h : seq.heads) bytes += 4 + (size_t)h.length() * (4 + (mass ? 4 : 0) + 2 * rowBytes);
 
-  SavedBytes out(bytes);
-  Writer w(out.data());
+  uint8_t* const out = alloc(bytes);
+  Writer w(out);
   w.bytes(kMagic, 8);
   w.put<uint32_t>(kVersion);
   w.put<uint32_t>((uint32_t)kHeaderBytes);
@@ -158,9 +167,8 @@ Cache::SavedBytes Cache::saveSequence(int32_t seqId, const std::vector<double>& 
     backend_->readRaw(h, (int32_t)n, true, w.at());
     w.skip(n * rowBytes);
   }
-  const uint32_t crc = crc32c(out.data(), bytes - 4);
+  const uint32_t crc = crc32c(out, bytes - 4);
   w.put<uint32_t>(crc);
-  return out;
 }
 
 int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double>& bounds, bool measure) {

@@ -76,7 +76,10 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
   }
   const grid = keepGrid(profile, ratio);
   // The plot first, so that a path it cannot be written to fails before anything is printed.
-  if (values.plot !== undefined) writeFileSync(values.plot, heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`));
+  if (values.plot !== undefined) {
+    const plot = values.plot;
+    writingTo(plot, () => writeFileSync(plot, heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`)));
+  }
   io.out([file, ...describeMeta(profile, format), "", ...terminalGrid(grid, colourMode(io.isTTY === true))].join("\n"));
   if (values.plot !== undefined) io.out(`wrote ${values.plot} (heat map of ${profile.layers} layers × ${profile.kvHeads} KV heads)`);
   return 0;
