@@ -67,6 +67,19 @@ function step(seq: Sequence, r: () => number, tokens: number): void {
     seq.attend(l, randn(r, tokens * qrow));
   }
 }
+/** A cache with two sequences holding `tokens` attended positions in every layer. */
+function twoSequences(r: () => number, tokens = 40): { cache: KVCache; a: Sequence; b: Sequence } {
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  const a = cache.createSequence(), b = cache.createSequence();
+  step(a, r, tokens);
+  step(b, r, tokens);
+  return { cache, a, b };
+}
+/** One new row for each sequence, as appendBatch items. */
+const rowItems = (r: () => number, ...seqs: Sequence[]) => {
+  const row = shape.kvHeads * shape.headDim;
+  return seqs.map((sequence) => ({ sequence, keys: randn(r, row), values: randn(r, row) }));
+};
 const headPositions = (seq: Sequence) =>
   Array.from({ length: heads }, (_, i) => Array.from(seq.positions(Math.floor(i / shape.kvHeads), i % shape.kvHeads)));
 const state = (seq: Sequence) => ({
@@ -172,19 +185,15 @@ test("a limit below the window: the compression waits for the window's positions
 // goes in.
 test("an onCompress that starts an async call: the sync append or batch throws SequenceBusyError and appends nothing", async () => {
   const r = rng(seed + 15);
-  const cache = new KVCache({ ...shape, dtype: "f32" });
+  const { cache, a, b } = twoSequences(r);
   try {
-    const a = cache.createSequence(), b = cache.createSequence();
-    step(a, r, 40);
-    step(b, r, 40);
     const started: Promise<unknown>[] = [];
     let target: Sequence = b;
     a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: () => void started.push(target.saveAsync()) });
     const row = shape.kvHeads * shape.headDim;
-    const items = () => [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }];
-    cache.appendBatch(shape.layers - 1, items()); // makes a's compression due
+    cache.appendBatch(shape.layers - 1, rowItems(r, a, b)); // makes a's compression due
     const before = [a.appended(0), b.appended(0)];
-    expect(() => cache.appendBatch(0, items())).toThrow(SequenceBusyError);
+    expect(() => cache.appendBatch(0, rowItems(r, a, b))).toThrow(SequenceBusyError);
     await Promise.all(started.splice(0));
     expect([a.autoCompressions, a.appended(0), b.appended(0)]).toEqual([1, ...before]);
     // The single append: its own sequence
@@ -202,19 +211,14 @@ test("an onCompress that starts an async call: the sync append or batch throws S
 // batch then fails as a disposed sequence does, with the library's error naming the item.
 test("an onCompress that disposes a later item's sequence: the batch throws DisposedError naming it", () => {
   const r = rng(seed + 9);
-  const cache = new KVCache({ ...shape, dtype: "f32" });
+  const { cache, a, b } = twoSequences(r);
   try {
-    const a = cache.createSequence(), b = cache.createSequence();
-    step(a, r, 40);
-    step(b, r, 40);
     a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: () => b.dispose() });
     b.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1 });
-    const row = shape.kvHeads * shape.headDim;
-    const items = () => [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }];
-    cache.appendBatch(shape.layers - 1, items()); // makes both due
+    cache.appendBatch(shape.layers - 1, rowItems(r, a, b)); // makes both due
     let error: unknown;
     try {
-      cache.appendBatch(0, items());
+      cache.appendBatch(0, rowItems(r, a, b));
     } catch (e) {
       error = e;
     }
