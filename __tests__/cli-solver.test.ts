@@ -169,7 +169,11 @@ describe("lukv solve", () => {
     expect([noFile.code, noFile.err]).toEqual([2, expect.stringContaining("CURVES.json is missing")]);
     writeFileSync(join(dir, "bad.json"), '{"curves": [[0, 1], [0, "x"]]}');
     const bad = await run(solveCommand, [join(dir, "bad.json"), "--keep", "1"]);
-    expect([bad.code, bad.err]).toEqual([1, `lukv solve: ${join(dir, "bad.json")}: curves[1] must be a non-empty array of numbers (loss after evicting 0..T tokens)`]);
+    expect([bad.code, bad.err]).toEqual([1, `lukv solve: ${join(dir, "bad.json")}: curves[1] must be a non-empty array of finite numbers (loss after evicting 0..T tokens)`]);
+    // 1e999 parses as Infinity: a malformed file too (exit 1, the file named), not a usage error.
+    writeFileSync(join(dir, "inf.json"), '{"curves": [[0, 1], [0, 1e999]]}');
+    const inf = await run(solveCommand, [join(dir, "inf.json"), "--keep", "1"]);
+    expect([inf.code, inf.err]).toEqual([1, `lukv solve: ${join(dir, "inf.json")}: curves[1] must be a non-empty array of finite numbers (loss after evicting 0..T tokens)`]);
     // The file's own bounds are part of the file: malformed, they exit 1 too.
     for (const [field, value] of [["minKeep", -1], ["maxKeep", 1.5], ["minKeep", [1]], ["maxKeep", "x"]] as const) {
       writeFileSync(join(dir, "bounds.json"), JSON.stringify({ curves: [[0, 1], [0, 1, 2]], [field]: value }));

@@ -448,6 +448,10 @@ describe("Profiler", () => {
     );
     expect(() => new Profiler({ layers: 1, kvHeads: 2, scorerOptions: { kernel: 4 } })).toThrow("Expected odd integer between 1 and 1025 for kernel but received 4 of type number");
     expect(() => new Profiler({ layers: 1, kvHeads: 2, grid: 0 })).toThrow("Expected positive integer at most 100000 for grid but received 0 of type number");
+    // Each size within its bound, the table too large: refused, not a RangeError of the allocation
+    expect(() => new Profiler({ layers: 65536, kvHeads: 65536 })).toThrow(
+      expect.objectContaining({ name: "InvalidArgumentError", message: "Expected layers × kvHeads × grid at most 134217728 (the profile's table) but received 65536 × 65536 × 99 = 425201762304" }),
+    );
     expect(() => new Profiler({ layers: 1, kvHeads: 2, sink: -1 })).toThrow("for sink but received -1 of type number");
 
     const p = new Profiler({ layers: 2, kvHeads: 2 });

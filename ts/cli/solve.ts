@@ -33,8 +33,8 @@ function readCurves(path: string): { curves: number[][]; minKeep?: number | numb
     throw new FileError(`${path} must hold an array of curves or { "curves": [...] }`);
   }
   curves.forEach((c, h) => {
-    if (!Array.isArray(c) || c.length === 0 || !c.every((y) => typeof y === "number")) {
-      throw new FileError(`${path}: curves[${h}] must be a non-empty array of numbers (loss after evicting 0..T tokens)`);
+    if (!Array.isArray(c) || c.length === 0 || !c.every((y) => typeof y === "number" && Number.isFinite(y))) {
+      throw new FileError(`${path}: curves[${h}] must be a non-empty array of finite numbers (loss after evicting 0..T tokens)`);
     }
   });
   const count = (x: unknown) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;

@@ -7,7 +7,7 @@ import { createProfile, type Profile, type ProfileMeta } from "../profile/profil
 import { knownOptions, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
 import { expectedSettings, settingsForJson, withStatistics, type ExpectedAttentionSettings, type QueryStatistics } from "../expected-attention";
 import { analyzeSample, type ProfilerScope, type SampleConfig } from "./sample";
-import { openSamples, writeSamples, type StoredOptions, type StoredSample } from "./store";
+import { MAX_PROFILE_CELLS, openSamples, writeSamples, type StoredOptions, type StoredSample } from "./store";
 
 /**
  * Scorer options the profiler passes to seq.scores(); `window` and `sink` are the profiler's own
@@ -200,6 +200,11 @@ export class Profiler {
       this.scorerOptions = Object.freeze({ ...so });
     }
     this.grid = positiveInteger("grid", options.grid ?? 99, 100000);
+    const cells = this.grid * this.layers * this.kvHeads;
+    if (cells > MAX_PROFILE_CELLS)
+      throw new InvalidArgumentError(
+        `Expected layers × kvHeads × grid at most ${MAX_PROFILE_CELLS} (the profile's table) but received ${this.layers} × ${this.kvHeads} × ${this.grid} = ${cells}`,
+      );
     this.scope = oneOf("scope", options.scope ?? "global", SCOPES);
     if (options.model !== undefined && typeof options.model !== "string") throw invalid("model", "a string", options.model);
     if (options.dataset !== undefined && typeof options.dataset !== "string") throw invalid("dataset", "a string", options.dataset);

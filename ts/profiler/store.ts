@@ -10,6 +10,8 @@ import type { FlatSample, ProfilerScope } from "./sample";
 export const SAMPLES_FORMAT = "lukv-profiler-samples";
 /** The manifest version this lukv writes and the newest it reads. */
 export const SAMPLES_FORMAT_VERSION = 1;
+/** The most cells (layers × kvHeads × grid) a profiler's table holds: 2^27 doubles, 1 GiB. */
+export const MAX_PROFILE_CELLS = 2 ** 27;
 const MANIFEST = "manifest.json";
 const SAMPLE_FILE = /^sample-\d{6,}\.f32$/;
 
@@ -143,6 +145,7 @@ export function openSamples(dir: string): SampleDirectory {
   if (!isCount(layers) || !isCount(kvHeads) || layers === 0 || kvHeads === 0) throw bad(`"layers" and "kvHeads" must be positive integers of at most ${INT32_MAX}`);
   if (!Array.isArray(doc.samples)) throw bad(`"samples" must be an array`);
   const H = layers * kvHeads;
+  if (H > MAX_PROFILE_CELLS) throw bad(`layers × kvHeads is ${layers} × ${kvHeads} = ${H}, more than the ${MAX_PROFILE_CELLS} heads a profile holds`);
   const entries = (doc.samples as unknown[]).map((entry, i) => {
     const e = entry as Partial<ManifestSample> | null;
     if (e === null || typeof e !== "object" || typeof e.file !== "string" || !SAMPLE_FILE.test(e.file)) {
