@@ -104,6 +104,22 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     cpu.dispose();
   });
 
+  test("auto takes the CPU where the device refuses the cache; cuda keeps refusing it", () => {
+    const r = rng(seed ^ 0x100);
+    const auto = new KVCache({ layers: 1, kvHeads: 1, headDim: 100, maxTokens: 64, dtype: "f32" });
+    try {
+      expect(auto.config.device).toBe("cpu");
+      const seq = auto.createSequence();
+      seq.append(0, randn(r, 4 * 100), randn(r, 4 * 100));
+      expect(seq.attend(0, randn(r, 100)).length).toBe(100);
+    } finally {
+      auto.dispose();
+    }
+    expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 100, maxTokens: 64, device: "cuda" })).toThrow(
+      expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(/^Expected headDim a multiple of 8/) }),
+    );
+  });
+
   const cases: { dtype: DType; group: number; headDim: number }[] = [];
   for (const dtype of ["f32", "f16", "bf16"] as DType[])
     for (const group of [1, 4, 8]) for (const headDim of [64, 128]) cases.push({ dtype, group, headDim });

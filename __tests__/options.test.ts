@@ -89,3 +89,16 @@ test("solver, profile encoding and Profiler.addSequence options", () => {
     cache.dispose();
   }
 });
+
+test("cache construction: threads null is the default, a default maxTokens past the limits is named as the default, a pool the host cannot hold says what to change", () => {
+  const c = new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64, threads: null as never });
+  expect(c.config.threads).toBe(new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 }).config.threads);
+  c.dispose();
+  expect(() => new KVCache({ layers: 65536, kvHeads: 65536, headDim: 8 })).toThrow(
+    "Expected a value given: its default, layers × kvHeads × 4096 = 17592186044416, passes the limits (2^40 tokens, 2147483647 pages) for maxTokens but received undefined",
+  );
+  // 2^40 tokens of 4096 f32 values, K and V: 32 PiB
+  expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 4096, dtype: "f32", pageSize: 65536, maxTokens: 2 ** 40, device: "cpu" })).toThrow(
+    expect.objectContaining({ name: "OutOfPagesError", message: expect.stringMatching(/^could not allocate the page pool \(\d+ bytes of host memory\): give a smaller maxTokens/) }),
+  );
+});

@@ -254,11 +254,14 @@ export class KVCache {
       throw invalid("queryHeads", `a multiple of kvHeads (${kvHeads})`, queryHeads);
     const headDim = positiveInteger("headDim", options.headDim, 4096);
     const pageSize = positiveInteger("pageSize", options.pageSize ?? 16, 65536);
-    const maxTokens = positiveInteger("maxTokens", options.maxTokens ?? layers * kvHeads * 4096, 2 ** 40);
+    const defaultTokens = layers * kvHeads * 4096;
+    if (options.maxTokens === undefined && (defaultTokens > 2 ** 40 || Math.ceil(defaultTokens / pageSize) > MAX_INT32))
+      throw invalid("maxTokens", `a value given: its default, layers × kvHeads × 4096 = ${defaultTokens}, passes the limits (2^40 tokens, ${MAX_INT32} pages)`, undefined);
+    const maxTokens = positiveInteger("maxTokens", options.maxTokens ?? defaultTokens, 2 ** 40);
     if (Math.ceil(maxTokens / pageSize) > MAX_INT32) throw invalid("maxTokens", `at most ${MAX_INT32} pages`, maxTokens);
     const dtype = oneOf("dtype", options.dtype ?? "f16", DTYPES);
     const device = oneOf("device", options.device ?? "auto", DEVICES);
-    const threads = options.threads === undefined ? defaultThreads() : positiveInteger("threads", options.threads, MAX_THREADS);
+    const threads = options.threads === undefined || options.threads === null ? defaultThreads() : positiveInteger("threads", options.threads, MAX_THREADS);
     const simd = oneOf("simd", options.simd ?? "auto", SIMD);
     const prefetch = oneOf("prefetch", options.prefetch ?? "auto", PREFETCH);
     const observationWindow = nonNegativeInteger("observationWindow", options.observationWindow ?? 32, 65536);
@@ -270,21 +273,18 @@ export class KVCache {
     const resolved = resolveDevice(device);
     if (simd !== "auto" && !addon.cpuInfo().simdSupported.includes(simd))
       throw invalid("simd", `one of the levels this processor supports (${addon.cpuInfo().simdSupported.join(", ")})`, simd);
+    const make = (on: "cpu" | "cuda") =>
+      new addon.NativeCache({ layers, kvHeads, queryHeads, headDim, pageSize, maxTokens, dtype, device: on, threads, simd, prefetch, observationWindow });
     try {
-      this.#native = new addon.NativeCache({
-        layers,
-        kvHeads,
-        queryHeads,
-        headDim,
-        pageSize,
-        maxTokens,
-        dtype,
-        device: resolved,
-        threads,
-        simd,
-        prefetch,
-        observationWindow,
-      });
+      try {
+        this.#native = make(resolved);
+      } catch (e) {
+        // "auto" takes the CPU where the device refuses this cache (a head size it has no kernels
+        // for, a pool larger than its memory): config.device says which it took.
+        const code = (e as { code?: unknown })?.code;
+        if (device !== "auto" || resolved !== "cuda" || (code !== "ERR_LUKV_INVALID_ARGUMENT" && code !== "ERR_LUKV_OUT_OF_PAGES")) throw e;
+        this.#native = make("cpu");
+      }
     } catch (e) {
       rethrow(e);
     }

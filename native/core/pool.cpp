@@ -20,7 +20,9 @@ PagePool::PagePool(int64_t numPages, int pageSize, int headDim, DType dtype)
   const size_t total = (size_t)numPages * pageBytes_;  // allocateStreamed rounds it up to whole lines
   data_ = static_cast<uint8_t*>(allocateStreamed(total));
   bytes_ = total;
-  if (!data_) throw Error(ErrorCode::OutOfPages, "could not allocate the page pool (" + std::to_string(total) + " bytes)");
+  if (!data_)
+    throw Error(ErrorCode::OutOfPages, "could not allocate the page pool (" + std::to_string(total) +
+                                           " bytes of host memory): give a smaller maxTokens (or pageSize × pages), or a smaller dtype");
 }
 
 namespace {
