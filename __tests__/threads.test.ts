@@ -87,12 +87,14 @@ test("LUKV_THREADS: decimal digits from 1 to 1024, as the threads option", () =>
     const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 });
     expect(cache.config.threads).toBe(3);
     expect(backends().cpu.threads).toBe(3);
+    expect(backends().cpu.threadsError).toBeUndefined();
     cache.dispose();
     for (const bad of ["0", "1025", "0x10", "1e1", "2.5", "-2", " 4", "four"]) {
       process.env.LUKV_THREADS = bad;
       const error = { name: "InvalidArgumentError", message: `Expected integer between 1 and 1024 for LUKV_THREADS but received ${JSON.stringify(bad)} of type string` };
       expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 })).toThrow(expect.objectContaining(error));
-      expect(() => backends()).toThrow(expect.objectContaining(error));
+      // backends() diagnoses the setup: it reports the problem instead of throwing it.
+      expect(backends().cpu.threadsError).toBe(error.message);
     }
   } finally {
     if (saved === undefined) delete process.env.LUKV_THREADS;

@@ -16,8 +16,10 @@ export interface Backends {
   /** What `device: "auto"` means here, and why. */
   auto: { device: "cpu" | "cuda"; reason: string };
   cpu: {
-    /** Threads a cache uses by default. */
+    /** Threads a cache uses by default (every core, up to 1024, when LUKV_THREADS is malformed). */
     threads: number;
+    /** Why LUKV_THREADS cannot be used (a cache without the threads option then throws it); absent when it can. */
+    threadsError?: string;
     /** Best kernel table on this processor. */
     simd: string;
     /** Every kernel table this processor can run, best first. */
@@ -52,7 +54,14 @@ export function backends(): Backends {
   const addon = native();
   const cpu = addon.cpuInfo();
   const { info, reasons } = cudaStatus();
-  const threads = defaultThreads();
+  // A malformed LUKV_THREADS is reported, not thrown: this is the call that diagnoses a setup.
+  let threads: number, threadsError: string | undefined;
+  try {
+    threads = defaultThreads();
+  } catch (e) {
+    threads = Math.min(os.availableParallelism(), MAX_THREADS);
+    threadsError = (e as Error).message;
+  }
   const cuda: Backends["cuda"] = { compiled: info.compiled, devices: info.devices, usable: reasons.length === 0, reasons };
   if (reasons.length) cuda.error = reasons.join("; ");
   if (info.compiled) {
@@ -64,7 +73,7 @@ export function backends(): Backends {
   return {
     binary: loadedBinary(),
     auto: autoDevice(reasons, info),
-    cpu: { threads, simd: cpu.simd, simdSupported: cpu.simdSupported, prefetch: cpu.prefetch },
+    cpu: { threads, ...(threadsError !== undefined ? { threadsError } : {}), simd: cpu.simd, simdSupported: cpu.simdSupported, prefetch: cpu.prefetch },
     cuda,
   };
 }
