@@ -118,6 +118,10 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 100, maxTokens: 64, device: "cuda" })).toThrow(
       expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(/^Expected headDim a multiple of 8/) }),
     );
+    // Refused by both: the CPU's error, saying why the device refused first (32 PiB of f32 rows).
+    expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 4096, dtype: "f32", pageSize: 65536, maxTokens: 2 ** 40 })).toThrow(
+      expect.objectContaining({ name: "OutOfPagesError", message: expect.stringMatching(/^could not allocate the page pool .* \(device "auto" tried CUDA first, which refused: Expected headDim/) }),
+    );
   });
 
   const cases: { dtype: DType; group: number; headDim: number }[] = [];

@@ -312,6 +312,28 @@ test("a file whose rows hold a non-finite key loads into a cache without checkFi
   }
 });
 
+// Node makes Buffers of at most buffer.constants.MAX_LENGTH bytes (4 GiB on Node 20): a larger save
+// is refused with a typed error (an external Buffer past it was freed twice and aborted the
+// process). The limit is what the library passes; here a small one stands in for it.
+test("a save larger than the largest Buffer is refused, sync and async, and the process goes on", async () => {
+  const r = rng(seed + 47);
+  const cache = cacheOf("f16");
+  try {
+    const seq = cache.createSequence();
+    appendAll([seq], 8, r);
+    const size = seq.save().length;
+    const handle = (cache as unknown as { handle: { saveSequence(id: number, b: Float64Array, max: number): Buffer; saveSequenceAsync(id: number, b: Float64Array, max: number): Promise<Buffer> } }).handle;
+    const bounds = new Float64Array(shape.layers * 3);
+    const message = `The saved sequence would be ${size} bytes, more than the largest Buffer this Node.js makes (${size - 1} bytes): compress the sequence first`;
+    expect(() => handle.saveSequence(seq.nativeId(), bounds, size - 1)).toThrow(expect.objectContaining({ code: "ERR_LUKV_INVALID_ARGUMENT", message }));
+    await expect(handle.saveSequenceAsync(seq.nativeId(), bounds, size - 1)).rejects.toMatchObject({ code: "ERR_LUKV_INVALID_ARGUMENT", message });
+    expect(handle.saveSequence(seq.nativeId(), bounds, size).length).toBe(size);
+    expect((await handle.saveSequenceAsync(seq.nativeId(), bounds, size)).length).toBe(size);
+  } finally {
+    cache.dispose();
+  }
+});
+
 describe("rejected inputs change nothing", () => {
   const r = rng(seed + 23);
   const cache = cacheOf("f16");

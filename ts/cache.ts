@@ -1,4 +1,5 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
+import { constants as bufferConstants } from "buffer";
 import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, outGone, SequenceBusyError } from "./errors";
 import { readSequenceSource, readSequenceSourceAsync, checkSavePath, writeFileReplacing, writeFileReplacingAsync } from "./sequence-file";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
@@ -255,7 +256,7 @@ export class KVCache {
     const headDim = positiveInteger("headDim", options.headDim, 4096);
     const pageSize = positiveInteger("pageSize", options.pageSize ?? 16, 65536);
     const defaultTokens = layers * kvHeads * 4096;
-    if (options.maxTokens === undefined && (defaultTokens > 2 ** 40 || Math.ceil(defaultTokens / pageSize) > MAX_INT32))
+    if ((options.maxTokens === undefined || options.maxTokens === null) && (defaultTokens > 2 ** 40 || Math.ceil(defaultTokens / pageSize) > MAX_INT32))
       throw invalid("maxTokens", `a value given: its default, layers × kvHeads × 4096 = ${defaultTokens}, passes the limits (2^40 tokens, ${MAX_INT32} pages)`, undefined);
     const maxTokens = positiveInteger("maxTokens", options.maxTokens ?? defaultTokens, 2 ** 40);
     if (Math.ceil(maxTokens / pageSize) > MAX_INT32) throw invalid("maxTokens", `at most ${MAX_INT32} pages`, maxTokens);
@@ -283,7 +284,13 @@ export class KVCache {
         // for, a pool larger than its memory): config.device says which it took.
         const code = (e as { code?: unknown })?.code;
         if (device !== "auto" || resolved !== "cuda" || (code !== "ERR_LUKV_INVALID_ARGUMENT" && code !== "ERR_LUKV_OUT_OF_PAGES")) throw e;
-        this.#native = make("cpu");
+        try {
+          this.#native = make("cpu");
+        } catch (cpuError) {
+          // Both refused: the CPU's error, saying that the device was tried first and why it refused.
+          if (cpuError instanceof Error) cpuError.message += ` (device "auto" tried CUDA first, which refused: ${(e as Error).message})`;
+          throw cpuError;
+        }
       }
     } catch (e) {
       rethrow(e);
@@ -1194,7 +1201,7 @@ export class Sequence {
   save(): Buffer {
     const id = this.id;
     try {
-      return this.#cache.handle.saveSequence(id, this.#bounds());
+      return this.#cache.handle.saveSequence(id, this.#bounds(), bufferConstants.MAX_LENGTH);
     } catch (e) {
       rethrow(e);
     }
@@ -1205,7 +1212,7 @@ export class Sequence {
     this.#liveId();
     return this.#enqueue(async () => {
       try {
-        return await this.#cache.handle.saveSequenceAsync(this.#liveId(), this.#bounds());
+        return await this.#cache.handle.saveSequenceAsync(this.#liveId(), this.#bounds(), bufferConstants.MAX_LENGTH);
       } catch (e) {
         rethrow(e);
       }

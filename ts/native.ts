@@ -87,8 +87,9 @@ export interface NativeCache {
   positions(seq: number, layer: number, head: number): Int32Array;
   appended(seq: number, layer: number): number;
   readRows(seq: number, layer: number, head: number, values: boolean): Float32Array;
-  saveSequence(seq: number, bounds: Float64Array): Buffer;
-  saveSequenceAsync(seq: number, bounds: Float64Array): Promise<Buffer>;
+  /** maxBytes: the largest Buffer this Node.js makes; a larger save throws an invalid-argument error. */
+  saveSequence(seq: number, bounds: Float64Array, maxBytes: number): Buffer;
+  saveSequenceAsync(seq: number, bounds: Float64Array, maxBytes: number): Promise<Buffer>;
   /** measure: the bounds returned are at least those of the file's rows; a non-finite key or value fails. */
   loadSequence(bytes: Uint8Array, measure: boolean): [number, Float64Array];
   loadSequenceAsync(bytes: Uint8Array, measure: boolean): Promise<[number, Float64Array]>;

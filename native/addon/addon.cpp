@@ -847,6 +847,17 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   // The saved bytes become the Buffer's memory (no copy); the vector is freed with it. Held here
   // until the Buffer exists: creating it fails in a worker thread being terminated, and the throw
   // must not leak them.
+  // The largest Buffer this Node.js makes (buffer.constants.MAX_LENGTH, given by the caller): past it
+  // Node refuses the Buffer, and for an external one frees the bytes itself (a double free here).
+  static double maxBytesArg(const Napi::CallbackInfo& info) {
+    if (info.Length() <= 2 || !info[2].IsNumber()) throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for maxBytes");
+    return info[2].As<Napi::Number>().DoubleValue();
+  }
+  static void checkSavedSize(size_t n, double maxBytes) {
+    if ((double)n > maxBytes)
+      throw Error(ErrorCode::InvalidArgument, "The saved sequence would be " + std::to_string(n) + " bytes, more than the largest Buffer this Node.js makes (" +
+                                                  std::to_string((uint64_t)maxBytes) + " bytes): compress the sequence first");
+  }
   // (saveAsync: made on a worker thread, where no Buffer can be.) Their size is reported to V8 as
   // external memory while the Buffer lives, so that it counts toward the next collection.
   static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, Cache::SavedBytes&& bytes) {
@@ -877,12 +888,14 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Cache& c = cache(env);
     int id = intArg(info, 0, "sequence");
     std::vector<double> bounds = boundsArg(info, c.config());
+    const double maxBytes = maxBytesArg(info);
     // Written straight into a Buffer of V8's: the collector frees it (an external Buffer's memory
     // waits for its finalizer, which runs only after the current turn of the event loop, so
     // synchronous saves in a loop piled up: 30 saves of 132 MB reached 4 GB).
     Napi::Buffer<uint8_t> out;
     guarded(env, [&] {
       c.saveSequenceInto(id, bounds, [&](size_t n) {
+        checkSavedSize(n, maxBytes);
         try {
           out = Napi::Buffer<uint8_t>::New(env, n);
         } catch (const Napi::Error&) {
@@ -906,16 +919,20 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   }
   class SaveWorker : public CacheWorker {
    public:
-    SaveWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, std::vector<double> bounds)
-        : CacheWorker(env, std::move(cache)), id_(id), bounds_(std::move(bounds)) {}
+    SaveWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, std::vector<double> bounds, double maxBytes)
+        : CacheWorker(env, std::move(cache)), id_(id), bounds_(std::move(bounds)), maxBytes_(maxBytes) {}
 
    protected:
-    void Run(Cache& cache) override { bytes_ = cache.saveSequence(id_, bounds_); }
+    void Run(Cache& cache) override {
+      bytes_ = cache.saveSequence(id_, bounds_);
+      checkSavedSize(bytes_.size(), maxBytes_);
+    }
     void Resolve(Napi::Env env) override { deferred_.Resolve(toBuffer(env, std::move(bytes_))); }
 
    private:
     int id_;
     std::vector<double> bounds_;
+    double maxBytes_;
     Cache::SavedBytes bytes_;
   };
   class LoadWorker : public CacheWorker {
@@ -941,7 +958,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
     int id = intArg(info, 0, "sequence");
-    auto* w = new SaveWorker(env, cache_, id, boundsArg(info, c.config()));
+    auto* w = new SaveWorker(env, cache_, id, boundsArg(info, c.config()), maxBytesArg(info));
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
