@@ -288,7 +288,9 @@ export class KVCache {
           this.#native = make("cpu");
         } catch (cpuError) {
           // Both refused: the CPU's error, saying that the device was tried first and why it refused.
-          if (cpuError instanceof Error) cpuError.message += ` (device "auto" tried CUDA first, which refused: ${(e as Error).message})`;
+          // (By shape: the addon's errors may come from another realm.)
+          const err = cpuError as { message?: unknown };
+          if (typeof err?.message === "string") err.message += ` (device "auto" tried CUDA first, which refused: ${(e as Error).message})`;
           throw cpuError;
         }
       }
