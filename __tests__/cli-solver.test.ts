@@ -174,6 +174,12 @@ describe("lukv solve", () => {
     writeFileSync(join(dir, "inf.json"), '{"curves": [[0, 1], [0, 1e999]]}');
     const inf = await run(solveCommand, [join(dir, "inf.json"), "--keep", "1"]);
     expect([inf.code, inf.err]).toEqual([1, `lukv solve: ${join(dir, "inf.json")}: curves[1] must be a non-empty array of finite numbers (loss after evicting 0..T tokens)`]);
+    // Finite losses whose sums pass the float64 range: a malformed file too, not "loss": null.
+    writeFileSync(join(dir, "huge.json"), '{"curves": [[0, 1e308, 1.7e308], [0, 1e308, 1.7e308]]}');
+    for (const extra of [[], ["--json"], ["--exact"]]) {
+      const huge = await run(solveCommand, [join(dir, "huge.json"), "--keep", "0", ...extra]);
+      expect([huge.code, huge.err]).toEqual([1, `lukv solve: ${join(dir, "huge.json")}: the losses are too large to sum in float64; scale the curves down`]);
+    }
     // The file's own bounds are part of the file: malformed, they exit 1 too.
     for (const [field, value] of [["minKeep", -1], ["maxKeep", 1.5], ["minKeep", [1]], ["maxKeep", "x"]] as const) {
       writeFileSync(join(dir, "bounds.json"), JSON.stringify({ curves: [[0, 1], [0, 1, 2]], [field]: value }));

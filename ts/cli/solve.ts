@@ -73,6 +73,9 @@ async function solve(argv: string[], io: CommandIO): Promise<number> {
   const keep = exact ?? greedy.keep;
   const exactLoss = exact ? budgetLoss(curves, exact) : undefined;
   const lossOf = (h: number) => curves[h][curves[h].length - 1 - keep[h]];
+  // Finite losses whose sums pass the float64 range would print as null (JSON) or Infinity.
+  if (![greedy.trueLoss, greedy.relaxedLoss, greedy.gapBound, exactLoss ?? 0].every(Number.isFinite))
+    throw new FileError(`${positionals[0]}: the losses are too large to sum in float64; scale the curves down`);
 
   if (flags.json) {
     const result: Record<string, unknown> = {
