@@ -194,6 +194,10 @@ const DEVICES: readonly Device[] = ["auto", "cpu", "cuda"];
 const SIMD: readonly SimdLevel[] = ["auto", "avx512", "avx2", "neon", "generic"];
 const PREFETCH: readonly PrefetchHint[] = ["auto", "t0", "t2", "nta", "none"];
 const MAX_INT32 = 2 ** 31 - 1;
+/** @internal The most tokens a pool with pages of `pageSize` tokens holds: 2^40, and MAX_INT32 pages. */
+export function mostTokens(pageSize: number): number {
+  return Math.min(2 ** 40, MAX_INT32 * pageSize);
+}
 
 /** @internal Turns an error from the addon (another realm, code property) into the typed lukv error. */
 export function rethrow(e: unknown): never {
@@ -256,7 +260,7 @@ export class KVCache {
     const headDim = positiveInteger("headDim", options.headDim, 4096);
     const pageSize = positiveInteger("pageSize", options.pageSize ?? 16, 65536);
     const defaultTokens = layers * kvHeads * 4096;
-    if ((options.maxTokens === undefined || options.maxTokens === null) && (defaultTokens > 2 ** 40 || Math.ceil(defaultTokens / pageSize) > MAX_INT32))
+    if ((options.maxTokens === undefined || options.maxTokens === null) && defaultTokens > mostTokens(pageSize))
       throw invalid("maxTokens", `a value given: its default, layers × kvHeads × 4096 = ${defaultTokens}, passes the limits (2^40 tokens, ${MAX_INT32} pages)`, undefined);
     const maxTokens = positiveInteger("maxTokens", options.maxTokens ?? defaultTokens, 2 ** 40);
     if (Math.ceil(maxTokens / pageSize) > MAX_INT32) throw invalid("maxTokens", `at most ${MAX_INT32} pages`, maxTokens);

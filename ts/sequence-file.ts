@@ -66,15 +66,9 @@ async function followLinksAsync(path: string): Promise<string> {
   throw loopError(path);
 }
 
-interface Target {
-  /** The path to rename over: `path` with its links followed. */
-  path: string;
-  /** Permission bits of the existing file, or undefined for a new file. */
-  mode: number | undefined;
-}
-
-function targetOf(path: string, stat: fs.Stats | undefined): Target {
-  return { path, mode: stat?.isFile() ? stat.mode & 0o777 : undefined };
+// The permission bits of the file a write replaces, or undefined for a new file.
+function modeOf(stat: fs.Stats | undefined): number | undefined {
+  return stat?.isFile() ? stat.mode & 0o777 : undefined;
 }
 
 // The directory fsync makes the rename itself durable. Some platforms and file systems cannot open
@@ -94,14 +88,14 @@ export function writeFileReplacing(path: string, data: Uint8Array): void {
   } catch {
     // a new file (or one the write below reports the error of)
   }
-  const target = targetOf(real, stat);
-  const temp = tempPathFor(target.path);
+  const mode = modeOf(stat);
+  const temp = tempPathFor(real);
   try {
-    const fd = fs.openSync(temp, "wx", target.mode ?? 0o666);
+    const fd = fs.openSync(temp, "wx", mode ?? 0o666);
     try {
-      if (target.mode !== undefined) {
+      if (mode !== undefined) {
         try {
-          fs.fchmodSync(fd, target.mode); // open applied the umask
+          fs.fchmodSync(fd, mode); // open applied the umask
         } catch {
           // the file has the mode less the umask: never wider than the old file's
         }
@@ -111,14 +105,14 @@ export function writeFileReplacing(path: string, data: Uint8Array): void {
     } finally {
       fs.closeSync(fd);
     }
-    fs.renameSync(temp, target.path);
+    fs.renameSync(temp, real);
   } catch (e) {
     fs.rmSync(temp, { force: true });
     throw e;
   }
   if (process.platform === "win32") return;
   try {
-    const dir = fs.openSync(dirname(target.path), "r");
+    const dir = fs.openSync(dirname(real), "r");
     try {
       fs.fsyncSync(dir);
     } finally {
@@ -138,25 +132,25 @@ export async function writeFileReplacingAsync(path: string, data: Uint8Array): P
   } catch {
     // a new file (or one the write below reports the error of)
   }
-  const target = targetOf(real, stat);
-  const temp = tempPathFor(target.path);
+  const mode = modeOf(stat);
+  const temp = tempPathFor(real);
   try {
-    const file = await fs.promises.open(temp, "wx", target.mode ?? 0o666);
+    const file = await fs.promises.open(temp, "wx", mode ?? 0o666);
     try {
-      if (target.mode !== undefined) await file.chmod(target.mode).catch(() => undefined); // as in writeFileReplacing
+      if (mode !== undefined) await file.chmod(mode).catch(() => undefined); // as in writeFileReplacing
       await file.writeFile(data);
       await file.sync();
     } finally {
       await file.close();
     }
-    await fs.promises.rename(temp, target.path);
+    await fs.promises.rename(temp, real);
   } catch (e) {
     await fs.promises.rm(temp, { force: true });
     throw e;
   }
   if (process.platform === "win32") return;
   try {
-    const dir = await fs.promises.open(dirname(target.path), "r");
+    const dir = await fs.promises.open(dirname(real), "r");
     try {
       await dir.sync();
     } finally {

@@ -844,9 +844,6 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     const uint8_t* d = static_cast<const uint8_t*>(v.data);
     return std::vector<uint8_t>(d, d + v.length);
   }
-  // The saved bytes become the Buffer's memory (no copy); the vector is freed with it. Held here
-  // until the Buffer exists: creating it fails in a worker thread being terminated, and the throw
-  // must not leak them.
   // The largest Buffer this Node.js makes (buffer.constants.MAX_LENGTH, given by the caller): past it
   // Node refuses the Buffer, and for an external one frees the bytes itself (a double free here).
   static double maxBytesArg(const Napi::CallbackInfo& info) {
@@ -858,8 +855,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       throw Error(ErrorCode::InvalidArgument, "The saved sequence would be " + std::to_string(n) + " bytes, more than the largest Buffer this Node.js makes (" +
                                                   std::to_string((uint64_t)maxBytes) + " bytes): compress the sequence first");
   }
-  // (saveAsync: made on a worker thread, where no Buffer can be.) Their size is reported to V8 as
-  // external memory while the Buffer lives, so that it counts toward the next collection.
+  // saveAsync's bytes (made on a worker thread, where no Buffer can be) become the Buffer's memory
+  // (no copy); the vector is freed with it. Held here until the Buffer exists: creating it fails in
+  // a worker thread being terminated, and the throw must not leak them. Their size is reported to
+  // V8 as external memory while the Buffer lives, so that it counts toward the next collection.
   static Napi::Buffer<uint8_t> toBuffer(Napi::Env env, Cache::SavedBytes&& bytes) {
     auto owned = std::make_unique<Cache::SavedBytes>(std::move(bytes));
     const int64_t size = (int64_t)owned->size();

@@ -1,7 +1,7 @@
 // The tiny GQA decoder (tools/tiny-lm/model.py) in TypeScript, with lukv doing all attention and
 // KV storage: every layer appends its keys/values to a Sequence and attends through it, so a
 // compressed sequence changes what the model sees and nothing else.
-import { CACHE_OPTION_NAMES, KVCache, KVCacheOptions, Sequence } from "../cache";
+import { CACHE_OPTION_NAMES, KVCache, KVCacheOptions, Sequence, mostTokens } from "../cache";
 import { InvalidArgumentError, invalid } from "../errors";
 import { addInPlace, applyRope, matmul, rmsNorm, ropeTables, swiglu } from "./kernels";
 import { QueryStatistics } from "../expected-attention";
@@ -256,9 +256,8 @@ export class TinyLM {
     if (contextTokens !== undefined || maxTokens === undefined) {
       if (contextTokens !== undefined && maxTokens !== undefined)
         throw new InvalidArgumentError(`Expected contextTokens or maxTokens in options but received both (contextTokens ${contextTokens}, maxTokens ${maxTokens})`);
-      // KVCache's limits on maxTokens (2^40, and 2^31 - 1 pages), in tokens of each (layer, KV head).
-      const pageSize = isPositiveInteger(rest.pageSize) ? rest.pageSize : 16;
-      const most = Math.floor(Math.min(2 ** 40, (2 ** 31 - 1) * pageSize) / (layers * kvHeads));
+      // KVCache's limit on maxTokens, in tokens of each (layer, KV head).
+      const most = Math.floor(mostTokens(isPositiveInteger(rest.pageSize) ? rest.pageSize : 16) / (layers * kvHeads));
       maxTokens = layers * kvHeads * positiveInteger("contextTokens", contextTokens === undefined ? 4096 : contextTokens, most);
     }
     return new KVCache({
