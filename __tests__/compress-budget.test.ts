@@ -100,3 +100,16 @@ test("explicit budgets: the other options are still checked, and the report's ta
   expect(exact.target).toBe(exact.total);
   cache.dispose();
 });
+
+test("ratio totals round halves up with the ratio read as the decimal it prints as (sync and async)", async () => {
+  // 0.67 x 150 = 100.5; with the double nearest 0.33 the product is 100.49999999999999 (100 kept before).
+  const options = { ratio: 0.33, scorer: "knorm", sink: 0, window: 0 } as const;
+  const a = filled(25);
+  const rep = a.seq.compress(options);
+  expect([rep.before, rep.target, rep.total, sum(a.seq.lengths())]).toEqual([150, 101, 101, 101]);
+  a.cache.dispose();
+  const b = filled(25);
+  const repAsync = await b.seq.compressAsync(options);
+  expect([repAsync.target, repAsync.total, sum(b.seq.lengths())]).toEqual([101, 101, 101]);
+  b.cache.dispose();
+});

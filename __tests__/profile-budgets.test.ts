@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { budgetsFromProfile, createProfile, loadProfile, pruneRatiosAt, type Profile } from "../ts/profile";
+import { decimalKeptTotal } from "./helpers/evict-reference";
 import { rng, testSeed } from "./helpers/random";
 
 // Fresh random data each run; rerun a failure with LUKV_SEED=<seed>.
@@ -133,7 +134,7 @@ describe(`budgetsFromProfile (seed ${SEED})`, () => {
       const lengths = Array.from({ length: H }, () => (rand() < 0.1 ? int(0, 3) : int(0, 5000)));
       const ratio = trial % 10 === 0 ? Math.round(rand() * 100) / 100 : rand();
       const S = sum(lengths);
-      const K = Math.round((1 - ratio) * S);
+      const K = decimalKeptTotal(ratio, S);
       // A floor that is feasible: at most what the ratio keeps.
       const floor = rand() < 0.5 ? 0 : Math.floor((K / Math.max(1, H)) * rand());
       const minKeep = rand() < 0.5 ? floor : lengths.map(() => int(0, floor));
@@ -156,6 +157,27 @@ describe(`budgetsFromProfile (seed ${SEED})`, () => {
       }
       expect(maxDownFrac).toBeLessThanOrEqual(minUpFrac + 1e-6);
     }
+  });
+
+  test("the total rounds halves up with the ratio read as the decimal it prints as (0.3 of 365 keeps 256)", () => {
+    const p = consistentProfile(9, 1, 1);
+    // Products of the nearest doubles that fall below the half (0.3 · 365 → 255.49999999999997)
+    // and above it (0.1 · 5 → 4.5 exactly in decimal, 4.499... exactly in binary).
+    expect(budgetsFromProfile(p, { ratio: 0.3, lengths: [365] })[0]).toBe(256);
+    expect(budgetsFromProfile(p, { ratio: 0.1, lengths: [5] })[0]).toBe(5);
+    let halves = 0;
+    for (let trial = 0; trial < 3000; trial++) {
+      const digits = int(1, 4);
+      const ratio = int(0, 10 ** digits - 1) / 10 ** digits;
+      const kvHeads = int(1, 4);
+      const lengths = Array.from({ length: kvHeads }, () => int(0, trial % 3 ? 2000 : 2 ** 24));
+      const S = sum(lengths);
+      const K = decimalKeptTotal(ratio, S);
+      if ((2 * S * (10 ** digits - Math.round(ratio * 10 ** digits))) % (2 * 10 ** digits) === 10 ** digits) halves++;
+      expect([ratio, S, sum(budgetsFromProfile(consistentProfile(3, 1, kvHeads), { ratio, lengths }))]).toEqual([ratio, S, K]);
+    }
+    // The draw must reach the halves it is about.
+    expect(halves).toBeGreaterThan(50);
   });
 
   test("equal lengths and a consistent profile: each head keeps (1 − Φ_h) × T within one token", () => {

@@ -136,6 +136,8 @@ export interface NativeAddon {
   keepOrder(scores: Float32Array, sink: number, window: number): Int32Array;
   /** LU-KV keep counts (core/allocation): floors <= lengths, their sum <= total <= the sum of lengths. */
   lukvBudgets(pruneRatios: Float64Array, lengths: Int32Array, floors: Int32Array, total: number): Int32Array;
+  /** round((1 - ratio) * tokens), halves up, the ratio read as the decimal it prints as (core/allocation). */
+  keptTotal(ratio: number, tokens: number): number;
   /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes (the faster of a read with and one without software prefetch). */
   memoryReadBenchmark(bytes: number, threads: number, repeats: number): number[];
   /** QueryStatistics.add's float64 sums of rows [first, tokens) around `shift` (products: the full symmetric matrices, or null). */

@@ -219,11 +219,26 @@ export function idealBudgets(x: AllocationRefInput): number[] {
   });
 }
 
+/**
+ * round((1 − ratio) · tokens), halves up, in exact integer arithmetic on the decimal that
+ * String(ratio) prints (what a user wrote: 0.3 is 3/10, not the double nearest it).
+ */
+export function decimalKeptTotal(ratio: number, tokens: number): number {
+  const m = /^(\d+)(?:\.(\d+))?(?:e([+-]\d+))?$/.exec(String(ratio));
+  if (!m) throw new Error(`unexpected ratio ${ratio}`);
+  const digits = m[1] + (m[2] ?? "");
+  const scale = (m[2] ?? "").length - Number(m[3] ?? 0); // ratio = digits / 10^scale
+  const num = scale >= 0 ? BigInt(digits) : BigInt(digits) * 10n ** BigInt(-scale);
+  const den = 10n ** BigInt(Math.max(0, scale));
+  // floor(tokens · (den − num) / den + 1/2) = floor((2 · tokens · (den − num) + den) / (2 · den))
+  return Number((2n * BigInt(tokens) * (den - num) + den) / (2n * den));
+}
+
 /** The kept total compress aims at: round((1 − ratio) · tokens), raised to the forced tokens. */
 export function keptTotal(x: Pick<AllocationRefInput, "lengths" | "ratio" | "sink" | "window">): number {
   const before = x.lengths.reduce((a, b) => a + b, 0);
   const sumLo = bounds(x.lengths, x.sink, x.window).lo.reduce((a, b) => a + b, 0);
-  return Math.min(before, Math.max(sumLo, Math.floor((1 - x.ratio) * before + 0.5)));
+  return Math.min(before, Math.max(sumLo, decimalKeptTotal(x.ratio, before)));
 }
 
 export interface AllocationRefInput {
@@ -249,7 +264,7 @@ export function referenceAdaKV(x: AllocationRefInput): number[] {
   const { lo } = bounds(x.lengths, x.sink, x.window);
   const before = x.lengths.reduce((a, b) => a + b, 0);
   const total = keptTotal(x);
-  if (Math.floor((1 - x.ratio) * before + 0.5) >= before) return [...x.lengths];
+  if (decimalKeptTotal(x.ratio, before) >= before) return [...x.lengths];
   const H = x.kvHeads, Ly = x.layers;
   const alpha = x.alpha ?? 0.2;
   const loL: number[] = [], hiL: number[] = [];

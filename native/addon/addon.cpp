@@ -1197,6 +1197,18 @@ Napi::Value LukvBudgets(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// keptTotal(ratio, tokens) -> the kept total of core/allocation (budgetsFromProfile checks the
+// arguments first).
+Napi::Value KeptTotal(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected (ratio, tokens)");
+  const double ratio = info[0].As<Napi::Number>().DoubleValue(), tokens = info[1].As<Napi::Number>().DoubleValue();
+  if (!(ratio >= 0 && ratio <= 1) || !(tokens >= 0 && tokens <= 9007199254740991.0) || tokens != std::floor(tokens))
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a ratio in [0, 1] and a safe integer count of tokens");
+  return Napi::Number::New(env, (double)keptTotal(ratio, (int64_t)tokens));
+}
+
 // memoryReadBenchmark(bytes, threads, repeats) -> seconds per repeat, the faster of a read with and
 // one without software prefetch (benchmarks only).
 Napi::Value MemoryReadBenchmark(const Napi::CallbackInfo& info) {
@@ -1217,6 +1229,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scanValuesBatch", Napi::Function::New(env, ScanValuesBatch));
   exports.Set("keepOrder", Napi::Function::New(env, KeepOrder));
   exports.Set("lukvBudgets", Napi::Function::New(env, LukvBudgets));
+  exports.Set("keptTotal", Napi::Function::New(env, KeptTotal));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("accumulateQueryStatistics", Napi::Function::New(env, AccumulateQueryStatistics));
   return exports;

@@ -19,6 +19,14 @@ bool better(const float* score, int32_t a, int32_t b) {
 }
 }  // namespace
 
+int64_t keptTotal(double ratio, int64_t tokens) {
+  const double x = (1.0 - ratio) * (double)tokens;
+  const double whole = std::floor(x);
+  const double tolerance = 4 * std::numeric_limits<double>::epsilon() * std::max<double>(1, (double)tokens);
+  // x - whole is exact (whole <= x < whole + 1).
+  return (int64_t)whole + (x - whole >= 0.5 - tolerance ? 1 : 0);
+}
+
 HeadBounds headBounds(const std::vector<int32_t>& lengths, int sink, int window) {
   HeadBounds b;
   const size_t n = lengths.size();

@@ -17,7 +17,6 @@ namespace lukv {
 
 namespace {
 std::string str(int64_t v) { return std::to_string(v); }
-double roundHalfUp(double x) { return std::floor(x + 0.5); }
 }  // namespace
 
 void Cache::setAccumulate(int32_t seqId, bool on) {
@@ -196,7 +195,7 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
     rep.target = 0;
     for (int32_t b : opt.budgets) rep.target += b;
   } else {
-    rep.target = (int64_t)roundHalfUp((1.0 - opt.ratio) * (double)before);
+    rep.target = keptTotal(opt.ratio, before);
   }
 
   // Scores (read-only). Skipped when nothing would be evicted.

@@ -134,7 +134,7 @@ export function budgetsFromProfile(profile: Profile, options: BudgetsFromProfile
     total += t;
     sumLo += lo[h];
   }
-  const K = Math.round((1 - ratio) * total);
+  const K = native().keptTotal(ratio, total);
   if (K < sumLo) {
     throw invalid("ratio", `a ratio that keeps at least ${sumLo} of ${total} tokens (the sum of minKeep over heads)`, ratio);
   }
