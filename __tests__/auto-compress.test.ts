@@ -116,14 +116,15 @@ test("an automatic compression that fails throws before the append, changes noth
   const a = cache.createSequence(), b = cache.createSequence();
   step(a, r, 40);
   step(b, r, 40);
-  // H2O without accumulated attention mass: the compression is refused when it runs.
-  a.autoCompress({ maxTokens: 8, every: 1, scorer: "h2o", sink: 1, window: 1 });
+  // While the oracle is recorded, the compression is refused when it runs.
+  a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1 });
+  a.recordOracle();
   const row = shape.kvHeads * shape.headDim;
   const last = shape.layers - 1;
   // The batch that makes it due goes in (the compression runs before the next append).
   cache.appendBatch(last, [{ sequence: a, keys: randn(r, 4 * row), values: randn(r, 4 * row) }, { sequence: b, keys: randn(r, 4 * row), values: randn(r, 4 * row) }]);
   const before = { a: state(a), b: state(b), pages: cache.usage().pagesUsed };
-  const message = /^The automatic compression \(autoCompress\) due before this append failed, and nothing was appended: scorer "h2o" needs attention mass/;
+  const message = /^The automatic compression \(autoCompress\) due before this append failed, and nothing was appended: compress is not allowed while the oracle is being recorded/;
   for (let attempt = 0; attempt < 2; attempt++) {
     expect(() => a.append(0, randn(r, row), randn(r, row))).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(message) }));
     // In a batch too, whichever item it is: nothing of the batch goes in, and the error names the item.
@@ -207,6 +208,46 @@ test("an onCompress that starts an async call: the sync append or batch throws S
   }
 });
 
+// Sync calls are allowed inside onCompress only until it starts an async call on the sequence: that
+// call runs later, so a sync call after it would take effect before it.
+test("inside onCompress, a sync call after the callback's own async call on the sequence throws SequenceBusyError", async () => {
+  const r = rng(seed + 16);
+  const { cache, a, b } = twoSequences(r);
+  try {
+    const row = shape.kvHeads * shape.headDim, qrow = shape.queryHeads * shape.headDim;
+    const seen: string[] = [];
+    let started: Promise<Float32Array> | undefined;
+    a.autoCompress({
+      maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1,
+      onCompress: () => {
+        a.lengths(); // allowed: nothing pending of its own
+        started = a.attendAsync(0, randn(r, qrow));
+        try {
+          a.append(0, randn(r, row), randn(r, row));
+          seen.push("appended");
+        } catch (e) {
+          seen.push((e as Error).name);
+        }
+      },
+    });
+    a.append(shape.layers - 1, randn(r, row), randn(r, row)); // makes it due
+    const before = a.appended(0);
+    expect(() => a.append(0, randn(r, row), randn(r, row))).toThrow(SequenceBusyError);
+    expect(seen).toEqual(["SequenceBusyError"]);
+    await started;
+    expect([a.autoCompressions, a.appended(0)]).toEqual([1, before]);
+    // In an async call's turn (appendBatchAsync) too, and only after the callback's own call.
+    seen.length = 0;
+    a.append(shape.layers - 1, randn(r, row), randn(r, row));
+    await cache.appendBatchAsync(0, rowItems(r, a, b));
+    await started;
+    expect(seen).toEqual(["SequenceBusyError"]);
+    expect(a.autoCompressions).toBe(2);
+  } finally {
+    cache.dispose();
+  }
+});
+
 // onCompress may dispose another sequence (dispose is always allowed): a later item of the same
 // batch then fails as a disposed sequence does, with the library's error naming the item.
 test("an onCompress that disposes a later item's sequence: the batch throws DisposedError naming it", () => {
@@ -264,7 +305,8 @@ test("in a batch, the due compressions of the items before one whose compression
     step(b, r, 40);
     const reports: number[] = [];
     a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: (rep) => reports.push(rep.total) });
-    b.autoCompress({ maxTokens: 8, every: 1, scorer: "h2o", sink: 1, window: 1 }); // refused when it runs (no attention mass)
+    b.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1 });
+    b.recordOracle(); // the compression is refused when it runs
     const row = shape.kvHeads * shape.headDim;
     const last = shape.layers - 1;
     cache.appendBatch(last, [{ sequence: a, keys: randn(r, row), values: randn(r, row) }, { sequence: b, keys: randn(r, row), values: randn(r, row) }]);
@@ -378,5 +420,33 @@ test("onCompress runs inside the append: it may read the sequence, and async cal
   expect(seen).toEqual([new Array(heads).fill(8)]);
   expect(order).toEqual(["attendAsync made inside", "compressAsync made after"]);
   expect(a.pending).toBe(0);
+  cache.dispose();
+});
+
+test("h2o: refused at the call while accumulateAttention() is off, and accumulation cannot be turned off under it", () => {
+  const r = rng(seed + 41);
+  const cache = new KVCache({ ...shape, dtype: "f32" });
+  const seq = cache.createSequence();
+  step(seq, r, 40);
+  // Once due, every append would fail on the missing attention mass.
+  expect(() => seq.autoCompress({ maxTokens: 8, every: 1, scorer: "h2o", sink: 1, window: 1 })).toThrow(
+    expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(/^Expected "h2o" only while accumulateAttention\(\) is on/) }),
+  );
+  seq.accumulateAttention();
+  const reports: number[] = [];
+  seq.autoCompress({ maxTokens: 8, every: 1, scorer: "h2o", sink: 1, window: 1, onCompress: (rep) => reports.push(rep.total) });
+  expect(() => seq.accumulateAttention(false)).toThrow(/autoCompress compresses with scorer "h2o", which needs accumulateAttention\(\) on/);
+  step(seq, r, 2); // makes it due
+  step(seq, r, 1); // compresses first
+  expect(reports).toEqual([8 * heads]);
+  // Another scorer, or autoCompress off, frees accumulation again.
+  seq.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1 });
+  seq.accumulateAttention(false);
+  expect(() => seq.autoCompress({ maxTokens: 8, scorer: "h2o" })).toThrow(/accumulateAttention/);
+  // A fork keeps both settings.
+  seq.accumulateAttention(true);
+  seq.autoCompress({ maxTokens: 8, every: 1, scorer: "h2o", sink: 1, window: 1 });
+  const fork = seq.fork();
+  expect(() => fork.accumulateAttention(false)).toThrow(/autoCompress compresses with scorer "h2o"/);
   cache.dispose();
 });

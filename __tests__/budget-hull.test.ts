@@ -71,6 +71,15 @@ describe("lowerHull edge cases", () => {
     expect(() => lowerHull([0, 1, Infinity])).toThrow("Expected a finite number for cumulativeLoss[2] but received Infinity of type number");
     expect(() => lowerHull("abc" as unknown as number[])).toThrow("for cumulativeLoss but received \"abc\" of type string");
   });
+
+  test("a slope past the float64 range is refused (such slopes all tied at Infinity and the solver chose wrongly)", () => {
+    const message = "Expected cumulativeLoss to change by less than the float64 range per token between hull points but it goes from -1e+308 at 0 to 1e+308 at 1";
+    expect(() => lowerHull([-1e308, 1e308])).toThrow(message);
+    const { solveBudgetsDetailed } = require("../ts/budget") as typeof import("../ts/budget");
+    expect(() => solveBudgetsDetailed([[-1e308, 1e308], [-1.5e308, 1.5e308]], 1)).toThrow(/^Expected curves\[0\] to change by less than the float64 range/);
+    // Within the range, extreme values still work: slopes of -1e308 and -5e307 (already convex).
+    expect(Array.from(lowerHull([1e308, 0, -5e307]))).toEqual([-1e308, -5e307]);
+  });
 });
 
 describe(`lowerHull on random curves (seed ${SEED})`, () => {

@@ -66,6 +66,15 @@ describe("lukv profile inspect", () => {
     expect(r.out).toContain("calibration  3 samples, contexts of 1000–4000 tokens, 64 decode steps");
   });
 
+  test("a profile of 200,000 samples (one context length each) is inspected (a spread of them overflowed the stack)", async () => {
+    const contextLengths = Array.from({ length: 200_000 }, (_, i) => 512 + (i % 3000));
+    const profile = createProfile({ table: new Float64Array(9 * 2).fill(0.5), grid: 9, layers: 1, kvHeads: 2, meta: { calibration: { samples: 200_000, contextLengths } } });
+    saveProfile(profile, join(dir, "many.json"));
+    const r = await run(profileCommand, ["inspect", join(dir, "many.json")]);
+    expect([r.code, r.err]).toEqual([0, ""]);
+    expect(r.out).toContain("calibration  200000 samples, contexts of 512–3511 tokens");
+  });
+
   test("usage errors exit 2 with the usage; unreadable or bad files exit 1", async () => {
     const none = await run(profileCommand, []);
     expect([none.code, none.err]).toEqual([2, expect.stringContaining("usage: lukv profile <subcommand>")]);

@@ -265,6 +265,29 @@ describe("allocations select exactly the reference sets", () => {
     b.cache.dispose();
   });
 
+  test("a profile is refused beside another allocation (LU-KV quietly off) and when it is not a Profile; null means none", async () => {
+    const r = rng(seed ^ 0x7a);
+    const grid = 9, heads = shape.layers * shape.kvHeads;
+    const profile = createProfile({ table: new Float64Array(grid * heads).fill(0.5), layers: shape.layers, kvHeads: shape.kvHeads });
+    const b = build(r, { tokens: [64, 64, 64] });
+    const before = Array.from(b.seq.lengths());
+    for (const allocation of [undefined, "uniform", "adakv", "pyramidkv"] as const)
+      expect(() => b.seq.compress({ ratio: 0.5, allocation, profile })).toThrow(/no profile beside allocation "(uniform|adakv|pyramidkv)" \(only allocation "lukv" reads one\)/);
+    for (const bad of [null, "garbage", 5]) {
+      const options = { allocation: "lukv" as const, profile: bad as unknown as typeof profile };
+      expect(() => b.seq.compress({ ratio: 0.5, ...options })).toThrow(/^Expected a Profile \(allocation "lukv" needs one; see loadProfile\) for profile/);
+      await expect(b.seq.compressAsync({ ratio: 0.5, ...options })).rejects.toThrow(/for profile/);
+      expect(() => b.seq.autoCompress({ maxTokens: 8, ...options })).toThrow(/for profile/);
+      expect(() => b.cache.onPressure({ evict: "largest", ...options })).toThrow(/for profile/);
+    }
+    expect(() => b.seq.autoCompress({ maxTokens: 8, allocation: "adakv", profile })).toThrow(/no profile beside/);
+    expect(Array.from(b.seq.lengths())).toEqual(before);
+    // null is no profile, as null is the default for the other options.
+    const rep = await b.seq.compressAsync({ ratio: 0.5, profile: null as unknown as undefined, scorer: "knorm", sink: 0, window: 0 });
+    expect(rep.total).toBe(192);
+    b.cache.dispose();
+  });
+
   test("lukv: a ratio below the sink and window keeps exactly those, like the other allocations", () => {
     const r = rng(seed ^ 0x79);
     const grid = 99, heads = shape.layers * shape.kvHeads;

@@ -314,3 +314,43 @@ describe("fork", () => {
     cache.dispose();
   });
 });
+
+describe("checks of small entry points", () => {
+  test("toBits, fromBits and roundTo refuse a dtype they do not know (a typo was taken for bf16) and non-arrays", () => {
+    const { toBits, fromBits, roundTo } = require("../ts") as typeof import("../ts");
+    for (const dtype of ["F16", "fp16", "f32", "half", undefined]) {
+      expectError(() => toBits([1.1], dtype as "f16"), "InvalidArgumentError", /^Expected "f16" or "bf16" for dtype but received/);
+      expectError(() => fromBits(Uint16Array.of(0x3c00), dtype as "f16"), "InvalidArgumentError", /^Expected "f16" or "bf16" for dtype/);
+    }
+    expectError(() => roundTo([1.1], "F32" as "f32"), "InvalidArgumentError", /^Expected "f32" or "f16" or "bf16" for dtype/);
+    expectError(() => toBits(null as unknown as number[], "f16"), "InvalidArgumentError", /^Expected an array or typed array for values but received null/);
+    expectError(() => roundTo(undefined as unknown as number[], "f16"), "InvalidArgumentError", /for values/);
+    expectError(() => fromBits(5 as unknown as Uint16Array, "bf16"), "InvalidArgumentError", /for bits/);
+    expect(Array.from(toBits([1.1], "f16"))).toEqual([0x3c66]);
+    expect(Array.from(fromBits(Uint16Array.of(0x3c00), "f16"))).toEqual([1]);
+    expect(Array.from(roundTo([1.1], "bf16"))).toEqual([1.1015625]);
+  });
+
+  test("accumulateAttention takes a boolean only (\"false\" turned accumulation on)", () => {
+    const cache = new KVCache(base);
+    const seq = cache.createSequence();
+    for (const on of ["false", "off", {}, 0, null]) expectError(() => seq.accumulateAttention(on as boolean), "InvalidArgumentError", /for on but received/);
+    // Still off: h2o scores need the mass.
+    appendRandom(seq, 0, 8, rng(seed));
+    expectError(() => seq.scores(0, "h2o", { window: 2 }), "InvalidArgumentError", /accumulateAttention/);
+    seq.accumulateAttention(true);
+    expect(seq.scores(0, "h2o", { window: 2 })).toHaveLength(2);
+    cache.dispose();
+  });
+
+  test("new Sequence() is refused: sequences come from the cache", () => {
+    const cache = new KVCache(base);
+    const seq = cache.createSequence();
+    const Ctor = Sequence as unknown as new (...a: unknown[]) => Sequence;
+    expectError(() => new Ctor(), "InvalidArgumentError", /Sequences are made by cache.createSequence\(\)/);
+    // A second handle to a live sequence would get round its busy checks and dispose it under it.
+    expectError(() => new Ctor(cache, 0), "InvalidArgumentError", /not by new Sequence\(\)/);
+    expect(seq.lengths()).toHaveLength(4);
+    cache.dispose();
+  });
+});

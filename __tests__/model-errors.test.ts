@@ -216,6 +216,34 @@ describe("forward, forwardBatch and generate arguments", () => {
   });
 });
 
+describe("sequences and directories that are not what the model takes", () => {
+  test("forwardBatch's seqs and loadTinyLM's dir are checked as lukv errors (were TypeErrors)", () => {
+    using cache = model.createCache({ contextTokens: 32 });
+    using seq = cache.createSequence();
+    throwsInvalid(() => model.forwardBatch(null as never, []), "Expected an array of sequences for seqs but received null");
+    throwsInvalid(() => model.forwardBatch([seq, {}] as never, [1, 2]), "Expected a Sequence for seqs[1] but received object");
+    throwsInvalid(() => loadTinyLM(5 as never), "Expected the path of a model directory for dir but received 5 of type number");
+    expect(seq.appended(0)).toBe(0);
+  });
+
+  test("a sequence a failed forward left with layers of different lengths is refused, not extended", () => {
+    using cache = model.createCache({ contextTokens: 256 });
+    using seq = cache.createSequence();
+    using other = cache.createSequence();
+    model.forward(seq, [1, 2, 3]);
+    // Chunks of 64 until the pool runs out, part-way through the layers of one chunk.
+    expect(() => model.forward(seq, new Array(3000).fill(1))).toThrow(expect.objectContaining({ name: "OutOfPagesError" }));
+    const appended = Array.from({ length: model.config.layers }, (_, l) => seq.appended(l));
+    expect(new Set(appended).size).toBe(2);
+    const last = appended.findIndex((n) => n !== appended[0]);
+    const message = `Expected a Sequence whose layers hold the same positions for seq but layer 0 holds ${appended[0]} and layer ${last} ${appended[last]} (a forward that ran out of pages stopped between layers): dispose it`;
+    throwsInvalid(() => model.forward(seq, [7]), message);
+    throwsInvalid(() => model.forwardBatch([other, seq], [7, 7]), message.replace("for seq but", "for seqs[1] but"));
+    expect(Array.from({ length: model.config.layers }, (_, l) => seq.appended(l))).toEqual(appended);
+    expect(other.appended(0)).toBe(0);
+  });
+});
+
 describe("createCache options", () => {
   // KVCache's limits on maxTokens (2^40, and 2^31 - 1 pages), over the model's 4 layers x 2 KV heads.
   const most = 2 ** 40 / 8;

@@ -272,3 +272,25 @@ test("options are checked when onPressure is called", () => {
   expect(message(() => cache.onPressure({ evict: "largest", budget: 3 } as never))).toMatch(/^Expected only .* in options but received "budget"/);
   cache.dispose();
 });
+
+test("a listener that starts an async call on the appending sequence: the sync append or batch throws SequenceBusyError and appends nothing", async () => {
+  for (const batch of [false, true]) {
+    const { r, cache, grow } = setup();
+    const big = cache.createSequence(), seq = cache.createSequence();
+    grow(big, 224);
+    grow(seq, 16); // the pool is full
+    let started: Promise<unknown> | undefined;
+    cache.onPressure({ evict: "largest", ratio: 0.5, scorer: "knorm", sink: 4, window: 8, listener: () => void (started ??= seq.attendAsync(0, randn(r, 4 * 16))) });
+    const keys = randn(r, 48 * row), values = randn(r, 48 * row); // 6 pages; 4 are free
+    const append = () => (batch ? cache.appendBatch(0, [{ sequence: seq, keys, values }]) : seq.append(0, keys, values));
+    // Without the check the append went ahead beside the attendAsync, which saw it or not by timing.
+    expect(append).toThrow(expect.objectContaining({ name: "SequenceBusyError" }));
+    expect(started).toBeDefined();
+    await started;
+    expect(seq.appended(0)).toBe(16);
+    expect(cache.pressureStats.events).toBe(1);
+    append(); // room was made: it goes in now
+    expect(seq.appended(0)).toBe(64);
+    cache.dispose();
+  }
+});

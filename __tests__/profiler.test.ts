@@ -11,6 +11,7 @@ import { Profiler, type ProfilerOptions, type ProfilerSample } from "../ts/profi
 import { KVCache } from "../ts";
 import { analyzeSample, budgetGroups, evictionOrder, groupTargets, minKeepOf, sampleCurves, type FlatSample, type SampleConfig } from "../ts/profiler/sample";
 import { profileBuildCommand } from "../ts/cli/profile-build";
+import { decimalKeptTotal } from "./helpers/evict-reference";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("profiler");
@@ -193,14 +194,14 @@ describe("per-sample analysis", () => {
           }
         }
       }
-      // Targets: round(ρ ΣT) over the budget's heads, capped at what they may lose.
+      // Targets: ΣT − round((1 − ρ) ΣT) (what compress keeps) over the budget's heads, capped at what they may lose.
       const total = Array.from(res.lengths).reduce((a, b) => a + b, 0);
       if (scope === "global") {
         const sumE = Array.from(res.evictable).reduce((a, b) => a + b, 0);
         for (let i = 0; i < cfg.grid; i++) {
           let got = 0;
           for (let h = 0; h < H; h++) got += res.evicted[i * H + h];
-          expect(got).toBe(Math.min(sumE, Math.round(((i + 1) / 100) * total)));
+          expect(got).toBe(Math.min(sumE, total - decimalKeptTotal((i + 1) / 100, total)));
         }
       }
     }
@@ -422,6 +423,21 @@ describe("Profiler", () => {
         expect(Math.abs(mean - (i + 1) / 100)).toBeLessThanOrEqual(0.5 / total + 1e-12);
       }
     }
+  });
+
+  test("at a grid ratio whose product is a half, the profile keeps what compress keeps (the half kept)", () => {
+    // 11 tokens at ratio 0.5: compress keeps round(5.5) = 6; the profiler evicted round(5.5) = 6 (kept 5).
+    const T = 11;
+    const prof = new Profiler({ layers: 1, kvHeads: 1, scorer: "knorm", sink: 0, window: 0, grid: 1 });
+    prof.addSample({ scores: [[Float32Array.from({ length: T }, (_, j) => j)]], oracle: [[Float32Array.from({ length: T }, (_, j) => j + 1)]] });
+    const profile = prof.build();
+    expect(profile.table[0] * T).toBeCloseTo(5, 12);
+    expect(budgetsFromProfile(profile, { ratio: 0.5, lengths: [T] })[0]).toBe(6);
+    const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 4, dtype: "f32", maxTokens: 64 });
+    const seq = cache.createSequence();
+    seq.append(0, new Float32Array(T * 4).fill(1), new Float32Array(T * 4).fill(1));
+    expect(seq.compress({ ratio: 0.5, allocation: "lukv", profile, scorer: "knorm", sink: 0, window: 0 }).total).toBe(6);
+    cache.dispose();
   });
 
   test("at high ratios the sink, window and 1% floor cap each head", () => {

@@ -168,3 +168,44 @@ describe.each(writers)("%s", (name, write, holdsNewBytes) => {
     expect(fs.readdirSync(dir)).toEqual(["a-directory"]);
   });
 });
+
+describe("async writes to one path", () => {
+  test("happen in call order: the file holds what the last call saved, whatever size each is", async () => {
+    const r = rng(seed ^ 0x51);
+    const own = new KVCache({ layers: 2, kvHeads: 2, queryHeads: 4, headDim: 64, dtype: "f32", pageSize: 16, maxTokens: 16384, device: "cpu" });
+    const s = own.createSequence();
+    for (let l = 0; l < 2; l++) s.append(l, randn(r, 4000 * 2 * 64), randn(r, 4000 * 2 * 64));
+    const file = path.join(tmp, "order.lukv");
+    for (let trial = 0; trial < 3; trial++) {
+      // A large save, a compression, then a small save: the small one used to be renamed first
+      // and the large one last.
+      const first = s.saveFileAsync(file);
+      const compressed = s.compressAsync({ ratio: 0.95, scorer: "knorm" });
+      const last = s.saveFileAsync(file);
+      const small = s.saveAsync();
+      await Promise.all([first, compressed, last]);
+      expect(Buffer.compare(fs.readFileSync(file), await small)).toBe(0);
+      for (let l = 0; l < 2; l++) s.append(l, randn(r, 2000 * 2 * 64), randn(r, 2000 * 2 * 64));
+    }
+    own.dispose();
+  });
+
+  test("a synchronous write to a path with an async write in flight is refused; one that fails does not hold the path", async () => {
+    const file = path.join(tmp, "in-flight.lukv");
+    const other = cache.createSequence();
+    other.append(0, new Float32Array(2 * 8).fill(1), new Float32Array(2 * 8).fill(1));
+    const pending = seq.saveFileAsync(file);
+    // (seq itself is busy with its save; another sequence's write to the file would be overwritten)
+    expect(() => other.saveFile(file)).toThrow(expect.objectContaining({ name: "InvalidArgumentError", message: expect.stringMatching(/no asynchronous write to it in flight \(await the saveFileAsync to it first\) for path/) }));
+    expect(() => saveProfile(profile, path.join(tmp, ".", "in-flight.lukv"), { format: "json" })).toThrow(/in flight/);
+    await pending;
+    seq.saveFile(file);
+    loadsAsSeq(file);
+    // A write that fails (its directory is missing) rejects and lets the next one go.
+    const missing = path.join(tmp, "no-such-dir", "x.lukv");
+    await expect(seq.saveFileAsync(missing)).rejects.toThrow(/ENOENT/);
+    seq.saveFile(path.join(tmp, "after.lukv"));
+    await expect(seq.saveFileAsync(path.join(tmp, "after.lukv"))).resolves.toBeUndefined();
+    other.dispose();
+  });
+});

@@ -386,8 +386,9 @@ function checkAppendBatch(cache: KVCache, layer: unknown, given: unknown, idOf: 
 
 // The append itself, through the cache's pressure policy (on out-of-pages it may compress other
 // sequences and retry; the batch goes in whole or not at all).
-function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array, parts: AppendPart[]): void {
+function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array, parts: AppendPart[], recheck?: () => void): void {
   cache.withPressure(seqs[0], () => {
+    recheck?.();
     try {
       cache.handle.appendBatch(l, ids, parts.map((p) => p.keys), parts.map((p) => p.values));
     } catch (e) {
@@ -400,26 +401,25 @@ function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array,
  * Each item's due automatic compression, in item order, as the item's own append would run it. One
  * that fails throws naming its item; those of the items before it are done (each complete).
  */
-function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[]): boolean {
-  let ran = false;
+function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[]): void {
   seqs.forEach((s, i) => {
     try {
-      ran = s.autoCompressDue(ids[i]) || ran;
+      s.autoCompressDue(ids[i]);
     } catch (e) {
       if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
       throw e;
     }
   });
-  return ran;
 }
 
 /** See KVCache.appendBatch. */
 export function appendBatch(cache: KVCache, layer: number, items: readonly AppendBatchItem[]): void {
   const { l, seqs, ids, parts } = checkAppendBatch(cache, layer, items, (s) => s.id);
   if (parts.length === 0) return;
-  // An onCompress may have started an async call on a sequence of the batch: busy checks again.
-  if (compressDue(seqs, ids)) idsOf(seqs, (s) => s.id);
-  runAppend(cache, l, seqs, ids, parts);
+  compressDue(seqs, ids);
+  // An onCompress or a pressure listener (before a retry) may have started an async call on a
+  // sequence of the batch: busy checks before each attempt.
+  runAppend(cache, l, seqs, ids, parts, () => idsOf(seqs, (s) => s.id));
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
 }
 

@@ -341,7 +341,7 @@ export class KVCache {
   }
 
   #adopt(id: number): Sequence {
-    const seq = new Sequence(this, id);
+    const seq = Sequence.fromNative(this, id);
     this.#sequences.add(seq);
     return seq;
   }
@@ -584,6 +584,9 @@ export class KVCache {
  * One sequence in a KVCache. Every (layer, KV head) keeps its own list of pages, its length and the
  * original position of every kept token.
  */
+// Proof that a Sequence is made by the cache (see Sequence's constructor).
+const madeByCache = Symbol("lukv.Sequence");
+
 export class Sequence {
   readonly #cache: KVCache;
   #id: number | undefined;
@@ -616,10 +619,21 @@ export class Sequence {
   // onCompress callbacks running: they run inside the call that compressed (an async call's turn
   // included), where the sequence is at rest, so synchronous calls on it are allowed there.
   #inCallback = 0;
+  // #pending when the outermost running onCompress began: sync calls in it are allowed until it
+  // starts an async call of its own on the sequence (that call runs later, so they would not).
+  #callbackPending = 0;
   #autoCompressions = 0;
 
-  /** @internal use KVCache.createSequence() */
-  constructor(cache: KVCache, id: number) {
+  /** @internal the handle of native sequence `id` (KVCache.createSequence, fork, loadSequence) */
+  static fromNative(cache: KVCache, id: number): Sequence {
+    return new Sequence(madeByCache, cache, id);
+  }
+
+  /** Sequences are made by cache.createSequence(), seq.fork() and cache.loadSequence(). */
+  private constructor(token: symbol, cache: KVCache, id: number) {
+    // A second handle to a native sequence would get round the busy checks of the first.
+    if (token !== madeByCache)
+      throw new InvalidArgumentError("Sequences are made by cache.createSequence(), seq.fork() and cache.loadSequence(), not by new Sequence()");
     this.#cache = cache;
     this.#id = id;
     const { layers } = cache.config;
@@ -642,7 +656,7 @@ export class Sequence {
   /** @internal the native id, for synchronous use: throws SequenceBusyError while async calls are pending. */
   get id(): number {
     const id = this.#liveId();
-    if (this.#pending > 0 && this.#inCallback === 0)
+    if (this.#pending > (this.#inCallback > 0 ? this.#callbackPending : 0))
       throw new SequenceBusyError(
         `Sequence has ${this.#pending} async call${this.#pending === 1 ? "" : "s"} (its own or a batch's *Async calls) pending; await ${this.#pending === 1 ? "it" : "them"} before a synchronous call (calls on a sequence take effect in call order)`,
       );
@@ -691,8 +705,10 @@ export class Sequence {
     const id = this.id;
     const l = this.#layer(layer);
     const checked = this.checkAppend(keys, values, "");
-    if (this.autoCompressDue(id)) void this.id; // its onCompress may have started an async call here
+    this.autoCompressDue(id);
     this.#cache.withPressure(this, () => {
+      // An onCompress or a pressure listener (before a retry) may have started an async call here.
+      void this.id;
       try {
         this.#cache.handle.append(id, l, keys, values);
       } catch (e) {
@@ -851,6 +867,8 @@ export class Sequence {
     compressOptions.budget = maxTokens;
     const n = nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
     checkObservationWindow(n, this.#cache.config); // it would fail every time it is due
+    if (n.scorer === "h2o" && !viaAddon(() => this.#cache.handle.accumulating(this.id)))
+      throw invalid("scorer", '"h2o" only while accumulateAttention() is on (it scores by the mass accumulated; turn it on first)', "h2o");
     this.#auto = { options: compressOptions, every, window: n.window, onCompress };
     this.#sinceCheck = 0;
   }
@@ -894,11 +912,12 @@ export class Sequence {
     }
     this.#autoCompressions++;
     this.#sinceCheck = 0;
-    this.#inCallback++;
+    const outer = this.#callbackPending;
+    if (this.#inCallback++ === 0) this.#callbackPending = this.#pending;
     try {
       auto.onCompress?.(report!);
     } finally {
-      this.#inCallback--;
+      if (--this.#inCallback === 0) this.#callbackPending = outer;
     }
     return true;
   }
@@ -1088,7 +1107,10 @@ export class Sequence {
    * averaged over its GQA group: the "h2o" scorer's heavy-hitter mass. Off by default.
    */
   accumulateAttention(on = true): void {
+    if (typeof on !== "boolean") throw invalid("on", "a boolean", on);
     const id = this.id;
+    if (!on && this.#auto?.options.scorer === "h2o")
+      throw new InvalidArgumentError('autoCompress compresses with scorer "h2o", which needs accumulateAttention() on: call seq.autoCompress(false) (or give it another scorer) first');
     try {
       this.#cache.handle.accumulate(id, on);
     } catch (e) {
@@ -1236,10 +1258,18 @@ export class Sequence {
     writeFileReplacing(path, this.save());
   }
 
-  /** saveAsync() written to the file `path`, replaced as saveFile() does. */
-  async saveFileAsync(path: string): Promise<void> {
-    checkSavePath(path);
-    await writeFileReplacingAsync(path, await this.saveAsync());
+  /**
+   * saveAsync() written to the file `path`, replaced as saveFile() does. Async writes to one path
+   * happen in call order (the file holds what the last call saved); a saveFile() or saveProfile()
+   * to a path with one in flight throws InvalidArgumentError.
+   */
+  saveFileAsync(path: string): Promise<void> {
+    try {
+      checkSavePath(path);
+      return writeFileReplacingAsync(path, this.saveAsync());
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   // Per layer: the largest |key|, |value| and |query| seen (saved with the sequence).

@@ -257,9 +257,14 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
     ratio = total > 0 ? 1 - keep / total : 0;
   }
   const allocation = oneOf("allocation", o.allocation ?? "uniform", ALLOCATIONS);
-  const profile = o.profile;
+  const profile = o.profile ?? undefined; // null: none, as for the other options
+  // Only "lukv" reads a profile: one given with another allocation (or none, "uniform") is most
+  // likely an allocation left out, which would quietly turn LU-KV off.
+  if (profile !== undefined && allocation !== "lukv")
+    throw invalid("profile", `no profile beside allocation "${allocation}" (only allocation "lukv" reads one)`, profile);
   if (allocation === "lukv") {
-    if (profile === undefined) throw invalid("profile", 'a Profile (allocation "lukv" needs one; see loadProfile)', profile);
+    if (profile === undefined || typeof profile !== "object")
+      throw invalid("profile", 'a Profile (allocation "lukv" needs one; see loadProfile)', o.profile);
     if (profile.layers !== shape.layers || profile.kvHeads !== shape.kvHeads)
       throw new InvalidArgumentError(
         `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${profile.layers} x ${profile.kvHeads}`,
@@ -301,7 +306,7 @@ export function snapshotCompressOptions(o: CompressOptions): CompressOptions {
   const c: CompressOptions = { ...o };
   if (isInt32Array(o.budgets)) c.budgets = o.budgets.slice();
   if (Array.isArray(o.observationQueries)) c.observationQueries = o.observationQueries.map((q) => q?.slice());
-  if (o.profile !== undefined) c.profile = { ...o.profile, table: o.profile.table.slice() };
+  if (o.profile != null) c.profile = { ...o.profile, table: o.profile.table.slice() };
   const ea = o.expectedAttention;
   if (ea !== undefined) {
     const rope = ea.rope as { theta?: number; inverseFrequencies?: Float32Array | number[] };

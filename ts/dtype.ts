@@ -3,6 +3,8 @@
 /** Storage type of the cache. */
 export type DType = "f32" | "f16" | "bf16";
 
+import { invalid } from "./errors";
+
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
@@ -58,8 +60,18 @@ export function bf16BitsToF32(bits: number): number {
   return f32[0];
 }
 
+// The 16-bit dtype and the array-like of a conversion, checked (any other string used to be taken
+// for bf16).
+function checkConversion(values: unknown, dtype: unknown, dtypes: readonly string[], what: string): void {
+  if (!dtypes.includes(dtype as string)) throw invalid("dtype", dtypes.map((d) => JSON.stringify(d)).join(" or "), dtype);
+  const length = (values as { length?: unknown } | null | undefined)?.length;
+  if (values === null || typeof values !== "object" || !Number.isSafeInteger(length) || (length as number) < 0)
+    throw invalid(what, "an array or typed array", values);
+}
+
 /** Converts values to raw 16-bit words of `dtype` ("f16" or "bf16"). */
 export function toBits(values: ArrayLike<number>, dtype: "f16" | "bf16"): Uint16Array {
+  checkConversion(values, dtype, ["f16", "bf16"], "values");
   const out = new Uint16Array(values.length);
   const conv = dtype === "f16" ? f32ToF16Bits : f32ToBf16Bits;
   for (let i = 0; i < values.length; i++) out[i] = conv(values[i]);
@@ -68,6 +80,7 @@ export function toBits(values: ArrayLike<number>, dtype: "f16" | "bf16"): Uint16
 
 /** Converts raw 16-bit words of `dtype` back to Float32Array. */
 export function fromBits(bits: Uint16Array, dtype: "f16" | "bf16"): Float32Array {
+  checkConversion(bits, dtype, ["f16", "bf16"], "bits");
   const out = new Float32Array(bits.length);
   const conv = dtype === "f16" ? f16BitsToF32 : bf16BitsToF32;
   for (let i = 0; i < bits.length; i++) out[i] = conv(bits[i]);
@@ -76,6 +89,7 @@ export function fromBits(bits: Uint16Array, dtype: "f16" | "bf16"): Float32Array
 
 /** The values as the cache would store them: rounded to `dtype` and back (a copy). */
 export function roundTo(values: ArrayLike<number>, dtype: DType): Float32Array {
+  checkConversion(values, dtype, ["f32", "f16", "bf16"], "values");
   if (dtype === "f32") return Float32Array.from(values);
   return fromBits(toBits(values, dtype), dtype);
 }

@@ -81,6 +81,7 @@ export interface NativeCache {
   compressAsync(seq: number, options: NativeCompressOptions): Promise<NativeReport>;
   scores(seq: number, layer: number, options: NativeCompressOptions): Float32Array[];
   accumulate(seq: number, on: boolean): void;
+  accumulating(seq: number): boolean;
   recordOracle(seq: number, outputProjection: Float32Array[] | undefined, normalize: boolean): void;
   stopOracle(seq: number): void;
   oracle(seq: number, layer: number): Float32Array[];

@@ -79,8 +79,15 @@ function ignoreUnsupported(e: unknown): void {
   if (!DIR_SYNC_UNSUPPORTED.has((e as NodeJS.ErrnoException)?.code ?? "")) throw e;
 }
 
+// The async writes in flight, by resolved path: each waits for the one called before it, so the
+// file ends up with what the last call wrote (an earlier, larger write used to rename last).
+const asyncWrites = new Map<string, Promise<void>>();
+
 /** Writes `data` to `path`, replacing it atomically (see above). */
 export function writeFileReplacing(path: string, data: Uint8Array): void {
+  // Written now, it would be replaced by the async write still to come.
+  if (asyncWrites.has(resolve(path)))
+    throw invalid("path", "no asynchronous write to it in flight (await the saveFileAsync to it first)", path);
   const real = followLinks(path);
   let stat: fs.Stats | undefined;
   try {
@@ -123,8 +130,29 @@ export function writeFileReplacing(path: string, data: Uint8Array): void {
   }
 }
 
-/** writeFileReplacing() with the file system calls off the main thread. */
-export async function writeFileReplacingAsync(path: string, data: Uint8Array): Promise<void> {
+/**
+ * writeFileReplacing() with the file system calls off the main thread, after the async writes to
+ * `path` called before it; `data` may still be coming (its rejection rejects this write only).
+ */
+export function writeFileReplacingAsync(path: string, data: Uint8Array | Promise<Uint8Array>): Promise<void> {
+  const key = resolve(path);
+  const bytes = Promise.resolve(data);
+  bytes.catch(() => undefined); // awaited below, after the writes before it
+  const entry: { settled?: Promise<void> } = {};
+  const done = (asyncWrites.get(key) ?? Promise.resolve()).then(async () => {
+    try {
+      await writeNowAsync(path, await bytes);
+    } finally {
+      // Before this write settles, so that code awaiting it may write the path at once.
+      if (asyncWrites.get(key) === entry.settled) asyncWrites.delete(key);
+    }
+  });
+  entry.settled = done.catch(() => undefined);
+  asyncWrites.set(key, entry.settled);
+  return done;
+}
+
+async function writeNowAsync(path: string, data: Uint8Array): Promise<void> {
   const real = await followLinksAsync(path);
   let stat: fs.Stats | undefined;
   try {

@@ -146,6 +146,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
                            InstanceMethod("compressAsync", &NativeCache::CompressAsync),
                            InstanceMethod("scores", &NativeCache::Scores),
                            InstanceMethod("accumulate", &NativeCache::Accumulate),
+                           InstanceMethod("accumulating", &NativeCache::Accumulating),
                            InstanceMethod("recordOracle", &NativeCache::RecordOracle),
                            InstanceMethod("stopOracle", &NativeCache::StopOracle),
                            InstanceMethod("oracle", &NativeCache::Oracle),
@@ -754,6 +755,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     bool on = info.Length() > 1 && info[1].ToBoolean().Value();
     guarded(info.Env(), [&] { c.setAccumulate(id, on); });
     return info.Env().Undefined();
+  }
+
+  Napi::Value Accumulating(const Napi::CallbackInfo& info) {
+    Cache& c = cache(info.Env());
+    int id = intArg(info, 0, "sequence");
+    return Napi::Boolean::New(info.Env(), guarded(info.Env(), [&] { return c.accumulating(id); }));
   }
 
   Napi::Value RecordOracle(const Napi::CallbackInfo& info) {

@@ -92,6 +92,7 @@ class Cache {
   // Scores, allocates, selects and compacts every layer; returns what was kept and freed.
   CompressReport compress(int32_t seq, const CompressOptions& options);
   void setAccumulate(int32_t seq, bool on);
+  bool accumulating(int32_t seq) const;
   // Starts recording the oracle. outputProjection: per layer [queryHeads*headDim, hidden] (empty =
   // use ||v||); normalize divides the weights by their sum over the layer's heads and tokens.
   void recordOracle(int32_t seq, const std::vector<std::vector<float>>& outputProjection, bool normalize);

@@ -30,6 +30,8 @@ void Cache::setAccumulate(int32_t seqId, bool on) {
   seq.accumulate = on;
 }
 
+bool Cache::accumulating(int32_t seqId) const { return hold(seqId, false).seq->accumulate; }
+
 void Cache::observationRows(const Sequence& seq, int layer, const ScoreOptions& o, std::vector<float>& rows,
                             std::vector<int32_t>& positions) const {
   const size_t rowFloats = (size_t)cfg_.queryHeads * cfg_.headDim;

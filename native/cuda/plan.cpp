@@ -21,6 +21,11 @@ int32_t addPages(std::vector<int32_t>& out, const int32_t* pages, int64_t count,
                  const char* what, size_t index) {
   const int64_t need = ceilDiv(length, pool.pageSize);
   if (length < 0) throwInvalid(std::string(what) + " " + str((int64_t)index) + ": negative length " + str(length));
+  // The kernels step their token counters in 32 bits (by up to 2^24 in grid-stride loops): a head
+  // this long would wrap them past 2^31 - 1 into negative indices.
+  if (length > kMaxDeviceHeadTokens)
+    throwInvalid(std::string(what) + " " + str((int64_t)index) + ": " + str(length) +
+                 " tokens; the CUDA backend takes at most " + str(kMaxDeviceHeadTokens) + " per (layer, KV head)");
   if (count < need)
     throwInvalid(std::string(what) + " " + str((int64_t)index) + ": " + str(length) + " tokens need " + str(need) +
                  " pages of " + str(pool.pageSize) + " but the page list has " + str(count));

@@ -115,6 +115,10 @@ struct ScorePlan {
 // Tokens per keydiff partial-sum tile.
 constexpr int kKeyTile = 256;
 
+// The most tokens one (layer, KV head) may hold for the kernels (2^31 - 2^25): their 32-bit token
+// counters step by up to 2^24 (grid-stride loops) and must not pass 2^31 - 1. Every plan checks it.
+constexpr int32_t kMaxDeviceHeadTokens = 2113929216;
+
 ScorePlan planScores(const std::vector<ScoreHeadInput>& heads, int queryHeads, int kvHeads, int32_t totalRows,
                      const PoolView& pool, bool attention);
 

@@ -189,6 +189,19 @@ int runPlanTests(uint64_t seed) {
   h.kvHead = 0;
   c.check(throwsInvalid([&] { cuda::planAttend({h}, 4, 1, 0, pool, 10); }), "rows outside the queries refused");
   c.check(throwsInvalid([&] { cuda::planAttend({h}, 6, 4, 1, pool, 10); }), "queryHeads not a multiple of kvHeads refused");
+  {
+    // A head past the kernels' 32-bit token counters, refused for its length (before its pages).
+    cuda::AttendHeadInput longHead = h;
+    longHead.length = cuda::kMaxDeviceHeadTokens + 1;
+    std::string message;
+    try {
+      cuda::planAttend({longHead}, 4, 1, 1, pool, 10);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    c.check(message.find("takes at most 2113929216 per (layer, KV head)") != std::string::npos,
+            "a head longer than the device's token counters refused: " + message);
+  }
 
   std::vector<int32_t> kept = {0, 3, 5}, oldPages = {0, 1, 2}, newPages = {3};
   cuda::CompactHeadInput ch;

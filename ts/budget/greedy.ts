@@ -139,7 +139,8 @@ function solution(curves: readonly LossCurve[], hulls: Hull[], problem: BudgetPr
  * budget units (in practice faster: whole hull segments are taken at once), plus
  * O(Σ T_h) to build the hulls.
  *
- * @param curves one cumulative-eviction-loss curve per head (finite numbers).
+ * @param curves one cumulative-eviction-loss curve per head (finite numbers; the hull's change
+ *   per token within the float64 range).
  * @param totalKeep tokens to keep in all, an integer in [Σ minKeep, Σ maxKeep].
  * @param options minKeep (default 0) and maxKeep (default each head's length).
  * @returns keep count per head.

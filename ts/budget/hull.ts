@@ -1,5 +1,5 @@
 import { types } from "node:util";
-import { invalid } from "../errors";
+import { InvalidArgumentError, invalid } from "../errors";
 import { finiteAt, type LossCurve } from "./problem";
 
 /**
@@ -123,7 +123,8 @@ function hullCandidates(y: Float64Array, out: Int32Array): number {
  * Builds the lower hull: a branch-free filter keeps the points that may be vertices,
  * then the monotone chain runs on those. The chain compares slopes as the very doubles
  * that are returned, so the marginals never decrease even under rounding.
- * @throws InvalidArgumentError naming the first entry that is not a finite number.
+ * @throws InvalidArgumentError naming the first entry that is not a finite number, or the two
+ *   points of a slope past the float64 range.
  */
 export function buildHull(curve: LossCurve, name: string, scratch = sharedScratch): Hull {
   const T = curve.length - 1;
@@ -149,6 +150,12 @@ export function buildHull(curve: LossCurve, name: string, scratch = sharedScratc
       const v = verts[top];
       s = (yn - y[v]) / (n - v);
     }
+    // A slope past the float64 range would tie with every other such slope (the filter above
+    // only keeps extra points when its differences overflow).
+    if (s === Infinity || s === -Infinity)
+      throw new InvalidArgumentError(
+        `Expected ${name} to change by less than the float64 range per token between hull points but it goes from ${y[verts[top]]} at ${verts[top]} to ${yn} at ${n}`,
+      );
     slopes[top] = s;
     verts[++top] = n;
     yTop = yn;
@@ -193,7 +200,8 @@ export function hullValueAt(hull: Hull, curve: LossCurve, n: number): number {
  * @param cumulativeLoss finite numbers, at least one (T = 0 gives an empty result).
  * @param out optional Float64Array of length T to write into (saves an allocation per call); default a new one.
  * @returns Float64Array of T non-decreasing marginal costs (`out` when given).
- * @throws InvalidArgumentError when the input is empty or holds a non-finite number, or `out` has the wrong length.
+ * @throws InvalidArgumentError when the input is empty or holds a non-finite number, its hull
+ *   changes by more than the float64 range per token, or `out` has the wrong length.
  */
 export function lowerHull(cumulativeLoss: ArrayLike<number>, out?: Float64Array): Float64Array {
   const c = cumulativeLoss as unknown;

@@ -40,8 +40,14 @@ function describeMeta(profile: Profile, format: string): string[] {
     if (c.samples !== undefined) parts.push(`${c.samples} samples`);
     if (c.queriesPerSample !== undefined) parts.push(`${c.queriesPerSample} queries each`);
     if (c.contextLengths && c.contextLengths.length > 0) {
-      const lo = Math.min(...c.contextLengths);
-      const hi = Math.max(...c.contextLengths);
+      // A loop, not Math.min(...): the profiler writes one length per sample, and a spread of
+      // ~150k arguments overflows the stack.
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (const n of c.contextLengths) {
+        lo = Math.min(lo, n);
+        hi = Math.max(hi, n);
+      }
       parts.push(lo === hi ? `${lo}-token contexts` : `contexts of ${lo}–${hi} tokens`);
     }
     if (c.decodeSteps !== undefined) parts.push(`${c.decodeSteps} decode steps`);

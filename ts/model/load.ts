@@ -2,7 +2,7 @@
 // model.safetensors (f16), tokenizer.json.
 import * as fs from "fs";
 import * as path from "path";
-import { BadModelError, jsonPreview } from "../errors";
+import { BadModelError, invalid, jsonPreview } from "../errors";
 import { scanValues } from "../finite";
 import { packageRoot } from "../native";
 import { readModelFile } from "./read-file";
@@ -76,9 +76,11 @@ export const MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json"
  * malformed file (see configFromJson, parseSafetensors, Tokenizer), a tensor of the weights
  * missing, of another shape than config.json gives it, not one of the model's, or holding NaN or
  * ±Infinity (the message names the tensor and the first such value's index), a tokenizer whose
- * number of ids or BOS / EOS ids differ from config.json's.
+ * number of ids or BOS / EOS ids differ from config.json's; InvalidArgumentError when `dir` is not
+ * a non-empty string.
  */
 export function loadTinyLM(dir: string = defaultModelDir()): TinyLM {
+  if (typeof dir !== "string" || dir === "") throw invalid("dir", "the path of a model directory", dir);
   const file = (name: string) => path.join(dir, name);
   if (!fs.statSync(dir, { throwIfNoEntry: false })?.isDirectory())
     throw new BadModelError(`${dir}: no such model directory (one holding ${MODEL_FILES.join(", ")})`);

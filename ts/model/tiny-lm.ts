@@ -288,10 +288,10 @@ export class TinyLM {
    * seq.appended(0)), appending their keys/values to `seq` layer by layer, a chunk at a time.
    * Returns logits: [1, vocab] for "last", [tokens, vocab] for "all", empty for "none".
    * If the pool runs out of pages (OutOfPagesError) some layers may hold a chunk that others do
-   * not: dispose that sequence.
+   * not: dispose that sequence (forward and forwardBatch refuse it).
    * @throws InvalidArgumentError, before anything is appended, when `seq` is not a Sequence of a
-   * cache shaped for this model (layers, kvHeads, queryHeads = heads, headDim), `tokens` is not an
-   * array or typed array of ids of the vocabulary (integers from 0 to vocabSize - 1; the message
+   * cache shaped for this model (layers, kvHeads, queryHeads = heads, headDim) or its layers hold
+   * different numbers of positions, `tokens` is not an array or typed array of ids of the vocabulary (integers from 0 to vocabSize - 1; the message
    * names the first id outside it and its index), or an option is unknown or invalid (a chunk that
    * is not a positive integer included).
    */
@@ -329,11 +329,8 @@ export class TinyLM {
    */
   forwardBatch(seqs: readonly Sequence[], tokens: ArrayLike<number>): Float32Array[] {
     const V = this.config.vocabSize;
-    if (!Array.isArray(seqs)) throw new TypeError("Expected an array of sequences for seqs");
-    seqs.forEach((seq, i) => {
-      if (!(seq instanceof Sequence)) throw new TypeError(`Expected a Sequence for seqs[${i}]`);
-      this.#checkSequence(`seqs[${i}]`, seq);
-    });
+    if (!Array.isArray(seqs)) throw invalid("seqs", "an array of sequences", seqs);
+    seqs.forEach((seq, i) => this.#checkSequence(`seqs[${i}]`, seq));
     const n = seqs.length;
     if (!isTokenArray(tokens)) throw invalid("tokens", "an array or typed array of token ids", tokens);
     if (tokens.length !== n) throw new InvalidArgumentError(`Expected one token per sequence (${n}) but received ${tokens.length} tokens`);
@@ -367,6 +364,17 @@ export class TinyLM {
         `Expected a Sequence of a cache shaped for this model (layers ${layers}, kvHeads ${kvHeads}, queryHeads ${heads}, headDim ${headDim}) for ${name} ` +
           `but received one of a cache with layers ${c.layers}, kvHeads ${c.kvHeads}, queryHeads ${c.queryHeads}, headDim ${c.headDim}`,
       );
+    // A forward that ran out of pages may have stopped between layers; positions would no longer
+    // line up.
+    const first = seq.appended(0);
+    for (let l = 1; l < layers; l++) {
+      const here = seq.appended(l);
+      if (here !== first)
+        throw new InvalidArgumentError(
+          `Expected a Sequence whose layers hold the same positions for ${name} but layer 0 holds ${first} and layer ${l} ${here} ` +
+            "(a forward that ran out of pages stopped between layers): dispose it",
+        );
+    }
   }
 
   /** Checks forward()'s options (chunk apart); returns which logits are wanted. */

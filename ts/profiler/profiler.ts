@@ -127,8 +127,8 @@ function plainObject(x: unknown): x is Record<string, unknown> {
  * scores the later position first, as compress() keeps the earlier), never the first `sink` or
  * last `window` context tokens, and never below ceil(1%) of the head. The head's cumulative
  * eviction loss of the oracle is replaced by its lower convex hull, and the budget problem is
- * solved at every grid ratio ρ_i = (i + 1) / (grid + 1): evict round(ρ_i × Σ T) tokens (capped at
- * what the heads may lose) over all heads, or per layer, at least total hull loss. The profile is
+ * solved at every grid ratio ρ_i = (i + 1) / (grid + 1): evict Σ T − round((1 − ρ_i) × Σ T) tokens,
+ * the complement of what compress() keeps at that ratio (capped at what the heads may lose), over all heads, or per layer, at least total hull loss. The profile is
  * each head's evicted / T, averaged over samples.
  */
 export class Profiler {

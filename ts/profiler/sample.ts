@@ -209,7 +209,10 @@ export function sampleCurves(sample: FlatSample, config: SampleConfig): Float64A
   return curves;
 }
 
-/** Tokens to evict per row for a group of heads: round(ρ_i × ΣT), capped at what the group may evict. */
+/**
+ * Tokens to evict per row for a group of heads: ΣT minus what compress() keeps at ρ_i
+ * (round((1 − ρ_i) × ΣT), halves kept), capped at what the group may evict.
+ */
 export function groupTargets(lengths: Int32Array, evictable: Int32Array, group: Int32Array, grid: number): Float64Array {
   let total = 0;
   let most = 0;
@@ -218,7 +221,7 @@ export function groupTargets(lengths: Int32Array, evictable: Int32Array, group: 
     most += evictable[h];
   }
   const targets = new Float64Array(grid);
-  for (let i = 0; i < grid; i++) targets[i] = Math.min(most, Math.round(gridRatio(i, grid) * total));
+  for (let i = 0; i < grid; i++) targets[i] = Math.min(most, total - native().keptTotal(gridRatio(i, grid), total));
   return targets;
 }
 
