@@ -108,6 +108,8 @@ describe("lukv profile convert", () => {
     expect(readFileSync(npy).equals(readFileSync(join(FIXTURES, "plain.npy")))).toBe(true);
 
     saveProfile(createProfile({ table: [0.5, 0.25], layers: 1, kvHeads: 2, meta: { model: "x", sink: 4 } }), join(dir, "m.json"));
+    const toJson = await run(profileCommand, ["convert", join(dir, "m.json"), join(dir, "m2.json"), "--dtype", "f4"]);
+    expect([toJson.code, toJson.err]).toEqual([2, expect.stringContaining("--dtype is for .npy output; lukv JSON writes the table as it is")]);
     const c = await run(profileCommand, ["convert", join(dir, "m.json"), join(dir, "m.npy"), "--dtype", "f4"]);
     expect(c.code).toBe(0);
     expect(c.err).toBe("note: a .npy file holds only the table; the metadata (model, sink) was not written");

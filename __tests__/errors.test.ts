@@ -343,6 +343,21 @@ describe("checks of small entry points", () => {
     cache.dispose();
   });
 
+  test("null is the default for scale, budget, budgets and observationQueries as for the other options", () => {
+    const a = new KVCache(base), b = new KVCache(base);
+    const [x, y] = [a.createSequence(), b.createSequence()];
+    for (const seq of [x, y]) for (let l = 0; l < 2; l++) appendRandom(seq, l, 12, rng(seed + l));
+    const q = Float32Array.from({ length: 4 * 8 }, (_, i) => Math.sin(i));
+    expect(Array.from(x.attend(0, q, { scale: null as unknown as undefined }))).toEqual(Array.from(y.attend(0, q)));
+    const nulls = { scale: null, budget: null, budgets: null, observationQueries: null } as unknown as object;
+    const rx = x.compress({ ratio: 0.5, scorer: "knorm", sink: 0, window: 2, ...nulls });
+    const ry = y.compress({ ratio: 0.5, scorer: "knorm", sink: 0, window: 2 });
+    expect(rx.total).toBe(24);
+    expect([Array.from(rx.kept), Array.from(x.lengths())]).toEqual([Array.from(ry.kept), Array.from(y.lengths())]);
+    a.dispose();
+    b.dispose();
+  });
+
   test("new Sequence() is refused: sequences come from the cache", () => {
     const cache = new KVCache(base);
     const seq = cache.createSequence();

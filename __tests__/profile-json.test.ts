@@ -96,6 +96,11 @@ describe(`save / load round trips (seed ${SEED})`, () => {
       'Expected "npy" or "json" for options.format but received "csv" of type string',
     );
     expect(existsSync("profile.txt")).toBe(false);
+    // A dtype beside JSON would be ignored, valid or not; an empty path is named, not an ENOENT.
+    for (const dtype of ["<f4", "<f2x"])
+      expect(() => saveProfile(p, join(dir, "dtype.json"), { dtype: dtype as "<f4" })).toThrow(`Expected nothing beside format "json" (dtype is for .npy) for options.dtype but received "${dtype}" of type string`);
+    expect(existsSync(join(dir, "dtype.json"))).toBe(false);
+    expect(() => loadProfile("")).toThrow('Expected a file path or a Uint8Array for pathOrBytes but received "" of type string');
   });
 
   test("the JSON form has one line per compression ratio and parses as plain JSON", () => {

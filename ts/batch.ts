@@ -103,7 +103,7 @@ function batchScale(cache: KVCache, opts: AttendBatchOptions | undefined): numbe
     if (opts === null || typeof opts !== "object") throw invalid("options", "an options object", opts);
     knownOptions("options", opts, BATCH_OPTION_NAMES);
   }
-  if (opts?.scale === undefined) return 1 / Math.sqrt(cache.config.headDim);
+  if (opts?.scale == null) return 1 / Math.sqrt(cache.config.headDim);
   return checkScale(opts.scale);
 }
 

@@ -972,7 +972,7 @@ export class Sequence {
       if (opts === null || typeof opts !== "object") throw invalid("options", "an options object", opts);
       knownOptions("options", opts, ATTEND_OPTION_NAMES);
     }
-    if (opts?.scale === undefined) return 1 / Math.sqrt(this.#cache.config.headDim);
+    if (opts?.scale == null) return 1 / Math.sqrt(this.#cache.config.headDim);
     return checkScale(opts.scale);
   }
 

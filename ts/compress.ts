@@ -188,9 +188,9 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
   const seed = o.seed ?? 0;
   if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
     throw invalid("seed", "integer between 0 and 4294967295", seed);
-  const scale = o.scale === undefined ? 1 / Math.sqrt(shape.headDim) : checkScale(o.scale);
+  const scale = o.scale == null ? 1 / Math.sqrt(shape.headDim) : checkScale(o.scale);
   let observation: (Float32Array | undefined)[] | undefined;
-  if (o.observationQueries !== undefined) {
+  if (o.observationQueries != null) {
     if (!Array.isArray(o.observationQueries) || o.observationQueries.length !== shape.layers)
       throw invalid("observationQueries", `an array of ${shape.layers} Float32Array (one per layer, or undefined)`, o.observationQueries);
     const row = shape.queryHeads * shape.headDim;
@@ -249,10 +249,10 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
   // value is a mistake either way.
   let ratio = o.ratio ?? 0;
   if (typeof ratio !== "number" || !(ratio >= 0 && ratio < 1)) throw invalid("ratio", "a number in [0, 1)", ratio);
-  if (o.budget !== undefined) {
-    if (o.ratio !== undefined) throw invalid("budget", "no ratio beside it (give ratio or budget)", o.budget);
+  if (o.budget != null) {
+    if (o.ratio != null) throw invalid("budget", "no ratio beside it (give ratio or budget)", o.budget);
     const budget = integerInRange("budget", o.budget, 1, 2 ** 31 - 1);
-    const total = lengths && o.budgets === undefined ? lengths().reduce((a, b) => a + b, 0) : 0;
+    const total = lengths && o.budgets == null ? lengths().reduce((a, b) => a + b, 0) : 0;
     const keep = Math.min(total, budget * heads);
     ratio = total > 0 ? 1 - keep / total : 0;
   }
@@ -270,7 +270,7 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
         `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${profile.layers} x ${profile.kvHeads}`,
       );
   }
-  if (o.budgets !== undefined) {
+  if (o.budgets != null) {
     if (!isInt32Array(o.budgets) || o.budgets.length !== heads)
       throw invalid("budgets", `Int32Array of length ${heads} (layers * kvHeads)`, o.budgets);
     const len = lengths?.();

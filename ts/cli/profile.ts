@@ -100,8 +100,9 @@ async function convert(argv: string[], io: CommandIO): Promise<number> {
   if (values.dtype !== undefined && values.dtype !== "f4" && values.dtype !== "f8") {
     throw new UsageError(`--dtype must be f4 or f8, got ${JSON.stringify(values.dtype)}`);
   }
+  if (values.dtype !== undefined && format === "json") throw new UsageError("--dtype is for .npy output; lukv JSON writes the table as it is");
   const profile = loadProfile(input);
-  writingTo(output, () => saveProfile(profile, output, { format, dtype: values.dtype === "f4" ? "<f4" : "<f8" }));
+  writingTo(output, () => saveProfile(profile, output, format === "npy" ? { format, dtype: values.dtype === "f4" ? "<f4" : "<f8" } : { format }));
   io.out(`wrote ${output} (${format === "npy" ? ".npy" : "lukv JSON"}, grid ${profile.grid} × layers ${profile.layers} × kvHeads ${profile.kvHeads})`);
   if (format === "npy" && Object.keys(profile.meta).length > 0) {
     io.err(`note: a .npy file holds only the table; the metadata (${Object.keys(profile.meta).join(", ")}) was not written`);

@@ -70,6 +70,8 @@ export function encodeProfile(profile: Profile, format: ProfileFormat, options: 
   if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
   knownOptions("options", options, ["dtype"]);
   if (format === "npy") return profileToNpy(profile, options);
+  // A dtype is a choice of the .npy table: beside JSON it would be ignored, whatever it is.
+  if (format === "json" && options.dtype !== undefined) throw invalid("options.dtype", 'nothing beside format "json" (dtype is for .npy)', options.dtype);
   if (format === "json") return new TextEncoder().encode(profileToJson(profile));
   throw invalid("format", `"npy" or "json"`, format);
 }
@@ -89,6 +91,7 @@ export function formatOfPath(path: string): ProfileFormat | undefined {
  */
 export function loadProfile(pathOrBytes: string | Uint8Array): Profile {
   if (typeof pathOrBytes === "string") {
+    if (pathOrBytes.length === 0) throw invalid("pathOrBytes", "a file path or a Uint8Array", pathOrBytes);
     const bytes = readFileSync(pathOrBytes);
     try {
       return decodeProfile(bytes);
