@@ -164,13 +164,24 @@ describe("bad JSON profiles name the problem", () => {
       'meta.calibration.contextLengths must be an array of non-negative integers but is "4k"',
     );
     expect(load({ ...good(), meta: [] })).toThrow("meta must be an object but is []");
+    // Not JSON data: saveProfile would have failed on it later with a TypeError.
+    const cycle: Record<string, unknown> = {};
+    cycle.self = cycle;
+    expect(() => createProfile({ table: [0.5], layers: 1, kvHeads: 1, meta: { n: 10n } as never })).toThrow("meta must be JSON data but Do not know how to serialize a BigInt");
+    expect(() => createProfile({ table: [0.5], layers: 1, kvHeads: 1, meta: { cycle } as never })).toThrow(/^meta must be JSON data but Converting circular structure to JSON$/);
+    // A misspelt field was dropped in silence.
+    expect(() => createProfile({ table: [0.5], layers: 1, kvHeads: 1, metta: { model: "m" } } as never)).toThrow(
+      'a profile has the fields table, grid, layers, kvHeads, meta but received "metta" (metadata goes in meta)',
+    );
   });
 
   test("createProfile checks sizes", () => {
     expect(() => createProfile({ table: [0.1, 0.2, 0.3], grid: 2, layers: 1, kvHeads: 2 })).toThrow(
       "table has 3 values but grid 2 × layers 1 × kvHeads 2 needs 4",
     );
-    expect(() => createProfile({ table: [0.1, 0.2, 0.3], layers: 1, kvHeads: 2 })).toThrow("grid must be a positive integer but is 1.5");
+    expect(() => createProfile({ table: [0.1, 0.2, 0.3], layers: 1, kvHeads: 2 })).toThrow("table has 3 values, not a positive multiple of layers 1 × kvHeads 2 = 2");
+    expect(() => createProfile({ table: [], layers: 1, kvHeads: 2 })).toThrow("table has 0 values, not a positive multiple of layers 1 × kvHeads 2 = 2");
+    expect(() => createProfile({ table: [0.5], grid: 1.5, layers: 1, kvHeads: 1 })).toThrow("grid must be a positive integer but is 1.5");
     expect(() => createProfile({ table: [], layers: 0, kvHeads: 2 })).toThrow("layers must be a positive integer but is 0");
     expect(() => saveProfile({ table: new Float64Array(3), grid: 1, layers: 2, kvHeads: 2, meta: {} }, join(dir, "x.json"))).toThrow(
       "table must be a Float64Array of grid × layers × kvHeads = 4 values but is Float64Array(3)",

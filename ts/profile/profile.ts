@@ -116,6 +116,12 @@ export function checkMeta(meta: unknown): ProfileMeta {
       throw bad("calibration.contextLengths", "an array of non-negative integers", lens);
     }
   }
+  // saveProfile writes it as JSON: a BigInt or a cycle would fail there, far from here.
+  try {
+    JSON.stringify(meta);
+  } catch (e) {
+    throw new BadProfileError(`meta must be JSON data but ${(e as Error).message.split("\n")[0]}`);
+  }
   return meta as ProfileMeta;
 }
 
@@ -141,19 +147,30 @@ export function checkTable(table: ArrayLike<number>, grid: number, layers: numbe
   }
 }
 
+const PROFILE_INIT_FIELDS = ["table", "grid", "layers", "kvHeads", "meta"];
+
 /**
  * Builds a validated {@link Profile} (the table is copied into a Float64Array).
- * @throws BadProfileError when the sizes disagree, a ratio is NaN or outside [0, 1], or meta is malformed.
+ * @throws BadProfileError when the sizes disagree, a field is unknown, a ratio is NaN or outside
+ * [0, 1], or meta is malformed (or not JSON: a BigInt, a cycle).
  */
 export function createProfile(init: ProfileInit): Profile {
   if (!isPlainObject(init)) throw new BadProfileError(`a profile must be an object but is ${show(init)}`);
+  // A misspelt field (metta) would be dropped in silence; user metadata belongs in meta.
+  const unknown = Object.keys(init).find((k) => !PROFILE_INIT_FIELDS.includes(k));
+  if (unknown !== undefined)
+    throw new BadProfileError(`a profile has the fields ${PROFILE_INIT_FIELDS.join(", ")} but received ${JSON.stringify(unknown)} (metadata goes in meta)`);
   const { table, layers, kvHeads } = init;
   if (!isPositiveInt(layers)) throw new BadProfileError(`layers must be a positive integer but is ${show(layers)}`);
   if (!isPositiveInt(kvHeads)) throw new BadProfileError(`kvHeads must be a positive integer but is ${show(kvHeads)}`);
   if (table === null || typeof table !== "object" || typeof table.length !== "number") {
     throw new BadProfileError(`table must be an array of numbers but is ${show(table)}`);
   }
-  const grid = init.grid ?? table.length / (layers * kvHeads);
+  const cells = layers * kvHeads;
+  // Without grid the table's length gives it (the message names the length, not a derived grid).
+  if (init.grid === undefined && !isPositiveInt(table.length / cells))
+    throw new BadProfileError(`table has ${table.length} values, not a positive multiple of layers ${layers} × kvHeads ${kvHeads} = ${cells}`);
+  const grid = init.grid ?? table.length / cells;
   if (!isPositiveInt(grid)) throw new BadProfileError(`grid must be a positive integer but is ${show(grid)}`);
   if (table.length !== grid * layers * kvHeads) {
     throw new BadProfileError(
