@@ -282,9 +282,14 @@ describe.each([
         expect(() => s.attend(1, q)).toThrow(InvalidArgumentError);
         expect(() => s.attend(1, q)).toThrow(/scores stay within float32/);
       }
-      // Loaded into a cache without checkFinite, nothing is measured or refused.
-      const again = unchecked.loadSequence(saved.save());
+      // Loaded into a cache without checkFinite, nothing is measured or refused, and no bounds are
+      // kept: the file they save says 0 (bounds kept from a file understated rows appended later).
+      const again = unchecked.loadSequence(loaded.save());
       expect(again.attend(1, q).length).toBe(q.length);
+      const boundsOf = (b: Buffer) => layoutOf(b).layers.flatMap((at) => [b.readDoubleLE(at + 8), b.readDoubleLE(at + 16), b.readDoubleLE(at + 24)]);
+      const keyAndValue = (x: number[]) => x.filter((_, i) => i % 3 !== 2);
+      expect(keyAndValue(boundsOf(loaded.save())).every((x) => x > 0)).toBe(true);
+      expect(boundsOf(again.save()).every((x) => x === 0)).toBe(true);
       // Modest queries attend the same on the loaded sequence as on the directly appended one.
       const small = randn(r, queryHeads * headDim).map((x) => x / big);
       expect(bytesOf(loaded.attend(2, small))).toEqual(bytesOf(direct.attend(2, small)));
@@ -401,6 +406,7 @@ describe("rejected inputs change nothing", () => {
       ["negative bound", (b) => b.writeDoubleLE(-1, l0 + 16), /bound/],
       ["infinite observation value", (b) => b.writeFloatLE(Infinity, l0 + 32 + 4 * b.readUInt32LE(l0 + 4)), /observation row value/],
       ["NaN mass", (b) => b.writeFloatLE(NaN, h0 + 4 + 4 * b.readUInt32LE(h0)), /mass/],
+      ["negative mass", (b) => b.writeFloatLE(-0.5, h0 + 4 + 4 * b.readUInt32LE(h0)), /has an attention mass that is negative or not finite/],
       // This cache checks its inputs (checkFinite): rows are checked as an append would check them.
       ["infinite key", (b) => b.writeUInt16LE(0xfc00, h0 + 4 + 8 * b.readUInt32LE(h0)), /\(layer 0, KV head 0\) has a key that is not finite/],
       ["NaN value", (b) => b.writeUInt16LE(0x7e01, h0 + 4 + 8 * b.readUInt32LE(h0) + (b.readUInt32LE(h0) + 1) * shape.headDim * 2 - 2), /has a value that is not finite/],

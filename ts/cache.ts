@@ -562,7 +562,9 @@ export class KVCache {
 
   #restored([id, bounds]: [number, Float64Array]): Sequence {
     const seq = this.#adopt(id);
-    seq.restoreBounds(bounds);
+    // Only a checked cache keeps bounds: one without checkFinite measures none of its appends, so
+    // bounds it kept from a file would understate its rows in the files it saves (it saves 0s).
+    if (this.config.checkFinite) seq.restoreBounds(bounds);
     return seq;
   }
 

@@ -259,8 +259,9 @@ int32_t Cache::loadSequence(const uint8_t* data, size_t size, std::vector<double
     if (mass) {
       s.mass[i].resize(n);
       if (n) std::memcpy(s.mass[i].data(), at, (size_t)n * 4);
+      // Sums of attention weights: finite and never negative.
       for (float v : s.mass[i])
-        if (!std::isfinite(v)) bad(name + " has an attention mass that is not finite");
+        if (!(std::isfinite(v) && v >= 0)) bad(name + " has an attention mass that is negative or not finite");
       at += (size_t)n * 4;
     }
     keys[i] = at;
