@@ -215,6 +215,32 @@ describe("QueryStatistics", () => {
     cache.dispose();
   });
 
+  test("an outlying first row and tiny queries: the covariance is still the two-pass float64 one", () => {
+    const r = rng(seed + 2);
+    // A BOS-like first row of 1e5 before 100k ordinary rows (skip 0): sums centred on the first
+    // row lost 16x the rows' own spread to cancellation.
+    const n = 100_000, D = 4;
+    const rows = randn(r, n * D);
+    rows.fill(1e5, 0, D);
+    const stats = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: D, skip: 0 });
+    for (let at = 0; at < n; at += 7919) stats.add(0, rows.subarray(at * D, Math.min(n, at + 7919) * D));
+    const want = twoPass(Array.from({ length: n }, (_, t) => Array.from(rows.subarray(t * D, t * D + D))));
+    const got = stats.covarianceOf(0), mean = stats.mean(0);
+    for (let i = 0; i < D; i++) {
+      expect(Math.abs(mean[i] - want.mean[i])).toBeLessThan(1e-9 * 1e5);
+      // The outlier's own block rounds its 1e10 square in float32 (relative 6e-8); the old sums lost
+      // 8e-4 of the variance (~1e5) to cancellation.
+      for (let j = 0; j < D; j++) expect(Math.abs(got[i * D + j] - want.cov[i][j])).toBeLessThan(2e-6 * want.cov[0][0]);
+    }
+    // Queries of 1e-25: float32 products underflow (the variance came out negative).
+    const tiny = randn(r, 3000 * D).map((v) => v * 1e-25);
+    const small = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: D, skip: 0 });
+    small.add(0, tiny);
+    const ref = twoPass(Array.from({ length: 3000 }, (_, t) => Array.from(tiny.subarray(t * D, t * D + D))));
+    const cov = small.covarianceOf(0);
+    for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) expect(Math.abs(cov[i * D + j] - ref.cov[i][j])).toBeLessThan(1e-9 * ref.cov[0][0]);
+  });
+
   test("bad input is refused with the field named, and changes nothing", () => {
     const stats = new QueryStatistics({ layers: 2, queryHeads: 2, headDim: 4, skip: 0 });
     stats.add(0, new Float32Array(8).fill(1));
@@ -328,6 +354,8 @@ describe("expected-attention scores", () => {
     expect(attempt({ expectedAttention: { statistics, rope: { theta: -1 } } })).toThrow(/expectedAttention.rope.theta/);
     expect(attempt({ expectedAttention: { statistics, rope, futurePositions: 0 } })).toThrow(/expectedAttention.futurePositions/);
     expect(attempt({ expectedAttention: { statistics, rope, epsilon: -1 } })).toThrow(/expectedAttention.epsilon/);
+    // Past float32, ε made every score infinite (compress then kept the first tokens).
+    expect(attempt({ expectedAttention: { statistics, rope, epsilon: 1e39 } })).toThrow("Expected a non-negative number within the float32 range for expectedAttention.epsilon but received 1e+39 of type number");
     expect(attempt({ expectedAttention: { statistics, rope, valueNorm: 1 as never } })).toThrow(/expectedAttention.valueNorm/);
     expect(() => s.seq.compress({ ratio: 0.5, scorer: "snapkv", expectedAttention: { statistics, rope } })).toThrow(/no value with scorer "snapkv"/);
     for (const f of [attempt({ expectedAttention: { statistics: partial, rope } })]) expect(f).toThrow(InvalidArgumentError);
@@ -338,6 +366,28 @@ describe("expected-attention scores", () => {
     expect(report.total).toBe(report.target);
     s.cache.dispose();
   });
+});
+
+test("with checkFinite, statistics whose logits would overflow float32 are refused (all scores came back 0 and compress kept the wrong token)", () => {
+  const D = 2;
+  const cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: D, dtype: "f32" });
+  const seq = cache.createSequence();
+  const keys = new Float32Array(8 * D);
+  for (let j = 0; j < 8; j++) [keys[j * D], keys[j * D + 1]] = [(j + 1) * Math.cos(8), (j + 1) * Math.sin(8)];
+  seq.append(0, keys, new Float32Array(8 * D).fill(1));
+  const huge = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: D, skip: 0, covariance: false });
+  huge.add(0, Float32Array.from([1e38, 0]));
+  const ea = { statistics: huge, rope: { theta: 10000 }, futurePositions: 1, epsilon: 0, valueNorm: false };
+  const options = { sink: 0, window: 0, expectedAttention: ea };
+  expect(() => seq.scores(0, "expected-attention", options)).toThrow(/^Expected query statistics whose expected-attention logits stay within float32 .* max\|μ\| 1e\+38/);
+  expect(() => seq.compress({ budgets: new Int32Array([1]), scorer: "expected-attention", ...options })).toThrow(InvalidArgumentError);
+  expect(seq.lengths()[0]).toBe(8);
+  // The same direction at a sane scale ranks token 7 (the largest projection) first.
+  const sane = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: D, skip: 0, covariance: false });
+  sane.add(0, Float32Array.from([10, 0]));
+  seq.compress({ budgets: new Int32Array([1]), scorer: "expected-attention", ...options, expectedAttention: { ...ea, statistics: sane } });
+  expect(Array.from(seq.positions(0, 0))).toEqual([7]);
+  cache.dispose();
 });
 
 describe("expected-attention on tiny-lm", () => {

@@ -18,7 +18,7 @@ import {
 } from "./compress";
 import * as batch from "./batch";
 import type { AttendBatchItem, AttendBatchOptions, AppendBatchItem } from "./batch";
-import { VALUE_SUM_LIMIT, checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor, scanValuesBatch } from "./finite";
+import { VALUE_SUM_LIMIT, checkExpectedScores, checkKeyNorms, checkScale, checkScores, checkValueSum, scanTensor, scanValuesBatch } from "./finite";
 import {
   integerInRange,
   isFloat32Array,
@@ -1100,6 +1100,11 @@ export class Sequence {
         checkScores(name, l, headDim, queryMax, this.#keyMax[l], n.scale);
       } else if (scorer === "keydiff" || scorer === "knorm") {
         checkKeyNorms(l, headDim, this.#keyMax[l]);
+      } else if (scorer === "expected-attention" && n.expected?.mean[l]) {
+        const maxAbs = (a: Float64Array | undefined) => (a ? a.reduce((m, v) => Math.max(m, Math.abs(v)), 0) : 0);
+        const e = n.expected;
+        const stats = { meanMax: maxAbs(e.mean[l]), covarianceMax: e.useCovariance ? maxAbs(e.covariance[l]) : 0 };
+        checkExpectedScores(l, headDim, stats, { keyMax: this.#keyMax[l], valueMax: this.#valueMax[l] }, n.scale, { norm: e.valueNorm, epsilon: e.epsilon });
       }
     }
   }

@@ -26,10 +26,11 @@ export interface QueryStatisticsOptions {
  * Mean and covariance of the pre-RoPE queries of every (layer, query head), accumulated over the
  * prompt's positions: what the "expected-attention" scorer predicts future queries from. Feed it
  * each layer's queries before RoPE is applied, in position order, during prefill; positions are
- * counted per layer across add() calls, and the first `skip` of them are left out. Sums are kept in
- * float64 around the first accumulated row of each layer, so long prompts lose no precision; the
- * covariance's products run in the native SIMD kernels (float32 over blocks of 256 rows, summed in
- * float64).
+ * counted per layer across add() calls, and the first `skip` of them are left out. The mean and the
+ * centred sums of products are kept in float64 and updated a block of 256 rows at a time (each
+ * block centred on its own mean, its products in the native SIMD kernels in float32, merged by
+ * Chan, Golub and LeVeque's update), so neither a large common offset nor an outlying row (a BOS
+ * query with skip 0) makes the covariance cancel.
  */
 export class QueryStatistics {
   readonly layers: number;
@@ -39,10 +40,10 @@ export class QueryStatistics {
   readonly covariance: boolean;
   #positions: number[];
   #rows: number[];
-  #shift: Float64Array[];
-  #sum: Float64Array[];
-  // Every head's sum of (q - shift)(q - shift)^T, [queryHeads, headDim, headDim].
-  #products: Float64Array[];
+  // Every head's running mean, [queryHeads, headDim].
+  #mean: Float64Array[];
+  // Every head's sum of (q - mean)(q - mean)^T, [queryHeads, headDim, headDim].
+  #m2: Float64Array[];
 
   constructor(options: QueryStatisticsOptions) {
     if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
@@ -58,9 +59,8 @@ export class QueryStatistics {
     const row = this.queryHeads * this.headDim;
     this.#positions = new Array<number>(this.layers).fill(0);
     this.#rows = new Array<number>(this.layers).fill(0);
-    this.#shift = Array.from({ length: this.layers }, () => new Float64Array(row));
-    this.#sum = Array.from({ length: this.layers }, () => new Float64Array(row));
-    this.#products = Array.from({ length: this.layers }, () => new Float64Array(covariance ? row * this.headDim : 0));
+    this.#mean = Array.from({ length: this.layers }, () => new Float64Array(row));
+    this.#m2 = Array.from({ length: this.layers }, () => new Float64Array(covariance ? row * this.headDim : 0));
   }
 
   /** @internal A copy with the statistics added so far (compressAsync reads its options at the call). */
@@ -68,9 +68,8 @@ export class QueryStatistics {
     const copy = new QueryStatistics({ layers: this.layers, queryHeads: this.queryHeads, headDim: this.headDim, skip: this.skip, covariance: this.covariance });
     copy.#positions = this.#positions.slice();
     copy.#rows = this.#rows.slice();
-    copy.#shift = this.#shift.map((a) => a.slice());
-    copy.#sum = this.#sum.map((a) => a.slice());
-    copy.#products = this.#products.map((a) => a.slice());
+    copy.#mean = this.#mean.map((a) => a.slice());
+    copy.#m2 = this.#m2.map((a) => a.slice());
     return copy;
   }
 
@@ -94,9 +93,7 @@ export class QueryStatistics {
     const first = Math.min(tokens, Math.max(0, this.skip - this.#positions[layer]));
     this.#positions[layer] += tokens;
     if (first === tokens) return this;
-    const shift = this.#shift[layer];
-    if (this.#rows[layer] === 0) for (let i = 0; i < row; i++) shift[i] = queries[first * row + i];
-    native().accumulateQueryStatistics(queries, first, tokens, Q, D, shift, this.#sum[layer], this.covariance ? this.#products[layer] : null);
+    native().accumulateQueryStatistics(queries, first, tokens, Q, D, this.#rows[layer], this.#mean[layer], this.covariance ? this.#m2[layer] : null);
     this.#rows[layer] += tokens - first;
     return this;
   }
@@ -113,11 +110,7 @@ export class QueryStatistics {
 
   /** Mean of the accumulated queries of `layer`, [queryHeads, headDim] (zeros before any row). */
   mean(layer: number): Float64Array {
-    const l = this.#layer(layer);
-    const n = this.#rows[l], shift = this.#shift[l], sum = this.#sum[l];
-    const out = new Float64Array(sum.length);
-    if (n > 0) for (let i = 0; i < out.length; i++) out[i] = shift[i] + sum[i] / n;
-    return out;
+    return this.#mean[this.#layer(layer)].slice();
   }
 
   /**
@@ -127,16 +120,11 @@ export class QueryStatistics {
   covarianceOf(layer: number): Float64Array {
     const l = this.#layer(layer);
     if (!this.covariance) throw invalid("covariance", "statistics made with covariance: true", this.covariance);
-    const Q = this.queryHeads, D = this.headDim, n = this.#rows[l], sum = this.#sum[l], products = this.#products[l];
+    const Q = this.queryHeads, D = this.headDim, n = this.#rows[l], m2 = this.#m2[l];
     const out = new Float64Array(Q * D * D);
     if (n === 0) return out;
-    // Symmetrised: the float32 blocks of the products need not be symmetric to the last bit.
-    for (let h = 0; h < Q; h++)
-      for (let i = 0; i < D; i++)
-        for (let j = i; j < D; j++) {
-          const p = (products[h * D * D + i * D + j] + products[h * D * D + j * D + i]) / 2;
-          out[h * D * D + i * D + j] = out[h * D * D + j * D + i] = p / n - (sum[h * D + i] / n) * (sum[h * D + j] / n);
-        }
+    // m2 is symmetric to the bit (each product is added to both of its cells).
+    for (let i = 0; i < out.length; i++) out[i] = m2[i] / n;
     return out;
   }
 
@@ -144,7 +132,7 @@ export class QueryStatistics {
   clear(): void {
     this.#positions.fill(0);
     this.#rows.fill(0);
-    for (const a of [...this.#shift, ...this.#sum, ...this.#products]) a.fill(0);
+    for (const a of [...this.#mean, ...this.#m2]) a.fill(0);
   }
 
   #layer(layer: number): number {
@@ -238,7 +226,9 @@ export function expectedSettings(
   if (typeof futurePositions !== "number" || !Number.isInteger(futurePositions) || futurePositions < 1 || futurePositions > 1 << 20)
     throw invalid(`${name}.futurePositions`, `integer between 1 and ${1 << 20}`, futurePositions);
   const epsilon = e.epsilon ?? 0.02;
-  if (typeof epsilon !== "number" || !Number.isFinite(epsilon) || epsilon < 0) throw invalid(`${name}.epsilon`, "a finite, non-negative number", epsilon);
+  // The scorer adds it in float32: past that range it would make every score infinite.
+  if (typeof epsilon !== "number" || !(epsilon >= 0 && epsilon <= 3.4028234663852886e38))
+    throw invalid(`${name}.epsilon`, "a non-negative number within the float32 range", epsilon);
   const valueNorm = e.valueNorm ?? true;
   if (typeof valueNorm !== "boolean") throw invalid(`${name}.valueNorm`, "boolean", valueNorm);
   return { inverseFrequencies: frequencies, futurePositions, epsilon, valueNorm };

@@ -126,6 +126,35 @@ export function checkKeyNorms(layer: number, headDim: number, keyMax: number): v
     );
 }
 
+/**
+ * The expected-attention scorer's float32 arithmetic on layer `layer`: z = s·μ'·k + ½·s²·kᵀΣ'k
+ * per key (μ', Σ' the statistics rotated to the future positions: rotations keep |μ'_i| within
+ * √2·max|μ| and |Σ'_ij| within 2·max|Σ|), then (score + ε)·‖v‖. Throws when a bound of them
+ * could overflow, as checkScores does for the attention-based scorers.
+ */
+export function checkExpectedScores(
+  layer: number,
+  headDim: number,
+  stats: { meanMax: number; covarianceMax: number },
+  rows: { keyMax: number; valueMax: number },
+  scale: number,
+  value: { norm: boolean; epsilon: number },
+): void {
+  const s = Math.abs(scale), D = headDim, k = rows.keyMax;
+  const meanTerm = s * D * Math.SQRT2 * stats.meanMax * k;
+  const quadratic = D * D * 2 * stats.covarianceMax * k * k;
+  const z = meanTerm + 0.5 * s * s * quadratic;
+  if (!(z <= SCORE_LIMIT && quadratic <= SCORE_LIMIT && Math.SQRT2 * stats.meanMax * s <= FLOAT32_MAX))
+    throw new InvalidArgumentError(
+      `Expected query statistics whose expected-attention logits stay within float32 (s·headDim·√2·max|μ|·max|k| + s²·headDim²·max|Σ|·max|k|² at most 2^120) ` +
+        `for expectedAttention.statistics but received max|μ| ${fmt(stats.meanMax)} and max|Σ| ${fmt(stats.covarianceMax)} against keys of layer ${layer} up to ${fmt(k)} (headDim ${D}, scale ${scale})`,
+    );
+  if (value.norm && !(D * rows.valueMax * rows.valueMax <= SCORE_LIMIT && (1 + value.epsilon) * Math.sqrt(D) * rows.valueMax <= FLOAT32_MAX))
+    throw new InvalidArgumentError(
+      `Expected values whose norms times (1 + epsilon) stay within float32 for the expected-attention value norm but received values of layer ${layer} up to ${fmt(rows.valueMax)} with epsilon ${value.epsilon} (headDim ${D})`,
+    );
+}
+
 /** Validates an attention scale: finite and representable as float32. */
 export function checkScale(v: unknown): number {
   if (typeof v !== "number" || !Number.isFinite(v)) throw invalid("scale", "finite number", v);

@@ -142,7 +142,7 @@ export interface NativeAddon {
   /** Seconds per repeat of a plain multi-threaded read of `bytes` bytes (the faster of a read with and one without software prefetch). */
   memoryReadBenchmark(bytes: number, threads: number, repeats: number): number[];
   /** QueryStatistics.add's float64 sums of rows [first, tokens) around `shift` (products: the full symmetric matrices, or null). */
-  accumulateQueryStatistics(queries: Float32Array, first: number, tokens: number, queryHeads: number, headDim: number, shift: Float64Array, sum: Float64Array, products: Float64Array | null): void;
+  accumulateQueryStatistics(queries: Float32Array, first: number, tokens: number, queryHeads: number, headDim: number, count: number, mean: Float64Array, m2: Float64Array | null): void;
 }
 
 /** The package root: the nearest folder above this file whose package.json is lukv's. */

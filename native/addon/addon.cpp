@@ -1129,8 +1129,8 @@ Napi::Value ScanValuesBatch(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// accumulateQueryStatistics(queries, first, tokens, queryHeads, headDim, shift, sum, products | null):
-// QueryStatistics.add's sums (arguments checked in TypeScript; sizes checked again here).
+// accumulateQueryStatistics(queries, first, tokens, queryHeads, headDim, count, mean, m2 | null):
+// QueryStatistics.add's running sums (arguments checked in TypeScript; sizes checked again here).
 Napi::Value AccumulateQueryStatistics(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto view = [&](int i, napi_typedarray_type want, size_t need) -> void* {
@@ -1141,13 +1141,14 @@ Napi::Value AccumulateQueryStatistics(const Napi::CallbackInfo& info) {
   };
   const int first = info[1].As<Napi::Number>().Int32Value(), tokens = info[2].As<Napi::Number>().Int32Value();
   const int Q = info[3].As<Napi::Number>().Int32Value(), D = info[4].As<Napi::Number>().Int32Value();
-  if (first < 0 || tokens < first || Q < 1 || D < 1) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "accumulateQueryStatistics: bad sizes");
+  const double count = info[5].As<Napi::Number>().DoubleValue();
+  if (first < 0 || tokens < first || Q < 1 || D < 1 || !(count >= 0 && count <= 9007199254740991.0))
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "accumulateQueryStatistics: bad sizes");
   const size_t row = (size_t)Q * D;
   const float* q = static_cast<const float*>(view(0, napi_float32_array, (size_t)tokens * row));
-  const double* shift = static_cast<const double*>(view(5, napi_float64_array, row));
-  double* sum = static_cast<double*>(view(6, napi_float64_array, row));
-  double* products = info.Length() > 7 && info[7].IsTypedArray() ? static_cast<double*>(view(7, napi_float64_array, row * D)) : nullptr;
-  cpu::accumulateQueryStatistics(q, first, tokens, Q, D, shift, sum, products);
+  double* mean = static_cast<double*>(view(6, napi_float64_array, row));
+  double* m2 = info.Length() > 7 && info[7].IsTypedArray() ? static_cast<double*>(view(7, napi_float64_array, row * D)) : nullptr;
+  cpu::accumulateQueryStatistics(q, first, tokens, Q, D, (int64_t)count, mean, m2);
   return env.Undefined();
 }
 

@@ -9,53 +9,72 @@
 namespace lukv {
 namespace cpu {
 
-void accumulateQueryStatistics(const float* queries, int first, int tokens, int queryHeads, int headDim,
-                               const double* shift, double* sum, double* products) {
+void accumulateQueryStatistics(const float* queries, int first, int tokens, int queryHeads, int headDim, int64_t count,
+                               double* mean, double* m2) {
   const int Q = queryHeads, D = headDim;
   // Rows per float32 block: short enough that a block's dot products stay exact to ~1e-6.
   constexpr int kBlock = 256;
-  const Kernels* k = products ? selectKernels("auto") : nullptr;
+  const Kernels* k = m2 ? selectKernels("auto") : nullptr;
   std::vector<float> columns, block;
+  std::vector<double> blockMean(D), delta(D);
   for (int r0 = first; r0 < tokens; r0 += kBlock) {
     const int n = std::min(kBlock, tokens - r0);
+    const double before = (double)count, after = before + n;
     for (int h = 0; h < Q; ++h) {
-      const double* c = shift + (size_t)h * D;
-      double* s = sum + (size_t)h * D;
-      // The head's centred rows as columns: columns[i * n + r] = q[r][i] - shift[i].
-      columns.assign((size_t)D * n, 0.f);
-      for (int r = 0; r < n; ++r) {
-        const float* q = queries + ((size_t)(r0 + r) * Q + h) * D;
-        for (int i = 0; i < D; ++i) {
-          const double x = (double)q[i] - c[i];
-          s[i] += x;
-          columns[(size_t)i * n + r] = (float)x;
-        }
+      const auto q = [&](int r, int i) { return (double)queries[((size_t)(r0 + r) * Q + h) * D + i]; };
+      // The block's own mean, in float64: its rows are centred on it, so the products below
+      // carry only the block's spread (no large common part to cancel later).
+      std::fill(blockMean.begin(), blockMean.end(), 0.0);
+      for (int r = 0; r < n; ++r)
+        for (int i = 0; i < D; ++i) blockMean[i] += q(r, i);
+      for (int i = 0; i < D; ++i) blockMean[i] /= n;
+      double* mu = mean + (size_t)h * D;
+      for (int i = 0; i < D; ++i) {
+        delta[i] = blockMean[i] - mu[i];
+        mu[i] += delta[i] * (n / after);
       }
-      if (!products) continue;
+      if (!m2) continue;
+      // The head's centred rows as columns: columns[i * n + r] = q[r][i] - blockMean[i].
+      columns.assign((size_t)D * n, 0.f);
+      double largest = 0;
+      for (int r = 0; r < n; ++r)
+        for (int i = 0; i < D; ++i) {
+          const double x = q(r, i) - blockMean[i];
+          columns[(size_t)i * n + r] = (float)x;
+          largest = std::max(largest, std::fabs(x));
+        }
+      // Below about 2^-63 the float32 products fall under float32's normal range (1.2e-38) and
+      // underflow: such a block is summed in float64 from the rows.
+      const bool tiny = largest < 0x1p-63;
+      // Chan et al.'s merge of two sets' centred sums of products: the block's, plus
+      // delta delta^T x before x n / after for the move between the two means.
+      const double weight = before * n / after;
+      double* p = m2 + (size_t)h * D * D;
       // Dimensions i0 .. i0 + 15 against every dimension j >= i0 (the upper triangle, in bands of
       // 16 "queries" of length n over D - i0 "keys"), mirrored into the lower one.
       block.resize((size_t)16 * D);
-      double* p = products + (size_t)h * D * D;
-      const auto centred = [&](int r, int i) { return (double)queries[((size_t)(r0 + r) * Q + h) * D + i] - c[i]; };
+      const auto centred = [&](int r, int i) { return q(r, i) - blockMean[i]; };
       for (int i0 = 0; i0 < D; i0 += 16) {
         const int rows = std::min(16, D - i0);
         const float* band = columns.data() + (size_t)i0 * n;
         k->qk(DType::F32, band, D - i0, n, band, rows, block.data(), D - i0);
         // Values past about 1e18 overflow float32 products (or a block's sum of them) although the
-        // statistics fit: such a band is summed again in float64 from the rows.
-        const bool overflowed = std::any_of(block.begin(), block.begin() + (size_t)rows * (D - i0), [](float v) { return !std::isfinite(v); });
+        // statistics fit: such a band is summed again in float64 from the rows (as a tiny block is).
+        const bool inDouble = tiny || std::any_of(block.begin(), block.begin() + (size_t)rows * (D - i0), [](float v) { return !std::isfinite(v); });
         for (int g = 0; g < rows; ++g)
           for (int j = g; j < D - i0; ++j) {
             double v = block[(size_t)g * (D - i0) + j];
-            if (overflowed) {
+            if (inDouble) {
               v = 0;
               for (int r = 0; r < n; ++r) v += centred(r, i0 + g) * centred(r, i0 + j);
             }
+            v += delta[i0 + g] * delta[i0 + j] * weight;
             p[(size_t)(i0 + g) * D + i0 + j] += v;
             if (j != g) p[(size_t)(i0 + j) * D + i0 + g] += v;
           }
       }
     }
+    count += n;
   }
 }
 
