@@ -248,6 +248,61 @@ test("inside onCompress, a sync call after the callback's own async call on the 
   }
 });
 
+// An earlier item's onCompress may start an async call on a later item's sequence: that item's
+// compression must not run beside it (the async call was made first).
+test("a batch whose earlier item's onCompress starts an async call on a later item: SequenceBusyError naming it, before its compression", async () => {
+  const r = rng(seed + 17);
+  const { cache, a, b } = twoSequences(r, 200);
+  try {
+    let saved: Promise<Buffer> | undefined;
+    a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: () => void (saved = b.saveAsync()) });
+    b.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1 });
+    cache.appendBatch(shape.layers - 1, rowItems(r, a, b)); // both due
+    const bBefore = Array.from(b.lengths());
+    expect(() => cache.appendBatch(0, rowItems(r, a, b))).toThrow(
+      expect.objectContaining({ name: "SequenceBusyError", message: expect.stringMatching(/^items\[1\]\.sequence: Sequence has 1 async call/) }),
+    );
+    expect([a.autoCompressions, b.autoCompressions]).toEqual([1, 0]);
+    // The save, called before b's compression would have run, holds b as it was.
+    const loaded = cache.loadSequence(await saved!);
+    expect(Array.from(loaded.lengths())).toEqual(bBefore);
+  } finally {
+    cache.dispose();
+  }
+});
+
+// In an async call's turn the calls queued behind it are not "pending before" the callbacks: one
+// that an earlier callback of the turn started is, and a later callback's sync call must not pass it.
+test("in an appendBatchAsync turn, a sync call in b's onCompress after a's onCompress started b.saveAsync() throws SequenceBusyError", async () => {
+  const r = rng(seed + 18);
+  const { cache, a, b } = twoSequences(r, 100);
+  try {
+    const row = shape.kvHeads * shape.headDim;
+    let saved: Promise<Buffer> | undefined;
+    let inner = "";
+    a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1, onCompress: () => void (saved = b.saveAsync()) });
+    b.autoCompress({
+      maxTokens: 8, every: 1, scorer: "knorm", sink: 1, window: 1,
+      onCompress: () => {
+        try {
+          b.append(0, randn(r, 50 * row), randn(r, 50 * row));
+          inner = "appended";
+        } catch (e) {
+          inner = (e as Error).name;
+        }
+      },
+    });
+    cache.appendBatch(shape.layers - 1, rowItems(r, a, b)); // both due
+    const before = b.appended(0);
+    await cache.appendBatchAsync(0, rowItems(r, a, b));
+    expect(inner).toBe("SequenceBusyError");
+    // The save runs after the turn: it holds the batch's row, not the 50 rows of the refused append.
+    expect(cache.loadSequence(await saved!).appended(0)).toBe(before + 1);
+  } finally {
+    cache.dispose();
+  }
+});
+
 // onCompress may dispose another sequence (dispose is always allowed): a later item of the same
 // batch then fails as a disposed sequence does, with the library's error naming the item.
 test("an onCompress that disposes a later item's sequence: the batch throws DisposedError naming it", () => {

@@ -77,6 +77,9 @@ describe("lowerHull edge cases", () => {
     expect(() => lowerHull([-1e308, 1e308])).toThrow(message);
     const { solveBudgetsDetailed } = require("../ts/budget") as typeof import("../ts/budget");
     expect(() => solveBudgetsDetailed([[-1e308, 1e308], [-1.5e308, 1.5e308]], 1)).toThrow(/^Expected curves\[0\] to change by less than the float64 range/);
+    // A slope within the range whose difference is not: 1e308 per token over two tokens.
+    expect(Array.from(lowerHull([-1e308, 0, 1e308]))).toEqual([1e308, 1e308]);
+    expect(Array.from(lowerHull([-1e308, 1e308, 1e308]))).toEqual([1e308, 1e308]);
     // Within the range, extreme values still work: slopes of -1e308 and -5e307 (already convex).
     expect(Array.from(lowerHull([1e308, 0, -5e307]))).toEqual([-1e308, -5e307]);
   });

@@ -365,6 +365,8 @@ describe("checks of small entry points", () => {
     expectError(() => new Ctor(), "InvalidArgumentError", /Sequences are made by cache.createSequence\(\)/);
     // A second handle to a live sequence would get round its busy checks and dispose it under it.
     expectError(() => new Ctor(cache, 0), "InvalidArgumentError", /not by new Sequence\(\)/);
+    const fromNative = (Sequence as unknown as { fromNative: (...a: unknown[]) => Sequence }).fromNative;
+    expectError(() => fromNative(Symbol("lukv.Sequence"), cache, 0), "InvalidArgumentError", /not by new Sequence\(\)/);
     expect(seq.lengths()).toHaveLength(4);
     cache.dispose();
   });

@@ -178,6 +178,9 @@ describe(`budgetsFromProfile (seed ${SEED})`, () => {
     }
     // The draw must reach the halves it is about.
     expect(halves).toBeGreaterThan(50);
+    // Past 2^49 tokens the tolerance once reached a half: ratio 0 kept one token more than there were.
+    const lengths = new Array(2 ** 18 + 7).fill(2 ** 31 - 1);
+    expect(Array.from(budgetsFromProfile(consistentProfile(1, 1, lengths.length), { ratio: 0, lengths }))).toEqual(lengths);
   });
 
   test("equal lengths and a consistent profile: each head keeps (1 − Φ_h) × T within one token", () => {

@@ -190,6 +190,29 @@ describe("async writes to one path", () => {
     own.dispose();
   });
 
+  posix("through symbolic links (to the file or to its directory) too: one queue per file written", async () => {
+    const r = rng(seed ^ 0x52);
+    const own = new KVCache({ layers: 2, kvHeads: 2, queryHeads: 4, headDim: 64, dtype: "f32", pageSize: 16, maxTokens: 16384, device: "cpu" });
+    const s = own.createSequence();
+    for (let l = 0; l < 2; l++) s.append(l, randn(r, 4000 * 2 * 64), randn(r, 4000 * 2 * 64));
+    const dir = fs.mkdtempSync(path.join(tmp, "links-"));
+    const target = path.join(dir, "target.lukv");
+    fs.symlinkSync(target, path.join(dir, "link.lukv"));
+    fs.symlinkSync(dir, path.join(tmp, `${path.basename(dir)}-alias`));
+    const aliasOfTarget = path.join(tmp, `${path.basename(dir)}-alias`, "target.lukv");
+    for (const via of [path.join(dir, "link.lukv"), aliasOfTarget]) {
+      const first = s.saveFileAsync(via);
+      expect(() => s.cache.createSequence().saveFile(target)).toThrow(/in flight/);
+      const compressed = s.compressAsync({ ratio: 0.9, scorer: "knorm" });
+      const last = s.saveFileAsync(target);
+      const small = s.saveAsync();
+      await Promise.all([first, compressed, last]);
+      expect(Buffer.compare(fs.readFileSync(target), await small)).toBe(0);
+      for (let l = 0; l < 2; l++) s.append(l, randn(r, 3000 * 2 * 64), randn(r, 3000 * 2 * 64));
+    }
+    own.dispose();
+  });
+
   test("a synchronous write to a path with an async write in flight is refused; one that fails does not hold the path", async () => {
     const file = path.join(tmp, "in-flight.lukv");
     const other = cache.createSequence();
@@ -201,9 +224,11 @@ describe("async writes to one path", () => {
     await pending;
     seq.saveFile(file);
     loadsAsSeq(file);
-    // A write that fails (its directory is missing) rejects and lets the next one go.
+    // A write that fails (its directory is missing) rejects and lets the next one go: a sync write
+    // to the same path fails for the directory, not as "in flight".
     const missing = path.join(tmp, "no-such-dir", "x.lukv");
     await expect(seq.saveFileAsync(missing)).rejects.toThrow(/ENOENT/);
+    expect(() => seq.saveFile(missing)).toThrow(/ENOENT/);
     seq.saveFile(path.join(tmp, "after.lukv"));
     await expect(seq.saveFileAsync(path.join(tmp, "after.lukv"))).resolves.toBeUndefined();
     other.dispose();

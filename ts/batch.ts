@@ -401,10 +401,13 @@ function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array,
  * Each item's due automatic compression, in item order, as the item's own append would run it. One
  * that fails throws naming its item; those of the items before it are done (each complete).
  */
-function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[]): void {
+function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[], recheck?: () => void): void {
   seqs.forEach((s, i) => {
+    // A synchronous batch's: an earlier item's onCompress may have started an async call on any
+    // of its sequences, and a pressure listener one on this item's before a retry.
+    recheck?.();
     try {
-      s.autoCompressDue(ids[i]);
+      s.autoCompressDue(ids[i], recheck && (() => void s.id));
     } catch (e) {
       if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
       throw e;
@@ -416,10 +419,19 @@ function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[]): voi
 export function appendBatch(cache: KVCache, layer: number, items: readonly AppendBatchItem[]): void {
   const { l, seqs, ids, parts } = checkAppendBatch(cache, layer, items, (s) => s.id);
   if (parts.length === 0) return;
-  compressDue(seqs, ids);
-  // An onCompress or a pressure listener (before a retry) may have started an async call on a
-  // sequence of the batch: busy checks before each attempt.
-  runAppend(cache, l, seqs, ids, parts, () => idsOf(seqs, (s) => s.id));
+  // An onCompress or a pressure listener may start an async call on a sequence of the batch: busy
+  // checks before each compression and each attempt of the append.
+  const recheck = () =>
+    seqs.forEach((s, i) => {
+      try {
+        void s.id;
+      } catch (e) {
+        if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
+        throw e;
+      }
+    });
+  compressDue(seqs, ids, recheck);
+  runAppend(cache, l, seqs, ids, parts, recheck);
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
 }
 

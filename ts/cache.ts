@@ -341,7 +341,7 @@ export class KVCache {
   }
 
   #adopt(id: number): Sequence {
-    const seq = Sequence.fromNative(this, id);
+    const seq = Sequence.fromNative(madeByCache, this, id);
     this.#sequences.add(seq);
     return seq;
   }
@@ -621,14 +621,19 @@ export class Sequence {
   // onCompress callbacks running: they run inside the call that compressed (an async call's turn
   // included), where the sequence is at rest, so synchronous calls on it are allowed there.
   #inCallback = 0;
-  // #pending when the outermost running onCompress began: sync calls in it are allowed until it
-  // starts an async call of its own on the sequence (that call runs later, so they would not).
-  #callbackPending = 0;
+  // #pending when the async call whose turn is running began it (0 outside turns). The calls
+  // counted then are this one and those queued behind it; one started later (by a callback or a
+  // pressure listener) raises #pending past it, and synchronous calls in callbacks are refused
+  // from then on: they would take effect before a call made before them.
+  #turnBase = 0;
+  // #turnBase when the outermost running onCompress began (the turn it runs in, if any; an async
+  // call the callback starts on an idle sequence begins a turn of its own, which must not count).
+  #callbackBase = 0;
   #autoCompressions = 0;
 
   /** @internal the handle of native sequence `id` (KVCache.createSequence, fork, loadSequence) */
-  static fromNative(cache: KVCache, id: number): Sequence {
-    return new Sequence(madeByCache, cache, id);
+  static fromNative(token: symbol, cache: KVCache, id: number): Sequence {
+    return new Sequence(token, cache, id);
   }
 
   /** Sequences are made by cache.createSequence(), seq.fork() and cache.loadSequence(). */
@@ -658,7 +663,7 @@ export class Sequence {
   /** @internal the native id, for synchronous use: throws SequenceBusyError while async calls are pending. */
   get id(): number {
     const id = this.#liveId();
-    if (this.#pending > (this.#inCallback > 0 ? this.#callbackPending : 0))
+    if (this.#pending > (this.#inCallback > 0 ? this.#callbackBase : 0))
       throw new SequenceBusyError(
         `Sequence has ${this.#pending} async call${this.#pending === 1 ? "" : "s"} (its own or a batch's *Async calls) pending; await ${this.#pending === 1 ? "it" : "them"} before a synchronous call (calls on a sequence take effect in call order)`,
       );
@@ -707,7 +712,7 @@ export class Sequence {
     const id = this.id;
     const l = this.#layer(layer);
     const checked = this.checkAppend(keys, values, "");
-    this.autoCompressDue(id);
+    this.autoCompressDue(id, () => void this.id);
     this.#cache.withPressure(this, () => {
       // An onCompress or a pressure listener (before a retry) may have started an async call here.
       void this.id;
@@ -833,9 +838,16 @@ export class Sequence {
       s.#pending++;
       s.#tail = settled;
     }
-    const start = idle ? task() : Promise.all(before).then(task);
+    const run = () => {
+      for (const s of seqs) s.#turnBase = s.#pending;
+      return task();
+    };
+    const start = idle ? run() : Promise.all(before).then(run);
     const done = start.finally(() => {
-      for (const s of seqs) s.#pending--;
+      for (const s of seqs) {
+        s.#turnBase = 0;
+        s.#pending--;
+      }
     });
     done.then(settle, settle);
     return done;
@@ -886,9 +898,10 @@ export class Sequence {
    * here rather than right after the last layer's append so that the step that made it due has
    * been attended (SnapKV scores the last layer with that step's queries) and so that a failure
    * throws before the append changes anything; it stays due until it succeeds or autoCompress is
-   * changed. True when a compression ran (and its onCompress, which may have started async calls).
+   * changed. `recheck` (synchronous appends): the busy checks, run again before each compression
+   * attempt. True when a compression ran (and its onCompress, which may have started async calls).
    */
-  autoCompressDue(id: number): boolean {
+  autoCompressDue(id: number, recheck?: () => void): boolean {
     const auto = this.#auto;
     if (!auto || this.#sinceCheck < auto.every) return false;
     const lengths = viaAddon(() => this.#cache.handle.lengths(id));
@@ -903,6 +916,8 @@ export class Sequence {
     try {
       // Copying pages shared with forks takes free pages: the pressure policy may make room.
       this.#cache.withPressure(this, () => {
+        // A synchronous append's: a pressure listener may have started an async call on it.
+        recheck?.();
         report = this.#compressNow(id, auto.options);
       });
     } catch (e) {
@@ -914,12 +929,12 @@ export class Sequence {
     }
     this.#autoCompressions++;
     this.#sinceCheck = 0;
-    const outer = this.#callbackPending;
-    if (this.#inCallback++ === 0) this.#callbackPending = this.#pending;
+    const outer = this.#callbackBase;
+    if (this.#inCallback++ === 0) this.#callbackBase = this.#turnBase;
     try {
       auto.onCompress?.(report!);
     } finally {
-      if (--this.#inCallback === 0) this.#callbackPending = outer;
+      if (--this.#inCallback === 0) this.#callbackBase = outer;
     }
     return true;
   }

@@ -202,7 +202,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
     observation = o.observationQueries;
   }
   const sink = nonNegativeInteger("sink", o.sink ?? 4, 2 ** 31 - 1);
-  if (scorer !== "expected-attention" && o.expectedAttention !== undefined)
+  if (scorer !== "expected-attention" && o.expectedAttention != null)
     throw invalid("expectedAttention", `no value with scorer ${JSON.stringify(scorer)} (it configures "expected-attention")`, o.expectedAttention);
   const expected = scorer === "expected-attention" && scoredLayers ? nativeExpectedAttention(o.expectedAttention, shape, scoredLayers()) : undefined;
   return {
@@ -308,7 +308,7 @@ export function snapshotCompressOptions(o: CompressOptions): CompressOptions {
   if (Array.isArray(o.observationQueries)) c.observationQueries = o.observationQueries.map((q) => q?.slice());
   if (o.profile != null) c.profile = { ...o.profile, table: o.profile.table.slice() };
   const ea = o.expectedAttention;
-  if (ea !== undefined) {
+  if (ea != null) {
     const rope = ea.rope as { theta?: number; inverseFrequencies?: Float32Array | number[] };
     const frequencies = rope.inverseFrequencies;
     c.expectedAttention = {

@@ -1,6 +1,6 @@
 // Arguments of the saved-sequence calls (seq.save*, cache.loadSequence*): bytes or a file path.
 import * as fs from "fs";
-import { dirname, resolve } from "path";
+import { basename, dirname, resolve } from "path";
 import { invalid } from "./errors";
 import { isUint8Array } from "./validate";
 
@@ -79,14 +79,30 @@ function ignoreUnsupported(e: unknown): void {
   if (!DIR_SYNC_UNSUPPORTED.has((e as NodeJS.ErrnoException)?.code ?? "")) throw e;
 }
 
-// The async writes in flight, by resolved path: each waits for the one called before it, so the
-// file ends up with what the last call wrote (an earlier, larger write used to rename last).
+// The async writes in flight, by the file they write: each waits for the one called before it, so
+// the file ends up with what the last call wrote (an earlier, larger write used to rename last).
 const asyncWrites = new Map<string, Promise<void>>();
+
+// The file a write to `path` replaces, as one name whatever links lead to it (the path's own links
+// followed, its directory resolved); a loop of links keys by the path (the write then fails).
+function writeKey(path: string): string {
+  let file: string;
+  try {
+    file = followLinks(path);
+  } catch {
+    return resolve(path);
+  }
+  try {
+    return resolve(fs.realpathSync(dirname(file)), basename(file));
+  } catch {
+    return resolve(file); // a directory that does not exist: the write fails anyway
+  }
+}
 
 /** Writes `data` to `path`, replacing it atomically (see above). */
 export function writeFileReplacing(path: string, data: Uint8Array): void {
   // Written now, it would be replaced by the async write still to come.
-  if (asyncWrites.has(resolve(path)))
+  if (asyncWrites.size > 0 && asyncWrites.has(writeKey(path)))
     throw invalid("path", "no asynchronous write to it in flight (await the saveFileAsync to it first)", path);
   const real = followLinks(path);
   let stat: fs.Stats | undefined;
@@ -135,7 +151,7 @@ export function writeFileReplacing(path: string, data: Uint8Array): void {
  * `path` called before it; `data` may still be coming (its rejection rejects this write only).
  */
 export function writeFileReplacingAsync(path: string, data: Uint8Array | Promise<Uint8Array>): Promise<void> {
-  const key = resolve(path);
+  const key = writeKey(path);
   const bytes = Promise.resolve(data);
   bytes.catch(() => undefined); // awaited below, after the writes before it
   const entry: { settled?: Promise<void> } = {};

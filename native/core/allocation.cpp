@@ -22,7 +22,9 @@ bool better(const float* score, int32_t a, int32_t b) {
 int64_t keptTotal(double ratio, int64_t tokens) {
   const double x = (1.0 - ratio) * (double)tokens;
   const double whole = std::floor(x);
-  const double tolerance = 4 * std::numeric_limits<double>::epsilon() * std::max<double>(1, (double)tokens);
+  // Capped well below a half: past 2^44 tokens (far beyond any cache) the decimal reading is lost,
+  // but a fraction of 0 never rounds up.
+  const double tolerance = std::min(0x1p-6, 4 * std::numeric_limits<double>::epsilon() * std::max<double>(1, (double)tokens));
   // x - whole is exact (whole <= x < whole + 1).
   return (int64_t)whole + (x - whole >= 0.5 - tolerance ? 1 : 0);
 }

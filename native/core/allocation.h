@@ -22,7 +22,7 @@ HeadBounds headBounds(const std::vector<int32_t>& lengths, int sink, int window)
 // The kept total of a ratio: round((1 - ratio) x tokens), halves up, with the ratio read as the
 // decimal it prints as (0.3 of 365 tokens keeps 256, though the double nearest 0.3 times 365 falls
 // a hair below the half). The rounding errors of the double arithmetic stay below 4 x 2^-52 x tokens,
-// so a product that close to a half is one.
+// so a product that close to a half is one (up to 2^44 tokens; beyond, the tolerance stays 2^-6).
 int64_t keptTotal(double ratio, int64_t tokens);
 
 // Integer budgets in [lo, hi] summing exactly to total (Σlo <= total <= Σhi), as close to `ideal`

@@ -143,24 +143,35 @@ export function buildHull(curve: LossCurve, name: string, scratch = sharedScratc
   for (let i = 1; i < m; i++) {
     const n = cand[i];
     const yn = y[n];
-    let s = (yn - yTop) / (n - verts[top]);
+    let s = slope(yn, yTop, n - verts[top]);
     // Pop while the last segment is at least as steep: the new point sees under it.
     while (top > 0 && slopes[top - 1] >= s) {
       top--;
       const v = verts[top];
-      s = (yn - y[v]) / (n - v);
+      s = slope(yn, y[v], n - v);
     }
-    // A slope past the float64 range would tie with every other such slope (the filter above
-    // only keeps extra points when its differences overflow).
-    if (s === Infinity || s === -Infinity)
-      throw new InvalidArgumentError(
-        `Expected ${name} to change by less than the float64 range per token between hull points but it goes from ${y[verts[top]]} at ${verts[top]} to ${yn} at ${n}`,
-      );
     slopes[top] = s;
     verts[++top] = n;
     yTop = yn;
   }
+  // A slope past the float64 range would tie with every other such slope (the filter above only
+  // keeps extra points when its differences overflow). An infinite one met on the way is popped
+  // like any other when a later point sees under it.
+  for (let j = 0; j < top; j++)
+    if (slopes[j] === Infinity || slopes[j] === -Infinity)
+      throw new InvalidArgumentError(
+        `Expected ${name} to change by less than the float64 range per token between hull points but it goes from ${y[verts[j]]} at ${verts[j]} to ${y[verts[j + 1]]} at ${verts[j + 1]}`,
+      );
   return { vertices: verts.slice(0, top + 1), slopes: slopes.slice(0, top) };
+}
+
+/**
+ * (b − a) / steps; where b − a passes the float64 range but the slope does not (steps ≥ 2), as
+ * b / steps − a / steps.
+ */
+function slope(b: number, a: number, steps: number): number {
+  const s = (b - a) / steps;
+  return Number.isFinite(s) ? s : b / steps - a / steps;
 }
 
 /** Segment j with vertices[j] <= n <= vertices[j+1] (the last one when n = T). */

@@ -71,7 +71,7 @@ export function encodeProfile(profile: Profile, format: ProfileFormat, options: 
   knownOptions("options", options, ["dtype"]);
   if (format === "npy") return profileToNpy(profile, options);
   // A dtype is a choice of the .npy table: beside JSON it would be ignored, whatever it is.
-  if (format === "json" && options.dtype !== undefined) throw invalid("options.dtype", 'nothing beside format "json" (dtype is for .npy)', options.dtype);
+  if (format === "json" && options.dtype != null) throw invalid("options.dtype", 'nothing beside format "json" (dtype is for .npy)', options.dtype);
   if (format === "json") return new TextEncoder().encode(profileToJson(profile));
   throw invalid("format", `"npy" or "json"`, format);
 }
