@@ -582,13 +582,13 @@ export class KVCache {
   }
 }
 
+// Proof that a Sequence is made by the cache (see Sequence's constructor).
+const madeByCache = Symbol("lukv.Sequence");
+
 /**
  * One sequence in a KVCache. Every (layer, KV head) keeps its own list of pages, its length and the
  * original position of every kept token.
  */
-// Proof that a Sequence is made by the cache (see Sequence's constructor).
-const madeByCache = Symbol("lukv.Sequence");
-
 export class Sequence {
   readonly #cache: KVCache;
   #id: number | undefined;
@@ -1116,9 +1116,8 @@ export class Sequence {
       } else if (scorer === "keydiff" || scorer === "knorm") {
         checkKeyNorms(l, headDim, this.#keyMax[l]);
       } else if (scorer === "expected-attention" && n.expected?.mean[l]) {
-        const maxAbs = (a: Float64Array | undefined) => (a ? a.reduce((m, v) => Math.max(m, Math.abs(v)), 0) : 0);
         const e = n.expected;
-        const stats = { meanMax: maxAbs(e.mean[l]), covarianceMax: e.useCovariance ? maxAbs(e.covariance[l]) : 0 };
+        const stats = { meanMax: e.meanMax[l], covarianceMax: e.useCovariance ? e.covarianceMax[l] : 0 };
         checkExpectedScores(l, headDim, stats, { keyMax: this.#keyMax[l], valueMax: this.#valueMax[l] }, n.scale, { norm: e.valueNorm, epsilon: e.epsilon });
       }
     }

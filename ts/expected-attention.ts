@@ -166,6 +166,9 @@ export interface ExpectedAttentionOptions {
 export interface NativeExpectedAttention {
   mean: (Float64Array | undefined)[];
   covariance: (Float64Array | undefined)[];
+  /** Per layer, the largest |value| of mean and covariance (0 where not given): checkFinite's bounds. */
+  meanMax: number[];
+  covarianceMax: number[];
   inverseFrequencies: Float64Array;
   futurePositions: number;
   useCovariance: boolean;
@@ -268,6 +271,7 @@ export function nativeExpectedAttention(
     );
   const mean: (Float64Array | undefined)[] = new Array(shape.layers).fill(undefined);
   const covariance: (Float64Array | undefined)[] = new Array(shape.layers).fill(undefined);
+  const meanMax = new Array<number>(shape.layers).fill(0), covarianceMax = new Array<number>(shape.layers).fill(0);
   for (const l of layers) {
     if (stats.rows(l) === 0)
       throw new InvalidArgumentError(
@@ -277,9 +281,13 @@ export function nativeExpectedAttention(
     mean[l] = stats.mean(l);
     if (stats.covariance) covariance[l] = stats.covarianceOf(l);
     // The scorer works in float32: statistics beyond its range would turn into infinities.
-    for (const a of [mean[l], covariance[l]])
-      if (a?.some((v) => !(Math.abs(v) <= 3.4e38)))
+    [meanMax[l], covarianceMax[l]] = [mean[l], covariance[l]].map((a) => {
+      let m = 0;
+      if (a) for (const v of a) m = Math.max(m, Math.abs(v));
+      if (!(m <= 3.4e38))
         throw new InvalidArgumentError(`Expected query statistics within the float32 range for layer ${l} in ${name}.statistics but they overflow it`);
+      return m;
+    });
   }
-  return { mean, covariance, useCovariance: stats.covariance, ...settings };
+  return { mean, covariance, meanMax, covarianceMax, useCovariance: stats.covariance, ...settings };
 }
