@@ -84,6 +84,9 @@ struct Kernels {
   // its payload may differ).
   void (*toF16)(const float* src, uint16_t* dst, int n);
   void (*toBf16)(const float* src, uint16_t* dst, int n);
+  // Sum of p[i] for i < n, read as fast as the loads go (the plain read of the memory benchmark);
+  // `prefetch` adds software requests 2 KiB ahead.
+  float (*readSum)(const float* p, size_t n, bool prefetch);
 };
 
 const Kernels& kernelsGeneric();

@@ -695,4 +695,23 @@ static void toBf16(const float* src, uint16_t* dst, int n) {
   }
 }
 
-static const Kernels kTable = {KERNEL_NAME, qk, expSum, maxOf, attendSpan, rowNorms, quadForms, toF16, toBf16};
+// The memory benchmark's plain read: n floats through W-wide loads into eight accumulators, so the
+// loop is bound by the loads and not by one add chain; with `prefetch`, every step also requests
+// the lines 2 KiB ahead (into L1). Returns the sum (to keep the loads).
+static float readSum(const float* p, size_t n, bool prefetch) {
+  constexpr size_t kStep = 8 * Vec::W;
+  Vec a[8];
+  for (Vec& x : a) x = Vec::zero();
+  size_t i = 0;
+  for (; i + kStep <= n; i += kStep) {
+    if (prefetch)
+      for (size_t b = 0; b < kStep * 4; b += 64) prefetchLine<(int)Prefetch::T0>(reinterpret_cast<const uint8_t*>(p + i) + 2048 + b);
+    for (int k = 0; k < 8; ++k) a[k] = Vec::add(a[k], Vec::loadF32(p + i + k * Vec::W));
+  }
+  float tail = 0.f;
+  for (; i < n; ++i) tail += p[i];
+  for (int k = 1; k < 8; ++k) a[0] = Vec::add(a[0], a[k]);
+  return a[0].sum() + tail;
+}
+
+static const Kernels kTable = {KERNEL_NAME, qk, expSum, maxOf, attendSpan, rowNorms, quadForms, toF16, toBf16, readSum};
