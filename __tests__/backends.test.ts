@@ -391,3 +391,43 @@ describe("backends() in this checkout", () => {
     cache.dispose();
   });
 });
+
+describe("a truncated binary (an interrupted download or copy)", () => {
+  const built = path.join(__dirname, "..", "build", "Release", "lukv.node");
+  const present = fs.existsSync(built) ? test : test.skip;
+  present("is refused with a reason, and the loader goes on to the next binary (it crashed the process with SIGBUS)", () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-truncated-"));
+    try {
+      const whole = fs.readFileSync(built);
+      for (const [dir, bytes] of [["linux-x64", whole.subarray(0, whole.length >> 1)], ["linux-x64-cuda", whole]] as const) {
+        fs.mkdirSync(path.join(root, "prebuilds", dir), { recursive: true });
+        fs.writeFileSync(path.join(root, "prebuilds", dir, "lukv.node"), bytes);
+      }
+      // In a child process: without the check, loading the truncated file kills the process.
+      const script = `
+        const { loadBinary, nodeHost } = require(${JSON.stringify(path.join(__dirname, "..", "dist", "ts", "native.js"))});
+        const host = { ...nodeHost(${JSON.stringify(root)}), env: { LUKV_PREBUILDS_ONLY: "1" }, findCudaDriver: () => null };
+        const l = loadBinary(host);
+        console.log(JSON.stringify({ kind: l.binary.kind, reason: l.binary.reason }));`;
+      const run = require("child_process").spawnSync(process.execPath, ["-e", script], { encoding: "utf8" });
+      expect([run.status, run.signal, run.stderr]).toEqual([0, null, ""]);
+      const got = JSON.parse(run.stdout);
+      expect(got.kind).toBe("cuda");
+      expect(got.reason).toMatch(/prebuilds\/linux-x64\/lukv\.node failed to load: .*is truncated: \d+ bytes where its ELF headers need \d+/);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test("whole files and files of other formats pass the check", () => {
+    const { checkElfWhole } = require("../ts/native") as typeof import("../ts/native");
+    expect(() => checkElfWhole(process.execPath)).not.toThrow();
+    const text = path.join(os.tmpdir(), `lukv-not-elf-${process.pid}.node`);
+    fs.writeFileSync(text, "not a shared object");
+    try {
+      expect(() => checkElfWhole(text)).not.toThrow(); // the loader's own error names it
+    } finally {
+      fs.rmSync(text);
+    }
+  });
+});

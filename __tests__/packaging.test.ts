@@ -259,6 +259,25 @@ test("where no prebuilt binary fits, the install script says why and builds from
   );
   expect(r.stderr).toMatch(/After installing those, run: LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv\n$/);
   expect(fs.existsSync(path.join(bare, "build", "Release", "lukv.node"))).toBe(false);
+  // A prebuilt binary asked for by name: building from source would not help (the loader would not
+  // use it), so the script says so and builds nothing.
+  for (const env of [{ LUKV_BINARY: "cpu" }, { LUKV_PREBUILDS_ONLY: "1" }]) {
+    const forced = spawnSync("node", ["scripts/install.js"], { cwd: bare, env: { ...bareEnv, ...env }, encoding: "utf8" });
+    expect([forced.status, forced.stdout]).toEqual([1, ""]);
+    expect(forced.stderr).toMatch(/^lukv: (LUKV_BINARY=cpu|LUKV_PREBUILDS_ONLY=1) asks for a prebuilt binary, and none loads here: /);
+    expect(forced.stderr).toContain("Unset it to build from source (the loader then uses build/Release), or reinstall lukv.");
+  }
+  // A failed or interrupted build's leftovers (a configured build/ without a binary) do not make the
+  // next install rebuild when a prebuild loads.
+  const cacheFile = path.join(bare, "build", "CMakeCache.txt");
+  if (!fs.existsSync(cacheFile)) {
+    fs.mkdirSync(path.dirname(cacheFile), { recursive: true });
+    fs.writeFileSync(cacheFile, "# left by an interrupted configure\n");
+  }
+  fs.cpSync(path.join(installed, "prebuilds"), path.join(bare, "prebuilds"), { recursive: true });
+  const again = spawnSync("node", ["scripts/install.js"], { cwd: bare, env: bareEnv, encoding: "utf8" });
+  expect([again.status, again.stderr]).toEqual([0, ""]);
+  expect(again.stdout).toMatch(/^lukv: using prebuilds\//);
 });
 
 test("attention runs on the CPU binary of the installed package", () => {

@@ -55,6 +55,7 @@ function buildFromSource(why) {
   const run = spawnSync(process.execPath, [cmakeJs, stale ? "rebuild" : "compile"], { cwd: root, stdio: "inherit" });
   if (run.error) fail(`could not run cmake-js: ${run.error.message}`);
   if (run.status !== 0) fail(`the source build failed (cmake-js exited with ${run.status})`);
+  if (!fs.existsSync(path.join(root, "build", "Release", "lukv.node"))) fail("the source build reported success but left no build/Release/lukv.node");
   say("built build/Release/lukv.node");
 }
 
@@ -76,7 +77,9 @@ function staleSettings() {
     if (was === undefined || on(was) !== on(cuda)) differ.push(`LUKV_CUDA=${was ?? "unknown"} (now ${cuda})`);
   }
   const arch = process.env.LUKV_CUDA_ARCHITECTURES;
-  if (arch !== undefined && arch.trim() !== "") {
+  // Architectures matter only to a build with CUDA (CMake records them only then).
+  const cudaWanted = cuda === undefined || cuda.trim() === "" || !/^(0|false|no|off|n)$/i.test(cuda.trim());
+  if (cudaWanted && arch !== undefined && arch.trim() !== "") {
     const was = cached("LUKV_CUDA_ARCHITECTURES_USED");
     if (was !== arch.trim()) differ.push(`LUKV_CUDA_ARCHITECTURES=${was ?? "unknown"} (now ${arch.trim()})`);
   }
@@ -104,12 +107,22 @@ if (binaryKind === "emu") {
   say("LUKV_BINARY=emu selects the test build with emulated CUDA (npm run build:emu in a checkout); nothing to build here");
 } else if (flag(process.env.LUKV_BUILD_FROM_SOURCE) || flag(process.env.npm_config_build_from_source)) {
   buildFromSource("requested by LUKV_BUILD_FROM_SOURCE or --build-from-source");
-} else if (fs.existsSync(path.join(root, "build", "CMakeCache.txt"))) {
+} else if (fs.existsSync(path.join(root, "build", "CMakeCache.txt")) && fs.existsSync(path.join(root, "build", "Release", "lukv.node"))) {
   // An earlier source build (a checkout, or a user's rebuild): keep build/Release, which the loader
   // prefers, in step with the sources. Incremental, so cheap when nothing changed.
   buildFromSource("updating the earlier source build in build/");
 } else {
+  // (A build/ without a binary is a source build that failed or was interrupted: the prebuilt
+  // binaries come first, as if it were not there.)
   const found = usableBinary();
+  const prebuiltOnly = binaryKind === "cpu" || binaryKind === "cuda" || flag(process.env.LUKV_PREBUILDS_ONLY);
   if (found.binary) say(`using ${path.relative(root, found.binary.file)} (${found.binary.reason})`);
-  else buildFromSource(found.why);
+  else if (prebuiltOnly) {
+    // The loader would not use a source build: building one would say "built" and fail at run time.
+    console.error(
+      `lukv: ${binaryKind === "cpu" || binaryKind === "cuda" ? `LUKV_BINARY=${binaryKind}` : "LUKV_PREBUILDS_ONLY=1"} asks for a prebuilt binary, ` +
+        `and none loads here: ${found.why}.\nUnset it to build from source (the loader then uses build/Release), or reinstall lukv.`,
+    );
+    process.exit(1);
+  } else buildFromSource(found.why);
 }

@@ -368,7 +368,46 @@ const DRIVER_DIRS = [
   "/usr/lib/wsl/lib",
 ];
 
-function nodeHost(root: string): LoaderHost {
+/**
+ * Throws when `file` is an ELF shared object shorter than its own headers say (an interrupted
+ * download or copy): the dynamic loader maps such a file past its end and the process dies of
+ * SIGBUS on the first access, where a thrown error lets the loader try the next binary. Files of
+ * other formats are left to the loader.
+ */
+export function checkElfWhole(file: string): void {
+  const fd = fs.openSync(file, "r");
+  try {
+    const size = fs.fstatSync(fd).size;
+    const head = Buffer.alloc(64);
+    const got = fs.readSync(fd, head, 0, 64, 0);
+    if (got < 4 || head.readUInt32BE(0) !== 0x7f454c46) return; // not ELF
+    const wide = head[4] === 2, little = head[5] === 1;
+    if (got < (wide ? 64 : 52)) throw new Error(`${file} is truncated: ${size} bytes, shorter than an ELF header`);
+    const u16 = (b: Buffer, at: number) => (little ? b.readUInt16LE(at) : b.readUInt16BE(at));
+    const u32 = (b: Buffer, at: number) => (little ? b.readUInt32LE(at) : b.readUInt32BE(at));
+    const word = (b: Buffer, at: number) => (wide ? Number(little ? b.readBigUInt64LE(at) : b.readBigUInt64BE(at)) : u32(b, at));
+    const phoff = word(head, wide ? 0x20 : 0x1c), shoff = word(head, wide ? 0x28 : 0x20);
+    const phentsize = u16(head, wide ? 0x36 : 0x2a), phnum = u16(head, wide ? 0x38 : 0x2c);
+    const shentsize = u16(head, wide ? 0x3a : 0x2e), shnum = u16(head, wide ? 0x3c : 0x30);
+    let need = Math.max(phoff + phentsize * phnum, shnum > 0 ? shoff + shentsize * shnum : 0);
+    if (phoff + phentsize * phnum <= size && phnum > 0) {
+      const table = Buffer.alloc(phentsize * phnum);
+      fs.readSync(fd, table, 0, table.length, phoff);
+      for (let i = 0; i < phnum; i++) {
+        const at = i * phentsize;
+        // p_offset and p_filesz: the bytes of each segment the loader maps.
+        const offset = word(table, at + (wide ? 8 : 4)), filesz = word(table, at + (wide ? 0x20 : 0x10));
+        need = Math.max(need, offset + filesz);
+      }
+    }
+    if (need > size) throw new Error(`${file} is truncated: ${size} bytes where its ELF headers need ${need} (an interrupted download or copy?)`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** @internal the host of this process (exported for tests). */
+export function nodeHost(root: string): LoaderHost {
   return {
     root,
     platform: process.platform,
@@ -376,7 +415,10 @@ function nodeHost(root: string): LoaderHost {
     env: process.env,
     exists: (file) => fs.existsSync(file),
     findCudaDriver: () => findCudaDriver(),
-    load: (file) => require(file) as NativeAddon,
+    load: (file) => {
+      checkElfWhole(file);
+      return require(file) as NativeAddon;
+    },
   };
 }
 
