@@ -8,6 +8,7 @@ import {
   cudaUnavailableMessage,
   findCudaDriver,
   loadBinary,
+  NO_DRIVER,
   Loaded,
   LoaderHost,
   NativeAddon,
@@ -176,7 +177,11 @@ describe("loadBinary picks one binary", () => {
         "LUKV_CUDA unset (`npm run build:native` in a checkout, which is cmake-js rebuild and deletes build/ first, or in a project " +
         "that depends on lukv delete node_modules/lukv/build and run `LUKV_BUILD_FROM_SOURCE=1 npm rebuild lukv`), " +
         "or set LUKV_PREBUILDS_ONLY=1 to use the prebuilt binaries",
+      // A binary without CUDA cannot probe for the driver: a rebuild alone would not be enough.
+      `${NO_DRIVER}: install the NVIDIA driver`,
     ]);
+    // With a driver, only the rebuild is asked for.
+    expect(cudaStatus(loadBinary(host({ files: [BUILD], driver: DRIVER }))).reasons).toHaveLength(1);
   });
 
   test("a CUDA prebuild or emulated build without CUDA says how to make that binary again", () => {
@@ -185,11 +190,15 @@ describe("loadBinary picks one binary", () => {
     expect(cudaStatus(loadBinary(cuda)).reasons).toEqual([
       "the CUDA binary was compiled without CUDA: make it again with `npm run prebuilds -- --cuda` in a checkout " +
         "(it fails when nvcc is missing), or reinstall lukv",
+      `${NO_DRIVER}: install the NVIDIA driver`,
     ]);
-    const emu = host({ files: ["/pkg/build-emu/Release/lukv.node"], env: { LUKV_BINARY: "emu" } });
+    const emu = host({ files: ["/pkg/build-emu/Release/lukv.node"], env: { LUKV_BINARY: "emu" }, driver: DRIVER });
     expect(cudaStatus(loadBinary(emu)).reasons).toEqual([
       "the emulated build (build-emu/Release) was compiled without the emulator: delete build-emu/ and run `npm run build:emu`",
     ]);
+    // LUKV_BINARY=cpu on a machine without a driver: the driver is named too (only the unset was advised).
+    const cpu = loadBinary(host({ files: [CPU], env: { LUKV_BINARY: "cpu" } }));
+    expect(cudaStatus(cpu).reasons).toEqual(["LUKV_BINARY=cpu selects the CPU-only binary: unset it", `${NO_DRIVER}: install the NVIDIA driver`]);
   });
 
   test("under LUKV_PREBUILDS_ONLY a missing CUDA prebuild is not advised a source build alone", () => {

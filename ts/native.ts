@@ -196,6 +196,8 @@ export interface Loaded {
   addon: NativeAddon;
   binary: LoadedBinary;
   cudaNotes: string[];
+  /** No NVIDIA driver was found (a reason of its own when the binary has no CUDA to probe for it). */
+  noDriver?: boolean;
 }
 
 const BINARY_KINDS: readonly BinaryKind[] = ["build", "cpu", "cuda", "emu"];
@@ -273,6 +275,8 @@ export function loadBinary(host: LoaderHost): Loaded {
     addon,
     binary: { kind, file: file(kind), reason },
     cudaNotes,
+    // (the auto order below already notes it when it passes over the CUDA binary)
+    noDriver: !cudaNotes.some((n) => n.startsWith(NO_DRIVER)) && host.findCudaDriver() === null,
   });
 
   const requested = host.env.LUKV_BINARY?.trim().toLowerCase() ?? "";
@@ -452,6 +456,9 @@ export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; rea
   } else if (from.binary.kind !== "cpu") {
     reasons.push(compiledWithoutCuda(from.binary.kind));
   }
+  // A binary without CUDA cannot say that the driver is missing too; without it, rebuilding with
+  // CUDA (the advice above) would not be enough.
+  if (!info.compiled && from.noDriver) reasons.push(`${NO_DRIVER}: install the NVIDIA driver`);
   statusOf.set(from, { info, reasons });
   return { info: { ...info }, reasons: [...reasons] };
 }
