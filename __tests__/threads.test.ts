@@ -80,7 +80,7 @@ test("workers terminated while they dispose their cache leave the process runnin
   expect(received).toBe(300);
 }, 120_000);
 
-test("LUKV_THREADS: decimal digits from 1 to 1024, as the threads option", () => {
+test("LUKV_THREADS: decimal digits from 1 to 1024, as the threads option, blanks around them ignored", () => {
   const saved = process.env.LUKV_THREADS;
   try {
     process.env.LUKV_THREADS = "3";
@@ -89,7 +89,14 @@ test("LUKV_THREADS: decimal digits from 1 to 1024, as the threads option", () =>
     expect(backends().cpu.threads).toBe(3);
     expect(backends().cpu.threadsError).toBeUndefined();
     cache.dispose();
-    for (const bad of ["0", "1025", "0x10", "1e1", "2.5", "-2", " 4", "four"]) {
+    // Blanks around the number are ignored, as in the other LUKV_ variables; blank alone is unset.
+    for (const [given, threads] of [[" 4", 4], ["2 \n", 2], ["  ", Math.min(os.availableParallelism(), 1024)]] as const) {
+      process.env.LUKV_THREADS = given;
+      const c = new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 });
+      expect([given, c.config.threads]).toEqual([given, threads]);
+      c.dispose();
+    }
+    for (const bad of ["0", "1025", "0x10", "1e1", "2.5", "-2", "4 4", "four"]) {
       process.env.LUKV_THREADS = bad;
       const error = { name: "InvalidArgumentError", message: `Expected integer between 1 and 1024 for LUKV_THREADS but received ${JSON.stringify(bad)} of type string` };
       expect(() => new KVCache({ layers: 1, kvHeads: 1, headDim: 8, maxTokens: 64 })).toThrow(expect.objectContaining(error));

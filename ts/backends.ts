@@ -83,11 +83,13 @@ export const MAX_THREADS = 1024;
 
 /** @internal The threads a cache gets without the threads option: LUKV_THREADS, else every core (up to MAX_THREADS). */
 export function defaultThreads(): number {
-  const env = process.env.LUKV_THREADS;
+  const raw = process.env.LUKV_THREADS;
+  // Surrounding blanks are ignored, as in the other LUKV_ variables ("4 " from a shell script).
+  const env = raw?.trim();
   if (env !== undefined && env !== "") {
     // Decimal digits only (Number() would also take "0x10" or "1e1"), and the threads option's cap.
     const n = /^[0-9]+$/.test(env) ? Number(env) : NaN;
-    if (!(n >= 1 && n <= MAX_THREADS)) throw invalid("LUKV_THREADS", `integer between 1 and ${MAX_THREADS}`, env);
+    if (!(n >= 1 && n <= MAX_THREADS)) throw invalid("LUKV_THREADS", `integer between 1 and ${MAX_THREADS}`, raw);
     return n;
   }
   return Math.min(os.availableParallelism(), MAX_THREADS);
