@@ -169,6 +169,21 @@ describe.each(writers)("%s", (name, write, holdsNewBytes) => {
   });
 });
 
+/**
+ * A large save to `first`, a compression, then a small save to `last` (the same file, maybe by
+ * another name): the file must end up with the small one, which used to be renamed first and the
+ * large one last. `meanwhile` runs while the first write is in flight.
+ */
+async function largeThenSmall(s: Sequence, first: string, last: string, ratio: number, meanwhile?: () => void): Promise<void> {
+  const large = s.saveFileAsync(first);
+  meanwhile?.();
+  const compressed = s.compressAsync({ ratio, scorer: "knorm" });
+  const small = s.saveFileAsync(last);
+  const bytes = s.saveAsync();
+  await Promise.all([large, compressed, small]);
+  expect(Buffer.compare(fs.readFileSync(last), await bytes)).toBe(0);
+}
+
 describe("async writes to one path", () => {
   test("happen in call order: the file holds what the last call saved, whatever size each is", async () => {
     const r = rng(seed ^ 0x51);
@@ -177,14 +192,7 @@ describe("async writes to one path", () => {
     for (let l = 0; l < 2; l++) s.append(l, randn(r, 4000 * 2 * 64), randn(r, 4000 * 2 * 64));
     const file = path.join(tmp, "order.lukv");
     for (let trial = 0; trial < 3; trial++) {
-      // A large save, a compression, then a small save: the small one used to be renamed first
-      // and the large one last.
-      const first = s.saveFileAsync(file);
-      const compressed = s.compressAsync({ ratio: 0.95, scorer: "knorm" });
-      const last = s.saveFileAsync(file);
-      const small = s.saveAsync();
-      await Promise.all([first, compressed, last]);
-      expect(Buffer.compare(fs.readFileSync(file), await small)).toBe(0);
+      await largeThenSmall(s, file, file, 0.95);
       for (let l = 0; l < 2; l++) s.append(l, randn(r, 2000 * 2 * 64), randn(r, 2000 * 2 * 64));
     }
     own.dispose();
@@ -201,13 +209,7 @@ describe("async writes to one path", () => {
     fs.symlinkSync(dir, path.join(tmp, `${path.basename(dir)}-alias`));
     const aliasOfTarget = path.join(tmp, `${path.basename(dir)}-alias`, "target.lukv");
     for (const via of [path.join(dir, "link.lukv"), aliasOfTarget]) {
-      const first = s.saveFileAsync(via);
-      expect(() => s.cache.createSequence().saveFile(target)).toThrow(/in flight/);
-      const compressed = s.compressAsync({ ratio: 0.9, scorer: "knorm" });
-      const last = s.saveFileAsync(target);
-      const small = s.saveAsync();
-      await Promise.all([first, compressed, last]);
-      expect(Buffer.compare(fs.readFileSync(target), await small)).toBe(0);
+      await largeThenSmall(s, via, target, 0.9, () => expect(() => s.cache.createSequence().saveFile(target)).toThrow(/in flight/));
       for (let l = 0; l < 2; l++) s.append(l, randn(r, 3000 * 2 * 64), randn(r, 3000 * 2 * 64));
     }
     own.dispose();
