@@ -192,7 +192,8 @@ describe("loadBinary picks one binary", () => {
         "(it fails when nvcc is missing), or reinstall lukv",
       `${NO_DRIVER}: install the NVIDIA driver`,
     ]);
-    const emu = host({ files: ["/pkg/build-emu/Release/lukv.node"], env: { LUKV_BINARY: "emu" }, driver: DRIVER });
+    // (no driver: the emulated build never needs one, so none is asked for)
+    const emu = host({ files: ["/pkg/build-emu/Release/lukv.node"], env: { LUKV_BINARY: "emu" } });
     expect(cudaStatus(loadBinary(emu)).reasons).toEqual([
       "the emulated build (build-emu/Release) was compiled without the emulator: delete build-emu/ and run `npm run build:emu`",
     ]);

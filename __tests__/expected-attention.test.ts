@@ -354,6 +354,10 @@ describe("expected-attention scores", () => {
     expect(attempt({ expectedAttention: { statistics, rope: { theta: -1 } } })).toThrow(/expectedAttention.rope.theta/);
     expect(attempt({ expectedAttention: { statistics, rope, futurePositions: 0 } })).toThrow(/expectedAttention.futurePositions/);
     expect(attempt({ expectedAttention: { statistics, rope, epsilon: -1 } })).toThrow(/expectedAttention.epsilon/);
+    // A mean that fits float32 but not once rotated (a pair grows by up to √2): all scores were ε·‖v‖.
+    const huge = new QueryStatistics({ layers: 2, queryHeads: 4, headDim: 8, skip: 0, covariance: false });
+    for (const l of [0, 1]) huge.add(l, new Float32Array(32).fill(3e38));
+    expect(attempt({ expectedAttention: { statistics: huge, rope } })).toThrow(/^Expected query statistics within the float32 range once rotated .* for layer 0 in expectedAttention.statistics/);
     // Past float32, ε made every score infinite (compress then kept the first tokens).
     expect(attempt({ expectedAttention: { statistics, rope, epsilon: 1e39 } })).toThrow("Expected a non-negative number within the float32 range for expectedAttention.epsilon but received 1e+39 of type number");
     expect(attempt({ expectedAttention: { statistics, rope, valueNorm: 1 as never } })).toThrow(/expectedAttention.valueNorm/);

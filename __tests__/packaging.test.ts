@@ -278,6 +278,13 @@ test("where no prebuilt binary fits, the install script says why and builds from
   const again = spawnSync("node", ["scripts/install.js"], { cwd: bare, env: bareEnv, encoding: "utf8" });
   expect([again.status, again.stderr]).toEqual([0, ""]);
   expect(again.stdout).toMatch(/^lukv: using prebuilds\//);
+  // With a finished source build there, LUKV_PREBUILDS_ONLY=1 uses the prebuild and builds nothing
+  // (the loader skips build/ then).
+  fs.mkdirSync(path.join(bare, "build", "Release"), { recursive: true });
+  fs.copyFileSync(path.join(bare, CPU_PREBUILD), path.join(bare, "build", "Release", "lukv.node"));
+  const skipBuild = spawnSync("node", ["scripts/install.js"], { cwd: bare, env: { ...bareEnv, LUKV_PREBUILDS_ONLY: "1" }, encoding: "utf8" });
+  expect([skipBuild.status, skipBuild.stderr]).toEqual([0, ""]);
+  expect(skipBuild.stdout).toMatch(/^lukv: using prebuilds\//);
 });
 
 test("attention runs on the CPU binary of the installed package", () => {

@@ -95,6 +95,15 @@ function fail(message) {
   process.exit(1);
 }
 
+// Whether the loader would take only a prebuilt binary here (LUKV_BINARY=cpu or cuda, or
+// LUKV_PREBUILDS_ONLY=1 unless LUKV_BINARY names the local build): a source build would not be used.
+// Not in a checkout of the repository (no dist/), which has no prebuilds and builds from source.
+function prebuiltOnly() {
+  if (!fs.existsSync(path.join(root, "dist", "ts", "native.js"))) return false;
+  if (binaryKind === "cpu" || binaryKind === "cuda") return true;
+  return flag(process.env.LUKV_PREBUILDS_ONLY) && binaryKind !== "build";
+}
+
 // The loader refuses other values at run time; a source build would not help.
 const BINARY_KINDS = ["auto", "build", "cpu", "cuda", "emu"];
 const binaryKind = (process.env.LUKV_BINARY ?? "").trim().toLowerCase();
@@ -107,6 +116,17 @@ if (binaryKind === "emu") {
   say("LUKV_BINARY=emu selects the test build with emulated CUDA (npm run build:emu in a checkout); nothing to build here");
 } else if (flag(process.env.LUKV_BUILD_FROM_SOURCE) || flag(process.env.npm_config_build_from_source)) {
   buildFromSource("requested by LUKV_BUILD_FROM_SOURCE or --build-from-source");
+} else if (prebuiltOnly()) {
+  // The loader would not use a source build: building one would say "built" and fail at run time.
+  const found = usableBinary();
+  if (found.binary) say(`using ${path.relative(root, found.binary.file)} (${found.binary.reason})`);
+  else {
+    console.error(
+      `lukv: ${binaryKind === "cpu" || binaryKind === "cuda" ? `LUKV_BINARY=${binaryKind}` : "LUKV_PREBUILDS_ONLY=1"} asks for a prebuilt binary, ` +
+        `and none loads here: ${found.why}.\nUnset it to build from source (the loader then uses build/Release), or reinstall lukv.`,
+    );
+    process.exit(1);
+  }
 } else if (fs.existsSync(path.join(root, "build", "CMakeCache.txt")) && fs.existsSync(path.join(root, "build", "Release", "lukv.node"))) {
   // An earlier source build (a checkout, or a user's rebuild): keep build/Release, which the loader
   // prefers, in step with the sources. Incremental, so cheap when nothing changed.
@@ -115,14 +135,6 @@ if (binaryKind === "emu") {
   // (A build/ without a binary is a source build that failed or was interrupted: the prebuilt
   // binaries come first, as if it were not there.)
   const found = usableBinary();
-  const prebuiltOnly = binaryKind === "cpu" || binaryKind === "cuda" || flag(process.env.LUKV_PREBUILDS_ONLY);
   if (found.binary) say(`using ${path.relative(root, found.binary.file)} (${found.binary.reason})`);
-  else if (prebuiltOnly) {
-    // The loader would not use a source build: building one would say "built" and fail at run time.
-    console.error(
-      `lukv: ${binaryKind === "cpu" || binaryKind === "cuda" ? `LUKV_BINARY=${binaryKind}` : "LUKV_PREBUILDS_ONLY=1"} asks for a prebuilt binary, ` +
-        `and none loads here: ${found.why}.\nUnset it to build from source (the loader then uses build/Release), or reinstall lukv.`,
-    );
-    process.exit(1);
-  } else buildFromSource(found.why);
+  else buildFromSource(found.why);
 }

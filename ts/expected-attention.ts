@@ -280,12 +280,16 @@ export function nativeExpectedAttention(
       );
     mean[l] = stats.mean(l);
     if (stats.covariance) covariance[l] = stats.covarianceOf(l);
-    // The scorer works in float32: statistics beyond its range would turn into infinities.
-    [meanMax[l], covarianceMax[l]] = [mean[l], covariance[l]].map((a) => {
+    // The scorer works in float32 on the statistics rotated to the future positions, which the
+    // rotation can grow by up to √2 (a mean pair) and 2 (a covariance block): past that they
+    // would turn into infinities.
+    [meanMax[l], covarianceMax[l]] = [mean[l], covariance[l]].map((a, i) => {
       let m = 0;
       if (a) for (const v of a) m = Math.max(m, Math.abs(v));
-      if (!(m <= 3.4e38))
-        throw new InvalidArgumentError(`Expected query statistics within the float32 range for layer ${l} in ${name}.statistics but they overflow it`);
+      if (!(m * (i === 0 ? Math.SQRT2 : 2) <= 3.4028234663852886e38))
+        throw new InvalidArgumentError(
+          `Expected query statistics within the float32 range once rotated (|mean| × √2 and |covariance| × 2 at most 3.4e38) for layer ${l} in ${name}.statistics but they overflow it`,
+        );
       return m;
     });
   }

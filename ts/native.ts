@@ -458,7 +458,8 @@ export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; rea
   }
   // A binary without CUDA cannot say that the driver is missing too; without it, rebuilding with
   // CUDA (the advice above) would not be enough.
-  if (!info.compiled && from.noDriver) reasons.push(`${NO_DRIVER}: install the NVIDIA driver`);
+  // (The emulated build never needs one.)
+  if (!info.compiled && from.noDriver && from.binary.kind !== "emu") reasons.push(`${NO_DRIVER}: install the NVIDIA driver`);
   statusOf.set(from, { info, reasons });
   return { info: { ...info }, reasons: [...reasons] };
 }
