@@ -239,6 +239,14 @@ describe("QueryStatistics", () => {
     const ref = twoPass(Array.from({ length: 3000 }, (_, t) => Array.from(tiny.subarray(t * D, t * D + D))));
     const cov = small.covarianceOf(0);
     for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) expect(Math.abs(cov[i * D + j] - ref.cov[i][j])).toBeLessThan(1e-9 * ref.cov[0][0]);
+    // One tiny dimension beside ordinary ones: its own variance (1e-50) was lost to underflow.
+    const mixed = randn(r, 3000 * D).map((v, i) => (i % D === 2 ? v * 1e-25 : v));
+    const both = new QueryStatistics({ layers: 1, queryHeads: 1, headDim: D, skip: 0 });
+    both.add(0, mixed);
+    const want2 = twoPass(Array.from({ length: 3000 }, (_, t) => Array.from(mixed.subarray(t * D, t * D + D))));
+    const got2 = both.covarianceOf(0);
+    expect(Math.abs(got2[2 * D + 2] / want2.cov[2][2] - 1)).toBeLessThan(1e-6);
+    for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) expect(Math.abs(got2[i * D + j] - want2.cov[i][j])).toBeLessThan(1e-6 * Math.sqrt(want2.cov[i][i] * want2.cov[j][j]) + 1e-300);
   });
 
   test("bad input is refused with the field named, and changes nothing", () => {

@@ -189,11 +189,11 @@ describe("async writes to one path", () => {
     const r = rng(seed ^ 0x51);
     const own = new KVCache({ layers: 2, kvHeads: 2, queryHeads: 4, headDim: 64, dtype: "f32", pageSize: 16, maxTokens: 16384, device: "cpu" });
     const s = own.createSequence();
-    for (let l = 0; l < 2; l++) s.append(l, randn(r, 4000 * 2 * 64), randn(r, 4000 * 2 * 64));
+    for (let l = 0; l < 2; l++) s.append(l, randn(r, 2000 * 2 * 64), randn(r, 2000 * 2 * 64));
     const file = path.join(tmp, "order.lukv");
-    for (let trial = 0; trial < 3; trial++) {
+    for (let trial = 0; trial < 2; trial++) {
       await largeThenSmall(s, file, file, 0.95);
-      for (let l = 0; l < 2; l++) s.append(l, randn(r, 2000 * 2 * 64), randn(r, 2000 * 2 * 64));
+      for (let l = 0; l < 2; l++) s.append(l, randn(r, 1000 * 2 * 64), randn(r, 1000 * 2 * 64));
     }
     own.dispose();
   });
@@ -202,7 +202,7 @@ describe("async writes to one path", () => {
     const r = rng(seed ^ 0x52);
     const own = new KVCache({ layers: 2, kvHeads: 2, queryHeads: 4, headDim: 64, dtype: "f32", pageSize: 16, maxTokens: 16384, device: "cpu" });
     const s = own.createSequence();
-    for (let l = 0; l < 2; l++) s.append(l, randn(r, 4000 * 2 * 64), randn(r, 4000 * 2 * 64));
+    for (let l = 0; l < 2; l++) s.append(l, randn(r, 2000 * 2 * 64), randn(r, 2000 * 2 * 64));
     const dir = fs.mkdtempSync(path.join(tmp, "links-"));
     const target = path.join(dir, "target.lukv");
     fs.symlinkSync(target, path.join(dir, "link.lukv"));
@@ -210,7 +210,7 @@ describe("async writes to one path", () => {
     const aliasOfTarget = path.join(tmp, `${path.basename(dir)}-alias`, "target.lukv");
     for (const via of [path.join(dir, "link.lukv"), aliasOfTarget]) {
       await largeThenSmall(s, via, target, 0.9, () => expect(() => s.cache.createSequence().saveFile(target)).toThrow(/in flight/));
-      for (let l = 0; l < 2; l++) s.append(l, randn(r, 3000 * 2 * 64), randn(r, 3000 * 2 * 64));
+      for (let l = 0; l < 2; l++) s.append(l, randn(r, 1500 * 2 * 64), randn(r, 1500 * 2 * 64));
     }
     own.dispose();
   });

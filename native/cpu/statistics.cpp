@@ -16,7 +16,7 @@ void accumulateQueryStatistics(const float* queries, int first, int tokens, int 
   constexpr int kBlock = 256;
   const Kernels* k = m2 ? selectKernels("auto") : nullptr;
   std::vector<float> columns, block;
-  std::vector<double> blockMean(D), delta(D);
+  std::vector<double> blockMean(D), delta(D), largest(D);
   for (int r0 = first; r0 < tokens; r0 += kBlock) {
     const int n = std::min(kBlock, tokens - r0);
     const double before = (double)count, after = before + n;
@@ -36,16 +36,22 @@ void accumulateQueryStatistics(const float* queries, int first, int tokens, int 
       if (!m2) continue;
       // The head's centred rows as columns: columns[i * n + r] = q[r][i] - blockMean[i].
       columns.assign((size_t)D * n, 0.f);
-      double largest = 0;
+      std::fill(largest.begin(), largest.end(), 0.0);
       for (int r = 0; r < n; ++r)
         for (int i = 0; i < D; ++i) {
           const double x = q(r, i) - blockMean[i];
           columns[(size_t)i * n + r] = (float)x;
-          largest = std::max(largest, std::fabs(x));
+          largest[i] = std::max(largest[i], std::fabs(x));
         }
-      // Below about 2^-63 the float32 products fall under float32's normal range (1.2e-38) and
-      // underflow: such a block is summed in float64 from the rows.
-      const bool tiny = largest < 0x1p-63;
+      // The smallest non-zero spread of the dimensions from `from` on: a product of two dimensions
+      // whose spreads multiply below about 2^-100 nears float32's subnormal range (under 1.2e-38)
+      // and loses its digits, so such a band is summed in float64 from the rows.
+      const auto smallest = [&](int from, int to) {
+        double m = INFINITY;
+        for (int i = from; i < to; ++i)
+          if (largest[i] > 0) m = std::min(m, largest[i]);
+        return m;
+      };
       // Chan et al.'s merge of two sets' centred sums of products: the block's, plus
       // delta delta^T x before x n / after for the move between the two means.
       const double weight = before * n / after;
@@ -59,7 +65,8 @@ void accumulateQueryStatistics(const float* queries, int first, int tokens, int 
         const float* band = columns.data() + (size_t)i0 * n;
         k->qk(DType::F32, band, D - i0, n, band, rows, block.data(), D - i0);
         // Values past about 1e18 overflow float32 products (or a block's sum of them) although the
-        // statistics fit: such a band is summed again in float64 from the rows (as a tiny block is).
+        // statistics fit: such a band is summed again in float64 from the rows (as a tiny one is).
+        const bool tiny = smallest(i0, i0 + rows) * smallest(i0, D) < 0x1p-100;
         const bool inDouble = tiny || std::any_of(block.begin(), block.begin() + (size_t)rows * (D - i0), [](float v) { return !std::isfinite(v); });
         for (int g = 0; g < rows; ++g)
           for (int j = g; j < D - i0; ++j) {
