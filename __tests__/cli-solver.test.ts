@@ -174,7 +174,7 @@ describe("lukv solve", () => {
     const tooMany = await run(solveCommand, [join(dir, "curves.json"), "--keep", "13"]);
     expect(tooMany.code).toBe(2);
     expect(tooMany.err).toBe(
-      "lukv solve: Expected an integer between 0 (the sum of minKeep) and 12 (the sum of maxKeep, capped by head lengths) for totalKeep but received 13 of type number",
+      "lukv solve: Expected an integer between 0 (the sum of minKeep) and 12 (the sum of maxKeep, capped by head lengths) for --keep but received 13 of type number",
     );
     const noFile = await run(solveCommand, ["--keep", "3"]);
     expect([noFile.code, noFile.err]).toEqual([2, expect.stringContaining("CURVES.json is missing")]);

@@ -134,7 +134,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
       note = `profile ${path.resolve(dir) === path.resolve(defaultModelDir()) ? path.join("models", "tiny-lm", path.basename(found.file)) : found.file}`;
     } else {
       allocation = "adakv";
-      note = `no LU-KV profile for ${scorer} in ${dir} (profile.json / profile.npy), so Ada-KV allocation instead`;
+      note = `no LU-KV profile for ${scorer} in ${dir} (profile-${scorer}.json / .npy, or profile.json / .npy calibrated with ${scorer}), so Ada-KV allocation instead`;
     }
   }
   const allocationLabel = { uniform: "uniform", pyramidkv: "PyramidKV", adakv: "Ada-KV", lukv: "LU-KV" }[allocation];

@@ -1,6 +1,7 @@
 // `lukv solve`: the LU-KV budget solver on loss curves from a JSON file.
 import { readFileSync } from "node:fs";
 import { solveBudgetsDetailed, solveBudgetsExact, budgetLoss, type BudgetOptions } from "../budget";
+import { budgetProblem, checkTotal } from "../budget/problem";
 import { InvalidArgumentError } from "../errors";
 import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
 
@@ -68,6 +69,8 @@ async function solve(argv: string[], io: CommandIO): Promise<number> {
     maxKeep: count("--max-keep", strings["max-keep"]) ?? file.maxKeep,
   };
   const { curves } = file;
+  // The solver's own check, naming the option (it says totalKeep).
+  checkTotal(budgetProblem(curves, options), total, "--keep");
   const greedy = solveBudgetsDetailed(curves, total, options);
   const exact = flags.exact ? solveBudgetsExact(curves, total, options) : undefined;
   const keep = exact ?? greedy.keep;
