@@ -104,7 +104,7 @@ export interface CompressOptions extends ScoreOptions {
   budget?: number;
   /** How the kept total is split over heads. Default: "uniform" ("lukv" needs `profile`). */
   allocation?: AllocationName;
-  /** The LU-KV profile for allocation "lukv". */
+  /** The LU-KV profile for allocation "lukv" (refused beside another allocation: LU-KV would be off). */
   profile?: Profile;
   /** Explicit keep counts per (layer, KV head), Int32Array [layers * kvHeads]; overrides ratio, budget and allocation. */
   budgets?: Int32Array;
