@@ -91,9 +91,10 @@ export class QueryStatistics {
       );
     const tokens = queries.length / row;
     const first = Math.min(tokens, Math.max(0, this.skip - this.#positions[layer]));
+    // The counts move once the sums have (the addon checks its arguments before it adds anything).
+    if (first < tokens)
+      native().accumulateQueryStatistics(queries, first, tokens, Q, D, this.#rows[layer], this.#mean[layer], this.covariance ? this.#m2[layer] : null);
     this.#positions[layer] += tokens;
-    if (first === tokens) return this;
-    native().accumulateQueryStatistics(queries, first, tokens, Q, D, this.#rows[layer], this.#mean[layer], this.covariance ? this.#m2[layer] : null);
     this.#rows[layer] += tokens - first;
     return this;
   }
