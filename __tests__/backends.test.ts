@@ -114,7 +114,11 @@ describe("loadBinary picks one binary", () => {
     const l = loadBinary(h);
     expect(summary(l)).toEqual({ kind: "cuda", file: CUDA, reason: `an NVIDIA driver was found (${DRIVER})`, cudaNotes: [] });
     expect(h.loads).toEqual([CUDA]);
-    expect(cudaStatus(l).reasons).toEqual(["no NVIDIA driver was found (libcuda.so.1 is not installed): install the NVIDIA driver"]);
+    // The probe says "not installed" (the runtime could not load libcuda), but the loader found the
+    // file: one reason, that names it (it said both "found" and "not installed").
+    expect(cudaStatus(l).reasons).toEqual([
+      `${DRIVER} was found but the CUDA runtime could not load it (a broken or partial NVIDIA driver installation, or a file that is not the driver): reinstall the NVIDIA driver`,
+    ]);
   });
 
   test("a CUDA binary that fails to load falls back to the CPU binary and says why", () => {

@@ -330,6 +330,8 @@ test("attention runs on the CPU binary of the installed package", () => {
       reason: `an NVIDIA driver was found (${path.join(fakeDriver, "libcuda.so.1")})`,
     });
     expect(out.backends.cuda.compiled).toBe(true);
-    expect(out.backends.cuda.reasons).toHaveLength(1);
+    expect(out.backends.cuda.reasons).toEqual([
+      `${path.join(fakeDriver, "libcuda.so.1")} was found but the CUDA runtime could not load it (a broken or partial NVIDIA driver installation, or a file that is not the driver): reinstall the NVIDIA driver`,
+    ]);
   });
 });

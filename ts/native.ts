@@ -198,6 +198,8 @@ export interface Loaded {
   cudaNotes: string[];
   /** No NVIDIA driver was found (a reason of its own when the binary has no CUDA to probe for it). */
   noDriver?: boolean;
+  /** Where the loader found libcuda.so.1, when it did. */
+  driverFile?: string;
 }
 
 const BINARY_KINDS: readonly BinaryKind[] = ["build", "cpu", "cuda", "emu"];
@@ -277,6 +279,7 @@ export function loadBinary(host: LoaderHost): Loaded {
     cudaNotes,
     // (the auto order below already notes it when it passes over the CUDA binary)
     noDriver: !cudaNotes.some((n) => n.startsWith(NO_DRIVER)) && host.findCudaDriver() === null,
+    driverFile: host.findCudaDriver() ?? undefined,
   });
 
   const requested = host.env.LUKV_BINARY?.trim().toLowerCase() ?? "";
@@ -452,7 +455,12 @@ export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; rea
   const info = from.addon.cudaInfo();
   const reasons = [...from.cudaNotes];
   if (info.compiled) {
-    if (!info.usable) reasons.push(info.error ?? "the CUDA probe found no usable device");
+    // The probe cannot tell a driver that is missing from one that did not load; the loader can.
+    if (!info.usable && from.driverFile && info.error?.startsWith(NO_DRIVER))
+      reasons.push(
+        `${from.driverFile} was found but the CUDA runtime could not load it (a broken or partial NVIDIA driver installation, or a file that is not the driver): reinstall the NVIDIA driver`,
+      );
+    else if (!info.usable) reasons.push(info.error ?? "the CUDA probe found no usable device");
   } else if (from.binary.kind !== "cpu") {
     reasons.push(compiledWithoutCuda(from.binary.kind));
   }
