@@ -406,13 +406,18 @@ function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[], rech
     // A synchronous batch's: an earlier item's onCompress may have started an async call on any
     // of its sequences, and a pressure listener one on this item's before a retry.
     recheck?.();
-    try {
-      s.autoCompressDue(ids[i], recheck && (() => void s.id));
-    } catch (e) {
-      if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
-      throw e;
-    }
+    ofItem(i, () => s.autoCompressDue(ids[i], recheck && (() => void s.id)));
   });
+}
+
+/** Runs `fn` for item `i`; a lukv error it throws names the item's sequence. */
+function ofItem<T>(i: number, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
+    throw e;
+  }
 }
 
 /** See KVCache.appendBatch. */
@@ -421,15 +426,7 @@ export function appendBatch(cache: KVCache, layer: number, items: readonly Appen
   if (parts.length === 0) return;
   // An onCompress or a pressure listener may start an async call on a sequence of the batch: busy
   // checks before each compression and each attempt of the append.
-  const recheck = () =>
-    seqs.forEach((s, i) => {
-      try {
-        void s.id;
-      } catch (e) {
-        if (e instanceof LukvError) e.message = `items[${i}].sequence: ${e.message}`;
-        throw e;
-      }
-    });
+  const recheck = () => seqs.forEach((s, i) => ofItem(i, () => s.id));
   compressDue(seqs, ids, recheck);
   runAppend(cache, l, seqs, ids, parts, recheck);
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));

@@ -2,7 +2,7 @@
 // the statistics of the prompt's pre-RoPE queries, and the scorer's options.
 import { invalid, InvalidArgumentError } from "./errors";
 import { native } from "./native";
-import { scanValues } from "./finite";
+import { FLOAT32_MAX, scanValues } from "./finite";
 import { isFloat32Array, knownOptions, positiveInteger, nonNegativeInteger } from "./validate";
 
 /** Options of `new QueryStatistics`. */
@@ -231,7 +231,7 @@ export function expectedSettings(
     throw invalid(`${name}.futurePositions`, `integer between 1 and ${1 << 20}`, futurePositions);
   const epsilon = e.epsilon ?? 0.02;
   // The scorer adds it in float32: past that range it would make every score infinite.
-  if (typeof epsilon !== "number" || !(epsilon >= 0 && epsilon <= 3.4028234663852886e38))
+  if (typeof epsilon !== "number" || !(epsilon >= 0 && epsilon <= FLOAT32_MAX))
     throw invalid(`${name}.epsilon`, "a non-negative number within the float32 range", epsilon);
   const valueNorm = e.valueNorm ?? true;
   if (typeof valueNorm !== "boolean") throw invalid(`${name}.valueNorm`, "boolean", valueNorm);
@@ -287,7 +287,7 @@ export function nativeExpectedAttention(
     [meanMax[l], covarianceMax[l]] = [mean[l], covariance[l]].map((a, i) => {
       let m = 0;
       if (a) for (const v of a) m = Math.max(m, Math.abs(v));
-      if (!(m * (i === 0 ? Math.SQRT2 : 2) <= 3.4028234663852886e38))
+      if (!(m * (i === 0 ? Math.SQRT2 : 2) <= FLOAT32_MAX))
         throw new InvalidArgumentError(
           `Expected query statistics within the float32 range once rotated (|mean| × √2 and |covariance| × 2 at most 3.4e38) for layer ${l} in ${name}.statistics but they overflow it`,
         );

@@ -196,10 +196,8 @@ export interface Loaded {
   addon: NativeAddon;
   binary: LoadedBinary;
   cudaNotes: string[];
-  /** No NVIDIA driver was found (a reason of its own when the binary has no CUDA to probe for it). */
-  noDriver?: boolean;
-  /** Where the loader found libcuda.so.1, when it did. */
-  driverFile?: string;
+  /** Where the loader found libcuda.so.1: null when nowhere, undefined when not looked for (not Linux). */
+  driver?: string | null;
 }
 
 const BINARY_KINDS: readonly BinaryKind[] = ["build", "cpu", "cuda", "emu"];
@@ -261,6 +259,7 @@ export function loadBinary(host: LoaderHost): Loaded {
   const file = (kind: BinaryKind) => path.join(host.root, rel[kind]);
   const tuple = `${host.platform}-${host.arch}`;
   const failures = new Map<BinaryKind, string>();
+  const driver = host.findCudaDriver();
   const tryLoad = (kind: BinaryKind): NativeAddon | undefined => {
     if (!host.exists(file(kind))) {
       failures.set(kind, `${rel[kind]} does not exist`);
@@ -277,9 +276,7 @@ export function loadBinary(host: LoaderHost): Loaded {
     addon,
     binary: { kind, file: file(kind), reason },
     cudaNotes,
-    // (the auto order below already notes it when it passes over the CUDA binary)
-    noDriver: !cudaNotes.some((n) => n.startsWith(NO_DRIVER)) && host.findCudaDriver() === null,
-    driverFile: host.findCudaDriver() ?? undefined,
+    driver,
   });
 
   const requested = host.env.LUKV_BINARY?.trim().toLowerCase() ?? "";
@@ -305,7 +302,6 @@ export function loadBinary(host: LoaderHost): Loaded {
   // loaded), each with what to do about it.
   const problems: { problem: string; fix?: string }[] = [];
   const hasCuda = host.exists(file("cuda"));
-  const driver = host.findCudaDriver();
   if (!hasCuda) {
     // Under LUKV_PREBUILDS_ONLY a source build would be skipped too.
     const fix = prebuildsOnly
@@ -456,9 +452,9 @@ export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; rea
   const reasons = [...from.cudaNotes];
   if (info.compiled) {
     // The probe cannot tell a driver that is missing from one that did not load; the loader can.
-    if (!info.usable && from.driverFile && info.error?.startsWith(NO_DRIVER))
+    if (!info.usable && typeof from.driver === "string" && info.error?.startsWith(NO_DRIVER))
       reasons.push(
-        `${from.driverFile} was found but the CUDA runtime could not load it (a broken or partial NVIDIA driver installation, or a file that is not the driver): reinstall the NVIDIA driver`,
+        `${from.driver} was found but the CUDA runtime could not load it (a broken or partial NVIDIA driver installation, or a file that is not the driver): reinstall the NVIDIA driver`,
       );
     else if (!info.usable) reasons.push(info.error ?? "the CUDA probe found no usable device");
   } else if (from.binary.kind !== "cpu") {
@@ -466,8 +462,9 @@ export function cudaStatus(from: Loaded = loaded()): { info: NativeCudaInfo; rea
   }
   // A binary without CUDA cannot say that the driver is missing too; without it, rebuilding with
   // CUDA (the advice above) would not be enough.
-  // (The emulated build never needs one.)
-  if (!info.compiled && from.noDriver && from.binary.kind !== "emu") reasons.push(`${NO_DRIVER}: install the NVIDIA driver`);
+  // (The emulated build never needs one; the auto order notes it when it passes over the CUDA binary.)
+  if (!info.compiled && from.driver === null && from.binary.kind !== "emu" && !from.cudaNotes.some((n) => n.startsWith(NO_DRIVER)))
+    reasons.push(`${NO_DRIVER}: install the NVIDIA driver`);
   statusOf.set(from, { info, reasons });
   return { info: { ...info }, reasons: [...reasons] };
 }

@@ -704,8 +704,7 @@ static float readSum(const float* p, size_t n, bool prefetch) {
   for (Vec& x : a) x = Vec::zero();
   size_t i = 0;
   for (; i + kStep <= n; i += kStep) {
-    if (prefetch)
-      for (size_t b = 0; b < kStep * 4; b += 64) prefetchLine<(int)Prefetch::T0>(reinterpret_cast<const uint8_t*>(p + i) + 2048 + b);
+    if (prefetch) prefetchRowAs<(int)Prefetch::T0>(reinterpret_cast<const uint8_t*>(p + i) + 2048, kStep * 4);
     for (int k = 0; k < 8; ++k) a[k] = Vec::add(a[k], Vec::loadF32(p + i + k * Vec::W));
   }
   float tail = 0.f;

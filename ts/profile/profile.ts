@@ -172,9 +172,9 @@ export function createProfile(init: ProfileInit): Profile {
     throw new BadProfileError(`table has ${table.length} values, not a positive multiple of layers ${layers} × kvHeads ${kvHeads} = ${cells}`);
   const grid = init.grid ?? table.length / cells;
   if (!isPositiveInt(grid)) throw new BadProfileError(`grid must be a positive integer but is ${show(grid)}`);
-  if (table.length !== grid * layers * kvHeads) {
+  if (table.length !== grid * cells) {
     throw new BadProfileError(
-      `table has ${table.length} values but grid ${grid} × layers ${layers} × kvHeads ${kvHeads} needs ${grid * layers * kvHeads}`,
+      `table has ${table.length} values but grid ${grid} × layers ${layers} × kvHeads ${kvHeads} needs ${grid * cells}`,
     );
   }
   checkTable(table, grid, layers, kvHeads);
