@@ -10,11 +10,41 @@ namespace lukv {
 
 namespace {
 
+// Makes `device` the calling thread's current device for one call and gives the thread its earlier
+// device back after it. A cache's memory, stream and kernels belong to the device that was current
+// where the cache was made; its calls run on the JS thread and on the libuv pool's threads, whose
+// current device is whatever the last CUDA code on that thread chose (another library's, or 0).
+class OnDevice {
+ public:
+  explicit OnDevice(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device) {
+      LUKV_CUDA_CHECK(cudaSetDevice(device));
+      restore_ = true;
+    }
+  }
+  ~OnDevice() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool restore_ = false;
+};
+
 class GpuDevice {
  public:
-  GpuDevice() { LUKV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  GpuDevice(GpuDevice&& o) noexcept : stream_(o.stream_), ws_(std::move(o.ws_)) { o.stream_ = nullptr; }
+  GpuDevice() {
+    LUKV_CUDA_CHECK(cudaGetDevice(&device_));
+    LUKV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  GpuDevice(GpuDevice&& o) noexcept : device_(o.device_), stream_(o.stream_), ws_(std::move(o.ws_)) {
+    o.stream_ = nullptr;
+  }
   ~GpuDevice() {
+    if (!stream_ && !ws_) return;
+    OnDevice on(device_);
     if (ws_) {
       cudaStreamSynchronize(stream_);
       ws_->release();
@@ -23,6 +53,7 @@ class GpuDevice {
   }
   static const char* name() { return "cuda"; }
   void* alloc(size_t bytes) {
+    OnDevice on(device_);
     void* p = nullptr;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
     if (e == cudaErrorMemoryAllocation) {
@@ -36,40 +67,50 @@ class GpuDevice {
     return p;
   }
   void free(void* p) {
+    OnDevice on(device_);
     cudaStreamSynchronize(stream_);  // queued work may still read it
     cudaFree(p);
   }
   void toDevice(void* dst, const void* src, size_t bytes) {
-    if (bytes) LUKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    if (!bytes) return;
+    OnDevice on(device_);
+    LUKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
   }
   void toHost(void* dst, const void* src, size_t bytes) {
     if (!bytes) return;
+    OnDevice on(device_);
     LUKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     LUKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   bool memInfo(size_t* freeBytes, size_t* totalBytes) {
+    OnDevice on(device_);
     LUKV_CUDA_CHECK(cudaMemGetInfo(freeBytes, totalBytes));
     return true;
   }
   void append(const cuda::AppendBatch& b) {
+    OnDevice on(device_);
     cuda::AppendBatch x = b;
     x.stream = stream_;
     cuda::append(x, workspace());
   }
   void copyPages(const cuda::PoolView& pool, const std::vector<int32_t>& pairs) {
+    OnDevice on(device_);
     cuda::copyPages(pool, pairs, workspace(), stream_);
   }
   void attend(const cuda::AttendBatch& b) {
+    OnDevice on(device_);
     cuda::AttendBatch x = b;
     x.stream = stream_;
     cuda::attend(x, workspace());
   }
   void scores(const cuda::ScoreBatch& b) {
+    OnDevice on(device_);
     cuda::ScoreBatch x = b;
     x.stream = stream_;
     cuda::scoreHeads(x, workspace());
   }
   void compact(const cuda::PoolView& pool, const std::vector<cuda::CompactHeadInput>& heads) {
+    OnDevice on(device_);
     cuda::compactHeads(pool, heads, workspace(), stream_);
   }
 
@@ -78,6 +119,7 @@ class GpuDevice {
     if (!ws_) ws_.reset(new cuda::Workspace());
     return *ws_;
   }
+  int device_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Workspace> ws_;
 };
