@@ -406,7 +406,7 @@ describe("backends() in this checkout", () => {
   });
 });
 
-describe("a truncated binary (an interrupted download or copy)", () => {
+describe("a binary this process cannot load (truncated, or for another processor)", () => {
   const built = path.join(__dirname, "..", "build", "Release", "lukv.node");
   const present = fs.existsSync(built) ? test : test.skip;
   present("is refused with a reason, and the loader goes on to the next binary (it crashed the process with SIGBUS)", () => {
@@ -433,13 +433,55 @@ describe("a truncated binary (an interrupted download or copy)", () => {
     }
   });
 
+  const onX64 = fs.existsSync(built) && process.arch === "x64" ? test : test.skip;
+  onX64("a binary for another processor is refused naming both processors, and the loader goes on (the dynamic loader said 'No such file or directory')", () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-foreign-"));
+    try {
+      const foreign = Buffer.from(fs.readFileSync(built));
+      foreign.writeUInt16LE(183, 0x12); // e_machine: AArch64
+      for (const [dir, bytes] of [["linux-x64", foreign], ["linux-x64-cuda", fs.readFileSync(built)]] as const) {
+        fs.mkdirSync(path.join(root, "prebuilds", dir), { recursive: true });
+        fs.writeFileSync(path.join(root, "prebuilds", dir, "lukv.node"), bytes);
+      }
+      const { loadBinary, nodeHost } = require("../ts/native") as typeof import("../ts/native");
+      const l = loadBinary({ ...nodeHost(root), env: { LUKV_PREBUILDS_ONLY: "1" }, findCudaDriver: () => null });
+      expect(l.binary.kind).toBe("cuda");
+      expect(l.binary.reason).toMatch(
+        /prebuilds\/linux-x64\/lukv\.node failed to load: .*lukv\.node is a binary for AArch64, not for this process's x86-64 \(x64\): it was built or downloaded for another machine/,
+      );
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test("the processor check names an unknown machine by its number and passes files for the given architecture", () => {
+    const { checkElfBinary } = require("../ts/native") as typeof import("../ts/native");
+    const file = path.join(os.tmpdir(), `lukv-machine-${process.pid}.node`);
+    const head = Buffer.alloc(64);
+    head.writeUInt32BE(0x7f454c46, 0);
+    head[4] = 2; // 64-bit
+    head[5] = 1; // little-endian
+    try {
+      head.writeUInt16LE(9999, 0x12);
+      fs.writeFileSync(file, head);
+      expect(() => checkElfBinary(file, "arm64")).toThrow(`${file} is a binary for ELF machine 9999, not for this process's AArch64 (arm64)`);
+      head.writeUInt16LE(183, 0x12);
+      fs.writeFileSync(file, head);
+      expect(() => checkElfBinary(file, "arm64")).not.toThrow();
+      expect(() => checkElfBinary(file, "x64")).toThrow(`${file} is a binary for AArch64, not for this process's x86-64 (x64)`);
+      expect(() => checkElfBinary(file, "mips")).not.toThrow(); // an architecture without an entry: left to the loader
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  });
+
   test("whole files and files of other formats pass the check", () => {
-    const { checkElfWhole } = require("../ts/native") as typeof import("../ts/native");
-    expect(() => checkElfWhole(process.execPath)).not.toThrow();
+    const { checkElfBinary } = require("../ts/native") as typeof import("../ts/native");
+    expect(() => checkElfBinary(process.execPath)).not.toThrow();
     const text = path.join(os.tmpdir(), `lukv-not-elf-${process.pid}.node`);
     fs.writeFileSync(text, "not a shared object");
     try {
-      expect(() => checkElfWhole(text)).not.toThrow(); // the loader's own error names it
+      expect(() => checkElfBinary(text)).not.toThrow(); // the loader's own error names it
     } finally {
       fs.rmSync(text);
     }

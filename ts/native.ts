@@ -371,13 +371,27 @@ const DRIVER_DIRS = [
   "/usr/lib/wsl/lib",
 ];
 
+// ELF e_machine of each Node architecture whose binaries the loader may meet, and the names it prints.
+const ELF_MACHINES: Record<string, [number, string]> = {
+  x64: [62, "x86-64"],
+  arm64: [183, "AArch64"],
+  ia32: [3, "x86 (32-bit)"],
+  arm: [40, "ARM (32-bit)"],
+  ppc64: [21, "PowerPC 64"],
+  s390x: [22, "IBM S/390"],
+  riscv64: [243, "RISC-V"],
+  loong64: [258, "LoongArch"],
+};
+
 /**
- * Throws when `file` is an ELF shared object shorter than its own headers say (an interrupted
- * download or copy): the dynamic loader maps such a file past its end and the process dies of
- * SIGBUS on the first access, where a thrown error lets the loader try the next binary. Files of
- * other formats are left to the loader.
+ * Throws when `file` is an ELF shared object that this process cannot load, with the reason: one
+ * built for another processor than `arch` (the dynamic loader says only "No such file or
+ * directory"), or one shorter than its own headers say (an interrupted download or copy: the
+ * dynamic loader maps such a file past its end and the process dies of SIGBUS on the first
+ * access). A thrown error lets the loader try the next binary. Files of other formats are left to
+ * the loader.
  */
-export function checkElfWhole(file: string): void {
+export function checkElfBinary(file: string, arch: string = process.arch): void {
   const fd = fs.openSync(file, "r");
   try {
     const size = fs.fstatSync(fd).size;
@@ -388,6 +402,15 @@ export function checkElfWhole(file: string): void {
     if (got < (wide ? 64 : 52)) throw new Error(`${file} is truncated: ${size} bytes, shorter than an ELF header`);
     const u16 = (b: Buffer, at: number) => (little ? b.readUInt16LE(at) : b.readUInt16BE(at));
     const u32 = (b: Buffer, at: number) => (little ? b.readUInt32LE(at) : b.readUInt32BE(at));
+    // The dynamic loader reports a binary for another processor as "No such file or directory".
+    const expected = ELF_MACHINES[arch], machine = u16(head, 0x12);
+    if (expected && machine !== expected[0]) {
+      const found = Object.values(ELF_MACHINES).find(([m]) => m === machine);
+      throw new Error(
+        `${file} is a binary for ${found ? found[1] : `ELF machine ${machine}`}, not for this process's ${expected[1]} (${arch}): ` +
+          `it was built or downloaded for another machine`,
+      );
+    }
     const word = (b: Buffer, at: number) => (wide ? Number(little ? b.readBigUInt64LE(at) : b.readBigUInt64BE(at)) : u32(b, at));
     const phoff = word(head, wide ? 0x20 : 0x1c), shoff = word(head, wide ? 0x28 : 0x20);
     const phentsize = u16(head, wide ? 0x36 : 0x2a), phnum = u16(head, wide ? 0x38 : 0x2c);
@@ -419,7 +442,7 @@ export function nodeHost(root: string): LoaderHost {
     exists: (file) => fs.existsSync(file),
     findCudaDriver: () => findCudaDriver(),
     load: (file) => {
-      checkElfWhole(file);
+      checkElfBinary(file);
       return require(file) as NativeAddon;
     },
   };
