@@ -235,3 +235,25 @@ test("profile convert: a write that fails names OUT as given, not a temporary fi
   const ok = await run(["profile", "convert", input, path.join(tmp, "out.npy")]);
   expect([ok.code, ok.out]).toEqual([0, `wrote ${path.join(tmp, "out.npy")} (.npy, grid 99 × layers 2 × kvHeads 2)\n`]);
 });
+
+test("numbers are read as written in decimal: hexadecimal, binary, exponents in integers, and blanks are refused (Number() read '0x3' as 3, '1e1' as 10, ' ' as 0)", async () => {
+  const curves = path.join(tmp, "spelled.json");
+  fs.writeFileSync(curves, JSON.stringify([[0, 1, 2], [0, 2, 5]]));
+  const profile = path.join(tmp, "spelled-profile.json");
+  saveProfile(createProfile({ table: new Float64Array(99 * 4).fill(0.5), layers: 2, kvHeads: 2 }), profile);
+  for (const keep of ["0x3", "1e1", "0b11", " 3", "3 ", "", "Infinity", "3.0"]) {
+    const r = await run(["solve", curves, "--keep", keep]);
+    expect([keep, r.code, r.out, firstLine(r.err)]).toEqual([keep, 2, "", `lukv solve: --keep must be a non-negative integer, got ${JSON.stringify(keep)}`]);
+  }
+  for (const ratio of ["0x0", " 0.5", "0.5 ", "", ".", "1e", "+.5e"]) {
+    const r = await run(["profile", "inspect", profile, "--ratio", ratio]);
+    expect([ratio, r.code, r.out, firstLine(r.err)]).toEqual([ratio, 2, "", `lukv profile inspect: --ratio must be a number between 0 and 1, got ${JSON.stringify(ratio)}`]);
+  }
+  for (const grid of ["0x10", "1e2", " 8"]) {
+    const r = await run(["profile", "build", tmp, "--grid", grid]);
+    expect([grid, r.code, r.out, firstLine(r.err)]).toEqual([grid, 2, "", `lukv profile build: --grid must be an integer between 1 and 100000, got ${JSON.stringify(grid)}`]);
+  }
+  // Decimal spellings still work: a leading +, a point, an exponent in a ratio.
+  for (const keep of ["+3", "03"]) expect([keep, (await run(["solve", curves, "--keep", keep])).code]).toEqual([keep, 0]);
+  for (const ratio of ["5e-1", ".5", "+0.5", "1.", "1"]) expect([ratio, (await run(["profile", "inspect", profile, "--ratio", ratio])).code]).toEqual([ratio, 0]);
+});

@@ -10,7 +10,7 @@ import type { DType } from "../dtype";
 import { defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../model";
 import type { Profile } from "../profile";
 import { QueryStatistics } from "../expected-attention";
-import { CliIO, countOption, noPositionals, parseArgs, progressBar, UsageError, wantsHelp } from "./io";
+import { CliIO, countOption, decimalText, noPositionals, parseArgs, progressBar, UsageError, wantsHelp } from "./io";
 
 /** compress()'s defaults, passed explicitly: every head keeps its first SINK and last WINDOW tokens. */
 const SINK = 4;
@@ -87,8 +87,8 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   for (const k of options.keys()) if (!known.includes(k)) throw new UsageError(`unknown option --${k}`);
   const dir = (options.get("model") as string | undefined) ?? defaultModelDir();
   const ratioText = options.get("ratio");
-  const ratio = Number(ratioText ?? 0.8);
-  if (!(ratio >= 0 && ratio < 1) || String(ratioText).trim() === "") throw new UsageError(`--ratio expects a number in [0, 1), got ${String(options.get("ratio"))}`);
+  const ratio = ratioText === undefined ? 0.8 : decimalText(ratioText);
+  if (!(ratio >= 0 && ratio < 1)) throw new UsageError(`--ratio expects a number in [0, 1), got ${String(options.get("ratio"))}`);
   const scorer = (options.get("scorer") ?? "snapkv") as ScorerName;
   if (!SCORERS.includes(scorer)) throw new UsageError(`--scorer expects one of ${SCORERS.join(", ")}, got ${String(scorer)}`);
   const requested = options.get("allocation") as AllocationName | undefined;

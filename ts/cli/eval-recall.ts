@@ -13,7 +13,7 @@ import { loadProfile, saveProfile, type Profile } from "../profile";
 import { calibrationProfilers, profileContext } from "../model/calibrate";
 import { QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
-import { CliIO, countOption, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
+import { CliIO, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
 
 export const RECALL_TASKS = ["niah", "mk-niah", "mq-niah", "vt"] as const;
 export type RecallTask = (typeof RECALL_TASKS)[number];
@@ -417,8 +417,8 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
     const expectedAttention: NonNullable<RecallSettings["expectedAttention"]> = {};
     const eps = options.get("ea-epsilon");
     if (eps !== undefined) {
-      const x = Number(eps);
-      if (eps === true || eps.trim() === "" || !Number.isFinite(x) || x < 0) throw new UsageError(`--ea-epsilon expects a number >= 0, got ${String(eps)}`);
+      const x = decimalText(eps);
+      if (!Number.isFinite(x) || x < 0) throw new UsageError(`--ea-epsilon expects a number >= 0, got ${String(eps)}`);
       expectedAttention.epsilon = x;
     }
     if (options.has("ea-future-positions")) expectedAttention.futurePositions = countOption(options, "ea-future-positions", 512, 1);

@@ -146,12 +146,25 @@ export function listOption<T extends string>(v: string | true | undefined, fallb
   return items;
 }
 
+/**
+ * A whole number written in decimal digits (an optional leading +), or NaN. Number() alone also
+ * reads "1e1", "0x3", "0b1" and " 3 " as integers, and "" as 0.
+ */
+export function integerText(text: string | true | undefined): number {
+  return typeof text === "string" && /^\+?[0-9]+$/.test(text) ? Number(text) : NaN;
+}
+
+/** A number written in decimal (digits, an optional point and exponent), or NaN; see integerText. */
+export function decimalText(text: string | true | undefined): number {
+  return typeof text === "string" && /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/.test(text) ? Number(text) : NaN;
+}
+
 /** --name N: an integer >= min (fallback when absent); `why` explains the minimum. */
 export function countOption(options: Map<string, string | true>, name: string, fallback: number, min: number, why?: string): number {
   const v = options.get(name);
   if (v === undefined) return fallback;
-  const n = Number(v);
-  if (v === true || v.trim() === "" || !Number.isInteger(n) || n < min)
+  const n = integerText(v);
+  if (!Number.isSafeInteger(n) || n < min)
     throw new UsageError(`--${name} expects an integer >= ${min}${why ? ` (${why})` : ""}, got ${String(v)}`);
   return n;
 }
@@ -162,7 +175,7 @@ export function ratiosOption(options: Map<string, string | true>, fallback: numb
   if (v === undefined) return [...fallback];
   const expects = "comma-separated numbers in [0, 1)";
   const items = listItems(v, "ratios", expects);
-  const bad = items.find((x) => !(Number(x) >= 0 && Number(x) < 1));
+  const bad = items.find((x) => !(decimalText(x) >= 0 && decimalText(x) < 1));
   if (bad !== undefined) throw new UsageError(`--ratios expects ${expects}, got ${JSON.stringify(bad)}`);
   return items.map(Number);
 }

@@ -4,7 +4,7 @@ import { BadProfileError, InvalidArgumentError } from "../errors";
 import { saveProfile } from "../profile";
 import { formatOfPath } from "../profile/io";
 import { Profiler, type ProfileReport } from "../profiler";
-import { isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
+import { integerText, isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
 
 export const PROFILE_BUILD_USAGE = `usage: lukv profile build DIR [--out FILE] [--scope global|per-layer] [--grid N]
 
@@ -66,8 +66,8 @@ export async function profileBuildCommand(argv: string[], io: CommandIO): Promis
     }
     let grid: number | undefined;
     if (strings.grid !== undefined) {
-      grid = Number(strings.grid);
-      if (strings.grid.trim() === "" || !Number.isSafeInteger(grid) || grid < 1 || grid > 100000) {
+      grid = integerText(strings.grid);
+      if (!Number.isSafeInteger(grid) || grid < 1 || grid > 100000) {
         throw new UsageError(`--grid must be an integer between 1 and 100000, got ${JSON.stringify(strings.grid)}`);
       }
     }

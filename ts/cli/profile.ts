@@ -4,7 +4,7 @@ import { basename } from "node:path";
 import { BadProfileError, InvalidArgumentError } from "../errors";
 import { decodeNpy, decodeProfile, loadProfile, saveProfile, type Profile } from "../profile";
 import { formatOfPath } from "../profile/io";
-import { isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
+import { decimalText, isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
 import { PROFILE_BUILD_USAGE, profileBuildCommand } from "./profile-build";
 import { colourMode, heatMapSvg, keepGrid, printable, terminalGrid } from "./heatmap";
 
@@ -65,8 +65,8 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? "inspect needs a FILE" : `inspect takes one FILE, got ${positionals.length}`);
   if (values.plot !== undefined && !values.plot.toLowerCase().endsWith(".svg"))
     throw new UsageError(`--plot must name an .svg file, got ${JSON.stringify(values.plot)}`);
-  const ratio = values.ratio === undefined ? 0.8 : Number(values.ratio);
-  if (!(ratio >= 0 && ratio <= 1) || values.ratio?.trim() === "") {
+  const ratio = values.ratio === undefined ? 0.8 : decimalText(values.ratio);
+  if (!(ratio >= 0 && ratio <= 1)) {
     throw new UsageError(`--ratio must be a number between 0 and 1, got ${JSON.stringify(values.ratio)}`);
   }
   const file = positionals[0];

@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { solveBudgetsDetailed, solveBudgetsExact, budgetLoss, type BudgetOptions } from "../budget";
 import { budgetProblem, checkTotal } from "../budget/problem";
 import { InvalidArgumentError } from "../errors";
-import { isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
+import { integerText, isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
 
 const USAGE = `usage: lukv solve CURVES.json --keep N [--exact] [--min-keep N] [--max-keep N] [--json]
 
@@ -49,8 +49,8 @@ function readCurves(path: string): { curves: number[][]; minKeep?: number | numb
 
 function count(flag: string, text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
-  const n = Number(text);
-  if (text.trim() === "" || !Number.isSafeInteger(n) || n < 0) throw new UsageError(`${flag} must be a non-negative integer, got ${JSON.stringify(text)}`);
+  const n = integerText(text);
+  if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`${flag} must be a non-negative integer, got ${JSON.stringify(text)}`);
   return n;
 }
 
