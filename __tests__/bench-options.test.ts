@@ -11,6 +11,7 @@ import {
   writeResults,
 } from "../bench/common";
 import { caught } from "./helpers/caught";
+import { backends } from "../ts";
 
 const command = {
   script: "example",
@@ -186,6 +187,29 @@ describe("the compiled scripts", () => {
     for (const [name, args, message] of cases) {
       const r = run(name, args);
       expect([name, args, r.status, r.stdout, r.stderr]).toEqual([name, args, 2, "", message + "\n"]);
+    }
+  });
+
+  // On a CUDA machine the option is valid and the benchmark would run.
+  const withoutCuda = backends().cuda.usable ? test.skip : test;
+  withoutCuda("save-load --device cuda without a usable CUDA backend: one line with the reasons, exit 1 (it ended with a stack trace)", () => {
+    const cuda = backends().cuda;
+    const r = run("save-load", ["--device", "cuda", "--tokens", "64", "--repeats", "1"]);
+    expect([r.status, r.stdout, r.stderr]).toEqual([1, "", `save-load.js: --device cuda: the CUDA backend cannot be used here: ${cuda.reasons.join("; ")}\n`]);
+  });
+
+  test("examples/tiny-lm/beyond-paper refuses a bad command line the same way, before calibrating anything (it ignored unknown options and took ratios past 1)", () => {
+    const script = path.join(root, "dist", "examples", "tiny-lm", "beyond-paper.js");
+    for (const [args, message] of [
+      [["--ratios", "0.5,1.5"], 'beyond-paper.js: --ratios must be a comma-separated list of numbers in [0, 1), got "1.5" in "0.5,1.5"'],
+      [["--ratios", "0x0"], 'beyond-paper.js: --ratios must be a comma-separated list of numbers in [0, 1), got "0x0" in "0x0"'],
+      [["--variants", "0,9"], 'beyond-paper.js: --variants must be a comma-separated list of integers from 0 to 4, got "9" in "0,9"'],
+      [["--ratio", "0.5"], "beyond-paper.js: unknown option --ratio; the options are --ratios, --windows, --variants, --help"],
+    ] as [string[], string][]) {
+      const results = path.join(out, "beyond-paper");
+      const r = spawnSync(process.execPath, [script, ...args], { encoding: "utf8", timeout: 30_000, env: { ...process.env, LUKV_BENCH_OUT: results } });
+      expect([args, r.status, r.stdout, r.stderr]).toEqual([args, 2, "", message + "\n"]);
+      expect(fs.existsSync(results)).toBe(false);
     }
   });
 

@@ -6,7 +6,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { KVCache, DType } from "../ts";
+import { backends, KVCache, DType } from "../ts";
 import { rng } from "../ts/random";
 import { benchOptions, intOption, choiceOption, host, hostLine, median, printTable, timeRuns, writeResults } from "./common";
 
@@ -29,6 +29,11 @@ const options = benchOptions({
   check: (o) => (o["query-heads"] % o["kv-heads"] === 0 ? undefined : `--query-heads (${o["query-heads"]}) must be a multiple of --kv-heads (${o["kv-heads"]})`),
 });
 const { tokens, layers, "kv-heads": kvHeads, "query-heads": queryHeads, "head-dim": headDim, dtype, "page-size": pageSize, repeats, device } = options;
+
+if (device === "cuda" && !backends().cuda.usable) {
+  process.stderr.write(`save-load.js: --device cuda: the CUDA backend cannot be used here: ${backends().cuda.reasons.join("; ")}\n`);
+  process.exit(1);
+}
 
 // Room for the original and one loaded copy.
 const cache = new KVCache({ layers, kvHeads, queryHeads, headDim, dtype, pageSize, device, maxTokens: 2 * layers * kvHeads * (tokens + pageSize), checkFinite: false });

@@ -7,9 +7,10 @@
 // baseline the other rows are compared with.
 // Every variant's LU-KV profile is calibrated here, on models/tiny-lm/calibration, with the same
 // scorer options it is evaluated with; the baseline uses the shipped models/tiny-lm/profile.json.
-// Writes bench/results/beyond-paper.json.
-import * as fs from "fs";
-import * as path from "path";
+// Writes bench/results/beyond-paper.json (the package's, or in the folder LUKV_BENCH_OUT names).
+// `--help` lists the options; a refused command line stops before anything is calibrated (exit 2).
+import { benchOptions, intListOption, intOption, textOption, writeResults } from "../../bench/common";
+import { decimalText } from "../../ts/cli/io";
 import type { ScoreOptions } from "../../ts/compress";
 import { runEval, type EvalRow } from "../../ts/cli/eval";
 import { calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, modelTexts, type CalibrationOptions } from "../../ts/model";
@@ -32,14 +33,28 @@ const VARIANTS: Variant[] = [
 ];
 
 const args = process.argv.slice(2);
-const arg = (name: string, fallback: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const ratios = arg("ratios", "0.5,0.8,0.9").split(",").map(Number);
-const windows = Number(arg("windows", "3"));
-const picked = arg("variants", VARIANTS.map((_, i) => i).join(",")).split(",").map((i) => VARIANTS[Number(i)]);
-if (picked.some((v) => v === undefined)) throw new RangeError(`--variants takes indices below ${VARIANTS.length}`);
+const options = benchOptions({
+  script: "beyond-paper",
+  folder: "dist/examples/tiny-lm",
+  about: "Configurations beyond the LU-KV paper on the embedded model against LU-KV + SnapKV with the shipped profile: output error, perplexity, next-token agreement.",
+  options: {
+    ratios: textOption({ meta: "R,R,...", default: "0.5,0.8,0.9", help: "eviction ratios, each in [0, 1)" }),
+    windows: intOption({ default: 3, min: 1, help: "held-out windows per text, as many as fit up to N" }),
+    variants: intListOption({
+      default: VARIANTS.map((_, i) => i),
+      min: 0,
+      max: VARIANTS.length - 1,
+      help: `configurations by index (${VARIANTS.map((v, i) => `${i}: ${v.name}`).join("; ")}); the first is the baseline of the comparison`,
+    }),
+  },
+  check: (o) => {
+    const bad = o.ratios.split(",").find((r) => !(decimalText(r) >= 0 && decimalText(r) < 1));
+    return bad === undefined ? undefined : `--ratios must be a comma-separated list of numbers in [0, 1), got ${JSON.stringify(bad)} in ${JSON.stringify(o.ratios)}`;
+  },
+});
+const ratios = options.ratios.split(",").map(Number);
+const windows = options.windows;
+const picked = options.variants.map((i) => VARIANTS[i]);
 
 const t0 = performance.now();
 const dir = defaultModelDir();
@@ -81,6 +96,5 @@ for (const ratio of ratios)
   }
 console.log(lines.join("\n"));
 console.log(`${((performance.now() - t0) / 1000).toFixed(0)} s`);
-const out = path.join("bench", "results", "beyond-paper.json");
-fs.mkdirSync(path.dirname(out), { recursive: true });
-fs.writeFileSync(out, JSON.stringify({ command: ["node", "dist/examples/tiny-lm/beyond-paper.js", ...args].join(" "), rows }, null, 1) + "\n");
+const out = writeResults("beyond-paper", { command: ["node", "dist/examples/tiny-lm/beyond-paper.js", ...args].join(" "), rows });
+console.error(`wrote ${out}`);
