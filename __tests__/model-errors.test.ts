@@ -247,7 +247,8 @@ describe("sequences and directories that are not what the model takes", () => {
 describe("createCache options", () => {
   // KVCache's limits on maxTokens (2^40, and 2^31 - 1 pages), over the model's 4 layers x 2 KV heads.
   const most = 2 ** 40 / 8;
-  const mostIn16 = ((2 ** 31 - 1) * 16) / 8; // 4294967294, with pages of 16 tokens
+  // 4294967280 with pages of 16 tokens: whole pages per head, (2^31 - 1) / 8 of them (rounded down) x 16.
+  const mostIn16 = Math.floor((2 ** 31 - 1) / 8) * 16;
   test("contextTokens that is not a positive integer within KVCache's limits is refused, naming contextTokens", () => {
     for (const bad of [-1, 0, 0.1, 1.5, NaN, Infinity, mostIn16 + 1])
       throwsInvalid(() => model.createCache({ contextTokens: bad }), `Expected positive integer at most ${mostIn16} for contextTokens but received ${bad} of type number`);
@@ -266,11 +267,28 @@ describe("createCache options", () => {
     throwsInvalid(() => model.createCache(null as never), "Expected an options object for options but received null");
   });
 
-  test("valid options make the cache they always made", () => {
-    const cases: [Parameters<TinyLM["createCache"]>[0], number][] = [[{}, 8 * 4096], [{ contextTokens: 16 }, 128], [{ maxTokens: 64 }, 64], [{ contextTokens: 3, layers: 4, kvHeads: 2, queryHeads: 8, headDim: 32 }, 24]];
+  test("valid options make the cache they describe: contextTokens per head in whole pages", () => {
+    const cases: [Parameters<TinyLM["createCache"]>[0], number][] = [
+      [{}, 8 * 4096],
+      [{ contextTokens: 16 }, 128],
+      [{ maxTokens: 64 }, 64],
+      // Rounded up to whole pages of each of the 8 (layer, KV head) pairs (it was 8 x 3 = 24 tokens: 2 pages for 8 heads).
+      [{ contextTokens: 3, layers: 4, kvHeads: 2, queryHeads: 8, headDim: 32 }, 8 * 16],
+      [{ contextTokens: 17 }, 8 * 32],
+      [{ contextTokens: 100, pageSize: 64 }, 8 * 128],
+    ];
     for (const [options, maxTokens] of cases) {
       using cache = model.createCache(options);
       expect([options, cache.config.maxTokens, cache.config.dtype, cache.config.threads]).toEqual([options, maxTokens, "f32", 1]);
+    }
+  });
+
+  test("a prompt of contextTokens tokens fits whatever the page size (17 or 100 tokens ran out of pages with pages of 16)", () => {
+    for (const [contextTokens, pageSize] of [[17, 16], [100, 16], [1, 16], [100, 64], [31, 7]]) {
+      using cache = model.createCache({ contextTokens, pageSize });
+      using seq = cache.createSequence();
+      model.forward(seq, Array.from({ length: contextTokens }, (_, i) => (i * 7) % 4096));
+      expect([contextTokens, pageSize, [0, 1, 2, 3].map((l) => seq.appended(l))]).toEqual([contextTokens, pageSize, [0, 1, 2, 3].map(() => contextTokens)]);
     }
   });
 });

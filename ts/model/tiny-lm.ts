@@ -235,7 +235,8 @@ export class TinyLM {
 
   /**
    * A KV cache shaped for this model. Defaults: dtype "f32"; maxTokens for `contextTokens`
-   * (default 4096) tokens in every head of every layer; threads 1, because with 2 KV heads a
+   * (default 4096) tokens in every head of every layer (each head's share rounded up to whole
+   * pages); threads 1, because with 2 KV heads a
    * decode step's attention is too small to pay for waking other threads. Other options as KVCache's.
    * @throws InvalidArgumentError naming the option: an unknown name (the names accepted are
    * KVCache's and contextTokens), a contextTokens that is not a positive integer or whose pool
@@ -256,9 +257,14 @@ export class TinyLM {
     if (contextTokens !== undefined || maxTokens === undefined) {
       if (contextTokens !== undefined && maxTokens !== undefined)
         throw new InvalidArgumentError(`Expected contextTokens or maxTokens in options but received both (contextTokens ${contextTokens}, maxTokens ${maxTokens})`);
-      // KVCache's limit on maxTokens, in tokens of each (layer, KV head).
-      const most = Math.floor(mostTokens(isPositiveInteger(rest.pageSize) ? rest.pageSize : 16) / (layers * kvHeads));
-      maxTokens = layers * kvHeads * positiveInteger("contextTokens", contextTokens === undefined ? 4096 : contextTokens, most);
+      // Every head holds whole pages: contextTokens rounded up to a multiple of pageSize, per head.
+      // (maxTokens of exactly layers x kvHeads x contextTokens left a head short of a page whenever
+      // contextTokens was not a multiple of pageSize: a prompt of contextTokens ran out of pages.)
+      const pageSize = isPositiveInteger(rest.pageSize) ? rest.pageSize : 16;
+      // KVCache's limit on maxTokens, in whole pages of each (layer, KV head).
+      const most = Math.floor(mostTokens(pageSize) / (layers * kvHeads) / pageSize) * pageSize;
+      const context = positiveInteger("contextTokens", contextTokens === undefined ? 4096 : contextTokens, most);
+      maxTokens = layers * kvHeads * Math.ceil(context / pageSize) * pageSize;
     }
     return new KVCache({
       dtype: "f32",
