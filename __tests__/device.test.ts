@@ -9,6 +9,7 @@ import { KVCache, Sequence, DType, backends, createProfile, CompressOptions, Que
 import { rng, testSeed, randn } from "./helpers/random";
 import { referenceAttention, relativeError } from "./helpers/reference";
 import { headsOf, lastPositions } from "./helpers/cache";
+import { native } from "../ts/native";
 
 const binary = process.env.LUKV_DEVICE_BINARY ?? "emu";
 const emuFile = path.resolve(__dirname, "..", "build-emu", "Release", "lukv.node");
@@ -678,6 +679,145 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         expect(Array.from(b.keys(0, 1))).toEqual(Array.from(cpuSeqs[i].keys(0, 1)));
       });
       expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  // The emulated device fails on request (the emulated build's emulatedFailure): a GPU's failed allocation or launch.
+  const emulated = binary === "emu" ? test : test.skip;
+  function failing<T>(what: string, fn: () => T): T {
+    const addon = native();
+    if (!addon.emulatedFailure) throw new Error("the loaded binary is not the emulated build");
+    addon.emulatedFailure(what);
+    try {
+      return fn();
+    } finally {
+      addon.emulatedFailure("");
+    }
+  }
+  /** Everything a failed call must leave as it was: counts, positions and stored rows of every head. */
+  function stateOf(seq: Sequence): unknown {
+    const { layers, kvHeads } = seq.cache.config;
+    const heads = [];
+    for (let l = 0; l < layers; l++)
+      for (let h = 0; h < kvHeads; h++) heads.push([Array.from(seq.positions(l, h)), Array.from(seq.keys(l, h)), Array.from(seq.values(l, h))]);
+    return { lengths: Array.from(seq.lengths()), appended: Array.from({ length: layers }, (_, l) => seq.appended(l)), heads };
+  }
+
+  emulated("a device failure in append or appendBatch appends nothing: counts, pages and rows as before, the shared page of a fork kept", () => {
+    const r = rng(seed ^ 0xfa);
+    const pair = new Pair({ layers: 2, kvHeads: 2, queryHeads: 4, headDim: 16, dtype: "f16", maxTokens: 2 * 2 * 16 * 40 });
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      for (const l of [0, 1]) appendBoth(a, b, l, 50, r); // a partly filled last page, shared after the fork
+      const fa = a.fork(), fb = b.fork();
+      const other = pair.cuda.createSequence();
+      const states = () => [stateOf(b), stateOf(fb), stateOf(other), pair.cuda.usage()];
+      const before = states();
+      const rows = (n: number) => [randn(r, n * 2 * 16), randn(r, n * 2 * 16)] as const;
+      // The fork's append copies the shared last page first (copyPages), then writes its rows (append);
+      // 400 rows grow the device's staging buffers (alloc).
+      for (const [op, n] of [["copyPages", 3], ["append", 3], ["alloc", 400]] as const) {
+        const [k, v] = rows(n);
+        let err: unknown;
+        failing(op, () => {
+          try {
+            fb.append(0, k, v);
+          } catch (e) {
+            err = e;
+          }
+        });
+        expect([op, (err as Error)?.message]).toEqual([op, expect.stringContaining(`the emulated device failed ${op} (${op})`)]);
+        expect([op, states()]).toEqual([op, before]);
+      }
+      // A batch of a fork, its parent and a new sequence: all or nothing.
+      const items = () => [fb, b, other].map((seq) => {
+        const [keys, values] = rows(5);
+        return { sequence: seq, keys, values };
+      });
+      for (const op of ["copyPages", "append"]) {
+        expect(() => failing(op, () => pair.cuda.appendBatch(1, items()))).toThrow(`the emulated device failed ${op}`);
+        expect([op, states()]).toEqual([op, before]);
+      }
+      // The same appends then succeed, on both devices alike: nothing of the failed ones is left.
+      other.dispose();
+      appendBoth(fa, fb, 0, 3, r);
+      appendBoth(a, b, 0, 2, r);
+      expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
+      attendBoth(fa, fb, 0, 1, r, "fork after failed appends");
+      attendBoth(a, b, 0, 1, r, "parent after the fork's failed appends");
+      fb.dispose();
+      b.dispose();
+      expect(pair.cuda.usage().pagesUsed).toBe(0);
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  emulated("a device failure in compress: nothing changes in one round; in rounds, the pages of the failed round go back and the error names the heads done", () => {
+    const cache = new KVCache({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 16, maxTokens: 16384, dtype: "f16", device: "cuda", threads: 1 });
+    try {
+      const x = Float32Array.from({ length: 6000 * 2 * 8 }, (_, i) => Math.sin(i * 0.37));
+      const opts: CompressOptions = { ratio: 0.5, scorer: "knorm", sink: 4, window: 8 };
+      const run = (seq: Sequence, what: string) => {
+        let err: unknown;
+        failing(what, () => {
+          try {
+            seq.compress(opts);
+          } catch (e) {
+            err = e;
+          }
+        });
+        return err as Error | undefined;
+      };
+      // One round (the pool holds both heads' kept rows beside the old ones): nothing changes.
+      const one = cache.createSequence();
+      one.append(0, x.subarray(0, 100 * 16), x.subarray(0, 100 * 16));
+      const before = [stateOf(one), cache.usage()];
+      expect(run(one, "compact")?.message).toContain("the emulated device failed compact");
+      expect([stateOf(one), cache.usage()]).toEqual(before);
+      one.dispose();
+      // 6000 tokens in each of two heads fill 750 of the 1024 pages: the kept rows of one head at a time.
+      const seq = cache.createSequence();
+      seq.append(0, x, x);
+      const first = [stateOf(seq), cache.usage()];
+      expect(run(seq, "compact")?.message).toContain("the emulated device failed compact");
+      expect([stateOf(seq), cache.usage()]).toEqual(first);
+      // The second round fails: the first head stays compressed, the second as it was, no page lost.
+      const err = run(seq, "compact:2");
+      expect(err?.message).toBe(
+        "compress failed after compacting 1 of the 2 heads it evicts from, in rounds (the pool could not hold them all at once): " +
+          "those heads keep their compressed tokens, the others are unchanged: the emulated device failed compact (compact:2)",
+      );
+      expect(Array.from(seq.lengths())).toEqual([3000, 6000]);
+      expect(cache.usage().pagesUsed).toBe(Math.ceil(3000 / 16) + Math.ceil(6000 / 16));
+      // The sequence stays usable, and disposing it gives every page back.
+      expect(seq.compress(opts).total).toBe(4500); // half of the 9,000 it holds now
+      seq.dispose();
+      expect(cache.usage().pagesUsed).toBe(0);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  test("autoCompress and onPressure refuse a SnapKV or TOVA pooling kernel wider than the device's 129 when given (every due compression failed, and with it every append)", () => {
+    const pair = new Pair({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 8, dtype: "f32" });
+    try {
+      const message = (scorer: string) =>
+        `Expected an odd number between 1 and 129 for ${scorer}'s pooling on device "cuda" (the CPU takes up to 1025) for kernel but received 131 of type number`;
+      for (const scorer of ["snapkv", "tova"] as const) {
+        const seq = pair.cuda.createSequence();
+        expect(() => seq.autoCompress({ maxTokens: 16, every: 1, scorer, window: 1, kernel: 131, pooling: "max" })).toThrow(message(scorer));
+        expect(() => pair.cuda.onPressure({ evict: "largest", scorer, window: 1, kernel: 131, pooling: "max" })).toThrow(message(scorer));
+        // Within the device's limit, without pooling, another scorer's pooling (pooled on the host), or on the CPU: taken.
+        seq.autoCompress({ maxTokens: 16, every: 1, scorer, window: 1, kernel: 129, pooling: "max" });
+        seq.autoCompress({ maxTokens: 16, every: 1, scorer, window: 1, kernel: 131, pooling: "none" });
+        pair.cuda.onPressure({ evict: "largest", scorer, window: 1, kernel: 129, pooling: "max" });
+        pair.cpu.createSequence().autoCompress({ maxTokens: 16, every: 1, scorer, window: 1, kernel: 131, pooling: "max" });
+        pair.cpu.onPressure({ evict: "largest", scorer, window: 1, kernel: 131, pooling: "max" });
+      }
+      pair.cuda.createSequence().autoCompress({ maxTokens: 16, every: 1, scorer: "knorm", kernel: 131, pooling: "max" });
     } finally {
       pair.dispose();
     }

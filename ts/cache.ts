@@ -374,7 +374,7 @@ export class KVCache {
     const evict = oneOf("evict", options.evict, ["largest", "oldest"] as const);
     if (options.listener !== undefined && typeof options.listener !== "function") throw invalid("listener", "a function", options.listener);
     const n = nativeCompressOptions(compressOptions, this.config, () => new Int32Array(this.config.layers * this.config.kvHeads));
-    checkObservationWindow(n, this.config);
+    refuseFailingEveryTime(n, this.config);
     this.#pressure = { options: compressOptions, evict, listener: options.listener };
   }
 
@@ -880,7 +880,7 @@ export class Sequence {
     const onCompress = options.onCompress;
     compressOptions.budget = maxTokens;
     const n = nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
-    checkObservationWindow(n, this.#cache.config); // it would fail every time it is due
+    refuseFailingEveryTime(n, this.#cache.config); // it would fail every time it is due
     if (n.scorer === "h2o" && !viaAddon(() => this.#cache.handle.accumulating(this.id)))
       throw invalid("scorer", '"h2o" only while accumulateAttention() is on (it scores by the mass accumulated; turn it on first)', "h2o");
     this.#auto = { options: compressOptions, every, window: n.window, onCompress };
@@ -1338,6 +1338,18 @@ export class Sequence {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+// The widest pooling kernel the CUDA backend's SnapKV and TOVA scoring takes (native/cuda/scores.h).
+const CUDA_MOST_POOL_KERNEL = 129;
+
+// Options for compressions made later (autoCompress, onPressure) that this cache could never run:
+// refused when they are given, not each time a compression is due.
+function refuseFailingEveryTime(n: NativeCompressOptions, config: { layers: number; observationWindow: number; device: string }): void {
+  checkObservationWindow(n, config);
+  // The CUDA backend pools SnapKV's and TOVA's scores on the device, with a narrower kernel than the CPU.
+  if (config.device === "cuda" && (n.scorer === "snapkv" || n.scorer === "tova") && n.pooling !== "none" && n.kernel > CUDA_MOST_POOL_KERNEL)
+    throw invalid("kernel", `an odd number between 1 and ${CUDA_MOST_POOL_KERNEL} for ${n.scorer}'s pooling on device "cuda" (the CPU takes up to 1025)`, n.kernel);
 }
 
 // SnapKV scores with the last `window` query rows each layer remembers (TOVA with the last one):

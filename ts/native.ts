@@ -125,6 +125,8 @@ export interface NativeAddon {
   NativeCache: new (options: NativeCacheOptions) => NativeCache;
   cpuInfo(): NativeCpuInfo;
   cudaInfo(): NativeCudaInfo;
+  /** Only in the emulated test build: makes the emulated device fail ("op" or "op:n"; "" stops; native/addon/addon.cpp). */
+  emulatedFailure?(what: string): void;
   /**
    * Writes [first index with !(|x| < limit) or -1, largest |x| before it] into `result` (a
    * Float64Array of 2), of a Float32Array (kind 0), or of raw f16 (1) or bf16 (2) words in a

@@ -21,6 +21,14 @@
 #endif
 
 namespace lukv {
+#ifdef LUKV_CUDA_EMULATE
+// The emulated build's test hook (native/tests/emu/emu_addon_backend.cpp): "op" or "op:n", op one of
+// alloc, copyPages, append, attend, scores, compact, makes the n-th call of that operation (default
+// the first) and every later one throw as a GPU's would (alloc: out of device memory; the others an
+// Internal error, as a failed launch); "" stops it.
+void setEmulatedFailure(const std::string& what);
+#endif
+
 namespace {
 
 Napi::Error toJs(Napi::Env env, const char* code, const std::string& message) {
@@ -1044,6 +1052,14 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+#ifdef LUKV_CUDA_EMULATE
+Napi::Value EmulatedFailure(const Napi::CallbackInfo& info) {
+  if (info.Length() != 1 || !info[0].IsString()) throw Napi::TypeError::New(info.Env(), "emulatedFailure(what: string)");
+  setEmulatedFailure(info[0].As<Napi::String>().Utf8Value());
+  return info.Env().Undefined();
+}
+#endif
+
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -1239,6 +1255,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("lukvBudgets", Napi::Function::New(env, LukvBudgets));
   exports.Set("keptTotal", Napi::Function::New(env, KeptTotal));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+#ifdef LUKV_CUDA_EMULATE
+  exports.Set("emulatedFailure", Napi::Function::New(env, EmulatedFailure));
+#endif
   exports.Set("accumulateQueryStatistics", Napi::Function::New(env, AccumulateQueryStatistics));
   return exports;
 }

@@ -162,11 +162,19 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
     keys.resize((size_t)totalTokens * rowBytes);
     values.resize((size_t)totalTokens * rowBytes);
   }
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].tokens == 0) continue;
-    AppendPlan plan = table_->append(*seqs[i], layer, items[i].tokens, limits_, &pending);
-    merged.copies.insert(merged.copies.end(), plan.copies.begin(), plan.copies.end());
-    merged.dest.insert(merged.dest.end(), plan.dest.begin(), plan.dest.end());
+  std::vector<AppendPlan> plans(items.size());
+  std::vector<std::pair<Sequence*, const AppendPlan*>> appends;
+  try {
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].tokens == 0) continue;
+      plans[i] = table_->append(*seqs[i], layer, items[i].tokens, limits_, &pending);
+      appends.push_back({seqs[i], &plans[i]});
+      merged.copies.insert(merged.copies.end(), plans[i].copies.begin(), plans[i].copies.end());
+      merged.dest.insert(merged.dest.end(), plans[i].dest.begin(), plans[i].dest.end());
+    }
+  } catch (...) {  // checked above, so not expected: still all or nothing
+    for (size_t i = appends.size(); i-- > 0;) table_->undoAppend(*appends[i].first, layer, *appends[i].second);
+    throw;
   }
   table.unlock();
   size_t at = 0;
@@ -176,10 +184,8 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
     std::memcpy(values.data() + at, items[i].values, bytes);
     at += bytes;
   }
-  // Same order on every backend: the private copies land before the rows written into them.
-  copyThenRelease(merged.copies);
-  backend_->writeRows(merged, (int)totalTokens, H, single ? items[0].keys : keys.data(),
-                      single ? items[0].values : values.data(), kind);
+  writeAppended(appends, layer, merged, (int)totalTokens, single ? items[0].keys : keys.data(),
+                single ? items[0].values : values.data(), kind);
 }
 
 }  // namespace lukv

@@ -90,9 +90,25 @@ void Cache::append(int32_t seqId, int layer, int tokens, const void* keys, const
     auto table = lockTable();
     plan = table_->append(seq, layer, tokens, limits_);
   }
-  // Same order on every backend: the private copies land before the rows written into them.
-  copyThenRelease(plan.copies);
-  backend_->writeRows(plan, tokens, cfg_.kvHeads, keys, values, kind);
+  writeAppended({{&seq, &plan}}, layer, plan, tokens, keys, values, kind);
+}
+
+void Cache::writeAppended(const std::vector<std::pair<Sequence*, const AppendPlan*>>& appends, int layer,
+                          const AppendPlan& merged, int tokens, const void* keys, const void* values, InputKind kind) {
+  // Same order on every backend: the private copies land before the rows written into them. The
+  // copies' sources stay taken until the rows are written: a backend that fails (a device
+  // allocation or launch) gets the table back as it was, each head with its shared page again.
+  try {
+    if (!merged.copies.empty()) backend_->copyPages(merged.copies);
+    backend_->writeRows(merged, tokens, cfg_.kvHeads, keys, values, kind);
+  } catch (...) {
+    auto table = lockTable();
+    for (size_t i = appends.size(); i-- > 0;) table_->undoAppend(*appends[i].first, layer, *appends[i].second);
+    throw;
+  }
+  if (merged.copies.empty()) return;
+  auto table = lockTable();
+  table_->releaseCopies(merged.copies);
 }
 
 // Runs page copies, then drops the references to their sources (also when the copy fails), so that

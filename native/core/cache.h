@@ -165,6 +165,11 @@ class Cache {
   std::unique_lock<std::mutex> lockTable() const { return std::unique_lock<std::mutex>(tableMu_); }
   // Page copies (source, destination pairs) run, then their sources released; the pages freed.
   int64_t copyThenRelease(const std::vector<int32_t>& copies);
+  // The backend's part of appends already planned in the table (`merged`: their copies and rows,
+  // in order): copies, rows, then the copies' sources released. When the backend throws, every
+  // append is undone (in reverse order) before the error goes on: nothing was appended.
+  void writeAppended(const std::vector<std::pair<Sequence*, const AppendPlan*>>& appends, int layer,
+                     const AppendPlan& merged, int tokens, const void* keys, const void* values, InputKind kind);
   void checkLive() const;
   // New sequences get their lock (table locked).
   int32_t registerSequence(int32_t seq);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <new>
 #include <numeric>
 #include <queue>
 
@@ -235,10 +236,37 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   CompactionPlan plan;
   tableStep([&] { plan = table_->planCompaction(seq, kept, backend_->compactsInPlace(), copies); });
   freed += copyThenRelease(copies);
+  // A backend that fails (a device allocation or launch) gets the round's fresh pages back. Rounds
+  // committed before it cannot be undone (their old pages went back to the pool for the next
+  // rounds), so the error says which heads kept their compressed rows.
+  size_t compacted = 0, moving = 0;
+  for (const auto& round : plan.rounds) moving += round.size();
   for (auto& round : plan.rounds) {
     tableStep([&] { table_->takePages(round); });
-    backend_->compact(round);
+    try {
+      backend_->compact(round);
+    } catch (...) {
+      tableStep([&] { table_->releaseTaken(round); });
+      if (compacted == 0) throw;
+      ErrorCode code = ErrorCode::Internal;
+      std::string why;
+      try {
+        throw;
+      } catch (const Error& e) {
+        code = e.code(), why = e.what();
+      } catch (const std::bad_alloc&) {
+        code = ErrorCode::OutOfPages, why = "out of host memory";
+      } catch (const std::exception& e) {
+        why = e.what();
+      } catch (...) {
+        why = "unknown error";
+      }
+      throw Error(code, "compress failed after compacting " + str((int64_t)compacted) + " of the " + str((int64_t)moving) +
+                            " heads it evicts from, in rounds (the pool could not hold them all at once): those heads keep " +
+                            "their compressed tokens, the others are unchanged: " + why);
+    }
     tableStep([&] { table_->commitRound(seq, round); });
+    compacted += round.size();
   }
 
   rep.kept.resize(NH);

@@ -147,14 +147,17 @@ AppendPlan appendToHeads(HeadState* heads, int H, int tokens, int32_t pos0, int 
                                            str(pages.freePages()) + " of " + str(pages.numPages()) + limits +
                                            "; nothing was appended");
   plan.dest.resize((size_t)tokens * H * 2);
+  plan.before.resize(H);
   for (int h = 0; h < H; ++h) {
     HeadState& hs = heads[h];
     const int64_t len = hs.length();
+    plan.before[h] = {(int32_t)len, (int32_t)hs.pages.size(), -1};
     if (len % P != 0 && copiesLastPage(pages, hs.pages.back(), pending)) {
       std::vector<int32_t> fresh;
       pages.allocate(1, fresh);
       plan.copies.push_back(hs.pages.back());
       plan.copies.push_back(fresh[0]);
+      plan.before[h].replaced = hs.pages.back();
       hs.pages.back() = fresh[0];  // the reference to the old page is released after the copy
     }
     pages.allocate(pagesFor(len + tokens, P) - (int64_t)hs.pages.size(), hs.pages);
@@ -172,6 +175,20 @@ void releaseCopySources(PageAllocator& pages, const std::vector<int32_t>& copies
   for (size_t i = 0; i + 1 < copies.size(); i += 2) pages.release(copies[i]);
 }
 
+void undoAppendToHeads(HeadState* heads, int H, const AppendPlan& plan, PageAllocator& pages) {
+  for (int h = 0; h < (int)plan.before.size() && h < H; ++h) {
+    HeadState& hs = heads[h];
+    const AppendPlan::Before& b = plan.before[h];
+    if (b.replaced >= 0) {
+      pages.release(hs.pages[(size_t)b.pages - 1]);  // the private copy
+      hs.pages[(size_t)b.pages - 1] = b.replaced;    // whose source reference was kept
+    }
+    for (size_t p = (size_t)b.pages; p < hs.pages.size(); ++p) pages.release(hs.pages[p]);
+    hs.pages.resize((size_t)b.pages);
+    hs.positions.resize((size_t)b.length);
+  }
+}
+
 AppendPlan PageTable::append(Sequence& seq, int layer, int tokens, const std::string& limits, std::map<int32_t, int>* pending) {
   const int H = kvHeads_;
   if (tokens <= 0) return AppendPlan();
@@ -182,6 +199,17 @@ AppendPlan PageTable::append(Sequence& seq, int layer, int tokens, const std::st
     for (int h = 0; h < H; ++h) seq.mass[(size_t)layer * H + h].resize(seq.heads[(size_t)layer * H + h].length(), 0.f);
   seq.appended[layer] += tokens;
   return plan;
+}
+
+void PageTable::undoAppend(Sequence& seq, int layer, const AppendPlan& plan) {
+  const int H = kvHeads_;
+  if (plan.before.empty()) return;  // an append of no tokens
+  HeadState* heads = seq.heads.data() + (size_t)layer * H;
+  const int32_t tokens = heads[0].length() - plan.before[0].length;
+  undoAppendToHeads(heads, H, plan, *pages_);
+  if (seq.accumulate)
+    for (int h = 0; h < H; ++h) seq.mass[(size_t)layer * H + h].resize(heads[h].length(), 0.f);
+  seq.appended[layer] -= tokens;
 }
 
 CompactionPlan PageTable::planCompaction(Sequence& seq, const std::vector<std::vector<int32_t>>& kept, bool inPlace,
@@ -266,14 +294,17 @@ void PageTable::takePages(std::vector<CompactHead>& round) {
     if (c.inPlace) continue;
     c.to.clear();
     if (!pages_->allocate(pagesFor((int64_t)c.kept->size(), pageSize_), c.to)) {
-      // Give back what this round took before failing (planned rounds never get here).
-      for (CompactHead& t : round) {
-        if (t.inPlace) continue;
-        for (int32_t p : t.to) pages_->release(p);
-        t.to.clear();
-      }
+      releaseTaken(round);  // planned rounds never get here
       throw Error(ErrorCode::Internal, "compaction ran out of the pages it had planned");
     }
+  }
+}
+
+void PageTable::releaseTaken(std::vector<CompactHead>& round) {
+  for (CompactHead& c : round) {
+    if (c.inPlace) continue;
+    for (int32_t p : c.to) pages_->release(p);
+    c.to.clear();
   }
 }
 

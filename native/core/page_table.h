@@ -68,6 +68,14 @@ struct Sequence {
 struct AppendPlan {
   std::vector<int32_t> copies;  // (source page, destination page) pairs
   std::vector<int32_t> dest;    // [tokens * kvHeads, 2]
+  // Each head as it was before, for undoAppend: its length, its page count and, when the plan
+  // replaced its partly filled last page by a private copy, the page replaced (else -1).
+  struct Before {
+    int32_t length;
+    int32_t pages;
+    int32_t replaced;
+  };
+  std::vector<Before> before;  // [kvHeads]
 };
 
 // One head's compaction: the kept rows (ascending indices into the old token order) are written in
@@ -108,6 +116,11 @@ AppendPlan appendToHeads(HeadState* heads, int kvHeads, int tokens, int32_t pos0
 // Drops the references to the sources of page copies (the even entries of source, destination
 // pairs) once the copies ran.
 void releaseCopySources(PageAllocator& pages, const std::vector<int32_t>& copies);
+// Undoes appendToHeads when the backend could not copy or write the rows (a device allocation or
+// launch that failed): each head gets back its length, its pages and the shared last page the plan
+// had replaced by a copy (whose reference was kept: call this instead of releaseCopySources); the
+// pages the plan took go back to the pool.
+void undoAppendToHeads(HeadState* heads, int kvHeads, const AppendPlan& plan, PageAllocator& pages);
 
 // Fresh-page compaction of any set of heads in one round, all or nothing (the CUDA kernels' own
 // tests and benchmark): heads whose kept list is empty or keeps every token are left alone; the
@@ -145,6 +158,9 @@ class PageTable {
   AppendPlan append(Sequence& seq, int layer, int tokens, const std::string& limits, std::map<int32_t, int>* pending = nullptr);
   // Drops the references to the sources of copies once they ran (appendToHeads, planCompaction).
   void releaseCopies(const std::vector<int32_t>& copies) { releaseCopySources(*pages_, copies); }
+  // Undoes append(seq, layer, ...) that returned `plan` (see undoAppendToHeads), the appended count
+  // and the H2O mass included. Appends of one batch are undone in the reverse of their order.
+  void undoAppend(Sequence& seq, int layer, const AppendPlan& plan);
 
   // Plans keeping kept[i] (ascending token indices; empty = keep all) of every head i of `seq`.
   // In place (inPlace): a head writes into its own first ceil(keep / pageSize) pages, shared ones
@@ -162,6 +178,8 @@ class PageTable {
   int32_t restore(Sequence state, const std::string& limits);
   // Fresh compaction: takes the destination pages of a round (the plan checked they are free).
   void takePages(std::vector<CompactHead>& round);
+  // Gives back the destination pages takePages took for a round that did not run (the backend failed).
+  void releaseTaken(std::vector<CompactHead>& round);
   // After a round ran: the heads' pages, positions and mass become the kept ones and the pages no
   // longer used are released.
   void commitRound(Sequence& seq, const std::vector<CompactHead>& round);

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <new>
+#include <string>
 
 #include "../../cuda/attention.cuh"
 #include "../../cuda/backend.h"
@@ -22,9 +23,30 @@ std::mutex& emulatorLock() {
   return mu;
 }
 
+// The failure asked for by setEmulatedFailure, and the calls of its operation counted since.
+struct Failure {
+  std::mutex mu;
+  std::string what;
+  long calls = 0;
+};
+Failure& failure() {
+  static Failure f;
+  return f;
+}
+
+void failIfAsked(const char* op, ErrorCode code) {
+  Failure& f = failure();
+  std::lock_guard<std::mutex> lock(f.mu);
+  const size_t colon = f.what.find(':');
+  if (f.what.empty() || f.what.substr(0, colon) != op) return;
+  const long nth = colon == std::string::npos ? 1 : std::strtol(f.what.c_str() + colon + 1, nullptr, 10);
+  if (++f.calls >= nth) throw Error(code, std::string("the emulated device failed ") + op + " (" + f.what + ")");
+}
+
 struct EmuDevice {
   static const char* name() { return "cuda-emulator"; }
   void* alloc(size_t bytes) {
+    failIfAsked("alloc", ErrorCode::OutOfPages);
     // Unused bytes are NaN as floats, as on the GPU tests: a read of one shows in the results.
     void* p = std::malloc(bytes ? bytes : 16);
     if (!p) throw Error(ErrorCode::OutOfPages, "the emulated device could not allocate " + std::to_string(bytes) + " bytes");
@@ -42,12 +64,15 @@ struct EmuDevice {
     return true;
   }
   void append(const cuda::AppendBatch& b) {
+    failIfAsked("append", ErrorCode::Internal);
     run([&](test::EmuRuntime& rt) { cuda::runAppend(rt, b); });
   }
   void copyPages(const cuda::PoolView& pool, const std::vector<int32_t>& pairs) {
+    failIfAsked("copyPages", ErrorCode::Internal);
     run([&](test::EmuRuntime& rt) { cuda::runCopyPages(rt, pool, pairs); });
   }
   void attend(const cuda::AttendBatch& b) {
+    failIfAsked("attend", ErrorCode::Internal);
     // Small chunks, so that the split-K reduce runs on the small problems of the tests.
     cuda::AttendOptions o;
     o.minChunk = 64;
@@ -57,9 +82,11 @@ struct EmuDevice {
     });
   }
   void scores(const cuda::ScoreBatch& b) {
+    failIfAsked("scores", ErrorCode::Internal);
     run([&](test::EmuRuntime& rt) { cuda::runScores(rt, b); });
   }
   void compact(const cuda::PoolView& pool, const std::vector<cuda::CompactHeadInput>& heads) {
+    failIfAsked("compact", ErrorCode::Internal);
     run([&](test::EmuRuntime& rt) { cuda::runCompact(rt, pool, heads); });
   }
 
@@ -73,6 +100,13 @@ struct EmuDevice {
 };
 
 }  // namespace
+
+void setEmulatedFailure(const std::string& what) {
+  Failure& f = failure();
+  std::lock_guard<std::mutex> lock(f.mu);
+  f.what = what;
+  f.calls = 0;
+}
 
 bool cudaBackendUsable(std::string* why) {
   if (why) why->clear();
