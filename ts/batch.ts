@@ -386,9 +386,12 @@ function checkAppendBatch(cache: KVCache, layer: unknown, given: unknown, idOf: 
 
 // The append itself, through the cache's pressure policy (on out-of-pages it may compress other
 // sequences and retry; the batch goes in whole or not at all).
-function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array, parts: AppendPart[], recheck?: () => void): void {
+function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array, parts: AppendPart[], callbacks: number, recheck?: () => void): void {
   cache.withPressure(seqs[0], () => {
     recheck?.();
+    // Rows that user code (an onCompress, a pressure listener) could have changed since they were checked.
+    if (cache.callbacksStarted !== callbacks)
+      parts.forEach((p, i) => (p.checked = seqs[i].recheckAppend(p.keys, p.values, itemName(i).prefix, p.checked)));
     try {
       cache.handle.appendBatch(l, ids, parts.map((p) => p.keys), parts.map((p) => p.values));
     } catch (e) {
@@ -427,8 +430,9 @@ export function appendBatch(cache: KVCache, layer: number, items: readonly Appen
   // An onCompress or a pressure listener may start an async call on a sequence of the batch: busy
   // checks before each compression and each attempt of the append.
   const recheck = () => seqs.forEach((s, i) => ofItem(i, () => s.id));
+  const callbacks = cache.callbacksStarted;
   compressDue(seqs, ids, recheck);
-  runAppend(cache, l, seqs, ids, parts, recheck);
+  runAppend(cache, l, seqs, ids, parts, callbacks, recheck);
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
 }
 
@@ -451,8 +455,9 @@ export function appendBatchAsync(cache: KVCache, layer: number, items: readonly 
     try {
       for (const q of queued) q.unqueue();
       const ids = Int32Array.from(seqs, (s) => s.nativeId());
+      const callbacks = cache.callbacksStarted;
       compressDue(seqs, ids);
-      runAppend(cache, l, seqs, ids, own);
+      runAppend(cache, l, seqs, ids, own, callbacks);
       own.forEach((p, i) => seqs[i].appended_(l, p.checked));
     } finally {
       for (const q of queued) q.release();

@@ -353,6 +353,12 @@ export class KVCache {
 
   #pressure: { options: CompressOptions; evict: "largest" | "oldest"; listener?: (event: PressureEvent) => void } | undefined;
   readonly #pressureStats: PressureStats = { events: 0, tokensEvicted: 0, pagesFreed: 0 };
+  /**
+   * @internal User callbacks (onCompress, pressure listeners) started so far: an append whose rows
+   * were checked before one ran checks them again before they are written (the callback may have
+   * detached, resized or rewritten them).
+   */
+  callbacksStarted = 0;
 
   /**
    * What an append that finds too few free pages does: "throw" (the default: OutOfPagesError, and
@@ -422,7 +428,10 @@ export class KVCache {
         this.#pressureStats.events++;
         this.#pressureStats.tokensEvicted += report.before - report.total;
         this.#pressureStats.pagesFreed += report.pagesFreed;
-        policy.listener?.({ sequence: seq, requestedBy, reason: policy.evict, report });
+        if (policy.listener) {
+          this.callbacksStarted++;
+          policy.listener({ sequence: seq, requestedBy, reason: policy.evict, report });
+        }
         if (report.pagesFreed === 0) continue;
         try {
           attempt();
@@ -711,11 +720,14 @@ export class Sequence {
   append(layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void {
     const id = this.id;
     const l = this.#layer(layer);
-    const checked = this.checkAppend(keys, values, "");
+    let checked = this.checkAppend(keys, values, "");
+    const callbacks = this.#cache.callbacksStarted;
     this.autoCompressDue(id, () => void this.id);
     this.#cache.withPressure(this, () => {
-      // An onCompress or a pressure listener (before a retry) may have started an async call here.
+      // An onCompress or a pressure listener (before a retry) may have started an async call here,
+      // or changed the rows.
       void this.id;
+      if (this.#cache.callbacksStarted !== callbacks) checked = this.recheckAppend(keys, values, "", checked);
       try {
         this.#cache.handle.append(id, l, keys, values);
       } catch (e) {
@@ -723,6 +735,25 @@ export class Sequence {
       }
     });
     this.appended_(l, checked);
+  }
+
+  /**
+   * @internal checkAppend again after user code ran (an onCompress, a pressure listener): the rows
+   * must still hold the tokens they held when the append was called, and pass the checks as they are now.
+   */
+  recheckAppend(
+    keys: Float32Array | Uint16Array,
+    values: Float32Array | Uint16Array,
+    prefix: string,
+    before: { tokens: number },
+  ): { keyMax: number; valueMax: number; tokens: number } {
+    const row = this.#cache.config.kvHeads * this.#cache.config.headDim;
+    for (const [name, rows] of [["keys", keys], ["values", values]] as const)
+      if (rows.length !== before.tokens * row)
+        throw new InvalidArgumentError(
+          `Expected ${prefix}${name} to hold the ${before.tokens} tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written ${rows.length === 0 ? "detached" : "resized"} it (${rows.length / row} tokens now); nothing was appended`,
+        );
+    return this.checkAppend(keys, values, prefix);
   }
 
   /**
@@ -932,7 +963,10 @@ export class Sequence {
     const outer = this.#callbackBase;
     if (this.#inCallback++ === 0) this.#callbackBase = this.#turnBase;
     try {
-      auto.onCompress?.(report!);
+      if (auto.onCompress) {
+        this.#cache.callbacksStarted++;
+        auto.onCompress(report!);
+      }
     } finally {
       if (--this.#inCallback === 0) this.#callbackBase = outer;
     }
@@ -1151,10 +1185,13 @@ export class Sequence {
     const { layers, queryHeads, headDim } = this.#cache.config;
     if (options === null || typeof options !== "object") throw invalid("options", "an options object", options);
     knownOptions("options", options, ORACLE_OPTION_NAMES);
-    const wo = options.outputProjection;
-    if (wo !== undefined) {
-      if (!Array.isArray(wo) || wo.length !== layers)
-        throw invalid("outputProjection", `an array of ${layers} Float32Array (one W_O per layer)`, wo);
+    const given = options.outputProjection;
+    let wo: Float32Array[] | undefined;
+    if (given !== undefined) {
+      if (!Array.isArray(given) || given.length !== layers)
+        throw invalid("outputProjection", `an array of ${layers} Float32Array (one W_O per layer)`, given);
+      // Each element read once: the addon gets the arrays that were checked (a getter could return another).
+      wo = Array.from(given as unknown[]) as Float32Array[];
       const row = queryHeads * headDim;
       wo.forEach((w, l) => {
         if (!isFloat32Array(w) || w.length === 0 || w.length % row !== 0)

@@ -190,16 +190,19 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
     throw invalid("seed", "integer between 0 and 4294967295", seed);
   const scale = o.scale == null ? 1 / Math.sqrt(shape.headDim) : checkScale(o.scale);
   let observation: (Float32Array | undefined)[] | undefined;
-  if (o.observationQueries != null) {
-    if (!Array.isArray(o.observationQueries) || o.observationQueries.length !== shape.layers)
-      throw invalid("observationQueries", `an array of ${shape.layers} Float32Array (one per layer, or undefined)`, o.observationQueries);
+  const given = o.observationQueries;
+  if (given != null) {
+    if (!Array.isArray(given) || given.length !== shape.layers)
+      throw invalid("observationQueries", `an array of ${shape.layers} Float32Array (one per layer, or undefined)`, given);
+    // Each element read once: the addon gets the arrays that were checked (a getter could return another).
+    const queries: unknown[] = Array.from(given);
     const row = shape.queryHeads * shape.headDim;
-    o.observationQueries.forEach((q, l) => {
+    queries.forEach((q, l) => {
       if (q === undefined) return;
       if (!isFloat32Array(q) || q.length === 0 || q.length % row !== 0)
         throw invalid(`observationQueries[${l}]`, `a non-empty Float32Array whose length is a multiple of ${row} ([rows, queryHeads, headDim])`, q);
     });
-    observation = o.observationQueries;
+    observation = queries as (Float32Array | undefined)[];
   }
   const sink = nonNegativeInteger("sink", o.sink ?? 4, 2 ** 31 - 1);
   if (scorer !== "expected-attention" && o.expectedAttention != null)
@@ -270,18 +273,19 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
         `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${profile.layers} x ${profile.kvHeads}`,
       );
   }
-  if (o.budgets != null) {
-    if (!isInt32Array(o.budgets) || o.budgets.length !== heads)
-      throw invalid("budgets", `Int32Array of length ${heads} (layers * kvHeads)`, o.budgets);
+  const budgets = o.budgets; // read once: the addon gets the array that was checked
+  if (budgets != null) {
+    if (!isInt32Array(budgets) || budgets.length !== heads)
+      throw invalid("budgets", `Int32Array of length ${heads} (layers * kvHeads)`, budgets);
     const len = lengths?.();
     for (let i = 0; i < heads; i++) {
       const head = `budgets[${i}] (layer ${Math.floor(i / shape.kvHeads)}, head ${i % shape.kvHeads})`;
-      if (len && (o.budgets[i] < 0 || o.budgets[i] > len[i]))
-        throw new InvalidArgumentError(`Expected ${head} between 0 and the head's length ${len[i]} but received ${o.budgets[i]}`);
-      if (o.budgets[i] < 0) throw new InvalidArgumentError(`Expected ${head} of at least 0 but received ${o.budgets[i]}`);
+      if (len && (budgets[i] < 0 || budgets[i] > len[i]))
+        throw new InvalidArgumentError(`Expected ${head} between 0 and the head's length ${len[i]} but received ${budgets[i]}`);
+      if (budgets[i] < 0) throw new InvalidArgumentError(`Expected ${head} of at least 0 but received ${budgets[i]}`);
     }
     n.allocation = "explicit";
-    n.budgets = o.budgets;
+    n.budgets = budgets;
     return n;
   }
   n.ratio = ratio;
@@ -303,11 +307,12 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
  * Call it after nativeCompressOptions() accepted `o`.
  */
 export function snapshotCompressOptions(o: CompressOptions): CompressOptions {
+  // Every option read once, from the spread copy (a getter could return something else each time).
   const c: CompressOptions = { ...o };
-  if (isInt32Array(o.budgets)) c.budgets = o.budgets.slice();
-  if (Array.isArray(o.observationQueries)) c.observationQueries = o.observationQueries.map((q) => q?.slice());
-  if (o.profile != null) c.profile = { ...o.profile, table: o.profile.table.slice() };
-  const ea = o.expectedAttention;
+  if (isInt32Array(c.budgets)) c.budgets = c.budgets.slice();
+  if (Array.isArray(c.observationQueries)) c.observationQueries = c.observationQueries.map((q) => q?.slice());
+  if (c.profile != null) c.profile = { ...c.profile, table: c.profile.table.slice() };
+  const ea = c.expectedAttention;
   if (ea != null) {
     const rope = ea.rope as { theta?: number; inverseFrequencies?: Float32Array | number[] };
     const frequencies = rope.inverseFrequencies;

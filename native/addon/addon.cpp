@@ -79,6 +79,16 @@ bool typedView(napi_env env, napi_value v, TypedView& t) {
   return true;
 }
 
+// An optional typed-array option: false when absent (not a typed array), `out` when it is one of
+// `type`. Another typed array throws: its elements are not the width the caller reads.
+bool optionalTyped(Napi::Env env, Napi::Value v, napi_typedarray_type type, const char* what, TypedView& out) {
+  if (!v.IsTypedArray()) return false;
+  if (!typedView(env, v, out) || out.type != type)
+    throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT",
+               std::string("Expected a ") + (type == napi_int32_array ? "Int32Array" : "Float32Array") + " for " + what);
+  return true;
+}
+
 TypedView typedArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsTypedArray())
     throw toJs(info.Env(), "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected a typed array for ") + name);
@@ -670,10 +680,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       Napi::Array arr = obs.As<Napi::Array>();
       s.observation.resize(cfg.layers);
       for (uint32_t l = 0; l < arr.Length() && l < (uint32_t)cfg.layers; ++l) {
-        Napi::Value v = arr.Get(l);
-        if (!v.IsTypedArray()) continue;
-        auto f = v.As<Napi::Float32Array>();
-        s.observation[l].assign(f.Data(), f.Data() + f.ElementLength());
+        TypedView f;
+        if (!optionalTyped(env, arr.Get(l), napi_float32_array, "observationQueries", f)) continue;
+        const float* rows = static_cast<const float*>(f.data);
+        s.observation[l].assign(rows, rows + f.length);
       }
     }
     c.allocation = named(env, o, "allocation", kAllocations, Allocation::Uniform);
@@ -689,10 +699,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       auto fa = pr.As<Napi::Float64Array>();
       c.pruneRatios.assign(fa.Data(), fa.Data() + fa.ElementLength());
     }
-    Napi::Value b = o.Get("budgets");
-    if (b.IsTypedArray()) {
-      auto ia = b.As<Napi::Int32Array>();
-      c.budgets.assign(ia.Data(), ia.Data() + ia.ElementLength());
+    TypedView b;
+    if (optionalTyped(env, o.Get("budgets"), napi_int32_array, "budgets", b)) {
+      const int32_t* budgets = static_cast<const int32_t*>(b.data);
+      c.budgets.assign(budgets, budgets + b.length);
     }
     return c;
   }
@@ -780,10 +790,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       Napi::Array arr = info[1].As<Napi::Array>();
       wo.resize(c.config().layers);
       for (uint32_t l = 0; l < arr.Length() && l < (uint32_t)c.config().layers; ++l) {
-        Napi::Value v = arr.Get(l);
-        if (!v.IsTypedArray()) continue;
-        auto f = v.As<Napi::Float32Array>();
-        wo[l].assign(f.Data(), f.Data() + f.ElementLength());
+        TypedView f;
+        if (!optionalTyped(env, arr.Get(l), napi_float32_array, "outputProjection", f)) continue;
+        const float* w = static_cast<const float*>(f.data);
+        wo[l].assign(w, w + f.length);
       }
     }
     bool normalize = info.Length() > 2 && info[2].ToBoolean().Value();
