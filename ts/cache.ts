@@ -87,7 +87,8 @@ export interface KVCacheOptions {
    * values or queries, and for a Float32Array value an f16/bf16 cache would store as infinity
    * (|x| >= 65520 for f16; nothing is clamped); attend and the attention and key-norm scorers also
    * refuse magnitudes whose float32 scores could overflow (headDim × max|q| × max|k| × max(1, |scale|)
-   * above 2^120, max|q| × |scale| above the largest float32, or tokens × max|v| above 2^112). false
+   * above 2^120, max|q| × |scale| above the largest float32), and attend, whose outputs sum the
+   * values, tokens × max|v| above 2^112. false
    * skips these scans (one pass over each input) when the caller guarantees finite, moderate inputs;
    * bad inputs then give unspecified results.
    */
