@@ -56,6 +56,8 @@ test("--help lists the options and exits 0; an unknown option or a bad value exi
       ["server", ["8080"], 'server.js: unexpected argument "8080"; options start with --'],
       ["load-test", ["--client", "2"], "load-test.js: unknown option --client; the options are --clients, --requests, --tokens, --prompt-tokens, --pool-tokens, --keep-tokens, --help"],
       ["load-test", ["--tokens", "300"], 'load-test.js: --tokens must be an integer from 1 to 256, got "300"'],
+      // Past 2^31 - 1 the server's autoCompress would refuse it: every request of the eviction pass failed (exit 1).
+      ["load-test", ["--clients", "1", "--requests", "1", "--tokens", "2", "--prompt-tokens", "16", "--keep-tokens", "3000000000"], 'load-test.js: --keep-tokens must be an integer from 1 to 2147483647, got "3000000000"'],
     ];
     const helps: [string, string[], string[]][] = [
       ["server", ["--help"], ["--port N", "--max-body-bytes N", "--no-evict"]],

@@ -7,6 +7,7 @@ import * as http from "http";
 import * as net from "net";
 import * as path from "path";
 import { defaultModelDir } from "../ts/model";
+import type { Sequence } from "../ts";
 import { createGenerationServer, GenerationServer, preTokenStarts } from "../examples/server/server";
 import { preSplit } from "../ts/model";
 
@@ -65,6 +66,48 @@ function rawHead(port: number, text: string | Buffer): Promise<{ head: string; s
     });
     socket.write(text);
   }));
+}
+
+/** Reads one response to its end. */
+function answer(req: http.ClientRequest): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    req.on("response", (res: http.IncomingMessage) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (c: string) => (body += c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body, lines: body.split("\n").filter((l) => l).map((l) => JSON.parse(l)) }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+  });
+}
+
+/**
+ * POSTs each body to /generate holding back its last byte until the server has every request's
+ * head, then sends those bytes at once: the server reads them in one turn, so the streams start
+ * together and share every decode step (the test runs on the server's thread, which cannot read
+ * between two of these writes).
+ */
+async function together(s: GenerationServer, port: number, bodies: unknown[]): Promise<Answer[]> {
+  let heads = 0;
+  let all!: () => void;
+  const headsIn = new Promise<void>((resolve) => (all = resolve));
+  const onRequest = () => void (++heads === bodies.length && all());
+  s.server.on("request", onRequest);
+  const sent = bodies.map((b) => {
+    const bytes = Buffer.from(JSON.stringify(b));
+    const req = http.request({ host: "127.0.0.1", port, path: "/generate", method: "POST", agent: false, headers: { "content-length": bytes.length } });
+    const answered = answer(req);
+    req.write(bytes.subarray(0, bytes.length - 1));
+    return { req, last: bytes.subarray(bytes.length - 1), answered };
+  });
+  try {
+    await within(10_000, "the requests' heads", headsIn);
+  } finally {
+    s.server.off("request", onRequest);
+  }
+  for (const { req, last } of sent) req.end(last);
+  return within(20_000, "the streams", Promise.all(sent.map((x) => x.answered)));
 }
 
 const UNICODE_PROMPT = "Ünïcödé wörds: naïve, façade, résumé, über, señor, Zürich, São Paulo, Malmö,";
@@ -366,6 +409,64 @@ maybe("the example server's close()", () => {
     expect(readingGot).toContain('{"error":"the server is shutting down"}');
     await s.close(); // a second close() is the first one's
     await new Promise((r) => setTimeout(r, 50)); // an error after close() would surface here
+  });
+});
+
+maybe("the example server short of pages, and its counts", () => {
+  // A pool of 2 pages per (layer, KV head). "The river" (3 tokens after BOS) fills one page at its
+  // 16th position and needs a second at its 17th, in the decode step where the empty prompt's stream
+  // is at its 14th and needs no page; no page is free and neither sequence is long enough to
+  // compress (the sink and window, 20 tokens). Only the stream that gets no page may fail: the
+  // other goes on, with eviction on as with it off (a batch whose appendBatch failed ended both).
+  test("a decode batch short of pages fails only the stream that gets no page, with eviction on or off", async () => {
+    for (const evict of [false, true]) {
+      const s = createGenerationServer({ evict, poolTokens: 32 });
+      const port = await s.listen(0);
+      try {
+        const [a, b] = await together(s, port, [
+          { prompt: "The river", tokens: 30, temperature: 0 },
+          { prompt: "", tokens: 30, temperature: 0 },
+        ]);
+        expect([evict, a.status, a.lines.at(-1)]).toEqual([evict, 200, { error: expect.stringMatching(/^OutOfPagesError: /) }]);
+        expect([evict, a.lines.filter((l) => "token" in l).length]).toEqual([evict, 13]); // its 13th token, fed back as its 17th position, found no page
+        expect([evict, b.status, b.lines.at(-1)]).toEqual([evict, 200, expect.objectContaining({ done: true, tokens: 30 })]);
+        expect([evict, s.stats()]).toEqual([evict, expect.objectContaining({ requests: 2, failed: 1, active: 0, pagesUsed: 0 })]);
+      } finally {
+        await s.close();
+      }
+    }
+  });
+
+  test("/stats counts the automatic compressions of the streams in flight, not only of those that ended", async () => {
+    const s = createGenerationServer({ keepTokens: 8 });
+    const port = await s.listen(0);
+    try {
+      const seqs: Sequence[] = [];
+      const create = s.cache.createSequence.bind(s.cache);
+      s.cache.createSequence = ((...args: Parameters<typeof create>) => {
+        const seq = create(...args);
+        seqs.push(seq);
+        return seq;
+      }) as typeof s.cache.createSequence;
+      const req = http.request({ host: "127.0.0.1", port, path: "/generate", method: "POST", agent: false });
+      req.on("error", () => {});
+      req.end(JSON.stringify({ prompt: "The river", tokens: 256, temperature: 0 }));
+      // 256 tokens compressed back to 8 every 32: the first compression comes long before the stream ends.
+      await within(10_000, "the stream's first automatic compression", (async () => {
+        while ((seqs[0]?.autoCompressions ?? 0) === 0) await new Promise((r) => setTimeout(r, 2));
+      })());
+      const during = s.stats();
+      expect(during.active).toBe(1);
+      expect(during.autoCompressions).toBe(seqs[0].autoCompressions);
+      const stats = (await request(port, "GET", "/stats")).lines[0];
+      expect(stats.active).toBe(1);
+      expect(stats.autoCompressions).toBeGreaterThanOrEqual(during.autoCompressions);
+      req.destroy();
+      while (s.stats().active > 0) await new Promise((r) => setTimeout(r, 2));
+      expect(s.stats().autoCompressions).toBeGreaterThanOrEqual(stats.autoCompressions as number);
+    } finally {
+      await s.close();
+    }
   });
 });
 

@@ -2,9 +2,9 @@
 // streams decode together, and with eviction the peak KV memory is lower than without.
 import * as fs from "fs";
 import * as path from "path";
-import { defaultModelDir } from "../ts/model";
-import { runLoad, loadPrompts, post } from "../examples/server/load-test";
-import { createGenerationServer, MIN_POOL_TOKENS } from "../examples/server/server";
+import { TinyLM, defaultModelDir } from "../ts/model";
+import { runLoad, loadPrompts, percentile, post } from "../examples/server/load-test";
+import { createGenerationServer, MAX_KEEP_TOKENS, MIN_POOL_TOKENS } from "../examples/server/server";
 
 const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"));
 
@@ -99,8 +99,10 @@ const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"
 }, 120_000);
 
 test("keepTokens and poolTokens that would fail every request are refused when the server is made, naming them", () => {
-  for (const keepTokens of [-5, 0, 1.5, NaN, Infinity])
-    expect(() => createGenerationServer({ keepTokens })).toThrow(new RangeError(`keepTokens must be an integer >= 1 but is ${keepTokens}`));
+  // Past 2^31 - 1 seq.autoCompress refuses maxTokens: every request would get a 503.
+  for (const keepTokens of [-5, 0, 1.5, NaN, Infinity, 2 ** 31, 3_000_000_000, Number.MAX_SAFE_INTEGER])
+    expect(() => createGenerationServer({ keepTokens })).toThrow(new RangeError(`keepTokens must be an integer from 1 to 2147483647 but is ${keepTokens}`));
+  expect(MAX_KEEP_TOKENS).toBe(2 ** 31 - 1);
   for (const poolTokens of [-1, 0, 1, 15, 16.5, NaN])
     expect(() => createGenerationServer({ poolTokens })).toThrow(
       new RangeError(`poolTokens must be an integer >= ${MIN_POOL_TOKENS} (a page for each layer and KV head: a smaller pool holds no sequence) but is ${poolTokens}`),
@@ -112,6 +114,15 @@ test("keepTokens and poolTokens that would fail every request are refused when t
   expect(() => createGenerationServer({ poolTokens: 2 ** 40 })).toThrow(expect.objectContaining({ name: "RangeError", message: expect.stringMatching(/^poolTokens 1099511627776 is too large for a cache of this model: /) }));
   const s = createGenerationServer({ evict: false, keepTokens: 0, poolTokens: MIN_POOL_TOKENS });
   await s.close();
+  // The largest keepTokens is served.
+  const most = createGenerationServer({ keepTokens: MAX_KEEP_TOKENS });
+  try {
+    const lines: Record<string, unknown>[] = [];
+    expect(await post(await most.listen(0), { prompt: "The river", tokens: 4 }, (l) => lines.push(l))).toBe(200);
+    expect(lines.at(-1)).toEqual(expect.objectContaining({ done: true, tokens: 4 }));
+  } finally {
+    await most.close();
+  }
 });
 
 (haveModel ? test : test.skip)("a keepTokens below the sink and window, and the smallest pool, still serve requests", async () => {
@@ -175,3 +186,42 @@ test("keepTokens and poolTokens that would fail every request are refused when t
   expect(one.p50FirstTokenMs).toBeGreaterThan(0);
   expect([one.p50MsPerToken, one.p99MsPerToken]).toEqual([NaN, NaN]);
 }, 60_000);
+
+(haveModel ? test : test.skip)("runLoad's clients time each line as it reaches them: a decode step after a token line shows in the gap after it", async () => {
+  // Each decode step (a lone forward of one token) holds the server's thread STEP_MS longer, after
+  // the line of the token it feeds back was written. A client on that thread read the line only
+  // after the step, together with the next one (a gap of ~0 ms, the step counted in the first token).
+  const STEP_MS = 150;
+  const forward = TinyLM.prototype.forward;
+  const spy = jest.spyOn(TinyLM.prototype, "forward").mockImplementation(function (this: TinyLM, seq, tokens, options) {
+    if (options === undefined && tokens.length === 1) for (const until = performance.now() + STEP_MS; performance.now() < until; );
+    return forward.call(this, seq, tokens, options);
+  });
+  try {
+    const r = await runLoad(false, { clients: 1, requests: 2, tokens: 2, promptTokens: 16, poolTokens: 4096, keepTokens: 64 }, loadPrompts(16));
+    expect([r.failed, r.tokens, r.server.decodeSteps]).toEqual([0, 4, 2]);
+    // The second line cannot come before the step is done (a margin for the clients' thread being scheduled late).
+    expect(r.p50MsPerToken).toBeGreaterThan(STEP_MS / 2);
+    expect(r.p99MsPerToken).toBeGreaterThan(STEP_MS / 2);
+  } finally {
+    spy.mockRestore();
+  }
+}, 60_000);
+
+(haveModel ? test : test.skip)("runLoad: the tokens of failed requests are counted apart, not in tokens or tokens/s", async () => {
+  // A pool of one page per head: BOS and a prompt of about 4 tokens, then a token fed back finds no page.
+  const r = await runLoad(false, { clients: 1, requests: 2, tokens: 40, promptTokens: 4, poolTokens: MIN_POOL_TOKENS, keepTokens: 64 }, loadPrompts(4));
+  expect(r.failed).toBe(2);
+  expect(r.firstError).toMatch(/^200 OutOfPagesError: /);
+  expect(r.failedTokens).toBeGreaterThan(0);
+  expect([r.tokens, r.tokensPerSecond]).toEqual([0, 0]);
+}, 60_000);
+
+test("percentile is the nearest rank: the smallest value with at least p% of the values at or below it", () => {
+  const hundred = Array.from({ length: 100 }, (_, i) => 100 - i); // 100 .. 1, unsorted
+  expect([percentile(hundred, 99), percentile(hundred, 100), percentile(hundred, 50), percentile(hundred, 1)]).toEqual([99, 100, 50, 1]);
+  const twoHundred = Array.from({ length: 200 }, (_, i) => i + 1);
+  expect(percentile(twoHundred, 99)).toBe(198);
+  expect([percentile([3, 1, 2], 99), percentile([3, 1, 2], 50), percentile([7], 99), percentile([4, 9], 50)]).toEqual([3, 2, 7, 4]);
+  expect(percentile([], 99)).toBeNaN();
+});

@@ -1,7 +1,9 @@
 // A bounded load test of the example server on loopback: `clients` concurrent clients send
 // `requests` generation requests in all (each client one after another), with and without
 // eviction, and the table reports throughput, latency per token (p50, p99), peak KV memory and
-// how many streams a decode step served on average.
+// how many streams a decode step served on average. The clients run in a worker thread, with an
+// event loop of their own: they time each line as it reaches them, as clients in another process
+// would, not when the server's thread is next free.
 //
 //   npx tsc -p tsconfig.build.json
 //   node dist/examples/server/load-test.js [--clients 8] [--requests 32] [--tokens 32] [--prompt-tokens 384] [--pool-tokens 4096] [--keep-tokens 96]
@@ -9,7 +11,8 @@
 //
 // Writes bench/results/server.json (or under LUKV_BENCH_OUT).
 import * as http from "http";
-import { MIN_POOL_TOKENS, createGenerationServer, exampleOptions, ServerStats } from "./server";
+import { Worker } from "worker_threads";
+import { MAX_KEEP_TOKENS, MIN_POOL_TOKENS, createGenerationServer, exampleOptions, ServerStats } from "./server";
 import { defaultModelDir, loadTinyLM, modelTexts } from "../../ts/model";
 import { BenchCommand, OptionSpec, intOption, median, printTable, machine, writeResults } from "../../bench/common";
 
@@ -28,12 +31,15 @@ export interface LoadResult {
   evict: boolean;
   requests: number;
   failed: number;
+  /** Tokens of the requests that succeeded: tokensPerSecond counts these alone. */
   tokens: number;
+  /** Tokens streamed by requests that then failed (an error line or a status other than 200). */
+  failedTokens: number;
   seconds: number;
   tokensPerSecond: number;
-  /** Time to the first token (prompt prefill and waiting for other requests included). */
+  /** Time to the first token (prompt prefill and waiting for other requests included), as the clients saw it. */
   p50FirstTokenMs: number;
-  /** Gaps between the following tokens of a request. */
+  /** Gaps between the following tokens of a request (of every token line, failed requests' too), as the clients saw them. */
   p50MsPerToken: number;
   p99MsPerToken: number;
   peakKvBytes: number;
@@ -66,50 +72,96 @@ export function post(port: number, body: unknown, onLine: (line: Record<string, 
   });
 }
 
-function percentile(xs: number[], p: number): number {
+/** The nearest-rank percentile: the smallest value with at least p% of the values at or below it (NaN for none). */
+export function percentile(xs: number[], p: number): number {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p * s.length) / 100) - 1))];
 }
 
-/** Runs one load test against a fresh server (eviction on or off) and returns what it measured. */
-export async function runLoad(evict: boolean, o: LoadOptions, prompts: string[]): Promise<LoadResult> {
-  const s = createGenerationServer({ evict, poolTokens: o.poolTokens, keepTokens: o.keepTokens });
-  const port = await s.listen(0);
-  const gaps: number[] = [], firsts: number[] = [];
-  let next = 0, tokens = 0, failed = 0;
-  let firstError: string | undefined;
+interface ClientsData {
+  port: number;
+  clients: number;
+  requests: number;
+  tokens: number;
+  prompts: string[];
+}
+
+interface Measured {
+  seconds: number;
+  firsts: number[];
+  gaps: number[];
+  tokens: number;
+  failedTokens: number;
+  failed: number;
+  firstError?: string;
+}
+
+// The clients, run in a worker thread (plain JavaScript, so that it runs from dist/ and under ts-jest
+// alike): a client on the server's own thread would read a line only once the server's synchronous
+// work after writing it (the next decode step, another prefill turn) is done.
+const CLIENTS = `
+"use strict";
+const http = require("http");
+const { parentPort, workerData } = require("worker_threads");
+const { port, clients, requests, tokens, prompts } = workerData;
+// post() above, as compiled (it uses only http).
+const post = (body, onLine) => (${post.toString()})(port, body, onLine);
+(async () => {
+  const gaps = [], firsts = [];
+  let next = 0, okTokens = 0, failedTokens = 0, failed = 0, firstError;
   const t0 = performance.now();
-  const client = async (c: number) => {
-    for (let i = next++; i < o.requests; i = next++) {
-      let last = performance.now();
-      let first = true;
-      let error: string | undefined;
-      const status = await post(port, { prompt: prompts[(c + i) % prompts.length], tokens: o.tokens, temperature: 0.8, seed: i }, (line) => {
+  const client = async (c) => {
+    for (let i = next++; i < requests; i = next++) {
+      let last = performance.now(), first = true, streamed = 0, error;
+      const status = await post({ prompt: prompts[(c + i) % prompts.length], tokens, temperature: 0.8, seed: i }, (line) => {
         if (typeof line.token === "number") {
           const now = performance.now();
           (first ? firsts : gaps).push(now - last);
           first = false;
           last = now;
-          tokens++;
+          streamed++;
         }
         if (line.error) error = String(line.error);
       });
       if (status !== 200 || error !== undefined) {
         failed++;
-        firstError ??= `${status}${error === undefined ? "" : ` ${error}`}`;
-      }
+        failedTokens += streamed;
+        firstError ??= status + (error === undefined ? "" : " " + error);
+      } else okTokens += streamed;
     }
   };
-  await Promise.all(Array.from({ length: o.clients }, (_, c) => client(c)));
+  await Promise.all(Array.from({ length: clients }, (_, c) => client(c)));
   const seconds = (performance.now() - t0) / 1000;
-  const server = s.stats();
-  await s.close();
-  return {
-    evict, requests: o.requests, failed, tokens, seconds, tokensPerSecond: tokens / seconds,
-    p50FirstTokenMs: firsts.length > 0 ? median(firsts) : NaN, p50MsPerToken: gaps.length > 0 ? median(gaps) : NaN, p99MsPerToken: percentile(gaps, 99), peakKvBytes: server.peakBytes, server,
-    ...(firstError === undefined ? {} : { firstError }),
-  };
+  parentPort.postMessage({ seconds, firsts, gaps, tokens: okTokens, failedTokens, failed, ...(firstError === undefined ? {} : { firstError }) });
+})();
+`;
+
+/** Runs the clients in a worker thread until they are done; resolves with what they measured. */
+function runClients(data: ClientsData): Promise<Measured> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(CLIENTS, { eval: true, workerData: data });
+    worker.once("message", resolve);
+    worker.once("error", reject);
+    worker.once("exit", (code) => reject(new Error(`the load test's clients stopped (exit code ${code}) before reporting`)));
+  });
+}
+
+/** Runs one load test against a fresh server (eviction on or off) and returns what it measured. */
+export async function runLoad(evict: boolean, o: LoadOptions, prompts: string[]): Promise<LoadResult> {
+  const s = createGenerationServer({ evict, poolTokens: o.poolTokens, keepTokens: o.keepTokens });
+  try {
+    const port = await s.listen(0);
+    const m = await runClients({ port, clients: o.clients, requests: o.requests, tokens: o.tokens, prompts });
+    const server = s.stats();
+    return {
+      evict, requests: o.requests, failed: m.failed, tokens: m.tokens, failedTokens: m.failedTokens, seconds: m.seconds, tokensPerSecond: m.tokens / m.seconds,
+      p50FirstTokenMs: m.firsts.length > 0 ? median(m.firsts) : NaN, p50MsPerToken: m.gaps.length > 0 ? median(m.gaps) : NaN, p99MsPerToken: percentile(m.gaps, 99), peakKvBytes: server.peakBytes, server,
+      ...(m.firstError === undefined ? {} : { firstError: m.firstError }),
+    };
+  } finally {
+    await s.close();
+  }
 }
 
 /**
@@ -160,7 +212,7 @@ const LOAD_COMMAND = {
     tokens: intOption({ default: 32, min: 1, max: 256, help: "tokens each request asks for" }),
     "prompt-tokens": intOption({ default: 384, min: 1, help: "tokens of each prompt" }),
     "pool-tokens": intOption({ default: 4096, min: MIN_POOL_TOKENS, help: "pool capacity in tokens of one (layer, KV head); at least one whole request (checked)" }),
-    "keep-tokens": intOption({ default: 96, min: 1, help: "tokens per head each sequence is compressed back to, with eviction" }),
+    "keep-tokens": intOption({ default: 96, min: 1, max: MAX_KEEP_TOKENS, help: "tokens per head each sequence is compressed back to, with eviction" }),
   },
 } satisfies BenchCommand<Record<string, OptionSpec>>;
 
@@ -202,7 +254,10 @@ async function main(): Promise<void> {
   );
   if (o.tokens === 1) console.log("\nms/token and decode batch: – (a reply of one token has no gap between two tokens, and no decode step)");
   for (const r of results)
-    if (r.failed > 0) console.error(`eviction ${r.evict ? "on" : "off"}: ${r.failed} of ${r.requests} requests failed; the first: ${r.firstError}`);
+    if (r.failed > 0)
+      console.error(
+        `eviction ${r.evict ? "on" : "off"}: ${r.failed} of ${r.requests} requests failed, after streaming ${r.failedTokens} tokens (not in tokens or tokens/s); the first: ${r.firstError}`,
+      );
   // A run in which no request succeeded measured nothing: no results are written.
   if (results.some((r) => r.failed === r.requests)) {
     console.error("load-test.js: every request of a run failed; no results written");

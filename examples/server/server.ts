@@ -17,7 +17,7 @@
 // stream early. A field of another type, null, not finite or out of range gets 400 naming it; a body
 // over maxBodyBytes (default 1 MiB) 413 as soon as its length shows it (nothing of it kept); another
 // method on /generate or /stats 405 with Allow. GET /stats reports the cache (pages, bytes, peak bytes, pressure events,
-// automatic compressions). close() (SIGINT or SIGTERM on the command line) stops accepting, ends
+// automatic compressions, those of the streams in flight too). close() (SIGINT or SIGTERM on the command line) stops accepting, ends
 // the streams in flight with {"error": "the server is shutting down"} (503 for requests not yet
 // streaming), releases their sequences and then disposes the cache.
 import * as http from "http";
@@ -32,8 +32,8 @@ export interface ServerOptions {
   /** Evict: autoCompress every sequence and compress under pool pressure. Default: true. */
   evict?: boolean;
   /**
-   * Tokens per (layer, KV head) a sequence is compressed back to (with evict): an integer >= 1 (a
-   * compression keeps at least the sink and window, 20 tokens). Default: 128.
+   * Tokens per (layer, KV head) a sequence is compressed back to (with evict): an integer from 1 to
+   * MAX_KEEP_TOKENS (a compression keeps at least the sink and window, 20 tokens). Default: 128.
    */
   keepTokens?: number;
   /**
@@ -54,6 +54,9 @@ export const DEFAULT_MAX_BODY_BYTES = 1 << 20;
 
 /** The error of requests cut short by close(): the last line of a stream, or a 503's body. */
 export const SHUTTING_DOWN = "the server is shutting down";
+
+/** The largest ServerOptions.keepTokens: 2^31 - 1, the most seq.autoCompress takes as maxTokens. */
+export const MAX_KEEP_TOKENS = 2 ** 31 - 1;
 
 /** Tokens of a cache page (the cache's default pageSize): the smallest ServerOptions.poolTokens. */
 export const MIN_POOL_TOKENS = 16;
@@ -148,16 +151,18 @@ function pathOf(url = "/"): string {
 
 /**
  * A server on the model of `options.modelDir`, not yet listening.
- * @throws RangeError naming the option, before the model is loaded, when maxBodyBytes or
- * keepTokens (with eviction on) is not an integer >= 1 or poolTokens not an integer >=
- * MIN_POOL_TOKENS; after it is loaded, when poolTokens passes the cache's limits.
+ * @throws RangeError naming the option, before the model is loaded, when maxBodyBytes is not an
+ * integer >= 1, keepTokens (with eviction on) not an integer from 1 to MAX_KEEP_TOKENS or
+ * poolTokens not an integer >= MIN_POOL_TOKENS; after it is loaded, when poolTokens passes the
+ * cache's limits.
  */
 export function createGenerationServer(options: ServerOptions = {}): GenerationServer {
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   if (!Number.isSafeInteger(maxBody) || maxBody < 1) throw new RangeError(`maxBodyBytes must be an integer >= 1 but is ${maxBody}`);
   // Checked here: a value the cache refuses would otherwise fail every request with a 503.
   const keepTokens = options.keepTokens ?? 128;
-  if ((options.evict ?? true) && (!Number.isSafeInteger(keepTokens) || keepTokens < 1)) throw new RangeError(`keepTokens must be an integer >= 1 but is ${keepTokens}`);
+  if ((options.evict ?? true) && (!Number.isSafeInteger(keepTokens) || keepTokens < 1 || keepTokens > MAX_KEEP_TOKENS))
+    throw new RangeError(`keepTokens must be an integer from 1 to ${MAX_KEEP_TOKENS} but is ${keepTokens}`);
   const poolTokens = options.poolTokens ?? 4096;
   if (!Number.isSafeInteger(poolTokens) || poolTokens < MIN_POOL_TOKENS)
     throw new RangeError(`poolTokens must be an integer >= ${MIN_POOL_TOKENS} (a page for each layer and KV head: a smaller pool holds no sequence) but is ${poolTokens}`);
@@ -183,8 +188,14 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   const stats: ServerStats = { requests: 0, active: 0, tokens: 0, failed: 0, pagesUsed: 0, pagesTotal: 0, bytesUsed: 0, peakBytes: 0, pressureEvents: 0, autoCompressions: 0, decodeSteps: 0, decodeRows: 0 };
   if (evict) cache.onPressure({ evict: "largest", ratio: 0.5, ...compression, listener: (_e: PressureEvent) => stats.pressureEvents++ });
   let disposed = false;
+  // Automatic compressions: those of the sequences disposed, plus those the live ones made so far.
+  let compressionsDone = 0;
+  const live = new Set<Sequence>();
   const note = () => {
     if (disposed) return; // after close(): the last figures stay
+    let compressions = compressionsDone;
+    for (const seq of live) compressions += seq.autoCompressions;
+    stats.autoCompressions = compressions;
     const u = cache.usage();
     stats.pagesUsed = u.pagesUsed;
     stats.pagesTotal = u.pagesTotal;
@@ -192,10 +203,12 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
     stats.peakBytes = Math.max(stats.peakBytes, u.bytesUsed);
   };
 
-  // The streams waiting for a decode step run together, once per turn of the event loop. Without
-  // eviction, a batch that might not find a page for every member's step (at most one new page per
-  // layer and KV head each) runs its members one at a time instead: running out of pages then
-  // fails one request, not all of the batch (a failed step leaves a sequence half-appended).
+  // The streams waiting for a decode step run together, once per turn of the event loop. A batch
+  // that might not find a free page for every member's step (at most one new page per layer and KV
+  // head each) runs its members one at a time instead, with eviction on too (each lone forward then
+  // goes through the pressure policy): running out of pages fails only the streams that get no page,
+  // not all of the batch (cache.appendBatch is all or nothing, and a failed forwardBatch may leave
+  // every member half-appended).
   type Waiting = { seq: Sequence; token: number; resolve: (logits: Float32Array) => void; reject: (e: unknown) => void };
   let waiting: Waiting[] = [];
   const pagesPerStep = model.config.layers * model.config.kvHeads;
@@ -211,7 +224,7 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   function runSteps(): void {
     const batch = waiting;
     waiting = [];
-    if (batch.length > 1 && (evict || roomFor(batch.length))) {
+    if (batch.length > 1 && roomFor(batch.length)) {
       stats.decodeSteps++;
       stats.decodeRows += batch.length;
       try {
@@ -335,6 +348,7 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
     res.on("close", () => (closed = true));
     try {
       seq = cache.createSequence();
+      live.add(seq);
       if (evict) seq.autoCompress({ maxTokens: keepTokens, every: 32, ...compression });
       const t0 = performance.now();
       let logits: Float32Array = new Float32Array(0);
@@ -379,7 +393,8 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
       else endWith(res, { error });
     } finally {
       if (seq) {
-        stats.autoCompressions += seq.autoCompressions;
+        compressionsDone += seq.autoCompressions;
+        live.delete(seq);
         seq.dispose();
       }
       stats.active--;
