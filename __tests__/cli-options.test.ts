@@ -257,3 +257,67 @@ test("numbers are read as written in decimal: hexadecimal, binary, exponents in 
   for (const keep of ["+3", "03"]) expect([keep, (await run(["solve", curves, "--keep", keep])).code]).toEqual([keep, 0]);
   for (const ratio of ["5e-1", ".5", "+0.5", "1.", "1"]) expect([ratio, (await run(["profile", "inspect", profile, "--ratio", ratio])).code]).toEqual([ratio, 0]);
 });
+
+test("an item listed twice in a list option is refused (the same setting ran twice and was printed twice)", async () => {
+  const cases: [string[], string][] = [
+    [["eval", "--model", dir, "--scorers", "snapkv,keydiff,snapkv"], "lukv eval: --scorers lists snapkv twice"],
+    [["eval", "--model", dir, "--allocations", "uniform, uniform"], "lukv eval: --allocations lists uniform twice"],
+    [["eval", "--model", dir, "--ratios", "0.5,0.5"], "lukv eval: --ratios lists 0.5 twice"],
+    [["eval", "--model", dir, "--ratios", "0.5,0.8,0.50"], "lukv eval: --ratios lists 0.5 twice"],
+    [["eval", "--task", "niah,niah"], "lukv eval: --task lists niah twice"],
+    [["eval", "--task", "niah", "--question", "after,after"], "lukv eval: --question lists after twice"],
+    [["eval", "--task", "niah", "--ratios", "0.9,.9"], "lukv eval: --ratios lists 0.9 twice"],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(argv);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+});
+
+test("--ea-epsilon and --ea-future-positions past the scorer's range are usage errors, before the model is loaded", async () => {
+  const missing = path.join(tmp, "no-such-model");
+  const cases: [string[], string][] = [
+    [["--ea-future-positions", "2000000"], "lukv eval: --ea-future-positions expects an integer between 1 and 1048576, got 2000000"],
+    [["--ea-future-positions", "1048577"], "lukv eval: --ea-future-positions expects an integer between 1 and 1048576, got 1048577"],
+    [["--ea-future-positions", "0"], "lukv eval: --ea-future-positions expects an integer between 1 and 1048576, got 0"],
+    [["--ea-epsilon", "1e39"], "lukv eval: --ea-epsilon expects a number between 0 and 3.4028234663852886e+38 (the float32 range), got 1e39"],
+    [["--ea-epsilon", "-0.5"], "lukv eval: --ea-epsilon expects a number between 0 and 3.4028234663852886e+38 (the float32 range), got -0.5"],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await run(["eval", "--task", "niah", "--model", missing, "--scorers", "expected-attention", ...argv]);
+    expect([argv, r.code, r.out, firstLine(r.err)]).toEqual([argv, 2, "", message]);
+  }
+  // The ends of the range pass: the run goes on to load the model (which is missing here).
+  for (const argv of [["--ea-future-positions", "1048576"], ["--ea-epsilon", "3.4e38"]])
+    await expect(run(["eval", "--task", "niah", "--model", missing, "--scorers", "expected-attention", ...argv])).rejects.toThrow(/no such model directory/);
+});
+
+test("demo --tokens that make a cache too large to allocate: a usage error naming --tokens, before anything is printed", async () => {
+  const random = await run(["demo", "--random", "--tokens", "9007199254740991", "--steps", "1"]);
+  expect([random.code, random.out, firstLine(random.err)]).toEqual([
+    2,
+    "",
+    "lukv demo: --tokens 9007199254740991 with --steps 1 needs a KV cache larger than can be allocated: give a smaller --tokens or --steps",
+  ]);
+  const modelDemo = await run(["demo", "--model", dir, "--tokens", "1000000000000"]);
+  expect([modelDemo.code, modelDemo.out, firstLine(modelDemo.err)]).toEqual([
+    2,
+    "",
+    "lukv demo: --tokens 1000000000000 needs a KV cache larger than can be allocated: give a smaller --tokens",
+  ]);
+});
+
+test("eval sizes its cache for what runs: --error-steps clipped to --tokens - 1, --tokens not counted without a window", async () => {
+  const out = path.join(tmp, "sizing.json");
+  const quick = ["--scorers", "snapkv", "--allocations", "uniform", "--ratios", "0.5", "--out", out];
+  const clipped = await run(["eval", "--model", dir, "--texts", "1", "--windows", "1", "--context", "36", "--tokens", "3", "--passkeys", "0", "--error-steps", "1000000000000", ...quick]);
+  expect([clipped.code, clipped.err]).toEqual([0, ""]);
+  const result = JSON.parse(fs.readFileSync(out, "utf8"));
+  expect([result.settings.errorSteps, result.samples.length]).toEqual([2, 1]);
+  expect(result.rows[0].outputError).toBeGreaterThanOrEqual(0);
+  // No window has 3e9 tokens: passkeys only, and the cache is sized for the prompt.
+  const passkeys = await run(["eval", "--model", dir, "--tokens", "3000000000", "--passkeys", "1", ...quick]);
+  expect([passkeys.code, passkeys.err]).toEqual([0, ""]);
+  expect(passkeys.out).toContain("passkeys only");
+  expect(JSON.parse(fs.readFileSync(out, "utf8")).full.passkeyPrompts).toBe(1);
+});

@@ -5,6 +5,7 @@ import { solveBudgets, solveBudgetsExact } from "../ts/budget";
 import { profileCommand } from "../ts/cli/profile";
 import { solveCommand } from "../ts/cli/solve";
 import { createProfile, loadProfile, pruneRatiosAt, saveProfile } from "../ts/profile";
+import { Profiler } from "../ts/profiler";
 
 const FIXTURES = join(__dirname, "fixtures", "npy");
 
@@ -206,4 +207,55 @@ describe("lukv solve", () => {
     const help = await run(solveCommand, ["--help"]);
     expect([help.code, help.out]).toEqual([0, expect.stringContaining("usage: lukv solve CURVES.json --keep N")]);
   });
+});
+
+test("a directory given as the input file is named in the message (Node's EISDIR names no path)", async () => {
+  const inspect = await run(profileCommand, ["inspect", dir]);
+  expect([inspect.code, inspect.out, inspect.err]).toEqual([1, "", `lukv profile inspect: cannot read ${dir}: EISDIR: illegal operation on a directory`]);
+  const convert = await run(profileCommand, ["convert", dir, join(dir, "x.json")]);
+  expect([convert.code, convert.out, convert.err]).toEqual([1, "", `lukv profile convert: cannot read ${dir}: EISDIR: illegal operation on a directory`]);
+  const solve = await run(solveCommand, [dir, "--keep", "1"]);
+  expect([solve.code, solve.out, solve.err]).toEqual([1, "", `lukv solve: cannot read ${dir}: EISDIR: illegal operation on a directory`]);
+  const missing = join(dir, "missing.json");
+  const gone = await run(solveCommand, [missing, "--keep", "1"]);
+  expect([gone.code, gone.err]).toEqual([1, `lukv solve: cannot read ${missing}: ENOENT: no such file or directory`]);
+});
+
+test("solve: curves the solver cannot take are a malformed file (exit 1, the file named); an --exact too large is exit 2 in the command's words", async () => {
+  const slope = join(dir, "slope.json");
+  writeFileSync(slope, "[[-1e308, 1e308], [0, 1]]");
+  for (const extra of [[], ["--exact"], ["--json"]]) {
+    const r = await run(solveCommand, [slope, "--keep", "1", ...extra]);
+    expect([extra, r.code, r.out, r.err]).toEqual([
+      extra,
+      1,
+      "",
+      `lukv solve: ${slope}: Expected curves[0] to change by less than the float64 range per token between hull points but it goes from -1e+308 at 0 to 1e+308 at 1`,
+    ]);
+  }
+  const big = join(dir, "big.json");
+  writeFileSync(big, JSON.stringify([0, 1].map(() => Array.from({ length: 10001 }, (_, n) => n))));
+  const exact = await run(solveCommand, [big, "--keep", "10000", "--exact"]);
+  expect([exact.code, exact.out, exact.err]).toEqual([2, "", "lukv solve: --exact would take 200040002 steps, more than its limit of 50000000: leave out --exact for the greedy's solution"]);
+  expect((await run(solveCommand, [big, "--keep", "10000"])).code).toBe(0);
+});
+
+test("compression ratios of the rows are printed with enough digits: never 0 or 1, no row twice", async () => {
+  const grid = 20000;
+  const file = join(dir, "fine-grid.json");
+  saveProfile(createProfile({ table: Float64Array.from({ length: grid * 2 }, (_, i) => (Math.floor(i / 2) + 1) / (grid + 1)), layers: 1, kvHeads: 2 }), file);
+  const inspect = await run(profileCommand, ["inspect", file]);
+  expect(inspect.code).toBe(0);
+  expect(inspect.out).toContain("shape        grid 20000 × layers 1 × kvHeads 2 (rows: compression ratio 0.00005 … 0.99995)\n");
+
+  const samples = join(dir, "samples");
+  const p = new Profiler({ layers: 1, kvHeads: 2, sink: 1, window: 2, scorer: "knorm" });
+  const head = (k: number) => Float32Array.from({ length: 12 }, (_, i) => ((i * 7 + k) % 12) / 12);
+  p.addSample({ scores: [[head(1), head(2)]], oracle: [[head(3), head(5)]], decodeSteps: 3 });
+  p.save(samples);
+  const ratios = (out: string) => out.split("\n").filter((l) => l.startsWith("  ratio ")).map((l) => l.split(/\s+/)[2]);
+  for (const [g, expected] of [["5", ["0.5", "0.8333"]], ["1", ["0.5"]], ["99", ["0.5", "0.8", "0.9"]]] as const) {
+    const r = await run(profileCommand, ["build", samples, "--grid", g, "--out", join(dir, "built.json")]);
+    expect([g, r.code, ratios(r.out)]).toEqual([g, 0, expected]);
+  }
 });

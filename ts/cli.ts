@@ -43,10 +43,20 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
 }
 
 if (require.main === module) {
+  let outputLost = false;
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+    // A reader that stopped reading (`lukv … | head`) wants no more: the rest is dropped, the command finishes.
+    if (e.code === "EPIPE") return;
+    if (!outputLost) process.stderr.write(`lukv: cannot write to stdout: ${e.message.replace(/, write$/, "")}\n`);
+    outputLost = true;
+    if (!process.exitCode) process.exitCode = 1;
+  });
+  // Nowhere is left to report a failed write to stderr.
+  process.stderr.on("error", () => {});
   main(process.argv.slice(2)).then(
     (code) => {
       // exitCode rather than exit(): output still queued on a pipe must not be cut off.
-      process.exitCode = code;
+      process.exitCode = outputLost && code === 0 ? 1 : code;
     },
     (e) => {
       process.stderr.write(`lukv: ${e instanceof Error ? e.message : String(e)}\n`);

@@ -10,7 +10,8 @@ import type { DType } from "../dtype";
 import { defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../model";
 import type { Profile } from "../profile";
 import { QueryStatistics } from "../expected-attention";
-import { CliIO, countOption, decimalText, noPositionals, parseArgs, progressBar, UsageError, wantsHelp } from "./io";
+import { InvalidArgumentError, OutOfPagesError } from "../errors";
+import { CliIO, countOption, decimalText, noPositionals, parseArgs, progressBar, readingFrom, UsageError, wantsHelp } from "./io";
 
 /** compress()'s defaults, passed explicitly: every head keeps its first SINK and last WINDOW tokens. */
 const SINK = 4;
@@ -45,6 +46,20 @@ function mib(bytes: number): string {
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/**
+ * make(), which creates the demo's cache; a cache over KVCache's size limit or larger than the
+ * memory there is becomes a usage error naming the options that sized it (`asked`, `options`).
+ */
+function cacheSizedBy(asked: string, options: string, make: () => KVCache): KVCache {
+  try {
+    return make();
+  } catch (e) {
+    if (e instanceof InvalidArgumentError || e instanceof OutOfPagesError)
+      throw new UsageError(`${asked} needs a KV cache larger than can be allocated: give a smaller ${options}`);
+    throw e;
+  }
 }
 
 /** The text as one line, control characters shown, cut to `max` characters from the end or start. */
@@ -111,7 +126,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   const file = options.get("text") as string | undefined;
   if (file !== undefined) {
     textName = file;
-    text = fs.readFileSync(file, "utf8");
+    text = readingFrom(file, () => fs.readFileSync(file, "utf8"));
   } else {
     const texts = modelTexts(dir, "heldout");
     if (texts.length === 0) throw new Error(`${path.join(dir, "heldout")} has no .txt files; pass --text FILE`);
@@ -139,6 +154,7 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   }
   const allocationLabel = { uniform: "uniform", pyramidkv: "PyramidKV", adakv: "Ada-KV", lukv: "LU-KV" }[allocation];
 
+  using cache = cacheSizedBy(`--tokens ${steps}`, "--tokens", () => model.createCache({ dtype, contextTokens: prompt.length + steps + 64 }));
   const params = model.weights.embed.length + model.weights.norm.length +
     model.weights.layers.reduce((s, w) => s + Object.values(w).reduce((a, t) => a + t.length, 0), 0);
   const b = backends();
@@ -151,7 +167,6 @@ function modelDemo(options: Map<string, string | true>, io: CliIO): number {
   io.out(`compression: evict ${Math.round(ratio * 100)}% of the prompt's KV, ${allocationLabel} allocation, ${scorer} scorer${note ? ` (${note})` : ""}`);
   io.out("");
 
-  using cache = model.createCache({ dtype, contextTokens: prompt.length + steps + 64 });
   using seq = cache.createSequence();
   // H2O ranks by the attention mass accumulated while the prompt is attended (the fork keeps it).
   if (scorer === "h2o") seq.accumulateAttention(true);
@@ -231,10 +246,12 @@ function randomDemo(options: Map<string, string | true>, io: CliIO): number {
   const tokens = countOption(options, "tokens", 2048, 1);
   const steps = countOption(options, "steps", 16, 1);
   const layers = 8, kvHeads = 8, queryHeads = 32, headDim = 128;
+  using cache = cacheSizedBy(`--tokens ${tokens} with --steps ${steps}`, "--tokens or --steps", () =>
+    new KVCache({ layers, kvHeads, queryHeads, headDim, dtype: "f16", maxTokens: layers * kvHeads * Math.ceil((tokens + steps) / 16) * 16 }),
+  );
   const b = backends();
   io.out(`lukv demo --random: ${layers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${headDim}, f16, random data`);
   io.out(`CPU kernels: ${b.cpu.simd}, ${b.cpu.threads} threads; CUDA: ${b.cuda.usable ? "usable" : b.cuda.error}`);
-  using cache = new KVCache({ layers, kvHeads, queryHeads, headDim, dtype: "f16", maxTokens: layers * kvHeads * Math.ceil((tokens + steps) / 16) * 16 });
   using seq = cache.createSequence();
   const chunk = 512;
   const bar = progressBar("prefill", tokens);

@@ -13,7 +13,8 @@ import { loadProfile, saveProfile, type Profile } from "../profile";
 import { calibrationProfilers, profileContext } from "../model/calibrate";
 import { QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
-import { CliIO, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError } from "./io";
+import { FLOAT32_MAX } from "../finite";
+import { CliIO, countBetween, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError, writeResults, writingTo } from "./io";
 
 export const RECALL_TASKS = ["niah", "mk-niah", "mq-niah", "vt"] as const;
 export type RecallTask = (typeof RECALL_TASKS)[number];
@@ -399,7 +400,7 @@ function recallProfile(dir: string, s: RecallSettings, scorer: ScorerName): { pr
 }
 
 export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel: (v: string | true | undefined) => string): Promise<number> {
-  let s: RecallSettings, dir: string, out: string, options: Map<string, string | true>;
+  let s: RecallSettings, dir: string, out: string, outGiven: boolean, options: Map<string, string | true>;
   try {
     const spec = {
       values: ["task", "scorers", "allocations", "ratios", "question", "instances", "dtype", "out", "model", "ea-epsilon", "ea-future-positions", "pooling", "kernel"],
@@ -418,10 +419,11 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
     const eps = options.get("ea-epsilon");
     if (eps !== undefined) {
       const x = decimalText(eps);
-      if (!Number.isFinite(x) || x < 0) throw new UsageError(`--ea-epsilon expects a number >= 0, got ${String(eps)}`);
+      // The scorer's own bounds, checked before the model loads.
+      if (!(x >= 0 && x <= FLOAT32_MAX)) throw new UsageError(`--ea-epsilon expects a number between 0 and ${FLOAT32_MAX} (the float32 range), got ${String(eps)}`);
       expectedAttention.epsilon = x;
     }
-    if (options.has("ea-future-positions")) expectedAttention.futurePositions = countOption(options, "ea-future-positions", 512, 1);
+    if (options.has("ea-future-positions")) expectedAttention.futurePositions = countBetween(options, "ea-future-positions", 512, 1, 1 << 20);
     let pooling: RecallSettings["pooling"];
     const p = options.get("pooling");
     if (p !== undefined) {
@@ -442,6 +444,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
     };
     dir = resolveModel(options.get("model") ?? "recall-lm");
     out = outputOption(options.get("out"), path.join("bench", "results", "eval-recall.json"));
+    outGiven = options.has("out");
   } catch (e) {
     if (e instanceof UsageError) {
       io.err(`lukv eval: ${e.message}\n\n${RECALL_USAGE}`);
@@ -488,7 +491,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
         if (options.get("save-profiles") === true && ownSettings(scorer)) note(`not writing the ${scorer} profile: it is for the --ea settings`);
         else if (options.get("save-profiles") === true) {
           const file = path.join(dir, recallProfileName(s, scorer));
-          saveProfile(p, file, { format: "json" });
+          writingTo(file, () => saveProfile(p, file, { format: "json" }));
           note(`wrote ${file}`);
         }
       }
@@ -513,7 +516,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
   io.out("");
   for (const mode of s.questions) for (const ratio of s.ratios.filter((x) => Math.abs(x - 0.8) < 1e-9)) io.out(formatRecallSummary(result.rows, mode, ratio));
   io.out(`\n${seconds.toFixed(0)} s`);
-  fs.writeFileSync(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...result }, null, 1) + "\n");
+  writeResults(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...result }, null, 1) + "\n", !outGiven);
   io.out(`results written to ${out}`);
   return 0;
 }

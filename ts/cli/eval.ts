@@ -10,7 +10,7 @@ import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, mod
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { QueryStatistics } from "../expected-attention";
-import { CliIO, countOption as count, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError, wantsHelp } from "./io";
+import { CliIO, countOption as count, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError, wantsHelp, writeResults } from "./io";
 import { RECALL_USAGE, recallEvalCommand } from "./eval-recall";
 import { packageRoot } from "../native";
 
@@ -204,9 +204,11 @@ export function runEval(
   const total = (samples.length + prompts.length) * (settings.length + 1);
   let done = 0;
   const tick = () => progress(++done, total);
-  const longest = Math.max(s.context + s.tokens, ...prompts.map((p) => (p.prompt_tokens ?? 4 * p.prompt.length) + 16));
+  // Sized for the windows and prompts that run: --tokens and --error-steps count only with a window.
+  const longest = Math.max(samples.length > 0 ? s.context + s.tokens : 0, ...prompts.map((p) => (p.prompt_tokens ?? 4 * p.prompt.length) + 16));
+  const errorSteps = samples.length > 0 ? Math.min(s.errorSteps, s.tokens - 1) : 0;
   // Room for the full sequence and one compressed fork with its continuation.
-  using cache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + s.errorSteps + 128 });
+  using cache = model.createCache({ dtype: s.dtype, contextTokens: 2 * longest + errorSteps + 128 });
 
   // expected-attention predicts from the statistics of each prompt's own pre-RoPE queries.
   const { layers, heads, headDim, ropeTheta } = model.config;
@@ -230,7 +232,7 @@ export function runEval(
     if (h2o) seq.accumulateAttention(true);
     const stats = statistics();
     model.forward(seq, context, { logits: "none", queryStatistics: stats });
-    const probe = outputErrorProbe(model, Math.min(s.errorSteps, fed.length));
+    const probe = outputErrorProbe(model, Math.min(errorSteps, fed.length));
     let fullOutputs: Float32Array[] = [];
     const outputError = (fork: Sequence, a: Accumulator): void => {
       const t = probe.compare(fullOutputs, probe.outputs(fork));
@@ -344,12 +346,14 @@ export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
 
 /**
  * Per scorer and ratio, LU-KV against the best other allocation (lowest perplexity): perplexity,
- * agreement, and the windows in which LU-KV's NLL is the lower. Empty when there is no lukv row.
+ * agreement, and the windows in which LU-KV's NLL is the lower. Empty when there is no lukv row,
+ * or no held-out window to compare on (no perplexity: passkeys only).
  */
 export function formatComparison(r: Pick<EvalResult, "rows">): string {
   const lines: string[] = [];
-  for (const x of r.rows.filter((row) => row.allocation === "lukv")) {
-    const others = r.rows.filter((o) => o.scorer === x.scorer && o.ratio === x.ratio && o.allocation !== "lukv");
+  const scored = (row: EvalRow) => !Number.isNaN(row.perplexity);
+  for (const x of r.rows.filter((row) => row.allocation === "lukv" && scored(row))) {
+    const others = r.rows.filter((o) => o.scorer === x.scorer && o.ratio === x.ratio && o.allocation !== "lukv" && scored(o));
     if (others.length === 0) continue;
     const best = others.reduce((a, b) => (b.perplexity < a.perplexity ? b : a));
     const wins = x.windowNll.filter((v, i) => v < best.windowNll[i]).length;
@@ -382,7 +386,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     io.err(`lukv eval: ${e.message}\n\n${USAGE}`);
     return 2;
   };
-  let settings: EvalSettings, dir: string, out: string, calibrate: boolean;
+  let settings: EvalSettings, dir: string, out: string, outGiven: boolean, calibrate: boolean;
   try {
     const args = parseArgs(argv, SPEC);
     const { options } = args;
@@ -403,10 +407,13 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       dtype,
       errorSteps: count(options, "error-steps", 64, 1),
     };
+    // As the help says: a window has tokens - 1 continuation steps to compare.
+    settings.errorSteps = Math.min(settings.errorSteps, settings.tokens - 1);
     calibrate = options.get("calibrate") === true;
     dir = resolveModelDir(options.get("model"));
     // Checked now rather than when the results are written, after all the work.
     out = outputOption(options.get("out"), path.join("bench", "results", "eval.json"));
+    outGiven = options.has("out");
   } catch (e) {
     if (e instanceof UsageError) return usageError(e);
     throw e;
@@ -483,7 +490,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     `${result.samples.length} windows, ${result.full.scoredTokens} scored continuation tokens; ${result.full.passkeyPrompts} passkey prompts; ` +
       `${seconds.toFixed(0)} s`,
   );
-  fs.writeFileSync(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...full }, null, 1) + "\n");
+  writeResults(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...full }, null, 1) + "\n", !outGiven);
   io.out(`results written to ${out}`);
   return 0;
 }

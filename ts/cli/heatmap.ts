@@ -98,6 +98,15 @@ export function terminalGrid(g: KeepGrid, mode: ColourMode): string[] {
   return lines;
 }
 
+/**
+ * The compression ratio of row `row` of a table with `grid` rows, (row + 1) / (grid + 1), with
+ * enough decimals to tell it from its neighbours and from 0 and 1 (at least 4: 0.01, 0.8333).
+ */
+export function gridRatio(row: number, grid: number): string {
+  const digits = Math.max(4, Math.ceil(Math.log10(grid + 1)) + 1);
+  return String(+((row + 1) / (grid + 1)).toFixed(digits));
+}
+
 const CONTROL_NAMES: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
 
 /**

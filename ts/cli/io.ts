@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseArgs as parseNodeArgs } from "node:util";
 import type { DType } from "../dtype";
+import { writeFileReplacing } from "../sequence-file";
 
 /** Where a command writes; tests pass their own. */
 export interface CliIO {
@@ -129,10 +130,15 @@ export function progressBar(label: string, total: number): { tick: (n?: number) 
 /** Bad command-line usage: reported with the usage text and exit code 2. */
 export class UsageError extends Error {}
 
-/** The items of a comma-separated option value; an empty item (as in "a,,b" or "a,") is a typo, not a default. */
+/**
+ * The items of a comma-separated option value; an empty item (as in "a,,b" or "a,") is a typo, not
+ * a default, and an item given twice would run and print the same work twice.
+ */
 function listItems(v: string | true, name: string, expects: string): string[] {
   const items = String(v).split(",").map((x) => x.trim());
   if (v === true || items.some((x) => x === "")) throw new UsageError(`--${name} expects ${expects}, got ${JSON.stringify(v === true ? "" : v)} (an empty item)`);
+  const twice = items.find((x, i) => items.indexOf(x) !== i);
+  if (twice !== undefined) throw new UsageError(`--${name} lists ${twice} twice`);
   return items;
 }
 
@@ -159,6 +165,15 @@ export function decimalText(text: string | true | undefined): number {
   return typeof text === "string" && /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/.test(text) ? Number(text) : NaN;
 }
 
+/** --name N: an integer between min and max (fallback when absent). */
+export function countBetween(options: Map<string, string | true>, name: string, fallback: number, min: number, max: number): number {
+  const v = options.get(name);
+  if (v === undefined) return fallback;
+  const n = integerText(v);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} expects an integer between ${min} and ${max}, got ${String(v)}`);
+  return n;
+}
+
 /** --name N: an integer >= min (fallback when absent); `why` explains the minimum. */
 export function countOption(options: Map<string, string | true>, name: string, fallback: number, min: number, why?: string): number {
   const v = options.get(name);
@@ -177,21 +192,26 @@ export function ratiosOption(options: Map<string, string | true>, fallback: numb
   const items = listItems(v, "ratios", expects);
   const bad = items.find((x) => !(decimalText(x) >= 0 && decimalText(x) < 1));
   if (bad !== undefined) throw new UsageError(`--ratios expects ${expects}, got ${JSON.stringify(bad)}`);
-  return items.map(Number);
+  const ratios = items.map(Number);
+  // The same ratio written two ways ("0.5,0.50") is the same setting too.
+  const twice = ratios.find((x, i) => ratios.indexOf(x) !== i);
+  if (twice !== undefined) throw new UsageError(`--ratios lists ${twice} twice`);
+  return ratios;
 }
 
 /**
  * --out FILE, checked before the work whose results it records: a given FILE must be in an existing,
- * writable directory (a mistyped path is not created); the default's directory is created.
+ * writable directory (a mistyped path is not created); the default's directory must be one that
+ * can be created, and is created only when the results are written (writeResults).
  */
 export function outputOption(v: string | true | undefined, fallback: string): string {
-  if (v === undefined) {
-    fs.mkdirSync(path.dirname(path.resolve(fallback)), { recursive: true });
-    return fallback;
-  }
-  const file = String(v);
-  const dir = path.dirname(path.resolve(file));
-  const bad = (why: string) => new UsageError(`--out expects a file in an existing, writable directory, got ${JSON.stringify(file)} (${why})`);
+  const file = v === undefined ? fallback : String(v);
+  const bad = (why: string) =>
+    new UsageError(
+      v === undefined
+        ? `--out defaults to ${JSON.stringify(file)}, which cannot be written here (${why}): give --out FILE`
+        : `--out expects a file in an existing, writable directory, got ${JSON.stringify(file)} (${why})`,
+    );
   const statOf = (p: string): fs.Stats | undefined => {
     try {
       return fs.statSync(p);
@@ -199,6 +219,9 @@ export function outputOption(v: string | true | undefined, fallback: string): st
       return undefined;
     }
   };
+  let dir = path.dirname(path.resolve(file));
+  // The default's missing folders are made when the results are written: the nearest existing one must take them.
+  if (v === undefined) while (statOf(dir) === undefined && path.dirname(dir) !== dir) dir = path.dirname(dir);
   const stat = statOf(dir);
   if (stat === undefined) throw bad(`${dir} does not exist`);
   if (!stat.isDirectory()) throw bad(`${dir} is not a directory`);
@@ -209,6 +232,18 @@ export function outputOption(v: string | true | undefined, fallback: string): st
   }
   if (statOf(file)?.isDirectory()) throw bad("it is a directory");
   return file;
+}
+
+/**
+ * Writes the results `text` to the --out `file` whole or not at all (a temporary file renamed into
+ * place: a failed write leaves an earlier file as it was), creating its directory when `create`
+ * (the default path); an error names `file`.
+ */
+export function writeResults(file: string, text: string, create: boolean): void {
+  writingTo(file, () => {
+    if (create) fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    writeFileReplacing(file, new TextEncoder().encode(text));
+  });
 }
 
 /** --dtype: a cache dtype (f32 when absent). */
@@ -228,8 +263,7 @@ export function writingTo<T>(file: string, write: () => T): T {
     return write();
   } catch (e) {
     if (!isSystemError(e)) throw e;
-    // Node's message without the path it names ("ENOENT: no such file or directory, open '….tmp'").
-    let why = e.message.replace(/, [a-z]+ '.*$/s, "");
+    let why = systemWhy(e);
     const dir = path.dirname(path.resolve(file));
     let stat: fs.Stats | undefined;
     try {
@@ -241,6 +275,25 @@ export function writingTo<T>(file: string, write: () => T): T {
     else if (!stat.isDirectory()) why += ` (${dir} is not a directory)`;
     throw Object.assign(new Error(`cannot write ${file}: ${why}`), { code: e.code, errno: e.errno, syscall: e.syscall, path: file });
   }
+}
+
+/**
+ * Runs `read`, which reads `file`; a file-system error it throws is replaced by one that names
+ * `file` (Node's EISDIR message names no path), keeping the error's code.
+ */
+export function readingFrom<T>(file: string, read: () => T): T {
+  try {
+    return read();
+  } catch (e) {
+    if (!isSystemError(e)) throw e;
+    const why = systemWhy(e);
+    throw Object.assign(new Error(`cannot read ${file}: ${why}`), { code: e.code, errno: e.errno, syscall: e.syscall, path: file });
+  }
+}
+
+/** Node's message of a file-system error without the call and path it names ("ENOENT: no such file or directory, open '….tmp'", "EFBIG: file too large, write"). */
+function systemWhy(e: NodeJS.ErrnoException): string {
+  return e.message.replace(/, [a-z]+( '.*)?$/s, "");
 }
 
 /** A file-system error (ENOENT, EACCES, ...); checked by shape since it may come from another realm. */

@@ -4,6 +4,7 @@ import { BadProfileError, InvalidArgumentError } from "../errors";
 import { saveProfile } from "../profile";
 import { formatOfPath } from "../profile/io";
 import { Profiler, type ProfileReport } from "../profiler";
+import { gridRatio } from "./heatmap";
 import { integerText, isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
 
 export const PROFILE_BUILD_USAGE = `usage: lukv profile build DIR [--out FILE] [--scope global|per-layer] [--grid N]
@@ -33,11 +34,10 @@ function summary(values: Float64Array, kvHeads: number): string {
 /** Evicted oracle mass, LU-KV against uniform, at a few compression ratios of the grid. */
 function lossLines(report: ProfileReport): string[] {
   const lines = ["evicted oracle mass (share of all), per-sample LU-KV solution vs uniform:"];
-  for (const ratio of [0.5, 0.8, 0.9]) {
-    const row = Math.min(report.grid - 1, Math.max(0, Math.round(ratio * (report.grid + 1)) - 1));
-    const at = +((row + 1) / (report.grid + 1)).toFixed(4);
-    lines.push(`  ratio ${String(at).padEnd(6)}  lu-kv ${fmt(report.loss[row])}  uniform ${fmt(report.uniformLoss[row])}`);
-  }
+  // On a coarse grid two of the ratios fall on the same row, printed once.
+  const rows = new Set([0.5, 0.8, 0.9].map((ratio) => Math.min(report.grid - 1, Math.max(0, Math.round(ratio * (report.grid + 1)) - 1))));
+  for (const row of rows)
+    lines.push(`  ratio ${gridRatio(row, report.grid).padEnd(6)}  lu-kv ${fmt(report.loss[row])}  uniform ${fmt(report.uniformLoss[row])}`);
   return lines;
 }
 

@@ -1,12 +1,13 @@
 // `lukv profile …`: look inside LU-KV profiles and convert them between .npy and JSON.
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { BadProfileError, InvalidArgumentError } from "../errors";
 import { decodeNpy, decodeProfile, loadProfile, saveProfile, type Profile } from "../profile";
 import { formatOfPath } from "../profile/io";
-import { decimalText, isSystemError, parseCommandArgs, UsageError, writingTo, type CommandIO } from "./io";
+import { writeFileReplacing } from "../sequence-file";
+import { decimalText, isSystemError, parseCommandArgs, readingFrom, UsageError, writingTo, type CommandIO } from "./io";
 import { PROFILE_BUILD_USAGE, profileBuildCommand } from "./profile-build";
-import { colourMode, heatMapSvg, keepGrid, printable, terminalGrid } from "./heatmap";
+import { colourMode, gridRatio, heatMapSvg, keepGrid, printable, terminalGrid } from "./heatmap";
 
 
 const USAGE = `usage: lukv profile <subcommand> ...
@@ -27,7 +28,7 @@ function describeMeta(profile: Profile, format: string): string[] {
   const lines = [
     `  format       ${format}`,
     `  shape        grid ${profile.grid} × layers ${profile.layers} × kvHeads ${profile.kvHeads}` +
-      ` (rows: compression ratio ${+(1 / (profile.grid + 1)).toFixed(4)} … ${+(profile.grid / (profile.grid + 1)).toFixed(4)})`,
+      ` (rows: compression ratio ${gridRatio(0, profile.grid)} … ${gridRatio(profile.grid - 1, profile.grid)})`,
   ];
   // Text from the file is printed with its control characters escaped (no terminal sequences, one line each).
   const dash = (v: unknown) => (v === undefined ? "-" : printable(String(v)));
@@ -70,7 +71,7 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
     throw new UsageError(`--ratio must be a number between 0 and 1, got ${JSON.stringify(values.ratio)}`);
   }
   const file = positionals[0];
-  const bytes = readFileSync(file);
+  const bytes = readingFrom(file, () => readFileSync(file));
   let profile: Profile;
   let format: string;
   try {
@@ -84,7 +85,9 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
   // The plot first, so that a path it cannot be written to fails before anything is printed.
   if (values.plot !== undefined) {
     const plot = values.plot;
-    writingTo(plot, () => writeFileSync(plot, heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`)));
+    const svg = heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`);
+    // Whole or not at all: a failed write leaves an earlier plot as it was.
+    writingTo(plot, () => writeFileReplacing(plot, new TextEncoder().encode(svg)));
   }
   io.out([file, ...describeMeta(profile, format), "", ...terminalGrid(grid, colourMode(io.isTTY === true))].join("\n"));
   if (values.plot !== undefined) io.out(`wrote ${values.plot} (heat map of ${profile.layers} layers × ${profile.kvHeads} KV heads)`);
@@ -101,7 +104,7 @@ async function convert(argv: string[], io: CommandIO): Promise<number> {
     throw new UsageError(`--dtype must be f4 or f8, got ${JSON.stringify(values.dtype)}`);
   }
   if (values.dtype !== undefined && format === "json") throw new UsageError("--dtype is for .npy output; lukv JSON writes the table as it is");
-  const profile = loadProfile(input);
+  const profile = readingFrom(input, () => loadProfile(input));
   writingTo(output, () => saveProfile(profile, output, format === "npy" ? { format, dtype: values.dtype === "f4" ? "<f4" : "<f8" } : { format }));
   io.out(`wrote ${output} (${format === "npy" ? ".npy" : "lukv JSON"}, grid ${profile.grid} × layers ${profile.layers} × kvHeads ${profile.kvHeads})`);
   if (format === "npy" && Object.keys(profile.meta).length > 0) {

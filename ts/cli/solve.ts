@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { solveBudgetsDetailed, solveBudgetsExact, budgetLoss, type BudgetOptions } from "../budget";
 import { budgetProblem, checkTotal } from "../budget/problem";
 import { InvalidArgumentError } from "../errors";
-import { integerText, isSystemError, parseCommandArgs, UsageError, type CommandIO } from "./io";
+import { integerText, isSystemError, parseCommandArgs, readingFrom, UsageError, type CommandIO } from "./io";
 
 const USAGE = `usage: lukv solve CURVES.json --keep N [--exact] [--min-keep N] [--max-keep N] [--json]
 
@@ -20,10 +20,13 @@ CURVES.json  an array with one curve per head, curve[n] = loss after evicting n
 
 class FileError extends Error {}
 
+/** Steps of dynamic programming `--exact` may take (solveBudgetsExact's default maxSteps). */
+const EXACT_MAX_STEPS = 5e7;
+
 function readCurves(path: string): { curves: number[][]; minKeep?: number | number[]; maxKeep?: number | number[] } {
   let doc: unknown;
   try {
-    doc = JSON.parse(readFileSync(path, "utf8"));
+    doc = JSON.parse(readingFrom(path, () => readFileSync(path, "utf8")));
   } catch (e) {
     if (isSystemError(e)) throw e;
     throw new FileError(`${path} is not valid JSON: ${(e as Error).message}`);
@@ -69,12 +72,29 @@ async function solve(argv: string[], io: CommandIO): Promise<number> {
     maxKeep: count("--max-keep", strings["max-keep"]) ?? file.maxKeep,
   };
   const { curves } = file;
-  // The solver's own check, naming the option (it says totalKeep).
-  checkTotal(budgetProblem(curves, options), total, "--keep");
-  const greedy = solveBudgetsDetailed(curves, total, options);
-  const exact = flags.exact ? solveBudgetsExact(curves, total, options) : undefined;
+  // What the solvers find wrong with the curves themselves (a slope past the float64 range) is the file's.
+  const fromFile = <T>(run: () => T): T => {
+    try {
+      return run();
+    } catch (e) {
+      throw e instanceof InvalidArgumentError ? new FileError(`${positionals[0]}: ${e.message}`) : e;
+    }
+  };
+  const problem = fromFile(() => budgetProblem(curves, options));
+  // The solver's own check, naming the option (it says totalKeep): an infeasible --keep is exit 2.
+  checkTotal(problem, total, "--keep");
+  if (flags.exact) {
+    // solveBudgetsExact's own limit, in the command's words (it names options.maxSteps and solveBudgets).
+    const extra = total - problem.sumLo;
+    let steps = 0;
+    for (let h = 0; h < problem.heads; h++) steps += (Math.min(problem.hi[h] - problem.lo[h], extra) + 1) * (extra + 1);
+    if (steps > EXACT_MAX_STEPS)
+      throw new InvalidArgumentError(`--exact would take ${steps} steps, more than its limit of ${EXACT_MAX_STEPS}: leave out --exact for the greedy's solution`);
+  }
+  const greedy = fromFile(() => solveBudgetsDetailed(curves, total, options));
+  const exact = flags.exact ? fromFile(() => solveBudgetsExact(curves, total, { ...options, maxSteps: EXACT_MAX_STEPS })) : undefined;
   const keep = exact ?? greedy.keep;
-  const exactLoss = exact ? budgetLoss(curves, exact) : undefined;
+  const exactLoss = exact ? fromFile(() => budgetLoss(curves, exact)) : undefined;
   const lossOf = (h: number) => curves[h][curves[h].length - 1 - keep[h]];
   // Finite losses whose sums pass the float64 range would print as null (JSON) or Infinity.
   if (![greedy.trueLoss, greedy.relaxedLoss, greedy.gapBound, exactLoss ?? 0].every(Number.isFinite))
@@ -107,7 +127,7 @@ async function solve(argv: string[], io: CommandIO): Promise<number> {
 /**
  * `lukv solve CURVES.json --keep N [--exact] [--min-keep N] [--max-keep N] [--json]`.
  * @param argv the arguments after `solve`.
- * @returns the exit code: 0 done, 1 the file could not be read or is malformed, 2 bad usage or an infeasible --keep.
+ * @returns the exit code: 0 done, 1 the file could not be read or is malformed, 2 bad usage, an infeasible --keep or an --exact too large to run.
  */
 export async function solveCommand(argv: string[], io: CommandIO): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h") || argv[0] === "help") {

@@ -84,6 +84,18 @@ function halfToNumber(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+/**
+ * A header string as Python writes it between single quotes: control characters (what a terminal
+ * acts on) as \xNN or \n, \r, \t, and a backslash or quote escaped, so a crafted header prints as text.
+ */
+function pyEscape(s: string): string {
+  const named: Record<string, string> = { "\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+  return s.replace(/[\\'\u0000-\u001f\u007f-\u009f\ufffe\uffff]/g, (c) => {
+    const code = c.charCodeAt(0);
+    return named[c] ?? (code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16)}`);
+  });
+}
+
 /** Python text of a header value for messages, cut after 80 characters (a crafted header may hold a million items). */
 function pyRepr(v: PyValue): string {
   const max = 80;
@@ -92,7 +104,7 @@ function pyRepr(v: PyValue): string {
     if (out.length > max) return;
     if (x === null) out += "None";
     else if (typeof x === "boolean") out += x ? "True" : "False";
-    else if (typeof x === "string") out += `'${x.length > max ? x.slice(0, max) : x}'`;
+    else if (typeof x === "string") out += `'${pyEscape(x.length > max ? x.slice(0, max) : x)}'`;
     else if (typeof x === "number") out += String(x);
     else if (x.kind === "float") out += Number.isInteger(x.value) ? x.value.toFixed(1) : String(x.value);
     else if (x.kind === "dict") out += "{…}";
