@@ -447,7 +447,7 @@ describe("a binary this process cannot load (truncated, or for another processor
       const l = loadBinary({ ...nodeHost(root), env: { LUKV_PREBUILDS_ONLY: "1" }, findCudaDriver: () => null });
       expect(l.binary.kind).toBe("cuda");
       expect(l.binary.reason).toMatch(
-        /prebuilds\/linux-x64\/lukv\.node failed to load: .*lukv\.node is a binary for AArch64, not for this process's x86-64 \(x64\): it was built or downloaded for another machine/,
+        /prebuilds\/linux-x64\/lukv\.node failed to load: .*lukv\.node is a binary for AArch64, 64-bit little-endian, not for this process's x86-64, 64-bit little-endian \(x64\): it was built or downloaded for another machine/,
       );
     } finally {
       fs.rmSync(root, { recursive: true, force: true });
@@ -464,12 +464,30 @@ describe("a binary this process cannot load (truncated, or for another processor
     try {
       head.writeUInt16LE(9999, 0x12);
       fs.writeFileSync(file, head);
-      expect(() => checkElfBinary(file, "arm64")).toThrow(`${file} is a binary for ELF machine 9999, not for this process's AArch64 (arm64)`);
+      expect(() => checkElfBinary(file, "arm64")).toThrow(
+        `${file} is a binary for ELF machine 9999, 64-bit little-endian, not for this process's AArch64, 64-bit little-endian (arm64)`,
+      );
       head.writeUInt16LE(183, 0x12);
       fs.writeFileSync(file, head);
       expect(() => checkElfBinary(file, "arm64")).not.toThrow();
-      expect(() => checkElfBinary(file, "x64")).toThrow(`${file} is a binary for AArch64, not for this process's x86-64 (x64)`);
+      expect(() => checkElfBinary(file, "x64")).toThrow(
+        `${file} is a binary for AArch64, 64-bit little-endian, not for this process's x86-64, 64-bit little-endian (x64)`,
+      );
       expect(() => checkElfBinary(file, "mips")).not.toThrow(); // an architecture without an entry: left to the loader
+      // The same machine in another width or byte order (ppc64 comes in both orders).
+      head[4] = 1; // 32-bit: its header is 52 bytes, which the 64 written hold
+      head.writeUInt16LE(62, 0x12);
+      fs.writeFileSync(file, head);
+      expect(() => checkElfBinary(file, "x64")).toThrow(
+        `${file} is a binary for x86-64, 32-bit little-endian, not for this process's x86-64, 64-bit little-endian (x64)`,
+      );
+      head[4] = 2;
+      head[5] = 2; // big-endian: e_machine is read big-endian too
+      head.writeUInt16BE(62, 0x12);
+      fs.writeFileSync(file, head);
+      expect(() => checkElfBinary(file, "x64")).toThrow(
+        `${file} is a binary for x86-64, 64-bit big-endian, not for this process's x86-64, 64-bit little-endian (x64)`,
+      );
     } finally {
       fs.rmSync(file, { force: true });
     }

@@ -710,7 +710,11 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     const pair = new Pair({ layers: 2, kvHeads: 2, queryHeads: 4, headDim: 16, dtype: "f16", maxTokens: 2 * 2 * 16 * 40 });
     try {
       const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      // With the H2O mass accumulated: an undone append shortens it with the rows.
+      a.accumulateAttention(true);
+      b.accumulateAttention(true);
       for (const l of [0, 1]) appendBoth(a, b, l, 50, r); // a partly filled last page, shared after the fork
+      attendBoth(a, b, 0, 4, r, "before the fork");
       const fa = a.fork(), fb = b.fork();
       const other = pair.cuda.createSequence();
       const states = () => [stateOf(b), stateOf(fb), stateOf(other), pair.cuda.usage()];
@@ -732,12 +736,12 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         expect([op, states()]).toEqual([op, before]);
       }
       // A batch of a fork, its parent and a new sequence: all or nothing.
-      const items = () => [fb, b, other].map((seq) => {
-        const [keys, values] = rows(5);
-        return { sequence: seq, keys, values };
-      });
-      for (const op of ["copyPages", "append"]) {
-        expect(() => failing(op, () => pair.cuda.appendBatch(1, items()))).toThrow(`the emulated device failed ${op}`);
+      for (const [op, n] of [["copyPages", 5], ["append", 5], ["alloc", 200]] as const) {
+        const batch = [fb, b, other].map((seq) => {
+          const [keys, values] = rows(n);
+          return { sequence: seq, keys, values };
+        });
+        expect(() => failing(op, () => pair.cuda.appendBatch(1, batch))).toThrow(`the emulated device failed ${op}`);
         expect([op, states()]).toEqual([op, before]);
       }
       // The same appends then succeed, on both devices alike: nothing of the failed ones is left.
@@ -747,6 +751,10 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       expect(pair.cuda.usage()).toEqual(pair.cpu.usage());
       attendBoth(fa, fb, 0, 1, r, "fork after failed appends");
       attendBoth(a, b, 0, 1, r, "parent after the fork's failed appends");
+      // The mass kept in step with the rows: H2O evicts the same tokens on both devices.
+      const h2o: CompressOptions = { ratio: 0.5, scorer: "h2o", sink: 2, window: 4 };
+      expect(Array.from(fb.compress(h2o).kept)).toEqual(Array.from(fa.compress(h2o).kept));
+      expect(samePositions(fa, fb)).toBe(true);
       fb.dispose();
       b.dispose();
       expect(pair.cuda.usage().pagesUsed).toBe(0);
@@ -755,7 +763,7 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     }
   });
 
-  emulated("a device failure in compress: nothing changes in one round; in rounds, the pages of the failed round go back and the error names the heads done", () => {
+  emulated("a device failure in compress: nothing changes in one round; in rounds, the pages of the failed round go back and the error says how many heads were compacted", () => {
     const cache = new KVCache({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 16, maxTokens: 16384, dtype: "f16", device: "cuda", threads: 1 });
     try {
       const x = Float32Array.from({ length: 6000 * 2 * 8 }, (_, i) => Math.sin(i * 0.37));
@@ -784,17 +792,39 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       const first = [stateOf(seq), cache.usage()];
       expect(run(seq, "compact")?.message).toContain("the emulated device failed compact");
       expect([stateOf(seq), cache.usage()]).toEqual(first);
-      // The second round fails: the first head stays compressed, the second as it was, no page lost.
-      const err = run(seq, "compact:2");
-      expect(err?.message).toBe(
+      // The second round fails (out of device memory, as a GPU's workspace allocation would): the
+      // first head stays compressed, the second as it was, no page lost. Not an OutOfPagesError, which
+      // autoCompress and the pressure policy take for "nothing changed".
+      const err = run(seq, "compact:2/oom");
+      expect([err?.name, (err as { code?: string })?.code, err?.message]).toEqual([
+        "Error",
+        "ERR_LUKV_INTERNAL",
         "compress failed after compacting 1 of the 2 heads it evicts from, in rounds (the pool could not hold them all at once): " +
-          "those heads keep their compressed tokens, the others are unchanged: the emulated device failed compact (compact:2)",
-      );
+          "those heads keep their compressed tokens (seq.lengths() shows which), the others are unchanged: the emulated device failed compact (compact:2/oom)",
+      ]);
       expect(Array.from(seq.lengths())).toEqual([3000, 6000]);
       expect(cache.usage().pagesUsed).toBe(Math.ceil(3000 / 16) + Math.ceil(6000 / 16));
       // The sequence stays usable, and disposing it gives every page back.
       expect(seq.compress(opts).total).toBe(4500); // half of the 9,000 it holds now
       seq.dispose();
+      expect(cache.usage().pagesUsed).toBe(0);
+      // The same through autoCompress: the append says so and appends nothing (an OutOfPagesError let it go ahead in silence).
+      const auto = cache.createSequence();
+      auto.append(0, x, x);
+      auto.autoCompress({ scorer: "knorm", sink: 4, window: 8, maxTokens: 3000, every: 1 });
+      const row = Float32Array.from({ length: 2 * 8 }, (_, i) => Math.cos(i));
+      auto.append(0, row, row); // due at the next append
+      let autoErr: Error | undefined;
+      failing("compact:2/oom", () => {
+        try {
+          auto.append(0, row, row);
+        } catch (e) {
+          autoErr = e as Error;
+        }
+      });
+      expect(autoErr?.message).toContain("compress failed after compacting 1 of the 2 heads");
+      expect([Array.from(auto.lengths()), auto.appended(0), auto.autoCompressions]).toEqual([[3000, 6001], 6001, 0]);
+      auto.dispose();
       expect(cache.usage().pagesUsed).toBe(0);
     } finally {
       cache.dispose();

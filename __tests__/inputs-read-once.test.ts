@@ -66,7 +66,7 @@ describe("options holding typed arrays are read once", () => {
     const handle = (cache as unknown as { handle: { compress(id: number, o: object): unknown; recordOracle(id: number, wo: unknown[], n: boolean): void } }).handle;
     const base = { scorer: "knorm", window: 2, pooling: "none", kernel: 7, groupMax: 0, groupLayer: 0, valueNorm: 0, seed: 0, scale: 0.25, sink: 2, alpha: 0.2, beta: 20 };
     expect(() => handle.compress(seq.nativeId(), { ...base, allocation: "explicit", ratio: 0, budgets: new Uint8Array(8) })).toThrow(
-      expect.objectContaining({ code: "ERR_LUKV_INVALID_ARGUMENT", message: "Expected a Int32Array for budgets" }),
+      expect.objectContaining({ code: "ERR_LUKV_INVALID_ARGUMENT", message: "Expected an Int32Array for budgets" }),
     );
     expect(() => handle.compress(seq.nativeId(), { ...base, scorer: "snapkv", allocation: "uniform", ratio: 0.5, observation: [new Uint8Array(64), undefined] })).toThrow(
       expect.objectContaining({ code: "ERR_LUKV_INVALID_ARGUMENT", message: "Expected a Float32Array for observationQueries" }),
@@ -84,7 +84,7 @@ describe("an append's rows are checked again after user code ran", () => {
   test("an onCompress that detaches or poisons the rows: InvalidArgumentError, nothing appended (it appended nothing and said nothing, or stored NaN)", () => {
     const r = rng(seed ^ 2);
     for (const [what, change, message] of [
-      ["detached", (k: Float32Array) => detach(k), "Expected keys to hold the 16 tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written detached it (0 tokens now); nothing was appended"],
+      ["detached", (k: Float32Array) => detach(k), "Expected keys to hold the 16 tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written emptied it (detached, or resized to 0); nothing was appended"],
       ["poisoned", (k: Float32Array) => void (k[3] = NaN), "Expected finite numbers for keys but received NaN at index 3 (token 0, head 0, element 3)"],
     ] as const) {
       using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
@@ -120,7 +120,7 @@ describe("an append's rows are checked again after user code ran", () => {
       const keys = randn(r, 8 * row), values = randn(r, 8 * row);
       cache.onPressure({ evict: "largest", scorer: "knorm", ratio: 0.5, sink: 1, window: 1, listener: () => detach(values) });
       expect(() => seq.append(0, keys, values)).toThrow(
-        "Expected values to hold the 8 tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written detached it (0 tokens now); nothing was appended",
+        "Expected values to hold the 8 tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written emptied it (detached, or resized to 0); nothing was appended",
       );
       expect([seq.appended(0), Array.from(seq.lengths())]).toEqual([0, [0]]);
       expect(cache.pressureStats.events).toBe(1);
@@ -132,9 +132,25 @@ describe("an append's rows are checked again after user code ran", () => {
       a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 2, window: 2, onCompress: () => detach(items[1].keys) });
       for (let l = 0; l < shape.layers; l++) a.append(l, randn(r, row), randn(r, row));
       expect(() => cache.appendBatch(0, items)).toThrow(
-        "Expected items[1].keys to hold the 2 tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written detached it (0 tokens now); nothing was appended",
+        "Expected items[1].keys to hold the 2 tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written emptied it (detached, or resized to 0); nothing was appended",
       );
       expect([a.appended(0), b.appended(0), a.autoCompressions]).toEqual([17, 4, 1]);
     }
+  });
+
+  test("appendBatchAsync: an onCompress in its turn that detaches another item's rows rejects it, nothing appended", async () => {
+    const r = rng(seed ^ 4);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    const a = filled(cache, 16, r), b = filled(cache, 4, r);
+    const items = [a, b].map((sequence) => ({ sequence, keys: randn(r, 3 * row), values: randn(r, 3 * row) }));
+    a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 2, window: 2, onCompress: () => detach(items[1].values) });
+    for (let l = 0; l < shape.layers; l++) a.append(l, randn(r, row), randn(r, row));
+    await expect(cache.appendBatchAsync(0, items)).rejects.toThrow(
+      "Expected items[1].values to hold the 3 tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written emptied it (detached, or resized to 0); nothing was appended",
+    );
+    expect([a.appended(0), b.appended(0), a.autoCompressions]).toEqual([17, 4, 1]);
+    // Later calls go on.
+    await cache.appendBatchAsync(0, [{ sequence: b, keys: randn(r, row), values: randn(r, row) }]);
+    expect(b.appended(0)).toBe(5);
   });
 });

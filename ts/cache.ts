@@ -354,12 +354,20 @@ export class KVCache {
 
   #pressure: { options: CompressOptions; evict: "largest" | "oldest"; listener?: (event: PressureEvent) => void } | undefined;
   readonly #pressureStats: PressureStats = { events: 0, tokensEvicted: 0, pagesFreed: 0 };
-  /**
-   * @internal User callbacks (onCompress, pressure listeners) started so far: an append whose rows
-   * were checked before one ran checks them again before they are written (the callback may have
-   * detached, resized or rewritten them).
-   */
-  callbacksStarted = 0;
+  // User callbacks (onCompress, pressure listeners) started so far: an append whose rows were
+  // checked before one ran checks them again before they are written (the callback may have
+  // detached, resized or rewritten them).
+  #callbacksStarted = 0;
+
+  /** @internal See #callbacksStarted. */
+  get callbacksStarted(): number {
+    return this.#callbacksStarted;
+  }
+
+  /** @internal Counts a user callback about to run. */
+  noteCallback(): void {
+    this.#callbacksStarted++;
+  }
 
   /**
    * What an append that finds too few free pages does: "throw" (the default: OutOfPagesError, and
@@ -430,7 +438,7 @@ export class KVCache {
         this.#pressureStats.tokensEvicted += report.before - report.total;
         this.#pressureStats.pagesFreed += report.pagesFreed;
         if (policy.listener) {
-          this.callbacksStarted++;
+          this.noteCallback();
           policy.listener({ sequence: seq, requestedBy, reason: policy.evict, report });
         }
         if (report.pagesFreed === 0) continue;
@@ -750,10 +758,12 @@ export class Sequence {
   ): { keyMax: number; valueMax: number; tokens: number } {
     const row = this.#cache.config.kvHeads * this.#cache.config.headDim;
     for (const [name, rows] of [["keys", keys], ["values", values]] as const)
-      if (rows.length !== before.tokens * row)
+      if (rows.length !== before.tokens * row) {
+        const now = rows.length === 0 ? "emptied it (detached, or resized to 0)" : `resized it (${rows.length % row === 0 ? `${rows.length / row} tokens` : `${rows.length} elements`} now)`;
         throw new InvalidArgumentError(
-          `Expected ${prefix}${name} to hold the ${before.tokens} tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written ${rows.length === 0 ? "detached" : "resized"} it (${rows.length / row} tokens now); nothing was appended`,
+          `Expected ${prefix}${name} to hold the ${before.tokens} tokens it held when the append was called, but an onCompress or pressure listener that ran before the rows were written ${now}; nothing was appended`,
         );
+      }
     return this.checkAppend(keys, values, prefix);
   }
 
@@ -965,7 +975,7 @@ export class Sequence {
     if (this.#inCallback++ === 0) this.#callbackBase = this.#turnBase;
     try {
       if (auto.onCompress) {
-        this.#cache.callbacksStarted++;
+        this.#cache.noteCallback();
         auto.onCompress(report!);
       }
     } finally {

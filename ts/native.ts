@@ -9,6 +9,7 @@
 // The CUDA binary contains the same CPU backend, so a process that loaded it needs no other binary.
 import * as fs from "fs";
 import * as path from "path";
+import * as os from "os";
 import { BackendUnavailableError, invalid } from "./errors";
 import type { NativeCompressOptions } from "./compress";
 
@@ -125,7 +126,7 @@ export interface NativeAddon {
   NativeCache: new (options: NativeCacheOptions) => NativeCache;
   cpuInfo(): NativeCpuInfo;
   cudaInfo(): NativeCudaInfo;
-  /** Only in the emulated test build: makes the emulated device fail ("op" or "op:n"; "" stops; native/addon/addon.cpp). */
+  /** Only in the emulated test build: makes the emulated device fail ("op", "op:n", "op:n/oom"; "" stops; native/addon/addon.cpp). */
   emulatedFailure?(what: string): void;
   /**
    * Writes [first index with !(|x| < limit) or -1, largest |x| before it] into `result` (a
@@ -373,16 +374,17 @@ const DRIVER_DIRS = [
   "/usr/lib/wsl/lib",
 ];
 
-// ELF e_machine of each Node architecture whose binaries the loader may meet, and the names it prints.
-const ELF_MACHINES: Record<string, [number, string]> = {
-  x64: [62, "x86-64"],
-  arm64: [183, "AArch64"],
-  ia32: [3, "x86 (32-bit)"],
-  arm: [40, "ARM (32-bit)"],
-  ppc64: [21, "PowerPC 64"],
-  s390x: [22, "IBM S/390"],
-  riscv64: [243, "RISC-V"],
-  loong64: [258, "LoongArch"],
+// ELF e_machine of each Node architecture whose binaries the loader may meet, the names it prints,
+// and whether its binaries are 64-bit (e_ident's class).
+const ELF_MACHINES: Record<string, [number, string, boolean]> = {
+  x64: [62, "x86-64", true],
+  arm64: [183, "AArch64", true],
+  ia32: [3, "x86 (32-bit)", false],
+  arm: [40, "ARM (32-bit)", false],
+  ppc64: [21, "PowerPC 64", true],
+  s390x: [22, "IBM S/390", true],
+  riscv64: [243, "RISC-V", true],
+  loong64: [258, "LoongArch", true],
 };
 
 /**
@@ -406,11 +408,14 @@ export function checkElfBinary(file: string, arch: string = process.arch): void 
     const u32 = (b: Buffer, at: number) => (little ? b.readUInt32LE(at) : b.readUInt32BE(at));
     // The dynamic loader reports a binary for another processor as "No such file or directory".
     const expected = ELF_MACHINES[arch], machine = u16(head, 0x12);
-    if (expected && machine !== expected[0]) {
+    // The host's byte order (ppc64 binaries come in both) and width, against the file's.
+    const hostLittle = os.endianness() === "LE";
+    if (expected && (machine !== expected[0] || wide !== expected[2] || little !== hostLittle)) {
       const found = Object.values(ELF_MACHINES).find(([m]) => m === machine);
+      const kind = (name: string, w: boolean, l: boolean) => `${name}, ${w ? 64 : 32}-bit ${l ? "little" : "big"}-endian`;
       throw new Error(
-        `${file} is a binary for ${found ? found[1] : `ELF machine ${machine}`}, not for this process's ${expected[1]} (${arch}): ` +
-          `it was built or downloaded for another machine`,
+        `${file} is a binary for ${kind(found ? found[1] : `ELF machine ${machine}`, wide, little)}, not for this process's ` +
+          `${kind(expected[1], expected[2], hostLittle)} (${arch}): it was built or downloaded for another machine`,
       );
     }
     const word = (b: Buffer, at: number) => (wide ? Number(little ? b.readBigUInt64LE(at) : b.readBigUInt64BE(at)) : u32(b, at));

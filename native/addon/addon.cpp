@@ -25,7 +25,7 @@ namespace lukv {
 // The emulated build's test hook (native/tests/emu/emu_addon_backend.cpp): "op" or "op:n", op one of
 // alloc, copyPages, append, attend, scores, compact, makes the n-th call of that operation (default
 // the first) and every later one throw as a GPU's would (alloc: out of device memory; the others an
-// Internal error, as a failed launch); "" stops it.
+// Internal error, as a failed launch, or out of device memory with "/oom" after it); "" stops it.
 void setEmulatedFailure(const std::string& what);
 #endif
 
@@ -85,7 +85,7 @@ bool optionalTyped(Napi::Env env, Napi::Value v, napi_typedarray_type type, cons
   if (!v.IsTypedArray()) return false;
   if (!typedView(env, v, out) || out.type != type)
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT",
-               std::string("Expected a ") + (type == napi_int32_array ? "Int32Array" : "Float32Array") + " for " + what);
+               std::string("Expected ") + (type == napi_int32_array ? "an Int32Array" : "a Float32Array") + " for " + what);
   return true;
 }
 

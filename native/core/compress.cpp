@@ -238,7 +238,7 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
   freed += copyThenRelease(copies);
   // A backend that fails (a device allocation or launch) gets the round's fresh pages back. Rounds
   // committed before it cannot be undone (their old pages went back to the pool for the next
-  // rounds), so the error says which heads kept their compressed rows.
+  // rounds), so the error says how many heads kept their compressed rows.
   size_t compacted = 0, moving = 0;
   for (const auto& round : plan.rounds) moving += round.size();
   for (auto& round : plan.rounds) {
@@ -248,22 +248,23 @@ CompressReport Cache::compress(int32_t seqId, const CompressOptions& opt) {
     } catch (...) {
       tableStep([&] { table_->releaseTaken(round); });
       if (compacted == 0) throw;
-      ErrorCode code = ErrorCode::Internal;
+      // Never OutOfPages, whose meaning elsewhere is "nothing changed" (autoCompress and the
+      // pressure policy go on after one): here heads did change.
       std::string why;
       try {
         throw;
-      } catch (const Error& e) {
-        code = e.code(), why = e.what();
       } catch (const std::bad_alloc&) {
-        code = ErrorCode::OutOfPages, why = "out of host memory";
+        why = "out of host memory";
       } catch (const std::exception& e) {
         why = e.what();
       } catch (...) {
         why = "unknown error";
       }
-      throw Error(code, "compress failed after compacting " + str((int64_t)compacted) + " of the " + str((int64_t)moving) +
-                            " heads it evicts from, in rounds (the pool could not hold them all at once): those heads keep " +
-                            "their compressed tokens, the others are unchanged: " + why);
+      throw Error(ErrorCode::Internal, "compress failed after compacting " + str((int64_t)compacted) + " of the " +
+                                           str((int64_t)moving) +
+                                           " heads it evicts from, in rounds (the pool could not hold them all at once): those " +
+                                           "heads keep their compressed tokens (seq.lengths() shows which), the others are " +
+                                           "unchanged: " + why);
     }
     tableStep([&] { table_->commitRound(seq, round); });
     compacted += round.size();

@@ -16,11 +16,18 @@ namespace {
 // current device is whatever the last CUDA code on that thread chose (another library's, or 0).
 class OnDevice {
  public:
-  explicit OnDevice(int device) {
-    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device) {
-      LUKV_CUDA_CHECK(cudaSetDevice(device));
-      restore_ = true;
+  // `quiet`: in a destructor, where a throw would end the process, a failure leaves the device as it is.
+  explicit OnDevice(int device, bool quiet = false) {
+    const char* call = "cudaGetDevice";
+    cudaError_t e = cudaGetDevice(&previous_);
+    if (e == cudaSuccess && previous_ != device) {
+      call = "cudaSetDevice";
+      e = cudaSetDevice(device);
+      restore_ = e == cudaSuccess;
     }
+    if (e == cudaSuccess) return;
+    cudaGetLastError();  // not left behind for a later launch check to report
+    if (!quiet) cuda::throwCudaError(e, call, __FILE__, __LINE__);
   }
   ~OnDevice() {
     if (restore_) cudaSetDevice(previous_);
@@ -44,7 +51,7 @@ class GpuDevice {
   }
   ~GpuDevice() {
     if (!stream_ && !ws_) return;
-    OnDevice on(device_);
+    OnDevice on(device_, true);
     if (ws_) {
       cudaStreamSynchronize(stream_);
       ws_->release();
@@ -66,8 +73,8 @@ class GpuDevice {
     if (e != cudaSuccess) cuda::throwCudaError(e, "cudaMalloc", __FILE__, __LINE__);
     return p;
   }
-  void free(void* p) {
-    OnDevice on(device_);
+  void free(void* p) {  // called from destructors: never throws
+    OnDevice on(device_, true);
     cudaStreamSynchronize(stream_);  // queued work may still read it
     cudaFree(p);
   }

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, invalid } from "../errors";
-import { budgetProblem, checkTotal, finiteAt, type BudgetOptions, type LossCurve } from "./problem";
+import { budgetProblem, checkTotal, finiteAt, type BudgetOptions, type BudgetProblem, type LossCurve } from "./problem";
 
 /** Options of {@link solveBudgetsExact}. */
 export interface ExactBudgetOptions extends BudgetOptions {
@@ -21,16 +21,26 @@ export interface ExactBudgetOptions extends BudgetOptions {
  * @returns keep count per head.
  * @throws InvalidArgumentError for malformed input, an infeasible total or a problem over maxSteps.
  */
+/** solveBudgetsExact's default limit on its dynamic programme's steps. */
+export const EXACT_MAX_STEPS = 5e7;
+
+/** @internal The steps solveBudgetsExact's dynamic programme takes for `problem` at `total` (checked). */
+export function exactSteps(problem: Pick<BudgetProblem, "heads" | "lo" | "hi" | "sumLo">, total: number): number {
+  const extra = total - problem.sumLo;
+  let steps = 0;
+  for (let h = 0; h < problem.heads; h++) steps += (Math.min(problem.hi[h] - problem.lo[h], extra) + 1) * (extra + 1);
+  return steps;
+}
+
 export function solveBudgetsExact(curves: readonly LossCurve[], totalKeep: number, options?: ExactBudgetOptions): Int32Array {
   const problem = budgetProblem(curves, options, ["minKeep", "maxKeep", "maxSteps"]);
   const total = checkTotal(problem, totalKeep);
-  const maxSteps = options?.maxSteps ?? 5e7;
+  const maxSteps = options?.maxSteps ?? EXACT_MAX_STEPS;
   if (typeof maxSteps !== "number" || !(maxSteps > 0)) throw invalid("options.maxSteps", "a positive number", maxSteps);
   const { heads, lengths, lo, hi } = problem;
   const U = total - problem.sumLo;
 
-  let steps = 0;
-  for (let h = 0; h < heads; h++) steps += (Math.min(hi[h] - lo[h], U) + 1) * (U + 1);
+  const steps = exactSteps(problem, total);
   if (steps > maxSteps) {
     throw new InvalidArgumentError(
       `solveBudgetsExact would need ${steps} steps, more than options.maxSteps = ${maxSteps}: use solveBudgets or a smaller problem`,

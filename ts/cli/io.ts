@@ -165,23 +165,23 @@ export function decimalText(text: string | true | undefined): number {
   return typeof text === "string" && /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/.test(text) ? Number(text) : NaN;
 }
 
-/** --name N: an integer between min and max (fallback when absent). */
-export function countBetween(options: Map<string, string | true>, name: string, fallback: number, min: number, max: number): number {
+/** --name N: an integer in [min, max] (fallback when absent), refused as "--name expects <expects>". */
+function integerOption(options: Map<string, string | true>, name: string, fallback: number, min: number, max: number, expects: string): number {
   const v = options.get(name);
   if (v === undefined) return fallback;
   const n = integerText(v);
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} expects an integer between ${min} and ${max}, got ${String(v)}`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} expects ${expects}, got ${String(v)}`);
   return n;
+}
+
+/** --name N: an integer between min and max (fallback when absent). */
+export function countBetween(options: Map<string, string | true>, name: string, fallback: number, min: number, max: number): number {
+  return integerOption(options, name, fallback, min, max, `an integer between ${min} and ${max}`);
 }
 
 /** --name N: an integer >= min (fallback when absent); `why` explains the minimum. */
 export function countOption(options: Map<string, string | true>, name: string, fallback: number, min: number, why?: string): number {
-  const v = options.get(name);
-  if (v === undefined) return fallback;
-  const n = integerText(v);
-  if (!Number.isSafeInteger(n) || n < min)
-    throw new UsageError(`--${name} expects an integer >= ${min}${why ? ` (${why})` : ""}, got ${String(v)}`);
-  return n;
+  return integerOption(options, name, fallback, min, Number.MAX_SAFE_INTEGER, `an integer >= ${min}${why ? ` (${why})` : ""}`);
 }
 
 /** --ratios a,b,c: eviction ratios in [0, 1) (fallback when absent). */

@@ -2,6 +2,7 @@
 import { readFileSync } from "node:fs";
 import { solveBudgetsDetailed, solveBudgetsExact, budgetLoss, type BudgetOptions } from "../budget";
 import { budgetProblem, checkTotal } from "../budget/problem";
+import { EXACT_MAX_STEPS, exactSteps } from "../budget/exact";
 import { InvalidArgumentError } from "../errors";
 import { integerText, isSystemError, parseCommandArgs, readingFrom, UsageError, type CommandIO } from "./io";
 
@@ -21,7 +22,6 @@ CURVES.json  an array with one curve per head, curve[n] = loss after evicting n
 class FileError extends Error {}
 
 /** Steps of dynamic programming `--exact` may take (solveBudgetsExact's default maxSteps). */
-const EXACT_MAX_STEPS = 5e7;
 
 function readCurves(path: string): { curves: number[][]; minKeep?: number | number[]; maxKeep?: number | number[] } {
   let doc: unknown;
@@ -85,9 +85,7 @@ async function solve(argv: string[], io: CommandIO): Promise<number> {
   checkTotal(problem, total, "--keep");
   if (flags.exact) {
     // solveBudgetsExact's own limit, in the command's words (it names options.maxSteps and solveBudgets).
-    const extra = total - problem.sumLo;
-    let steps = 0;
-    for (let h = 0; h < problem.heads; h++) steps += (Math.min(problem.hi[h] - problem.lo[h], extra) + 1) * (extra + 1);
+    const steps = exactSteps(problem, total);
     if (steps > EXACT_MAX_STEPS)
       throw new InvalidArgumentError(`--exact would take ${steps} steps, more than its limit of ${EXACT_MAX_STEPS}: leave out --exact for the greedy's solution`);
   }

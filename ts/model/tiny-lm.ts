@@ -257,9 +257,8 @@ export class TinyLM {
     if (contextTokens !== undefined || maxTokens === undefined) {
       if (contextTokens !== undefined && maxTokens !== undefined)
         throw new InvalidArgumentError(`Expected contextTokens or maxTokens in options but received both (contextTokens ${contextTokens}, maxTokens ${maxTokens})`);
-      // Every head holds whole pages: contextTokens rounded up to a multiple of pageSize, per head.
-      // (maxTokens of exactly layers x kvHeads x contextTokens left a head short of a page whenever
-      // contextTokens was not a multiple of pageSize: a prompt of contextTokens ran out of pages.)
+      // Every head holds whole pages, so each head's share is contextTokens rounded up to a multiple
+      // of pageSize: layers x kvHeads x contextTokens alone would leave heads a page short.
       const pageSize = isPositiveInteger(rest.pageSize) ? rest.pageSize : 16;
       // KVCache's limit on maxTokens, in whole pages of each (layer, KV head).
       const most = Math.floor(mostTokens(pageSize) / (layers * kvHeads) / pageSize) * pageSize;

@@ -37,9 +37,13 @@ Failure& failure() {
 void failIfAsked(const char* op, ErrorCode code) {
   Failure& f = failure();
   std::lock_guard<std::mutex> lock(f.mu);
-  const size_t colon = f.what.find(':');
-  if (f.what.empty() || f.what.substr(0, colon) != op) return;
-  const long nth = colon == std::string::npos ? 1 : std::strtol(f.what.c_str() + colon + 1, nullptr, 10);
+  // "op", "op:n", either with "/oom": the failure as out of device memory.
+  const size_t slash = f.what.find('/');
+  const std::string spec = f.what.substr(0, slash);
+  const size_t colon = spec.find(':');
+  if (spec.empty() || spec.substr(0, colon) != op) return;
+  const long nth = colon == std::string::npos ? 1 : std::strtol(spec.c_str() + colon + 1, nullptr, 10);
+  if (slash != std::string::npos && f.what.substr(slash) == "/oom") code = ErrorCode::OutOfPages;
   if (++f.calls >= nth) throw Error(code, std::string("the emulated device failed ") + op + " (" + f.what + ")");
 }
 
