@@ -212,6 +212,9 @@ export type ExpectedAttentionSettings = Omit<ExpectedAttentionOptions, "statisti
   rope: { theta: number } | { inverseFrequencies: Float32Array | number[] };
 };
 
+/** @internal The most future positions Expected Attention averages over (`futurePositions`). */
+export const MOST_FUTURE_POSITIONS = 1 << 20;
+
 /**
  * Checks the settings (everything but the statistics) of `o`, named `name`; `headDim` checks the
  * length of rope.inverseFrequencies when known. Returns them with the defaults filled in.
@@ -227,8 +230,8 @@ export function expectedSettings(
   const e = o as Partial<ExpectedAttentionOptions>;
   const frequencies = inverseFrequencies(e.rope, headDim, `${name}.rope`);
   const futurePositions = e.futurePositions ?? 512;
-  if (typeof futurePositions !== "number" || !Number.isInteger(futurePositions) || futurePositions < 1 || futurePositions > 1 << 20)
-    throw invalid(`${name}.futurePositions`, `integer between 1 and ${1 << 20}`, futurePositions);
+  if (typeof futurePositions !== "number" || !Number.isInteger(futurePositions) || futurePositions < 1 || futurePositions > MOST_FUTURE_POSITIONS)
+    throw invalid(`${name}.futurePositions`, `integer between 1 and ${MOST_FUTURE_POSITIONS}`, futurePositions);
   const epsilon = e.epsilon ?? 0.02;
   // The scorer adds it in float32: past that range it would make every score infinite.
   if (typeof epsilon !== "number" || !(epsilon >= 0 && epsilon <= FLOAT32_MAX))

@@ -11,7 +11,7 @@ import type { DType } from "../dtype";
 import { loadTinyLM, modelProfile, TinyLM } from "../model";
 import { loadProfile, saveProfile, type Profile } from "../profile";
 import { calibrationProfilers, profileContext } from "../model/calibrate";
-import { QueryStatistics } from "../expected-attention";
+import { MOST_FUTURE_POSITIONS, QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
 import { FLOAT32_MAX } from "../finite";
 import { CliIO, countBetween, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError, writeResults, writingTo } from "./io";
@@ -423,7 +423,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
       if (!(x >= 0 && x <= FLOAT32_MAX)) throw new UsageError(`--ea-epsilon expects a number between 0 and ${FLOAT32_MAX} (the float32 range), got ${String(eps)}`);
       expectedAttention.epsilon = x;
     }
-    if (options.has("ea-future-positions")) expectedAttention.futurePositions = countBetween(options, "ea-future-positions", 512, 1, 1 << 20);
+    if (options.has("ea-future-positions")) expectedAttention.futurePositions = countBetween(options, "ea-future-positions", 512, 1, MOST_FUTURE_POSITIONS);
     let pooling: RecallSettings["pooling"];
     const p = options.get("pooling");
     if (p !== undefined) {
