@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { decodeNpy, decodeProfile, encodeNpy, loadProfile, profileFromNpy, profileToNpy, type NpyFloatDtype } from "../ts/profile";
+import { createProfile, decodeNpy, decodeProfile, encodeNpy, loadProfile, profileFromNpy, profileToNpy, type NpyFloatDtype } from "../ts/profile";
 import { parsePyLiteral } from "../ts/profile/pyliteral";
 import { rng, testSeed } from "./helpers/random";
 
@@ -190,6 +190,18 @@ describe("bad .npy files name the problem", () => {
     badUtf8[at] = 0xff;
     expect(() => decodeNpy(badUtf8)).toThrow("npy header of a version 3.0 file is not valid UTF-8");
     expect(() => decodeNpy("x" as unknown as Uint8Array)).toThrow('Expected a Uint8Array or Buffer for bytes but received "x" of type string');
+  });
+
+  test("DEL and C1 controls in a header are escaped in messages (U+009B acts as ESC [ on terminals; JSON.stringify escapes only C0)", () => {
+    const v3 = (text: string) => withHeader(text, undefined, 3);
+    expect(() => decodeNpy(v3("{'descr': '<i4\u009b2J\u007f', 'fortran_order': False, 'shape': (1,)}"))).toThrow(
+      'unsupported npy dtype "<i4\\u009b2J\\u007f"',
+    );
+    expect(() => decodeNpy(v3("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), \u009b"))).toThrow(
+      "npy header is not a valid Python literal: unexpected \"\\u009b\" at character",
+    );
+    // The same in option names and string values of any message.
+    expect(() => createProfile({ table: [0.5], layers: 1, kvHeads: 1, ["x\u009b"]: 1 } as never)).toThrow('received "x\\u009b" (metadata goes in meta)');
   });
 
   test("a version 3.0 header is read as UTF-8 and single-letter type codes work", () => {

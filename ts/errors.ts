@@ -76,6 +76,14 @@ export class BadSequenceFileError extends LukvError {
  * JSON text of a value for error messages, cut to `max` characters. Never recurses deeper than a
  * few levels (a parsed file may nest a million arrays, which JSON.stringify cannot print).
  */
+/**
+ * `s` as a JSON string literal in which DEL, the C1 controls (U+0080-U+009F: a terminal acts on
+ * U+009B as on ESC [) and U+FFFE / U+FFFF are escaped too, as JSON.stringify escapes only C0.
+ */
+export function quoted(s: string): string {
+  return JSON.stringify(s).replace(/[\u007f-\u009f\ufffe\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 export function jsonPreview(value: unknown, max = 40): string {
   let out = "";
   const put = (s: string): boolean => {
@@ -85,7 +93,7 @@ export function jsonPreview(value: unknown, max = 40): string {
   const walk = (v: unknown, depth: number): boolean => {
     if (v === null || typeof v === "boolean") return put(String(v));
     if (typeof v === "number") return put(Number.isFinite(v) ? JSON.stringify(v) : "null");
-    if (typeof v === "string") return put(JSON.stringify(v.length > max ? v.slice(0, max) : v));
+    if (typeof v === "string") return put(quoted(v.length > max ? v.slice(0, max) : v));
     if (typeof v !== "object") return put(String(v));
     if (depth >= 8) return put("…");
     if (Array.isArray(v)) {
@@ -96,7 +104,7 @@ export function jsonPreview(value: unknown, max = 40): string {
     if (!put("{")) return false;
     let first = true;
     for (const key of Object.keys(v)) {
-      if ((!first && !put(",")) || !put(JSON.stringify(key) + ":") || !walk((v as Record<string, unknown>)[key], depth + 1)) return false;
+      if ((!first && !put(",")) || !put(quoted(key) + ":") || !walk((v as Record<string, unknown>)[key], depth + 1)) return false;
       first = false;
     }
     return put("}");
@@ -116,7 +124,7 @@ export function describe(value: unknown): string {
     return len === undefined ? name : `${name}(${len})`;
   }
   if (Array.isArray(value)) return `Array(${value.length})`;
-  if (typeof value === "string") return `${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)} of type string`;
+  if (typeof value === "string") return `${quoted(value.length > 40 ? value.slice(0, 40) + "…" : value)} of type string`;
   if (typeof value === "object") return `object`;
   return `${String(value)} of type ${typeof value}`;
 }

@@ -1,6 +1,6 @@
 // Argument checks shared by the public API; each throws InvalidArgumentError naming the parameter.
 import { types } from "util";
-import { InvalidArgumentError, invalid } from "./errors";
+import { InvalidArgumentError, invalid, quoted } from "./errors";
 
 export function isPositiveInteger(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v > 0;
@@ -77,6 +77,6 @@ export function knownOptions(name: string, options: object, allowed: readonly st
       if (d < bestD) [best, bestD] = [a, d];
     }
     const hint = bestD <= Math.max(1, Math.floor(best.length / 3)) ? ` (did you mean ${best}?)` : "";
-    throw new InvalidArgumentError(`Expected only ${allowed.join(", ")} in ${name} but received ${JSON.stringify(key)}${hint}`);
+    throw new InvalidArgumentError(`Expected only ${allowed.join(", ")} in ${name} but received ${quoted(key)}${hint}`);
   }
 }

@@ -1,5 +1,5 @@
 import { types } from "node:util";
-import { BadProfileError, invalid } from "../errors";
+import { BadProfileError, invalid, quoted } from "../errors";
 import { parsePyLiteral, type PyValue } from "./pyliteral";
 import { knownOptions } from "../validate";
 
@@ -45,7 +45,7 @@ function fail(problem: string): never {
 /** Element reader for a descr, or a message saying why lukv cannot read it. */
 function floatReader(descr: string): { size: number; little: boolean; read: (v: DataView, at: number) => number } {
   const m = /^([<>=|]?)([a-zA-Z])(\d*)$/.exec(descr);
-  if (!m) fail(`unsupported npy dtype ${JSON.stringify(descr)}: lukv reads float16, float32 and float64 arrays`);
+  if (!m) fail(`unsupported npy dtype ${quoted(descr)}: lukv reads float16, float32 and float64 arrays`);
   const [, order, kind, digits] = m;
   // Single-letter type codes NumPy also accepts: e = half, f = single, d = double.
   const size = digits ? Number(digits) : ({ e: 2, f: 4, d: 8 } as Record<string, number>)[kind];
@@ -66,7 +66,7 @@ function floatReader(descr: string): { size: number; little: boolean; read: (v: 
       f: "a float array of an unsupported width",
     };
     const what = name[kind] ?? "not a float array";
-    fail(`unsupported npy dtype ${JSON.stringify(descr)} (${what}): lukv reads float16, float32 and float64 arrays`);
+    fail(`unsupported npy dtype ${quoted(descr)} (${what}): lukv reads float16, float32 and float64 arrays`);
   }
   // '=' and '|' (and no prefix) mean the writer's native order; NumPy platforms are little-endian.
   const little = order !== ">";

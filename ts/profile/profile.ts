@@ -1,5 +1,5 @@
 import { types } from "node:util";
-import { BadProfileError, describe, jsonPreview } from "../errors";
+import { BadProfileError, describe, jsonPreview, quoted } from "../errors";
 
 /** The `format` tag of lukv's JSON profiles. */
 export const PROFILE_FORMAT = "lukv-profile";
@@ -159,7 +159,7 @@ export function createProfile(init: ProfileInit): Profile {
   // A misspelt field (metta) would be dropped in silence; user metadata belongs in meta.
   const unknown = Object.keys(init).find((k) => !PROFILE_INIT_FIELDS.includes(k));
   if (unknown !== undefined)
-    throw new BadProfileError(`a profile has the fields ${PROFILE_INIT_FIELDS.join(", ")} but received ${JSON.stringify(unknown)} (metadata goes in meta)`);
+    throw new BadProfileError(`a profile has the fields ${PROFILE_INIT_FIELDS.join(", ")} but received ${quoted(unknown)} (metadata goes in meta)`);
   const { table, layers, kvHeads } = init;
   if (!isPositiveInt(layers)) throw new BadProfileError(`layers must be a positive integer but is ${show(layers)}`);
   if (!isPositiveInt(kvHeads)) throw new BadProfileError(`kvHeads must be a positive integer but is ${show(kvHeads)}`);

@@ -1,4 +1,4 @@
-import { BadProfileError } from "../errors";
+import { BadProfileError, quoted } from "../errors";
 
 /**
  * A Python literal as found in .npy headers. Integers are numbers; floats are {float, value}, so that
@@ -27,7 +27,7 @@ export function parsePyLiteral(text: string): PyValue {
   let i = 0;
   let depth = 0;
   const fail = (why: string): never => {
-    const near = JSON.stringify(text.slice(Math.max(0, i - 10), i + 20));
+    const near = quoted(text.slice(Math.max(0, i - 10), i + 20));
     throw new BadProfileError(`npy header is not a valid Python literal: ${why} at character ${i} (near ${near})`);
   };
   const skip = () => {
@@ -55,7 +55,7 @@ export function parsePyLiteral(text: string): PyValue {
         return v;
       }
     }
-    return fail(`unexpected ${JSON.stringify(c)}`);
+    return fail(`unexpected ${quoted(c)}`);
   };
   const sequence = (close: string, kind: "tuple" | "list"): PyValue => {
     i++;
