@@ -5,7 +5,7 @@
 // LUKV_REQUIRE_DEVICE_SUITE=1 (set by .ci/run) makes that a failure.
 import * as fs from "fs";
 import * as path from "path";
-import { KVCache, Sequence, DType, backends, createProfile, CompressOptions, QueryStatistics } from "../ts";
+import { KVCache, Sequence, DType, backends, createProfile, CompressOptions, QueryStatistics, InternalError, LukvError, OutOfMemoryError } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 import { referenceAttention, relativeError } from "./helpers/reference";
 import { headsOf, lastPositions } from "./helpers/cache";
@@ -797,7 +797,7 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       // autoCompress and the pressure policy take for "nothing changed".
       const err = run(seq, "compact:2/oom");
       expect([err?.name, (err as { code?: string })?.code, err?.message]).toEqual([
-        "Error",
+        "InternalError",
         "ERR_LUKV_INTERNAL",
         "compress failed after compacting 1 of the 2 heads it evicts from, in rounds (the pool could not hold them all at once): " +
           "those heads keep their compressed tokens (seq.lengths() shows which), the others are unchanged: the emulated device failed compact (compact:2/oom)",
@@ -826,6 +826,78 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
       expect([Array.from(auto.lengths()), auto.appended(0), auto.autoCompressions]).toEqual([[3000, 6001], 6001, 0]);
       auto.dispose();
       expect(cache.usage().pagesUsed).toBe(0);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  emulated("device failures are typed: out of device memory is OutOfMemoryError, which the pressure policy leaves alone (it evicted other sequences for it), a failed launch InternalError", async () => {
+    const rows = (n: number, s: number) => Float32Array.from({ length: n * 16 }, (_, i) => Math.sin(i * 0.37 * s));
+    const cache = new KVCache({ layers: 1, kvHeads: 2, queryHeads: 2, headDim: 8, pageSize: 4, maxTokens: 4096, dtype: "f32", device: "cuda" });
+    try {
+      const other = cache.createSequence();
+      other.append(0, rows(64, 1), rows(64, 2));
+      other.scores(0, "knorm", { window: 2 }); // its scoring buffers allocated now, not inside the pressure policy
+      cache.onPressure({ evict: "largest", scorer: "knorm", window: 2, ratio: 0.5 });
+      const seq = cache.createSequence();
+      // 200 rows grow the device's staging buffers: that allocation fails, with every page free that the append needs.
+      let err: unknown;
+      failing("alloc", () => {
+        try {
+          seq.append(0, rows(200, 3), rows(200, 4));
+        } catch (e) {
+          err = e;
+        }
+      });
+      expect(err).toBeInstanceOf(OutOfMemoryError);
+      expect(err).toMatchObject({ name: "OutOfMemoryError", code: "ERR_LUKV_OUT_OF_MEMORY" });
+      expect([Array.from(other.lengths()), Array.from(seq.lengths()), cache.pressureStats.events]).toEqual([[64, 64], [0, 0], 0]);
+      // A failed launch, sync and async.
+      const q = new Float32Array(2 * 8).fill(0.5);
+      let launch: unknown;
+      failing("attend", () => {
+        try {
+          other.attend(0, q);
+        } catch (e) {
+          launch = e;
+        }
+      });
+      expect(launch).toBeInstanceOf(InternalError);
+      expect(launch).toBeInstanceOf(LukvError);
+      expect((launch as Error).message).toBe("the emulated device failed attend (attend)");
+      native().emulatedFailure!("attend");
+      try {
+        await expect(other.attendAsync(0, q)).rejects.toThrow(InternalError);
+      } finally {
+        native().emulatedFailure!("");
+      }
+      expect(other.attend(0, q).every(Number.isFinite)).toBe(true);
+    } finally {
+      cache.dispose();
+    }
+  });
+
+  emulated("a pressure compression of another sequence that fails after earlier rounds: the append says it was the pressure policy's", () => {
+    const rows = (n: number, s: number) => Float32Array.from({ length: n * 16 }, (_, i) => Math.sin(i * 0.37 * s));
+    const cache = new KVCache({ layers: 2, kvHeads: 2, queryHeads: 2, headDim: 8, pageSize: 4, maxTokens: 4 * 4 * 30, dtype: "f32", device: "cuda" });
+    try {
+      const victim = cache.createSequence();
+      for (let l = 0; l < 2; l++) victim.append(l, rows(40, 1), rows(40, 2)); // 40 pages
+      const filler = cache.createSequence();
+      filler.append(0, rows(134, 3), rows(134, 4)); // 68 pages: 12 of the 120 left
+      cache.onPressure({ evict: "largest", scorer: "knorm", window: 2, ratio: 0.5 });
+      const requester = cache.createSequence();
+      let err: Error | undefined;
+      failing("compact:2", () => {
+        try {
+          requester.append(1, rows(28, 5), rows(28, 6)); // 14 pages: the victim is compressed, a head or two per round
+        } catch (e) {
+          err = e as Error;
+        }
+      });
+      expect(err).toBeInstanceOf(InternalError);
+      expect(err?.message).toMatch(/^The pressure policy's compression of another sequence failed, and nothing was appended: compress failed after compacting \d+ of the \d+ heads/);
+      expect(Array.from(requester.lengths())).toEqual([0, 0, 0, 0]);
     } finally {
       cache.dispose();
     }

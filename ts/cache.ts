@@ -1,6 +1,19 @@
 // KVCache and Sequence: the typed surface over the native paged per-head cache.
 import { constants as bufferConstants } from "buffer";
-import { BackendUnavailableError, BadSequenceFileError, DisposedError, InvalidArgumentError, LukvError, OutOfPagesError, invalid, describe, outGone, SequenceBusyError } from "./errors";
+import {
+  BackendUnavailableError,
+  BadSequenceFileError,
+  DisposedError,
+  InternalError,
+  InvalidArgumentError,
+  LukvError,
+  OutOfMemoryError,
+  OutOfPagesError,
+  invalid,
+  describe,
+  outGone,
+  SequenceBusyError,
+} from "./errors";
 import { readSequenceSource, readSequenceSourceAsync, checkSavePath, writeFileReplacing, writeFileReplacingAsync } from "./sequence-file";
 import { DType, bf16BitsToF32, f16BitsToF32 } from "./dtype";
 import { native, NativeCache, resolveDevice } from "./native";
@@ -210,6 +223,10 @@ export function rethrow(e: unknown): never {
       throw new InvalidArgumentError(message);
     case "ERR_LUKV_OUT_OF_PAGES":
       throw new OutOfPagesError(message);
+    case "ERR_LUKV_OUT_OF_MEMORY":
+      throw new OutOfMemoryError(message);
+    case "ERR_LUKV_INTERNAL":
+      throw new InternalError(message);
     case "ERR_LUKV_DISPOSED":
       throw new DisposedError(message);
     case "ERR_LUKV_BACKEND_UNAVAILABLE":
@@ -432,6 +449,8 @@ export class KVCache {
         } catch (err) {
           if (err instanceof InvalidArgumentError && refusals++ === 0) firstRefusal = err.message;
           if (err instanceof OutOfPagesError || err instanceof InvalidArgumentError) continue; // this one cannot give pages now
+          if (err instanceof LukvError)
+            err.message = `The pressure policy's compression of ${seq === requestedBy ? "the appending sequence" : "another sequence"} failed, and nothing was appended: ${err.message}`;
           throw err;
         }
         this.#pressureStats.events++;

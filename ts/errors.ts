@@ -22,6 +22,28 @@ export class OutOfPagesError extends LukvError {
   }
 }
 
+/**
+ * Memory a call needs besides the page pool could not be allocated: host memory, or a device's
+ * staging and workspace buffers (the GPU's memory is full). Unlike OutOfPagesError, evicting
+ * tokens gives none back (the pool is allocated whole); the call changed nothing.
+ */
+export class OutOfMemoryError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_OUT_OF_MEMORY", message);
+  }
+}
+
+/**
+ * The backend failed where it should not: a CUDA launch, copy or synchronisation (the message names
+ * the call and its CUDA error), or a check of lukv's own. After a compress that fails this way
+ * partway, the message says what it changed.
+ */
+export class InternalError extends LukvError {
+  constructor(message: string) {
+    super("ERR_LUKV_INTERNAL", message);
+  }
+}
+
 /** The cache or sequence was used after `dispose()`. */
 export class DisposedError extends LukvError {
   constructor(message: string) {

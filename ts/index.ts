@@ -7,6 +7,8 @@ export {
   LukvError,
   InvalidArgumentError,
   OutOfPagesError,
+  OutOfMemoryError,
+  InternalError,
   DisposedError,
   BackendUnavailableError,
   BadProfileError,

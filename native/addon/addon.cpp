@@ -47,7 +47,7 @@ auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
   } catch (const Error& e) {
     throw toJs(env, e);
   } catch (const std::bad_alloc&) {
-    throw toJs(env, "ERR_LUKV_OUT_OF_PAGES", "out of host memory");
+    throw toJs(env, "ERR_LUKV_OUT_OF_MEMORY", "out of host memory");
   } catch (const std::exception& e) {
     throw toJs(env, "ERR_LUKV_INTERNAL", e.what());
   }
@@ -345,6 +345,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       } catch (const Error& e) {
         code_ = e.codeName();
         message_ = e.what();
+      } catch (const std::bad_alloc&) {
+        code_ = "ERR_LUKV_OUT_OF_MEMORY";
+        message_ = "out of host memory";
       } catch (const std::exception& e) {
         code_ = "ERR_LUKV_INTERNAL";
         message_ = e.what();

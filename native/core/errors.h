@@ -5,7 +5,9 @@
 
 namespace lukv {
 
-enum class ErrorCode { InvalidArgument, OutOfPages, Disposed, BackendUnavailable, Internal, BadSequenceFile };
+// OutOfPages: the page pool lacks pages (or cannot be made); OutOfMemory: memory a call needs besides
+// the pool (host memory, a device's staging and workspace buffers) could not be allocated.
+enum class ErrorCode { InvalidArgument, OutOfPages, OutOfMemory, Disposed, BackendUnavailable, Internal, BadSequenceFile };
 
 class Error : public std::runtime_error {
  public:
@@ -15,6 +17,7 @@ class Error : public std::runtime_error {
     switch (code_) {
       case ErrorCode::InvalidArgument: return "ERR_LUKV_INVALID_ARGUMENT";
       case ErrorCode::OutOfPages: return "ERR_LUKV_OUT_OF_PAGES";
+      case ErrorCode::OutOfMemory: return "ERR_LUKV_OUT_OF_MEMORY";
       case ErrorCode::Disposed: return "ERR_LUKV_DISPOSED";
       case ErrorCode::BackendUnavailable: return "ERR_LUKV_BACKEND_UNAVAILABLE";
       case ErrorCode::BadSequenceFile: return "ERR_LUKV_BAD_SEQUENCE_FILE";

@@ -67,7 +67,7 @@ class GpuDevice {
       cudaGetLastError();
       size_t freeB = 0, totalB = 0;
       cudaMemGetInfo(&freeB, &totalB);
-      throw Error(ErrorCode::OutOfPages, "could not allocate " + std::to_string(bytes) + " bytes of device memory (" +
+      throw Error(ErrorCode::OutOfMemory, "could not allocate " + std::to_string(bytes) + " bytes of device memory (" +
                                              std::to_string(freeB) + " of " + std::to_string(totalB) + " bytes free)");
     }
     if (e != cudaSuccess) cuda::throwCudaError(e, "cudaMalloc", __FILE__, __LINE__);

@@ -37,7 +37,13 @@ class CudaBackend : public Backend {
   CudaBackend(const BackendConfig& c, Dev dev)
       : dev_(std::move(dev)), pages_(checkedPages(c, dev_)), threads_(c.threads) {
     view_ = poolView(nullptr, c.pages, c.pageSize, c.headDim, c.dtype);
-    view_.data = static_cast<uint8_t*>(dev_.alloc((size_t)c.pages * (size_t)view_.pageBytes));
+    try {
+      view_.data = static_cast<uint8_t*>(dev_.alloc((size_t)c.pages * (size_t)view_.pageBytes));
+    } catch (const Error& e) {
+      // The pool itself: too large for the device, as the check above would have said.
+      if (e.code() != ErrorCode::OutOfMemory) throw;
+      throw Error(ErrorCode::OutOfPages, std::string("could not allocate the device page pool: ") + e.what());
+    }
   }
   ~CudaBackend() override {
     for (Buffer* b : {&q_, &out_, &keys_, &values_, &mass_, &oracle_, &weights_, &scores_})

@@ -31,7 +31,7 @@ void throwCudaError(cudaError_t e, const char* what, const char* file, int line)
       code = ErrorCode::BackendUnavailable;
       break;
     case cudaErrorMemoryAllocation:
-      code = ErrorCode::OutOfPages;
+      code = ErrorCode::OutOfMemory;
       msg += ": out of device memory";
       break;
     case cudaErrorIllegalAddress:

@@ -43,17 +43,17 @@ void failIfAsked(const char* op, ErrorCode code) {
   const size_t colon = spec.find(':');
   if (spec.empty() || spec.substr(0, colon) != op) return;
   const long nth = colon == std::string::npos ? 1 : std::strtol(spec.c_str() + colon + 1, nullptr, 10);
-  if (slash != std::string::npos && f.what.substr(slash) == "/oom") code = ErrorCode::OutOfPages;
+  if (slash != std::string::npos && f.what.substr(slash) == "/oom") code = ErrorCode::OutOfMemory;
   if (++f.calls >= nth) throw Error(code, std::string("the emulated device failed ") + op + " (" + f.what + ")");
 }
 
 struct EmuDevice {
   static const char* name() { return "cuda-emulator"; }
   void* alloc(size_t bytes) {
-    failIfAsked("alloc", ErrorCode::OutOfPages);
+    failIfAsked("alloc", ErrorCode::OutOfMemory);
     // Unused bytes are NaN as floats, as on the GPU tests: a read of one shows in the results.
     void* p = std::malloc(bytes ? bytes : 16);
-    if (!p) throw Error(ErrorCode::OutOfPages, "the emulated device could not allocate " + std::to_string(bytes) + " bytes");
+    if (!p) throw Error(ErrorCode::OutOfMemory, "the emulated device could not allocate " + std::to_string(bytes) + " bytes");
     std::memset(p, 0xFF, bytes);
     return p;
   }
