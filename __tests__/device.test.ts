@@ -872,6 +872,9 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         native().emulatedFailure!("");
       }
       expect(other.attend(0, q).every(Number.isFinite)).toBe(true);
+      // A misspelt request is refused rather than failing nothing.
+      for (const what of ["compact/OOM", "compacts", "attend:x", "alloc:2/oom2"])
+        expect(() => native().emulatedFailure!(what)).toThrow(expect.objectContaining({ code: "ERR_LUKV_INVALID_ARGUMENT", message: expect.stringContaining(`but received "${what}"`) }));
     } finally {
       cache.dispose();
     }
@@ -896,7 +899,7 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         }
       });
       expect(err).toBeInstanceOf(InternalError);
-      expect(err?.message).toMatch(/^The pressure policy's compression of another sequence failed, and nothing was appended: compress failed after compacting \d+ of the \d+ heads/);
+      expect(err?.message).toMatch(/^The pressure policy's compression of another sequence failed: compress failed after compacting \d+ of the \d+ heads/);
       expect(Array.from(requester.lengths())).toEqual([0, 0, 0, 0]);
     } finally {
       cache.dispose();

@@ -114,7 +114,7 @@ describe("sampler options", () => {
     ["temperature -1", { temperature: -1 }, "Expected a finite number >= 0 for temperature but received -1"],
     ["temperature NaN", { temperature: NaN }, "Expected a finite number >= 0 for temperature but received NaN"],
     ["temperature Infinity", { temperature: Infinity }, "Expected a finite number >= 0 for temperature but received Infinity"],
-    ["temperature \"1\"", { temperature: "1" }, "Expected a finite number >= 0 for temperature but received 1"],
+    ["temperature \"1\"", { temperature: "1" }, 'Expected a finite number >= 0 for temperature but received "1" of type string'],
     ["topK 1.5", { temperature: 1, topK: 1.5 }, "Expected a non-negative integer for topK but received 1.5"],
     ["topK -1", { topK: -1 }, "Expected a non-negative integer for topK but received -1"],
     ["topK NaN", { topK: NaN }, "Expected a non-negative integer for topK but received NaN"],
@@ -236,7 +236,7 @@ describe("sequences and directories that are not what the model takes", () => {
     const appended = Array.from({ length: model.config.layers }, (_, l) => seq.appended(l));
     expect(new Set(appended).size).toBe(2);
     const last = appended.findIndex((n) => n !== appended[0]);
-    const message = `Expected a Sequence whose layers hold the same positions for seq but layer 0 holds ${appended[0]} and layer ${last} ${appended[last]} (a forward that ran out of pages stopped between layers): dispose it`;
+    const message = `Expected a Sequence whose layers hold the same positions for seq but layer 0 holds ${appended[0]} and layer ${last} ${appended[last]} (a forward that failed, out of pages say, stopped between layers): dispose it`;
     throwsInvalid(() => model.forward(seq, [7]), message);
     throwsInvalid(() => model.forwardBatch([other, seq], [7, 7]), message.replace("for seq but", "for seqs[1] but"));
     expect(Array.from({ length: model.config.layers }, (_, l) => seq.appended(l))).toEqual(appended);

@@ -2,6 +2,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createProfile, decodeNpy, decodeProfile, encodeNpy, loadProfile, profileFromNpy, profileToNpy, type NpyFloatDtype } from "../ts/profile";
 import { parsePyLiteral } from "../ts/profile/pyliteral";
+import { Profiler } from "../ts/profiler";
+import { Sampler } from "../ts/model";
 import { rng, testSeed } from "./helpers/random";
 
 // Fresh random data each run; rerun a failure with LUKV_SEED=<seed>.
@@ -202,6 +204,8 @@ describe("bad .npy files name the problem", () => {
     );
     // The same in option names and string values of any message.
     expect(() => createProfile({ table: [0.5], layers: 1, kvHeads: 1, ["x\u009b"]: 1 } as never)).toThrow('received "x\\u009b" (metadata goes in meta)');
+    expect(() => new Profiler({ layers: 1, kvHeads: 1, scorerOptions: { ["k\u009b"]: 1 } as never })).toThrow('but received "k\\u009b"');
+    expect(() => new Sampler({ temperature: "t\u009b" as never })).toThrow('Expected a finite number >= 0 for temperature but received "t\\u009b" of type string');
   });
 
   test("a version 3.0 header is read as UTF-8 and single-letter type codes work", () => {

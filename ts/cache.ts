@@ -303,9 +303,11 @@ export class KVCache {
         this.#native = make(resolved);
       } catch (e) {
         // "auto" takes the CPU where the device refuses this cache (a head size it has no kernels
-        // for, a pool larger than its memory): config.device says which it took.
+        // for, a pool larger than its memory, a device whose memory is full): config.device says
+        // which it took.
         const code = (e as { code?: unknown })?.code;
-        if (device !== "auto" || resolved !== "cuda" || (code !== "ERR_LUKV_INVALID_ARGUMENT" && code !== "ERR_LUKV_OUT_OF_PAGES")) throw e;
+        const refused = code === "ERR_LUKV_INVALID_ARGUMENT" || code === "ERR_LUKV_OUT_OF_PAGES" || code === "ERR_LUKV_OUT_OF_MEMORY";
+        if (device !== "auto" || resolved !== "cuda" || !refused) throw e;
         try {
           this.#native = make("cpu");
         } catch (cpuError) {
@@ -450,7 +452,7 @@ export class KVCache {
           if (err instanceof InvalidArgumentError && refusals++ === 0) firstRefusal = err.message;
           if (err instanceof OutOfPagesError || err instanceof InvalidArgumentError) continue; // this one cannot give pages now
           if (err instanceof LukvError)
-            err.message = `The pressure policy's compression of ${seq === requestedBy ? "the appending sequence" : "another sequence"} failed, and nothing was appended: ${err.message}`;
+            err.message = `The pressure policy's compression of ${seq === requestedBy ? "the appending sequence" : "another sequence"} failed: ${err.message}`;
           throw err;
         }
         this.#pressureStats.events++;

@@ -95,10 +95,6 @@ export class BadSequenceFileError extends LukvError {
 }
 
 /**
- * JSON text of a value for error messages, cut to `max` characters. Never recurses deeper than a
- * few levels (a parsed file may nest a million arrays, which JSON.stringify cannot print).
- */
-/**
  * `s` as a JSON string literal in which DEL, the C1 controls (U+0080-U+009F: a terminal acts on
  * U+009B as on ESC [) and U+FFFE / U+FFFF are escaped too, as JSON.stringify escapes only C0.
  */
@@ -106,6 +102,15 @@ export function quoted(s: string): string {
   return JSON.stringify(s).replace(/[\u007f-\u009f\ufffe\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
+/** A received value in a message: a number as written, anything else as describe() shows it (strings quoted, with their type). */
+export function shown(value: unknown): string {
+  return typeof value === "number" ? String(value) : describe(value);
+}
+
+/**
+ * JSON text of a value for error messages, cut to `max` characters. Never recurses deeper than a
+ * few levels (a parsed file may nest a million arrays, which JSON.stringify cannot print).
+ */
 export function jsonPreview(value: unknown, max = 40): string {
   let out = "";
   const put = (s: string): boolean => {

@@ -375,16 +375,16 @@ const DRIVER_DIRS = [
 ];
 
 // ELF e_machine of each Node architecture whose binaries the loader may meet, the names it prints,
-// and whether its binaries are 64-bit (e_ident's class).
-const ELF_MACHINES: Record<string, [number, string, boolean]> = {
-  x64: [62, "x86-64", true],
-  arm64: [183, "AArch64", true],
-  ia32: [3, "x86 (32-bit)", false],
-  arm: [40, "ARM (32-bit)", false],
-  ppc64: [21, "PowerPC 64", true],
-  s390x: [22, "IBM S/390", true],
-  riscv64: [243, "RISC-V", true],
-  loong64: [258, "LoongArch", true],
+// whether its binaries are 64-bit (e_ident's class) and little-endian (Node's ppc64 is ppc64le).
+const ELF_MACHINES: Record<string, [number, string, boolean, boolean]> = {
+  x64: [62, "x86-64", true, true],
+  arm64: [183, "AArch64", true, true],
+  ia32: [3, "x86 (32-bit)", false, true],
+  arm: [40, "ARM (32-bit)", false, true],
+  ppc64: [21, "PowerPC 64", true, true],
+  s390x: [22, "IBM S/390", true, false],
+  riscv64: [243, "RISC-V", true, true],
+  loong64: [258, "LoongArch", true, true],
 };
 
 /**
@@ -408,14 +408,14 @@ export function checkElfBinary(file: string, arch: string = process.arch): void 
     const u32 = (b: Buffer, at: number) => (little ? b.readUInt32LE(at) : b.readUInt32BE(at));
     // The dynamic loader reports a binary for another processor as "No such file or directory".
     const expected = ELF_MACHINES[arch], machine = u16(head, 0x12);
-    // The host's byte order (ppc64 binaries come in both) and width, against the file's.
-    const hostLittle = os.endianness() === "LE";
+    // The architecture's byte order (ppc64 binaries come in both) and width, against the file's.
+    const hostLittle = arch === process.arch ? os.endianness() === "LE" : expected?.[3];
     if (expected && (machine !== expected[0] || wide !== expected[2] || little !== hostLittle)) {
       const found = Object.values(ELF_MACHINES).find(([m]) => m === machine);
       const kind = (name: string, w: boolean, l: boolean) => `${name}, ${w ? 64 : 32}-bit ${l ? "little" : "big"}-endian`;
       throw new Error(
         `${file} is a binary for ${kind(found ? found[1] : `ELF machine ${machine}`, wide, little)}, not for this process's ` +
-          `${kind(expected[1], expected[2], hostLittle)} (${arch}): it was built or downloaded for another machine`,
+          `${kind(expected[1], expected[2], hostLittle !== false)} (${arch}): it was built or downloaded for another machine`,
       );
     }
     const word = (b: Buffer, at: number) => (wide ? Number(little ? b.readBigUInt64LE(at) : b.readBigUInt64BE(at)) : u32(b, at));

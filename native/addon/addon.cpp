@@ -1068,7 +1068,7 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
 #ifdef LUKV_CUDA_EMULATE
 Napi::Value EmulatedFailure(const Napi::CallbackInfo& info) {
   if (info.Length() != 1 || !info[0].IsString()) throw Napi::TypeError::New(info.Env(), "emulatedFailure(what: string)");
-  setEmulatedFailure(info[0].As<Napi::String>().Utf8Value());
+  guarded(info.Env(), [&] { setEmulatedFailure(info[0].As<Napi::String>().Utf8Value()); });
   return info.Env().Undefined();
 }
 #endif

@@ -30,7 +30,7 @@ class OnDevice {
     if (!quiet) cuda::throwCudaError(e, call, __FILE__, __LINE__);
   }
   ~OnDevice() {
-    if (restore_) cudaSetDevice(previous_);
+    if (restore_ && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
   }
   OnDevice(const OnDevice&) = delete;
   OnDevice& operator=(const OnDevice&) = delete;
@@ -57,6 +57,7 @@ class GpuDevice {
       ws_->release();
     }
     if (stream_) cudaStreamDestroy(stream_);
+    cudaGetLastError();
   }
   static const char* name() { return "cuda"; }
   void* alloc(size_t bytes) {
@@ -77,6 +78,7 @@ class GpuDevice {
     OnDevice on(device_, true);
     cudaStreamSynchronize(stream_);  // queued work may still read it
     cudaFree(p);
+    cudaGetLastError();  // a failure here is not left for a later launch check to report
   }
   void toDevice(void* dst, const void* src, size_t bytes) {
     if (!bytes) return;

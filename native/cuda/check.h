@@ -9,7 +9,7 @@ namespace lukv {
 namespace cuda {
 
 // Throws lukv::Error for `e`, naming the call and where it was made. No device or an unusable
-// driver becomes ErrorCode::BackendUnavailable, no memory OutOfPages, anything else Internal.
+// driver becomes ErrorCode::BackendUnavailable, no memory OutOfMemory, anything else Internal.
 [[noreturn]] void throwCudaError(cudaError_t e, const char* what, const char* file, int line);
 
 // After a launch: the launch error, and with LUKV_CUDA_SYNC=1 in the environment also the

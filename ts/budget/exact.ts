@@ -10,17 +10,6 @@ export interface ExactBudgetOptions extends BudgetOptions {
   maxSteps?: number;
 }
 
-/**
- * Exact optimum of the ORIGINAL (non-convex) budget problem by dynamic programming:
- * minimises Σ_h curves[h][T_h − keep_h] subject to Σ keep = totalKeep and the bounds.
- * Same curve convention and options as {@link solveBudgets}. Meant for checking the
- * greedy and for small problems: O(Σ_h (maxKeep_h − minKeep_h) × U) time and
- * O(H × U) memory, U = totalKeep − Σ minKeep. Among equal optima, each head (from
- * the last to the first) takes the fewest extra tokens, so the answer is deterministic.
- *
- * @returns keep count per head.
- * @throws InvalidArgumentError for malformed input, an infeasible total or a problem over maxSteps.
- */
 /** solveBudgetsExact's default limit on its dynamic programme's steps. */
 export const EXACT_MAX_STEPS = 5e7;
 
@@ -32,6 +21,17 @@ export function exactSteps(problem: Pick<BudgetProblem, "heads" | "lo" | "hi" | 
   return steps;
 }
 
+/**
+ * Exact optimum of the ORIGINAL (non-convex) budget problem by dynamic programming:
+ * minimises Σ_h curves[h][T_h − keep_h] subject to Σ keep = totalKeep and the bounds.
+ * Same curve convention and options as {@link solveBudgets}. Meant for checking the
+ * greedy and for small problems: O(Σ_h (maxKeep_h − minKeep_h) × U) time and
+ * O(H × U) memory, U = totalKeep − Σ minKeep. Among equal optima, each head (from
+ * the last to the first) takes the fewest extra tokens, so the answer is deterministic.
+ *
+ * @returns keep count per head.
+ * @throws InvalidArgumentError for malformed input, an infeasible total or a problem over maxSteps.
+ */
 export function solveBudgetsExact(curves: readonly LossCurve[], totalKeep: number, options?: ExactBudgetOptions): Int32Array {
   const problem = budgetProblem(curves, options, ["minKeep", "maxKeep", "maxSteps"]);
   const total = checkTotal(problem, totalKeep);

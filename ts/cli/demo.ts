@@ -10,7 +10,7 @@ import type { DType } from "../dtype";
 import { defaultModelDir, loadTinyLM, modelProfile, modelTexts } from "../model";
 import type { Profile } from "../profile";
 import { QueryStatistics } from "../expected-attention";
-import { InvalidArgumentError, OutOfPagesError } from "../errors";
+import { InvalidArgumentError, OutOfMemoryError, OutOfPagesError } from "../errors";
 import { CliIO, countOption, decimalText, noPositionals, parseArgs, progressBar, readingFrom, UsageError, wantsHelp } from "./io";
 
 /** compress()'s defaults, passed explicitly: every head keeps its first SINK and last WINDOW tokens. */
@@ -56,7 +56,7 @@ function cacheSizedBy(asked: string, options: string, make: () => KVCache): KVCa
   try {
     return make();
   } catch (e) {
-    if (e instanceof InvalidArgumentError || e instanceof OutOfPagesError)
+    if (e instanceof InvalidArgumentError || e instanceof OutOfPagesError || e instanceof OutOfMemoryError)
       throw new UsageError(`${asked} needs a KV cache larger than can be allocated: give a smaller ${options}`);
     throw e;
   }

@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseArgs as parseNodeArgs } from "node:util";
 import type { DType } from "../dtype";
+import { quoted } from "../errors";
 import { writeFileReplacing } from "../sequence-file";
 
 /** Where a command writes; tests pass their own. */
@@ -77,7 +78,7 @@ export function splitOption(a: string): { name: string; inline?: string } {
 
 /** A flag's value: `true`. @throws UsageError when it was written `--name=value`. */
 export function flagValue(name: string, inline: string | undefined): true {
-  if (inline !== undefined) throw new UsageError(`--${name} takes no value, got ${JSON.stringify(inline)}`);
+  if (inline !== undefined) throw new UsageError(`--${name} takes no value, got ${quoted(inline)}`);
   return true;
 }
 
@@ -103,7 +104,7 @@ export function wantsHelp(argv: string[]): boolean {
 export function noPositionals(args: Args): void {
   if (args.positional.length === 0) return;
   const flag = args.afterFlag[0];
-  throw new UsageError(`unexpected argument ${JSON.stringify(args.positional[0])}${flag ? ` (--${flag} takes no value)` : ""}`);
+  throw new UsageError(`unexpected argument ${quoted(args.positional[0])}${flag ? ` (--${flag} takes no value)` : ""}`);
 }
 
 /** A text progress bar on stderr when it is a terminal; silent otherwise. */
@@ -136,7 +137,7 @@ export class UsageError extends Error {}
  */
 function listItems(v: string | true, name: string, expects: string): string[] {
   const items = String(v).split(",").map((x) => x.trim());
-  if (v === true || items.some((x) => x === "")) throw new UsageError(`--${name} expects ${expects}, got ${JSON.stringify(v === true ? "" : v)} (an empty item)`);
+  if (v === true || items.some((x) => x === "")) throw new UsageError(`--${name} expects ${expects}, got ${quoted(v === true ? "" : v)} (an empty item)`);
   const twice = items.find((x, i) => items.indexOf(x) !== i);
   if (twice !== undefined) throw new UsageError(`--${name} lists ${twice} twice`);
   return items;
@@ -148,7 +149,7 @@ export function listOption<T extends string>(v: string | true | undefined, fallb
   const expects = `a comma-separated list of ${allowed.join(", ")}`;
   const items = listItems(v, name, expects) as T[];
   const bad = items.find((x) => !allowed.includes(x));
-  if (bad !== undefined) throw new UsageError(`--${name} expects ${expects}, got ${JSON.stringify(bad)}`);
+  if (bad !== undefined) throw new UsageError(`--${name} expects ${expects}, got ${quoted(bad)}`);
   return items;
 }
 
@@ -191,7 +192,7 @@ export function ratiosOption(options: Map<string, string | true>, fallback: numb
   const expects = "comma-separated numbers in [0, 1)";
   const items = listItems(v, "ratios", expects);
   const bad = items.find((x) => !(decimalText(x) >= 0 && decimalText(x) < 1));
-  if (bad !== undefined) throw new UsageError(`--ratios expects ${expects}, got ${JSON.stringify(bad)}`);
+  if (bad !== undefined) throw new UsageError(`--ratios expects ${expects}, got ${quoted(bad)}`);
   const ratios = items.map(Number);
   // The same ratio written two ways ("0.5,0.50") is the same setting too.
   const twice = ratios.find((x, i) => ratios.indexOf(x) !== i);
@@ -209,8 +210,8 @@ export function outputOption(v: string | true | undefined, fallback: string): st
   const bad = (why: string) =>
     new UsageError(
       v === undefined
-        ? `--out defaults to ${JSON.stringify(file)}, which cannot be written here (${why}): give --out FILE`
-        : `--out expects a file in an existing, writable directory, got ${JSON.stringify(file)} (${why})`,
+        ? `--out defaults to ${quoted(file)}, which cannot be written here (${why}): give --out FILE`
+        : `--out expects a file in an existing, writable directory, got ${quoted(file)} (${why})`,
     );
   const statOf = (p: string): fs.Stats | undefined => {
     try {

@@ -1,6 +1,6 @@
 // `lukv profile build DIR`: an LU-KV profile from the samples a Profiler saved.
 import { join } from "node:path";
-import { BadProfileError, InvalidArgumentError } from "../errors";
+import { BadProfileError, InvalidArgumentError, quoted } from "../errors";
 import { saveProfile } from "../profile";
 import { formatOfPath } from "../profile/io";
 import { Profiler, type ProfileReport } from "../profiler";
@@ -59,16 +59,16 @@ export async function profileBuildCommand(argv: string[], io: CommandIO): Promis
     const dir = positionals[0];
     const out = strings.out ?? join(dir, "profile.json");
     const format = formatOfPath(out);
-    if (!format) throw new UsageError(`--out must end in .npy or .json, got ${JSON.stringify(out)}`);
+    if (!format) throw new UsageError(`--out must end in .npy or .json, got ${quoted(out)}`);
     const scope = strings.scope;
     if (scope !== undefined && scope !== "global" && scope !== "per-layer") {
-      throw new UsageError(`--scope must be global or per-layer, got ${JSON.stringify(scope)}`);
+      throw new UsageError(`--scope must be global or per-layer, got ${quoted(scope)}`);
     }
     let grid: number | undefined;
     if (strings.grid !== undefined) {
       grid = integerText(strings.grid);
       if (!Number.isSafeInteger(grid) || grid < 1 || grid > 100000) {
-        throw new UsageError(`--grid must be an integer between 1 and 100000, got ${JSON.stringify(strings.grid)}`);
+        throw new UsageError(`--grid must be an integer between 1 and 100000, got ${quoted(strings.grid)}`);
       }
     }
     const profiler = Profiler.load(dir, { scope, grid, keepSamples: false });

@@ -1,7 +1,7 @@
 // `lukv profile …`: look inside LU-KV profiles and convert them between .npy and JSON.
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
-import { BadProfileError, InvalidArgumentError } from "../errors";
+import { BadProfileError, InvalidArgumentError, quoted } from "../errors";
 import { decodeNpy, decodeProfile, loadProfile, saveProfile, type Profile } from "../profile";
 import { formatOfPath } from "../profile/io";
 import { writeFileReplacing } from "../sequence-file";
@@ -65,10 +65,10 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
   const { strings: values, positionals } = parseCommandArgs(argv, ["ratio", "plot"]);
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? "inspect needs a FILE" : `inspect takes one FILE, got ${positionals.length}`);
   if (values.plot !== undefined && !values.plot.toLowerCase().endsWith(".svg"))
-    throw new UsageError(`--plot must name an .svg file, got ${JSON.stringify(values.plot)}`);
+    throw new UsageError(`--plot must name an .svg file, got ${quoted(values.plot)}`);
   const ratio = values.ratio === undefined ? 0.8 : decimalText(values.ratio);
   if (!(ratio >= 0 && ratio <= 1)) {
-    throw new UsageError(`--ratio must be a number between 0 and 1, got ${JSON.stringify(values.ratio)}`);
+    throw new UsageError(`--ratio must be a number between 0 and 1, got ${quoted(values.ratio ?? "")}`);
   }
   const file = positionals[0];
   const bytes = readingFrom(file, () => readFileSync(file));
@@ -99,9 +99,9 @@ async function convert(argv: string[], io: CommandIO): Promise<number> {
   if (positionals.length !== 2) throw new UsageError(`convert needs IN and OUT, got ${positionals.length} path${positionals.length === 1 ? "" : "s"}`);
   const [input, output] = positionals;
   const format = formatOfPath(output);
-  if (!format) throw new UsageError(`OUT must end in .npy or .json, got ${JSON.stringify(output)}`);
+  if (!format) throw new UsageError(`OUT must end in .npy or .json, got ${quoted(output)}`);
   if (values.dtype !== undefined && values.dtype !== "f4" && values.dtype !== "f8") {
-    throw new UsageError(`--dtype must be f4 or f8, got ${JSON.stringify(values.dtype)}`);
+    throw new UsageError(`--dtype must be f4 or f8, got ${quoted(values.dtype)}`);
   }
   if (values.dtype !== undefined && format === "json") throw new UsageError("--dtype is for .npy output; lukv JSON writes the table as it is");
   const profile = readingFrom(input, () => loadProfile(input));
@@ -129,7 +129,7 @@ export async function profileCommand(argv: string[], io: CommandIO): Promise<num
   }
   const run = SUBCOMMANDS[sub];
   if (!Object.hasOwn(SUBCOMMANDS, sub)) {
-    io.err(`lukv profile: unknown subcommand ${JSON.stringify(sub)}\n\n${USAGE}`);
+    io.err(`lukv profile: unknown subcommand ${quoted(sub)}\n\n${USAGE}`);
     return 2;
   }
   if (rest.includes("--help") || rest.includes("-h")) {

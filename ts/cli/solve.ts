@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { solveBudgetsDetailed, solveBudgetsExact, budgetLoss, type BudgetOptions } from "../budget";
 import { budgetProblem, checkTotal } from "../budget/problem";
 import { EXACT_MAX_STEPS, exactSteps } from "../budget/exact";
-import { InvalidArgumentError } from "../errors";
+import { InvalidArgumentError, jsonPreview, quoted } from "../errors";
 import { integerText, isSystemError, parseCommandArgs, readingFrom, UsageError, type CommandIO } from "./io";
 
 const USAGE = `usage: lukv solve CURVES.json --keep N [--exact] [--min-keep N] [--max-keep N] [--json]
@@ -20,8 +20,6 @@ CURVES.json  an array with one curve per head, curve[n] = loss after evicting n
 --json       print the result as JSON`;
 
 class FileError extends Error {}
-
-/** Steps of dynamic programming `--exact` may take (solveBudgetsExact's default maxSteps). */
 
 function readCurves(path: string): { curves: number[][]; minKeep?: number | number[]; maxKeep?: number | number[] } {
   let doc: unknown;
@@ -45,7 +43,7 @@ function readCurves(path: string): { curves: number[][]; minKeep?: number | numb
   const bound = (name: "minKeep" | "maxKeep") => {
     const v = obj?.[name];
     if (v === undefined || count(v) || (Array.isArray(v) && v.length === curves.length && v.every(count))) return v as number | number[] | undefined;
-    throw new FileError(`${path}: "${name}" must be a non-negative integer or an array of ${curves.length} of them (one per head), got ${JSON.stringify(v)}`);
+    throw new FileError(`${path}: "${name}" must be a non-negative integer or an array of ${curves.length} of them (one per head), got ${jsonPreview(v)}`);
   };
   return { curves: curves as number[][], minKeep: bound("minKeep"), maxKeep: bound("maxKeep") };
 }
@@ -53,7 +51,7 @@ function readCurves(path: string): { curves: number[][]; minKeep?: number | numb
 function count(flag: string, text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   const n = integerText(text);
-  if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`${flag} must be a non-negative integer, got ${JSON.stringify(text)}`);
+  if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`${flag} must be a non-negative integer, got ${quoted(text)}`);
   return n;
 }
 

@@ -8,7 +8,7 @@
 // a row of `hidden` values. Feeding every layer the full run's q, k and v isolates what eviction
 // changes in each layer from what earlier layers' errors would add.
 import type { Sequence } from "../cache";
-import { InvalidArgumentError } from "../errors";
+import { InvalidArgumentError, shown } from "../errors";
 import { matmul } from "./kernels";
 import type { TinyLM } from "./tiny-lm";
 
@@ -45,7 +45,7 @@ export class OutputErrorProbe {
 
   /** @throws InvalidArgumentError when `steps` is not a positive integer or `wo` does not hold one matrix per layer. */
   constructor(shape: { layers: number; queryHeads: number; kvHeads: number; headDim: number; hidden: number }, wo: Float32Array[], steps: number) {
-    if (!Number.isInteger(steps) || steps < 1) throw new InvalidArgumentError(`Expected a positive integer for steps but received ${steps}`);
+    if (!Number.isInteger(steps) || steps < 1) throw new InvalidArgumentError(`Expected a positive integer for steps but received ${shown(steps)}`);
     if (wo.length !== shape.layers) throw new InvalidArgumentError(`Expected ${shape.layers} output projections but received ${wo.length}`);
     this.steps = steps;
     this.#sizes = { q: shape.queryHeads * shape.headDim, kv: shape.kvHeads * shape.headDim, hidden: shape.hidden };

@@ -1,5 +1,5 @@
 // Choosing the next token from logits: greedy, or temperature / top-k sampling with a seeded RNG.
-import { InvalidArgumentError, invalid } from "../errors";
+import { InvalidArgumentError, invalid, shown } from "../errors";
 import { rng } from "../random";
 import { integerInRange, knownOptions } from "../validate";
 
@@ -59,9 +59,9 @@ export class Sampler {
     this.temperature = options.temperature ?? 0;
     this.topK = options.topK ?? 0;
     if (!(this.temperature >= 0) || !Number.isFinite(this.temperature))
-      throw new InvalidArgumentError(`Expected a finite number >= 0 for temperature but received ${options.temperature}`);
+      throw new InvalidArgumentError(`Expected a finite number >= 0 for temperature but received ${shown(options.temperature)}`);
     if (!Number.isInteger(this.topK) || this.topK < 0)
-      throw new InvalidArgumentError(`Expected a non-negative integer for topK but received ${options.topK}`);
+      throw new InvalidArgumentError(`Expected a non-negative integer for topK but received ${shown(options.topK)}`);
     // The RNG keeps 32 bits of the seed: anything else would silently alias another seed.
     this.#random = seededRandom(integerInRange("seed", options.seed ?? 0, 0, 0xffffffff));
   }

@@ -2,7 +2,7 @@
 // KV storage: every layer appends its keys/values to a Sequence and attends through it, so a
 // compressed sequence changes what the model sees and nothing else.
 import { CACHE_OPTION_NAMES, KVCache, KVCacheOptions, Sequence, mostTokens } from "../cache";
-import { InvalidArgumentError, invalid } from "../errors";
+import { InvalidArgumentError, invalid, shown } from "../errors";
 import { addInPlace, applyRope, matmul, rmsNorm, ropeTables, swiglu } from "./kernels";
 import { QueryStatistics } from "../expected-attention";
 import { isFloat32Array, isPositiveInteger, knownOptions, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
@@ -292,7 +292,8 @@ export class TinyLM {
    * Runs `tokens` through the model after what `seq` already holds (their positions continue from
    * seq.appended(0)), appending their keys/values to `seq` layer by layer, a chunk at a time.
    * Returns logits: [1, vocab] for "last", [tokens, vocab] for "all", empty for "none".
-   * If the pool runs out of pages (OutOfPagesError) some layers may hold a chunk that others do
+   * If a layer's append or attention fails (the pool runs out of pages: OutOfPagesError; memory or
+   * the device fails: OutOfMemoryError, InternalError) some layers may hold a chunk that others do
    * not: dispose that sequence (forward and forwardBatch refuse it).
    * @throws InvalidArgumentError, before anything is appended, when `seq` is not a Sequence of a
    * cache shaped for this model (layers, kvHeads, queryHeads = heads, headDim) or its layers hold
@@ -306,7 +307,7 @@ export class TinyLM {
     if (!isTokenArray(tokens)) throw invalid("tokens", "an array or typed array of token ids", tokens);
     const want = this.#checkForwardOptions(options);
     const chunk = options.chunk ?? 64;
-    if (!Number.isInteger(chunk) || chunk < 1) throw new InvalidArgumentError(`Expected a positive integer for chunk but received ${chunk}`);
+    if (!Number.isInteger(chunk) || chunk < 1) throw new InvalidArgumentError(`Expected a positive integer for chunk but received ${shown(chunk)}`);
     const n = tokens.length;
     this.#checkTokens(tokens);
     const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
@@ -369,15 +370,15 @@ export class TinyLM {
         `Expected a Sequence of a cache shaped for this model (layers ${layers}, kvHeads ${kvHeads}, queryHeads ${heads}, headDim ${headDim}) for ${name} ` +
           `but received one of a cache with layers ${c.layers}, kvHeads ${c.kvHeads}, queryHeads ${c.queryHeads}, headDim ${c.headDim}`,
       );
-    // A forward that ran out of pages may have stopped between layers; positions would no longer
-    // line up.
+    // A forward that failed (out of pages, memory or a device failure) may have stopped between
+    // layers; positions would no longer line up.
     const first = seq.appended(0);
     for (let l = 1; l < layers; l++) {
       const here = seq.appended(l);
       if (here !== first)
         throw new InvalidArgumentError(
           `Expected a Sequence whose layers hold the same positions for ${name} but layer 0 holds ${first} and layer ${l} ${here} ` +
-            "(a forward that ran out of pages stopped between layers): dispose it",
+            "(a forward that failed, out of pages say, stopped between layers): dispose it",
         );
     }
   }

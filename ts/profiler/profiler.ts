@@ -2,7 +2,7 @@
 import { types } from "node:util";
 import { Sequence, type OracleOptions } from "../cache";
 import { nativeScoreOptions, SCORERS, type ScoreOptions, type ScorerName } from "../compress";
-import { BadProfileError, InvalidArgumentError, invalid } from "../errors";
+import { BadProfileError, InvalidArgumentError, invalid, quoted } from "../errors";
 import { createProfile, type Profile, type ProfileMeta } from "../profile/profile";
 import { knownOptions, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
 import { expectedSettings, settingsForJson, withStatistics, type ExpectedAttentionSettings, type QueryStatistics } from "../expected-attention";
@@ -179,7 +179,7 @@ export class Profiler {
       if (!(SCORER_OPTION_KEYS as readonly string[]).includes(key)) {
         const hint = key === "window" ? " (window is the profiler's own option)" : "";
         throw new InvalidArgumentError(
-          `Expected only ${SCORER_OPTION_KEYS.join(", ")} in scorerOptions${hint} but received ${JSON.stringify(key)}`,
+          `Expected only ${SCORER_OPTION_KEYS.join(", ")} in scorerOptions${hint} but received ${quoted(key)}`,
         );
       }
     }
@@ -391,7 +391,7 @@ export class Profiler {
     if (!plainObject(overrides)) throw invalid("overrides", "an object", overrides);
     for (const key of Object.keys(overrides)) {
       if (!["grid", "scope", "model", "dataset", "keepSamples"].includes(key)) {
-        throw new InvalidArgumentError(`Expected only grid, scope, model, dataset, keepSamples in overrides but received ${JSON.stringify(key)}`);
+        throw new InvalidArgumentError(`Expected only grid, scope, model, dataset, keepSamples in overrides but received ${quoted(key)}`);
       }
     }
     const saved = openSamples(dir);

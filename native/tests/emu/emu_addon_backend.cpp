@@ -106,6 +106,16 @@ struct EmuDevice {
 }  // namespace
 
 void setEmulatedFailure(const std::string& what) {
+  // A misspelt request would make nothing fail, and the test asking for it pass for the wrong reason.
+  static const char* const ops[] = {"alloc", "copyPages", "append", "attend", "scores", "compact"};
+  const size_t slash = what.find('/');
+  const std::string spec = what.substr(0, slash), op = spec.substr(0, spec.find(':'));
+  bool known = what.empty();
+  for (const char* o : ops) known = known || op == o;
+  const std::string count = spec.find(':') == std::string::npos ? "1" : spec.substr(spec.find(':') + 1);
+  if (!known || count.empty() || count.find_first_not_of("0123456789") != std::string::npos ||
+      (slash != std::string::npos && what.substr(slash) != "/oom"))
+    throw Error(ErrorCode::InvalidArgument, "emulatedFailure: expected \"op\", \"op:n\" or either with \"/oom\" (op: alloc, copyPages, append, attend, scores, compact), or \"\", but received \"" + what + "\"");
   Failure& f = failure();
   std::lock_guard<std::mutex> lock(f.mu);
   f.what = what;
