@@ -2,6 +2,8 @@
 // streams decode together, and with eviction the peak KV memory is lower than without.
 import * as fs from "fs";
 import * as path from "path";
+import * as http from "http";
+import type { AddressInfo } from "net";
 import { TinyLM, defaultModelDir } from "../ts/model";
 import { runLoad, loadPrompts, percentile, post } from "../examples/server/load-test";
 import { createGenerationServer, MAX_KEEP_TOKENS, MIN_POOL_TOKENS } from "../examples/server/server";
@@ -215,7 +217,45 @@ test("keepTokens and poolTokens that would fail every request are refused when t
   expect(r.firstError).toMatch(/^200 OutOfPagesError: /);
   expect(r.failedTokens).toBeGreaterThan(0);
   expect([r.tokens, r.tokensPerSecond]).toEqual([0, 0]);
+  // The server counts every token line it streamed, those of the failed requests too.
+  expect(r.server.tokens).toBe(r.tokens + r.failedTokens);
 }, 60_000);
+
+(haveModel ? test : test.skip)("with eviction keeping the pool nearly full, decode steps still run together: only a step that needs more new pages than are free runs one stream at a time", async () => {
+  // A bound of a page per (layer, head) and stream made nearly every step run alone here (mean batch 1.02).
+  const r = await runLoad(true, { clients: 6, requests: 12, tokens: 64, promptTokens: 32, poolTokens: 256, keepTokens: 40 }, loadPrompts(32));
+  expect(r.failed).toBe(0);
+  expect(r.server.pressureEvents).toBeGreaterThan(0); // the pool did fill
+  expect(r.server.decodeRows / r.server.decodeSteps).toBeGreaterThan(2);
+}, 120_000);
+
+describe("post: a response that is not a whole NDJSON stream is an error, not a short success", () => {
+  const serve = (handler: http.RequestListener) =>
+    new Promise<{ port: number; close: () => void }>((resolve) => {
+      const server = http.createServer(handler).listen(0, "127.0.0.1", () => resolve({ port: (server.address() as AddressInfo).port, close: () => server.close() }));
+    });
+  test("a line that is not JSON, a response that ends inside a line, and one that stops sending", async () => {
+    const lines: unknown[] = [];
+    for (const [body, message] of [
+      ['{"token": 1}\nnot json\n', 'a line that is not JSON: "not json"'],
+      ['{"token": 1}\n{"done": tr', "the response ended inside a line"],
+    ]) {
+      const s = await serve((req, res) => req.on("data", () => {}).on("end", () => res.end(body)));
+      try {
+        await expect(post(s.port, {}, (l) => lines.push(l))).rejects.toThrow(message);
+      } finally {
+        s.close();
+      }
+    }
+    const hung = await serve((req, res) => req.on("data", () => {}).on("end", () => res.write('{"token": 1}\n')));
+    try {
+      await expect(post(hung.port, {}, (l) => lines.push(l), 300)).rejects.toThrow("no data for 300 ms");
+    } finally {
+      hung.close();
+    }
+    expect(lines).toEqual([{ token: 1 }, { token: 1 }, { token: 1 }]);
+  });
+});
 
 test("percentile is the nearest rank: the smallest value with at least p% of the values at or below it", () => {
   const hundred = Array.from({ length: 100 }, (_, i) => 100 - i); // 100 .. 1, unsorted

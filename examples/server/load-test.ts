@@ -48,29 +48,57 @@ export interface LoadResult {
   firstError?: string;
 }
 
-/** POSTs one generation request; calls onLine with each NDJSON line and resolves with the status. */
-export function post(port: number, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<number> {
+// post() as JavaScript source, which the worker's clients (below) run as it is written here: a
+// function's compiled text would carry what a coverage tool adds to it.
+const POST_SOURCE = `function post(port, body, onLine, idleMs = 120000) {
   return new Promise((resolve, reject) => {
+    let failed = false;
+    const fail = (e) => {
+      if (failed) return;
+      failed = true;
+      reject(e);
+      req.destroy();
+    };
     // A connection per request: a pooled one the server closed while idle would reset.
     const req = http.request({ host: "127.0.0.1", port, path: "/generate", method: "POST", agent: false, headers: { "content-type": "application/json" } }, (res) => {
       let buffered = "";
       res.setEncoding("utf8");
-      res.on("data", (chunk: string) => {
+      res.on("data", (chunk) => {
         buffered += chunk;
         let nl;
-        while ((nl = buffered.indexOf("\n")) >= 0) {
+        while ((nl = buffered.indexOf("\\n")) >= 0) {
           const line = buffered.slice(0, nl);
           buffered = buffered.slice(nl + 1);
-          if (line) onLine(JSON.parse(line));
+          if (!line) continue;
+          let parsed;
+          try {
+            parsed = JSON.parse(line);
+          } catch {
+            return fail(new Error("a line that is not JSON: " + JSON.stringify(line.slice(0, 80))));
+          }
+          onLine(parsed);
         }
       });
-      res.on("end", () => resolve(res.statusCode ?? 0));
-      res.on("error", reject);
+      res.on("end", () => (buffered ? fail(new Error("the response ended inside a line")) : failed || resolve(res.statusCode || 0)));
+      res.on("error", fail);
     });
-    req.on("error", reject);
+    req.setTimeout(idleMs, () => fail(new Error("no data for " + idleMs + " ms")));
+    req.on("error", fail);
     req.end(JSON.stringify(body));
   });
-}
+}`;
+
+/**
+ * POSTs one generation request; calls onLine with each NDJSON line and resolves with the status.
+ * Rejects when the connection fails, a line is not JSON, the response ends inside a line, or no
+ * data comes for `idleMs` (default 120 s).
+ */
+export const post = new Function("http", `${POST_SOURCE}\nreturn post;`)(http) as (
+  port: number,
+  body: unknown,
+  onLine: (line: Record<string, unknown>) => void,
+  idleMs?: number,
+) => Promise<number>;
 
 /** The nearest-rank percentile: the smallest value with at least p% of the values at or below it (NaN for none). */
 export function percentile(xs: number[], p: number): number {
@@ -105,25 +133,31 @@ const CLIENTS = `
 const http = require("http");
 const { parentPort, workerData } = require("worker_threads");
 const { port, clients, requests, tokens, prompts } = workerData;
-// post() above, as compiled (it uses only http).
-const post = (body, onLine) => (${post.toString()})(port, body, onLine);
+${POST_SOURCE}
 (async () => {
   const gaps = [], firsts = [];
   let next = 0, okTokens = 0, failedTokens = 0, failed = 0, firstError;
   const t0 = performance.now();
   const client = async (c) => {
     for (let i = next++; i < requests; i = next++) {
-      let last = performance.now(), first = true, streamed = 0, error;
-      const status = await post({ prompt: prompts[(c + i) % prompts.length], tokens, temperature: 0.8, seed: i }, (line) => {
-        if (typeof line.token === "number") {
-          const now = performance.now();
-          (first ? firsts : gaps).push(now - last);
-          first = false;
-          last = now;
-          streamed++;
-        }
-        if (line.error) error = String(line.error);
-      });
+      let last = performance.now(), first = true, streamed = 0, done = false, status = 0, error;
+      try {
+        status = await post(port, { prompt: prompts[(c + i) % prompts.length], tokens, temperature: 0.8, seed: i }, (line) => {
+          if (typeof line.token === "number") {
+            const now = performance.now();
+            (first ? firsts : gaps).push(now - last);
+            first = false;
+            last = now;
+            streamed++;
+          }
+          if (line.done === true) done = true;
+          if (line.error) error = String(line.error);
+        });
+      } catch (e) {
+        error = e && e.message ? e.message : String(e);
+      }
+      // A request is done when its stream ends with the done line; anything else failed.
+      if (status === 200 && error === undefined && !done) error = "the stream ended without a done line";
       if (status !== 200 || error !== undefined) {
         failed++;
         failedTokens += streamed;
@@ -138,13 +172,17 @@ const post = (body, onLine) => (${post.toString()})(port, body, onLine);
 `;
 
 /** Runs the clients in a worker thread until they are done; resolves with what they measured. */
-function runClients(data: ClientsData): Promise<Measured> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(CLIENTS, { eval: true, workerData: data });
-    worker.once("message", resolve);
-    worker.once("error", reject);
-    worker.once("exit", (code) => reject(new Error(`the load test's clients stopped (exit code ${code}) before reporting`)));
-  });
+async function runClients(data: ClientsData): Promise<Measured> {
+  const worker = new Worker(CLIENTS, { eval: true, workerData: data });
+  try {
+    return await new Promise<Measured>((resolve, reject) => {
+      worker.once("message", resolve);
+      worker.once("error", reject);
+      worker.once("exit", (code) => reject(new Error(`the load test's clients stopped (exit code ${code}) before reporting`)));
+    });
+  } finally {
+    await worker.terminate();
+  }
 }
 
 /** Runs one load test against a fresh server (eviction on or off) and returns what it measured. */
@@ -267,4 +305,9 @@ async function main(): Promise<void> {
   console.log(`\nwritten ${file}`);
 }
 
-if (require.main === module) void main();
+if (require.main === module)
+  main().catch((e: unknown) => {
+    // A run that could not finish (its clients stopped, the server failed): one line, no stack trace.
+    process.stderr.write(`load-test.js: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });

@@ -64,6 +64,7 @@ export const MIN_POOL_TOKENS = 16;
 export interface ServerStats {
   requests: number;
   active: number;
+  /** Token lines streamed (those of requests that failed later included). */
   tokens: number;
   failed: number;
   pagesUsed: number;
@@ -204,27 +205,31 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   };
 
   // The streams waiting for a decode step run together, once per turn of the event loop. A batch
-  // that might not find a free page for every member's step (at most one new page per layer and KV
-  // head each) runs its members one at a time instead, with eviction on too (each lone forward then
-  // goes through the pressure policy): running out of pages fails only the streams that get no page,
-  // not all of the batch (cache.appendBatch is all or nothing, and a failed forwardBatch may leave
-  // every member half-appended).
+  // whose members' steps need more new pages than are free (a (layer, KV head) whose last page is
+  // full takes one; no sequence here is forked, so none copies a shared page) runs its members one
+  // at a time instead, with eviction on too (each lone forward then goes through the pressure
+  // policy): running out of pages fails only the streams that get no page, not all of the batch
+  // (cache.appendBatch is all or nothing, and a failed forwardBatch may leave every member
+  // half-appended). With eviction on the pool runs nearly full, so the count is exact: a bound of a
+  // page per (layer, head) and member made nearly every step run one stream at a time.
   type Waiting = { seq: Sequence; token: number; resolve: (logits: Float32Array) => void; reject: (e: unknown) => void };
   let waiting: Waiting[] = [];
-  const pagesPerStep = model.config.layers * model.config.kvHeads;
   const decodeStep = (seq: Sequence, token: number) =>
     new Promise<Float32Array>((resolve, reject) => {
       waiting.push({ seq, token, resolve, reject });
       if (waiting.length === 1) setImmediate(runSteps);
     });
-  const roomFor = (streams: number) => {
+  const pageSize = cache.config.pageSize;
+  const roomFor = (members: Waiting[]) => {
+    let need = 0;
+    for (const w of members) for (const length of w.seq.lengths()) if (length % pageSize === 0) need++;
     const u = cache.usage();
-    return u.pagesTotal - u.pagesUsed >= streams * pagesPerStep;
+    return u.pagesTotal - u.pagesUsed >= need;
   };
   function runSteps(): void {
     const batch = waiting;
     waiting = [];
-    if (batch.length > 1 && roomFor(batch.length)) {
+    if (batch.length > 1 && roomFor(batch)) {
       stats.decodeSteps++;
       stats.decodeRows += batch.length;
       try {
@@ -376,10 +381,10 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
           break;
         }
         res.write(JSON.stringify({ token: next, text: utf8.decode(tok.decodeBytes([next]), { stream: made + 1 < tokens }) }) + "\n");
+        stats.tokens++; // streamed, whether or not the step that feeds it back succeeds
+        note();
         // The last token is not fed back: its logits would never be used.
         if (made + 1 < tokens) logits = await decodeStep(seq, next);
-        stats.tokens++;
-        note();
       }
       if (closed) return;
       const rest = utf8.decode();
