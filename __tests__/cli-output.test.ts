@@ -150,6 +150,7 @@ test("with no held-out window (passkeys only), LU-KV is not compared on perplexi
     windowAgreement: windowNll.map(() => 0.9),
     outputError: windowNll.length ? 0.1 : NaN,
     windowOutputError: windowNll.map(() => 0.1),
+    evicted: 0.5,
   });
   expect(formatComparison({ rows: [row("uniform", NaN, []), row("adakv", NaN, []), row("lukv", NaN, [])] })).toBe("");
   expect(formatComparison({ rows: [row("uniform", 12, [2.5, 2.4]), row("adakv", 11, [2.4, 2.5]), row("lukv", 10, [2.3, 2.6])] })).toBe(

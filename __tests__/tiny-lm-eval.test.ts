@@ -7,6 +7,9 @@ import { main } from "../ts/cli";
 import { loadTinyLM, modelTexts, passkeyPrompts } from "../ts/model";
 import { QUESTION, questionStart, type EvalResult } from "../ts/cli/eval";
 import { rng, testSeed } from "./helpers/random";
+import { Sequence } from "../ts";
+
+const compress = Sequence.prototype.compress;
 import { makeModelDir } from "./tiny-lm-fixture";
 
 const seed = testSeed("tiny-lm-eval");
@@ -162,4 +165,39 @@ test("passkeys only (no window fits): a note, and '-' rather than NaN in the tab
   const table = r.out.split("\n").filter((l) => l.startsWith("|"));
   expect(table[2]).toMatch(/^\| full cache +\| - +\| - +\| +[\d.]+% \| +[\d.]+ \| +- \| +- \| +- \| +- \|$/);
   expect(table[3]).toMatch(/^\| snapkv +\| 0\.50 +\| uniform +\| +[\d.]+% \| +[\d.]+ \| +- \| +- \| +- \| +- \|$/);
+});
+
+test("--question with: compress sees the prompt but its last token, fed after it (the first answer token was predicted from the full cache's prefill)", async () => {
+  const tok = loadTinyLM(dir).tokenizer!;
+  const lengths = passkeyPrompts(dir).map((p) => 1 + tok.encode(p.prompt).length);
+  for (const [mode, want] of [
+    ["with", lengths.map((n) => n - 1)],
+    ["after", lengths.map((n) => n - tok.encode(QUESTION).length)],
+  ] as const) {
+    const seen: number[] = [];
+    const spy = jest.spyOn(Sequence.prototype, "compress").mockImplementation(function (this: Sequence, options) {
+      seen.push(this.appended(0));
+      return compress.call(this, options);
+    });
+    try {
+      const r = await run(["eval", "--model", dir, "--texts", "0", "--scorers", "knorm", "--allocations", "uniform", "--ratios", "0.5", "--question", mode, "--out", path.join(outDir, `question-${mode}.json`)]);
+      expect([mode, r.code, r.err]).toEqual([mode, 0, ""]);
+    } finally {
+      spy.mockRestore();
+    }
+    expect([mode, seen]).toEqual([mode, want]);
+  }
+});
+
+test("ratios are shown as given (0.501 is not 0.50), and the fraction evicted is recorded, with a note where the sink and window kept more", async () => {
+  const out = path.join(outDir, "labels.json");
+  const r = await run(["eval", "--model", dir, "--texts", "1", "--windows", "1", "--context", "40", "--tokens", "4", "--passkeys", "0", "--scorers", "knorm", "--allocations", "uniform", "--ratios", "0.501,0.504", "--out", out]);
+  expect([r.code, r.err]).toEqual([0, ""]);
+  const table = r.out.split("\n").filter((l) => l.startsWith("| knorm"));
+  expect(table.map((l) => l.split("|")[2].trim())).toEqual(["0.501", "0.504"]);
+  const j = JSON.parse(fs.readFileSync(out, "utf8")) as EvalResult;
+  // 40 tokens per head, of which every head keeps its first 4 and last 32: 10% evicted at most.
+  for (const row of j.rows) expect(row.evicted).toBeCloseTo(0.1, 10);
+  expect(j.full.evicted).toBe(0);
+  expect(r.out).toContain("note: knorm uniform at ratio 0.501 evicted 10.0% of the tokens: every head keeps its first 4 and last 32\n");
 });

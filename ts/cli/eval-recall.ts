@@ -14,7 +14,7 @@ import { calibrationProfilers, profileContext } from "../model/calibrate";
 import { MOST_FUTURE_POSITIONS, QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
 import { FLOAT32_MAX } from "../finite";
-import { CliIO, countBetween, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError, writeResults, writingTo } from "./io";
+import { CliIO, countBetween, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratioLabel, ratiosOption, UsageError, writeResults, writingTo } from "./io";
 
 export const RECALL_TASKS = ["niah", "mk-niah", "mq-niah", "vt"] as const;
 export type RecallTask = (typeof RECALL_TASKS)[number];
@@ -352,7 +352,7 @@ export function formatRecallTable(rows: RecallRow[], mode: QuestionMode): string
     const mean = (f: (r: RecallRow) => number) => group.reduce((a, r) => a + f(r), 0) / group.length;
     return [
       r0.scorer === "full" ? "full cache" : r0.pooling ? `${r0.scorer} (pooling ${r0.pooling})` : r0.scorer,
-      r0.scorer === "full" ? "-" : r0.ratio.toFixed(2),
+      r0.scorer === "full" ? "-" : ratioLabel(r0.ratio),
       r0.scorer === "full" ? "-" : r0.allocation,
       ...tasks.map((t) => pct(group.find((r) => r.task === t)?.accuracy ?? NaN)),
       `${(mean((r) => r.kvBytes) / 1024).toFixed(0)} KiB`,

@@ -10,7 +10,7 @@ import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, mod
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { QueryStatistics } from "../expected-attention";
-import { CliIO, countOption as count, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratiosOption, UsageError, wantsHelp, writeResults } from "./io";
+import { CliIO, countOption as count, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratioLabel, ratiosOption, UsageError, wantsHelp, writeResults } from "./io";
 import { RECALL_USAGE, recallEvalCommand } from "./eval-recall";
 import { packageRoot } from "../native";
 
@@ -33,8 +33,9 @@ options (defaults in brackets):
   --tokens N           teacher-forced continuation tokens per window [128]
   --error-steps N      decode steps of the output error (clipped to tokens - 1) [64]
   --passkeys N         passkey prompts [all]
-  --question Q         passkey question compressed "with" the text (the scorer sees it) or
-                       fed "after" the text was compressed (kvpress protocol) [after]
+  --question Q         passkey question compressed "with" the text (the scorer sees it; its last
+                       token is fed after compressing) or fed "after" the text was compressed
+                       (kvpress protocol) [after]
   --dtype D            cache dtype f32 | f16 | bf16 [f32]
   --calibrate          calibrate every scorer's LU-KV profile now from models/tiny-lm/calibration
                        [only scorers without a profile file (profile.json, profile-<scorer>.json)]
@@ -89,6 +90,8 @@ export interface EvalScores {
   /** Σ‖O_c − O_f‖ / Σ‖O_f‖ over layers, steps and windows (0 for the full cache), and per window. */
   outputError: number;
   windowOutputError: number[];
+  /** The fraction of the tokens the compressions evicted (0 for the full cache): below the ratio where the sink and window floors kept more. */
+  evicted: number;
 }
 
 export interface EvalRow extends EvalScores {
@@ -145,10 +148,14 @@ interface Accumulator {
   errDiff: number;
   errNorm: number;
   windowOutputError: number[];
+  /** Tokens before the compressions and kept by them, over all of them. */
+  before: number;
+  kept: number;
 }
 
 const empty = (): Accumulator => ({
   correct: 0, prompts: 0, answerNll: 0, answerTokens: 0, nll: 0, agree: 0, scored: 0, windowNll: [], windowAgreement: [], errDiff: 0, errNorm: 0, windowOutputError: [],
+  before: 0, kept: 0,
 });
 
 function scores(a: Accumulator): EvalScores {
@@ -164,6 +171,7 @@ function scores(a: Accumulator): EvalScores {
     windowAgreement: a.windowAgreement,
     outputError: a.errNorm > 0 ? a.errDiff / a.errNorm : NaN,
     windowOutputError: a.windowOutputError,
+    evicted: a.before > 0 ? 1 - a.kept / a.before : 0,
   };
 }
 
@@ -217,7 +225,9 @@ export function runEval(
     const fork = seq.fork();
     const { scorer, allocation, ratio } = settings[i];
     const expectedAttention = scorer === "expected-attention" && stats ? { statistics: stats, rope: { theta: ropeTheta } } : undefined;
-    fork.compress({ sink: SINK, window: WINDOW, ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
+    const report = fork.compress({ sink: SINK, window: WINDOW, ...s.scoreOptions?.[scorer], ratio, scorer, allocation, profile: allocation === "lukv" ? profiles.get(scorer) : undefined, expectedAttention });
+    acc[i].before += report.before;
+    acc[i].kept += report.total;
     return fork;
   };
 
@@ -274,8 +284,10 @@ export function runEval(
 
   for (const p of prompts) {
     const ids = [tok.bos!, ...tok.encode(p.prompt)];
-    // Where the question starts: compress sees only the text before it ("after"), or all of it ("with").
-    const split = s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length;
+    // Where the question starts: compress sees only the text before it ("after"), or all of it but
+    // its last token ("with"), which is fed after compressing, so that the first answer token too
+    // is predicted from the compressed cache (as eval --task's "before").
+    const split = s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length - 1;
     const expected = tok.encode(p.answer);
     using seq = cache.createSequence();
     if (h2o) seq.accumulateAttention(true);
@@ -330,7 +342,7 @@ export function formatTable(r: Pick<EvalResult, "full" | "rows">): string {
   for (const x of r.rows)
     lines.push([
       x.scorer,
-      x.ratio.toFixed(2),
+      ratioLabel(x.ratio),
       x.allocation,
       pct(x.passkeyAccuracy),
       nll(x.passkeyAnswerNll),
@@ -358,7 +370,7 @@ export function formatComparison(r: Pick<EvalResult, "rows">): string {
     const best = others.reduce((a, b) => (b.perplexity < a.perplexity ? b : a));
     const wins = x.windowNll.filter((v, i) => v < best.windowNll[i]).length;
     lines.push(
-      `  ${x.scorer} ${x.ratio.toFixed(2)}: perplexity ${x.perplexity.toFixed(3)} vs ${best.perplexity.toFixed(3)} (${best.allocation}), ` +
+      `  ${x.scorer} ${ratioLabel(x.ratio)}: perplexity ${x.perplexity.toFixed(3)} vs ${best.perplexity.toFixed(3)} (${best.allocation}), ` +
         `agreement ${pct(x.agreement)} vs ${pct(best.agreement)}; lower NLL in ${wins} of ${x.windowNll.length} windows`,
     );
   }
@@ -480,6 +492,13 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
   const result = runEval(model, dir, settings, profiles, (_done, total) => (bar ??= progressBar("eval", total)).tick());
   bar?.done();
   const seconds = (performance.now() - t0) / 1000;
+  // The floors keep sink + window tokens of every head: a short context loses less than the ratio.
+  for (const r of result.rows)
+    if (r.evicted < r.ratio - 0.005)
+      note(
+        `${r.scorer} ${r.allocation} at ratio ${ratioLabel(r.ratio)} evicted ${(100 * r.evicted).toFixed(1)}% of the tokens: ` +
+          `every head keeps its first ${SINK} and last ${WINDOW}`,
+      );
   const full: EvalResult = { model: dir, ...result, notes, seconds };
   io.out("");
   io.out(formatTable(full));

@@ -185,6 +185,12 @@ export function countOption(options: Map<string, string | true>, name: string, f
   return integerOption(options, name, fallback, min, Number.MAX_SAFE_INTEGER, `an integer >= ${min}${why ? ` (${why})` : ""}`);
 }
 
+/** A ratio in a table: two decimals, or as many as it was given with (0.501 is not 0.50). */
+export function ratioLabel(ratio: number): string {
+  const two = ratio.toFixed(2);
+  return Number(two) === ratio ? two : String(ratio);
+}
+
 /** --ratios a,b,c: eviction ratios in [0, 1) (fallback when absent). */
 export function ratiosOption(options: Map<string, string | true>, fallback: number[]): number[] {
   const v = options.get("ratios");
