@@ -7,7 +7,7 @@ import { main } from "../ts/cli";
 import { loadTinyLM, modelTexts, passkeyPrompts } from "../ts/model";
 import { QUESTION, questionStart, type EvalResult } from "../ts/cli/eval";
 import { rng, testSeed } from "./helpers/random";
-import { Sequence } from "../ts";
+import { Sequence, createProfile, saveProfile } from "../ts";
 
 const compress = Sequence.prototype.compress;
 import { makeModelDir } from "./tiny-lm-fixture";
@@ -200,4 +200,17 @@ test("ratios are shown as given (0.501 is not 0.50), and the fraction evicted is
   for (const row of j.rows) expect(row.evicted).toBeCloseTo(0.1, 10);
   expect(j.full.evicted).toBe(0);
   expect(r.out).toContain("note: knorm uniform at ratio 0.501 evicted 10.0% of the tokens: every head keeps its first 4 and last 32\n");
+});
+
+test("a profile calibrated with other sink or window floors than the evaluation's is named in its note", async () => {
+  const { layers, kvHeads } = loadTinyLM(dir).config;
+  const file = path.join(dir, "profile-knorm.json");
+  saveProfile(createProfile({ table: new Float64Array(99 * layers * kvHeads).fill(0.5), layers, kvHeads, meta: { scorer: "knorm", sink: 4, window: 1 } }), file);
+  try {
+    const r = await run(["eval", "--model", dir, "--texts", "1", "--windows", "1", "--context", "64", "--tokens", "4", "--passkeys", "0", "--scorers", "knorm", "--allocations", "lukv", "--ratios", "0.5", "--out", path.join(outDir, "floors.json")]);
+    expect([r.code, r.err]).toEqual([0, ""]);
+    expect(r.out).toContain(`note: lukv with knorm uses ${file}, calibrated with sink 4 and window 1 (this evaluation compresses with sink 4 and window 32)\n`);
+  } finally {
+    fs.rmSync(file);
+  }
 });

@@ -471,7 +471,13 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
       const found = calibrate ? undefined : modelProfile(dir, scorer);
       if (found) {
         profiles.set(scorer, found.profile);
-        note(`lukv with ${scorer} uses ${found.file}`);
+        // A profile ranks heads as its calibration's compress did: other floors than this run's are worth saying.
+        const { sink, window } = found.profile.meta ?? {};
+        const other = (sink !== undefined && sink !== SINK) || (window !== undefined && window !== WINDOW);
+        note(
+          `lukv with ${scorer} uses ${found.file}` +
+            (other ? `, calibrated with sink ${sink ?? "?"} and window ${window ?? "?"} (this evaluation compresses with sink ${SINK} and window ${WINDOW})` : ""),
+        );
       } else missing.push(scorer);
     }
     const calibration = modelTexts(dir, "calibration");
