@@ -5,7 +5,7 @@ import * as path from "path";
 import * as http from "http";
 import type { AddressInfo } from "net";
 import { TinyLM, defaultModelDir } from "../ts/model";
-import { runLoad, loadPrompts, percentile, post } from "../examples/server/load-test";
+import { runClients, runLoad, loadPrompts, percentile, post } from "../examples/server/load-test";
 import { createGenerationServer, MAX_KEEP_TOKENS, MIN_POOL_TOKENS } from "../examples/server/server";
 
 const haveModel = fs.existsSync(path.join(defaultModelDir(), "model.safetensors"));
@@ -229,6 +229,30 @@ test("keepTokens and poolTokens that would fail every request are refused when t
   expect(r.server.decodeRows / r.server.decodeSteps).toBeGreaterThan(2);
 }, 120_000);
 
+test("the load test's clients count a request as done only when its stream ends with the done line", async () => {
+  // One request each: done; no done line; a 503; cut inside a line; a line that is not JSON; a token and an error line.
+  const replies = [
+    [200, '{"token": 1}\n{"done": true}\n'],
+    [200, '{"token": 1}\n{"token": 2}\n'],
+    [503, '{"error": "OutOfPagesError: no pages"}\n'],
+    [200, '{"token": 1}\n{"done": tr'],
+    [200, '{"token": 1}\nnot json\n'],
+    [200, '{"token": 1}\n{"error": "InternalError: x"}\n{"done": true}\n'],
+  ] as const;
+  let next = 0;
+  const server = http.createServer((req, res) => {
+    const [status, body] = replies[next++];
+    req.on("data", () => {}).on("end", () => res.writeHead(status).end(body));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  try {
+    const m = await runClients({ port: (server.address() as AddressInfo).port, clients: 1, requests: replies.length, tokens: 2, prompts: ["x"] });
+    expect([m.failed, m.tokens, m.failedTokens, m.firstError]).toEqual([5, 1, 5, "200 the stream ended without a done line"]);
+  } finally {
+    server.close();
+  }
+});
+
 describe("post: a response that is not a whole NDJSON stream is an error, not a short success", () => {
   const serve = (handler: http.RequestListener) =>
     new Promise<{ port: number; close: () => void }>((resolve) => {
@@ -237,8 +261,8 @@ describe("post: a response that is not a whole NDJSON stream is an error, not a 
   test("a line that is not JSON, a response that ends inside a line, and one that stops sending", async () => {
     const lines: unknown[] = [];
     for (const [body, message] of [
-      ['{"token": 1}\nnot json\n', 'a line that is not JSON: "not json"'],
-      ['{"token": 1}\n{"done": tr', "the response ended inside a line"],
+      ['{"token": 1}\nnot json\n', 'a line that is not JSON (status 200): "not json"'],
+      ['{"token": 1}\n{"done": tr', "the response (status 200) ended inside a line"],
     ]) {
       const s = await serve((req, res) => req.on("data", () => {}).on("end", () => res.end(body)));
       try {

@@ -33,7 +33,7 @@ export interface LoadResult {
   failed: number;
   /** Tokens of the requests that succeeded: tokensPerSecond counts these alone. */
   tokens: number;
-  /** Tokens streamed by requests that then failed (an error line or a status other than 200). */
+  /** Tokens streamed by requests that then failed (an error line, a status other than 200, a broken or cut stream, no done line). */
   failedTokens: number;
   seconds: number;
   tokensPerSecond: number;
@@ -44,7 +44,7 @@ export interface LoadResult {
   p99MsPerToken: number;
   peakKvBytes: number;
   server: ServerStats;
-  /** The error of the first request that failed (its status and error line), when one did. */
+  /** The error of the first request that failed (its status, 0 when none came, and its error), when one did. */
   firstError?: string;
 }
 
@@ -74,12 +74,12 @@ const POST_SOURCE = `function post(port, body, onLine, idleMs = 120000) {
           try {
             parsed = JSON.parse(line);
           } catch {
-            return fail(new Error("a line that is not JSON: " + JSON.stringify(line.slice(0, 80))));
+            return fail(new Error("a line that is not JSON (status " + res.statusCode + "): " + JSON.stringify(line.slice(0, 80))));
           }
           onLine(parsed);
         }
       });
-      res.on("end", () => (buffered ? fail(new Error("the response ended inside a line")) : failed || resolve(res.statusCode || 0)));
+      res.on("end", () => (buffered ? fail(new Error("the response (status " + res.statusCode + ") ended inside a line")) : failed || resolve(res.statusCode || 0)));
       res.on("error", fail);
     });
     req.setTimeout(idleMs, () => fail(new Error("no data for " + idleMs + " ms")));
@@ -107,7 +107,7 @@ export function percentile(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p * s.length) / 100) - 1))];
 }
 
-interface ClientsData {
+export interface ClientsData {
   port: number;
   clients: number;
   requests: number;
@@ -115,7 +115,7 @@ interface ClientsData {
   prompts: string[];
 }
 
-interface Measured {
+export interface Measured {
   seconds: number;
   firsts: number[];
   gaps: number[];
@@ -171,8 +171,8 @@ ${POST_SOURCE}
 })();
 `;
 
-/** Runs the clients in a worker thread until they are done; resolves with what they measured. */
-async function runClients(data: ClientsData): Promise<Measured> {
+/** Runs the clients in a worker thread until they are done; resolves with what they measured (exported for the tests). */
+export async function runClients(data: ClientsData): Promise<Measured> {
   const worker = new Worker(CLIENTS, { eval: true, workerData: data });
   try {
     return await new Promise<Measured>((resolve, reject) => {

@@ -210,8 +210,9 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
   // at a time instead, with eviction on too (each lone forward then goes through the pressure
   // policy): running out of pages fails only the streams that get no page, not all of the batch
   // (cache.appendBatch is all or nothing, and a failed forwardBatch may leave every member
-  // half-appended). With eviction on the pool runs nearly full, so the count is exact: a bound of a
-  // page per (layer, head) and member made nearly every step run one stream at a time.
+  // half-appended). With eviction on the pool runs nearly full, so the need is counted (an automatic
+  // compression due in the step only frees pages): a bound of a page per (layer, head) and member
+  // made nearly every step run one stream at a time.
   type Waiting = { seq: Sequence; token: number; resolve: (logits: Float32Array) => void; reject: (e: unknown) => void };
   let waiting: Waiting[] = [];
   const decodeStep = (seq: Sequence, token: number) =>
@@ -384,7 +385,10 @@ export function createGenerationServer(options: ServerOptions = {}): GenerationS
         stats.tokens++; // streamed, whether or not the step that feeds it back succeeds
         note();
         // The last token is not fed back: its logits would never be used.
-        if (made + 1 < tokens) logits = await decodeStep(seq, next);
+        if (made + 1 < tokens) {
+          logits = await decodeStep(seq, next);
+          note(); // the step may have taken a page: the peak counts it even when the stream ends now
+        }
       }
       if (closed) return;
       const rest = utf8.decode();

@@ -62,7 +62,7 @@ export interface EvalSettings {
   context: number;
   tokens: number;
   passkeys: number;
-  /** Passkey prompts: the question is compressed "with" the text, or appended "after" compressing it. */
+  /** Passkey prompts: the question is compressed "with" the text (all but its last token, fed after), or appended "after" compressing it. */
   question: "with" | "after";
   dtype: DType;
   /** Continuation steps the output error covers (clipped to tokens - 1). */
@@ -285,16 +285,16 @@ export function runEval(
   for (const p of prompts) {
     const ids = [tok.bos!, ...tok.encode(p.prompt)];
     // Where the question starts: compress sees only the text before it ("after"), or all of it but
-    // its last token ("with"), which is fed after compressing, so that the first answer token too
-    // is predicted from the compressed cache (as eval --task's "before").
-    const split = s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length - 1;
+    // its last token ("with", and a prompt without the question), which is fed after compressing, so
+    // that the first answer token too is predicted from the compressed cache (as eval --task's "before").
+    const split = Math.min(s.question === "after" ? questionStart(ids, tok.encode(QUESTION)) : ids.length, ids.length - 1);
     const expected = tok.encode(p.answer);
     using seq = cache.createSequence();
     if (h2o) seq.accumulateAttention(true);
     const stats = statistics();
-    const contextLogits = model.forward(seq, ids.slice(0, split), { queryStatistics: stats });
+    model.forward(seq, ids.slice(0, split), { queryStatistics: stats, logits: "none" });
     const answer = (fork: Sequence, a: Accumulator) => {
-      const last = split < ids.length ? model.forward(fork, ids.slice(split)) : contextLogits;
+      const last = model.forward(fork, ids.slice(split));
       // The answer teacher-forced (its likelihood), then greedily (exact match), on a second fork.
       {
         using forced = fork.fork();
