@@ -198,6 +198,19 @@ describe("the compiled scripts", () => {
     expect([r.status, r.stdout, r.stderr]).toEqual([1, "", `save-load.js: --device cuda: the CUDA backend cannot be used here: ${cuda.reasons.join("; ")}\n`]);
   });
 
+  test("examples/tiny-lm/build-profile refuses a bad command line before loading the model (a misspelt option was taken for MODEL_DIR, --sink abc became NaN)", () => {
+    const script = path.join(root, "dist", "examples", "tiny-lm", "build-profile.js");
+    for (const [args, message] of [
+      [["--windw", "1"], "build-profile.js: unknown option --windw"],
+      [["--sink", "abc"], "build-profile.js: --sink expects an integer >= 0, got abc"],
+      [["--scorer", "snap"], "build-profile.js: --scorer expects one of snapkv, keydiff, knorm, tova, h2o, streaming, random, expected-attention, got snap"],
+      [["a", "b"], "build-profile.js: one MODEL_DIR expected, got 2 arguments"],
+    ] as [string[], string][]) {
+      const r = spawnSync(process.execPath, [script, ...args], { encoding: "utf8", timeout: 30_000, cwd: out });
+      expect([args, r.status, r.stdout, r.stderr.split("\n")[0]]).toEqual([args, 2, "", message]);
+    }
+  });
+
   test("examples/tiny-lm/beyond-paper refuses a bad command line the same way, before calibrating anything (it ignored unknown options and took ratios past 1)", () => {
     const script = path.join(root, "dist", "examples", "tiny-lm", "beyond-paper.js");
     for (const [args, message] of [

@@ -16,18 +16,28 @@
 // averages the per-head prune ratios into the table compress({ allocation: "lukv" }) looks up.
 import * as path from "path";
 import { saveProfile } from "../../ts";
-import type { ScorerName } from "../../ts/compress";
+import { SCORERS, type ScorerName } from "../../ts/compress";
+import { countOption, parseArgs, UsageError } from "../../ts/cli/io";
 import { calibrateTinyLM, defaultModelDir, loadTinyLM, modelTexts } from "../../ts/model";
 
-const args = process.argv.slice(2);
-const scorerAt = args.indexOf("--scorer");
-const scorer = (scorerAt >= 0 ? args.splice(scorerAt, 2)[1] : "snapkv") as ScorerName;
-const numberOption = (name: string, def: number) => {
-  const at = args.indexOf(name);
-  return at >= 0 ? Number(args.splice(at, 2)[1]) : def;
-};
-const sink = numberOption("--sink", 4), window = numberOption("--window", 32);
-const dir = args[0] ?? defaultModelDir();
+// Checked before the model loads: a typo stops here (exit 2), not after minutes of calibration.
+const USAGE = "usage: node dist/examples/tiny-lm/build-profile.js [MODEL_DIR] [--scorer snapkv] [--sink 4] [--window 32]";
+let scorer: ScorerName, sink: number, window: number, dir: string;
+try {
+  const { positional, options } = parseArgs(process.argv.slice(2), { values: ["scorer", "sink", "window"], flags: [] });
+  for (const k of options.keys()) if (!["scorer", "sink", "window"].includes(k)) throw new UsageError(`unknown option --${k}`);
+  if (positional.length > 1) throw new UsageError(`one MODEL_DIR expected, got ${positional.length} arguments`);
+  const given = options.get("scorer") ?? "snapkv";
+  if (typeof given !== "string" || !(SCORERS as readonly string[]).includes(given)) throw new UsageError(`--scorer expects one of ${SCORERS.join(", ")}, got ${String(given)}`);
+  scorer = given as ScorerName;
+  sink = countOption(options, "sink", 4, 0);
+  window = countOption(options, "window", 32, 0);
+  dir = positional[0] ?? defaultModelDir();
+} catch (e) {
+  if (!(e instanceof UsageError)) throw e;
+  process.stderr.write(`build-profile.js: ${e.message}\n${USAGE}\n`);
+  process.exit(2);
+}
 const out = path.join(dir, scorer === "snapkv" ? "profile.json" : `profile-${scorer}.json`);
 
 const t0 = performance.now();
