@@ -96,7 +96,9 @@ describe(`encodeNpy / decodeNpy round trips (seed ${SEED})`, () => {
           expect(bytes.length % 64).toBe((count * (dtype.endsWith("8") ? 8 : 4)) % 64);
           const back = decodeNpy(bytes);
           expect(back.shape).toEqual(shape);
-          expect(back.fortranOrder).toBe(fortranOrder);
+          // As np.save: an array that is C- and Fortran-contiguous at once is written in C order.
+          const both = count === 0 || shape.filter((d) => d > 1).length <= 1;
+          expect(back.fortranOrder).toBe(fortranOrder && !both);
           expect(back.version).toBe(version);
           const want = dtype.endsWith("4") ? Float64Array.from(Float32Array.from(values)) : values;
           expect(Array.from(back.data)).toEqual(Array.from(want));
@@ -110,6 +112,18 @@ describe(`encodeNpy / decodeNpy round trips (seed ${SEED})`, () => {
     const longer = new Uint8Array(bytes.length + 5);
     longer.set(bytes);
     expect(Array.from(decodeNpy(longer).data)).toEqual(expected.values);
+  });
+
+  test("encodeNpy writes Fortran order only for arrays that are not C-contiguous too, as np.save; shapes np.load refuses are refused", () => {
+    const header = (bytes: Uint8Array) => Buffer.from(bytes.subarray(10, 10 + new DataView(bytes.buffer, bytes.byteOffset).getUint16(8, true))).toString("latin1");
+    for (const shape of [[5], [1, 3], [3, 1], [3, 1, 1], [0, 3], []]) {
+      const count = shape.reduce((a, b) => a * b, 1);
+      const text = header(encodeNpy(new Float64Array(count), shape, { fortranOrder: true }));
+      expect([shape, text.includes("'fortran_order': False")]).toEqual([shape, true]);
+    }
+    expect(header(encodeNpy(new Float64Array(6), [2, 3], { fortranOrder: true }))).toContain("'fortran_order': True");
+    expect(() => encodeNpy([], new Array(65).fill(0))).toThrow("at most 64 dimensions (NumPy's limit)");
+    expect(() => encodeNpy([], [2 ** 40, 2 ** 40, 0])).toThrow("dimensions whose product, zeros left out, is at most 2^53 - 1");
   });
 
   test("encodeNpy rejects bad arguments", () => {

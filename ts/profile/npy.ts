@@ -248,6 +248,10 @@ export function encodeNpy(data: ArrayLike<number>, shape: readonly number[], opt
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     throw invalid("shape", "an array of non-negative integers", shape);
   }
+  // What np.load takes: at most NPY_MAXDIMS (64) dimensions, whose product (zeros left out) fits its index type.
+  if (shape.length > 64) throw invalid("shape", "at most 64 dimensions (NumPy's limit)", shape);
+  if (shape.reduce((a, b) => a * Math.max(b, 1), 1) > Number.MAX_SAFE_INTEGER)
+    throw invalid("shape", "dimensions whose product, zeros left out, is at most 2^53 - 1 (NumPy refuses larger)", shape);
   const count = shape.reduce((a, b) => a * b, 1);
   if (data === null || typeof data !== "object" || data.length !== count) {
     throw invalid("data", `${count} numbers (the product of shape [${shape.join(", ")}])`, data);
@@ -256,8 +260,11 @@ export function encodeNpy(data: ArrayLike<number>, shape: readonly number[], opt
   knownOptions("options", options, ["dtype", "version", "fortranOrder"]);
   const dtype = options.dtype ?? "<f8";
   if (!["<f8", "<f4", ">f8", ">f4"].includes(dtype)) throw invalid("options.dtype", `one of "<f8", "<f4", ">f8", ">f4"`, dtype);
-  const fortran = options.fortranOrder ?? false;
-  if (typeof fortran !== "boolean") throw invalid("options.fortranOrder", "a boolean", fortran);
+  const asked = options.fortranOrder ?? false;
+  if (typeof asked !== "boolean") throw invalid("options.fortranOrder", "a boolean", asked);
+  // As np.save: an array that is C- and Fortran-contiguous at once (at most one dimension over 1, or
+  // no elements) is written in C order, its bytes the same either way.
+  const fortran = asked && count > 0 && shape.filter((d) => d > 1).length > 1;
   if (options.version !== undefined && !["1.0", "2.0", "3.0"].includes(options.version)) {
     throw invalid("options.version", `"1.0", "2.0" or "3.0"`, options.version);
   }
