@@ -730,22 +730,27 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (info.Length() < 2 || !info[1].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     CompressOptions opt = parseCompress(env, info[1].As<Napi::Object>(), c.config());
     CompressReport r = guarded(env, [&] { return c.compress(id, opt); });
+    reportMemory(env);  // a compaction may write pages never written before (copies of shared ones, fresh pages)
     return reportToJs(env, r);
   }
 
   class CompressWorker : public CacheWorker {
    public:
-    CompressWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, CompressOptions opt)
-        : CacheWorker(env, std::move(cache)), id_(id), opt_(std::move(opt)) {}
+    CompressWorker(Napi::Env env, std::shared_ptr<Cache> cache, int id, CompressOptions opt, NativeCache* owner)
+        : CacheWorker(env, std::move(cache)), id_(id), opt_(std::move(opt)), owner_(Napi::Persistent(owner->Value())) {}
 
    protected:
     void Run(Cache& cache) override { report_ = cache.compress(id_, opt_); }
-    void Resolve(Napi::Env env) override { deferred_.Resolve(reportToJs(env, report_)); }
+    void Resolve(Napi::Env env) override {
+      NativeCache::Unwrap(owner_.Value())->reportMemory(env);
+      deferred_.Resolve(reportToJs(env, report_));
+    }
 
    private:
     int id_;
     CompressOptions opt_;
     CompressReport report_;
+    Napi::ObjectReference owner_;
   };
 
   Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
@@ -754,7 +759,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     int id = intArg(info, 0, "sequence");
     if (info.Length() < 2 || !info[1].IsObject()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected an options object");
     // Options (and any observation queries) are copied here, on the JS thread.
-    auto* w = new CompressWorker(env, cache_, id, parseCompress(env, info[1].As<Napi::Object>(), c.config()));
+    auto* w = new CompressWorker(env, cache_, id, parseCompress(env, info[1].As<Napi::Object>(), c.config()), this);
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
