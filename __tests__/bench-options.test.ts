@@ -198,32 +198,33 @@ describe("the compiled scripts", () => {
     expect([r.status, r.stdout, r.stderr]).toEqual([1, "", `save-load.js: --device cuda: the CUDA backend cannot be used here: ${cuda.reasons.join("; ")}\n`]);
   });
 
+  /** Runs an example with each command line; each must stop with exit 2 and `message` as stderr's first line, writing nothing. */
+  function refusedBy(example: string, cases: [string[], string][]): void {
+    const script = path.join(root, "dist", "examples", "tiny-lm", `${example}.js`);
+    const results = path.join(out, example);
+    for (const [args, message] of cases) {
+      const r = spawnSync(process.execPath, [script, ...args], { encoding: "utf8", timeout: 30_000, cwd: out, env: { ...process.env, LUKV_BENCH_OUT: results } });
+      expect([args, r.status, r.stdout, r.stderr.split("\n")[0]]).toEqual([args, 2, "", message]);
+      expect(fs.existsSync(results)).toBe(false);
+    }
+  }
+
   test("examples/tiny-lm/build-profile refuses a bad command line before loading the model (a misspelt option was taken for MODEL_DIR, --sink abc became NaN)", () => {
-    const script = path.join(root, "dist", "examples", "tiny-lm", "build-profile.js");
-    for (const [args, message] of [
+    refusedBy("build-profile", [
       [["--windw", "1"], "build-profile.js: unknown option --windw"],
       [["--sink", "abc"], "build-profile.js: --sink expects an integer >= 0, got abc"],
       [["--scorer", "snap"], "build-profile.js: --scorer expects one of snapkv, keydiff, knorm, tova, h2o, streaming, random, expected-attention, got snap"],
       [["a", "b"], "build-profile.js: one MODEL_DIR expected, got 2 arguments"],
-    ] as [string[], string][]) {
-      const r = spawnSync(process.execPath, [script, ...args], { encoding: "utf8", timeout: 30_000, cwd: out });
-      expect([args, r.status, r.stdout, r.stderr.split("\n")[0]]).toEqual([args, 2, "", message]);
-    }
+    ]);
   });
 
   test("examples/tiny-lm/beyond-paper refuses a bad command line the same way, before calibrating anything (it ignored unknown options and took ratios past 1)", () => {
-    const script = path.join(root, "dist", "examples", "tiny-lm", "beyond-paper.js");
-    for (const [args, message] of [
+    refusedBy("beyond-paper", [
       [["--ratios", "0.5,1.5"], 'beyond-paper.js: --ratios must be a comma-separated list of numbers in [0, 1), got "1.5" in "0.5,1.5"'],
       [["--ratios", "0x0"], 'beyond-paper.js: --ratios must be a comma-separated list of numbers in [0, 1), got "0x0" in "0x0"'],
       [["--variants", "0,9"], 'beyond-paper.js: --variants must be a comma-separated list of integers from 0 to 4, got "9" in "0,9"'],
       [["--ratio", "0.5"], "beyond-paper.js: unknown option --ratio; the options are --ratios, --windows, --variants, --help"],
-    ] as [string[], string][]) {
-      const results = path.join(out, "beyond-paper");
-      const r = spawnSync(process.execPath, [script, ...args], { encoding: "utf8", timeout: 30_000, env: { ...process.env, LUKV_BENCH_OUT: results } });
-      expect([args, r.status, r.stdout, r.stderr]).toEqual([args, 2, "", message + "\n"]);
-      expect(fs.existsSync(results)).toBe(false);
-    }
+    ]);
   });
 
   test("at a tiny size, every script's JSON records the machine, threads, kernel table and prefetch hint, and the counts it ran", () => {
