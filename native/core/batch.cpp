@@ -163,7 +163,7 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
     values.resize((size_t)totalTokens * rowBytes);
   }
   std::vector<AppendPlan> plans(items.size());
-  std::vector<std::pair<Sequence*, const AppendPlan*>> appends;
+  std::vector<PlannedAppend> appends;
   try {
     for (size_t i = 0; i < items.size(); ++i) {
       if (items[i].tokens == 0) continue;
@@ -184,7 +184,7 @@ void Cache::appendBatch(int layer, const std::vector<AppendItem>& items, InputKi
     std::memcpy(values.data() + at, items[i].values, bytes);
     at += bytes;
   }
-  writeAppended(appends, layer, merged, (int)totalTokens, single ? items[0].keys : keys.data(),
+  writeAppended(appends.data(), appends.size(), layer, merged, (int)totalTokens, single ? items[0].keys : keys.data(),
                 single ? items[0].values : values.data(), kind);
 }
 

@@ -90,11 +90,12 @@ void Cache::append(int32_t seqId, int layer, int tokens, const void* keys, const
     auto table = lockTable();
     plan = table_->append(seq, layer, tokens, limits_);
   }
-  writeAppended({{&seq, &plan}}, layer, plan, tokens, keys, values, kind);
+  const PlannedAppend one{&seq, &plan};
+  writeAppended(&one, 1, layer, plan, tokens, keys, values, kind);
 }
 
-void Cache::writeAppended(const std::vector<std::pair<Sequence*, const AppendPlan*>>& appends, int layer,
-                          const AppendPlan& merged, int tokens, const void* keys, const void* values, InputKind kind) {
+void Cache::writeAppended(const PlannedAppend* appends, size_t count, int layer, const AppendPlan& merged, int tokens,
+                          const void* keys, const void* values, InputKind kind) {
   // Same order on every backend: the private copies land before the rows written into them. The
   // copies' sources stay taken until the rows are written: a backend that fails (a device
   // allocation or launch) gets the table back as it was, each head with its shared page again.
@@ -103,7 +104,7 @@ void Cache::writeAppended(const std::vector<std::pair<Sequence*, const AppendPla
     backend_->writeRows(merged, tokens, cfg_.kvHeads, keys, values, kind);
   } catch (...) {
     auto table = lockTable();
-    for (size_t i = appends.size(); i-- > 0;) table_->undoAppend(*appends[i].first, layer, *appends[i].second);
+    for (size_t i = count; i-- > 0;) table_->undoAppend(*appends[i].first, layer, *appends[i].second);
     throw;
   }
   if (merged.copies.empty()) return;

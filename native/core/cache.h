@@ -168,8 +168,11 @@ class Cache {
   // The backend's part of appends already planned in the table (`merged`: their copies and rows,
   // in order): copies, rows, then the copies' sources released. When the backend throws, every
   // append is undone (in reverse order) before the error goes on: nothing was appended.
-  void writeAppended(const std::vector<std::pair<Sequence*, const AppendPlan*>>& appends, int layer,
-                     const AppendPlan& merged, int tokens, const void* keys, const void* values, InputKind kind);
+  // `appends` is an array of `count` (sequence, plan) pairs: a single append passes its own, with no
+  // vector made on the decode path.
+  using PlannedAppend = std::pair<Sequence*, const AppendPlan*>;
+  void writeAppended(const PlannedAppend* appends, size_t count, int layer, const AppendPlan& merged, int tokens,
+                     const void* keys, const void* values, InputKind kind);
   void checkLive() const;
   // New sequences get their lock (table locked).
   int32_t registerSequence(int32_t seq);
