@@ -23,10 +23,13 @@ std::mutex& emulatorLock() {
   return mu;
 }
 
-// The failure asked for by setEmulatedFailure, and the calls of its operation counted since.
+// The failure asked for by setEmulatedFailure, parsed there, and the calls of its operation counted since.
 struct Failure {
   std::mutex mu;
-  std::string what;
+  std::string what;  // as asked, for the message
+  std::string op;    // empty: none
+  long nth = 1;
+  bool oom = false;
   long calls = 0;
 };
 Failure& failure() {
@@ -37,14 +40,8 @@ Failure& failure() {
 void failIfAsked(const char* op, ErrorCode code) {
   Failure& f = failure();
   std::lock_guard<std::mutex> lock(f.mu);
-  // "op", "op:n", either with "/oom": the failure as out of device memory.
-  const size_t slash = f.what.find('/');
-  const std::string spec = f.what.substr(0, slash);
-  const size_t colon = spec.find(':');
-  if (spec.empty() || spec.substr(0, colon) != op) return;
-  const long nth = colon == std::string::npos ? 1 : std::strtol(spec.c_str() + colon + 1, nullptr, 10);
-  if (slash != std::string::npos && f.what.substr(slash) == "/oom") code = ErrorCode::OutOfMemory;
-  if (++f.calls >= nth) throw Error(code, std::string("the emulated device failed ") + op + " (" + f.what + ")");
+  if (f.op != op) return;
+  if (++f.calls >= f.nth) throw Error(f.oom ? ErrorCode::OutOfMemory : code, std::string("the emulated device failed ") + op + " (" + f.what + ")");
 }
 
 struct EmuDevice {
@@ -106,19 +103,24 @@ struct EmuDevice {
 }  // namespace
 
 void setEmulatedFailure(const std::string& what) {
-  // A misspelt request would make nothing fail, and the test asking for it pass for the wrong reason.
+  // "op", "op:n", either with "/oom" (the failure as out of device memory), or "" for none. A
+  // misspelt request would make nothing fail, and the test asking for it pass for the wrong reason.
   static const char* const ops[] = {"alloc", "copyPages", "append", "attend", "scores", "compact"};
   const size_t slash = what.find('/');
-  const std::string spec = what.substr(0, slash), op = spec.substr(0, spec.find(':'));
+  const std::string spec = what.substr(0, slash);
+  const size_t colon = spec.find(':');
+  const std::string op = spec.substr(0, colon), count = colon == std::string::npos ? "1" : spec.substr(colon + 1);
   bool known = what.empty();
   for (const char* o : ops) known = known || op == o;
-  const std::string count = spec.find(':') == std::string::npos ? "1" : spec.substr(spec.find(':') + 1);
   if (!known || count.empty() || count.find_first_not_of("0123456789") != std::string::npos ||
       (slash != std::string::npos && what.substr(slash) != "/oom"))
     throw Error(ErrorCode::InvalidArgument, "emulatedFailure: expected \"op\", \"op:n\" or either with \"/oom\" (op: alloc, copyPages, append, attend, scores, compact), or \"\", but received \"" + what + "\"");
   Failure& f = failure();
   std::lock_guard<std::mutex> lock(f.mu);
   f.what = what;
+  f.op = what.empty() ? "" : op;
+  f.nth = std::strtol(count.c_str(), nullptr, 10);
+  f.oom = slash != std::string::npos;
   f.calls = 0;
 }
 
