@@ -94,12 +94,24 @@ export class BadSequenceFileError extends LukvError {
   }
 }
 
+// What a terminal may act on (C0, DEL and C1: U+009B acts as ESC [), and U+FFFE / U+FFFF, which
+// XML 1.0 refuses: text from a file or a caller is printed with these escaped.
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f\ufffe\uffff]/g;
+
+/** The escape \uXXXX of character `c`. */
+export const unicodeEscape = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+
+/** `s` with every character of CONTROLS written as `escape(c)`. */
+export function escapeControls(s: string, escape: (c: string) => string = unicodeEscape): string {
+  return s.replace(CONTROLS, escape);
+}
+
 /**
- * `s` as a JSON string literal in which DEL, the C1 controls (U+0080-U+009F: a terminal acts on
- * U+009B as on ESC [) and U+FFFE / U+FFFF are escaped too, as JSON.stringify escapes only C0.
+ * `s` as a JSON string literal in which DEL, the C1 controls and U+FFFE / U+FFFF are escaped too
+ * (JSON.stringify escapes only C0).
  */
 export function quoted(s: string): string {
-  return JSON.stringify(s).replace(/[\u007f-\u009f\ufffe\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return escapeControls(JSON.stringify(s));
 }
 
 /** A received value in a message: a number as written, anything else as describe() shows it (strings quoted, with their type). */

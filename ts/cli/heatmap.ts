@@ -1,6 +1,7 @@
 // The keep share of every (layer, KV head) of a profile at one compression ratio, drawn as an SVG
 // heat map and as a compact grid for the terminal (coloured blocks, or digits where colour is off).
 import { pruneRatiosAt, type Profile } from "../profile";
+import { escapeControls, unicodeEscape } from "../errors";
 
 /** Keep shares 1 − Φ at `ratio`, layer-major, with their range. */
 export interface KeepGrid {
@@ -115,7 +116,7 @@ const CONTROL_NAMES: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": 
  * from a file prints as text and fits in XML.
  */
 export function printable(s: string): string {
-  return s.replace(/[\u0000-\u001f\u007f-\u009f\ufffe\uffff]/g, (c) => CONTROL_NAMES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return escapeControls(s, (c) => CONTROL_NAMES[c] ?? unicodeEscape(c));
 }
 
 /** Text for XML character data or an attribute value: printable, with the five special characters escaped. */

@@ -1,5 +1,5 @@
 import { types } from "node:util";
-import { BadProfileError, invalid, quoted } from "../errors";
+import { BadProfileError, escapeControls, invalid, quoted } from "../errors";
 import { parsePyLiteral, type PyValue } from "./pyliteral";
 import { knownOptions } from "../validate";
 
@@ -89,8 +89,8 @@ function halfToNumber(h: number): number {
  * acts on) as \xNN or \n, \r, \t, and a backslash or quote escaped, so a crafted header prints as text.
  */
 function pyEscape(s: string): string {
-  const named: Record<string, string> = { "\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
-  return s.replace(/[\\'\u0000-\u001f\u007f-\u009f\ufffe\uffff]/g, (c) => {
+  const named: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+  return escapeControls(s.replace(/[\\']/g, (c) => `\\${c}`), (c) => {
     const code = c.charCodeAt(0);
     return named[c] ?? (code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16)}`);
   });
