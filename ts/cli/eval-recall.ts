@@ -14,7 +14,7 @@ import { calibrationProfilers, profileContext } from "../model/calibrate";
 import { MOST_FUTURE_POSITIONS, QueryStatistics } from "../expected-attention";
 import type { KVCache, Sequence } from "../cache";
 import { FLOAT32_MAX } from "../finite";
-import { CliIO, countBetween, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratioLabel, ratiosOption, UsageError, writeResults, writingTo } from "./io";
+import { CliIO, countBetween, countOption, decimalText, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratioLabel, ratiosOption, UsageError, writeTextWhole, writingTo } from "./io";
 
 export const RECALL_TASKS = ["niah", "mk-niah", "mq-niah", "vt"] as const;
 export type RecallTask = (typeof RECALL_TASKS)[number];
@@ -516,7 +516,7 @@ export async function recallEvalCommand(argv: string[], io: CliIO, resolveModel:
   io.out("");
   for (const mode of s.questions) for (const ratio of s.ratios.filter((x) => Math.abs(x - 0.8) < 1e-9)) io.out(formatRecallSummary(result.rows, mode, ratio));
   io.out(`\n${seconds.toFixed(0)} s`);
-  writeResults(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...result }, null, 1) + "\n", !outGiven);
+  writeTextWhole(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...result }, null, 1) + "\n", !outGiven);
   io.out(`results written to ${out}`);
   return 0;
 }

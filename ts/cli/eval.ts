@@ -10,7 +10,7 @@ import { argmax, calibrateTinyLM, defaultModelDir, loadTinyLM, modelProfile, mod
 import type { Profile } from "../profile";
 import type { Sequence } from "../cache";
 import { QueryStatistics } from "../expected-attention";
-import { CliIO, countOption as count, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratioLabel, ratiosOption, UsageError, wantsHelp, writeResults } from "./io";
+import { CliIO, countOption as count, dtypeOption, listOption as list, noPositionals, outputOption, parseArgs, progressBar, ratioLabel, ratiosOption, UsageError, wantsHelp, writeTextWhole } from "./io";
 import { RECALL_USAGE, recallEvalCommand } from "./eval-recall";
 import { packageRoot } from "../native";
 
@@ -515,7 +515,7 @@ export async function evalCommand(argv: string[], io: CliIO): Promise<number> {
     `${result.samples.length} windows, ${result.full.scoredTokens} scored continuation tokens; ${result.full.passkeyPrompts} passkey prompts; ` +
       `${seconds.toFixed(0)} s`,
   );
-  writeResults(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...full }, null, 1) + "\n", !outGiven);
+  writeTextWhole(out, JSON.stringify({ command: ["lukv", "eval", ...argv].join(" "), ...full }, null, 1) + "\n", !outGiven);
   io.out(`results written to ${out}`);
   return 0;
 }

@@ -197,9 +197,9 @@ export function ratiosOption(options: Map<string, string | true>, fallback: numb
   if (v === undefined) return [...fallback];
   const expects = "comma-separated numbers in [0, 1)";
   const items = listItems(v, "ratios", expects);
-  const bad = items.find((x) => !(decimalText(x) >= 0 && decimalText(x) < 1));
-  if (bad !== undefined) throw new UsageError(`--ratios expects ${expects}, got ${quoted(bad)}`);
-  const ratios = items.map(Number);
+  const ratios = items.map(decimalText);
+  const bad = ratios.findIndex((x) => !(x >= 0 && x < 1));
+  if (bad >= 0) throw new UsageError(`--ratios expects ${expects}, got ${quoted(items[bad])}`);
   // The same ratio written two ways ("0.5,0.50") is the same setting too.
   const twice = ratios.find((x, i) => ratios.indexOf(x) !== i);
   if (twice !== undefined) throw new UsageError(`--ratios lists ${twice} twice`);
@@ -209,7 +209,7 @@ export function ratiosOption(options: Map<string, string | true>, fallback: numb
 /**
  * --out FILE, checked before the work whose results it records: a given FILE must be in an existing,
  * writable directory (a mistyped path is not created); the default's directory must be one that
- * can be created, and is created only when the results are written (writeResults).
+ * can be created, and is created only when the results are written (writeTextWhole).
  */
 export function outputOption(v: string | true | undefined, fallback: string): string {
   const file = v === undefined ? fallback : String(v);
@@ -242,11 +242,11 @@ export function outputOption(v: string | true | undefined, fallback: string): st
 }
 
 /**
- * Writes the results `text` to the --out `file` whole or not at all (a temporary file renamed into
+ * Writes `text` to `file` (results, a plot) whole or not at all (a temporary file renamed into
  * place: a failed write leaves an earlier file as it was), creating its directory when `create`
- * (the default path); an error names `file`.
+ * (a default --out path); an error names `file`.
  */
-export function writeResults(file: string, text: string, create: boolean): void {
+export function writeTextWhole(file: string, text: string, create: boolean): void {
   writingTo(file, () => {
     if (create) fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     writeFileReplacing(file, new TextEncoder().encode(text));

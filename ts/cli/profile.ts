@@ -4,8 +4,7 @@ import { basename } from "node:path";
 import { BadProfileError, InvalidArgumentError, quoted } from "../errors";
 import { decodeNpy, decodeProfile, loadProfile, saveProfile, type Profile } from "../profile";
 import { formatOfPath } from "../profile/io";
-import { writeFileReplacing } from "../sequence-file";
-import { decimalText, isSystemError, parseCommandArgs, readingFrom, UsageError, writingTo, type CommandIO } from "./io";
+import { decimalText, isSystemError, parseCommandArgs, readingFrom, UsageError, writeTextWhole, writingTo, type CommandIO } from "./io";
 import { PROFILE_BUILD_USAGE, profileBuildCommand } from "./profile-build";
 import { colourMode, gridRatio, heatMapSvg, keepGrid, printable, terminalGrid } from "./heatmap";
 
@@ -86,8 +85,7 @@ async function inspect(argv: string[], io: CommandIO): Promise<number> {
   if (values.plot !== undefined) {
     const plot = values.plot;
     const svg = heatMapSvg(grid, profile.meta.model ? `LU-KV profile of ${profile.meta.model}` : `LU-KV profile ${basename(file)}`);
-    // Whole or not at all: a failed write leaves an earlier plot as it was.
-    writingTo(plot, () => writeFileReplacing(plot, new TextEncoder().encode(svg)));
+    writeTextWhole(plot, svg, false);
   }
   io.out([file, ...describeMeta(profile, format), "", ...terminalGrid(grid, colourMode(io.isTTY === true))].join("\n"));
   if (values.plot !== undefined) io.out(`wrote ${values.plot} (heat map of ${profile.layers} layers × ${profile.kvHeads} KV heads)`);
