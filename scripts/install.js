@@ -71,14 +71,14 @@ function staleSettings() {
   const cached = (name) => (cache.match(new RegExp(`^${name}:[A-Z]+=(.*)$`, "m")) || [])[1];
   const differ = [];
   const cuda = process.env.LUKV_CUDA;
+  const on = (v) => !/^(0|false|no|off|n)$/i.test(String(v).trim());
   if (cuda !== undefined && cuda.trim() !== "") {
     const was = cached("LUKV_CUDA");
-    const on = (v) => !/^(0|false|no|off|n)$/i.test(String(v).trim());
     if (was === undefined || on(was) !== on(cuda)) differ.push(`LUKV_CUDA=${was ?? "unknown"} (now ${cuda})`);
   }
   const arch = process.env.LUKV_CUDA_ARCHITECTURES;
   // Architectures matter only to a build with CUDA (CMake records them only then).
-  const cudaWanted = cuda === undefined || cuda.trim() === "" || !/^(0|false|no|off|n)$/i.test(cuda.trim());
+  const cudaWanted = cuda === undefined || cuda.trim() === "" || on(cuda);
   if (cudaWanted && arch !== undefined && arch.trim() !== "") {
     const was = cached("LUKV_CUDA_ARCHITECTURES_USED");
     if (was !== arch.trim()) differ.push(`LUKV_CUDA_ARCHITECTURES=${was ?? "unknown"} (now ${arch.trim()})`);
