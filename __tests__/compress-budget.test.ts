@@ -87,6 +87,11 @@ test("explicit budgets: the other options are still checked, and the report's ta
     [{ budget: -3 }, "Expected integer between 1 and 2147483647 for budget but received -3 of type number"],
     [{ ratio: 0.5, budget: 4 }, "Expected no ratio beside it (give ratio or budget) for budget but received 4 of type number"],
     [{ allocation: "lukv" }, 'Expected a Profile (allocation "lukv" needs one; see loadProfile) for profile but received undefined'],
+    // Valid, but dropped if accepted: explicit budgets replace them.
+    [{ ratio: 0.5 }, `Expected no ratio beside them (explicit budgets replace ratio, budget and allocation) for budgets but received Int32Array(${heads})`],
+    [{ budget: 4 }, `Expected no budget beside them (explicit budgets replace ratio, budget and allocation) for budgets but received Int32Array(${heads})`],
+    [{ allocation: "adakv" }, `Expected no allocation beside them (explicit budgets replace ratio, budget and allocation) for budgets but received Int32Array(${heads})`],
+    [{ allocation: "uniform" }, `Expected no allocation beside them (explicit budgets replace ratio, budget and allocation) for budgets but received Int32Array(${heads})`],
   ] as const) {
     expect(() => seq.compress({ budgets, scorer: "knorm", ...(extra as object) })).toThrow(
       expect.objectContaining({ name: "InvalidArgumentError", message: typeof message === "string" ? message : expect.stringMatching(message) }),

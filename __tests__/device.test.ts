@@ -190,11 +190,12 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         appendBoth(a, b, l, 1, r);
         attendBoth(a, b, l, 1, r, `decode layer ${l}`);
       }
-      const options: CompressOptions = { ratio: 0.55, scorer, window: 8, sink: 4, seed: 11, ...pool };
+      const options: CompressOptions = { scorer, window: 8, sink: 4, seed: 11, ...pool };
       if (allocation === "budgets") {
         const len = a.lengths();
         options.budgets = Int32Array.from(len, (n, i) => Math.max(0, n - 10 - 7 * i));
       } else {
+        options.ratio = 0.55;
         options.allocation = allocation;
         if (allocation === "lukv") options.profile = profile;
       }

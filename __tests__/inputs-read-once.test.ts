@@ -154,3 +154,93 @@ describe("an append's rows are checked again after user code ran", () => {
     expect(b.appended(0)).toBe(5);
   });
 });
+
+describe("user code cannot change checked inputs before the call reads them", () => {
+  const qRow = shape.queryHeads * shape.headDim;
+
+  test("attend: the out option is read before the queries are checked (a getter writing NaN into them is refused)", async () => {
+    const r = rng(seed + 11);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    const seq = filled(cache, 8, r);
+    const poisoning = (queries: Float32Array) => Object.defineProperty({}, "out", { enumerable: true, get: () => ((queries[0] = NaN), undefined) });
+    const q1 = randn(r, qRow), q2 = randn(r, qRow);
+    expect(() => seq.attend(0, q1, poisoning(q1))).toThrow(/Expected finite numbers for queries/);
+    await expect(seq.attendAsync(0, q2, poisoning(q2))).rejects.toThrow(/Expected finite numbers for queries/);
+  });
+
+  test("attend: an out whose class overrides length runs none of it (the engine's length is checked)", () => {
+    const r = rng(seed + 12);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    const seq = filled(cache, 8, r);
+    const queries = randn(r, qRow);
+    let ran = false;
+    class Out extends Float32Array {
+      override get length(): number {
+        ran = true;
+        queries.fill(NaN);
+        return super.length;
+      }
+    }
+    const want = seq.fork().attend(0, queries.slice());
+    const out = new Out(qRow);
+    seq.attend(0, queries, { out });
+    expect(ran).toBe(false);
+    expect(Array.from(out)).toEqual(Array.from(want));
+  });
+
+  test("attendBatch of more than 32 items reads every item before checking any (a getter cannot rewrite an earlier item's queries)", () => {
+    const r = rng(seed + 13);
+    using cache = new KVCache({ ...shape, maxTokens: 4096, dtype: "f32" });
+    const seqs = Array.from({ length: 40 }, () => filled(cache, 4, r));
+    const items = seqs.map((sequence) => ({ sequence, queries: randn(r, qRow) }));
+    const first = items[0].queries;
+    const later = items[1].queries;
+    Object.defineProperty(items[1], "queries", { enumerable: true, get: () => ((first[0] = NaN), later) });
+    expect(() => cache.attendBatch(0, items)).toThrow(/Expected finite numbers for items\[0\]\.queries/);
+  });
+
+  test("rows of a Float32Array subclass are read as the engine holds them: its slice and species are never used", async () => {
+    const r = rng(seed + 14);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    const a = filled(cache, 8, r), b = a.fork();
+    let used = 0;
+    class Rows extends Float32Array {
+      static get [Symbol.species](): Float32ArrayConstructor {
+        used++;
+        return class extends Float32Array {
+          constructor(n: number) {
+            super(n + 2 * row);
+            this.fill(NaN);
+          }
+        } as unknown as Float32ArrayConstructor;
+      }
+      override slice(): Float32Array<ArrayBuffer> {
+        used++;
+        return new Float32Array(this.length).fill(NaN);
+      }
+    }
+    const keys = randn(r, row), values = randn(r, row), queries = randn(r, qRow);
+    // Each call waits its turn behind an async call, so it keeps a copy of its arrays.
+    const pending = a.attendAsync(0, randn(r, qRow));
+    const appended = cache.appendBatchAsync(0, [{ sequence: a, keys: new Rows(keys), values: new Rows(values) }]);
+    const attended = a.attendAsync(0, new Rows(queries));
+    await Promise.all([pending, appended]);
+    const got = await attended;
+    b.append(0, keys, values);
+    expect(used).toBe(0);
+    expect(Array.from(a.positions(0, 0))).toEqual(Array.from(b.positions(0, 0)));
+    expect(Array.from(got)).toEqual(Array.from(b.attend(0, queries)));
+  });
+
+  test("compress: every option is read before any is checked (a later option's getter that empties observationQueries is refused)", () => {
+    const r = rng(seed + 15);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    const seq = filled(cache, 40, r);
+    const before = Array.from(seq.positions(0, 0));
+    const obs = [randn(r, 2 * qRow), randn(r, 2 * qRow)];
+    const options = { scorer: "snapkv" as const, ratio: 0.5, window: 2, observationQueries: obs };
+    Object.defineProperty(options, "sink", { enumerable: true, get: () => (structuredClone(obs[0], { transfer: [obs[0].buffer as ArrayBuffer] }), 2) });
+    expect(() => seq.compress(options)).toThrow(/Expected a non-empty Float32Array whose length is a multiple of 16 \(\[rows, queryHeads, headDim\]\) for observationQueries\[0\]/);
+    expect(Array.from(seq.positions(0, 0))).toEqual(before);
+  });
+});

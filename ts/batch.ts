@@ -4,7 +4,7 @@ import type { KVCache, Sequence } from "./cache";
 import { rethrow, Sequence as SequenceClass } from "./cache";
 import { DisposedError, LukvError, invalid, outGone } from "./errors";
 import { checkScale, scanValuesBatch } from "./finite";
-import { integerInRange, isFloat32Array, isUint16Array, knownOptions } from "./validate";
+import { copyRows, integerInRange, isFloat32Array, isUint16Array, knownOptions, ownRows, viewOf } from "./validate";
 
 /** One sequence's part of `cache.attendBatch`. */
 export interface AttendBatchItem {
@@ -98,6 +98,24 @@ function idsOf(seqs: readonly Sequence[], idOf: (seq: Sequence) => number): Int3
   return ids;
 }
 
+// Reads every item (`read`) before checking any (`check`): a getter of a later item could change an
+// earlier item's arrays after its checks. A getter that throws stops the reading there, and its
+// error comes after the checks of the items before it, as item by item.
+function readThenCheck<R, P>(n: number, read: (i: number) => R, check: (item: R, i: number, items: R[]) => P): { read: R[]; parts: P[] } {
+  const items: R[] = [];
+  let failed: { error: unknown } | undefined;
+  for (let i = 0; i < n && !failed; i++) {
+    try {
+      items.push(read(i));
+    } catch (error) {
+      failed = { error };
+    }
+  }
+  const parts = items.map(check);
+  if (failed) throw failed.error;
+  return { read: items, parts };
+}
+
 function batchScale(cache: KVCache, opts: AttendBatchOptions | undefined): number {
   if (opts !== undefined) {
     if (opts === null || typeof opts !== "object") throw invalid("options", "an options object", opts);
@@ -115,10 +133,11 @@ function sharesBuffer(list: readonly AttendBatchItem[]): boolean {
   const buffers = new Set<ArrayBufferLike>();
   for (const item of list) {
     if (item.out === undefined) continue;
-    if (buffers.has(item.out.buffer)) return true;
-    buffers.add(item.out.buffer);
+    const buffer = viewOf(item.out).buffer;
+    if (buffers.has(buffer)) return true;
+    buffers.add(buffer);
   }
-  return list.some((item) => buffers.has(item.queries.buffer));
+  return list.some((item) => buffers.has(viewOf(item.queries).buffer));
 }
 
 function checkAttendBatch(
@@ -127,18 +146,22 @@ function checkAttendBatch(
   items: unknown,
   opts: AttendBatchOptions | undefined,
   idOf: (seq: Sequence) => number,
-): Checked<AttendPart> & { l: number; scale: number } {
+): Checked<AttendPart> & { l: number; scale: number; list: AttendBatchItem[] } {
   const l = integerInRange("layer", layer, 0, cache.config.layers - 1);
   const scale = batchScale(cache, opts);
   const { items: given, seqs } = checkItems<AttendBatchItem>(cache, items, ATTEND_ITEM_NAMES);
-  // Each item's arrays are read once, here: the checks below and the call use what was read.
-  const list: AttendBatchItem[] = [];
-  const parts: AttendPart[] = [];
-  for (let i = 0; i < given.length; i++) {
-    const { queries, out } = given[i], name = itemName(i);
-    list.push(out === undefined ? { sequence: seqs[i], queries } : { sequence: seqs[i], queries, out });
-    parts.push(seqs[i].checkAttend(l, queries, out, scale, name.prefix, name.queries));
-  }
+  // Each item's arrays are read once: the checks below and the call use what was read.
+  const { read: list, parts } = readThenCheck(
+    given.length,
+    (i): AttendBatchItem => {
+      const { queries, out } = given[i];
+      return out === undefined ? { sequence: seqs[i], queries: ownRows(queries) } : { sequence: seqs[i], queries: ownRows(queries), out };
+    },
+    ({ queries, out }, i): AttendPart => {
+      const name = itemName(i);
+      return seqs[i].checkAttend(l, queries, out, scale, name.prefix, name.queries);
+    },
+  );
   // An item's output must not overlap another item's queries or output: the batch reads every
   // item's queries after it wrote outputs (the observation window) and writes all outputs. Only
   // arrays over one buffer can overlap: grouped by buffer, the check is linear in the items (and
@@ -148,9 +171,9 @@ function checkAttendBatch(
     list.forEach((item, i) => {
       for (const [what, a] of [["queries", item.queries], ["out", item.out]] as const) {
         if (a === undefined) continue;
-        const group = byBuffer.get(a.buffer);
+        const buffer = viewOf(a).buffer, group = byBuffer.get(buffer);
         if (group) group.push({ i, what, a });
-        else byBuffer.set(a.buffer, [{ i, what, a }]);
+        else byBuffer.set(buffer, [{ i, what, a }]);
       }
     });
     for (const group of byBuffer.values()) {
@@ -159,13 +182,14 @@ function checkAttendBatch(
         if (o.what !== "out") continue;
         for (const x of group) {
           if (x.i === o.i) continue;
-          const a0 = o.a.byteOffset, a1 = a0 + o.a.byteLength, b0 = x.a.byteOffset, b1 = b0 + x.a.byteLength;
+          const ov = viewOf(o.a), xv = viewOf(x.a);
+          const a0 = ov.byteOffset, a1 = a0 + ov.byteLength, b0 = xv.byteOffset, b1 = b0 + xv.byteLength;
           if (a0 < b1 && b0 < a1) throw invalid(`items[${o.i}].out`, `an array that does not overlap items[${x.i}].${x.what}`, o.a);
         }
       }
     }
   }
-  return { l, scale, seqs, ids: idsOf(seqs, idOf), parts };
+  return { l, scale, seqs, ids: idsOf(seqs, idOf), parts, list };
 }
 
 // The common batch in its fast form, the arguments of one native call: every item an object with
@@ -215,6 +239,7 @@ function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: 
     for (const key in item) if (key !== "sequence" && key !== "queries" && key !== "out") return undefined;
     try {
       ({ sequence: seqs[i], queries: queries[i], out: given[i] } = item as AttendBatchItem);
+      queries[i] = ownRows(queries[i]);
     } catch {
       return undefined; // a getter that throws: the item-by-item checks meet it in their order
     }
@@ -223,7 +248,7 @@ function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: 
   for (let i = 0; i < n; i++) {
     const seq = seqs[i], q = queries[i], out = given[i];
     if (!(seq instanceof SequenceClass) || seq.cache !== cache || !isFloat32Array(q)) return read();
-    if (out !== undefined && !(isFloat32Array(out) && out.length === q.length)) return read();
+    if (out !== undefined && !(isFloat32Array(out) && viewOf(out).length === q.length)) return read();
     for (let j = 0; j < i; j++) if (seqs[j] === seq) return read();
   }
   const scratch = quickArraysOf(n), ids = scratch.ids, keyMax = checkFinite ? scratch.keyMax : null;
@@ -305,12 +330,11 @@ export async function attendBatchAsync(
       return outs;
     });
   }
-  const items = quick ?? given;
-  const { l, scale, seqs, parts } = checkAttendBatch(cache, layer, items, opts, (s) => s.nativeId());
+  const { l, scale, seqs, parts, list } = checkAttendBatch(cache, layer, quick ?? given, opts, (s) => s.nativeId());
   if (parts.length === 0) return [];
   // A batch that waits its turn keeps its own copy of the queries (the addon copies them when the work starts).
   const waits = seqs.some((s) => s.pending > 0);
-  const queries = parts.map((p, i) => (waits && p.q === items[i].queries ? p.q.slice() : p.q));
+  const queries = parts.map((p, i) => (waits && p.q === list[i].queries ? copyRows(p.q) : p.q));
   // The addon writes into one array per item when the work has run: the caller's, or a new one.
   const outs = parts.map((p) => p.out ?? new Float32Array(p.q.length));
   return SequenceClass.enqueueAll(seqs, async () => {
@@ -347,6 +371,8 @@ function quickAppendParts(
   for (let i = 0; i < n; i++) {
     try {
       ({ keys: rows[2 * i], values: rows[2 * i + 1] } = list[i]);
+      rows[2 * i] = ownRows(rows[2 * i]);
+      rows[2 * i + 1] = ownRows(rows[2 * i + 1]);
     } catch {
       return undefined; // a getter that throws: the item-by-item checks meet it in their order
     }
@@ -372,15 +398,18 @@ function checkAppendBatch(cache: KVCache, layer: unknown, given: unknown, idOf: 
   const { items: list, seqs } = checkItems<AppendBatchItem>(cache, given, APPEND_ITEM_NAMES);
   const quick = quickAppendParts(cache, list);
   if (quick && "parts" in quick) return { l, seqs, ids: idsOf(seqs, idOf), parts: quick.parts };
-  const parts: AppendPart[] = [];
-  for (let i = 0; i < list.length; i++) {
-    // Read once: the rows the quick form read, or the item's now; the checks and the call use these.
-    const { keys, values } = quick ? quick.read[i] : list[i];
-    const checked = seqs[i].checkAppend(keys, values, itemName(i).prefix);
-    if (i > 0 && isFloat32Array(keys) !== isFloat32Array(parts[0].keys))
-      throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${isFloat32Array(parts[0].keys) ? "Float32Array" : "Uint16Array"})`, keys);
-    parts.push({ keys, values, checked });
-  }
+  // Read once: the rows the quick form read, or the items' now; the checks and the call use these.
+  const { parts } = readThenCheck(
+    list.length,
+    (i) => (quick ? quick.read[i] : { keys: ownRows(list[i].keys), values: ownRows(list[i].values) }),
+    ({ keys, values }, i, items): AppendPart => {
+      const checked = seqs[i].checkAppend(keys, values, itemName(i).prefix);
+      const f32 = isFloat32Array(items[0].keys);
+      if (i > 0 && isFloat32Array(keys) !== f32)
+        throw invalid(`items[${i}].keys`, `the same array type as items[0].keys (${f32 ? "Float32Array" : "Uint16Array"})`, keys);
+      return { keys, values, checked };
+    },
+  );
   return { l, seqs, ids: idsOf(seqs, idOf), parts };
 }
 
@@ -448,7 +477,7 @@ export function appendBatchAsync(cache: KVCache, layer: number, items: readonly 
   if (parts.length === 0) return Promise.resolve();
   // The rows are read now: a batch that waits its turn keeps its own copy.
   const waits = seqs.some((s) => s.pending > 0);
-  const own = waits ? parts.map((p) => ({ ...p, keys: p.keys.slice(), values: p.values.slice() })) : parts;
+  const own = waits ? parts.map((p) => ({ ...p, keys: copyRows(p.keys), values: copyRows(p.values) })) : parts;
   // Calls made after this one see these rows as appended (their checks count them).
   const queued = parts.map((p, i) => seqs[i].queueAppend(l, p.checked));
   return SequenceClass.enqueueAll(seqs, async () => {

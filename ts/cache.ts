@@ -39,6 +39,10 @@ import {
   knownOptions,
   nonNegativeInteger,
   oneOf,
+  ownRows,
+  copyRows,
+  readOnce,
+  viewOf,
   positiveInteger,
 } from "./validate";
 
@@ -404,12 +408,13 @@ export class KVCache {
       return;
     }
     if (options === null || typeof options !== "object") throw invalid("options", 'an options object or "throw"', options);
-    const compressOptions = embeddedCompressOptions(options, ["evict", "ratio", "listener"], { ratio: options.ratio ?? 0.5 });
-    const evict = oneOf("evict", options.evict, ["largest", "oldest"] as const);
-    if (options.listener !== undefined && typeof options.listener !== "function") throw invalid("listener", "a function", options.listener);
+    const { given, compress: compressOptions } = embeddedCompressOptions(options, ["evict", "ratio", "listener"], (g) => ({ ratio: (g.ratio as number | undefined) ?? 0.5 }));
+    const evict = oneOf("evict", given.evict, ["largest", "oldest"] as const);
+    const listener = given.listener;
+    if (listener !== undefined && typeof listener !== "function") throw invalid("listener", "a function", listener);
     const n = nativeCompressOptions(compressOptions, this.config, () => new Int32Array(this.config.layers * this.config.kvHeads));
     refuseFailingEveryTime(n, this.config);
-    this.#pressure = { options: compressOptions, evict, listener: options.listener };
+    this.#pressure = { options: compressOptions, evict, listener: listener as PressureOptions["listener"] };
   }
 
   /** Compressions made for pressure so far, the tokens they removed and the pages they freed. */
@@ -750,6 +755,8 @@ export class Sequence {
   append(layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void {
     const id = this.id;
     const l = this.#layer(layer);
+    keys = ownRows(keys);
+    values = ownRows(values);
     let checked = this.checkAppend(keys, values, "");
     const callbacks = this.#cache.callbacksStarted;
     this.autoCompressDue(id, () => void this.id);
@@ -936,11 +943,11 @@ export class Sequence {
     }
     if (options === null || typeof options !== "object") throw invalid("options", "an options object or false", options);
     const own = ["maxTokens", "every", "onCompress"];
-    const compressOptions = embeddedCompressOptions(options, own, {});
-    const maxTokens = integerInRange("maxTokens", options.maxTokens, 1, 2 ** 31 - 1);
-    const every = integerInRange("every", options.every ?? 256, 1, 2 ** 31 - 1);
-    if (options.onCompress !== undefined && typeof options.onCompress !== "function") throw invalid("onCompress", "a function", options.onCompress);
-    const onCompress = options.onCompress;
+    const { given, compress: compressOptions } = embeddedCompressOptions(options, own, () => ({}));
+    const maxTokens = integerInRange("maxTokens", given.maxTokens, 1, 2 ** 31 - 1);
+    const every = integerInRange("every", given.every ?? 256, 1, 2 ** 31 - 1);
+    const onCompress = given.onCompress as AutoCompressOptions["onCompress"];
+    if (onCompress !== undefined && typeof onCompress !== "function") throw invalid("onCompress", "a function", onCompress);
     compressOptions.budget = maxTokens;
     const n = nativeCompressOptions(compressOptions, this.#cache.config, () => this.lengths()); // invalid options throw now
     refuseFailingEveryTime(n, this.#cache.config); // it would fail every time it is due
@@ -1039,24 +1046,27 @@ export class Sequence {
     return { l, q, tokens, queryMax };
   }
 
+  // `out` checked through the engine's accessors: its own (a subclass's) would run after the queries' checks.
   #out(out: unknown, queries: Float32Array | Uint16Array, prefix = ""): Float32Array | undefined {
     if (out === undefined) return undefined;
     if (!isFloat32Array(out)) throw invalid(`${prefix}out`, "Float32Array", out);
-    if (out.length !== queries.length) throw invalid(`${prefix}out`, `a Float32Array of length ${queries.length} (the queries' length)`, out);
-    if (out.buffer === queries.buffer) {
-      const a0 = out.byteOffset, a1 = a0 + out.byteLength, b0 = queries.byteOffset, b1 = b0 + queries.byteLength;
+    const o = viewOf(out), q = viewOf(queries);
+    if (o.length !== q.length) throw invalid(`${prefix}out`, `a Float32Array of length ${q.length} (the queries' length)`, out);
+    if (o.buffer === q.buffer) {
+      const a0 = o.byteOffset, a1 = a0 + o.byteLength, b0 = q.byteOffset, b1 = b0 + q.byteLength;
       if (a0 < b1 && b0 < a1) throw invalid(`${prefix}out`, "an array that does not overlap the queries", out);
     }
     return out;
   }
 
-  #scale(opts: AttendOptions | undefined): number {
+  // attend()'s options, each read once and before the queries are checked (a getter runs no later).
+  #attendOptions(opts: AttendOptions | undefined): { scale: number; out: unknown } {
     if (opts !== undefined) {
       if (opts === null || typeof opts !== "object") throw invalid("options", "an options object", opts);
       knownOptions("options", opts, ATTEND_OPTION_NAMES);
     }
-    if (opts?.scale == null) return 1 / Math.sqrt(this.#cache.config.headDim);
-    return checkScale(opts.scale);
+    const scale = opts?.scale, out = opts?.out;
+    return { scale: scale == null ? 1 / Math.sqrt(this.#cache.config.headDim) : checkScale(scale), out };
   }
 
   /**
@@ -1066,9 +1076,10 @@ export class Sequence {
    */
   attend(layer: number, queries: Float32Array | Uint16Array, opts?: AttendOptions): Float32Array {
     const id = this.id;
-    const scale = this.#scale(opts);
+    const { scale, out: outGiven } = this.#attendOptions(opts);
+    queries = ownRows(queries);
     const { l, q, queryMax } = this.#queries(layer, queries, scale);
-    const out = this.#out(opts?.out, queries);
+    const out = this.#out(outGiven, queries);
     let result: Float32Array;
     try {
       result = this.#cache.handle.attend(id, l, q, scale, out);
@@ -1086,11 +1097,12 @@ export class Sequence {
    */
   async attendAsync(layer: number, queries: Float32Array | Uint16Array, opts?: AttendOptions): Promise<Float32Array> {
     this.#liveId();
-    const scale = this.#scale(opts);
+    const { scale, out: outGiven } = this.#attendOptions(opts);
+    queries = ownRows(queries);
     const { l, q, queryMax } = this.#queries(layer, queries, scale);
-    const out = this.#out(opts?.out, queries);
+    const out = this.#out(outGiven, queries);
     // A call that waits its turn keeps its own copy (the addon copies them when the work starts).
-    const rows = this.#pending === 0 || q !== queries ? q : q.slice();
+    const rows = this.#pending === 0 || q !== queries ? q : copyRows(q);
     return this.#enqueue(async () => {
       let result: Float32Array | null;
       try {
@@ -1116,7 +1128,10 @@ export class Sequence {
   }
 
   #compressNow(id: number, options: CompressOptions): CompressReport {
-    if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
+    if (options !== null && typeof options === "object") {
+      knownOptions("options", options, COMPRESS_OPTION_NAMES);
+      options = readOnce(options, COMPRESS_OPTION_NAMES) as CompressOptions;
+    }
     const n = nativeCompressOptions(options, this.#cache.config, () => viaAddon(() => this.#cache.handle.lengths(id)));
     this.#checkScoring(n);
     try {
@@ -1135,7 +1150,10 @@ export class Sequence {
    */
   async compressAsync(options: CompressOptions = {}): Promise<CompressReport> {
     this.#liveId();
-    if (options !== null && typeof options === "object") knownOptions("options", options, COMPRESS_OPTION_NAMES);
+    if (options !== null && typeof options === "object") {
+      knownOptions("options", options, COMPRESS_OPTION_NAMES);
+      options = readOnce(options, COMPRESS_OPTION_NAMES) as CompressOptions;
+    }
     nativeCompressOptions(options, this.#cache.config, undefined); // invalid options reject now
     const o = snapshotCompressOptions(options);
     return this.#enqueue(async () => {
@@ -1447,9 +1465,17 @@ function viaAddon<T>(fn: () => T): T {
 // compress() options given inside another call's options (autoCompress, onPressure): names are
 // checked against compress's, without ratio, budget and budgets, plus the call's `own` names, which
 // are dropped; `fixed` goes on top.
-function embeddedCompressOptions(options: object, own: readonly string[], fixed: CompressOptions): CompressOptions {
-  knownOptions("options", options, [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), ...own]);
-  return { ...Object.fromEntries(Object.entries(options).filter(([k]) => !own.includes(k))), ...fixed };
+// The options of autoCompress / onPressure, each read once: its own (`own`) and the compress options
+// it passes on, with `fixed` (made from what was read) over them.
+function embeddedCompressOptions(
+  options: object,
+  own: readonly string[],
+  fixed: (given: Record<string, unknown>) => CompressOptions,
+): { given: Record<string, unknown>; compress: CompressOptions } {
+  const names = [...COMPRESS_OPTION_NAMES.filter((k) => k !== "ratio" && k !== "budget" && k !== "budgets"), ...own];
+  knownOptions("options", options, names);
+  const given = readOnce(options, names);
+  return { given, compress: { ...Object.fromEntries(Object.entries(given).filter(([k]) => !own.includes(k))), ...fixed(given) } };
 }
 
 // Where checkAppend's scan writes (read at once, before anything else scans).

@@ -1,6 +1,6 @@
 // Options of compress() and scores(), their defaults and validation, and what the addon receives.
 import { invalid, InvalidArgumentError } from "./errors";
-import { integerInRange, isFloat32Array, isInt32Array, nonNegativeInteger, oneOf } from "./validate";
+import { integerInRange, isFloat32Array, isInt32Array, nonNegativeInteger, oneOf, ownRows } from "./validate";
 import { pruneRatiosAt, type Profile } from "./profile";
 import { checkScale } from "./finite";
 import { nativeExpectedAttention, type ExpectedAttentionOptions, type NativeExpectedAttention, type RopeOptions } from "./expected-attention";
@@ -106,7 +106,7 @@ export interface CompressOptions extends ScoreOptions {
   allocation?: AllocationName;
   /** The LU-KV profile for allocation "lukv" (refused beside another allocation: LU-KV would be off). */
   profile?: Profile;
-  /** Explicit keep counts per (layer, KV head), Int32Array [layers * kvHeads]; overrides ratio, budget and allocation. */
+  /** Explicit keep counts per (layer, KV head), Int32Array [layers * kvHeads]; they replace ratio, budget and allocation (refused beside them). */
   budgets?: Int32Array;
   /** Ada-KV: floor of each head, as a fraction of its proportional share of the layer budget. Default: 0.2. */
   alpha?: number;
@@ -195,7 +195,7 @@ export function nativeScoreOptions(o: ScoreOptions, shape: Shape, scoredLayers?:
     if (!Array.isArray(given) || given.length !== shape.layers)
       throw invalid("observationQueries", `an array of ${shape.layers} Float32Array (one per layer, or undefined)`, given);
     // Each element read once: the addon gets the arrays that were checked (a getter could return another).
-    const queries: unknown[] = Array.from(given);
+    const queries: unknown[] = Array.from(given, ownRows);
     const row = shape.queryHeads * shape.headDim;
     queries.forEach((q, l) => {
       if (q === undefined) return;
@@ -273,10 +273,13 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
         `Expected a profile for ${shape.layers} layers x ${shape.kvHeads} KV heads for profile but received one for ${profile.layers} x ${profile.kvHeads}`,
       );
   }
-  const budgets = o.budgets; // read once: the addon gets the array that was checked
+  const budgets = ownRows(o.budgets); // read once: the addon gets the array that was checked
   if (budgets != null) {
     if (!isInt32Array(budgets) || budgets.length !== heads)
       throw invalid("budgets", `Int32Array of length ${heads} (layers * kvHeads)`, budgets);
+    // They replace the three: one given beside them would be dropped without a word.
+    for (const name of ["ratio", "budget", "allocation"] as const)
+      if (o[name] != null) throw invalid("budgets", `no ${name} beside them (explicit budgets replace ratio, budget and allocation)`, budgets);
     const len = lengths?.();
     for (let i = 0; i < heads; i++) {
       const head = `budgets[${i}] (layer ${Math.floor(i / shape.kvHeads)}, head ${i % shape.kvHeads})`;
@@ -309,8 +312,8 @@ export function nativeCompressOptions(o: CompressOptions, shape: Shape, lengths:
 export function snapshotCompressOptions(o: CompressOptions): CompressOptions {
   // Every option read once, from the spread copy (a getter could return something else each time).
   const c: CompressOptions = { ...o };
-  if (isInt32Array(c.budgets)) c.budgets = c.budgets.slice();
-  if (Array.isArray(c.observationQueries)) c.observationQueries = c.observationQueries.map((q) => q?.slice());
+  if (isInt32Array(c.budgets)) c.budgets = new Int32Array(c.budgets);
+  if (Array.isArray(c.observationQueries)) c.observationQueries = c.observationQueries.map((q) => (q === undefined ? q : new Float32Array(q)));
   if (c.profile != null) c.profile = { ...c.profile, table: c.profile.table.slice() };
   const ea = c.expectedAttention;
   if (ea != null) {

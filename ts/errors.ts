@@ -1,3 +1,5 @@
+import { types } from "util";
+
 /** Base class of every error lukv throws; `code` is stable and machine-readable. */
 export class LukvError extends Error {
   readonly code: string;
@@ -162,7 +164,10 @@ export function describe(value: unknown): string {
     const len = (value as unknown as { length?: number }).length;
     return len === undefined ? name : `${name}(${len})`;
   }
+  if (types.isProxy(value)) return "a Proxy";
   if (Array.isArray(value)) return `Array(${value.length})`;
+  if (types.isAnyArrayBuffer(value)) return `${Object.prototype.toString.call(value).slice(8, -1)}(${value.byteLength} bytes)`;
+  if (typeof value === "bigint") return `${value}n of type bigint`;
   if (typeof value === "string") return `${quoted(value.length > 40 ? value.slice(0, 40) + "…" : value)} of type string`;
   if (typeof value === "object") return `object`;
   return `${String(value)} of type ${typeof value}`;

@@ -44,6 +44,35 @@ export function isUint16Array(v: unknown): v is Uint16Array {
   return types.isUint16Array(v);
 }
 
+/**
+ * A Float32Array, Uint16Array or Int32Array argument as the call will read it, checks included: one
+ * of a subclass (whose length, slice or species are user code) is copied into a plain array of its
+ * element type; any other value is returned as given.
+ */
+export function ownRows<T>(v: T): T {
+  if (types.isFloat32Array(v)) return Object.getPrototypeOf(v) === Float32Array.prototype ? v : (new Float32Array(v) as T);
+  if (types.isUint16Array(v)) return Object.getPrototypeOf(v) === Uint16Array.prototype ? v : (new Uint16Array(v) as T);
+  if (types.isInt32Array(v)) return Object.getPrototypeOf(v) === Int32Array.prototype ? v : (new Int32Array(v) as T);
+  return v;
+}
+
+// The typed arrays' own accessors, which a subclass or an instance cannot replace: for arrays the
+// call writes to (`out`), whose reads must not run user code after the inputs were checked.
+const typedArrayProto = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const accessor = (name: string) => Object.getOwnPropertyDescriptor(typedArrayProto, name)!.get! as (this: ArrayBufferView) => number;
+const lengthGetter = accessor("length"), byteOffsetGetter = accessor("byteOffset"), byteLengthGetter = accessor("byteLength");
+const bufferGetter = Object.getOwnPropertyDescriptor(typedArrayProto, "buffer")!.get! as (this: ArrayBufferView) => ArrayBufferLike;
+
+/** A typed array's length, buffer and byte range as the engine holds them (no user code runs). */
+export function viewOf(v: ArrayBufferView): { length: number; buffer: ArrayBufferLike; byteOffset: number; byteLength: number } {
+  return { length: lengthGetter.call(v), buffer: bufferGetter.call(v), byteOffset: byteOffsetGetter.call(v), byteLength: byteLengthGetter.call(v) };
+}
+
+/** A copy of rows: a new plain array of their element type. */
+export function copyRows<T extends Float32Array | Uint16Array>(v: T): T {
+  return (types.isFloat32Array(v) ? new Float32Array(v) : new Uint16Array(v)) as T;
+}
+
 export function isInt32Array(v: unknown): v is Int32Array {
   return types.isInt32Array(v);
 }
@@ -68,6 +97,19 @@ function distance(a: string, b: string): number {
  * such as `ratoi` must not silently fall back to a default), listing the accepted names and the
  * nearest one.
  */
+/**
+ * The options of `o` named in `names` (own or inherited), each read once, as a plain object without
+ * the undefined ones: checks and the call then read these (a getter runs once, before any check).
+ */
+export function readOnce(o: object, names: readonly string[]): Record<string, unknown> {
+  const read: Record<string, unknown> = {};
+  for (const k of names) {
+    const v = (o as Record<string, unknown>)[k];
+    if (v !== undefined) read[k] = v;
+  }
+  return read;
+}
+
 export function knownOptions(name: string, options: object, allowed: readonly string[]): void {
   for (const key of Object.keys(options)) {
     if (allowed.includes(key)) continue;
