@@ -2,7 +2,7 @@
 // reference below is written from the press's definition (see docs/methods.md), in float64, on
 // seeded random data; tokens whose reference score sits within a rounding error of the cut may
 // differ (lukv scores in float32, and a tie can go either way).
-import { KVCache, Sequence, createProfile, profileFromNpy, profileToNpy } from "../ts";
+import { KVCache, QueryStatistics, Sequence, createProfile, profileFromNpy, profileToNpy } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
 
 const seed = testSeed("kvpress-parity");
@@ -34,17 +34,20 @@ function makeData(r: () => number): Data {
   };
 }
 
-function build(data: Data, r: () => number): { cache: KVCache; seq: Sequence } {
+/** The cache of `data`, with random values ([layer] -> [L, kvHeads, D]) drawn from `r`. */
+function build(data: Data, r: () => number): { cache: KVCache; seq: Sequence; values: Float32Array[] } {
   const cache = new KVCache({ ...shape, pageSize: 16, dtype: "f32", maxTokens: 4096, observationWindow: 64 });
   const seq = cache.createSequence();
+  const values: Float32Array[] = [];
   for (let l = 0; l < shape.layers; l++) {
     const k = new Float32Array(L * shape.kvHeads * D);
     for (let t = 0; t < L; t++)
       for (let h = 0; h < shape.kvHeads; h++) k.set(data.keys[l][h].subarray(t * D, t * D + D), (t * shape.kvHeads + h) * D);
-    seq.append(l, k, randn(r, L * shape.kvHeads * D));
+    values.push(randn(r, L * shape.kvHeads * D));
+    seq.append(l, k, values[l]);
     seq.attend(l, data.queries[l]);
   }
-  return { cache, seq };
+  return { cache, seq, values };
 }
 
 // ---- kvpress's definitions, from its presses ----
@@ -139,6 +142,83 @@ function streaming(nSink: number, ratio: number): number[] {
   return Array.from({ length: L }, (_, t) => (t >= nSink && t < nSink + nPruned ? 0 : 1));
 }
 
+/** The rotate-half RoPE rotation cos_p·I + sin_p·P (base θ) averaged over positions p = L .. L + F − 1. */
+function meanRotation(theta: number, F: number): number[][] {
+  const R = Array.from({ length: D }, () => new Array<number>(D).fill(0));
+  const half = D / 2;
+  for (let p = L; p < L + F; p++)
+    for (let i = 0; i < half; i++) {
+      const a = p / theta ** ((2 * i) / D);
+      const c = Math.cos(a) / F, s = Math.sin(a) / F;
+      R[i][i] += c;
+      R[i + half][i + half] += c;
+      R[i][i + half] -= s;
+      R[i + half][i] += s;
+    }
+  return R;
+}
+
+/** Mean and covariance (divided by N) of query head q's rows after the first `skip` ([L, queryHeads, D] queries). */
+function queryMoments(queries: Float32Array, q: number, skip: number): { mu: number[]; cov: number[][] } {
+  const N = L - skip;
+  const x = (t: number, d: number): number => queries[(t * shape.queryHeads + q) * D + d];
+  const mu = Array.from({ length: D }, (_, d) => {
+    let s = 0;
+    for (let t = skip; t < L; t++) s += x(t, d);
+    return s / N;
+  });
+  const cov = Array.from({ length: D }, (_, i) =>
+    Array.from({ length: D }, (_, j) => {
+      let s = 0;
+      for (let t = skip; t < L; t++) s += (x(t, i) - mu[i]) * (x(t, j) - mu[j]);
+      return s / N;
+    }),
+  );
+  return { mu, cov };
+}
+
+/**
+ * ExpectedAttentionPress(n_sink, epsilon, n_future_positions F), RoPE base θ: per query head of the
+ * group, μ and Σ of the pre-RoPE queries after the first n_sink rows; μ' = R̄μ, Σ' = R̄ΣR̄ᵀ;
+ * z = μ'·k/√D + kᵀΣ'k/(2D) for the keys after the sinks, their softmax; the mean over the GQA group;
+ * (s + ε)·‖v‖; the sinks the maximum (always kept). `values` is the layer's [L, kvHeads, D].
+ */
+function expectedAttention(
+  keys: Float32Array,
+  values: Float32Array,
+  queries: Float32Array,
+  h: number,
+  o: { nSink: number; epsilon: number; theta: number; futurePositions: number },
+): number[] {
+  const R = meanRotation(o.theta, o.futurePositions);
+  const out = new Array<number>(L).fill(0);
+  for (let g = 0; g < G; g++) {
+    const { mu, cov } = queryMoments(queries, h * G + g, o.nSink);
+    const m = R.map((row) => row.reduce((s, r, k) => s + r * mu[k], 0));
+    const RS = R.map((row) => Array.from({ length: D }, (_, j) => row.reduce((s, r, k) => s + r * cov[k][j], 0)));
+    const S = RS.map((row) => Array.from({ length: D }, (_, j) => row.reduce((s, r, k) => s + r * R[j][k], 0)));
+    const z = Array.from({ length: L - o.nSink }, (_, j) => {
+      const ko = (o.nSink + j) * D;
+      let lin = 0, quad = 0;
+      for (let a = 0; a < D; a++) {
+        lin += m[a] * keys[ko + a];
+        for (let b = 0; b < D; b++) quad += keys[ko + a] * S[a][b] * keys[ko + b];
+      }
+      return lin / Math.sqrt(D) + quad / (2 * D);
+    });
+    const mx = Math.max(...z);
+    const e = z.map((x) => Math.exp(x - mx));
+    const sum = e.reduce((a, b) => a + b, 0);
+    e.forEach((x, j) => (out[o.nSink + j] += x / sum / G));
+  }
+  return out.map((s, t) => {
+    if (t < o.nSink) return Infinity;
+    let v = 0;
+    for (let d = 0; d < D; d++) v += values[(t * shape.kvHeads + h) * D + d] ** 2;
+    return (s + o.epsilon) * Math.sqrt(v);
+  });
+}
+
 /** ScorerPress: every head keeps max(1, int(L · (1 − ratio))) tokens (Python's int truncates). */
 const scorerKept = (ratio: number): number => Math.max(1, Math.trunc(L * (1 - ratio)));
 
@@ -193,9 +273,8 @@ function topk(scores: number[], keep: number): Pick {
   return { kept: new Set(order.slice(0, keep)), scores, cut: scores[order[keep - 1]] };
 }
 
-/** Same tokens, except tokens whose reference score is within a float32 rounding of the cut. */
-function expectSame(got: Int32Array, want: Pick, label: string): void {
-  expect({ label, kept: got.length }).toEqual({ label, kept: want.kept.size });
+/** The tokens kept by one and not the other, except those whose reference score is within a float32 rounding of the cut. */
+function offTokens(got: Int32Array, want: Pick): string[] {
   const gotSet = new Set(got);
   const off: string[] = [];
   const tol = Number.isFinite(want.cut) ? 1e-5 * Math.abs(want.cut) : 0;
@@ -204,7 +283,13 @@ function expectSame(got: Int32Array, want: Pick, label: string): void {
     if (Math.abs(want.scores[t] - want.cut) <= tol) continue;
     off.push(`${t} (${gotSet.has(t) ? "kept" : "evicted"}, score ${want.scores[t]}, cut ${want.cut})`);
   }
-  expect({ label, off }).toEqual({ label, off: [] });
+  return off;
+}
+
+/** Same tokens, except tokens whose reference score is within a float32 rounding of the cut. */
+function expectSame(got: Int32Array, want: Pick, label: string): void {
+  expect({ label, kept: got.length }).toEqual({ label, kept: want.kept.size });
+  expect({ label, off: offTokens(got, want) }).toEqual({ label, off: [] });
 }
 
 const r0 = rng(seed);
@@ -250,6 +335,70 @@ describe("scorer presses: the same tokens as kvpress", () => {
         for (let h = 0; h < shape.kvHeads; h++) expectSame(b.seq.positions(l, h), topk(ref[h], 63), `snapkv 0.8 layer ${l} head ${h}`);
       }
     } finally {
+      b.cache.dispose();
+    }
+    // The same selection from `budget: 63` (per head, uniform); the default window (32) would change it.
+    const c = build(data, rng(seed ^ 2));
+    const d = build(data, rng(seed ^ 2));
+    try {
+      c.seq.compress({ budget: 63, scorer: "snapkv", pooling: "avg", kernel: 5, window: 16, sink: 0 });
+      d.seq.compress({ budget: 63, scorer: "snapkv", pooling: "avg", kernel: 5, sink: 0 });
+      let offDefault = 0;
+      for (let l = 0; l < shape.layers; l++) {
+        const ref = snapkv(data, l, 16, 5);
+        for (let h = 0; h < shape.kvHeads; h++) {
+          const want = topk(ref[h], 63);
+          expectSame(c.seq.positions(l, h), want, `snapkv budget 63 layer ${l} head ${h}`);
+          offDefault += offTokens(d.seq.positions(l, h), want).length;
+        }
+      }
+      expect(offDefault).toBeGreaterThan(0);
+    } finally {
+      c.cache.dispose();
+      d.cache.dispose();
+    }
+  });
+});
+
+describe("ExpectedAttentionPress: the same tokens as kvpress", () => {
+  // Pre-RoPE queries with a mean per (query head, dimension), so that μ'·k counts too.
+  const er = rng(seed ^ 7);
+  const queries = data.queries.map((q) => {
+    const offset = randn(er, shape.queryHeads * D);
+    return q.map((x, i) => x + offset[i % offset.length]);
+  });
+  const theta = 10000;
+
+  test.each([
+    [0.5, 512, 0.02],
+    [0.75, 64, 0.02],
+    [0.75, 512, 0],
+  ])("at ratio %p, ExpectedAttentionPress(n_sink=4, n_future_positions=%p, epsilon=%p)", (ratio, futurePositions, epsilon) => {
+    const stats = new QueryStatistics({ layers: shape.layers, queryHeads: shape.queryHeads, headDim: D, skip: 4 });
+    for (let l = 0; l < shape.layers; l++) stats.add(l, queries[l]);
+    const options = {
+      scorer: "expected-attention",
+      sink: 4,
+      ratio,
+      expectedAttention: { statistics: stats, rope: { theta }, futurePositions, epsilon, valueNorm: true },
+    } as const;
+    const a = build(data, rng(seed ^ 8));
+    const b = build(data, rng(seed ^ 8));
+    try {
+      a.seq.compress({ ...options, window: 0 });
+      b.seq.compress(options);
+      let offDefault = 0;
+      for (let l = 0; l < shape.layers; l++)
+        for (let h = 0; h < shape.kvHeads; h++) {
+          const ref = expectedAttention(data.keys[l][h], a.values[l], queries[l], h, { nSink: 4, epsilon, theta, futurePositions });
+          const want = topk(ref, scorerKept(ratio));
+          expectSame(a.seq.positions(l, h), want, `expected attention layer ${l} head ${h}`);
+          offDefault += offTokens(b.seq.positions(l, h), want).length;
+        }
+      // With the default window (32) the last tokens are kept whatever their score: not the press's.
+      expect(offDefault).toBeGreaterThan(0);
+    } finally {
+      a.cache.dispose();
       b.cache.dispose();
     }
   });
