@@ -445,18 +445,29 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     auto ids = info[i].As<Napi::Int32Array>();
     return std::vector<int32_t>(ids.Data(), ids.Data() + ids.ElementLength());
   }
-  static std::vector<TypedView> batchArrays(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name,
-                                            size_t row) {
+  // A batch argument's items, each read with napi_get_element (a getter there runs JS, which can
+  // resize or detach any array read before it) and checked as the views will be.
+  static std::vector<napi_value> batchElements(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name,
+                                               size_t row) {
     Napi::Env env = info.Env();
     if (info.Length() <= i || !info[i].IsArray() || info[i].As<Napi::Array>().Length() != count)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected one typed array per item for ") + name);
     napi_value arr = info[i];
-    std::vector<TypedView> out(count);
+    std::vector<napi_value> out(count);
     for (uint32_t k = 0; k < count; ++k) {
-      napi_value v;
-      if (napi_get_element(env, arr, k, &v) != napi_ok || !typedView(env, v, out[k]) || out[k].length % row != 0)
+      TypedView t;
+      if (napi_get_element(env, arr, k, &out[k]) != napi_ok || !typedView(env, out[k], t) || t.length % row != 0)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected typed arrays of whole rows for ") + name);
     }
+    return out;
+  }
+  // The data pointers and lengths of items read by batchElements. Runs no JS, so they stay valid
+  // until the caller next runs JS: take them only once every element of the call has been read.
+  static std::vector<TypedView> batchViews(Napi::Env env, const std::vector<napi_value>& items, const char* name, size_t row) {
+    std::vector<TypedView> out(items.size());
+    for (size_t k = 0; k < items.size(); ++k)
+      if (!typedView(env, items[k], out[k]) || out[k].length % row != 0)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected typed arrays of whole rows for ") + name);
     return out;
   }
 
@@ -508,15 +519,22 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     a.ids = batchIds(info, 1);
     const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
-    a.queries = batchArrays(info, 2, a.ids.size(), "queries", row);
-    for (const TypedView& q : a.queries)
-      if (q.type != napi_float32_array || q.length == 0)
-        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
+    auto checkQueries = [&](const std::vector<TypedView>& queries) {
+      for (const TypedView& q : queries)
+        if (q.type != napi_float32_array || q.length == 0)
+          throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
+    };
+    const std::vector<napi_value> queries = batchElements(info, 2, a.ids.size(), "queries", row);
+    checkQueries(batchViews(env, queries, "queries", row));
     if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
     a.scaleGiven = info[3].As<Napi::Number>().DoubleValue();
     a.scale = (float)a.scaleGiven;
     if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
-    const std::vector<TypedView> outs = batchArrays(info, 4, a.ids.size(), "out", 1);
+    const std::vector<napi_value> outItems = batchElements(info, 4, a.ids.size(), "out", 1);
+    // Every getter has run: the views are taken (and checked again) with no JS until the kernel.
+    a.queries = batchViews(env, queries, "queries", row);
+    checkQueries(a.queries);
+    const std::vector<TypedView> outs = batchViews(env, outItems, "out", 1);
     for (size_t i = 0; i < outs.size(); ++i) {
       if (outs[i].type != napi_float32_array || outs[i].length != a.queries[i].length)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "out must be a Float32Array of the queries' length");
@@ -578,15 +596,12 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
 
   class AttendBatchWorker : public CacheWorker {
    public:
-    AttendBatchWorker(Napi::Env env, std::shared_ptr<Cache> cache, AttendBatchCall& call, Napi::Array outs, size_t row)
+    // `queries` is copied before the worker is made: making it (its async resource) can run JS.
+    AttendBatchWorker(Napi::Env env, std::shared_ptr<Cache> cache, const AttendBatchCall& call,
+                      std::vector<std::vector<float>> queries, Napi::Array outs, size_t row)
         : CacheWorker(env, std::move(cache)), layer_(call.layer), scale_(call.scale), ids_(call.ids), row_(row),
-          outs_(Napi::Persistent(outs)) {
-      // Copied so the caller may reuse or transfer its arrays while the work runs.
-      for (size_t i = 0; i < ids_.size(); ++i) {
-        const float* q = static_cast<const float*>(call.queries[i].data);
-        queries_.emplace_back(q, q + call.queries[i].length);
-        out_.emplace_back(call.queries[i].length);
-      }
+          queries_(std::move(queries)), outs_(Napi::Persistent(outs)) {
+      for (const std::vector<float>& q : queries_) out_.emplace_back(q.size());
     }
 
    protected:
@@ -599,17 +614,20 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     void Resolve(Napi::Env env) override {
       // The callers' arrays are written here, on the main thread (see AttendWorker); the array of
       // them is the addon's own (made by TypeScript for this call), held by one reference.
+      // Every element is read first (a getter could resize an earlier target), then the views.
       napi_value outs = outs_.Value();
+      std::vector<napi_value> items(out_.size());
       std::vector<float*> targets(out_.size());
-      for (size_t i = 0; i < out_.size(); ++i) {
-        napi_value o;
-        TypedView t;
-        if (napi_get_element(env, outs, (uint32_t)i, &o) != napi_ok || !typedView(env, o, t) ||
-            t.type != napi_float32_array || t.length != out_[i].size()) {
-          deferred_.Resolve(Napi::Boolean::New(env, false));  // none written; see AttendWorker
-          return;
-        }
+      bool read = true;
+      for (size_t i = 0; i < out_.size() && read; ++i) read = napi_get_element(env, outs, (uint32_t)i, &items[i]) == napi_ok;
+      for (size_t i = 0; i < out_.size() && read; ++i) {
+        TypedView t{};
+        read = typedView(env, items[i], t) && t.type == napi_float32_array && t.length == out_[i].size();
         targets[i] = static_cast<float*>(const_cast<void*>(t.data));
+      }
+      if (!read) {
+        deferred_.Resolve(Napi::Boolean::New(env, false));  // none written; see AttendWorker
+        return;
       }
       for (size_t i = 0; i < out_.size(); ++i) std::copy(out_[i].begin(), out_[i].end(), targets[i]);
       deferred_.Resolve(Napi::Boolean::New(env, true));
@@ -629,7 +647,14 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     Napi::Env env = info.Env();
     Cache& c = cache(env);
     AttendBatchCall a = attendBatchArgs(info, c);
-    auto* w = new AttendBatchWorker(env, cache_, a, info[4].As<Napi::Array>(), (size_t)c.config().queryHeads * c.config().headDim);
+    // Copied now, before any JS can run, so the caller may reuse or transfer its arrays while the work runs.
+    std::vector<std::vector<float>> queries;
+    for (const TypedView& t : a.queries) {
+      const float* q = static_cast<const float*>(t.data);
+      queries.emplace_back(q, q + t.length);
+    }
+    auto* w = new AttendBatchWorker(env, cache_, a, std::move(queries), info[4].As<Napi::Array>(),
+                                    (size_t)c.config().queryHeads * c.config().headDim);
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
@@ -643,8 +668,10 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (layer < 0 || layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     const std::vector<int32_t> ids = batchIds(info, 1);
     const size_t row = (size_t)cfg.kvHeads * cfg.headDim;
-    std::vector<TypedView> k = batchArrays(info, 2, ids.size(), "keys", row);
-    std::vector<TypedView> v = batchArrays(info, 3, ids.size(), "values", row);
+    const std::vector<napi_value> keys = batchElements(info, 2, ids.size(), "keys", row);
+    const std::vector<napi_value> values = batchElements(info, 3, ids.size(), "values", row);
+    // Every getter has run: the views are taken with no JS until the rows are copied.
+    const std::vector<TypedView> k = batchViews(env, keys, "keys", row), v = batchViews(env, values, "values", row);
     InputKind kind = InputKind::F32;
     std::vector<Cache::AppendItem> items;
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -1147,14 +1174,18 @@ Napi::Value ScanValuesBatch(const Napi::CallbackInfo& info) {
   const uint32_t n = info[0].As<Napi::Array>().Length();
   const int kind = info[1].As<Napi::Number>().Int32Value();
   const float limit = info[2].As<Napi::Number>().FloatValue();
+  // Every element is read first (a getter could resize the result or an array read before it).
+  std::vector<napi_value> items(n);
+  for (uint32_t i = 0; i < n; ++i)
+    if (napi_get_element(env, arrays, i, &items[i]) != napi_ok)
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected typed arrays");
   TypedView res;
   if (!typedView(env, info[3], res) || res.type != napi_float64_array || res.length < 2 * (size_t)n)
     throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a Float64Array of 2 per array for the result");
   double* out = static_cast<double*>(const_cast<void*>(res.data));
   for (uint32_t i = 0; i < n; ++i) {
-    napi_value v;
     TypedView in;
-    if (napi_get_element(env, arrays, i, &v) != napi_ok || !typedView(env, v, in))
+    if (!typedView(env, items[i], in))
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected typed arrays");
     const ScanResult r = scanTyped(env, in, kind, limit);
     out[2 * i] = (double)r.firstBad;

@@ -308,12 +308,13 @@ export class TinyLM {
     const want = this.#checkForwardOptions(options);
     const chunk = options.chunk ?? 64;
     if (!Number.isInteger(chunk) || chunk < 1) throw new InvalidArgumentError(`Expected a positive integer for chunk but received ${shown(chunk)}`);
-    const n = tokens.length;
-    this.#checkTokens(tokens);
+    // The checked copy feeds every chunk: onProgress / onAttention may change `tokens` between chunks.
+    const ids = this.#checkTokens(tokens);
+    const n = ids.length;
     const logits = new Float32Array(want === "all" ? n * V : want === "last" && n > 0 ? V : 0);
     for (let done = 0; done < n; done += chunk) {
       const T = Math.min(chunk, n - done);
-      const x = this.#blocks(seq, tokens, done, T, options.timing, options.onAttention, options.queryStatistics);
+      const x = this.#blocks(seq, ids, done, T, options.timing, options.onAttention, options.queryStatistics);
       // Only the rows whose logits are wanted go through the (largest) output matmul.
       if (want === "all") this.#logits(x, 0, T, logits.subarray(done * V, (done + T) * V));
       else if (want === "last" && done + T === n) this.#logits(x, T - 1, 1, logits);
@@ -336,24 +337,29 @@ export class TinyLM {
   forwardBatch(seqs: readonly Sequence[], tokens: ArrayLike<number>): Float32Array[] {
     const V = this.config.vocabSize;
     if (!Array.isArray(seqs)) throw invalid("seqs", "an array of sequences", seqs);
-    seqs.forEach((seq, i) => this.#checkSequence(`seqs[${i}]`, seq));
-    const n = seqs.length;
+    // Each sequence and id is read once: a getter could hand later reads another one than was checked.
+    const list: Sequence[] = [];
+    for (let i = 0, count = seqs.length; i < count; i++) {
+      const seq: unknown = seqs[i];
+      this.#checkSequence(`seqs[${i}]`, seq);
+      list.push(seq);
+    }
+    const n = list.length;
     if (!isTokenArray(tokens)) throw invalid("tokens", "an array or typed array of token ids", tokens);
-    if (tokens.length !== n) throw new InvalidArgumentError(`Expected one token per sequence (${n}) but received ${tokens.length} tokens`);
-    this.#checkTokens(tokens);
+    const ids = this.#checkTokens(tokens, n);
     if (n === 0) return [];
     const { heads: H, kvHeads: KV, headDim: hd, ropeTheta } = this.config;
-    const cache = seqs[0].cache;
+    const cache = list[0].cache;
     const qRow = H * hd, kvRow = KV * hd;
     const cos = new Float32Array(n * hd), sin = new Float32Array(n * hd);
-    seqs.forEach((seq, i) => {
+    list.forEach((seq, i) => {
       const t = ropeTables(hd, seq.appended(0), 1, ropeTheta);
       cos.set(t.cos, i * hd);
       sin.set(t.sin, i * hd);
     });
-    const x = this.#layers(this.#embed(tokens, 0, n), n, cos, sin, (l, q, k, v, out) => {
-      cache.appendBatch(l, seqs.map((sequence, i) => ({ sequence, keys: k.subarray(i * kvRow, (i + 1) * kvRow), values: v.subarray(i * kvRow, (i + 1) * kvRow) })));
-      cache.attendBatch(l, seqs.map((sequence, i) => ({ sequence, queries: q.subarray(i * qRow, (i + 1) * qRow), out: out.subarray(i * qRow, (i + 1) * qRow) })));
+    const x = this.#layers(this.#embed(ids, 0, n), n, cos, sin, (l, q, k, v, out) => {
+      cache.appendBatch(l, list.map((sequence, i) => ({ sequence, keys: k.subarray(i * kvRow, (i + 1) * kvRow), values: v.subarray(i * kvRow, (i + 1) * kvRow) })));
+      cache.attendBatch(l, list.map((sequence, i) => ({ sequence, queries: q.subarray(i * qRow, (i + 1) * qRow), out: out.subarray(i * qRow, (i + 1) * qRow) })));
     });
     const logits = new Float32Array(n * V);
     this.#logits(x, 0, n, logits);
@@ -361,7 +367,7 @@ export class TinyLM {
   }
 
   /** Refuses anything but a Sequence of a cache with this model's shape (another shape would be read as garbage). */
-  #checkSequence(name: string, seq: unknown): void {
+  #checkSequence(name: string, seq: unknown): asserts seq is Sequence {
     if (!(seq instanceof Sequence)) throw invalid(name, "a Sequence", seq);
     const { layers, kvHeads, heads, headDim } = this.config;
     const c = seq.cache.config;
@@ -401,11 +407,20 @@ export class TinyLM {
     return want;
   }
 
-  #checkTokens(tokens: ArrayLike<number>): void {
+  /** `tokens` (`count` of them when given), each read once, checked and copied: the model reads the copy. */
+  #checkTokens(tokens: ArrayLike<number>, count?: number): Float64Array {
     const V = this.config.vocabSize;
-    for (let i = 0; i < tokens.length; i++)
-      if (!Number.isInteger(tokens[i]) || tokens[i] < 0 || tokens[i] >= V)
-        throw new InvalidArgumentError(`Expected token ids in [0, ${V}) but tokens[${i}] is ${tokens[i]}`);
+    const n = tokens.length;
+    if (count !== undefined && n !== count) throw new InvalidArgumentError(`Expected one token per sequence (${count}) but received ${n} tokens`);
+    const ids = new Float64Array(n); // exact for any id below a safe-integer vocabSize
+    for (let i = 0; i < n; i++) {
+      const id: unknown = tokens[i];
+      // shown() names the type of a non-number (a BigInt64Array's 1n, a "1" string).
+      if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= V)
+        throw new InvalidArgumentError(`Expected token ids in [0, ${V}) but tokens[${i}] is ${shown(id)}`);
+      ids[i] = id;
+    }
+    return ids;
   }
 
   /** The embeddings of tokens[from .. from+T), [T, hidden]. */

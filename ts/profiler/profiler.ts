@@ -234,7 +234,8 @@ export class Profiler {
    */
   addSample(sample: ProfilerSample): void {
     if (!plainObject(sample)) throw invalid("sample", "an object with scores and oracle", sample);
-    const decodeSteps = sample.decodeSteps === undefined ? undefined : nonNegativeInteger("decodeSteps", sample.decodeSteps);
+    const steps = sample.decodeSteps;
+    const decodeSteps = steps === undefined ? undefined : nonNegativeInteger("decodeSteps", steps);
     this.#add(this.#flatten(sample.scores, sample.oracle), decodeSteps);
   }
 
@@ -441,44 +442,53 @@ export class Profiler {
     }
   }
 
-  /** Checks the nested per-layer, per-head arrays and copies them into one flat sample. */
+  /**
+   * Checks the nested per-layer, per-head arrays and copies them into one flat sample. Each row, head
+   * and value is read once (a getter or a resize could change it between two reads).
+   */
   #flatten(scores: unknown, oracle: unknown): StoredSample {
     const { layers, kvHeads } = this;
     const H = layers * kvHeads;
     const shape = `[${layers} layers][${kvHeads} KV heads]`;
-    for (const [name, x] of [["scores", scores], ["oracle", oracle]] as const) {
+    const rowsOf = (name: string, x: unknown): unknown[][] => {
       if (!Array.isArray(x) || x.length !== layers) throw invalid(name, `an array of ${layers} layers, each an array of ${kvHeads} heads (${shape})`, x);
-      x.forEach((row: unknown, l) => {
+      const rows: unknown[][] = [];
+      for (let l = 0; l < layers; l++) {
+        const row: unknown = x[l];
         if (!Array.isArray(row) || row.length !== kvHeads) throw invalid(`${name}[${l}]`, `an array of ${kvHeads} heads`, row);
-      });
-    }
-    const s = scores as unknown[][];
-    const o = oracle as unknown[][];
+        rows.push(row);
+      }
+      return rows;
+    };
+    const s = rowsOf("scores", scores);
+    const o = rowsOf("oracle", oracle);
     const lengths = new Int32Array(H);
     const offsets = new Float64Array(H + 1);
+    const sc: Float32Array[] = [], oc: Float32Array[] = [];
     for (let l = 0; l < layers; l++) {
       for (let h = 0; h < kvHeads; h++) {
         const i = l * kvHeads + h;
-        const sv = s[l][h];
-        const ov = o[l][h];
         const at = `[${l}][${h}]`;
+        const sv = s[l][h];
         if (!isHeadValues(sv)) throw invalid(`scores${at}`, "a Float32Array, Float64Array or array of numbers (one per context token)", sv);
-        if (sv.length === 0) throw invalid(`scores${at}`, "at least one context token", sv);
-        if (!isHeadValues(ov) || ov.length !== sv.length) {
-          throw invalid(`oracle${at}`, `${sv.length} values (one per context token, as scores${at} has)`, ov);
+        const sCopy = copyValues(sv, `scores${at}`);
+        if (sCopy.length === 0) throw invalid(`scores${at}`, "at least one context token", sv);
+        const ov = o[l][h];
+        const oCopy = isHeadValues(ov) ? copyValues(ov, `oracle${at}`) : undefined;
+        if (oCopy === undefined || oCopy.length !== sCopy.length) {
+          throw invalid(`oracle${at}`, `${sCopy.length} values (one per context token, as scores${at} has)`, ov);
         }
-        lengths[i] = sv.length;
-        offsets[i + 1] = offsets[i] + sv.length;
+        sc.push(sCopy);
+        oc.push(oCopy);
+        lengths[i] = sCopy.length;
+        offsets[i + 1] = offsets[i] + sCopy.length;
       }
     }
     const total = offsets[H];
     const flat: StoredSample = { lengths, offsets, scores: new Float32Array(total), oracle: new Float32Array(total) };
-    for (let l = 0; l < layers; l++) {
-      for (let h = 0; h < kvHeads; h++) {
-        const i = l * kvHeads + h;
-        copyValues(s[l][h] as HeadValues, flat.scores, offsets[i], `scores[${l}][${h}]`);
-        copyValues(o[l][h] as HeadValues, flat.oracle, offsets[i], `oracle[${l}][${h}]`);
-      }
+    for (let i = 0; i < H; i++) {
+      flat.scores.set(sc[i], offsets[i]);
+      flat.oracle.set(oc[i], offsets[i]);
     }
     return this.#checkFlat(flat);
   }
@@ -523,14 +533,21 @@ function isHeadValues(x: unknown): x is HeadValues {
   return types.isFloat32Array(x) || types.isFloat64Array(x) || Array.isArray(x);
 }
 
-function copyValues(src: HeadValues, dst: Float32Array, at: number, name: string): void {
-  if (Array.isArray(src)) {
-    for (let j = 0; j < src.length; j++) {
-      const v = src[j];
-      if (typeof v !== "number") throw invalid(`${name}[${j}]`, "a number", v);
-      dst[at + j] = v;
-    }
-  } else {
-    dst.set(src as Float32Array | Float64Array, at);
+// The engine's length of a typed array: no user code (a subclass's length getter), 0 when detached or out of bounds.
+const typedLength = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), "length")!.get! as (this: ArrayBufferView) => number;
+
+/** The values of one head as float32, each read once (an array's length once too). */
+function copyValues(src: HeadValues, name: string): Float32Array {
+  if (!Array.isArray(src)) {
+    // A detached or out-of-bounds view copies as empty (the constructor would throw a bare TypeError).
+    return typedLength.call(src as ArrayBufferView) === 0 ? new Float32Array(0) : new Float32Array(src as Float32Array | Float64Array);
   }
+  // Collected before allocating: a sparse array's length alone could ask for gigabytes.
+  const values: number[] = [];
+  for (let j = 0, n = src.length; j < n; j++) {
+    const v: unknown = src[j];
+    if (typeof v !== "number") throw invalid(`${name}[${j}]`, "a number", v);
+    values.push(v);
+  }
+  return new Float32Array(values);
 }
