@@ -495,3 +495,13 @@ test("scores() refuses a window longer than the sequence, as compress() does", (
   expect(seq.scores(0, "snapkv", { window: 5, observationQueries })[0].length).toBe(5);
   cache.dispose();
 });
+
+test.each([2 ** 24 + 1002, 2 ** 24 + 1003])("streaming keeps exactly the newest tokens past position 2^24 (%d tokens; positions as f32 scores tied there)", (n) => {
+  using cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 1, dtype: "f16", pageSize: 16, maxTokens: n + 64, checkFinite: false });
+  const seq = cache.createSequence();
+  seq.append(0, new Uint16Array(n), new Uint16Array(n));
+  seq.compress({ scorer: "streaming", sink: 4, window: 0, budgets: Int32Array.of(54) });
+  expect(Array.from(seq.positions(0, 0))).toEqual([0, 1, 2, 3, ...Array.from({ length: 50 }, (_, i) => n - 50 + i)]);
+  const scores = seq.scores(0, "streaming", { window: 0 })[0];
+  expect(Array.from(scores.subarray(-3))).toEqual([-2, -1, 0]);
+});

@@ -131,8 +131,8 @@ function unpooledScores(x: ScoreRefInput, o: ScoreRefOptions): number[] {
       return Array.from({ length: L }, (_, j) => -Math.sqrt(dot(x.keys, j * D, x.keys, j * D, D)));
     case "h2o":
       return Array.from(x.mass!);
-    case "streaming":
-      return Array.from(x.positions);
+    case "streaming": // the position relative to the head's newest
+      return Array.from(x.positions, (p) => p - x.positions[x.positions.length - 1]);
     case "random":
       return Array.from(x.positions, (p) => randomScore(o.seed, x.layer, x.headIndex, p));
     default:

@@ -206,7 +206,9 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       std::copy(a.accumulated, a.accumulated + L, out);
       break;
     case Scorer::Streaming:
-      for (int32_t t = 0; t < L; ++t) out[t] = (float)h.positions[t];
+      // Relative to the newest (positions ascend): exact in f32 for the recent tokens, where
+      // positions themselves round to ties past 2^24.
+      for (int32_t t = 0; t < L; ++t) out[t] = (float)(h.positions[t] - h.positions[L - 1]);
       break;
     case Scorer::Random:
       for (int32_t t = 0; t < L; ++t) out[t] = randomScore(o.seed, (uint32_t)a.layer, (uint32_t)a.headIndex, (uint32_t)h.positions[t]);
