@@ -383,7 +383,7 @@ function quickAppendParts(
   for (let i = 0; i < n; i++) {
     const keys = rows[2 * i], values = rows[2 * i + 1];
     if (raw ? !(isUint16Array(keys) && isUint16Array(values)) : !(isFloat32Array(keys) && isFloat32Array(values))) return { read: read() };
-    if (keys.length === 0 || keys.length % row !== 0 || values.length !== keys.length) return { read: read() };
+    if (keys.length === 0 || keys.length % row !== 0 || values.length !== keys.length || keys.length / row > 2 ** 31 - 1) return { read: read() };
   }
   const scan = checkFinite ? scanValuesBatch(rows, raw, dtype) : undefined;
   if (scan) for (let k = 0; k < 2 * n; k++) if (scan[2 * k] >= 0) return { read: read() };
@@ -433,11 +433,17 @@ function runAppend(cache: KVCache, l: number, seqs: Sequence[], ids: Int32Array,
  * Each item's due automatic compression, in item order, as the item's own append would run it. One
  * that fails throws naming its item; those of the items before it are done (each complete).
  */
-function compressDue(seqs: Sequence[], ids: Int32Array | readonly number[], recheck?: () => void): void {
+function compressDue(cache: KVCache, seqs: Sequence[], ids: Int32Array | readonly number[], recheck?: () => void): void {
+  let callbacks = cache.callbacksStarted;
   seqs.forEach((s, i) => {
     // A synchronous batch's: an earlier item's onCompress may have started an async call on any
-    // of its sequences, and a pressure listener one on this item's before a retry.
-    recheck?.();
+    // of its sequences, and a pressure listener one on this item's before a retry. Only user code
+    // can, so the items are checked again only after some ran (checking every item before each
+    // made a batch of n items cost n^2).
+    if (recheck && cache.callbacksStarted !== callbacks) {
+      recheck();
+      callbacks = cache.callbacksStarted;
+    }
     ofItem(i, () => s.autoCompressDue(ids[i], recheck && (() => void s.id)));
   });
 }
@@ -460,7 +466,7 @@ export function appendBatch(cache: KVCache, layer: number, items: readonly Appen
   // checks before each compression and each attempt of the append.
   const recheck = () => seqs.forEach((s, i) => ofItem(i, () => s.id));
   const callbacks = cache.callbacksStarted;
-  compressDue(seqs, ids, recheck);
+  compressDue(cache, seqs, ids, recheck);
   runAppend(cache, l, seqs, ids, parts, callbacks, recheck);
   parts.forEach((p, i) => seqs[i].appended_(l, p.checked));
 }
@@ -485,7 +491,7 @@ export function appendBatchAsync(cache: KVCache, layer: number, items: readonly 
       for (const q of queued) q.unqueue();
       const ids = Int32Array.from(seqs, (s) => s.nativeId());
       const callbacks = cache.callbacksStarted;
-      compressDue(seqs, ids);
+      compressDue(cache, seqs, ids);
       runAppend(cache, l, seqs, ids, own, callbacks);
       own.forEach((p, i) => seqs[i].appended_(l, p.checked));
     } finally {

@@ -1490,4 +1490,8 @@ function checkTensor(name: string, a: unknown, row: number, shape: string, dtype
   const len = (a as Float32Array | Uint16Array).length;
   if (len === 0 || len % row !== 0)
     throw invalid(name, `a non-empty length that is a multiple of ${row} (${shape})`, a);
+  if (len / row > MAX_POSITIONS) throw invalid(name, `at most ${MAX_POSITIONS} tokens (${shape}; a sequence holds at most that many positions)`, a);
 }
+
+// Positions of a sequence are int32: at most 2^31 - 1 (docs/sequence-format.md).
+const MAX_POSITIONS = 2 ** 31 - 1;

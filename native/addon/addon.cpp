@@ -260,7 +260,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (k.type == napi_float32_array) kind = InputKind::F32;
     else if (k.type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
     else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be a Float32Array or a Uint16Array of the cache dtype");
-    guarded(env, [&] { c.append(id, layer, (int)(k.length / row), k.data, v.data, kind); });
+    const int tokens = tokensOf(env, k.length, row, "keys");
+    guarded(env, [&] { c.append(id, layer, tokens, k.data, v.data, kind); });
     reportMemory(env);
     return env.Undefined();
   }
@@ -284,12 +285,21 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     if (q.type != napi_float32_array || q.length % row != 0 || q.length == 0)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be a non-empty Float32Array of whole rows");
-    a.tokens = (int)(q.length / row);
+    a.tokens = tokensOf(env, q.length, row, "queries");
     return a;
   }
 
   // Optional fifth argument of attend/attendAsync: the caller's output array (checked in TypeScript
   // too: a Float32Array of the queries' length that does not overlap them). Empty when absent.
+  // Rows of an array as an int token count: a sequence holds at most 2^31 - 1 positions (a larger
+  // count cast to int turned negative, and the append returned without a word).
+  static int tokensOf(Napi::Env env, size_t length, size_t row, const char* name) {
+    const size_t tokens = length / row;
+    if (tokens > (size_t)std::numeric_limits<int32_t>::max())
+      throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected at most 2147483647 tokens of ") + name + " (a sequence holds at most that many positions)");
+    return (int)tokens;
+  }
+
   static Napi::Float32Array outArg(const Napi::CallbackInfo& info, size_t length) {
     if (info.Length() <= 4 || info[4].IsUndefined()) return Napi::Float32Array();
     if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
@@ -520,9 +530,11 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     a.ids = batchIds(info, 1);
     const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
     auto checkQueries = [&](const std::vector<TypedView>& queries) {
-      for (const TypedView& q : queries)
+      for (const TypedView& q : queries) {
         if (q.type != napi_float32_array || q.length == 0)
           throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
+        tokensOf(env, q.length, row, "queries");
+      }
     };
     const std::vector<napi_value> queries = batchElements(info, 2, a.ids.size(), "queries", row);
     checkQueries(batchViews(env, queries, "queries", row));
@@ -589,7 +601,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     const size_t row = (size_t)c.config().queryHeads * c.config().headDim;
     std::vector<Cache::AttendItem> items(a.ids.size());
     for (size_t i = 0; i < a.ids.size(); ++i)
-      items[i] = {a.ids[i], (int)(a.queries[i].length / row), static_cast<const float*>(a.queries[i].data), a.outs[i]};
+      items[i] = {a.ids[i], tokensOf(env, a.queries[i].length, row, "queries"), static_cast<const float*>(a.queries[i].data), a.outs[i]};
     guarded(env, [&] { c.attendBatch(a.layer, items, a.scale); });
     return env.Undefined();
   }
@@ -680,7 +692,7 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
       if (k[i].type == napi_float32_array) kind = InputKind::F32;
       else if (k[i].type == napi_uint16_array && cfg.dtype != DType::F32) kind = InputKind::Raw16;
       else throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "keys must be Float32Arrays or Uint16Arrays of the cache dtype");
-      items.push_back({ids[i], (int)(k[i].length / row), k[i].data, v[i].data});
+      items.push_back({ids[i], tokensOf(env, k[i].length, row, "keys"), k[i].data, v[i].data});
     }
     guarded(env, [&] { c.appendBatch(layer, items, kind); });
     reportMemory(env);
