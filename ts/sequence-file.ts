@@ -1,7 +1,8 @@
 // Arguments of the saved-sequence calls (seq.save*, cache.loadSequence*): bytes or a file path.
 import * as fs from "fs";
+import { constants as bufferConstants } from "buffer";
 import { basename, dirname, resolve } from "path";
-import { invalid } from "./errors";
+import { BadSequenceFileError, invalid, quoted } from "./errors";
 import { isUint8Array } from "./validate";
 
 function checkSource(source: unknown): asserts source is Uint8Array | string {
@@ -9,15 +10,122 @@ function checkSource(source: unknown): asserts source is Uint8Array | string {
     throw invalid("source", "a Uint8Array (or Buffer) of saved bytes or a non-empty file path", source);
 }
 
+// Node refuses one read or write of 2 GiB or more, and whole-file reads of files over 2 GiB: files
+// are read and written in pieces of at most this many bytes.
+const CHUNK_BYTES = 2 ** 30;
+// Pieces of a file whose size fstat does not give (a pipe, a character device).
+const STREAM_CHUNK_BYTES = 2 ** 16;
+let chunkBytes = CHUNK_BYTES;
+let maxBytes = bufferConstants.MAX_LENGTH;
+
+/**
+ * @internal Tests: the most bytes one read or write call moves, and the largest file (in bytes) or
+ * typed array (in elements) a read makes; no argument restores Node's limits.
+ */
+export function setFileLimits(limits: { chunkBytes?: number; maxBytes?: number } = {}): void {
+  chunkBytes = limits.chunkBytes ?? CHUNK_BYTES;
+  maxBytes = limits.maxBytes ?? bufferConstants.MAX_LENGTH;
+}
+
+/** @internal The largest Buffer (bytes) or typed array (elements) this Node.js makes. */
+export function largestBuffer(): number {
+  return maxBytes;
+}
+
+/** Writes all of `data` to `fd` from file offset `position`. */
+export function writeAllSync(fd: number, data: Uint8Array, position = 0): void {
+  for (let at = 0; at < data.length; ) at += fs.writeSync(fd, data, at, Math.min(chunkBytes, data.length - at), position + at);
+}
+
+async function writeAll(file: fs.promises.FileHandle, data: Uint8Array): Promise<void> {
+  for (let at = 0; at < data.length; ) at += (await file.write(data, at, Math.min(chunkBytes, data.length - at), at)).bytesWritten;
+}
+
+/** Fills `into` from `fd` at file offset `position`; the bytes read, fewer only where the file ends first. */
+export function readIntoSync(fd: number, into: Uint8Array, position = 0): number {
+  let at = 0;
+  while (at < into.length) {
+    const n = fs.readSync(fd, into, at, Math.min(chunkBytes, into.length - at), position + at);
+    if (n === 0) break;
+    at += n;
+  }
+  return at;
+}
+
+async function readInto(file: fs.promises.FileHandle, into: Uint8Array): Promise<number> {
+  let at = 0;
+  while (at < into.length) {
+    const { bytesRead } = await file.read(into, at, Math.min(chunkBytes, into.length - at), at);
+    if (bytesRead === 0) break;
+    at += bytesRead;
+  }
+  return at;
+}
+
+// `size` undefined: a file without a size (a pipe) that went on past the limit.
+function tooLarge(path: string, size?: number): BadSequenceFileError {
+  const what = size === undefined ? "holds more than" : `is ${size} bytes, more than`;
+  return new BadSequenceFileError(`${quoted(path)} ${what} the largest Buffer this Node.js makes (${maxBytes} bytes): it cannot be loaded here`);
+}
+
+// A file whose size changes while read: the bytes read (a shorter file is found truncated), up to
+// the size fstat gave (a longer one fails its declared size or checksum). Size 0 may be a file
+// that has no size (/proc), read to its end as readFileSync does.
+function readFileChunked(path: string): Buffer {
+  const fd = fs.openSync(path, "r");
+  try {
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile() || stat.size === 0) {
+      const pieces: Buffer[] = [];
+      let total = 0;
+      for (;;) {
+        const piece = Buffer.allocUnsafe(Math.min(chunkBytes, STREAM_CHUNK_BYTES));
+        const n = fs.readSync(fd, piece, 0, piece.length, null);
+        if (n === 0) return Buffer.concat(pieces, total);
+        pieces.push(piece.subarray(0, n));
+        if ((total += n) > maxBytes) throw tooLarge(path);
+      }
+    }
+    if (stat.size > maxBytes) throw tooLarge(path, stat.size);
+    const out = Buffer.allocUnsafeSlow(stat.size);
+    return out.subarray(0, readIntoSync(fd, out));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+async function readFileChunkedAsync(path: string): Promise<Buffer> {
+  const file = await fs.promises.open(path, "r");
+  try {
+    const stat = await file.stat();
+    if (!stat.isFile() || stat.size === 0) {
+      const pieces: Buffer[] = [];
+      let total = 0;
+      for (;;) {
+        const piece = Buffer.allocUnsafe(Math.min(chunkBytes, STREAM_CHUNK_BYTES));
+        const { bytesRead } = await file.read(piece, 0, piece.length, null);
+        if (bytesRead === 0) return Buffer.concat(pieces, total);
+        pieces.push(piece.subarray(0, bytesRead));
+        if ((total += bytesRead) > maxBytes) throw tooLarge(path);
+      }
+    }
+    if (stat.size > maxBytes) throw tooLarge(path, stat.size);
+    const out = Buffer.allocUnsafeSlow(stat.size);
+    return out.subarray(0, await readInto(file, out));
+  } finally {
+    await file.close();
+  }
+}
+
 /** The bytes of a saved sequence given as bytes or as a path. */
 export function readSequenceSource(source: Uint8Array | string): Uint8Array {
   checkSource(source);
-  return typeof source === "string" ? fs.readFileSync(source) : source;
+  return typeof source === "string" ? readFileChunked(source) : source;
 }
 
 export async function readSequenceSourceAsync(source: Uint8Array | string): Promise<Uint8Array> {
   checkSource(source);
-  return typeof source === "string" ? fs.promises.readFile(source) : source;
+  return typeof source === "string" ? readFileChunkedAsync(source) : source;
 }
 
 export function checkSavePath(path: unknown): asserts path is string {
@@ -123,7 +231,7 @@ export function writeFileReplacing(path: string, data: Uint8Array): void {
           // the file has the mode less the umask: never wider than the old file's
         }
       }
-      fs.writeFileSync(fd, data);
+      writeAllSync(fd, data);
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
@@ -182,7 +290,7 @@ async function writeNowAsync(path: string, data: Uint8Array): Promise<void> {
     const file = await fs.promises.open(temp, "wx", mode ?? 0o666);
     try {
       if (mode !== undefined) await file.chmod(mode).catch(() => undefined); // as in writeFileReplacing
-      await file.writeFile(data);
+      await writeAll(file, data);
       await file.sync();
     } finally {
       await file.close();

@@ -1,8 +1,9 @@
 // A profiler's recorded samples on disk: manifest.json plus one little-endian float32 file per sample.
-import { existsSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
 import { endianness } from "node:os";
 import { join } from "node:path";
 import { BadProfileError, jsonPreview } from "../errors";
+import { largestBuffer, readIntoSync, writeAllSync } from "../sequence-file";
 import type { ScorerName } from "../compress";
 import type { FlatSample, ProfilerScope } from "./sample";
 
@@ -51,11 +52,14 @@ function leBytes(a: Float32Array): Uint8Array {
   return out;
 }
 
-function fromLeBytes(bytes: Uint8Array, count: number, at: number): Float32Array {
-  const out = new Float32Array(count);
-  const view = new DataView(bytes.buffer, bytes.byteOffset + at, count * 4);
-  for (let i = 0; i < count; i++) out[i] = view.getFloat32(4 * i, true);
-  return out;
+/** Fills `a` with the little-endian float32 values at `position` of file `fd`; the bytes read. */
+function readFloats(fd: number, a: Float32Array, position: number): number {
+  const got = readIntoSync(fd, new Uint8Array(a.buffer, a.byteOffset, a.byteLength), position);
+  if (!LITTLE) {
+    const view = new DataView(a.buffer, a.byteOffset, a.byteLength);
+    for (let i = 0; i < a.length; i++) a[i] = view.getFloat32(4 * i, true); // in place: value i only reads its own bytes
+  }
+  return got;
 }
 
 function writeAtomic(path: string, data: string | Uint8Array): void {
@@ -83,10 +87,14 @@ export function writeSamples(dir: string, options: StoredOptions, samples: reado
   const before = previousFiles(dir);
   const entries: ManifestSample[] = samples.map((s, i) => {
     const file = `sample-${String(i).padStart(6, "0")}.f32`;
-    const bytes = new Uint8Array(s.scores.byteLength + s.oracle.byteLength);
-    bytes.set(leBytes(s.scores), 0);
-    bytes.set(leBytes(s.oracle), s.scores.byteLength);
-    writeFileSync(join(dir, file), bytes);
+    // In pieces (Node writes less than 2 GiB a call): the scores, then the oracle.
+    const fd = openSync(join(dir, file), "w");
+    try {
+      writeAllSync(fd, leBytes(s.scores), 0);
+      writeAllSync(fd, leBytes(s.oracle), s.scores.byteLength);
+    } finally {
+      closeSync(fd);
+    }
     const entry: ManifestSample = { file, lengths: Array.from(s.lengths) };
     if (s.decodeSteps !== undefined) entry.decodeSteps = s.decodeSteps;
     return entry;
@@ -176,11 +184,23 @@ export function openSamples(dir: string): SampleDirectory {
     for (let h = 0; h < H; h++) offsets[h + 1] = offsets[h] + lengths[h];
     const total = offsets[H];
     const file = join(dir, name);
-    const bytes = readFileSync(file);
-    if (bytes.length !== 8 * total) {
-      throw new BadProfileError(`${file} has ${bytes.length} bytes but its ${total} tokens need ${8 * total} (float32 scores, then float32 oracle)`);
+    const wrongSize = (bytes: number) =>
+      new BadProfileError(`${file} has ${bytes} bytes but its ${total} tokens need ${8 * total} (float32 scores, then float32 oracle)`);
+    // In pieces, straight into the arrays: Node reads no file over 2 GiB whole.
+    const fd = openSync(file, "r");
+    try {
+      const size = fstatSync(fd).size;
+      if (size !== 8 * total) throw wrongSize(size);
+      if (total > largestBuffer()) {
+        throw new BadProfileError(`${file} has ${size} bytes: its ${total} tokens are more float32 values than the largest typed array this Node.js makes (${largestBuffer()})`);
+      }
+      const scores = new Float32Array(total), oracle = new Float32Array(total);
+      const got = readFloats(fd, scores, 0) + readFloats(fd, oracle, 4 * total);
+      if (got !== 8 * total) throw wrongSize(got); // the file shrank while read
+      return { lengths, offsets, scores, oracle, decodeSteps };
+    } finally {
+      closeSync(fd);
     }
-    return { lengths, offsets, scores: fromLeBytes(bytes, total, 0), oracle: fromLeBytes(bytes, total, 4 * total), decodeSteps };
   };
   return { options, count: entries.length, read };
 }
