@@ -900,7 +900,13 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         }
       });
       expect(err).toBeInstanceOf(InternalError);
-      expect(err?.message).toMatch(/^The pressure policy's compression of another sequence failed: compress failed after compacting \d+ of the \d+ heads/);
+      // What the failed compression evicted before it failed is counted and said.
+      const evicted = 160 - victim.lengths().reduce((a, b) => a + b, 0);
+      expect(evicted).toBeGreaterThan(0);
+      expect(err?.message).toMatch(
+        new RegExp(`^The pressure policy's compression of another sequence failed after evicting ${evicted} of its 160 tokens \\(counted in pressureStats; the listener is not called\\): compress failed after compacting \\d+ of the \\d+ heads`),
+      );
+      expect(cache.pressureStats).toEqual({ events: 1, tokensEvicted: evicted, pagesFreed: 108 - cache.usage().pagesUsed });
       expect(Array.from(requester.lengths())).toEqual([0, 0, 0, 0]);
     } finally {
       cache.dispose();

@@ -451,13 +451,21 @@ export class KVCache {
         // pages it keeps: it would lose tokens for no room.
         if (viaAddon(() => this.handle.pagesHeldAlone(seq.nativeId())) === 0) continue;
         let report: CompressReport;
+        const tokensBefore = total(seq), pagesBefore = this.usage().pagesUsed;
         try {
           report = seq.compress(policy.options);
         } catch (err) {
           if (err instanceof InvalidArgumentError && refusals++ === 0) firstRefusal = err.message;
           if (err instanceof OutOfPagesError || err instanceof InvalidArgumentError) continue; // this one cannot give pages now
+          // A device compression that failed after earlier rounds keeps what they evicted: counted.
+          const evicted = seq.disposed ? 0 : tokensBefore - total(seq);
+          if (evicted > 0) {
+            this.#pressureStats.events++;
+            this.#pressureStats.tokensEvicted += evicted;
+            this.#pressureStats.pagesFreed += pagesBefore - this.usage().pagesUsed;
+          }
           if (err instanceof LukvError)
-            err.message = `The pressure policy's compression of ${seq === requestedBy ? "the appending sequence" : "another sequence"} failed: ${err.message}`;
+            err.message = `The pressure policy's compression of ${seq === requestedBy ? "the appending sequence" : "another sequence"} failed${evicted > 0 ? ` after evicting ${evicted} of its ${tokensBefore} tokens (counted in pressureStats; the listener is not called)` : ""}: ${err.message}`;
           throw err;
         }
         this.#pressureStats.events++;
