@@ -127,13 +127,14 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     const AttendArgs& a = calls[c];
     Part& part = parts[c];
     int32_t* vis = visible.data() + part.visible0;
-    int64_t totalTokens = 0;
+    int64_t totalTokens = 0, longestHead = 0;
     for (int h = 0; h < kvHeads; ++h) {
       const auto& pos = a.heads[h].positions;
       for (int r = 0; r < a.tokens; ++r)
         vis[(size_t)h * a.tokens + r] =
             (int32_t)(std::upper_bound(pos.begin(), pos.end(), a.queryPositions[r]) - pos.begin());
       totalTokens += vis[(size_t)h * a.tokens + a.tokens - 1];
+      longestHead = std::max<int64_t>(longestHead, vis[(size_t)h * a.tokens + a.tokens - 1]);
     }
     // Split long heads into token ranges so that even one head keeps every thread busy (split-K).
     part.rowBlock = a.tokens == 1 ? 1 : kRowBlock;
@@ -141,7 +142,12 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     // Ranges of at least kMinChunk tokens: shorter ones cost more in partial states to merge than
     // they give the threads to share.
     int64_t chunk = std::max<int64_t>(std::max(kBlockTokens * 4, kMinChunk), (totalTokens + target - 1) / std::max<int64_t>(target, 1));
-    if (part.rowBlocks * kvHeads >= target) chunk = std::numeric_limits<int32_t>::max();
+    // Whole heads when there are enough of them and none holds more than half a thread's share:
+    // heads of unequal length (as per-head budgets leave them) are split like one long head, or
+    // the longest would run on one thread while the others wait.
+    const int64_t threads = a0.threads->threads();
+    if (part.rowBlocks * kvHeads >= target && (threads == 1 || longestHead * 2 * threads <= totalTokens))
+      chunk = std::numeric_limits<int32_t>::max();
     chunk = (chunk + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
     part.keepScores = a.mass != nullptr || a.oracle != nullptr;
     anyScores = anyScores || part.keepScores;
