@@ -144,44 +144,33 @@ std::vector<int32_t> adaKvBudgets(const HeadBounds& b, int Lyr, int H, double ra
       floorSum = 0;
       for (int h = 0; h < H; ++h) floorSum += (floorH[h] = lo[base + h]);
     }
-    // Each head's candidates outside the forced tokens, best first.
-    std::vector<std::vector<int32_t>> order(H);
-    std::vector<size_t> next(H);
-    for (int h = 0; h < H; ++h) {
-      const int32_t L = len[base + h];
-      const int32_t front = std::min<int32_t>(sink, L), back = std::min<int32_t>(window, L - front);
-      order[h] = keepOrder(scores[base + h].data(), L, sink, window);
-      next[h] = (size_t)std::max<int32_t>(0, floorH[h] - front - back);
-    }
-    int64_t rest = layerBudget[l] - floorSum;
+    // Each head's tokens outside the forced ones: its best (floorH minus the forced) are its floor;
+    // the rest of every head compete for the layer's remaining budget. One order throughout, by
+    // score (NaN lowest), then head, then position, as selectKeep's within a head: selections
+    // (linear) instead of full sorts of every head and a merge.
     struct Cand {
       float score;
       int head;
       int32_t token;
     };
-    auto worse = [](const Cand& a, const Cand& b) {
-      return a.score < b.score || (a.score == b.score && (a.head > b.head || (a.head == b.head && a.token > b.token)));
+    auto ahead = [](const Cand& a, const Cand& b) {
+      return a.score > b.score || (a.score == b.score && (a.head < b.head || (a.head == b.head && a.token < b.token)));
     };
-    std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
-    auto push = [&](int h) {
-      if (next[h] < order[h].size()) {
-        int32_t t = order[h][next[h]];
-        float s = scores[base + h][t];
-        heap.push({std::isnan(s) ? -INFINITY : s, h, t});
-      }
-    };
+    std::vector<Cand> open, head;
     for (int h = 0; h < H; ++h) {
       keep[base + h] = floorH[h];
-      push(h);
+      const int32_t L = len[base + h];
+      const int32_t front = std::min<int32_t>(sink, L), back = std::min<int32_t>(window, L - front);
+      const float* sc = scores[base + h].data();
+      head.clear();
+      for (int32_t t = front; t < L - back; ++t) head.push_back({std::isnan(sc[t]) ? -INFINITY : sc[t], h, t});
+      const size_t floorPart = std::min<size_t>(head.size(), (size_t)std::max<int32_t>(0, floorH[h] - front - back));
+      if (floorPart > 0 && floorPart < head.size()) std::nth_element(head.begin(), head.begin() + floorPart, head.end(), ahead);
+      open.insert(open.end(), head.begin() + floorPart, head.end());
     }
-    while (rest > 0 && !heap.empty()) {
-      Cand c = heap.top();
-      heap.pop();
-      keep[base + c.head]++;
-      next[c.head]++;
-      rest--;
-      push(c.head);
-    }
+    const size_t take = (size_t)std::min<int64_t>((int64_t)open.size(), std::max<int64_t>(0, layerBudget[l] - floorSum));
+    if (take > 0 && take < open.size()) std::nth_element(open.begin(), open.begin() + take, open.end(), ahead);
+    for (size_t i = 0; i < take; ++i) keep[base + open[i].head]++;
   }
   return keep;
 }

@@ -1,6 +1,7 @@
 #include "scores.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <vector>
 
@@ -157,41 +158,44 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       break;
     }
     case Scorer::KeyDiff: {
-      // -cos(k_j / |k_j|, mean of k / |k|)
-      std::vector<float> norms(L), keys((size_t)L * D), anchor(D, 0.f);
+      // -cos(k_j / |k_j|, mean of k / |k|): the norms, then the mean unit key (summed in double,
+      // a row converted at a time), then every key against it through the qk kernel.
+      std::vector<float> norms(L), row32(D), anchor(D, 0.f);
       h.forSegments(P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
         a.kernels->rowNorms(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, norms.data() + t);
       });
-      for (int32_t t = 0; t < L; ++t) {
-        const uint8_t* row = a.pool->keys(h.pages[t / P]) + (size_t)(t % P) * rowBytes;
-        auto element = [&](int d) -> float {
-          if (dt == DType::F32) return reinterpret_cast<const float*>(row)[d];
-          const uint16_t b = reinterpret_cast<const uint16_t*>(row)[d];
-          return dt == DType::F16 ? f16ToF32(b) : bf16ToF32(b);
-        };
-        float* unit = keys.data() + (size_t)t * D;
-        const float n = norms[t];
-        // A norm this small (rowNorms sums its row in double) may have no finite inverse: divide.
-        if (n * n < kTinySquares) {
-          for (int d = 0; d < D; ++d) unit[d] = n > 0 ? element(d) / n : 0.f;
-          continue;
-        }
-        const float inv = 1.f / n;
-        for (int d = 0; d < D; ++d) unit[d] = element(d) * inv;
-      }
-      double an = 0;
       std::vector<double> mean(D, 0.0);
-      for (int32_t t = 0; t < L; ++t)
-        for (int d = 0; d < D; ++d) mean[d] += keys[(size_t)t * D + d];
+      h.forSegments(P, 0, L, [&](int32_t page, int off, int cnt, int32_t t0) {
+        for (int i = 0; i < cnt; ++i) {
+          const uint8_t* row = a.pool->keys(page) + (size_t)(off + i) * rowBytes;
+          if (dt == DType::F32) std::memcpy(row32.data(), row, (size_t)D * sizeof(float));
+          else if (dt == DType::F16)
+            for (int d = 0; d < D; ++d) row32[d] = f16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
+          else
+            for (int d = 0; d < D; ++d) row32[d] = bf16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
+          const float n = norms[t0 + i];
+          // A norm this small (rowNorms sums its row in double) may have no finite inverse: divide.
+          if (n * n < kTinySquares) {
+            for (int d = 0; d < D; ++d) mean[d] += (double)(n > 0 ? row32[d] / n : 0.f);
+            continue;
+          }
+          const float inv = 1.f / n;
+          for (int d = 0; d < D; ++d) mean[d] += (double)(row32[d] * inv);
+        }
+      });
+      double an = 0;
       for (int d = 0; d < D; ++d) {
         anchor[d] = (float)(mean[d] / L);
         an += (double)anchor[d] * anchor[d];
       }
       const float invAnchor = an > 0 ? (float)(1.0 / std::sqrt(an)) : 0.f;
+      h.forSegments(P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
+        a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, anchor.data(), 1, out + t, cnt);
+      });
       for (int32_t t = 0; t < L; ++t) {
-        float dot = 0;
-        for (int d = 0; d < D; ++d) dot += keys[(size_t)t * D + d] * anchor[d];
-        out[t] = -dot * invAnchor;
+        const float n = norms[t];
+        const float cosine = n * n < kTinySquares ? (n > 0 ? out[t] / n : 0.f) : out[t] * (1.f / n);
+        out[t] = -cosine * invAnchor;
       }
       break;
     }
