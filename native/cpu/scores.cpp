@@ -20,24 +20,40 @@ void attentionScores(const HeadScoreArgs& a, std::vector<float>& perHead) {
   const DType dt = a.pool->dtype();
   const size_t rowBytes = a.pool->rowBytes();
   perHead.assign((size_t)G * L, 0.f);
-  std::vector<float> s((size_t)G * L);
-  std::vector<float> q((size_t)G * D);
+  // Several rows per pass over the keys, each segment of K serving them all while it is in cache
+  // (one pass per row read K from memory once per row); at most 32 MiB of their scores.
+  const int block = (int)std::max<int64_t>(1, std::min<int64_t>(8, ((int64_t)32 << 20) / ((int64_t)G * std::max(L, 1) * 4)));
+  std::vector<float> s((size_t)block * G * L);
+  std::vector<float> q((size_t)block * G * D);
+  std::vector<int32_t> visible(block);
   const float scale = a.options->scale;
-  for (int i = 0; i < a.rows; ++i) {
-    const float* qi = a.queries + ((size_t)i * a.queryHeads + (size_t)a.headIndex * G) * D;
-    for (size_t x = 0; x < q.size(); ++x) q[x] = qi[x] * scale;
-    const int32_t n = (int32_t)(std::upper_bound(h.positions.begin(), h.positions.end(), a.queryPositions[i]) - h.positions.begin());
-    if (n == 0) continue;
-    h.forSegments(P, 0, n, [&](int32_t page, int off, int cnt, int32_t t) {
-      a.kernels->qk(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, q.data(), G, s.data() + t, L);
+  for (int i0 = 0; i0 < a.rows; i0 += block) {
+    const int rows = std::min(block, a.rows - i0);
+    int32_t most = 0;
+    for (int r = 0; r < rows; ++r) {
+      const float* qi = a.queries + ((size_t)(i0 + r) * a.queryHeads + (size_t)a.headIndex * G) * D;
+      for (size_t x = 0; x < (size_t)G * D; ++x) q[(size_t)r * G * D + x] = qi[x] * scale;
+      visible[r] = (int32_t)(std::upper_bound(h.positions.begin(), h.positions.end(), a.queryPositions[i0 + r]) - h.positions.begin());
+      most = std::max(most, visible[r]);
+    }
+    // Row r sees the first visible[r] tokens: the same kernel calls as a pass of its own.
+    h.forSegments(P, 0, most, [&](int32_t page, int off, int cnt, int32_t t) {
+      const uint8_t* K = a.pool->keys(page) + (size_t)off * rowBytes;
+      for (int r = 0; r < rows; ++r)
+        if (t < visible[r])
+          a.kernels->qk(dt, K, std::min<int32_t>(cnt, visible[r] - t), D, q.data() + (size_t)r * G * D, G, s.data() + (size_t)r * G * L + t, L);
     });
-    for (int g = 0; g < G; ++g) {
-      float* sg = s.data() + (size_t)g * L;
-      float m = a.kernels->maxOf(sg, n);
-      float sum = a.kernels->expSum(sg, n, m);
-      float w = 1.f / (sum * (float)a.rows);
-      float* o = perHead.data() + (size_t)g * L;
-      for (int32_t j = 0; j < n; ++j) o[j] += sg[j] * w;
+    for (int r = 0; r < rows; ++r) {
+      const int32_t n = visible[r];
+      if (n == 0) continue;
+      for (int g = 0; g < G; ++g) {
+        float* sg = s.data() + ((size_t)r * G + g) * L;
+        float m = a.kernels->maxOf(sg, n);
+        float sum = a.kernels->expSum(sg, n, m);
+        float w = 1.f / (sum * (float)a.rows);
+        float* o = perHead.data() + (size_t)g * L;
+        for (int32_t j = 0; j < n; ++j) o[j] += sg[j] * w;
+      }
     }
   }
 }
