@@ -12,10 +12,13 @@
 // the prefill one, which then stored and reloaded sixteen accumulators per four tokens.
 #if defined(__GNUC__) || defined(__clang__)
 #define LUKV_ALWAYS_INLINE inline __attribute__((always_inline))
+#define LUKV_NOINLINE __attribute__((noinline))
 #elif defined(_MSC_VER)
 #define LUKV_ALWAYS_INLINE __forceinline
+#define LUKV_NOINLINE __declspec(noinline)
 #else
 #define LUKV_ALWAYS_INLINE inline
+#define LUKV_NOINLINE
 #endif
 
 namespace lukv {

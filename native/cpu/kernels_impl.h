@@ -186,19 +186,20 @@ static void qkImpl(const void* K, int n, int D, const float* q, int G, float* s,
   }
 }
 
-// acc[k*D + d] += sum_j w_k(j) * V[j][d] for four query heads k and d < Dt (whole tiles of W*T,
-// T = kTile unless given): each V row is converted once per tile and feeds 4*T accumulators held
-// in registers across the whole block. The weights: w_k(j) = p[j + k*ld], or in the interleaved
-// layout of qkRows (IL) w_k(j) = p[(j / R) * W + k*R + j % R]. Requests the same rows of `ahead`
-// (may be null).
-template <DType DT, bool IL, int T = Vec::kTile>
-static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p, int ld, float* acc, const uint8_t* ahead,
-                            int64_t rowBytes, Prefetch hint) {
+// acc[k*D + d] += sum_j w_k(j) * V[j][d] for KH query heads k (four unless given) and d < Dt
+// (whole tiles of W*T, T = kTile unless given): each V row is converted once per tile and feeds
+// KH*T accumulators held in registers across the whole block. The weights: w_k(j) = p[j + k*ld],
+// or in the interleaved layout of qkRows (IL, four heads) w_k(j) = p[(j / R) * W + k*R + j % R].
+// Requests the same rows of `ahead` (may be null).
+template <DType DT, bool IL, int T = Vec::kTile, int KH = 4>
+static inline void pvHeads(const void* V, int n, int D, int Dt, const float* p, int ld, float* acc, const uint8_t* ahead,
+                           int64_t rowBytes, Prefetch hint) {
+  static_assert(!IL || KH == 4, "the interleaved layout holds four heads");
   constexpr int R = Vec::W / 4;
   const int stride = IL ? R : ld;
   for (int d = 0; d < Dt; d += Vec::W * T) {
-    Vec a[4][T];
-    for (int k = 0; k < 4; ++k)
+    Vec a[KH][T];
+    for (int k = 0; k < KH; ++k)
       for (int t = 0; t < T; ++t) a[k][t] = Vec::loadF32(acc + (int64_t)k * D + d + t * Vec::W);
     for (int j = 0; j < n; ++j) {
       if (ahead) {
@@ -206,21 +207,19 @@ static inline void pvHeads4(const void* V, int n, int D, int Dt, const float* p,
         else if (d == 0) prefetchRow(ahead + j * rowBytes, rowBytes, hint);
       }
       const float* pj = IL ? p + (j / R) * Vec::W + j % R : p + j;
-      const Vec p0 = Vec::set1(pj[0]), p1 = Vec::set1(pj[stride]), p2 = Vec::set1(pj[2 * stride]), p3 = Vec::set1(pj[3 * stride]);
+      Vec w[KH];
+      for (int k = 0; k < KH; ++k) w[k] = Vec::set1(pj[k * stride]);
       for (int t = 0; t < T; ++t) {
         Vec v = loadRow(DT, V, (int64_t)j * D + d + t * Vec::W);
-        a[0][t] = Vec::fma(p0, v, a[0][t]);
-        a[1][t] = Vec::fma(p1, v, a[1][t]);
-        a[2][t] = Vec::fma(p2, v, a[2][t]);
-        a[3][t] = Vec::fma(p3, v, a[3][t]);
+        for (int k = 0; k < KH; ++k) a[k][t] = Vec::fma(w[k], v, a[k][t]);
       }
     }
-    for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < KH; ++k)
       for (int t = 0; t < T; ++t) a[k][t].store(acc + (int64_t)k * D + d + t * Vec::W);
   }
 }
 
-// pvHeads4 over every column of rows whose length D is a multiple of W: whole tiles of W*kTile,
+// pvHeads over every column of rows whose length D is a multiple of W: whole tiles of W*kTile,
 // then the columns left over (D % (W*kTile)) in tiles of two vectors and of one, each reading the
 // same V rows from that column on. Rows are requested ahead by the first part that runs.
 template <DType DT, bool IL>
@@ -229,18 +228,35 @@ static inline void pvHeads4Rows(const void* V, int n, int D, const float* p, int
   constexpr int W = Vec::W, T = Vec::kTile, E = DT == DType::F32 ? 4 : 2;
   const int Dt = D - D % (W * T);
   if (Dt > 0) {
-    pvHeads4<DT, IL>(V, n, D, Dt, p, ld, acc, ahead, rowBytes, hint);
+    pvHeads<DT, IL>(V, n, D, Dt, p, ld, acc, ahead, rowBytes, hint);
     ahead = nullptr;
   }
   int d = Dt;
   if (T > 2 && D - d >= 2 * W) {
     const int w = (D - d) / (2 * W) * (2 * W);
-    pvHeads4<DT, IL, 2>(static_cast<const uint8_t*>(V) + (int64_t)d * E, n, D, w, p, ld, acc + d, ahead, rowBytes, hint);
+    pvHeads<DT, IL, 2>(static_cast<const uint8_t*>(V) + (int64_t)d * E, n, D, w, p, ld, acc + d, ahead, rowBytes, hint);
     ahead = nullptr;
     d += w;
   }
   if (T > 1 && D - d >= W)
-    pvHeads4<DT, IL, 1>(static_cast<const uint8_t*>(V) + (int64_t)d * E, n, D, D - d, p, ld, acc + d, ahead, rowBytes, hint);
+    pvHeads<DT, IL, 1>(static_cast<const uint8_t*>(V) + (int64_t)d * E, n, D, D - d, p, ld, acc + d, ahead, rowBytes, hint);
+}
+
+// The two or three heads left after the groups of four, columns below Dv: pvHeads over the whole
+// tiles, then vector by vector. Out of line, so that pvImpl's loops compile as they do without it
+// (inlined, a single head left ran 4-8% slower).
+template <DType DT>
+LUKV_NOINLINE static void pvLeftHeads(const void* V, int n, int D, int Dt, int Dv, const float* p, int ld, float* acc,
+                                     int heads, int64_t rowBytes, Prefetch hint) {
+  if (heads == 2) pvHeads<DT, false, Vec::kTile, 2>(V, n, D, Dt, p, ld, acc, nullptr, rowBytes, hint);
+  else pvHeads<DT, false, Vec::kTile, 3>(V, n, D, Dt, p, ld, acc, nullptr, rowBytes, hint);
+  for (int k = 0; k < heads; ++k)
+    for (int d = Dt; d < Dv; d += Vec::W) {
+      float* o = acc + (int64_t)k * D + d;
+      Vec a = Vec::loadF32(o);
+      for (int j = 0; j < n; ++j) a = Vec::fma(Vec::set1(p[(int64_t)k * ld + j]), loadRow(DT, V, (int64_t)j * D + d), a);
+      a.store(o);
+    }
 }
 
 template <DType DT>
@@ -251,10 +267,10 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
   const int Dt = D - D % (Vec::W * T);
   const int Dv = D - D % Vec::W;
   int g = 0;
-  // Groups of four query heads in register tiles (pvHeads4), then the columns left over.
+  // Groups of four query heads in register tiles (pvHeads), then the columns left over.
   for (; g + 4 <= G; g += 4) {
     const float* pg = p + (int64_t)g * ld;
-    pvHeads4<DT, false>(V, n, D, Dt, pg, ld, acc + (int64_t)g * D, ahead, rowBytes, hint);
+    pvHeads<DT, false>(V, n, D, Dt, pg, ld, acc + (int64_t)g * D, ahead, rowBytes, hint);
     for (int d = Dt; d < Dv; d += Vec::W) {
       for (int k = 0; k < 4; ++k) {
         float* o = acc + (int64_t)(g + k) * D + d;
@@ -266,6 +282,13 @@ static void pvImpl(const void* V, int n, int D, const float* p, int ld, int G, f
   }
   if ((G < 4 || Dt == 0) && ahead)  // the tiled loop above did not request them
     for (int j = 0; j < n; ++j) prefetchRow(ahead + j * rowBytes, rowBytes, hint);
+  // Two or three heads left over share each V vector's conversion in register tiles too (converted
+  // again per head, G = 2 and 7 ran 10-13% slower), then their columns past the tiles. One head
+  // alone runs as fast vector by vector.
+  if (G - g >= 2 && Dt > 0) {
+    pvLeftHeads<DT>(V, n, D, Dt, Dv, p + (int64_t)g * ld, ld, acc + (int64_t)g * D, G - g, rowBytes, hint);
+    g = G;
+  }
   for (; g < G; ++g) {
     const float* pg = p + (int64_t)g * ld;
     for (int d = 0; d < Dv; d += Vec::W) {
