@@ -146,7 +146,7 @@ test("host() and hostLine(): the processor, threads, kernel table and prefetch h
 
 describe("the compiled scripts", () => {
   const root = path.resolve(__dirname, "..");
-  const SCRIPTS = ["attention", "batch", "batch-ab", "compress", "decode-shapes", "expected-attention", "model-batch", "save-load", "solver"];
+  const SCRIPTS = ["attention", "batch", "batch-ab", "compress", "decode-shapes", "expected-attention", "model-batch", "save-load", "shapes", "solver"];
   let out: string;
 
   beforeAll(() => {
@@ -180,6 +180,7 @@ describe("the compiled scripts", () => {
       ["solver", ["--tokens", "abc"], 'solver.js: --tokens must be an integer of at least 320, got "abc"'],
       ["save-load", ["--kv-heads", "3"], "save-load.js: --query-heads (8) must be a multiple of --kv-heads (3)"],
       ["compress", ["--layers"], "compress.js: --layers expects a value"],
+      ["shapes", ["--compress-tokens", "1000"], 'shapes.js: --compress-tokens must be an integer of at least 0, a multiple of 512, got "1000"'],
       ["batch-ab", [], "batch-ab.js: --base DIR is required"],
       ["batch-ab", ["--base", root + "/nowhere"], `batch-ab.js: --base ${root}/nowhere holds no dist/ts/index.js (build it with npm ci)`],
       ["batch-ab", ["--base="], "batch-ab.js: --base must not be empty"],
@@ -236,6 +237,7 @@ describe("the compiled scripts", () => {
       ["model-batch", ["--sequences", "1", "--context", "4", "--steps", "1"]],
       ["save-load", ["--tokens", "64", "--repeats", "1"]],
       ["batch", ["--sequences", "2", "--long", "16", "--short", "16", "--repeats", "1", "--warmup-ms", "0"]],
+      ["shapes", ["--tokens", "16", "--skew-tokens", "1024", "--compress-tokens", "1024", "--rounds", "1"]],
       // Against itself: the same build loaded twice
       ["batch-ab", ["--base", root, "--sequences", "2", "--tokens", "16", "--rounds", "1", "--calls", "2"]],
     ];
@@ -250,6 +252,7 @@ describe("the compiled scripts", () => {
       expect([name, json]).toEqual([name, expect.objectContaining({ machine: h.machine, threads: h.threads, simd: h.simd, prefetch: h.prefetch })]);
       if (name === "compress") expect(json.results[0].compressRunsMs).toHaveLength(3);
       if (name === "expected-attention") expect(json.llamaShaped.statisticsAddRunsUs).toHaveLength(2);
+      if (name === "shapes") expect([json.decode.length, json.compress.length]).toEqual([8, 5]);
       if (name === "batch") {
         expect([json.repeatsLong, json.repeatsShort]).toEqual([5, 50]);
         expect([json.results.long.repeats, json.results.short.repeats, json.results.shortTiny.repeats]).toEqual([5, 50, 50]);
