@@ -376,6 +376,21 @@ describe("backends() in this checkout", () => {
     if (!b.cuda.compiled) expect(b.cuda.reasons[0]).toMatch(/^the local build \(build\/Release\) was compiled without CUDA: /);
   });
 
+  test('simd "auto" takes the best table, but AVX2 over AVX-512 for a headDim that is a multiple of 8 and not of 16; a table given is kept', () => {
+    const supported = backends().cpu.simdSupported;
+    const tableFor = (headDim: number, simd?: "avx512") => {
+      const cache = new KVCache({ layers: 1, kvHeads: 1, headDim, maxTokens: 16, device: "cpu", ...(simd ? { simd } : {}) });
+      try {
+        return cache.config.simd;
+      } finally {
+        cache.dispose();
+      }
+    };
+    const halves = supported[0] === "avx512" && supported.includes("avx2") ? "avx2" : supported[0];
+    expect([64, 72, 100, 104, 128].map((d) => tableFor(d))).toEqual([supported[0], halves, supported[0], halves, supported[0]]);
+    if (supported[0] === "avx512") expect(tableFor(72, "avx512")).toBe("avx512");
+  });
+
   // The hint "auto" resolves to, from /proc/cpuinfo as Linux reports the processor: a second reading
   // of vendor and family, independent of the addon's cpuid code.
   const cpuinfo = process.platform === "linux" && process.arch === "x64" ? fs.readFileSync("/proc/cpuinfo", "utf8") : "";

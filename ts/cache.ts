@@ -79,7 +79,9 @@ export interface KVCacheOptions {
   threads?: number;
   /**
    * CPU kernel table: "avx512", "avx2" (x86), "neon" (arm64) or "generic" (portable loops, any
-   * processor). Default: "auto" (the best this processor runs; `backends().cpu.simdSupported`).
+   * processor). Default: "auto" (the best this processor runs, `backends().cpu.simdSupported[0]`;
+   * but "avx2" over "avx512" for a headDim that is a multiple of 8 and not of 16, which AVX2's
+   * vectors cover whole; `cache.config.simd` names the table taken).
    */
   simd?: SimdLevel;
   /**
