@@ -1,16 +1,17 @@
 // Shapes and options away from the tuned decode shape, each against the tuned one in the same run:
-// query groups that are not a multiple of four (MHA, 2:1, 7:1), heads of unequal length (as
+// query groups that are not a multiple of four (MHA, 2:1, 7:1), head sizes that are a multiple of 8
+// and not of 16 (with the table "auto" takes and AVX-512's), heads of unequal length (as
 // per-head budgets leave them) against equal heads of the same total, and compress with each
 // scorer and allocation on a fresh copy of one prefill state. Variants run in alternating rounds
 // (the host's speed drifts), each round after a pause and untimed warm-up calls.
 // Usage: node dist/bench/shapes.js [--tokens 1024] [--skew-tokens 16384] [--compress-tokens 65536] [--rounds 9] [--threads N]
-import { KVCache, Sequence } from "../ts";
+import { backends, KVCache, Sequence } from "../ts";
 import type { CompressOptions } from "../ts";
 import { benchOptions, intOption, median, pause, printTable, host, hostLine, writeResults } from "./common";
 
 const options = benchOptions({
   script: "shapes",
-  about: "Decode by query-group size and with heads of unequal length, and compress by scorer and allocation (8 KV heads, headDim 128, f16), against the tuned shape in the same run.",
+  about: "Decode by query-group size, head size and with heads of unequal length, and compress by scorer and allocation (8 KV heads, headDim 128, f16), against the tuned shape in the same run.",
   options: {
     tokens: intOption({ default: 1024, min: 16, multipleOf: 16, help: "context per KV head of the group-size rows" }),
     "skew-tokens": intOption({ default: 16384, min: 1024, multipleOf: 16, help: "the long head's length in the unequal-heads rows (the seven others keep 300)" }),
@@ -82,6 +83,18 @@ for (const group of [1, 2, 3, 4, 7, 8]) {
   const q = queries(kvHeads * group * headDim, 2), out = new Float32Array(q.length);
   decode.push({ group: "query heads per KV head", name: `G = ${group}${group === 4 ? " (tuned)" : ""}, ${tokens} tokens`, run: () => seq.attend(0, q, { out }), calls: 20 });
 }
+// Head sizes that are a multiple of 8 and not of 16: the table "auto" takes for them, and AVX-512's.
+const tables = backends().cpu.simdSupported;
+for (const headSize of [72, 104])
+  for (const simd of tables[0] === "avx512" ? (["auto", "avx512"] as const) : (["auto"] as const)) {
+    const cache = new KVCache({ layers: 1, kvHeads, queryHeads: 4 * kvHeads, headDim: headSize, dtype: "f16", pageSize, maxTokens: kvHeads * tokens, simd, ...threads });
+    caches.push(cache);
+    const seq = cache.createSequence();
+    const kv = values(tokens * kvHeads * headSize, 7);
+    seq.append(0, kv, kv);
+    const q = queries(4 * kvHeads * headSize, 8), out = new Float32Array(q.length);
+    decode.push({ group: "head size (G = 4)", name: `headDim ${headSize}, simd ${simd} (${cache.config.simd}), ${tokens} tokens`, run: () => seq.attend(0, q, { out }), calls: 20 });
+  }
 // One long head beside seven short ones, and eight equal heads of the same total.
 const short = 300;
 const skewTotal = skewTokens + (kvHeads - 1) * short;
