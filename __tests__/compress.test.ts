@@ -93,6 +93,7 @@ describe("scores match the references", () => {
           {
             keys: b.seq.keys(l, h), positions: b.seq.positions(l, h), headDim: shape.headDim, group: 4, headIndex: h, layer: l,
             queries: lastRows(b.queries[l], rows), queryPositions: Array.from({ length: rows }, (_, i) => appended - rows + i), queryHeads: shape.queryHeads,
+            newest: appended - 1,
           },
           o,
         );
@@ -504,4 +505,19 @@ test.each([2 ** 24 + 1002, 2 ** 24 + 1003])("streaming keeps exactly the newest 
   expect(Array.from(seq.positions(0, 0))).toEqual([0, 1, 2, 3, ...Array.from({ length: 50 }, (_, i) => n - 50 + i)]);
   const scores = seq.scores(0, "streaming", { window: 0 })[0];
   expect(Array.from(scores.subarray(-3))).toEqual([-2, -1, 0]);
+});
+
+test("streaming with adakv: the heads of a layer compare by position (each head's own newest scored alike, it kept older tokens of one head over newer of another)", () => {
+  using cache = new KVCache({ layers: 1, kvHeads: 2, queryHeads: 2, headDim: 4, dtype: "f32", pageSize: 4, maxTokens: 512 });
+  const seq = cache.createSequence();
+  // Keys of head 0 grow with the position: knorm (the smallest kept) leaves it positions 0..24, head 1 all 50.
+  const keys = Float32Array.from({ length: 50 * 8 }, (_, i) => (i % 8 < 4 ? Math.floor(i / 8) + 1 : 1));
+  seq.append(0, keys, keys);
+  seq.compress({ budgets: Int32Array.of(25, 50), scorer: "knorm", sink: 0, window: 0 });
+  expect(Array.from(seq.positions(0, 0))).toEqual(Array.from({ length: 25 }, (_, i) => i));
+  // 30 of 75 kept, the newest of the layer first, ties to the lower head: head 1's 25..49, then
+  // position 24 of both heads, 23 of both, 22 of head 0.
+  seq.compress({ ratio: 0.6, allocation: "adakv", alpha: 0, scorer: "streaming", sink: 0, window: 0 });
+  expect(Array.from(seq.positions(0, 0))).toEqual([22, 23, 24]);
+  expect(Array.from(seq.positions(0, 1))).toEqual(Array.from({ length: 27 }, (_, i) => 23 + i));
 });

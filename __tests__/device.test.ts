@@ -299,12 +299,14 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         const scored = (seq: Sequence, scorer: "keydiff" | "knorm") => seq.scores(0, scorer, { window: 0 }).map((h) => Array.from(h));
         const base = pair.cpu.createSequence();
         base.append(0, keys, new Float32Array(keys.length));
-        for (const c of [2 ** -70, 2 ** -120]) {
+        // And f32 keys of 2^-133, subnormal (16 bits left): keydiff's products with the mean unit
+        // key would be subnormal too, where the unit keys' are not (within 1e-5 nonetheless).
+        for (const c of dtype === "f32" ? [2 ** -70, 2 ** -120, 2 ** -133] : [2 ** -70, 2 ** -120]) {
           const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
-          const tiny = keys.map((x) => x * c); // exact in f32 and bf16: c is a power of two
+          const tiny = keys.map((x) => x * c); // exact in f32 and bf16 down to 2^-120: c is a power of two
           a.append(0, tiny, new Float32Array(keys.length));
           b.append(0, tiny, new Float32Array(keys.length));
-          for (const scorer of ["keydiff", "knorm"] as const) {
+          for (const scorer of c < 2 ** -126 ? (["keydiff"] as const) : (["keydiff", "knorm"] as const)) {
             const unit = scorer === "knorm" ? c : 1; // knorm is −‖k‖, keydiff does not see the scale
             const want = scored(base, scorer);
             for (const [device, got] of [["cpu", scored(a, scorer)], ["cuda", scored(b, scorer)]] as const)

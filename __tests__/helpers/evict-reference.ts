@@ -11,6 +11,7 @@ export interface ScoreRefInput {
   queryPositions?: number[];
   queryHeads?: number;
   mass?: ArrayLike<number>;
+  newest?: number; // streaming: the newest position appended to the layer
 }
 
 export interface ScoreRefOptions {
@@ -131,8 +132,8 @@ function unpooledScores(x: ScoreRefInput, o: ScoreRefOptions): number[] {
       return Array.from({ length: L }, (_, j) => -Math.sqrt(dot(x.keys, j * D, x.keys, j * D, D)));
     case "h2o":
       return Array.from(x.mass!);
-    case "streaming": // the position relative to the head's newest
-      return Array.from(x.positions, (p) => p - x.positions[x.positions.length - 1]);
+    case "streaming": // the position counted back from the layer's newest
+      return Array.from(x.positions, (p) => p - x.newest!);
     case "random":
       return Array.from(x.positions, (p) => randomScore(o.seed, x.layer, x.headIndex, p));
     default:

@@ -58,6 +58,9 @@ struct ScoreRequest {
   const int32_t* queryPositions = nullptr;
   int rows = 0;
   const float* mass = nullptr;  // h2o: host [length]
+  // streaming: the newest position appended to the layer (its scores count back from it, so that
+  // the heads of a layer compare, and stay exact in f32 where positions themselves tie past 2^24)
+  int32_t newest = 0;
   // expected-attention: the layer's rotated query mean [queryHeads, headDim] and covariance
   // [queryHeads, headDim, headDim] (null without the covariance term), host.
   const float* expectedMean = nullptr;

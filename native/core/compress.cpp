@@ -87,6 +87,7 @@ void Cache::scoreLayerHeads(const Sequence& seq, const std::vector<int>& layers,
       r.queryPositions = rowPos[l].data();
       r.rows = (int)rowPos[l].size();
       r.mass = seq.accumulate ? seq.mass[idx].data() : nullptr;
+      r.newest = seq.appended[l] - 1;
       if (expected) {
         r.expectedMean = rotated[l].mean.data();
         r.expectedCovariance = o.expected.useCovariance ? rotated[l].covariance.data() : nullptr;

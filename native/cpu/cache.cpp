@@ -88,6 +88,7 @@ void CpuBackend::scores(const std::vector<ScoreRequest>& heads, int kvHeads, int
     a.queryPositions = r.queryPositions;
     a.rows = r.rows;
     a.accumulated = r.mass;
+    a.newest = r.newest;
     a.expectedMean = r.expectedMean;
     a.expectedCovariance = r.expectedCovariance;
     a.options = &options;

@@ -210,8 +210,21 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       });
       for (int32_t t = 0; t < L; ++t) {
         const float n = norms[t];
-        const float cosine = n * n < kTinySquares ? (n > 0 ? out[t] / n : 0.f) : out[t] * (1.f / n);
-        out[t] = -cosine * invAnchor;
+        if (n < 0x1p-80f) {
+          // Keys this small make subnormal products with the anchor: the unit key first, as the
+          // mean was summed (and as the device does).
+          const uint8_t* row = a.pool->keys(h.pages[t / P]) + (size_t)(t % P) * rowBytes;
+          float dot = 0;
+          for (int d = 0; d < D; ++d) {
+            const float x = dt == DType::F32   ? reinterpret_cast<const float*>(row)[d]
+                            : dt == DType::F16 ? f16ToF32(reinterpret_cast<const uint16_t*>(row)[d])
+                                               : bf16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
+            dot += (n * n < kTinySquares ? (n > 0 ? x / n : 0.f) : x * (1.f / n)) * anchor[d];
+          }
+          out[t] = -dot * invAnchor;
+          continue;
+        }
+        out[t] = -(out[t] * (1.f / n)) * invAnchor;
       }
       break;
     }
@@ -226,9 +239,8 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       std::copy(a.accumulated, a.accumulated + L, out);
       break;
     case Scorer::Streaming:
-      // Relative to the newest (positions ascend): exact in f32 for the recent tokens, where
-      // positions themselves round to ties past 2^24.
-      for (int32_t t = 0; t < L; ++t) out[t] = (float)(h.positions[t] - h.positions[L - 1]);
+      // Counted back from the layer's newest position (see ScoreRequest::newest).
+      for (int32_t t = 0; t < L; ++t) out[t] = (float)(h.positions[t] - a.newest);
       break;
     case Scorer::Random:
       for (int32_t t = 0; t < L; ++t) out[t] = randomScore(o.seed, (uint32_t)a.layer, (uint32_t)a.headIndex, (uint32_t)h.positions[t]);

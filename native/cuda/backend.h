@@ -193,6 +193,7 @@ class CudaBackend : public Backend {
       x.head = r.head;
       x.layer = r.layer;
       x.kvHead = r.kvHead;
+      x.newest = r.newest;
       if (attention && r.rows > 0) {
         auto it = rowOf.find(r.queries);
         if (it == rowOf.end()) {

@@ -554,7 +554,7 @@ void runScoresPart(RT& rt, const ScoreBatch& b) {
       const HeadState& hs = *b.heads[i].head;
       float* o = host.data() + plan.heads[i].outBase;
       for (int32_t t = 0; t < hs.length(); ++t)
-        o[t] = b.scorer == Scorer::Streaming ? (float)(hs.positions[t] - hs.positions[hs.length() - 1])  // as cpu/scores.cpp
+        o[t] = b.scorer == Scorer::Streaming ? (float)(hs.positions[t] - b.heads[i].newest)  // as cpu/scores.cpp
                                              : randomScore(b.seed, (uint32_t)b.heads[i].layer,
                                                            (uint32_t)b.heads[i].kvHead, (uint32_t)hs.positions[t]);
     }

@@ -27,6 +27,7 @@ struct ScoreHeadRef {
   int rows = 0;
   const int32_t* queryPositions = nullptr; // [rows] (host)
   const float* mass = nullptr;             // h2o: device [length]
+  int32_t newest = 0;                      // streaming: the layer's newest position (ScoreRequest)
   int32_t expectedSlot = 0;                // expected-attention: which layer's statistics
 };
 
