@@ -244,3 +244,42 @@ describe("user code cannot change checked inputs before the call reads them", ()
     expect(Array.from(seq.positions(0, 0))).toEqual(before);
   });
 });
+
+describe("typed-array subclasses count as the engine holds them", () => {
+  test("keys whose class reports a shorter length: the rows appended are counted (autoCompress and the query-row bound saw 1 of 3)", () => {
+    const r = rng(seed + 16);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    class Short extends Float32Array {
+      override get length(): number {
+        return row; // one token, whatever it holds
+      }
+    }
+    const seq = cache.createSequence();
+    for (let l = 0; l < shape.layers; l++) seq.append(l, new Short(randn(r, 3 * row)), new Short(randn(r, 3 * row)));
+    expect(seq.appended(0)).toBe(3);
+    expect(seq.attend(0, randn(r, 3 * shape.queryHeads * shape.headDim))).toHaveLength(3 * shape.queryHeads * shape.headDim);
+    const seqAuto = cache.createSequence();
+    seqAuto.autoCompress({ maxTokens: 2, every: 4, scorer: "streaming", sink: 0, window: 1 });
+    for (let step = 0; step < 3; step++)
+      for (let l = 0; l < shape.layers; l++) seqAuto.append(l, new Short(randn(r, 3 * row)), new Short(randn(r, 3 * row)));
+    // 6 positions after two steps: the third step's append first evicts back to 2 per head, then adds 3.
+    expect(Array.from(seqAuto.lengths())).toEqual(new Array(shape.layers * shape.kvHeads).fill(5));
+  });
+
+  test("an out refused for its length is described by the engine's length, its class's getter not run", () => {
+    const r = rng(seed + 17);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    const seq = filled(cache, 4, r);
+    let ran = 0;
+    class Out extends Float32Array {
+      override get length(): number {
+        ran++;
+        throw new Error("user code");
+      }
+    }
+    expect(() => seq.attend(0, randn(r, shape.queryHeads * shape.headDim), { out: new Out(3) })).toThrow(
+      "Expected a Float32Array of length 16 (the queries' length) for out but received Float32Array(3)",
+    );
+    expect(ran).toBe(0);
+  });
+});

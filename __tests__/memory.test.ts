@@ -198,3 +198,16 @@ console.log(JSON.stringify(out));
   // Both sequences' 8 MiB (2048 tokens x 8 heads x 128 x 2 bytes x 2) once the second is gone too
   expect(out.allFreeMiB).toBe(16);
 });
+
+test("an append of 2^31 tokens is refused with nothing appended (the count turned negative as an int: it appended nothing and said nothing)", () => {
+  // 4 GiB of zeros, never written: the pages stay unmapped until read, and nothing reads them.
+  const big = new Uint16Array(2 ** 31);
+  using cache = new KVCache({ layers: 1, kvHeads: 1, queryHeads: 1, headDim: 1, dtype: "f16", maxTokens: 64 });
+  const seq = cache.createSequence();
+  const message = "Expected at most 2147483647 tokens ([tokens, kvHeads, headDim]; a sequence holds at most that many positions) for keys but received Uint16Array(2147483648)";
+  expect(() => seq.append(0, big, big)).toThrow(message);
+  expect(() => cache.appendBatch(0, [{ sequence: seq, keys: big, values: big }])).toThrow(`${message.replace("for keys", "for items[0].keys")}`);
+  expect(() => cache.handle.append(seq.nativeId(), 0, big, big)).toThrow("Expected at most 2147483647 tokens of keys (a sequence holds at most that many positions)");
+  expect(seq.appended(0)).toBe(0);
+  expect(cache.usage().pagesUsed).toBe(0);
+});

@@ -4,7 +4,7 @@ import type { KVCache, Sequence } from "./cache";
 import { rethrow, Sequence as SequenceClass } from "./cache";
 import { DisposedError, LukvError, invalid, outGone } from "./errors";
 import { checkScale, scanValuesBatch } from "./finite";
-import { copyRows, integerInRange, isFloat32Array, isUint16Array, knownOptions, ownRows, viewOf } from "./validate";
+import { bufferOf, copyRows, integerInRange, isFloat32Array, isUint16Array, knownOptions, lengthOf, overlapping, ownRows } from "./validate";
 
 /** One sequence's part of `cache.attendBatch`. */
 export interface AttendBatchItem {
@@ -133,11 +133,11 @@ function sharesBuffer(list: readonly AttendBatchItem[]): boolean {
   const buffers = new Set<ArrayBufferLike>();
   for (const item of list) {
     if (item.out === undefined) continue;
-    const buffer = viewOf(item.out).buffer;
+    const buffer = bufferOf(item.out);
     if (buffers.has(buffer)) return true;
     buffers.add(buffer);
   }
-  return list.some((item) => buffers.has(viewOf(item.queries).buffer));
+  return list.some((item) => buffers.has(bufferOf(item.queries)));
 }
 
 function checkAttendBatch(
@@ -171,7 +171,7 @@ function checkAttendBatch(
     list.forEach((item, i) => {
       for (const [what, a] of [["queries", item.queries], ["out", item.out]] as const) {
         if (a === undefined) continue;
-        const buffer = viewOf(a).buffer, group = byBuffer.get(buffer);
+        const buffer = bufferOf(a), group = byBuffer.get(buffer);
         if (group) group.push({ i, what, a });
         else byBuffer.set(buffer, [{ i, what, a }]);
       }
@@ -182,9 +182,7 @@ function checkAttendBatch(
         if (o.what !== "out") continue;
         for (const x of group) {
           if (x.i === o.i) continue;
-          const ov = viewOf(o.a), xv = viewOf(x.a);
-          const a0 = ov.byteOffset, a1 = a0 + ov.byteLength, b0 = xv.byteOffset, b1 = b0 + xv.byteLength;
-          if (a0 < b1 && b0 < a1) throw invalid(`items[${o.i}].out`, `an array that does not overlap items[${x.i}].${x.what}`, o.a);
+          if (overlapping(o.a, x.a)) throw invalid(`items[${o.i}].out`, `an array that does not overlap items[${x.i}].${x.what}`, o.a);
         }
       }
     }
@@ -248,7 +246,7 @@ function quickAttendBatch(cache: KVCache, layer: unknown, items: unknown, opts: 
   for (let i = 0; i < n; i++) {
     const seq = seqs[i], q = queries[i], out = given[i];
     if (!(seq instanceof SequenceClass) || seq.cache !== cache || !isFloat32Array(q)) return read();
-    if (out !== undefined && !(isFloat32Array(out) && viewOf(out).length === q.length)) return read();
+    if (out !== undefined && !(isFloat32Array(out) && lengthOf(out) === q.length)) return read();
     for (let j = 0; j < i; j++) if (seqs[j] === seq) return read();
   }
   const scratch = quickArraysOf(n), ids = scratch.ids, keyMax = checkFinite ? scratch.keyMax : null;

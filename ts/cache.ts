@@ -42,7 +42,9 @@ import {
   ownRows,
   copyRows,
   readOnce,
-  viewOf,
+  lengthOf,
+  bufferOf,
+  overlapping,
   positiveInteger,
 } from "./validate";
 
@@ -1060,12 +1062,10 @@ export class Sequence {
   #out(out: unknown, queries: Float32Array | Uint16Array, prefix = ""): Float32Array | undefined {
     if (out === undefined) return undefined;
     if (!isFloat32Array(out)) throw invalid(`${prefix}out`, "Float32Array", out);
-    const o = viewOf(out), q = viewOf(queries);
-    if (o.length !== q.length) throw invalid(`${prefix}out`, `a Float32Array of length ${q.length} (the queries' length)`, out);
-    if (o.buffer === q.buffer) {
-      const a0 = o.byteOffset, a1 = a0 + o.byteLength, b0 = q.byteOffset, b1 = b0 + q.byteLength;
-      if (a0 < b1 && b0 < a1) throw invalid(`${prefix}out`, "an array that does not overlap the queries", out);
-    }
+    const length = lengthOf(queries);
+    if (lengthOf(out) !== length) throw invalid(`${prefix}out`, `a Float32Array of length ${length} (the queries' length)`, out);
+    if (bufferOf(out) === bufferOf(queries) && overlapping(out, queries))
+      throw invalid(`${prefix}out`, "an array that does not overlap the queries", out);
     return out;
   }
 

@@ -155,14 +155,16 @@ export function jsonPreview(value: unknown, max = 40): string {
   return out.length > max ? out.slice(0, max) + "…" : out;
 }
 
+const typedArrayLength = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), "length")!.get! as (this: unknown) => number;
+
 /** Describes a received value for error messages: `1.5 of type number`, `Float64Array(12)`. */
 export function describe(value: unknown): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";
   if (ArrayBuffer.isView(value)) {
     const name = Object.prototype.toString.call(value).slice(8, -1);
-    const len = (value as unknown as { length?: number }).length;
-    return len === undefined ? name : `${name}(${len})`;
+    // The engine's length (a subclass's own getter would run user code in an error message).
+    return types.isTypedArray(value) ? `${name}(${typedArrayLength.call(value)})` : name;
   }
   if (types.isProxy(value)) return "a Proxy";
   if (Array.isArray(value)) return `Array(${value.length})`;

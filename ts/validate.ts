@@ -50,9 +50,14 @@ export function isUint16Array(v: unknown): v is Uint16Array {
  * element type; any other value is returned as given.
  */
 export function ownRows<T>(v: T): T {
-  if (types.isFloat32Array(v)) return Object.getPrototypeOf(v) === Float32Array.prototype ? v : (new Float32Array(v) as T);
-  if (types.isUint16Array(v)) return Object.getPrototypeOf(v) === Uint16Array.prototype ? v : (new Uint16Array(v) as T);
-  if (types.isInt32Array(v)) return Object.getPrototypeOf(v) === Int32Array.prototype ? v : (new Int32Array(v) as T);
+  if (v === null || typeof v !== "object") return v;
+  // The common case first, without a call into the engine (anything else with such a prototype
+  // is not a typed array, and the checks after refuse it).
+  const proto = Object.getPrototypeOf(v);
+  if (proto === Float32Array.prototype || proto === Uint16Array.prototype || proto === Int32Array.prototype) return v;
+  if (types.isFloat32Array(v)) return new Float32Array(v) as T;
+  if (types.isUint16Array(v)) return new Uint16Array(v) as T;
+  if (types.isInt32Array(v)) return new Int32Array(v) as T;
   return v;
 }
 
@@ -63,9 +68,20 @@ const accessor = (name: string) => Object.getOwnPropertyDescriptor(typedArrayPro
 const lengthGetter = accessor("length"), byteOffsetGetter = accessor("byteOffset"), byteLengthGetter = accessor("byteLength");
 const bufferGetter = Object.getOwnPropertyDescriptor(typedArrayProto, "buffer")!.get! as (this: ArrayBufferView) => ArrayBufferLike;
 
-/** A typed array's length, buffer and byte range as the engine holds them (no user code runs). */
-export function viewOf(v: ArrayBufferView): { length: number; buffer: ArrayBufferLike; byteOffset: number; byteLength: number } {
-  return { length: lengthGetter.call(v), buffer: bufferGetter.call(v), byteOffset: byteOffsetGetter.call(v), byteLength: byteLengthGetter.call(v) };
+/** A typed array's length as the engine holds it (no user code runs). */
+export function lengthOf(v: ArrayBufferView): number {
+  return lengthGetter.call(v);
+}
+
+/** A typed array's buffer as the engine holds it (no user code runs). */
+export function bufferOf(v: ArrayBufferView): ArrayBufferLike {
+  return bufferGetter.call(v);
+}
+
+/** Whether two typed arrays over one buffer share bytes, by the engine's offsets and lengths. */
+export function overlapping(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  const a0 = byteOffsetGetter.call(a), b0 = byteOffsetGetter.call(b);
+  return a0 < b0 + byteLengthGetter.call(b) && b0 < a0 + byteLengthGetter.call(a);
 }
 
 /** A copy of rows: a new plain array of their element type. */
@@ -93,11 +109,6 @@ function distance(a: string, b: string): number {
 }
 
 /**
- * Throws InvalidArgumentError for the first property of `options` that is not in `allowed` (a typo
- * such as `ratoi` must not silently fall back to a default), listing the accepted names and the
- * nearest one.
- */
-/**
  * The options of `o` named in `names` (own or inherited), each read once, as a plain object without
  * the undefined ones: checks and the call then read these (a getter runs once, before any check).
  */
@@ -110,6 +121,11 @@ export function readOnce(o: object, names: readonly string[]): Record<string, un
   return read;
 }
 
+/**
+ * Throws InvalidArgumentError for the first property of `options` that is not in `allowed` (a typo
+ * such as `ratoi` must not silently fall back to a default), listing the accepted names and the
+ * nearest one.
+ */
 export function knownOptions(name: string, options: object, allowed: readonly string[]): void {
   for (const key of Object.keys(options)) {
     if (allowed.includes(key)) continue;

@@ -457,18 +457,17 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   }
   // A batch argument's items, each read with napi_get_element (a getter there runs JS, which can
   // resize or detach any array read before it) and checked as the views will be.
-  static std::vector<napi_value> batchElements(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name,
-                                               size_t row) {
+  // The elements of argument i (getters may run), unchecked: batchViews checks them and takes their
+  // views, once every element of the call has been read.
+  static std::vector<napi_value> batchElements(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name) {
     Napi::Env env = info.Env();
     if (info.Length() <= i || !info[i].IsArray() || info[i].As<Napi::Array>().Length() != count)
       throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected one typed array per item for ") + name);
     napi_value arr = info[i];
     std::vector<napi_value> out(count);
-    for (uint32_t k = 0; k < count; ++k) {
-      TypedView t;
-      if (napi_get_element(env, arr, k, &out[k]) != napi_ok || !typedView(env, out[k], t) || t.length % row != 0)
+    for (uint32_t k = 0; k < count; ++k)
+      if (napi_get_element(env, arr, k, &out[k]) != napi_ok)
         throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", std::string("Expected typed arrays of whole rows for ") + name);
-    }
     return out;
   }
   // The data pointers and lengths of items read by batchElements. Runs no JS, so they stay valid
@@ -529,23 +528,22 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (a.layer < 0 || a.layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     a.ids = batchIds(info, 1);
     const size_t row = (size_t)cfg.queryHeads * cfg.headDim;
-    auto checkQueries = [&](const std::vector<TypedView>& queries) {
-      for (const TypedView& q : queries) {
-        if (q.type != napi_float32_array || q.length == 0)
-          throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
-        tokensOf(env, q.length, row, "queries");
-      }
+    auto checkQuery = [&](const TypedView& q) {
+      if (q.type != napi_float32_array || q.length == 0)
+        throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "queries must be non-empty Float32Arrays of whole rows");
+      tokensOf(env, q.length, row, "queries");
     };
-    const std::vector<napi_value> queries = batchElements(info, 2, a.ids.size(), "queries", row);
-    checkQueries(batchViews(env, queries, "queries", row));
+    // The elements are read first (getters may run), the views taken once after every read: the
+    // queries' errors come after the scale's.
+    const std::vector<napi_value> queries = batchElements(info, 2, a.ids.size(), "queries");
     if (info.Length() < 4 || !info[3].IsNumber()) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a number for scale");
     a.scaleGiven = info[3].As<Napi::Number>().DoubleValue();
     a.scale = (float)a.scaleGiven;
     if (!std::isfinite(a.scale)) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "Expected a scale within the float32 range");
-    const std::vector<napi_value> outItems = batchElements(info, 4, a.ids.size(), "out", 1);
-    // Every getter has run: the views are taken (and checked again) with no JS until the kernel.
+    const std::vector<napi_value> outItems = batchElements(info, 4, a.ids.size(), "out");
+    // Every getter has run: the views are taken and checked, with no JS until the kernel.
     a.queries = batchViews(env, queries, "queries", row);
-    checkQueries(a.queries);
+    for (const TypedView& q : a.queries) checkQuery(q);
     const std::vector<TypedView> outs = batchViews(env, outItems, "out", 1);
     for (size_t i = 0; i < outs.size(); ++i) {
       if (outs[i].type != napi_float32_array || outs[i].length != a.queries[i].length)
@@ -680,8 +678,8 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     if (layer < 0 || layer >= cfg.layers) throw toJs(env, "ERR_LUKV_INVALID_ARGUMENT", "layer out of range");
     const std::vector<int32_t> ids = batchIds(info, 1);
     const size_t row = (size_t)cfg.kvHeads * cfg.headDim;
-    const std::vector<napi_value> keys = batchElements(info, 2, ids.size(), "keys", row);
-    const std::vector<napi_value> values = batchElements(info, 3, ids.size(), "values", row);
+    const std::vector<napi_value> keys = batchElements(info, 2, ids.size(), "keys");
+    const std::vector<napi_value> values = batchElements(info, 3, ids.size(), "values");
     // Every getter has run: the views are taken with no JS until the rows are copied.
     const std::vector<TypedView> k = batchViews(env, keys, "keys", row), v = batchViews(env, values, "values", row);
     InputKind kind = InputKind::F32;
