@@ -157,6 +157,9 @@ std::vector<int32_t> adaKvBudgets(const HeadBounds& b, int Lyr, int H, double ra
       return a.score > b.score || (a.score == b.score && (a.head < b.head || (a.head == b.head && a.token < b.token)));
     };
     std::vector<Cand> open, head;
+    size_t candidates = 0;  // reserved at once: growing by doubling held up to twice as much
+    for (int h = 0; h < H; ++h) candidates += (size_t)len[base + h];
+    open.reserve(candidates);
     for (int h = 0; h < H; ++h) {
       keep[base + h] = floorH[h];
       const int32_t L = len[base + h];
