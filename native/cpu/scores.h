@@ -21,7 +21,7 @@ struct HeadScoreArgs {
   const int32_t* queryPositions;
   int rows;
   const float* accumulated;  // h2o: attention mass per kept token
-  int32_t newest;            // streaming: the newest position appended to the layer (ScoreRequest)
+  int32_t newest = 0;        // streaming: the newest position appended to the layer (ScoreRequest)
   // expected-attention: the layer's rotated query statistics (see ScoreRequest).
   const float* expectedMean;
   const float* expectedCovariance;

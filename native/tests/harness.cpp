@@ -470,6 +470,7 @@ void scoreCase(Backend& be, Report& rep, Rng& rng, const ScoreSpec& spec) {
       a.queryPositions = qpos[s].data();
       a.rows = W;
       a.accumulated = mass[s * H + h].data();
+      a.newest = lay.appended[s] - 1;
       a.options = &so;
       std::vector<float> out(lay.heads[s][h].length());
       cpu::scoreHead(a, out.data());
@@ -492,6 +493,7 @@ void scoreCase(Backend& be, Report& rep, Rng& rng, const ScoreSpec& spec) {
       r.row0 = (int32_t)(s * W);
       r.rows = W;
       r.queryPositions = qpos[s].data();
+      r.newest = lay.appended[s] - 1;
       dmass.emplace_back(new DevArray<float>(be, mass[s * H + h].size()));
       dmass.back()->put(mass[s * H + h]);
       r.mass = dmass.back()->p;
