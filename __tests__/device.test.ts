@@ -288,6 +288,24 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
     }
   });
 
+  test("streaming scores count back from the layer's newest position on both backends, heads of unequal newest tokens included", () => {
+    const r = rng(seed ^ 0x77);
+    const pair = new Pair({ layers: 2, kvHeads: 2, queryHeads: 2, headDim: 8, dtype: "f32" });
+    try {
+      const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+      for (let l = 0; l < 2; l++) appendBoth(a, b, l, 40, r);
+      // knorm keeps other tokens in each head: the heads' newest kept positions differ.
+      for (const s of [a, b]) s.compress({ budgets: Int32Array.of(10, 30, 20, 5), scorer: "knorm", sink: 0, window: 0 });
+      for (let l = 0; l < 2; l++)
+        for (const [device, s] of [["cpu", a], ["cuda", b]] as const) {
+          const scores = s.scores(l, "streaming", { window: 0 });
+          for (let h = 0; h < 2; h++) expect([device, l, h, Array.from(scores[h])]).toEqual([device, l, h, Array.from(s.positions(l, h), (p) => p - 39)]);
+        }
+    } finally {
+      pair.dispose();
+    }
+  });
+
   test("keydiff and knorm over keys too small to square in float32: the CPU's scores, at any scale", () => {
     const r = rng(seed ^ 0x32);
     for (const dtype of ["f32", "bf16"] as const) {
@@ -299,8 +317,8 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
         const scored = (seq: Sequence, scorer: "keydiff" | "knorm") => seq.scores(0, scorer, { window: 0 }).map((h) => Array.from(h));
         const base = pair.cpu.createSequence();
         base.append(0, keys, new Float32Array(keys.length));
-        // And f32 keys of 2^-133, subnormal (16 bits left): keydiff's products with the mean unit
-        // key would be subnormal too, where the unit keys' are not (within 1e-5 nonetheless).
+        // And f32 keys of 2^-133, subnormal (16 bits left), whose norms are subnormal too:
+        // keydiff's unit keys come through norms in double (within 1e-5 nonetheless).
         for (const c of dtype === "f32" ? [2 ** -70, 2 ** -120, 2 ** -133] : [2 ** -70, 2 ** -120]) {
           const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
           const tiny = keys.map((x) => x * c); // exact in f32 and bf16 down to 2^-120: c is a power of two
@@ -314,6 +332,18 @@ function keptAgree(before: { positions: Int32Array; scores: Float32Array }[], a:
                 head.forEach((x, t) => expect([dtype, c, scorer, device, h, t, Math.abs(x / unit - want[h][t]) <= 1e-5 * Math.max(1, Math.abs(want[h][t]))]).toEqual([dtype, c, scorer, device, h, t, true])),
               );
           }
+          a.dispose();
+          b.dispose();
+        }
+        if (dtype === "f32") {
+          // At 2^-143 (6 bits left) the stored keys themselves are far from the unscaled ones: the
+          // two backends' scores of them agree.
+          const a = pair.cpu.createSequence(), b = pair.cuda.createSequence();
+          const tiny = keys.map((x) => x * 2 ** -143);
+          a.append(0, tiny, new Float32Array(keys.length));
+          b.append(0, tiny, new Float32Array(keys.length));
+          const cpu = scored(a, "keydiff"), cuda = scored(b, "keydiff");
+          cpu.forEach((head, h) => head.forEach((x, t) => expect([h, t, Math.abs(x - cuda[h][t]) <= 1e-5]).toEqual([h, t, true])));
           a.dispose();
           b.dispose();
         }

@@ -266,6 +266,22 @@ describe("typed-array subclasses count as the engine holds them", () => {
     expect(Array.from(seqAuto.lengths())).toEqual(new Array(shape.layers * shape.kvHeads).fill(5));
   });
 
+  test("an array with a length property of its own is copied too; a Proxy is refused without running its traps", () => {
+    const r = rng(seed + 18);
+    using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
+    const seq = cache.createSequence();
+    const lying = (rows: Float32Array) => Object.defineProperty(rows, "length", { value: row });
+    for (let l = 0; l < shape.layers; l++) seq.append(l, lying(randn(r, 3 * row)), lying(randn(r, 3 * row)));
+    expect(seq.appended(0)).toBe(3);
+    let traps = 0;
+    const proxy = new Proxy(randn(r, row), { getPrototypeOf: () => (traps++, Float32Array.prototype) });
+    const revocable = Proxy.revocable(randn(r, row), {});
+    revocable.revoke();
+    for (const p of [proxy, revocable.proxy])
+      expect(() => seq.append(0, p as Float32Array, p as Float32Array)).toThrow("Expected Float32Array for keys but received a Proxy");
+    expect(traps).toBe(0);
+  });
+
   test("an out refused for its length is described by the engine's length, its class's getter not run", () => {
     const r = rng(seed + 17);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
@@ -273,6 +289,10 @@ describe("typed-array subclasses count as the engine holds them", () => {
     let ran = 0;
     class Out extends Float32Array {
       override get length(): number {
+        ran++;
+        throw new Error("user code");
+      }
+      override get [Symbol.toStringTag](): "Float32Array" {
         ran++;
         throw new Error("user code");
       }

@@ -1,4 +1,5 @@
 import { types } from "util";
+import { lengthOf, typedArrayName } from "./typed";
 
 /** Base class of every error lukv throws; `code` is stable and machine-readable. */
 export class LukvError extends Error {
@@ -155,16 +156,14 @@ export function jsonPreview(value: unknown, max = 40): string {
   return out.length > max ? out.slice(0, max) + "…" : out;
 }
 
-const typedArrayLength = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), "length")!.get! as (this: unknown) => number;
-
 /** Describes a received value for error messages: `1.5 of type number`, `Float64Array(12)`. */
 export function describe(value: unknown): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";
   if (ArrayBuffer.isView(value)) {
-    const name = Object.prototype.toString.call(value).slice(8, -1);
-    // The engine's length (a subclass's own getter would run user code in an error message).
-    return types.isTypedArray(value) ? `${name}(${typedArrayLength.call(value)})` : name;
+    // The engine's name and length (a subclass's own getters would run user code in a message).
+    const name = typedArrayName(value);
+    return name === undefined ? "DataView" : `${name}(${lengthOf(value)})`;
   }
   if (types.isProxy(value)) return "a Proxy";
   if (Array.isArray(value)) return `Array(${value.length})`;

@@ -1,6 +1,7 @@
 // Argument checks shared by the public API; each throws InvalidArgumentError naming the parameter.
 import { types } from "util";
 import { InvalidArgumentError, invalid, quoted } from "./errors";
+export { bufferOf, lengthOf, overlapping } from "./typed";
 
 export function isPositiveInteger(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v > 0;
@@ -46,42 +47,20 @@ export function isUint16Array(v: unknown): v is Uint16Array {
 
 /**
  * A Float32Array, Uint16Array or Int32Array argument as the call will read it, checks included: one
- * of a subclass (whose length, slice or species are user code) is copied into a plain array of its
- * element type; any other value is returned as given.
+ * of a subclass or with a length property of its own (user code: its length, slice or species) is
+ * copied into a plain array of its element type; any other value is returned as given.
  */
 export function ownRows<T>(v: T): T {
-  if (v === null || typeof v !== "object") return v;
-  // The common case first, without a call into the engine (anything else with such a prototype
-  // is not a typed array, and the checks after refuse it).
+  // Views only (a Proxy is none: its traps must not run here); a plain array of its own type, with
+  // no length of its own, as given.
+  if (!ArrayBuffer.isView(v)) return v;
   const proto = Object.getPrototypeOf(v);
-  if (proto === Float32Array.prototype || proto === Uint16Array.prototype || proto === Int32Array.prototype) return v;
+  if ((proto === Float32Array.prototype || proto === Uint16Array.prototype || proto === Int32Array.prototype) && !Object.prototype.hasOwnProperty.call(v, "length"))
+    return v;
   if (types.isFloat32Array(v)) return new Float32Array(v) as T;
   if (types.isUint16Array(v)) return new Uint16Array(v) as T;
   if (types.isInt32Array(v)) return new Int32Array(v) as T;
   return v;
-}
-
-// The typed arrays' own accessors, which a subclass or an instance cannot replace: for arrays the
-// call writes to (`out`), whose reads must not run user code after the inputs were checked.
-const typedArrayProto = Object.getPrototypeOf(Uint8Array.prototype) as object;
-const accessor = (name: string) => Object.getOwnPropertyDescriptor(typedArrayProto, name)!.get! as (this: ArrayBufferView) => number;
-const lengthGetter = accessor("length"), byteOffsetGetter = accessor("byteOffset"), byteLengthGetter = accessor("byteLength");
-const bufferGetter = Object.getOwnPropertyDescriptor(typedArrayProto, "buffer")!.get! as (this: ArrayBufferView) => ArrayBufferLike;
-
-/** A typed array's length as the engine holds it (no user code runs). */
-export function lengthOf(v: ArrayBufferView): number {
-  return lengthGetter.call(v);
-}
-
-/** A typed array's buffer as the engine holds it (no user code runs). */
-export function bufferOf(v: ArrayBufferView): ArrayBufferLike {
-  return bufferGetter.call(v);
-}
-
-/** Whether two typed arrays over one buffer share bytes, by the engine's offsets and lengths. */
-export function overlapping(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  const a0 = byteOffsetGetter.call(a), b0 = byteOffsetGetter.call(b);
-  return a0 < b0 + byteLengthGetter.call(b) && b0 < a0 + byteLengthGetter.call(a);
 }
 
 /** A copy of rows: a new plain array of their element type. */

@@ -180,25 +180,36 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       h.forSegments(P, 0, L, [&](int32_t page, int off, int cnt, int32_t t) {
         a.kernels->rowNorms(dt, a.pool->keys(page) + (size_t)off * rowBytes, cnt, D, norms.data() + t);
       });
+      auto readRow = [&](int32_t t) {
+        const uint8_t* row = a.pool->keys(h.pages[t / P]) + (size_t)(t % P) * rowBytes;
+        if (dt == DType::F32) std::memcpy(row32.data(), row, (size_t)D * sizeof(float));
+        else if (dt == DType::F16)
+          for (int d = 0; d < D; ++d) row32[d] = f16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
+        else
+          for (int d = 0; d < D; ++d) row32[d] = bf16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
+      };
+      // Rows of norm below 2^-80 (whose float norm may be subnormal, and whose products with the
+      // mean unit key would be) become unit rows through their norm in double, in place.
+      const float kSmall = 0x1p-80f;
+      auto unitSmallRow = [&]() {
+        double n2 = 0;
+        for (int d = 0; d < D; ++d) n2 += (double)row32[d] * row32[d];
+        const double n = std::sqrt(n2);
+        for (int d = 0; d < D; ++d) row32[d] = n > 0 ? (float)(row32[d] / n) : 0.f;
+      };
       std::vector<double> mean(D, 0.0);
-      h.forSegments(P, 0, L, [&](int32_t page, int off, int cnt, int32_t t0) {
-        for (int i = 0; i < cnt; ++i) {
-          const uint8_t* row = a.pool->keys(page) + (size_t)(off + i) * rowBytes;
-          if (dt == DType::F32) std::memcpy(row32.data(), row, (size_t)D * sizeof(float));
-          else if (dt == DType::F16)
-            for (int d = 0; d < D; ++d) row32[d] = f16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
-          else
-            for (int d = 0; d < D; ++d) row32[d] = bf16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
-          const float n = norms[t0 + i];
-          // A norm this small (rowNorms sums its row in double) may have no finite inverse: divide.
-          if (n * n < kTinySquares) {
-            for (int d = 0; d < D; ++d) mean[d] += (double)(n > 0 ? row32[d] / n : 0.f);
-            continue;
-          }
-          const float inv = 1.f / n;
-          for (int d = 0; d < D; ++d) mean[d] += (double)(row32[d] * inv);
+      for (int32_t t = 0; t < L; ++t) {
+        readRow(t);
+        const float n = norms[t];
+        if (!(n >= kSmall)) {
+          if (n == n) unitSmallRow();  // a NaN norm (NaN keys, checkFinite off) stays NaN
+          else std::fill(row32.begin(), row32.end(), n);
+          for (int d = 0; d < D; ++d) mean[d] += (double)row32[d];
+          continue;
         }
-      });
+        const float inv = 1.f / n;
+        for (int d = 0; d < D; ++d) mean[d] += (double)(row32[d] * inv);
+      }
       double an = 0;
       for (int d = 0; d < D; ++d) {
         anchor[d] = (float)(mean[d] / L);
@@ -210,21 +221,15 @@ void scoreHead(const HeadScoreArgs& a, float* out) {
       });
       for (int32_t t = 0; t < L; ++t) {
         const float n = norms[t];
-        if (n < 0x1p-80f) {
-          // Keys this small make subnormal products with the anchor: the unit key first, as the
-          // mean was summed (and as the device does).
-          const uint8_t* row = a.pool->keys(h.pages[t / P]) + (size_t)(t % P) * rowBytes;
-          float dot = 0;
-          for (int d = 0; d < D; ++d) {
-            const float x = dt == DType::F32   ? reinterpret_cast<const float*>(row)[d]
-                            : dt == DType::F16 ? f16ToF32(reinterpret_cast<const uint16_t*>(row)[d])
-                                               : bf16ToF32(reinterpret_cast<const uint16_t*>(row)[d]);
-            dot += (n * n < kTinySquares ? (n > 0 ? x / n : 0.f) : x * (1.f / n)) * anchor[d];
-          }
-          out[t] = -dot * invAnchor;
+        if (n >= kSmall || n != n) {
+          out[t] = -(out[t] * (1.f / n)) * invAnchor;
           continue;
         }
-        out[t] = -(out[t] * (1.f / n)) * invAnchor;
+        readRow(t);
+        unitSmallRow();
+        float dot = 0;
+        for (int d = 0; d < D; ++d) dot += row32[d] * anchor[d];
+        out[t] = -dot * invAnchor;
       }
       break;
     }

@@ -4,7 +4,7 @@ import { Sequence, type OracleOptions } from "../cache";
 import { nativeScoreOptions, SCORERS, type ScoreOptions, type ScorerName } from "../compress";
 import { BadProfileError, InvalidArgumentError, invalid, quoted } from "../errors";
 import { createProfile, type Profile, type ProfileMeta } from "../profile/profile";
-import { knownOptions, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
+import { knownOptions, lengthOf, nonNegativeInteger, oneOf, positiveInteger } from "../validate";
 import { expectedSettings, settingsForJson, withStatistics, type ExpectedAttentionSettings, type QueryStatistics } from "../expected-attention";
 import { analyzeSample, type ProfilerScope, type SampleConfig } from "./sample";
 import { MAX_PROFILE_CELLS, openSamples, writeSamples, type StoredOptions, type StoredSample } from "./store";
@@ -533,14 +533,11 @@ function isHeadValues(x: unknown): x is HeadValues {
   return types.isFloat32Array(x) || types.isFloat64Array(x) || Array.isArray(x);
 }
 
-// The engine's length of a typed array: no user code (a subclass's length getter), 0 when detached or out of bounds.
-const typedLength = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), "length")!.get! as (this: ArrayBufferView) => number;
-
 /** The values of one head as float32, each read once (an array's length once too). */
 function copyValues(src: HeadValues, name: string): Float32Array {
   if (!Array.isArray(src)) {
     // A detached or out-of-bounds view copies as empty (the constructor would throw a bare TypeError).
-    return typedLength.call(src as ArrayBufferView) === 0 ? new Float32Array(0) : new Float32Array(src as Float32Array | Float64Array);
+    return lengthOf(src as ArrayBufferView) === 0 ? new Float32Array(0) : new Float32Array(src as Float32Array | Float64Array);
   }
   // Collected before allocating: a sparse array's length alone could ask for gigabytes.
   const values: number[] = [];
