@@ -4,7 +4,8 @@ import type { KVCache, Sequence } from "./cache";
 import { rethrow, Sequence as SequenceClass } from "./cache";
 import { DisposedError, LukvError, invalid, outGone } from "./errors";
 import { checkScale, scanValuesBatch } from "./finite";
-import { bufferOf, copyRows, integerInRange, isFloat32Array, isUint16Array, knownOptions, lengthOf, overlapping, ownRows } from "./validate";
+import { copyRows, integerInRange, isFloat32Array, isUint16Array, knownOptions, ownRows } from "./validate";
+import { bufferOf, lengthOf, overlapping } from "./typed";
 
 /** One sequence's part of `cache.attendBatch`. */
 export interface AttendBatchItem {

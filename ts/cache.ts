@@ -42,11 +42,9 @@ import {
   ownRows,
   copyRows,
   readOnce,
-  lengthOf,
-  bufferOf,
-  overlapping,
   positiveInteger,
 } from "./validate";
+import { bufferOf, lengthOf, overlapping } from "./typed";
 
 /** Where the cache lives. */
 export type Device = "auto" | "cpu" | "cuda";

@@ -1,7 +1,6 @@
 // Argument checks shared by the public API; each throws InvalidArgumentError naming the parameter.
 import { types } from "util";
 import { InvalidArgumentError, invalid, quoted } from "./errors";
-export { bufferOf, lengthOf, overlapping } from "./typed";
 
 export function isPositiveInteger(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v > 0;
