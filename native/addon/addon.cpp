@@ -455,10 +455,9 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
     auto ids = info[i].As<Napi::Int32Array>();
     return std::vector<int32_t>(ids.Data(), ids.Data() + ids.ElementLength());
   }
-  // A batch argument's items, each read with napi_get_element (a getter there runs JS, which can
-  // resize or detach any array read before it) and checked as the views will be.
-  // The elements of argument i (getters may run), unchecked: batchViews checks them and takes their
-  // views, once every element of the call has been read.
+  // The elements of argument i, read with napi_get_element (a getter there runs JS, which can resize
+  // or detach any array read before it), unchecked: batchViews checks them and takes their views,
+  // once every element of the call has been read.
   static std::vector<napi_value> batchElements(const Napi::CallbackInfo& info, size_t i, size_t count, const char* name) {
     Napi::Env env = info.Env();
     if (info.Length() <= i || !info[i].IsArray() || info[i].As<Napi::Array>().Length() != count)
