@@ -1,7 +1,7 @@
 // Batched steps: one call on each of several sequences of a cache, on one layer, as one native
 // pass (KVCache.attendBatch / appendBatch and their async variants).
 import type { KVCache, Sequence } from "./cache";
-import { rethrow, Sequence as SequenceClass } from "./cache";
+import { MAX_POSITIONS, rethrow, Sequence as SequenceClass } from "./cache";
 import { DisposedError, LukvError, invalid, outGone } from "./errors";
 import { checkScale, scanValuesBatch } from "./finite";
 import { copyRows, integerInRange, isFloat32Array, isUint16Array, knownOptions, ownRows } from "./validate";
@@ -382,7 +382,7 @@ function quickAppendParts(
   for (let i = 0; i < n; i++) {
     const keys = rows[2 * i], values = rows[2 * i + 1];
     if (raw ? !(isUint16Array(keys) && isUint16Array(values)) : !(isFloat32Array(keys) && isFloat32Array(values))) return { read: read() };
-    if (keys.length === 0 || keys.length % row !== 0 || values.length !== keys.length || keys.length / row > 2 ** 31 - 1) return { read: read() };
+    if (keys.length === 0 || keys.length % row !== 0 || values.length !== keys.length || keys.length / row > MAX_POSITIONS) return { read: read() };
   }
   const scan = checkFinite ? scanValuesBatch(rows, raw, dtype) : undefined;
   if (scan) for (let k = 0; k < 2 * n; k++) if (scan[2 * k] >= 0) return { read: read() };

@@ -1501,5 +1501,5 @@ function checkTensor(name: string, a: unknown, row: number, shape: string, dtype
   if (len / row > MAX_POSITIONS) throw invalid(name, `at most ${MAX_POSITIONS} tokens (${shape}; a sequence holds at most that many positions)`, a);
 }
 
-// Positions of a sequence are int32: at most 2^31 - 1 (docs/sequence-format.md).
-const MAX_POSITIONS = 2 ** 31 - 1;
+/** @internal Positions of a sequence are int32: at most 2^31 - 1 (docs/sequence-format.md). */
+export const MAX_POSITIONS = 2 ** 31 - 1;

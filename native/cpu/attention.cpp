@@ -122,7 +122,7 @@ void attendBatch(const AttendArgs* calls, size_t count) {
   const int64_t partialStride = (int64_t)G * (D + 2);
   int64_t partialSize = 0, storedSize = 0, work = 0, reduceWork = 0;
   bool anyScores = false, reduce = false;  // reduce: some rows have partial states to merge
-  const int64_t target = (int64_t)a0.threads->threads() * 4;
+  const int64_t threads = a0.threads->threads(), target = threads * 4;
   for (size_t c = 0; c < count; ++c) {
     const AttendArgs& a = calls[c];
     Part& part = parts[c];
@@ -145,7 +145,6 @@ void attendBatch(const AttendArgs* calls, size_t count) {
     // Whole heads when there are enough of them and none holds more than half a thread's share:
     // heads of unequal length (as per-head budgets leave them) are split like one long head, or
     // the longest would run on one thread while the others wait.
-    const int64_t threads = a0.threads->threads();
     if (part.rowBlocks * kvHeads >= target && (threads == 1 || longestHead * 2 * threads <= totalTokens))
       chunk = std::numeric_limits<int32_t>::max();
     chunk = (chunk + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
