@@ -221,6 +221,28 @@ export function benchOptions<T extends Record<string, OptionSpec>>(command: Benc
   return parsed;
 }
 
+/** n raw f16 values of magnitude about 0.06..1 with random signs, the same for the same salt. */
+export function pseudoRandomF16(n: number, salt: number): Uint16Array {
+  const out = new Uint16Array(n);
+  let s = (salt * 2654435761) >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = ((s >>> 31) << 15) | (0x2c00 + ((s >>> 12) & 0xfff));
+  }
+  return out;
+}
+
+/** n float32 values in [-0.25, 0.25), the same for the same salt (query rows). */
+export function pseudoRandomF32(n: number, salt: number): Float32Array {
+  const q = new Float32Array(n);
+  let s = (salt * 40503) >>> 0;
+  for (let i = 0; i < q.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    q[i] = (s / 4294967296 - 0.5) * 0.5;
+  }
+  return q;
+}
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;

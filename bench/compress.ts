@@ -8,7 +8,7 @@
 // Usage: node dist/bench/compress.js [--tokens 8192,32768] [--layers 32] [--repeats 5]
 import { KVCache, Sequence } from "../ts";
 import type { CompressReport } from "../ts";
-import { benchOptions, intOption, intListOption, median, timeRuns, printTable, host, hostLine, writeResults } from "./common";
+import { benchOptions, intOption, intListOption, median, timeRuns, printTable, host, hostLine, pseudoRandomF16, pseudoRandomF32, writeResults } from "./common";
 
 const options = benchOptions({
   script: "compress",
@@ -26,26 +26,7 @@ const h = host();
 console.log(`compress: ${layers} layers x ${kvHeads} KV heads (${queryHeads} query heads), headDim ${headDim}, f16, pageSize ${pageSize}`);
 console.log(`${hostLine(h)}; scorer snapkv (window 32, max-pool 7), allocation adakv, ratio ${ratio}; medians of ${repeats}\n`);
 
-function pseudoRandomF16(n: number, salt: number): Uint16Array {
-  const out = new Uint16Array(n);
-  let s = (salt * 2654435761) >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    // f16 values of magnitude about 0.06..1, random sign
-    out[i] = ((s >>> 31) << 15) | (0x2c00 + ((s >>> 12) & 0xfff));
-  }
-  return out;
-}
-
-function queriesF32(rows: number, salt: number): Float32Array {
-  const q = new Float32Array(rows * queryHeads * headDim);
-  let s = (salt * 40503) >>> 0;
-  for (let i = 0; i < q.length; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    q[i] = (s / 4294967296 - 0.5) * 0.5;
-  }
-  return q;
-}
+const queriesF32 = (rows: number, salt: number) => pseudoRandomF32(rows * queryHeads * headDim, salt);
 
 const rows: (string | number)[][] = [];
 const results: unknown[] = [];

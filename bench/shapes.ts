@@ -7,7 +7,7 @@
 // Usage: node dist/bench/shapes.js [--tokens 1024] [--skew-tokens 16384] [--compress-tokens 65536] [--rounds 9] [--threads N]
 import { backends, KVCache, Sequence } from "../ts";
 import type { CompressOptions } from "../ts";
-import { benchOptions, intOption, median, pause, printTable, host, hostLine, writeResults } from "./common";
+import { benchOptions, intOption, median, pause, printTable, host, hostLine, pseudoRandomF16, pseudoRandomF32, writeResults } from "./common";
 
 const options = benchOptions({
   script: "shapes",
@@ -26,26 +26,6 @@ const threads = options.threads > 0 ? { threads: options.threads } : {};
 const kvHeads = 8, headDim = 128, pageSize = 16;
 const h = host();
 console.log(`${hostLine(h)}${options.threads > 0 ? ` (caches made with threads ${options.threads})` : ""}; medians of ${rounds} alternating rounds\n`);
-
-function values(n: number, salt: number): Uint16Array {
-  const out = new Uint16Array(n);
-  let s = (salt * 2654435761) >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = ((s >>> 31) << 15) | (0x2c00 + ((s >>> 12) & 0xfff)); // f16 of magnitude 0.06..1, random sign
-  }
-  return out;
-}
-
-function queries(n: number, salt: number): Float32Array {
-  const q = new Float32Array(n);
-  let s = (salt * 40503) >>> 0;
-  for (let i = 0; i < q.length; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    q[i] = (s / 4294967296 - 0.5) * 0.5;
-  }
-  return q;
-}
 
 interface Variant {
   group: string;
@@ -78,9 +58,9 @@ for (const group of [1, 2, 3, 4, 7, 8]) {
   const cache = new KVCache({ layers: 1, kvHeads, queryHeads: kvHeads * group, headDim, dtype: "f16", pageSize, maxTokens: kvHeads * tokens, ...threads });
   caches.push(cache);
   const seq = cache.createSequence();
-  const kv = values(tokens * kvHeads * headDim, 1);
+  const kv = pseudoRandomF16(tokens * kvHeads * headDim, 1);
   seq.append(0, kv, kv);
-  const q = queries(kvHeads * group * headDim, 2), out = new Float32Array(q.length);
+  const q = pseudoRandomF32(kvHeads * group * headDim, 2), out = new Float32Array(q.length);
   decode.push({ group: "query heads per KV head", name: `G = ${group}${group === 4 ? " (tuned)" : ""}, ${tokens} tokens`, run: () => seq.attend(0, q, { out }), calls: 20 });
 }
 // Head sizes that are a multiple of 8 and not of 16: the table "auto" takes for them, and AVX-512's.
@@ -90,9 +70,9 @@ for (const headSize of [72, 104])
     const cache = new KVCache({ layers: 1, kvHeads, queryHeads: 4 * kvHeads, headDim: headSize, dtype: "f16", pageSize, maxTokens: kvHeads * tokens, simd, ...threads });
     caches.push(cache);
     const seq = cache.createSequence();
-    const kv = values(tokens * kvHeads * headSize, 7);
+    const kv = pseudoRandomF16(tokens * kvHeads * headSize, 7);
     seq.append(0, kv, kv);
-    const q = queries(4 * kvHeads * headSize, 8), out = new Float32Array(q.length);
+    const q = pseudoRandomF32(4 * kvHeads * headSize, 8), out = new Float32Array(q.length);
     decode.push({ group: "head size (G = 4)", name: `headDim ${headSize}, simd ${simd} (${cache.config.simd}), ${tokens} tokens`, run: () => seq.attend(0, q, { out }), calls: 20 });
   }
 // One long head beside seven short ones, and eight equal heads of the same total.
@@ -105,10 +85,10 @@ for (const [name, budgets] of [
   const cache = new KVCache({ layers: 1, kvHeads, queryHeads: 4 * kvHeads, headDim, dtype: "f16", pageSize, maxTokens: 2 * kvHeads * skewTokens, ...threads });
   caches.push(cache);
   const seq = cache.createSequence();
-  const kv = values(skewTokens * kvHeads * headDim, 3);
+  const kv = pseudoRandomF16(skewTokens * kvHeads * headDim, 3);
   seq.append(0, kv, kv);
   seq.compress({ budgets, scorer: "streaming", sink: 0, window: 0 });
-  const q = queries(4 * kvHeads * headDim, 4), out = new Float32Array(q.length);
+  const q = pseudoRandomF32(4 * kvHeads * headDim, 4), out = new Float32Array(q.length);
   decode.push({ group: "head lengths (G = 4)", name: `${name} (${Array.from(seq.lengths()).reduce((a, b) => a + b, 0)} tokens)`, run: () => seq.attend(0, q, { out }), calls: 20 });
 }
 const decodeUs = alternate(decode);
@@ -123,9 +103,9 @@ if (compressTokens > 0) {
   const cache = new KVCache({ layers: 1, kvHeads, queryHeads: 4 * kvHeads, headDim, dtype: "f16", pageSize, maxTokens: 2 * kvHeads * (compressTokens + 64), ...threads });
   const prefill = cache.createSequence();
   const chunk = 512;
-  const block = values(chunk * kvHeads * headDim, 5);
+  const block = pseudoRandomF16(chunk * kvHeads * headDim, 5);
   for (let done = 0; done < compressTokens; done += chunk) prefill.append(0, block, block);
-  prefill.attend(0, queries(32 * 4 * kvHeads * headDim, 6)); // the observation window: the last 32 positions' queries
+  prefill.attend(0, pseudoRandomF32(32 * 4 * kvHeads * headDim, 6)); // the observation window: the last 32 positions' queries
   const saved = prefill.save();
   prefill.dispose();
   const sets: [string, CompressOptions][] = [
