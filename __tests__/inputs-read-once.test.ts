@@ -2,8 +2,9 @@
 // could hand the addon another array, and the addon read a Uint8Array as 4-byte elements past its
 // end), and an append's rows are checked again when user code (onCompress, a pressure listener) ran
 // between the check and the write (it could detach, resize or rewrite them).
-import { KVCache, Sequence } from "../ts";
+import { KVCache } from "../ts";
 import { rng, testSeed, randn } from "./helpers/random";
+import { filledSequence } from "./helpers/cache";
 
 const seed = testSeed("inputs-read-once");
 const shape = { layers: 2, kvHeads: 1, queryHeads: 2, headDim: 8 };
@@ -24,18 +25,13 @@ function changingElements(values: unknown[], i: number, later: unknown): unknown
   return a;
 }
 
-function filled(cache: KVCache, tokens: number, r: () => number): Sequence {
-  const seq = cache.createSequence();
-  for (let l = 0; l < shape.layers; l++) seq.append(l, randn(r, tokens * row), randn(r, tokens * row));
-  return seq;
-}
 
 describe("options holding typed arrays are read once", () => {
   test("budgets, observationQueries and outputProjection whose later reads return a Uint8Array: the checked arrays are used", () => {
     const r = rng(seed);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
     const budgets = Int32Array.of(10, 12);
-    const a = filled(cache, 40, r);
+    const a = filledSequence(cache, 40, r);
     const plain = a.fork();
     const report = a.compress(changing("budgets", budgets, new Uint8Array(4), { scorer: "knorm" as const, sink: 2, window: 2 }));
     expect(Array.from(report.kept)).toEqual([10, 12]);
@@ -43,7 +39,7 @@ describe("options holding typed arrays are read once", () => {
     for (let l = 0; l < shape.layers; l++) expect(Array.from(a.positions(l, 0))).toEqual(Array.from(plain.positions(l, 0)));
 
     const queries = [randn(r, 3 * shape.queryHeads * shape.headDim), randn(r, 3 * shape.queryHeads * shape.headDim)];
-    const b = filled(cache, 40, r), c = b.fork();
+    const b = filledSequence(cache, 40, r), c = b.fork();
     const options = { scorer: "snapkv" as const, window: 3, sink: 2, ratio: 0.5 };
     const got = b.compress({ ...options, observationQueries: changingElements(queries, 1, new Uint8Array(8)) as Float32Array[] });
     const want = c.compress({ ...options, observationQueries: queries });
@@ -52,7 +48,7 @@ describe("options holding typed arrays are read once", () => {
 
     const hidden = 4;
     const wo = [randn(r, shape.queryHeads * shape.headDim * hidden), randn(r, shape.queryHeads * shape.headDim * hidden)];
-    const d = filled(cache, 20, r), e = d.fork();
+    const d = filledSequence(cache, 20, r), e = d.fork();
     d.recordOracle({ outputProjection: changingElements(wo, 0, new Uint8Array(16)) as Float32Array[] });
     e.recordOracle({ outputProjection: wo });
     for (const s of [d, e]) for (let l = 0; l < shape.layers; l++) s.attend(l, randn(rng(seed ^ l), shape.queryHeads * shape.headDim));
@@ -62,7 +58,7 @@ describe("options holding typed arrays are read once", () => {
   test("the addon refuses an option array of another element type (it read a Uint8Array as 4-byte elements)", () => {
     const r = rng(seed ^ 1);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-    const seq = filled(cache, 40, r);
+    const seq = filledSequence(cache, 40, r);
     const handle = (cache as unknown as { handle: { compress(id: number, o: object): unknown; recordOracle(id: number, wo: unknown[], n: boolean): void } }).handle;
     const base = { scorer: "knorm", window: 2, pooling: "none", kernel: 7, groupMax: 0, groupLayer: 0, valueNorm: 0, seed: 0, scale: 0.25, sink: 2, alpha: 0.2, beta: 20 };
     expect(() => handle.compress(seq.nativeId(), { ...base, allocation: "explicit", ratio: 0, budgets: new Uint8Array(8) })).toThrow(
@@ -88,7 +84,7 @@ describe("an append's rows are checked again after user code ran", () => {
       ["poisoned", (k: Float32Array) => void (k[3] = NaN), "Expected finite numbers for keys but received NaN at index 3 (token 0, head 0, element 3)"],
     ] as const) {
       using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-      const seq = filled(cache, 16, r);
+      const seq = filledSequence(cache, 16, r);
       const keys = randn(r, 16 * row), values = randn(r, 16 * row);
       seq.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 2, window: 2, onCompress: () => change(keys) });
       // A position appended to the last layer makes the compression due at the next append.
@@ -127,7 +123,7 @@ describe("an append's rows are checked again after user code ran", () => {
     }
     {
       using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-      const a = filled(cache, 16, r), b = filled(cache, 4, r);
+      const a = filledSequence(cache, 16, r), b = filledSequence(cache, 4, r);
       const items = [a, b].map((sequence) => ({ sequence, keys: randn(r, 2 * row), values: randn(r, 2 * row) }));
       a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 2, window: 2, onCompress: () => detach(items[1].keys) });
       for (let l = 0; l < shape.layers; l++) a.append(l, randn(r, row), randn(r, row));
@@ -141,7 +137,7 @@ describe("an append's rows are checked again after user code ran", () => {
   test("appendBatchAsync: an onCompress in its turn that detaches another item's rows rejects it, nothing appended", async () => {
     const r = rng(seed ^ 4);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-    const a = filled(cache, 16, r), b = filled(cache, 4, r);
+    const a = filledSequence(cache, 16, r), b = filledSequence(cache, 4, r);
     const items = [a, b].map((sequence) => ({ sequence, keys: randn(r, 3 * row), values: randn(r, 3 * row) }));
     a.autoCompress({ maxTokens: 8, every: 1, scorer: "knorm", sink: 2, window: 2, onCompress: () => detach(items[1].values) });
     for (let l = 0; l < shape.layers; l++) a.append(l, randn(r, row), randn(r, row));
@@ -161,7 +157,7 @@ describe("user code cannot change checked inputs before the call reads them", ()
   test("attend: the out option is read before the queries are checked (a getter writing NaN into them is refused)", async () => {
     const r = rng(seed + 11);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-    const seq = filled(cache, 8, r);
+    const seq = filledSequence(cache, 8, r);
     const poisoning = (queries: Float32Array) => Object.defineProperty({}, "out", { enumerable: true, get: () => ((queries[0] = NaN), undefined) });
     const q1 = randn(r, qRow), q2 = randn(r, qRow);
     expect(() => seq.attend(0, q1, poisoning(q1))).toThrow(/Expected finite numbers for queries/);
@@ -171,7 +167,7 @@ describe("user code cannot change checked inputs before the call reads them", ()
   test("attend: an out whose class overrides length runs none of it (the engine's length is checked)", () => {
     const r = rng(seed + 12);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-    const seq = filled(cache, 8, r);
+    const seq = filledSequence(cache, 8, r);
     const queries = randn(r, qRow);
     let ran = false;
     class Out extends Float32Array {
@@ -191,7 +187,7 @@ describe("user code cannot change checked inputs before the call reads them", ()
   test("attendBatch of more than 32 items reads every item before checking any (a getter cannot rewrite an earlier item's queries)", () => {
     const r = rng(seed + 13);
     using cache = new KVCache({ ...shape, maxTokens: 4096, dtype: "f32" });
-    const seqs = Array.from({ length: 40 }, () => filled(cache, 4, r));
+    const seqs = Array.from({ length: 40 }, () => filledSequence(cache, 4, r));
     const items = seqs.map((sequence) => ({ sequence, queries: randn(r, qRow) }));
     const first = items[0].queries;
     const later = items[1].queries;
@@ -202,7 +198,7 @@ describe("user code cannot change checked inputs before the call reads them", ()
   test("rows of a Float32Array subclass are read as the engine holds them: its slice and species are never used", async () => {
     const r = rng(seed + 14);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-    const a = filled(cache, 8, r), b = a.fork();
+    const a = filledSequence(cache, 8, r), b = a.fork();
     let used = 0;
     class Rows extends Float32Array {
       static get [Symbol.species](): Float32ArrayConstructor {
@@ -235,7 +231,7 @@ describe("user code cannot change checked inputs before the call reads them", ()
   test("compress: every option is read before any is checked (a later option's getter that empties observationQueries is refused)", () => {
     const r = rng(seed + 15);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-    const seq = filled(cache, 40, r);
+    const seq = filledSequence(cache, 40, r);
     const before = Array.from(seq.positions(0, 0));
     const obs = [randn(r, 2 * qRow), randn(r, 2 * qRow)];
     const options = { scorer: "snapkv" as const, ratio: 0.5, window: 2, observationQueries: obs };
@@ -285,7 +281,7 @@ describe("typed-array subclasses count as the engine holds them", () => {
   test("an out refused for its length is described by the engine's length, its class's getter not run", () => {
     const r = rng(seed + 17);
     using cache = new KVCache({ ...shape, maxTokens: 1024, dtype: "f32" });
-    const seq = filled(cache, 4, r);
+    const seq = filledSequence(cache, 4, r);
     let ran = 0;
     class Out extends Float32Array {
       override get length(): number {

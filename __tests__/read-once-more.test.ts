@@ -4,10 +4,11 @@
 // (an onProgress between chunks could change them), and Profiler.addSample reads each head once.
 import { createHook } from "async_hooks";
 import * as path from "path";
-import { KVCache, Profiler, Sequence } from "../ts";
+import { KVCache, Profiler } from "../ts";
 import { native } from "../ts/native";
 import { loadTinyLM, TinyLM } from "../ts/model";
 import { rng, testSeed, randn } from "./helpers/random";
+import { filledSequence } from "./helpers/cache";
 
 const seed = testSeed("read-once-more");
 const shape = { layers: 2, kvHeads: 2, queryHeads: 4, headDim: 8 };
@@ -43,11 +44,6 @@ function withGetter<T>(values: T[], i: number, effect: () => void, quiet = 0): T
   return a;
 }
 
-function filled(cache: KVCache, tokens: number, r: () => number): Sequence {
-  const seq = cache.createSequence();
-  for (let l = 0; l < shape.layers; l++) seq.append(l, randn(r, tokens * kvRow), randn(r, tokens * kvRow));
-  return seq;
-}
 
 describe("addon batch calls take the arrays' memory only after every item was read", () => {
   const invalidArg = (message: string) => expect.objectContaining({ code: "ERR_LUKV_INVALID_ARGUMENT", message });
@@ -57,7 +53,7 @@ describe("addon batch calls take the arrays' memory only after every item was re
   test("attendBatch, attendBatchAsync and appendBatch: an item's buffer resized to 0 by a later item's getter is refused", () => {
     const r = rng(seed);
     using cache = new KVCache({ ...shape, pageSize: 4, maxTokens: 256, dtype: "f32", threads: 1 });
-    const seq = filled(cache, 8, r);
+    const seq = filledSequence(cache, 8, r);
     const handle = handleOf(cache);
     const ids = Int32Array.of(seq.nativeId());
     for (const call of ["attendBatch", "attendBatchAsync"] as const) {
@@ -78,7 +74,7 @@ describe("addon batch calls take the arrays' memory only after every item was re
   test("attendBatchAsync: an out array resized to 0 by another out's getter when the results are written resolves false, nothing written", async () => {
     const r = rng(seed ^ 1);
     using cache = new KVCache({ ...shape, pageSize: 4, maxTokens: 256, dtype: "f32", threads: 1 });
-    const a = filled(cache, 8, r), b = filled(cache, 6, r);
+    const a = filledSequence(cache, 8, r), b = filledSequence(cache, 6, r);
     const buffer = resizable(1 << 20);
     const out0 = new Float32Array(buffer, 0, qRow), out1 = new Float32Array(qRow);
     // Quiet on the call's read of the outs; the read when the results are written resizes out0's buffer.
@@ -91,7 +87,7 @@ describe("addon batch calls take the arrays' memory only after every item was re
   test("attendBatchAsync copies the queries before making its worker (an async_hooks init hook runs there)", async () => {
     const r = rng(seed ^ 2);
     using cache = new KVCache({ ...shape, pageSize: 4, maxTokens: 256, dtype: "f32", threads: 1 });
-    const seq = filled(cache, 8, r);
+    const seq = filledSequence(cache, 8, r);
     const handle = handleOf(cache);
     const queries = randn(r, qRow);
     const want = new Float32Array(qRow);

@@ -19,6 +19,13 @@ export function appendRandom(
   return { keys: roundTo(keys, dtype as DType), values: roundTo(values, dtype as DType) };
 }
 
+/** A new sequence of `cache` with `tokens` random rows appended to every layer (appendRandom, layer by layer). */
+export function filledSequence(cache: KVCache, tokens: number, r: () => number): Sequence {
+  const seq = cache.createSequence();
+  for (let l = 0; l < cache.config.layers; l++) appendRandom(seq, l, tokens, r);
+  return seq;
+}
+
 /** The kept rows of every KV head of `layer`, read back through the public API. */
 export function headsOf(seq: Sequence, layer: number): RefHead[] {
   const heads: RefHead[] = [];
