@@ -23,6 +23,16 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "lukv-large-"));
 let fresh = 0;
 const fileIn = (name: string) => path.join(tmp, `${fresh++}-${name}`);
 
+/** Cuts `file` to `size` bytes once `reads` readSync calls have read from it (a file that shrinks while read). */
+function truncateWhileRead(file: string, reads: number, size: number): void {
+  const real = nodeFs.readSync;
+  let calls = 0;
+  jest.spyOn(nodeFs, "readSync").mockImplementation(((...args: Parameters<typeof fs.readSync>) => {
+    if (calls++ === reads) fs.truncateSync(file, size);
+    return real(...args);
+  }) as typeof fs.readSync);
+}
+
 let cache: KVCache;
 let seq: Sequence;
 let bytes: Buffer;
@@ -141,12 +151,7 @@ describe("saved sequences", () => {
     const file = fileIn("shrink.lukv");
     seq.saveFile(file);
     const cut = 5 * CHUNK + 9;
-    const real = nodeFs.readSync;
-    let calls = 0;
-    jest.spyOn(nodeFs, "readSync").mockImplementation(((...args: Parameters<typeof fs.readSync>) => {
-      if (calls++ === 3) fs.truncateSync(file, cut);
-      return real(...args);
-    }) as typeof fs.readSync);
+    truncateWhileRead(file, 3, cut);
     await rejects(() => cache.loadSequence(file), BadSequenceFileError, `truncated: the header declares ${bytes.length} bytes but ${cut} were given`);
     jest.restoreAllMocks();
 
@@ -305,12 +310,7 @@ describe("profiler samples", () => {
     expect(() => openSamples(dir).read(0)).toThrow(new BadProfileError(message(full - 5)));
     writeSamples(dir, options, [randomSample(r, [900, 800, 700, 600, 500, 400])]);
     const cut = 3 * CHUNK + 1;
-    const real = nodeFs.readSync;
-    let calls = 0;
-    jest.spyOn(nodeFs, "readSync").mockImplementation(((...args: Parameters<typeof fs.readSync>) => {
-      if (calls++ === 2) fs.truncateSync(file, cut);
-      return real(...args);
-    }) as typeof fs.readSync);
+    truncateWhileRead(file, 2, cut);
     expect(() => openSamples(dir).read(0)).toThrow(new BadProfileError(message(cut)));
   });
 
